@@ -1,0 +1,336 @@
+"""Named blocks: ordered groups of a model's weighted layers.
+
+A block rule turns a model into an ordered mapping `block name -> Block`, in the order in
+which the model computes its layers. The unit of grouping is a top-level layer of the model:
+a layer that holds sub-layers (a nested model, a composite layer) belongs to one block as a
+whole.
+
+Example:
+
+```python
+model = keras.Sequential([
+    keras.Input((32, 32, 3)),
+    keras.layers.Conv2D(32, 3, name="block_1_0"),
+    keras.layers.Conv2D(32, 3, name="block_1_1"),
+    keras.layers.Flatten(),
+    keras.layers.Dense(10, name="dense_1"),
+])
+list(get_blocks(model))  # ["block_1", "dense_1"]
+```
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import fnmatch
+import re
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any, Union
+
+import keras
+import numpy as np
+
+BlockRule = Union[None, str, Mapping[str, Sequence[str]], Callable[[Any], Union[str, None]]]  # noqa: UP007
+
+# `block_1_0` -> `block_1`: a prefix that itself ends in a digit, then `_<index>`.
+_DEFAULT_PATTERN = re.compile(r"^(?P<block>.*\d)_\d+$")
+
+
+@dataclasses.dataclass(frozen=True)
+class Block:
+    """An ordered group of a model's weighted layers.
+
+    Attributes:
+        name: the block's name.
+        layers: the model's top-level layers in the block, in computation order.
+    """
+
+    name: str
+    layers: tuple
+
+    @property
+    def variables(self) -> list:
+        """Every variable of the block, trainable and non-trainable, without duplicates."""
+        seen, out = set(), []
+        for layer in self.layers:
+            for v in layer.weights:
+                if id(v) not in seen:
+                    seen.add(id(v))
+                    out.append(v)
+        return out
+
+    @property
+    def num_params(self) -> int:
+        return int(sum(np.prod(v.shape, dtype=np.int64) for v in self.variables))
+
+    @property
+    def nbytes(self) -> int:
+        return int(
+            sum(
+                np.prod(v.shape, dtype=np.int64) * np.dtype(_numpy_dtype(v.dtype)).itemsize
+                for v in self.variables
+            )
+        )
+
+    @property
+    def trainable(self) -> bool:
+        """True when every layer of the block is trainable."""
+        return all(layer.trainable for layer in self.layers)
+
+    def __repr__(self) -> str:
+        names = ", ".join(layer.name for layer in self.layers)
+        return f"Block(name={self.name!r}, layers=[{names}], num_params={self.num_params})"
+
+
+def _numpy_dtype(dtype: str):
+    if dtype == "bfloat16":
+        import ml_dtypes
+
+        return ml_dtypes.bfloat16
+    return np.dtype(dtype)
+
+
+def weighted_layers(model) -> list:
+    """The model's top-level layers that hold variables, in computation order."""
+    return [layer for layer in _top_level_layers(model) if layer.weights]
+
+
+def _top_level_layers(model) -> list:
+    # `model.layers` is in topological order for Functional and Sequential models.
+    seen, out = set(), []
+    for layer in model.layers:
+        if id(layer) not in seen:
+            seen.add(id(layer))
+            out.append(layer)
+    return out
+
+
+def resolve_rule(blocks: BlockRule, layer_names: Sequence[str] = ()) -> Callable[[Any], str]:
+    """Turns any accepted form of `blocks=` into a function `layer -> block name`.
+
+    Args:
+        blocks: `None`, a regular expression (one group or a group named `block`), a preset name
+            (see `keras_blockreuse.presets`), a dict `{block: [layer names or globs]}`, or a
+            callable `layer -> block name | None`.
+        layer_names: the model's top-level layer names, used to detect a preset when
+            `blocks=None` and the names follow a known keras.applications family.
+
+    Returns:
+        A function from a layer to its block name. A layer the rule does not claim is a block
+        of its own, named after the layer.
+    """
+    if blocks is None:
+        preset = _detect_preset(layer_names)
+        if preset is not None:
+            return _preset_rule(preset)
+        return _pattern_rule(_DEFAULT_PATTERN)
+    if isinstance(blocks, str):
+        if blocks in _presets():
+            return _preset_rule(blocks)
+        return _pattern_rule(_compile_pattern(blocks))
+    if isinstance(blocks, re.Pattern):
+        return _pattern_rule(_check_groups(blocks))
+    if isinstance(blocks, Mapping):
+        return _mapping_rule(blocks)
+    if callable(blocks):
+        return _callable_rule(blocks)
+    raise TypeError(
+        "`blocks` must be None, a regular expression, a preset name, a dict "
+        "{block: [layer names or globs]} or a callable layer -> block name. "
+        f"Received: blocks={blocks!r} of type {type(blocks).__name__}"
+    )
+
+
+def get_blocks(model, blocks: BlockRule = None) -> dict[str, Block]:
+    """Groups a model's weighted layers into named blocks.
+
+    Args:
+        model: a built `keras.Model`.
+        blocks: the block rule (see `resolve_rule`). For a `BlockModel`, `None` means the
+            model's own rule.
+
+    Returns:
+        An ordered dict `block name -> Block`, blocks in the order the model computes them.
+
+    Example:
+
+    >>> blocks = get_blocks(model)
+    >>> {name: b.num_params for name, b in blocks.items()}
+    """
+    if blocks is None and getattr(model, "_block_rule", None) is not None:
+        blocks = model._block_rule
+    layers = weighted_layers(model)
+    rule = resolve_rule(blocks, [layer.name for layer in _top_level_layers(model)])
+    grouped: dict[str, list] = {}
+    for layer in layers:
+        name = rule(layer)
+        grouped.setdefault(name, []).append(layer)
+    return {name: Block(name, tuple(group)) for name, group in grouped.items()}
+
+
+def select(names: Sequence[str], patterns: Sequence[str] | str | None, what: str) -> list[str]:
+    """The names matching any of `patterns` (exact names or globs), in the order of `names`.
+
+    Raises:
+        BlockMismatchError: a pattern matches nothing; the message lists what exists.
+    """
+    from keras_blockreuse.errors import BlockMismatchError
+
+    if patterns is None:
+        return list(names)
+    if isinstance(patterns, str):
+        patterns = [patterns]
+    unknown = [p for p in patterns if not any(fnmatch.fnmatchcase(n, p) for n in names)]
+    if unknown:
+        raise BlockMismatchError(
+            f"Unknown block name(s) {unknown} in {what}. Available: {list(names)}"
+        )
+    return [n for n in names if any(fnmatch.fnmatchcase(n, p) for p in patterns)]
+
+
+def serializable_rule(blocks: BlockRule, model) -> Any:
+    """A JSON-serialisable form of a rule: the rule itself, or the grouping it produces."""
+    if blocks is None or isinstance(blocks, str):
+        return blocks
+    if isinstance(blocks, re.Pattern):
+        return blocks.pattern
+    if isinstance(blocks, Mapping):
+        return {str(k): [str(p) for p in v] for k, v in blocks.items()}
+    return {
+        name: [layer.name for layer in block.layers]
+        for name, block in get_blocks(model, blocks).items()
+    }
+
+
+def iter_units(layer, prefix: str = "") -> Iterator[tuple[str, Any]]:
+    """Yields `(path, layer)` for a layer and every sub-layer, depth first, without repeats.
+
+    Paths are relative to the top-level layer and start with its name: `"block_1_0"`, or
+    `"features"`, `"features/conv"` for a nested model named `features`.
+    """
+    seen: set[int] = set()
+
+    def walk(obj, path):
+        if id(obj) in seen:
+            return
+        seen.add(id(obj))
+        yield path, obj
+        for child in obj._flatten_layers(include_self=False, recursive=False):
+            yield from walk(child, f"{path}/{child.name}")
+
+    yield from walk(layer, prefix + layer.name)
+
+
+# --- rule forms -------------------------------------------------------------------------
+
+
+def _compile_pattern(text: str) -> re.Pattern:
+    try:
+        pattern = re.compile(text)
+    except re.error as e:
+        known = sorted(_presets())
+        raise ValueError(
+            f"`blocks={text!r}` is neither a preset name ({known}) nor a valid regular "
+            f"expression: {e}"
+        ) from None
+    return _check_groups(pattern)
+
+
+def _check_groups(pattern: re.Pattern) -> re.Pattern:
+    if "block" not in pattern.groupindex and pattern.groups != 1:
+        raise ValueError(
+            "A block regular expression needs exactly one group, or a group named `block`, "
+            f"that captures the block name. Received: {pattern.pattern!r} with "
+            f"{pattern.groups} groups. Example: r'^(block\\d+)_'"
+        )
+    return pattern
+
+
+def _pattern_rule(pattern: re.Pattern) -> Callable[[Any], str]:
+    group = "block" if "block" in pattern.groupindex else 1
+
+    def rule(layer):
+        match = pattern.search(layer.name)
+        if match and match.group(group):
+            return match.group(group)
+        return layer.name
+
+    return rule
+
+
+def _mapping_rule(mapping: Mapping[str, Sequence[str]]) -> Callable[[Any], str]:
+    from keras_blockreuse.errors import BlockMismatchError
+
+    for block, patterns in mapping.items():
+        if isinstance(patterns, str):
+            raise TypeError(
+                f"`blocks[{block!r}]` must be a list of layer names or globs. "
+                f"Received the string {patterns!r}; did you mean [{patterns!r}]?"
+            )
+
+    def rule(layer):
+        owners = [
+            block
+            for block, patterns in mapping.items()
+            if any(layer.name == p or fnmatch.fnmatchcase(layer.name, p) for p in patterns)
+        ]
+        if len(owners) > 1:
+            raise BlockMismatchError(
+                f"Layer {layer.name!r} is claimed by more than one block: {owners}. "
+                "Each layer must belong to exactly one block."
+            )
+        return owners[0] if owners else layer.name
+
+    return rule
+
+
+def _callable_rule(fn: Callable[[Any], str | None]) -> Callable[[Any], str]:
+    def rule(layer):
+        name = fn(layer)
+        if name is None:
+            return layer.name
+        if not isinstance(name, str) or not name:
+            raise TypeError(
+                f"A block rule must return a non-empty block name or None. Received {name!r} "
+                f"for layer {layer.name!r}."
+            )
+        return name
+
+    return rule
+
+
+def _presets() -> dict:
+    try:
+        from keras_blockreuse.presets import PRESETS
+    except ImportError:
+        return {}
+    return PRESETS
+
+
+def _detect_preset(layer_names: Sequence[str]) -> str | None:
+    if not layer_names:
+        return None
+    try:
+        from keras_blockreuse.presets import detect_preset
+    except ImportError:
+        return None
+    return detect_preset(list(layer_names))
+
+
+def _preset_rule(name: str) -> Callable[[Any], str]:
+    fn = _presets()[name]
+
+    def rule(layer):
+        block = fn(layer.name)
+        if block is None:
+            raise ValueError(
+                f"Layer {layer.name!r} does not follow the naming of the {name!r} preset. "
+                "Pass an explicit rule: blocks=r'^(...)' or blocks={'block': ['layer*']}."
+            )
+        return block
+
+    return rule
+
+
+def is_keras_model(obj) -> bool:
+    return isinstance(obj, keras.Model)

@@ -1,0 +1,131 @@
+"""`LoadReport`: what a `load_blocks` call did, as data and as a readable table."""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+
+
+@dataclasses.dataclass(frozen=True)
+class Mismatch:
+    """One variable or layer that does not fit: where it is, and what each side has."""
+
+    block: str
+    layer: str
+    variable: str
+    reason: str
+    source: str = "-"
+    target: str = "-"
+
+    def __str__(self) -> str:
+        return (
+            f"{self.block} / {self.layer} / {self.variable}: {self.reason} "
+            f"(source {self.source}, model {self.target})"
+        )
+
+
+@dataclasses.dataclass
+class LoadReport:
+    """The result of `load_blocks`.
+
+    Attributes:
+        source: the source's name (a path, or a model's name).
+        loaded: `{target block: source block}` for every block whose values were assigned.
+        skipped: the variables left unchanged because they did not fit (`on_mismatch="skip"`).
+        missing: blocks of the model that the source does not have.
+        unexpected: blocks of the source that were not loaded (not selected, excluded, or not
+            in the model).
+        untouched: blocks of the model whose weights this load did not change.
+        mismatched: every variable that did not fit, skipped or adapted.
+        adapted: variables loaded through a shape adaptation (`on_mismatch="adapt"`).
+        matched_by_order: blocks whose layers were matched by computation order, not by name.
+        frozen: blocks set to `trainable=False` (`freeze=True`).
+        target_blocks: every block of the model, in order.
+        variables_loaded: number of variables assigned.
+        bytes_read: bytes of values read from the source.
+        seconds: wall time of the load.
+
+    Example:
+
+    >>> report = model.load_blocks("blocks.h5", only=["block_1"])
+    >>> report.ok, list(report.loaded)
+    (True, ['block_1'])
+    >>> print(report)
+    """
+
+    source: str
+    loaded: dict[str, str] = dataclasses.field(default_factory=dict)
+    skipped: list[Mismatch] = dataclasses.field(default_factory=list)
+    missing: list[str] = dataclasses.field(default_factory=list)
+    unexpected: list[str] = dataclasses.field(default_factory=list)
+    untouched: list[str] = dataclasses.field(default_factory=list)
+    mismatched: list[Mismatch] = dataclasses.field(default_factory=list)
+    adapted: list[Mismatch] = dataclasses.field(default_factory=list)
+    matched_by_order: list[str] = dataclasses.field(default_factory=list)
+    frozen: list[str] = dataclasses.field(default_factory=list)
+    target_blocks: list[str] = dataclasses.field(default_factory=list)
+    variables_loaded: int = 0
+    bytes_read: int = 0
+    seconds: float = 0.0
+
+    def loaded_blocks_in_order(self) -> list[str]:
+        """The model's blocks, loaded or not, in the model's order."""
+        return self._target_names()
+
+    def _target_names(self) -> list[str]:
+        return self.target_blocks or list(self.loaded) + self.untouched
+
+    @property
+    def ok(self) -> bool:
+        """True when every selected variable was loaded as it was, with nothing skipped."""
+        return not self.skipped and not self.mismatched
+
+    def __str__(self) -> str:
+        from rich.console import Console
+        from rich.table import Table
+
+        table = Table(title=f"load_blocks from {self.source}", title_justify="left")
+        table.add_column("block")
+        table.add_column("status")
+        table.add_column("detail")
+        skipped = {m.block for m in self.skipped}
+        adapted = {m.block for m in self.adapted}
+        for name in self.loaded_blocks_in_order():
+            source = self.loaded.get(name)
+            notes = []
+            if source is not None:
+                status = "loaded, frozen" if name in self.frozen else "loaded"
+                if source != name:
+                    notes.append(f"from {source}")
+                if name in self.matched_by_order:
+                    notes.append("layers matched by order")
+                if name in skipped:
+                    status += ", partly"
+                if name in adapted:
+                    notes.append("adapted: " + ", ".join(
+                        f"{m.layer}/{m.variable}" for m in self.adapted if m.block == name))
+            else:
+                status = "untouched"
+                if name in self.missing:
+                    notes.append("not in source")
+                elif name not in skipped:
+                    notes.append("not selected")
+            for m in self.skipped:
+                if m.block == name:
+                    notes.append(f"skipped {m.layer}/{m.variable}: {m.reason} "
+                                 f"(source {m.source}, model {m.target})")
+            table.add_row(name, status, "; ".join(notes))
+        for name in self.unexpected:
+            if name not in self.loaded.values() and name not in self._target_names():
+                table.add_row(name, "not loaded", "in source only")
+        buffer = io.StringIO()
+        console = Console(file=buffer, width=110, force_terminal=False, color_system=None)
+        console.print(table)
+        console.print(
+            f"{self.variables_loaded} variables, {self.bytes_read / 1e6:.2f} MB read, "
+            f"{self.seconds:.3f} s; ok={self.ok}"
+        )
+        if self.frozen:
+            console.print("Frozen blocks take effect in training after model.compile().")
+        return buffer.getvalue().rstrip()
+

@@ -1,0 +1,576 @@
+"""The `.blocks.h5` file: writing it atomically, reading it lazily and verifying it.
+
+The format is documented in `docs/FORMAT.md`. In short: root attributes describe the file and
+list the blocks in order; one group per block holds one group per layer and one dataset per
+variable; each block carries a checksum of its layout (names, shapes, dtypes) and one of its
+bytes, both verified before any value is used.
+
+Example:
+
+```python
+path = save_blocks(model, "run/blocks_010.blocks.h5", only=["block_1"], metadata={"epoch": 10})
+info = read_blocks(path)
+info.blocks["block_1"].num_params
+```
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import datetime
+import hashlib
+import json
+import os
+import re
+import secrets
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
+
+import h5py
+import keras
+import numpy as np
+
+from keras_blockreuse.blocks import BlockRule, get_blocks, iter_units, select
+from keras_blockreuse.errors import BlockFileError
+
+FORMAT_NAME = "keras-blockreuse"
+FORMAT_VERSION = 1
+SUFFIX = ".blocks.h5"
+TEMP_MARKER = ".kbr-tmp-"
+HASH = "sha256"
+
+# Keras dtypes that HDF5 cannot hold natively are stored widened, losslessly, as float32.
+_WIDENED = {"bfloat16", "float8_e4m3fn", "float8_e5m2"}
+
+
+@dataclasses.dataclass(frozen=True)
+class VariableInfo:
+    """One stored variable: its key for `load_own_variables`, name, Keras path, shape, dtype."""
+
+    key: str
+    name: str
+    path: str
+    shape: tuple[int, ...]
+    dtype: str
+    dataset: str
+
+    @property
+    def size(self) -> int:
+        return int(np.prod(self.shape, dtype=np.int64))
+
+    @property
+    def nbytes(self) -> int:
+        return self.size * _numpy_dtype(self.dtype).itemsize
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerInfo:
+    """One stored layer: its path inside the model (`dense_1`, `features/conv`) and class."""
+
+    path: str
+    class_name: str
+    variables: tuple[VariableInfo, ...]
+
+    @property
+    def top(self) -> str:
+        return self.path.split("/", 1)[0]
+
+
+@dataclasses.dataclass(frozen=True)
+class BlockInfo:
+    """One stored block: its layers in order, and its checksums."""
+
+    name: str
+    layers: tuple[LayerInfo, ...]
+    layout_checksum: str
+    data_checksum: str
+
+    @property
+    def num_params(self) -> int:
+        return sum(v.size for layer in self.layers for v in layer.variables)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(v.nbytes for layer in self.layers for v in layer.variables)
+
+
+@dataclasses.dataclass(frozen=True)
+class BlockFileInfo:
+    """What a `.blocks.h5` file holds, read without reading any weight values."""
+
+    path: str
+    format_version: int
+    keras_version: str
+    backend: str
+    created: str
+    model_name: str
+    metadata: dict
+    blocks: dict[str, BlockInfo]
+
+    @property
+    def num_params(self) -> int:
+        return sum(b.num_params for b in self.blocks.values())
+
+    @property
+    def nbytes(self) -> int:
+        return sum(b.nbytes for b in self.blocks.values())
+
+
+# --- writing ------------------------------------------------------------------------------
+
+
+def save_blocks(
+    model,
+    path: str | os.PathLike,
+    only: Sequence[str] | str | None = None,
+    metadata: Mapping[str, Any] | None = None,
+    blocks: BlockRule = None,
+) -> str:
+    """Saves a model's weights block by block to a `.blocks.h5` file, atomically.
+
+    The file is written to a temporary file in the same folder, flushed, synced and then moved
+    over `path` with `os.replace`: a crash or an exception at any moment leaves either the old
+    file or the new one, never a torn one.
+
+    Args:
+        model: a built `keras.Model`.
+        path: where to write; must end in `.blocks.h5`.
+        only: block names or globs to save; default every block.
+        metadata: a JSON-serialisable dict stored in the file.
+        blocks: the block rule (ignored for a `BlockModel`, which has its own).
+
+    Returns:
+        The path written, as a string.
+
+    Example:
+
+    >>> save_blocks(model, "ckpt/blocks_001.blocks.h5", metadata={"epoch": 1})
+    'ckpt/blocks_001.blocks.h5'
+    """
+    path = os.fspath(path)
+    if not path.endswith(SUFFIX):
+        raise ValueError(f"A block file name must end in {SUFFIX!r}. Received: path={path!r}")
+    model_blocks = get_blocks(model, blocks)
+    chosen = select(list(model_blocks), only, "`only`")
+    for name in chosen:
+        if "/" in name or name in (".", ".."):
+            raise ValueError(
+                f"Block names cannot contain '/' or be '.' or '..'. Received block {name!r}."
+            )
+    metadata_json = _metadata_json(metadata)
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    remove_stale_temporaries(folder)
+    tmp = os.path.join(
+        folder, f".{os.path.basename(path)}{TEMP_MARKER}{os.getpid()}-{secrets.token_hex(4)}"
+    )
+    try:
+        with h5py.File(tmp, "w", locking=False) as f:
+            _write(f, model, model_blocks, chosen, metadata_json)
+            f.flush()
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(tmp)
+        raise
+    _fsync_dir(folder)
+    return path
+
+
+def _metadata_json(metadata) -> str:
+    if metadata is None:
+        return "{}"
+    if not isinstance(metadata, Mapping):
+        raise TypeError(
+            f"`metadata` must be a dict. Received: {metadata!r} of type {type(metadata).__name__}"
+        )
+    try:
+        return json.dumps(dict(metadata), sort_keys=True, allow_nan=True)
+    except (TypeError, ValueError) as e:
+        raise TypeError(f"`metadata` must be JSON-serialisable. Received: {metadata!r} ({e})") from None
+
+
+def _write(f: h5py.File, model, model_blocks, chosen: list[str], metadata_json: str) -> None:
+    header = {
+        "format": FORMAT_NAME,
+        "format_version": FORMAT_VERSION,
+        "keras_version": keras.__version__,
+        "backend": keras.backend.backend(),
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "model_name": str(model.name),
+        "blocks": json.dumps(chosen),
+        "metadata": metadata_json,
+    }
+    for key, value in header.items():
+        f.attrs[key] = value
+    f.attrs["header_checksum"] = _header_checksum(header)
+    for name in chosen:
+        group = f.create_group(name)
+        layers = []
+        data_hash = hashlib.new(HASH)
+        for path, unit, values in _block_values(model_blocks[name]):
+            unit_group = group.require_group(path)
+            variables = []
+            taken = set(unit_group.keys())
+            for key, value in values.items():
+                array = _to_numpy(value)
+                dtype = keras.backend.standardize_dtype(value.dtype)
+                dataset = _dataset_name(value, key, taken)
+                stored = array.astype(np.float32) if dtype in _WIDENED else array
+                ds = unit_group.create_dataset(dataset, data=stored)
+                ds.attrs["path"] = getattr(value, "path", "") or ""
+                ds.attrs["dtype"] = dtype
+                data_hash.update(np.ascontiguousarray(stored).data)
+                variables.append(
+                    {
+                        "key": key,
+                        "name": getattr(value, "name", dataset) or dataset,
+                        "path": getattr(value, "path", "") or "",
+                        "shape": list(array.shape),
+                        "dtype": dtype,
+                        "dataset": dataset,
+                    }
+                )
+            unit_group.attrs["class_name"] = unit.__class__.__name__
+            layers.append(
+                {"path": path, "class_name": unit.__class__.__name__, "variables": variables}
+            )
+        layout = json.dumps(layers)
+        group.attrs["layout"] = layout
+        group.attrs["layout_checksum"] = _checksum(layout.encode())
+        group.attrs["data_checksum"] = f"{HASH}:{data_hash.hexdigest()}"
+
+
+def _block_values(block) -> Iterator[tuple[str, Any, dict]]:
+    """Yields `(layer path, layer, {key: value})` for every layer of a block that has state."""
+    for layer in block.layers:
+        for path, unit in iter_units(layer):
+            values: dict = {}
+            unit.save_own_variables(values)
+            if values:
+                yield path, unit, values
+
+
+def _dataset_name(value, key: str, taken: set) -> str:
+    name = getattr(value, "name", None) or f"var_{key}"
+    name = re.sub(r"[^\w.\-]", "_", str(name)).lstrip(".") or f"var_{key}"
+    if name in taken:
+        name = f"{name}_{key}"
+    taken.add(name)
+    return name
+
+
+def _to_numpy(value) -> np.ndarray:
+    return np.asarray(keras.ops.convert_to_numpy(value))
+
+
+def _fsync_dir(folder: str) -> None:
+    with contextlib.suppress(OSError):
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def is_temporary(filename: str) -> bool:
+    """True for the temporary files a save writes before moving them into place."""
+    return os.path.basename(filename).startswith(".") and TEMP_MARKER in filename
+
+
+def remove_stale_temporaries(folder: str) -> list[str]:
+    """Deletes temporary files left in `folder` by writers that no longer run.
+
+    Returns:
+        The paths deleted.
+    """
+    removed = []
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return removed
+    for name in names:
+        if not is_temporary(name):
+            continue
+        pid = name.rsplit(TEMP_MARKER, 1)[1].split("-", 1)[0]
+        if pid.isdigit() and int(pid) != os.getpid() and _alive(int(pid)):
+            continue
+        if pid.isdigit() and int(pid) == os.getpid():
+            continue
+        with contextlib.suppress(OSError):
+            os.remove(os.path.join(folder, name))
+            removed.append(os.path.join(folder, name))
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+# --- reading ------------------------------------------------------------------------------
+
+
+def read_blocks(path: str | os.PathLike) -> BlockFileInfo:
+    """Describes a `.blocks.h5` file without a model and without reading weight values.
+
+    Raises:
+        BlockFileError: the file is unreadable, not a block file, too new or corrupt.
+
+    Example:
+
+    >>> info = read_blocks("run/blocks_010.blocks.h5")
+    >>> [(b.name, b.num_params) for b in info.blocks.values()]
+    """
+    with BlockFile(path) as f:
+        return f.info()
+
+
+class BlockFile:
+    """An open `.blocks.h5` file, read lazily: a block's bytes are read only when asked for.
+
+    Every failure to read, parse or verify is raised as `BlockFileError` naming the file and,
+    where known, the block.
+    """
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = os.fspath(path)
+        self.bytes_read = 0
+        self._layouts: dict[str, BlockInfo] = {}
+        with self._reading():
+            if not os.path.exists(self.path):
+                raise BlockFileError(f"No such block file: {self.path!r}")
+            self._size = os.path.getsize(self.path)
+            self._file = h5py.File(self.path, "r", locking=False)
+        try:
+            with self._reading():
+                self._header = self._read_header()
+        except BaseException:
+            self.close()
+            raise
+
+    def __enter__(self) -> BlockFile:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        file = getattr(self, "_file", None)
+        if file is not None:
+            with contextlib.suppress(Exception):
+                file.close()
+            self._file = None
+
+    @property
+    def block_names(self) -> list[str]:
+        return list(self._header["blocks"])
+
+    @property
+    def metadata(self) -> dict:
+        return self._header["metadata"]
+
+    def info(self) -> BlockFileInfo:
+        h = self._header
+        return BlockFileInfo(
+            path=self.path,
+            format_version=h["format_version"],
+            keras_version=h["keras_version"],
+            backend=h["backend"],
+            created=h["created"],
+            model_name=h["model_name"],
+            metadata=h["metadata"],
+            blocks={name: self.block(name) for name in self.block_names},
+        )
+
+    def block(self, name: str) -> BlockInfo:
+        """The layout of one block (names, shapes, dtypes), verified against its checksum."""
+        if name not in self._layouts:
+            if name not in self._header["blocks"]:
+                raise KeyError(f"No block {name!r} in {self.path}. It has: {self.block_names}")
+            with self._reading(name):
+                self._layouts[name] = self._read_layout(name)
+        return self._layouts[name]
+
+    def read_block(self, name: str) -> dict[str, dict[str, np.ndarray]]:
+        """Reads and verifies one block's values: `{layer path: {key: array}}`."""
+        info = self.block(name)
+        with self._reading(name):
+            group = self._file[name]
+            digest = hashlib.new(HASH)
+            out: dict[str, dict[str, np.ndarray]] = {}
+            for layer in info.layers:
+                unit = group[layer.path]
+                self._check_members(unit, layer, info.layers)
+                values = {}
+                for var in layer.variables:
+                    stored = self._read_dataset(unit, var)
+                    digest.update(stored.data)
+                    values[var.key] = (
+                        stored.astype(_numpy_dtype(var.dtype)) if var.dtype in _WIDENED else stored
+                    )
+                out[layer.path] = values
+            actual = f"{HASH}:{digest.hexdigest()}"
+            if actual != info.data_checksum:
+                raise BlockFileError(
+                    f"Block {name!r} in {self.path} is corrupt: its values do not match their "
+                    "checksum. The file was damaged after it was written; no weights were used."
+                )
+        return out
+
+    def verify(self, names: Sequence[str] | None = None) -> None:
+        """Reads every selected block and checks its checksums; raises `BlockFileError`."""
+        for name in self.block_names if names is None else names:
+            self.read_block(name)
+
+    # --- internals --------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _reading(self, block: str | None = None):
+        where = f" (block {block!r})" if block else ""
+        try:
+            yield
+        except BlockFileError:
+            raise
+        except KeyError as e:
+            if block is None and "No block" in str(e):
+                raise
+            raise BlockFileError(
+                f"Block file {self.path}{where} is damaged or incomplete: missing {e}."
+            ) from None
+        except MemoryError:
+            raise BlockFileError(
+                f"Block file {self.path}{where} declares more data than can be read."
+            ) from None
+        except Exception as e:
+            raise BlockFileError(
+                f"Cannot read block file {self.path}{where}: {type(e).__name__}: {e}"
+            ) from None
+
+    def _read_header(self) -> dict:
+        attrs = self._file.attrs
+        if attrs.get("format") is None or _text(attrs["format"]) != FORMAT_NAME:
+            raise BlockFileError(
+                f"{self.path} is an HDF5 file but not a block file: expected a root attribute "
+                f"format={FORMAT_NAME!r}, received {_text(attrs.get('format', 'none'))!r}. "
+                "To read a Keras weights file, pass it to load_blocks as a source."
+            )
+        version = int(attrs["format_version"])
+        if version > FORMAT_VERSION:
+            raise BlockFileError(
+                f"{self.path} uses block file format version {version}, newer than this "
+                f"reader's version {FORMAT_VERSION}. Upgrade keras-blockreuse to read it."
+            )
+        header = {
+            key: _text(attrs[key])
+            for key in ("keras_version", "backend", "created", "model_name", "blocks", "metadata")
+        }
+        header["format"] = FORMAT_NAME
+        header["format_version"] = version
+        if _header_checksum(header) != _text(attrs["header_checksum"]):
+            raise BlockFileError(
+                f"{self.path} is corrupt: its header (block list, metadata) does not match its "
+                "checksum."
+            )
+        header["blocks"] = json.loads(header["blocks"])
+        header["metadata"] = json.loads(header["metadata"])
+        return header
+
+    def _read_layout(self, name: str) -> BlockInfo:
+        group = self._file[name]
+        layout = _text(group.attrs["layout"])
+        expected = _text(group.attrs["layout_checksum"])
+        if _checksum(layout.encode()) != expected:
+            raise BlockFileError(
+                f"Block {name!r} in {self.path} is corrupt: its layout (layer names, shapes, "
+                "dtypes) does not match its checksum."
+            )
+        layers = tuple(
+            LayerInfo(
+                path=layer["path"],
+                class_name=layer["class_name"],
+                variables=tuple(
+                    VariableInfo(
+                        key=v["key"],
+                        name=v["name"],
+                        path=v["path"],
+                        shape=tuple(int(d) for d in v["shape"]),
+                        dtype=v["dtype"],
+                        dataset=v["dataset"],
+                    )
+                    for v in layer["variables"]
+                ),
+            )
+            for layer in json.loads(layout)
+        )
+        return BlockInfo(name, layers, expected, _text(group.attrs["data_checksum"]))
+
+    def _check_members(self, unit, layer: LayerInfo, all_layers) -> None:
+        expected = {v.dataset for v in layer.variables}
+        children = {
+            other.path[len(layer.path) + 1 :].split("/", 1)[0]
+            for other in all_layers
+            if other.path.startswith(layer.path + "/")
+        }
+        extra = set(unit.keys()) - expected - children
+        if extra:
+            raise BlockFileError(
+                f"Block file {self.path}: layer {layer.path!r} holds unexpected entries "
+                f"{sorted(extra)}; expected only {sorted(expected)}."
+            )
+
+    def _read_dataset(self, unit, var: VariableInfo) -> np.ndarray:
+        ds = unit[var.dataset]
+        if not isinstance(ds, h5py.Dataset):
+            raise BlockFileError(f"{self.path}: {ds.name!r} should be a dataset, it is a group.")
+        stored_dtype = np.dtype(np.float32) if var.dtype in _WIDENED else _numpy_dtype(var.dtype)
+        if tuple(ds.shape) != var.shape or ds.dtype != stored_dtype:
+            raise BlockFileError(
+                f"{self.path}: dataset {ds.name!r} has shape {tuple(ds.shape)} and dtype "
+                f"{ds.dtype}, but the block's layout records {var.shape} and {stored_dtype}."
+            )
+        nbytes = var.size * stored_dtype.itemsize
+        if nbytes > self._size:
+            raise BlockFileError(
+                f"{self.path}: dataset {ds.name!r} declares {nbytes} bytes but the whole file "
+                f"holds {self._size}; the file is truncated or crafted."
+            )
+        array = np.empty(var.shape, dtype=stored_dtype)
+        if array.size:
+            ds.read_direct(array)
+        self.bytes_read += nbytes
+        return array
+
+
+def _text(value) -> str:
+    if isinstance(value, bytes):
+        return value.decode("utf-8")
+    if isinstance(value, np.ndarray):
+        raise TypeError(f"expected a string attribute, found an array of {value.dtype}")
+    return str(value)
+
+
+def _checksum(data: bytes) -> str:
+    return f"{HASH}:{hashlib.new(HASH, data).hexdigest()}"
+
+
+def _header_checksum(header: Mapping[str, Any]) -> str:
+    keys = ("format", "format_version", "keras_version", "backend", "created", "model_name")
+    fields = [str(header[k]) for k in keys] + [header["blocks"], header["metadata"]]
+    return _checksum("\x00".join(fields).encode())
+
+
+def _numpy_dtype(dtype: str) -> np.dtype:
+    if dtype in _WIDENED:
+        import ml_dtypes
+
+        return np.dtype(getattr(ml_dtypes, dtype))
+    return np.dtype(dtype)

@@ -1,0 +1,302 @@
+"""`load_blocks`: load any subset of a source's blocks into a model, by name, all or nothing.
+
+A load runs one pass for every source: **select** the source blocks (`only`, `exclude`),
+**map** them onto the model's blocks (`rename`; inside a block, layers by name, or by
+computation order when the names differ), **validate** every selected variable (presence,
+shape, dtype) and read and verify the values (checksums), then **assign** all of them — or,
+if anything failed, none — **freeze** if asked, and **report**.
+
+Example:
+
+```python
+report = load_blocks(detector, "classifier.blocks.h5", only=["block_1", "block_2"])
+print(report)
+```
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import keras
+import numpy as np
+
+from keras_blockreuse.blocks import Block, BlockRule, get_blocks, select
+from keras_blockreuse.errors import BlockMismatchError
+from keras_blockreuse.report import LoadReport, Mismatch
+from keras_blockreuse.sources import Source, open_source
+from keras_blockreuse.store import LayerInfo, VariableInfo, _block_values
+
+ON_MISMATCH = ("error", "skip", "adapt")
+
+
+@dataclasses.dataclass
+class _LayerPlan:
+    """One target layer and the source layer it takes its values from."""
+
+    target_path: str
+    unit: Any
+    current: dict  # key -> the target's current value (a variable or tensor)
+    source: LayerInfo
+    load: dict = dataclasses.field(default_factory=dict)  # key -> transform (None = as is)
+
+
+@dataclasses.dataclass
+class _BlockPlan:
+    target: str
+    source: str
+    layers: list[_LayerPlan]
+    by_order: bool
+
+
+def load_blocks(
+    model,
+    source,
+    only: Sequence[str] | str | None = None,
+    exclude: Sequence[str] | str | None = None,
+    rename: Mapping[str, str] | None = None,
+    on_mismatch: str = "error",
+    freeze: bool = False,
+    blocks: BlockRule = None,
+    source_blocks: BlockRule = None,
+    **source_options,
+) -> LoadReport:
+    """Loads blocks from a source into a model, all or nothing, and reports what it did.
+
+    Args:
+        model: a built `keras.Model` (a `BlockModel` uses its own block rule).
+        source: a `.blocks.h5` path, a live `keras.Model`, or a Keras weights file where its
+            reader is installed.
+        only: source block names or globs to load; default every source block the model has.
+        exclude: source block names or globs not to load.
+        rename: `{source block: model block}` for blocks whose names differ.
+        on_mismatch: `"error"` (raise, listing every problem, before changing anything),
+            `"skip"` (leave the variables that do not fit as they are, and report them) or
+            `"adapt"` (adapt known cases, such as a first convolution's input channels).
+        freeze: set `trainable=False` on the loaded blocks' layers. Compile the model again
+            for this to take effect in training.
+        blocks: the model's block rule (for models that are not a `BlockModel`).
+        source_blocks: the block rule for a source without blocks of its own; default the
+            source's own rule, else the model's.
+        **source_options: options for the source's reader (such as `source_model=`).
+
+    Returns:
+        A `LoadReport`.
+
+    Raises:
+        BlockMismatchError: unknown block names, or variables that do not fit (with
+            `on_mismatch="error"`). No weight of the model has changed.
+        BlockFileError: the source file is unreadable or corrupt. No weight has changed.
+
+    Example:
+
+    >>> report = load_blocks(new_model, "blocks_010.blocks.h5", only=["block_1", "block_2"])
+    >>> report.ok
+    True
+    """
+    start = time.perf_counter()
+    if on_mismatch not in ON_MISMATCH:
+        raise ValueError(f"`on_mismatch` must be one of {ON_MISMATCH}. Received: {on_mismatch!r}")
+    if not model.built:
+        raise ValueError(
+            f"Model {model.name!r} is not built, so it has no weights to load into. "
+            "Build it (call it on data or construct it from a keras.Input) first."
+        )
+    target_rule = blocks if blocks is not None else getattr(model, "_block_rule", None)
+    target_blocks = get_blocks(model, target_rule)
+    if source_blocks is None and not hasattr(source, "_block_rule"):
+        source_blocks = target_rule
+    with open_source(source, source_blocks, **source_options) as src:
+        plans, report = _plan(src, target_blocks, only, exclude, rename)
+        _validate(plans, report, on_mismatch)
+        values = {plan.source: src.read_block(plan.source) for plan in plans}
+        report.bytes_read = src.bytes_read
+    report.variables_loaded = _assign(plans, values)
+    report.loaded = {p.target: p.source for p in plans if any(layer.load for layer in p.layers)}
+    report.untouched = [name for name in target_blocks if name not in report.loaded]
+    if freeze:
+        for name in report.loaded:
+            for layer in target_blocks[name].layers:
+                layer.trainable = False
+            report.frozen.append(name)
+    report.seconds = time.perf_counter() - start
+    return report
+
+
+# --- select and map -------------------------------------------------------------------
+
+
+def _plan(
+    src: Source,
+    target_blocks: dict[str, Block],
+    only,
+    exclude,
+    rename,
+) -> tuple[list[_BlockPlan], LoadReport]:
+    source_names = src.block_names()
+    target_names = list(target_blocks)
+    rename = dict(rename or {})
+    where = f"source {src.description} (model blocks: {target_names})"
+    select(source_names, list(rename), f"`rename` keys; {where}")
+    selected = select(source_names, only, f"`only`; {where}")
+    if exclude is not None:
+        dropped = set(select(source_names, exclude, f"`exclude`; {where}"))
+        selected = [name for name in selected if name not in dropped]
+    mapped = {name: rename.get(name, name) for name in selected}
+    explicit = [s for s in selected if (only is not None or s in rename)]
+    absent = [s for s in explicit if mapped[s] not in target_blocks]
+    if absent:
+        raise BlockMismatchError(
+            f"Block(s) {[f'{s} -> {mapped[s]}' if s != mapped[s] else s for s in absent]} "
+            f"are not in model {target_names}. Source blocks: {source_names}."
+        )
+    targets: dict[str, str] = {}
+    for s, t in mapped.items():
+        if t not in target_blocks:
+            continue
+        if t in targets:
+            raise BlockMismatchError(
+                f"Source blocks {targets[t]!r} and {s!r} both map to model block {t!r}."
+            )
+        targets[t] = s
+    in_source = {rename.get(s, s) for s in source_names}
+    report = LoadReport(source=src.description, target_blocks=target_names)
+    report.missing = [t for t in target_names if t not in in_source]
+    report.unexpected = [s for s in source_names if s not in targets.values()]
+    plans = []
+    for t, s in targets.items():
+        plans.append(_map_block(s, src.block_layers(s), t, target_blocks[t], report))
+    return plans, report
+
+
+def _map_block(
+    source_name: str, source_layers: Sequence[LayerInfo], target_name: str, block: Block, report
+) -> _BlockPlan:
+    units = [(path, unit, values) for path, unit, values in _block_values(block)]
+    by_name = {layer.path: layer for layer in source_layers}
+    names_match = all(path in by_name for path, _, _ in units)
+    by_order = not names_match and len(units) == len(source_layers)
+    layers = []
+    matched_sources = set()
+    for index, (path, unit, current) in enumerate(units):
+        source = source_layers[index] if by_order else by_name.get(path)
+        if source is None:
+            report.mismatched.append(
+                Mismatch(target_name, path, "*", "layer missing in source", "-", "present")
+            )
+            continue
+        matched_sources.add(source.path)
+        layers.append(_LayerPlan(path, unit, current, source))
+    for layer in source_layers:
+        if layer.path not in matched_sources:
+            report.mismatched.append(
+                Mismatch(target_name, layer.path, "*", "layer not in model", "present", "-")
+            )
+    if by_order:
+        report.matched_by_order.append(target_name)
+    return _BlockPlan(target_name, source_name, layers, by_order)
+
+
+# --- validate --------------------------------------------------------------------------
+
+
+def _validate(plans: list[_BlockPlan], report: LoadReport, on_mismatch: str) -> None:
+    for plan in plans:
+        for layer in plan.layers:
+            source_vars = {v.key: v for v in layer.source.variables}
+            for key, value in layer.current.items():
+                var = source_vars.pop(key, None)
+                name = str(getattr(value, "name", key))
+                target_shape = tuple(int(d) for d in value.shape)
+                target_dtype = keras.backend.standardize_dtype(value.dtype)
+                if var is None:
+                    report.mismatched.append(
+                        Mismatch(plan.target, layer.target_path, name, "missing in source",
+                                 "-", f"{target_shape} {target_dtype}")
+                    )
+                    continue
+                problem = _incompatibility(var, target_shape, target_dtype)
+                if problem is None:
+                    layer.load[key] = None
+                    continue
+                mismatch = Mismatch(plan.target, layer.target_path, name, problem,
+                                    f"{var.shape} {var.dtype}", f"{target_shape} {target_dtype}")
+                transform = (
+                    _adapter(var, target_shape, layer.unit) if on_mismatch == "adapt" else None
+                )
+                if transform is not None:
+                    layer.load[key] = transform
+                    report.adapted.append(mismatch)
+                else:
+                    report.mismatched.append(mismatch)
+            for var in source_vars.values():
+                report.mismatched.append(
+                    Mismatch(plan.target, layer.target_path, var.name, "not in model",
+                             f"{var.shape} {var.dtype}", "-")
+                )
+    if not report.mismatched:
+        return
+    if on_mismatch == "skip":
+        report.skipped = list(report.mismatched)
+        return
+    lines = "\n".join(f"  - {m}" for m in report.mismatched)
+    raise BlockMismatchError(
+        f"{len(report.mismatched)} variable(s) of the selected blocks do not fit the model; "
+        f"nothing was loaded:\n{lines}\n"
+        "Pass on_mismatch='skip' to load the rest, or select fewer blocks with only=/exclude=."
+    )
+
+
+def _incompatibility(var: VariableInfo, shape: tuple, dtype: str) -> str | None:
+    if var.shape != shape:
+        return "shape differs"
+    if _kind(var.dtype) != _kind(dtype):
+        return "dtype kind differs"
+    return None
+
+
+def _kind(dtype: str) -> str:
+    if "float" in dtype:
+        return "float"
+    if "int" in dtype:
+        return "int"
+    return dtype
+
+
+def _adapter(var: VariableInfo, shape: tuple, unit):
+    try:
+        from keras_blockreuse.adapt import adapter_for
+    except ImportError:
+        return None
+    return adapter_for(var, shape, unit)
+
+
+# --- assign ----------------------------------------------------------------------------
+
+
+def _assign(plans: list[_BlockPlan], values: dict) -> int:
+    """Assigns every validated variable through each layer's own `load_own_variables`."""
+    stores = []
+    for plan in plans:
+        block_values = values[plan.source]
+        for layer in plan.layers:
+            if not layer.load:
+                continue
+            arrays = block_values[layer.source.path]
+            store = {}
+            for key, current in layer.current.items():
+                if key in layer.load:
+                    transform = layer.load[key]
+                    array = arrays[key]
+                    store[key] = array if transform is None else transform(array)
+                else:
+                    store[key] = np.asarray(keras.ops.convert_to_numpy(current))
+            stores.append((layer.unit, store, len(layer.load)))
+    count = 0
+    for unit, store, loaded in stores:
+        unit.load_own_variables(store)
+        count += loaded
+    return count
