@@ -168,7 +168,9 @@ def get_blocks(model, blocks: BlockRule = None) -> dict[str, Block]:
     return {name: Block(name, tuple(group)) for name, group in grouped.items()}
 
 
-def select(names: Sequence[str], patterns: Sequence[str] | str | None, what: str) -> list[str]:
+def select(
+    names: Sequence[str], patterns: Sequence[str] | str | None, what: str, context: str = ""
+) -> list[str]:
     """The names matching any of `patterns` (exact names or globs), in the order of `names`.
 
     Raises:
@@ -183,7 +185,8 @@ def select(names: Sequence[str], patterns: Sequence[str] | str | None, what: str
     unknown = [p for p in patterns if not any(fnmatch.fnmatchcase(n, p) for n in names)]
     if unknown:
         raise BlockMismatchError(
-            f"Unknown block name(s) {unknown} in {what}. Available: {list(names)}"
+            f"Unknown block name(s) {unknown} in {what}. "
+            + (context or f"Available: {list(names)}")
         )
     return [n for n in names if any(fnmatch.fnmatchcase(n, p) for p in patterns)]
 

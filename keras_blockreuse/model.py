@@ -129,8 +129,9 @@ class BlockModel(keras.Model):
         config = dict(config)
         blocks = config.pop("blocks", None)
         trainable = config.pop("trainable", True)
+        name = config.get("name")
         graph = keras.Model.from_config(config, custom_objects=custom_objects)
-        model = cls(graph.input, graph.output, blocks=blocks, name=config.get("name"))
+        model = cls(graph.input, graph.output, blocks=blocks, name=name)
         model.trainable = trainable
         return model
 

@@ -139,11 +139,14 @@ def _plan(
     source_names = src.block_names()
     target_names = list(target_blocks)
     rename = dict(rename or {})
-    where = f"source {src.description} (model blocks: {target_names})"
-    select(source_names, list(rename), f"`rename` keys; {where}")
-    selected = select(source_names, only, f"`only`; {where}")
+    where = (
+        f"The source {src.description} has blocks {source_names}; "
+        f"the model has blocks {target_names}."
+    )
+    select(source_names, list(rename), "`rename` keys", where)
+    selected = select(source_names, only, "`only`", where)
     if exclude is not None:
-        dropped = set(select(source_names, exclude, f"`exclude`; {where}"))
+        dropped = set(select(source_names, exclude, "`exclude`", where))
         selected = [name for name in selected if name not in dropped]
     mapped = {name: rename.get(name, name) for name in selected}
     explicit = [s for s in selected if (only is not None or s in rename)]

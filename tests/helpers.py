@@ -1,0 +1,55 @@
+"""Small models and comparisons shared by the core tests."""
+
+import keras
+import numpy as np
+
+L = keras.layers
+
+
+def seed_cnn(num_classes: int = 10, input_shape=(16, 16, 3), name: str = "seed_cnn"):
+    """The seed workflow's CIFAR-10 CNN as a plain Sequential, with its layer names."""
+    return keras.Sequential(
+        [
+            keras.Input(input_shape),
+            L.Conv2D(8, 3, padding="same", name="block_1_0"),
+            L.Activation("relu"),
+            L.Conv2D(8, 3, name="block_1_1"),
+            L.Activation("relu"),
+            L.AveragePooling2D(2, name="block_1_2"),
+            L.Dropout(0.25),
+            L.Conv2D(16, 3, padding="same", name="block_2_0"),
+            L.Activation("relu"),
+            L.Conv2D(16, 3, name="block_2_1"),
+            L.Activation("relu"),
+            L.AveragePooling2D(2, name="block_2_2"),
+            L.Dropout(0.25),
+            L.Flatten(),
+            L.Dense(32, name="dense_1"),
+            L.Activation("relu"),
+            L.Dropout(0.5),
+            L.Dense(num_classes, name="dense_2"),
+        ],
+        name=name,
+    )
+
+
+def snapshot(model) -> dict:
+    """Every variable's value, keyed by its path, copied."""
+    return {v.path: np.array(keras.ops.convert_to_numpy(v)) for v in model.weights}
+
+
+def assert_same(a: dict, b: dict, keys=None):
+    keys = list(a) if keys is None else keys
+    for key in keys:
+        x, y = a[key], b[key]
+        assert x.dtype == y.dtype and x.shape == y.shape, key
+        assert x.tobytes() == y.tobytes(), f"{key} differs"
+
+
+def randomize(model, seed: int = 1):
+    """Gives every variable new random values (so loads are visible)."""
+    rng = np.random.default_rng(seed)
+    for v in model.weights:
+        value = rng.normal(size=v.shape).astype("float32")
+        v.assign(value.astype(keras.backend.standardize_dtype(v.dtype))
+                 if "float" in v.dtype else np.asarray(value, dtype=v.dtype))

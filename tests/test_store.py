@@ -1,0 +1,199 @@
+import json
+import os
+
+import h5py
+import keras
+import numpy as np
+import pytest
+
+from keras_blockreuse import BlockFileError, load_blocks, read_blocks, save_blocks
+from keras_blockreuse import store as store_module
+from keras_blockreuse.store import FORMAT_VERSION, BlockFile
+from tests.helpers import assert_same, randomize, seed_cnn, snapshot
+
+
+@pytest.fixture
+def saved(tmp_path):
+    model = seed_cnn()
+    randomize(model, seed=3)
+    path = save_blocks(model, tmp_path / "cnn.blocks.h5", metadata={"epoch": 7, "note": "x"})
+    return model, path
+
+
+def _flip(path, offset):
+    with open(path, "r+b") as f:
+        f.seek(offset)
+        byte = f.read(1)
+        f.seek(offset)
+        f.write(bytes([byte[0] ^ 0xFF]))
+
+
+def _data_offset(path, dataset):
+    with h5py.File(path, "r") as f:
+        return f[dataset].id.get_offset()
+
+
+def test_file_layout_is_readable(saved):
+    model, path = saved
+    with h5py.File(path, "r") as f:
+        assert f.attrs["format"] == "keras-blockreuse"
+        assert f.attrs["format_version"] == FORMAT_VERSION
+        assert f.attrs["keras_version"] == keras.__version__
+        assert f.attrs["backend"] == keras.backend.backend()
+        assert f.attrs["model_name"] == "seed_cnn"
+        assert f.attrs["created"].endswith("+00:00")
+        assert json.loads(f.attrs["blocks"]) == ["block_1", "block_2", "dense_1", "dense_2"]
+        assert json.loads(f.attrs["metadata"]) == {"epoch": 7, "note": "x"}
+        kernel = f["block_1/block_1_0/kernel"]
+        assert kernel.shape == (3, 3, 3, 8) and kernel.dtype == np.float32
+        assert kernel.attrs["path"] == "seed_cnn/block_1_0/kernel"
+        assert kernel.attrs["dtype"] == "float32"
+        assert f["block_1/block_1_0"].attrs["class_name"] == "Conv2D"
+        np.testing.assert_array_equal(kernel[()], model.get_layer("block_1_0").kernel.numpy())
+        assert f["block_1"].attrs["data_checksum"].startswith("sha256:")
+        assert f["block_1"].attrs["layout_checksum"].startswith("sha256:")
+
+
+def test_read_blocks_describes_without_values(saved):
+    model, path = saved
+    info = read_blocks(path)
+    assert list(info.blocks) == ["block_1", "block_2", "dense_1", "dense_2"]
+    assert info.metadata == {"epoch": 7, "note": "x"}
+    assert info.model_name == "seed_cnn"
+    block = info.blocks["block_2"]
+    assert [layer.path for layer in block.layers] == ["block_2_0", "block_2_1"]
+    kernel = block.layers[0].variables[0]
+    assert (kernel.key, kernel.name, kernel.shape, kernel.dtype) == ("0", "kernel", (3, 3, 8, 16), "float32")
+    assert info.num_params == model.count_params()
+    assert info.nbytes == 4 * model.count_params()
+
+
+def test_only_saves_a_subset(tmp_path):
+    model = seed_cnn()
+    path = save_blocks(model, tmp_path / "b.blocks.h5", only=["block_*"])
+    assert list(read_blocks(path).blocks) == ["block_1", "block_2"]
+
+
+def test_bad_arguments(tmp_path):
+    model = seed_cnn()
+    with pytest.raises(ValueError, match=r"must end in '.blocks.h5'. Received: path="):
+        save_blocks(model, tmp_path / "x.h5")
+    with pytest.raises(TypeError, match="JSON-serialisable"):
+        save_blocks(model, tmp_path / "x.blocks.h5", metadata={"a": object()})
+    with pytest.raises(ValueError, match=r"Unknown block name\(s\) \['block_9'\].*Available"):
+        save_blocks(model, tmp_path / "x.blocks.h5", only=["block_9"])
+    assert os.listdir(tmp_path) == []
+
+
+def test_exception_during_save_keeps_old_file_and_leaves_no_temporary(tmp_path, monkeypatch):
+    model = seed_cnn()
+    randomize(model, seed=1)
+    path = save_blocks(model, tmp_path / "cnn.blocks.h5")
+    before = snapshot(model)
+    randomize(model, seed=2)
+    calls = {"n": 0}
+    real = store_module._to_numpy
+
+    def failing(value):
+        calls["n"] += 1
+        if calls["n"] == 5:
+            raise OSError("disk full (injected)")
+        return real(value)
+
+    monkeypatch.setattr(store_module, "_to_numpy", failing)
+    with pytest.raises(OSError, match="injected"):
+        save_blocks(model, path)
+    monkeypatch.undo()
+    assert os.listdir(tmp_path) == ["cnn.blocks.h5"]
+    fresh = seed_cnn()
+    load_blocks(fresh, path)
+    assert_same(before, snapshot(fresh))
+
+
+def test_stale_temporary_of_a_dead_writer_is_removed(tmp_path):
+    stale = tmp_path / f".cnn.blocks.h5{store_module.TEMP_MARKER}999999999-abcd"
+    stale.write_bytes(b"partial")
+    other = tmp_path / "notes.txt"
+    other.write_text("keep me")
+    assert store_module.is_temporary(str(stale))
+    save_blocks(seed_cnn(), tmp_path / "cnn.blocks.h5")
+    assert sorted(os.listdir(tmp_path)) == ["cnn.blocks.h5", "notes.txt"]
+
+
+def test_flipped_byte_in_block_data_names_the_block_and_spares_other_blocks(saved):
+    model, path = saved
+    _flip(path, _data_offset(path, "block_2/block_2_1/kernel") + 17)
+    target = seed_cnn()
+    before = snapshot(target)
+    with pytest.raises(BlockFileError, match=r"Block 'block_2' .* is corrupt"):
+        load_blocks(target, path)
+    assert_same(before, snapshot(target))
+    report = load_blocks(target, path, only=["block_1", "dense_1"])
+    assert list(report.loaded) == ["block_1", "dense_1"]
+    expected = snapshot(model)
+    assert_same(expected, snapshot(target), [v.path for v in target.get_layer("block_1_0").weights])
+
+
+def test_flipped_byte_in_layout_is_detected(saved):
+    _, path = saved
+    with h5py.File(path, "r+") as f:
+        layout = f["block_1"].attrs["layout"]
+        f["block_1"].attrs["layout"] = layout.replace("[3, 3, 3, 8]", "[3, 3, 3, 9]")
+    with pytest.raises(BlockFileError, match="layout .* does not match its checksum"):
+        load_blocks(seed_cnn(), path, only=["block_1"])
+
+
+def test_lazy_read_touches_only_selected_blocks(saved):
+    model, path = saved
+    with BlockFile(path) as f:
+        f.read_block("block_1")
+        assert f.bytes_read == read_blocks(path).blocks["block_1"].nbytes
+    report = load_blocks(seed_cnn(), path, only=["block_1"])
+    assert report.bytes_read == read_blocks(path).blocks["block_1"].nbytes
+
+
+def test_newer_format_version_is_refused(saved):
+    _, path = saved
+    with h5py.File(path, "r+") as f:
+        f.attrs["format_version"] = FORMAT_VERSION + 1
+    with pytest.raises(BlockFileError, match=f"version {FORMAT_VERSION + 1}, newer than this reader's version {FORMAT_VERSION}"):
+        read_blocks(path)
+
+
+def test_other_files_are_refused_clearly(tmp_path):
+    other = tmp_path / "other.blocks.h5"
+    with h5py.File(other, "w") as f:
+        f["x"] = np.arange(3)
+    with pytest.raises(BlockFileError, match="HDF5 file but not a block file"):
+        read_blocks(other)
+    text = tmp_path / "text.blocks.h5"
+    text.write_text("hello")
+    with pytest.raises(BlockFileError, match="Cannot read block file"):
+        read_blocks(text)
+    with pytest.raises(BlockFileError, match="No such block file"):
+        read_blocks(tmp_path / "absent.blocks.h5")
+
+
+def test_low_precision_dtypes_round_trip(tmp_path):
+    for policy in ("float16", "bfloat16", "mixed_bfloat16"):
+        with _policy(policy):
+            model = seed_cnn(input_shape=(16, 16, 1))
+            twin = seed_cnn(input_shape=(16, 16, 1))
+        randomize(model, seed=5)
+        path = save_blocks(model, tmp_path / f"{policy}.blocks.h5")
+        stored = {v.dtype for b in read_blocks(path).blocks.values() for x in b.layers for v in x.variables}
+        assert stored == {"float32" if policy.startswith("mixed") else policy}
+        load_blocks(twin, path)
+        assert_same(snapshot(model), snapshot(twin))
+
+
+class _policy:
+    def __init__(self, name):
+        self.name = name
+
+    def __enter__(self):
+        self.old = keras.config.dtype_policy()
+        keras.config.set_dtype_policy(self.name)
+
+    def __exit__(self, *exc):
+        keras.config.set_dtype_policy(self.old)

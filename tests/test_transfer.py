@@ -1,0 +1,201 @@
+import keras
+import numpy as np
+import pytest
+
+from keras_blockreuse import BlockMismatchError, BlockModel, load_blocks, save_blocks
+from tests.helpers import assert_same, randomize, seed_cnn, snapshot
+
+L = keras.layers
+
+
+def _paths(model, layer_names):
+    return [v.path for name in layer_names for v in model.get_layer(name).weights]
+
+
+@pytest.fixture
+def source(tmp_path):
+    model = seed_cnn()
+    randomize(model, seed=11)
+    return model, save_blocks(model, tmp_path / "src.blocks.h5")
+
+
+def _wide_cnn(num_classes=10):
+    """The seed CNN with wider second-block convolutions and a different head."""
+    return keras.Sequential(
+        [
+            keras.Input((16, 16, 3)),
+            L.Conv2D(8, 3, padding="same", name="block_1_0"),
+            L.Conv2D(8, 3, name="block_1_1"),
+            L.AveragePooling2D(2, name="block_1_2"),
+            L.Conv2D(24, 3, padding="same", name="block_2_0"),
+            L.Conv2D(24, 3, name="block_2_1"),
+            L.AveragePooling2D(2, name="block_2_2"),
+            L.Flatten(),
+            L.Dense(32, name="dense_1"),
+            L.Dense(num_classes, name="dense_2"),
+        ]
+    )
+
+
+def test_unknown_block_names_list_what_exists(source):
+    _, path = source
+    target = seed_cnn()
+    expected = (r"Unknown block name\(s\) \['block_9'\] in `only`. The source .*src.blocks.h5 has "
+                r"blocks \['block_1', 'block_2', 'dense_1', 'dense_2'\]; the model has blocks "
+                r"\['block_1', 'block_2', 'dense_1', 'dense_2'\].")
+    with pytest.raises(BlockMismatchError, match=expected):
+        load_blocks(target, path, only=["block_9"])
+    with pytest.raises(BlockMismatchError, match=r"\['nope'\] in `exclude`"):
+        load_blocks(target, path, exclude=["nope"])
+    with pytest.raises(BlockMismatchError, match=r"\['nope'\] in `rename` keys"):
+        load_blocks(target, path, rename={"nope": "block_1"})
+    with pytest.raises(BlockMismatchError, match=r"block_1 -> enc_1.*not in model"):
+        load_blocks(target, path, only=["block_1"], rename={"block_1": "enc_1"})
+
+
+def test_every_mismatch_reported_at_once_and_nothing_changes(source):
+    _, path = source
+    target = _wide_cnn(num_classes=4)
+    randomize(target, seed=2)
+    before = snapshot(target)
+    with pytest.raises(BlockMismatchError) as err:
+        load_blocks(target, path)
+    message = str(err.value)
+    assert "7 variable(s)" in message
+    for where in ("block_2 / block_2_0 / kernel", "block_2 / block_2_0 / bias",
+                  "block_2 / block_2_1 / kernel", "block_2 / block_2_1 / bias",
+                  "dense_2 / dense_2 / kernel", "dense_2 / dense_2 / bias"):
+        assert where in message
+    assert "source (3, 3, 8, 16) float32, model (3, 3, 8, 24) float32" in message
+    assert "dense_1 / dense_1 / kernel" in message  # flattened size differs too
+    assert_same(before, snapshot(target))
+
+
+def test_skip_loads_the_rest_and_reports_the_skipped(source):
+    model, path = source
+    target = _wide_cnn(num_classes=4)
+    before = snapshot(target)
+    report = load_blocks(target, path, on_mismatch="skip")
+    assert list(report.loaded) == ["block_1", "dense_1"]  # dense_1: its bias fits
+    assert report.untouched == ["block_2", "dense_2"]
+    assert not report.ok
+    assert sorted((m.block, m.layer, m.variable) for m in report.skipped) == sorted(
+        [("block_2", "block_2_0", "kernel"), ("block_2", "block_2_0", "bias"),
+         ("block_2", "block_2_1", "kernel"), ("block_2", "block_2_1", "bias"),
+         ("dense_1", "dense_1", "kernel"), ("dense_2", "dense_2", "kernel"),
+         ("dense_2", "dense_2", "bias")]
+    )
+    # dense_1's bias fits, so it is loaded even though its kernel does not.
+    assert report.variables_loaded == 4 + 1
+    src = snapshot(model)
+    after = snapshot(target)
+    for name in ("block_1_0", "block_1_1"):
+        for v in target.get_layer(name).weights:
+            assert after[v.path].tobytes() == src[v.path.replace(target.name, model.name)].tobytes()
+    assert_same(before, after, _paths(target, ["block_2_0", "block_2_1", "dense_2"]))
+    text = str(report)
+    assert "skipped block_2_0/kernel: shape differs" in text
+
+
+def test_rename_loads_into_differently_named_layers(source):
+    model, path = source
+    inputs = keras.Input((16, 16, 3))
+    x = L.Conv2D(8, 3, padding="same", name="enc_a")(inputs)
+    x = L.Conv2D(8, 3, name="enc_b")(x)
+    x = L.GlobalAveragePooling2D()(x)
+    outputs = L.Dense(3, name="cls")(x)
+    target = BlockModel(inputs, outputs, blocks={"enc_1": ["enc_*"]})
+    report = target.load_blocks(path, only=["block_1"], rename={"block_1": "enc_1"})
+    assert report.loaded == {"enc_1": "block_1"}
+    assert report.matched_by_order == ["enc_1"]
+    assert "from block_1" in str(report) and "layers matched by order" in str(report)
+    np.testing.assert_array_equal(target.get_layer("enc_a").kernel.numpy(),
+                                  model.get_layer("block_1_0").kernel.numpy())
+    np.testing.assert_array_equal(target.get_layer("enc_b").bias.numpy(),
+                                  model.get_layer("block_1_1").bias.numpy())
+
+
+def test_copy_blocks_from_a_live_model():
+    source = seed_cnn(name="src")
+    randomize(source, seed=4)
+    target = seed_cnn(num_classes=3, name="dst")
+    before = snapshot(target)
+    report = load_blocks(target, source, exclude=["dense_2"])
+    assert report.source == "model 'src'"
+    assert list(report.loaded) == ["block_1", "block_2", "dense_1"]
+    assert report.unexpected == ["dense_2"]
+    for name in ("block_1_0", "block_1_1", "block_2_0", "block_2_1", "dense_1"):
+        for a, b in zip(source.get_layer(name).weights, target.get_layer(name).weights, strict=True):
+            assert a.numpy().tobytes() == b.numpy().tobytes()
+    assert_same(before, snapshot(target), _paths(target, ["dense_2"]))
+
+
+def test_freeze_freezes_exactly_the_loaded_blocks(source):
+    _, path = source
+    target = BlockModel.from_model(seed_cnn(num_classes=3))
+    report = target.load_blocks(path, only=["block_*"], freeze=True)
+    assert report.frozen == ["block_1", "block_2"]
+    assert {n: b.trainable for n, b in target.blocks.items()} == {
+        "block_1": False, "block_2": False, "dense_1": True, "dense_2": True}
+    assert len(target.trainable_weights) == 4
+    assert "after model.compile()" in str(report)
+
+
+def test_values_are_cast_to_the_model_dtype(source):
+    model, path = source
+    keras.config.set_dtype_policy("bfloat16")
+    try:
+        target = seed_cnn()
+    finally:
+        keras.config.set_dtype_policy("float32")
+    load_blocks(target, path, only=["block_1"])
+    kernel = target.get_layer("block_1_0").kernel
+    assert kernel.dtype == "bfloat16"
+    expected = model.get_layer("block_1_0").kernel.numpy().astype("bfloat16")
+    assert np.asarray(kernel.numpy()).tobytes() == expected.tobytes()
+
+
+def test_dtype_kind_mismatch_is_reported(tmp_path):
+    inputs = keras.Input((3,), dtype="int32")
+    emb = L.Embedding(10, 4, name="emb_1_0")
+    model = keras.Model(inputs, emb(inputs))
+    path = save_blocks(model, tmp_path / "e.blocks.h5")
+    # an integer variable in the model where the file has floats
+    class IntLayer(L.Layer):
+        def build(self, shape):
+            self.table = self.add_weight(shape=(10, 4), dtype="int32", initializer="zeros", name="embeddings")
+
+        def call(self, x):
+            return x
+
+    int_layer = IntLayer(name="emb_1_0")
+    target = keras.Model(inputs, int_layer(inputs))
+    with pytest.raises(BlockMismatchError, match="dtype kind differs"):
+        load_blocks(target, path)
+
+
+def test_missing_and_unexpected_blocks_in_report(source):
+    _, path = source
+    inputs = keras.Input((16, 16, 3))
+    x = L.Conv2D(8, 3, padding="same", name="block_1_0")(inputs)
+    x = L.Conv2D(8, 3, name="block_1_1")(x)
+    x = L.GlobalAveragePooling2D()(x)
+    outputs = L.Dense(2, name="new_head")(x)
+    target = keras.Model(inputs, outputs)
+    report = load_blocks(target, path)
+    assert list(report.loaded) == ["block_1"]
+    assert report.missing == ["new_head"]
+    assert report.unexpected == ["block_2", "dense_1", "dense_2"]
+    assert report.ok
+    text = str(report)
+    assert "new_head" in text and "not in source" in text and "in source only" in text
+
+
+def test_unbuilt_model_and_bad_option(source):
+    _, path = source
+    with pytest.raises(ValueError, match="not built"):
+        load_blocks(keras.Sequential([L.Dense(2, name="d")]), path)
+    with pytest.raises(ValueError, match=r"`on_mismatch` must be one of .* Received: 'ignore'"):
+        load_blocks(seed_cnn(), path, on_mismatch="ignore")
+    with pytest.raises(TypeError, match="`source` must be"):
+        load_blocks(seed_cnn(), 42)
