@@ -14,6 +14,7 @@ print(report)
 __version__ = "0.1.0"
 
 from keras_blockreuse.blocks import Block, get_blocks
+from keras_blockreuse.callbacks import BlockCheckpoint, latest_checkpoint
 from keras_blockreuse.errors import BlockFileError, BlockMismatchError
 from keras_blockreuse.model import BlockModel, block_summary, freeze_blocks, unfreeze_blocks
 from keras_blockreuse.report import LoadReport, Mismatch
@@ -22,6 +23,7 @@ from keras_blockreuse.transfer import load_blocks
 
 __all__ = [
     "Block",
+    "BlockCheckpoint",
     "BlockFileError",
     "BlockFileInfo",
     "BlockMismatchError",
@@ -32,6 +34,7 @@ __all__ = [
     "block_summary",
     "freeze_blocks",
     "get_blocks",
+    "latest_checkpoint",
     "load_blocks",
     "read_blocks",
     "save_blocks",
