@@ -27,8 +27,9 @@ import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, Union
 
-import keras
 import numpy as np
+
+from keras_blockreuse.errors import BlockMismatchError
 
 BlockRule = Union[None, str, Mapping[str, Sequence[str]], Callable[[Any], Union[str, None]]]  # noqa: UP007
 
@@ -176,8 +177,6 @@ def select(
     Raises:
         BlockMismatchError: a pattern matches nothing; the message lists what exists.
     """
-    from keras_blockreuse.errors import BlockMismatchError
-
     if patterns is None:
         return list(names)
     if isinstance(patterns, str):
@@ -262,8 +261,6 @@ def _pattern_rule(pattern: re.Pattern) -> Callable[[Any], str]:
 
 
 def _mapping_rule(mapping: Mapping[str, Sequence[str]]) -> Callable[[Any], str]:
-    from keras_blockreuse.errors import BlockMismatchError
-
     for block, patterns in mapping.items():
         if isinstance(patterns, str):
             raise TypeError(
@@ -334,6 +331,3 @@ def _preset_rule(name: str) -> Callable[[Any], str]:
 
     return rule
 
-
-def is_keras_model(obj) -> bool:
-    return isinstance(obj, keras.Model)

@@ -296,10 +296,8 @@ def remove_stale_temporaries(folder: str) -> list[str]:
         if not is_temporary(name):
             continue
         pid = name.rsplit(TEMP_MARKER, 1)[1].split("-", 1)[0]
-        if pid.isdigit() and int(pid) != os.getpid() and _alive(int(pid)):
-            continue
-        if pid.isdigit() and int(pid) == os.getpid():
-            continue
+        if pid.isdigit() and (int(pid) == os.getpid() or _alive(int(pid))):
+            continue  # a save in progress, here or in another process
         with contextlib.suppress(OSError):
             os.remove(os.path.join(folder, name))
             removed.append(os.path.join(folder, name))
