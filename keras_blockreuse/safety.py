@@ -1,0 +1,169 @@
+"""Checks that make a third-party weights file safe to read, before any value is allocated.
+
+A weights file from elsewhere can point outside itself (HDF5 external links, external or
+virtual datasets), smuggle paths out of a zip archive (`/etc/...`, `../..`), or declare far
+more data than it holds (a zip bomb, a dataset whose shape is enormous but never written).
+Each check raises `BlockFileError` naming the file and what was found.
+
+Example:
+
+```python
+with h5py.File(path, "r") as f:
+    check_hdf5(f, path)                    # refuses links and datasets that leave the file
+with zipfile.ZipFile(path) as archive:
+    check_zip(archive, path)               # refuses unsafe member names and zip bombs
+```
+"""
+
+from __future__ import annotations
+
+import os
+import posixpath
+import zipfile
+
+import h5py
+import numpy as np
+
+from keras_blockreuse.errors import BlockFileError
+
+# A deflated stream expands at most about 1032 times; more than this is crafted.
+MAX_COMPRESSION_RATIO = 1100
+# A dataset may declare at most this many times the bytes of the variable it is loaded into.
+MAX_SHAPE_FACTOR = 16
+
+
+def check_hdf5(file: h5py.File | h5py.Group, where: str) -> None:
+    """Refuses an HDF5 file whose objects lead outside it.
+
+    External links and soft links (Keras never writes either), datasets stored in external
+    raw files and virtual datasets (whose values come from other files) are all refused.
+    """
+    for path, link in _links(file):
+        if isinstance(link, h5py.ExternalLink):
+            raise BlockFileError(
+                f"{where}: {path!r} is an HDF5 external link to {link.filename!r}:{link.path!r}. "
+                "A weights file must hold its own data; refusing to follow it."
+            )
+        if isinstance(link, h5py.SoftLink):
+            raise BlockFileError(
+                f"{where}: {path!r} is an HDF5 soft link to {link.path!r}. Keras weights files "
+                "hold no links; refusing to follow it."
+            )
+    for path, obj in _objects(file):
+        if isinstance(obj, h5py.Dataset):
+            if obj.external:
+                files = [entry[0] for entry in obj.external]
+                raise BlockFileError(
+                    f"{where}: dataset {path!r} stores its values in external files {files}. "
+                    "A weights file must hold its own data; refusing to read it."
+                )
+            if obj.is_virtual:
+                raise BlockFileError(
+                    f"{where}: dataset {path!r} is a virtual dataset mapped from other files. "
+                    "A weights file must hold its own data; refusing to read it."
+                )
+
+
+def _links(group: h5py.Group, prefix: str = ""):
+    for name in group:
+        link = group.get(name, getlink=True)
+        path = f"{prefix}/{name}"
+        yield path, link
+        if isinstance(link, h5py.HardLink):
+            child = group.get(name)
+            if isinstance(child, h5py.Group):
+                yield from _links(child, path)
+
+
+def _objects(group: h5py.Group, prefix: str = ""):
+    for name in group:
+        if not isinstance(group.get(name, getlink=True), h5py.HardLink):
+            continue
+        child = group[name]
+        path = f"{prefix}/{name}"
+        yield path, child
+        if isinstance(child, h5py.Group):
+            yield from _objects(child, path)
+
+
+def check_dataset_size(dataset: h5py.Dataset, file_size: int, where: str) -> int:
+    """Refuses a dataset that declares more bytes than its file could hold; returns its bytes.
+
+    An uncompressed dataset cannot hold more than the file's size; a compressed one more
+    than `MAX_COMPRESSION_RATIO` times it.
+    """
+    nbytes = int(np.prod(dataset.shape, dtype=np.int64)) * dataset.dtype.itemsize
+    limit = file_size * (MAX_COMPRESSION_RATIO if dataset.compression else 1)
+    if nbytes > max(limit, 1024):
+        raise BlockFileError(
+            f"{where}: dataset {dataset.name!r} declares shape {tuple(dataset.shape)} "
+            f"({nbytes} bytes) but the file holds {file_size} bytes; it is truncated or "
+            "crafted. Nothing was read."
+        )
+    return nbytes
+
+
+def check_shape_against(declared: tuple, expected: tuple, where: str, name: str) -> None:
+    """Refuses a declared shape far larger than the variable it is meant for."""
+    declared_size = int(np.prod(declared, dtype=np.int64))
+    expected_size = max(int(np.prod(expected, dtype=np.int64)), 1)
+    if declared_size > MAX_SHAPE_FACTOR * expected_size:
+        raise BlockFileError(
+            f"{where}: {name!r} declares shape {tuple(declared)}, {declared_size // expected_size}"
+            f" times the {tuple(expected)} of the variable it is loaded into. Refusing to "
+            "allocate it."
+        )
+
+
+def check_zip(archive: zipfile.ZipFile, where: str) -> None:
+    """Refuses a zip archive with unsafe member names or members larger than it could hold.
+
+    Member names must be relative and stay inside the archive (no `/x`, `C:\\x`, `..`).
+    A stored member cannot be larger than the archive; a compressed one cannot expand more
+    than `MAX_COMPRESSION_RATIO` times.
+    """
+    archive_size = _size_of(archive)
+    for info in archive.infolist():
+        name = info.filename
+        normalized = posixpath.normpath(name.replace("\\", "/"))
+        if (
+            name.startswith(("/", "\\"))
+            or (len(name) > 1 and name[1] == ":")
+            or normalized == ".."
+            or normalized.startswith("../")
+            or "/../" in f"/{name.replace(chr(92), '/')}/"
+        ):
+            raise BlockFileError(
+                f"{where}: archive member {name!r} has an absolute path or '..'; refusing "
+                "to read an archive that points outside itself."
+            )
+        if info.compress_type == zipfile.ZIP_STORED:
+            too_big = info.file_size > archive_size
+        else:
+            too_big = info.file_size > MAX_COMPRESSION_RATIO * max(info.compress_size, 1)
+        if too_big or info.file_size > MAX_COMPRESSION_RATIO * max(archive_size, 1):
+            raise BlockFileError(
+                f"{where}: archive member {name!r} declares {info.file_size} bytes, more than "
+                f"an archive of {archive_size} bytes can hold (a zip bomb?). Refusing to read it."
+            )
+
+
+def _size_of(archive: zipfile.ZipFile) -> int:
+    fp = archive.fp
+    if archive.filename and os.path.exists(archive.filename):
+        return os.path.getsize(archive.filename)
+    position = fp.tell()
+    fp.seek(0, os.SEEK_END)
+    size = fp.tell()
+    fp.seek(position)
+    return size
+
+
+def safe_member_name(name: str, where: str) -> str:
+    """Checks that a file name read from a file (a shard) stays in the file's folder."""
+    if not name or os.path.basename(name) != name or "\\" in name or name in (".", ".."):
+        raise BlockFileError(
+            f"{where}: refers to {name!r}, which is not a plain file name in the same folder. "
+            "Refusing to open it."
+        )
+    return name

@@ -1,0 +1,301 @@
+"""Loading blocks from the files Keras users have: .weights.h5, .keras, sharded, legacy .h5."""
+
+import io
+import json
+import os
+import shutil
+import zipfile
+
+import h5py
+import keras
+import numpy as np
+import pytest
+
+from keras_blockreuse import BlockFileError, load_blocks
+from keras_blockreuse.keras_sources import keras_file_kind, open_keras_file, structural_names
+from tests.helpers import assert_same, randomize, snapshot
+
+L = keras.layers
+VGG_RULE = r"^(block\d+)_"
+SHAPE = (32, 32, 3)
+
+
+def vgg16():
+    return keras.applications.VGG16(weights=None, include_top=False, input_shape=SHAPE)
+
+
+def write_keras2(model, path, whole_model=True):
+    """Writes `model` in the Keras 2 layout: groups by layer name, `<layer>/<var>:0` names."""
+    with h5py.File(path, "w") as f:
+        f.attrs["keras_version"] = b"2.15.0"
+        f.attrs["backend"] = b"tensorflow"
+        root = f.create_group("model_weights") if whole_model else f
+        if whole_model:
+            layers = [{"class_name": type(layer).__name__, "config": {"name": layer.name}}
+                      for layer in model.layers]
+            f.attrs["model_config"] = json.dumps(
+                {"class_name": "Functional", "config": {"layers": layers}}).encode()
+        root.attrs["layer_names"] = [layer.name.encode() for layer in model.layers]
+        root.attrs["backend"] = b"tensorflow"
+        for layer in model.layers:
+            group = root.create_group(layer.name)
+            names = []
+            for path_, weight in _legacy_weights(layer):
+                names.append(path_)
+                group.create_dataset(path_, data=keras.ops.convert_to_numpy(weight))
+            group.attrs["weight_names"] = [n.encode() for n in names]
+
+
+def _legacy_weights(layer):
+    """`(Keras 2 weight name, variable)`: `layer/kernel:0`, nested `inner/kernel:0`."""
+    if isinstance(layer, keras.Model):
+        return [(f"{inner.name}/{w.name}:0", w) for inner in layer.layers for w in inner.weights]
+    return [(f"{layer.name}/{w.name}:0", w) for w in layer.weights]
+
+
+@pytest.fixture(scope="module")
+def vgg_files(tmp_path_factory):
+    """A VGG16 with random weights, saved in every Keras format, once per module."""
+    folder = tmp_path_factory.mktemp("vgg")
+    model = vgg16()
+    randomize(model, seed=3)
+    files = {
+        "weights": str(folder / "vgg.weights.h5"),
+        "keras": str(folder / "vgg.keras"),
+        "keras2": str(folder / "vgg_keras2.h5"),
+        "keras2_weights_only": str(folder / "vgg_keras2_weights.h5"),
+    }
+    model.save_weights(files["weights"])
+    model.save(files["keras"])
+    write_keras2(model, files["keras2"])
+    write_keras2(model, files["keras2_weights_only"], whole_model=False)
+    return model, snapshot(model), files
+
+
+def detector():
+    """Another model: VGG's first two blocks by name, then a new head."""
+    inputs = keras.Input(SHAPE)
+    x = L.Conv2D(64, 3, padding="same", activation="relu", name="block1_conv1")(inputs)
+    x = L.Conv2D(64, 3, padding="same", activation="relu", name="block1_conv2")(x)
+    x = L.MaxPooling2D(name="block1_pool")(x)
+    x = L.Conv2D(128, 3, padding="same", activation="relu", name="block2_conv1")(x)
+    x = L.Conv2D(128, 3, padding="same", activation="relu", name="block2_conv2")(x)
+    x = L.Conv2D(16, 3, name="det_conv")(x)
+    x = L.GlobalAveragePooling2D()(x)
+    outputs = L.Dense(4, name="det_out")(x)
+    return keras.Model(inputs, outputs, name="detector")
+
+
+def loaded_bit_for_bit(source_values, model, before):
+    after = snapshot(model)
+    for layer in ["block1_conv1", "block1_conv2", "block2_conv1", "block2_conv2"]:
+        for v in model.get_layer(layer).weights:
+            source_path = f"{layer}/{v.name}"
+            assert after[v.path].tobytes() == source_values[source_path].tobytes(), v.path
+    for name in ["det_conv", "det_out"]:
+        for v in model.get_layer(name).weights:
+            assert after[v.path].tobytes() == before[v.path].tobytes(), v.path
+
+
+@pytest.mark.parametrize("kind", ["weights", "keras", "keras2", "keras2_weights_only"])
+def test_vgg16_blocks_load_into_another_model_bit_for_bit(vgg_files, kind):
+    _, values, files = vgg_files
+    target = detector()
+    randomize(target, seed=9)
+    before = snapshot(target)
+    report = load_blocks(target, files[kind], only=["block1", "block2"], blocks=VGG_RULE)
+    assert report.ok and list(report.loaded) == ["block1", "block2"]
+    assert report.variables_loaded == 8
+    assert report.bytes_read == 4 * sum(
+        int(np.prod(v.shape)) for layer in ["block1_conv1", "block1_conv2", "block2_conv1",
+                                            "block2_conv2"]
+        for v in target.get_layer(layer).weights
+    )
+    loaded_bit_for_bit(values, target, before)
+
+
+def test_keras_file_blocks_follow_the_rule_in_the_file_order(vgg_files):
+    _, _, files = vgg_files
+    for kind in ["weights", "keras", "keras2"]:
+        with open_keras_file(files[kind], rule=VGG_RULE) as source:
+            assert source.block_names() == ["block1", "block2", "block3", "block4", "block5"]
+            layers = source.block_layers("block3")
+            assert [layer.path for layer in layers] == [
+                "block3_conv1", "block3_conv2", "block3_conv3"]
+            assert layers[0].class_name == "Conv2D"
+            assert [(v.key, v.shape, v.dtype) for v in layers[0].variables] == [
+                ("0", (3, 3, 128, 256), "float32"), ("1", (256,), "float32")]
+            assert source.bytes_read == 0  # described without reading values
+
+
+def test_preset_detected_from_the_file_names(vgg_files):
+    _, _, files = vgg_files
+    with open_keras_file(files["keras"]) as source:  # no rule: the names say "vgg"
+        assert source.block_names() == ["block1", "block2", "block3", "block4", "block5"]
+
+
+def strip_name_attributes(path):
+    with h5py.File(path, "a") as f:
+        def visit(name, obj):
+            if isinstance(obj, h5py.Group) and "name" in obj.attrs:
+                del obj.attrs["name"]
+        f.visititems(visit)
+
+
+def test_weights_without_name_attributes_need_source_model(vgg_files, tmp_path):
+    _, values, files = vgg_files
+    path = str(tmp_path / "old.weights.h5")
+    shutil.copy(files["weights"], path)
+    strip_name_attributes(path)
+    target = detector()
+    with pytest.raises(BlockFileError, match=r"holds no layer names.*Pass source_model="):
+        load_blocks(target, path, only=["block1", "block2"], blocks=VGG_RULE)
+    before = snapshot(target)
+    report = load_blocks(target, path, only=["block1", "block2"], blocks=VGG_RULE,
+                         source_model=vgg16)  # a builder; a model works too
+    assert report.ok and list(report.loaded) == ["block1", "block2"]
+    loaded_bit_for_bit(values, target, before)
+
+
+def test_source_model_of_another_architecture_is_refused(vgg_files, tmp_path):
+    _, _, files = vgg_files
+    path = str(tmp_path / "old.weights.h5")
+    shutil.copy(files["weights"], path)
+    strip_name_attributes(path)
+    other = keras.Sequential([keras.Input((4,)), L.Dense(2, name="d")])
+    with pytest.raises(BlockFileError, match="does not have the structure of source_model"):
+        load_blocks(detector(), path, blocks=VGG_RULE, source_model=other)
+
+
+def test_keras_archive_without_names_is_rebuilt_from_its_config(vgg_files, tmp_path):
+    _, values, files = vgg_files
+    path = str(tmp_path / "old.keras")
+    with zipfile.ZipFile(files["keras"]) as src, zipfile.ZipFile(path, "w") as dst:
+        for info in src.infolist():
+            data = src.read(info)
+            if info.filename == "model.weights.h5":
+                buffer = io.BytesIO(data)
+                with h5py.File(buffer, "a") as f:
+                    f.visititems(lambda n, o: o.attrs.pop("name", None)
+                                 if isinstance(o, h5py.Group) else None)
+                data = buffer.getvalue()
+            dst.writestr(info.filename, data)
+    target = detector()
+    before = snapshot(target)
+    report = load_blocks(target, path, only=["block1", "block2"], blocks=VGG_RULE)
+    assert report.ok
+    loaded_bit_for_bit(values, target, before)
+
+
+def test_archive_member_is_read_in_place(vgg_files, monkeypatch):
+    _, _, files = vgg_files
+    monkeypatch.setattr(zipfile.ZipFile, "extract", None)
+    monkeypatch.setattr(zipfile.ZipFile, "extractall", None)
+    with open_keras_file(files["keras"], rule=VGG_RULE) as source:
+        assert source.info["keras_version"] == keras.__version__
+        values = source.read_block("block1")
+    assert set(values) == {"block1_conv1", "block1_conv2"}
+
+
+def small_model(name="small"):
+    return keras.Sequential(
+        [
+            keras.Input((8, 8, 3)),
+            L.Conv2D(4, 3, name="block_1_0"),
+            L.BatchNormalization(name="block_1_1"),
+            keras.Sequential([L.Dense(3, name="inner")], name="block_2_0"),
+            L.Flatten(),
+            L.Dense(2, name="head"),
+        ],
+        name=name,
+    )
+
+
+def test_optimizer_state_is_ignored_and_nested_models_map_by_path(tmp_path):
+    model = small_model()
+    model.compile("adam", "mse")
+    model.fit(np.ones((2, 8, 8, 3)), np.ones((2, 2)), verbose=0)
+    path = str(tmp_path / "trained.weights.h5")
+    model.save_weights(path)
+    with h5py.File(path) as f:
+        assert "optimizer" in f
+    target = small_model("target")
+    report = load_blocks(target, path)
+    assert report.ok and list(report.loaded) == ["block_1", "block_2", "head"]
+    assert "optimizer" not in report.unexpected
+    assert_same(snapshot(model), {k.replace("target/", "small/"): v
+                                  for k, v in snapshot(target).items()})
+
+
+def test_sharded_weights_json(tmp_path):
+    model = small_model()
+    randomize(model, seed=4)
+    path = str(tmp_path / "sharded.weights.json")
+    keras.saving.save_weights(model, path, max_shard_size=1e-6)
+    assert len([n for n in os.listdir(tmp_path) if n.endswith(".weights.h5")]) > 1
+    target = small_model("target")
+    report = load_blocks(target, path, only=["block_1", "block_2"])
+    assert report.ok
+    assert_same(snapshot(model), {k.replace("target/", "small/"): v
+                                  for k, v in snapshot(target).items()},
+                keys=[v.path for n in ["block_1_0", "block_1_1"]
+                      for v in model.get_layer(n).weights])
+
+
+def test_sharded_index_cannot_point_outside_its_folder(tmp_path):
+    path = tmp_path / "evil.weights.json"
+    path.write_text(json.dumps({"weight_map": {"/layers/dense/vars": ["../../etc/x.h5"]}}))
+    with pytest.raises(BlockFileError, match="not a plain file name"):
+        open_keras_file(str(path))
+
+
+def test_legacy_nested_model_weights_are_split_by_their_names(tmp_path):
+    model = small_model()
+    randomize(model, seed=5)
+    path = str(tmp_path / "keras2.h5")
+    write_keras2(model, path)
+    with open_keras_file(path) as source:
+        assert [layer.path for layer in source.layers()] == [
+            "block_1_0", "block_1_1", "block_2_0/inner", "head"]
+        assert [v.name for v in source.layers()[1].variables] == [
+            "gamma", "beta", "moving_mean", "moving_variance"]
+    target = small_model("target")
+    assert load_blocks(target, path).ok
+    assert_same(snapshot(model), {k.replace("target/", "small/"): v
+                                  for k, v in snapshot(target).items()})
+
+
+def test_keras3_legacy_h5_from_model_save(tmp_path):
+    model = small_model()
+    randomize(model, seed=6)
+    path = str(tmp_path / "whole.h5")
+    model.save(path)
+    target = small_model("target")
+    assert load_blocks(target, path).ok
+    assert_same(snapshot(model), {k.replace("target/", "small/"): v
+                                  for k, v in snapshot(target).items()})
+
+
+def test_structural_names_follow_keras_saver():
+    model = small_model()
+    names = structural_names(model)
+    assert names["layers/conv2d"] == ("block_1_0", "Conv2D")
+    assert names["layers/sequential/layers/dense"] == ("inner", "Dense")
+
+
+def test_file_kinds(vgg_files, tmp_path):
+    _, _, files = vgg_files
+    assert keras_file_kind(files["weights"]) == "weights"
+    assert keras_file_kind(files["keras"]) == "keras"
+    assert keras_file_kind(files["keras2"]) == "legacy"
+    assert keras_file_kind(str(tmp_path / "x.blocks.h5")) is None
+    renamed = str(tmp_path / "renamed.h5")
+    shutil.copy(files["weights"], renamed)
+    assert keras_file_kind(renamed) == "weights"  # recognised by content
+    with pytest.raises(BlockFileError, match="No such file"):
+        open_keras_file(str(tmp_path / "missing.weights.h5"))
+    not_keras = tmp_path / "plain.h5"
+    with h5py.File(not_keras, "w") as f:
+        f["x"] = np.zeros(3)
+    with pytest.raises(BlockFileError, match="not a supported weights file"):
+        open_keras_file(str(not_keras))
