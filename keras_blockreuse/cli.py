@@ -1,0 +1,357 @@
+"""The `keras-blockreuse` command line: inspect, diff, convert and verify weights files.
+
+Every command reads `.blocks.h5` files and the Keras formats (`.weights.h5`,
+`.weights.json`, `.keras`, legacy `.h5`). Errors are one line on stderr and a non-zero exit
+status, never a traceback.
+
+Example:
+
+```
+keras-blockreuse inspect classifier.keras --blocks vgg
+keras-blockreuse inspect run/blocks_010.blocks.h5 --json
+keras-blockreuse diff run/blocks_001.blocks.h5 run/blocks_010.blocks.h5
+keras-blockreuse convert vgg16.weights.h5 vgg16.blocks.h5 --blocks vgg
+keras-blockreuse verify run/blocks_010.blocks.h5
+```
+
+Exit status: 0 on success; `diff` 1 when the files differ; `verify` 1 when a check fails;
+2 for any other error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+
+PROG = "keras-blockreuse"
+
+
+class CommandError(Exception):
+    """An error to report in one line, with an exit status."""
+
+    def __init__(self, message: str, status: int = 2):
+        super().__init__(message)
+        self.status = status
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, no usage block
+        raise CommandError(f"{message} (see {PROG} --help)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the command line."""
+    parser = _Parser(prog=PROG, description="Inspect, compare, convert and verify block files "
+                     "and Keras weights files.")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    rule_help = ("block rule for files without blocks: a preset (vgg, resnet, ...) or a "
+                 "regular expression with one group; default: a detected preset, else the "
+                 "block_1_0 naming convention")
+    inspect = commands.add_parser("inspect", help="blocks, layers, variables, shapes, metadata")
+    inspect.add_argument("file")
+    inspect.add_argument("--json", action="store_true", help="machine-readable output")
+    inspect.add_argument("--blocks", help=rule_help)
+
+    diff = commands.add_parser("diff", help="blocks and variables that differ between two files")
+    diff.add_argument("a")
+    diff.add_argument("b")
+    diff.add_argument("--blocks", help=rule_help)
+    diff.add_argument("--json", action="store_true", help="machine-readable output")
+
+    convert = commands.add_parser("convert", help="a Keras or legacy file to a .blocks.h5 file")
+    convert.add_argument("source")
+    convert.add_argument("destination", help="the .blocks.h5 file to write")
+    convert.add_argument("--blocks", help=rule_help)
+    convert.add_argument("--only", nargs="+", help="block names or globs to write")
+
+    verify = commands.add_parser("verify", help="check every checksum; exit 0 or 1")
+    verify.add_argument("file")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Runs the command line and returns its exit status."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    try:
+        args = build_parser().parse_args(argv)
+        return _COMMANDS[args.command](args)
+    except CommandError as e:
+        _fail(str(e))
+        return e.status
+    except KeyboardInterrupt:
+        _fail("interrupted")
+        return 130
+    except SystemExit as e:  # --help
+        return int(e.code or 0)
+    except Exception as e:  # noqa: BLE001 - every bad input ends in one line, not a traceback
+        _fail(_one_line(e))
+        return 2
+
+
+def _fail(message: str) -> None:
+    print(f"{PROG}: error: {message}", file=sys.stderr)
+
+
+def _one_line(error: Exception) -> str:
+    text = " ".join(str(error).split())
+    known = ("BlockFileError", "BlockMismatchError", "ValueError", "FileNotFoundError")
+    name = type(error).__name__
+    return text if name in known and text else f"{name}: {text}"
+
+
+# --- inspect ----------------------------------------------------------------------------
+
+
+def describe(path: str, rule: str | None = None) -> dict:
+    """A JSON-ready description of any supported file: its facts, blocks and variables."""
+    from keras_blockreuse.sources import BlockFileSource, open_source
+
+    _exists(path)
+    with open_source(path, rule) as src:
+        if isinstance(src, BlockFileSource):
+            from keras_blockreuse.store import read_blocks
+
+            info = read_blocks(path)
+            facts = {
+                "format": f"keras-blockreuse block file, version {info.format_version}",
+                "keras_version": info.keras_version,
+                "backend": info.backend,
+                "created": info.created,
+                "model_name": info.model_name,
+            }
+            metadata = info.metadata
+        else:
+            facts = dict(getattr(src, "info", {}))
+            metadata = {}
+        blocks = []
+        for name in src.block_names():
+            layers = []
+            for layer in src.block_layers(name):
+                layers.append({
+                    "path": layer.path,
+                    "class_name": layer.class_name,
+                    "variables": [
+                        {"name": v.name, "key": v.key, "shape": list(v.shape), "dtype": v.dtype,
+                         "num_params": v.size, "nbytes": v.nbytes}
+                        for v in layer.variables
+                    ],
+                })
+            variables = [v for layer in layers for v in layer["variables"]]
+            blocks.append({
+                "name": name,
+                "num_params": sum(v["num_params"] for v in variables),
+                "nbytes": sum(v["nbytes"] for v in variables),
+                "layers": layers,
+            })
+    return {
+        "path": path,
+        **facts,
+        "metadata": metadata,
+        "num_params": sum(b["num_params"] for b in blocks),
+        "nbytes": sum(b["nbytes"] for b in blocks),
+        "blocks": blocks,
+    }
+
+
+def _inspect(args) -> int:
+    description = describe(args.file, args.blocks)
+    if args.json:
+        print(json.dumps(description, indent=2))
+        return 0
+    from rich.markup import escape
+    from rich.table import Table
+
+    console = _console()
+    for key, value in description.items():
+        if key not in ("blocks", "metadata", "num_params", "nbytes") and value != "":
+            print(f"{key}: {value}")
+    if description["metadata"]:
+        print(f"metadata: {json.dumps(description['metadata'])}")
+    table = Table(title_justify="left")
+    for column in ("block", "layer", "variable", "shape", "dtype", "params", "bytes"):
+        table.add_column(column, justify="right" if column in ("params", "bytes") else "left")
+    for block in description["blocks"]:
+        first = True
+        for layer in block["layers"]:
+            for v in layer["variables"]:
+                table.add_row(escape(block["name"]) if first else "", escape(layer["path"]),
+                              escape(v["name"]),
+                              str(tuple(v["shape"])), v["dtype"], f"{v['num_params']:,}",
+                              _bytes(v["nbytes"]))
+                first = False
+        table.add_row("", "", "", "", f"[bold]{escape(block['name'])}[/]",
+                      f"[bold]{block['num_params']:,}[/]", f"[bold]{_bytes(block['nbytes'])}[/]",
+                      end_section=True)
+    console.print(table)
+    print(f"{len(description['blocks'])} blocks, {description['num_params']:,} "
+          f"parameters, {_bytes(description['nbytes'])}")
+    return 0
+
+
+# --- diff -------------------------------------------------------------------------------
+
+
+def compare(a: str, b: str, rule: str | None = None) -> list[dict]:
+    """Every block, layer and variable that differs between two files, with max abs diff."""
+    from keras_blockreuse.sources import open_source
+
+    _exists(a)
+    _exists(b)
+    rows = []
+    with open_source(a, rule) as left, open_source(b, rule) as right:
+        left_blocks, right_blocks = left.block_names(), right.block_names()
+        for name in left_blocks:
+            if name not in right_blocks:
+                rows.append({"block": name, "layer": "*", "variable": "*", "status": "only in A"})
+        for name in right_blocks:
+            if name not in left_blocks:
+                rows.append({"block": name, "layer": "*", "variable": "*", "status": "only in B"})
+        for name in [n for n in left_blocks if n in right_blocks]:
+            rows.extend(_compare_block(name, left, right))
+    return rows
+
+
+def _compare_block(name, left, right) -> list[dict]:
+    import numpy as np
+
+    rows = []
+    left_layers = {layer.path: layer for layer in left.block_layers(name)}
+    right_layers = {layer.path: layer for layer in right.block_layers(name)}
+    left_values = right_values = None
+    for path in list(left_layers) + [p for p in right_layers if p not in left_layers]:
+        if path not in right_layers or path not in left_layers:
+            side = "A" if path in left_layers else "B"
+            rows.append({"block": name, "layer": path, "variable": "*",
+                         "status": f"only in {side}"})
+            continue
+        a_vars = {v.key: v for v in left_layers[path].variables}
+        b_vars = {v.key: v for v in right_layers[path].variables}
+        for key in list(a_vars) + [k for k in b_vars if k not in a_vars]:
+            va, vb = a_vars.get(key), b_vars.get(key)
+            label = (va or vb).name
+            row = {"block": name, "layer": path, "variable": label}
+            if va is None or vb is None:
+                row["status"] = f"only in {'A' if va else 'B'}"
+            elif va.shape != vb.shape:
+                row["status"] = f"shape {va.shape} vs {vb.shape}"
+            else:
+                if left_values is None:
+                    left_values, right_values = left.read_block(name), right.read_block(name)
+                x = left_values[path][key]
+                y = right_values[path][key]
+                if x.dtype == y.dtype and x.tobytes() == y.tobytes():
+                    continue
+                delta = np.abs(x.astype(np.float64) - y.astype(np.float64))
+                row["max_abs_diff"] = float(delta.max()) if delta.size else 0.0
+                row["status"] = "values differ" if va.dtype == vb.dtype else (
+                    f"dtype {va.dtype} vs {vb.dtype}")
+            rows.append(row)
+    return rows
+
+
+def _diff(args) -> int:
+    rows = compare(args.a, args.b, args.blocks)
+    if args.json:
+        print(json.dumps({"a": args.a, "b": args.b, "identical": not rows, "differences": rows},
+                         indent=2))
+        return 1 if rows else 0
+    console = _console()
+    if not rows:
+        print(f"identical: {args.a} and {args.b} hold the same blocks, variables and values")
+        return 0
+    from rich.markup import escape
+    from rich.table import Table
+
+    table = Table(title=escape(f"A = {args.a}\nB = {args.b}"), title_justify="left")
+    for column in ("block", "layer", "variable", "difference", "max abs diff"):
+        table.add_column(column, justify="right" if column == "max abs diff" else "left")
+    for row in rows:
+        diff = row.get("max_abs_diff")
+        table.add_row(escape(row["block"]), escape(row["layer"]), escape(row["variable"]),
+                      escape(row["status"]),
+                      "" if diff is None else f"{diff:.6g}")
+    console.print(table)
+    print(f"{len(rows)} difference(s)")
+    return 1
+
+
+# --- convert and verify -----------------------------------------------------------------
+
+
+def _convert(args) -> int:
+    from keras_blockreuse.convert import convert
+
+    _exists(args.source)
+    path = convert(args.source, args.destination, blocks=args.blocks, only=args.only)
+    from keras_blockreuse.store import read_blocks
+
+    info = read_blocks(path)
+    print(f"wrote {path}: {len(info.blocks)} blocks ({', '.join(info.blocks)}), "
+          f"{info.num_params:,} parameters")
+    return 0
+
+
+def _verify(args) -> int:
+    from keras_blockreuse.errors import BlockFileError
+    from keras_blockreuse.sources import BlockFileSource, open_source
+
+    try:
+        _exists(args.file)
+        with open_source(args.file) as src:
+            names = src.block_names()
+            failures = []
+            for name in names:
+                try:
+                    src.read_block(name)
+                except BlockFileError as e:
+                    failures.append(_one_line(e))
+            checked = isinstance(src, BlockFileSource)
+    except Exception as e:  # noqa: BLE001 - an unreadable file fails verification: status 1
+        message = str(e) if isinstance(e, CommandError) else _one_line(e)
+        raise CommandError(message, status=1) from None
+    if failures:
+        for failure in failures:
+            _fail(failure)
+        return 1
+    what = "every checksum matches" if checked else (
+        "every variable is readable (this format has no checksums)")
+    print(f"ok: {args.file}: {len(names)} blocks, {what}")
+    return 0
+
+
+def _exists(path: str) -> None:
+    if not os.path.exists(path):
+        raise CommandError(f"no such file: {path}")
+
+
+def _console():
+    from rich.console import Console
+
+    return Console(file=sys.stdout, width=max(100, _width()), soft_wrap=False)
+
+
+def _width() -> int:
+    try:
+        return os.get_terminal_size().columns
+    except OSError:
+        return 120
+
+
+def _bytes(n: int) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1000 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n} B"
+
+
+_COMMANDS = {"inspect": _inspect, "diff": _diff, "convert": _convert, "verify": _verify}
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
+
+__all__ = ["build_parser", "compare", "describe", "main"]

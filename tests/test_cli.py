@@ -1,0 +1,171 @@
+"""The keras-blockreuse command line: output of each command, and one-line errors."""
+
+import json
+import os
+import subprocess
+import sys
+
+import h5py
+import keras
+import numpy as np
+import pytest
+
+from keras_blockreuse import get_blocks, load_blocks, read_blocks, save_blocks
+from keras_blockreuse.cli import main
+from tests.helpers import randomize, seed_cnn, snapshot
+
+PREFIX = "keras-blockreuse: error: "
+
+
+def run(capsys, *argv):
+    status = main(list(argv))
+    out, err = capsys.readouterr()
+    return status, out, err
+
+
+def assert_one_line_error(status, err, expected_status=2, match=None):
+    assert status == expected_status
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(PREFIX), err
+    assert "Traceback" not in err
+    if match:
+        assert match in lines[0], lines[0]
+
+
+@pytest.fixture
+def files(tmp_path):
+    model = seed_cnn()
+    randomize(model, seed=5)
+    blocks = save_blocks(model, tmp_path / "a.blocks.h5", metadata={"epoch": 7})
+    weights = str(tmp_path / "a.weights.h5")
+    model.save_weights(weights)
+    garbage = tmp_path / "garbage.blocks.h5"
+    garbage.write_bytes(b"not an hdf5 file at all" * 10)
+    return model, blocks, weights, str(garbage)
+
+
+def test_inspect_block_file(capsys, files):
+    model, blocks, _, _ = files
+    status, out, err = run(capsys, "inspect", blocks)
+    assert status == 0 and err == ""
+    for text in ["block_1", "block_2", "dense_1", "dense_2", "block_1_0", "(3, 3, 3, 8)",
+                 "float32", '{"epoch": 7}', "keras_version: " + keras.__version__,
+                 "model_name: seed_cnn"]:
+        assert text in out, text
+    total = sum(b.num_params for b in get_blocks(model).values())
+    assert f"4 blocks, {total:,} parameters" in out
+
+
+def test_inspect_json(capsys, files):
+    model, blocks, weights, _ = files
+    for path in [blocks, weights]:
+        status, out, _ = run(capsys, "inspect", path, "--json")
+        assert status == 0
+        data = json.loads(out)
+        expected = {name: b.num_params for name, b in get_blocks(model).items()}
+        assert {b["name"]: b["num_params"] for b in data["blocks"]} == expected
+        kernel = data["blocks"][0]["layers"][0]["variables"][0]
+        assert kernel["shape"] == [3, 3, 3, 8] and kernel["dtype"] == "float32"
+    assert json.loads(run(capsys, "inspect", blocks, "--json")[1])["metadata"] == {"epoch": 7}
+
+
+def test_inspect_keras_file_with_a_rule(capsys, files):
+    _, _, weights, _ = files
+    status, out, _ = run(capsys, "inspect", weights, "--blocks", r"^(block_\d)_", "--json")
+    assert status == 0
+    data = json.loads(out)
+    assert [b["name"] for b in data["blocks"]] == ["block_1", "block_2", "dense_1", "dense_2"]
+    assert data["format"] == "Keras weights (.weights.h5)"
+
+
+def test_inspect_bad_files(capsys, files, tmp_path):
+    _, _, _, garbage = files
+    assert_one_line_error(*run(capsys, "inspect", garbage)[::2], match="garbage.blocks.h5")
+    assert_one_line_error(*run(capsys, "inspect", str(tmp_path / "missing.h5"))[::2],
+                          match="no such file")
+    assert_one_line_error(*run(capsys, "inspect")[::2], match="required: file")
+    assert_one_line_error(*run(capsys, "frobnicate", "x")[::2], match="invalid choice")
+    assert_one_line_error(*run(capsys, "inspect", files[2], "--blocks", "(")[::2],
+                          match="neither a preset name")
+
+
+def test_diff(capsys, files, tmp_path):
+    model, blocks, weights, garbage = files
+    status, out, _ = run(capsys, "diff", blocks, weights)
+    assert status == 0 and "identical" in out
+    kernel = model.get_layer("block_2_1").kernel
+    changed = keras.ops.convert_to_numpy(kernel).copy()
+    changed[0, 0, 0, 0] += 0.5
+    kernel.assign(changed)
+    other = save_blocks(model, tmp_path / "b.blocks.h5", only=["block_1", "block_2", "dense_1"])
+    status, out, _ = run(capsys, "diff", blocks, other, "--json")
+    assert status == 1
+    rows = json.loads(out)["differences"]
+    assert {"block": "dense_2", "layer": "*", "variable": "*", "status": "only in A"} in rows
+    [value_row] = [r for r in rows if r["status"] == "values differ"]
+    assert value_row["block"] == "block_2" and value_row["layer"] == "block_2_1"
+    assert value_row["max_abs_diff"] == pytest.approx(0.5)
+    status, out, _ = run(capsys, "diff", blocks, other)
+    assert status == 1 and "values differ" in out and "only in A" in out
+    assert "2 difference(s)" in out
+    assert_one_line_error(*run(capsys, "diff", blocks, garbage)[::2])
+
+
+def test_convert(capsys, files, tmp_path):
+    model, _, weights, garbage = files
+    out_path = str(tmp_path / "converted.blocks.h5")
+    status, out, _ = run(capsys, "convert", weights, out_path, "--only", "block_1", "block_2")
+    assert status == 0 and "wrote" in out
+    info = read_blocks(out_path)
+    assert list(info.blocks) == ["block_1", "block_2"]
+    assert info.metadata["converted_from"] == weights
+    target = seed_cnn(name="target")
+    before = snapshot(target)
+    assert load_blocks(target, out_path).ok
+    for layer in ["block_1_0", "block_1_1", "block_2_0", "block_2_1"]:
+        for a, b in zip(model.get_layer(layer).weights, target.get_layer(layer).weights,
+                        strict=True):
+            assert keras.ops.convert_to_numpy(a).tobytes() == \
+                keras.ops.convert_to_numpy(b).tobytes()
+    assert all(before[v.path].tobytes() == keras.ops.convert_to_numpy(v).tobytes()
+               for v in target.get_layer("dense_2").weights)
+    assert run(capsys, "verify", out_path)[0] == 0
+    assert_one_line_error(*run(capsys, "convert", garbage, out_path)[::2])
+    assert_one_line_error(*run(capsys, "convert", weights, str(tmp_path / "x.h5"))[::2],
+                          match="must end in '.blocks.h5'")
+
+
+def test_verify(capsys, files, tmp_path):
+    _, blocks, weights, garbage = files
+    status, out, _ = run(capsys, "verify", blocks)
+    assert status == 0 and "every checksum matches" in out
+    status, out, _ = run(capsys, "verify", weights)
+    assert status == 0 and "no checksums" in out
+    with h5py.File(blocks, "a") as f:
+        ds = f["block_2/block_2_0"][list(f["block_2/block_2_0"])[0]]
+        values = ds[...]
+        values.flat[0] += 1
+        ds[...] = values
+    status, _, err = run(capsys, "verify", blocks)
+    assert_one_line_error(status, err, expected_status=1, match="'block_2'")
+    assert "corrupt" in err
+    assert_one_line_error(*run(capsys, "verify", garbage)[::2], expected_status=1)
+    assert_one_line_error(*run(capsys, "verify", str(tmp_path / "none.blocks.h5"))[::2],
+                          expected_status=1, match="no such file")
+
+
+def test_python_dash_m_prints_no_traceback(tmp_path):
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    bad = tmp_path / "bad.keras"
+    bad.write_bytes(b"PK\x03\x04 this is no zip")
+    result = subprocess.run(
+        [sys.executable, "-m", "keras_blockreuse", "inspect", str(bad)],
+        capture_output=True, text=True, env=env, timeout=120,
+        cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+    )
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    # TensorFlow's C++ start-up may log to stderr; our message is exactly one line.
+    ours = [line for line in result.stderr.splitlines() if line.startswith(PREFIX)]
+    assert len(ours) == 1 and "not a valid .keras archive" in ours[0]
+    assert np.isscalar(result.returncode)
