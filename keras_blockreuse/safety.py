@@ -3,7 +3,9 @@
 A weights file from elsewhere can point outside itself (HDF5 external links, external or
 virtual datasets), smuggle paths out of a zip archive (`/etc/...`, `../..`), or declare far
 more data than it holds (a zip bomb, a dataset whose shape is enormous but never written).
-Each check raises `BlockFileError` naming the file and what was found.
+Each check raises `BlockFileError` naming the file and what was found. (A declared shape that
+differs from the target variable's is refused by `load_blocks`'s validation, which runs on
+shapes alone before any value is read.)
 
 Example:
 
@@ -28,8 +30,6 @@ from keras_blockreuse.errors import BlockFileError
 
 # A deflated stream expands at most about 1032 times; more than this is crafted.
 MAX_COMPRESSION_RATIO = 1100
-# A dataset may declare at most this many times the bytes of the variable it is loaded into.
-MAX_SHAPE_FACTOR = 16
 
 
 def check_hdf5(file: h5py.File | h5py.Group, where: str) -> None:
@@ -101,18 +101,6 @@ def check_dataset_size(dataset: h5py.Dataset, file_size: int, where: str) -> int
             "crafted. Nothing was read."
         )
     return nbytes
-
-
-def check_shape_against(declared: tuple, expected: tuple, where: str, name: str) -> None:
-    """Refuses a declared shape far larger than the variable it is meant for."""
-    declared_size = int(np.prod(declared, dtype=np.int64))
-    expected_size = max(int(np.prod(expected, dtype=np.int64)), 1)
-    if declared_size > MAX_SHAPE_FACTOR * expected_size:
-        raise BlockFileError(
-            f"{where}: {name!r} declares shape {tuple(declared)}, {declared_size // expected_size}"
-            f" times the {tuple(expected)} of the variable it is loaded into. Refusing to "
-            "allocate it."
-        )
 
 
 def check_zip(archive: zipfile.ZipFile, where: str) -> None:

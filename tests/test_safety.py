@@ -1,0 +1,122 @@
+"""Third-party files: links and archives that leave the file, zip bombs, huge declared shapes."""
+
+import zipfile
+
+import h5py
+import keras
+import numpy as np
+import pytest
+
+from keras_blockreuse import BlockFileError, BlockMismatchError, load_blocks
+from keras_blockreuse.keras_sources import open_keras_file
+from keras_blockreuse.safety import check_zip
+
+L = keras.layers
+
+
+def model(name="m"):
+    return keras.Sequential(
+        [keras.Input((4,)), L.Dense(3, name="block_1_0"), L.Dense(2, name="head")], name=name
+    )
+
+
+@pytest.fixture
+def weights(tmp_path):
+    path = str(tmp_path / "m.weights.h5")
+    model().save_weights(path)
+    return path
+
+
+@pytest.fixture
+def archive(tmp_path):
+    path = str(tmp_path / "m.keras")
+    model().save(path)
+    return path
+
+
+def test_hdf5_external_link_is_refused(weights, tmp_path):
+    with h5py.File(tmp_path / "elsewhere.h5", "w") as f:
+        f["secret"] = np.arange(3.0)
+    with h5py.File(weights, "a") as f:
+        f["layers/dense/vars/0_link"] = h5py.ExternalLink(str(tmp_path / "elsewhere.h5"), "/secret")
+    with pytest.raises(BlockFileError, match=r"external link to .*elsewhere.h5.*refusing"):
+        load_blocks(model("t"), weights)
+
+
+def test_hdf5_soft_link_is_refused(weights):
+    with h5py.File(weights, "a") as f:
+        f["layers/alias"] = h5py.SoftLink("/layers/dense")
+    with pytest.raises(BlockFileError, match=r"'/layers/alias' is an HDF5 soft link"):
+        open_keras_file(weights)
+
+
+def test_dataset_stored_in_an_external_file_is_refused(tmp_path):
+    raw = tmp_path / "raw.bin"
+    raw.write_bytes(np.arange(12, dtype="float32").tobytes())
+    path = str(tmp_path / "legacy.h5")
+    with h5py.File(path, "w") as f:
+        f.attrs["layer_names"] = [b"block_1_0"]
+        group = f.create_group("block_1_0")
+        group.attrs["weight_names"] = [b"block_1_0/kernel:0"]
+        group.create_dataset("block_1_0/kernel:0", shape=(4, 3), dtype="float32",
+                             external=[(str(raw), 0, h5py.h5f.UNLIMITED)])
+    with pytest.raises(BlockFileError, match=r"stores its values in external files"):
+        open_keras_file(path)
+
+
+def rewrite_with_member(source, path, name, data, compress=zipfile.ZIP_STORED):
+    with zipfile.ZipFile(source) as src, zipfile.ZipFile(path, "w") as dst:
+        for info in src.infolist():
+            dst.writestr(info, src.read(info))
+        dst.writestr(zipfile.ZipInfo(name), data, compress_type=compress)
+
+
+@pytest.mark.parametrize("member", ["/etc/evil", "../evil.txt", "assets/../../evil",
+                                    "C:\\evil", "..\\evil"])
+def test_zip_members_leaving_the_archive_are_refused(archive, tmp_path, member):
+    path = str(tmp_path / "evil.keras")
+    rewrite_with_member(archive, path, member, b"x")
+    with pytest.raises(BlockFileError, match=r"absolute path or '\.\.'"):
+        load_blocks(model("t"), path)
+
+
+def test_zip_bomb_is_refused_before_reading(archive, tmp_path):
+    path = str(tmp_path / "bomb.keras")
+    rewrite_with_member(archive, path, "assets/zeros.bin", b"\0" * 50_000_000,
+                        compress=zipfile.ZIP_BZIP2)
+    with zipfile.ZipFile(path) as z:
+        info = z.getinfo("assets/zeros.bin")
+        assert info.file_size > 1000 * info.compress_size
+    with pytest.raises(BlockFileError, match=r"declares 50000000 bytes.*zip bomb"):
+        open_keras_file(path)
+
+
+def test_stored_member_larger_than_the_archive_is_refused(tmp_path):
+    path = tmp_path / "liar.keras"
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr("config.json", b"{}")
+    data = bytearray(path.read_bytes())
+    # Patch the central directory's uncompressed size of the member to 1 GB.
+    central = data.rfind(b"PK\x01\x02")
+    data[central + 24:central + 28] = (10**9).to_bytes(4, "little")
+    path.write_bytes(bytes(data))
+    with zipfile.ZipFile(path) as z, pytest.raises(BlockFileError, match="zip bomb"):
+        check_zip(z, str(path))
+
+
+def test_declared_shape_far_larger_than_the_file_is_refused_unread(tmp_path):
+    path = str(tmp_path / "huge.weights.h5")
+    keras_model = model()
+    keras_model.save_weights(path)
+    with h5py.File(path, "a") as f:
+        del f["layers/dense/vars/0"]
+        # 40 GB declared, nothing written: the file stays a few kilobytes.
+        f["layers/dense/vars"].create_dataset("0", shape=(100_000, 100_000), dtype="float32")
+    target = model("t")
+    with open_keras_file(path) as source:  # describing it allocates nothing
+        [layer] = source.block_layers("block_1")
+        assert layer.variables[0].shape == (100_000, 100_000)
+    with pytest.raises(BlockMismatchError, match=r"source \(100000, 100000\) float32"):
+        load_blocks(target, path)  # validated against the model before any read
+    with pytest.raises(BlockFileError, match=r"declares shape \(100000, 100000\).*Nothing was read"):
+        load_blocks(target, path, on_mismatch="skip")
