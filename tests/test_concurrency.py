@@ -1,0 +1,249 @@
+"""Many readers at once, a reader racing a writer, HDF5 file locks and read-only files.
+
+Reader and writer processes are forked from a `forkserver` that has imported TensorFlow, so
+they start fast; each builds its own model and TensorFlow runtime, as Ray trials do.
+"""
+
+import fcntl
+import hashlib
+import multiprocessing
+import os
+import shutil
+import stat
+import tempfile
+import time
+
+import h5py
+import keras
+import numpy as np
+import pytest
+
+from keras_blockreuse import latest_checkpoint, load_blocks, read_blocks, save_blocks
+from keras_blockreuse.store import BlockFile
+
+WIDTH = 600  # 4 Dense layers of 600 x 600: 1.44 M float32 values, 5.8 MB
+DEPTH = 4
+TIMEOUT = 180
+
+
+def build_model(name="model"):
+    inputs = keras.Input((WIDTH,))
+    x = inputs
+    for i in range(DEPTH):
+        x = keras.layers.Dense(WIDTH, name=f"block_{i + 1}_0")(x)
+    return keras.Model(inputs, x, name=name)
+
+
+def base_values(model) -> list[np.ndarray]:
+    return [
+        np.random.default_rng(i).random(tuple(v.shape), dtype=np.float32)
+        for i, v in enumerate(model.weights)
+    ]
+
+
+def set_state(model, base, counter: int) -> None:
+    for variable, value in zip(model.weights, base, strict=True):
+        variable.assign(value + np.float32(counter))
+
+
+def digest(model) -> str:
+    h = hashlib.sha256()
+    for v in model.weights:
+        h.update(np.ascontiguousarray(keras.ops.convert_to_numpy(v)).tobytes())
+    return h.hexdigest()
+
+
+def context():
+    ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload(["keras_blockreuse"])
+    return ctx
+
+
+# --- child processes (module level, so the forkserver can import them) --------------------
+
+
+def load_many(path: str, barrier, results, loads: int) -> None:
+    """Waits for every reader, then loads `path` `loads` times; reports each digest."""
+    try:
+        os.environ.pop("HDF5_USE_FILE_LOCKING", None)
+        model = build_model("reader")
+        barrier.wait(timeout=TIMEOUT)
+        digests = []
+        for _ in range(loads):
+            for v in model.weights:
+                v.assign(np.zeros(v.shape, "float32"))
+            load_blocks(model, path)
+            digests.append(digest(model))
+        results.put(("ok", digests))
+    except BaseException as e:  # reported to the test, which fails with it
+        results.put(("error", f"{type(e).__name__}: {e}"))
+
+
+def write_until_stopped(path: str, stop, log: str) -> None:
+    """Saves states 1, 2, 3, ... to `path` until `stop` is set; logs each finished save."""
+    model = build_model("writer")
+    base = base_values(model)
+    counter = 0
+    while not stop.is_set():
+        counter += 1
+        set_state(model, base, counter)
+        save_blocks(model, path, metadata={"counter": counter})
+        with open(log, "a") as fh:
+            fh.write(f"{counter}\n")
+
+
+def read_as_nobody(folder: str, results) -> None:
+    """Drops root privileges (where held), then reads the read-only folder's checkpoint."""
+    try:
+        if os.getuid() == 0:
+            os.setgroups([])
+            os.setgid(65534)
+            os.setuid(65534)
+        try:
+            open(os.path.join(folder, "probe"), "w").close()
+            writable = True
+        except PermissionError:
+            writable = False
+        path = latest_checkpoint(folder)
+        model = build_model("reader")
+        report = load_blocks(model, path)
+        results.put(("ok", (os.getuid(), writable, path, report.variables_loaded, digest(model))))
+    except BaseException as e:
+        results.put(("error", f"{type(e).__name__}: {e}"))
+
+
+def get(results, count: int) -> list:
+    out = []
+    for _ in range(count):
+        status, value = results.get(timeout=TIMEOUT)
+        assert status == "ok", value
+        out.append(value)
+    return out
+
+
+# --- tests -----------------------------------------------------------------------------
+
+
+@pytest.fixture
+def saved(tmp_path):
+    model = build_model("source")
+    set_state(model, base_values(model), 7)
+    path = str(tmp_path / "shared.blocks.h5")
+    save_blocks(model, path, metadata={"counter": 7})
+    return path, digest(model)
+
+
+def test_several_processes_load_one_file_at_once_even_while_it_is_locked(saved, monkeypatch):
+    """Four processes load one file at the same moment while another holds an exclusive lock.
+
+    HDF5's own file locking (flock) would make these reads fail ("unable to lock file"), as it
+    does on file systems without lock support; block files are read with locking disabled.
+    """
+    path, expected = saved
+    monkeypatch.delenv("HDF5_USE_FILE_LOCKING", raising=False)
+    ctx = context()
+    readers = 4
+    barrier = ctx.Barrier(readers)
+    results = ctx.Queue()
+    with open(path, "rb") as held:
+        fcntl.flock(held.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        with pytest.raises(OSError, match="lock"):  # a locking reader is refused...
+            h5py.File(path, "r", locking=True).close()
+        processes = [
+            ctx.Process(target=load_many, args=(path, barrier, results, 3)) for _ in range(readers)
+        ]
+        for p in processes:
+            p.start()
+        try:
+            digests = get(results, readers)  # ... block file readers are not
+        finally:
+            for p in processes:
+                p.join(TIMEOUT)
+    assert all(p.exitcode == 0 for p in processes)
+    assert [d for ds in digests for d in ds] == [expected] * (readers * 3)
+
+
+@pytest.mark.parametrize("env", [None, "FALSE"])
+def test_reads_work_whatever_hdf5_use_file_locking_says_when_unset_or_false(saved, env,
+                                                                          monkeypatch):
+    path, expected = saved
+    if env is None:
+        monkeypatch.delenv("HDF5_USE_FILE_LOCKING", raising=False)
+    else:
+        monkeypatch.setenv("HDF5_USE_FILE_LOCKING", env)
+    with open(path, "rb") as held:
+        fcntl.flock(held.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        model = build_model("reader")
+        load_blocks(model, path)
+        assert read_blocks(path).metadata == {"counter": 7}
+    assert digest(model) == expected
+
+
+def test_a_reader_sees_the_old_or_the_new_file_whole_while_a_writer_replaces_it(tmp_path):
+    ctx = context()
+    path = str(tmp_path / "live.blocks.h5")
+    log = str(tmp_path / "writer.log")
+    stop = ctx.Event()
+    writer = ctx.Process(target=write_until_stopped, args=(path, stop, log))
+    writer.start()
+    model = build_model("reader")
+    base = base_values(model)
+
+    def finished() -> int:
+        return len(open(log).read().split()) if os.path.exists(log) else 0
+
+    def wait_for_saves(count: int) -> None:
+        deadline = time.monotonic() + TIMEOUT
+        while finished() < count:
+            assert writer.is_alive() and time.monotonic() < deadline, "the writer stopped"
+            time.sleep(0.01)
+
+    try:
+        wait_for_saves(1)
+        # A file opened before a replacement is read whole, as it was when opened.
+        with BlockFile(path) as f:
+            counter = f.metadata["counter"]
+            wait_for_saves(finished() + 2)  # the path now names a newer file
+            values = [f.read_block(name) for name in f.block_names]
+        arrays = [a for block in values for layer in block.values() for a in layer.values()]
+        for array, b in zip(arrays, base, strict=True):
+            assert np.array_equal(array, b + np.float32(counter))
+        assert read_blocks(path).metadata["counter"] > counter
+
+        # Loads racing the writer: each sees one whole state, and the states advance.
+        seen = []
+        for _ in range(25):
+            load_blocks(model, path)
+            first = np.asarray(keras.ops.convert_to_numpy(model.weights[0]))
+            state = int(round(float(first.flat[0] - base[0].flat[0])))
+            for variable, b in zip(model.weights, base, strict=True):
+                assert np.array_equal(keras.ops.convert_to_numpy(variable), b + np.float32(state))
+            seen.append(state)
+    finally:
+        stop.set()
+        writer.join(TIMEOUT)
+    assert writer.exitcode == 0
+    assert seen == sorted(seen) and len(set(seen)) >= 2, seen
+    assert [n for n in os.listdir(tmp_path) if ".kbr-tmp-" in n] == []
+
+
+def test_read_only_files_and_folders_can_be_read_by_an_unprivileged_process():
+    folder = tempfile.mkdtemp(prefix="kbr-readonly-")
+    try:
+        model = build_model("source")
+        set_state(model, base_values(model), 3)
+        path = save_blocks(model, os.path.join(folder, "blocks_001.blocks.h5"))
+        os.chmod(path, stat.S_IRUSR | stat.S_IRGRP | stat.S_IROTH)
+        os.chmod(folder, 0o555)
+        ctx = context()
+        results = ctx.Queue()
+        child = ctx.Process(target=read_as_nobody, args=(folder, results))
+        child.start()
+        ((uid, writable, found, loaded, got),) = get(results, 1)
+        child.join(TIMEOUT)
+        assert uid != 0 and not writable  # the folder really was read-only for the reader
+        assert found == path and loaded == len(model.weights)
+        assert got == digest(model)
+    finally:
+        os.chmod(folder, 0o755)
+        shutil.rmtree(folder)
