@@ -37,13 +37,20 @@ POLICY_SETS = {
 
 
 def train_source_classifier(
-    path: str | os.PathLike, *, epochs: int = 30, seed: int = 0, verbose: int = 0
+    path: str | os.PathLike,
+    *,
+    epochs: int = 30,
+    seed: int = 0,
+    batch_size: int = 32,
+    lr: float = 1e-3,
+    metadata: dict | None = None,
+    verbose: int = 0,
 ) -> dict:
     """Trains `zoo.seed_cnn` on the `"train"` digits and saves its blocks to `path`.
 
     Only `digit_split("train")` is used, so the detector's test scenes (`"test"` digits) hold
-    digits the source never saw. Returns `{"path", "val_accuracy", "seconds"}`; the accuracy on
-    the `"val"` digits is also stored in the file's metadata.
+    digits the source never saw. Returns `{"path", "val_accuracy", "val_loss", "seconds"}`;
+    they are also stored in the file's metadata, with `metadata`.
 
     Example:
 
@@ -61,26 +68,28 @@ def train_source_classifier(
     keras.utils.set_random_seed(seed)
     model = seed_cnn((8, 8, 1), num_classes=10)
     model.compile(
-        optimizer=keras.optimizers.Adam(1e-3),
+        optimizer=keras.optimizers.Adam(lr),
         loss="sparse_categorical_crossentropy",
         metrics=["accuracy"],
     )
     start = time.perf_counter()
-    model.fit(x[..., None], y, epochs=epochs, batch_size=32, verbose=verbose)
+    model.fit(x[..., None], y, epochs=epochs, batch_size=batch_size, verbose=verbose)
     seconds = time.perf_counter() - start
-    _, accuracy = model.evaluate(x_val[..., None], y_val, verbose=0)
+    loss, accuracy = model.evaluate(x_val[..., None], y_val, verbose=0)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    info = {"val_accuracy": float(accuracy), "val_loss": float(loss), "seconds": seconds}
     model.save_blocks(
         path,
         metadata={
+            **(metadata or {}),
             "task": "digits",
             "split": "train",
             "epochs": epochs,
             "seed": seed,
-            "val_accuracy": float(accuracy),
+            **info,
         },
     )
-    return {"path": os.fspath(path), "val_accuracy": float(accuracy), "seconds": seconds}
+    return {"path": os.fspath(path), **info}
 
 
 def _init_worker(threads: int) -> None:

@@ -1,0 +1,204 @@
+"""The detection task of the which-blocks sweep: its source, its trainable, its metric.
+
+`python sweeps/which_blocks.py --task detection` swaps three things of the classification
+sweep for these, and keeps the rest (strategies, seeds, Ray Tune, report):
+
+- `train_detection_source` instead of `sweep.trial.train_source`: the seed CNN trained on all
+  ten classes of the `"train"` digits, returned as block-file bytes with its metrics;
+- `train_detection_trial` instead of `sweep.trial.train_trial`: same signature
+  `(config, data=None, source=None)`, the policy key decoded over `DETECTION_BLOCKS`, one
+  `ray.tune.report` per epoch, the last with `test_map_50` and `test_map`;
+- `DETECTION_METRIC` (`"test_map_50"`) instead of `"test_accuracy"`, over `DETECTION_BLOCKS`.
+
+`train_images` and `epochs` in the trial configuration carry `--train-images` and `--epochs`.
+
+Example (without Ray: `tune.report` replaced by a list):
+
+```python
+from ray import tune
+from keras_blockreuse.detection.sweep import train_detection_source, train_detection_trial
+
+blob, source_metrics = train_detection_source(epochs=5)
+reports = []
+tune.report = reports.append
+train_detection_trial({"policy": "block_1=tuned,block_2=frozen", "seed": 0, "epochs": 2,
+                       "train_images": 64}, source=blob)
+reports[-1]["test_map_50"]
+```
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+
+from keras_blockreuse.detection.model import BACKBONE_BLOCKS
+
+DETECTION_BLOCKS = BACKBONE_BLOCKS
+"""The blocks a detection sweep assigns policies to: the classifier's convolutional blocks."""
+DETECTION_METRIC = "test_map_50"
+"""The metric a detection sweep ranks policies by (higher is better); `test_map` is also
+reported."""
+DETECTION_TRIAL_DEFAULTS = {
+    "epochs": 10,
+    "train_images": 400,
+    "test_images": 300,
+    "test_seed": 0,
+    "batch_size": 16,
+    "lr": 2e-3,
+    "width": 32,
+    "cpus": 1,
+}
+"""Detection trial settings used when the configuration leaves them out."""
+
+
+def train_detection_source(
+    data=None,
+    model: str = "seed_cnn",
+    epochs: int = 30,
+    batch_size: int = 32,
+    lr: float = 1e-3,
+    seed: int = 0,
+    cpus: int | None = None,
+    metadata: dict | None = None,
+) -> tuple[bytes, dict]:
+    """Trains the digits classifier a detection sweep transfers from; returns its block file.
+
+    Same signature and result as `sweep.trial.train_source`, so the sweep can call either;
+    `data` is ignored (the source task is fixed: `digit_split("train")`, all ten classes, so
+    the detector's test scenes hold unseen digits). Only `seed_cnn` has the detector's
+    backbone blocks.
+
+    Example:
+
+    ```python
+    blob, metrics = train_detection_source(epochs=30)
+    metrics["val_accuracy"]
+    ```
+    """
+    if model != "seed_cnn":
+        raise ValueError(
+            f"The detection task transfers from 'seed_cnn', whose blocks block_1 and block_2 "
+            f"the detector's backbone repeats; received model={model!r}."
+        )
+    from keras_blockreuse.detection.experiment import train_source_classifier
+
+    _configure_tensorflow(cpus)
+    with tempfile.TemporaryDirectory() as folder:
+        path = os.path.join(folder, "source.blocks.h5")
+        info = train_source_classifier(
+            path,
+            epochs=int(epochs),
+            seed=int(seed),
+            batch_size=int(batch_size),
+            lr=float(lr),
+            metadata=metadata,
+        )
+        with open(path, "rb") as f:
+            blob = f.read()
+    metrics = {
+        "epochs": int(epochs),
+        "val_accuracy": info["val_accuracy"],
+        "val_loss": info["val_loss"],
+        "seconds": info["seconds"],
+    }
+    return blob, metrics
+
+
+def train_detection_trial(config: dict, data=None, source: bytes | str | None = None) -> dict:
+    """Ray Tune function trainable: train and evaluate one detector under one block policy.
+
+    Args:
+        config: `policy` (a key such as `"block_1=tuned,block_2=frozen"` or `"scratch"`),
+            `seed`, and optionally the keys of `DETECTION_TRIAL_DEFAULTS`.
+        data: an optional `DetectionData` to test on (default: `test_images` scenes of the
+            `"test"` digits drawn with `test_seed`, the same for every trial).
+        source: the source block file, as bytes or a path; required unless nothing is
+            transferred.
+
+    Returns:
+        The last metrics reported: `epoch`, `loss`, `test_map_50`, `test_map`, `test_map_75`,
+        `train_seconds`, `policy`, `seed`, `train_images`.
+
+    Example:
+
+    ```python
+    trainable = tune.with_parameters(train_detection_trial, source=blob)
+    ```
+    """
+    from ray import tune
+
+    from keras_blockreuse.detection.trial import run_detection_trial
+    from keras_blockreuse.sweep.space import decode_policy
+
+    settings = {**DETECTION_TRIAL_DEFAULTS, **config}
+    _configure_tensorflow(settings["cpus"])
+    policy = decode_policy(settings["policy"], DETECTION_BLOCKS)
+    started = time.perf_counter()
+    last: dict = {}
+    common = {
+        "policy": settings["policy"],
+        "seed": int(settings["seed"]),
+        "train_images": int(settings["train_images"]),
+    }
+
+    def report(metrics: dict) -> None:
+        out = {"epoch": metrics["epoch"], "loss": metrics["loss"], **common}
+        if "map_50" in metrics:
+            out.update(
+                test_map_50=metrics["map_50"],
+                test_map=metrics["map"],
+                test_map_75=metrics["map_75"],
+                train_seconds=time.perf_counter() - started,
+            )
+        last.clear()
+        last.update(out)
+        tune.report(out)
+
+    transferred = any(p != "reinit" for p in policy.values())
+    with _block_file(source if transferred else None) as path:
+        run_detection_trial(
+            policy,
+            path,
+            epochs=int(settings["epochs"]),
+            train_images=int(settings["train_images"]),
+            seed=int(settings["seed"]),
+            test_images=int(settings["test_images"]),
+            test_seed=int(settings["test_seed"]),
+            batch_size=int(settings["batch_size"]),
+            learning_rate=float(settings["lr"]),
+            width=int(settings["width"]),
+            test_data=data,
+            report_fn=report,
+        )
+    return dict(last)
+
+
+def _configure_tensorflow(cpus):
+    try:
+        from keras_blockreuse.sweep.trial import configure_tensorflow
+    except ImportError:  # the sweep package is optional for the detection package
+        return
+    configure_tensorflow(cpus)
+
+
+class _block_file:
+    """A path to the source block file: the given path, or the bytes written to a temp file."""
+
+    def __init__(self, source: bytes | str | os.PathLike | None):
+        self.source = source
+        self.folder = None
+
+    def __enter__(self) -> str | None:
+        if self.source is None or isinstance(self.source, (str, os.PathLike)):
+            return None if self.source is None else os.fspath(self.source)
+        self.folder = tempfile.TemporaryDirectory()
+        path = os.path.join(self.folder.name, "source.blocks.h5")
+        with open(path, "wb") as f:
+            f.write(self.source)
+        return path
+
+    def __exit__(self, *exc) -> None:
+        if self.folder is not None:
+            self.folder.cleanup()
