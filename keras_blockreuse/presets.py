@@ -392,33 +392,40 @@ def automatic_names(layer_names: Iterable[str]) -> list[str]:
     ]
 
 
-def explain_unnamed(layer_names: list[str], min_automatic: int = 10) -> str | None:
+def explain_unnamed(
+    layer_names: list[str], weighted: Iterable[str] | None = None, min_automatic: int = 10
+) -> str | None:
     """Explains why a model's layer names cannot name blocks, or returns `None` if they can.
 
     Keras names a layer built without `name=` from its class and a process-wide counter
     (`conv2d`, `conv2d_17`): the same model built in another session, or after another
     model, gets other names, so a block rule over them would not transfer. This is the case
     of `keras.applications.InceptionV3` and `InceptionResNetV2`. The names are called
-    automatic when at least half of them, and at least `min_automatic`, are.
+    automatic when at least half of the layers that hold weights (`weighted`, default all of
+    `layer_names`), and at least `min_automatic` of them, have automatic names; unnamed
+    activations, dropouts and poolings do not count when `weighted` is given.
 
     Example:
 
     ```python
     model = keras.applications.InceptionV3(weights=None)
-    explain_unnamed([layer.name for layer in model.layers])
+    explain_unnamed([layer.name for layer in model.layers],
+                    weighted=[layer.name for layer in model.layers if layer.weights])
     # "Most layer names of this model are automatic (... InceptionV3 ...). Pass an explicit ..."
     ```
     """
-    names = [name for name in layer_names if name != "input_layer"]
+    names = [name for name in (layer_names if weighted is None else weighted)
+             if name != "input_layer"]
     automatic = automatic_names(names)
     if len(automatic) < max(min_automatic, 1) or 2 * len(automatic) < len(names):
         return None
     family = next(
-        (family for family, marks in _INCEPTION.items() if marks <= set(names)), None
+        (family for family, marks in _INCEPTION.items() if marks <= set(layer_names)), None
     )
     shown = ", ".join(automatic[:4])
     return (
-        f"Most layer names of this model are automatic ({len(automatic)} of {len(names)}: "
+        f"Most layer names of this model are automatic ({len(automatic)} of {len(names)}"
+        f"{' weighted layers' if weighted is not None else ''}: "
         f"{shown}, ...); Keras numbers them with a process-wide counter, so they change "
         f"from one session or model to the next and cannot name blocks"
         + (f" (this looks like keras.applications.{family})" if family else "")
