@@ -1,0 +1,741 @@
+"""Run a transfer sweep on Ray Tune, and its command line.
+
+`run_sweep(settings)` builds the task's data, trains the source model once (cached by its
+inputs, in a Ray task when the cluster has GPUs), lists the block policies of the chosen
+strategies, runs every (policy, seed) trial with `tune.Tuner`, and writes the report.
+`main(argv)` is the command line of `sweeps/which_blocks.py`.
+
+Example:
+
+```python
+from keras_blockreuse.sweep.run import SweepSettings, run_sweep
+
+result = run_sweep(SweepSettings(strategy="prefix", seeds=3, out="/tmp/sweep"))
+print(result.best)          # e.g. "Best policy: prefix 2 tuned (...): ..., +0.12 over scratch"
+```
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import hashlib
+import json
+import math
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+
+from keras_blockreuse.data import DATASETS, SHIFTS, TASKS, DataError, make_task
+from keras_blockreuse.sweep import space
+from keras_blockreuse.sweep.report import write_report
+from keras_blockreuse.sweep.space import Configuration, SweepError
+from keras_blockreuse.zoo import MODELS
+
+SETTINGS_FILE = "settings.json"
+SOURCE_FILE = "source.blocks.h5"
+SCHEDULERS = ("fifo", "asha")
+SMOKE = {"epochs": 8, "source_epochs": 5, "seeds": 2, "strategy": "prefix"}
+"""What --smoke changes, unless given explicitly: a tiny run for tests and CI."""
+
+
+@dataclasses.dataclass
+class SweepSettings:
+    """Everything that defines a sweep. See `build_parser` for what each field means."""
+
+    dataset: str = "digits"
+    task: str = "shift"
+    shift: str | None = None
+    shots: int | None = 10
+    model: str = "seed_cnn"
+    strategy: str = "surgical,prefix"
+    blocks: list[str] | None = None
+    seeds: int = 3
+    epochs: int = 40
+    source_epochs: int = 30
+    batch_size: int = 32
+    lr: float = 1e-3
+    data_seed: int = 0
+    cpus_per_trial: float = 1
+    gpus_per_trial: float | None = None
+    scheduler: str = "fifo"
+    address: str | None = None
+    storage: str | None = None
+    out: str | None = None
+    cache: str | None = None
+    resume: bool = False
+    smoke: bool = False
+
+    def validate(self) -> SweepSettings:
+        """Check every value; raise SweepError naming the bad one. Returns self."""
+        for name in ("seeds", "epochs", "source_epochs", "batch_size"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise SweepError(f"--{name.replace('_', '-')} must be a positive integer, "
+                                 f"received {value!r}.")
+        if not (isinstance(self.lr, (int, float)) and 0 < self.lr < 10):
+            raise SweepError(f"--lr must be a positive number below 10, received {self.lr!r}.")
+        if not (self.cpus_per_trial and self.cpus_per_trial > 0):
+            raise SweepError(f"--cpus-per-trial must be positive, received {self.cpus_per_trial!r}.")
+        if self.gpus_per_trial is not None and not 0 <= self.gpus_per_trial <= 8:
+            raise SweepError(f"--gpus-per-trial must be between 0 and 8 (fractions allowed), "
+                             f"received {self.gpus_per_trial!r}.")
+        if self.scheduler not in SCHEDULERS:
+            raise SweepError(f"Unknown scheduler {self.scheduler!r}. Expected one of: "
+                             f"{', '.join(SCHEDULERS)}.")
+        if self.model not in MODELS:
+            raise SweepError(f"Unknown model {self.model!r}. Expected one of: {', '.join(MODELS)}.")
+        if self.task not in TASKS:
+            raise SweepError(f"Unknown task {self.task!r}. Expected one of: {', '.join(TASKS)}.")
+        if self.shift is not None and self.shift not in SHIFTS:
+            raise SweepError(f"Unknown shift {self.shift!r}. Expected one of: {', '.join(SHIFTS)}.")
+        if self.task == "split" and self.shift is not None:
+            raise SweepError(f"--shift applies to --task shift only; received --shift "
+                             f"{self.shift} with --task split.")
+        if not (self.dataset in DATASETS or self.dataset.startswith(("npz:", "folder:"))):
+            raise SweepError(f"Unknown dataset {self.dataset!r}. Expected one of: "
+                             f"{', '.join(DATASETS)}, npz:PATH or folder:PATH.")
+        space.parse_strategies(self.strategy)
+        return self
+
+    def resolved_shift(self) -> str | None:
+        return (self.shift or "noise") if self.task == "shift" else None
+
+
+@dataclasses.dataclass
+class SweepResult:
+    """What `run_sweep` returns: the output folder, the tables and the closing line."""
+
+    out: str
+    trials: object  # pandas.DataFrame, one row per trial
+    summary: object  # pandas.DataFrame, one row per policy, best first
+    best: str
+    paths: dict
+
+
+def run_sweep(
+    settings: SweepSettings,
+    extra: Sequence[Configuration] = (),
+    print_fn: Callable[[str], None] = print,
+) -> SweepResult:
+    """Run (or resume) a sweep and write its report; see the module docstring.
+
+    Args:
+        settings: the sweep's settings. With `resume=True`, `out` names the interrupted sweep
+            and its saved settings are used.
+        extra: configurations to run besides the strategies' (e.g. a policy of one's own).
+        print_fn: where progress lines go.
+
+    Returns:
+        A `SweepResult`.
+
+    Raises:
+        SweepError, DataError: invalid settings or data, before any trial runs.
+    """
+    started = time.time()
+    settings = _prepare(settings)
+    out = settings.out
+    data = make_task(settings.dataset, settings.task, settings.resolved_shift(), settings.shots,
+                     seed=settings.data_seed)
+    blocks, fixed = _swept_blocks(settings, data)
+    configurations = _static_configurations(settings, blocks, extra)
+    if not settings.resume:  # Only a valid sweep leaves a folder behind.
+        os.makedirs(out, exist_ok=True)
+        with open(os.path.join(out, SETTINGS_FILE), "w") as f:
+            json.dump(dataclasses.asdict(settings), f, indent=2)
+    print_fn(f"Sweep folder: {out}")
+    print_fn(data.summary())
+
+    import ray
+
+    own_ray = _start_ray(settings, out)
+    try:
+        resources = ray.cluster_resources()
+        gpus = float(resources.get("GPU", 0))
+        gpus_per_trial = settings.gpus_per_trial
+        if gpus_per_trial is None:
+            gpus_per_trial = 0.25 if gpus else 0.0
+        nodes = len([n for n in ray.nodes() if n.get("Alive")])
+        print_fn(f"Ray: {nodes} node(s), {resources.get('CPU', 0):g} CPUs, {gpus:g} GPUs; each "
+                 f"trial takes {settings.cpus_per_trial:g} CPU and {gpus_per_trial:g} GPU.")
+        source, source_info = _source_blocks(settings, data, use_gpu=gpus > 0,
+                                             print_fn=print_fn)
+        runner = _Runner(settings, data, source, gpus_per_trial, print_fn)
+        greedy = "greedy" in space.parse_strategies(settings.strategy)
+        rows = runner.run("sweep", configurations)
+        if greedy:
+            rows = _greedy(runner, rows, blocks, configurations)
+    finally:
+        if own_ray:
+            ray.shutdown()
+            _drop_temp_link(out)
+
+    import pandas as pd
+
+    concurrency = _max_concurrency(rows)
+    trials = pd.DataFrame(rows)
+    wall = time.time() - started
+    info = {
+        "swept blocks": ", ".join(blocks),
+        "fixed blocks": ", ".join(f"{b}={p}" for b, p in fixed.items()) or "none",
+        "legend": (f"Block letters in the *blocks* column follow {', '.join(blocks)}: "
+                   "R = reinit, F = frozen (transferred), T = tuned (transferred, fine-tuned)."),
+        "source model": source_info,
+        "trials": f"{len(trials)} ({int((trials['status'] == 'ok').sum())} ok)",
+        "max concurrent trials": concurrency,
+        "machine": _machine(),
+        "ray": f"{nodes} node(s), {resources.get('CPU', 0):g} CPUs, {gpus:g} GPUs",
+        "wall time": f"{wall:.0f} s",
+    }
+    written = write_report(trials, out, _settings_dict(settings, gpus_per_trial), info)
+    for name, path in written["paths"].items():
+        print_fn(f"wrote {name}: {path}")
+    print_fn(f"{len(trials)} trials in {wall:.0f} s.")
+    print_fn(written["best"])
+    return SweepResult(out=out, trials=trials, summary=written["summary"], best=written["best"],
+                       paths=written["paths"])
+
+
+class _Runner:
+    """Runs one Tune experiment per call and turns its results into report rows."""
+
+    def __init__(self, settings: SweepSettings, data, source: bytes, gpus: float, print_fn):
+        self.settings = settings
+        self.data = data
+        self.source = source
+        self.gpus = gpus
+        self.print_fn = print_fn
+        self.labels: dict[str, Configuration] = {}
+        self.storage = settings.storage or os.path.join(settings.out, "tune")
+
+    def trainable(self):
+        from ray import tune
+
+        from keras_blockreuse.sweep.trial import train_trial
+
+        trainable = tune.with_parameters(train_trial, data=self.data, source=self.source)
+        return tune.with_resources(trainable, {"cpu": self.settings.cpus_per_trial,
+                                               "gpu": self.gpus})
+
+    def run(self, name: str, configurations: Sequence[Configuration]) -> list[dict]:
+        from ray import tune
+
+        s = self.settings
+        for c in configurations:
+            self.labels.setdefault(c.key, c)
+        path = os.path.join(self.storage, name)
+        if s.resume and tune.Tuner.can_restore(path):
+            self.print_fn(f"Resuming experiment {path}: finished trials are kept.")
+            tuner = tune.Tuner.restore(path, trainable=self.trainable(), resume_unfinished=True,
+                                       resume_errored=True)
+        else:
+            keys = [c.key for c in configurations]
+            total = len(keys) * s.seeds
+            self.print_fn(f"Experiment {name}: {len(keys)} configurations x {s.seeds} seeds = "
+                          f"{total} trials.")
+            param_space = {
+                "policy": tune.grid_search(keys),
+                "seed": tune.grid_search(list(range(s.seeds))),
+                "model": s.model, "epochs": s.epochs, "batch_size": s.batch_size, "lr": s.lr,
+                "cpus": max(1, int(s.cpus_per_trial)),
+            }
+            scheduler = None
+            if s.scheduler == "asha":
+                from ray.tune.schedulers import ASHAScheduler
+
+                scheduler = ASHAScheduler(time_attr="training_iteration", max_t=s.epochs,
+                                          grace_period=max(1, s.epochs // 8), reduction_factor=3)
+            tuner = tune.Tuner(
+                self.trainable(),
+                param_space=param_space,
+                tune_config=tune.TuneConfig(metric="val_accuracy", mode="max",
+                                            scheduler=scheduler,
+                                            trial_dirname_creator=_trial_dirname),
+                run_config=tune.RunConfig(
+                    name=name, storage_path=self.storage, verbose=1,
+                    failure_config=tune.FailureConfig(max_failures=0, fail_fast=False)),
+            )
+        grid = tuner.fit()
+        if grid.num_errors:
+            self.print_fn(f"{grid.num_errors} trial(s) failed; the sweep went on. See the report.")
+        return [self._row(result, name) for result in grid]
+
+    def _row(self, result, experiment: str) -> dict:
+        metrics = dict(result.metrics or {})
+        config = result.config or _read_params(result.path)
+        key = config.get("policy", "")
+        c = self.labels.get(key)
+        done = metrics.get("test_accuracy")
+        status = "error" if result.error else ("ok" if done is not None else "stopped")
+        row = {
+            "trial_id": metrics.get("trial_id") or os.path.basename(result.path or ""),
+            "policy": key,
+            "label": c.label if c else key,
+            "code": c.code if c else "",
+            "seed": config.get("seed"),
+            "status": status,
+            "epochs_done": metrics.get("epoch", 0),
+            "experiment": experiment,
+            "error": _error_line(result.error) if result.error else "",
+        }
+        for name in ("test_accuracy", "val_accuracy", "accuracy", "test_loss", "val_loss", "loss",
+                     "train_seconds"):
+            row[name] = metrics.get(name, math.nan)
+        for name in ("node_ip", "node_id", "hostname", "pid", "gpu_ids"):
+            row[name] = metrics.get(name, "")
+        row["_finished"] = metrics.get("timestamp")
+        row["_seconds"] = metrics.get("time_total_s")
+        return row
+
+
+def _greedy(runner: _Runner, rows: list[dict], blocks: list[str],
+            static: Sequence[Configuration]) -> list[dict]:
+    """Forward selection: keep adding the single block policy with the best mean validation
+    accuracy while it beats the current configuration."""
+    evaluated = {c.key for c in static}
+    current = space.scratch(blocks)
+    round_ = 1
+    while True:
+        scores = _val_means(rows)
+        candidates = space.greedy_step(current, blocks, round_)
+        if not candidates:
+            break
+        missing = [c for c in candidates if c.key not in evaluated]
+        if missing:
+            rows = rows + runner.run(f"greedy_{round_ + 1}", missing)
+            evaluated |= {c.key for c in missing}
+            scores = _val_means(rows)
+        scored = [c for c in candidates if not math.isnan(scores.get(c.key, math.nan))]
+        if not scored:
+            break
+        best = max(scored, key=lambda c: scores[c.key])
+        if scores[best.key] <= scores.get(current.key, -math.inf):
+            runner.print_fn(f"Greedy: no single change beats {current.key}; stopping.")
+            break
+        runner.print_fn(f"Greedy round {round_}: {best.key} (val {scores[best.key]:.3f}).")
+        current = best
+        round_ += 1
+    return rows
+
+
+def _val_means(rows: list[dict]) -> dict[str, float]:
+    sums: dict[str, list[float]] = {}
+    for r in rows:
+        if r["status"] == "ok":
+            sums.setdefault(r["policy"], []).append(float(r["val_accuracy"]))
+    return {k: sum(v) / len(v) for k, v in sums.items()}
+
+
+def _prepare(settings: SweepSettings) -> SweepSettings:
+    """Validate, fill in the output folder, and on resume load the saved settings."""
+    if settings.resume:
+        out = settings.out or _latest_sweep()
+        saved_path = os.path.join(out, SETTINGS_FILE)
+        if not os.path.isfile(saved_path):
+            raise SweepError(f"--resume needs the folder of an earlier sweep; {out!r} has no "
+                             f"{SETTINGS_FILE}.")
+        with open(saved_path) as f:
+            saved = json.load(f)
+        fields = {f.name for f in dataclasses.fields(SweepSettings)}
+        saved = SweepSettings(**{k: v for k, v in saved.items() if k in fields})
+        saved.resume = True
+        saved.out = os.path.abspath(out)
+        saved.address = settings.address or saved.address
+        return saved.validate()
+    settings = dataclasses.replace(settings)
+    settings.validate()
+    if settings.smoke:
+        _apply_smoke(settings)
+    if settings.out is None:
+        stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+        settings.out = os.path.join("runs", "which_blocks", stamp)
+    settings.out = os.path.abspath(settings.out)
+    if settings.storage is not None and "://" not in settings.storage:
+        settings.storage = os.path.abspath(settings.storage)
+    if os.path.isfile(os.path.join(settings.out, SETTINGS_FILE)):
+        raise SweepError(f"{settings.out} already holds a sweep: pass --resume to continue it, or "
+                         "choose another --out.")
+    return settings
+
+
+def _apply_smoke(settings: SweepSettings) -> None:
+    """--smoke: fewer epochs, seeds and configurations, where not set explicitly."""
+    default = SweepSettings()
+    for name in ("epochs", "source_epochs", "seeds", "strategy"):
+        if getattr(settings, name) == getattr(default, name):
+            setattr(settings, name, SMOKE[name])
+
+
+def _latest_sweep() -> str:
+    root = os.path.join("runs", "which_blocks")
+    candidates = sorted(d for d in os.listdir(root) if os.path.isfile(
+        os.path.join(root, d, SETTINGS_FILE))) if os.path.isdir(root) else []
+    if not candidates:
+        raise SweepError("--resume without --out continues the latest sweep under "
+                         f"{root}, and there is none; pass --out FOLDER.")
+    return os.path.join(root, candidates[-1])
+
+
+def _swept_blocks(settings: SweepSettings, data) -> tuple[list[str], dict[str, str]]:
+    """The blocks whose policy varies, and the others with their fixed policy (`reinit`)."""
+    import keras
+
+    from keras_blockreuse.zoo import build_model
+
+    model = build_model(settings.model, data.input_shape, data.target_classes)
+    names = list(model.blocks)
+    keras.backend.clear_session()
+    head = names[-1]
+    transferable = names if data.source_classes == data.target_classes else names[:-1]
+    if settings.blocks is None:
+        chosen = transferable[:1] if settings.smoke else transferable
+    else:
+        unknown = [b for b in settings.blocks if b not in names]
+        if unknown:
+            raise SweepError(f"Unknown block {', '.join(map(repr, unknown))} for model "
+                             f"{settings.model!r}. Its blocks are: {', '.join(names)}.")
+        if head in settings.blocks and head not in transferable:
+            raise SweepError(
+                f"Block {head!r} is the head, and the source has {data.source_classes} classes "
+                f"but the target {data.target_classes}: it cannot be transferred. Leave it out "
+                "of --blocks (it is always reinit).")
+        chosen = [b for b in names if b in settings.blocks]
+    fixed = {b: "reinit" for b in names if b not in chosen}
+    return chosen, fixed
+
+
+def _static_configurations(settings, blocks, extra) -> list[Configuration]:
+    configurations = space.configurations(settings.strategy, blocks)
+    keys = {c.key for c in configurations}
+    for c in extra:
+        if c.key not in keys:
+            configurations.append(c)
+            keys.add(c.key)
+    return configurations
+
+
+def source_key(settings: SweepSettings, data) -> str:
+    """The cache key of a source model: a hash of everything that determines it.
+
+    The source task enters through a digest of its arrays, so tasks with the same source data
+    (e.g. different shifts or shots of the same dataset and data seed) share one source model.
+    """
+    import keras
+
+    inputs = {
+        "format": 1,
+        "source_data": data.source_fingerprint(),
+        "dataset": settings.dataset,
+        "model": settings.model,
+        "input_shape": list(data.input_shape),
+        "classes": data.source_classes,
+        "epochs": settings.source_epochs,
+        "batch_size": settings.batch_size,
+        "lr": settings.lr,
+        "seed": settings.data_seed,
+        "keras": keras.__version__,
+        "backend": keras.backend.backend(),
+    }
+    return hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()[:20]
+
+
+def default_cache() -> str:
+    """`$XDG_CACHE_HOME/keras-blockreuse/sources` (default `~/.cache/...`)."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "keras-blockreuse", "sources")
+
+
+def _source_blocks(settings: SweepSettings, data, use_gpu: bool, print_fn) -> tuple[bytes, str]:
+    """The source model's block file: from the cache, or trained now and cached."""
+    from keras_blockreuse.sweep.trial import train_source
+
+    key = source_key(settings, data)
+    folder = os.path.join(settings.cache or default_cache(), key)
+    path = os.path.join(folder, SOURCE_FILE)
+    facts_path = os.path.join(folder, "source.json")
+    if os.path.isfile(path) and os.path.isfile(facts_path):
+        with open(facts_path) as f:
+            facts = json.load(f)
+        print_fn(f"Source model from cache: {path}")
+        with open(path, "rb") as f:
+            return f.read(), _source_text(facts, cached=True)
+    args = dict(model=settings.model, epochs=settings.source_epochs,
+                batch_size=settings.batch_size, lr=settings.lr, seed=settings.data_seed,
+                metadata={"dataset": settings.dataset, "task": settings.task,
+                          "cache_key": key})
+    if use_gpu:
+        import ray
+
+        print_fn(f"Training the source model ({settings.source_epochs} epochs) in a Ray task "
+                 "on a GPU ...")
+        task = ray.remote(num_gpus=1, num_cpus=1)(_train_source_task)
+        blob, metrics, where = ray.get(task.remote(data, args))
+        where = f"Ray task, GPU {where['gpu_ids'] or '?'} on {where['node_ip']}"
+    else:
+        print_fn(f"Training the source model ({settings.source_epochs} epochs) in the driver ...")
+        blob, metrics = train_source(data, **args)
+        where = "driver (no GPU)"
+    facts = {"key": key, "model": settings.model, "epochs": settings.source_epochs,
+             "trained_in": where, **metrics}
+    os.makedirs(folder, exist_ok=True)
+    for target, payload in ((path, blob), (facts_path, json.dumps(facts, indent=2).encode())):
+        handle, temporary = tempfile.mkstemp(dir=folder, prefix=".tmp-")
+        with os.fdopen(handle, "wb") as f:
+            f.write(payload)
+        os.replace(temporary, target)
+    print_fn(f"Source model cached: {path}")
+    return blob, _source_text(facts, cached=False)
+
+
+def _train_source_task(data, args: dict):
+    """The Ray task body: train the source model where Ray placed it (a GPU worker)."""
+    from keras_blockreuse.sweep.trial import train_source, where
+
+    blob, metrics = train_source(data, cpus=1, **args)
+    return blob, metrics, where()
+
+
+def _source_text(facts: dict, cached: bool) -> str:
+    return (f"{facts['model']}, {facts['epochs']} epochs, source val accuracy "
+            f"{facts['val_accuracy']:.3f}, trained in {facts['trained_in']} in "
+            f"{facts['seconds']:.0f} s{' (cached)' if cached else ''}, key {facts['key']}")
+
+
+def _start_ray(settings: SweepSettings, out: str) -> bool:
+    """Start or join Ray; False when Ray was already initialised by the caller."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    runtime_env = {"env_vars": {"TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONWARNINGS": "ignore"}}
+    if settings.address:
+        try:
+            ray.init(address=settings.address, runtime_env=runtime_env, log_to_driver=True)
+        except (ConnectionError, RuntimeError, ValueError) as error:
+            raise SweepError(f"Could not join the Ray cluster at --address {settings.address}: "
+                             f"{str(error).splitlines()[0]}") from error
+        return True
+    ray.init(address="local", include_dashboard=False, _temp_dir=_ray_temp_dir(out),
+             runtime_env=runtime_env, configure_logging=False)
+    return True
+
+
+def _ray_temp_dir(out: str) -> str:
+    """`<out>/ray`, reached through a short link when its path would make Ray's socket paths
+    longer than Unix allows (107 bytes)."""
+    folder = os.path.join(out, "ray")
+    os.makedirs(folder, exist_ok=True)
+    if len(folder) <= 40:
+        return folder
+    digest = hashlib.sha1(folder.encode()).hexdigest()[:10]
+    link = os.path.join(tempfile.gettempdir(), f"kbr-ray-{digest}")
+    if os.path.islink(link) and os.readlink(link) != folder:
+        os.unlink(link)
+    if not os.path.islink(link):
+        os.symlink(folder, link)
+    return link
+
+
+def _drop_temp_link(out: str) -> None:
+    folder = os.path.join(out, "ray")
+    digest = hashlib.sha1(folder.encode()).hexdigest()[:10]
+    link = os.path.join(tempfile.gettempdir(), f"kbr-ray-{digest}")
+    if os.path.islink(link):
+        os.unlink(link)
+
+
+def _trial_dirname(trial) -> str:
+    return trial.trial_id
+
+
+def _read_params(path: str | None) -> dict:
+    try:
+        with open(os.path.join(path, "params.json")) as f:
+            return json.load(f)
+    except (OSError, TypeError, ValueError):
+        return {}
+
+
+def _error_line(error) -> str:
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    for line in reversed(lines):
+        if "Error" in line.split(":")[0] or "Exception" in line.split(":")[0]:
+            return line
+    return lines[-1] if lines else type(error).__name__
+
+
+def _max_concurrency(rows: list[dict]) -> int:
+    spans = []
+    for r in rows:
+        end, seconds = r.pop("_finished", None), r.pop("_seconds", None)
+        if end is not None and seconds is not None:
+            spans.append((end - seconds, end))
+    events = sorted([(a, 1) for a, _ in spans] + [(b, -1) for _, b in spans])
+    level = peak = 0
+    for _, step in events:
+        level += step
+        peak = max(peak, level)
+    return peak
+
+
+def _machine() -> str:
+    try:
+        import tensorflow as tf
+
+        gpus = len(tf.config.list_physical_devices("GPU"))
+    except Exception:
+        gpus = 0
+    return f"{os.cpu_count()} CPU cores, {gpus or 'no'} GPU{'s' if gpus != 1 else ''} (driver)"
+
+
+def _settings_dict(settings: SweepSettings, gpus_per_trial: float) -> dict:
+    d = dataclasses.asdict(settings)
+    d["shift"] = settings.resolved_shift()
+    d["gpus_per_trial"] = gpus_per_trial
+    d["blocks"] = ",".join(settings.blocks) if settings.blocks else "all transferable"
+    return d
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line of `sweeps/which_blocks.py`."""
+    d = SweepSettings()
+    parser = argparse.ArgumentParser(
+        prog="which_blocks.py",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=(
+            "Measure which blocks of a source model to transfer - re-initialised (reinit), "
+            "transferred and frozen, or transferred and fine-tuned (tuned) - for the best "
+            "target test accuracy.\nTrains the source model once (cached), runs every block "
+            "policy for several seeds on Ray Tune, and writes results.csv, summary.csv, "
+            "results.json, report.md and plot.png to --out."),
+        epilog=(
+            "examples:\n"
+            "  python sweeps/which_blocks.py                      # default: noisy 10-shot "
+            "digits, surgical + prefix\n"
+            "  python sweeps/which_blocks.py --task split --shots 5 --strategy prefix\n"
+            "  python sweeps/which_blocks.py --shift labels --strategy surgical\n"
+            "  python sweeps/which_blocks.py --resume --out runs/which_blocks/20250101-120000\n"
+            "  python sweeps/which_blocks.py --address auto --storage /shared/sweeps  # a Ray "
+            "cluster"),
+    )
+    add = parser.add_argument
+    add("--dataset", default=d.dataset, metavar="NAME",
+        help="digits (scikit-learn's bundled 8x8 digits, no download; default), cifar10, mnist, "
+             "fashion_mnist (keras.datasets, downloaded), npz:PATH (x_train, y_train, x_test, "
+             "y_test) or folder:PATH (one sub-folder of images per class)")
+    add("--task", default=d.task, choices=TASKS,
+        help="shift: same classes, the target's images shifted (default); split: the source "
+             "gets the first half of the classes, the target the rest (Yosinski's A/B)")
+    add("--shift", default=None, metavar="KIND",
+        help=f"with --task shift: {', '.join(SHIFTS)} (default noise): input noise, blur, "
+             "inversion, 90-degree rotation, or permuted labels")
+    add("--shots", default=str(d.shots), metavar="N",
+        help="training labels per target class (default 10); 'all' for half of each class")
+    add("--model", default=d.model, metavar="NAME",
+        help=f"the architecture of source and target: {', '.join(MODELS)} (default seed_cnn)")
+    add("--strategy", default=d.strategy, metavar="S[,S]",
+        help="which policies to run, comma-separated: prefix (first n blocks frozen or tuned), "
+             "surgical (all frozen but one tuned, plus all tuned), exhaustive (all 3^k), "
+             "greedy (forward selection by validation accuracy); scratch always runs "
+             f"(default {d.strategy})")
+    add("--blocks", default=None, metavar="B[,B]",
+        help="the blocks whose policy is swept (default: all that can be transferred; the head "
+             "is left out when source and target class counts differ); the others are reinit")
+    add("--seeds", type=int, default=d.seeds, metavar="N",
+        help=f"seeds per configuration, for means and confidence intervals (default {d.seeds})")
+    add("--epochs", type=int, default=d.epochs, metavar="N",
+        help=f"target training epochs per trial (default {d.epochs})")
+    add("--source-epochs", type=int, default=d.source_epochs, metavar="N",
+        help=f"source model training epochs (default {d.source_epochs})")
+    add("--batch-size", type=int, default=d.batch_size, metavar="N",
+        help=f"batch size of source and target training (default {d.batch_size})")
+    add("--lr", type=float, default=d.lr, metavar="LR",
+        help=f"Adam learning rate of source and target training (default {d.lr:g})")
+    add("--data-seed", type=int, default=d.data_seed, metavar="N",
+        help="fixes the splits, the shift and the source model's initialisation (default 0)")
+    add("--cpus-per-trial", type=float, default=d.cpus_per_trial, metavar="N",
+        help="CPUs Ray reserves per trial; TensorFlow uses as many threads (default 1)")
+    add("--gpus-per-trial", type=float, default=None, metavar="F",
+        help="GPUs per trial, fractions allowed (0.25 packs 4 trials per GPU; memory growth is "
+             "on). Default: 0.25 when the Ray cluster has GPUs, else 0")
+    add("--scheduler", default=d.scheduler, choices=SCHEDULERS,
+        help="fifo runs every trial to the end (default; fair to slow starters); asha stops "
+             "poor trials early (for large spaces)")
+    add("--address", default=None, metavar="ADDR",
+        help="join a running Ray cluster: 'auto' or HOST:PORT (default: start a local Ray)")
+    add("--storage", default=None, metavar="PATH",
+        help="where Ray Tune keeps trial results (made absolute; shared storage on a cluster). "
+             "Default: OUT/tune")
+    add("--out", default=None, metavar="FOLDER",
+        help="output folder (default runs/which_blocks/<timestamp>); Ray's temporary files go "
+             "to OUT/ray")
+    add("--cache", default=None, metavar="FOLDER",
+        help="source model cache, keyed by its inputs (default ~/.cache/keras-blockreuse/"
+             "sources)")
+    add("--resume", action="store_true",
+        help="continue the interrupted sweep in --out (default: the latest under "
+             "runs/which_blocks) with its saved settings; finished trials are not rerun")
+    add("--smoke", action="store_true",
+        help="a tiny run for tests and CI (under a minute on 2 CPU cores): 8 epochs, 5 source "
+             "epochs, 2 seeds, "
+             "prefix strategy on the first block, unless set explicitly")
+    return parser
+
+
+def settings_from_args(args: argparse.Namespace) -> SweepSettings:
+    """Turn parsed arguments into validated `SweepSettings`."""
+    shots: int | None
+    if args.shots in ("all", "none", "None"):
+        shots = None
+    else:
+        try:
+            shots = int(args.shots)
+        except ValueError:
+            raise SweepError(f"--shots must be a positive integer or 'all', received "
+                             f"{args.shots!r}.") from None
+        if shots < 1:
+            raise SweepError(f"--shots must be a positive integer or 'all', received {shots}.")
+    blocks = None
+    if args.blocks:
+        blocks = [b.strip() for b in args.blocks.split(",") if b.strip()]
+    settings = SweepSettings(
+        dataset=args.dataset, task=args.task, shift=args.shift, shots=shots, model=args.model,
+        strategy=args.strategy, blocks=blocks, seeds=args.seeds, epochs=args.epochs,
+        source_epochs=args.source_epochs, batch_size=args.batch_size, lr=args.lr,
+        data_seed=args.data_seed, cpus_per_trial=args.cpus_per_trial,
+        gpus_per_trial=args.gpus_per_trial, scheduler=args.scheduler, address=args.address,
+        storage=args.storage, out=args.out, cache=args.cache, resume=args.resume,
+        smoke=args.smoke,
+    )
+    if not settings.resume:
+        settings.validate()
+    return settings
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit status (0, or 2 for bad values)."""
+    parser = build_parser()
+    prog = parser.prog
+
+    def fail(message: str) -> None:
+        print(f"{prog}: error: {message} (see --help)", file=sys.stderr)
+        raise SystemExit(2)
+
+    parser.error = fail  # one line, no usage dump
+    args = parser.parse_args(argv)
+    settings = None
+    try:
+        settings = settings_from_args(args)
+        run_sweep(settings, print_fn=lambda line: print(line, flush=True))
+    except (SweepError, DataError) as error:
+        print(f"{prog}: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        out = args.out or "<the sweep's folder>"
+        print(f"{prog}: interrupted; continue with: python sweeps/which_blocks.py --resume "
+              f"--out {out}", file=sys.stderr)
+        return 130
+    return 0
