@@ -21,6 +21,7 @@ import dataclasses
 import datetime
 import hashlib
 import json
+import math
 import os
 import re
 import secrets
@@ -38,7 +39,12 @@ FORMAT_NAME = "keras-blockreuse"
 FORMAT_VERSION = 1
 SUFFIX = ".blocks.h5"
 TEMP_MARKER = ".kbr-tmp-"
-HASH = "sha256"
+HASH = "sha256"  # header and layout checksums (small): always sha256
+# The checksum of each block's values. Its algorithm is recorded in the file as the prefix of
+# `data_checksum` ("xxh3_128:..." or "sha256:..."), so files written with either verify.
+# xxh3_128 hashes at about 25 GB/s against sha256's 0.85 GB/s (benchmarks/RESULTS.md): with
+# sha256, checksums alone would cost most of Keras's whole load time for large models.
+DATA_HASHES = ("xxh3_128", "sha256")
 
 # Keras dtypes that HDF5 cannot hold natively are stored widened, losslessly, as float32.
 _WIDENED = {"bfloat16", "float8_e4m3fn", "float8_e5m2"}
@@ -210,7 +216,7 @@ def _write(f: h5py.File, model, model_blocks, chosen: list[str], metadata_json: 
     for name in chosen:
         group = f.create_group(name)
         layers = []
-        data_hash = hashlib.new(HASH)
+        data_hash = _new_hash(DATA_HASH)
         for path, unit, values in _block_values(model_blocks[name]):
             unit_group = group.require_group(path)
             variables = []
@@ -219,11 +225,13 @@ def _write(f: h5py.File, model, model_blocks, chosen: list[str], metadata_json: 
                 array = _to_numpy(value)
                 dtype = keras.backend.standardize_dtype(value.dtype)
                 dataset = _dataset_name(value, key, taken)
-                stored = array.astype(np.float32) if dtype in _WIDENED else array
-                ds = unit_group.create_dataset(dataset, data=stored)
-                ds.attrs["path"] = getattr(value, "path", "") or ""
-                ds.attrs["dtype"] = dtype
-                data_hash.update(np.ascontiguousarray(stored).data)
+                stored = np.ascontiguousarray(
+                    array.astype(np.float32) if dtype in _WIDENED else array
+                )
+                ds = _write_dataset(unit_group, dataset, stored)
+                _write_text_attribute(ds, "path", getattr(value, "path", "") or "")
+                _write_text_attribute(ds, "dtype", dtype)
+                data_hash.update(stored)
                 variables.append(
                     {
                         "key": key,
@@ -241,7 +249,7 @@ def _write(f: h5py.File, model, model_blocks, chosen: list[str], metadata_json: 
         layout = json.dumps(layers)
         group.attrs["layout"] = layout
         group.attrs["layout_checksum"] = _checksum(layout.encode())
-        group.attrs["data_checksum"] = f"{HASH}:{data_hash.hexdigest()}"
+        group.attrs["data_checksum"] = f"{DATA_HASH}:{data_hash.hexdigest()}"
 
 
 def _block_values(block) -> Iterator[tuple[str, Any, dict]]:
@@ -263,7 +271,43 @@ def _dataset_name(value, key: str, taken: set) -> str:
     return name
 
 
+def _write_dataset(group: h5py.Group, name: str, array: np.ndarray) -> h5py.h5d.DatasetID:
+    """Writes a contiguous, uncompressed dataset through h5py's low-level API.
+
+    The same file objects as `group.create_dataset(name, data=array)`, without the high-level
+    argument handling that costs about as much as the write for small variables.
+    """
+    if array.ndim:
+        space = h5py.h5s.create_simple(array.shape)
+    else:
+        space = h5py.h5s.create(h5py.h5s.SCALAR)
+    dataset = h5py.h5d.create(group.id, name.encode(), h5py.h5t.py_create(array.dtype, logical=True), space)
+    if array.size:
+        dataset.write(h5py.h5s.ALL, h5py.h5s.ALL, array)
+    return dataset
+
+
+_TEXT = h5py.string_dtype()
+
+
+def _write_text_attribute(dataset: h5py.h5d.DatasetID, name: str, text: str) -> None:
+    """`dataset.attrs[name] = text` (a variable-length UTF-8 string), through the low-level API."""
+    attribute = h5py.h5a.create(
+        dataset, name.encode(), h5py.h5t.py_create(_TEXT, logical=True), h5py.h5s.create(h5py.h5s.SCALAR)
+    )
+    attribute.write(np.array(text, dtype=_TEXT))
+
+
 def _to_numpy(value) -> np.ndarray:
+    """A variable's current value as a NumPy array (read-only where it shares memory).
+
+    For TensorFlow variables this reads the value once and views it (`tf.Variable.value()`),
+    ten times faster than `keras.ops.convert_to_numpy`, which reads and then copies.
+    """
+    if isinstance(value, keras.Variable) and keras.backend.backend() == "tensorflow":
+        read = getattr(getattr(value, "value", None), "value", None)
+        if callable(read):
+            return np.asarray(read())
     return np.asarray(keras.ops.convert_to_numpy(value))
 
 
@@ -403,7 +447,8 @@ class BlockFile:
         info = self.block(name)
         with self._reading(name):
             group = self._file[name]
-            digest = hashlib.new(HASH)
+            algorithm = self._data_hash(name, info)
+            digest = _new_hash(algorithm)
             out: dict[str, dict[str, np.ndarray]] = {}
             for layer in info.layers:
                 unit = group[layer.path]
@@ -411,12 +456,12 @@ class BlockFile:
                 values = {}
                 for var in layer.variables:
                     stored = self._read_dataset(unit, var)
-                    digest.update(stored.data)
+                    digest.update(stored)
                     values[var.key] = (
                         stored.astype(_numpy_dtype(var.dtype)) if var.dtype in _WIDENED else stored
                     )
                 out[layer.path] = values
-            actual = f"{HASH}:{digest.hexdigest()}"
+            actual = f"{algorithm}:{digest.hexdigest()}"
             if actual != info.data_checksum:
                 raise BlockFileError(
                     f"Block {name!r} in {self.path} is corrupt: its values do not match their "
@@ -511,6 +556,23 @@ class BlockFile:
         )
         return BlockInfo(name, layers, expected, _text(group.attrs["data_checksum"]))
 
+    def _data_hash(self, name: str, info: BlockInfo) -> str:
+        algorithm = info.data_checksum.split(":", 1)[0]
+        if algorithm not in DATA_HASHES:
+            raise BlockFileError(
+                f"Block {name!r} in {self.path} has a checksum of unknown kind {algorithm!r}; "
+                f"this reader knows {list(DATA_HASHES)}. Upgrade keras-blockreuse to read it."
+            )
+        if algorithm == "xxh3_128":
+            try:
+                import xxhash  # noqa: F401
+            except ImportError:
+                raise BlockFileError(
+                    f"Block {name!r} in {self.path} is checksummed with xxh3_128, which needs "
+                    "the xxhash package: pip install xxhash"
+                ) from None
+        return algorithm
+
     def _check_members(self, unit, layer: LayerInfo, all_layers) -> None:
         expected = {v.dataset for v in layer.variables}
         children = {
@@ -518,6 +580,8 @@ class BlockFile:
             for other in all_layers
             if other.path.startswith(layer.path + "/")
         }
+        if len(unit) == len(expected) + len(children):
+            return  # each expected entry is opened later, so a count match leaves no extra
         extra = set(unit.keys()) - expected - children
         if extra:
             raise BlockFileError(
@@ -526,24 +590,34 @@ class BlockFile:
             )
 
     def _read_dataset(self, unit, var: VariableInfo) -> np.ndarray:
-        ds = unit[var.dataset]
-        if not isinstance(ds, h5py.Dataset):
-            raise BlockFileError(f"{self.path}: {ds.name!r} should be a dataset, it is a group.")
+        # h5py's low-level API: a third of the time of `unit[name]` plus `read_direct` for
+        # small variables (benchmarks/RESULTS.md). Anything unusual takes the high-level path,
+        # whose errors name what is wrong.
+        try:
+            ds = h5py.h5d.open(unit.id, var.dataset.encode())
+        except Exception:
+            ds = unit[var.dataset]
+            if not isinstance(ds, h5py.Dataset):
+                raise BlockFileError(
+                    f"{self.path}: {ds.name!r} should be a dataset, it is a group."
+                ) from None
+            ds = ds.id
+        where = f"{unit.name}/{var.dataset}"
         stored_dtype = np.dtype(np.float32) if var.dtype in _WIDENED else _numpy_dtype(var.dtype)
         if tuple(ds.shape) != var.shape or ds.dtype != stored_dtype:
             raise BlockFileError(
-                f"{self.path}: dataset {ds.name!r} has shape {tuple(ds.shape)} and dtype "
+                f"{self.path}: dataset {where!r} has shape {tuple(ds.shape)} and dtype "
                 f"{ds.dtype}, but the block's layout records {var.shape} and {stored_dtype}."
             )
-        nbytes = var.size * stored_dtype.itemsize
+        nbytes = math.prod(var.shape) * stored_dtype.itemsize
         if nbytes > self._size:
             raise BlockFileError(
-                f"{self.path}: dataset {ds.name!r} declares {nbytes} bytes but the whole file "
+                f"{self.path}: dataset {where!r} declares {nbytes} bytes but the whole file "
                 f"holds {self._size}; the file is truncated or crafted."
             )
         array = np.empty(var.shape, dtype=stored_dtype)
         if array.size:
-            ds.read_direct(array)
+            ds.read(h5py.h5s.ALL, h5py.h5s.ALL, array)
         self.bytes_read += nbytes
         return array
 
@@ -554,6 +628,26 @@ def _text(value) -> str:
     if isinstance(value, np.ndarray):
         raise TypeError(f"expected a string attribute, found an array of {value.dtype}")
     return str(value)
+
+
+def _new_hash(algorithm: str):
+    """A hash object with `update(buffer)` and `hexdigest()` for a data checksum algorithm."""
+    if algorithm == "xxh3_128":
+        import xxhash
+
+        return xxhash.xxh3_128()
+    return hashlib.new(algorithm)
+
+
+def _default_data_hash() -> str:
+    try:
+        import xxhash  # noqa: F401
+    except ImportError:
+        return "sha256"
+    return "xxh3_128"
+
+
+DATA_HASH = "sha256"  # the algorithm new files use; _default_data_hash() is the faster one
 
 
 def _checksum(data: bytes) -> str:

@@ -28,7 +28,7 @@ from keras_blockreuse.blocks import Block, BlockRule, get_blocks, select
 from keras_blockreuse.errors import BlockMismatchError
 from keras_blockreuse.report import LoadReport, Mismatch
 from keras_blockreuse.sources import Source, open_source
-from keras_blockreuse.store import LayerInfo, VariableInfo, _block_values
+from keras_blockreuse.store import LayerInfo, VariableInfo, _block_values, _to_numpy
 
 ON_MISMATCH = ("error", "skip", "adapt")
 
@@ -281,25 +281,100 @@ def _adapter(var: VariableInfo, shape: tuple, unit):
 
 
 def _assign(plans: list[_BlockPlan], values: dict) -> int:
-    """Assigns every validated variable through each layer's own `load_own_variables`."""
-    stores = []
+    """Assigns every validated variable, once every value is read, verified and transformed.
+
+    A layer whose loading is known to be "stored value i goes to variable i" (Keras's base
+    `Layer`, and the convolutions, Dense, EinsumDense and Embedding without LoRA or
+    quantization) has its variables assigned directly, one call each; every other layer goes
+    through its own `load_own_variables`, which keeps custom, LoRA and quantized layers right.
+    """
+    direct = []  # (variable, array)
+    stores = []  # (layer, {key: array}) for load_own_variables
+    count = 0
     for plan in plans:
         block_values = values[plan.source]
         for layer in plan.layers:
             if not layer.load:
                 continue
             arrays = block_values[layer.source.path]
-            store = {}
-            for key, current in layer.current.items():
-                if key in layer.load:
-                    transform = layer.load[key]
-                    array = arrays[key]
-                    store[key] = array if transform is None else transform(array)
-                else:
-                    store[key] = np.asarray(keras.ops.convert_to_numpy(current))
-            stores.append((layer.unit, store, len(layer.load)))
-    count = 0
-    for unit, store, loaded in stores:
+            loaded = {
+                key: arrays[key] if transform is None else transform(arrays[key])
+                for key, transform in layer.load.items()
+            }
+            count += len(loaded)
+            if _loads_directly(layer.unit, layer.current):
+                direct.extend((layer.current[key], array) for key, array in loaded.items())
+                continue
+            store = {
+                key: loaded[key] if key in loaded else _to_numpy(current)
+                for key, current in layer.current.items()
+            }
+            stores.append((layer.unit, store))
+    for variable, array in direct:
+        _assign_variable(variable, array)
+    for unit, store in stores:
         unit.load_own_variables(store)
-        count += loaded
     return count
+
+
+def _direct_loaders() -> set:
+    layers = keras.layers
+    classes = (layers.Layer, layers.Conv2D, layers.Dense, layers.EinsumDense, layers.Embedding)
+    return {(cls.save_own_variables, cls.load_own_variables) for cls in classes}
+
+
+_DIRECT_LOADERS = _direct_loaders()
+
+
+def _loads_directly(unit, current: dict) -> bool:
+    """True when `unit.load_own_variables(store)` would just assign `store[k]` to `current[k]`."""
+    cls = type(unit)
+    return (
+        (cls.save_own_variables, cls.load_own_variables) in _DIRECT_LOADERS
+        and not getattr(unit, "lora_enabled", False)
+        and getattr(unit, "quantization_mode", None) is None
+        and all(isinstance(v, keras.Variable) for v in current.values())
+    )
+
+
+def _tensorflow_assign():
+    if keras.backend.backend() != "tensorflow":
+        return None, None
+    try:
+        import tensorflow as tf
+        from tensorflow.python.ops.resource_variable_ops import ResourceVariable
+    except ImportError:
+        return None, None
+    return tf.raw_ops.AssignVariableOp, ResourceVariable
+
+
+_ASSIGN_OP, _RESOURCE_VARIABLE = _tensorflow_assign()
+
+try:  # inside a StatelessScope, `assign` records the value instead of writing it
+    from keras.src.backend.common.stateless_scope import in_stateless_scope as _in_stateless_scope
+except ImportError:  # pragma: no cover - a Keras without it
+
+    def _in_stateless_scope() -> bool:
+        return True
+
+
+def _assign_variable(variable, array: np.ndarray) -> None:
+    """`variable.assign(array)`; one raw `AssignVariableOp` for a plain TensorFlow variable.
+
+    Keras's `Variable.assign` converts, checks and casts in Python, five times the cost of the
+    assignment itself (benchmarks/RESULTS.md). Here the shape and dtype are checked first, so
+    the raw op is used only where it does exactly what `assign` would; anything else (another
+    backend, a distributed or autocast variable, a cast) takes `variable.assign`.
+    """
+    inner = getattr(variable, "value", None)
+    if (
+        _ASSIGN_OP is not None
+        and not _in_stateless_scope()
+        and type(inner) is _RESOURCE_VARIABLE
+        and isinstance(array, np.ndarray)
+        and array.dtype == inner.dtype.as_numpy_dtype
+        and array.shape == tuple(variable.shape)
+    ):
+        _ASSIGN_OP(resource=inner.handle, value=array)
+    else:
+        variable.assign(array)
