@@ -8,7 +8,11 @@ sweep for these, and keeps the rest (strategies, seeds, Ray Tune, report):
 - `train_detection_trial` instead of `sweep.trial.train_trial`: same signature
   `(config, data=None, source=None)`, the policy key decoded over `DETECTION_BLOCKS`, one
   `ray.tune.report` per epoch, the last with `test_map_50` and `test_map`;
-- `DETECTION_METRIC` (`"test_map_50"`) instead of `"test_accuracy"`, over `DETECTION_BLOCKS`.
+- `make_detection_task` instead of `data.make_task`: the fixed validation and test scenes,
+  with the attributes the sweep reads from a task (`summary()`, `source_fingerprint()`,
+  `input_shape`, `source_classes`, `target_classes`);
+- `DETECTION_METRIC` (`"test_map_50"`) and `DETECTION_VAL_METRIC` (`"val_map_50"`) instead of
+  `"test_accuracy"` and `"val_accuracy"`, over `DETECTION_BLOCKS`.
 
 `train_images` and `epochs` in the trial configuration carry `--train-images` and `--epochs`.
 
@@ -29,17 +33,21 @@ reports[-1]["test_map_50"]
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import os
 import tempfile
 import time
 
+from keras_blockreuse.detection.data import DetectionData, digit_scenes, digit_split
 from keras_blockreuse.detection.model import BACKBONE_BLOCKS
 
 DETECTION_BLOCKS = BACKBONE_BLOCKS
 """The blocks a detection sweep assigns policies to: the classifier's convolutional blocks."""
 DETECTION_METRIC = "test_map_50"
-"""The metric a detection sweep ranks policies by (higher is better); `test_map` is also
-reported."""
+"""The metric a detection sweep reports per policy (higher is better); `test_map` too."""
+DETECTION_VAL_METRIC = "val_map_50"
+"""The validation metric (Tune's `metric`, greedy selection), on scenes of `"val"` digits."""
 DETECTION_TRIAL_DEFAULTS = {
     "epochs": 10,
     "train_images": 400,
@@ -51,6 +59,61 @@ DETECTION_TRIAL_DEFAULTS = {
     "cpus": 1,
 }
 """Detection trial settings used when the configuration leaves them out."""
+
+
+@dataclasses.dataclass
+class DetectionTask:
+    """The fixed evaluation scenes of a detection sweep, passed to every trial as `data`.
+
+    Training scenes are drawn inside each trial from its seed and `train_images`; validation
+    and test scenes are drawn once, from the `"val"` and `"test"` digits, so every trial is
+    measured on the same images.
+
+    Example:
+
+    ```python
+    task = make_detection_task(val_images=100, test_images=300)
+    print(task.summary())
+    ```
+    """
+
+    val: DetectionData
+    test: DetectionData
+    input_shape: tuple = (8, 8, 1)
+    source_classes: int = 10
+    target_classes: int = 10
+
+    def summary(self) -> str:
+        """One line describing the task."""
+        return (
+            f"Detection task: source = seed_cnn classifier on the 'train' digits (8x8, 10 "
+            f"classes); target = {self.test.image_size[0]}x{self.test.image_size[1]} scenes of "
+            f"1-4 digits; {len(self.val)} validation scenes ({self.val.num_boxes} boxes) and "
+            f"{len(self.test)} test scenes ({self.test.num_boxes} boxes) of unseen digits; "
+            "training scenes drawn per trial (--train-images, seed); metric mAP@0.5."
+        )
+
+    def source_fingerprint(self) -> str:
+        """A digest of the source task's data (the `"train"` digits), for the source cache."""
+        x, y = digit_split("train")
+        return hashlib.sha256(x.tobytes() + y.tobytes() + b"detection").hexdigest()[:16]
+
+
+def make_detection_task(
+    val_images: int = 100, test_images: int = 300, seed: int = 0, **scene_options
+) -> DetectionTask:
+    """The validation and test scenes of a detection sweep (see `DetectionTask`).
+
+    Example:
+
+    ```python
+    task = make_detection_task(test_images=300, seed=0)
+    ```
+    """
+    return DetectionTask(
+        val=digit_scenes(val_images, split="val", seed=seed, **scene_options),
+        test=digit_scenes(test_images, split="test", seed=seed, **scene_options),
+    )
 
 
 def train_detection_source(
@@ -112,14 +175,15 @@ def train_detection_trial(config: dict, data=None, source: bytes | str | None = 
     Args:
         config: `policy` (a key such as `"block_1=tuned,block_2=frozen"` or `"scratch"`),
             `seed`, and optionally the keys of `DETECTION_TRIAL_DEFAULTS`.
-        data: an optional `DetectionData` to test on (default: `test_images` scenes of the
-            `"test"` digits drawn with `test_seed`, the same for every trial).
+        data: a `DetectionTask` (its `val` and `test` scenes); `None` draws `test_images`
+            test scenes with `test_seed` and no validation scenes.
         source: the source block file, as bytes or a path; required unless nothing is
             transferred.
 
     Returns:
         The last metrics reported: `epoch`, `loss`, `test_map_50`, `test_map`, `test_map_75`,
-        `train_seconds`, `policy`, `seed`, `train_images`.
+        `val_map_50`, `val_map` (with a `DetectionTask`), `train_seconds`, `policy`, `seed`,
+        `train_images`.
 
     Example:
 
@@ -152,6 +216,8 @@ def train_detection_trial(config: dict, data=None, source: bytes | str | None = 
                 test_map_75=metrics["map_75"],
                 train_seconds=time.perf_counter() - started,
             )
+        if "val_map_50" in metrics:
+            out.update(val_map_50=metrics["val_map_50"], val_map=metrics["val_map"])
         last.clear()
         last.update(out)
         tune.report(out)
@@ -169,7 +235,8 @@ def train_detection_trial(config: dict, data=None, source: bytes | str | None = 
             batch_size=int(settings["batch_size"]),
             learning_rate=float(settings["lr"]),
             width=int(settings["width"]),
-            test_data=data,
+            test_data=None if data is None else data.test,
+            val_data=None if data is None else data.val,
             report_fn=report,
         )
     return dict(last)

@@ -84,6 +84,7 @@ def run_detection_trial(
     width: int = 32,
     scene_options: Mapping | None = None,
     test_data: DetectionData | None = None,
+    val_data: DetectionData | None = None,
     report_fn: Callable[[dict], None] | None = None,
     eval_every: int = 0,
     verbose: int = 0,
@@ -118,6 +119,7 @@ def run_detection_trial(
         scene_options: extra `digit_scenes` arguments (`clutter`, `noise`, `scale_range`...),
             used for both training and test scenes.
         test_data: evaluate on these instead of generating test scenes.
+        val_data: also evaluate on these, reported with a `val_` prefix (`val_map_50`...).
         report_fn: called after every epoch with a metrics dict (`epoch`, `loss`, and the mAP
             keys on evaluated epochs), e.g. `ray.tune.report`.
         eval_every: also evaluate mAP every this many epochs (0: only after the last).
@@ -166,6 +168,9 @@ def run_detection_trial(
         metrics = {"epoch": epoch, "loss": float(history.history["loss"][-1])}
         if epoch == epochs or (eval_every and epoch % eval_every == 0):
             metrics.update(coco_map(test_data, detect(detector, test_data.images)))
+            if val_data is not None:
+                val = coco_map(val_data, detect(detector, val_data.images))
+                metrics.update({f"val_{k}": v for k, v in val.items()})
         if report_fn is not None:
             report_fn(dict(metrics))
     metrics.update(
