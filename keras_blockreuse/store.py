@@ -499,26 +499,27 @@ class BlockFile:
             ) from None
 
     def _read_header(self) -> dict:
-        attrs = self._file.attrs
-        if attrs.get("format") is None or _text(attrs["format"]) != FORMAT_NAME:
+        root = self._file
+        kind = self._attribute(root, "format") if "format" in root.attrs else None
+        if kind != FORMAT_NAME:
             raise BlockFileError(
                 f"{self.path} is an HDF5 file but not a block file: expected a root attribute "
-                f"format={FORMAT_NAME!r}, received {_text(attrs.get('format', 'none'))!r}. "
+                f"format={FORMAT_NAME!r}, received {kind!r}. "
                 "To read a Keras weights file, pass it to load_blocks as a source."
             )
-        version = int(attrs["format_version"])
+        version = self._attribute(root, "format_version", int)
         if version > FORMAT_VERSION:
             raise BlockFileError(
                 f"{self.path} uses block file format version {version}, newer than this "
                 f"reader's version {FORMAT_VERSION}. Upgrade keras-blockreuse to read it."
             )
         header = {
-            key: _text(attrs[key])
+            key: self._attribute(root, key)
             for key in ("keras_version", "backend", "created", "model_name", "blocks", "metadata")
         }
         header["format"] = FORMAT_NAME
         header["format_version"] = version
-        if _header_checksum(header) != _text(attrs["header_checksum"]):
+        if _header_checksum(header) != self._attribute(root, "header_checksum"):
             raise BlockFileError(
                 f"{self.path} is corrupt: its header (block list, metadata) does not match its "
                 "checksum."
@@ -529,8 +530,8 @@ class BlockFile:
 
     def _read_layout(self, name: str) -> BlockInfo:
         group = self._file[name]
-        layout = _text(group.attrs["layout"])
-        expected = _text(group.attrs["layout_checksum"])
+        layout = self._attribute(group, "layout")
+        expected = self._attribute(group, "layout_checksum")
         if _checksum(layout.encode()) != expected:
             raise BlockFileError(
                 f"Block {name!r} in {self.path} is corrupt: its layout (layer names, shapes, "
@@ -554,7 +555,29 @@ class BlockFile:
             )
             for layer in json.loads(layout)
         )
-        return BlockInfo(name, layers, expected, _text(group.attrs["data_checksum"]))
+        return BlockInfo(name, layers, expected, self._attribute(group, "data_checksum"))
+
+    def _attribute(self, owner, name: str, kind: type = str):
+        """A scalar string (or integer) attribute, read only after its stored type is checked.
+
+        HDF5 decodes a damaged datatype without complaint, and h5py crashes the process
+        (SIGSEGV) reading a string attribute whose type was damaged into a variable-length
+        sequence (one flipped bit does it); checking the type first turns that into a
+        `BlockFileError`.
+        """
+        if name not in owner.attrs:
+            raise KeyError(f"attribute {name!r} of {owner.name!r}")
+        attribute = owner.attrs.get_id(name)
+        stored = attribute.get_type()
+        expected = h5py.h5t.TypeStringID if kind is str else h5py.h5t.TypeIntegerID
+        if not isinstance(stored, expected) or attribute.shape != ():
+            raise BlockFileError(
+                f"{self.path} is damaged: attribute {name!r} of {owner.name!r} should be a "
+                f"single {'string' if kind is str else 'integer'}, but is stored as "
+                f"{type(stored).__name__} of shape {attribute.shape}."
+            )
+        value = owner.attrs[name]
+        return _text(value) if kind is str else int(value)
 
     def _data_hash(self, name: str, info: BlockInfo) -> str:
         algorithm = info.data_checksum.split(":", 1)[0]
