@@ -106,28 +106,39 @@ def _top_level_layers(model) -> list:
     return out
 
 
-def resolve_rule(blocks: BlockRule, layer_names: Sequence[str] = ()) -> Callable[[Any], str]:
+def resolve_rule(
+    blocks: BlockRule,
+    layer_names: Sequence[str] = (),
+    weighted_names: Sequence[str] | None = None,
+) -> Callable[[Any], str]:
     """Turns any accepted form of `blocks=` into a function `layer -> block name`.
 
     Args:
         blocks: `None`, a regular expression (one group or a group named `block`), a preset name
             (see `keras_blockreuse.presets`), a dict `{block: [layer names or globs]}`, or a
             callable `layer -> block name | None`.
-        layer_names: the model's top-level layer names, used to detect a preset when
-            `blocks=None` and the names follow a known keras.applications family.
+        layer_names: the model's top-level layer names in computation order; with
+            `blocks=None` they select a keras.applications family's preset when they follow
+            one, and presets use them to place layers by position.
+        weighted_names: the names of the layers that hold variables (default all).
 
     Returns:
         A function from a layer to its block name. A layer the rule does not claim is a block
         of its own, named after the layer.
+
+    Raises:
+        ValueError: `blocks=None` on a model whose names are automatic (`conv2d_17`), which
+            would not name the same layers in another model; the message suggests a rule.
     """
     if blocks is None:
         preset = _detect_preset(layer_names)
         if preset is not None:
-            return _preset_rule(preset)
+            return _preset_rule(preset, layer_names)
+        _refuse_automatic_names(layer_names, weighted_names)
         return _pattern_rule(_DEFAULT_PATTERN)
     if isinstance(blocks, str):
         if blocks in _presets():
-            return _preset_rule(blocks)
+            return _preset_rule(blocks, layer_names)
         return _pattern_rule(_compile_pattern(blocks))
     if isinstance(blocks, re.Pattern):
         return _pattern_rule(_check_groups(blocks))
@@ -161,7 +172,8 @@ def get_blocks(model, blocks: BlockRule = None) -> dict[str, Block]:
     if blocks is None and getattr(model, "_block_rule", None) is not None:
         blocks = model._block_rule
     layers = weighted_layers(model)
-    rule = resolve_rule(blocks, [layer.name for layer in _top_level_layers(model)])
+    names = [layer.name for layer in _top_level_layers(model)]
+    rule = resolve_rule(blocks, names, [layer.name for layer in layers])
     grouped: dict[str, list] = {}
     for layer in layers:
         name = rule(layer)
@@ -317,17 +329,22 @@ def _detect_preset(layer_names: Sequence[str]) -> str | None:
     return detect_preset(list(layer_names))
 
 
-def _preset_rule(name: str) -> Callable[[Any], str]:
-    fn = _presets()[name]
+def _preset_rule(name: str, layer_names: Sequence[str]) -> Callable[[Any], str]:
+    from keras_blockreuse.presets import assign_blocks
+
+    assigned = assign_blocks(name, list(layer_names))
 
     def rule(layer):
-        block = fn(layer.name)
-        if block is None:
-            raise ValueError(
-                f"Layer {layer.name!r} does not follow the naming of the {name!r} preset. "
-                "Pass an explicit rule: blocks=r'^(...)' or blocks={'block': ['layer*']}."
-            )
-        return block
+        return assigned.get(layer.name) or _presets()[name](layer.name) or layer.name
 
     return rule
 
+
+def _refuse_automatic_names(layer_names: Sequence[str], weighted_names) -> None:
+    try:
+        from keras_blockreuse.presets import explain_unnamed
+    except ImportError:
+        return
+    message = explain_unnamed(list(layer_names), weighted=weighted_names)
+    if message is not None:
+        raise ValueError(message)

@@ -113,7 +113,7 @@ class LayerSource(Source):
         if self._groups is None:
             layers = self.layers()
             tops = list(dict.fromkeys(layer.top for layer in layers))
-            rule = resolve_rule(self._rule, tops)
+            rule = resolve_rule(self._rule, tops, tops)
             groups: dict[str, list[LayerInfo]] = {}
             for layer in layers:
                 block = rule(_named(layer.top, layer.class_name))
