@@ -26,6 +26,7 @@ python benchmarks/io.py --models seed_cnn resnet50 --repeats 3
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import contextlib
 import dataclasses
 import gc
@@ -163,8 +164,10 @@ def measure_model(name: str, workdir: str, repeats: int, warmup: int, rss_ops) -
     """Times every operation on one model, then measures peak memory in subprocesses."""
     result = _time_model(name, workdir, repeats, warmup)
     gc.collect()
-    for op in rss_ops:
-        result.rss[op] = measure_rss(name, op, workdir)
+    # Two children at a time: each measures its own process, so they do not disturb each other.
+    with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:
+        futures = {op: pool.submit(measure_rss, name, op, workdir) for op in rss_ops}
+    result.rss = {op: future.result() for op, future in futures.items()}
     return result
 
 

@@ -1,0 +1,124 @@
+"""Runs the benchmarks and prints one markdown report (and writes it where --out says).
+
+`--quick` (CI, under 3 minutes on 2 cores): the seed CNN and ResNet50, 3 repeats, memory of
+the full load; one trial's phases (default 40 epochs), and Ray with one trial per concurrency
+level at 10 epochs.
+The full run adds VGG16 (138 M parameters), 5 repeats, memory of more loads, the default 40
+epochs and more trials. Numbers are measurements, never assertions.
+
+Example:
+
+```
+python benchmarks/run.py --quick --out .ci-benchmarks.md
+python benchmarks/run.py --out benchmarks/latest.md
+```
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import platform
+import sys
+import time
+
+_HERE = os.path.dirname(os.path.abspath(__file__))
+_ROOT = os.path.dirname(_HERE)
+# Run as a script, this folder would come first on sys.path and its io.py would shadow nothing
+# only because the standard io is already imported; import the benchmarks as a package instead.
+sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != _HERE]
+sys.path.insert(0, _ROOT)
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+
+
+def machine() -> str:
+    """Cores, memory, load, and the versions that matter, as one markdown line."""
+    import h5py
+    import keras
+    import numpy as np
+
+    import keras_blockreuse
+    from keras_blockreuse import store
+
+    versions = [f"Python {platform.python_version()}", f"keras {keras.__version__}",
+                f"keras-blockreuse {keras_blockreuse.__version__}", f"h5py {h5py.__version__} "
+                f"(HDF5 {h5py.version.hdf5_version})", f"numpy {np.__version__}"]
+    for name in ("tensorflow", "ray", "xxhash"):
+        try:
+            module = __import__(name)
+            versions.append(f"{name} {getattr(module, '__version__', getattr(module, 'VERSION', '?'))}")
+        except ImportError:
+            pass
+    memory = "?"
+    try:
+        with open("/proc/meminfo") as f:
+            memory = f"{int(f.readline().split()[1]) / 2**20:.1f} GiB"
+    except OSError:
+        pass
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    load = "/".join(f"{x:.1f}" for x in os.getloadavg()) if hasattr(os, "getloadavg") else "?"
+    return (f"{os.cpu_count()} cores ({cpu}), {memory} memory, load average {load} at start; "
+            f"{platform.system()} {platform.release()}; " + ", ".join(versions)
+            + f"; Keras backend {keras.backend.backend()}; new block files checksummed with "
+            f"{store.DATA_HASH}.")
+
+
+def main(argv=None) -> str:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="the CI report (< 3 minutes)")
+    parser.add_argument("--out", help="also write the report to this file")
+    parser.add_argument("--skip-sweep", action="store_true", help="block I/O only")
+    parser.add_argument("--skip-io", action="store_true", help="sweep overhead only")
+    args = parser.parse_args(argv)
+
+    from benchmarks import io as io_bench
+
+    def log(message: str) -> None:
+        print(message, file=sys.stderr, flush=True)
+
+    started = time.perf_counter()
+    header = [
+        f"# keras-blockreuse benchmarks ({'quick' if args.quick else 'full'} run)",
+        "",
+        f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC. Machine: "
+        f"{machine()}",
+        "",
+    ]
+    sections = []
+    if not args.skip_io:
+        if args.quick:
+            _, text = io_bench.run(io_bench.QUICK_MODELS, repeats=3, warmup=1,
+                                   rss_ops=io_bench.QUICK_RSS_OPS, log=log)
+        else:
+            _, text = io_bench.run(io_bench.MODELS, repeats=7, warmup=1,
+                                   rss_ops=io_bench.RSS_OPS, log=log)
+        sections.append(text)
+    if not args.skip_sweep:
+        from benchmarks import sweep as sweep_bench
+
+        if args.quick:
+            _, text = sweep_bench.run(trials=1, phase_runs=1, levels=((1, False), (2, False)),
+                                      ray_epochs=10, log=log)
+        else:
+            _, text = sweep_bench.run(trials=4, phase_runs=3,
+                                      levels=((1, False), (2, False), (2, True)), log=log)
+        sections.append(text)
+    footer = [f"Total benchmark time: {time.perf_counter() - started:.0f} s.", ""]
+    report = "\n".join(header) + "\n".join(sections) + "\n" + "\n".join(footer)
+    print(report)
+    if args.out:
+        with open(args.out, "w") as f:
+            f.write(report)
+    return report
+
+
+if __name__ == "__main__":
+    main()

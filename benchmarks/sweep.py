@@ -1,0 +1,286 @@
+"""Sweep overhead: where a trial's time goes, trials per minute, and the cost of starting Ray.
+
+On the default digits sweep settings (`SweepSettings()`: digits, noise shift, 10 shots,
+`seed_cnn`, 40 epochs, batch 32), with a policy that transfers both convolutional blocks:
+
+- a trial's phases, in a fresh process as Ray runs it: process start and imports, receiving
+  the task's data and the source block file (a pickle round trip, as the object store does),
+  model build, `load_blocks`, freezing, compile, and `fit` with the per-epoch evaluations —
+  and the share of the trial's wall time spent outside `fit`/`evaluate`;
+- trials per minute under Ray Tune with 1 concurrent trial (2 CPUs each) and with 2 (1 CPU
+  each) on this machine, with the sweep's own trainable (`keras_blockreuse.sweep.trial`), and
+  with 2 and Tune's `reuse_actors=True` (one process runs several trials, importing once);
+- the cost of starting (and stopping) a local Ray instance.
+
+The source model is trained for 2 epochs only: its accuracy does not change the timings.
+
+Example:
+
+```
+python benchmarks/sweep.py --trials 4
+```
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pickle
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+
+POLICY = "block_1=tuned,block_2=tuned"
+"""The policy timed: both convolutional blocks transferred and fine-tuned (prefix 2, tuned)."""
+SOURCE_EPOCHS = 2
+
+
+def _settings():
+    from keras_blockreuse.sweep.run import SweepSettings
+
+    return SweepSettings()
+
+
+def _task(settings):
+    from keras_blockreuse.data import make_task
+
+    return make_task(settings.dataset, settings.task, settings.resolved_shift(), settings.shots,
+                     seed=settings.data_seed)
+
+
+def prepare(workdir: str) -> str:
+    """Builds the task and trains the source once; returns the path of a pickle of both."""
+    from keras_blockreuse.sweep.trial import train_source
+
+    settings = _settings()
+    data = _task(settings)
+    source, _ = train_source(data, settings.model, epochs=SOURCE_EPOCHS,
+                             batch_size=settings.batch_size, seed=0, cpus=None)
+    path = os.path.join(workdir, "task.pkl")
+    with open(path, "wb") as f:
+        pickle.dump((data, source), f)
+    return path
+
+
+# --- one trial's phases, in a fresh process -----------------------------------------------
+
+
+def trial_phases(task_path: str, epochs: int | None = None) -> dict:
+    """Runs one trial in a fresh Python process and returns its phases in seconds."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])))
+    command = [sys.executable, "-m", "benchmarks.sweep", "--child-trial", task_path,
+               str(time.time())]
+    if epochs:
+        command.append(str(epochs))
+    started = time.perf_counter()
+    proc = subprocess.run(command, capture_output=True, text=True, env=env, cwd=root, timeout=900)
+    wall = time.perf_counter() - started
+    for line in reversed(proc.stdout.splitlines()):
+        if line.startswith("{"):
+            phases = json.loads(line)
+            phases["process exit"] = max(0.0, wall - sum(phases.values()))
+            return phases
+    raise RuntimeError(f"trial child failed: {(proc.stderr or proc.stdout)[-2000:]}")
+
+
+def _child_trial(task_path: str, spawned: str, epochs: str | None = None) -> None:
+    phases: dict[str, float] = {}
+    import keras  # noqa: F401  (what a trial process imports first)
+    from ray import tune
+
+    import keras_blockreuse.model as model_module
+    import keras_blockreuse.sweep.trial as trial_module
+    import keras_blockreuse.zoo as zoo
+
+    phases["process start + imports"] = time.time() - float(spawned)
+    with open(task_path, "rb") as f:
+        blob = f.read()
+    start = time.perf_counter()
+    data, source = pickle.loads(blob)
+    phases["data + source file in (unpickle)"] = time.perf_counter() - start
+
+    def timed(name, fn):
+        def wrapper(*args, **kwargs):
+            start = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                phases[name] = phases.get(name, 0.0) + time.perf_counter() - start
+
+        return wrapper
+
+    zoo.build_model = timed("model build", zoo.build_model)
+    cls = model_module.BlockModel
+    cls.load_blocks = timed("load_blocks", cls.load_blocks)
+    cls.freeze_blocks = timed("freeze", cls.freeze_blocks)
+    cls.compile = timed("compile", cls.compile)
+    trial_module.fit = timed("fit + per-epoch evaluate", trial_module.fit)
+    tune.report = lambda metrics: None
+    config = {"policy": POLICY, "seed": 0}
+    if epochs:
+        config["epochs"] = int(epochs)
+    start = time.perf_counter()
+    trial_module.train_trial(config, data=data, source=source)
+    total = time.perf_counter() - start
+    phases["other (inside the trial)"] = total - sum(
+        v for k, v in phases.items() if k not in ("process start + imports", "data + source file in (unpickle)")
+    )
+    print(json.dumps(phases))
+
+
+# --- Ray ----------------------------------------------------------------------------------
+
+
+def ray_trials(task_path: str, workdir: str, trials: int, levels: list[tuple[int, bool]],
+               epochs: int | None = None) -> dict:
+    """Starts Ray (timed), runs `trials` trials through Ray Tune per (concurrency, reuse_actors)
+    level, and stops Ray (timed). Returns the costs and the trials per minute of each level."""
+    import ray
+    from ray import tune
+
+    from keras_blockreuse.sweep.trial import train_trial
+
+    with open(task_path, "rb") as f:
+        data, source = pickle.load(f)
+    cpus = os.cpu_count() or 2
+    out: dict = {"rates": {}}
+    start = time.perf_counter()
+    # address="local": always a new instance of our own, never another user's running cluster.
+    ray.init(address="local", num_cpus=cpus, include_dashboard=False, configure_logging=False,
+             log_to_driver=False, _temp_dir=tempfile.mkdtemp(prefix="kbr-ray-", dir="/tmp"),
+             runtime_env={"env_vars": {"TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONWARNINGS": "ignore"}})
+    out["ray start"] = time.perf_counter() - start
+    try:
+        for k, reuse in levels:
+            per_trial = max(1, cpus // k)
+            trainable = tune.with_resources(
+                tune.with_parameters(train_trial, data=data, source=source), {"cpu": per_trial}
+            )
+            space = {"policy": POLICY, "seed": tune.grid_search(list(range(trials))),
+                     "cpus": per_trial}
+            if epochs:
+                space["epochs"] = epochs
+            tuner = tune.Tuner(
+                trainable,
+                param_space=space,
+                tune_config=tune.TuneConfig(max_concurrent_trials=k, reuse_actors=reuse),
+                run_config=tune.RunConfig(name=f"c{k}-{reuse}", verbose=0,
+                                          storage_path=os.path.join(workdir, "tune")),
+            )
+            start = time.perf_counter()
+            grid = tuner.fit()
+            wall = time.perf_counter() - start
+            train = [r.metrics.get("train_seconds") for r in grid if r.metrics]
+            out["rates"][f"{k}{' (reuse_actors)' if reuse else ''}"] = {
+                "cpus per trial": per_trial,
+                "trials": trials,
+                "errors": grid.num_errors,
+                "wall": wall,
+                "per minute": 60 * trials / wall,
+                "median train_seconds": statistics.median([t for t in train if t] or [0]),
+            }
+    finally:
+        start = time.perf_counter()
+        ray.shutdown()
+        out["ray stop"] = time.perf_counter() - start
+    return out
+
+
+# --- report -------------------------------------------------------------------------------
+
+
+def markdown(phases: list[dict], ray: dict | None, epochs: int, ray_epochs: int) -> str:
+    lines = [
+        "## Sweep overhead",
+        "",
+        f"Default digits sweep settings (10 shots, `seed_cnn`, {epochs} epochs, batch 32), "
+        f"policy `{POLICY}`, source trained {SOURCE_EPOCHS} epochs. One trial in a fresh "
+        f"process ({len(phases)} run(s), median):",
+        "",
+        "| phase | seconds | share |",
+        "|---|---:|---:|",
+    ]
+    keys = list(phases[0])
+    median = {k: statistics.median(p.get(k, 0.0) for p in phases) for k in keys}
+    total = sum(median.values())
+    inside = median.get("fit + per-epoch evaluate", 0.0)
+    for k in keys:
+        lines.append(f"| {k} | {median[k]:.2f} | {100 * median[k] / total:.1f}% |")
+    lines += [
+        f"| **total** | {total:.2f} | 100% |",
+        "",
+        f"Outside `fit`/`evaluate`: **{100 * (total - inside) / total:.1f}%** of the trial's "
+        f"wall time (target <= 15%); without process start and imports: "
+        f"{100 * (total - inside - median.get('process start + imports', 0.0) - median.get('process exit', 0.0)) / total:.1f}%.",
+        "",
+    ]
+    if ray:
+        lines.append(
+            f"Starting a local Ray instance: {ray['ray start']:.1f} s (stopping it: "
+            f"{ray['ray stop']:.1f} s)."
+        )
+        lines.append("")
+    rates = (ray or {}).get("rates")
+    if rates:
+        lines += [
+            f"Trials per minute under Ray Tune ({ray_epochs} epochs; the sweep's trainable; one "
+            "process per trial unless `reuse_actors`):",
+            "",
+            "| concurrent trials | CPUs per trial | trials | wall | trials / minute | median trial train_seconds |",
+            "|---:|---:|---:|---:|---:|---:|",
+        ]
+        for k, r in rates.items():
+            errors = f" ({r['errors']} failed)" if r["errors"] else ""
+            lines.append(
+                f"| {k} | {r['cpus per trial']} | {r['trials']}{errors} | {r['wall']:.1f} s | "
+                f"{r['per minute']:.2f} | {r['median train_seconds']:.1f} s |"
+            )
+        lines.append("")
+    return "\n".join(lines)
+
+
+def run(trials: int = 2, phase_runs: int = 1, levels=((1, False), (2, False)),
+        epochs: int | None = None, ray_epochs: int | None = None, log=print) -> tuple[dict, str]:
+    """Measures everything; returns the raw numbers and the markdown section."""
+    results: dict = {}
+    with tempfile.TemporaryDirectory(prefix="kbr-sweep-bench-") as workdir:
+        start = time.perf_counter()
+        task = prepare(workdir)
+        log(f"[sweep] task and source: {time.perf_counter() - start:.1f} s")
+        results["phases"] = [trial_phases(task, epochs) for _ in range(phase_runs)]
+        log(f"[sweep] trial phases: {time.perf_counter() - start:.1f} s")
+        if trials:
+            results["ray"] = ray_trials(task, workdir, trials, list(levels), ray_epochs or epochs)
+            log(f"[sweep] ray: {time.perf_counter() - start:.1f} s")
+    default = _settings().epochs
+    text = markdown(results["phases"], results.get("ray"), epochs or default,
+                    ray_epochs or epochs or default)
+    return results, text
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--trials", type=int, default=4, help="trials per concurrency level")
+    parser.add_argument("--phase-runs", type=int, default=3)
+    parser.add_argument("--epochs", type=int, default=None, help="override the default epochs")
+    parser.add_argument("--child-trial", nargs="+", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.child_trial:
+        _child_trial(*args.child_trial)
+        return
+    levels = [(1, False), (2, False), (2, True)]
+    _, text = run(args.trials, args.phase_runs, levels, epochs=args.epochs,
+                  log=lambda m: print(m, file=sys.stderr))
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
