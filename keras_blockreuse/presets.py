@@ -113,7 +113,8 @@ _resnet = _first_match(
 
 
 def _is_resnet(names: set[str]) -> bool:
-    return {"conv1_conv", "conv2_block1_1_conv", "conv2_block1_out"} <= names
+    # `conv2_block1_0_conv` (the projection shortcut) is ResNet's, not DenseNet's.
+    return {"conv1_conv", "conv2_block1_1_conv", "conv2_block1_0_conv"} <= names
 
 
 # --- DenseNet 121 / 169 / 201 --------------------------------------------------------------
@@ -132,7 +133,7 @@ _densenet = _first_match(
 
 
 def _is_densenet(names: set[str]) -> bool:
-    return {"conv1_conv", "conv2_block1_1_conv", "pool2_conv"} <= names
+    return {"conv1_conv", "conv2_block1_1_conv", "conv2_block1_0_bn"} <= names
 
 
 # --- MobileNet (v1) ------------------------------------------------------------------------
@@ -288,8 +289,9 @@ PRESETS: dict[str, Preset] = {
 def detect_preset(layer_names: Iterable[str]) -> str | None:
     """Recognises a `keras.applications` family from a model's top-level layer names.
 
-    Works with and without the top, and on models cut from a family's layers (a backbone
-    ending at `conv4_block6_out`). Returns `None` when no family matches.
+    Works with and without the top, on models cut from a family's layers (a backbone ending
+    at `conv4_block6_out`), and from the names of the weighted layers alone (all that a
+    weights file holds). Returns `None` when no family matches.
 
     Example:
 

@@ -299,3 +299,44 @@ def test_file_kinds(vgg_files, tmp_path):
         f["x"] = np.zeros(3)
     with pytest.raises(BlockFileError, match="not a supported weights file"):
         open_keras_file(str(not_keras))
+
+
+def test_readme_resnet50_stages_into_a_new_model(tmp_path):
+    """The README's worked example: ResNet50's first three stages into a new model."""
+    from keras_blockreuse import BlockModel
+
+    resnet = BlockModel.from_model(
+        keras.applications.ResNet50(weights=None, input_shape=(64, 64, 3), classes=10))
+    assert list(resnet.blocks) == ["conv1", "conv2", "conv3", "conv4", "conv5", "predictions"]
+    randomize(resnet, seed=8)
+    resnet.save_blocks(tmp_path / "resnet50.blocks.h5")
+    resnet.save_weights(tmp_path / "resnet50.weights.h5")
+
+    backbone = keras.applications.ResNet50(weights=None, include_top=False,
+                                           input_shape=(96, 96, 3))
+    features = backbone.get_layer("conv3_block4_out").output
+    x = L.Conv2D(64, 3, padding="same", activation="relu", name="head_conv")(features)
+    x = L.GlobalAveragePooling2D()(x)
+    outputs = L.Dense(5, name="head_out")(x)
+    model = BlockModel.from_model(keras.Model(backbone.input, outputs, name="detector"))
+    assert list(model.blocks) == ["conv1", "conv2", "conv3", "head_conv", "head_out"]
+
+    for source in ["resnet50.blocks.h5", "resnet50.weights.h5"]:
+        randomize(model, seed=1)
+        before = snapshot(model)
+        report = model.load_blocks(tmp_path / source, only=["conv1", "conv2", "conv3"],
+                                   freeze=True)
+        assert report.ok and report.frozen == ["conv1", "conv2", "conv3"]
+        assert report.untouched == ["head_conv", "head_out"]
+        for name in ["conv1", "conv2", "conv3"]:
+            for layer in model.blocks[name].layers:
+                assert not layer.trainable
+                for v, w in zip(layer.weights, resnet.get_layer(layer.name).weights,
+                                strict=True):
+                    assert keras.ops.convert_to_numpy(v).tobytes() == \
+                        keras.ops.convert_to_numpy(w).tobytes()
+        for name in ["head_conv", "head_out"]:
+            for v in model.get_layer(name).weights:
+                assert keras.ops.convert_to_numpy(v).tobytes() == before[v.path].tobytes()
+        for name in ["conv1", "conv2", "conv3"]:
+            model.unfreeze_blocks([name])

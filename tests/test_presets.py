@@ -106,6 +106,12 @@ def params(keys):
 
 
 @pytest.mark.parametrize("key", params(FAMILIES))
+def test_family_detected_from_weighted_layers_alone(key):
+    # A weights file names only the layers that hold weights.
+    assert detect_preset(weighted(build(key))) == FAMILIES[key][2]
+
+
+@pytest.mark.parametrize("key", params(FAMILIES))
 def test_family_detected_with_stages_in_order(key):
     model = build(key)
     _, _, preset, expected = FAMILIES[key]
@@ -273,8 +279,8 @@ def test_foreign_layers_are_left_to_other_rules():
 def test_detection_tells_close_families_apart():
     assert detect_preset(["block1_conv1", "block1_conv2", "block2_conv1"]) == "vgg"
     assert detect_preset(["block1_conv1", "block1_conv1_bn", "block2_sepconv1"]) == "xception"
-    assert detect_preset(["conv1_conv", "conv2_block1_1_conv", "pool2_conv"]) == "densenet"
-    assert detect_preset(["conv1_conv", "conv2_block1_1_conv", "conv2_block1_out"]) == "resnet"
+    assert detect_preset(["conv1_conv", "conv2_block1_1_conv", "conv2_block1_0_bn"]) == "densenet"
+    assert detect_preset(["conv1_conv", "conv2_block1_1_conv", "conv2_block1_0_conv"]) == "resnet"
     assert detect_preset(["block_1_0", "block_1_1", "dense_1"]) is None
     assert detect_preset([]) is None
 
@@ -313,11 +319,6 @@ def test_unknown_preset_lists_the_known_ones():
 
 # --- through the core API ---------------------------------------------------------------
 
-NEEDS_ASSIGN = pytest.mark.xfail(
-    reason="blocks._preset_rule must use presets.assign_blocks and leave unknown layers to "
-    "their own blocks (issue 3 report)", strict=False)
-
-
 def test_get_blocks_with_a_preset_name():
     from keras_blockreuse import get_blocks
 
@@ -340,7 +341,6 @@ def test_block_model_detects_the_family():
     assert [layer.name for layer in model.blocks["block_1"].layers][0] == "block_1_expand"
 
 
-@NEEDS_ASSIGN
 def test_block_model_of_a_backbone_with_a_new_head():
     from keras_blockreuse import BlockModel
 
@@ -352,7 +352,6 @@ def test_block_model_of_a_backbone_with_a_new_head():
     assert list(model.blocks) == ["conv1", "conv2", "conv3", "head_out"]
 
 
-@NEEDS_ASSIGN
 def test_get_blocks_places_xception_shortcuts():
     from keras_blockreuse import get_blocks
 
@@ -363,8 +362,6 @@ def test_get_blocks_places_xception_shortcuts():
     assert any(n.startswith("conv2d") for n in names)
 
 
-@pytest.mark.xfail(reason="BlockModel.from_model should raise presets.explain_unnamed's "
-                   "message for automatic names (issue 3 report)", strict=False)
 def test_block_model_refuses_automatic_names():
     from keras_blockreuse import BlockModel
 
