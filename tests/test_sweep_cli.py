@@ -1,0 +1,98 @@
+"""Tests for the command line of sweeps/which_blocks.py: help, bad values, offline datasets."""
+
+import os
+import subprocess
+import sys
+import urllib.error
+
+import pytest
+
+from keras_blockreuse.sweep.run import build_parser, main, settings_from_args
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SCRIPT = os.path.join(ROOT, "sweeps", "which_blocks.py")
+OPTIONS = ["--dataset", "--task", "--shots", "--shift", "--model", "--strategy", "--blocks",
+           "--seeds", "--epochs", "--source-epochs", "--batch-size", "--lr", "--cpus-per-trial",
+           "--gpus-per-trial", "--scheduler", "--address", "--storage", "--out", "--resume",
+           "--smoke"]
+
+
+def test_help_explains_every_option():
+    text = build_parser().format_help()
+    for option in OPTIONS:
+        assert option in text, option
+    assert "digits" in text and "surgical" in text and "asha" in text
+
+
+def test_defaults_are_the_documented_sweep():
+    settings = settings_from_args(build_parser().parse_args([]))
+    assert (settings.dataset, settings.task, settings.shift, settings.shots) == (
+        "digits", "shift", None, 10)
+    assert settings.resolved_shift() == "noise" and settings.seeds == 3
+    assert settings.scheduler == "fifo" and settings.gpus_per_trial is None
+    assert settings_from_args(build_parser().parse_args(["--shots", "all"])).shots is None
+
+
+@pytest.mark.parametrize(
+    "argv, fragment",
+    [
+        (["--dataset", "imagenet"], "Unknown dataset 'imagenet'"),
+        (["--strategy", "random"], "Unknown strategy 'random'"),
+        (["--blocks", "block_9"], "Unknown block 'block_9'"),
+        (["--shots", "500"], "Impossible shots=500"),
+        (["--shots", "0"], "--shots must be a positive integer"),
+        (["--shots", "many"], "--shots must be a positive integer"),
+        (["--seeds", "0"], "--seeds must be a positive integer"),
+        (["--shift", "fog"], "Unknown shift 'fog'"),
+        (["--task", "split", "--shift", "noise"], "--shift applies to --task shift only"),
+        (["--cpus-per-trial", "0"], "--cpus-per-trial must be positive"),
+        (["--model", "vgg"], "Unknown model 'vgg'"),
+        (["--scheduler", "pbt"], "invalid choice: 'pbt'"),
+        (["--epochs", "x"], "invalid int value: 'x'"),
+    ],
+)
+def test_bad_values_give_one_clear_line(argv, fragment, tmp_path, capsys):
+    out = tmp_path / "out"
+    try:
+        code = main([*argv, "--out", str(out)])
+    except SystemExit as exit_:
+        code = exit_.code
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    assert fragment in err and "Traceback" not in err
+    assert len(err.splitlines()) == 1, err
+    assert not out.exists()  # nothing is left behind
+
+
+def test_offline_cifar10_gives_the_clear_message(monkeypatch, tmp_path, capsys):
+    from keras.src.utils import file_utils
+
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
+
+    monkeypatch.setattr(file_utils, "urlretrieve", offline)
+    monkeypatch.setattr(file_utils.config, "keras_home", lambda: str(tmp_path / "keras"))
+    code = main(["--dataset", "cifar10", "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1
+    assert "Could not load dataset 'cifar10'" in err and "--dataset digits" in err
+
+
+def test_resume_without_a_sweep_folder(tmp_path, capsys):
+    assert main(["--resume", "--out", str(tmp_path)]) == 2
+    assert "has no settings.json" in capsys.readouterr().err
+
+
+def test_script_exits_without_traceback():
+    run = subprocess.run([sys.executable, SCRIPT, "--strategy", "nope"], cwd=ROOT,
+                         capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    assert run.returncode == 2
+    assert "Unknown strategy 'nope'" in run.stderr and "Traceback" not in run.stderr
+    assert run.stderr.strip().splitlines()[-1].startswith("which_blocks.py: error:")
+
+
+def test_script_help():
+    run = subprocess.run([sys.executable, SCRIPT, "--help"], cwd=ROOT, capture_output=True,
+                         text=True, timeout=120)
+    assert run.returncode == 0 and "--cpus-per-trial" in run.stdout

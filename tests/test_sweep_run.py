@@ -1,0 +1,210 @@
+"""Real Ray Tune sweeps (slow): smoke run and report, a failing trial, the source cache,
+resume after the driver is killed, and a two-node Ray cluster with fake GPUs."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pandas as pd
+import pytest
+
+from keras_blockreuse.sweep.report import SUMMARY_COLUMNS, TRIAL_COLUMNS
+from keras_blockreuse.sweep.run import SweepSettings, run_sweep
+from keras_blockreuse.sweep.space import Configuration
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SCRIPT = os.path.join(ROOT, "sweeps", "which_blocks.py")
+RAY = os.path.join(os.path.dirname(sys.executable), "ray")
+ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONUNBUFFERED": "1"}
+
+pytestmark = pytest.mark.slow
+
+
+def _processes_with(marker: str) -> list[int]:
+    """Ids of this machine's processes whose command line contains `marker` (a unique path)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                if marker.encode() in f.read():
+                    found.append(int(entry))
+        except OSError:
+            pass
+    return [pid for pid in found if pid != os.getpid()]
+
+
+def _descendants(pid: int) -> list[int]:
+    children = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+                children.setdefault(ppid, []).append(int(entry))
+            except (OSError, ValueError, IndexError):
+                pass
+    out, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            out.append(child)
+            todo.append(child)
+    return out
+
+
+def _end(pids) -> None:
+    """Stop the given processes (ours): SIGTERM, then SIGKILL what is left."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid in pids:
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+        time.sleep(2)
+
+
+def test_smoke_sweep_writes_the_report_and_survives_a_failing_trial(ray_local, tmp_path):
+    out, cache = tmp_path / "out", tmp_path / "cache"
+    broken = Configuration(key="block_9=tuned", label="broken policy", policy={"block_9": "tuned"})
+    lines = []
+    result = run_sweep(SweepSettings(smoke=True, out=str(out), cache=str(cache)), extra=[broken],
+                       print_fn=lines.append)
+    for name in ("results.csv", "summary.csv", "results.json", "report.md", "plot.png",
+                 "settings.json"):
+        assert (out / name).is_file(), name
+    trials = pd.read_csv(out / "results.csv")
+    assert list(trials.columns) == TRIAL_COLUMNS
+    # prefix on block_1: scratch, frozen, tuned; plus the broken one; 2 seeds each.
+    assert len(trials) == 8
+    assert sorted(set(trials["policy"])) == ["block_1=frozen", "block_1=tuned", "block_9=tuned",
+                                             "scratch"]
+    ok = trials[trials["status"] == "ok"]
+    assert len(ok) == 6 and ok["test_accuracy"].between(0, 1).all()
+    assert (ok["epochs_done"] == 8).all() and ok["node_id"].notna().all()
+    failed = trials[trials["status"] == "error"]
+    assert len(failed) == 2 and set(failed["policy"]) == {"block_9=tuned"}
+    assert failed["error"].str.contains("block_9").all()
+    summary = pd.read_csv(out / "summary.csv")
+    assert list(summary.columns) == SUMMARY_COLUMNS
+    assert summary.loc[summary["policy"] == "block_9=tuned", "failed"].item() == 2
+    scratch = summary[summary["policy"] == "scratch"].iloc[0]
+    assert scratch["n"] == 2 and scratch["ci_low"] <= scratch["mean"] <= scratch["ci_high"]
+    report = (out / "report.md").read_text()
+    assert "Failed or stopped trials" in report and "block_9" in report
+    assert result.best == lines[-1] and lines[-1].startswith("Best policy:")
+    document = json.loads((out / "results.json").read_text())
+    assert len(document["policies"]) == 4 and len(document["failed_trials"]) == 2
+    assert any("Training the source model" in line for line in lines)
+
+    # The source model is cached: a second sweep with another task of the same source data
+    # (another shift) reuses it.
+    lines2 = []
+    run_sweep(SweepSettings(smoke=True, shift="invert", out=str(tmp_path / "out2"),
+                            cache=str(cache), strategy="surgical", seeds=1, epochs=1),
+              print_fn=lines2.append)
+    assert any("Source model from cache" in line for line in lines2)
+    assert not any("Training the source model" in line for line in lines2)
+    assert len(os.listdir(cache)) == 1
+    # One swept block: "tune block_1" is also "all tuned", so 2 configurations x 1 seed.
+    assert len(pd.read_csv(tmp_path / "out2" / "results.csv")) == 2
+
+
+def _finished_trials(experiment) -> dict:
+    """trial folder -> (lines in result.json, pid) for trials that reported a test accuracy."""
+    done = {}
+    if not experiment.is_dir():
+        return done
+    for trial in experiment.iterdir():
+        path = trial / "result.json"
+        if path.is_file():
+            rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+            if rows and "test_accuracy" in rows[-1]:
+                done[trial.name] = (len(rows), rows[-1]["pid"])
+    return done
+
+
+def test_resume_after_the_driver_is_killed(tmp_path):
+    out, cache = tmp_path / "out", tmp_path / "cache"
+    command = [sys.executable, SCRIPT, "--smoke", "--blocks", "block_1,block_2", "--out", str(out),
+               "--cache", str(cache)]
+    driver = subprocess.Popen(command, cwd=ROOT, env=ENV, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    experiment = out / "tune" / "sweep"
+    deadline = time.time() + 400
+    try:
+        while len(_finished_trials(experiment)) < 3 and time.time() < deadline:
+            assert driver.poll() is None, "the driver ended before it could be killed"
+            time.sleep(1)
+        assert len(_finished_trials(experiment)) >= 3, "no trial finished in time"
+        ours = _descendants(driver.pid)
+        before = _finished_trials(experiment)
+        driver.send_signal(signal.SIGKILL)
+        driver.wait(30)
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+    time.sleep(3)
+    _end([pid for pid in ours if os.path.exists(f"/proc/{pid}")])
+
+    resumed = subprocess.run([sys.executable, SCRIPT, "--resume", "--out", str(out)], cwd=ROOT,
+                             env=ENV, capture_output=True, text=True, timeout=400)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "Resuming experiment" in resumed.stdout
+    trials = pd.read_csv(out / "results.csv")
+    # prefix on two blocks: 5 configurations x 2 seeds, each exactly once, all finished.
+    assert len(trials) == 10
+    assert not trials.duplicated(["policy", "seed"]).any()
+    assert set(trials["policy"]) == {"scratch", "block_1=frozen", "block_1=tuned",
+                                     "block_1=frozen,block_2=frozen", "block_1=tuned,block_2=tuned"}
+    assert (trials["status"] == "ok").all()
+    # Trials finished before the kill were not run again.
+    after = _finished_trials(experiment)
+    for name, (lines, pid) in before.items():
+        assert after[name] == (lines, pid), name
+    assert "Best policy" in resumed.stdout.strip().splitlines()[-1]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_node_cluster_with_fake_gpus(tmp_path):
+    """`ray start --head` plus a second `ray start --address` node on this machine, each with a
+    fake GPU: the sweep joins through --address, trains the source model in a Ray GPU task,
+    requests fractional GPUs per trial, and its trials run on both nodes."""
+    temp = f"/tmp/kbr-{os.getpid()}-{int(time.time()) % 100000}"
+    port = _free_port()
+    address = f"127.0.0.1:{port}"
+    common = ["--num-cpus=1", "--num-gpus=1", f"--temp-dir={temp}", "--disable-usage-stats"]
+    env = {**ENV, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "1"}
+    try:
+        subprocess.run([RAY, "start", "--head", f"--port={port}", "--node-ip-address=127.0.0.1",
+                        "--include-dashboard=false", *common], env=env, check=True,
+                       capture_output=True, timeout=120)
+        subprocess.run([RAY, "start", f"--address={address}", "--node-ip-address=127.0.0.1",
+                        *common], env=env, check=True, capture_output=True, timeout=120)
+        out = tmp_path / "out"
+        run = subprocess.run(
+            [sys.executable, SCRIPT, "--smoke", "--seeds", "3", "--address", address,
+             "--out", str(out), "--cache", str(tmp_path / "cache")],
+            cwd=ROOT, env=env, capture_output=True, text=True, timeout=400)
+        assert run.returncode == 0, run.stderr[-3000:]
+        assert "2 node(s)" in run.stdout and "in a Ray task on a GPU" in run.stdout
+        trials = pd.read_csv(out / "results.csv")
+        assert len(trials) == 9 and (trials["status"] == "ok").all()
+        assert trials["node_id"].nunique() == 2, trials[["trial_id", "node_id"]]
+        assert trials["gpu_ids"].notna().all()  # each trial was given a (fake) GPU id
+        settings = json.loads((out / "results.json").read_text())["settings"]
+        assert settings["gpus_per_trial"] == 0.25
+        info = json.loads((out / "results.json").read_text())["info"]
+        assert "Ray task, GPU" in info["source model"]
+        assert not (out / "ray").exists() or not os.listdir(out / "ray")  # cluster's temp dir
+    finally:
+        _end(_processes_with(temp))
