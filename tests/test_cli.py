@@ -76,6 +76,7 @@ def test_inspect_keras_file_with_a_rule(capsys, files):
     data = json.loads(out)
     assert [b["name"] for b in data["blocks"]] == ["block_1", "block_2", "dense_1", "dense_2"]
     assert data["format"] == "Keras weights (.weights.h5)"
+    assert data["block rule"] == r"^(block_\d)_"
 
 
 def test_inspect_bad_files(capsys, files, tmp_path):
