@@ -133,6 +133,7 @@ def saved(tmp_path):
     return path, digest(model)
 
 
+@pytest.mark.slow  # the first process-based test starts the forkserver (imports TF)
 def test_several_processes_load_one_file_at_once_even_while_it_is_locked(saved, monkeypatch):
     """Four processes load one file at the same moment while another holds an exclusive lock.
 
@@ -179,6 +180,7 @@ def test_reads_work_whatever_hdf5_use_file_locking_says_when_unset_or_false(save
     assert digest(model) == expected
 
 
+@pytest.mark.slow
 def test_a_reader_sees_the_old_or_the_new_file_whole_while_a_writer_replaces_it(tmp_path):
     ctx = context()
     path = str(tmp_path / "live.blocks.h5")
@@ -212,7 +214,7 @@ def test_a_reader_sees_the_old_or_the_new_file_whole_while_a_writer_replaces_it(
 
         # Loads racing the writer: each sees one whole state, and the states advance.
         seen = []
-        for _ in range(25):
+        while len(seen) < 25 or (len(set(seen)) < 3 and len(seen) < 500):
             load_blocks(model, path)
             first = np.asarray(keras.ops.convert_to_numpy(model.weights[0]))
             state = int(round(float(first.flat[0] - base[0].flat[0])))
@@ -223,10 +225,11 @@ def test_a_reader_sees_the_old_or_the_new_file_whole_while_a_writer_replaces_it(
         stop.set()
         writer.join(TIMEOUT)
     assert writer.exitcode == 0
-    assert seen == sorted(seen) and len(set(seen)) >= 2, seen
+    assert seen == sorted(seen) and len(set(seen)) >= 3, seen
     assert [n for n in os.listdir(tmp_path) if ".kbr-tmp-" in n] == []
 
 
+@pytest.mark.slow
 def test_read_only_files_and_folders_can_be_read_by_an_unprivileged_process():
     folder = tempfile.mkdtemp(prefix="kbr-readonly-")
     try:
