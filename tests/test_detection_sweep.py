@@ -51,7 +51,7 @@ def test_detection_source_and_trial_report_map(tmp_path, monkeypatch):
     task = make_detection_task(val_images=4, test_images=4)
     last = train_detection_trial(config, data=task, source=blob)
     assert [r["epoch"] for r in reports] == [1, 2]
-    assert "test_map_50" not in reports[0]
+    assert "test_map_50" not in reports[0] and "val_map_50" in reports[0]
     assert last == reports[-1]
     assert 0.0 <= last["test_map"] <= last["test_map_50"] <= 1.0
     assert 0.0 <= last["val_map"] <= last["val_map_50"] <= 1.0

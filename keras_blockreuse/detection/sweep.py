@@ -1,13 +1,14 @@
 """The detection task of the which-blocks sweep: its source, its trainable, its metric.
 
-`python sweeps/which_blocks.py --task detection` swaps three things of the classification
-sweep for these, and keeps the rest (strategies, seeds, Ray Tune, report):
+`python sweeps/which_blocks.py --task detection` replaces these parts of the classification
+sweep, and keeps the rest (strategies, seeds, Ray Tune, report):
 
 - `train_detection_source` instead of `sweep.trial.train_source`: the seed CNN trained on all
   ten classes of the `"train"` digits, returned as block-file bytes with its metrics;
 - `train_detection_trial` instead of `sweep.trial.train_trial`: same signature
   `(config, data=None, source=None)`, the policy key decoded over `DETECTION_BLOCKS`, one
-  `ray.tune.report` per epoch, the last with `test_map_50` and `test_map`;
+  `ray.tune.report` per epoch with `val_map_50` (validation scenes; Tune's metric), the
+  last also with `test_map_50` and `test_map`;
 - `make_detection_task` instead of `data.make_task`: the fixed validation and test scenes,
   with the attributes the sweep reads from a task (`summary()`, `source_fingerprint()`,
   `input_shape`, `source_classes`, `target_classes`);

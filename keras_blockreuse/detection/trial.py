@@ -119,7 +119,8 @@ def run_detection_trial(
         scene_options: extra `digit_scenes` arguments (`clutter`, `noise`, `scale_range`...),
             used for both training and test scenes.
         test_data: evaluate on these instead of generating test scenes.
-        val_data: also evaluate on these, reported with a `val_` prefix (`val_map_50`...).
+        val_data: also evaluate on these after every epoch, reported with a `val_` prefix
+            (`val_map_50`...), e.g. for a tuner's early stopping or model selection.
         report_fn: called after every epoch with a metrics dict (`epoch`, `loss`, and the mAP
             keys on evaluated epochs), e.g. `ray.tune.report`.
         eval_every: also evaluate mAP every this many epochs (0: only after the last).
@@ -166,11 +167,11 @@ def run_detection_trial(
         history = detector.fit(batches, epochs=1, verbose=verbose)
         seconds += time.perf_counter() - start
         metrics = {"epoch": epoch, "loss": float(history.history["loss"][-1])}
+        if val_data is not None:
+            val = coco_map(val_data, detect(detector, val_data.images))
+            metrics.update({f"val_{k}": v for k, v in val.items()})
         if epoch == epochs or (eval_every and epoch % eval_every == 0):
             metrics.update(coco_map(test_data, detect(detector, test_data.images)))
-            if val_data is not None:
-                val = coco_map(val_data, detect(detector, val_data.images))
-                metrics.update({f"val_{k}": v for k, v in val.items()})
         if report_fn is not None:
             report_fn(dict(metrics))
     metrics.update(
