@@ -151,7 +151,7 @@ class ModelSource(Source):
     def __init__(self, model, rule: BlockRule = None):
         if not model.built:
             raise ValueError(
-                f"The source model {model.name!r} is not built, so it has no weights to copy. "
+                f"Model {model.name!r} is not built, so it has no weights. "
                 "Build it (call it on data or pass an Input) first."
             )
         self.description = f"model {model.name!r}"
@@ -193,7 +193,7 @@ class ModelSource(Source):
         self.block_layers(name)
         out = {}
         for path, unit_values in self._values[name].items():
-            out[path] = {key: _to_numpy(v).copy() for key, v in unit_values.items()}
+            out[path] = {key: _to_numpy(v) for key, v in unit_values.items()}
             self.bytes_read += sum(int(a.nbytes) for a in out[path].values())
         return out
 

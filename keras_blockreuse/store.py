@@ -32,7 +32,7 @@ import h5py
 import keras
 import numpy as np
 
-from keras_blockreuse.blocks import BlockRule, get_blocks, iter_units, select
+from keras_blockreuse.blocks import BlockRule, iter_units, select
 from keras_blockreuse.errors import BlockFileError
 
 FORMAT_NAME = "keras-blockreuse"
@@ -154,12 +154,41 @@ def save_blocks(
     >>> save_blocks(model, "ckpt/blocks_001.blocks.h5", metadata={"epoch": 1})
     'ckpt/blocks_001.blocks.h5'
     """
+    from keras_blockreuse.sources import ModelSource  # sources build on this module
+
+    source = ModelSource(model, blocks)
+    names = select(source.block_names(), only, "`only`")
+    return write_blocks(source, path, names, model_name=str(model.name), metadata=metadata)
+
+
+def write_blocks(
+    source,
+    path: str | os.PathLike,
+    names: Sequence[str],
+    model_name: str,
+    metadata: Mapping[str, Any] | None = None,
+) -> str:
+    """Writes the named blocks of a source to a `.blocks.h5` file, atomically.
+
+    This is the one writer of the format: `save_blocks` passes a live model's blocks,
+    `convert` the blocks of a Keras file. Blocks are read from the source one at a time.
+
+    Args:
+        source: an object with `block_layers(name)` (layer paths, classes, variables' keys,
+            names, Keras paths and dtypes) and `read_block(name)` (`{layer path: {key:
+            array}}`), such as a `keras_blockreuse.sources.Source`.
+        path: where to write; must end in `.blocks.h5`.
+        names: the blocks to write, in order.
+        model_name: recorded in the file.
+        metadata: a JSON-serialisable dict stored in the file.
+
+    Returns:
+        The path written, as a string.
+    """
     path = os.fspath(path)
     if not path.endswith(SUFFIX):
         raise ValueError(f"A block file name must end in {SUFFIX!r}. Received: path={path!r}")
-    model_blocks = get_blocks(model, blocks)
-    chosen = select(list(model_blocks), only, "`only`")
-    for name in chosen:
+    for name in names:
         if "/" in name or name in (".", ".."):
             raise ValueError(
                 f"Block names cannot contain '/' or be '.' or '..'. Received block {name!r}."
@@ -173,7 +202,7 @@ def save_blocks(
     )
     try:
         with h5py.File(tmp, "w", locking=False) as f:
-            _write(f, model, model_blocks, chosen, metadata_json)
+            _write(f, source, list(names), model_name, metadata_json)
             f.flush()
         with open(tmp, "rb") as fh:
             os.fsync(fh.fileno())
@@ -199,52 +228,52 @@ def _metadata_json(metadata) -> str:
         raise TypeError(f"`metadata` must be JSON-serialisable. Received: {metadata!r} ({e})") from None
 
 
-def _write(f: h5py.File, model, model_blocks, chosen: list[str], metadata_json: str) -> None:
+def _write(f: h5py.File, source, names: list[str], model_name: str, metadata_json: str) -> None:
     header = {
         "format": FORMAT_NAME,
         "format_version": FORMAT_VERSION,
         "keras_version": keras.__version__,
         "backend": keras.backend.backend(),
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "model_name": str(model.name),
-        "blocks": json.dumps(chosen),
+        "model_name": model_name,
+        "blocks": json.dumps(names),
         "metadata": metadata_json,
     }
     for key, value in header.items():
         f.attrs[key] = value
     f.attrs["header_checksum"] = _header_checksum(header)
-    for name in chosen:
+    for name in names:
         group = f.create_group(name)
+        values = source.read_block(name)
         layers = []
         data_hash = _new_hash(DATA_HASH)
-        for path, unit, values in _block_values(model_blocks[name]):
-            unit_group = group.require_group(path)
+        for layer in source.block_layers(name):
+            unit_group = group.require_group(layer.path)
             variables = []
             taken = set(unit_group.keys())
-            for key, value in values.items():
-                array = _to_numpy(value)
-                dtype = keras.backend.standardize_dtype(value.dtype)
-                dataset = _dataset_name(value, key, taken)
+            for var in layer.variables:
+                array = np.asarray(values[layer.path][var.key])
+                dataset = _dataset_name(var.name, var.key, taken)
                 stored = np.ascontiguousarray(
-                    array.astype(np.float32) if dtype in _WIDENED else array
+                    array.astype(np.float32) if var.dtype in _WIDENED else array
                 )
                 ds = _write_dataset(unit_group, dataset, stored)
-                _write_text_attribute(ds, "path", getattr(value, "path", "") or "")
-                _write_text_attribute(ds, "dtype", dtype)
+                _write_text_attribute(ds, "path", var.path)
+                _write_text_attribute(ds, "dtype", var.dtype)
                 data_hash.update(stored)
                 variables.append(
                     {
-                        "key": key,
-                        "name": getattr(value, "name", dataset) or dataset,
-                        "path": getattr(value, "path", "") or "",
+                        "key": var.key,
+                        "name": var.name,
+                        "path": var.path,
                         "shape": list(array.shape),
-                        "dtype": dtype,
+                        "dtype": var.dtype,
                         "dataset": dataset,
                     }
                 )
-            unit_group.attrs["class_name"] = unit.__class__.__name__
+            unit_group.attrs["class_name"] = layer.class_name
             layers.append(
-                {"path": path, "class_name": unit.__class__.__name__, "variables": variables}
+                {"path": layer.path, "class_name": layer.class_name, "variables": variables}
             )
         layout = json.dumps(layers)
         group.attrs["layout"] = layout
@@ -262,8 +291,8 @@ def _block_values(block) -> Iterator[tuple[str, Any, dict]]:
                 yield path, unit, values
 
 
-def _dataset_name(value, key: str, taken: set) -> str:
-    name = getattr(value, "name", None) or f"var_{key}"
+def _dataset_name(name: str, key: str, taken: set) -> str:
+    name = name or f"var_{key}"
     name = re.sub(r"[^\w.\-]", "_", str(name)).lstrip(".") or f"var_{key}"
     if name in taken:
         name = f"{name}_{key}"
@@ -670,7 +699,7 @@ def _default_data_hash() -> str:
     return "xxh3_128"
 
 
-DATA_HASH = "sha256"  # the algorithm new files use; _default_data_hash() is the faster one
+DATA_HASH = _default_data_hash()  # what new files use: xxh3_128 where xxhash is installed
 
 
 def _checksum(data: bytes) -> str:

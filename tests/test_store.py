@@ -50,7 +50,7 @@ def test_file_layout_is_readable(saved):
         assert kernel.attrs["dtype"] == "float32"
         assert f["block_1/block_1_0"].attrs["class_name"] == "Conv2D"
         np.testing.assert_array_equal(kernel[()], model.get_layer("block_1_0").kernel.numpy())
-        assert f["block_1"].attrs["data_checksum"].startswith("sha256:")
+        assert f["block_1"].attrs["data_checksum"].startswith(store_module.DATA_HASH + ":")
         assert f["block_1"].attrs["layout_checksum"].startswith("sha256:")
 
 
@@ -92,15 +92,15 @@ def test_exception_during_save_keeps_old_file_and_leaves_no_temporary(tmp_path, 
     before = snapshot(model)
     randomize(model, seed=2)
     calls = {"n": 0}
-    real = store_module._to_numpy
+    real = store_module._write_dataset
 
-    def failing(value):
+    def failing(group, name, array):
         calls["n"] += 1
         if calls["n"] == 5:
             raise OSError("disk full (injected)")
-        return real(value)
+        return real(group, name, array)
 
-    monkeypatch.setattr(store_module, "_to_numpy", failing)
+    monkeypatch.setattr(store_module, "_write_dataset", failing)
     with pytest.raises(OSError, match="injected"):
         save_blocks(model, path)
     monkeypatch.undo()
