@@ -317,6 +317,7 @@ def _write_dataset(group: h5py.Group, name: str, array: np.ndarray) -> h5py.h5d.
 
 
 _TEXT = h5py.string_dtype()
+_OWN_LAYOUTS = (h5py.h5d.CONTIGUOUS, h5py.h5d.COMPACT)
 
 
 def _write_text_attribute(dataset: h5py.h5d.DatasetID, name: str, text: str) -> None:
@@ -641,6 +642,24 @@ class BlockFile:
                 f"{sorted(extra)}; expected only {sorted(expected)}."
             )
 
+    def _check_storage(self, ds: h5py.h5d.DatasetID, where: str) -> None:
+        """Refuses a dataset whose values are not stored in this file, contiguously.
+
+        Block files are written with contiguous (or compact) datasets only; an external link,
+        external raw storage, a virtual dataset or a chunked one is a file from elsewhere.
+        """
+        if ds.fileno != self._file.id.fileno:
+            raise BlockFileError(
+                f"{self.path}: {where!r} leads to another file (an HDF5 external link); "
+                "a block file holds its own data. Refusing to read it."
+            )
+        plist = ds.get_create_plist()
+        if plist.get_layout() not in _OWN_LAYOUTS or plist.get_external_count():
+            raise BlockFileError(
+                f"{self.path}: dataset {where!r} is chunked, virtual or stored in external "
+                "files; block files hold contiguous data only. Refusing to read it."
+            )
+
     def _read_dataset(self, unit, var: VariableInfo) -> np.ndarray:
         # h5py's low-level API: a third of the time of `unit[name]` plus `read_direct` for
         # small variables (benchmarks/RESULTS.md). Anything unusual takes the high-level path,
@@ -667,6 +686,7 @@ class BlockFile:
                 f"{self.path}: dataset {where!r} declares {nbytes} bytes but the whole file "
                 f"holds {self._size}; the file is truncated or crafted."
             )
+        self._check_storage(ds, where)
         array = np.empty(var.shape, dtype=stored_dtype)
         if array.size:
             ds.read(h5py.h5s.ALL, h5py.h5s.ALL, array)
