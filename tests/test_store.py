@@ -197,3 +197,20 @@ class _policy:
 
     def __exit__(self, *exc):
         keras.config.set_dtype_policy(self.old)
+
+
+def test_data_from_outside_the_file_is_refused(saved, tmp_path):
+    _, path = saved
+    outside = tmp_path / "outside.h5"
+    with h5py.File(outside, "w") as f:
+        f["kernel"] = np.zeros((3, 3, 3, 8), "float32")
+    with h5py.File(path, "r+") as f:
+        del f["block_1/block_1_0/kernel"]
+        f["block_1/block_1_0/kernel"] = h5py.ExternalLink(str(outside), "/kernel")
+    with pytest.raises(BlockFileError, match="external link"):
+        load_blocks(seed_cnn(), path, only=["block_1"])
+    with h5py.File(path, "r+") as f:
+        del f["block_1/block_1_0/kernel"]
+        f.create_dataset("block_1/block_1_0/kernel", shape=(3, 3, 3, 8), dtype="f4", chunks=(1, 3, 3, 8))
+    with pytest.raises(BlockFileError, match="chunked, virtual or stored in external files"):
+        load_blocks(seed_cnn(), path, only=["block_1"])
