@@ -10,6 +10,7 @@ without changing a single weight of the model.
 """
 
 import json
+import os
 import re
 import resource
 import shutil
@@ -26,7 +27,7 @@ from keras_blockreuse import BlockFileError, BlockMismatchError, load_blocks, re
 from keras_blockreuse.store import BlockFile, _checksum, save_blocks
 
 L = keras.layers
-FUZZ_CASES = 300
+FUZZ_CASES = int(os.environ.get("KBR_FUZZ_CASES", "300"))  # raise it for a longer hunt
 
 
 def cnn(name):
@@ -310,3 +311,21 @@ def test_a_declared_size_larger_than_the_file_is_never_allocated(fx):
     finally:
         tracemalloc.stop()
     assert peak < 32 * 2**20
+
+
+def test_a_string_attribute_whose_type_was_damaged_is_reported_not_a_crash(fx):
+    """One flipped byte can turn a string attribute's type into a variable-length sequence of
+    integers; h5py reading such an attribute crashes the process (SIGSEGV). Each attribute's
+    type is checked before it is read, so every such file that matters gives `BlockFileError`."""
+    vlen_utf8_string = b"\x19\x01\x01\x00\x10\x00\x00\x00"  # datatype message: vlen string
+    offsets = [i for i in range(len(fx.bytes)) if fx.bytes.startswith(vlen_utf8_string, i)]
+    assert len(offsets) >= 9  # the root attributes, and each block's layout and checksums
+    reported = 0
+    for offset in offsets:
+        data = bytearray(fx.bytes)
+        data[offset + 1] = 0x88  # vlen kind "sequence" instead of "string"
+        outcome = fx.load(fx.write(bytes(data)))
+        # Attributes that a load never reads (a dataset's Keras path) may be damaged freely.
+        assert outcome == "identical" or outcome.startswith("BlockFileError: "), outcome
+        reported += "should be a single string, but is stored as TypeVlenID" in outcome
+    assert reported >= 9, reported
