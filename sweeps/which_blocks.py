@@ -4,14 +4,49 @@ Run `python sweeps/which_blocks.py --help` for every option. With no arguments i
 default sweep: the seed CNN, source = clean handwritten digits, target = the held-out digits
 with Gaussian input noise and 10 labels per class; surgical and prefix strategies, 3 seeds;
 the report goes to runs/which_blocks/<timestamp>/.
+
+`--help` and bad values are answered before TensorFlow and Ray are imported (seconds): the
+options module is loaded from its file, without importing the package (whose `__init__`
+imports Keras).
 """
 
+import importlib.util
 import os
 import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from keras_blockreuse.sweep.run import main  # noqa: E402
+
+def _options():
+    """`keras_blockreuse.sweep.options`, loaded without running the package's `__init__`."""
+    name = "keras_blockreuse.sweep.options"
+    if name in sys.modules:
+        return sys.modules[name]
+    package = importlib.util.find_spec("keras_blockreuse")  # finds, does not import
+    if package is None or not package.submodule_search_locations:
+        return None
+    path = os.path.join(list(package.submodule_search_locations)[0], "sweep", "options.py")
+    spec = importlib.util.spec_from_file_location(name, path)
+    if spec is None or not os.path.isfile(path):
+        return None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # the package later imports this very module (one SweepError)
+    spec.loader.exec_module(module)
+    return module
+
+
+def precheck(argv=None):
+    """Answer --help and reject bad values that need no data; None when the sweep may run."""
+    options = _options()
+    if options is None:
+        return None
+    return options.precheck(argv)
+
 
 if __name__ == "__main__":
+    code = precheck()
+    if code is not None:
+        sys.exit(code)
+    from keras_blockreuse.sweep.run import main
+
     sys.exit(main())

@@ -96,3 +96,57 @@ def test_script_help():
     run = subprocess.run([sys.executable, SCRIPT, "--help"], cwd=ROOT, capture_output=True,
                          text=True, timeout=120)
     assert run.returncode == 0 and "--cpus-per-trial" in run.stdout
+
+
+def test_option_names_match_the_data_and_model_modules():
+    from keras_blockreuse import data, zoo
+    from keras_blockreuse.sweep import options, space
+
+    assert options.DATASETS == data.DATASETS and options.TASKS == data.TASKS
+    assert options.SHIFTS == data.SHIFTS and options.MODELS == tuple(zoo.MODELS)
+    assert space.SweepError is options.SweepError and space.STRATEGIES == options.STRATEGIES
+
+
+@pytest.mark.parametrize("argv, code", [(["--help"], 0), (["--strategy", "nope"], 2),
+                                        (["--epochs", "x"], 2), (["--seeds", "0"], 2)])
+def test_help_and_bad_values_do_not_import_tensorflow_or_ray(argv, code):
+    """The script answers these from the options module alone: no Keras, TensorFlow, Ray or
+    NumPy import, so a fraction of a second instead of 10-30 s."""
+    probe = (
+        "import runpy, sys\n"
+        f"sys.argv = ['which_blocks.py', *{argv!r}]\n"
+        "try:\n"
+        f"    runpy.run_path({SCRIPT!r}, run_name='__main__')\n"
+        "except SystemExit as e:\n"
+        "    code = e.code\n"
+        "heavy = sorted(m for m in ('tensorflow', 'keras', 'ray', 'numpy', 'keras_blockreuse')\n"
+        "               if m in sys.modules)\n"
+        "print('RESULT', code, heavy)\n"
+    )
+    run = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True,
+                         timeout=60)
+    assert f"RESULT {code} []" in run.stdout, run.stdout + run.stderr
+
+
+def test_precheck_lets_a_valid_sweep_and_resume_through():
+    from keras_blockreuse.sweep.options import precheck
+
+    assert precheck([]) is None
+    assert precheck(["--resume", "--out", "anywhere"]) is None  # checked against the folder later
+    assert precheck(["--blocks", "block_9"]) is None  # needs the model: run.main answers it
+
+
+def test_smoke_keeps_values_given_explicitly_even_the_default_ones():
+    from keras_blockreuse.sweep.options import SMOKE, SweepSettings, apply_smoke
+
+    settings = settings_from_args(build_parser().parse_args(["--smoke", "--seeds", "3"]))
+    apply_smoke(settings)
+    assert settings.seeds == 3  # given, although it is also the default
+    assert (settings.epochs, settings.source_epochs, settings.strategy) == (
+        SMOKE["epochs"], SMOKE["source_epochs"], SMOKE["strategy"])
+    api = SweepSettings(smoke=True, seeds=1)  # the Python API: fields left at their defaults
+    apply_smoke(api)
+    assert (api.seeds, api.epochs) == (1, SMOKE["epochs"])
+    assert settings_from_args(build_parser().parse_args(["--fresh-process-per-trial"])
+                              ).reuse_actors is False
+    assert settings_from_args(build_parser().parse_args([])).reuse_actors is True

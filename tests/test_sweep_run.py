@@ -3,6 +3,7 @@ resume after the driver is killed, and a two-node Ray cluster with fake GPUs."""
 
 import json
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -13,7 +14,7 @@ import pandas as pd
 import pytest
 
 from keras_blockreuse.sweep.report import SUMMARY_COLUMNS, TRIAL_COLUMNS
-from keras_blockreuse.sweep.run import SweepSettings, run_sweep
+from keras_blockreuse.sweep.run import SweepSettings, ray_temp_link, run_sweep
 from keras_blockreuse.sweep.space import Configuration
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -148,8 +149,12 @@ def test_resume_after_the_driver_is_killed(tmp_path):
     finally:
         if driver.poll() is None:
             driver.kill()
+    # The killed driver's Ray (its processes name the sweep's Ray folder) is stopped here, as a
+    # user would; nothing else on the machine is touched.
+    marker = ray_temp_link(str(out)) if len(str(out / "ray")) > 40 else str(out / "ray")
     time.sleep(3)
     _end([pid for pid in ours if os.path.exists(f"/proc/{pid}")])
+    assert not _stop_cluster(marker)
 
     resumed = subprocess.run([sys.executable, SCRIPT, "--resume", "--out", str(out)], cwd=ROOT,
                              env=ENV, capture_output=True, text=True, timeout=400)
@@ -167,35 +172,95 @@ def test_resume_after_the_driver_is_killed(tmp_path):
     for name, (lines, pid) in before.items():
         assert after[name] == (lines, pid), name
     assert "Best policy" in resumed.stdout.strip().splitlines()[-1]
+    # The resumed driver stopped its own Ray on the way out.
+    deadline = time.time() + 30
+    while _processes_with(marker) and time.time() < deadline:
+        time.sleep(1)
+    left = _processes_with(marker)
+    _stop_cluster(marker)
+    assert not left, f"Ray processes left running: {left}"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def _free_ports(n: int) -> list[int]:
+    """`n` distinct ports that are free on this machine now."""
+    sockets = [socket.socket() for _ in range(n)]
+    try:
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
+
+
+def _stop_cluster(marker: str, timeout: float = 30) -> list[int]:
+    """Stop every process of the cluster whose temporary folder is `marker`: those that name it
+    on their command line and all their descendants (workers rename themselves `ray::...`).
+    Never `ray stop`, which would also stop a user's own Ray on this machine. Returns the ids
+    still alive after SIGTERM, a wait, and SIGKILL (none expected)."""
+    seen: set[int] = set()
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        roots = _processes_with(marker)
+        pids = set(roots) | {c for pid in roots for c in _descendants(pid)} | seen
+        pids = {pid for pid in pids if os.path.exists(f"/proc/{pid}")}
+        seen |= pids
+        for pid in pids:
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+        deadline = time.time() + timeout
+        while time.time() < deadline and any(_alive(pid) for pid in seen):
+            time.sleep(0.5)
+    return [pid for pid in seen if _alive(pid)]
+
+
+def _alive(pid: int) -> bool:
+    """True for a running process (a zombie, dead but not yet reaped, is not running)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
 
 
 def test_two_node_cluster_with_fake_gpus(tmp_path):
     """`ray start --head` plus a second `ray start --address` node on this machine, each with a
     fake GPU: the sweep joins through --address, trains the source model in a Ray GPU task,
-    requests fractional GPUs per trial, and its trials run on both nodes."""
+    requests fractional GPUs per trial, and its trials run on both nodes.
+
+    The cluster is private to the test, so that it neither disturbs nor joins a Ray the user runs
+    on this machine: its own temporary folder (Ray writes its `ray_current_cluster` file there,
+    not in /tmp/ray), free ports for everything that has a fixed default (GCS, dashboard, Ray
+    Client, dashboard agents), its own auth token in the environment (not ~/.ray/auth_token),
+    no RAY_ADDRESS inherited, and at the end exactly its own processes are stopped.
+    """
     temp = f"/tmp/kbr-{os.getpid()}-{int(time.time()) % 100000}"
-    port = _free_port()
-    address = f"127.0.0.1:{port}"
+    gcs, dashboard, client, agent_head, agent_worker = _free_ports(5)
+    address = f"127.0.0.1:{gcs}"
     common = ["--num-cpus=1", "--num-gpus=1", f"--temp-dir={temp}", "--disable-usage-stats"]
-    env = {**ENV, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "1"}
+    # conftest hides GPUs with CUDA_VISIBLE_DEVICES="", and Ray refuses --num-gpus=1 then.
+    env = {k: v for k, v in ENV.items()
+           if not k.startswith("RAY_") and k != "CUDA_VISIBLE_DEVICES"}
+    env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(32))
     try:
-        subprocess.run([RAY, "start", "--head", f"--port={port}", "--node-ip-address=127.0.0.1",
-                        "--include-dashboard=false", *common], env=env, check=True,
-                       capture_output=True, timeout=120)
-        subprocess.run([RAY, "start", f"--address={address}", "--node-ip-address=127.0.0.1",
-                        *common], env=env, check=True, capture_output=True, timeout=120)
+        head = subprocess.run(
+            [RAY, "start", "--head", f"--port={gcs}", "--node-ip-address=127.0.0.1",
+             "--include-dashboard=false", f"--dashboard-port={dashboard}",
+             f"--ray-client-server-port={client}", f"--dashboard-agent-listen-port={agent_head}",
+             *common], env=env, capture_output=True, text=True, timeout=180)
+        assert head.returncode == 0, head.stdout[-2000:] + head.stderr[-3000:]
+        worker = subprocess.run(
+            [RAY, "start", f"--address={address}", "--node-ip-address=127.0.0.1",
+             f"--dashboard-agent-listen-port={agent_worker}", *common],
+            env=env, capture_output=True, text=True, timeout=180)
+        assert worker.returncode == 0, worker.stdout[-2000:] + worker.stderr[-3000:]
         out = tmp_path / "out"
         run = subprocess.run(
             [sys.executable, SCRIPT, "--smoke", "--seeds", "3", "--address", address,
              "--out", str(out), "--cache", str(tmp_path / "cache")],
-            cwd=ROOT, env=env, capture_output=True, text=True, timeout=400)
-        assert run.returncode == 0, run.stderr[-3000:]
+            cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+        assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-3000:]
         assert "2 node(s)" in run.stdout and "in a Ray task on a GPU" in run.stdout
         trials = pd.read_csv(out / "results.csv")
         assert len(trials) == 9 and (trials["status"] == "ok").all()
@@ -207,4 +272,6 @@ def test_two_node_cluster_with_fake_gpus(tmp_path):
         assert "Ray task, GPU" in info["source model"]
         assert not (out / "ray").exists() or not os.listdir(out / "ray")  # cluster's temp dir
     finally:
-        _end(_processes_with(temp))
+        left = _stop_cluster(temp)
+    assert not left, f"cluster processes still running: {left}"
+    assert not _processes_with(temp)

@@ -132,3 +132,22 @@ def test_evaluate_matches_keras():
     assert loss == pytest.approx(expected[0], rel=1e-4)
     assert accuracy == pytest.approx(expected[1])
     del keras
+
+
+def test_a_reused_process_trains_a_trial_exactly_as_before(tiny, reports):
+    """Tune reuses worker processes (reuse_actors): a trial run after other trials in the same
+    process reports the very same numbers, because each starts from a cleared Keras session
+    and its own seeds."""
+    data, blob, _ = tiny
+    config = {"policy": "block_1=tuned,block_2=frozen", "seed": 3, "epochs": 3,
+              "batch_size": 16}
+    train_trial(config, data=data, source=blob)
+    first = [dict(r) for r in reports]
+    reports.clear()
+    train_trial({"policy": "scratch", "seed": 5, "epochs": 2, "batch_size": 8}, data=data,
+                source=None)
+    reports.clear()
+    train_trial(config, data=data, source=blob)
+    strip = ("pid", "node_ip", "node_id", "hostname", "gpu_ids", "train_seconds")
+    assert [{k: v for k, v in r.items() if k not in strip} for r in reports] == [
+        {k: v for k, v in r.items() if k not in strip} for r in first]

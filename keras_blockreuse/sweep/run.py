@@ -17,7 +17,6 @@ print(result.best)          # e.g. "Best policy: prefix 2 tuned (...): ..., +0.1
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import datetime
 import hashlib
@@ -29,80 +28,25 @@ import tempfile
 import time
 from collections.abc import Callable, Sequence
 
-from keras_blockreuse.data import DATASETS, SHIFTS, TASKS, DataError, make_task
+from keras_blockreuse.data import DataError, make_task
 from keras_blockreuse.sweep import space
+from keras_blockreuse.sweep.options import (
+    PROG,
+    SCHEDULERS,
+    SMOKE,
+    SweepSettings,
+    apply_smoke,
+    build_parser,
+    parse_args,
+    settings_from_args,
+)
 from keras_blockreuse.sweep.report import write_report
 from keras_blockreuse.sweep.space import Configuration, SweepError
-from keras_blockreuse.zoo import MODELS
 
 SETTINGS_FILE = "settings.json"
 SOURCE_FILE = "source.blocks.h5"
-SCHEDULERS = ("fifo", "asha")
-SMOKE = {"epochs": 8, "source_epochs": 5, "seeds": 2, "strategy": "prefix"}
-"""What --smoke changes, unless given explicitly: a tiny run for tests and CI."""
-
-
-@dataclasses.dataclass
-class SweepSettings:
-    """Everything that defines a sweep. See `build_parser` for what each field means."""
-
-    dataset: str = "digits"
-    task: str = "shift"
-    shift: str | None = None
-    shots: int | None = 10
-    model: str = "seed_cnn"
-    strategy: str = "surgical,prefix"
-    blocks: list[str] | None = None
-    seeds: int = 3
-    epochs: int = 40
-    source_epochs: int = 30
-    batch_size: int = 32
-    lr: float = 1e-3
-    data_seed: int = 0
-    cpus_per_trial: float = 1
-    gpus_per_trial: float | None = None
-    scheduler: str = "fifo"
-    address: str | None = None
-    storage: str | None = None
-    out: str | None = None
-    cache: str | None = None
-    resume: bool = False
-    smoke: bool = False
-
-    def validate(self) -> SweepSettings:
-        """Check every value; raise SweepError naming the bad one. Returns self."""
-        for name in ("seeds", "epochs", "source_epochs", "batch_size"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise SweepError(f"--{name.replace('_', '-')} must be a positive integer, "
-                                 f"received {value!r}.")
-        if not (isinstance(self.lr, (int, float)) and 0 < self.lr < 10):
-            raise SweepError(f"--lr must be a positive number below 10, received {self.lr!r}.")
-        if not (self.cpus_per_trial and self.cpus_per_trial > 0):
-            raise SweepError(f"--cpus-per-trial must be positive, received {self.cpus_per_trial!r}.")
-        if self.gpus_per_trial is not None and not 0 <= self.gpus_per_trial <= 8:
-            raise SweepError(f"--gpus-per-trial must be between 0 and 8 (fractions allowed), "
-                             f"received {self.gpus_per_trial!r}.")
-        if self.scheduler not in SCHEDULERS:
-            raise SweepError(f"Unknown scheduler {self.scheduler!r}. Expected one of: "
-                             f"{', '.join(SCHEDULERS)}.")
-        if self.model not in MODELS:
-            raise SweepError(f"Unknown model {self.model!r}. Expected one of: {', '.join(MODELS)}.")
-        if self.task not in TASKS:
-            raise SweepError(f"Unknown task {self.task!r}. Expected one of: {', '.join(TASKS)}.")
-        if self.shift is not None and self.shift not in SHIFTS:
-            raise SweepError(f"Unknown shift {self.shift!r}. Expected one of: {', '.join(SHIFTS)}.")
-        if self.task == "split" and self.shift is not None:
-            raise SweepError(f"--shift applies to --task shift only; received --shift "
-                             f"{self.shift} with --task split.")
-        if not (self.dataset in DATASETS or self.dataset.startswith(("npz:", "folder:"))):
-            raise SweepError(f"Unknown dataset {self.dataset!r}. Expected one of: "
-                             f"{', '.join(DATASETS)}, npz:PATH or folder:PATH.")
-        space.parse_strategies(self.strategy)
-        return self
-
-    def resolved_shift(self) -> str | None:
-        return (self.shift or "noise") if self.task == "shift" else None
+__all__ = ["SCHEDULERS", "SMOKE", "SweepResult", "SweepSettings", "build_parser", "main",
+           "parse_args", "run_sweep", "settings_from_args", "source_key"]
 
 
 @dataclasses.dataclass
@@ -252,7 +196,7 @@ class _Runner:
                 self.trainable(),
                 param_space=param_space,
                 tune_config=tune.TuneConfig(metric="val_accuracy", mode="max",
-                                            scheduler=scheduler,
+                                            scheduler=scheduler, reuse_actors=s.reuse_actors,
                                             trial_dirname_creator=_trial_dirname),
                 run_config=tune.RunConfig(
                     name=name, storage_path=self.storage, verbose=1,
@@ -348,7 +292,7 @@ def _prepare(settings: SweepSettings) -> SweepSettings:
     settings = dataclasses.replace(settings)
     settings.validate()
     if settings.smoke:
-        _apply_smoke(settings)
+        apply_smoke(settings)
     if settings.out is None:
         stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
         settings.out = os.path.join("runs", "which_blocks", stamp)
@@ -359,14 +303,6 @@ def _prepare(settings: SweepSettings) -> SweepSettings:
         raise SweepError(f"{settings.out} already holds a sweep: pass --resume to continue it, or "
                          "choose another --out.")
     return settings
-
-
-def _apply_smoke(settings: SweepSettings) -> None:
-    """--smoke: fewer epochs, seeds and configurations, where not set explicitly."""
-    default = SweepSettings()
-    for name in ("epochs", "source_epochs", "seeds", "strategy"):
-        if getattr(settings, name) == getattr(default, name):
-            setattr(settings, name, SMOKE[name])
 
 
 def _latest_sweep() -> str:
@@ -512,8 +448,15 @@ def _start_ray(settings: SweepSettings, out: str) -> bool:
         return False
     runtime_env = {"env_vars": {"TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONWARNINGS": "ignore"}}
     if settings.address:
+        from ray.exceptions import AuthenticationError
+
         try:
             ray.init(address=settings.address, runtime_env=runtime_env, log_to_driver=True)
+        except AuthenticationError as error:
+            raise SweepError(
+                f"Could not join the Ray cluster at --address {settings.address}: it uses token "
+                "authentication. Set RAY_AUTH_MODE=token, and RAY_AUTH_TOKEN to the cluster's "
+                "token when it is not in ~/.ray/auth_token.") from error
         except (ConnectionError, RuntimeError, ValueError) as error:
             raise SweepError(f"Could not join the Ray cluster at --address {settings.address}: "
                              f"{str(error).splitlines()[0]}") from error
@@ -530,8 +473,7 @@ def _ray_temp_dir(out: str) -> str:
     os.makedirs(folder, exist_ok=True)
     if len(folder) <= 40:
         return folder
-    digest = hashlib.sha1(folder.encode()).hexdigest()[:10]
-    link = os.path.join(tempfile.gettempdir(), f"kbr-ray-{digest}")
+    link = ray_temp_link(out)
     if os.path.islink(link) and os.readlink(link) != folder:
         os.unlink(link)
     if not os.path.islink(link):
@@ -539,10 +481,17 @@ def _ray_temp_dir(out: str) -> str:
     return link
 
 
-def _drop_temp_link(out: str) -> None:
-    folder = os.path.join(out, "ray")
+def ray_temp_link(out: str) -> str:
+    """The short link to `<out>/ray` that a local Ray of this sweep uses as its temporary
+    folder when `<out>` is long (`/tmp/kbr-ray-<digest>`); every process of that Ray names it
+    on its command line."""
+    folder = os.path.join(os.path.abspath(out), "ray")
     digest = hashlib.sha1(folder.encode()).hexdigest()[:10]
-    link = os.path.join(tempfile.gettempdir(), f"kbr-ray-{digest}")
+    return os.path.join(tempfile.gettempdir(), f"kbr-ray-{digest}")
+
+
+def _drop_temp_link(out: str) -> None:
+    link = ray_temp_link(out)
     if os.path.islink(link):
         os.unlink(link)
 
@@ -593,149 +542,25 @@ def _machine() -> str:
 
 def _settings_dict(settings: SweepSettings, gpus_per_trial: float) -> dict:
     d = dataclasses.asdict(settings)
+    d.pop("explicit", None)
     d["shift"] = settings.resolved_shift()
     d["gpus_per_trial"] = gpus_per_trial
     d["blocks"] = ",".join(settings.blocks) if settings.blocks else "all transferable"
     return d
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The command line of `sweeps/which_blocks.py`."""
-    d = SweepSettings()
-    parser = argparse.ArgumentParser(
-        prog="which_blocks.py",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        description=(
-            "Measure which blocks of a source model to transfer - re-initialised (reinit), "
-            "transferred and frozen, or transferred and fine-tuned (tuned) - for the best "
-            "target test accuracy.\nTrains the source model once (cached), runs every block "
-            "policy for several seeds on Ray Tune, and writes results.csv, summary.csv, "
-            "results.json, report.md and plot.png to --out."),
-        epilog=(
-            "examples:\n"
-            "  python sweeps/which_blocks.py                      # default: noisy 10-shot "
-            "digits, surgical + prefix\n"
-            "  python sweeps/which_blocks.py --task split --shots 5 --strategy prefix\n"
-            "  python sweeps/which_blocks.py --shift labels --strategy surgical\n"
-            "  python sweeps/which_blocks.py --resume --out runs/which_blocks/20250101-120000\n"
-            "  python sweeps/which_blocks.py --address auto --storage /shared/sweeps  # a Ray "
-            "cluster"),
-    )
-    add = parser.add_argument
-    add("--dataset", default=d.dataset, metavar="NAME",
-        help="digits (scikit-learn's bundled 8x8 digits, no download; default), cifar10, mnist, "
-             "fashion_mnist (keras.datasets, downloaded), npz:PATH (x_train, y_train, x_test, "
-             "y_test) or folder:PATH (one sub-folder of images per class)")
-    add("--task", default=d.task, choices=TASKS,
-        help="shift: same classes, the target's images shifted (default); split: the source "
-             "gets the first half of the classes, the target the rest (Yosinski's A/B)")
-    add("--shift", default=None, metavar="KIND",
-        help=f"with --task shift: {', '.join(SHIFTS)} (default noise): input noise, blur, "
-             "inversion, 90-degree rotation, or permuted labels")
-    add("--shots", default=str(d.shots), metavar="N",
-        help="training labels per target class (default 10); 'all' for half of each class")
-    add("--model", default=d.model, metavar="NAME",
-        help=f"the architecture of source and target: {', '.join(MODELS)} (default seed_cnn)")
-    add("--strategy", default=d.strategy, metavar="S[,S]",
-        help="which policies to run, comma-separated: prefix (first n blocks frozen or tuned), "
-             "surgical (all frozen but one tuned, plus all tuned), exhaustive (all 3^k), "
-             "greedy (forward selection by validation accuracy); scratch always runs "
-             f"(default {d.strategy})")
-    add("--blocks", default=None, metavar="B[,B]",
-        help="the blocks whose policy is swept (default: all that can be transferred; the head "
-             "is left out when source and target class counts differ); the others are reinit")
-    add("--seeds", type=int, default=d.seeds, metavar="N",
-        help=f"seeds per configuration, for means and confidence intervals (default {d.seeds})")
-    add("--epochs", type=int, default=d.epochs, metavar="N",
-        help=f"target training epochs per trial (default {d.epochs})")
-    add("--source-epochs", type=int, default=d.source_epochs, metavar="N",
-        help=f"source model training epochs (default {d.source_epochs})")
-    add("--batch-size", type=int, default=d.batch_size, metavar="N",
-        help=f"batch size of source and target training (default {d.batch_size})")
-    add("--lr", type=float, default=d.lr, metavar="LR",
-        help=f"Adam learning rate of source and target training (default {d.lr:g})")
-    add("--data-seed", type=int, default=d.data_seed, metavar="N",
-        help="fixes the splits, the shift and the source model's initialisation (default 0)")
-    add("--cpus-per-trial", type=float, default=d.cpus_per_trial, metavar="N",
-        help="CPUs Ray reserves per trial; TensorFlow uses as many threads (default 1)")
-    add("--gpus-per-trial", type=float, default=None, metavar="F",
-        help="GPUs per trial, fractions allowed (0.25 packs 4 trials per GPU; memory growth is "
-             "on). Default: 0.25 when the Ray cluster has GPUs, else 0")
-    add("--scheduler", default=d.scheduler, choices=SCHEDULERS,
-        help="fifo runs every trial to the end (default; fair to slow starters); asha stops "
-             "poor trials early (for large spaces)")
-    add("--address", default=None, metavar="ADDR",
-        help="join a running Ray cluster: 'auto' or HOST:PORT (default: start a local Ray)")
-    add("--storage", default=None, metavar="PATH",
-        help="where Ray Tune keeps trial results (made absolute; shared storage on a cluster). "
-             "Default: OUT/tune")
-    add("--out", default=None, metavar="FOLDER",
-        help="output folder (default runs/which_blocks/<timestamp>); Ray's temporary files go "
-             "to OUT/ray")
-    add("--cache", default=None, metavar="FOLDER",
-        help="source model cache, keyed by its inputs (default ~/.cache/keras-blockreuse/"
-             "sources)")
-    add("--resume", action="store_true",
-        help="continue the interrupted sweep in --out (default: the latest under "
-             "runs/which_blocks) with its saved settings; finished trials are not rerun")
-    add("--smoke", action="store_true",
-        help="a tiny run for tests and CI (under a minute on 2 CPU cores): 8 epochs, 5 source "
-             "epochs, 2 seeds, "
-             "prefix strategy on the first block, unless set explicitly")
-    return parser
-
-
-def settings_from_args(args: argparse.Namespace) -> SweepSettings:
-    """Turn parsed arguments into validated `SweepSettings`."""
-    shots: int | None
-    if args.shots in ("all", "none", "None"):
-        shots = None
-    else:
-        try:
-            shots = int(args.shots)
-        except ValueError:
-            raise SweepError(f"--shots must be a positive integer or 'all', received "
-                             f"{args.shots!r}.") from None
-        if shots < 1:
-            raise SweepError(f"--shots must be a positive integer or 'all', received {shots}.")
-    blocks = None
-    if args.blocks:
-        blocks = [b.strip() for b in args.blocks.split(",") if b.strip()]
-    settings = SweepSettings(
-        dataset=args.dataset, task=args.task, shift=args.shift, shots=shots, model=args.model,
-        strategy=args.strategy, blocks=blocks, seeds=args.seeds, epochs=args.epochs,
-        source_epochs=args.source_epochs, batch_size=args.batch_size, lr=args.lr,
-        data_seed=args.data_seed, cpus_per_trial=args.cpus_per_trial,
-        gpus_per_trial=args.gpus_per_trial, scheduler=args.scheduler, address=args.address,
-        storage=args.storage, out=args.out, cache=args.cache, resume=args.resume,
-        smoke=args.smoke,
-    )
-    if not settings.resume:
-        settings.validate()
-    return settings
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status (0, or 2 for bad values)."""
-    parser = build_parser()
-    prog = parser.prog
-
-    def fail(message: str) -> None:
-        print(f"{prog}: error: {message} (see --help)", file=sys.stderr)
-        raise SystemExit(2)
-
-    parser.error = fail  # one line, no usage dump
-    args = parser.parse_args(argv)
-    settings = None
+    args = parse_args(argv)
     try:
         settings = settings_from_args(args)
         run_sweep(settings, print_fn=lambda line: print(line, flush=True))
     except (SweepError, DataError) as error:
-        print(f"{prog}: error: {error}", file=sys.stderr)
+        print(f"{PROG}: error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         out = args.out or "<the sweep's folder>"
-        print(f"{prog}: interrupted; continue with: python sweeps/which_blocks.py --resume "
+        print(f"{PROG}: interrupted; continue with: python sweeps/which_blocks.py --resume "
               f"--out {out}", file=sys.stderr)
         return 130
     return 0

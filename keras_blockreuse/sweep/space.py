@@ -29,13 +29,13 @@ import dataclasses
 import itertools
 from collections.abc import Sequence
 
+from keras_blockreuse.sweep.options import STRATEGIES, SweepError, strategy_names
+
 POLICIES = ("reinit", "frozen", "tuned")
-STRATEGIES = ("prefix", "surgical", "exhaustive", "greedy")
 SCRATCH = "scratch"
-
-
-class SweepError(ValueError):
-    """A sweep setting is invalid; the message names the value received and what is expected."""
+__all__ = ["POLICIES", "SCRATCH", "STRATEGIES", "Configuration", "SweepError", "configuration",
+           "configurations", "decode_policy", "encode_policy", "exhaustive", "greedy_step",
+           "parse_strategies", "policy_code", "prefix", "scratch", "surgical"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -218,16 +218,7 @@ def parse_strategies(strategies: str | Sequence[str]) -> list[str]:
 
 
 def _strategy_names(strategies) -> list[str]:
-    if isinstance(strategies, str):
-        strategies = [s.strip() for s in strategies.split(",") if s.strip()]
-    names = list(strategies)
-    unknown = [s for s in names if s not in STRATEGIES]
-    if unknown or not names:
-        raise SweepError(
-            f"Unknown strategy {', '.join(map(repr, unknown)) or repr('')}. Expected one or more "
-            f"of: {', '.join(STRATEGIES)} (comma-separated)."
-        )
-    return list(dict.fromkeys(names))
+    return strategy_names(strategies)
 
 
 def _check_policy(policy: dict, blocks: Sequence[str]) -> None:

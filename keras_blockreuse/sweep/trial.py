@@ -87,6 +87,9 @@ def train_trial(config: dict, data=None, source: bytes | str | None = None) -> d
     configure_tensorflow(settings["cpus"])
     started = time.perf_counter()
     seed = int(settings["seed"])
+    # Tune may reuse this process for several trials (reuse_actors): each trial starts from a
+    # cleared Keras session and reseeded generators, so it trains exactly as in a new process.
+    keras.backend.clear_session()
     keras.utils.set_random_seed(seed)
     model = build_model(settings["model"], data.input_shape, data.target_classes, name="target")
     blocks = list(model.blocks)
@@ -165,6 +168,7 @@ def train_source(
 
     configure_tensorflow(cpus)
     started = time.perf_counter()
+    keras.backend.clear_session()
     keras.utils.set_random_seed(int(seed))
     net = build_model(model, data.input_shape, data.source_classes, name="source")
     net.compile(optimizer=keras.optimizers.Adam(float(lr)),

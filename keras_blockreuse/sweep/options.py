@@ -1,0 +1,287 @@
+"""The sweep's settings and command line, importable without TensorFlow, Ray or NumPy.
+
+This module uses the standard library only and imports nothing from the package, so that
+`sweeps/which_blocks.py` can load it from its file, answer `--help` and reject bad values in a
+fraction of a second, and import TensorFlow and Ray only for a sweep that will run. The names
+of datasets, tasks, shifts and models repeat those of `keras_blockreuse.data` and
+`keras_blockreuse.zoo` (a test keeps them equal).
+
+Example:
+
+```python
+from keras_blockreuse.sweep.options import build_parser, settings_from_args
+
+settings = settings_from_args(build_parser().parse_args(["--strategy", "prefix"]))
+settings.seeds   # 3
+```
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+from collections.abc import Sequence
+
+DATASETS = ("digits", "cifar10", "mnist", "fashion_mnist")
+TASKS = ("shift", "split")
+SHIFTS = ("noise", "blur", "invert", "rotate", "labels")
+MODELS = ("seed_cnn", "small_resnet")
+STRATEGIES = ("prefix", "surgical", "exhaustive", "greedy")
+SCHEDULERS = ("fifo", "asha")
+PROG = "which_blocks.py"
+SMOKE = {"epochs": 8, "source_epochs": 5, "seeds": 2, "strategy": "prefix"}
+"""What --smoke changes, unless given explicitly: a tiny run for tests and CI."""
+
+
+class SweepError(ValueError):
+    """A sweep setting is invalid; the message names the value received and what is expected."""
+
+
+def strategy_names(strategies: str | Sequence[str]) -> list[str]:
+    """Validate strategy names; `"prefix,surgical"` -> `["prefix", "surgical"]`.
+
+    Raises:
+        SweepError: an unknown strategy, or none.
+    """
+    if isinstance(strategies, str):
+        strategies = [s.strip() for s in strategies.split(",") if s.strip()]
+    names = list(strategies)
+    unknown = [s for s in names if s not in STRATEGIES]
+    if unknown or not names:
+        raise SweepError(
+            f"Unknown strategy {', '.join(map(repr, unknown)) or repr('')}. Expected one or more "
+            f"of: {', '.join(STRATEGIES)} (comma-separated)."
+        )
+    return list(dict.fromkeys(names))
+
+
+@dataclasses.dataclass
+class SweepSettings:
+    """Everything that defines a sweep. See `build_parser` for what each field means."""
+
+    dataset: str = "digits"
+    task: str = "shift"
+    shift: str | None = None
+    shots: int | None = 10
+    model: str = "seed_cnn"
+    strategy: str = "surgical,prefix"
+    blocks: list[str] | None = None
+    seeds: int = 3
+    epochs: int = 40
+    source_epochs: int = 30
+    batch_size: int = 32
+    lr: float = 1e-3
+    data_seed: int = 0
+    cpus_per_trial: float = 1
+    gpus_per_trial: float | None = None
+    scheduler: str = "fifo"
+    reuse_actors: bool = True
+    address: str | None = None
+    storage: str | None = None
+    out: str | None = None
+    cache: str | None = None
+    resume: bool = False
+    smoke: bool = False
+    explicit: list[str] | None = None
+    """Which of --smoke's fields (`SMOKE`) were given on the command line: --smoke keeps them.
+    None (the Python API): --smoke changes those still at their defaults."""
+
+    def validate(self) -> SweepSettings:
+        """Check every value; raise SweepError naming the bad one. Returns self."""
+        for name in ("seeds", "epochs", "source_epochs", "batch_size"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise SweepError(f"--{name.replace('_', '-')} must be a positive integer, "
+                                 f"received {value!r}.")
+        if not (isinstance(self.lr, (int, float)) and 0 < self.lr < 10):
+            raise SweepError(f"--lr must be a positive number below 10, received {self.lr!r}.")
+        if not (self.cpus_per_trial and self.cpus_per_trial > 0):
+            raise SweepError(f"--cpus-per-trial must be positive, received {self.cpus_per_trial!r}.")
+        if self.gpus_per_trial is not None and not 0 <= self.gpus_per_trial <= 8:
+            raise SweepError(f"--gpus-per-trial must be between 0 and 8 (fractions allowed), "
+                             f"received {self.gpus_per_trial!r}.")
+        if self.scheduler not in SCHEDULERS:
+            raise SweepError(f"Unknown scheduler {self.scheduler!r}. Expected one of: "
+                             f"{', '.join(SCHEDULERS)}.")
+        if self.model not in MODELS:
+            raise SweepError(f"Unknown model {self.model!r}. Expected one of: {', '.join(MODELS)}.")
+        if self.task not in TASKS:
+            raise SweepError(f"Unknown task {self.task!r}. Expected one of: {', '.join(TASKS)}.")
+        if self.shift is not None and self.shift not in SHIFTS:
+            raise SweepError(f"Unknown shift {self.shift!r}. Expected one of: {', '.join(SHIFTS)}.")
+        if self.task == "split" and self.shift is not None:
+            raise SweepError(f"--shift applies to --task shift only; received --shift "
+                             f"{self.shift} with --task split.")
+        if not (self.dataset in DATASETS or self.dataset.startswith(("npz:", "folder:"))):
+            raise SweepError(f"Unknown dataset {self.dataset!r}. Expected one of: "
+                             f"{', '.join(DATASETS)}, npz:PATH or folder:PATH.")
+        strategy_names(self.strategy)
+        return self
+
+    def resolved_shift(self) -> str | None:
+        return (self.shift or "noise") if self.task == "shift" else None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line of `sweeps/which_blocks.py`."""
+    d = SweepSettings()
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=(
+            "Measure which blocks of a source model to transfer - re-initialised (reinit), "
+            "transferred and frozen, or transferred and fine-tuned (tuned) - for the best "
+            "target test accuracy.\nTrains the source model once (cached), runs every block "
+            "policy for several seeds on Ray Tune, and writes results.csv, summary.csv, "
+            "results.json, report.md and plot.png to --out."),
+        epilog=(
+            "examples:\n"
+            "  python sweeps/which_blocks.py                      # default: noisy 10-shot "
+            "digits, surgical + prefix\n"
+            "  python sweeps/which_blocks.py --task split --shots 5 --strategy prefix\n"
+            "  python sweeps/which_blocks.py --shift labels --strategy surgical\n"
+            "  python sweeps/which_blocks.py --resume --out runs/which_blocks/20250101-120000\n"
+            "  python sweeps/which_blocks.py --address auto --storage /shared/sweeps  # a Ray "
+            "cluster"),
+    )
+    add = parser.add_argument
+    add("--dataset", default=d.dataset, metavar="NAME",
+        help="digits (scikit-learn's bundled 8x8 digits, no download; default), cifar10, mnist, "
+             "fashion_mnist (keras.datasets, downloaded), npz:PATH (x_train, y_train, x_test, "
+             "y_test) or folder:PATH (one sub-folder of images per class)")
+    add("--task", default=d.task, choices=TASKS,
+        help="shift: same classes, the target's images shifted (default); split: the source "
+             "gets the first half of the classes, the target the rest (Yosinski's A/B)")
+    add("--shift", default=None, metavar="KIND",
+        help=f"with --task shift: {', '.join(SHIFTS)} (default noise): input noise, blur, "
+             "inversion, 90-degree rotation, or permuted labels")
+    add("--shots", default=str(d.shots), metavar="N",
+        help="training labels per target class (default 10); 'all' for half of each class")
+    add("--model", default=d.model, metavar="NAME",
+        help=f"the architecture of source and target: {', '.join(MODELS)} (default seed_cnn)")
+    add("--strategy", default=None, metavar="S[,S]",
+        help="which policies to run, comma-separated: prefix (first n blocks frozen or tuned), "
+             "surgical (all frozen but one tuned, plus all tuned), exhaustive (all 3^k), "
+             "greedy (forward selection by validation accuracy); scratch always runs "
+             f"(default {d.strategy})")
+    add("--blocks", default=None, metavar="B[,B]",
+        help="the blocks whose policy is swept (default: all that can be transferred; the head "
+             "is left out when source and target class counts differ); the others are reinit")
+    add("--seeds", type=int, default=None, metavar="N",
+        help=f"seeds per configuration, for means and confidence intervals (default {d.seeds})")
+    add("--epochs", type=int, default=None, metavar="N",
+        help=f"target training epochs per trial (default {d.epochs})")
+    add("--source-epochs", type=int, default=None, metavar="N",
+        help=f"source model training epochs (default {d.source_epochs})")
+    add("--batch-size", type=int, default=d.batch_size, metavar="N",
+        help=f"batch size of source and target training (default {d.batch_size})")
+    add("--lr", type=float, default=d.lr, metavar="LR",
+        help=f"Adam learning rate of source and target training (default {d.lr:g})")
+    add("--data-seed", type=int, default=d.data_seed, metavar="N",
+        help="fixes the splits, the shift and the source model's initialisation (default 0)")
+    add("--cpus-per-trial", type=float, default=d.cpus_per_trial, metavar="N",
+        help="CPUs Ray reserves per trial; TensorFlow uses as many threads (default 1)")
+    add("--gpus-per-trial", type=float, default=None, metavar="F",
+        help="GPUs per trial, fractions allowed (0.25 packs 4 trials per GPU; memory growth is "
+             "on). Default: 0.25 when the Ray cluster has GPUs, else 0")
+    add("--scheduler", default=d.scheduler, choices=SCHEDULERS,
+        help="fifo runs every trial to the end (default; fair to slow starters); asha stops "
+             "poor trials early (for large spaces)")
+    add("--fresh-process-per-trial", dest="reuse_actors", action="store_false",
+        help="start a new Ray worker process (and TensorFlow) for every trial instead of "
+             "reusing one per concurrent trial; each trial starts from a cleared Keras session "
+             "and its own seeds either way, so results are the same, only slower")
+    add("--address", default=None, metavar="ADDR",
+        help="join a running Ray cluster: 'auto' or HOST:PORT (default: start a local Ray)")
+    add("--storage", default=None, metavar="PATH",
+        help="where Ray Tune keeps trial results (made absolute; shared storage on a cluster). "
+             "Default: OUT/tune")
+    add("--out", default=None, metavar="FOLDER",
+        help="output folder (default runs/which_blocks/<timestamp>); Ray's temporary files go "
+             "to OUT/ray")
+    add("--cache", default=None, metavar="FOLDER",
+        help="source model cache, keyed by its inputs (default ~/.cache/keras-blockreuse/"
+             "sources)")
+    add("--resume", action="store_true",
+        help="continue the interrupted sweep in --out (default: the latest under "
+             "runs/which_blocks) with its saved settings; finished trials are not rerun")
+    add("--smoke", action="store_true",
+        help="a tiny run for tests and CI (under a minute on 2 CPU cores): 8 epochs, 5 source "
+             "epochs, 2 seeds, "
+             "prefix strategy on the first block, unless set explicitly")
+    return parser
+
+
+def settings_from_args(args: argparse.Namespace) -> SweepSettings:
+    """Turn parsed arguments into validated `SweepSettings`."""
+    shots: int | None
+    if args.shots in ("all", "none", "None"):
+        shots = None
+    else:
+        try:
+            shots = int(args.shots)
+        except ValueError:
+            raise SweepError(f"--shots must be a positive integer or 'all', received "
+                             f"{args.shots!r}.") from None
+        if shots < 1:
+            raise SweepError(f"--shots must be a positive integer or 'all', received {shots}.")
+    blocks = None
+    if args.blocks:
+        blocks = [b.strip() for b in args.blocks.split(",") if b.strip()]
+    # The options --smoke changes default to None here, so that a value given explicitly (even
+    # the default one) is kept under --smoke.
+    d = SweepSettings()
+    given = {name: getattr(args, name) for name in SMOKE if getattr(args, name) is not None}
+    resolved = {name: given.get(name, getattr(d, name)) for name in SMOKE}
+    settings = SweepSettings(
+        dataset=args.dataset, task=args.task, shift=args.shift, shots=shots, model=args.model,
+        strategy=resolved["strategy"], blocks=blocks, seeds=resolved["seeds"],
+        epochs=resolved["epochs"], source_epochs=resolved["source_epochs"],
+        batch_size=args.batch_size, lr=args.lr,
+        data_seed=args.data_seed, cpus_per_trial=args.cpus_per_trial,
+        gpus_per_trial=args.gpus_per_trial, scheduler=args.scheduler,
+        reuse_actors=args.reuse_actors, address=args.address,
+        storage=args.storage, out=args.out, cache=args.cache, resume=args.resume,
+        smoke=args.smoke, explicit=sorted(given),
+    )
+    if not settings.resume:
+        settings.validate()
+    return settings
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """Parse the command line; a parsing error exits with status 2 and one line, no usage."""
+    parser = build_parser()
+
+    def fail(message: str) -> None:
+        print(f"{PROG}: error: {message} (see --help)", file=sys.stderr)
+        raise SystemExit(2)
+
+    parser.error = fail  # one line, no usage dump
+    return parser.parse_args(argv)
+
+
+def precheck(argv: Sequence[str] | None = None) -> int | None:
+    """What the script does before importing TensorFlow and Ray: `--help` (exits 0), parsing
+    errors and values that need no data (one line, returns 2). None: go on with the sweep
+    (`run.main` checks again, and then what needs the data: blocks, shots)."""
+    args = parse_args(argv)
+    try:
+        settings_from_args(args)
+    except SweepError as error:
+        print(f"{PROG}: error: {error}", file=sys.stderr)
+        return 2
+    return None
+
+
+def apply_smoke(settings: SweepSettings) -> None:
+    """--smoke: fewer epochs, seeds and configurations (`SMOKE`), except where given."""
+    default = SweepSettings()
+    for name, value in SMOKE.items():
+        if settings.explicit is not None:
+            keep = name in settings.explicit
+        else:
+            keep = getattr(settings, name) != getattr(default, name)
+        if not keep:
+            setattr(settings, name, value)
