@@ -13,7 +13,7 @@ The seed workflow's next step, end to end and offline:
 Run:
 
 ```
-python examples/classification_to_detection.py                 # about 3-5 minutes on 2 cores
+python examples/classification_to_detection.py                 # a few minutes on 2 CPU cores
 python examples/classification_to_detection.py --epochs 12 --train-images 400
 ```
 """
