@@ -148,6 +148,6 @@ def test_a_reused_process_trains_a_trial_exactly_as_before(tiny, reports):
                 source=None)
     reports.clear()
     train_trial(config, data=data, source=blob)
-    strip = ("pid", "node_ip", "node_id", "hostname", "gpu_ids", "train_seconds")
+    strip = ("pid", "node_ip", "node_id", "hostname", "gpu_ids", "train_seconds", "started_at")
     assert [{k: v for k, v in r.items() if k not in strip} for r in reports] == [
         {k: v for k, v in r.items() if k not in strip} for r in first]

@@ -230,8 +230,14 @@ class _Runner:
             row[name] = metrics.get(name, math.nan)
         for name in ("node_ip", "node_id", "hostname", "pid", "gpu_ids"):
             row[name] = metrics.get(name, "")
-        row["_finished"] = metrics.get("timestamp")
-        row["_seconds"] = metrics.get("time_total_s")
+        # The trial's own clock when it has one (Tune's `timestamp` is in whole seconds, which
+        # makes back-to-back trials on one worker look concurrent).
+        if metrics.get("started_at") is not None and metrics.get("train_seconds") is not None:
+            row["_seconds"] = metrics["train_seconds"]
+            row["_finished"] = metrics["started_at"] + metrics["train_seconds"]
+        else:
+            row["_finished"] = metrics.get("timestamp")
+            row["_seconds"] = metrics.get("time_total_s")
         return row
 
 

@@ -85,7 +85,7 @@ def train_trial(config: dict, data=None, source: bytes | str | None = None) -> d
 
     settings = {**TRIAL_DEFAULTS, **config}
     configure_tensorflow(settings["cpus"])
-    started = time.perf_counter()
+    started, started_at = time.perf_counter(), time.time()
     seed = int(settings["seed"])
     # Tune may reuse this process for several trials (reuse_actors): each trial starts from a
     # cleared Keras session and reseeded generators, so it trains exactly as in a new process.
@@ -130,7 +130,8 @@ def train_trial(config: dict, data=None, source: bytes | str | None = None) -> d
             if epoch + 1 == epochs:
                 test_loss, test_accuracy = evaluate(self.model, data.x_test, data.y_test)
                 metrics.update(test_loss=test_loss, test_accuracy=test_accuracy,
-                               train_seconds=time.perf_counter() - started)
+                               train_seconds=time.perf_counter() - started,
+                               started_at=started_at)
             metrics.update(place, policy=settings["policy"], seed=seed)
             last.clear()
             last.update(metrics)
