@@ -25,6 +25,7 @@ import math
 import os
 import re
 import secrets
+import socket
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
@@ -39,6 +40,7 @@ FORMAT_NAME = "keras-blockreuse"
 FORMAT_VERSION = 1
 SUFFIX = ".blocks.h5"
 TEMP_MARKER = ".kbr-tmp-"
+LAYOUT = ".layout"  # the dataset, in each block's group, that describes the block
 HASH = "sha256"  # header and layout checksums (small): always sha256
 # The checksum of each block's values. Its algorithm is recorded in the file as the prefix of
 # `data_checksum` ("xxh3_128:..." or "sha256:..."), so files written with either verify.
@@ -198,7 +200,8 @@ def write_blocks(
     os.makedirs(folder, exist_ok=True)
     remove_stale_temporaries(folder)
     tmp = os.path.join(
-        folder, f".{os.path.basename(path)}{TEMP_MARKER}{os.getpid()}-{secrets.token_hex(4)}"
+        folder,
+        f".{os.path.basename(path)}{TEMP_MARKER}{os.getpid()}-{secrets.token_hex(4)}-{_HOST}",
     )
     try:
         with h5py.File(tmp, "w", locking=False) as f:
@@ -240,8 +243,8 @@ def _write(f: h5py.File, source, names: list[str], model_name: str, metadata_jso
         "metadata": metadata_json,
     }
     for key, value in header.items():
-        f.attrs[key] = value
-    f.attrs["header_checksum"] = _header_checksum(header)
+        f.attrs[key] = value if isinstance(value, int) else _fixed(value)
+    f.attrs["header_checksum"] = _fixed(_header_checksum(header))
     for name in names:
         group = f.create_group(name)
         values = source.read_block(name)
@@ -271,14 +274,14 @@ def _write(f: h5py.File, source, names: list[str], model_name: str, metadata_jso
                         "dataset": dataset,
                     }
                 )
-            unit_group.attrs["class_name"] = layer.class_name
+            unit_group.attrs["class_name"] = _fixed(layer.class_name)
             layers.append(
                 {"path": layer.path, "class_name": layer.class_name, "variables": variables}
             )
         layout = json.dumps(layers)
-        group.attrs["layout"] = layout
-        group.attrs["layout_checksum"] = _checksum(layout.encode())
-        group.attrs["data_checksum"] = f"{DATA_HASH}:{data_hash.hexdigest()}"
+        group.create_dataset(LAYOUT, data=_fixed(layout))
+        group.attrs["layout_checksum"] = _fixed(_checksum(layout.encode()))
+        group.attrs["data_checksum"] = _fixed(f"{DATA_HASH}:{data_hash.hexdigest()}")
 
 
 def _block_values(block) -> Iterator[tuple[str, Any, dict]]:
@@ -316,16 +319,25 @@ def _write_dataset(group: h5py.Group, name: str, array: np.ndarray) -> h5py.h5d.
     return dataset
 
 
-_TEXT = h5py.string_dtype()
 _OWN_LAYOUTS = (h5py.h5d.CONTIGUOUS, h5py.h5d.COMPACT)
 
 
+def _fixed(text: str) -> np.bytes_:
+    """Text as a fixed-length HDF5 string (UTF-8 bytes).
+
+    Block files hold no variable-length strings: those live in HDF5's global heap, which a
+    single damaged byte can send into an endless loop when read.
+    """
+    return np.bytes_(text.encode("utf-8"))
+
+
 def _write_text_attribute(dataset: h5py.h5d.DatasetID, name: str, text: str) -> None:
-    """`dataset.attrs[name] = text` (a variable-length UTF-8 string), through the low-level API."""
+    """`dataset.attrs[name] = _fixed(text)`, through the low-level API."""
+    value = np.array(_fixed(text) or b" ")
     attribute = h5py.h5a.create(
-        dataset, name.encode(), h5py.h5t.py_create(_TEXT, logical=True), h5py.h5s.create(h5py.h5s.SCALAR)
+        dataset, name.encode(), h5py.h5t.py_create(value.dtype), h5py.h5s.create(h5py.h5s.SCALAR)
     )
-    attribute.write(np.array(text, dtype=_TEXT))
+    attribute.write(value)
 
 
 def _to_numpy(value) -> np.ndarray:
@@ -350,6 +362,9 @@ def _fsync_dir(folder: str) -> None:
             os.close(fd)
 
 
+_HOST = re.sub(r"[^\w.]", "_", socket.gethostname()) or "localhost"
+
+
 def is_temporary(filename: str) -> bool:
     """True for the temporary files a save writes before moving them into place."""
     return os.path.basename(filename).startswith(".") and TEMP_MARKER in filename
@@ -369,7 +384,10 @@ def remove_stale_temporaries(folder: str) -> list[str]:
     for name in names:
         if not is_temporary(name):
             continue
-        pid = name.rsplit(TEMP_MARKER, 1)[1].split("-", 1)[0]
+        pid, _, rest = name.rsplit(TEMP_MARKER, 1)[1].partition("-")
+        host = rest.partition("-")[2]
+        if host and host != _HOST:
+            continue  # another machine's writer, on a shared folder: not ours to judge
         if pid.isdigit() and (int(pid) == os.getpid() or _alive(int(pid))):
             continue  # a save in progress, here or in another process
         with contextlib.suppress(OSError):
@@ -530,7 +548,13 @@ class BlockFile:
 
     def _read_header(self) -> dict:
         root = self._file
-        kind = self._attribute(root, "format") if "format" in root.attrs else None
+        kind = None
+        if "format" in root.attrs:
+            stored = root.attrs.get_id("format").get_type()
+            if isinstance(stored, h5py.h5t.TypeStringID) and stored.is_variable_str():
+                kind = "a variable-length string"  # not ours, and not read: see _fixed
+            else:
+                kind = self._attribute(root, "format")
         if kind != FORMAT_NAME:
             raise BlockFileError(
                 f"{self.path} is an HDF5 file but not a block file: expected a root attribute "
@@ -560,7 +584,7 @@ class BlockFile:
 
     def _read_layout(self, name: str) -> BlockInfo:
         group = self._file[name]
-        layout = self._attribute(group, "layout")
+        layout = self._text_dataset(group, LAYOUT)
         expected = self._attribute(group, "layout_checksum")
         if _checksum(layout.encode()) != expected:
             raise BlockFileError(
@@ -600,7 +624,8 @@ class BlockFile:
         attribute = owner.attrs.get_id(name)
         stored = attribute.get_type()
         expected = h5py.h5t.TypeStringID if kind is str else h5py.h5t.TypeIntegerID
-        if not isinstance(stored, expected) or attribute.shape != ():
+        variable = kind is str and isinstance(stored, expected) and stored.is_variable_str()
+        if not isinstance(stored, expected) or attribute.shape != () or variable:
             raise BlockFileError(
                 f"{self.path} is damaged: attribute {name!r} of {owner.name!r} should be a "
                 f"single {'string' if kind is str else 'integer'}, but is stored as "
@@ -608,6 +633,21 @@ class BlockFile:
             )
         value = owner.attrs[name]
         return _text(value) if kind is str else int(value)
+
+    def _text_dataset(self, group, name: str) -> str:
+        """A scalar fixed-length string dataset, read only after its type and size are checked."""
+        ds = h5py.h5d.open(group.id, name.encode())
+        stored = ds.get_type()
+        if (not isinstance(stored, h5py.h5t.TypeStringID) or stored.is_variable_str()
+                or ds.shape != () or stored.get_size() > self._size):
+            raise BlockFileError(
+                f"{self.path} is damaged: {group.name}/{name} should be a text of at most the "
+                f"file's size, but is stored as {type(stored).__name__} of shape {ds.shape}."
+            )
+        self._check_storage(ds, f"{group.name}/{name}")
+        value = np.empty((), dtype=f"S{stored.get_size()}")
+        ds.read(h5py.h5s.ALL, h5py.h5s.ALL, value)
+        return bytes(value[()]).decode("utf-8")
 
     def _data_hash(self, name: str, info: BlockInfo) -> str:
         algorithm = info.data_checksum.split(":", 1)[0]
