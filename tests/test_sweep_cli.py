@@ -14,7 +14,7 @@ SCRIPT = os.path.join(ROOT, "sweeps", "which_blocks.py")
 OPTIONS = ["--dataset", "--task", "--shots", "--shift", "--model", "--strategy", "--blocks",
            "--seeds", "--epochs", "--source-epochs", "--batch-size", "--lr", "--cpus-per-trial",
            "--gpus-per-trial", "--scheduler", "--address", "--storage", "--out", "--resume",
-           "--smoke"]
+           "--smoke", "--train-images"]
 
 
 def test_help_explains_every_option():
@@ -49,6 +49,16 @@ def test_defaults_are_the_documented_sweep():
         (["--model", "vgg"], "Unknown model 'vgg'"),
         (["--scheduler", "pbt"], "invalid choice: 'pbt'"),
         (["--epochs", "x"], "invalid int value: 'x'"),
+        (["--task", "detect"], "invalid choice: 'detect'"),
+        (["--task", "detection", "--model", "small_resnet"],
+         "--task detection transfers seed_cnn's blocks"),
+        (["--task", "detection", "--dataset", "cifar10"], "--task detection uses the digits"),
+        (["--task", "detection", "--shift", "blur"], "--shift applies to --task shift only"),
+        (["--task", "detection", "--train-images", "0"],
+         "--train-images must be a positive integer"),
+        (["--train-images", "50"], "--train-images applies to --task detection only"),
+        (["--task", "detection", "--blocks", "block_3"], "Unknown block 'block_3' for --task "
+                                                         "detection"),
     ],
 )
 def test_bad_values_give_one_clear_line(argv, fragment, tmp_path, capsys):
@@ -62,6 +72,52 @@ def test_bad_values_give_one_clear_line(argv, fragment, tmp_path, capsys):
     assert fragment in err and "Traceback" not in err
     assert len(err.splitlines()) == 1, err
     assert not out.exists()  # nothing is left behind
+
+
+def test_detection_task_options():
+    from keras_blockreuse.sweep.options import DETECTION_TRAIN_IMAGES, SMOKE_DETECTION, apply_smoke
+
+    text = build_parser().format_help()
+    assert "detection" in text and "mAP@0.5" in text and "--train-images" in text
+    settings = settings_from_args(build_parser().parse_args(
+        ["--task", "detection", "--train-images", "100", "--epochs", "5"]))
+    assert (settings.task, settings.train_images, settings.epochs) == ("detection", 100, 5)
+    assert settings.resolved_train_images() == 100 and settings.resolved_shift() is None
+    default = settings_from_args(build_parser().parse_args(["--task", "detection"]))
+    assert default.train_images is None
+    assert default.resolved_train_images() == DETECTION_TRAIN_IMAGES
+    assert settings_from_args(build_parser().parse_args([])).resolved_train_images() is None
+    smoke = settings_from_args(build_parser().parse_args(["--task", "detection", "--smoke"]))
+    apply_smoke(smoke)
+    assert smoke.train_images == SMOKE_DETECTION["train_images"]
+    given = settings_from_args(build_parser().parse_args(
+        ["--task", "detection", "--smoke", "--train-images", "8"]))
+    apply_smoke(given)
+    assert given.train_images == 8
+
+
+def test_detection_dispatch_and_source_key():
+    from keras_blockreuse.detection import sweep as detection
+    from keras_blockreuse.sweep import run, trial
+    from keras_blockreuse.sweep.options import SweepSettings
+
+    det, cls = SweepSettings(task="detection"), SweepSettings()
+    assert run._functions(det) == {"source": detection.train_detection_source,
+                                   "trial": detection.train_detection_trial}
+    assert run._functions(cls) == {"source": trial.train_source, "trial": trial.train_trial}
+    assert run._metrics_of(det) == ("test_map_50", "val_map_50")
+    assert run._metrics_of(cls) == ("test_accuracy", "val_accuracy")
+    assert run._detection_trial_settings(det) == {
+        "train_images": 400, "batch_size": detection.DETECTION_TRIAL_DEFAULTS["batch_size"],
+        "lr": detection.DETECTION_TRIAL_DEFAULTS["lr"]}
+    assert run._detection_trial_settings(SweepSettings(task="detection", batch_size=8,
+                                                       lr=0.01, train_images=20)) == {
+        "train_images": 20}
+    data = detection.make_detection_task(val_images=2, test_images=2)
+    assert run.source_key(det, data) != run.source_key(cls, data)
+    assert run._swept_blocks(det, data) == (list(detection.DETECTION_BLOCKS), {})
+    assert run._swept_blocks(SweepSettings(task="detection", smoke=True), data)[0] == [
+        detection.DETECTION_BLOCKS[0]]
 
 
 def test_offline_cifar10_gives_the_clear_message(monkeypatch, tmp_path, capsys):
@@ -108,7 +164,9 @@ def test_option_names_match_the_data_and_model_modules():
 
 
 @pytest.mark.parametrize("argv, code", [(["--help"], 0), (["--strategy", "nope"], 2),
-                                        (["--epochs", "x"], 2), (["--seeds", "0"], 2)])
+                                        (["--epochs", "x"], 2), (["--seeds", "0"], 2),
+                                        (["--task", "detection", "--model", "small_resnet"], 2),
+                                        (["--train-images", "5"], 2)])
 def test_help_and_bad_values_do_not_import_tensorflow_or_ray(argv, code):
     """The script answers these from the options module alone: no Keras, TensorFlow, Ray or
     NumPy import, so a fraction of a second instead of 10-30 s."""

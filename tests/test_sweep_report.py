@@ -16,6 +16,7 @@ from keras_blockreuse.sweep.report import (
     mean_ci,
     paired_difference,
     summarize,
+    trial_columns,
     write_report,
 )
 
@@ -123,3 +124,21 @@ def test_write_report_files_and_columns(tmp_path):
     assert written["best"] in report and "![accuracy per policy](plot.png)" in report
     assert "SweepError: no block_9" in report and "| dataset | digits |" in report
     assert (tmp_path / "plot.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_write_report_for_detection_names_map(tmp_path):
+    frame = trials_frame().rename(columns={"test_accuracy": "test_map_50",
+                                           "val_accuracy": "val_map_50"})
+    settings = {"dataset": "digits", "task": "detection", "model": "seed_cnn"}
+    written = write_report(frame, str(tmp_path), settings, metric="test_map_50")
+    assert written["best"].startswith("Best policy: block_1=tuned: test mAP@0.5 0.863")
+    report = (tmp_path / "report.md").read_text()
+    assert "| test mAP@0.5 (mean ± std) |" in report and "accuracy" not in report
+    results = pd.read_csv(tmp_path / "results.csv")
+    assert list(results.columns) == trial_columns("test_map_50")
+    assert "test_accuracy" not in results.columns and "test_map_50" in results.columns
+    summary = pd.read_csv(tmp_path / "summary.csv")
+    assert summary["val_mean"][0] == pytest.approx(0.8533333)  # from val_map_50
+    assert json.loads((tmp_path / "results.json").read_text())["metric"] == "test_map_50"
+    # The classification report keeps its accuracy header.
+    assert "| test accuracy (mean ± std) |" in markdown_table(summarize(trials_frame()))

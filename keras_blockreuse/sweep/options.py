@@ -25,6 +25,13 @@ from collections.abc import Sequence
 
 DATASETS = ("digits", "cifar10", "mnist", "fashion_mnist")
 TASKS = ("shift", "split")
+"""The classification tasks (`keras_blockreuse.data.TASKS`)."""
+DETECTION = "detection"
+ALL_TASKS = (*TASKS, DETECTION)
+"""What --task accepts: the classification tasks, and detection (a digits classifier as the
+source, a detector on scenes of digits as the target; `keras_blockreuse.detection.sweep`)."""
+DETECTION_TRAIN_IMAGES = 400
+"""--train-images' default: training scenes per detection trial."""
 SHIFTS = ("noise", "blur", "invert", "rotate", "labels")
 MODELS = ("seed_cnn", "small_resnet")
 STRATEGIES = ("prefix", "surgical", "exhaustive", "greedy")
@@ -32,6 +39,9 @@ SCHEDULERS = ("fifo", "asha")
 PROG = "which_blocks.py"
 SMOKE = {"epochs": 8, "source_epochs": 5, "seeds": 2, "strategy": "prefix"}
 """What --smoke changes, unless given explicitly: a tiny run for tests and CI."""
+SMOKE_DETECTION = {"train_images": 64, "val_images": 50, "test_images": 100}
+"""What --smoke also changes with --task detection: training scenes per trial (unless
+--train-images is given), and fewer validation and test scenes."""
 
 
 class SweepError(ValueError):
@@ -73,6 +83,8 @@ class SweepSettings:
     batch_size: int = 32
     lr: float = 1e-3
     data_seed: int = 0
+    train_images: int | None = None
+    """With task "detection": training scenes per trial (None: DETECTION_TRAIN_IMAGES)."""
     cpus_per_trial: float = 1
     gpus_per_trial: float | None = None
     scheduler: str = "fifo"
@@ -89,8 +101,10 @@ class SweepSettings:
 
     def validate(self) -> SweepSettings:
         """Check every value; raise SweepError naming the bad one. Returns self."""
-        for name in ("seeds", "epochs", "source_epochs", "batch_size"):
+        for name in ("seeds", "epochs", "source_epochs", "batch_size", "train_images"):
             value = getattr(self, name)
+            if name == "train_images" and value is None:
+                continue
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise SweepError(f"--{name.replace('_', '-')} must be a positive integer, "
                                  f"received {value!r}.")
@@ -106,8 +120,23 @@ class SweepSettings:
                              f"{', '.join(SCHEDULERS)}.")
         if self.model not in MODELS:
             raise SweepError(f"Unknown model {self.model!r}. Expected one of: {', '.join(MODELS)}.")
-        if self.task not in TASKS:
-            raise SweepError(f"Unknown task {self.task!r}. Expected one of: {', '.join(TASKS)}.")
+        if self.task not in ALL_TASKS:
+            raise SweepError(f"Unknown task {self.task!r}. Expected one of: "
+                             f"{', '.join(ALL_TASKS)}.")
+        if self.task == DETECTION:
+            if self.model != "seed_cnn":
+                raise SweepError(f"--task detection transfers seed_cnn's blocks into the "
+                                 f"detector's backbone; received --model {self.model} (use "
+                                 "--model seed_cnn).")
+            if self.dataset != "digits":
+                raise SweepError(f"--task detection uses the digits (classifier and scenes); "
+                                 f"received --dataset {self.dataset}.")
+            if self.shift is not None:
+                raise SweepError(f"--shift applies to --task shift only; received --shift "
+                                 f"{self.shift} with --task detection.")
+        elif self.train_images is not None:
+            raise SweepError(f"--train-images applies to --task detection only; received "
+                             f"--train-images {self.train_images} with --task {self.task}.")
         if self.shift is not None and self.shift not in SHIFTS:
             raise SweepError(f"Unknown shift {self.shift!r}. Expected one of: {', '.join(SHIFTS)}.")
         if self.task == "split" and self.shift is not None:
@@ -122,6 +151,12 @@ class SweepSettings:
     def resolved_shift(self) -> str | None:
         return (self.shift or "noise") if self.task == "shift" else None
 
+    def resolved_train_images(self) -> int | None:
+        """Training scenes per detection trial; None for the classification tasks."""
+        if self.task != DETECTION:
+            return None
+        return DETECTION_TRAIN_IMAGES if self.train_images is None else self.train_images
+
 
 def build_parser() -> argparse.ArgumentParser:
     """The command line of `sweeps/which_blocks.py`."""
@@ -134,13 +169,16 @@ def build_parser() -> argparse.ArgumentParser:
             "transferred and frozen, or transferred and fine-tuned (tuned) - for the best "
             "target test accuracy.\nTrains the source model once (cached), runs every block "
             "policy for several seeds on Ray Tune, and writes results.csv, summary.csv, "
-            "results.json, report.md and plot.png to --out."),
+            "results.json, report.md and plot.png to --out.\nWith --task detection the source "
+            "is a digits classifier and the target a small detector on scenes of digits; the "
+            "metric is test mAP@0.5 instead of accuracy."),
         epilog=(
             "examples:\n"
             "  python sweeps/which_blocks.py                      # default: noisy 10-shot "
             "digits, surgical + prefix\n"
             "  python sweeps/which_blocks.py --task split --shots 5 --strategy prefix\n"
             "  python sweeps/which_blocks.py --shift labels --strategy surgical\n"
+            "  python sweeps/which_blocks.py --task detection --train-images 100 --epochs 5\n"
             "  python sweeps/which_blocks.py --resume --out runs/which_blocks/20250101-120000\n"
             "  python sweeps/which_blocks.py --address auto --storage /shared/sweeps  # a Ray "
             "cluster"),
@@ -150,9 +188,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="digits (scikit-learn's bundled 8x8 digits, no download; default), cifar10, mnist, "
              "fashion_mnist (keras.datasets, downloaded), npz:PATH (x_train, y_train, x_test, "
              "y_test) or folder:PATH (one sub-folder of images per class)")
-    add("--task", default=d.task, choices=TASKS,
+    add("--task", default=d.task, choices=ALL_TASKS,
         help="shift: same classes, the target's images shifted (default); split: the source "
-             "gets the first half of the classes, the target the rest (Yosinski's A/B)")
+             "gets the first half of the classes, the target the rest (Yosinski's A/B); "
+             "detection: the source is seed_cnn trained on the digits, the target a detector "
+             "whose backbone blocks (block_1, block_2) are swept, on 64x64 scenes of 1-4 "
+             "digits; the metric is test mAP@0.5 (val mAP@0.5 for Tune and greedy). Needs "
+             "--model seed_cnn and --dataset digits; --shots and --shift do not apply")
+    add("--train-images", type=int, default=None, metavar="N",
+        help=f"with --task detection: training scenes per trial (default "
+             f"{DETECTION_TRAIN_IMAGES}), for the data-size question; --epochs sets the "
+             "schedule")
     add("--shift", default=None, metavar="KIND",
         help=f"with --task shift: {', '.join(SHIFTS)} (default noise): input noise, blur, "
              "inversion, 90-degree rotation, or permuted labels")
@@ -175,9 +221,11 @@ def build_parser() -> argparse.ArgumentParser:
     add("--source-epochs", type=int, default=None, metavar="N",
         help=f"source model training epochs (default {d.source_epochs})")
     add("--batch-size", type=int, default=d.batch_size, metavar="N",
-        help=f"batch size of source and target training (default {d.batch_size})")
+        help=f"batch size of source and target training (default {d.batch_size}; with --task "
+             "detection, detector trials use 16 unless another value is set)")
     add("--lr", type=float, default=d.lr, metavar="LR",
-        help=f"Adam learning rate of source and target training (default {d.lr:g})")
+        help=f"Adam learning rate of source and target training (default {d.lr:g}; with --task "
+             "detection, detector trials use 0.002 unless another value is set)")
     add("--data-seed", type=int, default=d.data_seed, metavar="N",
         help="fixes the splits, the shift and the source model's initialisation (default 0)")
     add("--cpus-per-trial", type=float, default=d.cpus_per_trial, metavar="N",
@@ -209,7 +257,10 @@ def build_parser() -> argparse.ArgumentParser:
     add("--smoke", action="store_true",
         help="a tiny run for tests and CI (under a minute on 2 CPU cores): 8 epochs, 5 source "
              "epochs, 2 seeds, "
-             "prefix strategy on the first block, unless set explicitly")
+             "prefix strategy on the first block, unless set explicitly; with --task detection "
+             f"also {SMOKE_DETECTION['train_images']} training scenes per trial unless "
+             f"--train-images is given, and {SMOKE_DETECTION['val_images']} validation and "
+             f"{SMOKE_DETECTION['test_images']} test scenes (default 100 and 300)")
     return parser
 
 
@@ -239,7 +290,7 @@ def settings_from_args(args: argparse.Namespace) -> SweepSettings:
         strategy=resolved["strategy"], blocks=blocks, seeds=resolved["seeds"],
         epochs=resolved["epochs"], source_epochs=resolved["source_epochs"],
         batch_size=args.batch_size, lr=args.lr,
-        data_seed=args.data_seed, cpus_per_trial=args.cpus_per_trial,
+        data_seed=args.data_seed, train_images=args.train_images, cpus_per_trial=args.cpus_per_trial,
         gpus_per_trial=args.gpus_per_trial, scheduler=args.scheduler,
         reuse_actors=args.reuse_actors, address=args.address,
         storage=args.storage, out=args.out, cache=args.cache, resume=args.resume,
@@ -285,3 +336,5 @@ def apply_smoke(settings: SweepSettings) -> None:
             keep = getattr(settings, name) != getattr(default, name)
         if not keep:
             setattr(settings, name, value)
+    if settings.task == DETECTION and settings.train_images is None:
+        settings.train_images = SMOKE_DETECTION["train_images"]

@@ -1,7 +1,7 @@
 """The report of a sweep: statistics over seeds, the comparison with scratch, files and a plot.
 
 For every policy: the mean, standard deviation and 95% confidence interval (Student's t) of the
-target test accuracy over seeds, and the mean paired difference from the from-scratch baseline
+target test metric over seeds (accuracy; mAP@0.5 for the detection task), and the mean paired difference from the from-scratch baseline
 (same seeds) with its confidence interval and the p-value of a paired t-test. Written to the
 output folder: `results.csv` (one row per trial), `summary.csv` and `results.json` (one row per
 policy), `plot.png` and `report.md`.
@@ -41,10 +41,38 @@ TRIAL_COLUMNS = [
     "accuracy", "test_loss", "val_loss", "loss", "epochs_done", "train_seconds", "node_ip",
     "node_id", "hostname", "pid", "gpu_ids", "experiment", "error",
 ]
+METRIC_NAMES = {"test_accuracy": "accuracy", "test_map_50": "mAP@0.5", "test_map": "mAP@[.5:.95]"}
+"""How the report names a metric (`metric` of `write_report`); others are shown as they are."""
 SUMMARY_COLUMNS = [
     "rank", "policy", "label", "code", "n", "failed", "mean", "std", "ci_low", "ci_high",
     "diff", "diff_ci_low", "diff_ci_high", "p_value", "val_mean",
 ]
+
+
+def metric_name(metric: str) -> str:
+    """`"test_accuracy"` -> `"accuracy"`, `"test_map_50"` -> `"mAP@0.5"`."""
+    return METRIC_NAMES.get(metric, metric.removeprefix("test_").replace("_", " "))
+
+
+def val_metric_of(metric: str) -> str:
+    """The validation counterpart of a test metric: `"test_map_50"` -> `"val_map_50"`."""
+    return "val_" + metric.removeprefix("test_")
+
+
+def trial_columns(metric: str = "test_accuracy") -> list[str]:
+    """The columns of results.csv for `metric`: TRIAL_COLUMNS, whose accuracy and its losses
+    are replaced by `metric` and its validation counterpart for another metric."""
+    if metric == "test_accuracy":
+        return list(TRIAL_COLUMNS)
+    columns = []
+    for c in TRIAL_COLUMNS:
+        if c == "test_accuracy":
+            columns.append(metric)
+        elif c == "val_accuracy":
+            columns.append(val_metric_of(metric))
+        elif c not in ("accuracy", "test_loss", "val_loss"):
+            columns.append(c)
+    return columns
 
 
 def mean_ci(values: Sequence[float], confidence: float = CONFIDENCE) -> tuple[float, ...]:
@@ -111,8 +139,8 @@ def paired_difference(
 def summarize(trials: pd.DataFrame, metric: str = "test_accuracy") -> pd.DataFrame:
     """One row per policy, best first (by mean `metric`), with the columns of SUMMARY_COLUMNS.
 
-    `trials` needs `policy`, `seed`, `status` and `metric` columns (`label`, `code`,
-    `val_accuracy` are used when present). Only trials with status `ok` enter the statistics;
+    `trials` needs `policy`, `seed`, `status` and `metric` columns (`label`, `code` and the
+    validation metric, `val_accuracy` for `test_accuracy`, are used when present). Only trials with status `ok` enter the statistics;
     `failed` counts the others. The difference columns compare with the `scratch` policy.
     """
     ok = trials[trials["status"] == "ok"]
@@ -128,7 +156,8 @@ def summarize(trials: pd.DataFrame, metric: str = "test_accuracy") -> pd.DataFra
         else:
             diff = paired_difference(
                 dict(zip(good["seed"], good[metric].astype(float), strict=True)), baseline)
-        val = good["val_accuracy"].astype(float).mean() if "val_accuracy" in good else math.nan
+        val_metric = val_metric_of(metric)
+        val = good[val_metric].astype(float).mean() if val_metric in good else math.nan
         rows.append({
             "policy": policy,
             "label": group["label"].iloc[0] if "label" in group else policy,
@@ -145,7 +174,7 @@ def summarize(trials: pd.DataFrame, metric: str = "test_accuracy") -> pd.DataFra
     return summary.reset_index(drop=True)
 
 
-def best_line(summary: pd.DataFrame) -> str:
+def best_line(summary: pd.DataFrame, metric: str = "test_accuracy") -> str:
     """The closing line: the best policy and its gain over scratch."""
     ranked = summary[summary["n"] > 0]
     if ranked.empty:
@@ -153,7 +182,7 @@ def best_line(summary: pd.DataFrame) -> str:
     best = ranked.iloc[0]
     name = f"{best['label']} ({best['policy']})" if best["label"] != best["policy"] else best[
         "policy"]
-    line = f"Best policy: {name}: test accuracy {best['mean']:.3f}"
+    line = f"Best policy: {name}: test {metric_name(metric)} {best['mean']:.3f}"
     if not math.isnan(best["ci_low"]):
         line += f" (95% CI [{best['ci_low']:.3f}, {best['ci_high']:.3f}], n={best['n']})"
     if best["policy"] == SCRATCH:
@@ -168,7 +197,7 @@ def best_line(summary: pd.DataFrame) -> str:
 
 def plot(summary: pd.DataFrame, trials: pd.DataFrame, path: str, title: str = "",
          metric: str = "test_accuracy") -> str:
-    """Horizontal bars: mean accuracy per policy with 95% CIs, seeds as dots, scratch marked."""
+    """Horizontal bars: mean `metric` per policy with 95% CIs, seeds as dots, scratch marked."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -197,7 +226,7 @@ def plot(summary: pd.DataFrame, trials: pd.DataFrame, path: str, title: str = ""
     ax.set_yticks(y, labels, fontsize=8)
     lo = float(np.nanmin(np.r_[shown["ci_low"].fillna(shown["mean"]), ok[metric].astype(float)]))
     ax.set_xlim(max(0.0, lo - 0.05), 1.0)
-    ax.set_xlabel(f"target {metric.replace('_', ' ')} (mean over seeds, 95% CI)")
+    ax.set_xlabel(f"target test {metric_name(metric)} (mean over seeds, 95% CI)")
     ax.set_title(title, fontsize=9)
     ax.grid(axis="x", alpha=0.3)
     fig.tight_layout()
@@ -206,25 +235,30 @@ def plot(summary: pd.DataFrame, trials: pd.DataFrame, path: str, title: str = ""
     return path
 
 
-def write_report(trials: pd.DataFrame, out: str, settings: dict, info: dict | None = None) -> dict:
+def write_report(trials: pd.DataFrame, out: str, settings: dict, info: dict | None = None,
+                 metric: str = "test_accuracy") -> dict:
     """Write results.csv, summary.csv, results.json, plot.png and report.md into `out`.
 
     Args:
-        trials: one row per trial (columns of TRIAL_COLUMNS; missing ones are added empty).
+        trials: one row per trial (columns of `trial_columns(metric)`; missing ones are added
+            empty).
         out: the output folder.
         settings: the sweep's settings, shown in the report.
         info: extra facts for the report (source model metrics, blocks, timings, legend).
+        metric: the test metric policies are ranked by (higher is better): `"test_accuracy"`,
+            or `"test_map_50"` for the detection task (its validation counterpart,
+            `"val_map_50"`, gives the summary's `val_mean`).
 
     Returns:
         `{"summary": DataFrame, "best": str, "paths": {name: path}}`.
     """
     info = info or {}
     os.makedirs(out, exist_ok=True)
-    trials = trials.reindex(columns=TRIAL_COLUMNS + [c for c in trials.columns
-                                                    if c not in TRIAL_COLUMNS])
+    columns = trial_columns(metric)
+    trials = trials.reindex(columns=columns + [c for c in trials.columns if c not in columns])
     trials = trials.sort_values(["policy", "seed"], kind="stable").reset_index(drop=True)
-    summary = summarize(trials)
-    best = best_line(summary)
+    summary = summarize(trials, metric)
+    best = best_line(summary, metric)
     paths = {name: os.path.join(out, name) for name in
              ("results.csv", "summary.csv", "results.json", "plot.png", "report.md")}
     trials.to_csv(paths["results.csv"], index=False)
@@ -234,7 +268,7 @@ def write_report(trials: pd.DataFrame, out: str, settings: dict, info: dict | No
         "settings": settings,
         "info": info,
         "best": best,
-        "metric": "test_accuracy",
+        "metric": metric,
         "confidence": CONFIDENCE,
         "policies": _records(summary),
         "failed_trials": _records(failed[["trial_id", "policy", "seed", "status", "error"]]),
@@ -243,16 +277,16 @@ def write_report(trials: pd.DataFrame, out: str, settings: dict, info: dict | No
         json.dump(document, f, indent=2, default=_json_default)
     title = ", ".join(f"{k}={settings[k]}" for k in ("dataset", "task", "shift", "shots", "model")
                       if settings.get(k) is not None)
-    plot(summary, trials, paths["plot.png"], title=title)
+    plot(summary, trials, paths["plot.png"], title=title, metric=metric)
     with open(paths["report.md"], "w") as f:
-        f.write(markdown(summary, failed, settings, info, best))
+        f.write(markdown(summary, failed, settings, info, best, metric))
     return {"summary": summary, "best": best, "paths": paths}
 
 
-def markdown_table(summary: pd.DataFrame) -> str:
-    """The summary as a Markdown table, best first."""
-    lines = ["| rank | policy | blocks | n | test accuracy (mean ± std) | 95% CI | vs scratch "
-             "| p (paired t) |", "|---:|---|---|---:|---|---|---:|---:|"]
+def markdown_table(summary: pd.DataFrame, metric: str = "test_accuracy") -> str:
+    """The summary as a Markdown table, best first; its column header names `metric`."""
+    lines = [f"| rank | policy | blocks | n | test {metric_name(metric)} (mean ± std) | 95% CI "
+             "| vs scratch | p (paired t) |", "|---:|---|---|---:|---|---|---:|---:|"]
     for _, r in summary.iterrows():
         acc = "—" if math.isnan(r["mean"]) else f"{r['mean']:.3f}"
         if not math.isnan(r["std"]):
@@ -271,16 +305,17 @@ def markdown_table(summary: pd.DataFrame) -> str:
 
 
 def markdown(summary: pd.DataFrame, failed: pd.DataFrame, settings: dict, info: dict,
-             best: str) -> str:
+             best: str, metric: str = "test_accuracy") -> str:
     """The text of report.md."""
+    name = metric_name(metric)
     parts = ["# Which blocks to transfer", "", f"**{best}**", "",
-             "Target test accuracy over seeds for each block policy, best first. The 95% "
+             f"Target test {name} over seeds for each block policy, best first. The 95% "
              "confidence interval uses Student's t; *vs scratch* is the mean paired difference "
              "from the from-scratch baseline over the same seeds, with the p-value of a paired "
              "t-test.", ""]
     if info.get("legend"):
         parts += [info["legend"], ""]
-    parts += [markdown_table(summary), "", "![accuracy per policy](plot.png)", ""]
+    parts += [markdown_table(summary, metric), "", f"![{name} per policy](plot.png)", ""]
     if len(failed):
         parts += ["## Failed or stopped trials", "", "| trial | policy | seed | status | error |",
                   "|---|---|---:|---|---|"]

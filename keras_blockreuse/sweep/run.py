@@ -5,6 +5,11 @@ inputs, in a Ray task when the cluster has GPUs), lists the block policies of th
 strategies, runs every (policy, seed) trial with `tune.Tuner`, and writes the report.
 `main(argv)` is the command line of `sweeps/which_blocks.py`.
 
+With `task="detection"` the task, the source model, the trainable and the metric come from
+`keras_blockreuse.detection.sweep` (`make_detection_task`, `train_detection_source`,
+`train_detection_trial`, test and validation mAP@0.5); the rest (strategies, seeds, Tune,
+cache, resume, report) is shared.
+
 Example:
 
 ```python
@@ -31,9 +36,12 @@ from collections.abc import Callable, Sequence
 from keras_blockreuse.data import DataError, make_task
 from keras_blockreuse.sweep import space
 from keras_blockreuse.sweep.options import (
+    ALL_TASKS,
+    DETECTION,
     PROG,
     SCHEDULERS,
     SMOKE,
+    SMOKE_DETECTION,
     SweepSettings,
     apply_smoke,
     build_parser,
@@ -45,7 +53,7 @@ from keras_blockreuse.sweep.space import Configuration, SweepError
 
 SETTINGS_FILE = "settings.json"
 SOURCE_FILE = "source.blocks.h5"
-__all__ = ["SCHEDULERS", "SMOKE", "SweepResult", "SweepSettings", "build_parser", "main",
+__all__ = ["ALL_TASKS", "SCHEDULERS", "SMOKE", "SweepResult", "SweepSettings", "build_parser", "main",
            "parse_args", "run_sweep", "settings_from_args", "source_key"]
 
 
@@ -82,8 +90,7 @@ def run_sweep(
     started = time.time()
     settings = _prepare(settings)
     out = settings.out
-    data = make_task(settings.dataset, settings.task, settings.resolved_shift(), settings.shots,
-                     seed=settings.data_seed)
+    data = _make_data(settings)
     blocks, fixed = _swept_blocks(settings, data)
     configurations = _static_configurations(settings, blocks, extra)
     if not settings.resume:  # Only a valid sweep leaves a folder behind.
@@ -119,7 +126,10 @@ def run_sweep(
 
     import pandas as pd
 
+    rough = any(r.get("_rough_clock") for r in rows)
     concurrency = _max_concurrency(rows)
+    if rough:  # some trials reported no clock of their own
+        concurrency = f"{concurrency} (from Tune's whole-second timestamps: may overcount)"
     trials = pd.DataFrame(rows)
     wall = time.time() - started
     info = {
@@ -134,7 +144,8 @@ def run_sweep(
         "ray": f"{nodes} node(s), {resources.get('CPU', 0):g} CPUs, {gpus:g} GPUs",
         "wall time": f"{wall:.0f} s",
     }
-    written = write_report(trials, out, _settings_dict(settings, gpus_per_trial), info)
+    written = write_report(trials, out, _settings_dict(settings, gpus_per_trial), info,
+                           metric=_metrics_of(settings)[0])
     for name, path in written["paths"].items():
         print_fn(f"wrote {name}: {path}")
     print_fn(f"{len(trials)} trials in {wall:.0f} s.")
@@ -158,8 +169,7 @@ class _Runner:
     def trainable(self):
         from ray import tune
 
-        from keras_blockreuse.sweep.trial import train_trial
-
+        train_trial = _functions(self.settings)["trial"]
         trainable = tune.with_parameters(train_trial, data=self.data, source=self.source)
         return tune.with_resources(trainable, {"cpu": self.settings.cpus_per_trial,
                                                "gpu": self.gpus})
@@ -186,6 +196,8 @@ class _Runner:
                 "model": s.model, "epochs": s.epochs, "batch_size": s.batch_size, "lr": s.lr,
                 "cpus": max(1, int(s.cpus_per_trial)),
             }
+            if s.task == DETECTION:
+                param_space.update(_detection_trial_settings(s))
             scheduler = None
             if s.scheduler == "asha":
                 from ray.tune.schedulers import ASHAScheduler
@@ -195,7 +207,7 @@ class _Runner:
             tuner = tune.Tuner(
                 self.trainable(),
                 param_space=param_space,
-                tune_config=tune.TuneConfig(metric="val_accuracy", mode="max",
+                tune_config=tune.TuneConfig(metric=_metrics_of(s)[1], mode="max",
                                             scheduler=scheduler, reuse_actors=s.reuse_actors,
                                             trial_dirname_creator=_trial_dirname),
                 run_config=tune.RunConfig(
@@ -212,7 +224,7 @@ class _Runner:
         config = result.config or _read_params(result.path)
         key = config.get("policy", "")
         c = self.labels.get(key)
-        done = metrics.get("test_accuracy")
+        done = metrics.get(_metrics_of(self.settings)[0])
         status = "error" if result.error else ("ok" if done is not None else "stopped")
         row = {
             "trial_id": metrics.get("trial_id") or os.path.basename(result.path or ""),
@@ -225,8 +237,7 @@ class _Runner:
             "experiment": experiment,
             "error": _error_line(result.error) if result.error else "",
         }
-        for name in ("test_accuracy", "val_accuracy", "accuracy", "test_loss", "val_loss", "loss",
-                     "train_seconds"):
+        for name in _metric_columns(self.settings):
             row[name] = metrics.get(name, math.nan)
         for name in ("node_ip", "node_id", "hostname", "pid", "gpu_ids"):
             row[name] = metrics.get(name, "")
@@ -238,18 +249,77 @@ class _Runner:
         else:
             row["_finished"] = metrics.get("timestamp")
             row["_seconds"] = metrics.get("time_total_s")
+            row["_rough_clock"] = None not in (row["_finished"], row["_seconds"])
         return row
+
+
+def _make_data(settings: SweepSettings):
+    """The task's data: a classification task (`data.make_task`), or the detection task's
+    fixed validation and test scenes (`detection.sweep.make_detection_task`)."""
+    if settings.task == DETECTION:
+        from keras_blockreuse.detection.sweep import make_detection_task
+
+        sizes = {}
+        if settings.smoke:
+            sizes = {k: SMOKE_DETECTION[k] for k in ("val_images", "test_images")}
+        return make_detection_task(seed=settings.data_seed, **sizes)
+    return make_task(settings.dataset, settings.task, settings.resolved_shift(), settings.shots,
+                     seed=settings.data_seed)
+
+
+def _functions(settings: SweepSettings) -> dict:
+    """The task's source and trial functions (same signatures for every task)."""
+    if settings.task == DETECTION:
+        from keras_blockreuse.detection.sweep import train_detection_source, train_detection_trial
+
+        return {"source": train_detection_source, "trial": train_detection_trial}
+    from keras_blockreuse.sweep.trial import train_source, train_trial
+
+    return {"source": train_source, "trial": train_trial}
+
+
+def _metrics_of(settings: SweepSettings) -> tuple[str, str]:
+    """The test metric the report ranks by, and the validation metric Tune and greedy use."""
+    if settings.task == DETECTION:
+        from keras_blockreuse.detection.sweep import DETECTION_METRIC, DETECTION_VAL_METRIC
+
+        return DETECTION_METRIC, DETECTION_VAL_METRIC
+    return "test_accuracy", "val_accuracy"
+
+
+def _metric_columns(settings: SweepSettings) -> tuple[str, ...]:
+    """The metrics a trial reports that go into results.csv."""
+    if settings.task == DETECTION:
+        return ("test_map_50", "test_map", "test_map_75", "val_map_50", "val_map", "loss",
+                "train_seconds")
+    return ("test_accuracy", "val_accuracy", "accuracy", "test_loss", "val_loss", "loss",
+            "train_seconds")
+
+
+def _detection_trial_settings(settings: SweepSettings) -> dict:
+    """What a detection trial's configuration adds: its training scenes, and the detector's
+    own batch size and learning rate unless the sweep's were changed from their defaults."""
+    from keras_blockreuse.detection.sweep import DETECTION_TRIAL_DEFAULTS
+
+    default = SweepSettings()
+    config = {"train_images": settings.resolved_train_images()}
+    if settings.batch_size == default.batch_size:
+        config["batch_size"] = DETECTION_TRIAL_DEFAULTS["batch_size"]
+    if settings.lr == default.lr:
+        config["lr"] = DETECTION_TRIAL_DEFAULTS["lr"]
+    return config
 
 
 def _greedy(runner: _Runner, rows: list[dict], blocks: list[str],
             static: Sequence[Configuration]) -> list[dict]:
     """Forward selection: keep adding the single block policy with the best mean validation
-    accuracy while it beats the current configuration."""
+    metric (accuracy, or mAP@0.5 for detection) while it beats the current configuration."""
+    val_metric = _metrics_of(runner.settings)[1]
     evaluated = {c.key for c in static}
     current = space.scratch(blocks)
     round_ = 1
     while True:
-        scores = _val_means(rows)
+        scores = _val_means(rows, val_metric)
         candidates = space.greedy_step(current, blocks, round_)
         if not candidates:
             break
@@ -257,7 +327,7 @@ def _greedy(runner: _Runner, rows: list[dict], blocks: list[str],
         if missing:
             rows = rows + runner.run(f"greedy_{round_ + 1}", missing)
             evaluated |= {c.key for c in missing}
-            scores = _val_means(rows)
+            scores = _val_means(rows, val_metric)
         scored = [c for c in candidates if not math.isnan(scores.get(c.key, math.nan))]
         if not scored:
             break
@@ -271,11 +341,11 @@ def _greedy(runner: _Runner, rows: list[dict], blocks: list[str],
     return rows
 
 
-def _val_means(rows: list[dict]) -> dict[str, float]:
+def _val_means(rows: list[dict], val_metric: str = "val_accuracy") -> dict[str, float]:
     sums: dict[str, list[float]] = {}
     for r in rows:
         if r["status"] == "ok":
-            sums.setdefault(r["policy"], []).append(float(r["val_accuracy"]))
+            sums.setdefault(r["policy"], []).append(float(r[val_metric]))
     return {k: sum(v) / len(v) for k, v in sums.items()}
 
 
@@ -327,6 +397,20 @@ def _swept_blocks(settings: SweepSettings, data) -> tuple[list[str], dict[str, s
 
     from keras_blockreuse.zoo import build_model
 
+    if settings.task == DETECTION:
+        from keras_blockreuse.detection.sweep import DETECTION_BLOCKS
+
+        names = list(DETECTION_BLOCKS)
+        unknown = [b for b in settings.blocks or [] if b not in names]
+        if unknown:
+            raise SweepError(f"Unknown block {', '.join(map(repr, unknown))} for --task "
+                             f"detection. The detector's transferable blocks are: "
+                             f"{', '.join(names)}.")
+        if settings.blocks is None:
+            chosen = names[:1] if settings.smoke else names
+        else:
+            chosen = [b for b in names if b in settings.blocks]
+        return chosen, {}
     model = build_model(settings.model, data.input_shape, data.target_classes)
     names = list(model.blocks)
     keras.backend.clear_session()
@@ -363,7 +447,8 @@ def source_key(settings: SweepSettings, data) -> str:
     """The cache key of a source model: a hash of everything that determines it.
 
     The source task enters through a digest of its arrays, so tasks with the same source data
-    (e.g. different shifts or shots of the same dataset and data seed) share one source model.
+    (e.g. different shifts or shots of the same dataset and data seed) share one source model;
+    the detection task's source (trained by another function) has a key of its own.
     """
     import keras
 
@@ -381,6 +466,8 @@ def source_key(settings: SweepSettings, data) -> str:
         "keras": keras.__version__,
         "backend": keras.backend.backend(),
     }
+    if settings.task == DETECTION:  # classification keys stay those of earlier versions
+        inputs["task"] = DETECTION
     return hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()[:20]
 
 
@@ -392,8 +479,7 @@ def default_cache() -> str:
 
 def _source_blocks(settings: SweepSettings, data, use_gpu: bool, print_fn) -> tuple[bytes, str]:
     """The source model's block file: from the cache, or trained now and cached."""
-    from keras_blockreuse.sweep.trial import train_source
-
+    train_source = _functions(settings)["source"]
     key = source_key(settings, data)
     folder = os.path.join(settings.cache or default_cache(), key)
     path = os.path.join(folder, SOURCE_FILE)
@@ -414,7 +500,7 @@ def _source_blocks(settings: SweepSettings, data, use_gpu: bool, print_fn) -> tu
         print_fn(f"Training the source model ({settings.source_epochs} epochs) in a Ray task "
                  "on a GPU ...")
         task = ray.remote(num_gpus=1, num_cpus=1)(_train_source_task)
-        blob, metrics, where = ray.get(task.remote(data, args))
+        blob, metrics, where = ray.get(task.remote(data, args, settings.task))
         where = f"Ray task, GPU {where['gpu_ids'] or '?'} on {where['node_ip']}"
     else:
         print_fn(f"Training the source model ({settings.source_epochs} epochs) in the driver ...")
@@ -432,10 +518,12 @@ def _source_blocks(settings: SweepSettings, data, use_gpu: bool, print_fn) -> tu
     return blob, _source_text(facts, cached=False)
 
 
-def _train_source_task(data, args: dict):
+def _train_source_task(data, args: dict, task: str = "shift"):
     """The Ray task body: train the source model where Ray placed it (a GPU worker)."""
-    from keras_blockreuse.sweep.trial import train_source, where
+    from keras_blockreuse.sweep.options import SweepSettings
+    from keras_blockreuse.sweep.trial import where
 
+    train_source = _functions(SweepSettings(task=task))["source"]
     blob, metrics = train_source(data, cpus=1, **args)
     return blob, metrics, where()
 
@@ -526,6 +614,7 @@ def _max_concurrency(rows: list[dict]) -> int:
     spans = []
     for r in rows:
         end, seconds = r.pop("_finished", None), r.pop("_seconds", None)
+        r.pop("_rough_clock", None)
         if end is not None and seconds is not None:
             spans.append((end - seconds, end))
     events = sorted([(a, 1) for a, _ in spans] + [(b, -1) for _, b in spans])
@@ -550,6 +639,12 @@ def _settings_dict(settings: SweepSettings, gpus_per_trial: float) -> dict:
     d = dataclasses.asdict(settings)
     d.pop("explicit", None)
     d["shift"] = settings.resolved_shift()
+    d["train_images"] = settings.resolved_train_images()
+    if settings.task == DETECTION:
+        d["shots"] = None  # the detection task has no shots
+        trial = _detection_trial_settings(settings)
+        d["detector_batch_size"] = trial.get("batch_size", settings.batch_size)
+        d["detector_lr"] = trial.get("lr", settings.lr)
     d["gpus_per_trial"] = gpus_per_trial
     d["blocks"] = ",".join(settings.blocks) if settings.blocks else "all transferable"
     return d
