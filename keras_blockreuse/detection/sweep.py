@@ -196,16 +196,18 @@ def train_detection_trial(config: dict, data=None, source: bytes | str | None = 
 
     from keras_blockreuse.detection.trial import run_detection_trial
     from keras_blockreuse.sweep.space import decode_policy
+    from keras_blockreuse.sweep.trial import block_file, where
 
     settings = {**DETECTION_TRIAL_DEFAULTS, **config}
     _configure_tensorflow(settings["cpus"])
     policy = decode_policy(settings["policy"], DETECTION_BLOCKS)
-    started = time.perf_counter()
+    started, started_at = time.perf_counter(), time.time()
     last: dict = {}
     common = {
         "policy": settings["policy"],
         "seed": int(settings["seed"]),
         "train_images": int(settings["train_images"]),
+        **where(),
     }
 
     def report(metrics: dict) -> None:
@@ -216,6 +218,7 @@ def train_detection_trial(config: dict, data=None, source: bytes | str | None = 
                 test_map=metrics["map"],
                 test_map_75=metrics["map_75"],
                 train_seconds=time.perf_counter() - started,
+                started_at=started_at,
             )
         if "val_map_50" in metrics:
             out.update(val_map_50=metrics["val_map_50"], val_map=metrics["val_map"])
@@ -224,7 +227,7 @@ def train_detection_trial(config: dict, data=None, source: bytes | str | None = 
         tune.report(out)
 
     transferred = any(p != "reinit" for p in policy.values())
-    with _block_file(source if transferred else None) as path:
+    with block_file(source if transferred else None) as path:
         run_detection_trial(
             policy,
             path,
@@ -249,24 +252,3 @@ def _configure_tensorflow(cpus):
     except ImportError:  # the sweep package is optional for the detection package
         return
     configure_tensorflow(cpus)
-
-
-class _block_file:
-    """A path to the source block file: the given path, or the bytes written to a temp file."""
-
-    def __init__(self, source: bytes | str | os.PathLike | None):
-        self.source = source
-        self.folder = None
-
-    def __enter__(self) -> str | None:
-        if self.source is None or isinstance(self.source, (str, os.PathLike)):
-            return None if self.source is None else os.fspath(self.source)
-        self.folder = tempfile.TemporaryDirectory()
-        path = os.path.join(self.folder.name, "source.blocks.h5")
-        with open(path, "wb") as f:
-            f.write(self.source)
-        return path
-
-    def __exit__(self, *exc) -> None:
-        if self.folder is not None:
-            self.folder.cleanup()

@@ -104,7 +104,7 @@ def train_trial(config: dict, data=None, source: bytes | str | None = None) -> d
         if source is None:
             raise SweepError(f"Policy {settings['policy']!r} transfers blocks but no source "
                              "block file was given.")
-        with _block_file(source) as path:
+        with block_file(source) as path:
             model.load_blocks(path, only=transferred)
         model.freeze_blocks(frozen)
     model.compile(
@@ -240,16 +240,17 @@ def where() -> dict:
     return info
 
 
-class _block_file:
-    """A path to the source block file: the given path, or the bytes written to a temp file."""
+class block_file:
+    """A path to the source block file: the given path, the bytes written to a temp file, or
+    None when there is no source."""
 
-    def __init__(self, source: bytes | str):
+    def __init__(self, source: bytes | str | os.PathLike | None):
         self.source = source
         self.folder = None
 
-    def __enter__(self) -> str:
-        if isinstance(self.source, (str, os.PathLike)):
-            return os.fspath(self.source)
+    def __enter__(self) -> str | None:
+        if self.source is None or isinstance(self.source, (str, os.PathLike)):
+            return None if self.source is None else os.fspath(self.source)
         self.folder = tempfile.TemporaryDirectory()
         path = os.path.join(self.folder.name, "source.blocks.h5")
         with open(path, "wb") as f:
