@@ -53,3 +53,20 @@ def randomize(model, seed: int = 1):
         value = rng.normal(size=v.shape).astype("float32")
         v.assign(value.astype(keras.backend.standardize_dtype(v.dtype))
                  if "float" in v.dtype else np.asarray(value, dtype=v.dtype))
+
+
+def dense_stack(width: int, depth: int = 4, name: str = "model"):
+    """`depth` Dense layers of `width` x `width` named `block_<i>_0`: one block each."""
+    inputs = keras.Input((width,))
+    x = inputs
+    for i in range(depth):
+        x = L.Dense(width, name=f"block_{i + 1}_0")(x)
+    return keras.Model(inputs, x, name=name)
+
+
+def seeded_values(model) -> list:
+    """The same values in every process: variable `i` draws from seed `i`."""
+    return [
+        np.random.default_rng(i).random(tuple(v.shape), dtype=np.float32)
+        for i, v in enumerate(model.weights)
+    ]

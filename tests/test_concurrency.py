@@ -20,6 +20,7 @@ import pytest
 
 from keras_blockreuse import latest_checkpoint, load_blocks, read_blocks, save_blocks
 from keras_blockreuse.store import BlockFile
+from tests.helpers import dense_stack, seeded_values
 
 WIDTH = 600  # 4 Dense layers of 600 x 600: 1.44 M float32 values, 5.8 MB
 DEPTH = 4
@@ -27,18 +28,10 @@ TIMEOUT = 180
 
 
 def build_model(name="model"):
-    inputs = keras.Input((WIDTH,))
-    x = inputs
-    for i in range(DEPTH):
-        x = keras.layers.Dense(WIDTH, name=f"block_{i + 1}_0")(x)
-    return keras.Model(inputs, x, name=name)
+    return dense_stack(WIDTH, DEPTH, name)
 
 
-def base_values(model) -> list[np.ndarray]:
-    return [
-        np.random.default_rng(i).random(tuple(v.shape), dtype=np.float32)
-        for i, v in enumerate(model.weights)
-    ]
+base_values = seeded_values
 
 
 def set_state(model, base, counter: int) -> None:

@@ -24,6 +24,7 @@ import pytest
 
 from keras_blockreuse import latest_checkpoint, load_blocks, save_blocks
 from keras_blockreuse.store import BlockFile, is_temporary
+from tests.helpers import dense_stack, seeded_values
 
 pytestmark = pytest.mark.slow
 
@@ -33,19 +34,10 @@ DEPTH = 4
 
 
 def build_model(name="writer"):
-    inputs = keras.Input((WIDTH,))
-    x = inputs
-    for i in range(DEPTH):
-        x = keras.layers.Dense(WIDTH, name=f"block_{i + 1}_0")(x)
-    return keras.Model(inputs, x, name=name)
+    return dense_stack(WIDTH, DEPTH, name)
 
 
-def base_values(model) -> list[np.ndarray]:
-    """The same values in every process: variable `i` draws from seed `i`."""
-    return [
-        np.random.default_rng(i).random(tuple(v.shape), dtype=np.float32)
-        for i, v in enumerate(model.weights)
-    ]
+base_values = seeded_values
 
 
 def state(base: list[np.ndarray], counter: int) -> list[np.ndarray]:
