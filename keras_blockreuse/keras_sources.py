@@ -38,7 +38,13 @@ import keras
 import numpy as np
 
 from keras_blockreuse.errors import BlockFileError
-from keras_blockreuse.safety import check_dataset_size, check_hdf5, check_zip, safe_member_name
+from keras_blockreuse.safety import (
+    check_dataset_size,
+    check_hdf5,
+    check_zip,
+    safe_member_name,
+    text_attribute,
+)
 from keras_blockreuse.sources import LayerSource, register_file_reader
 from keras_blockreuse.store import SUFFIX as BLOCK_SUFFIX
 from keras_blockreuse.store import LayerInfo, VariableInfo
@@ -207,8 +213,8 @@ class LegacyH5Source(LayerSource):
             check_hdf5(self._file, path)
             self.info = {
                 "format": "Keras legacy HDF5 (.h5)",
-                "keras_version": _attr_text(self._file.attrs.get("keras_version", "")),
-                "backend": _attr_text(self._file.attrs.get("backend", "")),
+                "keras_version": _attr_text(text_attribute(self._file, "keras_version", "")),
+                "backend": _attr_text(text_attribute(self._file, "backend", "")),
             }
             self._layer_infos, self._locators = self._describe()
         except BaseException:
@@ -224,9 +230,9 @@ class LegacyH5Source(LayerSource):
             )
         classes = _legacy_classes(self._file)
         infos, locators = [], {}
-        for top in [_attr_text(n) for n in root.attrs["layer_names"]]:
+        for top in [_attr_text(n) for n in text_attribute(root, "layer_names")]:
             group = root[top]
-            names = [_attr_text(n) for n in group.attrs.get("weight_names", [])]
+            names = [_attr_text(n) for n in text_attribute(group, "weight_names", [])]
             units: dict[str, list[tuple[str, str]]] = {}
             for weight_name in names:
                 unit, variable = _split_weight_name(top, weight_name)
@@ -346,7 +352,7 @@ def keras_file_kind(path: str) -> str | None:
     if not h5py.is_hdf5(path):
         return None
     with _open_h5(path) as f:
-        if _attr_text(f.attrs.get("format", "")) == "keras-blockreuse":
+        if _attr_text(text_attribute(f, "format", "")) == "keras-blockreuse":
             return None
         root = f["model_weights"] if "model_weights" in f else f
         if "layer_names" in root.attrs:
@@ -497,7 +503,7 @@ def _index_units(files: list[h5py.File]) -> dict[str, _Unit]:
                         (index, _address(group)),
                     )
                 if "name" in child.attrs and unit.name is None:
-                    unit.name = _attr_text(child.attrs["name"])
+                    unit.name = _attr_text(text_attribute(child, "name"))
                 for var in child:
                     if isinstance(child[var], h5py.Dataset):
                         unit.datasets[var] = (index, child[var].name)
@@ -647,7 +653,7 @@ def _split_weight_name(top: str, weight_name: str) -> tuple[str, str]:
 
 def _legacy_classes(file: h5py.File) -> dict[str, str]:
     """Layer name -> class name from a whole-model file's `model_config` (JSON, never eval)."""
-    raw = file.attrs.get("model_config")
+    raw = text_attribute(file, "model_config")
     if raw is None:
         return {}
     try:
@@ -667,7 +673,7 @@ def _legacy_classes(file: h5py.File) -> dict[str, str]:
 
 def _read(ds: h5py.Dataset, file_size: int, where: str) -> np.ndarray:
     check_dataset_size(ds, file_size, where)
-    if ds.attrs.get("dtype") in ("bfloat16", b"bfloat16"):
+    if text_attribute(ds, "dtype") in ("bfloat16", b"bfloat16"):
         import ml_dtypes
 
         return np.array(ds, dtype=ml_dtypes.bfloat16)
@@ -678,7 +684,7 @@ def _read(ds: h5py.Dataset, file_size: int, where: str) -> np.ndarray:
 
 
 def _dtype_of(ds: h5py.Dataset, where: str) -> str:
-    if ds.attrs.get("dtype") in ("bfloat16", b"bfloat16"):
+    if text_attribute(ds, "dtype") in ("bfloat16", b"bfloat16"):
         return "bfloat16"
     if ds.dtype.kind not in "fiub":
         raise BlockFileError(

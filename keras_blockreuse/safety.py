@@ -64,6 +64,28 @@ def check_hdf5(file: h5py.File | h5py.Group, where: str) -> None:
                 )
 
 
+def text_attribute(owner: h5py.File | h5py.Group | h5py.Dataset, name: str, default=None):
+    """An attribute that should hold text (a string or an array of strings), type-checked first.
+
+    h5py crashes the process (SIGSEGV) reading an attribute whose string type was damaged into
+    a variable-length sequence; checking the stored type before reading turns that into a
+    `BlockFileError`. Returns `default` when the attribute is absent.
+    """
+    if name not in owner.attrs:
+        return default
+    attribute = owner.attrs.get_id(name)
+    stored = attribute.get_type()
+    empty = attribute.shape != () and 0 in attribute.shape
+    if empty and not isinstance(stored, h5py.h5t.TypeVlenID):
+        return owner.attrs[name]  # an empty array (Keras writes `weight_names=[]` as floats)
+    if not isinstance(stored, h5py.h5t.TypeStringID):
+        raise BlockFileError(
+            f"{owner.file.filename}: attribute {name!r} of {owner.name!r} should be text, but "
+            f"is stored as {type(stored).__name__}; the file is damaged."
+        )
+    return owner.attrs[name]
+
+
 def _links(group: h5py.Group, prefix: str = ""):
     for name in group:
         link = group.get(name, getlink=True)

@@ -120,3 +120,25 @@ def test_declared_shape_far_larger_than_the_file_is_refused_unread(tmp_path):
         load_blocks(target, path)  # validated against the model before any read
     with pytest.raises(BlockFileError, match=r"declares shape \(100000, 100000\).*Nothing was read"):
         load_blocks(target, path, on_mismatch="skip")
+
+
+def test_a_name_attribute_that_is_not_text_is_refused_unread(weights):
+    """h5py crashes reading a string attribute whose type was damaged into a sequence."""
+    with h5py.File(weights, "a") as f:
+        group = next(f["layers"][key]["vars"] for key in f["layers"])
+        del group.attrs["name"]
+        sequence = np.empty(1, dtype=object)
+        sequence[0] = np.arange(3, dtype=np.int32)
+        group.attrs.create("name", data=sequence, dtype=h5py.vlen_dtype(np.int32))
+    with pytest.raises(BlockFileError, match=r"attribute 'name' of .* should be text, but is "
+                                             r"stored as TypeVlenID; the file is damaged"):
+        load_blocks(model("t"), weights)
+
+
+def test_legacy_layer_names_that_are_not_text_are_refused_unread(tmp_path):
+    path = str(tmp_path / "legacy.h5")
+    with h5py.File(path, "w") as f:
+        f.attrs["layer_names"] = np.arange(3)
+    with pytest.raises(BlockFileError, match=r"attribute 'layer_names' .* should be text, but "
+                                             r"is stored as TypeIntegerID"):
+        load_blocks(model("t"), path)
