@@ -22,7 +22,6 @@ import os
 import types
 from collections.abc import Callable
 
-import keras
 import numpy as np
 
 from keras_blockreuse.blocks import BlockRule, get_blocks, resolve_rule
@@ -164,6 +163,8 @@ class ModelSource(Source):
         return list(self._blocks)
 
     def block_layers(self, name: str) -> tuple[LayerInfo, ...]:
+        import keras  # a live model: Keras is loaded already
+
         if name not in self._layers:
             layers, values = [], {}
             for path, unit, unit_values in _block_values(self._blocks[name]):
@@ -219,8 +220,6 @@ def open_source(source, rule: BlockRule = None, **options) -> Source:
     """
     if isinstance(source, Source):
         return source
-    if isinstance(source, keras.Model):
-        return ModelSource(source, rule)
     if isinstance(source, (str, os.PathLike)):
         path = os.fspath(source)
         _load_keras_readers()
@@ -230,6 +229,10 @@ def open_source(source, rule: BlockRule = None, **options) -> Source:
         if options:
             raise TypeError(f"Options {sorted(options)} do not apply to a block file: {path!r}")
         return BlockFileSource(path)
+    import keras  # not a path: a live model (Keras is loaded already) or an error
+
+    if isinstance(source, keras.Model):
+        return ModelSource(source, rule)
     raise TypeError(
         "`source` must be a path to a block file (or a Keras weights file) or a keras.Model. "
         f"Received: {source!r} of type {type(source).__name__}"
