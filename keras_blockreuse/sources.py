@@ -241,6 +241,7 @@ def open_source(source, rule: BlockRule = None, **options) -> Source:
 
 def _load_keras_readers() -> None:
     try:
+        import keras_blockreuse.hub  # noqa: F401  (keras-hub preset directories; lazy keras_hub)
         import keras_blockreuse.keras_sources  # noqa: F401  (registers its readers)
     except ImportError:
         pass
