@@ -295,7 +295,9 @@ def _diff(args) -> int:
     from rich.markup import escape
     from rich.table import Table
 
-    table = Table(title=escape(f"A = {args.a}\nB = {args.b}"), title_justify="left")
+    # The paths on their own lines, never wrapped (a table title folds them mid-name).
+    console.print(f"A = {args.a}\nB = {args.b}", markup=False, highlight=False, soft_wrap=True)
+    table = Table()
     for column in ("block", "layer", "variable", "difference", "max abs diff"):
         table.add_column(column, justify="right" if column == "max abs diff" else "left")
     for row in rows:

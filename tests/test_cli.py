@@ -114,6 +114,7 @@ def test_diff(capsys, files, tmp_path):
     assert value_row["max_abs_diff"] == pytest.approx(0.5)
     status, out, _ = run(capsys, "diff", blocks, other)
     assert status == 1 and "values differ" in out and "only in A" in out
+    assert out.splitlines()[:2] == [f"A = {blocks}", f"B = {other}"]  # whole, never folded
     assert "2 difference(s)" in out
     assert_one_line_error(*run(capsys, "diff", blocks, garbage)[::2])
 
