@@ -163,7 +163,7 @@ def _child_reused(task_path: str, trials: str, epochs: str | None = None) -> Non
 
     import keras_blockreuse.model as model_module
     import keras_blockreuse.sweep.trial as trial_module
-    import keras_blockreuse.zoo as zoo
+    import keras_blockreuse.sweep.zoo as zoo
 
     with open(task_path, "rb") as f:
         data, source = pickle.load(f)
