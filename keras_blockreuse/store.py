@@ -26,7 +26,9 @@ import os
 import re
 import secrets
 import socket
+import sys
 from collections.abc import Mapping, Sequence
+from importlib import metadata as importlib_metadata
 from typing import Any
 
 import h5py
@@ -34,6 +36,7 @@ import numpy as np
 
 from keras_blockreuse.blocks import BlockRule, select
 from keras_blockreuse.errors import BlockFileError
+from keras_blockreuse.safety import check_regular_file
 from keras_blockreuse.sources.base import LayerInfo, VariableInfo, numpy_dtype
 
 FORMAT_NAME = "keras-blockreuse"
@@ -199,13 +202,10 @@ def _metadata_json(metadata) -> str:
 
 
 def _write(f: h5py.File, source, names: list[str], model_name: str, metadata_json: str) -> None:
-    import keras
-
     header = {
         "format": FORMAT_NAME,
         "format_version": FORMAT_VERSION,
-        "keras_version": keras.__version__,
-        "backend": keras.backend.backend(),
+        **_writer_keras(),
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "model_name": model_name,
         "blocks": json.dumps(names),
@@ -300,6 +300,23 @@ def _write_text_attribute(dataset: h5py.h5d.DatasetID, name: str, text: str) -> 
     attribute.write(value)
 
 
+def _writer_keras() -> dict[str, str]:
+    """The header's `keras_version` and `backend`: the writer's Keras, without importing it.
+
+    A writer that holds a live model has Keras loaded and records its version and backend. One
+    that copies another block file (`convert`) never imports Keras (the command line stays
+    fast): it records the installed Keras's version and the backend `"none"`.
+    """
+    keras = sys.modules.get("keras")
+    if keras is not None:
+        return {"keras_version": keras.__version__, "backend": keras.backend.backend()}
+    try:
+        version = importlib_metadata.version("keras")
+    except importlib_metadata.PackageNotFoundError:
+        version = "none"
+    return {"keras_version": version, "backend": "none"}
+
+
 def _fsync_dir(folder: str) -> None:
     with contextlib.suppress(OSError):
         fd = os.open(folder, os.O_RDONLY)
@@ -385,6 +402,7 @@ class BlockFile:
         with self._reading():
             if not os.path.exists(self.path):
                 raise BlockFileError(f"No such block file: {self.path!r}")
+            check_regular_file(self.path)  # a FIFO would block the open forever
             self._size = os.path.getsize(self.path)
             self._file = h5py.File(self.path, "r", locking=False)
         try:
@@ -483,15 +501,15 @@ class BlockFile:
                 raise
             raise BlockFileError(
                 f"Block file {self.path}{where} is damaged or incomplete: missing {e}."
-            ) from None
-        except MemoryError:
+            ) from e
+        except MemoryError as e:
             raise BlockFileError(
                 f"Block file {self.path}{where} declares more data than can be read."
-            ) from None
+            ) from e
         except Exception as e:
             raise BlockFileError(
                 f"Cannot read block file {self.path}{where}: {type(e).__name__}: {e}"
-            ) from None
+            ) from e
 
     def _read_header(self) -> dict:
         root = self._file

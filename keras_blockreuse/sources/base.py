@@ -12,6 +12,7 @@ This module imports no Keras, so block-file tools stay light.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import types
 from collections.abc import Callable
@@ -19,6 +20,7 @@ from collections.abc import Callable
 import numpy as np
 
 from keras_blockreuse.blocks import BlockRule, resolve_rule
+from keras_blockreuse.safety import GuardedSource, check_regular_file, reading
 
 
 def numpy_dtype(dtype: str) -> np.dtype:
@@ -172,10 +174,25 @@ _READERS: list[tuple[Callable[[object], bool], Callable[..., Source]]] = []
 def register_reader(recognise: Callable[[object], bool], open_: Callable[..., Source]) -> None:
     """Adds a reader for another kind of source (a path, a folder, an object).
 
-    `recognise(source)` must be cheap and must not raise; `open_(source, rule, **options)`
-    returns a `Source`. Registered readers are tried in order, before the built-in kinds.
+    `recognise(source)` must be cheap; `open_(source, rule, **options)` returns a `Source`.
+    Registered readers are tried in order, before the built-in kinds. A path (a string, as
+    `os.fspath` gives it) is recognised and opened inside `safety.reading`, so every failure
+    of a third-party file is a `BlockFileError` naming it.
     """
     _READERS.append((recognise, open_))
+
+
+def register_file_reader(recognise: Callable[[str], bool], open_: Callable[..., Source]) -> None:
+    """`register_reader` for readers of paths only: `recognise(path: str)`."""
+    register_reader(lambda source: isinstance(source, str) and recognise(source), open_)
+
+
+def _load_extensions() -> None:
+    """Imports the optional readers that register themselves (keras-hub preset folders)."""
+    try:
+        import keras_blockreuse.hub  # noqa: F401  (keras-hub preset directories; lazy keras_hub)
+    except ImportError:
+        pass
 
 
 def open_source(source, rule: BlockRule = None, **options) -> Source:
@@ -193,21 +210,33 @@ def open_source(source, rule: BlockRule = None, **options) -> Source:
     """
     if isinstance(source, Source):
         return source
-    for recognise, open_ in _READERS:
-        if recognise(source):
-            return open_(source, rule, **options)
     if isinstance(source, (str, os.PathLike)):
         path = os.fspath(source)
         from keras_blockreuse.sources.block_file import BlockFileSource, is_block_file
 
         if not is_block_file(path):
+            _load_extensions()
+            for recognise, open_ in _READERS:  # folders too (keras-hub preset directories)
+                with reading(repr(path)):  # third-party files: every failure a BlockFileError
+                    recognised = recognise(path)
+                if recognised:
+                    return GuardedSource(functools.partial(open_, path, rule, **options),
+                                         repr(path))
+        check_regular_file(path)  # a FIFO would block the first open forever
+        if not is_block_file(path):
             from keras_blockreuse.sources.keras_files import keras_file_kind, open_keras_file
 
-            if keras_file_kind(path) is not None:
-                return open_keras_file(path, rule, **options)
+            with reading(repr(path)):
+                kind = keras_file_kind(path)
+            if kind is not None:
+                return GuardedSource(functools.partial(open_keras_file, path, rule, **options),
+                                     repr(path))
         if options:
             raise TypeError(f"Options {sorted(options)} do not apply to a block file: {path!r}")
         return BlockFileSource(path)
+    for recognise, open_ in _READERS:
+        if recognise(source):
+            return open_(source, rule, **options)
     from keras_blockreuse.sources.live_model import ModelSource, is_model
 
     if is_model(source):

@@ -6,18 +6,16 @@ import h5py
 import numpy as np
 
 from keras_blockreuse.errors import BlockFileError
-from keras_blockreuse.safety import check_dataset_size, text_attribute
+from keras_blockreuse.safety import check_dataset_size, open_hdf5, text_attribute
 
 
-def open_h5(path) -> h5py.File:
-    """Opens an HDF5 file (a path or a seekable file object) read-only.
+def open_h5(path, where: str | None = None) -> h5py.File:
+    """Opens an HDF5 file (a path or a seekable file object) read-only, checked.
 
-    The one place the Keras file readers open an HDF5 file.
+    The one place the Keras file readers open an HDF5 file: non-regular files and damaged
+    global heaps are refused (`safety.open_hdf5`).
     """
-    try:
-        return h5py.File(path, "r", locking=False) if isinstance(path, str) else h5py.File(path, "r")
-    except OSError as e:
-        raise BlockFileError(f"Cannot read {path!r} as HDF5: {e}") from None
+    return open_hdf5(path, where or repr(path))
 
 
 def read_dataset(ds: h5py.Dataset, file_size: int, where: str) -> np.ndarray:

@@ -22,9 +22,9 @@ import h5py
 import numpy as np
 
 from keras_blockreuse.errors import BlockFileError
-from keras_blockreuse.safety import check_hdf5, safe_member_name, text_attribute
+from keras_blockreuse.safety import check_hdf5, layer_name, safe_member_name, text_attribute
 from keras_blockreuse.sources.base import LayerInfo, LayerSource, VariableInfo
-from keras_blockreuse.sources.hdf5 import attr_text, dtype_of, open_h5, read_dataset
+from keras_blockreuse.sources.hdf5 import dtype_of, open_h5, read_dataset
 
 # Top-level groups of a Keras weights file that hold no layer state.
 NOT_LAYERS = {"optimizer", "compile_metrics", "metrics", "loss", "_compile_metrics"}
@@ -248,7 +248,7 @@ def _index(files: list[h5py.File], where: str) -> dict[str, _Group]:
             if key == "vars":
                 entry = groups.setdefault(inner, _Group(inner, None, {}))
                 if "name" in child.attrs and entry.name is None:
-                    entry.name = attr_text(text_attribute(child, "name"))
+                    entry.name = layer_name(text_attribute(child, "name"), where)
                 for var in child:
                     if isinstance(child[var], h5py.Dataset):
                         entry.datasets[var] = (index, child[var].name)

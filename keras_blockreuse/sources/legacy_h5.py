@@ -17,7 +17,7 @@ import h5py
 import numpy as np
 
 from keras_blockreuse.errors import BlockFileError
-from keras_blockreuse.safety import check_hdf5, text_attribute
+from keras_blockreuse.safety import check_hdf5, layer_name, text_attribute
 from keras_blockreuse.sources.base import LayerInfo, LayerSource, VariableInfo
 from keras_blockreuse.sources.hdf5 import attr_text, dtype_of, open_h5, read_dataset
 
@@ -62,9 +62,11 @@ class LegacyH5Source(LayerSource):
             )
         config = _config_layers(self._file)
         infos, locators = [], {}
-        for top in [attr_text(n) for n in text_attribute(root, "layer_names")]:
+        for top in [layer_name(n, self.description)
+                    for n in text_attribute(root, "layer_names")]:
             group = root[top]
-            names = [attr_text(n) for n in text_attribute(group, "weight_names", [])]
+            names = [layer_name(n, self.description, "weight name", slash=True)
+                     for n in text_attribute(group, "weight_names", [])]
             units: dict[str, list[tuple[str, str]]] = {}
             for weight_name in names:
                 unit, variable = split_weight_name(top, weight_name)
