@@ -358,3 +358,28 @@ def test_classifier_file_into_its_bare_backbone_explains_how(tmp_path):
     save_blocks(classifier, path)
     with pytest.raises(BlockMismatchError, match=r"inside \['features'\].*source_blocks="):
         load_blocks(backbone("bare"), path)
+
+
+# what the readers yield -------------------------------------------------------------------
+
+
+def test_keras_files_yield_pairing_keys_and_real_variable_names(tmp_path):
+    from keras_blockreuse.sources.keras_files import open_keras_file
+
+    model = keras.Sequential([keras.Input((3,)), L.Dense(2, name="block_1_0"),
+                              L.BatchNormalization(name="bn")])
+    model.save(str(tmp_path / "m.keras"))
+    model.save_weights(str(tmp_path / "m.weights.h5"))
+    with open_keras_file(str(tmp_path / "m.keras")) as source:  # structure from config.json
+        layers = source.layers()
+        assert [(x.path, x.keras_path, x.order, x.class_name) for x in layers] == [
+            ("block_1_0", "layers/dense", 0, "Dense"),
+            ("bn", "layers/batch_normalization", 1, "BatchNormalization")]
+        assert [v.name for v in layers[1].variables] == [
+            "gamma", "beta", "moving_mean", "moving_variance"]
+    with open_keras_file(str(tmp_path / "m.weights.h5")) as source:  # names only
+        assert {(x.path, x.keras_path, x.order) for x in source.layers()} == {
+            ("block_1_0", "layers/dense", None), ("bn", "layers/batch_normalization", None)}
+    with open_keras_file(str(tmp_path / "m.weights.h5"), source_model=model) as source:
+        assert [v.name for v in source.layers()[0].variables] == ["kernel", "bias"]
+        assert [x.order for x in source.layers()] == [0, 1]
