@@ -471,26 +471,36 @@ def _overflow(array: np.ndarray, dtype: str) -> float | None:
     return float(np.max(np.abs(array[bad].astype(np.float64))))
 
 
+def _nesting_hint(src: Source, source_blocks: list[str], target_blocks: dict[str, Block]) -> str:
+    """Explains a classifier-into-backbone load (or the reverse), where one side's layers sit
+    inside a nested model of the other."""
+    source_paths = [layer.path for name in source_blocks for layer in src.block_layers(name)]
+    model_tops = {layer.name for block in target_blocks.values() for layer in block.layers}
+    inside_source = sorted({p.split("/")[0] for p in source_paths
+                            if "/" in p and p.split("/")[1] in model_tops})
+    if inside_source:
+        return (f" The source holds these layers inside {inside_source} (a nested model, as a "
+                "classifier built around a backbone does): load from that sub-model (with a "
+                f"live source: `load_blocks(backbone, classifier.get_layer({inside_source[0]!r}))`"
+                "), or group the source with source_blocks= and map its blocks with rename=.")
+    source_tops = {p.split("/")[0] for p in source_paths}
+    inside_model = sorted(
+        block_layer.name for block in target_blocks.values() for block_layer in block.layers
+        if isinstance(block_layer, keras.Model)
+        and source_tops & {inner.name for inner in block_layer.layers})
+    if inside_model:
+        return (f" The model holds these layers inside {inside_model} (a nested backbone): "
+                f"load into it, `load_blocks(model.get_layer({inside_model[0]!r}), source)`, "
+                "or map blocks with rename= and blocks=.")
+    return ""
+
+
 def _refuse_empty(plans: list[_BlockPlan], report: LoadReport, src: Source,
                   target_blocks: dict[str, Block]) -> None:
     """Raises when the load would assign no variable at all (unless `only=[]`)."""
     if any(layer.load for plan in plans for layer in plan.layers):
         return
-    hint = ""
-    tops = {layer.top for name in report.source_blocks for layer in src.block_layers(name)
-            if "/" in layer.path}
-    model_layers = {layer.name for block in target_blocks.values() for layer in block.layers}
-    nested = sorted(t for t in tops if any(layer.path.split("/", 1)[1].split("/")[0]
-                                           in model_layers
-                                           for name in report.source_blocks
-                                           for layer in src.block_layers(name)
-                                           if layer.top == t and "/" in layer.path))
-    if nested:
-        hint = (f" The source holds these layers inside {nested} (a nested model, as in a "
-                "classifier built around a backbone): load into the backbone from that "
-                "sub-model (a live source: `load_blocks(backbone, "
-                f"classifier.get_layer({nested[0]!r}))`), or group the source with "
-                "source_blocks= and map its blocks with rename=.")
+    hint = _nesting_hint(src, report.source_blocks, target_blocks)
     raise BlockMismatchError(
         f"Nothing would be loaded from {src.description}: no block of the model pairs with a "
         f"block of the source, or every variable was left.\n"

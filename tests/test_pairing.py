@@ -333,6 +333,10 @@ def test_freezing_a_compiled_model_warns_that_compile_must_run_again(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         load_blocks(bn_model("fresh"), path, only=["block_1"], freeze=True)  # not compiled
+    from keras_blockreuse import unfreeze_blocks
+
+    with pytest.warns(UserWarning, match=r"were unfrozen after the model was compiled"):
+        unfreeze_blocks(target, ["block_1"])
 
 
 # refusals that say how to resolve them ------------------------------------------------------
@@ -358,6 +362,13 @@ def test_classifier_file_into_its_bare_backbone_explains_how(tmp_path):
     save_blocks(classifier, path)
     with pytest.raises(BlockMismatchError, match=r"inside \['features'\].*source_blocks="):
         load_blocks(backbone("bare"), path)
+    bare = backbone("bare")
+    bare_path = str(tmp_path / "bare.blocks.h5")
+    save_blocks(bare, bare_path)
+    with pytest.raises(BlockMismatchError, match=r"inside \['features'\].*get_layer\('features'\)"):
+        load_blocks(classifier, bare_path)  # the reverse: a backbone file into the classifier
+    report = load_blocks(classifier.get_layer("features"), bare_path)  # what the hint says
+    assert report.ok and report.variables_loaded == 4
 
 
 # what the readers yield -------------------------------------------------------------------
