@@ -130,7 +130,8 @@ def _one_line(error: Exception) -> str:
 
 def describe(path: str, rule: str | None = None) -> dict:
     """A JSON-ready description of any supported file: its facts, blocks and variables."""
-    from keras_blockreuse.sources import BlockFileSource, open_source
+    from keras_blockreuse.sources import open_source
+    from keras_blockreuse.sources.block_file import BlockFileSource
 
     _exists(path)
     with open_source(path, rule) as src:
@@ -328,7 +329,8 @@ def _convert(args) -> int:
 
 def _verify(args) -> int:
     from keras_blockreuse.errors import BlockFileError
-    from keras_blockreuse.sources import BlockFileSource, open_source
+    from keras_blockreuse.sources import open_source
+    from keras_blockreuse.sources.block_file import BlockFileSource
 
     try:
         _exists(args.file)

@@ -42,8 +42,7 @@ import numpy as np
 
 from keras_blockreuse.blocks import Block, iter_units
 from keras_blockreuse.errors import BlockFileError
-from keras_blockreuse.sources import Source, register_file_reader
-from keras_blockreuse.store import LayerInfo, VariableInfo
+from keras_blockreuse.sources import LayerInfo, Source, VariableInfo, register_file_reader
 
 __all__ = ["PresetSource", "hub_blocks", "is_hub_model", "is_preset_dir", "open_preset"]
 
@@ -308,7 +307,7 @@ class PresetSource(Source):
 
     def __init__(self, path: str | os.PathLike, rule=None, source_model=None):
         from keras_blockreuse.blocks import get_blocks
-        from keras_blockreuse.keras_sources import open_keras_file
+        from keras_blockreuse.sources.keras_files import open_keras_file
 
         self.path = os.fspath(path)
         self.description = self.path
