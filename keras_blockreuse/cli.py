@@ -364,7 +364,11 @@ def _exists(path: str) -> None:
 def _console():
     from rich.console import Console
 
-    return Console(file=sys.stdout, width=max(100, _width()), soft_wrap=False)
+    class _PipeConsole(Console):
+        def on_broken_pipe(self) -> None:
+            raise BrokenPipeError  # `main` ends quietly with status 0 (rich would exit 1)
+
+    return _PipeConsole(file=sys.stdout, width=max(100, _width()), soft_wrap=False)
 
 
 def _width() -> int:
