@@ -150,10 +150,11 @@ def describe(path: str, rule: str | None = None) -> dict:
             from keras_blockreuse.presets import detect_preset
 
             facts = dict(getattr(src, "info", {}))
-            tops = list(dict.fromkeys(layer.top for layer in src.layers()))
-            preset = detect_preset(tops)
-            facts["block rule"] = rule if rule is not None else (
-                f"preset {preset!r} (detected)" if preset else "default (block_1_0 -> block_1)")
+            if "block rule" not in facts:  # a keras-hub preset directory says its own
+                tops = list(dict.fromkeys(layer.top for layer in src.layers()))
+                preset = detect_preset(tops)
+                facts["block rule"] = rule if rule is not None else (
+                    f"preset {preset!r} (detected)" if preset else "default (block_1_0 -> block_1)")
             metadata = {}
         blocks = []
         for name in src.block_names():

@@ -18,6 +18,7 @@ with open_source("run/blocks_010.blocks.h5") as source:
 
 from __future__ import annotations
 
+import functools
 import os
 import types
 from collections.abc import Callable
@@ -25,6 +26,7 @@ from collections.abc import Callable
 import numpy as np
 
 from keras_blockreuse.blocks import BlockRule, get_blocks, resolve_rule
+from keras_blockreuse.safety import GuardedSource, check_regular_file, reading
 from keras_blockreuse.store import (
     BlockFile,
     LayerInfo,
@@ -222,10 +224,13 @@ def open_source(source, rule: BlockRule = None, **options) -> Source:
         return source
     if isinstance(source, (str, os.PathLike)):
         path = os.fspath(source)
+        check_regular_file(path)  # a FIFO would block the first open forever
         _load_keras_readers()
         for recognise, open_ in _FILE_READERS:
-            if recognise(path):
-                return open_(path, rule, **options)
+            with reading(repr(path)):  # third-party files: every failure is a BlockFileError
+                recognised = recognise(path)
+            if recognised:
+                return GuardedSource(functools.partial(open_, path, rule, **options), repr(path))
         if options:
             raise TypeError(f"Options {sorted(options)} do not apply to a block file: {path!r}")
         return BlockFileSource(path)
@@ -241,6 +246,7 @@ def open_source(source, rule: BlockRule = None, **options) -> Source:
 
 def _load_keras_readers() -> None:
     try:
+        import keras_blockreuse.hub  # noqa: F401  (keras-hub preset directories; lazy keras_hub)
         import keras_blockreuse.keras_sources  # noqa: F401  (registers its readers)
     except ImportError:
         pass

@@ -36,6 +36,7 @@ import numpy as np
 
 from keras_blockreuse.blocks import BlockRule, iter_units, select
 from keras_blockreuse.errors import BlockFileError
+from keras_blockreuse.safety import check_regular_file
 
 FORMAT_NAME = "keras-blockreuse"
 FORMAT_VERSION = 1
@@ -457,6 +458,7 @@ class BlockFile:
         with self._reading():
             if not os.path.exists(self.path):
                 raise BlockFileError(f"No such block file: {self.path!r}")
+            check_regular_file(self.path)  # a FIFO would block the open forever
             self._size = os.path.getsize(self.path)
             self._file = h5py.File(self.path, "r", locking=False)
         try:
@@ -555,15 +557,15 @@ class BlockFile:
                 raise
             raise BlockFileError(
                 f"Block file {self.path}{where} is damaged or incomplete: missing {e}."
-            ) from None
-        except MemoryError:
+            ) from e
+        except MemoryError as e:
             raise BlockFileError(
                 f"Block file {self.path}{where} declares more data than can be read."
-            ) from None
+            ) from e
         except Exception as e:
             raise BlockFileError(
                 f"Cannot read block file {self.path}{where}: {type(e).__name__}: {e}"
-            ) from None
+            ) from e
 
     def _read_header(self) -> dict:
         root = self._file

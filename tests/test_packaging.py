@@ -63,7 +63,6 @@ def _sweep_files() -> list[str]:
     for folder in ("sweep", "detection"):
         base = os.path.join(ROOT, "keras_blockreuse", folder)
         files += [os.path.join(base, n) for n in sorted(os.listdir(base)) if n.endswith(".py")]
-    files += [os.path.join(ROOT, "keras_blockreuse", n) for n in ("data.py", "zoo.py")]
     return files
 
 

@@ -26,7 +26,7 @@ How the blocks run (the harness; nothing else about them is changed):
   | `inputs`, `outputs` | the input and output of a small functional seed CNN |
   | `any_keras_model`, `keras_model` | `tests.helpers.seed_cnn()`, a plain `keras.Sequential` |
   | `path`, `source` | `"stand_in.blocks.h5"` |
-  | `classifier` | `keras_blockreuse.zoo.seed_cnn()` trained 1 epoch on the bundled digits |
+  | `classifier` | `keras_blockreuse.sweep.zoo.seed_cnn()` trained 1 epoch on the bundled digits |
   | `grey_model` | `ResNet50(weights=None, include_top=False, input_shape=(32, 32, 1))` |
   | `keras2_weights.h5` | `tf_keras.applications.ResNet50(weights=None, include_top=False)`'s weights, a real Keras 2 file (skipped without tf-keras) |
   | `old.weights.h5` | `ResNet50(weights=None)`'s weights with every `name` attribute removed, as Keras < 3.6 wrote them |
@@ -141,7 +141,7 @@ def _seed_cnn(name):
 
 def _classifier():
     from keras_blockreuse.detection.data import digit_split
-    from keras_blockreuse.zoo import seed_cnn
+    from keras_blockreuse.sweep.zoo import seed_cnn
 
     images, labels = digit_split("train")
     model = seed_cnn()
