@@ -2,7 +2,7 @@
 
 Both runs start with the command line's start-up (`--help`, `--version`, `inspect` of the
 seed CNN's block file) and the import time of `keras_blockreuse` (benchmarks/startup.py;
-5 runs each quick, 11 full).
+3 runs each quick, 11 full).
 `--quick` (CI, under 3 minutes on 2 cores): the seed CNN and ResNet50, 3 repeats, memory of
 the full load; one trial's phases (default 40 epochs), and Ray with one trial per concurrency
 level at 10 epochs.
@@ -97,7 +97,7 @@ def main(argv=None) -> str:
     ]
     from benchmarks import startup as startup_bench
 
-    _, text = startup_bench.run(repeats=5 if args.quick else 11, log=log)
+    _, text = startup_bench.run(repeats=3 if args.quick else 11, log=log)
     sections = [text]
     if not args.skip_io:
         if args.quick:
