@@ -49,7 +49,7 @@ def seed_block_file(folder: str) -> str:
     import keras
 
     from keras_blockreuse import save_blocks
-    from keras_blockreuse.zoo import seed_cnn
+    from keras_blockreuse.sweep.zoo import seed_cnn
 
     keras.utils.set_random_seed(0)
     return save_blocks(seed_cnn((24, 24, 3), 10), os.path.join(folder, "seed_cnn.blocks.h5"))
