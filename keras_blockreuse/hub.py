@@ -36,13 +36,16 @@ import json
 import os
 import re
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
-import keras
 import numpy as np
 
 from keras_blockreuse.blocks import Block, iter_units
 from keras_blockreuse.errors import BlockFileError
 from keras_blockreuse.sources import LayerInfo, Source, VariableInfo, register_file_reader
+
+if TYPE_CHECKING:
+    import keras
 
 __all__ = ["PresetSource", "hub_blocks", "is_hub_model", "is_preset_dir", "open_preset"]
 
@@ -348,6 +351,8 @@ class PresetSource(Source):
             raise
 
     def _model(self, source_model) -> keras.Model:
+        import keras  # a preset directory is read: Keras loads only now
+
         if source_model is not None:
             model = source_model() if not isinstance(source_model, keras.Model) else source_model
             if not isinstance(model, keras.Model):
