@@ -106,15 +106,22 @@ class Interrupts:
     """SIGINT / SIGTERM handling for a sweep (a context manager; main thread only).
 
     Inside `tuning()`, a signal asks Ray Tune to stop: Tune ends its trials, saves the
-    experiment and `Tuner.fit` returns; outside, it raises `KeyboardInterrupt`. A second signal
-    always raises `KeyboardInterrupt` (stop at once). `signal` names the first signal received.
+    experiment and `Tuner.fit` returns. After `defer()` (the sweep has started: its report must
+    be written) a signal outside Tune is only recorded; before, it raises `KeyboardInterrupt`.
+    A second signal always raises `KeyboardInterrupt` (stop at once). `signal` names the first
+    signal received.
     """
 
     def __init__(self):
         self.signal: str | None = None
         self._tuning = False
+        self._defer = False
         self._previous: dict = {}
         self._active = False
+
+    def defer(self) -> None:
+        """From now on a first signal outside Tune is recorded, not raised."""
+        self._defer = True
 
     @property
     def exit_code(self) -> int:
@@ -142,6 +149,8 @@ class Interrupts:
         if first and self._tuning and hasattr(signal, "SIGUSR1"):
             os.kill(os.getpid(), signal.SIGUSR1)  # Ray Tune's own graceful stop
             return
+        if first and self._defer:
+            return
         raise KeyboardInterrupt(signal.Signals(signum).name)
 
     def tuning(self):
@@ -155,8 +164,6 @@ class Interrupts:
                 if interrupts._active:
                     os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
                 interrupts._tuning = True
-                if interrupts.signal is not None:
-                    raise KeyboardInterrupt(interrupts.signal)
 
             def __exit__(self, *exc):
                 interrupts._tuning = False

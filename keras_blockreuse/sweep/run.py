@@ -177,6 +177,7 @@ def _run_on_ray(settings, data, blocks, configurations, costs, begun, interrupts
                                              print_fn=print_fn)
         if not begun.started:
             begun.start(settings)
+        interrupts.defer()  # from here on, a signal ends the trials and the report is written
         runner = _Runner(settings, data, source, gpus_per_trial, print_fn, interrupts, costs)
         greedy = "greedy" in space.parse_strategies(settings.strategy)
         rows = runner.run("sweep", configurations)
@@ -317,6 +318,8 @@ class _Runner:
         s = self.settings
         for c in configurations:
             self.labels.setdefault(c.key, c)
+        if self.interrupts.signal:  # interrupted before this experiment began
+            return []
         path = os.path.join(self.storage, name)
         if s.resume and tune.Tuner.can_restore(path):
             self.print_fn(f"Resuming experiment {path}: finished trials are kept.")
