@@ -79,3 +79,34 @@ def test_data_seeds_option_and_coverage():
     assert _coverage(SweepSettings()).startswith("training seeds only")
     with pytest.raises(SweepError, match="--data-seeds applies to the classification tasks"):
         SweepSettings(task="detection", data_seeds=True).validate()
+
+
+class FakeTrial:
+    def __init__(self, trial_id, policy, status="RUNNING", val=None, test=None):
+        self.trial_id, self.status, self.path = trial_id, status, f"/nowhere/{trial_id}"
+        self.config = {"policy": policy, "seed": 0}
+        self.last_result = {"val_accuracy": val, "test_accuracy": test}
+
+
+def test_live_view_counts_leader_and_few_lines():
+    from keras_blockreuse.sweep.console import LiveView
+
+    key = "block_1=tuned,block_2=frozen,dense_1=frozen,dense_2=frozen"
+    lines = []
+    view = LiveView(8, "val_accuracy", {key: "surgical: tune block_1"}, print_fn=lines.append,
+                    terminal=False, final_metric="test_accuracy")
+    with view:
+        trials = [FakeTrial(f"t{i}", key if i % 2 else "scratch") for i in range(8)]
+        view.step(trials)
+        for i, t in enumerate(trials[:6]):
+            t.status = "TERMINATED"
+            t.last_result = {"val_accuracy": 0.5 + 0.1 * (i % 2), "test_accuracy": 0.5}
+            view.complete(t)
+        trials[6].status = "TERMINATED"
+        view.complete(trials[6])  # no final result: stopped early
+        view.step(trials)
+    assert view.counts() == {"done": 6, "running": 1, "failed": 0, "stopped": 1, "total": 8}
+    assert lines[-1].startswith("trials: 6 done, 1 running, 0 failed, 1 stopped of 8; elapsed ")
+    assert lines[-1].endswith(f"leader by val_accuracy: surgical: tune block_1 ({key}) 0.600 "
+                              "(n=3)")
+    assert len(lines) == 4  # one line at each quarter (2, 4, 6 of 8 ended) and the last

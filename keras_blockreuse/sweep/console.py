@@ -59,6 +59,8 @@ class LiveView:
         self.print_fn = print_fn
         self.terminal = sys.stdout.isatty() if terminal is None else terminal
         self.statuses: dict[str, str] = {}
+        self.completed: set[str] = set()  # ended by Tune as complete (finished or stopped)
+        self.seen_running: set[str] = set()  # pending or running at some step of this run
         self.finished: dict[str, dict] = {}
         self.errors = 0
         self.started = time.time()
@@ -92,17 +94,26 @@ class LiveView:
     def step(self, trials) -> None:
         for t in trials:
             self.statuses[t.trial_id] = t.status
+            if t.status in ("RUNNING", "PENDING"):
+                self.seen_running.add(t.trial_id)
+            elif t.status == "TERMINATED" and t.trial_id not in self.finished:
+                self._record(t)
         self.refresh()
 
     def complete(self, trial) -> None:
         self.statuses[trial.trial_id] = "TERMINATED"
+        self.completed.add(trial.trial_id)
+        self._record(trial)
+        self.refresh(force=True)
+
+    def _record(self, trial) -> None:
+        """Count a trial that ended with its final result (this run, or restored)."""
         result = dict(trial.last_result or {})
         if self.final_metric is None or result.get(self.final_metric) is not None:
             value = result.get(self.val_metric)
             if value is not None:
                 self.finished[trial.trial_id] = {"policy": trial.config.get("policy", ""),
                                                  "value": float(value)}
-        self.refresh(force=True)
 
     def error(self, trial) -> None:
         self.statuses[trial.trial_id] = "ERROR"
@@ -122,10 +133,9 @@ class LiveView:
     # ---- the view ----------------------------------------------------------------------------
     def counts(self) -> dict:
         values = list(self.statuses.values())
-        ok = len(self.finished)
-        terminated = values.count("TERMINATED")
-        return {"done": ok, "running": values.count("RUNNING"), "failed": values.count("ERROR"),
-                "stopped": max(0, terminated - ok), "total": self.total}
+        stopped = len(self.completed - set(self.finished))
+        return {"done": len(self.finished), "running": values.count("RUNNING"),
+                "failed": values.count("ERROR"), "stopped": stopped, "total": self.total}
 
     def leader(self) -> tuple[str, float, int] | None:
         groups: dict[str, list[float]] = {}

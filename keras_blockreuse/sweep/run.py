@@ -299,6 +299,8 @@ class _Runner:
         self.costs = costs or {}
         self.planned = 0
         self.statuses: dict[str, str] = {}
+        self.completed: set[str] = set()
+        self.seen_running: set[str] = set()
 
     def trainable(self):
         from ray import tune
@@ -386,6 +388,8 @@ class _Runner:
         with self.interrupts.tuning(), view:
             grid = tuner.fit()
         self.statuses.update(view.statuses)
+        self.completed |= view.completed
+        self.seen_running |= view.seen_running
         return grid
 
     def _status(self, result, trial_id: str, done: bool) -> str:
@@ -394,11 +398,12 @@ class _Runner:
             return "error"
         if done:
             return "ok"
-        tune_status = self.statuses.get(trial_id)
-        if tune_status is None:  # restored as finished before this run: only ASHA stops trials
-            return "stopped" if self.settings.scheduler == "asha" and not (
-                self.interrupts.signal) else "unfinished"
-        return "stopped" if tune_status == "TERMINATED" else "unfinished"
+        if trial_id in self.completed:  # completed without its final result: stopped early
+            return "stopped"
+        # A trial restored as ended by an earlier run (only the scheduler ends one early; an
+        # interrupt leaves it to be run again), or one the sweep's end caught unfinished.
+        ended = self.statuses.get(trial_id) == "TERMINATED" and trial_id not in self.seen_running
+        return "stopped" if ended and self.settings.scheduler == "asha" else "unfinished"
 
     def _row(self, result, experiment: str) -> dict:
         metrics = dict(result.metrics or {})
