@@ -6,7 +6,6 @@ import signal
 import numpy as np
 import pytest
 
-from keras_blockreuse.data import make_task
 from keras_blockreuse.sweep.control import (
     Interrupts,
     check_address,
@@ -14,6 +13,7 @@ from keras_blockreuse.sweep.control import (
     redraw_target_split,
     resume_command,
 )
+from keras_blockreuse.sweep.data import make_task
 from keras_blockreuse.sweep.options import SweepError, SweepSettings
 
 NODE = {"Alive": True, "Resources": {"CPU": 2.0, "memory": 1e9}}

@@ -344,15 +344,19 @@ def verdict(trials: pd.DataFrame, metric: str = "test_accuracy", higher_is_bette
 
 
 def summarize(trials: pd.DataFrame, metric: str = "test_accuracy",
-              higher_is_better: bool = True, chosen: Verdict | None = None) -> pd.DataFrame:
+              higher_is_better: bool = True, chosen: Verdict | None = None,
+              mode: str | None = None) -> pd.DataFrame:
     """One row per policy with the columns of SUMMARY_COLUMNS, ranked by validation.
 
     `trials` needs `policy`, `seed`, `status` and `metric` columns (`label`, `code`,
     `trained_params` and the validation metric are used when present). Only trials with status
     `ok` enter the statistics; `failed`, `stopped` and `unfinished` count the others. The
     difference columns compare with the `scratch` policy on the test metric. `chosen` is the
-    verdict (computed here when not given).
+    verdict (computed here when not given). `mode` (`"max"` or `"min"`), when given, sets
+    `higher_is_better`.
     """
+    if mode is not None:
+        higher_is_better = mode == "max"
     chosen = chosen or verdict(trials, metric, higher_is_better)
     bounds = metric_bounds(metric)
     val_metric = val_metric_of(metric)
@@ -522,7 +526,8 @@ def plot(summary: pd.DataFrame, trials: pd.DataFrame, path: str, title: str = ""
 
 def write_report(trials: pd.DataFrame, out: str, settings: dict, info: dict | None = None,
                  metric: str = "test_accuracy", higher_is_better: bool = True,
-                 coverage: str = "training seeds only", interrupted: str | None = None) -> dict:
+                 coverage: str = "training seeds only", interrupted: str | None = None,
+                 mode: str | None = None) -> dict:
     """Write results.csv, summary.csv, results.json, plot.png and report.md into `out`.
 
     Whatever happened, a report is written: with no finished trial it says so (and there is
@@ -540,12 +545,15 @@ def write_report(trials: pd.DataFrame, out: str, settings: dict, info: dict | No
         higher_is_better: the metric's direction.
         coverage: the variation the intervals and tests cover (e.g. "training seeds only").
         interrupted: the mark of an interrupted sweep ("INTERRUPTED: k of n trials finished").
+        mode: `"max"` or `"min"` (an error such as `test_mae`); sets `higher_is_better`.
 
     Returns:
         `{"summary": DataFrame, "verdict": Verdict, "best": str (the headline), "paths":
         {name: path}}`.
     """
     info = info or {}
+    if mode is not None:
+        higher_is_better = mode == "max"
     os.makedirs(out, exist_ok=True)
     columns = trial_columns(metric)
     trials = trials.reindex(columns=columns + [c for c in trials.columns if c not in columns])
@@ -571,7 +579,7 @@ def write_report(trials: pd.DataFrame, out: str, settings: dict, info: dict | No
         "best": best,
         "interrupted": interrupted,
         "metric": metric,
-        "higher_is_better": higher_is_better,
+        "mode": "max" if higher_is_better else "min",
         "confidence": CONFIDENCE,
         "coverage": coverage,
         "verdict": {"best": chosen.best, "tied": chosen.tied, "recommended": chosen.recommended,

@@ -16,7 +16,7 @@ Example:
 from keras_blockreuse.sweep.run import SweepSettings, run_sweep
 
 result = run_sweep(SweepSettings(strategy="prefix", seeds=3, out="/tmp/sweep"))
-print(result.best)          # e.g. "Best policy: prefix 2 tuned (...): ..., +0.12 over scratch"
+print(result.best)          # "Best on validation: ...", the policies tied with it, the cheapest
 ```
 """
 
@@ -34,16 +34,18 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
-from keras_blockreuse.data import DataError, make_task
 from keras_blockreuse.sweep import space
 from keras_blockreuse.sweep.control import (
     Interrupts,
     check_address,
     check_resources,
+    redraw_target_split,
     resume_command,
     split_per_seed_trial,
 )
+from keras_blockreuse.sweep.data import DataError, make_task
 from keras_blockreuse.sweep.options import (
     ALL_TASKS,
     DETECTION,
@@ -60,6 +62,9 @@ from keras_blockreuse.sweep.options import (
 from keras_blockreuse.sweep.report import write_report
 from keras_blockreuse.sweep.space import SCRATCH, Configuration, SweepError
 
+if TYPE_CHECKING:
+    from keras_blockreuse.sweep.inputs import UserInputs
+
 SETTINGS_FILE = "settings.json"
 SOURCE_FILE = "source.blocks.h5"
 __all__ = ["ALL_TASKS", "SCHEDULERS", "SMOKE", "SweepResult", "SweepSettings", "build_parser", "main",
@@ -75,8 +80,16 @@ class SweepResult:
     summary: object  # pandas.DataFrame, one row per policy, ranked by validation
     best: str  # the verdict in words
     paths: dict
-    verdict: object = None  # report.Verdict: best, tied, recommended
-    interrupted: str | None = None  # "SIGINT" or "SIGTERM" when the sweep was interrupted
+    blocks: list = dataclasses.field(default_factory=list)
+    """The swept blocks, in computation order."""
+    fixed: dict = dataclasses.field(default_factory=dict)
+    """Blocks fixed to reinit in every configuration -> why."""
+    metric: str = "test_accuracy"
+    """The test metric reported per policy (its `val_` twin chooses the verdict)."""
+    verdict: object = None
+    """`report.Verdict`: the best policy on validation, those tied with it, the recommended."""
+    interrupted: str | None = None
+    """"SIGINT" or "SIGTERM" when the sweep was interrupted (its report is marked)."""
 
     @property
     def exit_code(self) -> int:
@@ -92,6 +105,7 @@ def run_sweep(
     settings: SweepSettings,
     extra: Sequence[Configuration] = (),
     print_fn: Callable[[str], None] = print,
+    user: UserInputs | None = None,
 ) -> SweepResult:
     """Run (or resume) a sweep and write its report; see the module docstring.
 
@@ -100,6 +114,8 @@ def run_sweep(
             and its saved settings are used.
         extra: configurations to run besides the strategies' (e.g. a policy of one's own).
         print_fn: where progress lines go.
+        user: the user's model, data and source (`which_blocks`); None takes them from
+            `settings` (--model, --data, --source) or runs a built-in task.
 
     Returns:
         A `SweepResult`.
@@ -111,21 +127,31 @@ def run_sweep(
     settings = _prepare(settings)
     check_address(settings.address)  # before anything else: seconds, not a hang
     out = settings.out
-    data = _make_data(settings)
-    blocks, fixed = _swept_blocks(settings, data)
+    user = user if user is not None else _cli_user_inputs(settings)
+    if user is None:
+        data = _make_data(settings)
+        blocks, fixed = _swept_blocks(settings, data)
+    else:
+        data = user.data
+        blocks, fixed = _user_blocks(settings, user, print_fn)
     configurations = _static_configurations(settings, blocks, extra)
-    costs = _trained_parameters(settings, data, configurations)
+    if settings.data_seeds:
+        redraw_target_split(data, 0)  # refuses data it cannot re-draw, before anything starts
+    costs = _trained_parameters(settings, data, configurations, user)
     with _quiet(settings.verbose), Interrupts() as interrupts:
         begun = _Begun(out, settings.resume)
         try:
             print_fn(f"Sweep folder: {out}")
             print_fn(data.summary())
+            if fixed:
+                print_fn("Fixed to reinit in every configuration: "
+                         + "; ".join(f"{b} ({why})" for b, why in fixed.items()))
             ray_run = _run_on_ray(settings, data, blocks, configurations, costs, begun,
-                                  interrupts, print_fn)
+                                  interrupts, print_fn, user)
         except BaseException:
             begun.undo()
             raise
-    return _finish(settings, ray_run, blocks, fixed, started, interrupts.signal, print_fn)
+    return _finish(settings, ray_run, blocks, fixed, started, interrupts.signal, print_fn, user)
 
 
 class _Begun:
@@ -154,7 +180,7 @@ class _Begun:
 
 
 def _run_on_ray(settings, data, blocks, configurations, costs, begun, interrupts,
-                print_fn) -> dict:
+                print_fn, user=None) -> dict:
     """Start or join Ray, check the request fits a node, get the source model, run the trials.
 
     Returns the trial rows and facts about the cluster; a signal during the trials ends them
@@ -173,12 +199,18 @@ def _run_on_ray(settings, data, blocks, configurations, costs, begun, interrupts
         check_resources(alive, settings.cpus_per_trial, gpus_per_trial)
         print_fn(f"Ray: {len(alive)} node(s), {resources.get('CPU', 0):g} CPUs, {gpus:g} GPUs; "
                  f"each trial takes {settings.cpus_per_trial:g} CPU and {gpus_per_trial:g} GPU.")
-        source, source_info = _source_blocks(settings, data, use_gpu=gpus > 0,
-                                             print_fn=print_fn)
+        if user is None:
+            source, source_info = _source_blocks(settings, data, use_gpu=gpus > 0,
+                                                 print_fn=print_fn)
+        else:
+            source, source_info = user.source_bytes(), user.source_info
         if not begun.started:
             begun.start(settings)
+        if user is not None:
+            _keep_source(user, settings.out)
         interrupts.defer()  # from here on, a signal ends the trials and the report is written
-        runner = _Runner(settings, data, source, gpus_per_trial, print_fn, interrupts, costs)
+        runner = _Runner(settings, data, source, gpus_per_trial, print_fn, user, interrupts,
+                         costs)
         greedy = "greedy" in space.parse_strategies(settings.strategy)
         rows = runner.run("sweep", configurations)
         if greedy and not interrupts.signal:
@@ -192,7 +224,8 @@ def _run_on_ray(settings, data, blocks, configurations, costs, begun, interrupts
             "cpus": resources.get("CPU", 0)}
 
 
-def _finish(settings, ray_run, blocks, fixed, started, signal_name, print_fn) -> SweepResult:
+def _finish(settings, ray_run, blocks, fixed, started, signal_name, print_fn,
+            user=None) -> SweepResult:
     """Write the report (whatever happened) and print the verdict."""
     import pandas as pd
 
@@ -208,7 +241,7 @@ def _finish(settings, ray_run, blocks, fixed, started, signal_name, print_fn) ->
                      if k in counts)
     info = {
         "swept blocks": ", ".join(blocks),
-        "fixed blocks": ", ".join(f"{b}={p}" for b, p in fixed.items()) or "none",
+        "fixed blocks": "; ".join(f"{b}=reinit ({why})" for b, why in fixed.items()) or "none",
         "legend": (f"Block letters in the *blocks* column follow {', '.join(blocks)}: "
                    "R = reinit, F = frozen (transferred), T = tuned (transferred, fine-tuned)."),
         "source model": ray_run["source_info"],
@@ -218,12 +251,16 @@ def _finish(settings, ray_run, blocks, fixed, started, signal_name, print_fn) ->
         "ray": f"{ray_run['nodes']} node(s), {ray_run['cpus']:g} CPUs, {ray_run['gpus']:g} GPUs",
         "wall time": f"{wall:.0f} s",
     }
+    if user is not None:
+        info["model"] = user.model_info
+        info["training"] = user.training_info
+    metric = _metrics_of(settings, user)[0]
     finished = int(counts.get("ok", 0)) if len(trials) else 0
     mark = None
     if signal_name:
         mark = f"INTERRUPTED ({signal_name}): {finished} of {ray_run['planned']} trials finished"
     written = write_report(trials, out, _settings_dict(settings, ray_run["gpus_per_trial"]), info,
-                           metric=_metrics_of(settings)[0], coverage=_coverage(settings),
+                           metric=metric, mode=_mode_of(user), coverage=_coverage(settings),
                            interrupted=mark)
     others = [name for name in written["paths"] if name != "report.md"]
     print_fn(f"Report: {written['paths']['report.md']} (with {', '.join(others)})")
@@ -233,8 +270,8 @@ def _finish(settings, ray_run, blocks, fixed, started, signal_name, print_fn) ->
     if signal_name:
         print_fn(f"Continue with: {resume_command(out, settings.address)}")
     return SweepResult(out=out, trials=trials, summary=written["summary"], best=written["best"],
-                       paths=written["paths"], verdict=written["verdict"],
-                       interrupted=signal_name)
+                       paths=written["paths"], blocks=list(blocks), fixed=dict(fixed),
+                       metric=metric, verdict=written["verdict"], interrupted=signal_name)
 
 
 def _coverage(settings: SweepSettings) -> str:
@@ -256,20 +293,23 @@ def _quiet(verbose: bool):
     return quiet(verbose)
 
 
-def _trained_parameters(settings: SweepSettings, data, configurations) -> dict[str, int]:
+def _trained_parameters(settings: SweepSettings, data, configurations,
+                        user: UserInputs | None = None) -> dict[str, int]:
     """Trained parameters of each configuration: the target model's trainable parameters
     less those of its frozen blocks (the cost the verdict's recommendation minimises)."""
     import keras
     import numpy as np
 
     try:
-        if settings.task == DETECTION:
+        if user is not None:
+            model = user.recipe.target_model()
+        elif settings.task == DETECTION:
             from keras_blockreuse.detection.model import build_detector
             from keras_blockreuse.detection.sweep import DETECTION_TRIAL_DEFAULTS
 
             model = build_detector(10, width=DETECTION_TRIAL_DEFAULTS["width"])
         else:
-            from keras_blockreuse.zoo import build_model
+            from keras_blockreuse.sweep.zoo import build_model
 
             model = build_model(settings.model, data.input_shape, data.target_classes)
         count = lambda variables: int(sum(np.prod(v.shape, dtype=np.int64)  # noqa: E731
@@ -287,8 +327,10 @@ class _Runner:
     """Runs one Tune experiment per call and turns its results into report rows."""
 
     def __init__(self, settings: SweepSettings, data, source: bytes, gpus: float, print_fn,
-                 interrupts: Interrupts | None = None, costs: dict | None = None):
+                 user: UserInputs | None = None, interrupts: Interrupts | None = None,
+                 costs: dict | None = None):
         self.settings = settings
+        self.user = user
         self.data = data
         self.source = source
         self.gpus = gpus
@@ -306,11 +348,15 @@ class _Runner:
         from ray import tune
 
         train_trial = _functions(self.settings)["trial"]
-        if self.settings.data_seeds:
+        extra = {}
+        if self.user is not None:  # the user's model: its recipe, by value, once
+            extra["recipe"] = self.user.packed
+        if self.settings.data_seeds:  # the target split re-drawn for each trial's seed
             trainable = tune.with_parameters(split_per_seed_trial, data=self.data,
-                                             source=self.source, trial=train_trial)
+                                             source=self.source, trial=train_trial, **extra)
         else:
-            trainable = tune.with_parameters(train_trial, data=self.data, source=self.source)
+            trainable = tune.with_parameters(train_trial, data=self.data, source=self.source,
+                                             **extra)
         return tune.with_resources(trainable, {"cpu": self.settings.cpus_per_trial,
                                                "gpu": self.gpus})
 
@@ -343,7 +389,8 @@ class _Runner:
             tuner = tune.Tuner(
                 self.trainable(),
                 param_space=param_space,
-                tune_config=tune.TuneConfig(metric=_metrics_of(s)[1], mode="max",
+                tune_config=tune.TuneConfig(metric=_metrics_of(s, self.user)[1],
+                                            mode=_mode_of(self.user),
                                             scheduler=self.scheduler(configurations),
                                             reuse_actors=s.reuse_actors,
                                             trial_dirname_creator=_trial_dirname),
@@ -382,8 +429,9 @@ class _Runner:
 
         self.planned += total
         labels = {k: c.label for k, c in self.labels.items()}
-        metric, val_metric = _metrics_of(self.settings)
-        view = LiveView(total, val_metric, labels, print_fn=self.print_fn, final_metric=metric,
+        metric, val_metric = _metrics_of(self.settings, self.user)
+        view = LiveView(total, val_metric, labels, higher_is_better=_mode_of(self.user) == "max",
+                        print_fn=self.print_fn, final_metric=metric,
                         terminal=None if not self.settings.verbose else False)
         with self.interrupts.tuning(), view:
             grid = tuner.fit()
@@ -410,7 +458,7 @@ class _Runner:
         config = result.config or _read_params(result.path)
         key = config.get("policy", "")
         c = self.labels.get(key)
-        done = metrics.get(_metrics_of(self.settings)[0])
+        done = metrics.get(_metrics_of(self.settings, self.user)[0])
         trial_id = metrics.get("trial_id") or os.path.basename(result.path or "")
         row = {
             "trial_id": trial_id,
@@ -424,7 +472,7 @@ class _Runner:
             "experiment": experiment,
             "error": _error_line(result.error) if result.error else "",
         }
-        for name in _metric_columns(self.settings):
+        for name in _metric_columns(self.settings, self.user):
             row[name] = metrics.get(name, math.nan)
         for name in ("node_ip", "node_id", "hostname", "pid", "gpu_ids"):
             row[name] = metrics.get(name, "")
@@ -438,6 +486,29 @@ class _Runner:
             row["_seconds"] = metrics.get("time_total_s")
             row["_rough_clock"] = None not in (row["_finished"], row["_seconds"])
         return row
+
+
+# --- the user's model, data and source (--model, --data, --source; which_blocks) ----------
+
+
+def _cli_user_inputs(settings: SweepSettings) -> UserInputs | None:
+    """The command line's own model, data and source, prepared; None for a built-in task
+    whose source the sweep trains."""
+    from keras_blockreuse.sweep.inputs import from_settings
+
+    return from_settings(settings)
+
+
+def _user_blocks(settings: SweepSettings, user: UserInputs, print_fn) -> tuple[list[str], dict]:
+    """The swept blocks of the user's model, and the fixed ones with why (prepared once)."""
+    if not user.metric:
+        existing = os.path.join(settings.out, "source.blocks.h5") if settings.resume else None
+        user.prepare(existing)
+    return user.swept_blocks(settings.blocks, settings.smoke)
+
+
+def _keep_source(user: UserInputs, out: str) -> None:
+    user.keep(out)
 
 
 def _make_data(settings: SweepSettings):
@@ -465,8 +536,10 @@ def _functions(settings: SweepSettings) -> dict:
     return {"source": train_source, "trial": train_trial}
 
 
-def _metrics_of(settings: SweepSettings) -> tuple[str, str]:
+def _metrics_of(settings: SweepSettings, user: UserInputs | None = None) -> tuple[str, str]:
     """The test metric the report ranks by, and the validation metric Tune and greedy use."""
+    if user is not None:
+        return f"test_{user.metric}", f"val_{user.metric}"
     if settings.task == DETECTION:
         from keras_blockreuse.detection.sweep import DETECTION_METRIC, DETECTION_VAL_METRIC
 
@@ -474,8 +547,17 @@ def _metrics_of(settings: SweepSettings) -> tuple[str, str]:
     return "test_accuracy", "val_accuracy"
 
 
-def _metric_columns(settings: SweepSettings) -> tuple[str, ...]:
+def _mode_of(user: UserInputs | None) -> str:
+    """`"max"` (higher is better), or the user's metric's direction."""
+    return "max" if user is None else user.mode
+
+
+def _metric_columns(settings: SweepSettings, user: UserInputs | None = None
+                    ) -> tuple[str, ...]:
     """The metrics a trial reports that go into results.csv."""
+    if user is not None:
+        return (*(f"{p}{m}" for m in user.metric_keys for p in ("test_", "val_", "")),
+                "train_seconds")
     if settings.task == DETECTION:
         return ("test_map_50", "test_map", "test_map_75", "val_map_50", "val_map", "loss",
                 "train_seconds")
@@ -501,7 +583,8 @@ def _greedy(runner: _Runner, rows: list[dict], blocks: list[str],
             static: Sequence[Configuration]) -> list[dict]:
     """Forward selection: keep adding the single block policy with the best mean validation
     metric (accuracy, or mAP@0.5 for detection) while it beats the current configuration."""
-    val_metric = _metrics_of(runner.settings)[1]
+    val_metric = _metrics_of(runner.settings, runner.user)[1]
+    sign = 1.0 if _mode_of(runner.user) == "max" else -1.0
     evaluated = {c.key for c in static}
     current = space.scratch(blocks)
     round_ = 1
@@ -518,8 +601,8 @@ def _greedy(runner: _Runner, rows: list[dict], blocks: list[str],
         scored = [c for c in candidates if not math.isnan(scores.get(c.key, math.nan))]
         if not scored:
             break
-        best = max(scored, key=lambda c: scores[c.key])
-        if scores[best.key] <= scores.get(current.key, -math.inf):
+        best = max(scored, key=lambda c: sign * scores[c.key])
+        if sign * scores[best.key] <= sign * scores.get(current.key, sign * -math.inf):
             runner.print_fn(f"Greedy: no single change beats {current.key}; stopping.")
             break
         runner.print_fn(f"Greedy round {round_}: {best.key} (val {scores[best.key]:.3f}).")
@@ -583,7 +666,7 @@ def _swept_blocks(settings: SweepSettings, data) -> tuple[list[str], dict[str, s
     """The blocks whose policy varies, and the others with their fixed policy (`reinit`)."""
     import keras
 
-    from keras_blockreuse.zoo import build_model
+    from keras_blockreuse.sweep.zoo import build_model
 
     if settings.task == DETECTION:
         from keras_blockreuse.detection.sweep import DETECTION_BLOCKS
@@ -603,21 +686,34 @@ def _swept_blocks(settings: SweepSettings, data) -> tuple[list[str], dict[str, s
     names = list(model.blocks)
     keras.backend.clear_session()
     head = names[-1]
-    transferable = names if data.source_classes == data.target_classes else names[:-1]
+    # The head maps features to the source's classes: transferable only when the target has
+    # the same classes. A split's source was trained on the *other* classes, so its head is
+    # swept only when --blocks names it (and the class counts agree).
+    why_not_head = None
+    if data.source_classes != data.target_classes:
+        why_not_head = (f"the head: the source has {data.source_classes} classes, the target "
+                        f"{data.target_classes}")
+    elif settings.task == "split":
+        why_not_head = ("the head, trained on the source's other classes (--task split); "
+                        "name it in --blocks to sweep it")
+    transferable = names if why_not_head is None else names[:-1]
     if settings.blocks is None:
         chosen = transferable[:1] if settings.smoke else transferable
+        unchosen = "not swept (--smoke sweeps the first block)"
     else:
         unknown = [b for b in settings.blocks if b not in names]
         if unknown:
             raise SweepError(f"Unknown block {', '.join(map(repr, unknown))} for model "
                              f"{settings.model!r}. Its blocks are: {', '.join(names)}.")
-        if head in settings.blocks and head not in transferable:
+        if head in settings.blocks and data.source_classes != data.target_classes:
             raise SweepError(
                 f"Block {head!r} is the head, and the source has {data.source_classes} classes "
                 f"but the target {data.target_classes}: it cannot be transferred. Leave it out "
                 "of --blocks (it is always reinit).")
         chosen = [b for b in names if b in settings.blocks]
-    fixed = {b: "reinit" for b in names if b not in chosen}
+        unchosen = "not in --blocks"
+    fixed = {b: (why_not_head if b == head and why_not_head and settings.blocks is None
+                 else unchosen) for b in names if b not in chosen}
     return chosen, fixed
 
 
