@@ -195,6 +195,13 @@ class SweepSettings:
     cache: str | None = None
     resume: bool = False
     smoke: bool = False
+    # ---- run control and statistics (issue 13) ----
+    data_seeds: bool = False
+    """Re-draw the target's train/val/test split for every seed, so that the intervals also
+    cover the split's variance (default: the split is fixed by --data-seed)."""
+    verbose: bool = False
+    """Ray Tune's own progress output and the workers' logs on the console."""
+    # ---- end of run control ----
     api: bool = False
     """Set by `which_blocks`: the model, data and source are Python objects, and `model`,
     `data` and `source` only name them in the report."""
@@ -245,6 +252,10 @@ class SweepSettings:
             if self.shift is not None:
                 raise SweepError(f"--shift applies to --task shift only; received --shift "
                                  f"{self.shift} with --task detection.")
+            if self.data_seeds:
+                raise SweepError("--data-seeds applies to the classification tasks: with --task "
+                                 "detection every seed already draws its own training scenes "
+                                 "(validation and test scenes stay fixed).")
         elif self.train_images is not None:
             raise SweepError(f"--train-images applies to --task detection only; received "
                              f"--train-images {self.train_images} with --task {self.task}.")
@@ -436,7 +447,22 @@ def build_parser() -> argparse.ArgumentParser:
              f"also {SMOKE_DETECTION['train_images']} training scenes per trial unless "
              f"--train-images is given, and {SMOKE_DETECTION['val_images']} validation and "
              f"{SMOKE_DETECTION['test_images']} test scenes (default 100 and 300)")
+    add_run_control_options(parser)
     return parser
+
+
+def add_run_control_options(parser: argparse.ArgumentParser) -> None:
+    """The options of the verdict's statistics and of the console (issue 13)."""
+    parser.add_argument(
+        "--data-seeds", action="store_true",
+        help="re-draw the target's train/validation/test split for every seed (same number of "
+             "images per class in each), so that intervals and tests cover the split's variance "
+             "too; default: the split is fixed by --data-seed and they cover training seeds "
+             "only")
+    parser.add_argument(
+        "--verbose", action="store_true",
+        help="show Ray Tune's own progress tables and the workers' logs (default: one compact "
+             "live view)")
 
 
 def settings_from_args(args: argparse.Namespace) -> SweepSettings:
@@ -488,6 +514,7 @@ def settings_from_args(args: argparse.Namespace) -> SweepSettings:
         reuse_actors=args.reuse_actors, address=args.address,
         storage=args.storage, out=args.out, cache=args.cache, resume=args.resume,
         smoke=args.smoke, explicit=sorted(given),
+        data_seeds=getattr(args, "data_seeds", False), verbose=getattr(args, "verbose", False),
     )
     if not settings.resume:
         settings.validate()
