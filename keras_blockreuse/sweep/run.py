@@ -174,6 +174,7 @@ def run_sweep(
     if user is not None:
         info["model"] = user.model_info
         info["training"] = user.training_info
+        info["data"] = "; ".join(line.strip() for line in data.summary().splitlines())
     metric = _metrics_of(settings, user)[0]
     written = write_report(trials, out, _settings_dict(settings, gpus_per_trial), info,
                            metric=metric, mode=_mode_of(user))
