@@ -254,6 +254,7 @@ def _finish(settings, ray_run, blocks, fixed, started, signal_name, print_fn,
     if user is not None:
         info["model"] = user.model_info
         info["training"] = user.training_info
+        info["data"] = "; ".join(line.strip() for line in data.summary().splitlines())
     metric = _metrics_of(settings, user)[0]
     finished = int(counts.get("ok", 0)) if len(trials) else 0
     mark = None
