@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from keras_blockreuse.blocks import Block, iter_units
+from keras_blockreuse.blocks import Block, get_blocks, iter_units
 from keras_blockreuse.errors import BlockFileError
 from keras_blockreuse.hub import hub_blocks, is_hub_task
 from keras_blockreuse.sources.base import LayerInfo, Source, VariableInfo, register_file_reader
@@ -82,7 +82,6 @@ class PresetSource(Source):
     """
 
     def __init__(self, path: str | os.PathLike, rule=None, source_model=None):
-        from keras_blockreuse.blocks import get_blocks
         from keras_blockreuse.sources.keras_files import open_keras_file
 
         self.path = os.fspath(path)
