@@ -26,6 +26,7 @@ TensorFlow's C++ log quiet unless `TF_CPP_MIN_LOG_LEVEL` is set.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -148,8 +149,13 @@ def describe(path: str, rule: str | None = None) -> dict:
             }
             metadata = info.metadata
         else:
+            from keras_blockreuse.errors import BlockFileError
             from keras_blockreuse.presets import detect_preset
 
+            rebuild = getattr(src, "rebuild_structure", None)  # `.keras`: variable names
+            if rebuild is not None:
+                with contextlib.suppress(BlockFileError):
+                    rebuild()
             facts = dict(getattr(src, "info", {}))
             if "block rule" not in facts:  # a keras-hub preset directory says its own
                 tops = list(dict.fromkeys(layer.top for layer in src.layers()))
