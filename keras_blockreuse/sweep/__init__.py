@@ -14,7 +14,11 @@ The pieces, each one idea:
 - `trial`: training the source model once, and one trial (a policy and a seed) as a Tune
   function trainable;
 - `run`: the sweep itself: data, the cached source model, Ray, `tune.Tuner`, resume;
-- `report`: statistics over seeds, the paired comparison with scratch, files and plot.
+- `control`: checks before anything starts (address, resources), SIGINT / SIGTERM, the
+  per-seed target split (`--data-seeds`); `asha`: ASHA that never stops the baselines;
+- `console`: the compact live view, Ray and TensorFlow kept quiet;
+- `report`: the verdict (chosen on validation; the policies tied with the best, Holm-corrected;
+  the cheapest of them), statistics over seeds, the comparison with scratch, files and plot.
 
 Example:
 
@@ -24,8 +28,8 @@ from keras_blockreuse.sweep import which_blocks
 result = which_blocks(build_model, source="pretrained.blocks.h5",
                       train=(x_train, y_train), validation=(x_val, y_val),
                       test=(x_test, y_test), seeds=3, epochs=20, out="runs/my_sweep")
-print(result.best)
-result.summary    # pandas DataFrame, one row per policy, best first
+print(result.best)           # the verdict: best on validation, tied with it, recommended
+result.summary    # pandas DataFrame, one row per policy, ranked by validation
 
 # The built-in demo, as the command line runs it:
 from keras_blockreuse.sweep import SweepSettings, run_sweep

@@ -421,7 +421,9 @@ def build_parser() -> argparse.ArgumentParser:
              "on). Default: 0.25 when the Ray cluster has GPUs, else 0")
     add("--scheduler", default=d.scheduler, choices=SCHEDULERS,
         help="fifo runs every trial to the end (default; fair to slow starters); asha stops "
-             "poor trials early (for large spaces)")
+             "poor trials early (for large spaces), never the baselines (scratch, all tuned); "
+             "stopped trials are reported as stopped and left out of the statistics, and each "
+             "trial gets a new worker process")
     add("--fresh-process-per-trial", dest="reuse_actors", action="store_false",
         help="start a new Ray worker process (and TensorFlow) for every trial instead of "
              "reusing one per concurrent trial; each trial starts from a cleared Keras session "

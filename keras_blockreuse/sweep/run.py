@@ -392,7 +392,7 @@ class _Runner:
                 tune_config=tune.TuneConfig(metric=_metrics_of(s, self.user)[1],
                                             mode=_mode_of(self.user),
                                             scheduler=self.scheduler(configurations),
-                                            reuse_actors=s.reuse_actors,
+                                            reuse_actors=self.reuse_actors(),
                                             trial_dirname_creator=_trial_dirname),
                 run_config=tune.RunConfig(
                     name=name, storage_path=self.storage, verbose=2 if s.verbose else 0,
@@ -417,6 +417,12 @@ class _Runner:
                                  if c.policy and set(c.policy.values()) == {"tuned"}}
         return BaselineASHA(sorted(baselines), time_attr="training_iteration", max_t=s.epochs,
                             grace_period=max(1, s.epochs // 8), reduction_factor=3)
+
+    def reuse_actors(self) -> bool:
+        """Reuse worker processes across trials, unless ASHA may stop a trial mid-run: Tune
+        cannot reuse the worker of a stopped function trainable, and the next trial on it
+        fails ("Trainable runner reuse requires reset_config()")."""
+        return self.settings.reuse_actors and self.settings.scheduler != "asha"
 
     def callbacks(self) -> list:
         from keras_blockreuse.sweep.console import TuneEvents
