@@ -334,6 +334,10 @@ def build_parser() -> argparse.ArgumentParser:
             "  python sweeps/which_blocks.py --task split --shots 5 --strategy prefix\n"
             "  python sweeps/which_blocks.py --shift labels --strategy surgical\n"
             "  python sweeps/which_blocks.py --task detection --train-images 100 --epochs 5\n"
+            "  python sweeps/which_blocks.py --model mobilenet_v2 --source mobilenet_v2.h5 "
+            "--data folder:photos --image-size 224x224\n"
+            "  python sweeps/which_blocks.py --model my_models.py:build --source my.blocks.h5 "
+            "--data npz:target.npz --loss mse --metric mae\n"
             "  python sweeps/which_blocks.py --resume --out runs/which_blocks/20250101-120000\n"
             "  python sweeps/which_blocks.py --address auto --storage /shared/sweeps  # a Ray "
             "cluster"),
@@ -398,8 +402,11 @@ def build_parser() -> argparse.ArgumentParser:
              "greedy (forward selection by validation accuracy); scratch always runs "
              f"(default {d.strategy})")
     add("--blocks", default=None, metavar="B[,B]",
-        help="the blocks whose policy is swept (default: all that can be transferred; the head "
-             "is left out when source and target class counts differ); the others are reinit")
+        help="the blocks whose policy is swept (default: all that can be transferred: the head "
+             "is left out when source and target class counts differ, and with --task split, "
+             "whose source head knows other classes, unless named here; with --source, blocks "
+             "the source lacks or whose shapes differ); the others are reinit, and the report "
+             "says why")
     add("--seeds", type=int, default=None, metavar="N",
         help=f"seeds per configuration, for means and confidence intervals (default {d.seeds})")
     add("--epochs", type=int, default=None, metavar="N",

@@ -151,7 +151,8 @@ def run_sweep(
         except BaseException:
             begun.undo()
             raise
-    return _finish(settings, ray_run, blocks, fixed, started, interrupts.signal, print_fn, user)
+    return _finish(settings, ray_run, blocks, fixed, started, interrupts.signal, print_fn, user,
+                   data_summary=data.summary())
 
 
 class _Begun:
@@ -225,7 +226,7 @@ def _run_on_ray(settings, data, blocks, configurations, costs, begun, interrupts
 
 
 def _finish(settings, ray_run, blocks, fixed, started, signal_name, print_fn,
-            user=None) -> SweepResult:
+            user=None, data_summary: str = "") -> SweepResult:
     """Write the report (whatever happened) and print the verdict."""
     import pandas as pd
 
@@ -254,6 +255,7 @@ def _finish(settings, ray_run, blocks, fixed, started, signal_name, print_fn,
     if user is not None:
         info["model"] = user.model_info
         info["training"] = user.training_info
+        info["data"] = "; ".join(line.strip() for line in data_summary.splitlines())
     metric = _metrics_of(settings, user)[0]
     finished = int(counts.get("ok", 0)) if len(trials) else 0
     mark = None
