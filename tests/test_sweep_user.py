@@ -72,7 +72,7 @@ def test_api_on_numpy_arrays_and_a_block_file(ray_local, arrays, source4, tmp_pa
     assert len(result.trials) == 10 and list(result.summary["policy"])[0] in prefix
     assert "head=reinit (does not fit the source: head / head / kernel: shape differs" in report
     assert document["info"]["swept blocks"] == "block_1, block_2"
-    assert document["mode"] == "max" and result.best.startswith("Best policy:")
+    assert document["mode"] == "max" and result.best.startswith("Best on validation:")
     # The source was snapshotted once, grouped by the model's blocks, into the sweep folder.
     snapshot = read_blocks(str(out / "source.blocks.h5"))
     assert list(snapshot.blocks) == ["block_1", "block_2", "head"]
@@ -233,9 +233,9 @@ def test_regression_target_with_mse_loss_and_mae_metric(ray_local, arrays, tmp_p
     assert document["metric"] == "test_mae" and document["mode"] == "min"
     assert "head=reinit (does not fit the source" in document["info"]["fixed blocks"]
     summary = pd.read_csv(out / "summary.csv")
-    assert summary["mean"].is_monotonic_increasing  # lower is better: best first
-    assert document["best"].startswith(f"Best policy: {summary['label'][0]}")
-    assert re.search(r"test mae \d", document["best"])
+    assert summary["val_mean"].is_monotonic_increasing  # lower is better: best first
+    assert document["best"].startswith(f"Best on validation: {summary['label'][0]} (val mae ")
+    assert re.search(r"val mae \d", document["best"]) and summary["verdict"][0] == "best"
 
 
 def test_split_task_never_transfers_the_head_unless_named():
