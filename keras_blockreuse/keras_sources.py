@@ -48,6 +48,7 @@ from keras_blockreuse.safety import (
 from keras_blockreuse.sources import LayerSource, register_file_reader
 from keras_blockreuse.store import SUFFIX as BLOCK_SUFFIX
 from keras_blockreuse.store import LayerInfo, VariableInfo
+from keras_blockreuse.zip_member import StoredMember
 
 if TYPE_CHECKING:
     import keras
@@ -388,11 +389,16 @@ def _open_archive(path: str, rule, source_model) -> KerasWeightsSource:
             "saved": str(metadata.get("date_saved", "")),
         }
         member = archive.getinfo("model.weights.h5")
-        if member.compress_type == zipfile.ZIP_STORED:
-            stream = archive.open(member)  # seekable: read in place, never extracted
+        if member.compress_type == zipfile.ZIP_STORED and not member.flag_bits & 0x1:
+            stream = StoredMember(path, member)  # read in place at its offset, never extracted
         else:
             stream = io.BytesIO(archive.read(member))  # size checked by check_zip
-        file = h5py.File(stream, "r")
+        try:
+            file = h5py.File(stream, "r")
+        except BaseException:
+            stream.close()
+            raise
+        on_close = _closing(stream, archive)
         if source_model is None:  # used only if the weights carry no layer names
 
             def source_model():
@@ -400,12 +406,20 @@ def _open_archive(path: str, rule, source_model) -> KerasWeightsSource:
 
         config = _json_member(archive, "config.json", path) if "config.json" in members else {}
         return KerasWeightsSource(
-            [file], path, [member.file_size], rule, source_model, info, on_close=archive.close,
+            [file], path, [member.file_size], rule, source_model, info, on_close=on_close,
             layer_order=_config_layer_names(config),
         )
     except BaseException:
         archive.close()
         raise
+
+
+def _closing(*closables) -> Callable[[], None]:
+    def close() -> None:
+        for closable in closables:
+            closable.close()
+
+    return close
 
 
 def _open_sharded(path: str, rule, source_model) -> KerasWeightsSource:
