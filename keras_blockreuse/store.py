@@ -454,6 +454,7 @@ class BlockFile:
         self.path = os.fspath(path)
         self.bytes_read = 0
         self._layouts: dict[str, BlockInfo] = {}
+        self._opened: dict[str, list] = {}
         with self._reading():
             if not os.path.exists(self.path):
                 raise BlockFileError(f"No such block file: {self.path!r}")
@@ -473,6 +474,7 @@ class BlockFile:
         self.close()
 
     def close(self) -> None:
+        self._opened = {}
         file = getattr(self, "_file", None)
         if file is not None:
             with contextlib.suppress(Exception):
@@ -583,12 +585,29 @@ class BlockFile:
     def _stored(self, name: str, info: BlockInfo, buffer: np.ndarray | None):
         """Yields `(layer path, variable, stored array)` for each variable of a block, read
         into new memory, or into `buffer` (overwritten by the next one) when given."""
-        group = self._file[name]
-        for layer in info.layers:
-            unit = group[layer.path]
-            self._check_members(unit, layer, info.layers)
-            for var in layer.variables:
-                yield layer.path, var, self._read_dataset(unit, var, buffer)
+        for path, var, ds, dtype, nbytes in self._datasets(name, info):
+            if buffer is None:
+                array = np.empty(var.shape, dtype=dtype)
+                self.bytes_read += nbytes
+            else:
+                array = buffer[:nbytes].view(dtype).reshape(var.shape)
+            if array.size:
+                ds.read(h5py.h5s.ALL, h5py.h5s.ALL, array)
+            yield path, var, array
+
+    def _datasets(self, name: str, info: BlockInfo) -> list:
+        """A block's datasets, opened and checked once: `(layer path, variable, dataset,
+        stored dtype, bytes)` each. A load that verifies, then reads, opens them once."""
+        if name not in self._opened:
+            group = self._file[name]
+            opened = []
+            for layer in info.layers:
+                unit = group[layer.path]
+                self._check_members(unit, layer, info.layers)
+                opened.extend((layer.path, var, *self._open_dataset(unit, var))
+                              for var in layer.variables)
+            self._opened[name] = opened
+        return self._opened[name]
 
     def _check_digest(self, name: str, info: BlockInfo, digest) -> None:
         algorithm = info.data_checksum.split(":", 1)[0]
@@ -744,7 +763,7 @@ class BlockFile:
                 "files; block files hold contiguous data only. Refusing to read it."
             )
 
-    def _read_dataset(self, unit, var: VariableInfo, buffer: np.ndarray | None = None) -> np.ndarray:
+    def _open_dataset(self, unit, var: VariableInfo) -> tuple[h5py.h5d.DatasetID, np.dtype, int]:
         # h5py's low-level API: a third of the time of `unit[name]` plus `read_direct` for
         # small variables (benchmarks/RESULTS.md). Anything unusual takes the high-level path,
         # whose errors name what is wrong.
@@ -771,14 +790,7 @@ class BlockFile:
                 f"holds {self._size}; the file is truncated or crafted."
             )
         self._check_storage(ds, where)
-        if buffer is None:
-            array = np.empty(var.shape, dtype=stored_dtype)
-            self.bytes_read += nbytes
-        else:
-            array = buffer[:nbytes].view(stored_dtype).reshape(var.shape)
-        if array.size:
-            ds.read(h5py.h5s.ALL, h5py.h5s.ALL, array)
-        return array
+        return ds, stored_dtype, nbytes
 
 
 def _text(value) -> str:
