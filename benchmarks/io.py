@@ -90,7 +90,7 @@ def build_model(name: str) -> keras.Model:
     """
     keras.utils.set_random_seed(0)
     if name == "seed_cnn":
-        from keras_blockreuse.zoo import seed_cnn
+        from keras_blockreuse.sweep.zoo import seed_cnn
 
         return seed_cnn((24, 24, 3), 10)
     if name == "resnet50":

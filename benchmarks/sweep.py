@@ -49,7 +49,7 @@ def _settings():
 
 
 def _task(settings):
-    from keras_blockreuse.data import make_task
+    from keras_blockreuse.sweep.data import make_task
 
     return make_task(settings.dataset, settings.task, settings.resolved_shift(), settings.shots,
                      seed=settings.data_seed)
@@ -98,7 +98,7 @@ def _child_trial(task_path: str, spawned: str, epochs: str | None = None) -> Non
 
     import keras_blockreuse.model as model_module
     import keras_blockreuse.sweep.trial as trial_module
-    import keras_blockreuse.zoo as zoo
+    import keras_blockreuse.sweep.zoo as zoo
 
     phases["process start + imports"] = time.time() - float(spawned)
     with open(task_path, "rb") as f:
@@ -163,7 +163,7 @@ def _child_reused(task_path: str, trials: str, epochs: str | None = None) -> Non
 
     import keras_blockreuse.model as model_module
     import keras_blockreuse.sweep.trial as trial_module
-    import keras_blockreuse.zoo as zoo
+    import keras_blockreuse.sweep.zoo as zoo
 
     with open(task_path, "rb") as f:
         data, source = pickle.load(f)

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from keras_blockreuse import BlockFileError, BlockMismatchError, load_blocks
-from keras_blockreuse.keras_sources import open_keras_file
 from keras_blockreuse.safety import check_zip
+from keras_blockreuse.sources.keras_files import open_keras_file
 from keras_blockreuse.zip_member import StoredMember
 
 L = keras.layers
@@ -193,3 +193,11 @@ def test_archive_with_a_damaged_local_header_is_refused(archive, tmp_path):
         load_blocks(target, str(damaged))
     for w, b in zip(target.weights, before, strict=True):
         np.testing.assert_array_equal(np.asarray(w), b)
+
+
+def test_hard_link_cycle_is_refused(weights):
+    with h5py.File(weights, "a") as f:
+        f["layers/dense/loop"] = f["layers"]
+    with pytest.raises(BlockFileError, match=r"'/layers/dense/loop'|/layers/dense/loop is a "
+                       r"hard link to one of its own enclosing groups"):
+        open_keras_file(weights)

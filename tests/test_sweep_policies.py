@@ -184,3 +184,32 @@ def test_schedule_refuses_blocks_frozen_before_fit():
     stages = [Stage(("c_1",), 0.1), Stage(BLOCKS, 0.1)]
     with pytest.raises(SweepError, match=r"Blocks \['a_1'\] train in some stage but were frozen"):
         model.fit(x, y, epochs=2, verbose=0, callbacks=[BlockSchedule(stages)])
+
+
+def test_parse_block_lr():
+    from keras_blockreuse.sweep.policies import parse_block_lr
+
+    assert parse_block_lr("a_1=0.1, b_1=2") == {"a_1": 0.1, "b_1": 2.0}
+    assert parse_block_lr(None) == {} and parse_block_lr({"a": 1}) == {"a": 1.0}
+    for bad in ("a_1", "a_1=x", "a_1=-1", "a_1=1,a_1=2", "=1", "a=nan"):
+        with pytest.raises(SweepError, match="Invalid block learning rates"):
+            parse_block_lr(bad)
+
+
+def test_training_callbacks_from_a_trial_config():
+    from keras_blockreuse.sweep.policies import training_callbacks
+
+    model = three_blocks()
+    model.compile(optimizer=keras.optimizers.SGD(0.5), loss="mse")
+    policy = {"a_1": "tuned", "b_1": "tuned", "c_1": "reinit"}
+    config = {"training_policy": "lp-ft", "policy_epochs": 1, "ft_factor": 0.5, "epochs": 2,
+              "lr": 0.5, "block_lr": "a_1=0.5"}
+    callbacks = training_callbacks(model, policy, config)
+    assert type(model.optimizer).__name__ == "BlockScaledSGD"
+    x, y = data()
+    steps = Steps(x, y)
+    model.fit(x, y, batch_size=len(x), epochs=2, shuffle=False, verbose=0,
+              callbacks=[*callbacks, steps])
+    assert steps.rates == [pytest.approx({"a_1": 0.0, "b_1": 0.0, "c_1": 0.5}, abs=1e-9),
+                           pytest.approx({"a_1": 0.125, "b_1": 0.25, "c_1": 0.25}, rel=1e-4)]
+    assert training_callbacks(model, policy, {"epochs": 3, "lr": 0.1}) == []

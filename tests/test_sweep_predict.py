@@ -130,7 +130,7 @@ def test_relative_gradient_norms_refuse_a_frozen_block():
 
 
 def test_cut_features_are_the_next_blocks_inputs_pooled():
-    from keras_blockreuse.zoo import seed_cnn
+    from keras_blockreuse.sweep.zoo import seed_cnn
 
     model = seed_cnn((8, 8, 1), num_classes=5)
     x = np.random.default_rng(0).normal(size=(10, 8, 8, 1)).astype("float32")
@@ -174,3 +174,23 @@ def test_kendall_tau_values_and_refusals():
     one = kendall_tau(["a", "b"], {"a": 0.9})
     assert math.isnan(one.tau) and one.reason.startswith("only 1 predicted")
     assert kendall_tau(["a", "b"], {"a": 0.5, "b": 0.5}).reason == "every measured score is equal"
+
+
+def test_predict_ranking_and_top_configurations_on_a_transferred_model():
+    from keras_blockreuse.sweep.predict import predict_ranking, top_configurations
+    from keras_blockreuse.sweep.zoo import seed_cnn
+
+    model = seed_cnn((8, 8, 1), num_classes=3, dropout=False)
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(64, 8, 8, 1)).astype("float32")
+    y = np.arange(64) % 3
+    blocks = ["block_1", "block_2", "dense_1"]
+    ranking = predict_ranking(model, x, y, blocks, batches=2, max_samples=48)
+    assert ranking.samples == 48 and list(ranking.logme) == blocks and list(ranking.rgn) == blocks
+    assert len(ranking.predictions) == 3 + 5    # 3 surgical, prefix 1-2 x2, prefix 3 frozen
+    chosen = top_configurations(ranking, blocks, top_k=2)
+    assert [c.key for c in chosen] == ["scratch", ranking.predictions[0].key,
+                                       ranking.predictions[1].key,
+                                       "block_1=tuned,block_2=tuned,dense_1=tuned"]
+    with pytest.raises(SweepError, match="top_k >= 1"):
+        top_configurations(ranking, blocks, top_k=0)

@@ -259,3 +259,61 @@ class BlockSchedule(keras.callbacks.Callback):
                 layer.trainable = self._initial[name]
         if self._traced != tuple(name for name, on in self._initial.items() if on):
             self.model.make_train_function(force=True)  # a later fit traces the restored set
+
+
+def parse_block_lr(text: str | Mapping[str, float] | None) -> dict[str, float]:
+    """Block learning-rate multipliers from `"block_1=0.1,block_2=0.5"` (or a dict, or None).
+
+    Raises:
+        SweepError: a part that is not `block=number`, a repeated block, or a negative or
+            non-finite number.
+
+    Example:
+
+    >>> parse_block_lr("block_1=0.1, dense_1=2")
+    {'block_1': 0.1, 'dense_1': 2.0}
+    """
+    if text is None or text == "":
+        return {}
+    pairs = (list(text.items()) if isinstance(text, Mapping)
+             else [part.partition("=")[::2] for part in str(text).split(",")])
+    out: dict[str, float] = {}
+    for block, value in pairs:
+        block = str(block).strip()
+        try:
+            factor = float(value)
+        except (TypeError, ValueError):
+            factor = math.nan
+        if not block or block in out or not math.isfinite(factor) or factor < 0:
+            raise SweepError(f"Invalid block learning rates {text!r}: expected 'block=factor' "
+                             "pairs joined by commas, each block once, factors finite and >= 0 "
+                             f"(at {block!r}={value!r}).")
+        out[block] = factor
+    return out
+
+
+def training_callbacks(model, policy: Mapping[str, str], config: Mapping) -> list:
+    """Apply a trial's training policy to a compiled model; return the callbacks for `fit`.
+
+    Reads from `config`: `training_policy` (default `"constant"`), `policy_epochs` (the `k` of
+    `schedule`, default 1), `ft_factor` (default 0.1), `block_lr` (multipliers, see
+    `parse_block_lr`), `epochs` and `lr`. With multipliers, `model.optimizer` is replaced by
+    `with_block_learning_rates` of it (call before the first step).
+
+    Raises:
+        SweepError: an invalid policy, multipliers naming unknown blocks, or a compiled
+            optimizer that is wrapped for loss scaling (mixed precision).
+    """
+    multipliers = parse_block_lr(config.get("block_lr"))
+    if multipliers:
+        if isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer):
+            raise SweepError("Block learning rates do not support a loss-scaled (mixed "
+                             "precision) optimizer.")
+        model.optimizer = with_block_learning_rates(model.optimizer, model, multipliers)
+    name = config.get("training_policy") or "constant"
+    stages = schedule(name, policy, int(config["epochs"]), float(config["lr"]),
+                      k=int(config.get("policy_epochs") or 1),
+                      ft_factor=float(config.get("ft_factor") or 0.1))
+    if all(stage == stages[0] for stage in stages):
+        return []  # nothing changes over the epochs: compile already set it all
+    return [BlockSchedule(stages)]

@@ -38,10 +38,17 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from keras_blockreuse.sweep.space import SweepError, configuration
+from keras_blockreuse.sweep.space import (
+    Configuration,
+    SweepError,
+    configuration,
+    decode_policy,
+    scratch,
+)
 
-__all__ = ["Evidence", "Prediction", "Tau", "cut_features", "evidence_maximization",
-           "kendall_tau", "logme", "rank_configurations", "relative_gradient_norms"]
+__all__ = ["Evidence", "Prediction", "Ranking", "Tau", "cut_features", "evidence_maximization",
+           "kendall_tau", "logme", "predict_ranking", "rank_configurations",
+           "relative_gradient_norms", "top_configurations"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -426,6 +433,93 @@ def _check_covers(scores: Mapping[str, float], blocks: Sequence[str], what: str)
     if missing or bad:
         raise SweepError(f"The {what} must give a finite value for every block {list(blocks)}; "
                          f"missing {missing}, not finite {bad}.")
+
+
+@dataclasses.dataclass(frozen=True)
+class Ranking:
+    """Both predictors for a sweep's blocks and the configurations in predicted order.
+
+    Attributes:
+        predictions: `Prediction`s, best first (see `rank_configurations`).
+        logme: block -> LogME of the target features after it.
+        rgn: block -> relative gradient norm on the all-tuned model.
+        seconds: the time both predictors took.
+        samples: target training samples used for LogME.
+    """
+
+    predictions: list
+    logme: dict
+    rgn: dict
+    seconds: float
+    samples: int
+
+
+def predict_ranking(
+    model,
+    x: np.ndarray,
+    y: np.ndarray,
+    blocks: Sequence[str],
+    loss="sparse_categorical_crossentropy",
+    batches: int = 4,
+    batch_size: int = 32,
+    max_samples: int = 2000,
+    seed: int = 0,
+) -> Ranking:
+    """Score `blocks` with LogME and relative gradient norms, and rank their configurations.
+
+    Args:
+        model: the all-tuned target model: the swept `blocks` loaded from the source, every
+            block trainable (the other blocks as the sweep fixes them).
+        x, y: target training inputs and integer class labels.
+        blocks: the swept blocks, in computation order.
+        loss: the loss for the gradient norms.
+        batches, batch_size, seed: see `relative_gradient_norms`.
+        max_samples: LogME uses at most this many samples (a seeded random subset).
+
+    Returns:
+        A `Ranking`.
+
+    Raises:
+        SweepError: a block the model lacks, or anything the predictors refuse.
+    """
+    import time
+
+    started = time.perf_counter()
+    y = np.asarray(y)
+    order = np.random.default_rng(seed).permutation(len(x))[: int(max_samples)]
+    features = cut_features(model, x[np.sort(order)])
+    missing = [b for b in blocks if b not in features]
+    if missing:
+        raise SweepError(f"Blocks {missing} are not blocks of the model {list(features)}.")
+    labels = y[np.sort(order)]
+    try:
+        scores = {b: logme(features[b], labels, num_classes=int(y.max()) + 1) for b in blocks}
+    except ValueError as error:
+        raise SweepError(f"LogME cannot score the target task: {error}") from None
+    norms = relative_gradient_norms(model, x, y, loss=loss, batch_size=batch_size,
+                                    batches=batches, seed=seed)
+    norms = {b: norms[b] for b in blocks}
+    return Ranking(predictions=rank_configurations(blocks, scores, norms), logme=scores,
+                   rgn=norms, seconds=time.perf_counter() - started, samples=len(order))
+
+
+def top_configurations(
+    ranking: Ranking, blocks: Sequence[str], top_k: int = 3
+) -> list[Configuration]:
+    """What `--strategy predicted` runs: scratch, the top `top_k` predictions, all tuned.
+
+    Raises:
+        SweepError: `top_k < 1`.
+    """
+    if int(top_k) < 1:
+        raise SweepError(f"Expected top_k >= 1; received {top_k}.")
+    chosen = [configuration(decode_policy(p.key, blocks), blocks, label=p.label)
+              for p in ranking.predictions[: int(top_k)]]
+    everything = configuration(dict.fromkeys(blocks, "tuned"), blocks, label="all tuned")
+    out = [scratch(blocks)] + chosen
+    if everything.key not in {c.key for c in out}:
+        out.append(everything)
+    return out
 
 
 @dataclasses.dataclass(frozen=True)
