@@ -194,3 +194,17 @@ def test_predict_ranking_and_top_configurations_on_a_transferred_model():
                                        "block_1=tuned,block_2=tuned,dense_1=tuned"]
     with pytest.raises(SweepError, match="top_k >= 1"):
         top_configurations(ranking, blocks, top_k=0)
+
+
+def test_predicted_vs_measured_table():
+    from keras_blockreuse.sweep.predict import predicted_vs_measured
+
+    ranked = rank_configurations(["b1", "b2"], rgn={"b1": 0.2, "b2": 0.1})
+    keys = [p.key for p in ranked]
+    text, rows = predicted_vs_measured(ranked, {keys[0]: 0.7, keys[1]: 0.9, "scratch": 0.5})
+    assert [(r["predicted_rank"], r["measured_rank"]) for r in rows] == [(1, 2), (2, 1)]
+    assert "| 1 | surgical: tune b1 | rgn | 0.2 | 2 | 0.7000 |" in text
+    assert text.rstrip().endswith("Kendall's tau over 2 measured configurations: -1.00 (p = 1).")
+    text, rows = predicted_vs_measured(ranked, {keys[0]: 0.7})
+    assert "| 2 | surgical: tune b2 | rgn | 0.1 | - | not run |" in text
+    assert "n/a (only 1 predicted configuration(s) measured; tau needs 2)." in text

@@ -48,7 +48,7 @@ from keras_blockreuse.sweep.space import (
 
 __all__ = ["Evidence", "Prediction", "Ranking", "Tau", "cut_features", "evidence_maximization",
            "kendall_tau", "logme", "predict_ranking", "rank_configurations",
-           "relative_gradient_norms", "top_configurations"]
+           "relative_gradient_norms", "predicted_vs_measured", "top_configurations"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -579,3 +579,44 @@ def _as_matrix(features, what: str) -> np.ndarray:
     if not np.all(np.isfinite(f)):
         raise ValueError(f"The {what} contain NaN or infinite values.")
     return f
+
+
+def predicted_vs_measured(
+    predictions: Sequence[Prediction], measured: Mapping[str, float], metric: str = "val_accuracy"
+) -> tuple[str, list[dict]]:
+    """A markdown section: each predicted configuration's rank beside its measured rank, and
+    Kendall's tau over those measured.
+
+    Args:
+        predictions: `Prediction`s in predicted order.
+        measured: configuration key -> measured mean score (higher is better); keys not
+            predicted (scratch, all tuned) are ignored.
+        metric: the measured score's name, for the table's header.
+
+    Returns:
+        `(markdown, rows)`; each row has `key`, `label`, `predictor`, `score`,
+        `predicted_rank`, `measured_rank` (None when not measured) and `measured`.
+    """
+    ran = [p for p in predictions if p.key in measured]
+    order = sorted(ran, key=lambda p: -float(measured[p.key]))
+    measured_rank = {p.key: i + 1 for i, p in enumerate(order)}
+    tau = kendall_tau([p.key for p in predictions], measured)
+    rows = [{"key": p.key, "label": p.label, "predictor": p.predictor, "score": p.score,
+             "predicted_rank": p.rank, "measured_rank": measured_rank.get(p.key),
+             "measured": measured.get(p.key)} for p in predictions]
+    lines = ["## Predicted vs measured", "",
+             "Predicted before training: surgical configurations by relative gradient norm "
+             "(Lee et al. 2023), prefix configurations by the LogME of the features after the "
+             "last transferred block (You et al. 2021); the two orders alternate. Measured: "
+             f"mean {metric} over seeds, ranked among the predicted configurations that ran.", "",
+             f"| predicted rank | configuration | predictor | score | measured rank | {metric} |",
+             "|---|---|---|---|---|---|"]
+    for r in rows:
+        got = "not run" if r["measured"] is None else f"{float(r['measured']):.4f}"
+        lines.append(f"| {r['predicted_rank']} | {r['label']} | {r['predictor']} | "
+                     f"{r['score']:.4g} | {r['measured_rank'] or '-'} | {got} |")
+    lines.append("")
+    lines.append(f"Kendall's tau over {tau.n} measured configurations: "
+                 + (f"{tau.tau:.2f} (p = {tau.pvalue:.2g})." if not tau.reason
+                    else f"n/a ({tau.reason})."))
+    return "\n".join(lines) + "\n", rows
