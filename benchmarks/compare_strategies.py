@@ -119,17 +119,20 @@ def main(argv=None) -> dict:
                     "machine": f"{platform.node()}, {os.cpu_count()} CPUs",
                     "configurations": len(configurations), "candidates": len(candidates)},
         "full": {"best": best, "tied": tied, "trial_seconds": grid_seconds,
+                 "trial_epochs": len(full) * args.epochs,
                  "trials": len(full), "wall_seconds": grid_wall,
                  "val_means": grid_means, "test_means": test_means},
         "predicted": {"ran": chosen, "top": [p.key for p in ranking.predictions[: args.top_k]],
                       "best": predicted_best, "agrees": predicted_best in tied,
                       "trial_seconds": _seconds(predicted_rows) + ranking.seconds,
+                      "trial_epochs": len(predicted_rows) * args.epochs,
                       "predictor_seconds": ranking.seconds, "trials": len(predicted_rows),
                       "tau": tau.tau, "tau_p": tau.pvalue, "tau_n": tau.n,
                       "order": [(p.key, p.predictor, p.score) for p in ranking.predictions],
                       "logme": ranking.logme, "rgn": ranking.rgn},
         "budgeted": {"rungs": halving.epochs, "best": budget_best,
                      "agrees": budget_best in tied, "trial_seconds": _seconds(halving.rows),
+                     "trial_epochs": sum(r["rung_epochs"] for r in halving.rows),
                      "trials": len(halving.rows), "wall_seconds": halving_wall,
                      "advanced": [d.advanced for d in halving.decisions],
                      "final": sorted({r["policy"] for r in halving.final})},
@@ -190,19 +193,26 @@ def markdown(result: dict) -> str:
     def share(x):
         return f"{x:.0f} s ({100 * x / full['trial_seconds']:.0f}%)"
 
+    def epochs(x):
+        return f"{x} ({100 * x / full['trial_epochs']:.0f}%)"
+
     lines = [
         f"**{s['task']} {s['shift'] if s['task'] == 'shift' else ''}**, {s['seeds']} seeds, "
         f"{s['epochs']} epochs, {s['shots']} shots, source {s['source_epochs']} epochs; "
         f"{s['configurations']} configurations; {s['machine']}.",
         "",
-        "| way | trials | trial-seconds | answer (best by val) | agrees with the grid |",
-        "|---|---|---|---|---|",
-        f"| full grid | {full['trials']} | {share(full['trial_seconds'])} | "
+        "| way | trials | trial-epochs | trial-seconds | answer (best by val) | agrees with "
+        "the grid |",
+        "|---|---|---|---|---|---|",
+        f"| full grid | {full['trials']} | {epochs(full['trial_epochs'])} | "
+        f"{share(full['trial_seconds'])} | "
         f"{label(full['best'])} | tied set: {', '.join(label(k) for k in full['tied'])} |",
-        f"| predicted (top {s['top_k']}) | {pred['trials']} | {share(pred['trial_seconds'])} | "
+        f"| predicted (top {s['top_k']}) | {pred['trials']} | {epochs(pred['trial_epochs'])} | "
+        f"{share(pred['trial_seconds'])} | "
         f"{label(pred['best'])} | {'yes' if pred['agrees'] else 'no'} |",
         f"| budgeted (rungs {budget['rungs']}) | {budget['trials']} | "
-        f"{share(budget['trial_seconds'])} | {label(budget['best'])} | "
+        f"{epochs(budget['trial_epochs'])} | {share(budget['trial_seconds'])} | "
+        f"{label(budget['best'])} | "
         f"{'yes' if budget['agrees'] else 'no'} |",
         "",
         f"Kendall's tau, predicted order vs measured validation over {pred['tau_n']} "

@@ -208,3 +208,8 @@ def test_predicted_vs_measured_table():
     text, rows = predicted_vs_measured(ranked, {keys[0]: 0.7})
     assert "| 2 | surgical: tune b2 | rgn | 0.1 | - | not run |" in text
     assert "n/a (only 1 predicted configuration(s) measured; tau needs 2)." in text
+
+
+def test_one_block_has_no_surgical_candidate_besides_all_tuned():
+    ranked = rank_configurations(["b1"], logme_scores={"b1": 0.0}, rgn={"b1": 1.0})
+    assert [p.label for p in ranked] == ["prefix 1 frozen"]

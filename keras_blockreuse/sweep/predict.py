@@ -48,7 +48,8 @@ from keras_blockreuse.sweep.space import (
 
 __all__ = ["Evidence", "Prediction", "Ranking", "Tau", "cut_features", "evidence_maximization",
            "kendall_tau", "logme", "predict_ranking", "rank_configurations",
-           "relative_gradient_norms", "predicted_vs_measured", "top_configurations"]
+           "relative_gradient_norms", "predicted_vs_measured", "rank_for_sweep",
+           "top_configurations"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -396,7 +397,7 @@ def rank_configurations(
     if rgn is not None:
         _check_covers(rgn, blocks, "relative gradient norms")
         surgical = []
-        for b in blocks:
+        for b in blocks if len(blocks) > 1 else ():  # one block: "tune it" is all tuned
             policy = dict.fromkeys(blocks, "frozen")
             policy[b] = "tuned"
             c = configuration(policy, blocks, label=f"surgical: tune {b}")
@@ -501,6 +502,30 @@ def predict_ranking(
     norms = {b: norms[b] for b in blocks}
     return Ranking(predictions=rank_configurations(blocks, scores, norms), logme=scores,
                    rgn=norms, seconds=time.perf_counter() - started, samples=len(order))
+
+
+def rank_for_sweep(model: str, data, source: bytes | str, blocks: Sequence[str]) -> Ranking:
+    """`predict_ranking` as a sweep runs it: the zoo model `model` for the target task with the
+    swept `blocks` loaded from the source block file (bytes or path), seeded with 0.
+
+    Example:
+
+    >>> ranking = rank_for_sweep("seed_cnn", make_task(), blob, ["block_1", "block_2"])
+    """
+    import keras
+
+    from keras_blockreuse.sweep.trial import block_file
+    from keras_blockreuse.zoo import build_model
+
+    keras.backend.clear_session()
+    keras.utils.set_random_seed(0)
+    target = build_model(model, data.input_shape, data.target_classes, name="target")
+    try:
+        with block_file(source) as path:
+            target.load_blocks(path, only=list(blocks))
+        return predict_ranking(target, data.x_train, data.y_train, blocks)
+    finally:
+        keras.backend.clear_session()
 
 
 def top_configurations(

@@ -65,7 +65,9 @@ def train_trial(config: dict, data=None, source: bytes | str | None = None) -> d
 
     Args:
         config: `policy` (a key from `space.encode_policy`), `seed`, and optionally `model`,
-            `epochs`, `batch_size`, `lr`, `cpus` (defaults in `TRIAL_DEFAULTS`).
+            `epochs`, `batch_size`, `lr`, `cpus` (defaults in `TRIAL_DEFAULTS`), and the
+            training policy's `training_policy`, `policy_epochs`, `ft_factor`, `block_lr`
+            (`keras_blockreuse.sweep.policies.training_callbacks`).
         data: a `keras_blockreuse.data.TransferData`.
         source: the source model's block file, as bytes or a path. Required unless the policy
             is `scratch`.
@@ -80,6 +82,7 @@ def train_trial(config: dict, data=None, source: bytes | str | None = None) -> d
     import keras
     from ray import tune
 
+    from keras_blockreuse.sweep.policies import training_callbacks
     from keras_blockreuse.sweep.space import SweepError, decode_policy
     from keras_blockreuse.zoo import build_model
 
@@ -112,6 +115,7 @@ def train_trial(config: dict, data=None, source: bytes | str | None = None) -> d
         loss="sparse_categorical_crossentropy",
         metrics=["accuracy"],
     )
+    schedule = training_callbacks(model, policy, settings)  # --policy, --block-lr
     place = where()
     epochs = int(settings["epochs"])
     last: dict = {}
@@ -138,7 +142,7 @@ def train_trial(config: dict, data=None, source: bytes | str | None = None) -> d
             tune.report(metrics)
 
     fit(model, data.x_train, data.y_train, epochs, int(settings["batch_size"]), seed,
-        callbacks=[Report()])
+        callbacks=[*schedule, Report()])
     return dict(last)
 
 
