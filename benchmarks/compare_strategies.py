@@ -55,12 +55,12 @@ def main(argv=None) -> dict:
     import ray
     from ray import tune
 
-    from keras_blockreuse.data import make_task
     from keras_blockreuse.sweep import space
+    from keras_blockreuse.sweep.data import make_task
     from keras_blockreuse.sweep.halving import successive_halving, tune_rung
     from keras_blockreuse.sweep.predict import kendall_tau, predict_ranking, top_configurations
     from keras_blockreuse.sweep.trial import block_file, train_source, train_trial
-    from keras_blockreuse.zoo import build_model
+    from keras_blockreuse.sweep.zoo import build_model
 
     started = time.time()
     data = make_task("digits", task=args.task,

@@ -27,14 +27,13 @@ report = load_blocks(detector, "classifier.weights.h5", only=["block1", "block2"
 from __future__ import annotations
 
 import dataclasses
-import io
 import json
 import os
 import zipfile
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import h5py
-import keras
 import numpy as np
 
 from keras_blockreuse.errors import BlockFileError
@@ -42,12 +41,18 @@ from keras_blockreuse.safety import (
     check_dataset_size,
     check_hdf5,
     check_zip,
+    inflate_member,
+    layer_name,
+    open_hdf5,
     safe_member_name,
     text_attribute,
 )
 from keras_blockreuse.sources import LayerSource, register_file_reader
 from keras_blockreuse.store import SUFFIX as BLOCK_SUFFIX
 from keras_blockreuse.store import LayerInfo, VariableInfo
+
+if TYPE_CHECKING:
+    import keras
 
 # Top-level groups of a Keras weights file that hold no layer state.
 _NOT_LAYERS = {"optimizer", "compile_metrics", "metrics", "loss", "_compile_metrics"}
@@ -107,7 +112,7 @@ class KerasWeightsSource(LayerSource):
         try:
             for file in files:
                 check_hdf5(file, description)
-            self._units = _index_units(files)
+            self._units = _index_units(files, description)
             self._structure_order: list[str] | None = None
             self._name_units(source_model)
             self._units = _ordered(
@@ -130,6 +135,8 @@ class KerasWeightsSource(LayerSource):
                 "writes, so blocks cannot be found by name. Pass source_model= (the source "
                 "model, or a function that builds it) to map the groups through its structure."
             )
+        import keras  # Keras loads only for the Keras formats
+
         model = source_model() if not isinstance(source_model, keras.Model) else source_model
         if not isinstance(model, keras.Model):
             raise TypeError(
@@ -230,9 +237,10 @@ class LegacyH5Source(LayerSource):
             )
         classes = _legacy_classes(self._file)
         infos, locators = [], {}
-        for top in [_attr_text(n) for n in text_attribute(root, "layer_names")]:
+        for top in [layer_name(n, self.description) for n in text_attribute(root, "layer_names")]:
             group = root[top]
-            names = [_attr_text(n) for n in text_attribute(group, "weight_names", [])]
+            names = [layer_name(n, self.description, "weight name", slash=True)
+                     for n in text_attribute(group, "weight_names", [])]
             units: dict[str, list[tuple[str, str]]] = {}
             for weight_name in names:
                 unit, variable = _split_weight_name(top, weight_name)
@@ -366,7 +374,13 @@ def _open_archive(path: str, rule, source_model) -> KerasWeightsSource:
     try:
         archive = zipfile.ZipFile(path)
     except zipfile.BadZipFile as e:
-        raise BlockFileError(f"{path!r} is not a valid .keras archive: {e}") from None
+        raise BlockFileError(f"{path!r} is not a valid .keras archive: {e}") from e
+    closers = [archive.close]
+
+    def close():
+        while closers:
+            closers.pop()()
+
     try:
         check_zip(archive, path)
         members = set(archive.namelist())
@@ -383,23 +397,24 @@ def _open_archive(path: str, rule, source_model) -> KerasWeightsSource:
             "saved": str(metadata.get("date_saved", "")),
         }
         member = archive.getinfo("model.weights.h5")
-        if member.compress_type == zipfile.ZIP_STORED:
-            stream = archive.open(member)  # seekable: read in place, never extracted
-        else:
-            stream = io.BytesIO(archive.read(member))  # size checked by check_zip
-        file = h5py.File(stream, "r")
+        config = _json_member(archive, "config.json", path) if "config.json" in members else {}
         if source_model is None:  # used only if the weights carry no layer names
 
             def source_model():
-                return _model_from_config(_json_member(archive, "config.json", path), path)
+                return _model_from_config(config, path)
 
-        config = _json_member(archive, "config.json", path) if "config.json" in members else {}
+        if member.compress_type == zipfile.ZIP_STORED:
+            stream = archive.open(member)  # seekable: read in place, never extracted
+        else:  # inflated to a temporary file, stopping at what the config's model needs
+            stream = inflate_member(archive, member, _weights_bound(config, path), path)
+        closers.append(stream.close)
+        file = open_hdf5(stream, repr(path))
         return KerasWeightsSource(
-            [file], path, [member.file_size], rule, source_model, info, on_close=archive.close,
+            [file], path, [member.file_size], rule, source_model, info, on_close=close,
             layer_order=_config_layer_names(config),
         )
     except BaseException:
-        archive.close()
+        close()
         raise
 
 
@@ -440,10 +455,7 @@ def _open_sharded(path: str, rule, source_model) -> KerasWeightsSource:
 
 
 def _open_h5(path: str) -> h5py.File:
-    try:
-        return h5py.File(path, "r", locking=False)
-    except OSError as e:
-        raise BlockFileError(f"Cannot read {path!r} as HDF5: {e}") from None
+    return open_hdf5(path, repr(path))  # non-regular files and damaged global heaps refused
 
 
 def _has_member(path: str, name: str) -> bool:
@@ -461,6 +473,24 @@ def _json_member(archive: zipfile.ZipFile, name: str, where: str) -> dict:
         raise BlockFileError(f"{where}: {name} is not valid JSON: {e}") from None
 
 
+def _weights_bound(config: dict, where: str) -> int:
+    """The most bytes a `.keras` archive's weights file can need: its config's model's
+    variables, three optimizer slots for each (Adam's two, plus AMSGrad's), and a margin of
+    1 MiB plus 4 KiB per variable for HDF5's own structures."""
+    model = _model_from_config(config, where, "its weights are compressed, so the bound on "
+                                              "their inflated size comes from the config")
+    variables = list(model.weights)
+    values = sum(int(np.prod(v.shape, dtype=np.int64)) * _itemsize(v.dtype) for v in variables)
+    return 4 * values + (1 << 20) + 4096 * len(variables)
+
+
+def _itemsize(dtype) -> int:
+    try:
+        return np.dtype(dtype).itemsize
+    except TypeError:
+        return 8  # a type NumPy does not know (bfloat16, float8): at most 8 bytes
+
+
 def _config_layer_names(config) -> list[str] | None:
     """The top-level layer names of a model config, in the model's order."""
     try:
@@ -470,20 +500,24 @@ def _config_layer_names(config) -> list[str] | None:
         return None
 
 
-def _model_from_config(config: dict, where: str) -> keras.Model:
+def _model_from_config(
+    config: dict, where: str, why: str = "its weights carry no layer names"
+) -> keras.Model:
+    import keras
+
     try:
         return keras.saving.deserialize_keras_object(config, safe_mode=True)
     except Exception as e:
         raise BlockFileError(
-            f"{where}: its weights carry no layer names and its config.json cannot rebuild the "
-            f"model with safe_mode=True ({type(e).__name__}: {e}). Pass source_model=."
-        ) from None
+            f"{where}: {why}, and its config.json cannot rebuild the model with "
+            f"safe_mode=True ({type(e).__name__}: {e}). Pass source_model=."
+        ) from e
 
 
 # --- the structure of a Keras weights file ------------------------------------------------
 
 
-def _index_units(files: list[h5py.File]) -> dict[str, _Unit]:
+def _index_units(files: list[h5py.File], where: str) -> dict[str, _Unit]:
     """Every `vars` group of the files (shards merged), keyed by structural path."""
     units: dict[str, _Unit] = {}
     classes = _class_names()
@@ -503,7 +537,7 @@ def _index_units(files: list[h5py.File]) -> dict[str, _Unit]:
                         (index, _address(group)),
                     )
                 if "name" in child.attrs and unit.name is None:
-                    unit.name = _attr_text(text_attribute(child, "name"))
+                    unit.name = layer_name(text_attribute(child, "name"), where)
                 for var in child:
                     if isinstance(child[var], h5py.Dataset):
                         unit.datasets[var] = (index, child[var].name)
@@ -691,6 +725,8 @@ def _dtype_of(ds: h5py.Dataset, where: str) -> str:
             f"{where}: dataset {ds.name!r} has dtype {ds.dtype}, which is not a numeric "
             "variable type."
         )
+    import keras
+
     return keras.backend.standardize_dtype(ds.dtype)
 
 
@@ -723,6 +759,7 @@ def _class_names() -> dict[str, str]:
     """Keras's snake-case group keys (`batch_normalization`) -> class names."""
     global _CLASSES
     if _CLASSES is None:
+        import keras
         from keras.src.utils.naming import to_snake_case
 
         _CLASSES = {

@@ -19,14 +19,19 @@ with zipfile.ZipFile(path) as archive:
 
 from __future__ import annotations
 
+import contextlib
 import os
 import posixpath
+import stat
+import tempfile
 import zipfile
+from collections.abc import Callable
+from typing import Any, BinaryIO
 
 import h5py
 import numpy as np
 
-from keras_blockreuse.errors import BlockFileError
+from keras_blockreuse.errors import BlockFileError, BlockMismatchError
 
 # A deflated stream expands at most about 1032 times; more than this is crafted.
 MAX_COMPRESSION_RATIO = 1100
@@ -38,7 +43,7 @@ def check_hdf5(file: h5py.File | h5py.Group, where: str) -> None:
     External links and soft links (Keras never writes either), datasets stored in external
     raw files and virtual datasets (whose values come from other files) are all refused.
     """
-    for path, link in _links(file):
+    for path, link in _links(file, where):
         if isinstance(link, h5py.ExternalLink):
             raise BlockFileError(
                 f"{where}: {path!r} is an HDF5 external link to {link.filename!r}:{link.path!r}. "
@@ -49,7 +54,7 @@ def check_hdf5(file: h5py.File | h5py.Group, where: str) -> None:
                 f"{where}: {path!r} is an HDF5 soft link to {link.path!r}. Keras weights files "
                 "hold no links; refusing to follow it."
             )
-    for path, obj in _objects(file):
+    for path, obj in _objects(file, where):
         if isinstance(obj, h5py.Dataset):
             if obj.external:
                 files = [entry[0] for entry in obj.external]
@@ -86,26 +91,49 @@ def text_attribute(owner: h5py.File | h5py.Group | h5py.Dataset, name: str, defa
     return owner.attrs[name]
 
 
-def _links(group: h5py.Group, prefix: str = ""):
-    for name in group:
-        link = group.get(name, getlink=True)
-        path = f"{prefix}/{name}"
-        yield path, link
-        if isinstance(link, h5py.HardLink):
-            child = group.get(name)
+def _links(group: h5py.Group, where: str):
+    """Every link under `group` with its path, each hard-linked group visited once.
+
+    A group hard-linked into itself (a cycle, which Keras never writes) is refused rather
+    than followed forever.
+    """
+    yield from _walk(group, where, links=True)
+
+
+def _objects(group: h5py.Group, where: str):
+    yield from _walk(group, where, links=False)
+
+
+def _walk(group: h5py.Group, where: str, links: bool):
+    stack = [(group, "", (_address(group),))]
+    seen = set()
+    while stack:
+        current, path_prefix, ancestors = stack.pop()
+        for name in current:
+            link = current.get(name, getlink=True)
+            path = f"{path_prefix}/{name}"
+            if links:
+                yield path, link
+            if not isinstance(link, h5py.HardLink):
+                continue
+            child = current[name]
+            if not links:
+                yield path, child
             if isinstance(child, h5py.Group):
-                yield from _links(child, path)
+                address = _address(child)
+                if address in ancestors:
+                    raise BlockFileError(
+                        f"{where}: {path!r} is a hard link to one of its own "
+                        "enclosing groups (a cycle); a weights file is a tree. The file is "
+                        "damaged or crafted."
+                    )
+                if address not in seen:
+                    seen.add(address)
+                    stack.append((child, path, (*ancestors, address)))
 
 
-def _objects(group: h5py.Group, prefix: str = ""):
-    for name in group:
-        if not isinstance(group.get(name, getlink=True), h5py.HardLink):
-            continue
-        child = group[name]
-        path = f"{prefix}/{name}"
-        yield path, child
-        if isinstance(child, h5py.Group):
-            yield from _objects(child, path)
+def _address(obj) -> int:
+    return int(h5py.h5o.get_info(obj.id).addr)
 
 
 def check_dataset_size(dataset: h5py.Dataset, file_size: int, where: str) -> int:
@@ -177,3 +205,214 @@ def safe_member_name(name: str, where: str) -> str:
             "Refusing to open it."
         )
     return name
+
+
+# --- files that are not regular, and failures of any kind --------------------------------
+
+
+def check_regular_file(path: str | os.PathLike) -> None:
+    """Refuses, without opening it, a path that exists but is not a regular file.
+
+    Opening a named pipe (FIFO) blocks until something writes to it, a device may never end,
+    and a folder is no weights file; each is refused with `BlockFileError`. A symbolic link is
+    followed (its target is checked). A missing path is left to the caller.
+    """
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        return
+    except OSError as e:
+        raise BlockFileError(f"Cannot read {os.fspath(path)!r}: {e}") from e
+    if not stat.S_ISREG(mode):
+        kind = (
+            "a named pipe (FIFO)" if stat.S_ISFIFO(mode)
+            else "a folder" if stat.S_ISDIR(mode)
+            else "a socket" if stat.S_ISSOCK(mode)
+            else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode)
+            else "not a regular file"
+        )
+        raise BlockFileError(
+            f"{os.fspath(path)!r} is {kind}, not a regular file; refusing to open it "
+            "(reading it could block forever)."
+        )
+
+
+@contextlib.contextmanager
+def reading(where: str):
+    """Turns any failure while reading a third-party file into `BlockFileError` naming it.
+
+    `BlockFileError`, `BlockMismatchError` and `TypeError` (a wrong argument) pass through; every
+    other exception — `OSError`, `KeyError`, `ValueError`, `RuntimeError`, `UnicodeDecodeError`,
+    `zipfile.BadZipFile`, `RecursionError`, `MemoryError` — is raised as `BlockFileError`
+    chained to it (`raise ... from e`).
+
+    Example:
+
+    ```python
+    with reading("m.weights.h5"):
+        h5py.File("m.weights.h5", "r")["layers"]
+    ```
+    """
+    try:
+        yield
+    except (BlockFileError, BlockMismatchError, TypeError):
+        raise
+    except Exception as e:
+        raise BlockFileError(
+            f"Cannot read {where}: it is damaged or not a weights file "
+            f"({type(e).__name__}: {_short(e)})"
+        ) from e
+
+
+def _short(error: BaseException) -> str:
+    text = str(error)
+    return text if len(text) <= 500 else text[:500] + "..."
+
+
+class GuardedSource:
+    """A file source whose every method raises `BlockFileError` (naming the file) on failure.
+
+    Wraps a source opened from a third-party file; attribute access is forwarded, and each
+    method call runs inside `reading(description)`.
+
+    Example:
+
+    ```python
+    source = GuardedSource(lambda: open_keras_file(path), path)
+    source.read_block("block_1")   # BlockFileError naming `path`, never a raw h5py error
+    ```
+    """
+
+    def __init__(self, open_source: Callable[[], Any], where: str):
+        self._where = where
+        with reading(where):
+            self._source = open_source()
+
+    def __getattr__(self, name: str):
+        value = getattr(self._source, name)
+        if not callable(value):
+            return value
+        where = self._where
+
+        def guarded(*args, **kwargs):
+            with reading(where):
+                return value(*args, **kwargs)
+
+        return guarded
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def open_hdf5(file: str | os.PathLike | BinaryIO, where: str) -> h5py.File:
+    """Opens a third-party HDF5 file for reading, checked so that reading it cannot hang.
+
+    Refuses non-regular files before opening them, then runs the bounded global heap check
+    (`keras_blockreuse.hdf5_check`) before any variable-length string can be read.
+
+    Raises:
+        BlockFileError: the path is not a regular file, not HDF5, or its global heap is
+            damaged.
+    """
+    from keras_blockreuse.hdf5_check import check_global_heap
+
+    if isinstance(file, (str, os.PathLike)):
+        check_regular_file(file)
+    try:
+        opened = h5py.File(file, "r", locking=False)
+    except OSError as e:
+        raise BlockFileError(f"Cannot read {where} as HDF5: {e}") from e
+    try:
+        check_global_heap(opened, where, None if isinstance(file, (str, os.PathLike)) else file)
+    except BaseException:
+        opened.close()
+        raise
+    return opened
+
+
+# --- names -------------------------------------------------------------------------------
+
+
+def layer_name(value, where: str, what: str = "layer name", slash: bool = False) -> str:
+    """A name read from a file, checked: UTF-8 text, not empty, printable, no `/`.
+
+    Keras refuses `/` in layer names and never writes control characters; a name that breaks
+    these rules was damaged after it was written, and is reported rather than used (a damaged
+    name would otherwise leave its layer silently unloaded). `slash=True` allows `/` (legacy
+    weight names are paths such as `dense/kernel:0`).
+
+    Raises:
+        BlockFileError: naming the file and the bad name.
+    """
+    if isinstance(value, np.ndarray) and value.shape == ():
+        value = value[()]
+    if isinstance(value, bytes):
+        try:
+            text = value.decode("utf-8")
+        except UnicodeDecodeError:
+            raise BlockFileError(
+                f"{where}: a {what} is not valid UTF-8 text ({value[:80]!r}); the file is "
+                "damaged."
+            ) from None
+    elif isinstance(value, str):
+        text = value
+    else:
+        raise BlockFileError(
+            f"{where}: a {what} should be text, found {type(value).__name__}; the file is "
+            "damaged."
+        )
+    if not text or (not slash and "/" in text) or not text.isprintable():
+        raise BlockFileError(
+            f"{where}: {text[:80]!r} is not a valid Keras {what} (empty, non-printable "
+            "characters or '/'); the file is damaged."
+        )
+    return text
+
+
+# --- zip members, inflated within a bound ---------------------------------------------------
+
+
+def inflate_member(
+    archive: zipfile.ZipFile, member: zipfile.ZipInfo, limit: int, where: str
+) -> BinaryIO:
+    """A compressed archive member, inflated into an anonymous temporary file, at most `limit`
+    bytes.
+
+    Memory stays at one 1 MiB buffer whatever the member declares; inflation stops as soon as
+    it passes `limit` (or the member's declared size), so a zip bomb costs `limit` bytes of
+    disk and time, not its inflated size. The file is deleted when closed.
+
+    Raises:
+        BlockFileError: the member inflates beyond `limit`, or is damaged (a CRC error).
+    """
+    bound = min(limit, member.file_size)
+    out = tempfile.TemporaryFile()
+    try:
+        written = 0
+        with archive.open(member) as stream:
+            while True:
+                chunk = stream.read(min(_CHUNK, bound + 1 - written))
+                if not chunk:
+                    break
+                written += len(chunk)
+                if written > bound:
+                    reason = "its declared size" if bound < limit else (
+                        "its model's weights need (from its config, with optimizer state "
+                        "and a margin)")
+                    raise BlockFileError(
+                        f"{where}: archive member {member.filename!r} inflates beyond "
+                        f"{bound} bytes, more than {reason}; a zip bomb or a damaged "
+                        "archive. Stopped inflating it."
+                    )
+                out.write(chunk)
+        out.seek(0)
+        return out
+    except BaseException:
+        out.close()
+        raise
+
+
+_CHUNK = 1 << 20

@@ -18,14 +18,15 @@ with open_source("run/blocks_010.blocks.h5") as source:
 
 from __future__ import annotations
 
+import functools
 import os
 import types
 from collections.abc import Callable
 
-import keras
 import numpy as np
 
 from keras_blockreuse.blocks import BlockRule, get_blocks, resolve_rule
+from keras_blockreuse.safety import GuardedSource, check_regular_file, reading
 from keras_blockreuse.store import (
     BlockFile,
     LayerInfo,
@@ -164,6 +165,8 @@ class ModelSource(Source):
         return list(self._blocks)
 
     def block_layers(self, name: str) -> tuple[LayerInfo, ...]:
+        import keras  # a live model: Keras is loaded already
+
         if name not in self._layers:
             layers, values = [], {}
             for path, unit, unit_values in _block_values(self._blocks[name]):
@@ -219,17 +222,22 @@ def open_source(source, rule: BlockRule = None, **options) -> Source:
     """
     if isinstance(source, Source):
         return source
-    if isinstance(source, keras.Model):
-        return ModelSource(source, rule)
     if isinstance(source, (str, os.PathLike)):
         path = os.fspath(source)
+        check_regular_file(path)  # a FIFO would block the first open forever
         _load_keras_readers()
         for recognise, open_ in _FILE_READERS:
-            if recognise(path):
-                return open_(path, rule, **options)
+            with reading(repr(path)):  # third-party files: every failure is a BlockFileError
+                recognised = recognise(path)
+            if recognised:
+                return GuardedSource(functools.partial(open_, path, rule, **options), repr(path))
         if options:
             raise TypeError(f"Options {sorted(options)} do not apply to a block file: {path!r}")
         return BlockFileSource(path)
+    import keras  # not a path: a live model (Keras is loaded already) or an error
+
+    if isinstance(source, keras.Model):
+        return ModelSource(source, rule)
     raise TypeError(
         "`source` must be a path to a block file (or a Keras weights file) or a keras.Model. "
         f"Received: {source!r} of type {type(source).__name__}"
@@ -238,6 +246,7 @@ def open_source(source, rule: BlockRule = None, **options) -> Source:
 
 def _load_keras_readers() -> None:
     try:
+        import keras_blockreuse.hub  # noqa: F401  (keras-hub preset directories; lazy keras_hub)
         import keras_blockreuse.keras_sources  # noqa: F401  (registers its readers)
     except ImportError:
         pass

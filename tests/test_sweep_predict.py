@@ -130,7 +130,7 @@ def test_relative_gradient_norms_refuse_a_frozen_block():
 
 
 def test_cut_features_are_the_next_blocks_inputs_pooled():
-    from keras_blockreuse.zoo import seed_cnn
+    from keras_blockreuse.sweep.zoo import seed_cnn
 
     model = seed_cnn((8, 8, 1), num_classes=5)
     x = np.random.default_rng(0).normal(size=(10, 8, 8, 1)).astype("float32")
@@ -178,7 +178,7 @@ def test_kendall_tau_values_and_refusals():
 
 def test_predict_ranking_and_top_configurations_on_a_transferred_model():
     from keras_blockreuse.sweep.predict import predict_ranking, top_configurations
-    from keras_blockreuse.zoo import seed_cnn
+    from keras_blockreuse.sweep.zoo import seed_cnn
 
     model = seed_cnn((8, 8, 1), num_classes=3, dropout=False)
     rng = np.random.default_rng(0)

@@ -515,7 +515,7 @@ def rank_for_sweep(model: str, data, source: bytes | str, blocks: Sequence[str])
     import keras
 
     from keras_blockreuse.sweep.trial import block_file
-    from keras_blockreuse.zoo import build_model
+    from keras_blockreuse.sweep.zoo import build_model
 
     keras.backend.clear_session()
     keras.utils.set_random_seed(0)

@@ -1,0 +1,404 @@
+"""A bounded check of the HDF5 global heap, run before HDF5 reads a variable-length string.
+
+Keras stores layer names (`name`, `layer_names`, `weight_names`, `keras_version`, ...) as
+variable-length strings, whose bytes live in HDF5's global heap. HDF5 1.14 loops forever
+decoding a heap collection whose sizes were damaged (a changed byte in the collection size or
+in an object's size: measured, 45 of 1,440 single-byte changes of a collection hang). This
+module parses, with its own bounded reader, every variable-length attribute the file holds
+and every global heap collection those attributes point into, and refuses the file unless
+each collection is exactly well formed:
+
+- the superblock (versions 0-3) gives the sizes of addresses and lengths;
+- each object header (versions 1 and 2, continuation chunks included) is read from the address
+  HDF5 reports for it, and each attribute message of a variable-length type (class 9) is
+  decoded: its dataspace gives the number of elements, each element a length and a heap ID
+  (collection address, object index);
+- each collection those IDs name must start with `GCOL`, version 1, lie inside the file, and
+  its objects must tile it exactly: every object header and object inside the collection,
+  indices unique, the free-space object (index 0) last;
+- the object an ID names must exist and hold exactly the bytes its length says.
+
+Every step reads a bounded number of bytes and loops a bounded number of times, so the check
+itself ends quickly on any input. Variable-length data it cannot follow — attributes kept in
+dense storage (a fractal heap; HDF5 uses it above 8 attributes per object, Keras never
+does), shared messages, or variable-length members nested in compound or array types — is
+refused the same way, as a file Keras does not write.
+
+Measured alternative: reading names in a child process with a deadline also bounds the time,
+but costs a process start (0.2-0.5 s with h5py imported) on every load, and cannot be made
+to hand back h5py objects; the parser costs well under a millisecond for Keras's files.
+
+Example:
+
+```python
+with h5py.File(path, "r") as f:
+    check_global_heap(f, path)   # raises BlockFileError before any vlen string is read
+    f.attrs["keras_version"]     # now safe to read
+```
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+from typing import BinaryIO
+
+import h5py
+
+from keras_blockreuse.errors import BlockFileError
+
+_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+_ATTRIBUTE = 0x000C
+_ATTRIBUTE_INFO = 0x0015
+_CONTINUATION = 0x0010
+_VLEN = 9
+_NESTING = (6, 10)  # compound, array: may hold variable-length members
+_MAX_MESSAGES = 100_000  # per object header: far above anything HDF5 writes for Keras files
+_MAX_CHUNKS = 1_000
+
+
+class _Damaged(Exception):
+    """Raised inside the parser; turned into `BlockFileError` naming the file."""
+
+
+def check_global_heap(file: h5py.File, where: str, stream: BinaryIO | None = None) -> None:
+    """Refuses an HDF5 file whose variable-length attributes point into a damaged global heap.
+
+    Args:
+        file: the open file (only its object addresses are used; no attribute is read).
+        where: the file's name, for the error.
+        stream: the file's bytes, for a file opened from a file object (inside an archive);
+            by default the file is read from its path.
+
+    Raises:
+        BlockFileError: a global heap collection, an object header holding a
+            variable-length attribute, or the superblock is damaged, or the file keeps
+            variable-length attributes where this check cannot follow them.
+    """
+    try:
+        if stream is None:
+            with open(file.filename, "rb") as fh:
+                _Checker(fh, os.fstat(fh.fileno()).st_size).run(file)
+        else:
+            position = stream.tell()
+            size = stream.seek(0, os.SEEK_END)
+            try:
+                _Checker(stream, size).run(file)
+            finally:
+                stream.seek(position)
+    except _Damaged as e:
+        raise BlockFileError(
+            f"{where}: {e}. The file is damaged; its text attributes were not read."
+        ) from None
+    except OSError as e:
+        raise BlockFileError(f"{where}: cannot read it to check its global heap: {e}") from e
+
+
+class _Checker:
+    def __init__(self, fh, size: int):
+        self.fh = fh
+        self.size = size
+        self.collections: dict[int, dict[int, int]] = {}  # address -> {index: size}
+        self.base, self.offsets, self.lengths = self._superblock()
+
+    def read(self, address: int, count: int, what: str) -> bytes:
+        if address < 0 or count < 0 or address + count > self.size:
+            raise _Damaged(f"{what} at byte {address} ({count} bytes) lies outside the file "
+                           f"of {self.size} bytes")
+        self.fh.seek(address)
+        data = self.fh.read(count)
+        if len(data) != count:
+            raise _Damaged(f"{what} at byte {address} is cut short")
+        return data
+
+    def _superblock(self) -> tuple[int, int, int]:
+        location = 0
+        while location + 8 <= self.size:
+            if self.read(location, 8, "the superblock") == _SIGNATURE:
+                break
+            location = 512 if location == 0 else location * 2
+        else:
+            raise _Damaged("no HDF5 superblock signature")
+        version = self.read(location + 8, 1, "the superblock")[0]
+        if version in (0, 1):
+            offsets, lengths = self.read(location + 13, 2, "the superblock")
+            base_at = location + (24 if version == 0 else 28)
+        elif version in (2, 3):
+            offsets, lengths = self.read(location + 9, 2, "the superblock")
+            base_at = location + 12
+        else:
+            raise _Damaged(f"superblock version {version} is unknown")
+        if offsets not in (2, 4, 8) or lengths not in (2, 4, 8):
+            raise _Damaged(f"superblock declares address/length sizes {offsets}/{lengths}")
+        base = self.unsigned(self.read(base_at, offsets, "the superblock"))
+        if base != location:
+            raise _Damaged(f"superblock at byte {location} declares base address {base}")
+        return base, offsets, lengths
+
+    @staticmethod
+    def unsigned(data: bytes) -> int:
+        return int.from_bytes(data, "little")
+
+    # --- objects -----------------------------------------------------------------------
+
+    def run(self, file: h5py.File) -> None:
+        for address, obj in _hard_linked(file):
+            for attribute in self._attribute_messages(self.base + address):
+                self._check_attribute(attribute, obj)
+
+    def _attribute_messages(self, address: int) -> list[bytes]:
+        """The attribute messages of the object header at `address` (absolute)."""
+        head = self.read(address, 4, "an object header")
+        if head == b"OHDR":
+            chunks = self._v2_messages(address)
+        elif head[0] == 1:
+            chunks = self._v1_messages(address)
+        else:
+            raise _Damaged(f"object header at byte {address} has unknown version {head[0]}")
+        attributes = []
+        for kind, flags, data in chunks:
+            if kind == _ATTRIBUTE:
+                if flags & 0x02:
+                    raise _Damaged(f"object header at byte {address} holds a shared attribute "
+                                   "message, which Keras never writes")
+                attributes.append(data)
+            elif kind == _ATTRIBUTE_INFO:
+                self._refuse_dense(data, address)
+        return attributes
+
+    def _v1_messages(self, address: int):
+        _, _, count, _, size = struct.unpack("<BBHII", self.read(address, 12, "an object header"))
+        chunks = [(address + 16, size)]
+        messages, seen = [], set()
+        while chunks:
+            start, size = chunks.pop(0)
+            if start in seen or len(seen) > _MAX_CHUNKS:
+                raise _Damaged(f"object header at byte {address} has looping continuations")
+            seen.add(start)
+            data = self.read(start, size, "an object header chunk")
+            position = 0
+            while position + 8 <= len(data):
+                kind, length, flags = struct.unpack_from("<HHB", data, position)
+                body = data[position + 8 : position + 8 + length]
+                if len(body) != length:
+                    raise _Damaged(f"object header at byte {address} has a message past its end")
+                messages.append((kind, flags, body))
+                if kind == _CONTINUATION:
+                    chunks.append(self._continuation(body, address))
+                position += 8 + length
+                if len(messages) > max(count, 1) + _MAX_MESSAGES:
+                    raise _Damaged(f"object header at byte {address} has too many messages")
+        return messages
+
+    def _v2_messages(self, address: int):
+        version, flags = self.read(address + 4, 2, "an object header")
+        if version != 2:
+            raise _Damaged(f"object header at byte {address} has unknown version {version}")
+        position = address + 6 + (16 if flags & 0x20 else 0) + (4 if flags & 0x10 else 0)
+        width = 1 << (flags & 0x03)
+        size = self.unsigned(self.read(position, width, "an object header"))
+        chunks = [(position + width, size)]
+        header = 6 if flags & 0x04 else 4
+        messages, seen = [], set()
+        first = True
+        while chunks:
+            start, size = chunks.pop(0)
+            if start in seen or len(seen) > _MAX_CHUNKS:
+                raise _Damaged(f"object header at byte {address} has looping continuations")
+            seen.add(start)
+            if not first:  # a continuation chunk: "OCHK", messages, checksum
+                if self.read(start, 4, "an object header chunk") != b"OCHK" or size < 8:
+                    raise _Damaged(f"object header at byte {address} has a damaged chunk")
+                start, size = start + 4, size - 8
+            first = False
+            data = self.read(start, size, "an object header chunk")
+            position = 0
+            while position + header <= len(data):
+                kind, length, _ = struct.unpack_from("<BHB", data, position)
+                message_flags = data[position + 3]
+                body = data[position + header : position + header + length]
+                if len(body) != length:
+                    raise _Damaged(f"object header at byte {address} has a message past its end")
+                messages.append((kind, message_flags, body))
+                if kind == _CONTINUATION:
+                    chunks.append(self._continuation(body, address))
+                position += header + length
+                if len(messages) > _MAX_MESSAGES:
+                    raise _Damaged(f"object header at byte {address} has too many messages")
+        return messages
+
+    def _continuation(self, body: bytes, address: int) -> tuple[int, int]:
+        if len(body) < self.offsets + self.lengths:
+            raise _Damaged(f"object header at byte {address} has a short continuation message")
+        offset = self.unsigned(body[: self.offsets])
+        length = self.unsigned(body[self.offsets : self.offsets + self.lengths])
+        return self.base + offset, length
+
+    def _refuse_dense(self, body: bytes, address: int) -> None:
+        """Attribute Info: dense storage (a fractal heap) is not followed; refused if used."""
+        if len(body) < 2:
+            raise _Damaged(f"object header at byte {address} has a short attribute info message")
+        position = 2 + (2 if body[1] & 0x01 else 0)
+        heap = body[position : position + self.offsets]
+        if len(heap) != self.offsets:
+            raise _Damaged(f"object header at byte {address} has a short attribute info message")
+        if heap != b"\xff" * self.offsets:
+            raise _Damaged(f"object at byte {address} keeps attributes in dense storage (over 8 "
+                           "attributes), which Keras never writes and this check does not follow")
+
+    # --- attributes ------------------------------------------------------------------------
+
+    def _check_attribute(self, body: bytes, obj: str) -> None:
+        if len(body) < 8:
+            raise _Damaged(f"an attribute message of {obj!r} is cut short")
+        version, flags = body[0], body[1]
+        name_size, type_size, space_size = struct.unpack_from("<HHH", body, 2)
+        if version == 1:
+            pad = _pad8
+            position = 8
+        elif version in (2, 3):
+            pad = int  # no padding
+            position = 8 if version == 2 else 9
+        else:
+            raise _Damaged(f"an attribute message of {obj!r} has unknown version {version}")
+        name = body[position : position + name_size].split(b"\x00", 1)[0]
+        label = f"attribute {name.decode('utf-8', 'replace')!r} of {obj!r}"
+        position += pad(name_size)
+        datatype = body[position : position + type_size]
+        position += pad(type_size)
+        dataspace = body[position : position + space_size]
+        position += pad(space_size)
+        if len(datatype) != type_size or len(dataspace) != space_size or type_size < 8:
+            raise _Damaged(f"{label} is cut short")
+        if flags & 0x03:
+            raise _Damaged(f"{label} uses a shared datatype or dataspace, which Keras never "
+                           "writes")
+        kind = datatype[0] & 0x0F
+        if kind in _NESTING and _holds_vlen(datatype):
+            raise _Damaged(f"{label} nests variable-length data in a compound or array type, "
+                           "which Keras never writes")
+        if kind != _VLEN:
+            return
+        if len(datatype) < 16:
+            raise _Damaged(f"{label} has a cut-short variable-length type")
+        base_size = struct.unpack_from("<I", datatype, 12)[0]  # the base type's size
+        if base_size == 0 or (datatype[8] & 0x0F) in (_VLEN, *_NESTING):
+            raise _Damaged(f"{label} has a nested or empty variable-length base type")
+        count = self._elements(dataspace, label)
+        element = 4 + self.offsets + 4
+        data = body[position : position + count * element]
+        if len(data) != count * element:
+            raise _Damaged(f"{label} declares {count} values but holds {len(body) - position} "
+                           "bytes")
+        for i in range(count):
+            start = i * element
+            length = struct.unpack_from("<I", data, start)[0]
+            collection = self.unsigned(data[start + 4 : start + 4 + self.offsets])
+            index = struct.unpack_from("<I", data, start + 4 + self.offsets)[0]
+            if collection == 0 and length == 0:
+                continue  # a null value: HDF5 reads nothing
+            objects = self._collection(collection, label)
+            if index not in objects or index == 0:
+                raise _Damaged(f"{label} points to object {index} of the global heap collection "
+                               f"at byte {self.base + collection}, which has no such object")
+            if objects[index] != length * base_size:
+                raise _Damaged(f"{label} declares {length * base_size} bytes but its global heap "
+                               f"object holds {objects[index]}")
+
+    def _elements(self, dataspace: bytes, label: str) -> int:
+        if len(dataspace) < 4:
+            raise _Damaged(f"{label} has a cut-short dataspace")
+        version, rank, flags = dataspace[0], dataspace[1], dataspace[2]
+        if version == 1:
+            position, kind = 8, 1 if rank else 0
+        elif version == 2:
+            position, kind = 4, dataspace[3]
+        else:
+            raise _Damaged(f"{label} has a dataspace of unknown version {version}")
+        if kind == 2:
+            return 0  # a null dataspace
+        if rank > 32:
+            raise _Damaged(f"{label} has a dataspace of rank {rank}")
+        count = 1
+        for i in range(rank):
+            dim = dataspace[position + i * self.lengths : position + (i + 1) * self.lengths]
+            if len(dim) != self.lengths:
+                raise _Damaged(f"{label} has a cut-short dataspace")
+            count *= self.unsigned(dim)
+            if count > self.size:
+                raise _Damaged(f"{label} declares {count} values, more than the file could hold")
+        del flags
+        return count
+
+    def _collection(self, address: int, label: str) -> dict[int, int]:
+        """The objects of the global heap collection at `address`: `{index: size}`, checked."""
+        if address in self.collections:
+            return self.collections[address]
+        start = self.base + address
+        head = self.read(start, 8 + self.lengths, f"the global heap collection for {label}")
+        if head[:4] != b"GCOL" or head[4] != 1:
+            raise _Damaged(f"{label} points to byte {start}, which is not a global heap "
+                           "collection (signature GCOL, version 1)")
+        size = self.unsigned(head[8:])
+        header = 8 + self.lengths
+        if size < header or start + size > self.size:
+            raise _Damaged(f"the global heap collection at byte {start} declares {size} bytes, "
+                           f"beyond the file's {self.size}")
+        data = self.read(start, size, "a global heap collection")
+        objects: dict[int, int] = {}
+        position = header
+        object_header = 8 + self.lengths
+        while position < size:
+            if size - position < object_header:
+                break  # too small for an object: unused space at the end, as HDF5 writes it
+            index, _, _ = struct.unpack_from("<HHI", data, position)
+            length = self.unsigned(data[position + 8 : position + object_header])
+            if index == 0:  # free space: the rest of the collection, header included
+                if length != size - position:
+                    raise _Damaged(f"the global heap collection at byte {start} has free space "
+                                   f"of {length} bytes where {size - position} remain")
+                break
+            span = object_header + _pad8(length)
+            if index in objects or length > size - position or span > size - position:
+                raise _Damaged(f"the global heap collection at byte {start} has a damaged "
+                               f"object {index} ({length} bytes at byte {start + position})")
+            objects[index] = length
+            position += span
+        self.collections[address] = objects
+        return objects
+
+
+def _pad8(n: int) -> int:
+    return (n + 7) & ~7
+
+
+def _holds_vlen(datatype: bytes) -> bool:
+    """Whether an encoded compound or array type mentions a variable-length class anywhere.
+
+    A conservative scan (any byte of the encoding that could be a class-9 header counts): it
+    may refuse an unusual compound type, never lets a variable-length member through.
+    """
+    return any((b & 0x0F) == _VLEN and (b >> 4) in (1, 2, 3, 4, 5) for b in datatype[8:])
+
+
+def _hard_linked(file: h5py.File):
+    """`(address, name)` of every object reached through hard links, each once (cycles too)."""
+    seen: set[int] = set()
+    stack = [("/", file.id)]
+    while stack:
+        name, oid = stack.pop()
+        address = int(h5py.h5o.get_info(oid).addr)
+        if address in seen:
+            continue
+        seen.add(address)
+        yield address, name
+        if isinstance(oid, h5py.h5g.GroupID):
+            for child in oid:  # link names: local heap or link messages, not the global heap
+                try:
+                    link = oid.links.get_info(child)
+                except Exception:  # noqa: BLE001 - an unreadable link: HDF5 will say so later
+                    continue
+                if link.type != h5py.h5l.TYPE_HARD:
+                    continue
+                stack.append((f"{name.rstrip('/')}/{child.decode('utf-8', 'replace')}",
+                               h5py.h5o.open(oid, child)))
