@@ -146,13 +146,20 @@ def run_sweep(
                                                  print_fn=print_fn)
         else:
             source, source_info = user.source_bytes(), user.source_info
-        ranking = None
+        ranking, no_ranking = None, ""
         if settings.task != DETECTION and user is None:  # predictors: cheap, before any trial
             from keras_blockreuse.sweep.predict import rank_for_sweep, top_configurations
 
-            ranking = rank_for_sweep(settings.model, data, source, blocks)
-            print_fn(f"Predicted ranking ({ranking.seconds:.1f} s): " + "; ".join(
-                f"{p.rank}. {p.label}" for p in ranking.predictions[:max(3, settings.top_k)]))
+            try:
+                ranking = rank_for_sweep(settings.model, data, source, blocks)
+            except SweepError as error:
+                if settings.strategy == PREDICTED:
+                    raise
+                no_ranking = str(error)
+                print_fn(f"No predicted ranking: {error}")
+            else:
+                print_fn(f"Predicted ranking ({ranking.seconds:.1f} s): " + "; ".join(
+                    f"{p.rank}. {p.label}" for p in ranking.predictions[:max(3, settings.top_k)]))
             if settings.strategy == PREDICTED:
                 configurations = _static_configurations(
                     settings, blocks, [*top_configurations(ranking, blocks, settings.top_k),
@@ -202,6 +209,8 @@ def run_sweep(
         info["training policy"] = (f"{settings.training_policy} (k = {settings.policy_epochs}"
                                    f", fine-tuning factor {settings.ft_factor:g}); block "
                                    f"learning rates: {settings.block_lr or 'none'}")
+    if no_ranking:
+        info["predicted ranking"] = f"not available: {no_ranking}"
     if settings.scheduler == "halving":
         info["budget"] = budget
     if chosen_rates is not None:
