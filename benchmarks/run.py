@@ -1,5 +1,8 @@
 """Runs the benchmarks and prints one markdown report (and writes it where --out says).
 
+Both runs start with the command line's start-up (`--help`, `--version`, `inspect` of the
+seed CNN's block file) and the import time of `keras_blockreuse` (benchmarks/startup.py;
+3 runs each quick, 11 full).
 `--quick` (CI, under 3 minutes on 2 cores): the seed CNN and ResNet50, 3 repeats, memory of
 the full load; one trial's phases (default 40 epochs), and Ray with one trial per concurrency
 level at 10 epochs.
@@ -92,7 +95,10 @@ def main(argv=None) -> str:
         f"{machine()}",
         "",
     ]
-    sections = []
+    from benchmarks import startup as startup_bench
+
+    _, text = startup_bench.run(repeats=3 if args.quick else 11, log=log)
+    sections = [text]
     if not args.skip_io:
         if args.quick:
             _, text = io_bench.run(io_bench.QUICK_MODELS, repeats=3, warmup=1,

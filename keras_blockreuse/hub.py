@@ -36,14 +36,16 @@ import json
 import os
 import re
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
-import keras
 import numpy as np
 
 from keras_blockreuse.blocks import Block, iter_units
 from keras_blockreuse.errors import BlockFileError
-from keras_blockreuse.sources import Source, register_file_reader
-from keras_blockreuse.store import LayerInfo, VariableInfo
+from keras_blockreuse.sources import LayerInfo, Source, VariableInfo, register_file_reader
+
+if TYPE_CHECKING:
+    import keras
 
 __all__ = ["PresetSource", "hub_blocks", "is_hub_model", "is_preset_dir", "open_preset"]
 
@@ -308,7 +310,7 @@ class PresetSource(Source):
 
     def __init__(self, path: str | os.PathLike, rule=None, source_model=None):
         from keras_blockreuse.blocks import get_blocks
-        from keras_blockreuse.keras_sources import open_keras_file
+        from keras_blockreuse.sources.keras_files import open_keras_file
 
         self.path = os.fspath(path)
         self.description = self.path
@@ -349,6 +351,8 @@ class PresetSource(Source):
             raise
 
     def _model(self, source_model) -> keras.Model:
+        import keras  # a preset directory is read: Keras loads only now
+
         if source_model is not None:
             model = source_model() if not isinstance(source_model, keras.Model) else source_model
             if not isinstance(model, keras.Model):

@@ -27,16 +27,17 @@ import re
 import secrets
 import socket
 import sys
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from importlib import metadata as importlib_metadata
 from typing import Any
 
 import h5py
 import numpy as np
 
-from keras_blockreuse.blocks import BlockRule, iter_units, select
+from keras_blockreuse.blocks import BlockRule, select
 from keras_blockreuse.errors import BlockFileError
 from keras_blockreuse.safety import check_regular_file
+from keras_blockreuse.sources.base import LayerInfo, VariableInfo, numpy_dtype
 
 FORMAT_NAME = "keras-blockreuse"
 FORMAT_VERSION = 1
@@ -52,39 +53,6 @@ DATA_HASHES = ("xxh3_128", "sha256")
 
 # Keras dtypes that HDF5 cannot hold natively are stored widened, losslessly, as float32.
 _WIDENED = {"bfloat16", "float8_e4m3fn", "float8_e5m2"}
-
-
-@dataclasses.dataclass(frozen=True)
-class VariableInfo:
-    """One stored variable: its key for `load_own_variables`, name, Keras path, shape, dtype."""
-
-    key: str
-    name: str
-    path: str
-    shape: tuple[int, ...]
-    dtype: str
-    dataset: str
-
-    @property
-    def size(self) -> int:
-        return int(np.prod(self.shape, dtype=np.int64))
-
-    @property
-    def nbytes(self) -> int:
-        return self.size * _numpy_dtype(self.dtype).itemsize
-
-
-@dataclasses.dataclass(frozen=True)
-class LayerInfo:
-    """One stored layer: its path inside the model (`dense_1`, `features/conv`) and class."""
-
-    path: str
-    class_name: str
-    variables: tuple[VariableInfo, ...]
-
-    @property
-    def top(self) -> str:
-        return self.path.split("/", 1)[0]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -158,9 +126,9 @@ def save_blocks(
     >>> save_blocks(model, "ckpt/blocks_001.blocks.h5", metadata={"epoch": 1})
     'ckpt/blocks_001.blocks.h5'
     """
-    from keras_blockreuse.sources import ModelSource  # sources build on this module
+    from keras_blockreuse.sources.live_model import ModelSource  # imports Keras
 
-    source = ModelSource(model, blocks)
+    source = ModelSource(model, blocks, keras_paths=False)
     names = select(source.block_names(), only, "`only`")
     return write_blocks(source, path, names, model_name=str(model.name), metadata=metadata)
 
@@ -277,22 +245,13 @@ def _write(f: h5py.File, source, names: list[str], model_name: str, metadata_jso
                 )
             unit_group.attrs["class_name"] = _fixed(layer.class_name)
             layers.append(
-                {"path": layer.path, "class_name": layer.class_name, "variables": variables}
+                {"path": layer.path, "class_name": layer.class_name, "variables": variables,
+                 "keras_path": layer.keras_path, "order": layer.order}
             )
         layout = json.dumps(layers)
         group.create_dataset(LAYOUT, data=_fixed(layout))
         group.attrs["layout_checksum"] = _fixed(_checksum(layout.encode()))
         group.attrs["data_checksum"] = _fixed(f"{DATA_HASH}:{data_hash.hexdigest()}")
-
-
-def _block_values(block) -> Iterator[tuple[str, Any, dict]]:
-    """Yields `(layer path, layer, {key: value})` for every layer of a block that has state."""
-    for layer in block.layers:
-        for path, unit in iter_units(layer):
-            values: dict = {}
-            unit.save_own_variables(values)
-            if values:
-                yield path, unit, values
 
 
 def _dataset_name(name: str, key: str, taken: set) -> str:
@@ -356,21 +315,6 @@ def _writer_keras() -> dict[str, str]:
     except importlib_metadata.PackageNotFoundError:
         version = "none"
     return {"keras_version": version, "backend": "none"}
-
-
-def _to_numpy(value) -> np.ndarray:
-    """A variable's current value as a NumPy array (read-only where it shares memory).
-
-    For TensorFlow variables this reads the value once and views it (`tf.Variable.value()`),
-    ten times faster than `keras.ops.convert_to_numpy`, which reads and then copies.
-    """
-    import keras  # a live variable: Keras is loaded already
-
-    if isinstance(value, keras.Variable) and keras.backend.backend() == "tensorflow":
-        read = getattr(getattr(value, "value", None), "value", None)
-        if callable(read):
-            return np.asarray(read())
-    return np.asarray(keras.ops.convert_to_numpy(value))
 
 
 def _fsync_dir(folder: str) -> None:
@@ -527,7 +471,7 @@ class BlockFile:
                     stored = self._read_dataset(unit, var)
                     digest.update(stored)
                     values[var.key] = (
-                        stored.astype(_numpy_dtype(var.dtype)) if var.dtype in _WIDENED else stored
+                        stored.astype(numpy_dtype(var.dtype)) if var.dtype in _WIDENED else stored
                     )
                 out[layer.path] = values
             actual = f"{algorithm}:{digest.hexdigest()}"
@@ -612,10 +556,15 @@ class BlockFile:
                 f"Block {name!r} in {self.path} is corrupt: its layout (layer names, shapes, "
                 "dtypes) does not match its checksum."
             )
+        # Files written before layouts recorded `order` hold their layers in the source
+        # model's computation order, unless they were converted from a Keras file.
+        order_known = "converted_from" not in self._header["metadata"]
         layers = tuple(
             LayerInfo(
                 path=layer["path"],
                 class_name=layer["class_name"],
+                keras_path=layer.get("keras_path"),
+                order=layer["order"] if "order" in layer else (i if order_known else None),
                 variables=tuple(
                     VariableInfo(
                         key=v["key"],
@@ -628,7 +577,7 @@ class BlockFile:
                     for v in layer["variables"]
                 ),
             )
-            for layer in json.loads(layout)
+            for i, layer in enumerate(json.loads(layout))
         )
         return BlockInfo(name, layers, expected, self._attribute(group, "data_checksum"))
 
@@ -727,7 +676,7 @@ class BlockFile:
                 ) from None
             ds = ds.id
         where = f"{unit.name}/{var.dataset}"
-        stored_dtype = np.dtype(np.float32) if var.dtype in _WIDENED else _numpy_dtype(var.dtype)
+        stored_dtype = np.dtype(np.float32) if var.dtype in _WIDENED else numpy_dtype(var.dtype)
         if tuple(ds.shape) != var.shape or ds.dtype != stored_dtype:
             raise BlockFileError(
                 f"{self.path}: dataset {where!r} has shape {tuple(ds.shape)} and dtype "
@@ -778,11 +727,3 @@ def _header_checksum(header: Mapping[str, Any]) -> str:
     keys = ("format", "format_version", "keras_version", "backend", "created", "model_name")
     fields = [str(header[k]) for k in keys] + [header["blocks"], header["metadata"]]
     return _checksum("\x00".join(fields).encode())
-
-
-def _numpy_dtype(dtype: str) -> np.dtype:
-    if dtype in _WIDENED:
-        import ml_dtypes
-
-        return np.dtype(getattr(ml_dtypes, dtype))
-    return np.dtype(dtype)

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from keras_blockreuse import BlockFileError, BlockMismatchError, load_blocks
-from keras_blockreuse.keras_sources import open_keras_file
 from keras_blockreuse.safety import check_zip
+from keras_blockreuse.sources.keras_files import open_keras_file
 
 L = keras.layers
 

@@ -107,8 +107,10 @@ def test_rename_loads_into_differently_named_layers(source):
     target = BlockModel(inputs, outputs, blocks={"enc_1": ["enc_*"]})
     report = target.load_blocks(path, only=["block_1"], rename={"block_1": "enc_1"})
     assert report.loaded == {"enc_1": "block_1"}
-    assert report.matched_by_order == ["enc_1"]
-    assert "from block_1" in str(report) and "layers matched by order" in str(report)
+    assert report.matched_by_order == ["enc_1"] and report.pairing == {"enc_1": "order"}
+    assert report.layer_pairs["enc_1"] == [("block_1_0", "enc_a"), ("block_1_1", "enc_b")]
+    text = str(report)
+    assert "from block_1" in text and "enc_a <- block_1_0" in text and "│ order" in text
     np.testing.assert_array_equal(target.get_layer("enc_a").kernel.numpy(),
                                   model.get_layer("block_1_0").kernel.numpy())
     np.testing.assert_array_equal(target.get_layer("enc_b").bias.numpy(),

@@ -213,6 +213,13 @@ class SweepSettings:
     cache: str | None = None
     resume: bool = False
     smoke: bool = False
+    # ---- run control and statistics (issue 13) ----
+    data_seeds: bool = False
+    """Re-draw the target's train/val/test split for every seed, so that the intervals also
+    cover the split's variance (default: the split is fixed by --data-seed)."""
+    verbose: bool = False
+    """Ray Tune's own progress output and the workers' logs on the console."""
+    # ---- end of run control ----
     api: bool = False
     """Set by `which_blocks`: the model, data and source are Python objects, and `model`,
     `data` and `source` only name them in the report."""
@@ -294,6 +301,10 @@ class SweepSettings:
             if self.shift is not None:
                 raise SweepError(f"--shift applies to --task shift only; received --shift "
                                  f"{self.shift} with --task detection.")
+            if self.data_seeds:
+                raise SweepError("--data-seeds applies to the classification tasks: with --task "
+                                 "detection every seed already draws its own training scenes "
+                                 "(validation and test scenes stay fixed).")
         elif self.train_images is not None:
             raise SweepError(f"--train-images applies to --task detection only; received "
                              f"--train-images {self.train_images} with --task {self.task}.")
@@ -371,6 +382,10 @@ def build_parser() -> argparse.ArgumentParser:
             "  python sweeps/which_blocks.py --task split --shots 5 --strategy prefix\n"
             "  python sweeps/which_blocks.py --shift labels --strategy surgical\n"
             "  python sweeps/which_blocks.py --task detection --train-images 100 --epochs 5\n"
+            "  python sweeps/which_blocks.py --model mobilenet_v2 --source mobilenet_v2.h5 "
+            "--data folder:photos --image-size 224x224\n"
+            "  python sweeps/which_blocks.py --model my_models.py:build --source my.blocks.h5 "
+            "--data npz:target.npz --loss mse --metric mae\n"
             "  python sweeps/which_blocks.py --resume --out runs/which_blocks/20250101-120000\n"
             "  python sweeps/which_blocks.py --address auto --storage /shared/sweeps  # a Ray "
             "cluster"),
@@ -436,8 +451,11 @@ def build_parser() -> argparse.ArgumentParser:
              "--top-k surgical/prefix configurations ranked by LogME and gradient norms, plus "
              f"all tuned); scratch always runs (default {d.strategy})")
     add("--blocks", default=None, metavar="B[,B]",
-        help="the blocks whose policy is swept (default: all that can be transferred; the head "
-             "is left out when source and target class counts differ); the others are reinit")
+        help="the blocks whose policy is swept (default: all that can be transferred: the head "
+             "is left out when source and target class counts differ, and with --task split, "
+             "whose source head knows other classes, unless named here; with --source, blocks "
+             "the source lacks or whose shapes differ); the others are reinit, and the report "
+             "says why")
     add("--seeds", type=int, default=None, metavar="N",
         help=f"seeds per configuration, for means and confidence intervals (default {d.seeds})")
     add("--epochs", type=int, default=None, metavar="N",
@@ -508,7 +526,22 @@ def build_parser() -> argparse.ArgumentParser:
              f"also {SMOKE_DETECTION['train_images']} training scenes per trial unless "
              f"--train-images is given, and {SMOKE_DETECTION['val_images']} validation and "
              f"{SMOKE_DETECTION['test_images']} test scenes (default 100 and 300)")
+    add_run_control_options(parser)
     return parser
+
+
+def add_run_control_options(parser: argparse.ArgumentParser) -> None:
+    """The options of the verdict's statistics and of the console (issue 13)."""
+    parser.add_argument(
+        "--data-seeds", action="store_true",
+        help="re-draw the target's train/validation/test split for every seed (same number of "
+             "images per class in each), so that intervals and tests cover the split's variance "
+             "too; default: the split is fixed by --data-seed and they cover training seeds "
+             "only")
+    parser.add_argument(
+        "--verbose", action="store_true",
+        help="show Ray Tune's own progress tables and the workers' logs (default: one compact "
+             "live view)")
 
 
 def settings_from_args(args: argparse.Namespace) -> SweepSettings:
@@ -562,6 +595,7 @@ def settings_from_args(args: argparse.Namespace) -> SweepSettings:
         lrs=_rates(args.lrs), reuse_actors=args.reuse_actors, address=args.address,
         storage=args.storage, out=args.out, cache=args.cache, resume=args.resume,
         smoke=args.smoke, explicit=sorted(given),
+        data_seeds=getattr(args, "data_seeds", False), verbose=getattr(args, "verbose", False),
     )
     if not settings.resume:
         settings.validate()
