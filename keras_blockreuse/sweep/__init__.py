@@ -13,6 +13,11 @@ The pieces, each one idea:
   (`prefix`, `surgical`, `exhaustive`, `greedy`) that list configurations;
 - `trial`: training the source model once, and one trial (a policy and a seed) as a Tune
   function trainable;
+- `predict`: LogME and relative gradient norms, the predicted order of configurations,
+  Kendall's tau against measured results (`--strategy predicted`);
+- `halving`: successive halving over whole configurations (`--scheduler halving`);
+- `policies`: LP-FT, gradual unfreezing, per-block learning rates (`--policy`, `--block-lr`);
+- `rates`: the best learning rate per configuration on validation (`--lrs`);
 - `run`: the sweep itself: data, the cached source model, Ray, `tune.Tuner`, resume;
 - `control`: checks before anything starts (address, resources), SIGINT / SIGTERM, the
   per-seed target split (`--data-seeds`); `asha`: ASHA that never stops the baselines;
