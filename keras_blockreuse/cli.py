@@ -84,14 +84,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Runs the command line and returns its exit status."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # before anything imports TensorFlow
     try:
         status = _run(argv)
         sys.stdout.flush()  # a closed pipe shows here rather than at exit
     except BrokenPipeError:
         # The reader went away (`| head`): stop quietly, as Unix tools do. Python flushes
         # stdout again at exit; point it at devnull so that flush cannot fail too.
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        with contextlib.suppress(OSError, ValueError):  # stdout without a descriptor
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
     return status
 
@@ -115,6 +115,34 @@ def _run(argv: Sequence[str] | None) -> int:
         return 2
 
 
+def _load_keras_quietly(*paths: str) -> None:
+    """Imports Keras before a file other than a block file is read, without TensorFlow's log.
+
+    Block files need no Keras, so nothing is imported for them. For the Keras formats, unless
+    the user set `TF_CPP_MIN_LOG_LEVEL` (then TensorFlow behaves as they asked), it is set to 3
+    and standard error points at devnull while Keras and TensorFlow import: TensorFlow 2.21
+    logs its start-up lines through absl before its logging is initialised, where
+    `TF_CPP_MIN_LOG_LEVEL` does not reach them. An import error still raises, and is reported.
+    """
+    from keras_blockreuse.store import SUFFIX
+
+    if all(path.endswith(SUFFIX) for path in paths) or "keras" in sys.modules:
+        return
+    if "TF_CPP_MIN_LOG_LEVEL" in os.environ:
+        import keras  # noqa: F401
+        return
+    os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
+    sys.stderr.flush()
+    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+    try:
+        import keras  # noqa: F401
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
 def _fail(message: str) -> None:
     print(f"{PROG}: error: {message}", file=sys.stderr)
 
@@ -135,6 +163,7 @@ def describe(path: str, rule: str | None = None) -> dict:
     from keras_blockreuse.sources.block_file import BlockFileSource
 
     _exists(path)
+    _load_keras_quietly(path)
     with open_source(path, rule) as src:
         if isinstance(src, BlockFileSource):
             from keras_blockreuse.store import read_blocks
@@ -237,6 +266,7 @@ def compare(a: str, b: str, rule: str | None = None) -> list[dict]:
 
     _exists(a)
     _exists(b)
+    _load_keras_quietly(a, b)
     rows = []
     with open_source(a, rule) as left, open_source(b, rule) as right:
         left_blocks, right_blocks = left.block_names(), right.block_names()
@@ -324,6 +354,7 @@ def _convert(args) -> int:
     from keras_blockreuse.convert import convert
 
     _exists(args.source)
+    _load_keras_quietly(args.source)
     path = convert(args.source, args.destination, blocks=args.blocks, only=args.only)
     from keras_blockreuse.store import read_blocks
 
@@ -340,6 +371,7 @@ def _verify(args) -> int:
 
     try:
         _exists(args.file)
+        _load_keras_quietly(args.file)
         with open_source(args.file) as src:
             names = src.block_names()
             failures = []
@@ -370,7 +402,11 @@ def _exists(path: str) -> None:
 def _console():
     from rich.console import Console
 
-    return Console(file=sys.stdout, width=max(100, _width()), soft_wrap=False)
+    class _PipeConsole(Console):
+        def on_broken_pipe(self) -> None:
+            raise BrokenPipeError  # `main` ends quietly with status 0 (rich would exit 1)
+
+    return _PipeConsole(file=sys.stdout, width=max(100, _width()), soft_wrap=False)
 
 
 def _width() -> int:
