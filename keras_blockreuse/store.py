@@ -20,6 +20,7 @@ import contextlib
 import dataclasses
 import datetime
 import hashlib
+import io
 import json
 import math
 import os
@@ -204,12 +205,14 @@ def write_blocks(
         folder,
         f".{os.path.basename(path)}{TEMP_MARKER}{os.getpid()}-{secrets.token_hex(4)}-{_HOST}",
     )
+    # HDF5 writes into memory and Python writes the image to disk: HDF5 1.14 crashes the
+    # process (SIGSEGV, "Can't decrement id ref count") when its own writes hit a full disk,
+    # while a failed `write` here is a plain OSError. Costs one buffer of the file's size.
+    image = io.BytesIO()
+    with h5py.File(image, "w") as f:
+        _write(f, source, list(names), model_name, metadata_json)
     try:
-        with h5py.File(tmp, "w", locking=False) as f:
-            _write(f, source, list(names), model_name, metadata_json)
-            f.flush()
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
+        _write_image(tmp, image.getbuffer())
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -217,6 +220,18 @@ def write_blocks(
         raise
     _fsync_dir(folder)
     return path
+
+
+def _write_image(tmp: str, image: memoryview) -> None:
+    """Writes bytes to a new file and syncs them; any failure (a full disk) is an OSError."""
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    try:
+        written = 0
+        while written < len(image):
+            written += os.write(fd, image[written : written + (64 << 20)])
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _metadata_json(metadata) -> str:
@@ -262,8 +277,11 @@ def _write(f: h5py.File, source, names: list[str], model_name: str, metadata_jso
                     array.astype(np.float32) if var.dtype in _WIDENED else array
                 )
                 ds = _write_dataset(unit_group, dataset, stored)
-                _write_text_attribute(ds, "path", var.path)
-                _write_text_attribute(ds, "dtype", var.dtype)
+                try:
+                    _write_text_attribute(ds, "path", var.path)
+                    _write_text_attribute(ds, "dtype", var.dtype)
+                finally:
+                    ds.close()  # low-level ids are released here, never by the GC later
                 data_hash.update(stored)
                 variables.append(
                     {
@@ -314,9 +332,15 @@ def _write_dataset(group: h5py.Group, name: str, array: np.ndarray) -> h5py.h5d.
         space = h5py.h5s.create_simple(array.shape)
     else:
         space = h5py.h5s.create(h5py.h5s.SCALAR)
-    dataset = h5py.h5d.create(group.id, name.encode(), h5py.h5t.py_create(array.dtype, logical=True), space)
-    if array.size:
-        dataset.write(h5py.h5s.ALL, h5py.h5s.ALL, array)
+    dataset = h5py.h5d.create(
+        group.id, name.encode(), h5py.h5t.py_create(array.dtype, logical=True), space
+    )
+    try:
+        if array.size:
+            dataset.write(h5py.h5s.ALL, h5py.h5s.ALL, array)
+    except BaseException:
+        dataset.close()
+        raise
     return dataset
 
 
@@ -338,7 +362,10 @@ def _write_text_attribute(dataset: h5py.h5d.DatasetID, name: str, text: str) -> 
     attribute = h5py.h5a.create(
         dataset, name.encode(), h5py.h5t.py_create(value.dtype), h5py.h5s.create(h5py.h5s.SCALAR)
     )
-    attribute.write(value)
+    try:
+        attribute.write(value)
+    finally:
+        attribute.close()
 
 
 def _to_numpy(value) -> np.ndarray:
