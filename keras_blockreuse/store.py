@@ -198,22 +198,25 @@ def write_blocks(
                 f"Block names cannot contain '/' or be '.' or '..'. Received block {name!r}."
             )
     metadata_json = _metadata_json(metadata)
-    folder = os.path.dirname(os.path.abspath(path))
+    destination = os.path.realpath(path) if os.path.islink(path) else path
+    folder = os.path.dirname(os.path.abspath(destination))
     os.makedirs(folder, exist_ok=True)
     remove_stale_temporaries(folder)
-    tmp = os.path.join(
-        folder,
-        f".{os.path.basename(path)}{TEMP_MARKER}{os.getpid()}-{secrets.token_hex(4)}-{_HOST}",
-    )
+    tmp = os.path.join(folder, _temporary_name(os.path.basename(destination)))
     # HDF5 writes into memory and Python writes the image to disk: HDF5 1.14 crashes the
     # process (SIGSEGV, "Can't decrement id ref count") when its own writes hit a full disk,
     # while a failed `write` here is a plain OSError. Costs one buffer of the file's size.
-    image = io.BytesIO()
-    with h5py.File(image, "w") as f:
-        _write(f, source, list(names), model_name, metadata_json)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
-        _write_image(tmp, image.getbuffer())
-        os.replace(tmp, path)
+        try:
+            image = io.BytesIO()
+            with h5py.File(image, "w") as f:
+                _write(f, source, list(names), model_name, metadata_json)
+            _write_all(fd, image.getbuffer())
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, destination)  # a symlink's target is replaced; the link stays
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.remove(tmp)
@@ -222,16 +225,23 @@ def write_blocks(
     return path
 
 
-def _write_image(tmp: str, image: memoryview) -> None:
-    """Writes bytes to a new file and syncs them; any failure (a full disk) is an OSError."""
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-    try:
-        written = 0
+def _temporary_name(basename: str) -> str:
+    """`.<name>.kbr-tmp-<pid>-<random>-<host>`, the name cut so the whole fits in 255 bytes."""
+    tail = f"{TEMP_MARKER}{os.getpid()}-{secrets.token_hex(4)}-{_HOST}"
+    room = _NAME_MAX - 1 - len(os.fsencode(tail))
+    head = os.fsencode(basename)[: max(room, 1)].decode("utf-8", "ignore").replace(TEMP_MARKER, "")
+    return f".{head}{tail}"
+
+
+_NAME_MAX = 255  # bytes in one file name on Linux, macOS and Windows filesystems
+
+
+def _write_all(fd: int, image: memoryview) -> None:
+    """Writes every byte (a full disk raises OSError), in pieces of at most 64 MiB."""
+    written = 0
+    with image:
         while written < len(image):
             written += os.write(fd, image[written : written + (64 << 20)])
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _metadata_json(metadata) -> str:
