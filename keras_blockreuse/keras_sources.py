@@ -40,6 +40,7 @@ from keras_blockreuse.errors import BlockFileError
 from keras_blockreuse.safety import (
     check_dataset_size,
     check_hdf5,
+    check_member_crc,
     check_zip,
     inflate_member,
     layer_name,
@@ -399,6 +400,7 @@ def _open_archive(path: str, rule, source_model) -> KerasWeightsSource:
                 return _model_from_config(config, path)
 
         if member.compress_type == zipfile.ZIP_STORED:
+            check_member_crc(archive, member, path)  # the archive's one checksum of values
             stream = archive.open(member)  # seekable: read in place, never extracted
         else:  # inflated to a temporary file, stopping at what the config's model needs
             stream = inflate_member(archive, member, _weights_bound(config, path), path)

@@ -25,6 +25,7 @@ import posixpath
 import stat
 import tempfile
 import zipfile
+import zlib
 from collections.abc import Callable
 from typing import Any, BinaryIO
 
@@ -416,3 +417,26 @@ def inflate_member(
 
 
 _CHUNK = 1 << 20
+
+
+def check_member_crc(archive: zipfile.ZipFile, member: zipfile.ZipInfo, where: str) -> None:
+    """Reads a stored archive member once, in 1 MiB pieces, and checks its CRC-32.
+
+    The CRC is the one checksum a `.keras` archive carries over its weights; checking it
+    ourselves makes it hold whatever Python's `zipfile` does when seeking a member.
+
+    Raises:
+        BlockFileError: the member's bytes do not match the CRC-32 its archive records.
+    """
+    crc = 0
+    try:
+        with archive.open(member) as stream:
+            while chunk := stream.read(_CHUNK):
+                crc = zlib.crc32(chunk, crc)
+    except zipfile.BadZipFile as e:  # zipfile's own CRC check, where it makes one
+        raise BlockFileError(f"{where}: archive member {member.filename!r}: {e}") from e
+    if crc != member.CRC:
+        raise BlockFileError(
+            f"{where}: archive member {member.filename!r} does not match its CRC-32 "
+            f"({crc:08x}, recorded {member.CRC:08x}); the archive is damaged."
+        )
