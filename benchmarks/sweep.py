@@ -49,7 +49,7 @@ def _settings():
 
 
 def _task(settings):
-    from keras_blockreuse.data import make_task
+    from keras_blockreuse.sweep.data import make_task
 
     return make_task(settings.dataset, settings.task, settings.resolved_shift(), settings.shots,
                      seed=settings.data_seed)
@@ -98,7 +98,7 @@ def _child_trial(task_path: str, spawned: str, epochs: str | None = None) -> Non
 
     import keras_blockreuse.model as model_module
     import keras_blockreuse.sweep.trial as trial_module
-    import keras_blockreuse.zoo as zoo
+    import keras_blockreuse.sweep.zoo as zoo
 
     phases["process start + imports"] = time.time() - float(spawned)
     with open(task_path, "rb") as f:
@@ -134,6 +134,105 @@ def _child_trial(task_path: str, spawned: str, epochs: str | None = None) -> Non
         v for k, v in phases.items() if k not in ("process start + imports", "data + source file in (unpickle)")
     )
     print(json.dumps(phases))
+
+
+# --- several trials in one process, as Ray Tune's reuse_actors runs them ------------------
+
+
+def reused_trials(task_path: str, trials: int, epochs: int | None = None) -> list[dict]:
+    """Runs `trials` trials one after another in one fresh process (as a reused Ray actor
+    does) and returns each trial's phases in seconds."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])))
+    command = [sys.executable, "-m", "benchmarks.sweep", "--child-reused", task_path, str(trials)]
+    if epochs:
+        command.append(str(epochs))
+    proc = subprocess.run(command, capture_output=True, text=True, env=env, cwd=root, timeout=1800)
+    for line in reversed(proc.stdout.splitlines()):
+        if line.startswith("["):
+            return json.loads(line)
+    raise RuntimeError(f"reused-trial child failed: {(proc.stderr or proc.stdout)[-2000:]}")
+
+
+def _child_reused(task_path: str, trials: str, epochs: str | None = None) -> None:
+    """Times each trial's phases; training is split into its steady cost (the median epoch
+    times the epochs, the median evaluation times the calls) and the excess over it (tracing
+    the train and predict steps, first-epoch set-up), from timings taken inside the trial."""
+    import keras
+    from ray import tune
+
+    import keras_blockreuse.model as model_module
+    import keras_blockreuse.sweep.trial as trial_module
+    import keras_blockreuse.sweep.zoo as zoo
+
+    with open(task_path, "rb") as f:
+        data, source = pickle.load(f)
+    phases: dict[str, float] = {}
+    epoch_times: list[float] = []
+    eval_times: list[float] = []
+
+    def timed(name, fn):
+        def wrapper(*args, **kwargs):
+            start = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                phases[name] = phases.get(name, 0.0) + time.perf_counter() - start
+
+        return wrapper
+
+    class EpochTimer(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            self.start = time.perf_counter()
+
+        def on_epoch_end(self, epoch, logs=None):  # runs before the trial's own evaluation
+            epoch_times.append(time.perf_counter() - self.start)
+
+    fit, evaluate = trial_module.fit, trial_module.evaluate
+
+    def timed_fit(*args, callbacks=None, **kwargs):
+        return fit(*args, callbacks=[EpochTimer(), *(callbacks or [])], **kwargs)
+
+    def timed_evaluate(*args, **kwargs):
+        start = time.perf_counter()
+        try:
+            return evaluate(*args, **kwargs)
+        finally:
+            eval_times.append(time.perf_counter() - start)
+
+    zoo.build_model = timed("model build", zoo.build_model)
+    cls = model_module.BlockModel
+    cls.load_blocks = timed("load_blocks", cls.load_blocks)
+    cls.freeze_blocks = timed("freeze", cls.freeze_blocks)
+    cls.compile = timed("compile", cls.compile)
+    trial_module.fit = timed_fit
+    trial_module.evaluate = timed_evaluate
+    tune.report = lambda metrics: None
+    out = []
+    for seed in range(int(trials)):
+        phases.clear()
+        epoch_times.clear()
+        eval_times.clear()
+        config = {"policy": POLICY, "seed": seed}
+        if epochs:
+            config["epochs"] = int(epochs)
+        start = time.perf_counter()
+        trial_module.train_trial(config, data=data, source=source)
+        total = time.perf_counter() - start
+        steady_epoch = statistics.median(epoch_times)
+        steady_eval = statistics.median(eval_times)
+        row = dict(phases)
+        row["train steps (median epoch x epochs)"] = steady_epoch * len(epoch_times)
+        row["evaluate (median call x calls)"] = steady_eval * len(eval_times)
+        row["first epoch's excess (tracing the train step)"] = epoch_times[0] - steady_epoch
+        row["first evaluation's excess (tracing predict)"] = eval_times[0] - steady_eval
+        row["later epochs' and evaluations' excess over the median (contention)"] = (
+            sum(epoch_times[1:]) - steady_epoch * (len(epoch_times) - 1)
+            + sum(eval_times[1:]) - steady_eval * (len(eval_times) - 1))
+        row["other (inside the trial)"] = total - sum(row.values())
+        row["total"] = total
+        out.append(row)
+    print(json.dumps(out))
 
 
 # --- Ray ----------------------------------------------------------------------------------
@@ -197,7 +296,42 @@ def ray_trials(task_path: str, workdir: str, trials: int, levels: list[tuple[int
 # --- report -------------------------------------------------------------------------------
 
 
-def markdown(phases: list[dict], ray: dict | None, epochs: int, ray_epochs: int) -> str:
+def reused_markdown(rows: list[dict], epochs: int) -> list[str]:
+    """The table of trials run one after another in one process (Tune's reuse_actors)."""
+    later = rows[1:] or rows
+    keys = [k for k in rows[0] if k != "total"]
+    median = {k: statistics.median(r[k] for r in later) for k in keys + ["total"]}
+    first = rows[0]
+    inside = (median["train steps (median epoch x epochs)"]
+              + median["evaluate (median call x calls)"])
+    lines = [
+        f"Trials one after another in one process, as the default sweep runs them (Ray Tune's "
+        f"`reuse_actors=True`; {len(rows)} trials, {epochs} epochs; the first trial of a "
+        "process is shown apart, the median of the others beside it). `fit`/`evaluate` count "
+        "at their steady cost (median epoch x epochs, median evaluation x calls); their excess "
+        "over it (TensorFlow tracing the train and predict steps, first-epoch set-up) is "
+        "overhead:",
+        "",
+        "| phase | first trial (s) | later trials, median (s) | share (later) |",
+        "|---|---:|---:|---:|",
+    ]
+    for k in keys:
+        lines.append(f"| {k} | {first[k]:.2f} | {median[k]:.2f} | "
+                     f"{100 * median[k] / median['total']:.1f}% |")
+    lines += [
+        f"| **total** | {first['total']:.2f} | {median['total']:.2f} | 100% |",
+        "",
+        f"Share of a trial's time outside `fit`/`evaluate` in a reused process: "
+        f"**{100 * (median['total'] - inside) / median['total']:.1f}%** (target <= 15%); "
+        f"first trial of a process: "
+        f"{100 * (first['total'] - first['train steps (median epoch x epochs)'] - first['evaluate (median call x calls)']) / first['total']:.1f}%.",
+        "",
+    ]
+    return lines
+
+
+def markdown(phases: list[dict], ray: dict | None, epochs: int, ray_epochs: int,
+             reused: list[dict] | None = None) -> str:
     lines = [
         "## Sweep overhead",
         "",
@@ -222,6 +356,8 @@ def markdown(phases: list[dict], ray: dict | None, epochs: int, ray_epochs: int)
         f"{100 * (total - inside - median.get('process start + imports', 0.0) - median.get('process exit', 0.0)) / total:.1f}%.",
         "",
     ]
+    if reused:
+        lines += reused_markdown(reused, epochs)
     if ray:
         lines.append(
             f"Starting a local Ray instance: {ray['ray start']:.1f} s (stopping it: "
@@ -248,7 +384,8 @@ def markdown(phases: list[dict], ray: dict | None, epochs: int, ray_epochs: int)
 
 
 def run(trials: int = 2, phase_runs: int = 1, levels=((1, False), (2, False)),
-        epochs: int | None = None, ray_epochs: int | None = None, log=print) -> tuple[dict, str]:
+        epochs: int | None = None, ray_epochs: int | None = None, log=print,
+        reused: int = 3) -> tuple[dict, str]:
     """Measures everything; returns the raw numbers and the markdown section."""
     results: dict = {}
     with tempfile.TemporaryDirectory(prefix="kbr-sweep-bench-") as workdir:
@@ -257,12 +394,15 @@ def run(trials: int = 2, phase_runs: int = 1, levels=((1, False), (2, False)),
         log(f"[sweep] task and source: {time.perf_counter() - start:.1f} s")
         results["phases"] = [trial_phases(task, epochs) for _ in range(phase_runs)]
         log(f"[sweep] trial phases: {time.perf_counter() - start:.1f} s")
+        if reused:
+            results["reused"] = reused_trials(task, reused, epochs)
+            log(f"[sweep] reused trials: {time.perf_counter() - start:.1f} s")
         if trials:
             results["ray"] = ray_trials(task, workdir, trials, list(levels), ray_epochs or epochs)
             log(f"[sweep] ray: {time.perf_counter() - start:.1f} s")
     default = _settings().epochs
     text = markdown(results["phases"], results.get("ray"), epochs or default,
-                    ray_epochs or epochs or default)
+                    ray_epochs or epochs or default, results.get("reused"))
     return results, text
 
 
@@ -271,14 +411,19 @@ def main(argv=None) -> None:
     parser.add_argument("--trials", type=int, default=4, help="trials per concurrency level")
     parser.add_argument("--phase-runs", type=int, default=3)
     parser.add_argument("--epochs", type=int, default=None, help="override the default epochs")
+    parser.add_argument("--reused", type=int, default=4, help="trials run in one process")
     parser.add_argument("--child-trial", nargs="+", help=argparse.SUPPRESS)
+    parser.add_argument("--child-reused", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child_trial:
         _child_trial(*args.child_trial)
         return
+    if args.child_reused:
+        _child_reused(*args.child_reused)
+        return
     levels = [(1, False), (2, False), (2, True)]
     _, text = run(args.trials, args.phase_runs, levels, epochs=args.epochs,
-                  log=lambda m: print(m, file=sys.stderr))
+                  log=lambda m: print(m, file=sys.stderr), reused=args.reused)
     print(text)
 
 

@@ -39,7 +39,7 @@ from keras_blockreuse.detection import (  # noqa: E402
     digit_scenes,
     digit_split,
 )
-from keras_blockreuse.zoo import seed_cnn  # noqa: E402
+from keras_blockreuse.sweep.zoo import seed_cnn  # noqa: E402
 
 
 def train_classifier(folder: str, epochs: int) -> str:

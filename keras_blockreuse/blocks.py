@@ -3,7 +3,8 @@
 A block rule turns a model into an ordered mapping `block name -> Block`, in the order in
 which the model computes its layers. The unit of grouping is a top-level layer of the model:
 a layer that holds sub-layers (a nested model, a composite layer) belongs to one block as a
-whole.
+whole. keras-hub backbones and tasks are grouped by stage or transformer layer inside the
+backbone (`keras_blockreuse.hub`).
 
 Example:
 
@@ -43,7 +44,8 @@ class Block:
 
     Attributes:
         name: the block's name.
-        layers: the model's top-level layers in the block, in computation order.
+        layers: the model's top-level layers in the block, in computation order (for a
+            keras-hub model, layers inside its backbone: see `keras_blockreuse.hub`).
     """
 
     name: str
@@ -171,6 +173,10 @@ def get_blocks(model, blocks: BlockRule = None) -> dict[str, Block]:
     """
     if blocks is None and getattr(model, "_block_rule", None) is not None:
         blocks = model._block_rule
+    if blocks is None:
+        hub = _hub_blocks(model)
+        if hub is not None:
+            return hub
     layers = weighted_layers(model)
     names = [layer.name for layer in _top_level_layers(model)]
     rule = resolve_rule(blocks, names, [layer.name for layer in layers])
@@ -327,6 +333,15 @@ def _detect_preset(layer_names: Sequence[str]) -> str | None:
     except ImportError:
         return None
     return detect_preset(list(layer_names))
+
+
+def _hub_blocks(model) -> dict[str, Block] | None:
+    """The keras-hub preset's blocks of a keras-hub backbone or task (see `keras_blockreuse.hub`)."""
+    if not any(cls.__module__.startswith("keras_hub.") for cls in type(model).__mro__):
+        return None
+    from keras_blockreuse.hub import hub_blocks
+
+    return hub_blocks(model)
 
 
 def _preset_rule(name: str, layer_names: Sequence[str]) -> Callable[[Any], str]:

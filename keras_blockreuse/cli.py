@@ -14,8 +14,13 @@ keras-blockreuse convert vgg16.weights.h5 vgg16.blocks.h5 --blocks vgg
 keras-blockreuse verify run/blocks_010.blocks.h5
 ```
 
-Exit status: 0 on success; `diff` 1 when the files differ; `verify` 1 when a check fails;
-2 for any other error.
+Exit status: 0 on success (also when the reader of the output goes away, as in
+`keras-blockreuse inspect FILE | head`); `diff` 1 when the files differ; `verify` 1 when a
+check fails; 2 for any other error.
+
+The command line starts fast: reading, comparing, verifying and copying block files never
+imports Keras or TensorFlow; the Keras formats import Keras when they are read, with
+TensorFlow's C++ log quiet unless `TF_CPP_MIN_LOG_LEVEL` is set.
 """
 
 from __future__ import annotations
@@ -44,8 +49,11 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the command line."""
+    from keras_blockreuse import __version__
+
     parser = _Parser(prog=PROG, description="Inspect, compare, convert and verify block files "
                      "and Keras weights files.")
+    parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     rule_help = ("block rule for files without blocks: a preset (vgg, resnet, ...) or a "
@@ -75,17 +83,31 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Runs the command line and returns its exit status."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # before anything imports TensorFlow
+    try:
+        status = _run(argv)
+        sys.stdout.flush()  # a closed pipe shows here rather than at exit
+    except BrokenPipeError:
+        # The reader went away (`| head`): stop quietly, as Unix tools do. Python flushes
+        # stdout again at exit; point it at devnull so that flush cannot fail too.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    return status
+
+
+def _run(argv: Sequence[str] | None) -> int:
     try:
         args = build_parser().parse_args(argv)
         return _COMMANDS[args.command](args)
+    except BrokenPipeError:
+        raise
     except CommandError as e:
         _fail(str(e))
         return e.status
     except KeyboardInterrupt:
         _fail("interrupted")
         return 130
-    except SystemExit as e:  # --help
+    except SystemExit as e:  # --help, --version
         return int(e.code or 0)
     except Exception as e:  # noqa: BLE001 - every bad input ends in one line, not a traceback
         _fail(_one_line(e))
@@ -128,10 +150,11 @@ def describe(path: str, rule: str | None = None) -> dict:
             from keras_blockreuse.presets import detect_preset
 
             facts = dict(getattr(src, "info", {}))
-            tops = list(dict.fromkeys(layer.top for layer in src.layers()))
-            preset = detect_preset(tops)
-            facts["block rule"] = rule if rule is not None else (
-                f"preset {preset!r} (detected)" if preset else "default (block_1_0 -> block_1)")
+            if "block rule" not in facts:  # a keras-hub preset directory says its own
+                tops = list(dict.fromkeys(layer.top for layer in src.layers()))
+                preset = detect_preset(tops)
+                facts["block rule"] = rule if rule is not None else (
+                    f"preset {preset!r} (detected)" if preset else "default (block_1_0 -> block_1)")
             metadata = {}
         blocks = []
         for name in src.block_names():
@@ -189,7 +212,7 @@ def _inspect(args) -> int:
                               str(tuple(v["shape"])), v["dtype"], f"{v['num_params']:,}",
                               _bytes(v["nbytes"]))
                 first = False
-        table.add_row("", "", "", "", f"[bold]{escape(block['name'])}[/]",
+        table.add_row(f"[bold]{escape(block['name'])} total[/]", "", "", "", "",
                       f"[bold]{block['num_params']:,}[/]", f"[bold]{_bytes(block['nbytes'])}[/]",
                       end_section=True)
     console.print(table)
@@ -272,7 +295,9 @@ def _diff(args) -> int:
     from rich.markup import escape
     from rich.table import Table
 
-    table = Table(title=escape(f"A = {args.a}\nB = {args.b}"), title_justify="left")
+    # The paths on their own lines, never wrapped (a table title folds them mid-name).
+    console.print(f"A = {args.a}\nB = {args.b}", markup=False, highlight=False, soft_wrap=True)
+    table = Table()
     for column in ("block", "layer", "variable", "difference", "max abs diff"):
         table.add_column(column, justify="right" if column == "max abs diff" else "left")
     for row in rows:

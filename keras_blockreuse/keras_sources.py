@@ -31,9 +31,9 @@ import json
 import os
 import zipfile
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import h5py
-import keras
 import numpy as np
 
 from keras_blockreuse.errors import BlockFileError
@@ -51,6 +51,9 @@ from keras_blockreuse.safety import (
 from keras_blockreuse.sources import LayerSource, register_file_reader
 from keras_blockreuse.store import SUFFIX as BLOCK_SUFFIX
 from keras_blockreuse.store import LayerInfo, VariableInfo
+
+if TYPE_CHECKING:
+    import keras
 
 # Top-level groups of a Keras weights file that hold no layer state.
 _NOT_LAYERS = {"optimizer", "compile_metrics", "metrics", "loss", "_compile_metrics"}
@@ -133,6 +136,8 @@ class KerasWeightsSource(LayerSource):
                 "writes, so blocks cannot be found by name. Pass source_model= (the source "
                 "model, or a function that builds it) to map the groups through its structure."
             )
+        import keras  # Keras loads only for the Keras formats
+
         model = source_model() if not isinstance(source_model, keras.Model) else source_model
         if not isinstance(model, keras.Model):
             raise TypeError(
@@ -500,6 +505,8 @@ def _config_layer_names(config) -> list[str] | None:
 def _model_from_config(
     config: dict, where: str, why: str = "its weights carry no layer names"
 ) -> keras.Model:
+    import keras
+
     try:
         return keras.saving.deserialize_keras_object(config, safe_mode=True)
     except Exception as e:
@@ -720,6 +727,8 @@ def _dtype_of(ds: h5py.Dataset, where: str) -> str:
             f"{where}: dataset {ds.name!r} has dtype {ds.dtype}, which is not a numeric "
             "variable type."
         )
+    import keras
+
     return keras.backend.standardize_dtype(ds.dtype)
 
 
@@ -752,6 +761,7 @@ def _class_names() -> dict[str, str]:
     """Keras's snake-case group keys (`batch_normalization`) -> class names."""
     global _CLASSES
     if _CLASSES is None:
+        import keras
         from keras.src.utils.naming import to_snake_case
 
         _CLASSES = {

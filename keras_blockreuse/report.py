@@ -84,7 +84,7 @@ class LoadReport:
         from rich.console import Console
         from rich.table import Table
 
-        table = Table(title=f"load_blocks from {self.source}", title_justify="left")
+        table = Table()
         table.add_column("block")
         table.add_column("status")
         table.add_column("detail")
@@ -120,6 +120,10 @@ class LoadReport:
                 table.add_row(name, "not loaded", "in source only")
         buffer = io.StringIO()
         console = Console(file=buffer, width=110, force_terminal=False, color_system=None)
+        # The source on its own line, never wrapped: a table title would fold a long path
+        # mid-name at the table's width.
+        console.print(f"load_blocks from {self.source}", markup=False, highlight=False,
+                      soft_wrap=True)
         console.print(table)
         console.print(
             f"{self.variables_loaded} variables, {self.bytes_read / 1e6:.2f} MB read, "

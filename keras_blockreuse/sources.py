@@ -23,7 +23,6 @@ import os
 import types
 from collections.abc import Callable
 
-import keras
 import numpy as np
 
 from keras_blockreuse.blocks import BlockRule, get_blocks, resolve_rule
@@ -166,6 +165,8 @@ class ModelSource(Source):
         return list(self._blocks)
 
     def block_layers(self, name: str) -> tuple[LayerInfo, ...]:
+        import keras  # a live model: Keras is loaded already
+
         if name not in self._layers:
             layers, values = [], {}
             for path, unit, unit_values in _block_values(self._blocks[name]):
@@ -221,8 +222,6 @@ def open_source(source, rule: BlockRule = None, **options) -> Source:
     """
     if isinstance(source, Source):
         return source
-    if isinstance(source, keras.Model):
-        return ModelSource(source, rule)
     if isinstance(source, (str, os.PathLike)):
         path = os.fspath(source)
         check_regular_file(path)  # a FIFO would block the first open forever
@@ -235,6 +234,10 @@ def open_source(source, rule: BlockRule = None, **options) -> Source:
         if options:
             raise TypeError(f"Options {sorted(options)} do not apply to a block file: {path!r}")
         return BlockFileSource(path)
+    import keras  # not a path: a live model (Keras is loaded already) or an error
+
+    if isinstance(source, keras.Model):
+        return ModelSource(source, rule)
     raise TypeError(
         "`source` must be a path to a block file (or a Keras weights file) or a keras.Model. "
         f"Received: {source!r} of type {type(source).__name__}"
@@ -243,6 +246,7 @@ def open_source(source, rule: BlockRule = None, **options) -> Source:
 
 def _load_keras_readers() -> None:
     try:
+        import keras_blockreuse.hub  # noqa: F401  (keras-hub preset directories; lazy keras_hub)
         import keras_blockreuse.keras_sources  # noqa: F401  (registers its readers)
     except ImportError:
         pass

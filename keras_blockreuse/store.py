@@ -27,11 +27,12 @@ import os
 import re
 import secrets
 import socket
+import sys
 from collections.abc import Iterator, Mapping, Sequence
+from importlib import metadata as importlib_metadata
 from typing import Any
 
 import h5py
-import keras
 import numpy as np
 
 from keras_blockreuse.blocks import BlockRule, iter_units, select
@@ -261,8 +262,7 @@ def _write(f: h5py.File, source, names: list[str], model_name: str, metadata_jso
     header = {
         "format": FORMAT_NAME,
         "format_version": FORMAT_VERSION,
-        "keras_version": keras.__version__,
-        "backend": keras.backend.backend(),
+        **_writer_keras(),
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "model_name": model_name,
         "blocks": json.dumps(names),
@@ -378,12 +378,31 @@ def _write_text_attribute(dataset: h5py.h5d.DatasetID, name: str, text: str) -> 
         attribute.close()
 
 
+def _writer_keras() -> dict[str, str]:
+    """The header's `keras_version` and `backend`: the writer's Keras, without importing it.
+
+    A writer that holds a live model has Keras loaded and records its version and backend. One
+    that copies another block file (`convert`) never imports Keras (the command line stays
+    fast): it records the installed Keras's version and the backend `"none"`.
+    """
+    keras = sys.modules.get("keras")
+    if keras is not None:
+        return {"keras_version": keras.__version__, "backend": keras.backend.backend()}
+    try:
+        version = importlib_metadata.version("keras")
+    except importlib_metadata.PackageNotFoundError:
+        version = "none"
+    return {"keras_version": version, "backend": "none"}
+
+
 def _to_numpy(value) -> np.ndarray:
     """A variable's current value as a NumPy array (read-only where it shares memory).
 
     For TensorFlow variables this reads the value once and views it (`tf.Variable.value()`),
     ten times faster than `keras.ops.convert_to_numpy`, which reads and then copies.
     """
+    import keras  # a live variable: Keras is loaded already
+
     if isinstance(value, keras.Variable) and keras.backend.backend() == "tensorflow":
         read = getattr(getattr(value, "value", None), "value", None)
         if callable(read):

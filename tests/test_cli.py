@@ -54,6 +54,12 @@ def test_inspect_block_file(capsys, files):
         assert text in out, text
     total = sum(b.num_params for b in get_blocks(model).values())
     assert f"4 blocks, {total:,} parameters" in out
+    # Each block ends in a subtotal row: its name in the block column, the dtype column empty.
+    for name, block in get_blocks(model).items():
+        [row] = [line for line in out.splitlines() if f"{name} total" in line]
+        cells = [cell.strip() for cell in row.strip("│ ").split("│")]
+        assert cells[0] == f"{name} total" and cells[1:5] == ["", "", "", ""], cells
+        assert cells[5] == f"{block.num_params:,}"
 
 
 def test_inspect_json(capsys, files):
@@ -108,6 +114,7 @@ def test_diff(capsys, files, tmp_path):
     assert value_row["max_abs_diff"] == pytest.approx(0.5)
     status, out, _ = run(capsys, "diff", blocks, other)
     assert status == 1 and "values differ" in out and "only in A" in out
+    assert out.splitlines()[:2] == [f"A = {blocks}", f"B = {other}"]  # whole, never folded
     assert "2 difference(s)" in out
     assert_one_line_error(*run(capsys, "diff", blocks, garbage)[::2])
 
@@ -170,3 +177,83 @@ def test_python_dash_m_prints_no_traceback(tmp_path):
     ours = [line for line in result.stderr.splitlines() if line.startswith(PREFIX)]
     assert len(ours) == 1 and "not a valid .keras archive" in ours[0]
     assert np.isscalar(result.returncode)
+
+
+# --- start-up, --version, closed pipes (issue 14) ---------------------------------------
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_version(capsys):
+    from keras_blockreuse import __version__
+
+    status, out, err = run(capsys, "--version")
+    assert (status, out, err) == (0, f"keras-blockreuse {__version__}\n", "")
+
+
+def test_block_file_commands_never_import_keras_or_tensorflow(files, tmp_path):
+    _, blocks, _, _ = files
+    other = str(tmp_path / "other.blocks.h5")
+    copied = str(tmp_path / "copied.blocks.h5")
+    code = f"""
+import json, sys
+import keras_blockreuse
+from keras_blockreuse.cli import main
+loaded = {{"import": [m for m in ("keras", "tensorflow") if m in sys.modules]}}
+for argv in (["inspect", {blocks!r}], ["inspect", {blocks!r}, "--json"], ["verify", {blocks!r}],
+             ["convert", {blocks!r}, {other!r}, "--only", "block_1"], ["diff", {blocks!r}, {other!r}],
+             ["convert", {other!r}, {copied!r}], ["--help"], ["--version"]):
+    status = main(argv)
+    loaded[" ".join(argv[:1])] = [m for m in ("keras", "tensorflow") if m in sys.modules]
+    print("STATUS", argv[0], status, file=sys.stderr)
+print(json.dumps(loaded), file=sys.stderr)
+"""
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            env=env, cwd=ROOT, timeout=120)
+    lines = result.stderr.splitlines()
+    assert result.returncode == 0, result.stderr
+    statuses = [line.split()[1:] for line in lines if line.startswith("STATUS")]
+    assert statuses == [["inspect", "0"], ["inspect", "0"], ["verify", "0"], ["convert", "0"],
+                        ["diff", "1"], ["convert", "0"], ["--help", "0"], ["--version", "0"]]
+    assert json.loads(lines[-1]) == {k: [] for k in
+                                     ("import", "inspect", "verify", "convert", "diff",
+                                      "--help", "--version")}
+    assert len(lines) == len(statuses) + 1  # nothing else on stderr: no TensorFlow log
+    # What the Keras-free convert wrote is a complete block file, values bit for bit.
+    assert list(read_blocks(copied).blocks) == ["block_1"]
+    assert read_blocks(copied).backend == "none"
+    assert read_blocks(copied).keras_version == keras.__version__
+    a, b = (load_blocks(seed_cnn(name=n), p, only=["block_1"]) for n, p in
+            (("x", blocks), ("y", copied)))
+    assert a.variables_loaded == b.variables_loaded == 4
+    assert main(["diff", blocks, copied]) == 1  # only block_1 copied; the rest "only in A"
+
+
+def _closed_pipe(argv, pipe_size=4096):
+    """Runs the command line with stdout a real pipe that is closed after one small read."""
+    import fcntl
+
+    read_end, write_end = os.pipe()
+    fcntl.fcntl(read_end, fcntl.F_SETPIPE_SZ, pipe_size)
+    proc = subprocess.Popen([sys.executable, "-m", "keras_blockreuse", *argv], stdout=write_end,
+                            stderr=subprocess.PIPE, cwd=ROOT)
+    os.close(write_end)
+    first = os.read(read_end, 100)
+    os.close(read_end)  # the reader goes away, as `| head -1` does
+    _, err = proc.communicate(timeout=120)
+    return proc.returncode, first, err
+
+
+@pytest.mark.parametrize("json_output", [False, True])
+def test_a_closed_pipe_ends_quietly_with_status_0(tmp_path, json_output):
+    model = keras.Sequential([keras.Input((2,))] + [L for i in range(60) for L in
+                             [keras.layers.Dense(2, name=f"block_{i + 1}_0")]])
+    path = save_blocks(model, tmp_path / "long.blocks.h5")
+    argv = ["inspect", path] + (["--json"] if json_output else [])
+    full = subprocess.run([sys.executable, "-m", "keras_blockreuse", *argv], cwd=ROOT,
+                          capture_output=True, timeout=120)
+    assert full.returncode == 0 and len(full.stdout) > 5 * 4096  # more than the pipe holds
+    status, first, err = _closed_pipe(argv)
+    assert first and full.stdout.startswith(first)
+    assert (status, err) == (0, b"")

@@ -23,7 +23,7 @@ from keras_blockreuse.detection.model import (
     encode_targets,
     nms,
 )
-from keras_blockreuse.zoo import seed_cnn
+from keras_blockreuse.sweep.zoo import seed_cnn
 
 
 def test_detector_blocks_shapes_and_output():

@@ -7,7 +7,7 @@ import pytest
 
 from keras_blockreuse.detection.experiment import mean_ci, summarize
 from keras_blockreuse.detection.trial import check_policy, policy_name, run_detection_trial
-from keras_blockreuse.zoo import seed_cnn
+from keras_blockreuse.sweep.zoo import seed_cnn
 
 # Parameters of seed_cnn's block_1 and block_2 (1 input channel): 3*3*1*32+32 + 3*3*32*32+32
 # + 3*3*32*64+64 + 3*3*64*64+64.

@@ -155,8 +155,7 @@ def test_script_help():
 
 
 def test_option_names_match_the_data_and_model_modules():
-    from keras_blockreuse import data, zoo
-    from keras_blockreuse.sweep import options, space
+    from keras_blockreuse.sweep import data, options, space, zoo
 
     assert options.DATASETS == data.DATASETS and options.TASKS == data.TASKS
     assert options.SHIFTS == data.SHIFTS and options.MODELS == tuple(zoo.MODELS)

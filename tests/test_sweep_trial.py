@@ -5,8 +5,8 @@ import pytest
 from ray import tune
 
 from keras_blockreuse import read_blocks
-from keras_blockreuse import zoo as zoo_module
-from keras_blockreuse.data import make_task
+from keras_blockreuse.sweep import zoo as zoo_module
+from keras_blockreuse.sweep.data import make_task
 from keras_blockreuse.sweep.space import SweepError
 from keras_blockreuse.sweep.trial import evaluate, train_source, train_trial
 

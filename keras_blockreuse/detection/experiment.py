@@ -61,7 +61,7 @@ def train_source_classifier(
     import keras
 
     from keras_blockreuse.detection.data import digit_split
-    from keras_blockreuse.zoo import seed_cnn
+    from keras_blockreuse.sweep.zoo import seed_cnn
 
     x, y = digit_split("train")
     x_val, y_val = digit_split("val")

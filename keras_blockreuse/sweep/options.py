@@ -3,8 +3,8 @@
 This module uses the standard library only and imports nothing from the package, so that
 `sweeps/which_blocks.py` can load it from its file, answer `--help` and reject bad values in a
 fraction of a second, and import TensorFlow and Ray only for a sweep that will run. The names
-of datasets, tasks, shifts and models repeat those of `keras_blockreuse.data` and
-`keras_blockreuse.zoo` (a test keeps them equal).
+of datasets, tasks, shifts and models repeat those of `keras_blockreuse.sweep.data` and
+`keras_blockreuse.sweep.zoo` (a test keeps them equal).
 
 Example:
 
@@ -20,12 +20,14 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
+import os
 import sys
 from collections.abc import Sequence
 
 DATASETS = ("digits", "cifar10", "mnist", "fashion_mnist")
 TASKS = ("shift", "split")
-"""The classification tasks (`keras_blockreuse.data.TASKS`)."""
+"""The classification tasks (`keras_blockreuse.sweep.data.TASKS`)."""
 DETECTION = "detection"
 ALL_TASKS = (*TASKS, DETECTION)
 """What --task accepts: the classification tasks, and detection (a digits classifier as the
@@ -34,6 +36,27 @@ DETECTION_TRAIN_IMAGES = 400
 """--train-images' default: training scenes per detection trial."""
 SHIFTS = ("noise", "blur", "invert", "rotate", "labels")
 MODELS = ("seed_cnn", "small_resnet")
+"""The built-in models (`keras_blockreuse.sweep.zoo.MODELS`)."""
+APPLICATIONS = (
+    "vgg16", "vgg19", "resnet50", "resnet101", "resnet152", "resnet50_v2", "resnet101_v2",
+    "resnet152_v2", "densenet121", "densenet169", "densenet201", "mobilenet", "mobilenet_v2",
+    "mobilenet_v3_small", "mobilenet_v3_large", *(f"efficientnet_b{i}" for i in range(8)),
+    *(f"efficientnet_v2_{v}" for v in ("b0", "b1", "b2", "b3", "s", "m", "l")), "xception",
+    *(f"convnext_{v}" for v in ("tiny", "small", "base", "large", "xlarge")),
+)
+"""The keras.applications families --model accepts by name (`sweep.models.APPLICATIONS`)."""
+DATA_KINDS = ("npz", "folder")
+"""What --data accepts: `npz:PATH` or `folder:PATH` (`sweep.user_data`)."""
+MAXIMIZE = ("accuracy", "binary_accuracy", "categorical_accuracy", "sparse_categorical_accuracy",
+            "top_k_categorical_accuracy", "sparse_top_k_categorical_accuracy", "auc", "precision",
+            "recall", "f1_score", "fbeta_score", "r2_score", "iou", "mean_iou")
+MINIMIZE = ("loss", "mae", "mse", "rmse", "mape", "msle", "mean_absolute_error",
+            "mean_squared_error", "root_mean_squared_error", "mean_absolute_percentage_error",
+            "mean_squared_logarithmic_error", "log_cosh_error", "logcosh", "huber",
+            "binary_crossentropy", "categorical_crossentropy", "sparse_categorical_crossentropy",
+            "hinge", "squared_hinge", "kl_divergence", "poisson", "cosine_similarity")
+"""Metric names whose direction is known (`cosine_similarity` as the loss, lower is better);
+another metric needs its direction: `NAME:max` or `NAME:min`."""
 STRATEGIES = ("prefix", "surgical", "exhaustive", "greedy")
 SCHEDULERS = ("fifo", "asha")
 PROG = "which_blocks.py"
@@ -46,6 +69,69 @@ SMOKE_DETECTION = {"train_images": 64, "val_images": 50, "test_images": 100}
 
 class SweepError(ValueError):
     """A sweep setting is invalid; the message names the value received and what is expected."""
+
+
+def metric_direction(metric: str) -> tuple[str, str]:
+    """`"mae"` -> `("mae", "min")`, `"auc:max"` -> `("auc", "max")`.
+
+    Raises:
+        SweepError: an empty name, a direction other than max / min, or a metric whose
+            direction is not known and not given.
+    """
+    name, _, mode = str(metric).partition(":")
+    name = name.strip()
+    if not name:
+        raise SweepError(f"Expected a metric name (such as accuracy, mae, auc:max), received "
+                         f"{metric!r}.")
+    if mode:
+        if mode not in ("max", "min"):
+            raise SweepError(f"Metric {metric!r}: the direction after ':' must be max or min, "
+                             f"received {mode!r}.")
+        return name, mode
+    if name in MAXIMIZE:
+        return name, "max"
+    if name in MINIMIZE:
+        return name, "min"
+    raise SweepError(f"Metric {name!r}: its direction is not known; write {name}:max (higher is "
+                     f"better) or {name}:min (lower is better).")
+
+
+def model_kind(model: str) -> str:
+    """`"zoo"`, `"application"` or `"builder"` (`module.path:function`, `file.py:function`).
+
+    Raises:
+        SweepError: none of these, or a `file.py:function` whose file does not exist.
+    """
+    if model in MODELS:
+        return "zoo"
+    if model in APPLICATIONS:
+        return "application"
+    where, sep, function = str(model).rpartition(":")
+    if sep and where and function.isidentifier():
+        if where.endswith(".py") and not os.path.isfile(where):
+            raise SweepError(f"--model {model}: no such file {where!r}.")
+        return "builder"
+    raise SweepError(f"Unknown model {model!r}. Expected one of: {', '.join(MODELS)}; a "
+                     f"keras.applications family ({', '.join(APPLICATIONS[:6])}, ...); or a "
+                     "builder function as module.path:function or path/to/file.py:function.")
+
+
+def parse_model_args(text: str | None) -> dict:
+    """`"alpha=0.35,include_preprocessing=false"` -> `{"alpha": 0.35, ...}` (JSON values;
+    other text stays a string)."""
+    out: dict = {}
+    for part in (text or "").split(","):
+        if not part.strip():
+            continue
+        key, sep, value = part.partition("=")
+        if not sep or not key.strip().isidentifier():
+            raise SweepError(f"--model-args expects KEY=VALUE pairs joined by commas, received "
+                             f"{part!r}.")
+        try:
+            out[key.strip()] = json.loads(value.strip())
+        except ValueError:
+            out[key.strip()] = value.strip()
+    return out
 
 
 def strategy_names(strategies: str | Sequence[str]) -> list[str]:
@@ -71,6 +157,20 @@ class SweepSettings:
     """Everything that defines a sweep. See `build_parser` for what each field means."""
 
     dataset: str = "digits"
+    data: str | None = None
+    """The user's data, `npz:PATH` or `folder:PATH`, instead of a built-in task (needs
+    `source`)."""
+    source: str | None = None
+    """The pretrained weights: any file `load_blocks` reads (None: train the source on the
+    dataset's source task, cached)."""
+    image_size: list[int] | None = None
+    """`[height, width]` to resize --data images to (None: used as given)."""
+    loss: str | None = None
+    """A Keras loss name (None: sparse categorical cross-entropy, the built-in tasks')."""
+    metric: str | None = None
+    """The metric that ranks policies, `NAME` or `NAME:max|min` (None: accuracy)."""
+    model_args: dict | None = None
+    """Keyword arguments for a keras.applications constructor (such as `{"alpha": 0.35}`)."""
     task: str = "shift"
     shift: str | None = None
     shots: int | None = 10
@@ -95,6 +195,9 @@ class SweepSettings:
     cache: str | None = None
     resume: bool = False
     smoke: bool = False
+    api: bool = False
+    """Set by `which_blocks`: the model, data and source are Python objects, and `model`,
+    `data` and `source` only name them in the report."""
     explicit: list[str] | None = None
     """Which of --smoke's fields (`SMOKE`) were given on the command line: --smoke keeps them.
     None (the Python API): --smoke changes those still at their defaults."""
@@ -118,8 +221,16 @@ class SweepSettings:
         if self.scheduler not in SCHEDULERS:
             raise SweepError(f"Unknown scheduler {self.scheduler!r}. Expected one of: "
                              f"{', '.join(SCHEDULERS)}.")
-        if self.model not in MODELS:
-            raise SweepError(f"Unknown model {self.model!r}. Expected one of: {', '.join(MODELS)}.")
+        if self.metric is not None:
+            metric_direction(self.metric)
+        strategy_names(self.strategy)
+        if self.api:  # which_blocks: the model, data and source are Python objects
+            return self
+        kind = model_kind(self.model)
+        if self.model_args and kind != "application":
+            raise SweepError(f"--model-args applies to keras.applications models; received "
+                             f"--model {self.model}.")
+        self._validate_user_inputs(kind)
         if self.task not in ALL_TASKS:
             raise SweepError(f"Unknown task {self.task!r}. Expected one of: "
                              f"{', '.join(ALL_TASKS)}.")
@@ -142,11 +253,44 @@ class SweepSettings:
         if self.task == "split" and self.shift is not None:
             raise SweepError(f"--shift applies to --task shift only; received --shift "
                              f"{self.shift} with --task split.")
-        if not (self.dataset in DATASETS or self.dataset.startswith(("npz:", "folder:"))):
+        if not (self.dataset in DATASETS or str(self.dataset).startswith(("npz:", "folder:"))):
             raise SweepError(f"Unknown dataset {self.dataset!r}. Expected one of: "
                              f"{', '.join(DATASETS)}, npz:PATH or folder:PATH.")
         strategy_names(self.strategy)
         return self
+
+    def _validate_user_inputs(self, kind: str) -> None:
+        """--data, --source, --image-size, --loss and the model: what goes with what."""
+        if self.task == DETECTION and (self.data or self.source or kind != "zoo"):
+            raise SweepError("--task detection uses its own source, data and detector; "
+                             "--data, --source and other models do not apply.")
+        if kind != "zoo" and not self.source:
+            raise SweepError(f"--model {self.model} needs --source (its pretrained weights): "
+                             "without it the sweep trains a source model itself, which it "
+                             "does for the built-in models (seed_cnn, small_resnet) only.")
+        if self.data is not None:
+            prefix, sep, path = str(self.data).partition(":")
+            if prefix not in DATA_KINDS or not sep or not path:
+                raise SweepError(f"--data must be npz:PATH or folder:PATH, received "
+                                 f"{self.data!r}.")
+            what = "file" if prefix == "npz" else "folder"
+            if not (os.path.isfile(path) if prefix == "npz" else os.path.isdir(path)):
+                raise SweepError(f"--data {self.data}: no such {what} {path!r}.")
+            if not self.source:
+                raise SweepError("--data needs --source (the pretrained weights to transfer): "
+                                 "the user's data has no source task to train one on.")
+        if (self.loss or self.metric) and not self.source:
+            raise SweepError("--loss and --metric apply to the user's own target (--source, "
+                             "with --data or a built-in task); the built-in sweep trains and "
+                             "scores classifiers by accuracy.")
+        if self.source is not None and not os.path.exists(self.source):
+            raise SweepError(f"--source: no such file {self.source!r}.")
+        if self.image_size is not None:
+            if self.data is None:
+                raise SweepError("--image-size applies to --data images only.")
+            if len(self.image_size) != 2 or min(self.image_size) < 1:
+                raise SweepError(f"--image-size must be HEIGHTxWIDTH (such as 96x96), received "
+                                 f"{self.image_size!r}.")
 
     def resolved_shift(self) -> str | None:
         return (self.shift or "noise") if self.task == "shift" else None
@@ -184,11 +328,11 @@ def build_parser() -> argparse.ArgumentParser:
             "cluster"),
     )
     add = parser.add_argument
-    add("--dataset", default=d.dataset, metavar="NAME",
+    add("--dataset", default=None, metavar="NAME",
         help="digits (scikit-learn's bundled 8x8 digits, no download; default), cifar10, mnist, "
              "fashion_mnist (keras.datasets, downloaded), npz:PATH (x_train, y_train, x_test, "
              "y_test) or folder:PATH (one sub-folder of images per class)")
-    add("--task", default=d.task, choices=ALL_TASKS,
+    add("--task", default=None, choices=ALL_TASKS,
         help="shift: same classes, the target's images shifted (default); split: the source "
              "gets the first half of the classes, the target the rest (Yosinski's A/B); "
              "detection: the source is seed_cnn trained on the digits, the target a detector "
@@ -202,10 +346,41 @@ def build_parser() -> argparse.ArgumentParser:
     add("--shift", default=None, metavar="KIND",
         help=f"with --task shift: {', '.join(SHIFTS)} (default noise): input noise, blur, "
              "inversion, 90-degree rotation, or permuted labels")
-    add("--shots", default=str(d.shots), metavar="N",
+    add("--shots", default=None, metavar="N",
         help="training labels per target class (default 10); 'all' for half of each class")
     add("--model", default=d.model, metavar="NAME",
-        help=f"the architecture of source and target: {', '.join(MODELS)} (default seed_cnn)")
+        help=f"the target architecture: {', '.join(MODELS)} (default seed_cnn; also the "
+             "source's when --source is not given); a keras.applications family "
+             f"({', '.join(APPLICATIONS[:8])}, ...; built with weights=None, the data's input "
+             "shape and class count, and grouped into blocks by the family's preset); or a "
+             "builder function module.path:function or path/to/file.py:function returning a "
+             "keras.Model (called with input_shape= and num_classes= where it takes them)")
+    add("--model-args", default=None, metavar="K=V[,K=V]",
+        help="keyword arguments for a keras.applications constructor, such as alpha=0.35 "
+             "(must match the --source weights)")
+    add("--source", default=None, metavar="PATH",
+        help="the pretrained weights to transfer: any file load_blocks reads (.blocks.h5, "
+             ".weights.h5, .keras, legacy Keras 2 .h5 such as the ImageNet files of "
+             "keras.applications). Snapshotted once to OUT/source.blocks.h5. Blocks whose "
+             "shapes differ from the model's (a head with another class count) are reinit. "
+             "Default: train the source model on the dataset's source task (cached)")
+    add("--data", default=None, metavar="KIND:PATH",
+        help="the user's target data instead of a built-in task (needs --source): "
+             "npz:PATH with x_train, y_train, x_test, y_test and optionally x_val, y_val "
+             "(else a seeded stratified fifth of train), or folder:PATH of class sub-folders "
+             "of images (train/, val/, test/ sub-folders when present, else a seeded "
+             "60/20/20 stratified split). Used as given (pixels 0-255 for images; "
+             "keras.applications models apply their family's preprocess_input)")
+    add("--image-size", default=None, metavar="HxW",
+        help="resize --data images to HEIGHTxWIDTH (default: as given; folder images must "
+             "then share one size)")
+    add("--loss", default=None, metavar="NAME",
+        help="a Keras loss for the target (default sparse_categorical_crossentropy): "
+             "binary_crossentropy (binary or multi-label), mse / mae / huber (regression), ...")
+    add("--metric", default=None, metavar="NAME[:max|min]",
+        help="the metric that ranks the policies (default accuracy); the direction is known "
+             "for common names (accuracy, auc: max; mae, mse: min), else give it, e.g. "
+             "f1:max")
     add("--strategy", default=None, metavar="S[,S]",
         help="which policies to run, comma-separated: prefix (first n blocks frozen or tuned), "
              "surgical (all frozen but one tuned, plus all tuned), exhaustive (all 3^k), "
@@ -267,7 +442,9 @@ def build_parser() -> argparse.ArgumentParser:
 def settings_from_args(args: argparse.Namespace) -> SweepSettings:
     """Turn parsed arguments into validated `SweepSettings`."""
     shots: int | None
-    if args.shots in ("all", "none", "None"):
+    if args.shots is None:
+        shots = SweepSettings.shots
+    elif args.shots in ("all", "none", "None"):
         shots = None
     else:
         try:
@@ -277,6 +454,19 @@ def settings_from_args(args: argparse.Namespace) -> SweepSettings:
                              f"{args.shots!r}.") from None
         if shots < 1:
             raise SweepError(f"--shots must be a positive integer or 'all', received {shots}.")
+    if args.data is not None:
+        given = [f"--{n}" for n in ("dataset", "task", "shift", "shots")
+                 if getattr(args, n) is not None]
+        if given:
+            raise SweepError(f"{', '.join(given)} apply to the built-in tasks, not to --data "
+                             f"{args.data} (used as given).")
+    image_size = None
+    if args.image_size is not None:
+        try:
+            image_size = [int(v) for v in args.image_size.lower().split("x")]
+        except ValueError:
+            raise SweepError(f"--image-size must be HEIGHTxWIDTH (such as 96x96), received "
+                             f"{args.image_size!r}.") from None
     blocks = None
     if args.blocks:
         blocks = [b.strip() for b in args.blocks.split(",") if b.strip()]
@@ -286,7 +476,10 @@ def settings_from_args(args: argparse.Namespace) -> SweepSettings:
     given = {name: getattr(args, name) for name in SMOKE if getattr(args, name) is not None}
     resolved = {name: given.get(name, getattr(d, name)) for name in SMOKE}
     settings = SweepSettings(
-        dataset=args.dataset, task=args.task, shift=args.shift, shots=shots, model=args.model,
+        dataset=args.dataset or d.dataset, task=args.task or d.task, shift=args.shift,
+        shots=shots, model=args.model, data=args.data, source=args.source,
+        image_size=image_size, loss=args.loss, metric=args.metric,
+        model_args=parse_model_args(args.model_args) or None,
         strategy=resolved["strategy"], blocks=blocks, seeds=resolved["seeds"],
         epochs=resolved["epochs"], source_epochs=resolved["source_epochs"],
         batch_size=args.batch_size, lr=args.lr,

@@ -136,8 +136,10 @@ def paired_difference(
     return (mean, low, high, p, len(d))
 
 
-def summarize(trials: pd.DataFrame, metric: str = "test_accuracy") -> pd.DataFrame:
-    """One row per policy, best first (by mean `metric`), with the columns of SUMMARY_COLUMNS.
+def summarize(trials: pd.DataFrame, metric: str = "test_accuracy", mode: str = "max"
+              ) -> pd.DataFrame:
+    """One row per policy, best first (by mean `metric`, highest first unless `mode` is
+    `"min"`), with the columns of SUMMARY_COLUMNS.
 
     `trials` needs `policy`, `seed`, `status` and `metric` columns (`label`, `code` and the
     validation metric, `val_accuracy` for `test_accuracy`, are used when present). Only trials with status `ok` enter the statistics;
@@ -169,12 +171,13 @@ def summarize(trials: pd.DataFrame, metric: str = "test_accuracy") -> pd.DataFra
             "p_value": diff[3], "val_mean": float(val) if val == val else math.nan,
         })
     summary = pd.DataFrame(rows, columns=[c for c in SUMMARY_COLUMNS if c != "rank"])
-    summary = summary.sort_values("mean", ascending=False, na_position="last", kind="stable")
+    summary = summary.sort_values("mean", ascending=mode == "min", na_position="last",
+                                  kind="stable")
     summary.insert(0, "rank", range(1, len(summary) + 1))
     return summary.reset_index(drop=True)
 
 
-def best_line(summary: pd.DataFrame, metric: str = "test_accuracy") -> str:
+def best_line(summary: pd.DataFrame, metric: str = "test_accuracy", mode: str = "max") -> str:
     """The closing line: the best policy and its gain over scratch."""
     ranked = summary[summary["n"] > 0]
     if ranked.empty:
@@ -189,14 +192,14 @@ def best_line(summary: pd.DataFrame, metric: str = "test_accuracy") -> str:
         return line + "; no transfer policy beats training from scratch."
     if math.isnan(best["diff"]):
         return line + "; scratch did not finish, so no gain over it."
-    line += f", {best['diff']:+.3f} over scratch"
+    line += f", {best['diff']:+.3f} {'over' if mode == 'max' else 'against'} scratch"
     if not math.isnan(best["p_value"]):
         line += f" (paired t-test p={best['p_value']:.3g})"
     return line + "."
 
 
 def plot(summary: pd.DataFrame, trials: pd.DataFrame, path: str, title: str = "",
-         metric: str = "test_accuracy") -> str:
+         metric: str = "test_accuracy", mode: str = "max") -> str:
     """Horizontal bars: mean `metric` per policy with 95% CIs, seeds as dots, scratch marked."""
     import matplotlib
 
@@ -224,9 +227,17 @@ def plot(summary: pd.DataFrame, trials: pd.DataFrame, path: str, title: str = ""
     labels = [f"{lab} [{code}]" if code and lab != code else str(lab)
               for lab, code in zip(shown["label"], shown["code"], strict=True)]
     ax.set_yticks(y, labels, fontsize=8)
-    lo = float(np.nanmin(np.r_[shown["ci_low"].fillna(shown["mean"]), ok[metric].astype(float)]))
-    ax.set_xlim(max(0.0, lo - 0.05), 1.0)
-    ax.set_xlabel(f"target test {metric_name(metric)} (mean over seeds, 95% CI)")
+    points = ok[metric].astype(float)
+    lo = float(np.nanmin(np.r_[shown["ci_low"].fillna(shown["mean"]), points]))
+    if mode == "max" and points.between(0.0, 1.0).all():  # a rate: accuracy, mAP
+        ax.set_xlim(max(0.0, lo - 0.05), 1.0)
+    else:  # an error or a score of another range
+        hi = float(np.nanmax(np.r_[shown["ci_high"].fillna(shown["mean"]), points]))
+        pad = 0.05 * ((hi - lo) or abs(hi) or 1.0)
+        ax.set_xlim(lo - pad if lo < 0 else max(0.0, lo - pad), hi + pad)
+    better = "higher" if mode == "max" else "lower"
+    ax.set_xlabel(f"target test {metric_name(metric)} (mean over seeds, 95% CI; {better} is "
+                  "better)")
     ax.set_title(title, fontsize=9)
     ax.grid(axis="x", alpha=0.3)
     fig.tight_layout()
@@ -236,7 +247,7 @@ def plot(summary: pd.DataFrame, trials: pd.DataFrame, path: str, title: str = ""
 
 
 def write_report(trials: pd.DataFrame, out: str, settings: dict, info: dict | None = None,
-                 metric: str = "test_accuracy") -> dict:
+                 metric: str = "test_accuracy", mode: str = "max") -> dict:
     """Write results.csv, summary.csv, results.json, plot.png and report.md into `out`.
 
     Args:
@@ -248,6 +259,7 @@ def write_report(trials: pd.DataFrame, out: str, settings: dict, info: dict | No
         metric: the test metric policies are ranked by (higher is better): `"test_accuracy"`,
             or `"test_map_50"` for the detection task (its validation counterpart,
             `"val_map_50"`, gives the summary's `val_mean`).
+        mode: `"max"` (higher is better) or `"min"` (an error such as `test_mae`).
 
     Returns:
         `{"summary": DataFrame, "best": str, "paths": {name: path}}`.
@@ -257,8 +269,8 @@ def write_report(trials: pd.DataFrame, out: str, settings: dict, info: dict | No
     columns = trial_columns(metric)
     trials = trials.reindex(columns=columns + [c for c in trials.columns if c not in columns])
     trials = trials.sort_values(["policy", "seed"], kind="stable").reset_index(drop=True)
-    summary = summarize(trials, metric)
-    best = best_line(summary, metric)
+    summary = summarize(trials, metric, mode)
+    best = best_line(summary, metric, mode)
     paths = {name: os.path.join(out, name) for name in
              ("results.csv", "summary.csv", "results.json", "plot.png", "report.md")}
     trials.to_csv(paths["results.csv"], index=False)
@@ -269,6 +281,7 @@ def write_report(trials: pd.DataFrame, out: str, settings: dict, info: dict | No
         "info": info,
         "best": best,
         "metric": metric,
+        "mode": mode,
         "confidence": CONFIDENCE,
         "policies": _records(summary),
         "failed_trials": _records(failed[["trial_id", "policy", "seed", "status", "error"]]),
@@ -277,7 +290,7 @@ def write_report(trials: pd.DataFrame, out: str, settings: dict, info: dict | No
         json.dump(document, f, indent=2, default=_json_default)
     title = ", ".join(f"{k}={settings[k]}" for k in ("dataset", "task", "shift", "shots", "model")
                       if settings.get(k) is not None)
-    plot(summary, trials, paths["plot.png"], title=title, metric=metric)
+    plot(summary, trials, paths["plot.png"], title=title, metric=metric, mode=mode)
     with open(paths["report.md"], "w") as f:
         f.write(markdown(summary, failed, settings, info, best, metric))
     return {"summary": summary, "best": best, "paths": paths}

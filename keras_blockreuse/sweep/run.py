@@ -32,9 +32,10 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
-from keras_blockreuse.data import DataError, make_task
 from keras_blockreuse.sweep import space
+from keras_blockreuse.sweep.data import DataError, make_task
 from keras_blockreuse.sweep.options import (
     ALL_TASKS,
     DETECTION,
@@ -51,6 +52,9 @@ from keras_blockreuse.sweep.options import (
 from keras_blockreuse.sweep.report import write_report
 from keras_blockreuse.sweep.space import Configuration, SweepError
 
+if TYPE_CHECKING:
+    from keras_blockreuse.sweep.inputs import UserInputs
+
 SETTINGS_FILE = "settings.json"
 SOURCE_FILE = "source.blocks.h5"
 __all__ = ["ALL_TASKS", "SCHEDULERS", "SMOKE", "SweepResult", "SweepSettings", "build_parser", "main",
@@ -66,12 +70,20 @@ class SweepResult:
     summary: object  # pandas.DataFrame, one row per policy, best first
     best: str
     paths: dict
+    blocks: list = dataclasses.field(default_factory=list)
+    """The swept blocks, in computation order."""
+    fixed: dict = dataclasses.field(default_factory=dict)
+    """Blocks fixed to reinit in every configuration -> why."""
+    metric: str = "test_accuracy"
+    """The column of `trials` that ranks the policies (its `val_` twin chose nothing here:
+    the ranking is on test, as the report says)."""
 
 
 def run_sweep(
     settings: SweepSettings,
     extra: Sequence[Configuration] = (),
     print_fn: Callable[[str], None] = print,
+    user: UserInputs | None = None,
 ) -> SweepResult:
     """Run (or resume) a sweep and write its report; see the module docstring.
 
@@ -80,6 +92,8 @@ def run_sweep(
             and its saved settings are used.
         extra: configurations to run besides the strategies' (e.g. a policy of one's own).
         print_fn: where progress lines go.
+        user: the user's model, data and source (`which_blocks`); None takes them from
+            `settings` (--model, --data, --source) or runs a built-in task.
 
     Returns:
         A `SweepResult`.
@@ -90,15 +104,25 @@ def run_sweep(
     started = time.time()
     settings = _prepare(settings)
     out = settings.out
-    data = _make_data(settings)
-    blocks, fixed = _swept_blocks(settings, data)
+    user = user if user is not None else _cli_user_inputs(settings)
+    if user is None:
+        data = _make_data(settings)
+        blocks, fixed = _swept_blocks(settings, data)
+    else:
+        data = user.data
+        blocks, fixed = _user_blocks(settings, user, print_fn)
     configurations = _static_configurations(settings, blocks, extra)
     if not settings.resume:  # Only a valid sweep leaves a folder behind.
         os.makedirs(out, exist_ok=True)
         with open(os.path.join(out, SETTINGS_FILE), "w") as f:
             json.dump(dataclasses.asdict(settings), f, indent=2)
+    if user is not None:
+        _keep_source(user, out)
     print_fn(f"Sweep folder: {out}")
     print_fn(data.summary())
+    if fixed:
+        print_fn("Fixed to reinit in every configuration: "
+                 + "; ".join(f"{b} ({why})" for b, why in fixed.items()))
 
     import ray
 
@@ -112,9 +136,12 @@ def run_sweep(
         nodes = len([n for n in ray.nodes() if n.get("Alive")])
         print_fn(f"Ray: {nodes} node(s), {resources.get('CPU', 0):g} CPUs, {gpus:g} GPUs; each "
                  f"trial takes {settings.cpus_per_trial:g} CPU and {gpus_per_trial:g} GPU.")
-        source, source_info = _source_blocks(settings, data, use_gpu=gpus > 0,
-                                             print_fn=print_fn)
-        runner = _Runner(settings, data, source, gpus_per_trial, print_fn)
+        if user is None:
+            source, source_info = _source_blocks(settings, data, use_gpu=gpus > 0,
+                                                 print_fn=print_fn)
+        else:
+            source, source_info = user.source_bytes(), user.source_info
+        runner = _Runner(settings, data, source, gpus_per_trial, print_fn, user)
         greedy = "greedy" in space.parse_strategies(settings.strategy)
         rows = runner.run("sweep", configurations)
         if greedy:
@@ -134,7 +161,7 @@ def run_sweep(
     wall = time.time() - started
     info = {
         "swept blocks": ", ".join(blocks),
-        "fixed blocks": ", ".join(f"{b}={p}" for b, p in fixed.items()) or "none",
+        "fixed blocks": "; ".join(f"{b}=reinit ({why})" for b, why in fixed.items()) or "none",
         "legend": (f"Block letters in the *blocks* column follow {', '.join(blocks)}: "
                    "R = reinit, F = frozen (transferred), T = tuned (transferred, fine-tuned)."),
         "source model": source_info,
@@ -144,21 +171,28 @@ def run_sweep(
         "ray": f"{nodes} node(s), {resources.get('CPU', 0):g} CPUs, {gpus:g} GPUs",
         "wall time": f"{wall:.0f} s",
     }
+    if user is not None:
+        info["model"] = user.model_info
+        info["training"] = user.training_info
+    metric = _metrics_of(settings, user)[0]
     written = write_report(trials, out, _settings_dict(settings, gpus_per_trial), info,
-                           metric=_metrics_of(settings)[0])
+                           metric=metric, mode=_mode_of(user))
     for name, path in written["paths"].items():
         print_fn(f"wrote {name}: {path}")
     print_fn(f"{len(trials)} trials in {wall:.0f} s.")
     print_fn(written["best"])
     return SweepResult(out=out, trials=trials, summary=written["summary"], best=written["best"],
-                       paths=written["paths"])
+                       paths=written["paths"], blocks=list(blocks), fixed=dict(fixed),
+                       metric=metric)
 
 
 class _Runner:
     """Runs one Tune experiment per call and turns its results into report rows."""
 
-    def __init__(self, settings: SweepSettings, data, source: bytes, gpus: float, print_fn):
+    def __init__(self, settings: SweepSettings, data, source: bytes, gpus: float, print_fn,
+                 user: UserInputs | None = None):
         self.settings = settings
+        self.user = user
         self.data = data
         self.source = source
         self.gpus = gpus
@@ -170,7 +204,11 @@ class _Runner:
         from ray import tune
 
         train_trial = _functions(self.settings)["trial"]
-        trainable = tune.with_parameters(train_trial, data=self.data, source=self.source)
+        if self.user is not None:  # the user's model: its recipe, by value, once
+            trainable = tune.with_parameters(train_trial, data=self.data, source=self.source,
+                                             recipe=self.user.packed)
+        else:
+            trainable = tune.with_parameters(train_trial, data=self.data, source=self.source)
         return tune.with_resources(trainable, {"cpu": self.settings.cpus_per_trial,
                                                "gpu": self.gpus})
 
@@ -207,7 +245,8 @@ class _Runner:
             tuner = tune.Tuner(
                 self.trainable(),
                 param_space=param_space,
-                tune_config=tune.TuneConfig(metric=_metrics_of(s)[1], mode="max",
+                tune_config=tune.TuneConfig(metric=_metrics_of(s, self.user)[1],
+                                            mode=_mode_of(self.user),
                                             scheduler=scheduler, reuse_actors=s.reuse_actors,
                                             trial_dirname_creator=_trial_dirname),
                 run_config=tune.RunConfig(
@@ -224,7 +263,7 @@ class _Runner:
         config = result.config or _read_params(result.path)
         key = config.get("policy", "")
         c = self.labels.get(key)
-        done = metrics.get(_metrics_of(self.settings)[0])
+        done = metrics.get(_metrics_of(self.settings, self.user)[0])
         status = "error" if result.error else ("ok" if done is not None else "stopped")
         row = {
             "trial_id": metrics.get("trial_id") or os.path.basename(result.path or ""),
@@ -237,7 +276,7 @@ class _Runner:
             "experiment": experiment,
             "error": _error_line(result.error) if result.error else "",
         }
-        for name in _metric_columns(self.settings):
+        for name in _metric_columns(self.settings, self.user):
             row[name] = metrics.get(name, math.nan)
         for name in ("node_ip", "node_id", "hostname", "pid", "gpu_ids"):
             row[name] = metrics.get(name, "")
@@ -251,6 +290,29 @@ class _Runner:
             row["_seconds"] = metrics.get("time_total_s")
             row["_rough_clock"] = None not in (row["_finished"], row["_seconds"])
         return row
+
+
+# --- the user's model, data and source (--model, --data, --source; which_blocks) ----------
+
+
+def _cli_user_inputs(settings: SweepSettings) -> UserInputs | None:
+    """The command line's own model, data and source, prepared; None for a built-in task
+    whose source the sweep trains."""
+    from keras_blockreuse.sweep.inputs import from_settings
+
+    return from_settings(settings)
+
+
+def _user_blocks(settings: SweepSettings, user: UserInputs, print_fn) -> tuple[list[str], dict]:
+    """The swept blocks of the user's model, and the fixed ones with why (prepared once)."""
+    if not user.metric:
+        existing = os.path.join(settings.out, "source.blocks.h5") if settings.resume else None
+        user.prepare(existing)
+    return user.swept_blocks(settings.blocks, settings.smoke)
+
+
+def _keep_source(user: UserInputs, out: str) -> None:
+    user.keep(out)
 
 
 def _make_data(settings: SweepSettings):
@@ -278,8 +340,10 @@ def _functions(settings: SweepSettings) -> dict:
     return {"source": train_source, "trial": train_trial}
 
 
-def _metrics_of(settings: SweepSettings) -> tuple[str, str]:
+def _metrics_of(settings: SweepSettings, user: UserInputs | None = None) -> tuple[str, str]:
     """The test metric the report ranks by, and the validation metric Tune and greedy use."""
+    if user is not None:
+        return f"test_{user.metric}", f"val_{user.metric}"
     if settings.task == DETECTION:
         from keras_blockreuse.detection.sweep import DETECTION_METRIC, DETECTION_VAL_METRIC
 
@@ -287,8 +351,17 @@ def _metrics_of(settings: SweepSettings) -> tuple[str, str]:
     return "test_accuracy", "val_accuracy"
 
 
-def _metric_columns(settings: SweepSettings) -> tuple[str, ...]:
+def _mode_of(user: UserInputs | None) -> str:
+    """`"max"` (higher is better), or the user's metric's direction."""
+    return "max" if user is None else user.mode
+
+
+def _metric_columns(settings: SweepSettings, user: UserInputs | None = None
+                    ) -> tuple[str, ...]:
     """The metrics a trial reports that go into results.csv."""
+    if user is not None:
+        return (*(f"{p}{m}" for m in user.metric_keys for p in ("test_", "val_", "")),
+                "train_seconds")
     if settings.task == DETECTION:
         return ("test_map_50", "test_map", "test_map_75", "val_map_50", "val_map", "loss",
                 "train_seconds")
@@ -314,7 +387,8 @@ def _greedy(runner: _Runner, rows: list[dict], blocks: list[str],
             static: Sequence[Configuration]) -> list[dict]:
     """Forward selection: keep adding the single block policy with the best mean validation
     metric (accuracy, or mAP@0.5 for detection) while it beats the current configuration."""
-    val_metric = _metrics_of(runner.settings)[1]
+    val_metric = _metrics_of(runner.settings, runner.user)[1]
+    sign = 1.0 if _mode_of(runner.user) == "max" else -1.0
     evaluated = {c.key for c in static}
     current = space.scratch(blocks)
     round_ = 1
@@ -331,8 +405,8 @@ def _greedy(runner: _Runner, rows: list[dict], blocks: list[str],
         scored = [c for c in candidates if not math.isnan(scores.get(c.key, math.nan))]
         if not scored:
             break
-        best = max(scored, key=lambda c: scores[c.key])
-        if scores[best.key] <= scores.get(current.key, -math.inf):
+        best = max(scored, key=lambda c: sign * scores[c.key])
+        if sign * scores[best.key] <= sign * scores.get(current.key, sign * -math.inf):
             runner.print_fn(f"Greedy: no single change beats {current.key}; stopping.")
             break
         runner.print_fn(f"Greedy round {round_}: {best.key} (val {scores[best.key]:.3f}).")
@@ -395,7 +469,7 @@ def _swept_blocks(settings: SweepSettings, data) -> tuple[list[str], dict[str, s
     """The blocks whose policy varies, and the others with their fixed policy (`reinit`)."""
     import keras
 
-    from keras_blockreuse.zoo import build_model
+    from keras_blockreuse.sweep.zoo import build_model
 
     if settings.task == DETECTION:
         from keras_blockreuse.detection.sweep import DETECTION_BLOCKS
@@ -415,21 +489,34 @@ def _swept_blocks(settings: SweepSettings, data) -> tuple[list[str], dict[str, s
     names = list(model.blocks)
     keras.backend.clear_session()
     head = names[-1]
-    transferable = names if data.source_classes == data.target_classes else names[:-1]
+    # The head maps features to the source's classes: transferable only when the target has
+    # the same classes. A split's source was trained on the *other* classes, so its head is
+    # swept only when --blocks names it (and the class counts agree).
+    why_not_head = None
+    if data.source_classes != data.target_classes:
+        why_not_head = (f"the head: the source has {data.source_classes} classes, the target "
+                        f"{data.target_classes}")
+    elif settings.task == "split":
+        why_not_head = ("the head, trained on the source's other classes (--task split); "
+                        "name it in --blocks to sweep it")
+    transferable = names if why_not_head is None else names[:-1]
     if settings.blocks is None:
         chosen = transferable[:1] if settings.smoke else transferable
+        unchosen = "not swept (--smoke sweeps the first block)"
     else:
         unknown = [b for b in settings.blocks if b not in names]
         if unknown:
             raise SweepError(f"Unknown block {', '.join(map(repr, unknown))} for model "
                              f"{settings.model!r}. Its blocks are: {', '.join(names)}.")
-        if head in settings.blocks and head not in transferable:
+        if head in settings.blocks and data.source_classes != data.target_classes:
             raise SweepError(
                 f"Block {head!r} is the head, and the source has {data.source_classes} classes "
                 f"but the target {data.target_classes}: it cannot be transferred. Leave it out "
                 "of --blocks (it is always reinit).")
         chosen = [b for b in names if b in settings.blocks]
-    fixed = {b: "reinit" for b in names if b not in chosen}
+        unchosen = "not in --blocks"
+    fixed = {b: (why_not_head if b == head and why_not_head and settings.blocks is None
+                 else unchosen) for b in names if b not in chosen}
     return chosen, fixed
 
 

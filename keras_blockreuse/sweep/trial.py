@@ -11,7 +11,7 @@ Example (without Ray: `tune.report` replaced by a list):
 
 ```python
 from ray import tune
-from keras_blockreuse.data import make_task
+from keras_blockreuse.sweep.data import make_task
 from keras_blockreuse.sweep.trial import train_source, train_trial
 
 data = make_task()
@@ -60,15 +60,21 @@ def configure_tensorflow(cpus: int | None = None) -> None:
         pass  # TensorFlow is already initialised in this process.
 
 
-def train_trial(config: dict, data=None, source: bytes | str | None = None) -> dict:
+def train_trial(config: dict, data=None, source: bytes | str | None = None,
+                recipe=None) -> dict:
     """Ray Tune function trainable: train the target model under one block policy.
 
     Args:
         config: `policy` (a key from `space.encode_policy`), `seed`, and optionally `model`,
             `epochs`, `batch_size`, `lr`, `cpus` (defaults in `TRIAL_DEFAULTS`).
-        data: a `keras_blockreuse.data.TransferData`.
+        data: a `keras_blockreuse.sweep.data.TransferData`, or the user's
+            `keras_blockreuse.sweep.user_data.TargetData`.
         source: the source model's block file, as bytes or a path. Required unless the policy
             is `scratch`.
+        recipe: the user's target model and training (`keras_blockreuse.sweep.models.Recipe`,
+            or its `pack`ed bytes); None: the built-in model `config["model"]`, trained with
+            Adam on the cross-entropy, scored by accuracy. With a recipe each epoch reports
+            the compiled metrics as `NAME`, `val_NAME`, and the last also `test_NAME`.
 
     Returns:
         The last metrics reported (also what a direct call in a test inspects).
@@ -77,11 +83,13 @@ def train_trial(config: dict, data=None, source: bytes | str | None = None) -> d
         SweepError: the policy names a block the model lacks; BlockMismatchError: the source
             blocks do not fit.
     """
+    if recipe is not None:
+        return _recipe_trial(config, data, source, recipe)
     import keras
     from ray import tune
 
     from keras_blockreuse.sweep.space import SweepError, decode_policy
-    from keras_blockreuse.zoo import build_model
+    from keras_blockreuse.sweep.zoo import build_model
 
     settings = {**TRIAL_DEFAULTS, **config}
     configure_tensorflow(settings["cpus"])
@@ -142,6 +150,61 @@ def train_trial(config: dict, data=None, source: bytes | str | None = None) -> d
     return dict(last)
 
 
+def _recipe_trial(config: dict, data, source, recipe) -> dict:
+    """`train_trial` for the user's model: the recipe's model, loss, metrics and optimizer;
+    validation through `fit`, test after it."""
+    import keras
+    from ray import tune
+
+    from keras_blockreuse.sweep.models import unpack
+    from keras_blockreuse.sweep.space import SweepError, decode_policy
+
+    recipe = unpack(recipe)
+    settings = {**TRIAL_DEFAULTS, **config}
+    configure_tensorflow(settings["cpus"])
+    started, started_at = time.perf_counter(), time.time()
+    seed = int(settings["seed"])
+    keras.backend.clear_session()
+    keras.utils.set_random_seed(seed)
+    model = recipe.target_model()
+    blocks = list(model.blocks)
+    try:
+        policy = decode_policy(settings["policy"], blocks)
+    except SweepError as error:
+        raise SweepError(f"Policy {settings['policy']!r} does not fit the model (blocks "
+                         f"{blocks}): {error}") from None
+    transferred = [b for b in blocks if policy[b] != "reinit"]
+    if transferred:
+        if source is None:
+            raise SweepError(f"Policy {settings['policy']!r} transfers blocks but no source "
+                             "block file was given.")
+        with block_file(source) as path:
+            model.load_blocks(path, only=transferred)
+        model.freeze_blocks([b for b in blocks if policy[b] == "frozen"])
+    recipe.compile(model, float(settings["lr"]))
+    place = {**where(), "policy": settings["policy"], "seed": seed}
+    epochs, batch_size = int(settings["epochs"]), int(settings["batch_size"])
+    final: dict = {}
+
+    class Report(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            metrics = {"epoch": epoch + 1, **{k: float(v) for k, v in (logs or {}).items()},
+                       **place}
+            if epoch + 1 == epochs:
+                final.update(metrics)  # reported below, with the test metrics
+            else:
+                tune.report(metrics)
+
+    fit(model, data.x_train, data.y_train, epochs, batch_size, seed, callbacks=[Report()],
+        validation_data=(data.x_val, data.y_val))
+    test = model.evaluate(data.x_test, data.y_test, batch_size=batch_size, verbose=0,
+                          return_dict=True)
+    final.update({f"test_{k}": float(v) for k, v in test.items()},
+                 train_seconds=time.perf_counter() - started, started_at=started_at)
+    tune.report(final)
+    return dict(final)
+
+
 def train_source(
     data,
     model: str = "seed_cnn",
@@ -165,7 +228,7 @@ def train_source(
     """
     import keras
 
-    from keras_blockreuse.zoo import build_model
+    from keras_blockreuse.sweep.zoo import build_model
 
     configure_tensorflow(cpus)
     started = time.perf_counter()
@@ -186,7 +249,8 @@ def train_source(
     return blob, metrics
 
 
-def fit(model, x, y, epochs: int, batch_size: int, seed: int, callbacks=None) -> None:
+def fit(model, x, y, epochs: int, batch_size: int, seed: int, callbacks=None,
+        validation_data=None) -> None:
     """Train for `epochs` epochs of `ceil(len(x) / batch_size)` shuffled batches.
 
     On TensorFlow the arrays go through one repeated `tf.data` pipeline, so an epoch costs no
@@ -206,10 +270,11 @@ def fit(model, x, y, epochs: int, batch_size: int, seed: int, callbacks=None) ->
             .repeat()
         )
         model.fit(dataset, epochs=epochs, steps_per_epoch=steps, shuffle=False, verbose=0,
-                  callbacks=callbacks)
+                  callbacks=callbacks, validation_data=validation_data,
+                  validation_batch_size=batch_size if validation_data else None)
     else:
         model.fit(x, y, batch_size=batch_size, epochs=epochs, shuffle=True, verbose=0,
-                  callbacks=callbacks)
+                  callbacks=callbacks, validation_data=validation_data)
 
 
 def evaluate(model, x, y, batch_size: int = 1024) -> tuple[float, float]:

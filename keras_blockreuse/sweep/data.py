@@ -20,7 +20,7 @@ images per class). Images come back as float32 NHWC arrays scaled to [0, 1], lab
 Example:
 
 ```python
-from keras_blockreuse.data import make_task
+from keras_blockreuse.sweep.data import make_task
 
 data = make_task("digits", task="shift", shift="noise", shots=10, seed=0)
 print(data.summary())

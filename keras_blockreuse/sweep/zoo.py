@@ -8,7 +8,7 @@ architecture serves a source task and a target task with another number of class
 Example:
 
 ```python
-from keras_blockreuse.zoo import seed_cnn
+from keras_blockreuse.sweep.zoo import seed_cnn
 
 source = seed_cnn(input_shape=(8, 8, 1), num_classes=10)
 list(source.blocks)        # ['block_1', 'block_2', 'dense_1', 'dense_2']

@@ -1,12 +1,12 @@
-"""Tests for keras_blockreuse.data: datasets, task splits, shifts, shots, errors."""
+"""Tests for keras_blockreuse.sweep.data: datasets, task splits, shifts, shots, errors."""
 
 import urllib.error
 
 import numpy as np
 import pytest
 
-from keras_blockreuse import data
-from keras_blockreuse.data import DataError, apply_shift, load_dataset, make_task
+from keras_blockreuse.sweep import data
+from keras_blockreuse.sweep.data import DataError, apply_shift, load_dataset, make_task
 
 
 def _index_of(pool, images):

@@ -1,11 +1,11 @@
-"""Tests for keras_blockreuse.zoo: block names, shapes, transfer between class counts."""
+"""Tests for keras_blockreuse.sweep.zoo: block names, shapes, transfer between class counts."""
 
 import keras
 import numpy as np
 import pytest
 
 from keras_blockreuse import BlockModel
-from keras_blockreuse.zoo import (
+from keras_blockreuse.sweep.zoo import (
     SEED_CNN_BLOCKS,
     SMALL_RESNET_BLOCKS,
     build_model,

@@ -1,0 +1,269 @@
+"""The user's model, data and pretrained weights, checked in the driver before any trial runs.
+
+`UserInputs.prepare` builds the target model once, snapshots the source (any file
+`load_blocks` reads, or a live `keras.Model`) to one `.blocks.h5` file grouped by the target's
+block rule, and finds the blocks that cannot be transferred: those the source lacks, and
+those whose shapes differ (a head with another class count). Those are fixed to `reinit` in
+every configuration, with the reason, and the report lists them. It also compiles the model
+with the recipe's loss and metrics and evaluates it on two validation samples, so that a loss
+that does not fit the labels fails here, once, with a clear message, and so that the metric
+names the trials will report are known.
+
+`from_settings` builds the inputs of the command line (`--model`, `--data`, `--source`,
+`--loss`, `--metric`); `keras_blockreuse.sweep.which_blocks` builds them from Python objects.
+
+Example:
+
+```python
+inputs = UserInputs(data, Recipe(build), source="pretrained.blocks.h5")
+inputs.prepare()
+inputs.blocks, inputs.fixed        # (['block_1', 'block_2'], {'head': 'shapes differ ...'})
+```
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+import tempfile
+from typing import Any
+
+from keras_blockreuse.sweep.models import Recipe
+from keras_blockreuse.sweep.options import SweepError, metric_direction, model_kind
+
+SOURCE_FILE = "source.blocks.h5"
+__all__ = ["SOURCE_FILE", "UserInputs", "from_settings"]
+
+
+@dataclasses.dataclass
+class UserInputs:
+    """What the sweep needs from the user, and what `prepare` finds out about it.
+
+    Attributes:
+        data: the target data (`user_data.TargetData`, or a built-in task's target).
+        recipe: the target model and its training (`models.Recipe`).
+        source: the pretrained weights: a path `load_blocks` reads, or a `keras.Model`.
+        mode: `"max"` or `"min"` for the first metric; None: known from its name.
+        description: how the model was given (for the report).
+    """
+
+    data: Any
+    recipe: Recipe
+    source: Any
+    mode: str | None = None
+    description: str = ""
+    metric: str = ""
+    metric_keys: tuple = ()
+    blocks: list = dataclasses.field(default_factory=list)
+    fixed: dict = dataclasses.field(default_factory=dict)
+    packed: bytes = b""
+    snapshot: str = ""
+    source_info: str = ""
+    model_info: str = ""
+    training_info: str = ""
+
+    def prepare(self, existing_snapshot: str | None = None) -> UserInputs:
+        """Build the model, snapshot the source, find fixed blocks and metric names.
+
+        Args:
+            existing_snapshot: a snapshot already taken (a resumed sweep's), used as is.
+
+        Raises:
+            SweepError: the model does not fit the data, the source cannot be read, shares
+                no block with the model, or the loss and metrics do not fit the labels.
+        """
+        import keras
+
+        from keras_blockreuse import read_blocks
+        from keras_blockreuse.sweep.models import pack
+
+        keras.backend.clear_session()
+        model = self.recipe.target_model()
+        self._check_inputs(model)
+        if existing_snapshot and os.path.isfile(existing_snapshot):
+            self.snapshot = existing_snapshot
+        else:
+            self.snapshot = self._take_snapshot(model)
+        info = read_blocks(self.snapshot)
+        self.blocks, self.fixed = _transferable(model, self.snapshot, list(info.blocks))
+        self._find_metrics(model)
+        self.packed = pack(self.recipe)
+        self.source_info = (f"{self._source_name()}, snapshotted to {SOURCE_FILE} "
+                            f"({len(info.blocks)} blocks, {info.nbytes / 1e6:.1f} MB)")
+        self.model_info = (f"{self.description or model.name}: {len(model.blocks)} blocks, "
+                           f"{model.count_params():,} parameters, input {self.data.input_shape}")
+        loss = self.recipe.loss if isinstance(self.recipe.loss, str) else type(
+            self.recipe.loss).__name__
+        self.training_info = (f"loss {loss}; metrics {', '.join(self.metric_keys)}; "
+                              f"{self.metric} ranks the policies ({self.mode})")
+        keras.backend.clear_session()
+        return self
+
+    def source_bytes(self) -> bytes:
+        with open(self.snapshot, "rb") as f:
+            return f.read()
+
+    def keep(self, out: str) -> str:
+        """Move the snapshot into the sweep's folder (once the sweep is valid)."""
+        target = os.path.join(out, SOURCE_FILE)
+        if os.path.abspath(self.snapshot) != os.path.abspath(target):
+            shutil.move(self.snapshot, target)
+            shutil.rmtree(os.path.dirname(self.snapshot), ignore_errors=True)
+            self.snapshot = target
+        return target
+
+    def swept_blocks(self, only=None, smoke: bool = False) -> tuple[list[str], dict[str, str]]:
+        """The blocks to sweep (`only`, else every transferable one; the first with `smoke`)
+        and every other block with the reason it is reinit."""
+        fixed = dict(self.fixed)
+        if only is None:
+            chosen = self.blocks[:1] if smoke else list(self.blocks)
+            unchosen = "not swept (--smoke sweeps the first block)"
+        else:
+            every = self.blocks + list(self.fixed)
+            unknown = [b for b in only if b not in every]
+            if unknown:
+                raise SweepError(f"Unknown block {', '.join(map(repr, unknown))}. The model's "
+                                 f"blocks are: {', '.join(every)}.")
+            refused = {b: self.fixed[b] for b in only if b in self.fixed}
+            if refused:
+                raise SweepError("Cannot sweep " + "; ".join(
+                    f"{b}: {why}" for b, why in refused.items()) + ". Leave them out of the "
+                    "swept blocks (they are always reinit).")
+            chosen = [b for b in self.blocks if b in only]
+            unchosen = "not among the swept blocks"
+        fixed.update({b: unchosen for b in self.blocks if b not in chosen})
+        return chosen, fixed
+
+    def _check_inputs(self, model) -> None:
+        if len(model.inputs) != 1:
+            raise SweepError(f"The model has {len(model.inputs)} inputs; the sweep feeds one "
+                             "array of inputs.")
+        expected = tuple(model.inputs[0].shape[1:])
+        given = tuple(self.data.input_shape)
+        if len(expected) != len(given) or any(
+                e is not None and e != g for e, g in zip(expected, given, strict=True)):
+            raise SweepError(f"The model expects inputs of shape {expected} but the data has "
+                             f"{given}. Build the model for the data (or resize the images: "
+                             "--image-size / image_size).")
+
+    def _source_name(self) -> str:
+        import keras
+
+        if isinstance(self.source, keras.Model):
+            return f"keras.Model {self.source.name!r}"
+        return str(self.source)
+
+    def _take_snapshot(self, model) -> str:
+        import keras
+
+        from keras_blockreuse.convert import convert
+        from keras_blockreuse.errors import BlockFileError, BlockMismatchError
+
+        source = self.source
+        if not isinstance(source, keras.Model):
+            if not isinstance(source, (str, os.PathLike)) or not os.path.isfile(source):
+                raise SweepError(f"source: expected a weights file load_blocks reads or a "
+                                 f"keras.Model, received {source!r}.")
+            source = os.fspath(source)
+        own_rule = getattr(source, "_block_rule", None) is not None
+        rule = None if own_rule else getattr(model, "_block_rule", None)
+        folder = tempfile.mkdtemp(prefix="kbr-source-")
+        path = os.path.join(folder, SOURCE_FILE)
+        try:
+            convert(source, path, blocks=rule, metadata={"sweep_source": self._source_name()})
+        except (BlockFileError, BlockMismatchError, ValueError, TypeError, OSError) as error:
+            shutil.rmtree(folder, ignore_errors=True)
+            raise SweepError(f"source {self._source_name()} could not be read into blocks: "
+                             f"{str(error).splitlines()[0]}") from error
+        return path
+
+    def _find_metrics(self, model) -> None:
+        data = self.data
+        try:
+            self.recipe.compile(model, 1e-3)
+            scores = model.evaluate(data.x_val[:2], data.y_val[:2], verbose=0,
+                                    return_dict=True)
+        except Exception as error:  # the loss, metrics or labels do not fit: say so, once
+            text = " ".join(str(error).split())[:400]
+            raise SweepError(f"The model, loss and metrics do not fit the labels (checked on 2 "
+                             f"validation samples, labels of shape {data.y_val.shape[1:]} and "
+                             f"dtype {data.y_val.dtype}): {type(error).__name__}: {text}") from None
+        keys = [k for k in scores if k != "loss"] + ["loss"]
+        self.metric_keys = tuple(keys)
+        self.metric = keys[0]
+        if self.mode is None:
+            self.mode = metric_direction(self.metric)[1]
+        elif self.mode not in ("max", "min"):
+            raise SweepError(f"mode must be 'max' or 'min', received {self.mode!r}.")
+
+
+def _transferable(model, path: str, source_blocks: list[str]) -> tuple[list[str], dict]:
+    """The model's blocks that load from the snapshot, and the others with the reason."""
+    from keras_blockreuse.errors import BlockMismatchError
+
+    ok, fixed = [], {}
+    for name in model.blocks:
+        if name not in source_blocks:
+            fixed[name] = "not in the source"
+            continue
+        try:
+            model.load_blocks(path, only=[name])
+        except BlockMismatchError as error:
+            fixed[name] = "does not fit the source: " + _first_mismatch(str(error))
+            continue
+        ok.append(name)
+    if not ok:
+        raise SweepError(f"The source shares no transferable block with the model: source "
+                         f"blocks {source_blocks}, model blocks {list(model.blocks)} ("
+                         + "; ".join(f"{b}: {why}" for b, why in list(fixed.items())[:4])
+                         + "). Check the block rule (blocks=) or the source.")
+    return ok, fixed
+
+
+def _first_mismatch(text: str) -> str:
+    lines = [line.strip(" -") for line in text.splitlines() if line.strip(" -")]
+    detail = [line for line in lines if "source" in line and "model" in line and "/" in line]
+    return (detail or lines or ["?"])[0][:200]
+
+
+def from_settings(settings) -> UserInputs | None:
+    """The command line's user inputs (`--model`, `--data`, `--source`, `--loss`,
+    `--metric`), prepared; None for a built-in task with its trained source."""
+    kind = model_kind(settings.model)
+    if settings.source is None:
+        return None
+    from keras_blockreuse.sweep.models import (
+        Recipe,
+        output_activation,
+        preprocess_function,
+        resolve_builder,
+    )
+
+    if settings.data is not None:
+        from keras_blockreuse.sweep.user_data import load_data
+
+        data = load_data(settings.data, seed=settings.data_seed, image_size=settings.image_size)
+        if kind == "application":
+            data = data.preprocessed(preprocess_function(settings.model))
+    else:
+        from keras_blockreuse.sweep.data import make_task
+
+        data = make_task(settings.dataset, settings.task, settings.resolved_shift(),
+                         settings.shots, seed=settings.data_seed)
+    loss = settings.loss or "sparse_categorical_crossentropy"
+    name, mode = metric_direction(settings.metric or "accuracy")
+    if "sparse" in loss:
+        outputs = data.target_classes
+        if outputs is None:
+            raise SweepError(f"--loss {loss} needs integer class labels; the labels have shape "
+                             f"{data.y_train.shape[1:]} and dtype {data.y_train.dtype}.")
+    else:
+        outputs = getattr(data, "label_width", 1)
+    build = resolve_builder(settings.model, data.input_shape, outputs, output_activation(loss),
+                            **(settings.model_args or {}))
+    recipe = Recipe(build, loss=loss, metrics=(name,))
+    inputs = UserInputs(data, recipe, settings.source, mode=mode, description=settings.model)
+    existing = os.path.join(settings.out, SOURCE_FILE) if settings.out else None
+    return inputs.prepare(existing if settings.resume else None)

@@ -1,0 +1,342 @@
+"""The user's own target data for a sweep: arrays, a `tf.data.Dataset`, an `.npz` file or an
+image folder, as train / validation / test arrays.
+
+The data is used as given: no shift, no rescaling, no resizing unless asked (`image_size`).
+Missing parts are split from the training set, seeded (`seed`) and stratified when the labels
+are integer classes: validation (a fifth of train) where none is given, test (a fifth of what
+is left) where none is given. A folder without `train/`, `val/`, `test/` sub-folders is split
+60 / 20 / 20.
+
+Example:
+
+```python
+from keras_blockreuse.sweep.user_data import from_arrays, load_data
+
+data = from_arrays((x_train, y_train), (x_val, y_val), test=None, seed=0)
+data = load_data("folder:photos", seed=0, image_size=(96, 96))
+print(data.summary())
+```
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Sequence
+
+import numpy as np
+
+from keras_blockreuse.sweep.data import DataError
+
+HELD_OUT_FRACTION = 0.2
+"""The share of the training set split off as validation (or test) where none is given."""
+IMAGE_EXTENSIONS = (".bmp", ".gif", ".jpeg", ".jpg", ".png")
+"""What `keras.utils.image_dataset_from_directory` reads."""
+__all__ = ["HELD_OUT_FRACTION", "TargetData", "from_arrays", "load_data"]
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class TargetData:
+    """The arrays of the user's target task, with the attributes a sweep trial reads.
+
+    Attributes:
+        x_train, y_train, x_val, y_val, x_test, y_test: the three splits.
+        description: where the data came from and how it was split (one line per fact).
+        class_names: for an image folder, the class of each label index; else None.
+    """
+
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_val: np.ndarray
+    y_val: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+    description: str
+    class_names: tuple[str, ...] | None = None
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        """The shape of one input, without the batch dimension."""
+        return tuple(int(d) for d in self.x_train.shape[1:])
+
+    @property
+    def target_classes(self) -> int | None:
+        """`max label + 1` for integer class labels (one per sample); None otherwise."""
+        if not _is_classes(self.y_train):
+            return None
+        top = max(int(y.max()) for y in (self.y_train, self.y_val, self.y_test) if len(y))
+        return top + 1
+
+    @property
+    def label_width(self) -> int:
+        """Values per label: 1 for a class index or a scalar, else the label's size."""
+        return int(np.prod(self.y_train.shape[1:], dtype=int)) if self.y_train.ndim > 1 else 1
+
+    def summary(self) -> str:
+        classes = self.target_classes
+        kind = f"{classes} classes" if classes is not None else f"labels {self.y_train.shape[1:]}"
+        return (f"{self.description}\n  target: {len(self.x_train)} train / {len(self.x_val)} "
+                f"val / {len(self.x_test)} test, inputs {self.input_shape}, {kind}")
+
+    def preprocessed(self, function) -> TargetData:
+        """The same data with `function` applied to every split's inputs."""
+        return dataclasses.replace(
+            self, x_train=function(self.x_train), x_val=function(self.x_val),
+            x_test=function(self.x_test))
+
+
+def from_arrays(train, validation, test=None, seed: int = 0,
+                description: str = "data: arrays") -> TargetData:
+    """Target data from `(x, y)` pairs of arrays or finite `tf.data.Dataset`s of `(x, y)`.
+
+    A dataset is read once, here, into arrays (batched or not; it must fit in memory), so
+    that the trials receive it through Ray's object store once. Its own batching and
+    shuffling are not kept: the sweep batches with its `batch_size`.
+
+    Args:
+        train: the training set.
+        validation: the validation set, which chooses the winner; required.
+        test: the test set, reported only; None splits `HELD_OUT_FRACTION` of train off.
+        seed: fixes that split.
+
+    Raises:
+        DataError: a part that is not an `(x, y)` pair or dataset, x and y of different
+            lengths, an infinite dataset, or inputs of different shapes across the parts.
+    """
+    if validation is None:
+        raise DataError("validation is required: it chooses the winning policy (the test set "
+                        "is only reported).")
+    x_train, y_train = _pair(train, "train")
+    x_val, y_val = _pair(validation, "validation")
+    facts = [description]
+    if test is None:
+        (x_train, y_train), (x_test, y_test) = _split(x_train, y_train, seed, "train")
+        facts.append(f"  test: {HELD_OUT_FRACTION:.0%} of train, split with seed {seed}")
+    else:
+        x_test, y_test = _pair(test, "test")
+    return _checked(x_train, y_train, x_val, y_val, x_test, y_test, "\n".join(facts))
+
+
+def load_data(spec: str, seed: int = 0, image_size: Sequence[int] | None = None) -> TargetData:
+    """Target data from `npz:PATH` or `folder:PATH` (see the module docstring).
+
+    Args:
+        spec: `npz:PATH` (arrays `x_train, y_train, x_test, y_test`, optionally `x_val,
+            y_val`) or `folder:PATH` (class sub-folders of images, or `train/`, `val/`,
+            `test/` folders of class sub-folders).
+        seed: fixes the splits of the parts not given.
+        image_size: `(height, width)` to resize images to; None keeps them as they are (the
+            images of a folder must then share one size).
+
+    Raises:
+        DataError: a missing or malformed file or folder, images of several sizes without
+            `image_size`, or classes too small to split.
+    """
+    kind, _, path = str(spec).partition(":")
+    if kind == "npz":
+        return _load_npz(path, seed, image_size)
+    if kind == "folder":
+        return _load_folder(path, seed, image_size)
+    raise DataError(f"Expected npz:PATH or folder:PATH, received {spec!r}.")
+
+
+# --- arrays ---------------------------------------------------------------------------------
+
+
+def _pair(part, name: str) -> tuple[np.ndarray, np.ndarray]:
+    if _is_dataset(part):
+        return _read_dataset(part, name)
+    if isinstance(part, (tuple, list)) and len(part) == 2:
+        x, y = np.asarray(part[0]), np.asarray(part[1])
+        if len(x) != len(y):
+            raise DataError(f"{name}: x has {len(x)} samples but y has {len(y)}.")
+        return x, y
+    raise DataError(f"{name}: expected (x, y) arrays or a tf.data.Dataset of (x, y), received "
+                    f"{type(part).__name__}.")
+
+
+def _is_dataset(part) -> bool:
+    return type(part).__module__.startswith("tensorflow") and hasattr(part, "element_spec")
+
+
+def _read_dataset(dataset, name: str) -> tuple[np.ndarray, np.ndarray]:
+    import tensorflow as tf
+
+    spec = dataset.element_spec
+    if not (isinstance(spec, tuple) and len(spec) == 2):
+        raise DataError(f"{name}: expected a tf.data.Dataset of (x, y) elements, received "
+                        f"elements {spec}.")
+    if int(dataset.cardinality()) == int(tf.data.INFINITE_CARDINALITY):
+        raise DataError(f"{name}: the tf.data.Dataset is infinite (repeat()); pass a finite "
+                        "one, it is read once into memory.")
+    batched = spec[0].shape.rank is not None and spec[0].shape.rank >= 1 and \
+        spec[0].shape[0] is None
+    xs, ys = [], []
+    for x, y in dataset.as_numpy_iterator():
+        xs.append(x)
+        ys.append(y)
+    if not xs:
+        raise DataError(f"{name}: the tf.data.Dataset is empty.")
+    join = np.concatenate if batched else np.stack
+    return join(xs), join(ys)
+
+
+def _checked(x_train, y_train, x_val, y_val, x_test, y_test, description,
+             class_names=None) -> TargetData:
+    shapes = {n: x.shape[1:] for n, x in (("train", x_train), ("validation", x_val),
+                                          ("test", x_test))}
+    if len(set(shapes.values())) != 1:
+        raise DataError(f"Inputs of different shapes across the parts: {shapes}.")
+    for name, x in (("train", x_train), ("validation", x_val), ("test", x_test)):
+        if len(x) == 0:
+            raise DataError(f"The {name} part is empty.")
+    if x_train.dtype.kind in "iub":
+        x_train, x_val, x_test = (x.astype(np.float32) for x in (x_train, x_val, x_test))
+    return TargetData(x_train, y_train, x_val, y_val, x_test, y_test, description, class_names)
+
+
+def _is_classes(y: np.ndarray) -> bool:
+    return y.dtype.kind in "iu" and (y.ndim == 1 or (y.ndim == 2 and y.shape[1] == 1))
+
+
+def _split(x, y, seed: int, name: str, fraction: float = HELD_OUT_FRACTION):
+    """`((x_kept, y_kept), (x_held, y_held))`, stratified for class labels."""
+    from sklearn.model_selection import train_test_split
+
+    stratify = y.reshape(-1) if _is_classes(y) else None
+    try:
+        x_kept, x_held, y_kept, y_held = train_test_split(
+            x, y, test_size=fraction, random_state=seed, stratify=stratify)
+    except ValueError as error:
+        raise DataError(f"Cannot split {fraction:.0%} of {name} ({len(y)} samples) off: "
+                        f"{error}. Give that part explicitly.") from None
+    return (x_kept, y_kept), (x_held, y_held)
+
+
+def _resize(x: np.ndarray, image_size, name: str) -> np.ndarray:
+    if image_size is None:
+        return x
+    if x.ndim != 4:
+        raise DataError(f"image_size resizes images (n, height, width, channels); {name} has "
+                        f"shape {x.shape}.")
+    import tensorflow as tf
+
+    return tf.image.resize(x.astype(np.float32), tuple(image_size)).numpy()
+
+
+def _load_npz(path: str, seed: int, image_size) -> TargetData:
+    if not os.path.isfile(path):
+        raise DataError(f"npz data: no such file {path!r}.")
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            names = set(archive.files)
+            missing = [k for k in ("x_train", "y_train", "x_test", "y_test") if k not in names]
+            if missing or (("x_val" in names) != ("y_val" in names)):
+                raise DataError(
+                    f"npz data {path!r}: expected arrays x_train, y_train, x_test, y_test and "
+                    f"optionally x_val with y_val; found {', '.join(sorted(names))}.")
+            arrays = {k: archive[k] for k in names}
+    except DataError:
+        raise
+    except Exception as error:  # a damaged or non-npz file: say which
+        raise DataError(f"npz data {path!r} could not be read: {error}") from error
+    facts = [f"data: npz:{path}"]
+    train = (arrays["x_train"], arrays["y_train"])
+    if "x_val" in arrays:
+        val = (arrays["x_val"], arrays["y_val"])
+    else:
+        train, val = _split(*train, seed, "x_train")
+        facts.append(f"  validation: {HELD_OUT_FRACTION:.0%} of train, split with seed {seed}")
+    test = (arrays["x_test"], arrays["y_test"])
+    for (x, y), name in ((train, "train"), (val, "validation"), (test, "test")):
+        if len(x) != len(y):
+            raise DataError(f"npz data {path!r}: {name} has {len(x)} inputs but {len(y)} labels.")
+    if image_size is not None:
+        facts.append(f"  resized to {image_size[0]}x{image_size[1]}")
+    parts = [(_resize(x, image_size, n), y) for (x, y), n in
+             ((train, "x_train"), (val, "x_val"), (test, "x_test"))]
+    return _checked(*parts[0], *parts[1], *parts[2], "\n".join(facts))
+
+
+def _load_folder(path: str, seed: int, image_size) -> TargetData:
+    if not os.path.isdir(path):
+        raise DataError(f"folder data: no such folder {path!r}.")
+    parts = {p: os.path.join(path, p) for p in ("train", "val", "test")
+             if os.path.isdir(os.path.join(path, p))}
+    facts = [f"data: folder:{path}"]
+    if "train" not in parts and parts:
+        raise DataError(f"folder data {path!r} has {', '.join(sorted(parts))}/ but no train/.")
+    roots = parts or {"all": path}
+    files = {name: _image_files(root) for name, root in roots.items()}
+    classes = sorted(files["train" if parts else "all"])
+    for name, found in files.items():
+        unknown = sorted(set(found) - set(classes))
+        if unknown:
+            raise DataError(f"folder data {path!r}: {name}/ has classes {unknown} that "
+                            "train/ lacks.")
+    size = tuple(image_size) if image_size is not None else _common_size(files, path)
+    if image_size is not None:
+        facts.append(f"  resized to {size[0]}x{size[1]}")
+    loaded = {name: _read_folder(root, classes, size) for name, root in roots.items()}
+    if not parts:
+        (x, y), (x_test, y_test) = _split(*loaded["all"], seed, "the folder")
+        (x, y), (x_val, y_val) = _split(x, y, seed, "the folder", fraction=0.25)
+        facts.append(f"  no train/, val/, test/ folders: 60/20/20 stratified split with seed "
+                     f"{seed}")
+        return _checked(x, y, x_val, y_val, x_test, y_test, "\n".join(facts), tuple(classes))
+    x, y = loaded["train"]
+    if "val" in loaded:
+        x_val, y_val = loaded["val"]
+    else:
+        (x, y), (x_val, y_val) = _split(x, y, seed, "train/")
+        facts.append(f"  validation: {HELD_OUT_FRACTION:.0%} of train/, split with seed {seed}")
+    if "test" in loaded:
+        x_test, y_test = loaded["test"]
+    else:
+        (x, y), (x_test, y_test) = _split(x, y, seed, "train/")
+        facts.append(f"  test: {HELD_OUT_FRACTION:.0%} of train/, split with seed {seed}")
+    return _checked(x, y, x_val, y_val, x_test, y_test, "\n".join(facts), tuple(classes))
+
+
+def _image_files(root: str) -> dict[str, list[str]]:
+    out = {}
+    for c in sorted(os.listdir(root)):
+        folder = os.path.join(root, c)
+        if os.path.isdir(folder):
+            out[c] = sorted(os.path.join(folder, f) for f in os.listdir(folder)
+                            if f.lower().endswith(IMAGE_EXTENSIONS))
+    if len([c for c, f in out.items() if f]) < 2:
+        raise DataError(f"folder data {root!r}: expected one sub-folder of images per class "
+                        f"(at least 2 with images), found {len(out)} sub-folders.")
+    return out
+
+
+def _common_size(files: dict, path: str) -> tuple[int, int]:
+    """The one (height, width) of every image (read from the headers)."""
+    from PIL import Image
+
+    sizes: dict[tuple[int, int], str] = {}
+    for found in files.values():
+        for paths in found.values():
+            for p in paths:
+                with Image.open(p) as image:
+                    sizes.setdefault((image.height, image.width), p)
+    if len(sizes) > 1:
+        shown = ", ".join(f"{h}x{w} ({os.path.relpath(p, path)})"
+                          for (h, w), p in list(sizes.items())[:3])
+        raise DataError(f"folder data {path!r} holds images of {len(sizes)} sizes: {shown}. "
+                        "Pass --image-size HxW (image_size=) to resize them to one.")
+    return next(iter(sizes))
+
+
+def _read_folder(root: str, classes: list[str], size) -> tuple[np.ndarray, np.ndarray]:
+    import keras
+
+    try:
+        dataset = keras.utils.image_dataset_from_directory(
+            root, labels="inferred", label_mode="int", class_names=classes,
+            image_size=tuple(size), batch_size=None, shuffle=False, verbose=False)
+        pairs = list(dataset.as_numpy_iterator())
+    except Exception as error:  # unreadable images: name the folder
+        raise DataError(f"folder data {root!r} could not be read: {error}") from error
+    return np.stack([p[0] for p in pairs]).astype(np.float32), np.array([p[1] for p in pairs])

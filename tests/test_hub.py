@@ -1,0 +1,337 @@
+"""keras-hub backbones and tasks: block presets, preset directories as sources, the CLI."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+keras_hub = pytest.importorskip(
+    "keras_hub", reason="keras-hub is not installed (pip install 'keras-blockreuse[hub]')"
+)
+
+import keras  # noqa: E402
+
+from keras_blockreuse import BlockFileError, get_blocks, load_blocks, save_blocks  # noqa: E402
+from keras_blockreuse.cli import describe, main  # noqa: E402
+
+M = keras_hub.models
+
+
+# --- small models, random weights -------------------------------------------------------------
+
+
+def resnet(image_shape=(32, 32, 3)):
+    return M.ResNetBackbone(
+        input_conv_filters=[64], input_conv_kernel_sizes=[3],
+        stackwise_num_filters=[64, 32, 32], stackwise_num_blocks=[2, 1, 1],
+        stackwise_num_strides=[1, 2, 2], block_type="basic_block", image_shape=image_shape,
+    )
+
+
+def efficientnet():
+    return M.EfficientNetBackbone(
+        stackwise_kernel_sizes=[3, 3, 3], stackwise_num_repeats=[1, 2, 1],
+        stackwise_input_filters=[8, 8, 16], stackwise_output_filters=[8, 16, 16],
+        stackwise_expansion_ratios=[1, 2, 2], stackwise_squeeze_and_excite_ratios=[0, 0, 0.25],
+        stackwise_strides=[1, 2, 2], stackwise_block_types=["fused", "fused", "unfused"],
+        width_coefficient=1.0, depth_coefficient=1.0, input_shape=(32, 32, 3), num_features=32,
+    )
+
+
+def mobilenet():
+    return M.MobileNetBackbone(
+        stackwise_expansion=[[16, 24], [32]], stackwise_num_blocks=[2, 1],
+        stackwise_num_filters=[[8, 8], [16]], stackwise_kernel_size=[[3, 3], [3]],
+        stackwise_num_strides=[[2, 1], [2]], stackwise_se_ratio=[[None, None], [0.25]],
+        stackwise_activation=[["relu", "relu"], ["hard_swish"]], stackwise_padding=[[1, 1], [1]],
+        output_num_filters=32, depthwise_filters=8, depthwise_stride=2, depthwise_residual=False,
+        last_layer_filter=32, squeeze_and_excite=0.5, image_shape=(32, 32, 3),
+        input_num_filters=8,
+    )
+
+
+def vit():
+    return M.ViTBackbone(image_shape=(16, 16, 3), patch_size=4, num_layers=2, num_heads=2,
+                         hidden_dim=8, mlp_dim=16)
+
+
+def dinov2():
+    return M.DINOV2Backbone(patch_size=4, num_layers=2, hidden_dim=8, num_heads=2,
+                            intermediate_dim=16, image_shape=(16, 16, 3),
+                            position_embedding_shape=(16, 16, 3))
+
+
+def gpt2(num_layers=2):
+    return M.GPT2Backbone(vocabulary_size=50, num_layers=num_layers, num_heads=2, hidden_dim=8,
+                          intermediate_dim=16, max_sequence_length=16)
+
+
+def bert():
+    return M.BertBackbone(vocabulary_size=50, num_layers=2, num_heads=2, hidden_dim=8,
+                          intermediate_dim=16, max_sequence_length=16)
+
+
+def detector(num_classes=3):
+    backbone = M.RetinaNetBackbone(image_encoder=resnet(), min_level=3, max_level=4,
+                                   use_p5=False, image_shape=(32, 32, 3))
+    return M.RetinaNetObjectDetector(backbone=backbone, num_classes=num_classes,
+                                     pre_logits_num_conv_layers=1)
+
+
+def randomize(model, seed):
+    """Every variable to other random values (moving statistics included), so copies show."""
+    rng = np.random.default_rng(seed)
+    for v in model.weights:
+        v.assign(rng.normal(size=v.shape).astype(v.dtype))
+
+
+def values(variables):
+    return [np.array(v) for v in variables]
+
+
+def assert_partition(model, blocks):
+    """Every variable of the model is in exactly one block."""
+    ids = [id(v) for block in blocks.values() for v in block.variables]
+    assert len(ids) == len(set(ids))
+    assert sorted(ids) == sorted(id(v) for v in model.weights)
+
+
+# --- presets ----------------------------------------------------------------------------------
+
+RESNET_STAGES = ["stem", "stage_1", "stage_2", "stage_3"]
+
+
+@pytest.mark.parametrize(
+    "build, expected",
+    [
+        (resnet, {"stem": ["conv1_conv", "conv1_bn"],
+                  "stage_1": ["stack0_block0_1_conv", "stack0_block0_1_bn", "stack0_block0_2_conv",
+                              "stack0_block0_2_bn", "stack0_block1_1_conv", "stack0_block1_1_bn",
+                              "stack0_block1_2_conv", "stack0_block1_2_bn"],
+                  "stage_2": ["stack1_block0_1_conv", "stack1_block0_1_bn", "stack1_block0_0_conv",
+                              "stack1_block0_2_conv", "stack1_block0_0_bn", "stack1_block0_2_bn"],
+                  "stage_3": ["stack2_block0_1_conv", "stack2_block0_1_bn", "stack2_block0_0_conv",
+                              "stack2_block0_2_conv", "stack2_block0_0_bn", "stack2_block0_2_bn"]}),
+        (efficientnet, {"stem": ["stem_conv", "stem_bn"], "stage_1": ["block1a_"],
+                        "stage_2": ["block2a_", "block2b_"], "stage_3": ["block3a_"],
+                        "top": ["top_conv", "top_bn"]}),
+        (mobilenet, {"stem": ["input_conv", "input_batch_norm", "block_0_0"],
+                     "stage_1": ["block_1_0", "block_1_1"], "stage_2": ["block_2_0"],
+                     "top": ["block_3_0"]}),
+        (vit, {"embeddings": ["vit_patching_and_embedding"],
+               "transformer_layer_0": ["transformer_block_1"],
+               "transformer_layer_1": ["transformer_block_2"], "final_norm": ["ln"]}),
+        (dinov2, {"embeddings": ["embeddings"], "transformer_layer_0": ["layers_0"],
+                  "transformer_layer_1": ["layers_1"], "final_norm": ["layernorm"]}),
+        (gpt2, {"embeddings": ["token_embedding", "position_embedding"],
+                "transformer_layer_0": ["transformer_layer_0"],
+                "transformer_layer_1": ["transformer_layer_1"], "final_norm": ["layer_norm"]}),
+        (bert, {"embeddings": ["token_embedding", "position_embedding", "segment_embedding",
+                               "embeddings_layer_norm"],
+                "transformer_layer_0": ["transformer_layer_0"],
+                "transformer_layer_1": ["transformer_layer_1"], "pooled_dense": ["pooled_dense"]}),
+    ],
+    ids=["resnet", "efficientnet", "mobilenet", "vit", "dinov2", "gpt2", "bert"],
+)
+def test_backbone_presets(build, expected):
+    model = build()
+    blocks = get_blocks(model)
+    assert {name: [layer.name for layer in b.layers] for name, b in blocks.items()} == expected
+    assert list(blocks) == list(expected)  # the order the model computes them
+    assert_partition(model, blocks)
+
+
+def test_task_presets_group_the_backbone_and_the_head():
+    classifier = M.ImageClassifier(backbone=resnet(), num_classes=10)
+    blocks = get_blocks(classifier)
+    assert list(blocks) == [*RESNET_STAGES, "predictions"]
+    assert_partition(classifier, blocks)
+
+    retinanet = detector()
+    blocks = get_blocks(retinanet)
+    assert list(blocks) == [*RESNET_STAGES, "fpn", "box_head", "classification_head"]
+    assert_partition(retinanet, blocks)
+
+    # The language-model head is the backbone's token embedding (tied): no block of its own.
+    lm = M.GPT2CausalLM(backbone=gpt2(), preprocessor=None)
+    blocks = get_blocks(lm)
+    assert list(blocks) == ["embeddings", "transformer_layer_0", "transformer_layer_1",
+                            "final_norm"]
+    assert_partition(lm, blocks)
+
+
+def test_an_explicit_rule_still_wins():
+    model = gpt2()
+    blocks = get_blocks(model, {"everything": ["*"]})
+    assert list(blocks) == ["everything"]
+
+
+# --- classification stages into RetinaNet ------------------------------------------------------
+
+
+def _check_stages_copied(classifier, retinanet, own_before, report):
+    source, target = get_blocks(classifier), get_blocks(retinanet)
+    for name in RESNET_STAGES:
+        for a, b in zip(values(source[name].variables), values(target[name].variables),
+                        strict=True):
+            assert a.dtype == b.dtype and np.array_equal(a, b)  # bit-identical
+    own = [v for name in ("fpn", "box_head", "classification_head")
+           for v in target[name].variables]
+    for before, after in zip(own_before, values(own), strict=True):
+        assert np.array_equal(before, after)  # the detector's own layers untouched
+    assert report.loaded == {name: name for name in RESNET_STAGES}
+    assert report.untouched == ["fpn", "box_head", "classification_head"]
+    assert report.unexpected == ["predictions"]
+    assert report.ok
+
+
+def _classifier_and_detector():
+    classifier = M.ImageClassifier(backbone=resnet(), num_classes=10)
+    randomize(classifier, seed=1)
+    retinanet = detector()
+    randomize(retinanet, seed=2)
+    target = get_blocks(retinanet)
+    own_before = values([v for name in ("fpn", "box_head", "classification_head")
+                         for v in target[name].variables])
+    first = values(target["stage_1"].variables)
+    assert not np.array_equal(first[0], values(get_blocks(classifier)["stage_1"].variables)[0])
+    return classifier, retinanet, own_before
+
+
+def test_classifier_stages_into_retinanet_from_a_block_file(tmp_path):
+    classifier, retinanet, own_before = _classifier_and_detector()
+    path = save_blocks(classifier, tmp_path / "classifier.blocks.h5")
+    report = load_blocks(retinanet, path)
+    _check_stages_copied(classifier, retinanet, own_before, report)
+
+
+def test_classifier_stages_into_retinanet_from_a_preset_directory(tmp_path):
+    classifier, retinanet, own_before = _classifier_and_detector()
+    classifier.save_to_preset(str(tmp_path / "classifier"))
+    report = load_blocks(retinanet, str(tmp_path / "classifier"))
+    _check_stages_copied(classifier, retinanet, own_before, report)
+    assert report.bytes_read == sum(
+        get_blocks(classifier)[name].nbytes for name in RESNET_STAGES)  # only what it loads
+
+
+def test_the_head_of_a_task_preset_comes_from_task_weights(tmp_path):
+    classifier = M.ImageClassifier(backbone=resnet(), num_classes=10)
+    randomize(classifier, seed=3)
+    classifier.save_to_preset(str(tmp_path / "classifier"))
+    copy = M.ImageClassifier(backbone=resnet(), num_classes=10)
+    report = load_blocks(copy, str(tmp_path / "classifier"))
+    assert list(report.loaded) == [*RESNET_STAGES, "predictions"]
+    for a, b in zip(values(classifier.weights), values(copy.weights), strict=True):
+        assert np.array_equal(a, b)
+
+
+def test_a_backbone_preset_directory_and_freezing(tmp_path):
+    source = resnet()
+    randomize(source, seed=4)
+    source.save_to_preset(str(tmp_path / "backbone"))
+    retinanet = detector()
+    report = load_blocks(retinanet, str(tmp_path / "backbone"), only=["stem", "stage_1"],
+                         freeze=True)
+    assert list(report.loaded) == ["stem", "stage_1"]
+    target = get_blocks(retinanet)
+    assert not any(layer.trainable for layer in target["stage_1"].layers)
+    assert all(layer.trainable for layer in target["stage_2"].layers)
+    for a, b in zip(values(get_blocks(source)["stage_1"].variables),
+                    values(target["stage_1"].variables), strict=True):
+        assert np.array_equal(a, b)
+
+
+# --- text: the first transformer layers into a deeper model --------------------------------------
+
+
+@pytest.mark.parametrize("from_preset", [False, True], ids=["blocks.h5", "preset"])
+def test_first_transformer_layers_into_a_deeper_text_backbone(tmp_path, from_preset):
+    shallow = gpt2(num_layers=2)
+    randomize(shallow, seed=5)
+    deep = gpt2(num_layers=4)
+    randomize(deep, seed=6)
+    untouched = values(get_blocks(deep)["transformer_layer_2"].variables
+                       + get_blocks(deep)["transformer_layer_3"].variables
+                       + get_blocks(deep)["final_norm"].variables)
+    if from_preset:
+        shallow.save_to_preset(str(tmp_path / "gpt2"))
+        source = str(tmp_path / "gpt2")
+    else:
+        source = save_blocks(shallow, tmp_path / "gpt2.blocks.h5")
+    first = ["embeddings", "transformer_layer_0", "transformer_layer_1"]
+    report = load_blocks(deep, source, only=first)
+    assert list(report.loaded) == first
+    for name in first:
+        for a, b in zip(values(get_blocks(shallow)[name].variables),
+                        values(get_blocks(deep)[name].variables), strict=True):
+            assert np.array_equal(a, b)
+    after = values(get_blocks(deep)["transformer_layer_2"].variables
+                   + get_blocks(deep)["transformer_layer_3"].variables
+                   + get_blocks(deep)["final_norm"].variables)
+    for a, b in zip(untouched, after, strict=True):
+        assert np.array_equal(a, b)
+
+
+# --- errors -------------------------------------------------------------------------------------
+
+
+def test_a_directory_that_is_not_a_preset(tmp_path):
+    (tmp_path / "notes.txt").write_text("hello")
+    with pytest.raises(BlockFileError, match="not a keras-hub preset.*config.json"):
+        load_blocks(gpt2(), str(tmp_path))
+
+
+def test_a_preset_whose_weights_do_not_match_its_config(tmp_path):
+    gpt2(num_layers=2).save_to_preset(str(tmp_path / "two"))
+    gpt2(num_layers=1).save_to_preset(str(tmp_path / "one"))
+    os.replace(tmp_path / "one" / "model.weights.h5", tmp_path / "two" / "model.weights.h5")
+    target = gpt2(num_layers=2)
+    before = values(target.weights)
+    with pytest.raises(BlockFileError, match="transformer_layer_1"):
+        load_blocks(target, str(tmp_path / "two"))
+    for a, b in zip(before, values(target.weights), strict=True):
+        assert np.array_equal(a, b)
+
+
+def test_a_preset_whose_config_cannot_be_rebuilt(tmp_path):
+    gpt2().save_to_preset(str(tmp_path / "p"))
+    config = json.loads((tmp_path / "p" / "config.json").read_text())
+    config["config"]["num_layers"] = "two"
+    (tmp_path / "p" / "config.json").write_text(json.dumps(config))
+    with pytest.raises(BlockFileError, match="cannot rebuild the model offline"):
+        load_blocks(gpt2(), str(tmp_path / "p"))
+
+
+# --- the command line and lazy import ----------------------------------------------------------
+
+
+def test_cli_inspects_a_preset_directory(tmp_path, capsys):
+    classifier = M.ImageClassifier(backbone=resnet(), num_classes=10)
+    classifier.save_to_preset(str(tmp_path / "classifier"))
+    description = describe(str(tmp_path / "classifier"))
+    assert description["format"] == "keras-hub preset directory"
+    assert description["block rule"] == "keras-hub preset"
+    assert [b["name"] for b in description["blocks"]] == [*RESNET_STAGES, "predictions"]
+    assert description["num_params"] == classifier.count_params()
+    assert main(["inspect", str(tmp_path / "classifier")]) == 0
+    out = capsys.readouterr().out
+    assert "keras-hub preset directory" in out and "stack0_block0_1_conv" in out
+
+
+def test_importing_the_package_does_not_import_keras_hub():
+    code = ("import sys, keras_blockreuse, keras_blockreuse.sources, keras_blockreuse.cli; "
+            "from keras_blockreuse.sources import open_source; "
+            "import keras_blockreuse.hub; "
+            "print('keras_hub' in sys.modules)")
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                         check=True)
+    assert out.stdout.strip() == "False"
+
+
+def test_a_keras_model_is_not_taken_for_a_keras_hub_one():
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2, name="dense_1")])
+    assert list(get_blocks(model)) == ["dense_1"]
