@@ -36,14 +36,17 @@ import json
 import os
 import re
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
-import keras
 import numpy as np
 
 from keras_blockreuse.blocks import Block, iter_units
 from keras_blockreuse.errors import BlockFileError
 from keras_blockreuse.sources import Source, register_file_reader
 from keras_blockreuse.store import LayerInfo, VariableInfo
+
+if TYPE_CHECKING:
+    import keras
 
 __all__ = ["PresetSource", "hub_blocks", "is_hub_model", "is_preset_dir", "open_preset"]
 
@@ -349,6 +352,8 @@ class PresetSource(Source):
             raise
 
     def _model(self, source_model) -> keras.Model:
+        import keras  # only when a preset is read: recognising a path needs no Keras
+
         if source_model is not None:
             model = source_model() if not isinstance(source_model, keras.Model) else source_model
             if not isinstance(model, keras.Model):
