@@ -187,6 +187,21 @@ def get_blocks(model, blocks: BlockRule = None) -> dict[str, Block]:
     return {name: Block(name, tuple(group)) for name, group in grouped.items()}
 
 
+def warn_if_compiled(model, names: Sequence[str], what: str) -> None:
+    """Warns, once per call, that a compiled model must be compiled again after a
+    `trainable` change for it to take effect in training."""
+    if not names or not getattr(model, "compiled", False):
+        return
+    import warnings
+
+    warnings.warn(
+        f"Blocks {list(names)} of model {model.name!r} were {what} after the model was "
+        "compiled. The change takes effect in training only once you call `model.compile()` "
+        "again; until then `fit()` keeps updating the weights it was compiled with.",
+        stacklevel=3,
+    )
+
+
 def select(
     names: Sequence[str], patterns: Sequence[str] | str | None, what: str, context: str = ""
 ) -> list[str]:
@@ -222,13 +237,17 @@ def serializable_rule(blocks: BlockRule, model) -> Any:
     }
 
 
-def iter_units(layer, prefix: str = "") -> Iterator[tuple[str, Any]]:
+def iter_units(
+    layer, prefix: str = "", name: Callable[[Any], str] | None = None
+) -> Iterator[tuple[str, Any]]:
     """Yields `(path, layer)` for a layer and every sub-layer, depth first, without repeats.
 
     Paths are relative to the top-level layer and start with its name: `"block_1_0"`, or
-    `"features"`, `"features/conv"` for a nested model named `features`.
+    `"features"`, `"features/conv"` for a nested model named `features`. `name(layer)`
+    replaces `layer.name` in paths when given.
     """
     seen: set[int] = set()
+    name_of = name or (lambda obj: obj.name)
 
     def walk(obj, path):
         if id(obj) in seen:
@@ -236,9 +255,9 @@ def iter_units(layer, prefix: str = "") -> Iterator[tuple[str, Any]]:
         seen.add(id(obj))
         yield path, obj
         for child in obj._flatten_layers(include_self=False, recursive=False):
-            yield from walk(child, f"{path}/{child.name}")
+            yield from walk(child, f"{path}/{name_of(child)}")
 
-    yield from walk(layer, prefix + layer.name)
+    yield from walk(layer, prefix + name_of(layer))
 
 
 # --- rule forms -------------------------------------------------------------------------

@@ -26,6 +26,7 @@ TensorFlow's C++ log quiet unless `TF_CPP_MIN_LOG_LEVEL` is set.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -83,14 +84,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Runs the command line and returns its exit status."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # before anything imports TensorFlow
     try:
         status = _run(argv)
         sys.stdout.flush()  # a closed pipe shows here rather than at exit
     except BrokenPipeError:
         # The reader went away (`| head`): stop quietly, as Unix tools do. Python flushes
         # stdout again at exit; point it at devnull so that flush cannot fail too.
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        with contextlib.suppress(OSError, ValueError):  # stdout without a descriptor
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
     return status
 
@@ -114,6 +115,34 @@ def _run(argv: Sequence[str] | None) -> int:
         return 2
 
 
+def _load_keras_quietly(*paths: str) -> None:
+    """Imports Keras before a file other than a block file is read, without TensorFlow's log.
+
+    Block files need no Keras, so nothing is imported for them. For the Keras formats, unless
+    the user set `TF_CPP_MIN_LOG_LEVEL` (then TensorFlow behaves as they asked), it is set to 3
+    and standard error points at devnull while Keras and TensorFlow import: TensorFlow 2.21
+    logs its start-up lines through absl before its logging is initialised, where
+    `TF_CPP_MIN_LOG_LEVEL` does not reach them. An import error still raises, and is reported.
+    """
+    from keras_blockreuse.store import SUFFIX
+
+    if all(path.endswith(SUFFIX) for path in paths) or "keras" in sys.modules:
+        return
+    if "TF_CPP_MIN_LOG_LEVEL" in os.environ:
+        import keras  # noqa: F401
+        return
+    os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
+    sys.stderr.flush()
+    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+    try:
+        import keras  # noqa: F401
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
 def _fail(message: str) -> None:
     print(f"{PROG}: error: {message}", file=sys.stderr)
 
@@ -130,9 +159,11 @@ def _one_line(error: Exception) -> str:
 
 def describe(path: str, rule: str | None = None) -> dict:
     """A JSON-ready description of any supported file: its facts, blocks and variables."""
-    from keras_blockreuse.sources import BlockFileSource, open_source
+    from keras_blockreuse.sources import open_source
+    from keras_blockreuse.sources.block_file import BlockFileSource
 
     _exists(path)
+    _load_keras_quietly(path)
     with open_source(path, rule) as src:
         if isinstance(src, BlockFileSource):
             from keras_blockreuse.store import read_blocks
@@ -230,6 +261,7 @@ def compare(a: str, b: str, rule: str | None = None) -> list[dict]:
 
     _exists(a)
     _exists(b)
+    _load_keras_quietly(a, b)
     rows = []
     with open_source(a, rule) as left, open_source(b, rule) as right:
         left_blocks, right_blocks = left.block_names(), right.block_names()
@@ -317,6 +349,7 @@ def _convert(args) -> int:
     from keras_blockreuse.convert import convert
 
     _exists(args.source)
+    _load_keras_quietly(args.source)
     path = convert(args.source, args.destination, blocks=args.blocks, only=args.only)
     from keras_blockreuse.store import read_blocks
 
@@ -328,10 +361,12 @@ def _convert(args) -> int:
 
 def _verify(args) -> int:
     from keras_blockreuse.errors import BlockFileError
-    from keras_blockreuse.sources import BlockFileSource, open_source
+    from keras_blockreuse.sources import open_source
+    from keras_blockreuse.sources.block_file import BlockFileSource
 
     try:
         _exists(args.file)
+        _load_keras_quietly(args.file)
         with open_source(args.file) as src:
             names = src.block_names()
             failures = []
@@ -362,7 +397,11 @@ def _exists(path: str) -> None:
 def _console():
     from rich.console import Console
 
-    return Console(file=sys.stdout, width=max(100, _width()), soft_wrap=False)
+    class _PipeConsole(Console):
+        def on_broken_pipe(self) -> None:
+            raise BrokenPipeError  # `main` ends quietly with status 0 (rich would exit 1)
+
+    return _PipeConsole(file=sys.stdout, width=max(100, _width()), soft_wrap=False)
 
 
 def _width() -> int:

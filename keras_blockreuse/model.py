@@ -23,7 +23,14 @@ from typing import Any
 
 import keras
 
-from keras_blockreuse.blocks import Block, BlockRule, get_blocks, select, serializable_rule
+from keras_blockreuse.blocks import (
+    Block,
+    BlockRule,
+    get_blocks,
+    select,
+    serializable_rule,
+    warn_if_compiled,
+)
 from keras_blockreuse.report import LoadReport
 from keras_blockreuse.store import save_blocks as _save_blocks
 from keras_blockreuse.transfer import load_blocks as _load_blocks
@@ -155,9 +162,13 @@ def _symbolic_io(model):
 def _set_trainable(model, names, trainable: bool, blocks: BlockRule) -> list[str]:
     all_blocks = get_blocks(model, blocks)
     chosen = select(list(all_blocks), names, "freeze/unfreeze")
+    changed = []
     for name in chosen:
+        if any(layer.trainable != trainable for layer in all_blocks[name].layers):
+            changed.append(name)
         for layer in all_blocks[name].layers:
             layer.trainable = trainable
+    warn_if_compiled(model, changed, "unfrozen" if trainable else "frozen")
     return chosen
 
 

@@ -38,7 +38,14 @@ class LoadReport:
         untouched: blocks of the model whose weights this load did not change.
         mismatched: every variable that did not fit, skipped or adapted.
         adapted: variables loaded through a shape adaptation (`on_mismatch="adapt"`).
-        matched_by_order: blocks whose layers were matched by computation order, not by name.
+        pairing: `{target block: "name" | "path" | "order"}`: how each loaded block's layers
+            were paired with the source's — by name, by Keras structural path, or by
+            computation order known on both sides (see `load_blocks`).
+        layer_pairs: `{target block: [(source layer, model layer), ...]}` for blocks not
+            paired by name.
+        matched_by_order: blocks whose layers were paired by computation order.
+        not_loaded: selected blocks of which no variable was loaded (all skipped).
+        source_blocks: every block of the source, in order.
         frozen: blocks set to `trainable=False` (`freeze=True`).
         target_blocks: every block of the model, in order.
         variables_loaded: number of variables assigned.
@@ -61,7 +68,11 @@ class LoadReport:
     untouched: list[str] = dataclasses.field(default_factory=list)
     mismatched: list[Mismatch] = dataclasses.field(default_factory=list)
     adapted: list[Mismatch] = dataclasses.field(default_factory=list)
+    pairing: dict[str, str] = dataclasses.field(default_factory=dict)
+    layer_pairs: dict[str, list[tuple[str, str]]] = dataclasses.field(default_factory=dict)
     matched_by_order: list[str] = dataclasses.field(default_factory=list)
+    not_loaded: list[str] = dataclasses.field(default_factory=list)
+    source_blocks: list[str] = dataclasses.field(default_factory=list)
     frozen: list[str] = dataclasses.field(default_factory=list)
     target_blocks: list[str] = dataclasses.field(default_factory=list)
     variables_loaded: int = 0
@@ -77,8 +88,8 @@ class LoadReport:
 
     @property
     def ok(self) -> bool:
-        """True when every selected variable was loaded as it was, with nothing skipped."""
-        return not self.skipped and not self.mismatched
+        """True when every selected block, layer and variable was loaded, nothing skipped."""
+        return not self.skipped and not self.mismatched and not self.not_loaded
 
     def __str__(self) -> str:
         from rich.console import Console
@@ -87,6 +98,7 @@ class LoadReport:
         table = Table()
         table.add_column("block")
         table.add_column("status")
+        table.add_column("paired by")
         table.add_column("detail")
         skipped = {m.block for m in self.skipped}
         adapted = {m.block for m in self.adapted}
@@ -97,8 +109,9 @@ class LoadReport:
                 status = "loaded, frozen" if name in self.frozen else "loaded"
                 if source != name:
                     notes.append(f"from {source}")
-                if name in self.matched_by_order:
-                    notes.append("layers matched by order")
+                for source_layer, layer in self.layer_pairs.get(name, []):
+                    if source_layer != layer:
+                        notes.append(f"{layer} <- {source_layer}")
                 if name in skipped:
                     status += ", partly"
                 if name in adapted:
@@ -114,10 +127,12 @@ class LoadReport:
                 if m.block == name:
                     notes.append(f"skipped {m.layer}/{m.variable}: {m.reason} "
                                  f"(source {m.source}, model {m.target})")
-            table.add_row(name, status, "; ".join(notes))
+            if name in self.not_loaded:
+                status = "not loaded"
+            table.add_row(name, status, self.pairing.get(name, "-"), "; ".join(notes))
         for name in self.unexpected:
             if name not in self.loaded.values() and name not in self._target_names():
-                table.add_row(name, "not loaded", "in source only")
+                table.add_row(name, "not loaded", "-", "in source only")
         buffer = io.StringIO()
         console = Console(file=buffer, width=110, force_terminal=False, color_system=None)
         # The source on its own line, never wrapped: a table title would fold a long path
@@ -131,5 +146,8 @@ class LoadReport:
         )
         if self.frozen:
             console.print("Frozen blocks take effect in training after model.compile().")
+        if any(mode != "name" for mode in self.pairing.values()):
+            console.print("Paired by: name = same layer name; path = same Keras structural "
+                          "path; order = same position in computation order.")
         return buffer.getvalue().rstrip()
 

@@ -35,9 +35,10 @@ from typing import Any
 import h5py
 import numpy as np
 
-from keras_blockreuse.blocks import BlockRule, iter_units, select
+from keras_blockreuse.blocks import BlockRule, select
 from keras_blockreuse.errors import BlockFileError
 from keras_blockreuse.safety import check_regular_file
+from keras_blockreuse.sources.base import LayerInfo, VariableInfo, numpy_dtype
 
 FORMAT_NAME = "keras-blockreuse"
 FORMAT_VERSION = 1
@@ -53,39 +54,6 @@ DATA_HASHES = ("xxh3_128", "sha256")
 
 # Keras dtypes that HDF5 cannot hold natively are stored widened, losslessly, as float32.
 _WIDENED = {"bfloat16", "float8_e4m3fn", "float8_e5m2"}
-
-
-@dataclasses.dataclass(frozen=True)
-class VariableInfo:
-    """One stored variable: its key for `load_own_variables`, name, Keras path, shape, dtype."""
-
-    key: str
-    name: str
-    path: str
-    shape: tuple[int, ...]
-    dtype: str
-    dataset: str
-
-    @property
-    def size(self) -> int:
-        return int(np.prod(self.shape, dtype=np.int64))
-
-    @property
-    def nbytes(self) -> int:
-        return self.size * _numpy_dtype(self.dtype).itemsize
-
-
-@dataclasses.dataclass(frozen=True)
-class LayerInfo:
-    """One stored layer: its path inside the model (`dense_1`, `features/conv`) and class."""
-
-    path: str
-    class_name: str
-    variables: tuple[VariableInfo, ...]
-
-    @property
-    def top(self) -> str:
-        return self.path.split("/", 1)[0]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -159,9 +127,9 @@ def save_blocks(
     >>> save_blocks(model, "ckpt/blocks_001.blocks.h5", metadata={"epoch": 1})
     'ckpt/blocks_001.blocks.h5'
     """
-    from keras_blockreuse.sources import ModelSource  # sources build on this module
+    from keras_blockreuse.sources.live_model import ModelSource  # imports Keras
 
-    source = ModelSource(model, blocks)
+    source = ModelSource(model, blocks, keras_paths=False)
     names = select(source.block_names(), only, "`only`")
     return write_blocks(source, path, names, model_name=str(model.name), metadata=metadata)
 
@@ -305,22 +273,13 @@ def _write(f: h5py.File, source, names: list[str], model_name: str, metadata_jso
                 )
             unit_group.attrs["class_name"] = _fixed(layer.class_name)
             layers.append(
-                {"path": layer.path, "class_name": layer.class_name, "variables": variables}
+                {"path": layer.path, "class_name": layer.class_name, "variables": variables,
+                 "keras_path": layer.keras_path, "order": layer.order}
             )
         layout = json.dumps(layers)
         group.create_dataset(LAYOUT, data=_fixed(layout))
         group.attrs["layout_checksum"] = _fixed(_checksum(layout.encode()))
         group.attrs["data_checksum"] = _fixed(f"{DATA_HASH}:{data_hash.hexdigest()}")
-
-
-def _block_values(block) -> Iterator[tuple[str, Any, dict]]:
-    """Yields `(layer path, layer, {key: value})` for every layer of a block that has state."""
-    for layer in block.layers:
-        for path, unit in iter_units(layer):
-            values: dict = {}
-            unit.save_own_variables(values)
-            if values:
-                yield path, unit, values
 
 
 def _dataset_name(name: str, key: str, taken: set) -> str:
@@ -393,21 +352,6 @@ def _writer_keras() -> dict[str, str]:
     except importlib_metadata.PackageNotFoundError:
         version = "none"
     return {"keras_version": version, "backend": "none"}
-
-
-def _to_numpy(value) -> np.ndarray:
-    """A variable's current value as a NumPy array (read-only where it shares memory).
-
-    For TensorFlow variables this reads the value once and views it (`tf.Variable.value()`),
-    ten times faster than `keras.ops.convert_to_numpy`, which reads and then copies.
-    """
-    import keras  # a live variable: Keras is loaded already
-
-    if isinstance(value, keras.Variable) and keras.backend.backend() == "tensorflow":
-        read = getattr(getattr(value, "value", None), "value", None)
-        if callable(read):
-            return np.asarray(read())
-    return np.asarray(keras.ops.convert_to_numpy(value))
 
 
 def _fsync_dir(folder: str) -> None:
@@ -492,6 +436,7 @@ class BlockFile:
         self.path = os.fspath(path)
         self.bytes_read = 0
         self._layouts: dict[str, BlockInfo] = {}
+        self._opened: dict[str, list] = {}
         with self._reading():
             if not os.path.exists(self.path):
                 raise BlockFileError(f"No such block file: {self.path!r}")
@@ -512,6 +457,7 @@ class BlockFile:
         self.close()
 
     def close(self) -> None:
+        self._opened = {}
         file = getattr(self, "_file", None)
         if file is not None:
             with contextlib.suppress(Exception):
@@ -550,37 +496,52 @@ class BlockFile:
 
     def read_block(self, name: str) -> dict[str, dict[str, np.ndarray]]:
         """Reads and verifies one block's values: `{layer path: {key: array}}`."""
-        info = self.block(name)
-        with self._reading(name):
-            group = self._file[name]
-            algorithm = self._data_hash(name, info)
-            digest = _new_hash(algorithm)
-            out: dict[str, dict[str, np.ndarray]] = {}
-            for layer in info.layers:
-                unit = group[layer.path]
-                self._check_members(unit, layer, info.layers)
-                values = {}
-                for var in layer.variables:
-                    stored = self._read_dataset(unit, var)
-                    digest.update(stored)
-                    values[var.key] = (
-                        stored.astype(_numpy_dtype(var.dtype)) if var.dtype in _WIDENED else stored
-                    )
-                out[layer.path] = values
-            actual = f"{algorithm}:{digest.hexdigest()}"
-            if actual != info.data_checksum:
-                raise BlockFileError(
-                    f"Block {name!r} in {self.path} is corrupt: its values do not match their "
-                    "checksum. The file was damaged after it was written; no weights were used."
-                )
+        out: dict[str, dict[str, np.ndarray]] = {}
+        for path, key, array in self.iter_values(name):
+            out.setdefault(path, {})[key] = array
         return out
 
-    def verify(self, names: Sequence[str] | None = None) -> None:
-        """Reads every selected block and checks its checksums; raises `BlockFileError`."""
-        for name in self.block_names if names is None else names:
-            self.read_block(name)
+    def iter_values(self, name: str) -> Iterator[tuple[str, str, np.ndarray]]:
+        """Yields one block's values as they are read, `(layer path, key, array)`, each in
+        new memory; after the last one, verifies the block's checksum.
 
-    # --- internals --------------------------------------------------------------------
+        The check comes after the values: a caller that uses values before the generator is
+        exhausted must have verified the block before (`verify`), and treats a
+        `BlockFileError` raised here as the file changing while it was read.
+        """
+        info = self.block(name)
+        with self._reading(name):
+            digest = _new_hash(self._data_hash(name, info))
+            for path, var, stored in self._stored(name, info, None):
+                digest.update(stored)
+                yield path, var.key, (
+                    stored.astype(numpy_dtype(var.dtype)) if var.dtype in _WIDENED else stored
+                )
+            self._check_digest(name, info, digest)
+
+    def verify(self, names: Sequence[str] | None = None) -> None:
+        """Reads every selected block and checks its checksums, keeping no value.
+
+        Values are read into one reusable buffer the size of the largest variable, so this
+        costs time for every byte but memory for one variable only.
+
+        Raises:
+            BlockFileError: a block is damaged, truncated or does not match its checksum.
+        """
+        names = self.block_names if names is None else list(names)
+        infos = [self.block(name) for name in names]
+        largest = max((v.nbytes if v.dtype not in _WIDENED else 4 * v.size
+                       for info in infos for layer in info.layers for v in layer.variables),
+                      default=0)
+        buffer = np.empty(min(largest, self._size), dtype=np.uint8)
+        for name, info in zip(names, infos, strict=True):
+            with self._reading(name):
+                digest = _new_hash(self._data_hash(name, info))
+                for _, _, stored in self._stored(name, info, buffer):
+                    digest.update(stored)
+                self._check_digest(name, info, digest)
+
+        # --- internals --------------------------------------------------------------------
 
     @contextlib.contextmanager
     def _reading(self, block: str | None = None):
@@ -603,6 +564,41 @@ class BlockFile:
             raise BlockFileError(
                 f"Cannot read block file {self.path}{where}: {type(e).__name__}: {e}"
             ) from e
+
+    def _stored(self, name: str, info: BlockInfo, buffer: np.ndarray | None):
+        """Yields `(layer path, variable, stored array)` for each variable of a block, read
+        into new memory, or into `buffer` (overwritten by the next one) when given."""
+        for path, var, ds, dtype, nbytes in self._datasets(name, info):
+            if buffer is None:
+                array = np.empty(var.shape, dtype=dtype)
+                self.bytes_read += nbytes
+            else:
+                array = buffer[:nbytes].view(dtype).reshape(var.shape)
+            if array.size:
+                ds.read(h5py.h5s.ALL, h5py.h5s.ALL, array)
+            yield path, var, array
+
+    def _datasets(self, name: str, info: BlockInfo) -> list:
+        """A block's datasets, opened and checked once: `(layer path, variable, dataset,
+        stored dtype, bytes)` each. A load that verifies, then reads, opens them once."""
+        if name not in self._opened:
+            group = self._file[name]
+            opened = []
+            for layer in info.layers:
+                unit = group[layer.path]
+                self._check_members(unit, layer, info.layers)
+                opened.extend((layer.path, var, *self._open_dataset(unit, var))
+                              for var in layer.variables)
+            self._opened[name] = opened
+        return self._opened[name]
+
+    def _check_digest(self, name: str, info: BlockInfo, digest) -> None:
+        algorithm = info.data_checksum.split(":", 1)[0]
+        if f"{algorithm}:{digest.hexdigest()}" != info.data_checksum:
+            raise BlockFileError(
+                f"Block {name!r} in {self.path} is corrupt: its values do not match their "
+                "checksum. The file was damaged after it was written; no weights were used."
+            )
 
     def _read_header(self) -> dict:
         root = self._file
@@ -649,10 +645,15 @@ class BlockFile:
                 f"Block {name!r} in {self.path} is corrupt: its layout (layer names, shapes, "
                 "dtypes) does not match its checksum."
             )
+        # Files written before layouts recorded `order` hold their layers in the source
+        # model's computation order, unless they were converted from a Keras file.
+        order_known = "converted_from" not in self._header["metadata"]
         layers = tuple(
             LayerInfo(
                 path=layer["path"],
                 class_name=layer["class_name"],
+                keras_path=layer.get("keras_path"),
+                order=layer["order"] if "order" in layer else (i if order_known else None),
                 variables=tuple(
                     VariableInfo(
                         key=v["key"],
@@ -665,7 +666,7 @@ class BlockFile:
                     for v in layer["variables"]
                 ),
             )
-            for layer in json.loads(layout)
+            for i, layer in enumerate(json.loads(layout))
         )
         return BlockInfo(name, layers, expected, self._attribute(group, "data_checksum"))
 
@@ -750,7 +751,7 @@ class BlockFile:
                 "files; block files hold contiguous data only. Refusing to read it."
             )
 
-    def _read_dataset(self, unit, var: VariableInfo) -> np.ndarray:
+    def _open_dataset(self, unit, var: VariableInfo) -> tuple[h5py.h5d.DatasetID, np.dtype, int]:
         # h5py's low-level API: a third of the time of `unit[name]` plus `read_direct` for
         # small variables (benchmarks/RESULTS.md). Anything unusual takes the high-level path,
         # whose errors name what is wrong.
@@ -764,7 +765,7 @@ class BlockFile:
                 ) from None
             ds = ds.id
         where = f"{unit.name}/{var.dataset}"
-        stored_dtype = np.dtype(np.float32) if var.dtype in _WIDENED else _numpy_dtype(var.dtype)
+        stored_dtype = np.dtype(np.float32) if var.dtype in _WIDENED else numpy_dtype(var.dtype)
         if tuple(ds.shape) != var.shape or ds.dtype != stored_dtype:
             raise BlockFileError(
                 f"{self.path}: dataset {where!r} has shape {tuple(ds.shape)} and dtype "
@@ -777,11 +778,7 @@ class BlockFile:
                 f"holds {self._size}; the file is truncated or crafted."
             )
         self._check_storage(ds, where)
-        array = np.empty(var.shape, dtype=stored_dtype)
-        if array.size:
-            ds.read(h5py.h5s.ALL, h5py.h5s.ALL, array)
-        self.bytes_read += nbytes
-        return array
+        return ds, stored_dtype, nbytes
 
 
 def _text(value) -> str:
@@ -815,11 +812,3 @@ def _header_checksum(header: Mapping[str, Any]) -> str:
     keys = ("format", "format_version", "keras_version", "backend", "created", "model_name")
     fields = [str(header[k]) for k in keys] + [header["blocks"], header["metadata"]]
     return _checksum("\x00".join(fields).encode())
-
-
-def _numpy_dtype(dtype: str) -> np.dtype:
-    if dtype in _WIDENED:
-        import ml_dtypes
-
-        return np.dtype(getattr(ml_dtypes, dtype))
-    return np.dtype(dtype)

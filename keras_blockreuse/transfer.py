@@ -1,10 +1,24 @@
 """`load_blocks`: load any subset of a source's blocks into a model, by name, all or nothing.
 
 A load runs one pass for every source: **select** the source blocks (`only`, `exclude`),
-**map** them onto the model's blocks (`rename`; inside a block, layers by name, or by
-computation order when the names differ), **validate** every selected variable (presence,
-shape, dtype) and read and verify the values (checksums), then **assign** all of them — or,
-if anything failed, none — **freeze** if asked, and **report**.
+**map** them onto the model's blocks (`rename`) and **pair** each block's layers, **validate**
+every selected variable (class, presence, shape, dtype) and read and verify the values
+(checksums; casts that would overflow), then **assign** all of them — or, if anything failed,
+none — **freeze** if asked, and **report**.
+
+Pairing: a model layer takes a source layer's values only when the pairing is justified —
+
+1. `name`: the same name path (`block_1_0`, `features/conv`);
+2. `path`: the same structural path in Keras's own saving walk (`layers/conv2d_1`), known for
+   Keras weights files, `.keras` archives and live models (`sources.structure`);
+3. `order`: the same position in computation order, where the source knows its order (block
+   files, live models, rebuilt `.keras` structures, legacy files) — never a file's storage
+   order.
+
+Each block takes the first of these that pairs all of its model layers. Pairs not by name are
+checked for class (the source's class, or a subclass of it) and for every variable's shape
+before anything is assigned. Layers left unpaired are a mismatch: `BlockMismatchError` lists
+them side by side, or `on_mismatch="skip"` leaves them and reports them.
 
 Example:
 
@@ -18,17 +32,17 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import keras
 import numpy as np
 
-from keras_blockreuse.blocks import Block, BlockRule, get_blocks, select
-from keras_blockreuse.errors import BlockMismatchError
+from keras_blockreuse.blocks import Block, BlockRule, get_blocks, select, warn_if_compiled
+from keras_blockreuse.errors import BlockFileError, BlockMismatchError
 from keras_blockreuse.report import LoadReport, Mismatch
-from keras_blockreuse.sources import Source, open_source
-from keras_blockreuse.store import LayerInfo, VariableInfo, _block_values, _to_numpy
+from keras_blockreuse.sources import LayerInfo, Source, VariableInfo, numpy_dtype, open_source
+from keras_blockreuse.sources.live_model import to_numpy, unit_values_of
 
 ON_MISMATCH = ("error", "skip", "adapt")
 
@@ -41,7 +55,8 @@ class _LayerPlan:
     unit: Any
     current: dict  # key -> the target's current value (a variable or tensor)
     source: LayerInfo
-    load: dict = dataclasses.field(default_factory=dict)  # key -> transform (None = as is)
+    load: dict = dataclasses.field(default_factory=dict)  # target key -> transform (None: as is)
+    keys: dict = dataclasses.field(default_factory=dict)  # target key -> source key
 
 
 @dataclasses.dataclass
@@ -49,7 +64,9 @@ class _BlockPlan:
     target: str
     source: str
     layers: list[_LayerPlan]
-    by_order: bool
+    pairing: str  # "name", "path" or "order"
+    unpaired_source: list[str] = dataclasses.field(default_factory=list)
+    unpaired_target: list[str] = dataclasses.field(default_factory=list)
 
 
 def load_blocks(
@@ -68,27 +85,30 @@ def load_blocks(
 
     Args:
         model: a built `keras.Model` (a `BlockModel` uses its own block rule).
-        source: a `.blocks.h5` path, a live `keras.Model`, or a Keras weights file where its
-            reader is installed.
+        source: a `.blocks.h5` path, a live `keras.Model`, or a Keras weights file
+            (`.weights.h5`, `.weights.json`, `.keras`, legacy `.h5`).
         only: source block names or globs to load; default every source block the model has.
+            `only=[]` loads nothing, deliberately.
         exclude: source block names or globs not to load.
         rename: `{source block: model block}` for blocks whose names differ.
         on_mismatch: `"error"` (raise, listing every problem, before changing anything),
-            `"skip"` (leave the variables that do not fit as they are, and report them) or
-            `"adapt"` (adapt known cases, such as a first convolution's input channels).
-        freeze: set `trainable=False` on the loaded blocks' layers. Compile the model again
-            for this to take effect in training.
+            `"skip"` (leave the variables and layers that do not fit or pair as they are, and
+            report them) or `"adapt"` (adapt known cases, such as a first convolution's input
+            channels).
+        freeze: set `trainable=False` on the loaded blocks' layers. A compiled model must be
+            compiled again for this to take effect in training (a warning says so).
         blocks: the model's block rule (for models that are not a `BlockModel`).
         source_blocks: the block rule for a source without blocks of its own; default the
             source's own rule, else the model's.
         **source_options: options for the source's reader (such as `source_model=`).
 
     Returns:
-        A `LoadReport`.
+        A `LoadReport`; `report.ok` is False when any selected layer or variable was left.
 
     Raises:
-        BlockMismatchError: unknown block names, or variables that do not fit (with
-            `on_mismatch="error"`). No weight of the model has changed.
+        BlockMismatchError: unknown block names, layers that cannot be paired, variables that
+            do not fit or would overflow the model's dtype (with `on_mismatch="error"`), or a
+            load that would assign nothing. No weight of the model has changed.
         BlockFileError: the source file is unreadable or corrupt. No weight has changed.
 
     Example:
@@ -109,24 +129,57 @@ def load_blocks(
     target_blocks = get_blocks(model, target_rule)
     if source_blocks is None and not hasattr(source, "_block_rule"):
         source_blocks = target_rule
+    nothing_asked = only is not None and not isinstance(only, str) and len(only) == 0
+    values = None
     with open_source(source, source_blocks, **source_options) as src:
-        plans, report = _plan(src, target_blocks, only, exclude, rename)
-        _validate(plans, report, on_mismatch)
-        values = {plan.source: src.read_block(plan.source) for plan in plans}
+        plans, report = _plan(src, target_blocks, only, exclude, rename, _target_paths(model))
+        _validate(plans, report, on_mismatch, src)
+        if not nothing_asked:
+            _refuse_empty(plans, report, src, target_blocks)
+        if _streams(src, plans):
+            # Pass 1 verifies every selected block and keeps no value; pass 2 reads them again
+            # and assigns each value as it arrives: memory for one variable, not the blocks.
+            src.verify([plan.source for plan in plans
+                        if any(layer.load for layer in plan.layers)])
+            report.variables_loaded = _assign_streaming(plans, src)
+        else:
+            values = {plan.source: src.read_block(plan.source)
+                      for plan in plans if any(layer.load for layer in plan.layers)}
+            _check_casts(plans, values, report, on_mismatch)
+            if not nothing_asked:
+                _refuse_empty(plans, report, src, target_blocks)
         report.bytes_read = src.bytes_read
-    report.variables_loaded = _assign(plans, values)
-    report.loaded = {p.target: p.source for p in plans if any(layer.load for layer in p.layers)}
+    if values is not None:
+        report.variables_loaded = _assign(plans, values)
+    loading = {p.target: p.source for p in plans if any(layer.load for layer in p.layers)}
+    report.loaded = {name: loading[name] for name in target_blocks if name in loading}
+    report.not_loaded = [p.target for p in plans if p.target not in loading]
     report.untouched = [name for name in target_blocks if name not in report.loaded]
-    if freeze:
+    if freeze and report.loaded:
         for name in report.loaded:
             for layer in target_blocks[name].layers:
                 layer.trainable = False
             report.frozen.append(name)
+        warn_if_compiled(model, report.frozen, "frozen")
     report.seconds = time.perf_counter() - start
     return report
 
 
-# --- select and map -------------------------------------------------------------------
+def _target_paths(model) -> Callable[[], dict[int, str]]:
+    """A function giving `id(layer) -> Keras structural path` for the model, computed once."""
+    cache: list[dict[int, str]] = []
+
+    def paths() -> dict[int, str]:
+        if not cache:
+            from keras_blockreuse.sources.structure import keras_structure
+
+            cache.append({id(u.obj): u.keras_path for u in keras_structure(model)})
+        return cache[0]
+
+    return paths
+
+
+# --- select, map and pair -----------------------------------------------------------------
 
 
 def _plan(
@@ -135,6 +188,7 @@ def _plan(
     only,
     exclude,
     rename,
+    target_paths: Callable[[], dict[int, str]],
 ) -> tuple[list[_BlockPlan], LoadReport]:
     source_names = src.block_names()
     target_names = list(target_blocks)
@@ -166,50 +220,92 @@ def _plan(
             )
         targets[t] = s
     in_source = {rename.get(s, s) for s in source_names}
-    report = LoadReport(source=src.description, target_blocks=target_names)
+    report = LoadReport(source=src.description, target_blocks=target_names,
+                        source_blocks=source_names)
     report.missing = [t for t in target_names if t not in in_source]
     report.unexpected = [s for s in source_names if s not in targets.values()]
     plans = []
-    for t, s in targets.items():
-        plans.append(_map_block(s, src.block_layers(s), t, target_blocks[t], report))
+    for t in [name for name in target_names if name in targets]:
+        s = targets[t]
+        plan = _pair_block(s, src.block_layers(s), t, target_blocks[t], target_paths)
+        report.pairing[t] = plan.pairing
+        if plan.pairing != "name":
+            report.layer_pairs[t] = [(layer.source.path, layer.target_path)
+                                     for layer in plan.layers]
+        if plan.pairing == "order":
+            report.matched_by_order.append(t)
+        for path in plan.unpaired_target:
+            report.mismatched.append(
+                Mismatch(t, path, "*", "no source layer pairs with it", "-", "present"))
+        for path in plan.unpaired_source:
+            report.mismatched.append(
+                Mismatch(t, path, "*", "no model layer pairs with it", "present", "-"))
+        plans.append(plan)
     return plans, report
 
 
-def _map_block(
-    source_name: str, source_layers: Sequence[LayerInfo], target_name: str, block: Block, report
+def _pair_block(
+    source_name: str,
+    source_layers: Sequence[LayerInfo],
+    target_name: str,
+    block: Block,
+    target_paths: Callable[[], dict[int, str]],
 ) -> _BlockPlan:
-    units = [(path, unit, values) for path, unit, values in _block_values(block)]
+    """Pairs a block's model layers with source layers: by name, else Keras path, else order."""
+    units = list(unit_values_of(block))
     by_name = {layer.path: layer for layer in source_layers}
-    names_match = all(path in by_name for path, _, _ in units)
-    by_order = not names_match and len(units) == len(source_layers)
-    layers = []
-    matched_sources = set()
-    for index, (path, unit, current) in enumerate(units):
-        source = source_layers[index] if by_order else by_name.get(path)
-        if source is None:
-            report.mismatched.append(
-                Mismatch(target_name, path, "*", "layer missing in source", "-", "present")
-            )
-            continue
-        matched_sources.add(source.path)
-        layers.append(_LayerPlan(path, unit, current, source))
-    for layer in source_layers:
-        if layer.path not in matched_sources:
-            report.mismatched.append(
-                Mismatch(target_name, layer.path, "*", "layer not in model", "present", "-")
-            )
-    if by_order:
-        report.matched_by_order.append(target_name)
-    return _BlockPlan(target_name, source_name, layers, by_order)
+    pairs = None
+    pairing = "name"
+    if all(path in by_name for path, _, _ in units):
+        pairs = [(unit, by_name[unit[0]]) for unit in units]
+    else:
+        if source_layers and all(layer.keras_path for layer in source_layers):
+            paths = target_paths()
+            by_path = {layer.keras_path: layer for layer in source_layers}
+            if all(paths.get(id(obj)) in by_path for _, obj, _ in units):
+                pairs = [(unit, by_path[paths[id(unit[1])]]) for unit in units]
+                pairing = "path"
+        if (pairs is None and len(units) == len(source_layers)
+                and all(layer.order is not None for layer in source_layers)):
+            pairs = list(zip(units, sorted(source_layers, key=lambda layer: layer.order),
+                             strict=True))
+            pairing = "order"
+    if pairs is None:  # by name where names agree; the rest is unpaired
+        pairs = [(unit, by_name[unit[0]]) for unit in units if unit[0] in by_name]
+    paired = {id(layer) for _, layer in pairs}
+    return _BlockPlan(
+        target=target_name,
+        source=source_name,
+        layers=[_LayerPlan(path, obj, current, layer) for (path, obj, current), layer in pairs],
+        pairing=pairing,
+        unpaired_source=[layer.path for layer in source_layers if id(layer) not in paired],
+        unpaired_target=[path for path, _, _ in units
+                         if path not in {p for (p, _, _), _ in pairs}],
+    )
+
+
+def _same_class(class_name: str, unit) -> bool:
+    """True when the model layer is of the source's class or a subclass of it."""
+    if not class_name:
+        return True  # the source cannot tell; its shapes are still checked
+    return any(cls.__name__ == class_name for cls in type(unit).__mro__)
 
 
 # --- validate --------------------------------------------------------------------------
 
 
-def _validate(plans: list[_BlockPlan], report: LoadReport, on_mismatch: str) -> None:
+def _validate(plans: list[_BlockPlan], report: LoadReport, on_mismatch: str, src: Source) -> None:
+    adaptable = False
     for plan in plans:
         for layer in plan.layers:
-            source_vars = {v.key: v for v in layer.source.variables}
+            if plan.pairing != "name" and not _same_class(layer.source.class_name, layer.unit):
+                report.mismatched.append(
+                    Mismatch(plan.target, layer.target_path, "*",
+                             f"class differs (paired by {plan.pairing} with "
+                             f"{layer.source.path!r})",
+                             layer.source.class_name, type(layer.unit).__name__))
+                continue
+            source_vars = _variables_by_target_key(layer, src.variable_names_pair)
             for key, value in layer.current.items():
                 var = source_vars.pop(key, None)
                 name = str(getattr(value, "name", key))
@@ -221,19 +317,19 @@ def _validate(plans: list[_BlockPlan], report: LoadReport, on_mismatch: str) -> 
                                  "-", f"{target_shape} {target_dtype}")
                     )
                     continue
+                layer.keys[key] = var.key
                 problem = _incompatibility(var, target_shape, target_dtype)
                 if problem is None:
                     layer.load[key] = None
                     continue
                 mismatch = Mismatch(plan.target, layer.target_path, name, problem,
                                     f"{var.shape} {var.dtype}", f"{target_shape} {target_dtype}")
-                transform = (
-                    _adapter(var, target_shape, layer.unit) if on_mismatch == "adapt" else None
-                )
-                if transform is not None:
+                transform = _adapter(var, target_shape, layer.unit)
+                if transform is not None and on_mismatch == "adapt":
                     layer.load[key] = transform
                     report.adapted.append(mismatch)
                 else:
+                    adaptable = adaptable or transform is not None
                     report.mismatched.append(mismatch)
             for var in source_vars.values():
                 report.mismatched.append(
@@ -246,10 +342,58 @@ def _validate(plans: list[_BlockPlan], report: LoadReport, on_mismatch: str) -> 
         report.skipped = list(report.mismatched)
         return
     lines = "\n".join(f"  - {m}" for m in report.mismatched)
+    hints = ["on_mismatch='skip' to load the rest", "only=/exclude= to select fewer blocks"]
+    if adaptable:
+        hints.insert(0, "on_mismatch='adapt' to adapt the first convolution's input channels "
+                        "(as timm's adapt_input_conv does)")
     raise BlockMismatchError(
-        f"{len(report.mismatched)} variable(s) of the selected blocks do not fit the model; "
-        f"nothing was loaded:\n{lines}\n"
-        "Pass on_mismatch='skip' to load the rest, or select fewer blocks with only=/exclude=."
+        f"{len(report.mismatched)} variable(s) or layer(s) of the selected blocks do not fit "
+        f"the model; nothing was loaded:\n{lines}\n"
+        + "".join(_unpaired_table(plan, src) for plan in plans)
+        + "Pass " + ", or ".join(hints) + "."
+    )
+
+
+def _variables_by_target_key(layer: _LayerPlan, by_name: bool) -> dict[str, VariableInfo]:
+    """The source layer's variables keyed by the model layer's keys.
+
+    By key (`save_own_variables` order) — or, for sources that store variables in another
+    order but name them reliably (legacy `.h5`: trainable first), by variable name when the
+    names on both sides are unique and the same.
+    """
+    source = {v.key: v for v in layer.source.variables}
+    if by_name:
+        names = {str(getattr(value, "name", key)): key for key, value in layer.current.items()}
+        stored = {v.name: v for v in layer.source.variables}
+        if (len(names) == len(layer.current) and len(stored) == len(source)
+                and set(names) == set(stored)):
+            return {key: stored[name] for name, key in names.items()}
+    return source
+
+
+def _unpaired_table(plan: _BlockPlan, src: Source) -> str:
+    if not plan.unpaired_source and not plan.unpaired_target:
+        return ""
+    width = max(len(p) for p in [*plan.unpaired_source, "source layers (unpaired)"]) + 2
+    rows = [f"{'source layers (unpaired)':<{width}}model layers (unpaired)"]
+    for i in range(max(len(plan.unpaired_source), len(plan.unpaired_target))):
+        left = plan.unpaired_source[i] if i < len(plan.unpaired_source) else "-"
+        right = plan.unpaired_target[i] if i < len(plan.unpaired_target) else "-"
+        rows.append(f"{left:<{width}}{right}")
+    fixes = ["give the layers the same names"]
+    fixes.append("load from a source whose layer order is known (a .blocks.h5 file, a live "
+                 "model, a .keras archive)")
+    if str(src.info.get("format", "")).startswith("Keras legacy"):
+        fixes.append("use a whole-model file (Keras 2 `model.save('model.h5')`), whose "
+                     "model_config records the order of a nested model's layers")
+    if str(src.info.get("format", "")).startswith(("Keras weights", "Keras sharded")):
+        fixes.append("pass source_model= (the model that wrote the file, or a function "
+                     "building it) so its structure is walked as Keras saves it")
+    table = "\n".join(f"    {row}" for row in rows)
+    return (
+        f"Block {plan.target!r} (from source block {plan.source!r}): these layers could not be "
+        f"paired by name, Keras path or computation order:\n{table}\n"
+        f"  To pair them: {'; or '.join(fixes)}.\n"
     )
 
 
@@ -270,11 +414,110 @@ def _kind(dtype: str) -> str:
 
 
 def _adapter(var: VariableInfo, shape: tuple, unit):
-    try:
-        from keras_blockreuse.adapt import adapter_for
-    except ImportError:
+    if var.shape == shape:
         return None
+    from keras_blockreuse.adapt import adapter_for
+
     return adapter_for(var, shape, unit)
+
+
+def _check_casts(plans: list[_BlockPlan], values: dict, report: LoadReport,
+                 on_mismatch: str) -> None:
+    """Refuses (or skips) values that become infinite, NaN or wrapped in the model's dtype."""
+    found = []
+    for plan in plans:
+        for layer in plan.layers:
+            for key, transform in list(layer.load.items()):
+                if transform is not None:
+                    continue
+                array = values[plan.source][layer.source.path][layer.keys[key]]
+                target = layer.current[key]
+                dtype = keras.backend.standardize_dtype(target.dtype)
+                magnitude = _overflow(np.asarray(array), dtype)
+                if magnitude is None:
+                    continue
+                mismatch = Mismatch(
+                    plan.target, layer.target_path, str(getattr(target, "name", key)),
+                    f"value {magnitude:.6g} does not fit {dtype} (it would become "
+                    f"{'inf or NaN' if 'float' in dtype else 'another number'})",
+                    f"{tuple(array.shape)} {array.dtype}", f"{tuple(target.shape)} {dtype}")
+                found.append(mismatch)
+                del layer.load[key]
+    if not found:
+        return
+    report.mismatched.extend(found)
+    if on_mismatch == "skip":
+        report.skipped.extend(found)
+        return
+    lines = "\n".join(f"  - {m}" for m in found)
+    raise BlockMismatchError(
+        f"{len(found)} variable(s) hold values that the model's dtype cannot represent; "
+        f"nothing was loaded:\n{lines}\n"
+        "Pass on_mismatch='skip' to load the rest, or use a wider dtype for these layers."
+    )
+
+
+def _overflow(array: np.ndarray, dtype: str) -> float | None:
+    """The largest finite magnitude that the cast to `dtype` turns infinite, NaN or wrapped."""
+    try:
+        target = numpy_dtype(dtype)
+    except TypeError:
+        return None
+    if array.dtype == target or array.size == 0:
+        return None
+    if array.dtype.kind in "iu" and target.kind in "iu":
+        info = np.iinfo(target)
+        bad = (array < info.min) | (array > info.max)
+    elif target.kind == "f" or dtype in ("bfloat16", "float8_e4m3fn", "float8_e5m2"):
+        source = array.astype(np.float64) if array.dtype.kind in "iu" else array
+        with np.errstate(over="ignore", invalid="ignore"):
+            cast = source.astype(target).astype(np.float64)
+        bad = np.isfinite(source) & ~np.isfinite(cast)
+    else:
+        return None
+    if not bad.any():
+        return None
+    return float(np.max(np.abs(array[bad].astype(np.float64))))
+
+
+def _nesting_hint(src: Source, source_blocks: list[str], target_blocks: dict[str, Block]) -> str:
+    """Explains a classifier-into-backbone load (or the reverse), where one side's layers sit
+    inside a nested model of the other."""
+    source_paths = [layer.path for name in source_blocks for layer in src.block_layers(name)]
+    model_tops = {layer.name for block in target_blocks.values() for layer in block.layers}
+    inside_source = sorted({p.split("/")[0] for p in source_paths
+                            if "/" in p and p.split("/")[1] in model_tops})
+    if inside_source:
+        return (f" The source holds these layers inside {inside_source} (a nested model, as a "
+                "classifier built around a backbone does): load from that sub-model (with a "
+                f"live source: `load_blocks(backbone, classifier.get_layer({inside_source[0]!r}))`"
+                "), or group the source with source_blocks= and map its blocks with rename=.")
+    source_tops = {p.split("/")[0] for p in source_paths}
+    inside_model = sorted(
+        block_layer.name for block in target_blocks.values() for block_layer in block.layers
+        if isinstance(block_layer, keras.Model)
+        and source_tops & {inner.name for inner in block_layer.layers})
+    if inside_model:
+        return (f" The model holds these layers inside {inside_model} (a nested backbone): "
+                f"load into it, `load_blocks(model.get_layer({inside_model[0]!r}), source)`, "
+                "or map blocks with rename= and blocks=.")
+    return ""
+
+
+def _refuse_empty(plans: list[_BlockPlan], report: LoadReport, src: Source,
+                  target_blocks: dict[str, Block]) -> None:
+    """Raises when the load would assign no variable at all (unless `only=[]`)."""
+    if any(layer.load for plan in plans for layer in plan.layers):
+        return
+    hint = _nesting_hint(src, report.source_blocks, target_blocks)
+    raise BlockMismatchError(
+        f"Nothing would be loaded from {src.description}: no block of the model pairs with a "
+        f"block of the source, or every variable was left.\n"
+        f"  source blocks: {report.source_blocks}\n"
+        f"  model blocks:  {list(target_blocks)}\n"
+        "Map blocks whose names differ with rename={source block: model block}, group layers "
+        "with blocks= / source_blocks=, or pass only=[] to load nothing deliberately." + hint
+    )
 
 
 # --- assign ----------------------------------------------------------------------------
@@ -292,13 +535,14 @@ def _assign(plans: list[_BlockPlan], values: dict) -> int:
     stores = []  # (layer, {key: array}) for load_own_variables
     count = 0
     for plan in plans:
-        block_values = values[plan.source]
         for layer in plan.layers:
             if not layer.load:
                 continue
+            block_values = values[plan.source]
             arrays = block_values[layer.source.path]
             loaded = {
-                key: arrays[key] if transform is None else transform(arrays[key])
+                key: (arrays[layer.keys[key]] if transform is None
+                      else transform(arrays[layer.keys[key]]))
                 for key, transform in layer.load.items()
             }
             count += len(loaded)
@@ -306,7 +550,7 @@ def _assign(plans: list[_BlockPlan], values: dict) -> int:
                 direct.extend((layer.current[key], array) for key, array in loaded.items())
                 continue
             store = {
-                key: loaded[key] if key in loaded else _to_numpy(current)
+                key: loaded[key] if key in loaded else to_numpy(current)
                 for key, current in layer.current.items()
             }
             stores.append((layer.unit, store))
@@ -314,6 +558,68 @@ def _assign(plans: list[_BlockPlan], values: dict) -> int:
         _assign_variable(variable, array)
     for unit, store in stores:
         unit.load_own_variables(store)
+    return count
+
+
+def _streams(src: Source, plans: list[_BlockPlan]) -> bool:
+    """True when the source can verify blocks without keeping their values (a block file:
+    checksums) and every value is assigned as stored: no adaptation, no cast to check."""
+    if not (callable(getattr(src, "verify", None)) and callable(getattr(src, "iter_values", None))):
+        return False
+    for plan in plans:
+        for layer in plan.layers:
+            stored = {v.key: v.dtype for v in layer.source.variables}
+            for key, transform in layer.load.items():
+                dtype = keras.backend.standardize_dtype(layer.current[key].dtype)
+                if transform is not None or stored.get(layer.keys[key]) != dtype:
+                    return False
+    return True
+
+
+def _assign_streaming(plans: list[_BlockPlan], src: Source) -> int:
+    """Assigns every validated variable as its value is read, after `src.verify` passed.
+
+    The source was verified in full before this runs, and a reader holds its file open, so
+    the bytes read here are those verified — unless the file is rewritten in place during
+    the load (writers of block files replace them atomically, which an open file does not
+    see). The block's checksum is checked again after its last value; a difference is
+    raised naming what was already assigned.
+    """
+    count = 0
+    done: list[str] = []
+    for plan in plans:
+        layers = {layer.source.path: layer for layer in plan.layers if layer.load}
+        if not layers:
+            continue
+        target_keys = {path: {layer.keys[k]: k for k in layer.load}
+                       for path, layer in layers.items()}
+        pending: dict[str, dict] = {}  # layers that load through load_own_variables
+        try:
+            for path, source_key, array in src.iter_values(plan.source):
+                layer = layers.get(path)
+                key = target_keys[path].get(source_key) if layer is not None else None
+                if key is None:
+                    continue
+                count += 1
+                if _loads_directly(layer.unit, layer.current):
+                    _assign_variable(layer.current[key], array)
+                    continue
+                loaded = pending.setdefault(path, {})
+                loaded[key] = array
+                if len(loaded) == len(layer.load):
+                    layer.unit.load_own_variables({
+                        k: loaded[k] if k in loaded else to_numpy(current)
+                        for k, current in layer.current.items()
+                    })
+                    del pending[path]
+        except BlockFileError as error:
+            raise BlockFileError(
+                f"{src.description} changed while it was being loaded: it was verified in "
+                f"full before the first assignment, then read again differently ({error}). "
+                f"Blocks {done} and part of {plan.target!r} were loaded; the rest were not. "
+                "Something rewrote the file in place during the load; load it again."
+            ) from None
+        done.append(plan.target)
     return count
 
 

@@ -14,7 +14,7 @@ import importlib.util
 import os
 import sys
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 
 def _options():
@@ -43,10 +43,44 @@ def precheck(argv=None):
     return options.precheck(argv)
 
 
+def _import_main(verbose: bool):
+    """`keras_blockreuse.sweep.run.main`, imported with TensorFlow's C++ start-up lines (absl
+    writes them before any log level applies) sent to a temporary file, shown only if the
+    import fails; with --verbose, imported as it is."""
+    if verbose:
+        from keras_blockreuse.sweep.run import main
+
+        return main
+    import tempfile
+
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as sink:
+        os.dup2(sink.fileno(), 2)
+        try:
+            import tensorflow as tf
+
+            tf.constant(0)  # the second round of start-up lines comes with the first op
+            from keras_blockreuse.sweep.run import main
+        except BaseException:
+            os.dup2(saved, 2)
+            sink.seek(0)
+            sys.stderr.write(sink.read().decode(errors="replace"))
+            raise
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+    return main
+
+
 if __name__ == "__main__":
     code = precheck()
     if code is not None:
         sys.exit(code)
-    from keras_blockreuse.sweep.run import main
-
+    try:
+        main = _import_main("--verbose" in sys.argv[1:])
+    except KeyboardInterrupt:
+        print("which_blocks.py: interrupted before any trial started; nothing to resume.",
+              file=sys.stderr)
+        sys.exit(130)
     sys.exit(main())

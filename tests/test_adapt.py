@@ -6,7 +6,7 @@ import pytest
 
 from keras_blockreuse import BlockMismatchError, load_blocks, save_blocks
 from keras_blockreuse.adapt import adapt_input_channels, adapter_for
-from keras_blockreuse.store import VariableInfo
+from keras_blockreuse.sources import VariableInfo
 from tests.helpers import randomize, snapshot
 
 L = keras.layers

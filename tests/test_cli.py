@@ -257,3 +257,12 @@ def test_a_closed_pipe_ends_quietly_with_status_0(tmp_path, json_output):
     status, first, err = _closed_pipe(argv)
     assert first and full.stdout.startswith(first)
     assert (status, err) == (0, b"")
+
+
+def test_reading_a_keras_file_prints_no_tensorflow_log(files):
+    _, _, weights, _ = files
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    result = subprocess.run([sys.executable, "-m", "keras_blockreuse", "inspect", weights],
+                            capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
+    assert result.returncode == 0 and "block_1_0" in result.stdout
+    assert result.stderr == ""

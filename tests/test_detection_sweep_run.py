@@ -34,7 +34,7 @@ def test_detection_smoke_sweep_writes_the_report(ray_local, tmp_path):
     summary = pd.read_csv(out / "summary.csv")
     assert set(summary["policy"]) == set(trials["policy"])
     assert summary["val_mean"].notna().all()  # the validation mAP
-    assert result.best.startswith("Best policy:") and "test mAP@0.5" in result.best
+    assert result.best.startswith("Best on validation:") and "val mAP@0.5" in result.best
     assert any("Detection task" in line for line in lines)
     assert any("16 training" in line or "50 validation scenes" in line for line in lines)
     report = (out / "report.md").read_text()

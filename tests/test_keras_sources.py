@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 
 from keras_blockreuse import BlockFileError, load_blocks
-from keras_blockreuse.keras_sources import keras_file_kind, open_keras_file, structural_names
+from keras_blockreuse.sources.keras_files import keras_file_kind, open_keras_file
+from keras_blockreuse.sources.structure import structural_names
 from tests.helpers import assert_same, randomize, snapshot
 
 L = keras.layers

@@ -40,7 +40,7 @@ How the blocks run (the harness; nothing else about them is changed):
   ```
 
   The reason in parentheses is the test's skip reason. Use it only for such resources; a block
-  that is merely slow runs (these tests are marked slow).
+  that is merely slow runs (the block tests are marked slow).
 """
 
 from __future__ import annotations
@@ -60,8 +60,6 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 README = os.path.join(ROOT, "README.md")
 SKIP = re.compile(r"<!--\s*readme-test:\s*skip\s*\((?P<reason>[^)]*)\)\s*-->")
-
-pytestmark = pytest.mark.slow
 
 
 @dataclasses.dataclass(frozen=True)
@@ -288,6 +286,7 @@ def test_the_readme_has_python_blocks():
     assert len(BLOCKS) >= 5, [b.line for b in BLOCKS]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("block", BLOCKS, ids=[f"block{b.index:02d}-line{b.line}" for b in BLOCKS])
 def test_readme_block_runs(readme_session, block):
     for earlier in BLOCKS[:block.index]:

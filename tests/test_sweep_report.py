@@ -11,12 +11,15 @@ from scipy import stats
 from keras_blockreuse.sweep.report import (
     SUMMARY_COLUMNS,
     TRIAL_COLUMNS,
-    best_line,
+    format_p,
+    holm,
     markdown_table,
     mean_ci,
     paired_difference,
+    paired_test,
     summarize,
     trial_columns,
+    verdict,
     write_report,
 )
 
@@ -47,14 +50,6 @@ def test_paired_difference_matches_scipy():
     assert p == pytest.approx(0.0055, abs=2e-4)
 
 
-def test_paired_difference_edge_cases():
-    assert paired_difference({0: 0.8, 1: 0.9}, {0: 0.7, 1: 0.8})[3] == 0.0  # constant gain
-    assert paired_difference({0: 0.8, 1: 0.9}, {0: 0.8, 1: 0.9})[3] == 1.0  # no change
-    mean, low, high, p, n = paired_difference({0: 0.8}, {0: 0.7})
-    assert n == 1 and mean == pytest.approx(0.1) and math.isnan(p) and math.isnan(low)
-    assert paired_difference({1: 0.8}, {0: 0.7})[4] == 0
-
-
 def trials_frame():
     rows = []
     accuracy = {"scratch": [0.70, 0.72, 0.74], "block_1=tuned": [0.85, 0.88, 0.86],
@@ -70,7 +65,7 @@ def trials_frame():
     return pd.DataFrame(rows)
 
 
-def test_summarize_sorts_best_first_and_compares_with_scratch():
+def test_summarize_ranks_by_validation_and_compares_with_scratch():
     summary = summarize(trials_frame())
     assert list(summary.columns) == SUMMARY_COLUMNS
     assert summary["policy"].tolist() == ["block_1=tuned", "block_1=frozen", "scratch",
@@ -82,19 +77,123 @@ def test_summarize_sorts_best_first_and_compares_with_scratch():
     assert best["p_value"] == pytest.approx(
         stats.ttest_rel([0.85, 0.88, 0.86], [0.70, 0.72, 0.74]).pvalue)
     assert best["val_mean"] == pytest.approx(0.8533333)
+    assert best["verdict"] == "best"
     scratch = summary[summary["policy"] == "scratch"].iloc[0]
     assert scratch["diff"] == 0.0 and math.isnan(scratch["p_value"])
     broken = summary.iloc[-1]
     assert broken["n"] == 0 and broken["failed"] == 1 and math.isnan(broken["mean"])
+    assert broken["verdict"] == "too few seeds"
 
 
-def test_best_line():
-    line = best_line(summarize(trials_frame()))
-    assert line.startswith("Best policy: block_1=tuned: test accuracy 0.863")
-    assert "+0.143 over scratch" in line and "p=" in line
-    only_scratch = trials_frame()
-    only_scratch = only_scratch[only_scratch["policy"] == "scratch"]
-    assert "no transfer policy beats" in best_line(summarize(only_scratch))
+# Validation accuracy over seeds 0, 1, 2 (test = validation + 0.01), worked by hand:
+# A - B = [0.01, 0.00, 0.02]: t = 0.01 / (0.01 / sqrt 3) = 1.732 on 2 df, p = 0.225;
+# A - C = [0.10, 0.09, 0.09]: t = 28.0, p = 0.00127; A - scratch = [0.20, 0.16, 0.21]:
+# t = 12.4, p = 0.0064. Holm (m = 3): C 3 x 0.00127, scratch 2 x 0.0064, B 1 x 0.225.
+VAL = {"A": [0.90, 0.88, 0.92], "B": [0.89, 0.88, 0.90], "C": [0.80, 0.79, 0.83],
+       "scratch": [0.70, 0.72, 0.71]}
+COST = {"A": 1000, "B": 500, "C": 10, "scratch": 1200}
+
+
+def known_frame(val=VAL, cost=COST, extra=()):
+    rows = [{"trial_id": f"{p}-{s}", "policy": p, "label": f"tune {p}" if p != "scratch" else p,
+             "code": "", "seed": s, "status": "ok", "val_accuracy": v,
+             "test_accuracy": round(v + 0.01, 6), "trained_params": cost.get(p), "error": ""}
+            for p, values in val.items() for s, v in enumerate(values)]
+    return pd.DataFrame(rows + list(extra))
+
+
+def test_verdict_tied_set_holm_and_cheapest_on_known_numbers():
+    v = verdict(known_frame())
+    assert v.best == "A"
+    p = {k: stats.ttest_rel(VAL["A"], VAL[k]).pvalue for k in ("B", "C", "scratch")}
+    assert v.p_values == pytest.approx(p)
+    assert p["B"] == pytest.approx(0.2254, abs=1e-4) and p["C"] == pytest.approx(0.00127, abs=1e-5)
+    assert v.adjusted == pytest.approx({"C": 3 * p["C"], "scratch": 2 * p["scratch"],
+                                        "B": p["B"]})
+    assert v.tied == ["A", "B"] and v.status("C") == "worse" and v.status("scratch") == "worse"
+    assert v.recommended == "B"  # tied with the best and half its trained parameters
+    # C is cheaper still, but worse: never recommended. Without counts, the best is.
+    assert verdict(known_frame(cost={})).recommended == "A"
+    # Lower is better (e.g. a loss): the lowest validation mean wins.
+    assert verdict(known_frame(), higher_is_better=False).best == "scratch"
+
+
+def test_holm_known_numbers():
+    assert holm({"a": 0.01, "b": 0.04, "c": 0.03}) == pytest.approx(
+        {"a": 0.03, "b": 0.06, "c": 0.06})
+    # A NaN (no test) is not part of the family; adjusted values never exceed 1.
+    adjusted = holm({"a": 0.5, "b": float("nan"), "c": 0.6})
+    assert adjusted["a"] == 1.0 and adjusted["c"] == 1.0 and math.isnan(adjusted["b"])
+
+
+def test_degenerate_cases_are_not_numbers():
+    # Fewer than two seeds: no interval, no test, and the policy is out of the verdict.
+    one = {"trial_id": "D-0", "policy": "D", "label": "tune D", "code": "", "seed": 0,
+           "status": "ok", "val_accuracy": 0.99, "test_accuracy": 0.99, "trained_params": 1}
+    v = verdict(known_frame(extra=[one]))
+    assert v.best == "A" and v.excluded == {"D": "1 finished full-budget seed"}
+    assert v.status("D") == "too few seeds"
+    summary = summarize(known_frame(extra=[one]), chosen=v)
+    row = summary[summary["policy"] == "D"].iloc[0]
+    assert row["rank"] == 5 and math.isnan(row["ci_low"]) and math.isnan(row["std"])
+    assert "| 5 | tune D |  | 1 | 1 | 0.990 | too few seeds | 0.990 ± n/a | n/a |" in \
+        markdown_table(summary)
+    # Differences without variance: an exact sign test (2 * 0.5 ** 3), never p = 0.
+    assert paired_test([0.8, 0.9, 0.85], [0.7, 0.8, 0.75]) == (0.25, "sign")
+    p, test = paired_test([0.8, 0.9], [0.8, 0.9])
+    assert math.isnan(p) and test == "identical"
+    assert paired_test([0.8], [0.7])[1] == "n<2"
+    mean, low, high, p, n = paired_difference({0: 0.8}, {0: 0.7})
+    assert n == 1 and mean == pytest.approx(0.1) and math.isnan(p) and math.isnan(low)
+    assert paired_difference({1: 0.8}, {0: 0.7})[4] == 0
+    assert format_p(0.0) == "< 1e-300" and format_p(float("nan")) == "n/a"
+    assert format_p(0.00184) == "0.00184"
+    # Policies identical on every seed are tied (no test needed); equal means go to the cheaper.
+    same = dict(VAL, B=VAL["A"])
+    v = verdict(known_frame(val=same))
+    assert v.best == "B" and v.tests["A"] == "identical" and v.tied == ["B", "A"]
+
+
+def test_intervals_stay_within_the_metric_range():
+    # n = 2, values 0.2 and 0.99: t(0.975, 1) = 12.706 gives [-4.82, 6.01] unclipped.
+    mean, std, low, high = mean_ci([0.2, 0.99])
+    assert low == pytest.approx(0.595 - 12.7062 * std / math.sqrt(2), abs=1e-3) and low < -4
+    assert mean_ci([0.2, 0.99], bounds=(0, 1))[2:] == (0.0, 1.0)
+    frame = known_frame(val={"A": [0.2, 0.98], "scratch": [0.1, 0.2]})
+    summary = summarize(frame)
+    assert (summary["ci_low"] >= 0).all() and (summary["ci_high"] <= 1).all()
+    transfer = summary[summary["policy"] == "A"].iloc[0]
+    assert transfer["diff_ci_low"] == -1.0 and transfer["diff_ci_high"] == 1.0
+    # A metric that is not a proportion (a loss) is not clipped.
+    loss = frame.rename(columns={"test_accuracy": "test_loss", "val_accuracy": "val_loss"})
+    assert summarize(loss, "test_loss", higher_is_better=False)["ci_low"].min() < 0
+
+
+def test_report_md_text_on_known_numbers(tmp_path):
+    written = write_report(known_frame(), str(tmp_path), {"dataset": "digits"},
+                           coverage="training seeds only (the target split is fixed)")
+    p = {k: stats.ttest_rel(VAL["A"], VAL[k]).pvalue for k in ("B", "C", "scratch")}
+    lines = (tmp_path / "report.md").read_text().splitlines()
+    # A: test [0.91, 0.89, 0.93], half-width t(0.975, 2) x 0.02 / sqrt 3 = 0.0497.
+    assert lines[2] == ("**Best on validation: tune A (val accuracy 0.900, test 0.910 "
+                        "[0.860, 0.960], n=3).**")
+    assert lines[3] == ("Within noise of it (paired on validation over seeds, Holm-adjusted "
+                        f"p >= 0.05): tune B (p={p['B']:.3g}).")
+    assert lines[4].startswith("Recommended, the cheapest of these: tune B (val accuracy 0.890, "
+                               "test 0.900 [") and lines[4].endswith("n=3), 500 trained parameters.")
+    assert lines[5].startswith("tune B: +0.180 test accuracy vs scratch [")
+    assert "**Variation covered by the intervals and tests: training seeds only (the target " \
+           "split is fixed).**" in lines
+    table = [line for line in lines if line.startswith("| ")]
+    assert table[0].startswith("| rank | policy | blocks | trained params | n | val accuracy |")
+    assert table[1] == ("| 1 | tune A |  | 1,000 | 3 | 0.900 | **best** | 0.910 ± 0.020 | "
+                        "[0.860, 0.960] | +0.190 | " + format_p(
+                            written["summary"].loc[0, "p_holm"]) + " |")
+    assert table[2].startswith(f"| 2 | tune B |  | 500 | 3 | 0.890 | tied, p={p['B']:.3g}, "
+                               "**recommended** | 0.900 ± 0.010 |")
+    assert table[3].startswith(f"| 3 | tune C |  | 10 | 3 | 0.807 | worse, p={3 * p['C']:.3g} |")
+    assert table[4].startswith("| 4 | scratch |") and "| baseline |  |" in table[4]
+    assert written["verdict"].recommended == "B" and "![accuracy per policy](plot.png)" in lines
 
 
 def test_markdown_table_rows():
@@ -102,7 +201,7 @@ def test_markdown_table_rows():
     lines = table.splitlines()
     assert len(lines) == 2 + 4
     assert lines[2].startswith("| 1 | block_1=tuned |") and "+0.143" in lines[2]
-    assert "baseline" in lines[4] and "(1 failed)" in lines[5]
+    assert "baseline" in lines[4] and "0 (1 failed)" in lines[5]
 
 
 def test_write_report_files_and_columns(tmp_path):
@@ -117,13 +216,48 @@ def test_write_report_files_and_columns(tmp_path):
     assert list(summary.columns) == SUMMARY_COLUMNS and summary["policy"][0] == "block_1=tuned"
     document = json.loads((tmp_path / "results.json").read_text())
     assert document["best"] == written["best"]
+    assert document["verdict"]["best"] == "block_1=tuned"
     assert document["policies"][0]["mean"] == pytest.approx(0.8633333)
     assert document["policies"][-1]["mean"] is None  # NaN becomes null
     assert document["failed_trials"][0]["error"] == "SweepError: no block_9"
     report = (tmp_path / "report.md").read_text()
-    assert written["best"] in report and "![accuracy per policy](plot.png)" in report
+    assert written["best"].splitlines()[0] in report
+    assert "![accuracy per policy](plot.png)" in report
     assert "SweepError: no block_9" in report and "| dataset | digits |" in report
     assert (tmp_path / "plot.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_report_when_no_trial_finished(tmp_path):
+    frame = trials_frame()
+    frame["status"] = "error"
+    frame.loc[len(frame)] = {"trial_id": "x", "policy": "", "status": "error"}  # no config
+    written = write_report(frame, str(tmp_path), {"dataset": "digits"})
+    assert written["best"] == "No trial finished: no verdict."
+    assert "plot.png" not in written["paths"] and not (tmp_path / "plot.png").exists()
+    report = (tmp_path / "report.md").read_text()
+    assert report.splitlines()[2] == "**No trial finished: no verdict.**"
+    assert "plot.png" not in report and "10 error" in report
+    summary = pd.read_csv(tmp_path / "summary.csv")
+    assert sorted(summary["policy"]) == ["block_1=frozen", "block_1=tuned", "block_9=tuned",
+                                         "scratch"]
+    assert (summary["n"] == 0).all() and summary["mean"].isna().all()
+
+
+def test_interrupted_report_gives_no_verdict_without_two_seeds_each(tmp_path):
+    frame = known_frame()
+    frame.loc[frame["policy"] == "C", "status"] = ["ok", "unfinished", "unfinished"]
+    mark = "INTERRUPTED: 10 of 12 trials finished"
+    written = write_report(frame, str(tmp_path), {}, interrupted=mark)
+    lines = (tmp_path / "report.md").read_text().splitlines()
+    assert lines[2] == f"**{mark}.**"
+    assert lines[3] == "No verdict: 1 of 4 configurations have fewer than 2 finished seeds."
+    assert written["verdict"].best is None
+    summary = written["summary"]
+    assert summary.loc[summary["policy"] == "C", "unfinished"].item() == 2
+    # Every configuration with two seeds: the verdict stands, still marked.
+    frame.loc[frame["policy"] == "C", "status"] = ["ok", "ok", "unfinished"]
+    written = write_report(frame, str(tmp_path), {}, interrupted=mark)
+    assert written["verdict"].best == "A" and written["best"].startswith(mark)
 
 
 def test_write_report_for_detection_names_map(tmp_path):
@@ -131,7 +265,8 @@ def test_write_report_for_detection_names_map(tmp_path):
                                            "val_accuracy": "val_map_50"})
     settings = {"dataset": "digits", "task": "detection", "model": "seed_cnn"}
     written = write_report(frame, str(tmp_path), settings, metric="test_map_50")
-    assert written["best"].startswith("Best policy: block_1=tuned: test mAP@0.5 0.863")
+    assert written["best"].startswith("Best on validation: block_1=tuned (val mAP@0.5 0.853, "
+                                      "test 0.863")
     report = (tmp_path / "report.md").read_text()
     assert "| test mAP@0.5 (mean ± std) |" in report and "accuracy" not in report
     results = pd.read_csv(tmp_path / "results.csv")

@@ -13,8 +13,9 @@ import time
 import pandas as pd
 import pytest
 
+from keras_blockreuse.sweep import run
 from keras_blockreuse.sweep.report import SUMMARY_COLUMNS, TRIAL_COLUMNS
-from keras_blockreuse.sweep.run import SweepSettings, ray_temp_link, run_sweep
+from keras_blockreuse.sweep.run import SweepSettings, main, ray_temp_link, run_sweep
 from keras_blockreuse.sweep.space import Configuration
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -96,8 +97,13 @@ def test_smoke_sweep_writes_the_report_and_survives_a_failing_trial(ray_local, t
     scratch = summary[summary["policy"] == "scratch"].iloc[0]
     assert scratch["n"] == 2 and scratch["ci_low"] <= scratch["mean"] <= scratch["ci_high"]
     report = (out / "report.md").read_text()
-    assert "Failed or stopped trials" in report and "block_9" in report
-    assert result.best == lines[-1] and lines[-1].startswith("Best policy:")
+    assert "Trials without a full-budget result (2 error)" in report and "block_9" in report
+    verdict_lines = result.best.splitlines()
+    assert lines[-len(verdict_lines):] == verdict_lines
+    assert verdict_lines[0].startswith("Best on validation:")
+    assert result.verdict.best in set(trials["policy"]) and result.exit_code == 0
+    assert (trials["trained_params"] > 0).all()  # counted in the driver, per policy
+    assert len(lines) < 25, lines  # no Ray or TensorFlow output in between
     document = json.loads((out / "results.json").read_text())
     assert len(document["policies"]) == 4 and len(document["failed_trials"]) == 2
     assert any("Training the source model" in line for line in lines)
@@ -171,7 +177,7 @@ def test_resume_after_the_driver_is_killed(tmp_path):
     after = _finished_trials(experiment)
     for name, (lines, pid) in before.items():
         assert after[name] == (lines, pid), name
-    assert "Best policy" in resumed.stdout.strip().splitlines()[-1]
+    assert "Best on validation" in resumed.stdout
     # The resumed driver stopped its own Ray on the way out.
     deadline = time.time() + 30
     while _processes_with(marker) and time.time() < deadline:
@@ -275,3 +281,135 @@ def test_two_node_cluster_with_fake_gpus(tmp_path):
         left = _stop_cluster(temp)
     assert not left, f"cluster processes still running: {left}"
     assert not _processes_with(temp)
+
+
+def test_interrupted_sweep_is_marked_and_resumes_every_configuration_once(tmp_path):
+    """SIGINT to the driver: the trials stop cleanly, the report says INTERRUPTED, the exit
+    status is 130 and the resume command is printed; that command finishes the rest."""
+    out, cache = tmp_path / "out", tmp_path / "cache"
+    command = [sys.executable, SCRIPT, "--smoke", "--blocks", "block_1,block_2", "--out", str(out),
+               "--cache", str(cache)]
+    driver = subprocess.Popen(command, cwd=ROOT, env=ENV, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True)
+    experiment = out / "tune" / "sweep"
+    deadline = time.time() + 400
+    try:
+        while len(_finished_trials(experiment)) < 3 and time.time() < deadline:
+            assert driver.poll() is None, driver.communicate()
+            time.sleep(0.5)
+        assert len(_finished_trials(experiment)) >= 3, "no trial finished in time"
+        driver.send_signal(signal.SIGINT)
+        stdout, stderr = driver.communicate(timeout=180)
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+    assert driver.returncode == 130, stdout[-3000:] + stderr[-3000:]
+    before = _finished_trials(experiment)
+    report = (out / "report.md").read_text().splitlines()
+    finished = int(report[2].split(": ")[1].split(" of ")[0])
+    assert report[2] == f"**INTERRUPTED (SIGINT): {finished} of 10 trials finished.**"
+    assert finished == len(before) and 3 <= finished < 10
+    trials = pd.read_csv(out / "results.csv")
+    assert set(trials["status"]) <= {"ok", "unfinished"} and (trials["status"] == "ok").sum() == \
+        finished
+    hint = f"Continue with: python sweeps/which_blocks.py --resume --out {out}"
+    assert hint in stdout.splitlines(), stdout
+    assert "Traceback" not in stderr, stderr[-3000:]
+    # The console: no Ray tables, no TensorFlow start-up lines, every printed path exists.
+    assert len((stdout + stderr).splitlines()) < 30, stdout + stderr
+    assert "absl" not in stderr and "TensorBoard" not in stdout and "oneDNN" not in stderr
+    for word in stdout.replace("(", " ").replace(")", " ").replace(",", " ").split():
+        if word.startswith("/"):
+            assert os.path.exists(word.rstrip(".;:")), word
+
+    resumed = subprocess.run(hint.removeprefix("Continue with: ").replace("python ", sys.executable
+                                                                          + " ", 1).split(),
+                             cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=400)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    trials = pd.read_csv(out / "results.csv")
+    assert len(trials) == 10 and not trials.duplicated(["policy", "seed"]).any()
+    assert (trials["status"] == "ok").all()
+    after = _finished_trials(experiment)
+    assert len(after) == 10
+    for name, (lines, pid) in before.items():  # finished before the interrupt: not rerun
+        assert after[name] == (lines, pid), name
+    report = (out / "report.md").read_text()
+    assert "INTERRUPTED" not in report and "**Best on validation:" in report
+
+
+def test_every_trial_failing_still_writes_the_report(ray_local, tmp_path, monkeypatch, capsys):
+    """A real Tune run in which every trial raises: the report says so, the exit status is 1."""
+    from keras_blockreuse.sweep.trial import train_source
+
+    def broken(config, data=None, source=None):  # pickled by value into the Ray workers
+        raise RuntimeError(f"broken trial {config['policy']} {config['seed']}")
+
+    monkeypatch.setattr(run, "_functions", lambda settings: {"source": train_source,
+                                                              "trial": broken})
+    out = tmp_path / "out"
+    code = main(["--smoke", "--epochs", "1", "--out", str(out), "--cache",
+                 str(tmp_path / "cache")])
+    captured = capsys.readouterr()
+    assert code == 1, captured.out + captured.err
+    assert "no trial finished its full budget" in captured.err
+    report = (out / "report.md").read_text()
+    assert report.splitlines()[2] == "**No trial finished: no verdict.**"
+    assert "Trials without a full-budget result (6 error)" in report
+    assert "RuntimeError: broken trial" in report and not (out / "plot.png").exists()
+    trials = pd.read_csv(out / "results.csv")
+    assert len(trials) == 6 and (trials["status"] == "error").all()
+    summary = pd.read_csv(out / "summary.csv")
+    assert sorted(summary["policy"]) == ["block_1=frozen", "block_1=tuned", "scratch"]
+    assert (summary["failed"] == 2).all() and (summary["n"] == 0).all()
+    for line in captured.out.splitlines():  # every path printed exists
+        for word in line.replace("(", " ").replace(")", " ").replace(",", " ").split():
+            if word.startswith("/"):
+                assert os.path.exists(word.rstrip(".;:")), line
+
+
+def test_unreachable_address_fails_fast_and_leaves_nothing(tmp_path, capsys):
+    out = tmp_path / "out"
+    started = time.time()
+    code = main(["--smoke", "--address", "127.0.0.1:1", "--out", str(out)])
+    elapsed = time.time() - started
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and elapsed < 30, (code, elapsed)  # a hang guard, not a benchmark
+    assert len(err.splitlines()) == 1 and "--address 127.0.0.1:1" in err, err
+    assert not out.exists()
+
+
+def test_a_request_no_node_can_satisfy_is_refused_before_any_trial(ray_local, tmp_path, capsys):
+    out = tmp_path / "out"
+    code = main(["--smoke", "--gpus-per-trial", "1", "--out", str(out),
+                 "--cache", str(tmp_path / "cache")])
+    captured = capsys.readouterr()
+    err = captured.err.strip()
+    assert code == 2 and len(err.splitlines()) == 1, err
+    assert "--gpus-per-trial 1" in err and "1 node(s) (2 CPUs, 0 GPUs)" in err, err
+    assert not out.exists() and not (tmp_path / "cache").exists()  # refused before the source
+    code = main(["--smoke", "--cpus-per-trial", "3", "--out", str(out)])
+    assert code == 2 and "--cpus-per-trial 3" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_asha_stops_trials_but_never_the_baselines(ray_local, tmp_path):
+    out = tmp_path / "out"
+    lines = []
+    result = run_sweep(SweepSettings(smoke=True, scheduler="asha", blocks=["block_1", "block_2"],
+                                     epochs=9, out=str(out), cache=str(tmp_path / "cache")),
+                       print_fn=lines.append)
+    trials = pd.read_csv(out / "results.csv")
+    assert len(trials) == 10 and set(trials["status"]) <= {"ok", "stopped"}
+    baselines = trials[trials["policy"].isin(["scratch", "block_1=tuned,block_2=tuned"])]
+    assert len(baselines) == 4 and (baselines["status"] == "ok").all()
+    assert (baselines["epochs_done"] == 9).all()
+    stopped = trials[trials["status"] == "stopped"]
+    assert len(stopped) >= 1 and (stopped["epochs_done"] < 9).all()
+    assert stopped["test_accuracy"].isna().all()  # no full-budget result, none used
+    summary = result.summary.set_index("policy")
+    assert summary["stopped"].sum() == len(stopped) and summary["failed"].sum() == 0
+    assert (summary["n"] == trials[trials["status"] == "ok"].groupby("policy").size()
+            .reindex(summary.index, fill_value=0)).all()
+    report = (out / "report.md").read_text()
+    assert f"({len(trials) - len(stopped)} ok, {len(stopped)} stopped)" in "\n".join(lines)
+    assert f"Trials without a full-budget result ({len(stopped)} stopped)" in report

@@ -105,10 +105,8 @@ class Recipe:
         return self.optimizer.__class__.from_config(self.optimizer.get_config())
 
     def compile(self, model, learning_rate: float) -> None:
-        import keras
-
-        metrics = [keras.metrics.get(m) if isinstance(m, str) else _copy(m)
-                   for m in self.metrics]
+        # Names stay names: compile resolves "accuracy" by the loss and the output's shape.
+        metrics = [m if isinstance(m, str) else _copy(m) for m in self.metrics]
         loss = self.loss if isinstance(self.loss, str) else _copy(self.loss)
         model.compile(optimizer=self.make_optimizer(learning_rate), loss=loss,
                       metrics=metrics)

@@ -1,34 +1,46 @@
-"""The report of a sweep: statistics over seeds, the comparison with scratch, files and a plot.
+"""The report of a sweep: the verdict, statistics over seeds, files and a plot.
 
-For every policy: the mean, standard deviation and 95% confidence interval (Student's t) of the
-target test metric over seeds (accuracy; mAP@0.5 for the detection task), and the mean paired difference from the from-scratch baseline
-(same seeds) with its confidence interval and the p-value of a paired t-test. Written to the
-output folder: `results.csv` (one row per trial), `summary.csv` and `results.json` (one row per
-policy), `plot.png` and `report.md`.
+The verdict is chosen on validation and reported on test (`verdict`): the policy with the best
+mean validation metric is compared with every other policy, paired over seeds, and the p-values
+of these comparisons are adjusted for multiple comparisons with Holm's step-down method (Holm
+1979, "A simple sequentially rejective multiple test procedure"). The policies whose adjusted
+p-value is at least `ALPHA` are *not distinguishable from the best*; among them the one with the
+fewest trained parameters is recommended. Only full-budget finished trials (status `ok`) count.
+
+For every policy the table also gives the mean, standard deviation and 95% confidence interval
+(Student's t, clipped to the metric's range) of the test metric over seeds, and the paired
+difference from the from-scratch baseline on test with its Holm-adjusted p-value. Degenerate
+cases are shown as such: no interval from fewer than two seeds ("n/a"), and no t-test for
+differences with zero variance (an exact sign test instead, or "n/a" when they are all zero).
+
+Written to the output folder: `results.csv` (one row per trial), `summary.csv` and
+`results.json` (one row per policy), `plot.png` and `report.md`.
 
 Example:
 
 ```python
 import pandas as pd
-from keras_blockreuse.sweep.report import summarize
+from keras_blockreuse.sweep.report import verdict
 
 trials = pd.DataFrame({
     "policy": ["scratch"] * 3 + ["block_1=tuned"] * 3,
-    "label": ["scratch"] * 3 + ["tune block_1"] * 3,
     "seed": [0, 1, 2] * 2,
     "status": ["ok"] * 6,
+    "val_accuracy": [0.69, 0.71, 0.73, 0.84, 0.87, 0.85],
     "test_accuracy": [0.70, 0.72, 0.74, 0.85, 0.88, 0.86],
 })
-summarize(trials)[["policy", "mean", "diff", "p_value"]]
+v = verdict(trials)
+v.best, v.tied, v.recommended      # ('block_1=tuned', ['block_1=tuned'], 'block_1=tuned')
 ```
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -36,17 +48,28 @@ import pandas as pd
 from keras_blockreuse.sweep.space import SCRATCH
 
 CONFIDENCE = 0.95
+ALPHA = 0.05
+"""The level of the comparisons with the best policy: Holm-adjusted p < ALPHA means worse."""
+MIN_SEEDS = 2
+"""Full-budget finished seeds a policy needs to enter the verdict."""
 TRIAL_COLUMNS = [
-    "trial_id", "policy", "label", "code", "seed", "status", "test_accuracy", "val_accuracy",
-    "accuracy", "test_loss", "val_loss", "loss", "epochs_done", "train_seconds", "node_ip",
-    "node_id", "hostname", "pid", "gpu_ids", "experiment", "error",
+    "trial_id", "policy", "label", "code", "trained_params", "seed", "status", "test_accuracy",
+    "val_accuracy", "accuracy", "test_loss", "val_loss", "loss", "epochs_done", "train_seconds",
+    "node_ip", "node_id", "hostname", "pid", "gpu_ids", "experiment", "error",
 ]
 METRIC_NAMES = {"test_accuracy": "accuracy", "test_map_50": "mAP@0.5", "test_map": "mAP@[.5:.95]"}
 """How the report names a metric (`metric` of `write_report`); others are shown as they are."""
 SUMMARY_COLUMNS = [
-    "rank", "policy", "label", "code", "n", "failed", "mean", "std", "ci_low", "ci_high",
-    "diff", "diff_ci_low", "diff_ci_high", "p_value", "val_mean",
+    "rank", "policy", "label", "code", "trained_params", "n", "failed", "stopped", "unfinished",
+    "val_mean", "mean", "std", "ci_low", "ci_high", "vs_best_p", "vs_best_p_holm", "verdict",
+    "recommended", "diff", "diff_ci_low", "diff_ci_high", "p_value", "p_holm",
 ]
+"""`summary.csv`: rank by validation; `mean` .. `ci_high` are the test metric; `vs_best_*` the
+paired validation comparison with the best policy; `diff` .. `p_holm` the paired test comparison
+with scratch; `verdict` is "best", "tied", "worse" or "too few seeds"."""
+STATUSES = ("ok", "error", "stopped", "unfinished")
+"""A trial's status: finished its full budget (`ok`), raised (`error`), stopped early by the
+scheduler (`stopped`, ASHA), or not finished when the sweep ended (`unfinished`, interrupted)."""
 
 
 def metric_name(metric: str) -> str:
@@ -57,6 +80,15 @@ def metric_name(metric: str) -> str:
 def val_metric_of(metric: str) -> str:
     """The validation counterpart of a test metric: `"test_map_50"` -> `"val_map_50"`."""
     return "val_" + metric.removeprefix("test_")
+
+
+def metric_bounds(metric: str) -> tuple[float, float] | None:
+    """The range of a metric that is a proportion (accuracy, mAP, AUC, ...): `(0, 1)`; None
+    for others (losses, errors of a regression), whose intervals are not clipped."""
+    name = metric.removeprefix("test_").removeprefix("val_").lower()
+    bounded = ("accuracy", "map", "auc", "precision", "recall", "f1", "iou")
+    return (0.0, 1.0) if any(name == b or name.startswith(b) or name.endswith(b)
+                             for b in bounded) else None
 
 
 def trial_columns(metric: str = "test_accuracy") -> list[str]:
@@ -75,15 +107,20 @@ def trial_columns(metric: str = "test_accuracy") -> list[str]:
     return columns
 
 
-def mean_ci(values: Sequence[float], confidence: float = CONFIDENCE) -> tuple[float, ...]:
+def mean_ci(values: Sequence[float], confidence: float = CONFIDENCE,
+            bounds: tuple[float, float] | None = None) -> tuple[float, ...]:
     """Mean, sample standard deviation and t-distribution confidence interval of `values`.
 
-    NaN values are ignored. With one value the deviation and interval are NaN.
+    NaN values are ignored. With fewer than two values the deviation and the interval are NaN
+    (shown as "n/a"): one seed says nothing about the spread. With `bounds` the interval is
+    clipped to that range (a mean accuracy lies in [0, 1], whatever t says).
 
     Example:
 
     >>> mean_ci([0.7, 0.8, 0.9])   # t(0.975, 2) = 4.303
     (0.8, 0.1, 0.5515..., 1.0484...)
+    >>> mean_ci([0.7, 0.8, 0.9], bounds=(0, 1))[3]
+    1.0
     """
     from scipy import stats
 
@@ -96,121 +133,357 @@ def mean_ci(values: Sequence[float], confidence: float = CONFIDENCE) -> tuple[fl
         return (mean, math.nan, math.nan, math.nan)
     std = float(x.std(ddof=1))
     half = float(stats.t.ppf(0.5 + confidence / 2, n - 1)) * std / math.sqrt(n)
-    return (mean, std, mean - half, mean + half)
+    low, high = mean - half, mean + half
+    if bounds is not None:
+        low, high = max(low, bounds[0]), min(high, bounds[1])
+    return (mean, std, low, high)
+
+
+def paired_test(values: Sequence[float], baseline: Sequence[float]) -> tuple[float, str]:
+    """Two-sided paired test of `values` against `baseline` (same order): `(p, test)`.
+
+    `test` is `"t"` (Student's paired t-test, `scipy.stats.ttest_rel`), `"sign"` (the
+    differences are all equal and not zero, so t is undefined: the exact sign test, whose
+    p-value is 2 * 0.5 ** n), `"identical"` (every difference is zero; p is NaN) or `"n<2"`
+    (fewer than two pairs; p is NaN). A p-value is never printed as 0.
+
+    Example:
+
+    >>> paired_test([0.8, 0.9, 0.85], [0.7, 0.8, 0.75])   # the same gain on every seed
+    (0.25, 'sign')
+    """
+    from scipy import stats
+
+    a = np.asarray(values, dtype=float)
+    b = np.asarray(baseline, dtype=float)
+    d = a - b
+    if len(d) < 2:
+        return (math.nan, "n<2")
+    scale = max(1.0, float(np.max(np.abs(np.r_[a, b]))))
+    if np.all(np.abs(d) <= 1e-12 * scale):
+        return (math.nan, "identical")
+    if np.all(np.abs(d - d[0]) <= 1e-12 * scale):
+        return (float(stats.binomtest(len(d), len(d), 0.5).pvalue), "sign")
+    return (float(stats.ttest_rel(a, b).pvalue), "t")
 
 
 def paired_difference(
-    values: dict, baseline: dict, confidence: float = CONFIDENCE
+    values: Mapping, baseline: Mapping, confidence: float = CONFIDENCE,
+    bounds: tuple[float, float] | None = None,
 ) -> tuple[float, float, float, float, int]:
     """Paired comparison of two policies over their common seeds.
 
     Args:
-        values, baseline: seed -> accuracy.
+        values, baseline: seed -> metric.
+        bounds: the metric's range; the interval of the difference is clipped to
+            `[lo - hi, hi - lo]`.
 
     Returns:
-        `(mean difference, ci_low, ci_high, p_value, n_pairs)`; the p-value is that of a
-        two-sided paired t-test (`scipy.stats.ttest_rel`). With fewer than two pairs everything
-        but the mean is NaN; with identical differences the p-value is 0 (or 1 if they are 0).
+        `(mean difference, ci_low, ci_high, p_value, n_pairs)`; the p-value is that of
+        `paired_test` (NaN when there is no test: fewer than two pairs, or identical values).
 
     Example:
 
     >>> paired_difference({0: 0.8, 1: 0.9, 2: 0.85}, {0: 0.7, 1: 0.75, 2: 0.72})[3] < 0.05
     True
     """
-    from scipy import stats
-
     seeds = sorted(s for s in values if s in baseline
                    and not math.isnan(values[s]) and not math.isnan(baseline[s]))
     d = np.array([values[s] - baseline[s] for s in seeds], dtype=float)
     if len(d) == 0:
         return (math.nan, math.nan, math.nan, math.nan, 0)
-    mean, _, low, high = mean_ci(d, confidence)
-    if len(d) < 2:
-        p = math.nan
-    elif np.allclose(d, d[0]):
-        p = 1.0 if abs(d[0]) < 1e-12 else 0.0
-    else:
-        a = np.array([values[s] for s in seeds])
-        b = np.array([baseline[s] for s in seeds])
-        p = float(stats.ttest_rel(a, b).pvalue)
+    span = None if bounds is None else (bounds[0] - bounds[1], bounds[1] - bounds[0])
+    mean, _, low, high = mean_ci(d, confidence, span)
+    p, _ = paired_test([values[s] for s in seeds], [baseline[s] for s in seeds])
     return (mean, low, high, p, len(d))
 
 
-def summarize(trials: pd.DataFrame, metric: str = "test_accuracy", mode: str = "max"
-              ) -> pd.DataFrame:
-    """One row per policy, best first (by mean `metric`, highest first unless `mode` is
-    `"min"`), with the columns of SUMMARY_COLUMNS.
+def holm(p_values: Mapping[str, float]) -> dict[str, float]:
+    """Holm's step-down adjustment of a family of p-values (Holm 1979).
 
-    `trials` needs `policy`, `seed`, `status` and `metric` columns (`label`, `code` and the
-    validation metric, `val_accuracy` for `test_accuracy`, are used when present). Only trials with status `ok` enter the statistics;
-    `failed` counts the others. The difference columns compare with the `scratch` policy.
+    Sorted ascending, the i-th of m p-values (from 0) becomes `max over j <= i of
+    min(1, (m - j) * p_j)`; rejecting where the adjusted value is below alpha controls the
+    family-wise error rate at alpha. NaN values (no test) are left out of the family and stay NaN.
+
+    Example:
+
+    >>> holm({"a": 0.01, "b": 0.04, "c": 0.03})
+    {'a': 0.03, 'b': 0.06, 'c': 0.06}
     """
+    tested = sorted((p, k) for k, p in p_values.items() if not math.isnan(p))
+    m = len(tested)
+    adjusted = {k: math.nan for k in p_values}
+    running = 0.0
+    for i, (p, k) in enumerate(tested):
+        running = max(running, min(1.0, (m - i) * p))
+        adjusted[k] = running
+    return adjusted
+
+
+@dataclasses.dataclass
+class Verdict:
+    """Which policy to use, chosen on validation, with the policies within noise of it.
+
+    Attributes:
+        best: the policy with the best mean validation metric (None: no verdict, see `reason`).
+        tied: the policies not distinguishable from `best` (it included), best first by
+            validation.
+        recommended: the policy of `tied` with the fewest trained parameters (`best` when the
+            counts are unknown).
+        p_values, adjusted: paired validation p-value of each other eligible policy against
+            `best`, raw and Holm-adjusted (NaN: no test, see `tests`).
+        tests: the test behind each p-value (`paired_test`).
+        excluded: policies left out, with why (fewer than `MIN_SEEDS` full-budget seeds).
+        costs: trained parameters per policy (None: unknown).
+        val_means: mean validation metric per eligible policy.
+        labels: readable names of the policies.
+        reason: why there is no verdict, when `best` is None.
+    """
+
+    metric: str
+    val_metric: str
+    higher_is_better: bool = True
+    alpha: float = ALPHA
+    best: str | None = None
+    tied: list = dataclasses.field(default_factory=list)
+    recommended: str | None = None
+    p_values: dict = dataclasses.field(default_factory=dict)
+    adjusted: dict = dataclasses.field(default_factory=dict)
+    tests: dict = dataclasses.field(default_factory=dict)
+    excluded: dict = dataclasses.field(default_factory=dict)
+    costs: dict = dataclasses.field(default_factory=dict)
+    val_means: dict = dataclasses.field(default_factory=dict)
+    seeds: dict = dataclasses.field(default_factory=dict)
+    labels: dict = dataclasses.field(default_factory=dict)
+    reason: str = ""
+
+    def name(self, policy: str) -> str:
+        return str(self.labels.get(policy, policy))
+
+    def status(self, policy: str) -> str:
+        """"best", "tied", "worse" or "too few seeds" ("" for an unknown policy)."""
+        if policy == self.best:
+            return "best"
+        if policy in self.tied:
+            return "tied"
+        if policy in self.excluded:
+            return "too few seeds"
+        return "worse" if policy in self.p_values else ""
+
+
+def verdict(trials: pd.DataFrame, metric: str = "test_accuracy", higher_is_better: bool = True,
+            val_metric: str | None = None, alpha: float = ALPHA,
+            require_all: bool = False) -> Verdict:
+    """Choose a policy on validation: the best, the set tied with it, and the cheapest of that set.
+
+    Args:
+        trials: one row per trial with `policy`, `seed`, `status` and the validation metric;
+            `label` and `trained_params` are used when present. Only rows with status `ok`
+            (full budget, finished) count.
+        metric: the test metric (reported, never used to choose).
+        higher_is_better: the metrics' direction.
+        val_metric: the validation metric that chooses (default `val_metric_of(metric)`).
+        alpha: the family-wise error rate of the comparisons with the best (Holm).
+        require_all: give no verdict unless every policy in `trials` has `MIN_SEEDS`
+            full-budget seeds (for an interrupted sweep).
+
+    Returns:
+        A `Verdict`; its `best` is None when no policy has `MIN_SEEDS` finished seeds (or, with
+        `require_all`, when one lacks them), with `reason` saying so.
+    """
+    val_metric = val_metric or val_metric_of(metric)
+    result = Verdict(metric=metric, val_metric=val_metric, higher_is_better=higher_is_better,
+                     alpha=alpha)
+    if "label" in trials:
+        result.labels = {p: (lab if isinstance(lab, str) and lab else p) for p, lab in
+                         trials.groupby("policy", sort=False)["label"].first().items()}
+    if "trained_params" in trials:
+        for p, v in trials.groupby("policy", sort=False)["trained_params"].first().items():
+            result.costs[p] = None if v is None or pd.isna(v) else int(v)
+    ok = trials[(trials["status"] == "ok")] if len(trials) else trials
+    if val_metric not in trials:
+        result.reason = f"the trials have no {val_metric!r} column to choose on"
+        return result
+    ok = ok[ok[val_metric].notna()]
+    values = {p: dict(zip(g["seed"], g[val_metric].astype(float), strict=True))
+              for p, g in ok.groupby("policy", sort=False)}
+    for policy in dict.fromkeys(trials["policy"]):
+        n = len(values.get(policy, {}))
+        if n < MIN_SEEDS:
+            result.excluded[policy] = f"{n} finished full-budget seed{'s' if n != 1 else ''}"
+    eligible = {p: v for p, v in values.items() if p not in result.excluded}
+    if require_all and result.excluded:
+        result.reason = (f"{len(result.excluded)} of {trials['policy'].nunique()} configurations "
+                         f"have fewer than {MIN_SEEDS} finished seeds")
+        return result
+    if not eligible:
+        result.reason = f"no policy has {MIN_SEEDS} finished full-budget seeds"
+        return result
+    sign = 1.0 if higher_is_better else -1.0
+    result.val_means = {p: float(np.mean(list(v.values()))) for p, v in eligible.items()}
+    result.seeds = {p: len(v) for p, v in eligible.items()}
+
+    def cost(p):
+        c = result.costs.get(p)
+        return math.inf if c is None else c
+
+    order = sorted(eligible, key=lambda p: (-sign * result.val_means[p], cost(p), p))
+    best = order[0]
+    result.best = best
+    for p in order[1:]:
+        common = sorted(s for s in eligible[p] if s in eligible[best])
+        result.p_values[p], result.tests[p] = paired_test(
+            [eligible[best][s] for s in common], [eligible[p][s] for s in common])
+    result.adjusted = holm(result.p_values)
+    result.tied = [best] + [p for p in order[1:] if result.tests[p] in ("identical", "n<2")
+                            or result.adjusted[p] >= alpha]
+    known = all(result.costs.get(p) is not None for p in result.tied)
+    result.recommended = min(result.tied, key=lambda p: (cost(p), order.index(p))) if known \
+        else best
+    return result
+
+
+def summarize(trials: pd.DataFrame, metric: str = "test_accuracy",
+              higher_is_better: bool = True, chosen: Verdict | None = None,
+              mode: str | None = None) -> pd.DataFrame:
+    """One row per policy with the columns of SUMMARY_COLUMNS, ranked by validation.
+
+    `trials` needs `policy`, `seed`, `status` and `metric` columns (`label`, `code`,
+    `trained_params` and the validation metric are used when present). Only trials with status
+    `ok` enter the statistics; `failed`, `stopped` and `unfinished` count the others. The
+    difference columns compare with the `scratch` policy on the test metric. `chosen` is the
+    verdict (computed here when not given). `mode` (`"max"` or `"min"`), when given, sets
+    `higher_is_better`.
+    """
+    if mode is not None:
+        higher_is_better = mode == "max"
+    chosen = chosen or verdict(trials, metric, higher_is_better)
+    bounds = metric_bounds(metric)
+    val_metric = val_metric_of(metric)
     ok = trials[trials["status"] == "ok"]
+    ok = ok[ok[metric].notna()]
     base = ok[ok["policy"] == SCRATCH]
     baseline = dict(zip(base["seed"], base[metric].astype(float), strict=True))
     rows = []
     for policy, group in trials.groupby("policy", sort=False):
-        good = group[group["status"] == "ok"]
+        good = ok[ok["policy"] == policy]
         values = good[metric].astype(float).tolist()
-        mean, std, low, high = mean_ci(values)
+        mean, std, low, high = mean_ci(values, bounds=bounds)
         if policy == SCRATCH:
             diff = (0.0, math.nan, math.nan, math.nan, len(values))
         else:
-            diff = paired_difference(
-                dict(zip(good["seed"], good[metric].astype(float), strict=True)), baseline)
-        val_metric = val_metric_of(metric)
+            diff = paired_difference(dict(zip(good["seed"], good[metric].astype(float),
+                                              strict=True)), baseline, bounds=bounds)
         val = good[val_metric].astype(float).mean() if val_metric in good else math.nan
+        status = group["status"]
+        cost = chosen.costs.get(policy)
         rows.append({
             "policy": policy,
             "label": group["label"].iloc[0] if "label" in group else policy,
             "code": group["code"].iloc[0] if "code" in group else "",
-            "n": len(good[good[metric].notna()]),
-            "failed": int(len(group) - len(good)),
+            "trained_params": cost if cost is not None else math.nan,
+            "n": len(values),
+            "failed": int((status == "error").sum()),
+            "stopped": int((status == "stopped").sum()),
+            "unfinished": int((~status.isin(["ok", "error", "stopped"])).sum()),
+            "val_mean": float(val) if val == val else math.nan,
             "mean": mean, "std": std, "ci_low": low, "ci_high": high,
+            "vs_best_p": chosen.p_values.get(policy, math.nan),
+            "vs_best_p_holm": chosen.adjusted.get(policy, math.nan),
+            "verdict": chosen.status(policy),
+            "recommended": policy == chosen.recommended,
             "diff": diff[0], "diff_ci_low": diff[1], "diff_ci_high": diff[2],
-            "p_value": diff[3], "val_mean": float(val) if val == val else math.nan,
+            "p_value": diff[3],
         })
-    summary = pd.DataFrame(rows, columns=[c for c in SUMMARY_COLUMNS if c != "rank"])
-    summary = summary.sort_values("mean", ascending=mode == "min", na_position="last",
-                                  kind="stable")
+    summary = pd.DataFrame(rows, columns=[c for c in SUMMARY_COLUMNS if c not in ("rank",
+                                                                                  "p_holm")])
+    adjusted = holm(dict(zip(summary["policy"], summary["p_value"].astype(float), strict=True)))
+    summary["p_holm"] = summary["policy"].map(adjusted)
+    eligible = summary["verdict"].isin(["best", "tied", "worse"])
+    summary = summary.assign(_eligible=~eligible).sort_values(
+        ["_eligible", "val_mean"], ascending=[True, not higher_is_better], na_position="last",
+        kind="stable").drop(columns="_eligible")
     summary.insert(0, "rank", range(1, len(summary) + 1))
-    return summary.reset_index(drop=True)
+    return summary.reset_index(drop=True)[SUMMARY_COLUMNS]
 
 
-def best_line(summary: pd.DataFrame, metric: str = "test_accuracy", mode: str = "max") -> str:
-    """The closing line: the best policy and its gain over scratch."""
-    ranked = summary[summary["n"] > 0]
-    if ranked.empty:
-        return "No trial finished: no best policy."
-    best = ranked.iloc[0]
-    name = f"{best['label']} ({best['policy']})" if best["label"] != best["policy"] else best[
-        "policy"]
-    line = f"Best policy: {name}: test {metric_name(metric)} {best['mean']:.3f}"
-    if not math.isnan(best["ci_low"]):
-        line += f" (95% CI [{best['ci_low']:.3f}, {best['ci_high']:.3f}], n={best['n']})"
-    if best["policy"] == SCRATCH:
-        return line + "; no transfer policy beats training from scratch."
-    if math.isnan(best["diff"]):
-        return line + "; scratch did not finish, so no gain over it."
-    line += f", {best['diff']:+.3f} {'over' if mode == 'max' else 'against'} scratch"
-    if not math.isnan(best["p_value"]):
-        line += f" (paired t-test p={best['p_value']:.3g})"
-    return line + "."
+def format_p(p: float) -> str:
+    """A p-value for people: 3 significant digits, "n/a" for none, never "0"."""
+    if p is None or math.isnan(p):
+        return "n/a"
+    if p < 1e-300:
+        return "< 1e-300"
+    return f"{p:.3g}"
+
+
+def _interval(low: float, high: float) -> str:
+    return "n/a" if math.isnan(low) else f"[{low:.3f}, {high:.3f}]"
+
+
+def headline(chosen: Verdict, summary: pd.DataFrame) -> str:
+    """The verdict in words (report.md's first paragraph and the console's last lines)."""
+    test = metric_name(chosen.metric)
+    if chosen.best is None:
+        return f"No verdict: {chosen.reason}."
+    rows = summary.set_index("policy")
+
+    def described(p: str) -> str:
+        r = rows.loc[p]
+        text = f"{chosen.name(p)} (val {test} {chosen.val_means[p]:.3f}, test {r['mean']:.3f}"
+        if not math.isnan(r["ci_low"]):
+            text += f" {_interval(r['ci_low'], r['ci_high'])}"
+        return text + f", n={int(r['n'])})"
+
+    lines = [f"Best on validation: {described(chosen.best)}."]
+    others = [p for p in chosen.tied if p != chosen.best]
+    if others:
+        shown = ", ".join(f"{chosen.name(p)} (p={format_p(chosen.adjusted[p])})"
+                          if chosen.tests[p] not in ("identical", "n<2")
+                          else f"{chosen.name(p)} ({chosen.tests[p]})" for p in others)
+        lines.append(f"Within noise of it (paired on validation over seeds, Holm-adjusted "
+                     f"p >= {chosen.alpha:g}): {shown}.")
+    elif chosen.p_values:
+        lines.append(f"Every other policy is worse on validation (paired over seeds, "
+                     f"Holm-adjusted p < {chosen.alpha:g}).")
+    rec = chosen.recommended
+    cost = chosen.costs.get(rec)
+    if others:
+        if all(chosen.costs.get(p) is not None for p in chosen.tied):
+            lines.append(f"Recommended, the cheapest of these: {described(rec)}, {cost:,} "
+                         "trained parameters.")
+        else:
+            lines.append("Recommended: the best (trained parameter counts unknown).")
+    r = rows.loc[rec]
+    if rec == SCRATCH:
+        lines.append("Training from scratch: no transfer policy beats it on validation.")
+    elif SCRATCH not in rows.index or rows.loc[SCRATCH, "n"] == 0:
+        lines.append("Scratch has no finished full-budget seed: no comparison with it.")
+    elif not math.isnan(r["diff"]):
+        gain = f"{r['diff']:+.3f} test {test} vs scratch"
+        if not math.isnan(r["diff_ci_low"]):
+            gain += f" {_interval(r['diff_ci_low'], r['diff_ci_high'])}"
+        lines.append(f"{chosen.name(rec)}: {gain} (paired, Holm-adjusted p="
+                     f"{format_p(r['p_holm'])}).")
+    return "\n".join(lines)
 
 
 def plot(summary: pd.DataFrame, trials: pd.DataFrame, path: str, title: str = "",
-         metric: str = "test_accuracy", mode: str = "max") -> str:
-    """Horizontal bars: mean `metric` per policy with 95% CIs, seeds as dots, scratch marked."""
+         metric: str = "test_accuracy") -> str | None:
+    """Horizontal bars: mean test `metric` per policy with 95% CIs, seeds as dots, scratch and
+    the verdict marked. Policies in validation order. None (no file) when no trial finished."""
+    shown = summary[summary["n"] > 0].iloc[::-1]
+    if shown.empty:
+        return None
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    shown = summary[summary["n"] > 0].iloc[::-1]
     height = max(2.5, 0.38 * len(shown) + 1.4)
     fig, ax = plt.subplots(figsize=(9, height))
     y = np.arange(len(shown))
-    colors = ["#d62728" if p == SCRATCH else "#1f77b4" for p in shown["policy"]]
+    colors = ["#d62728" if p == SCRATCH else "#2ca02c" if v in ("best", "tied") else "#1f77b4"
+              for p, v in zip(shown["policy"], shown["verdict"], strict=True)]
     low = (shown["mean"] - shown["ci_low"]).fillna(0).clip(lower=0)
     high = (shown["ci_high"] - shown["mean"]).fillna(0).clip(lower=0)
     ax.barh(y, shown["mean"], color=colors, alpha=0.55, xerr=[low, high], capsize=3,
@@ -224,20 +497,25 @@ def plot(summary: pd.DataFrame, trials: pd.DataFrame, path: str, title: str = ""
         ax.axvline(scratch.iloc[0], color="#d62728", linestyle="--", linewidth=1,
                    label=f"scratch {scratch.iloc[0]:.3f}")
         ax.legend(loc="lower right", fontsize=8)
-    labels = [f"{lab} [{code}]" if code and lab != code else str(lab)
-              for lab, code in zip(shown["label"], shown["code"], strict=True)]
+    labels = []
+    for lab, code, v, rec in zip(shown["label"], shown["code"], shown["verdict"],
+                                 shown["recommended"], strict=True):
+        text = f"{lab} [{code}]" if isinstance(code, str) and code and lab != code else str(lab)
+        mark = " (recommended)" if rec else " (best)" if v == "best" else \
+            " (tied)" if v == "tied" else ""
+        labels.append(text + mark)
     ax.set_yticks(y, labels, fontsize=8)
-    points = ok[metric].astype(float)
-    lo = float(np.nanmin(np.r_[shown["ci_low"].fillna(shown["mean"]), points]))
-    if mode == "max" and points.between(0.0, 1.0).all():  # a rate: accuracy, mAP
-        ax.set_xlim(max(0.0, lo - 0.05), 1.0)
-    else:  # an error or a score of another range
-        hi = float(np.nanmax(np.r_[shown["ci_high"].fillna(shown["mean"]), points]))
-        pad = 0.05 * ((hi - lo) or abs(hi) or 1.0)
-        ax.set_xlim(lo - pad if lo < 0 else max(0.0, lo - pad), hi + pad)
-    better = "higher" if mode == "max" else "lower"
-    ax.set_xlabel(f"target test {metric_name(metric)} (mean over seeds, 95% CI; {better} is "
-                  "better)")
+    values = np.r_[shown["ci_low"].fillna(shown["mean"]), shown["ci_high"].fillna(shown["mean"]),
+                   ok[metric].astype(float)]
+    lo, hi = float(np.nanmin(values)), float(np.nanmax(values))
+    pad = max(0.02, 0.05 * (hi - lo))
+    bounds = metric_bounds(metric)
+    left, right = lo - pad, hi + pad
+    if bounds is not None:
+        left, right = max(bounds[0], left), min(bounds[1], right)
+    ax.set_xlim(left, right)
+    ax.set_xlabel(f"target test {metric_name(metric)} (mean over seeds, 95% CI); rows ranked "
+                  "by validation; green: best and tied with it")
     ax.set_title(title, fontsize=9)
     ax.grid(axis="x", alpha=0.3)
     fig.tight_layout()
@@ -247,94 +525,157 @@ def plot(summary: pd.DataFrame, trials: pd.DataFrame, path: str, title: str = ""
 
 
 def write_report(trials: pd.DataFrame, out: str, settings: dict, info: dict | None = None,
-                 metric: str = "test_accuracy", mode: str = "max") -> dict:
+                 metric: str = "test_accuracy", higher_is_better: bool = True,
+                 coverage: str = "training seeds only", interrupted: str | None = None,
+                 mode: str | None = None) -> dict:
     """Write results.csv, summary.csv, results.json, plot.png and report.md into `out`.
+
+    Whatever happened, a report is written: with no finished trial it says so (and there is
+    no plot); for an interrupted sweep it is marked as such and gives no verdict unless every
+    configuration has `MIN_SEEDS` finished seeds.
 
     Args:
         trials: one row per trial (columns of `trial_columns(metric)`; missing ones are added
-            empty).
+            empty). Rows without a policy are dropped.
         out: the output folder.
         settings: the sweep's settings, shown in the report.
         info: extra facts for the report (source model metrics, blocks, timings, legend).
-        metric: the test metric policies are ranked by (higher is better): `"test_accuracy"`,
-            or `"test_map_50"` for the detection task (its validation counterpart,
-            `"val_map_50"`, gives the summary's `val_mean`).
-        mode: `"max"` (higher is better) or `"min"` (an error such as `test_mae`).
+        metric: the test metric reported per policy: `"test_accuracy"`, or `"test_map_50"`
+            for the detection task; its validation counterpart chooses.
+        higher_is_better: the metric's direction.
+        coverage: the variation the intervals and tests cover (e.g. "training seeds only").
+        interrupted: the mark of an interrupted sweep ("INTERRUPTED: k of n trials finished").
+        mode: `"max"` or `"min"` (an error such as `test_mae`); sets `higher_is_better`.
 
     Returns:
-        `{"summary": DataFrame, "best": str, "paths": {name: path}}`.
+        `{"summary": DataFrame, "verdict": Verdict, "best": str (the headline), "paths":
+        {name: path}}`.
     """
     info = info or {}
+    if mode is not None:
+        higher_is_better = mode == "max"
     os.makedirs(out, exist_ok=True)
     columns = trial_columns(metric)
     trials = trials.reindex(columns=columns + [c for c in trials.columns if c not in columns])
+    trials = trials[trials["policy"].notna() & (trials["policy"].astype(str) != "")]
     trials = trials.sort_values(["policy", "seed"], kind="stable").reset_index(drop=True)
-    summary = summarize(trials, metric, mode)
-    best = best_line(summary, metric, mode)
+    chosen = verdict(trials, metric, higher_is_better, require_all=interrupted is not None)
+    summary = summarize(trials, metric, higher_is_better, chosen)
+    finished = int((trials["status"] == "ok").sum())
+    if not finished:
+        best = "No trial finished: no verdict."
+    else:
+        best = headline(chosen, summary)
+    if interrupted:
+        best = f"{interrupted}.\n{best}"
     paths = {name: os.path.join(out, name) for name in
              ("results.csv", "summary.csv", "results.json", "plot.png", "report.md")}
     trials.to_csv(paths["results.csv"], index=False)
     summary.to_csv(paths["summary.csv"], index=False)
-    failed = trials[trials["status"] != "ok"]
+    others = trials[trials["status"] != "ok"]
     document = {
         "settings": settings,
         "info": info,
         "best": best,
+        "interrupted": interrupted,
         "metric": metric,
-        "mode": mode,
+        "mode": "max" if higher_is_better else "min",
         "confidence": CONFIDENCE,
+        "coverage": coverage,
+        "verdict": {"best": chosen.best, "tied": chosen.tied, "recommended": chosen.recommended,
+                    "alpha": chosen.alpha, "reason": chosen.reason,
+                    "excluded": chosen.excluded},
         "policies": _records(summary),
-        "failed_trials": _records(failed[["trial_id", "policy", "seed", "status", "error"]]),
+        "failed_trials": _records(others[["trial_id", "policy", "seed", "status", "error"]]),
     }
     with open(paths["results.json"], "w") as f:
         json.dump(document, f, indent=2, default=_json_default)
     title = ", ".join(f"{k}={settings[k]}" for k in ("dataset", "task", "shift", "shots", "model")
                       if settings.get(k) is not None)
-    plot(summary, trials, paths["plot.png"], title=title, metric=metric, mode=mode)
+    if os.path.exists(paths["plot.png"]):
+        os.remove(paths["plot.png"])  # a resumed sweep's old plot is not this report's
+    if plot(summary, trials, paths["plot.png"], title=title, metric=metric) is None:
+        del paths["plot.png"]
     with open(paths["report.md"], "w") as f:
-        f.write(markdown(summary, failed, settings, info, best, metric))
-    return {"summary": summary, "best": best, "paths": paths}
+        f.write(markdown(summary, others, settings, info, best, metric, coverage=coverage,
+                         plotted="plot.png" in paths, alpha=chosen.alpha))
+    return {"summary": summary, "verdict": chosen, "best": best, "paths": paths}
 
 
 def markdown_table(summary: pd.DataFrame, metric: str = "test_accuracy") -> str:
-    """The summary as a Markdown table, best first; its column header names `metric`."""
-    lines = [f"| rank | policy | blocks | n | test {metric_name(metric)} (mean ± std) | 95% CI "
-             "| vs scratch | p (paired t) |", "|---:|---|---|---:|---|---|---:|---:|"]
+    """The summary as a Markdown table in validation order; its headers name `metric`."""
+    name = metric_name(metric)
+    lines = [f"| rank | policy | blocks | trained params | n | val {name} | vs best (val) "
+             f"| test {name} (mean ± std) | 95% CI | vs scratch (test) | p vs scratch |",
+             "|---:|---|---|---:|---:|---:|---|---|---|---:|---:|"]
     for _, r in summary.iterrows():
-        acc = "—" if math.isnan(r["mean"]) else f"{r['mean']:.3f}"
-        if not math.isnan(r["std"]):
-            acc += f" ± {r['std']:.3f}"
-        ci = "—" if math.isnan(r["ci_low"]) else f"[{r['ci_low']:.3f}, {r['ci_high']:.3f}]"
+        acc = "n/a" if math.isnan(r["mean"]) else f"{r['mean']:.3f}"
+        if not math.isnan(r["mean"]):
+            acc += " ± n/a" if math.isnan(r["std"]) else f" ± {r['std']:.3f}"
+        ci = _interval(r["ci_low"], r["ci_high"])
         if r["policy"] == SCRATCH:
             diff, p = "baseline", ""
         else:
-            diff = "—" if math.isnan(r["diff"]) else f"{r['diff']:+.3f}"
-            p = "—" if math.isnan(r["p_value"]) else f"{r['p_value']:.3g}"
-        name = r["label"] if r["label"] == r["policy"] else f"{r['label']}"
-        failed = f" ({r['failed']} failed)" if r["failed"] else ""
-        lines.append(f"| {r['rank']} | {name} | `{r['code']}` | {r['n']}{failed} | {acc} | {ci} "
-                     f"| {diff} | {p} |")
+            diff = "n/a" if math.isnan(r["diff"]) else f"{r['diff']:+.3f}"
+            p = format_p(r["p_holm"])
+        v = r["verdict"]
+        if v == "best":
+            versus = "**best**"
+        elif v in ("tied", "worse"):
+            versus = f"{v}, p={format_p(r['vs_best_p_holm'])}"
+            if math.isnan(r["vs_best_p_holm"]):
+                versus = f"{v} (no test)"
+        else:
+            versus = v or "—"
+        if r["recommended"]:
+            versus += ", **recommended**"
+        counts = [f"{r[k]} {k}" for k in ("failed", "stopped", "unfinished") if r[k]]
+        n = f"{r['n']}" + (f" ({', '.join(counts)})" if counts else "")
+        cost = "?" if math.isnan(r["trained_params"]) else f"{int(r['trained_params']):,}"
+        val = "n/a" if math.isnan(r["val_mean"]) else f"{r['val_mean']:.3f}"
+        code = f"`{r['code']}`" if isinstance(r["code"], str) and r["code"] else ""
+        lines.append(f"| {r['rank']} | {r['label']} | {code} | {cost} | {n} | {val} | {versus} "
+                     f"| {acc} | {ci} | {diff} | {p} |")
     return "\n".join(lines)
 
 
 def markdown(summary: pd.DataFrame, failed: pd.DataFrame, settings: dict, info: dict,
-             best: str, metric: str = "test_accuracy") -> str:
+             best: str, metric: str = "test_accuracy", coverage: str = "training seeds only",
+             plotted: bool = True, alpha: float = ALPHA) -> str:
     """The text of report.md."""
     name = metric_name(metric)
-    parts = ["# Which blocks to transfer", "", f"**{best}**", "",
-             f"Target test {name} over seeds for each block policy, best first. The 95% "
-             "confidence interval uses Student's t; *vs scratch* is the mean paired difference "
-             "from the from-scratch baseline over the same seeds, with the p-value of a paired "
-             "t-test.", ""]
+    head = best.splitlines()
+    parts = ["# Which blocks to transfer", ""]
+    parts += [f"**{line}**" if i == 0 else line for i, line in enumerate(head)]
+    parts += ["", f"Chosen on validation, reported on test. Policies are ranked by mean "
+              f"validation {name} over seeds; the best is compared with each other policy "
+              "on validation, paired by seed (Student's paired t-test; an exact sign test when "
+              "the differences do not vary), with Holm's correction for the multiple "
+              f"comparisons (Holm 1979): adjusted p >= {alpha:g} is *tied* (not "
+              "distinguishable from the best), below is *worse*. The recommended policy is the "
+              "tied one with the fewest trained parameters. Only trials that finished their full "
+              f"budget count; a policy needs {MIN_SEEDS} such seeds. Test {name}: mean ± "
+              "standard deviation over seeds and 95% confidence interval (Student's t"
+              + (", clipped to [0, 1]" if metric_bounds(metric) else "") + "; n/a from one "
+              "seed). *vs scratch*: mean paired difference from training from scratch on test, "
+              "with its Holm-adjusted p-value.", "",
+              f"**Variation covered by the intervals and tests: {coverage}.**", ""]
     if info.get("legend"):
         parts += [info["legend"], ""]
-    parts += [markdown_table(summary, metric), "", f"![{name} per policy](plot.png)", ""]
+    parts += [markdown_table(summary, metric), ""]
+    if plotted:
+        parts += [f"![{name} per policy](plot.png)", ""]
     if len(failed):
-        parts += ["## Failed or stopped trials", "", "| trial | policy | seed | status | error |",
-                  "|---|---|---:|---|---|"]
+        counts = failed["status"].value_counts()
+        said = ", ".join(f"{counts[s]} {s}" for s in STATUSES if s in counts)
+        parts += [f"## Trials without a full-budget result ({said})", "",
+                  "*stopped*: stopped early by the scheduler (ASHA); *unfinished*: not finished "
+                  "when the sweep ended; *error*: the trial raised.", "",
+                  "| trial | policy | seed | status | error |", "|---|---|---:|---|---|"]
         for _, r in failed.iterrows():
             error = str(r["error"] if isinstance(r["error"], str) else "").replace("|", "/")
-            parts.append(f"| {r['trial_id']} | `{r['policy']}` | {r['seed']} | {r['status']} "
+            seed = "" if pd.isna(r["seed"]) else int(r["seed"])
+            parts.append(f"| {r['trial_id']} | `{r['policy']}` | {seed} | {r['status']} "
                          f"| {error[:200]} |")
         parts.append("")
     parts += ["## Settings", "", "| setting | value |", "|---|---|"]
@@ -351,6 +692,8 @@ def _records(frame: pd.DataFrame) -> list[dict]:
 
 
 def _json_default(value):
+    if isinstance(value, (np.bool_,)):
+        return bool(value)
     if isinstance(value, (np.integer,)):
         return int(value)
     if isinstance(value, (np.floating, float)):

@@ -16,7 +16,7 @@ Example:
 from keras_blockreuse.sweep.run import SweepSettings, run_sweep
 
 result = run_sweep(SweepSettings(strategy="prefix", seeds=3, out="/tmp/sweep"))
-print(result.best)          # e.g. "Best policy: prefix 2 tuned (...): ..., +0.12 over scratch"
+print(result.best)          # "Best on validation: ...", the policies tied with it, the cheapest
 ```
 """
 
@@ -26,8 +26,10 @@ import dataclasses
 import datetime
 import hashlib
 import json
+import logging
 import math
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -35,10 +37,19 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 from keras_blockreuse.sweep import space
+from keras_blockreuse.sweep.control import (
+    Interrupts,
+    check_address,
+    check_resources,
+    redraw_target_split,
+    resume_command,
+    split_per_seed_trial,
+)
 from keras_blockreuse.sweep.data import DataError, make_task
 from keras_blockreuse.sweep.options import (
     ALL_TASKS,
     DETECTION,
+    PREDICTED,
     PROG,
     SCHEDULERS,
     SMOKE,
@@ -50,7 +61,7 @@ from keras_blockreuse.sweep.options import (
     settings_from_args,
 )
 from keras_blockreuse.sweep.report import write_report
-from keras_blockreuse.sweep.space import Configuration, SweepError
+from keras_blockreuse.sweep.space import SCRATCH, Configuration, SweepError
 
 if TYPE_CHECKING:
     from keras_blockreuse.sweep.inputs import UserInputs
@@ -67,16 +78,28 @@ class SweepResult:
 
     out: str
     trials: object  # pandas.DataFrame, one row per trial
-    summary: object  # pandas.DataFrame, one row per policy, best first
-    best: str
+    summary: object  # pandas.DataFrame, one row per policy, ranked by validation
+    best: str  # the verdict in words
     paths: dict
     blocks: list = dataclasses.field(default_factory=list)
     """The swept blocks, in computation order."""
     fixed: dict = dataclasses.field(default_factory=dict)
     """Blocks fixed to reinit in every configuration -> why."""
     metric: str = "test_accuracy"
-    """The column of `trials` that ranks the policies (its `val_` twin chose nothing here:
-    the ranking is on test, as the report says)."""
+    """The test metric reported per policy (its `val_` twin chooses the verdict)."""
+    verdict: object = None
+    """`report.Verdict`: the best policy on validation, those tied with it, the recommended."""
+    interrupted: str | None = None
+    """"SIGINT" or "SIGTERM" when the sweep was interrupted (its report is marked)."""
+
+    @property
+    def exit_code(self) -> int:
+        """0; 130 / 143 after SIGINT / SIGTERM; 1 when no trial finished its full budget."""
+        if self.interrupted:
+            return {"SIGINT": 130, "SIGTERM": 143}.get(self.interrupted, 130)
+        finished = 0 if self.trials is None or not len(self.trials) else int(
+            (self.trials["status"] == "ok").sum())
+        return 0 if finished else 1
 
 
 def run_sweep(
@@ -103,8 +126,13 @@ def run_sweep(
     """
     started = time.time()
     settings = _prepare(settings)
+    check_address(settings.address)  # before anything else: seconds, not a hang
     out = settings.out
     user = user if user is not None else _cli_user_inputs(settings)
+    if user is not None and settings.strategy == PREDICTED:
+        raise SweepError("--strategy predicted ranks the built-in models' blocks only so far; "
+                         "with your own model use prefix or surgical (the predictors are in "
+                         "keras_blockreuse.sweep.predict).")
     if user is None:
         data = _make_data(settings)
         blocks, fixed = _swept_blocks(settings, data)
@@ -112,85 +140,263 @@ def run_sweep(
         data = user.data
         blocks, fixed = _user_blocks(settings, user, print_fn)
     configurations = _static_configurations(settings, blocks, extra)
-    if not settings.resume:  # Only a valid sweep leaves a folder behind.
-        os.makedirs(out, exist_ok=True)
-        with open(os.path.join(out, SETTINGS_FILE), "w") as f:
-            json.dump(dataclasses.asdict(settings), f, indent=2)
-    if user is not None:
-        _keep_source(user, out)
-    print_fn(f"Sweep folder: {out}")
-    print_fn(data.summary())
-    if fixed:
-        print_fn("Fixed to reinit in every configuration: "
-                 + "; ".join(f"{b} ({why})" for b, why in fixed.items()))
+    if settings.data_seeds:
+        redraw_target_split(data, 0)  # refuses data it cannot re-draw, before anything starts
+    costs = _trained_parameters(settings, data, configurations, user)
+    with _quiet(settings.verbose), Interrupts() as interrupts:
+        begun = _Begun(out, settings.resume)
+        try:
+            print_fn(f"Sweep folder: {out}")
+            print_fn(data.summary())
+            if fixed:
+                print_fn("Fixed to reinit in every configuration: "
+                         + "; ".join(f"{b} ({why})" for b, why in fixed.items()))
+            ray_run = _run_on_ray(settings, data, blocks, configurations, costs, begun,
+                                  interrupts, print_fn, user)
+        except BaseException:
+            begun.undo()
+            raise
+    return _finish(settings, ray_run, blocks, fixed, started, interrupts.signal, print_fn, user,
+                   data_summary=data.summary())
 
+
+class _Begun:
+    """What a sweep has written so far, so that one that never started leaves nothing."""
+
+    def __init__(self, out: str, resume: bool):
+        self.out = out
+        self.existed = resume or os.path.exists(out)
+        self.started = resume  # a resumed sweep had started
+
+    def start(self, settings: SweepSettings) -> None:
+        """The first trial is about to run: from now on the folder is the sweep's."""
+        os.makedirs(self.out, exist_ok=True)
+        with open(os.path.join(self.out, SETTINGS_FILE), "w") as f:
+            json.dump(dataclasses.asdict(settings), f, indent=2)
+        self.started = True
+
+    def undo(self) -> None:
+        if self.started:
+            return
+        if not self.existed:
+            shutil.rmtree(self.out, ignore_errors=True)
+        else:
+            shutil.rmtree(os.path.join(self.out, "ray"), ignore_errors=True)
+        _drop_temp_link(self.out)
+
+
+def _run_on_ray(settings, data, blocks, configurations, costs, begun, interrupts,
+                print_fn, user=None) -> dict:
+    """Start or join Ray, check the request fits a node, get the source model, run the trials.
+
+    Returns the trial rows and facts about the cluster; a signal during the trials ends them
+    cleanly (the rows then include unfinished trials).
+    """
     import ray
 
-    own_ray = _start_ray(settings, out)
+    own_ray = _start_ray(settings, settings.out)
     try:
         resources = ray.cluster_resources()
         gpus = float(resources.get("GPU", 0))
         gpus_per_trial = settings.gpus_per_trial
         if gpus_per_trial is None:
             gpus_per_trial = 0.25 if gpus else 0.0
-        nodes = len([n for n in ray.nodes() if n.get("Alive")])
-        print_fn(f"Ray: {nodes} node(s), {resources.get('CPU', 0):g} CPUs, {gpus:g} GPUs; each "
-                 f"trial takes {settings.cpus_per_trial:g} CPU and {gpus_per_trial:g} GPU.")
+        alive = [n for n in ray.nodes() if n.get("Alive")]
+        check_resources(alive, settings.cpus_per_trial, gpus_per_trial)
+        print_fn(f"Ray: {len(alive)} node(s), {resources.get('CPU', 0):g} CPUs, {gpus:g} GPUs; "
+                 f"each trial takes {settings.cpus_per_trial:g} CPU and {gpus_per_trial:g} GPU.")
         if user is None:
             source, source_info = _source_blocks(settings, data, use_gpu=gpus > 0,
                                                  print_fn=print_fn)
         else:
             source, source_info = user.source_bytes(), user.source_info
-        runner = _Runner(settings, data, source, gpus_per_trial, print_fn, user)
-        greedy = "greedy" in space.parse_strategies(settings.strategy)
-        rows = runner.run("sweep", configurations)
-        if greedy:
+        ranking, no_ranking = None, ""
+        if settings.task != DETECTION and user is None:  # predictors: cheap, before any trial
+            from keras_blockreuse.sweep.predict import rank_for_sweep, top_configurations
+
+            try:
+                ranking = rank_for_sweep(settings.model, data, source, blocks)
+            except SweepError as error:
+                if settings.strategy == PREDICTED:
+                    raise
+                no_ranking = str(error)
+                print_fn(f"No predicted ranking: {error}")
+            else:
+                print_fn(f"Predicted ranking ({ranking.seconds:.1f} s): " + "; ".join(
+                    f"{p.rank}. {p.label}" for p in ranking.predictions[:max(3, settings.top_k)]))
+            if settings.strategy == PREDICTED:
+                configurations = _static_configurations(
+                    settings, blocks, [*top_configurations(ranking, blocks, settings.top_k),
+                                       *configurations])
+                costs.update(_trained_parameters(settings, data, configurations, user))
+        if not begun.started:
+            begun.start(settings)
+        if user is not None:
+            _keep_source(user, settings.out)
+        interrupts.defer()  # from here on, a signal ends the trials and the report is written
+        runner = _Runner(settings, data, source, gpus_per_trial, print_fn, user, interrupts,
+                         costs)
+        all_rows, budget = None, ""
+        if settings.scheduler == "halving":
+            rows, all_rows, budget = _halving(runner, settings, configurations, blocks, user)
+        else:
+            rows = runner.run("sweep", configurations)
+        if (settings.strategy != PREDICTED and "greedy" in space.parse_strategies(
+                settings.strategy) and not interrupts.signal):
             rows = _greedy(runner, rows, blocks, configurations)
     finally:
         if own_ray:
             ray.shutdown()
-            _drop_temp_link(out)
+            _drop_temp_link(settings.out)
+    return {"rows": rows, "planned": runner.planned, "source_info": source_info,
+            "ranking": ranking, "no_ranking": no_ranking, "all_rows": all_rows,
+            "budget": budget,
+            "gpus_per_trial": gpus_per_trial, "gpus": gpus, "nodes": len(alive),
+            "cpus": resources.get("CPU", 0)}
 
+
+def _finish(settings, ray_run, blocks, fixed, started, signal_name, print_fn,
+            user=None, data_summary: str = "") -> SweepResult:
+    """Write the report (whatever happened) and print the verdict."""
     import pandas as pd
 
+    out, rows = settings.out, ray_run["rows"]
+    all_rows, chosen_rates = ray_run["all_rows"], None
+    if settings.lrs and len(settings.lrs) > 1:
+        from keras_blockreuse.sweep.rates import best_rates
+
+        all_rows = rows
+        rows, chosen_rates = best_rates(rows, metric=_metrics_of(settings, user)[1],
+                                        mode=_mode_of(user))
     rough = any(r.get("_rough_clock") for r in rows)
     concurrency = _max_concurrency(rows)
     if rough:  # some trials reported no clock of their own
         concurrency = f"{concurrency} (from Tune's whole-second timestamps: may overcount)"
-    trials = pd.DataFrame(rows)
+    trials = pd.DataFrame(rows, columns=None if rows else ["policy", "seed", "status"])
     wall = time.time() - started
+    counts = trials["status"].value_counts() if len(trials) else {}
+    said = ", ".join(f"{counts[k]} {k}" for k in ("ok", "error", "stopped", "unfinished")
+                     if k in counts)
     info = {
         "swept blocks": ", ".join(blocks),
         "fixed blocks": "; ".join(f"{b}=reinit ({why})" for b, why in fixed.items()) or "none",
         "legend": (f"Block letters in the *blocks* column follow {', '.join(blocks)}: "
                    "R = reinit, F = frozen (transferred), T = tuned (transferred, fine-tuned)."),
-        "source model": source_info,
-        "trials": f"{len(trials)} ({int((trials['status'] == 'ok').sum())} ok)",
+        "source model": ray_run["source_info"],
+        "trials": f"{len(trials)} planned {ray_run['planned']} ({said or 'none ran'})",
         "max concurrent trials": concurrency,
         "machine": _machine(),
-        "ray": f"{nodes} node(s), {resources.get('CPU', 0):g} CPUs, {gpus:g} GPUs",
+        "ray": f"{ray_run['nodes']} node(s), {ray_run['cpus']:g} CPUs, {ray_run['gpus']:g} GPUs",
         "wall time": f"{wall:.0f} s",
     }
+    if settings.training_policy != "constant" or settings.block_lr:
+        info["training policy"] = (f"{settings.training_policy} (k = {settings.policy_epochs}"
+                                   f", fine-tuning factor {settings.ft_factor:g}); block "
+                                   f"learning rates: {settings.block_lr or 'none'}")
+    if ray_run["no_ranking"]:
+        info["predicted ranking"] = f"not available: {ray_run['no_ranking']}"
+    if settings.scheduler == "halving":
+        info["budget"] = ray_run["budget"]
+    if chosen_rates is not None:
+        info["learning rate"] = ("chosen per configuration on validation among "
+                                 f"{settings.lrs}: " + ", ".join(
+                                     f"{k} {v['lr']:g}" if v["lr"] is not None
+                                     else f"{k} none (failed trials)"
+                                     for k, v in chosen_rates.items()))
     if user is not None:
         info["model"] = user.model_info
         info["training"] = user.training_info
+        info["data"] = "; ".join(line.strip() for line in data_summary.splitlines())
     metric = _metrics_of(settings, user)[0]
-    written = write_report(trials, out, _settings_dict(settings, gpus_per_trial), info,
-                           metric=metric, mode=_mode_of(user))
-    for name, path in written["paths"].items():
-        print_fn(f"wrote {name}: {path}")
-    print_fn(f"{len(trials)} trials in {wall:.0f} s.")
-    print_fn(written["best"])
+    finished = int(counts.get("ok", 0)) if len(trials) else 0
+    mark = None
+    if signal_name:
+        mark = f"INTERRUPTED ({signal_name}): {finished} of {ray_run['planned']} trials finished"
+    written = write_report(trials, out, _settings_dict(settings, ray_run["gpus_per_trial"]), info,
+                           metric=metric, mode=_mode_of(user), coverage=_coverage(settings),
+                           interrupted=mark)
+    ranking = ray_run["ranking"]
+    if all_rows is not None:
+        written["paths"]["all trials"] = os.path.join(out, "results_all.csv")
+        pd.DataFrame(all_rows).to_csv(written["paths"]["all trials"], index=False)
+    if ranking is not None:
+        from keras_blockreuse.sweep.predict import predicted_vs_measured
+
+        val = _metrics_of(settings)[1]
+        ok = trials[trials["status"] == "ok"] if "status" in trials else trials.iloc[:0]
+        measured = ok.groupby("policy")[val].mean().to_dict() if val in ok else {}
+        text, predicted_rows = predicted_vs_measured(ranking.predictions, measured, val)
+        with open(os.path.join(out, "report.md"), "a") as f:
+            f.write("\n" + text)
+        written["paths"]["predicted"] = os.path.join(out, "predicted.csv")
+        pd.DataFrame(predicted_rows).to_csv(written["paths"]["predicted"], index=False)
+    others = [name for name in written["paths"] if name != "report.md"]
+    print_fn(f"Report: {written['paths']['report.md']} (with {', '.join(others)})")
+    print_fn(f"{len(trials)} trials in {wall:.0f} s ({said or 'none ran'}).")
+    for line in written["best"].splitlines():
+        print_fn(line)
+    if signal_name:
+        print_fn(f"Continue with: {resume_command(out, settings.address)}")
     return SweepResult(out=out, trials=trials, summary=written["summary"], best=written["best"],
                        paths=written["paths"], blocks=list(blocks), fixed=dict(fixed),
-                       metric=metric)
+                       metric=metric, verdict=written["verdict"], interrupted=signal_name)
+
+
+def _coverage(settings: SweepSettings) -> str:
+    """What the intervals' variation covers, in words."""
+    if settings.task == DETECTION:
+        return ("training seeds, each with its own training scenes (initialisation, data order, "
+                "scenes); the validation and test scenes and the source model are fixed")
+    if settings.data_seeds:
+        return ("training seeds and target splits: each seed re-draws the target's "
+                "train/validation/test images (--data-seeds); the source model is fixed")
+    return (f"training seeds only (initialisation of re-initialised blocks, data order, "
+            f"dropout); the target split and the source model are fixed by --data-seed "
+            f"{settings.data_seed} (pass --data-seeds to re-draw the split per seed)")
+
+
+def _quiet(verbose: bool):
+    from keras_blockreuse.sweep.console import quiet
+
+    return quiet(verbose)
+
+
+def _trained_parameters(settings: SweepSettings, data, configurations,
+                        user: UserInputs | None = None) -> dict[str, int]:
+    """Trained parameters of each configuration: the target model's trainable parameters
+    less those of its frozen blocks (the cost the verdict's recommendation minimises)."""
+    import keras
+    import numpy as np
+
+    try:
+        if user is not None:
+            model = user.recipe.target_model()
+        elif settings.task == DETECTION:
+            from keras_blockreuse.detection.model import build_detector
+            from keras_blockreuse.detection.sweep import DETECTION_TRIAL_DEFAULTS
+
+            model = build_detector(10, width=DETECTION_TRIAL_DEFAULTS["width"])
+        else:
+            from keras_blockreuse.sweep.zoo import build_model
+
+            model = build_model(settings.model, data.input_shape, data.target_classes)
+        count = lambda variables: int(sum(np.prod(v.shape, dtype=np.int64)  # noqa: E731
+                                          for v in variables if v.trainable))
+        total = count(model.trainable_variables)
+        per_block = {name: count(block.variables) for name, block in model.blocks.items()}
+    except Exception:  # the counts are a convenience: without them the best is recommended
+        return {}
+    finally:
+        keras.backend.clear_session()
+    return {c.key: total - sum(per_block.get(b, 0) for b in c.frozen) for c in configurations}
 
 
 class _Runner:
     """Runs one Tune experiment per call and turns its results into report rows."""
 
     def __init__(self, settings: SweepSettings, data, source: bytes, gpus: float, print_fn,
-                 user: UserInputs | None = None):
+                 user: UserInputs | None = None, interrupts: Interrupts | None = None,
+                 costs: dict | None = None):
         self.settings = settings
         self.user = user
         self.data = data
@@ -199,25 +405,38 @@ class _Runner:
         self.print_fn = print_fn
         self.labels: dict[str, Configuration] = {}
         self.storage = settings.storage or os.path.join(settings.out, "tune")
+        self.interrupts = interrupts or Interrupts()
+        self.costs = costs or {}
+        self.planned = 0
+        self.statuses: dict[str, str] = {}
+        self.completed: set[str] = set()
+        self.seen_running: set[str] = set()
 
     def trainable(self):
         from ray import tune
 
         train_trial = _functions(self.settings)["trial"]
+        extra = {}
         if self.user is not None:  # the user's model: its recipe, by value, once
-            trainable = tune.with_parameters(train_trial, data=self.data, source=self.source,
-                                             recipe=self.user.packed)
+            extra["recipe"] = self.user.packed
+        if self.settings.data_seeds:  # the target split re-drawn for each trial's seed
+            trainable = tune.with_parameters(split_per_seed_trial, data=self.data,
+                                             source=self.source, trial=train_trial, **extra)
         else:
-            trainable = tune.with_parameters(train_trial, data=self.data, source=self.source)
+            trainable = tune.with_parameters(train_trial, data=self.data, source=self.source,
+                                             **extra)
         return tune.with_resources(trainable, {"cpu": self.settings.cpus_per_trial,
                                                "gpu": self.gpus})
 
-    def run(self, name: str, configurations: Sequence[Configuration]) -> list[dict]:
+    def run(self, name: str, configurations: Sequence[Configuration],
+            epochs: int | None = None) -> list[dict]:
         from ray import tune
 
         s = self.settings
         for c in configurations:
             self.labels.setdefault(c.key, c)
+        if self.interrupts.signal:  # interrupted before this experiment began
+            return []
         path = os.path.join(self.storage, name)
         if s.resume and tune.Tuner.can_restore(path):
             self.print_fn(f"Resuming experiment {path}: finished trials are kept.")
@@ -231,32 +450,87 @@ class _Runner:
             param_space = {
                 "policy": tune.grid_search(keys),
                 "seed": tune.grid_search(list(range(s.seeds))),
-                "model": s.model, "epochs": s.epochs, "batch_size": s.batch_size, "lr": s.lr,
+                "model": s.model, "epochs": epochs or s.epochs, "batch_size": s.batch_size,
+                "lr": tune.grid_search(s.lrs) if s.lrs and len(s.lrs) > 1 else
+                (s.lrs[0] if s.lrs else s.lr),
                 "cpus": max(1, int(s.cpus_per_trial)),
+                "training_policy": s.training_policy, "policy_epochs": s.policy_epochs,
+                "ft_factor": s.ft_factor, "block_lr": s.block_lr or "",
             }
             if s.task == DETECTION:
                 param_space.update(_detection_trial_settings(s))
-            scheduler = None
-            if s.scheduler == "asha":
-                from ray.tune.schedulers import ASHAScheduler
-
-                scheduler = ASHAScheduler(time_attr="training_iteration", max_t=s.epochs,
-                                          grace_period=max(1, s.epochs // 8), reduction_factor=3)
             tuner = tune.Tuner(
                 self.trainable(),
                 param_space=param_space,
                 tune_config=tune.TuneConfig(metric=_metrics_of(s, self.user)[1],
                                             mode=_mode_of(self.user),
-                                            scheduler=scheduler, reuse_actors=s.reuse_actors,
+                                            scheduler=self.scheduler(configurations),
+                                            reuse_actors=self.reuse_actors(),
                                             trial_dirname_creator=_trial_dirname),
                 run_config=tune.RunConfig(
-                    name=name, storage_path=self.storage, verbose=1,
+                    name=name, storage_path=self.storage, verbose=2 if s.verbose else 0,
+                    callbacks=self.callbacks(),
                     failure_config=tune.FailureConfig(max_failures=0, fail_fast=False)),
             )
-        grid = tuner.fit()
+        grid = self.fit(tuner, len(configurations) * s.seeds)
         if grid.num_errors:
             self.print_fn(f"{grid.num_errors} trial(s) failed; the sweep went on. See the report.")
         return [self._row(result, name) for result in grid]
+
+    # ---- run control (issue 13) ----------------------------------------------------------
+    def scheduler(self, configurations: Sequence[Configuration]):
+        """None (FIFO: every trial runs its full budget), or ASHA that never stops the
+        baselines (scratch and all tuned)."""
+        s = self.settings
+        if s.scheduler != "asha":
+            return None
+        from keras_blockreuse.sweep.asha import BaselineASHA
+
+        baselines = {SCRATCH} | {c.key for c in configurations
+                                 if c.policy and set(c.policy.values()) == {"tuned"}}
+        return BaselineASHA(sorted(baselines), time_attr="training_iteration", max_t=s.epochs,
+                            grace_period=max(1, s.epochs // 8), reduction_factor=3)
+
+    def reuse_actors(self) -> bool:
+        """Reuse worker processes across trials, unless ASHA may stop a trial mid-run: Tune
+        cannot reuse the worker of a stopped function trainable, and the next trial on it
+        fails ("Trainable runner reuse requires reset_config()")."""
+        return self.settings.reuse_actors and self.settings.scheduler != "asha"
+
+    def callbacks(self) -> list:
+        from keras_blockreuse.sweep.console import TuneEvents
+
+        return [TuneEvents()]
+
+    def fit(self, tuner, total: int):
+        """`tuner.fit()` under the live view; a signal stops the trials cleanly."""
+        from keras_blockreuse.sweep.console import LiveView
+
+        self.planned += total
+        labels = {k: c.label for k, c in self.labels.items()}
+        metric, val_metric = _metrics_of(self.settings, self.user)
+        view = LiveView(total, val_metric, labels, higher_is_better=_mode_of(self.user) == "max",
+                        print_fn=self.print_fn, final_metric=metric,
+                        terminal=None if not self.settings.verbose else False)
+        with self.interrupts.tuning(), view:
+            grid = tuner.fit()
+        self.statuses.update(view.statuses)
+        self.completed |= view.completed
+        self.seen_running |= view.seen_running
+        return grid
+
+    def _status(self, result, trial_id: str, done: bool) -> str:
+        """ok (full budget), error, stopped (by ASHA) or unfinished (the sweep ended first)."""
+        if result.error:
+            return "error"
+        if done:
+            return "ok"
+        if trial_id in self.completed:  # completed without its final result: stopped early
+            return "stopped"
+        # A trial restored as ended by an earlier run (only the scheduler ends one early; an
+        # interrupt leaves it to be run again), or one the sweep's end caught unfinished.
+        ended = self.statuses.get(trial_id) == "TERMINATED" and trial_id not in self.seen_running
+        return "stopped" if ended and self.settings.scheduler == "asha" else "unfinished"
 
     def _row(self, result, experiment: str) -> dict:
         metrics = dict(result.metrics or {})
@@ -264,20 +538,23 @@ class _Runner:
         key = config.get("policy", "")
         c = self.labels.get(key)
         done = metrics.get(_metrics_of(self.settings, self.user)[0])
-        status = "error" if result.error else ("ok" if done is not None else "stopped")
+        trial_id = metrics.get("trial_id") or os.path.basename(result.path or "")
         row = {
-            "trial_id": metrics.get("trial_id") or os.path.basename(result.path or ""),
+            "trial_id": trial_id,
             "policy": key,
             "label": c.label if c else key,
             "code": c.code if c else "",
+            "trained_params": self.costs.get(key),
             "seed": config.get("seed"),
-            "status": status,
+            "status": self._status(result, trial_id, done is not None),
             "epochs_done": metrics.get("epoch", 0),
             "experiment": experiment,
             "error": _error_line(result.error) if result.error else "",
         }
         for name in _metric_columns(self.settings, self.user):
             row[name] = metrics.get(name, math.nan)
+        if self.settings.lrs:
+            row["lr"] = config.get("lr")
         for name in ("node_ip", "node_id", "hostname", "pid", "gpu_ids"):
             row[name] = metrics.get(name, "")
         # The trial's own clock when it has one (Tune's `timestamp` is in whole seconds, which
@@ -438,6 +715,7 @@ def _prepare(settings: SweepSettings) -> SweepSettings:
         saved.resume = True
         saved.out = os.path.abspath(out)
         saved.address = settings.address or saved.address
+        saved.verbose = settings.verbose
         return saved.validate()
     settings = dataclasses.replace(settings)
     settings.validate()
@@ -520,7 +798,33 @@ def _swept_blocks(settings: SweepSettings, data) -> tuple[list[str], dict[str, s
     return chosen, fixed
 
 
+def _halving(runner: _Runner, settings: SweepSettings, configurations, blocks, user=None):
+    """--scheduler halving: successive halving over the configurations (seeds together),
+    scratch and all tuned at the full budget. Returns the full-budget rows, every row, and a
+    line on the cost."""
+    from keras_blockreuse.sweep.halving import successive_halving
+
+    by_key = {c.key: c for c in configurations}
+    everything = space.configuration(dict.fromkeys(blocks, "tuned"), blocks).key
+    baselines = [k for k in (space.SCRATCH, everything) if k in by_key]
+    candidates = [k for k in by_key if k not in baselines]
+    result = successive_halving(
+        candidates, baselines, settings.seeds, settings.epochs,
+        run_rung=lambda rung, keys, epochs: runner.run(f"rung_{rung}",
+                                                       [by_key[k] for k in keys], epochs),
+        eta=settings.eta, metric=_metrics_of(settings, user)[1], mode=_mode_of(user),
+        print_fn=runner.print_fn)
+    spent = sum(r.get("_seconds") or 0.0 for r in result.rows)
+    final = sum(r.get("_seconds") or 0.0 for r in result.final)
+    budget = (f"successive halving (eta {settings.eta}), rungs of {result.epochs} epochs: "
+              f"{len(result.rows)} trials, {spent:.0f} trial-seconds in all; the report uses "
+              f"the {len(result.final)} full-budget trials ({final:.0f} s)")
+    return result.final, result.rows, budget
+
+
 def _static_configurations(settings, blocks, extra) -> list[Configuration]:
+    if settings.strategy == PREDICTED:  # chosen once the source model exists
+        return list({c.key: c for c in extra}.values())
     configurations = space.configurations(settings.strategy, blocks)
     keys = {c.key for c in configurations}
     for c in extra:
@@ -627,12 +931,17 @@ def _start_ray(settings: SweepSettings, out: str) -> bool:
 
     if ray.is_initialized():
         return False
-    runtime_env = {"env_vars": {"TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONWARNINGS": "ignore"}}
+    # TensorFlow's C++ start-up lines come before any log level applies: unless --verbose,
+    # the workers' output stays in Ray's log files (OUT/ray/session_*/logs), not the console.
+    runtime_env = {"env_vars": {"TF_CPP_MIN_LOG_LEVEL": "1" if settings.verbose else "3",
+                                "PYTHONWARNINGS": "ignore"}}
+    quiet = {"log_to_driver": settings.verbose,
+             "logging_level": logging.INFO if settings.verbose else logging.ERROR}
     if settings.address:
         from ray.exceptions import AuthenticationError
 
         try:
-            ray.init(address=settings.address, runtime_env=runtime_env, log_to_driver=True)
+            ray.init(address=settings.address, runtime_env=runtime_env, **quiet)
         except AuthenticationError as error:
             raise SweepError(
                 f"Could not join the Ray cluster at --address {settings.address}: it uses token "
@@ -643,7 +952,7 @@ def _start_ray(settings: SweepSettings, out: str) -> bool:
                              f"{str(error).splitlines()[0]}") from error
         return True
     ray.init(address="local", include_dashboard=False, _temp_dir=_ray_temp_dir(out),
-             runtime_env=runtime_env, configure_logging=False)
+             runtime_env=runtime_env, configure_logging=settings.verbose, **quiet)
     return True
 
 
@@ -738,17 +1047,27 @@ def _settings_dict(settings: SweepSettings, gpus_per_trial: float) -> dict:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line; returns the exit status (0, or 2 for bad values)."""
+    """Run the command line; returns the exit status: 0; 2 for bad values or a cluster that
+    cannot run the sweep (nothing started); 1 when no trial finished its full budget; 130 / 143
+    after SIGINT / SIGTERM (the report is marked and the resume command printed)."""
     args = parse_args(argv)
     try:
         settings = settings_from_args(args)
-        run_sweep(settings, print_fn=lambda line: print(line, flush=True))
+        result = run_sweep(settings, print_fn=lambda line: print(line, flush=True))
     except (SweepError, DataError) as error:
         print(f"{PROG}: error: {error}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        out = args.out or "<the sweep's folder>"
-        print(f"{PROG}: interrupted; continue with: python sweeps/which_blocks.py --resume "
-              f"--out {out}", file=sys.stderr)
-        return 130
-    return 0
+    except KeyboardInterrupt as interrupt:
+        name = str(interrupt) if str(interrupt) in ("SIGINT", "SIGTERM") else "SIGINT"
+        out = os.path.abspath(args.out) if args.out else None
+        if out and os.path.isfile(os.path.join(out, SETTINGS_FILE)):
+            print(f"{PROG}: interrupted ({name}); continue with: "
+                  f"{resume_command(out, args.address)}", file=sys.stderr)
+        else:
+            print(f"{PROG}: interrupted ({name}) before any trial started; nothing to resume.",
+                  file=sys.stderr)
+        return {"SIGINT": 130, "SIGTERM": 143}[name]
+    if result.exit_code == 1:
+        print(f"{PROG}: no trial finished its full budget; see {result.paths['report.md']}",
+              file=sys.stderr)
+    return result.exit_code

@@ -1,0 +1,131 @@
+"""Source kind: a `.keras` archive (a zip of `config.json`, `metadata.json`, `model.weights.h5`).
+
+The weights are read inside the zip, never extracted. The source's structure is rebuilt from
+`config.json` with `safe_mode=True`, so layers come with their computation order, classes and
+variable names; if the config cannot be rebuilt (an unregistered custom class), the layers are
+known by the names the weights file records, and their order is unknown.
+"""
+
+from __future__ import annotations
+
+import json
+import zipfile
+
+import numpy as np
+
+from keras_blockreuse.errors import BlockFileError
+from keras_blockreuse.safety import check_member_crc, check_zip, inflate_member
+from keras_blockreuse.sources.hdf5 import open_h5
+from keras_blockreuse.sources.keras_weights import KerasWeightsSource
+from keras_blockreuse.zip_member import StoredMember
+
+
+def open_archive(path: str, rule=None, source_model=None) -> KerasWeightsSource:
+    """Opens a `.keras` archive as a source of layers (see `KerasWeightsSource`).
+
+    The one place the archive is opened; its weights member is read in place when stored,
+    or inflated to a temporary file within a bound computed from its config when compressed.
+    """
+    try:
+        archive = zipfile.ZipFile(path)
+    except zipfile.BadZipFile as e:
+        raise BlockFileError(f"{path!r} is not a valid .keras archive: {e}") from e
+    closers = [archive.close]
+
+    def close():
+        while closers:
+            closers.pop()()
+
+    try:
+        check_zip(archive, path)
+        members = set(archive.namelist())
+        if "model.weights.h5" not in members:
+            sharded = " (its weights are sharded, which this reader does not support)" if (
+                "model.weights.json" in members) else ""
+            raise BlockFileError(
+                f"{path!r} holds no model.weights.h5{sharded}; members: {sorted(members)}"
+            )
+        metadata = json_member(archive, "metadata.json", path) if "metadata.json" in members else {}
+        info = {
+            "format": "Keras archive (.keras)",
+            "keras_version": str(metadata.get("keras_version", "")),
+            "saved": str(metadata.get("date_saved", "")),
+        }
+        member = archive.getinfo("model.weights.h5")
+        config = json_member(archive, "config.json", path) if "config.json" in members else {}
+        structure_error = None
+        if source_model is None and config:
+            try:
+                source_model = model_from_config(config, path)
+            except BlockFileError as e:
+                structure_error = e
+        if member.compress_type == zipfile.ZIP_STORED and not member.flag_bits & 0x1:
+            check_member_crc(archive, member, path)  # the archive's one checksum of values
+            stream = StoredMember(path, member)  # read in place at its offset, never extracted
+        else:  # inflated to a temporary file, stopping at what the config's model needs
+            if structure_error is not None or source_model is None:
+                raise BlockFileError(
+                    f"{path!r}: its weights are compressed, so the bound on their inflated "
+                    "size comes from the config, which cannot rebuild the model"
+                    + (f" ({structure_error})" if structure_error else "") + "."
+                ) from structure_error
+            stream = inflate_member(archive, member, _weights_bound(source_model), path)
+        closers.append(stream.close)
+        file = open_h5(stream, repr(path))
+        try:
+            return KerasWeightsSource(
+                [file], path, [member.file_size], rule, source_model, info, on_close=close,
+            )
+        except BlockFileError as e:
+            if structure_error is not None and "holds no layer names" in str(e):
+                raise structure_error from e
+            raise
+    except BaseException:
+        close()
+        raise
+
+
+def _weights_bound(model) -> int:
+    """The most bytes a `.keras` archive's weights file can need: its config's model's
+    variables, three optimizer slots for each (Adam's two, plus AMSGrad's), and a margin of
+    1 MiB plus 4 KiB per variable for HDF5's own structures."""
+    import keras
+
+    if not isinstance(model, keras.Model):
+        model = model()
+    variables = list(model.weights)
+    values = sum(int(np.prod(v.shape, dtype=np.int64)) * _itemsize(v.dtype) for v in variables)
+    return 4 * values + (1 << 20) + 4096 * len(variables)
+
+
+def _itemsize(dtype) -> int:
+    try:
+        return np.dtype(dtype).itemsize
+    except TypeError:
+        return 8  # a type NumPy does not know (bfloat16, float8): at most 8 bytes
+
+
+def json_member(archive: zipfile.ZipFile, name: str, where: str) -> dict:
+    """A JSON member of an archive, parsed."""
+    try:
+        return json.loads(archive.read(name).decode("utf-8"))
+    except (ValueError, UnicodeDecodeError) as e:
+        raise BlockFileError(f"{where}: {name} is not valid JSON: {e}") from None
+
+
+def model_from_config(config: dict, where: str):
+    """The model a `.keras` config describes, rebuilt with `safe_mode=True` (no weights)."""
+    import keras
+
+    try:
+        model = keras.saving.deserialize_keras_object(config, safe_mode=True)
+    except Exception as e:
+        raise BlockFileError(
+            f"{where}: its config.json cannot rebuild the model with safe_mode=True "
+            f"({type(e).__name__}: {e}), and its weights carry no layer names. "
+            "Pass source_model=."
+        ) from e
+    if not isinstance(model, keras.Model):
+        raise BlockFileError(f"{where}: its config.json describes a {type(model).__name__}, "
+                             "not a model. Pass source_model=.")
+    return model

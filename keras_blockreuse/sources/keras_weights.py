@@ -1,0 +1,293 @@
+"""Source kind: a Keras 3 weights file — `.weights.h5`, a sharded `.weights.json`, or the
+`model.weights.h5` inside a `.keras` archive.
+
+Groups are keyed by Keras's structural paths (`layers/conv2d_1/vars/0`); since Keras 3.6
+each `vars` group carries its layer's name in a `name` attribute. With the source's structure
+(`source_model=`, or a `.keras` config) each group is matched to its layer by the very walk
+Keras saves with (`structure.keras_structure`), which also gives the layers' computation
+order, classes and variable names (`kernel`, `bias`). Without it, layers are known by their
+recorded names and structural paths only: their order is unknown and is never guessed from
+the file's storage. Optimizer and metric state is ignored.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+from collections.abc import Callable
+
+import h5py
+import numpy as np
+
+from keras_blockreuse.errors import BlockFileError
+from keras_blockreuse.safety import check_hdf5, layer_name, safe_member_name, text_attribute
+from keras_blockreuse.sources.base import LayerInfo, LayerSource, VariableInfo
+from keras_blockreuse.sources.hdf5 import dtype_of, open_h5, read_dataset
+
+# Top-level groups of a Keras weights file that hold no layer state.
+NOT_LAYERS = {"optimizer", "compile_metrics", "metrics", "loss", "_compile_metrics"}
+
+
+@dataclasses.dataclass
+class _Group:
+    """One `vars` group of a Keras weights file: an object with its own variables."""
+
+    keras_path: str  # "layers/sequential/layers/dense"
+    name: str | None  # the `name` attribute (Keras >= 3.6)
+    datasets: dict[str, tuple[int, str]]  # key -> (file index, dataset path)
+
+
+class KerasWeightsSource(LayerSource):
+    """The layers of a Keras 3 weights file (one file, a shard set, or inside `.keras`).
+
+    Args:
+        files: the open HDF5 files (several for a sharded file).
+        description: the file's name for reports and errors.
+        sizes: each file's size in bytes, to refuse datasets larger than their file.
+        rule: the block rule grouping the layers.
+        source_model: a model (or a zero-argument function building one) with the source's
+            architecture; required when the file holds no layer names.
+        info: facts about the file shown by `inspect` (format, Keras version, ...).
+        on_close: called when the source closes (to close the archive holding the files).
+
+    Example:
+
+    ```python
+    with open_keras_file("classifier.weights.h5", source_model=build_classifier) as source:
+        source.block_layers("block_1")[0].variables[0].name    # "kernel"
+    ```
+    """
+
+    def __init__(
+        self,
+        files: list[h5py.File],
+        description: str,
+        sizes: list[int],
+        rule=None,
+        source_model=None,
+        info: dict | None = None,
+        on_close: Callable[[], None] | None = None,
+    ):
+        super().__init__(rule)
+        self.description = description
+        self.bytes_read = 0
+        self.info = dict(info or {})
+        self._files = files
+        self._sizes = sizes
+        self._on_close = on_close
+        try:
+            for file in files:
+                check_hdf5(file, description)
+            groups = _index(files, description)
+            if source_model is not None:
+                self._layer_infos = self._from_structure(groups, _built(source_model))
+            else:
+                self._layer_infos = self._from_names(groups)
+            self._locators = {layer.path: groups[layer.keras_path].datasets
+                              for layer in self._layer_infos}
+        except BaseException:
+            self.close()
+            raise
+
+    def _from_structure(self, groups: dict[str, _Group], model) -> list[LayerInfo]:
+        from keras_blockreuse.sources.structure import keras_structure
+
+        names = {path: g.name for path, g in groups.items() if g.name}
+        units = {u.keras_path: u for u in keras_structure(model, names)}
+        foreign = [p for p, g in groups.items() if g.datasets and p not in units]
+        if foreign:
+            raise BlockFileError(
+                f"{self.description} does not have the structure of source_model "
+                f"{model.name!r}: the file holds {foreign[:5]} which the model does not. "
+                "Pass the model that wrote the file."
+            )
+        self.info["layer names"] = (
+            "from the file's `name` attributes" if names else f"from source model {model.name!r}")
+        self.info["structure"] = f"source model {model.name!r}, walked as Keras saves it"
+        infos = []
+        for unit in units.values():  # computation order
+            group = groups.get(unit.keras_path)
+            if group is None or not group.datasets:
+                continue
+            stored: dict = {}
+            unit.obj.save_own_variables(stored)
+            var_names = {k: str(getattr(v, "name", k)) for k, v in stored.items()}
+            path = unit.path or names.get(unit.keras_path) or unit.keras_path
+            infos.append(LayerInfo(path, unit.class_name, self._variables(group, var_names),
+                                   keras_path=unit.keras_path, order=unit.order))
+        return infos
+
+    def _from_names(self, groups: dict[str, _Group]) -> list[LayerInfo]:
+        from keras_blockreuse.sources.structure import class_for_key
+
+        unnamed = [g.keras_path for g in groups.values() if g.name is None and g.datasets]
+        if unnamed:
+            raise BlockFileError(
+                f"{self.description} holds no layer names: its groups (such as "
+                f"{unnamed[0] + '/vars'!r}) lack the `name` attribute that Keras >= 3.6 "
+                "writes, so blocks cannot be found by name. Pass source_model= (the source "
+                "model, or a function that builds it) to map the groups through its structure."
+            )
+        self.info["layer names"] = "from the file's `name` attributes"
+        self.info["layer order"] = "unknown (pass source_model= to know it)"
+        paths = _name_paths(groups)
+        infos = []
+        for keras_path in sorted(groups, key=_natural):
+            group = groups[keras_path]
+            if not group.datasets:
+                continue
+            parent, _, key = keras_path.rpartition("/")
+            # A child of a list attribute is keyed by its class (`conv2d_1`); a child held in an
+            # attribute is keyed by the attribute's name, which says nothing of its class.
+            class_name = "" if parent in groups else class_for_key(key)
+            infos.append(LayerInfo(paths[keras_path], class_name, self._variables(group, {}),
+                                   keras_path=keras_path))
+        return infos
+
+    def _variables(self, group: _Group, names: dict[str, str]) -> tuple[VariableInfo, ...]:
+        out = []
+        for key, (index, dataset_path) in group.datasets.items():
+            ds = self._files[index][dataset_path]
+            out.append(VariableInfo(
+                key=key,
+                name=names.get(key, key),
+                path=f"{group.keras_path}/vars/{key}",
+                shape=tuple(int(d) for d in ds.shape),
+                dtype=dtype_of(ds, self.description),
+                dataset=dataset_path,
+            ))
+        return tuple(out)
+
+    def layers(self) -> list[LayerInfo]:
+        return list(self._layer_infos)
+
+    def read_layer(self, layer: LayerInfo) -> dict[str, np.ndarray]:
+        out = {}
+        for key, (index, dataset_path) in self._locators[layer.path].items():
+            out[key] = read_dataset(self._files[index][dataset_path], self._sizes[index],
+                                    self.description)
+        return out
+
+    def close(self) -> None:
+        for file in getattr(self, "_files", []):
+            try:
+                file.close()
+            except Exception:  # noqa: BLE001 - closing must not hide the original error
+                pass
+        self._files = []
+        if getattr(self, "_on_close", None) is not None:
+            self._on_close()
+            self._on_close = None
+
+
+def open_weights(path: str, rule=None, source_model=None) -> KerasWeightsSource:
+    """Opens a `.weights.h5` file (see `KerasWeightsSource`)."""
+    file = open_h5(path)
+    info = {"format": "Keras weights (.weights.h5)"}
+    return KerasWeightsSource([file], path, [os.path.getsize(path)], rule, source_model, info)
+
+
+def open_sharded(path: str, rule=None, source_model=None) -> KerasWeightsSource:
+    """Opens a sharded `.weights.json` index and its shard files."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            config = json.load(fh)
+        weight_map = config["weight_map"]
+        if not isinstance(weight_map, dict):
+            raise TypeError("weight_map is not a dict")
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise BlockFileError(
+            f"{path!r} is not a Keras sharded weights index (a JSON file with a weight_map): "
+            f"{type(e).__name__}: {e}"
+        ) from None
+    folder = os.path.dirname(os.path.abspath(path))
+    shards: list[str] = []
+    for names in weight_map.values():
+        for name in names if isinstance(names, list) else [names]:
+            if safe_member_name(str(name), path) not in shards:
+                shards.append(name)
+    files, sizes = [], []
+    try:
+        for name in shards:
+            shard = os.path.join(folder, name)
+            if not os.path.isfile(shard):
+                raise BlockFileError(f"{path!r} refers to shard {name!r}, which does not exist.")
+            files.append(open_h5(shard))
+            sizes.append(os.path.getsize(shard))
+    except BaseException:
+        for file in files:
+            file.close()
+        raise
+    info = {"format": "Keras sharded weights (.weights.json)", "shards": len(files)}
+    return KerasWeightsSource(files, path, sizes, rule, source_model, info)
+
+
+def _built(source_model):
+    import keras
+
+    model = source_model if isinstance(source_model, keras.Model) else source_model()
+    if not isinstance(model, keras.Model):
+        raise TypeError(
+            "`source_model` must be a keras.Model or a function returning one. "
+            f"Received: {source_model!r}, which gave {type(model).__name__}"
+        )
+    return model
+
+
+def _index(files: list[h5py.File], where: str) -> dict[str, _Group]:
+    """Every `vars` group of the files (shards merged), keyed by structural path."""
+    groups: dict[str, _Group] = {}
+
+    def visit(index: int, group: h5py.Group, inner: str) -> None:
+        for key in group:
+            child = group[key]
+            if not isinstance(child, h5py.Group):
+                continue
+            if key == "vars":
+                entry = groups.setdefault(inner, _Group(inner, None, {}))
+                if "name" in child.attrs and entry.name is None:
+                    entry.name = layer_name(text_attribute(child, "name"), where)
+                for var in child:
+                    if isinstance(child[var], h5py.Dataset):
+                        entry.datasets[var] = (index, child[var].name)
+                continue
+            if inner == "" and key in NOT_LAYERS:
+                continue
+            visit(index, child, f"{inner}/{key}" if inner else key)
+
+    for index, file in enumerate(files):
+        visit(index, file, "")
+    groups.pop("", None)  # the model's own `vars`: the model is not a layer of itself
+    for group in groups.values():
+        group.datasets = dict(sorted(group.datasets.items(), key=lambda kv: _key_order(kv[0])))
+    return groups
+
+
+def _name_paths(groups: dict[str, _Group]) -> dict[str, str]:
+    """`structural path -> name path`: the recorded names of the enclosing objects."""
+    paths: dict[str, str] = {}
+    for inner in sorted(groups, key=lambda p: p.count("/")):
+        parent = _enclosing(inner, groups)
+        name = groups[inner].name or inner.rsplit("/", 1)[-1]
+        paths[inner] = f"{paths[parent]}/{name}" if parent else name
+    return paths
+
+
+def _enclosing(inner: str, groups: dict[str, _Group]) -> str | None:
+    parts = inner.split("/")
+    for cut in range(len(parts) - 1, 0, -1):
+        candidate = "/".join(parts[:cut])
+        if candidate in groups:
+            return candidate
+    return None
+
+
+def _natural(path: str) -> list:
+    """`layers/conv2d_10` after `layers/conv2d_2`: a listing order, never a pairing order."""
+    return [(0, int(t), "") if t.isdigit() else (1, 0, t) for t in re.split(r"(\d+)", path)]
+
+
+def _key_order(key: str):
+    return (0, int(key), "") if key.isdigit() else (1, 0, key)

@@ -1,0 +1,209 @@
+"""A model's structure as Keras's own saver sees it: structural paths, names, classes, order.
+
+Keras 3 writes each object's variables under a structural path (`layers/conv2d_1/vars/0`)
+computed by `saving_lib._save_state`: the layers of a Functional or Sequential model first,
+then every attribute in sorted order; the items of a list attribute are named after their
+class with a counter (`conv2d`, `conv2d_1`). `keras_structure` follows that walk with Keras's
+own `_walk_saveable`, and checks its paths against a dry run of `_save_state` itself, so a
+path computed here is exactly the path Keras writes and reads.
+
+Example:
+
+```python
+model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1, name="d")])
+[(u.keras_path, u.path, u.class_name) for u in keras_structure(model)]
+# [("layers/dense", "d", "Dense")]
+```
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+
+import keras
+
+from keras_blockreuse.blocks import iter_units, weighted_layers
+from keras_blockreuse.errors import BlockFileError
+
+
+@dataclasses.dataclass(frozen=True)
+class Unit:
+    """One object with its own variables, as Keras saves it.
+
+    Attributes:
+        keras_path: its structural path (`layers/sequential/layers/dense`).
+        path: its name path (`block_2_0/inner`), as `iter_units` names it.
+        class_name: its class name.
+        order: its position in computation order (`iter_units` over the model's layers), or
+            `None` for objects that are not among the model's layers.
+        obj: the object itself.
+    """
+
+    keras_path: str
+    path: str | None
+    class_name: str
+    order: int | None
+    obj: object
+
+
+def keras_structure(model, names: Mapping[str, str] | None = None) -> list[Unit]:
+    """Every object Keras saves state for, in computation order where known, then by path.
+
+    Args:
+        model: a built model.
+        names: `structural path -> name` used in name paths instead of the objects' own
+            names (a file's recorded names, for a model rebuilt with fresh automatic names).
+
+    Raises:
+        BlockFileError: the model cannot be walked the way Keras saves it.
+    """
+    found = _walk(model)
+    expected = _dry_run(model)
+    if set(found) != expected:
+        raise BlockFileError(
+            f"Cannot reproduce Keras {keras.__version__}'s saving walk for model "
+            f"{model.name!r}: paths {sorted(set(found) ^ expected)[:5]} differ."
+        )
+    renamed = {id(found[p]): n for p, n in (names or {}).items() if p in found and n}
+
+    def name_of(obj) -> str:
+        return renamed.get(id(obj), obj.name)
+
+    positions: dict[int, tuple[int, str]] = {}
+    for layer in weighted_layers(model) or list(model.layers):
+        for path, unit in iter_units(layer, name=name_of):
+            positions.setdefault(id(unit), (len(positions), path))
+    units = []
+    for keras_path, obj in found.items():
+        order, path = positions.get(id(obj), (None, None))
+        units.append(Unit(keras_path, path, type(obj).__name__, order, obj))
+    big = len(positions)
+    return sorted(units, key=lambda u: (u.order if u.order is not None else big, u.keras_path))
+
+
+def structural_names(model) -> dict[str, tuple[str, str]]:
+    """`structural path -> (object name, class name)` for each object Keras saves state for.
+
+    Example:
+
+    ```python
+    structural_names(keras.Sequential([keras.Input((2,)), keras.layers.Dense(1, name="d")]))
+    # {"layers/dense": ("d", "Dense")}
+    ```
+    """
+    return {
+        u.keras_path: (str(getattr(u.obj, "name", u.keras_path)), u.class_name)
+        for u in keras_structure(model)
+    }
+
+
+def class_for_key(key: str) -> str:
+    """The Keras layer class whose snake-case name a structural key carries (`conv2d_1` ->
+    `Conv2D`), or `""` when the key names no Keras layer class."""
+    return _class_names().get(strip_counter(key), "")
+
+
+def snake_case(name: str) -> str:
+    """Keras's snake-case form of a class name (`Conv2DTranspose` -> `conv2d_transpose`)."""
+    from keras.src.utils.naming import to_snake_case
+
+    return to_snake_case(name)
+
+
+def strip_counter(key: str) -> str:
+    """`conv2d_3` -> `conv2d`; `dense` -> `dense`."""
+    head, _, tail = key.rpartition("_")
+    return head if head and tail.isdigit() else key
+
+
+# --- the walk ---------------------------------------------------------------------------------
+
+
+def _walk(model) -> dict[str, object]:
+    """`structural path -> object` for every object `_save_state` would save variables for."""
+    from keras.src.saving import saving_lib
+    from keras.src.saving.keras_saveable import KerasSaveable
+
+    out: dict[str, object] = {}
+    visited: set[int] = set()
+
+    def join(path: str, key: str) -> str:
+        return f"{path}/{key}" if path else key
+
+    def visit(saveable, path: str) -> None:
+        if id(saveable) in visited:
+            return
+        if hasattr(saveable, "save_own_variables"):
+            out[path] = saveable
+        visited.add(id(saveable))
+        for attr, child in saving_lib._walk_saveable(saveable):
+            if isinstance(child, KerasSaveable):
+                visit(child, join(path, attr))
+            elif isinstance(child, (list, dict, tuple)):
+                container(child, join(path, attr), set())
+
+    def container(items, path: str, seen: set[int]) -> None:
+        if id(items) in seen:
+            return
+        seen.add(id(items))
+        used: dict[str, int] = {}
+        for item in list(items.values()) if isinstance(items, dict) else items:
+            if isinstance(item, KerasSaveable):
+                visit(item, join(path, _unique(snake_case(item.__class__.__name__), used)))
+            elif isinstance(item, (list, dict, tuple)):
+                container(item, join(path, _unique("container", used)), seen)
+
+    visit(model, "")
+    out.pop("", None)  # the model itself
+    return out
+
+
+def _unique(name: str, used: dict[str, int]) -> str:
+    if name in used:
+        used[name] += 1
+        return f"{name}_{used[name]}"
+    used[name] = 0
+    return name
+
+
+def _dry_run(model) -> set[str]:
+    """The paths Keras's `_save_state` itself visits, writing nowhere."""
+    from keras.src.saving import saving_lib
+
+    class Recorder(saving_lib.H5IOStore):
+        def __init__(self):  # no file
+            self.paths: set[str] = set()
+
+        def __bool__(self):
+            return True
+
+        def make(self, path, metadata=None):
+            self.paths.add(path)
+            return {}
+
+    recorder = Recorder()
+    try:
+        saving_lib._save_state(model, recorder, None, "", set())
+    except Exception as e:
+        raise BlockFileError(
+            f"Cannot walk model {model.name!r} the way Keras saves it: {type(e).__name__}: {e}"
+        ) from None
+    recorder.paths.discard("")
+    return recorder.paths
+
+
+_CLASSES: dict[str, str] | None = None
+
+
+def _class_names() -> dict[str, str]:
+    """Keras's snake-case keys (`batch_normalization`) -> layer class names."""
+    global _CLASSES
+    if _CLASSES is None:
+        _CLASSES = {
+            snake_case(value.__name__): value.__name__
+            for value in vars(keras.layers).values()
+            if isinstance(value, type) and issubclass(value, keras.layers.Layer)
+        }
+        _CLASSES.update({"functional": "Functional", "sequential": "Sequential"})
+    return _CLASSES

@@ -1,0 +1,222 @@
+"""Run control of a sweep: checks before anything starts, interrupts, and what ASHA may stop.
+
+- `check_address` and `check_resources`: refuse, before any trial, a Ray address nothing
+  answers on (instead of Ray retrying for ever) and a per-trial request no node can satisfy
+  (instead of trials PENDING for ever), naming what the cluster has.
+- `Interrupts`: SIGINT and SIGTERM stop the trials cleanly (through Ray Tune's own graceful stop,
+  which saves the experiment for `--resume`), and the sweep then writes its report marked as
+  interrupted; outside Tune they raise `KeyboardInterrupt`. `exit_code` is 130 or 143.
+- `redraw_target_split`: the target's train / validation / test split drawn again for one seed
+  (`--data-seeds`), with the same number of images per class in each part.
+- `resume_command`: the exact command that continues a sweep.
+
+Example:
+
+```python
+from keras_blockreuse.sweep.control import Interrupts, check_address
+
+check_address("127.0.0.1:6379")       # SweepError within seconds when nothing listens there
+with Interrupts() as interrupts:
+    ...                               # interrupts.signal: None, "SIGINT" or "SIGTERM"
+```
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shlex
+import signal
+import socket
+from collections.abc import Iterable
+
+import numpy as np
+
+from keras_blockreuse.sweep.options import PROG, SweepError
+
+ADDRESS_TIMEOUT = 5.0
+"""Seconds to wait for a TCP connection to --address before refusing it."""
+EXIT_CODES = {"SIGINT": 130, "SIGTERM": 143}
+
+
+def check_address(address: str | None, timeout: float = ADDRESS_TIMEOUT) -> None:
+    """Refuse a `HOST:PORT` (or `ray://HOST:PORT`) Ray address that accepts no connection.
+
+    `None` (a local Ray) and `"auto"` (Ray finds the running cluster, or says there is none)
+    are left to Ray.
+
+    Raises:
+        SweepError: naming the address and why it cannot be reached, within `timeout` seconds.
+    """
+    if not address or address in ("auto", "local"):
+        return
+    target = address.split("://", 1)[-1]
+    host, sep, port = target.rpartition(":")
+    if not sep or not host or not port.isdigit():
+        raise SweepError(f"--address must be 'auto' or HOST:PORT (e.g. 10.0.0.5:6379), "
+                         f"received {address!r}.")
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout):
+            pass
+    except OSError as error:
+        reason = error.strerror or str(error) or type(error).__name__
+        raise SweepError(f"Cannot reach a Ray cluster at --address {address}: {reason} "
+                         f"(within {timeout:g} s). Start one there with `ray start --head "
+                         f"--port={port}`, or check the address.") from None
+
+
+def check_resources(nodes: Iterable[dict], cpus_per_trial: float, gpus_per_trial: float) -> None:
+    """Refuse a per-trial request that no alive node of the cluster can satisfy.
+
+    Args:
+        nodes: `ray.nodes()`.
+        cpus_per_trial, gpus_per_trial: what each trial asks for.
+
+    Raises:
+        SweepError: naming the request and what each node has.
+    """
+    alive = [n.get("Resources", {}) for n in nodes if n.get("Alive")]
+    for r in alive:
+        if r.get("CPU", 0) >= cpus_per_trial and r.get("GPU", 0) >= gpus_per_trial:
+            return
+    has = "; ".join(f"{r.get('CPU', 0):g} CPUs, {r.get('GPU', 0):g} GPUs" for r in alive) or \
+        "no alive node"
+    asked = []
+    if not any(r.get("CPU", 0) >= cpus_per_trial for r in alive):
+        asked.append(f"--cpus-per-trial {cpus_per_trial:g}")
+    if not any(r.get("GPU", 0) >= gpus_per_trial for r in alive):
+        asked.append(f"--gpus-per-trial {gpus_per_trial:g}")
+    asked = asked or [f"--cpus-per-trial {cpus_per_trial:g} with --gpus-per-trial "
+                      f"{gpus_per_trial:g}"]
+    raise SweepError(f"No node of the Ray cluster can run a trial with {' and '.join(asked)}: "
+                     f"the cluster has {len(alive)} node(s) ({has}). Ask for at most what one "
+                     "node has.")
+
+
+def resume_command(out: str, address: str | None = None) -> str:
+    """The command that continues the sweep in `out`."""
+    words = ["python", "sweeps/which_blocks.py", "--resume",
+             "--out", os.path.abspath(out)]
+    if address:
+        words += ["--address", address]
+    return shlex.join(words)
+
+
+class Interrupts:
+    """SIGINT / SIGTERM handling for a sweep (a context manager; main thread only).
+
+    Inside `tuning()`, a signal asks Ray Tune to stop: Tune ends its trials, saves the
+    experiment and `Tuner.fit` returns. After `defer()` (the sweep has started: its report must
+    be written) a signal outside Tune is only recorded; before, it raises `KeyboardInterrupt`.
+    A second signal always raises `KeyboardInterrupt` (stop at once). `signal` names the first
+    signal received.
+    """
+
+    def __init__(self):
+        self.signal: str | None = None
+        self._tuning = False
+        self._defer = False
+        self._previous: dict = {}
+        self._active = False
+
+    def defer(self) -> None:
+        """From now on a first signal outside Tune is recorded, not raised."""
+        self._defer = True
+
+    @property
+    def exit_code(self) -> int:
+        return EXIT_CODES.get(self.signal or "", 0)
+
+    def __enter__(self) -> Interrupts:
+        import threading
+
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._previous[sig] = signal.getsignal(sig)
+                signal.signal(sig, self._handle)
+            self._active = True
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous.clear()
+
+    def _handle(self, signum, frame) -> None:
+        first = self.signal is None
+        if first:
+            self.signal = signal.Signals(signum).name
+        if first and self._tuning and hasattr(signal, "SIGUSR1"):
+            os.kill(os.getpid(), signal.SIGUSR1)  # Ray Tune's own graceful stop
+            return
+        if first and self._defer:
+            return
+        raise KeyboardInterrupt(signal.Signals(signum).name)
+
+    def tuning(self):
+        """A context for `Tuner.fit()`: signals reach Tune as its graceful stop (SIGUSR1);
+        Tune's own SIGINT handler is switched off so that ours keeps count."""
+        interrupts = self
+
+        class _Tuning:
+            def __enter__(self):
+                self.saved = os.environ.get("TUNE_DISABLE_SIGINT_HANDLER")
+                if interrupts._active:
+                    os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
+                interrupts._tuning = True
+
+            def __exit__(self, *exc):
+                interrupts._tuning = False
+                if self.saved is None:
+                    os.environ.pop("TUNE_DISABLE_SIGINT_HANDLER", None)
+                else:
+                    os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = self.saved
+
+        return _Tuning()
+
+
+def redraw_target_split(data, seed: int):
+    """`data` with its target train / validation / test images drawn again from their union.
+
+    Each class keeps its number of images in each part (so `--shots` holds); the source task is
+    untouched. Every policy run with the same `seed` gets the same split, so comparisons stay
+    paired by seed.
+
+    Raises:
+        SweepError: `data` has no target arrays to re-draw (not a `TransferData`-like dataclass).
+    """
+    parts = ("train", "val", "test")
+    if not dataclasses.is_dataclass(data) or not all(
+            hasattr(data, f"{a}_{p}") for a in "xy" for p in parts):
+        raise SweepError(f"--data-seeds re-draws the target's train/val/test split, and "
+                         f"{type(data).__name__} has no such arrays.")
+    x = np.concatenate([getattr(data, f"x_{p}") for p in parts])
+    y = np.concatenate([getattr(data, f"y_{p}") for p in parts])
+    part = np.concatenate([np.full(len(getattr(data, f"y_{p}")), i) for i, p in enumerate(parts)])
+    rng = np.random.default_rng([int(seed), 7919])
+    chosen: dict[int, list] = {i: [] for i in range(len(parts))}
+    for c in np.unique(y):
+        index = np.flatnonzero(y == c)
+        counts = [int(np.sum(part[index] == i)) for i in range(len(parts))]
+        shuffled = rng.permutation(index)
+        start = 0
+        for i, n in enumerate(counts):
+            chosen[i].append(shuffled[start:start + n])
+            start += n
+    fields = {}
+    for i, p in enumerate(parts):
+        index = np.concatenate(chosen[i])
+        index = rng.permutation(index) if p == "train" else np.sort(index)
+        fields[f"x_{p}"], fields[f"y_{p}"] = x[index], y[index]
+    return dataclasses.replace(data, **fields)
+
+
+def split_per_seed_trial(config: dict, data=None, source=None, trial=None):
+    """A trainable that runs `trial` on `data` whose target split is re-drawn for the trial's
+    seed (`redraw_target_split`): what `--data-seeds` runs."""
+    return trial(config, data=redraw_target_split(data, int(config["seed"])), source=source)
+
+
+__all__ = ["ADDRESS_TIMEOUT", "EXIT_CODES", "Interrupts", "PROG",
+           "check_address", "check_resources", "redraw_target_split", "resume_command",
+           "split_per_seed_trial"]

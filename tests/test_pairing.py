@@ -1,0 +1,396 @@
+"""Every layer pairing is justified, checked and reported: the seven situations of issue 10.
+
+Each test rebuilds the source's architecture in the same process (so automatic names shift)
+and checks values bit for bit: each layer holds its own source layer's values, or the load
+raised `BlockMismatchError` and no weight changed.
+"""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import warnings
+
+import keras
+import numpy as np
+import pytest
+
+from keras_blockreuse import BlockMismatchError, load_blocks, save_blocks
+from tests.helpers import snapshot
+
+L = keras.layers
+NET = {"net": ["*"]}  # one block of every layer: names are automatic, so no name rule fits
+
+
+@keras.saving.register_keras_serializable(package="test_pairing")
+class UpDown(L.Layer):
+    """Two same-class sub-layers with automatic names, set as attributes: `up`, then `down`."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.up = L.Dense(8)
+        self.down = L.Dense(8)
+
+    def build(self, shape):
+        self.up.build(shape)
+        self.down.build((*shape[:-1], 8))
+
+    def call(self, x):
+        return self.down(self.up(x))
+
+
+@keras.saving.register_keras_serializable(package="test_pairing")
+class FourNorms(L.Layer):
+    """Four automatic-named LayerNormalizations in a list, applied in order."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.norms = [L.LayerNormalization() for _ in range(4)]
+
+    def build(self, shape):
+        for norm in self.norms:
+            norm.build(shape)
+
+    def call(self, x):
+        for norm in self.norms:
+            x = norm(x)
+        return x
+
+
+def distinct(model, seed=0):
+    """Gives every variable distinct random values, so any swap is visible."""
+    rng = np.random.default_rng(seed)
+    for v in model.weights:
+        v.assign(rng.normal(size=v.shape).astype(keras.backend.standardize_dtype(v.dtype)))
+
+
+def values(variables):
+    return [np.array(keras.ops.convert_to_numpy(v)) for v in variables]
+
+
+def assert_bits(got, expected):
+    assert len(got) == len(expected)
+    for i, (a, b) in enumerate(zip(got, expected, strict=True)):
+        assert a.dtype == b.dtype and a.shape == b.shape and a.tobytes() == b.tobytes(), i
+
+
+def save_all(model, folder, formats=("weights", "keras", "blocks", "legacy")):
+    paths = {}
+    for kind in formats:
+        path = os.path.join(folder, {"weights": "m.weights.h5", "keras": "m.keras",
+                                     "blocks": "m.blocks.h5", "legacy": "m.h5"}[kind])
+        if kind == "weights":
+            model.save_weights(path)
+        elif kind == "blocks":
+            save_blocks(model, path, blocks=NET)
+        else:
+            model.save(path)
+        paths[kind] = path
+    return paths
+
+
+def load_or_refuse(target, path, expected_pairs, **options):
+    """Loads; each target variable must equal its own source's, else a refusal that changed
+    nothing. Returns the report, or None when refused."""
+    before = snapshot(target)
+    try:
+        report = load_blocks(target, path, **options)
+    except BlockMismatchError as e:
+        assert "could not be paired" in str(e) or "do not fit" in str(e), str(e)
+        after = snapshot(target)
+        assert all(before[k].tobytes() == after[k].tobytes() for k in before)
+        return None
+    assert report.ok, str(report)
+    for target_vars, source_values in expected_pairs:
+        assert_bits(values(target_vars), source_values)
+    return report
+
+
+# 1 ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["weights", "keras", "blocks", "legacy"])
+def test_same_class_sub_layers_with_automatic_names_keep_their_own_values(tmp_path, kind):
+    source = keras.Sequential([keras.Input((8,)), UpDown()])
+    distinct(source)
+    path = save_all(source, str(tmp_path), [kind])[kind]
+    up, down = values(source.layers[0].up.weights), values(source.layers[0].down.weights)
+
+    target = keras.Sequential([keras.Input((8,)), UpDown()])  # names shift: up_down_1, dense_2
+    assert target.layers[0].up.name != source.layers[0].up.name
+    report = load_or_refuse(target, path, [(target.layers[0].up.weights, up),
+                                           (target.layers[0].down.weights, down)], blocks=NET)
+    if kind in ("weights", "keras", "blocks"):
+        assert report is not None  # these formats know enough to pair them
+        assert report.pairing["net"] == ("order" if kind == "blocks" else "path")
+        assert "│ " + report.pairing["net"] in str(report)
+
+
+# 2 ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["weights", "keras", "blocks", "legacy"])
+def test_four_layer_norms_in_a_list_each_get_their_own(tmp_path, kind):
+    source = keras.Sequential([keras.Input((6,)), FourNorms()])
+    distinct(source, seed=2)
+    path = save_all(source, str(tmp_path), [kind])[kind]
+    expected = [values(norm.weights) for norm in source.layers[0].norms]
+    target = keras.Sequential([keras.Input((6,)), FourNorms()])
+    report = load_or_refuse(target, path, list(zip([n.weights for n in target.layers[0].norms],
+                                                   expected, strict=True)), blocks=NET)
+    if kind != "legacy":
+        assert report is not None and report.variables_loaded == 8
+
+
+# 3 ---------------------------------------------------------------------------------------
+
+
+def conv_chain():
+    inputs = keras.Input((8, 8, 4))
+    x = L.Conv2D(4, 3, padding="same")(inputs)
+    x = L.Conv2DTranspose(4, 3, padding="same")(x)
+    x = L.Conv2DTranspose(4, 3, padding="same")(x)
+    outputs = L.Conv2D(4, 3, padding="same")(x)
+    return keras.Model(inputs, outputs)
+
+
+@pytest.mark.parametrize("kind", ["weights", "keras", "blocks", "legacy"])
+def test_functional_conv_chain_with_automatic_names(tmp_path, kind):
+    source = conv_chain()
+    distinct(source, seed=3)
+    path = save_all(source, str(tmp_path), [kind])[kind]
+    expected = [values(layer.weights) for layer in source.layers[1:]]
+    target = conv_chain()
+    assert [layer.name for layer in target.layers[1:]] != [layer.name for layer in source.layers[1:]]
+    report = load_or_refuse(target, path, list(zip([layer.weights for layer in target.layers[1:]],
+                                                   expected, strict=True)), blocks=NET)
+    assert report is not None, "every format records this model's order or structure"
+    assert report.variables_loaded == 8
+
+
+def test_order_pairing_checks_the_layer_class(tmp_path):
+    """Same shapes, other classes: a Conv2D never takes a Conv2DTranspose's kernel by order."""
+    source = conv_chain()
+    path = str(tmp_path / "chain.blocks.h5")
+    save_blocks(source, path, blocks=NET)
+    inputs = keras.Input((8, 8, 4))
+    x = inputs
+    for cls in (L.Conv2D, L.Conv2D, L.Conv2DTranspose, L.Conv2DTranspose):
+        x = cls(4, 3, padding="same")(x)
+    target = keras.Model(inputs, x)
+    before = snapshot(target)
+    with pytest.raises(BlockMismatchError, match="class differs"):
+        load_blocks(target, path, blocks=NET)
+    assert all(before[k].tobytes() == v.tobytes() for k, v in snapshot(target).items())
+
+
+# 4 ---------------------------------------------------------------------------------------
+
+KERAS2_SCRIPT = textwrap.dedent("""
+    import json, sys
+    import numpy as np
+    import tf_keras as K
+
+    folder = sys.argv[1]
+    inner = K.Sequential([K.layers.Dense(8, input_shape=(8,)), K.layers.Dense(8),
+                          K.layers.Dense(8)])
+    model = K.Sequential([K.layers.InputLayer((8,)), inner])
+    rng = np.random.default_rng(4)
+    for w in model.weights:
+        w.assign(rng.normal(size=w.shape).astype("float32"))
+    inner.layers[0].trainable = False
+    model.save(folder + "/keras2.h5")
+    model.save_weights(folder + "/keras2_weights.h5")
+    np.savez(folder + "/keras2_values.npz",
+             *[w.numpy() for layer in inner.layers for w in layer.weights])
+    import h5py
+    with h5py.File(folder + "/keras2.h5", "r") as f:
+        group = f["model_weights"][inner.name]
+        print(json.dumps([n.decode() if isinstance(n, bytes) else str(n)
+                          for n in group.attrs["weight_names"]]))
+""")
+
+
+@pytest.fixture(scope="module")
+def keras2_files(tmp_path_factory):
+    """Genuine Keras 2 files, written by tf-keras in a subprocess (Keras 3 stays untouched)."""
+    pytest.importorskip("tf_keras")
+    folder = str(tmp_path_factory.mktemp("keras2"))
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", CUDA_VISIBLE_DEVICES="")
+    done = subprocess.run([sys.executable, "-c", KERAS2_SCRIPT, folder], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    names = json.loads(done.stdout.strip().splitlines()[-1])
+    with np.load(os.path.join(folder, "keras2_values.npz")) as data:
+        arrays = [data[f"arr_{i}"] for i in range(6)]
+    return folder, names, [arrays[0:2], arrays[2:4], arrays[4:6]]
+
+
+def nested_dense():
+    [L.Dense(1) for _ in range(3)], keras.Sequential()  # shift the automatic names
+    return keras.Sequential([keras.Input((8,)),
+                             keras.Sequential([L.Dense(8), L.Dense(8), L.Dense(8)])])
+
+
+def test_keras2_nested_model_with_a_frozen_layer_loads_in_order(keras2_files):
+    folder, names, expected = keras2_files
+    # Keras 2 lists the nested model's trainable weights first: the frozen layer comes last.
+    assert names[-1].endswith("dense/bias:0") and names[0].endswith("dense_1/kernel:0"), names
+    target = nested_dense()
+    report = load_or_refuse(target, os.path.join(folder, "keras2.h5"),
+                            list(zip([layer.weights for layer in target.layers[0].layers],
+                                     expected, strict=True)), blocks=NET)
+    assert report is not None and report.pairing["net"] == "order"
+
+
+def test_keras2_weights_only_nested_order_unknown_is_refused(keras2_files):
+    folder, _, _ = keras2_files
+    target = nested_dense()
+    before = snapshot(target)
+    with pytest.raises(BlockMismatchError, match="could not be paired") as e:
+        load_blocks(target, os.path.join(folder, "keras2_weights.h5"), blocks=NET)
+    table = str(e.value).split("model layers (unpaired)")[1]
+    assert "sequential/dense_1        sequential_1/dense_3" in table  # side by side
+    assert "model_config" in str(e.value)
+    assert all(before[k].tobytes() == v.tobytes() for k, v in snapshot(target).items())
+
+
+# 5 ---------------------------------------------------------------------------------------
+
+
+def test_a_load_that_would_assign_nothing_raises_with_both_block_lists(tmp_path):
+    first = keras.Sequential([keras.Input((2,)), L.Dense(1)])
+    second = keras.Sequential([keras.Input((2,)), L.Dense(1)])
+    distinct(first, seed=5)
+    path = str(tmp_path / "first.weights.h5")
+    first.save_weights(path)
+    before = snapshot(second)
+    with pytest.raises(BlockMismatchError) as e:
+        load_blocks(second, path)
+    message = str(e.value)
+    assert "source blocks: ['dense']" in message and "model blocks:  ['dense_1']" in message
+    assert "rename=" in message
+    assert all(before[k].tobytes() == v.tobytes() for k, v in snapshot(second).items())
+    assert load_blocks(second, path, only=[]).variables_loaded == 0  # asked for nothing
+    report = load_blocks(second, path, rename={"dense": "dense_1"})
+    assert report.ok and report.pairing == {"dense_1": "path"}
+    assert_bits(values(second.weights), values(first.weights))
+
+
+# 6 ---------------------------------------------------------------------------------------
+
+
+def test_a_value_that_overflows_the_target_dtype_is_a_mismatch(tmp_path):
+    source = keras.Sequential([keras.Input((2,)), L.Dense(2, name="d")], name="s")
+    source.layers[0].kernel.assign(np.array([[1e5, 1.0], [2.0, 3.0]], "float32"))
+    source.layers[0].bias.assign(np.array([0.5, -0.25], "float32"))
+    path = str(tmp_path / "s.blocks.h5")
+    save_blocks(source, path)
+    target = keras.Sequential([keras.Input((2,)), L.Dense(2, name="d", dtype="float16")],
+                              name="t")
+    before = snapshot(target)
+    with pytest.raises(BlockMismatchError, match=r"100000 does not fit float16") as e:
+        load_blocks(target, path)
+    assert "d / d / kernel" in str(e.value) and "float32" in str(e.value)
+    assert all(before[k].tobytes() == v.tobytes() for k, v in snapshot(target).items())
+    report = load_blocks(target, path, on_mismatch="skip")
+    assert not report.ok and [m.variable for m in report.skipped] == ["kernel"]
+    assert values([target.layers[0].kernel])[0].tobytes() == before["t/d/kernel"].tobytes()
+    assert values([target.layers[0].bias])[0].tobytes() == \
+        np.array([0.5, -0.25], "float16").tobytes()
+
+
+# 7 ---------------------------------------------------------------------------------------
+
+
+def bn_model(name):
+    return keras.Sequential([keras.Input((4,)), L.Dense(4, name="block_1_0"),
+                             L.BatchNormalization(name="block_1_1"), L.Dense(1, name="head")],
+                            name=name)
+
+
+def test_freezing_a_compiled_model_warns_that_compile_must_run_again(tmp_path):
+    x, y = np.random.default_rng(7).normal(size=(16, 4)), np.ones((16, 1))
+    source = bn_model("source")
+    distinct(source, seed=7)
+    path = str(tmp_path / "source.blocks.h5")
+    save_blocks(source, path)
+    target = bn_model("target")
+    target.compile("sgd", "mse")
+    target.fit(x, y, epochs=1, verbose=0)
+    with pytest.warns(UserWarning, match=r"call `model.compile\(\)` again") as caught:
+        report = load_blocks(target, path, only=["block_1"], freeze=True)
+    assert len([w for w in caught if "compile" in str(w.message)]) == 1  # once per call
+    assert report.frozen == ["block_1"]
+    target.compile("sgd", "mse")
+    loaded = snapshot(target)
+    target.fit(x, y, epochs=2, verbose=0)
+    after = snapshot(target)
+    for name in ("block_1_0", "block_1_1"):  # kernels and BatchNormalization statistics
+        for v in target.get_layer(name).weights:
+            assert after[v.path].tobytes() == loaded[v.path].tobytes(), v.path
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        load_blocks(bn_model("fresh"), path, only=["block_1"], freeze=True)  # not compiled
+    from keras_blockreuse import unfreeze_blocks
+
+    with pytest.warns(UserWarning, match=r"were unfrozen after the model was compiled"):
+        unfreeze_blocks(target, ["block_1"])
+
+
+# refusals that say how to resolve them ------------------------------------------------------
+
+
+def test_first_conv_channel_refusal_mentions_adapt(tmp_path):
+    rgb = keras.Sequential([keras.Input((8, 8, 3)), L.Conv2D(4, 3, name="block_1_0")])
+    path = str(tmp_path / "rgb.blocks.h5")
+    save_blocks(rgb, path)
+    grey = keras.Sequential([keras.Input((8, 8, 1)), L.Conv2D(4, 3, name="block_1_0")])
+    with pytest.raises(BlockMismatchError, match="on_mismatch='adapt'"):
+        load_blocks(grey, path)
+
+
+def test_classifier_file_into_its_bare_backbone_explains_how(tmp_path):
+    def backbone(name):
+        return keras.Sequential([keras.Input((4,)), L.Dense(4, name="block_1_0"),
+                                 L.Dense(4, name="block_2_0")], name=name)
+
+    classifier = keras.Sequential([keras.Input((4,)), backbone("features"),
+                                   L.Dense(2, name="head")], name="classifier")
+    path = str(tmp_path / "classifier.blocks.h5")
+    save_blocks(classifier, path)
+    with pytest.raises(BlockMismatchError, match=r"inside \['features'\].*source_blocks="):
+        load_blocks(backbone("bare"), path)
+    bare = backbone("bare")
+    bare_path = str(tmp_path / "bare.blocks.h5")
+    save_blocks(bare, bare_path)
+    with pytest.raises(BlockMismatchError, match=r"inside \['features'\].*get_layer\('features'\)"):
+        load_blocks(classifier, bare_path)  # the reverse: a backbone file into the classifier
+    report = load_blocks(classifier.get_layer("features"), bare_path)  # what the hint says
+    assert report.ok and report.variables_loaded == 4
+
+
+# what the readers yield -------------------------------------------------------------------
+
+
+def test_keras_files_yield_pairing_keys_and_real_variable_names(tmp_path):
+    from keras_blockreuse.sources.keras_files import open_keras_file
+
+    model = keras.Sequential([keras.Input((3,)), L.Dense(2, name="block_1_0"),
+                              L.BatchNormalization(name="bn")])
+    model.save(str(tmp_path / "m.keras"))
+    model.save_weights(str(tmp_path / "m.weights.h5"))
+    with open_keras_file(str(tmp_path / "m.keras")) as source:  # structure from config.json
+        layers = source.layers()
+        assert [(x.path, x.keras_path, x.order, x.class_name) for x in layers] == [
+            ("block_1_0", "layers/dense", 0, "Dense"),
+            ("bn", "layers/batch_normalization", 1, "BatchNormalization")]
+        assert [v.name for v in layers[1].variables] == [
+            "gamma", "beta", "moving_mean", "moving_variance"]
+    with open_keras_file(str(tmp_path / "m.weights.h5")) as source:  # names only
+        assert {(x.path, x.keras_path, x.order) for x in source.layers()} == {
+            ("block_1_0", "layers/dense", None), ("bn", "layers/batch_normalization", None)}
+    with open_keras_file(str(tmp_path / "m.weights.h5"), source_model=model) as source:
+        assert [v.name for v in source.layers()[0].variables] == ["kernel", "bias"]
+        assert [x.order for x in source.layers()] == [0, 1]

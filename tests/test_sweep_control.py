@@ -1,0 +1,112 @@
+"""Tests for keras_blockreuse.sweep.control: checks, signals, the per-seed target split."""
+
+import os
+import signal
+
+import numpy as np
+import pytest
+
+from keras_blockreuse.sweep.control import (
+    Interrupts,
+    check_address,
+    check_resources,
+    redraw_target_split,
+    resume_command,
+)
+from keras_blockreuse.sweep.data import make_task
+from keras_blockreuse.sweep.options import SweepError, SweepSettings
+
+NODE = {"Alive": True, "Resources": {"CPU": 2.0, "memory": 1e9}}
+
+
+def test_check_resources_names_what_the_cluster_has():
+    check_resources([NODE], 1, 0)
+    check_resources([NODE, {"Alive": True, "Resources": {"CPU": 1.0, "GPU": 1.0}}], 1, 0.5)
+    with pytest.raises(SweepError, match=r"--gpus-per-trial 1: the cluster has 1 node\(s\) "
+                                         r"\(2 CPUs, 0 GPUs\)"):
+        check_resources([NODE], 1, 1)
+    with pytest.raises(SweepError, match="--cpus-per-trial 4"):
+        check_resources([NODE, {"Alive": False, "Resources": {"CPU": 8.0}}], 4, 0)
+    # Each alone fits some node, together none: both named.
+    with pytest.raises(SweepError, match="--cpus-per-trial 2 with --gpus-per-trial 1"):
+        check_resources([NODE, {"Alive": True, "Resources": {"CPU": 1.0, "GPU": 1.0}}], 2, 1)
+
+
+def test_check_address():
+    check_address(None)
+    check_address("auto")
+    with pytest.raises(SweepError, match="Cannot reach a Ray cluster at --address 127.0.0.1:1"):
+        check_address("127.0.0.1:1", timeout=2)
+    with pytest.raises(SweepError, match="must be 'auto' or HOST:PORT"):
+        check_address("somewhere")
+
+
+def test_resume_command_is_exact():
+    assert resume_command("/runs/a b") == "python sweeps/which_blocks.py --resume --out '/runs/a b'"
+    assert resume_command("/r", "10.0.0.5:6379").endswith("--out /r --address 10.0.0.5:6379")
+
+
+def test_signals_outside_tune_raise_keyboard_interrupt_and_give_the_exit_code():
+    previous = signal.getsignal(signal.SIGTERM)
+    with Interrupts() as interrupts:
+        with pytest.raises(KeyboardInterrupt, match="SIGTERM"):
+            os.kill(os.getpid(), signal.SIGTERM)
+        assert interrupts.signal == "SIGTERM" and interrupts.exit_code == 143
+    assert signal.getsignal(signal.SIGTERM) is previous
+
+
+def test_redraw_target_split_keeps_counts_pairs_seeds_and_source():
+    data = make_task("digits", "shift", "noise", shots=5, seed=0)
+    a, b, a2 = (redraw_target_split(data, s) for s in (0, 1, 0))
+    for part in ("train", "val", "test"):
+        y0, y1 = getattr(data, f"y_{part}"), getattr(a, f"y_{part}")
+        assert np.array_equal(np.bincount(y0, minlength=10), np.bincount(y1, minlength=10))
+        assert np.array_equal(getattr(a, f"x_{part}"), getattr(a2, f"x_{part}"))  # same seed
+    assert not np.array_equal(a.x_train, b.x_train)  # another seed, another split
+    assert a.x_source is data.x_source and a.y_source_val is data.y_source_val
+    pool = lambda d: sorted(map(bytes, np.concatenate([d.x_train, d.x_val, d.x_test])))  # noqa: E731
+    assert pool(a) == pool(data)  # the same target images, only re-dealt
+    with pytest.raises(SweepError, match="--data-seeds re-draws"):
+        redraw_target_split(object(), 0)
+
+
+def test_data_seeds_option_and_coverage():
+    from keras_blockreuse.sweep.options import build_parser, settings_from_args
+    from keras_blockreuse.sweep.run import _coverage
+
+    settings = settings_from_args(build_parser().parse_args(["--data-seeds"]))
+    assert settings.data_seeds and "re-draws the target's" in _coverage(settings)
+    assert _coverage(SweepSettings()).startswith("training seeds only")
+    with pytest.raises(SweepError, match="--data-seeds applies to the classification tasks"):
+        SweepSettings(task="detection", data_seeds=True).validate()
+
+
+class FakeTrial:
+    def __init__(self, trial_id, policy, status="RUNNING", val=None, test=None):
+        self.trial_id, self.status, self.path = trial_id, status, f"/nowhere/{trial_id}"
+        self.config = {"policy": policy, "seed": 0}
+        self.last_result = {"val_accuracy": val, "test_accuracy": test}
+
+
+def test_live_view_counts_leader_and_few_lines():
+    from keras_blockreuse.sweep.console import LiveView
+
+    key = "block_1=tuned,block_2=frozen,dense_1=frozen,dense_2=frozen"
+    lines = []
+    view = LiveView(8, "val_accuracy", {key: "surgical: tune block_1"}, print_fn=lines.append,
+                    terminal=False, final_metric="test_accuracy")
+    with view:
+        trials = [FakeTrial(f"t{i}", key if i % 2 else "scratch") for i in range(8)]
+        view.step(trials)
+        for i, t in enumerate(trials[:6]):
+            t.status = "TERMINATED"
+            t.last_result = {"val_accuracy": 0.5 + 0.1 * (i % 2), "test_accuracy": 0.5}
+            view.complete(t)
+        trials[6].status = "TERMINATED"
+        view.complete(trials[6])  # no final result: stopped early
+        view.step(trials)
+    assert view.counts() == {"done": 6, "running": 1, "failed": 0, "stopped": 1, "total": 8}
+    assert lines[-1].startswith("trials: 6 done, 1 running, 0 failed, 1 stopped of 8; elapsed ")
+    assert lines[-1].endswith(f"leader by val_accuracy: surgical: tune block_1 ({key}) 0.600 "
+                              "(n=3)")
+    assert len(lines) == 4  # one line at each quarter (2, 4, 6 of 8 ended) and the last

@@ -1,0 +1,355 @@
+"""The sweep on the user's own model, pretrained weights and data (issue 12): the
+`which_blocks` API with numpy arrays and with tf.data, the command line with a builder
+function, a keras.applications model on an image folder, a regression target, and the
+--task split head rule. Real Ray Tune trials on the session's Ray instance."""
+
+import json
+import os
+import re
+
+import keras
+import numpy as np
+import pandas as pd
+import pytest
+from ray import tune
+
+from keras_blockreuse import read_blocks, save_blocks
+from keras_blockreuse.sweep import SweepError, which_blocks
+from keras_blockreuse.sweep.models import Recipe, resolve_builder
+from keras_blockreuse.sweep.run import main
+from keras_blockreuse.sweep.trial import train_trial
+from keras_blockreuse.sweep.user_data import from_arrays, load_data
+from tests.sweep_user_model import build, images
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BUILDER = os.path.join(ROOT, "tests", "sweep_user_model.py") + ":build"
+
+
+@pytest.fixture(scope="module")
+def arrays():
+    x, y = images(90, classes=3)
+    return (x[:60], y[:60]), (x[60:75], y[60:75]), (x[75:], y[75:])
+
+
+@pytest.fixture
+def source4(tmp_path):
+    """The user's pretrained weights: the same architecture with a 4-class head."""
+    keras.utils.set_random_seed(1)
+    path = str(tmp_path / "pretrained.blocks.h5")
+    save_blocks(build(num_classes=4), path)
+    return path
+
+
+def _report(out) -> tuple[pd.DataFrame, dict, str]:
+    return (pd.read_csv(os.path.join(out, "results.csv")),
+            json.loads(open(os.path.join(out, "results.json")).read()),
+            open(os.path.join(out, "report.md")).read())
+
+
+def _check_trials(trials, metric, policies, seeds, low=0.0, high=1.0):
+    assert len(trials) == len(policies) * seeds
+    assert sorted(set(trials["policy"])) == sorted(policies)
+    assert (trials["status"] == "ok").all(), trials["error"].tolist()
+    assert trials[metric].between(low, high).all() and trials[f"val_{metric[5:]}"].notna().all()
+    assert sorted(trials["seed"].unique().tolist()) == list(range(seeds))
+
+
+@pytest.mark.slow
+def test_api_on_numpy_arrays_and_a_block_file(ray_local, arrays, source4, tmp_path):
+    out = tmp_path / "sweep"
+    lines = []
+    result = which_blocks(build, source=source4, train=arrays[0], validation=arrays[1],
+                          test=arrays[2], strategy="prefix", seeds=2, epochs=1,
+                          out=str(out), print_fn=lines.append)
+    assert result.blocks == ["block_1", "block_2"]
+    assert list(result.fixed) == ["head"]
+    assert "(8, 4)" in result.fixed["head"] and "(8, 3)" in result.fixed["head"]
+    assert result.metric == "test_accuracy"
+    prefix = ["scratch", "block_1=frozen", "block_1=tuned", "block_1=frozen,block_2=frozen",
+              "block_1=tuned,block_2=tuned"]
+    trials, document, report = _report(out)
+    _check_trials(trials, "test_accuracy", prefix, seeds=2)
+    assert len(result.trials) == 10 and list(result.summary["policy"])[0] in prefix
+    assert "head=reinit (does not fit the source: head / head / kernel: shape differs" in report
+    assert document["info"]["swept blocks"] == "block_1, block_2"
+    assert document["mode"] == "max" and result.best.startswith("Best on validation:")
+    # The source was snapshotted once, grouped by the model's blocks, into the sweep folder.
+    snapshot = read_blocks(str(out / "source.blocks.h5"))
+    assert list(snapshot.blocks) == ["block_1", "block_2", "head"]
+    assert any("Fixed to reinit in every configuration: head" in line for line in lines)
+
+
+@pytest.mark.slow
+def test_api_on_tf_data_and_a_live_source_model(ray_local, arrays, tmp_path):
+    import tensorflow as tf
+
+    keras.utils.set_random_seed(2)
+    source = build(num_classes=3)  # same head shape: the head is swept like any block
+    train = tf.data.Dataset.from_tensor_slices(arrays[0]).batch(7)
+    validation = tf.data.Dataset.from_tensor_slices(arrays[1])  # unbatched elements
+    out = tmp_path / "sweep"
+    result = which_blocks(build, source=source, train=train, validation=validation,
+                          test=None, only=["block_1", "head"], strategy="surgical", seeds=2,
+                          epochs=1, out=str(out), print_fn=lambda line: None)
+    assert result.blocks == ["block_1", "head"]
+    assert result.fixed == {"block_2": "not among the swept blocks"}
+    trials, document, report = _report(out)
+    # surgical on 2 blocks: scratch, tune block_1, tune head, all tuned.
+    _check_trials(trials, "test_accuracy", ["scratch", "block_1=tuned,head=frozen",
+                                            "block_1=frozen,head=tuned",
+                                            "block_1=tuned,head=tuned"], seeds=2)
+    assert "keras.Model 'user_cnn'" in document["info"]["source model"]
+    # No test set given: a seeded stratified fifth of the 60 training images, 4 per class.
+    assert "test: 20% of train, split with seed 0" in document["info"]["data"]
+    assert "48 train / 15 val / 12 test" in document["info"]["data"]
+    snapshot = read_blocks(str(out / "source.blocks.h5"))
+    assert list(snapshot.blocks) == ["block_1", "block_2", "head"]
+
+
+def test_user_data_splits_and_refusals(arrays, tmp_path):
+    data = from_arrays(arrays[0], arrays[1], None, seed=0)
+    assert (len(data.x_train), len(data.x_val), len(data.x_test)) == (48, 15, 12)
+    assert np.bincount(data.y_test).tolist() == [4, 4, 4] and data.target_classes == 3
+    with pytest.raises(ValueError, match="validation is required"):
+        from_arrays(arrays[0], None)
+    with pytest.raises(ValueError, match="x has 60 samples but y has 59"):
+        from_arrays((arrays[0][0], arrays[0][1][:-1]), arrays[1])
+    npz = tmp_path / "d.npz"
+    np.savez(npz, x_train=arrays[0][0], y_train=arrays[0][1], x_test=arrays[2][0],
+             y_test=arrays[2][1])
+    loaded = load_data(f"npz:{npz}", seed=0)
+    assert (len(loaded.x_train), len(loaded.x_val), len(loaded.x_test)) == (48, 12, 15)
+    np.savez(tmp_path / "bad.npz", x_train=arrays[0][0], y_train=arrays[0][1])
+    with pytest.raises(ValueError, match="expected arrays x_train, y_train, x_test, y_test"):
+        load_data(f"npz:{tmp_path / 'bad.npz'}")
+
+
+def test_a_recipe_trial_loads_freezes_and_reports(arrays, source4, monkeypatch):
+    """One trial called directly: the frozen block keeps the source's values exactly, the
+    reinit head does not get them, and the last report carries the test metrics."""
+    reports, models = [], []
+    monkeypatch.setattr(tune, "report", lambda metrics, **kw: reports.append(dict(metrics)))
+    builder = resolve_builder(build, (8, 8, 1), 3)
+
+    def capture():
+        models.append(builder())
+        return models[-1]
+
+    data = from_arrays(*arrays)
+    train_trial({"policy": "block_1=frozen,block_2=tuned", "seed": 0, "epochs": 2},
+                data=data, source=source4, recipe=Recipe(capture))
+    model = models[-1]
+    source = build(num_classes=4)
+    from keras_blockreuse import load_blocks
+
+    load_blocks(source, source4)
+    for mine, theirs in zip(model.get_layer("block_1_0").weights,
+                            source.get_layer("block_1_0").weights, strict=True):
+        np.testing.assert_array_equal(mine.numpy(), theirs.numpy())
+    tuned = model.get_layer("block_2_0").weights[0].numpy()
+    assert not np.array_equal(tuned, source.get_layer("block_2_0").weights[0].numpy())
+    assert [r["epoch"] for r in reports] == [1, 2]
+    assert {"val_accuracy", "accuracy", "loss"} <= set(reports[0])
+    assert "test_accuracy" not in reports[0] and 0 <= reports[-1]["test_accuracy"] <= 1
+
+
+@pytest.mark.slow
+def test_cli_builder_function_npz_data_and_block_file_source(ray_local, arrays, source4,
+                                                             tmp_path, capsys):
+    npz = tmp_path / "target.npz"
+    np.savez(npz, x_train=arrays[0][0], y_train=arrays[0][1], x_val=arrays[1][0],
+             y_val=arrays[1][1], x_test=arrays[2][0], y_test=arrays[2][1])
+    out = tmp_path / "sweep"
+    code = main(["--model", BUILDER, "--source", source4, "--data", f"npz:{npz}",
+                 "--blocks", "block_1", "--strategy", "prefix", "--seeds", "2", "--epochs", "1",
+                 "--out", str(out)])
+    assert code == 0, capsys.readouterr().err
+    trials, document, report = _report(out)
+    _check_trials(trials, "test_accuracy", ["scratch", "block_1=frozen", "block_1=tuned"], 2)
+    fixed = document["info"]["fixed blocks"]
+    assert "block_2=reinit (not among the swept blocks)" in fixed
+    assert "head=reinit (does not fit the source" in fixed
+    assert document["settings"]["data"] == f"npz:{npz}"
+    assert document["settings"]["model"] == BUILDER
+
+
+def _png_folder(root, classes=3, per_class=8, size=32):
+    rng = np.random.default_rng(0)
+    for c in range(classes):
+        os.makedirs(root / f"class_{c}", exist_ok=True)
+        for i in range(per_class):
+            image = rng.integers(0, 80, size=(size, size, 3), dtype=np.uint8)
+            image[:, c * size // classes:(c + 1) * size // classes] += 150
+            keras.utils.save_img(str(root / f"class_{c}" / f"{i}.png"), image)
+
+
+@pytest.mark.slow
+def test_cli_mobilenet_v2_weights_file_and_image_folder(ray_local, tmp_path, capsys):
+    # Stands in for ImageNet weights: a randomly initialised MobileNetV2 with a 10-class head.
+    keras.utils.set_random_seed(3)
+    source = keras.applications.MobileNetV2(input_shape=(32, 32, 3), alpha=0.35, weights=None,
+                                            classes=10)
+    weights = str(tmp_path / "mobilenet_v2.weights.h5")
+    source.save_weights(weights)
+    folder = tmp_path / "images"
+    _png_folder(folder)
+    out = tmp_path / "sweep"
+    code = main(["--model", "mobilenet_v2", "--model-args", "alpha=0.35", "--source", weights,
+                 "--data", f"folder:{folder}", "--blocks", "stem", "--strategy", "surgical",
+                 "--seeds", "2", "--epochs", "1", "--batch-size", "8", "--out", str(out)])
+    assert code == 0, capsys.readouterr().err
+    trials, document, report = _report(out)
+    # surgical on one block: scratch and "tune stem" (which is also "all tuned").
+    _check_trials(trials, "test_accuracy", ["scratch", "stem=tuned"], 2)
+    fixed = document["info"]["fixed blocks"]
+    assert "predictions=reinit (does not fit the source: predictions / predictions / kernel: " \
+           "shape differs" in fixed and "block_16=reinit (not among the swept blocks)" in fixed
+    assert document["info"]["swept blocks"] == "stem"
+    snapshot = read_blocks(str(out / "source.blocks.h5"))
+    assert list(snapshot.blocks)[:2] == ["stem", "block_1"] and len(snapshot.blocks) == 19
+    # 24 images, no train/val/test folders: a 60/20/20 stratified split.
+    assert "60/20/20 stratified split with seed 0" in document["info"]["data"]
+    assert "14 train / 5 val / 5 test, inputs (32, 32, 3), 3 classes" in document["info"]["data"]
+
+
+@pytest.mark.slow
+def test_regression_target_with_mse_loss_and_mae_metric(ray_local, arrays, tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    x = arrays[0][0]
+    target = (x.mean(axis=(1, 2, 3)) * 4 + rng.normal(0, 0.05, len(x))).astype("float32")
+    npz = tmp_path / "regression.npz"
+    np.savez(npz, x_train=x[:45], y_train=target[:45], x_test=x[45:], y_test=target[45:])
+    keras.utils.set_random_seed(4)
+    source = str(tmp_path / "source.blocks.h5")
+    save_blocks(build(num_classes=5), source)  # a classifier's blocks: the head does not fit
+    out = tmp_path / "sweep"
+    code = main(["--model", BUILDER, "--source", source, "--data", f"npz:{npz}",
+                 "--loss", "mse", "--metric", "mae", "--strategy", "prefix", "--seeds", "2",
+                 "--epochs", "1", "--blocks", "block_1", "--out", str(out)])
+    assert code == 0, capsys.readouterr().err
+    trials, document, report = _report(out)
+    _check_trials(trials, "test_mae", ["scratch", "block_1=frozen", "block_1=tuned"], 2,
+                  low=0.0, high=100.0)
+    assert document["metric"] == "test_mae" and document["mode"] == "min"
+    assert "head=reinit (does not fit the source" in document["info"]["fixed blocks"]
+    summary = pd.read_csv(out / "summary.csv")
+    assert summary["val_mean"].is_monotonic_increasing  # lower is better: best first
+    assert document["best"].startswith(f"Best on validation: {summary['label'][0]} (val mae ")
+    assert re.search(r"val mae \d", document["best"]) and summary["verdict"][0] == "best"
+
+
+def test_split_task_never_transfers_the_head_unless_named():
+    from keras_blockreuse.sweep.data import make_task
+    from keras_blockreuse.sweep.options import SweepSettings
+    from keras_blockreuse.sweep.run import _swept_blocks
+
+    data = make_task("digits", task="split", shift=None, shots=5)
+    assert data.source_classes == data.target_classes == 5  # same count, other classes
+    blocks, fixed = _swept_blocks(SweepSettings(task="split", shift=None), data)
+    assert blocks == ["block_1", "block_2", "dense_1"]
+    assert list(fixed) == ["dense_2"] and "other classes (--task split)" in fixed["dense_2"]
+    named = SweepSettings(task="split", blocks=["block_1", "dense_2"])
+    assert _swept_blocks(named, data)[0] == ["block_1", "dense_2"]  # asked for explicitly
+    shift = make_task("digits", task="shift", shots=5)
+    assert _swept_blocks(SweepSettings(), shift) == (
+        ["block_1", "block_2", "dense_1", "dense_2"], {})
+
+
+@pytest.mark.parametrize("argv, fragment", [
+    (["--model", "nope:build"], "needs --source"),
+    (["--model", "missing/file.py:build", "--source", "x"], "no such file 'missing/file.py'"),
+    (["--data", "npz:/nonexistent.npz", "--source", __file__], "no such file"),
+    (["--data", "csv:x"], "--data must be npz:PATH or folder:PATH"),
+    (["--data", f"folder:{ROOT}"], "--data needs --source"),
+    (["--data", f"folder:{ROOT}", "--source", __file__, "--task", "split"],
+     "--task apply to the built-in tasks"),
+    (["--metric", "mae"], "--loss and --metric apply"),
+    (["--source", __file__, "--metric", "f1"], "its direction is not known"),
+    (["--image-size", "32x32"], "--image-size applies to --data"),
+    (["--model-args", "alpha=0.35"], "--model-args applies to keras.applications"),
+])
+def test_bad_user_options_give_one_clear_line(argv, fragment, tmp_path, capsys):
+    try:
+        code = main([*argv, "--out", str(tmp_path / "out")])
+    except SystemExit as exit_:
+        code = exit_.code
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and fragment in err and len(err.splitlines()) == 1, err
+    assert not (tmp_path / "out").exists()
+
+
+def test_api_refuses_a_model_that_does_not_fit_the_data(arrays, source4, tmp_path):
+    with pytest.raises(SweepError, match=r"expects inputs of shape \(16, 16, 1\) but the data "
+                                         r"has \(8, 8, 1\)"):
+        which_blocks(lambda: build(input_shape=(16, 16, 1)), source=source4, train=arrays[0],
+                     validation=arrays[1], out=str(tmp_path / "out"), print_fn=lambda s: None)
+    assert not (tmp_path / "out").exists()
+    with pytest.raises(SweepError, match="shares no transferable block"):
+        other = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Flatten(),
+                                  keras.layers.Dense(3, name="out")])
+        which_blocks(build, source=other, train=arrays[0], validation=arrays[1],
+                     out=str(tmp_path / "out"), print_fn=lambda s: None)
+
+
+@pytest.mark.slow
+def test_example_sweep_keras_application_runs_at_its_smallest(ray_local, tmp_path, capsys):
+    import importlib.util
+
+    path = os.path.join(ROOT, "examples", "sweep_keras_application.py")
+    spec = importlib.util.spec_from_file_location("sweep_keras_application", path)
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    result = example.main(["--per-class", "8", "--epochs", "1", "--blocks", "stem",
+                           "--strategy", "surgical", "--out", str(tmp_path)])
+    assert result.blocks == ["stem"] and len(result.trials) == 4
+    assert (result.trials["status"] == "ok").all()
+    assert result.trials["test_accuracy"].between(0, 1).all()
+    assert "1000" in result.fixed["predictions"] and "(1280, 3)" in result.fixed["predictions"]
+    assert "predictions (does not fit the source" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_the_sweep_package_docstring_example_runs(ray_local, arrays, tmp_path, monkeypatch):
+    import keras_blockreuse.sweep as sweep
+
+    code = re.search(r"```python\n(.*?)```", sweep.__doc__, re.S).group(1)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    save_blocks(build(num_classes=4), "pretrained.blocks.h5")
+    (x_train, y_train), (x_val, y_val), (x_test, y_test) = arrays
+    namespace = {"build_model": build, "x_train": x_train, "y_train": y_train, "x_val": x_val,
+                 "y_val": y_val, "x_test": x_test, "y_test": y_test}
+    exec(compile(code, "keras_blockreuse.sweep docstring", "exec"), namespace)
+    result, demo = namespace["result"], namespace["demo"]
+    assert result.blocks == ["block_1", "block_2"] and list(result.fixed) == ["head"]
+    assert len(result.trials) == 10 and (result.trials["status"] == "ok").all()
+    assert len(demo.trials) == 6 and demo.blocks == ["block_1"]
+    assert (tmp_path / "runs" / "my_sweep" / "report.md").is_file()
+    assert (tmp_path / "runs" / "demo" / "report.md").is_file()
+
+
+def test_help_lists_the_user_options_and_answers_without_tensorflow():
+    import subprocess
+    import sys
+
+    from keras_blockreuse.sweep.options import build_parser
+
+    text = build_parser().format_help()
+    for option in ("--source", "--data", "--image-size", "--loss", "--metric", "--model-args"):
+        assert option in text, option
+    assert "mobilenet_v2" in text and "module.path:function" in text
+    probe = (
+        "import runpy, sys\n"
+        "sys.argv = ['which_blocks.py', '--model', 'mobilenet_v2']\n"
+        "try:\n"
+        f"    runpy.run_path({os.path.join(ROOT, 'sweeps', 'which_blocks.py')!r}, "
+        "run_name='__main__')\n"
+        "except SystemExit as e:\n"
+        "    code = e.code\n"
+        "print('RESULT', code, sorted(m for m in ('tensorflow', 'keras', 'ray', 'numpy')\n"
+        "                             if m in sys.modules))\n"
+    )
+    run = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True,
+                         text=True, timeout=60)
+    assert "RESULT 2 []" in run.stdout, run.stdout + run.stderr
+    assert "--model mobilenet_v2 needs --source" in run.stderr
