@@ -15,7 +15,7 @@ import zipfile
 import numpy as np
 
 from keras_blockreuse.errors import BlockFileError
-from keras_blockreuse.safety import check_zip, inflate_member
+from keras_blockreuse.safety import check_member_crc, check_zip, inflate_member
 from keras_blockreuse.sources.hdf5 import open_h5
 from keras_blockreuse.sources.keras_weights import KerasWeightsSource
 from keras_blockreuse.zip_member import StoredMember
@@ -62,6 +62,7 @@ def open_archive(path: str, rule=None, source_model=None) -> KerasWeightsSource:
             return rebuilt[0]
 
         if member.compress_type == zipfile.ZIP_STORED and not member.flag_bits & 0x1:
+            check_member_crc(archive, member, path)  # the archive's one checksum of values
             stream = StoredMember(path, member)  # read in place at its offset, never extracted
         else:  # inflated to a temporary file, stopping at what the config's model needs
             if source_model is None and not config:
