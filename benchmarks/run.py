@@ -4,8 +4,8 @@ Both runs start with the command line's start-up (`--help`, `--version`, `inspec
 seed CNN's block file) and the import time of `keras_blockreuse` (benchmarks/startup.py;
 3 runs each quick, 11 full).
 `--quick` (CI, under 3 minutes on 2 cores): the seed CNN and ResNet50, 3 repeats, memory of
-the full load; one trial's phases (default 40 epochs), and Ray with one trial per concurrency
-level at 10 epochs.
+the full loads from every source; one trial's phases (default 40 epochs), two trials in one
+reused process, and Ray with one trial per concurrency level at 10 epochs.
 The full run adds VGG16 (138 M parameters), 5 repeats, memory of more loads, the default 40
 epochs and more trials. Numbers are measurements, never assertions.
 
@@ -112,10 +112,11 @@ def main(argv=None) -> str:
 
         if args.quick:
             _, text = sweep_bench.run(trials=1, phase_runs=1, levels=((1, False), (2, False)),
-                                      ray_epochs=10, log=log)
+                                      ray_epochs=10, log=log, reused=2)
         else:
             _, text = sweep_bench.run(trials=4, phase_runs=3,
-                                      levels=((1, False), (2, False), (2, True)), log=log)
+                                      levels=((1, False), (2, False), (2, True)), log=log,
+                                      reused=4)
         sections.append(text)
     footer = [f"Total benchmark time: {time.perf_counter() - started:.0f} s.", ""]
     report = "\n".join(header) + "\n".join(sections) + "\n" + "\n".join(footer)

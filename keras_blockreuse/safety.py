@@ -42,31 +42,76 @@ def check_hdf5(file: h5py.File | h5py.Group, where: str) -> None:
 
     External links and soft links (Keras never writes either), datasets stored in external
     raw files and virtual datasets (whose values come from other files) are all refused.
+    The whole file is walked by HDF5 itself (`H5Lvisit`, `H5Ovisit`): one call each, not
+    one Python call per object.
     """
-    for path, link in _links(file, where):
-        if isinstance(link, h5py.ExternalLink):
+    links: list[tuple[bytes, int]] = []
+    file.id.links.visit(lambda name, info: links.append((name, info.type)), info=True)
+    prefix = file.name.rstrip("/")
+    addresses = {b"": h5py.h5o.get_info(file.id).addr}
+    for name, kind in links:
+        if kind == h5py.h5l.TYPE_HARD:
+            _refuse_cycle(file, name, addresses, where)
+            continue
+        path = f"{prefix}/{name.decode('utf-8', 'replace')}"
+        if kind == h5py.h5l.TYPE_EXTERNAL:
+            filename, target = file.id.links.get_val(name)
             raise BlockFileError(
-                f"{where}: {path!r} is an HDF5 external link to {link.filename!r}:{link.path!r}. "
-                "A weights file must hold its own data; refusing to follow it."
+                f"{where}: {path!r} is an HDF5 external link to {_text(filename)!r}:"
+                f"{_text(target)!r}. A weights file must hold its own data; refusing to "
+                "follow it."
             )
-        if isinstance(link, h5py.SoftLink):
+        if kind == h5py.h5l.TYPE_SOFT:
             raise BlockFileError(
-                f"{where}: {path!r} is an HDF5 soft link to {link.path!r}. Keras weights files "
-                "hold no links; refusing to follow it."
+                f"{where}: {path!r} is an HDF5 soft link to {_text(file.id.links.get_val(name))!r}"
+                ". Keras weights files hold no links; refusing to follow it."
             )
-    for path, obj in _objects(file, where):
-        if isinstance(obj, h5py.Dataset):
-            if obj.external:
-                files = [entry[0] for entry in obj.external]
-                raise BlockFileError(
-                    f"{where}: dataset {path!r} stores its values in external files {files}. "
-                    "A weights file must hold its own data; refusing to read it."
-                )
-            if obj.is_virtual:
-                raise BlockFileError(
-                    f"{where}: dataset {path!r} is a virtual dataset mapped from other files. "
-                    "A weights file must hold its own data; refusing to read it."
-                )
+        raise BlockFileError(
+            f"{where}: {path!r} is an HDF5 user-defined link (type {kind}). Keras weights "
+            "files hold no links; refusing to follow it."
+        )
+    datasets: list[bytes] = []
+
+    def visit(name: bytes, info) -> None:
+        if info.type == h5py.h5o.TYPE_DATASET:
+            datasets.append(name)
+
+    h5py.h5o.visit(file.id, visit, info=True)
+    for name in datasets:
+        path = f"{prefix}/{name.decode('utf-8', 'replace')}"
+        plist = h5py.h5d.open(file.id, name).get_create_plist()
+        if plist.get_external_count():
+            files = [plist.get_external(i)[0].decode("utf-8", "replace")
+                     for i in range(plist.get_external_count())]
+            raise BlockFileError(
+                f"{where}: dataset {path!r} stores its values in external files {files}. "
+                "A weights file must hold its own data; refusing to read it."
+            )
+        if plist.get_layout() == h5py.h5d.VIRTUAL:
+            raise BlockFileError(
+                f"{where}: dataset {path!r} is a virtual dataset mapped from other files. "
+                "A weights file must hold its own data; refusing to read it."
+            )
+
+
+def _refuse_cycle(file, name: bytes, addresses: dict, where: str) -> None:
+    """Refuses a hard link to one of its own enclosing groups (a cycle; Keras never writes
+    one, and a walk that follows it never ends). `addresses` maps each path seen so far (the
+    visit reaches a group before what is inside it) to its object's address."""
+    address = h5py.h5o.get_info(file.id, name=name).addr
+    parts = name.split(b"/")
+    for cut in range(len(parts)):
+        if addresses.get(b"/".join(parts[:cut])) == address:
+            raise BlockFileError(
+                f"{where}: {file.name.rstrip('/')}/{name.decode('utf-8', 'replace')!s} is a hard "
+                "link to one of its own enclosing groups (a cycle); a weights file is a tree. "
+                "The file is damaged or crafted."
+            )
+    addresses[name] = address
+
+
+def _text(value) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
 
 
 def text_attribute(owner: h5py.File | h5py.Group | h5py.Dataset, name: str, default=None):
@@ -89,51 +134,6 @@ def text_attribute(owner: h5py.File | h5py.Group | h5py.Dataset, name: str, defa
             f"is stored as {type(stored).__name__}; the file is damaged."
         )
     return owner.attrs[name]
-
-
-def _links(group: h5py.Group, where: str):
-    """Every link under `group` with its path, each hard-linked group visited once.
-
-    A group hard-linked into itself (a cycle, which Keras never writes) is refused rather
-    than followed forever.
-    """
-    yield from _walk(group, where, links=True)
-
-
-def _objects(group: h5py.Group, where: str):
-    yield from _walk(group, where, links=False)
-
-
-def _walk(group: h5py.Group, where: str, links: bool):
-    stack = [(group, "", (_address(group),))]
-    seen = set()
-    while stack:
-        current, path_prefix, ancestors = stack.pop()
-        for name in current:
-            link = current.get(name, getlink=True)
-            path = f"{path_prefix}/{name}"
-            if links:
-                yield path, link
-            if not isinstance(link, h5py.HardLink):
-                continue
-            child = current[name]
-            if not links:
-                yield path, child
-            if isinstance(child, h5py.Group):
-                address = _address(child)
-                if address in ancestors:
-                    raise BlockFileError(
-                        f"{where}: {path!r} is a hard link to one of its own "
-                        "enclosing groups (a cycle); a weights file is a tree. The file is "
-                        "damaged or crafted."
-                    )
-                if address not in seen:
-                    seen.add(address)
-                    stack.append((child, path, (*ancestors, address)))
-
-
-def _address(obj) -> int:
-    return int(h5py.h5o.get_info(obj.id).addr)
 
 
 def check_dataset_size(dataset: h5py.Dataset, file_size: int, where: str) -> int:

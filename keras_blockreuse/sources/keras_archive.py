@@ -17,6 +17,7 @@ from keras_blockreuse.errors import BlockFileError
 from keras_blockreuse.safety import check_zip, inflate_member
 from keras_blockreuse.sources.hdf5 import open_h5
 from keras_blockreuse.sources.keras_weights import KerasWeightsSource
+from keras_blockreuse.zip_member import StoredMember
 
 
 def open_archive(path: str, rule=None, source_model=None) -> KerasWeightsSource:
@@ -58,8 +59,8 @@ def open_archive(path: str, rule=None, source_model=None) -> KerasWeightsSource:
                 source_model = model_from_config(config, path)
             except BlockFileError as e:
                 structure_error = e
-        if member.compress_type == zipfile.ZIP_STORED:
-            stream = archive.open(member)  # seekable: read in place, never extracted
+        if member.compress_type == zipfile.ZIP_STORED and not member.flag_bits & 0x1:
+            stream = StoredMember(path, member)  # read in place at its offset, never extracted
         else:  # inflated to a temporary file, stopping at what the config's model needs
             if structure_error is not None or source_model is None:
                 raise BlockFileError(
