@@ -80,6 +80,8 @@ def main(argv=None) -> str:
     parser.add_argument("--out", help="also write the report to this file")
     parser.add_argument("--skip-sweep", action="store_true", help="block I/O only")
     parser.add_argument("--skip-io", action="store_true", help="sweep overhead only")
+    parser.add_argument("--models", nargs="+", help="I/O models (default: the run's)")
+    parser.add_argument("--repeats", type=int, help="I/O repeats (default: the run's)")
     args = parser.parse_args(argv)
 
     from benchmarks import io as io_bench
@@ -101,11 +103,11 @@ def main(argv=None) -> str:
     sections = [text]
     if not args.skip_io:
         if args.quick:
-            _, text = io_bench.run(io_bench.QUICK_MODELS, repeats=3, warmup=1,
-                                   rss_ops=io_bench.QUICK_RSS_OPS, log=log)
+            _, text = io_bench.run(args.models or io_bench.QUICK_MODELS, repeats=args.repeats or 3,
+                                   warmup=1, rss_ops=io_bench.QUICK_RSS_OPS, log=log)
         else:
-            _, text = io_bench.run(io_bench.MODELS, repeats=7, warmup=1,
-                                   rss_ops=io_bench.RSS_OPS, log=log)
+            _, text = io_bench.run(args.models or io_bench.MODELS, repeats=args.repeats or 7,
+                                   warmup=1, rss_ops=io_bench.RSS_OPS, log=log)
         sections.append(text)
     if not args.skip_sweep:
         from benchmarks import sweep as sweep_bench
