@@ -4,8 +4,8 @@ Both runs start with the command line's start-up (`--help`, `--version`, `inspec
 seed CNN's block file) and the import time of `keras_blockreuse` (benchmarks/startup.py;
 3 runs each quick, 11 full).
 `--quick` (CI, under 3 minutes on 2 cores): the seed CNN and ResNet50, 3 repeats, memory of
-the full load; one trial's phases (default 40 epochs), and Ray with one trial per concurrency
-level at 10 epochs.
+the full loads from every source; one trial's phases (default 40 epochs), two trials in one
+reused process, and Ray with one trial per concurrency level at 10 epochs.
 The full run adds VGG16 (138 M parameters), 5 repeats, memory of more loads, the default 40
 epochs and more trials. Numbers are measurements, never assertions.
 
@@ -80,6 +80,8 @@ def main(argv=None) -> str:
     parser.add_argument("--out", help="also write the report to this file")
     parser.add_argument("--skip-sweep", action="store_true", help="block I/O only")
     parser.add_argument("--skip-io", action="store_true", help="sweep overhead only")
+    parser.add_argument("--models", nargs="+", help="I/O models (default: the run's)")
+    parser.add_argument("--repeats", type=int, help="I/O repeats (default: the run's)")
     args = parser.parse_args(argv)
 
     from benchmarks import io as io_bench
@@ -101,21 +103,22 @@ def main(argv=None) -> str:
     sections = [text]
     if not args.skip_io:
         if args.quick:
-            _, text = io_bench.run(io_bench.QUICK_MODELS, repeats=3, warmup=1,
-                                   rss_ops=io_bench.QUICK_RSS_OPS, log=log)
+            _, text = io_bench.run(args.models or io_bench.QUICK_MODELS, repeats=args.repeats or 3,
+                                   warmup=1, rss_ops=io_bench.QUICK_RSS_OPS, log=log)
         else:
-            _, text = io_bench.run(io_bench.MODELS, repeats=7, warmup=1,
-                                   rss_ops=io_bench.RSS_OPS, log=log)
+            _, text = io_bench.run(args.models or io_bench.MODELS, repeats=args.repeats or 7,
+                                   warmup=1, rss_ops=io_bench.RSS_OPS, log=log)
         sections.append(text)
     if not args.skip_sweep:
         from benchmarks import sweep as sweep_bench
 
         if args.quick:
             _, text = sweep_bench.run(trials=1, phase_runs=1, levels=((1, False), (2, False)),
-                                      ray_epochs=10, log=log)
+                                      ray_epochs=10, log=log, reused=2)
         else:
             _, text = sweep_bench.run(trials=4, phase_runs=3,
-                                      levels=((1, False), (2, False), (2, True)), log=log)
+                                      levels=((1, False), (2, False), (2, True)), log=log,
+                                      reused=4)
         sections.append(text)
     footer = [f"Total benchmark time: {time.perf_counter() - started:.0f} s.", ""]
     report = "\n".join(header) + "\n".join(sections) + "\n" + "\n".join(footer)

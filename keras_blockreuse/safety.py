@@ -25,6 +25,7 @@ import posixpath
 import stat
 import tempfile
 import zipfile
+import zlib
 from collections.abc import Callable
 from typing import Any, BinaryIO
 
@@ -42,31 +43,76 @@ def check_hdf5(file: h5py.File | h5py.Group, where: str) -> None:
 
     External links and soft links (Keras never writes either), datasets stored in external
     raw files and virtual datasets (whose values come from other files) are all refused.
+    The whole file is walked by HDF5 itself (`H5Lvisit`, `H5Ovisit`): one call each, not
+    one Python call per object.
     """
-    for path, link in _links(file, where):
-        if isinstance(link, h5py.ExternalLink):
+    links: list[tuple[bytes, int]] = []
+    file.id.links.visit(lambda name, info: links.append((name, info.type)), info=True)
+    prefix = file.name.rstrip("/")
+    addresses = {b"": h5py.h5o.get_info(file.id).addr}
+    for name, kind in links:
+        if kind == h5py.h5l.TYPE_HARD:
+            _refuse_cycle(file, name, addresses, where)
+            continue
+        path = f"{prefix}/{name.decode('utf-8', 'replace')}"
+        if kind == h5py.h5l.TYPE_EXTERNAL:
+            filename, target = file.id.links.get_val(name)
             raise BlockFileError(
-                f"{where}: {path!r} is an HDF5 external link to {link.filename!r}:{link.path!r}. "
-                "A weights file must hold its own data; refusing to follow it."
+                f"{where}: {path!r} is an HDF5 external link to {_text(filename)!r}:"
+                f"{_text(target)!r}. A weights file must hold its own data; refusing to "
+                "follow it."
             )
-        if isinstance(link, h5py.SoftLink):
+        if kind == h5py.h5l.TYPE_SOFT:
             raise BlockFileError(
-                f"{where}: {path!r} is an HDF5 soft link to {link.path!r}. Keras weights files "
-                "hold no links; refusing to follow it."
+                f"{where}: {path!r} is an HDF5 soft link to {_text(file.id.links.get_val(name))!r}"
+                ". Keras weights files hold no links; refusing to follow it."
             )
-    for path, obj in _objects(file, where):
-        if isinstance(obj, h5py.Dataset):
-            if obj.external:
-                files = [entry[0] for entry in obj.external]
-                raise BlockFileError(
-                    f"{where}: dataset {path!r} stores its values in external files {files}. "
-                    "A weights file must hold its own data; refusing to read it."
-                )
-            if obj.is_virtual:
-                raise BlockFileError(
-                    f"{where}: dataset {path!r} is a virtual dataset mapped from other files. "
-                    "A weights file must hold its own data; refusing to read it."
-                )
+        raise BlockFileError(
+            f"{where}: {path!r} is an HDF5 user-defined link (type {kind}). Keras weights "
+            "files hold no links; refusing to follow it."
+        )
+    datasets: list[bytes] = []
+
+    def visit(name: bytes, info) -> None:
+        if info.type == h5py.h5o.TYPE_DATASET:
+            datasets.append(name)
+
+    h5py.h5o.visit(file.id, visit, info=True)
+    for name in datasets:
+        path = f"{prefix}/{name.decode('utf-8', 'replace')}"
+        plist = h5py.h5d.open(file.id, name).get_create_plist()
+        if plist.get_external_count():
+            files = [plist.get_external(i)[0].decode("utf-8", "replace")
+                     for i in range(plist.get_external_count())]
+            raise BlockFileError(
+                f"{where}: dataset {path!r} stores its values in external files {files}. "
+                "A weights file must hold its own data; refusing to read it."
+            )
+        if plist.get_layout() == h5py.h5d.VIRTUAL:
+            raise BlockFileError(
+                f"{where}: dataset {path!r} is a virtual dataset mapped from other files. "
+                "A weights file must hold its own data; refusing to read it."
+            )
+
+
+def _refuse_cycle(file, name: bytes, addresses: dict, where: str) -> None:
+    """Refuses a hard link to one of its own enclosing groups (a cycle; Keras never writes
+    one, and a walk that follows it never ends). `addresses` maps each path seen so far (the
+    visit reaches a group before what is inside it) to its object's address."""
+    address = h5py.h5o.get_info(file.id, name=name).addr
+    parts = name.split(b"/")
+    for cut in range(len(parts)):
+        if addresses.get(b"/".join(parts[:cut])) == address:
+            raise BlockFileError(
+                f"{where}: {file.name.rstrip('/')}/{name.decode('utf-8', 'replace')!s} is a hard "
+                "link to one of its own enclosing groups (a cycle); a weights file is a tree. "
+                "The file is damaged or crafted."
+            )
+    addresses[name] = address
+
+
+def _text(value) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
 
 
 def text_attribute(owner: h5py.File | h5py.Group | h5py.Dataset, name: str, default=None):
@@ -89,51 +135,6 @@ def text_attribute(owner: h5py.File | h5py.Group | h5py.Dataset, name: str, defa
             f"is stored as {type(stored).__name__}; the file is damaged."
         )
     return owner.attrs[name]
-
-
-def _links(group: h5py.Group, where: str):
-    """Every link under `group` with its path, each hard-linked group visited once.
-
-    A group hard-linked into itself (a cycle, which Keras never writes) is refused rather
-    than followed forever.
-    """
-    yield from _walk(group, where, links=True)
-
-
-def _objects(group: h5py.Group, where: str):
-    yield from _walk(group, where, links=False)
-
-
-def _walk(group: h5py.Group, where: str, links: bool):
-    stack = [(group, "", (_address(group),))]
-    seen = set()
-    while stack:
-        current, path_prefix, ancestors = stack.pop()
-        for name in current:
-            link = current.get(name, getlink=True)
-            path = f"{path_prefix}/{name}"
-            if links:
-                yield path, link
-            if not isinstance(link, h5py.HardLink):
-                continue
-            child = current[name]
-            if not links:
-                yield path, child
-            if isinstance(child, h5py.Group):
-                address = _address(child)
-                if address in ancestors:
-                    raise BlockFileError(
-                        f"{where}: {path!r} is a hard link to one of its own "
-                        "enclosing groups (a cycle); a weights file is a tree. The file is "
-                        "damaged or crafted."
-                    )
-                if address not in seen:
-                    seen.add(address)
-                    stack.append((child, path, (*ancestors, address)))
-
-
-def _address(obj) -> int:
-    return int(h5py.h5o.get_info(obj.id).addr)
 
 
 def check_dataset_size(dataset: h5py.Dataset, file_size: int, where: str) -> int:
@@ -211,11 +212,11 @@ def safe_member_name(name: str, where: str) -> str:
 
 
 def check_regular_file(path: str | os.PathLike) -> None:
-    """Refuses, without opening it, a path that exists but is not a regular file.
+    """Refuses, without opening it, a path that is a named pipe, a socket or a device.
 
-    Opening a named pipe (FIFO) blocks until something writes to it, a device may never end,
-    and a folder is no weights file; each is refused with `BlockFileError`. A symbolic link is
-    followed (its target is checked). A missing path is left to the caller.
+    Opening a named pipe (FIFO) blocks until something writes to it, and a device may never
+    end; each is refused with `BlockFileError`. A symbolic link is followed (its target is
+    checked). A missing path and a folder (a keras-hub preset is one) are left to the caller.
     """
     try:
         mode = os.stat(path).st_mode
@@ -223,18 +224,18 @@ def check_regular_file(path: str | os.PathLike) -> None:
         return
     except OSError as e:
         raise BlockFileError(f"Cannot read {os.fspath(path)!r}: {e}") from e
-    if not stat.S_ISREG(mode):
-        kind = (
-            "a named pipe (FIFO)" if stat.S_ISFIFO(mode)
-            else "a folder" if stat.S_ISDIR(mode)
-            else "a socket" if stat.S_ISSOCK(mode)
-            else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode)
-            else "not a regular file"
-        )
-        raise BlockFileError(
-            f"{os.fspath(path)!r} is {kind}, not a regular file; refusing to open it "
-            "(reading it could block forever)."
-        )
+    if stat.S_ISREG(mode) or stat.S_ISDIR(mode):
+        return
+    kind = (
+        "a named pipe (FIFO)" if stat.S_ISFIFO(mode)
+        else "a socket" if stat.S_ISSOCK(mode)
+        else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode)
+        else "not a regular file"
+    )
+    raise BlockFileError(
+        f"{os.fspath(path)!r} is {kind}, not a regular file; refusing to open it "
+        "(reading it could block forever)."
+    )
 
 
 @contextlib.contextmanager
@@ -416,3 +417,26 @@ def inflate_member(
 
 
 _CHUNK = 1 << 20
+
+
+def check_member_crc(archive: zipfile.ZipFile, member: zipfile.ZipInfo, where: str) -> None:
+    """Reads a stored archive member once, in 1 MiB pieces, and checks its CRC-32.
+
+    The CRC is the one checksum a `.keras` archive carries over its weights; checking it
+    ourselves makes it hold whatever Python's `zipfile` does when seeking a member.
+
+    Raises:
+        BlockFileError: the member's bytes do not match the CRC-32 its archive records.
+    """
+    crc = 0
+    try:
+        with archive.open(member) as stream:
+            while chunk := stream.read(_CHUNK):
+                crc = zlib.crc32(chunk, crc)
+    except zipfile.BadZipFile as e:  # zipfile's own CRC check, where it makes one
+        raise BlockFileError(f"{where}: archive member {member.filename!r}: {e}") from e
+    if crc != member.CRC:
+        raise BlockFileError(
+            f"{where}: archive member {member.filename!r} does not match its CRC-32 "
+            f"({crc:08x}, recorded {member.CRC:08x}); the archive is damaged."
+        )

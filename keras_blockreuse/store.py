@@ -20,6 +20,7 @@ import contextlib
 import dataclasses
 import datetime
 import hashlib
+import io
 import json
 import math
 import os
@@ -27,7 +28,7 @@ import re
 import secrets
 import socket
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from importlib import metadata as importlib_metadata
 from typing import Any
 
@@ -128,7 +129,7 @@ def save_blocks(
     """
     from keras_blockreuse.sources.live_model import ModelSource  # imports Keras
 
-    source = ModelSource(model, blocks, keras_paths=False)
+    source = ModelSource(model, blocks)
     names = select(source.block_names(), only, "`only`")
     return write_blocks(source, path, names, model_name=str(model.name), metadata=metadata)
 
@@ -166,26 +167,50 @@ def write_blocks(
                 f"Block names cannot contain '/' or be '.' or '..'. Received block {name!r}."
             )
     metadata_json = _metadata_json(metadata)
-    folder = os.path.dirname(os.path.abspath(path))
+    destination = os.path.realpath(path) if os.path.islink(path) else path
+    folder = os.path.dirname(os.path.abspath(destination))
     os.makedirs(folder, exist_ok=True)
     remove_stale_temporaries(folder)
-    tmp = os.path.join(
-        folder,
-        f".{os.path.basename(path)}{TEMP_MARKER}{os.getpid()}-{secrets.token_hex(4)}-{_HOST}",
-    )
+    tmp = os.path.join(folder, _temporary_name(os.path.basename(destination)))
+    # HDF5 writes into memory and Python writes the image to disk: HDF5 1.14 crashes the
+    # process (SIGSEGV, "Can't decrement id ref count") when its own writes hit a full disk,
+    # while a failed `write` here is a plain OSError. Costs one buffer of the file's size.
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
-        with h5py.File(tmp, "w", locking=False) as f:
-            _write(f, source, list(names), model_name, metadata_json)
-            f.flush()
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
+        try:
+            image = io.BytesIO()
+            with h5py.File(image, "w") as f:
+                _write(f, source, list(names), model_name, metadata_json)
+            _write_all(fd, image.getbuffer())
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, destination)  # a symlink's target is replaced; the link stays
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.remove(tmp)
         raise
     _fsync_dir(folder)
     return path
+
+
+def _temporary_name(basename: str) -> str:
+    """`.<name>.kbr-tmp-<pid>-<random>-<host>`, the name cut so the whole fits in 255 bytes."""
+    tail = f"{TEMP_MARKER}{os.getpid()}-{secrets.token_hex(4)}-{_HOST}"
+    room = _NAME_MAX - 1 - len(os.fsencode(tail))
+    head = os.fsencode(basename)[: max(room, 1)].decode("utf-8", "ignore").replace(TEMP_MARKER, "")
+    return f".{head}{tail}"
+
+
+_NAME_MAX = 255  # bytes in one file name on Linux, macOS and Windows filesystems
+
+
+def _write_all(fd: int, image: memoryview) -> None:
+    """Writes every byte (a full disk raises OSError), in pieces of at most 64 MiB."""
+    written = 0
+    with image:
+        while written < len(image):
+            written += os.write(fd, image[written : written + (64 << 20)])
 
 
 def _metadata_json(metadata) -> str:
@@ -230,8 +255,11 @@ def _write(f: h5py.File, source, names: list[str], model_name: str, metadata_jso
                     array.astype(np.float32) if var.dtype in _WIDENED else array
                 )
                 ds = _write_dataset(unit_group, dataset, stored)
-                _write_text_attribute(ds, "path", var.path)
-                _write_text_attribute(ds, "dtype", var.dtype)
+                try:
+                    _write_text_attribute(ds, "path", var.path)
+                    _write_text_attribute(ds, "dtype", var.dtype)
+                finally:
+                    ds.close()  # low-level ids are released here, never by the GC later
                 data_hash.update(stored)
                 variables.append(
                     {
@@ -273,9 +301,15 @@ def _write_dataset(group: h5py.Group, name: str, array: np.ndarray) -> h5py.h5d.
         space = h5py.h5s.create_simple(array.shape)
     else:
         space = h5py.h5s.create(h5py.h5s.SCALAR)
-    dataset = h5py.h5d.create(group.id, name.encode(), h5py.h5t.py_create(array.dtype, logical=True), space)
-    if array.size:
-        dataset.write(h5py.h5s.ALL, h5py.h5s.ALL, array)
+    dataset = h5py.h5d.create(
+        group.id, name.encode(), h5py.h5t.py_create(array.dtype, logical=True), space
+    )
+    try:
+        if array.size:
+            dataset.write(h5py.h5s.ALL, h5py.h5s.ALL, array)
+    except BaseException:
+        dataset.close()
+        raise
     return dataset
 
 
@@ -297,7 +331,10 @@ def _write_text_attribute(dataset: h5py.h5d.DatasetID, name: str, text: str) -> 
     attribute = h5py.h5a.create(
         dataset, name.encode(), h5py.h5t.py_create(value.dtype), h5py.h5s.create(h5py.h5s.SCALAR)
     )
-    attribute.write(value)
+    try:
+        attribute.write(value)
+    finally:
+        attribute.close()
 
 
 def _writer_keras() -> dict[str, str]:
@@ -399,6 +436,7 @@ class BlockFile:
         self.path = os.fspath(path)
         self.bytes_read = 0
         self._layouts: dict[str, BlockInfo] = {}
+        self._opened: dict[str, list] = {}
         with self._reading():
             if not os.path.exists(self.path):
                 raise BlockFileError(f"No such block file: {self.path!r}")
@@ -419,6 +457,7 @@ class BlockFile:
         self.close()
 
     def close(self) -> None:
+        self._opened = {}
         file = getattr(self, "_file", None)
         if file is not None:
             with contextlib.suppress(Exception):
@@ -457,37 +496,52 @@ class BlockFile:
 
     def read_block(self, name: str) -> dict[str, dict[str, np.ndarray]]:
         """Reads and verifies one block's values: `{layer path: {key: array}}`."""
-        info = self.block(name)
-        with self._reading(name):
-            group = self._file[name]
-            algorithm = self._data_hash(name, info)
-            digest = _new_hash(algorithm)
-            out: dict[str, dict[str, np.ndarray]] = {}
-            for layer in info.layers:
-                unit = group[layer.path]
-                self._check_members(unit, layer, info.layers)
-                values = {}
-                for var in layer.variables:
-                    stored = self._read_dataset(unit, var)
-                    digest.update(stored)
-                    values[var.key] = (
-                        stored.astype(numpy_dtype(var.dtype)) if var.dtype in _WIDENED else stored
-                    )
-                out[layer.path] = values
-            actual = f"{algorithm}:{digest.hexdigest()}"
-            if actual != info.data_checksum:
-                raise BlockFileError(
-                    f"Block {name!r} in {self.path} is corrupt: its values do not match their "
-                    "checksum. The file was damaged after it was written; no weights were used."
-                )
+        out: dict[str, dict[str, np.ndarray]] = {}
+        for path, key, array in self.iter_values(name):
+            out.setdefault(path, {})[key] = array
         return out
 
-    def verify(self, names: Sequence[str] | None = None) -> None:
-        """Reads every selected block and checks its checksums; raises `BlockFileError`."""
-        for name in self.block_names if names is None else names:
-            self.read_block(name)
+    def iter_values(self, name: str) -> Iterator[tuple[str, str, np.ndarray]]:
+        """Yields one block's values as they are read, `(layer path, key, array)`, each in
+        new memory; after the last one, verifies the block's checksum.
 
-    # --- internals --------------------------------------------------------------------
+        The check comes after the values: a caller that uses values before the generator is
+        exhausted must have verified the block before (`verify`), and treats a
+        `BlockFileError` raised here as the file changing while it was read.
+        """
+        info = self.block(name)
+        with self._reading(name):
+            digest = _new_hash(self._data_hash(name, info))
+            for path, var, stored in self._stored(name, info, None):
+                digest.update(stored)
+                yield path, var.key, (
+                    stored.astype(numpy_dtype(var.dtype)) if var.dtype in _WIDENED else stored
+                )
+            self._check_digest(name, info, digest)
+
+    def verify(self, names: Sequence[str] | None = None) -> None:
+        """Reads every selected block and checks its checksums, keeping no value.
+
+        Values are read into one reusable buffer the size of the largest variable, so this
+        costs time for every byte but memory for one variable only.
+
+        Raises:
+            BlockFileError: a block is damaged, truncated or does not match its checksum.
+        """
+        names = self.block_names if names is None else list(names)
+        infos = [self.block(name) for name in names]
+        largest = max((v.nbytes if v.dtype not in _WIDENED else 4 * v.size
+                       for info in infos for layer in info.layers for v in layer.variables),
+                      default=0)
+        buffer = np.empty(min(largest, self._size), dtype=np.uint8)
+        for name, info in zip(names, infos, strict=True):
+            with self._reading(name):
+                digest = _new_hash(self._data_hash(name, info))
+                for _, _, stored in self._stored(name, info, buffer):
+                    digest.update(stored)
+                self._check_digest(name, info, digest)
+
+        # --- internals --------------------------------------------------------------------
 
     @contextlib.contextmanager
     def _reading(self, block: str | None = None):
@@ -510,6 +564,41 @@ class BlockFile:
             raise BlockFileError(
                 f"Cannot read block file {self.path}{where}: {type(e).__name__}: {e}"
             ) from e
+
+    def _stored(self, name: str, info: BlockInfo, buffer: np.ndarray | None):
+        """Yields `(layer path, variable, stored array)` for each variable of a block, read
+        into new memory, or into `buffer` (overwritten by the next one) when given."""
+        for path, var, ds, dtype, nbytes in self._datasets(name, info):
+            if buffer is None:
+                array = np.empty(var.shape, dtype=dtype)
+                self.bytes_read += nbytes
+            else:
+                array = buffer[:nbytes].view(dtype).reshape(var.shape)
+            if array.size:
+                ds.read(h5py.h5s.ALL, h5py.h5s.ALL, array)
+            yield path, var, array
+
+    def _datasets(self, name: str, info: BlockInfo) -> list:
+        """A block's datasets, opened and checked once: `(layer path, variable, dataset,
+        stored dtype, bytes)` each. A load that verifies, then reads, opens them once."""
+        if name not in self._opened:
+            group = self._file[name]
+            opened = []
+            for layer in info.layers:
+                unit = group[layer.path]
+                self._check_members(unit, layer, info.layers)
+                opened.extend((layer.path, var, *self._open_dataset(unit, var))
+                              for var in layer.variables)
+            self._opened[name] = opened
+        return self._opened[name]
+
+    def _check_digest(self, name: str, info: BlockInfo, digest) -> None:
+        algorithm = info.data_checksum.split(":", 1)[0]
+        if f"{algorithm}:{digest.hexdigest()}" != info.data_checksum:
+            raise BlockFileError(
+                f"Block {name!r} in {self.path} is corrupt: its values do not match their "
+                "checksum. The file was damaged after it was written; no weights were used."
+            )
 
     def _read_header(self) -> dict:
         root = self._file
@@ -662,7 +751,7 @@ class BlockFile:
                 "files; block files hold contiguous data only. Refusing to read it."
             )
 
-    def _read_dataset(self, unit, var: VariableInfo) -> np.ndarray:
+    def _open_dataset(self, unit, var: VariableInfo) -> tuple[h5py.h5d.DatasetID, np.dtype, int]:
         # h5py's low-level API: a third of the time of `unit[name]` plus `read_direct` for
         # small variables (benchmarks/RESULTS.md). Anything unusual takes the high-level path,
         # whose errors name what is wrong.
@@ -689,11 +778,7 @@ class BlockFile:
                 f"holds {self._size}; the file is truncated or crafted."
             )
         self._check_storage(ds, where)
-        array = np.empty(var.shape, dtype=stored_dtype)
-        if array.size:
-            ds.read(h5py.h5s.ALL, h5py.h5s.ALL, array)
-        self.bytes_read += nbytes
-        return array
+        return ds, stored_dtype, nbytes
 
 
 def _text(value) -> str:

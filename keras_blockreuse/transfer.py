@@ -10,7 +10,7 @@ Pairing: a model layer takes a source layer's values only when the pairing is ju
 
 1. `name`: the same name path (`block_1_0`, `features/conv`);
 2. `path`: the same structural path in Keras's own saving walk (`layers/conv2d_1`), known for
-   Keras weights files, `.keras` archives and live models (`sources.structure`);
+   Keras weights files and `.keras` archives (`sources.structure`);
 3. `order`: the same position in computation order, where the source knows its order (block
    files, live models, rebuilt `.keras` structures, legacy files) — never a file's storage
    order.
@@ -39,7 +39,7 @@ import keras
 import numpy as np
 
 from keras_blockreuse.blocks import Block, BlockRule, get_blocks, select, warn_if_compiled
-from keras_blockreuse.errors import BlockMismatchError
+from keras_blockreuse.errors import BlockFileError, BlockMismatchError
 from keras_blockreuse.report import LoadReport, Mismatch
 from keras_blockreuse.sources import LayerInfo, Source, VariableInfo, numpy_dtype, open_source
 from keras_blockreuse.sources.live_model import to_numpy, unit_values_of
@@ -130,18 +130,29 @@ def load_blocks(
     if source_blocks is None and not hasattr(source, "_block_rule"):
         source_blocks = target_rule
     nothing_asked = only is not None and not isinstance(only, str) and len(only) == 0
+    values = None
     with open_source(source, source_blocks, **source_options) as src:
         plans, report = _plan(src, target_blocks, only, exclude, rename, _target_paths(model))
+        if any(p.unpaired_source or p.unpaired_target for p in plans) and _rebuilt(src):
+            plans, report = _plan(src, target_blocks, only, exclude, rename, _target_paths(model))
         _validate(plans, report, on_mismatch, src)
         if not nothing_asked:
             _refuse_empty(plans, report, src, target_blocks)
-        values = {plan.source: src.read_block(plan.source)
-                  for plan in plans if any(layer.load for layer in plan.layers)}
-        _check_casts(plans, values, report, on_mismatch)
-        if not nothing_asked:
-            _refuse_empty(plans, report, src, target_blocks)
+        if _streams(src, plans):
+            # Pass 1 verifies every selected block and keeps no value; pass 2 reads them again
+            # and assigns each value as it arrives: memory for one variable, not the blocks.
+            src.verify([plan.source for plan in plans
+                        if any(layer.load for layer in plan.layers)])
+            report.variables_loaded = _assign_streaming(plans, src)
+        else:
+            values = {plan.source: src.read_block(plan.source)
+                      for plan in plans if any(layer.load for layer in plan.layers)}
+            _check_casts(plans, values, report, on_mismatch)
+            if not nothing_asked:
+                _refuse_empty(plans, report, src, target_blocks)
         report.bytes_read = src.bytes_read
-    report.variables_loaded = _assign(plans, values)
+    if values is not None:
+        report.variables_loaded = _assign(plans, values)
     loading = {p.target: p.source for p in plans if any(layer.load for layer in p.layers)}
     report.loaded = {name: loading[name] for name in target_blocks if name in loading}
     report.not_loaded = [p.target for p in plans if p.target not in loading]
@@ -154,6 +165,18 @@ def load_blocks(
         warn_if_compiled(model, report.frozen, "frozen")
     report.seconds = time.perf_counter() - start
     return report
+
+
+def _rebuilt(src: Source) -> bool:
+    """Lets a source that can rebuild its structure (a `.keras` archive) do so, once: its
+    layers then carry their computation order. True when that changed them."""
+    rebuild = getattr(src, "rebuild_structure", None)
+    if rebuild is None:
+        return False
+    try:
+        return bool(rebuild())
+    except BlockFileError:
+        return False  # the config cannot be rebuilt: the unpaired layers are reported as such
 
 
 def _target_paths(model) -> Callable[[], dict[int, str]]:
@@ -549,6 +572,68 @@ def _assign(plans: list[_BlockPlan], values: dict) -> int:
         _assign_variable(variable, array)
     for unit, store in stores:
         unit.load_own_variables(store)
+    return count
+
+
+def _streams(src: Source, plans: list[_BlockPlan]) -> bool:
+    """True when the source can verify blocks without keeping their values (a block file:
+    checksums) and every value is assigned as stored: no adaptation, no cast to check."""
+    if not (callable(getattr(src, "verify", None)) and callable(getattr(src, "iter_values", None))):
+        return False
+    for plan in plans:
+        for layer in plan.layers:
+            stored = {v.key: v.dtype for v in layer.source.variables}
+            for key, transform in layer.load.items():
+                dtype = keras.backend.standardize_dtype(layer.current[key].dtype)
+                if transform is not None or stored.get(layer.keys[key]) != dtype:
+                    return False
+    return True
+
+
+def _assign_streaming(plans: list[_BlockPlan], src: Source) -> int:
+    """Assigns every validated variable as its value is read, after `src.verify` passed.
+
+    The source was verified in full before this runs, and a reader holds its file open, so
+    the bytes read here are those verified — unless the file is rewritten in place during
+    the load (writers of block files replace them atomically, which an open file does not
+    see). The block's checksum is checked again after its last value; a difference is
+    raised naming what was already assigned.
+    """
+    count = 0
+    done: list[str] = []
+    for plan in plans:
+        layers = {layer.source.path: layer for layer in plan.layers if layer.load}
+        if not layers:
+            continue
+        target_keys = {path: {layer.keys[k]: k for k in layer.load}
+                       for path, layer in layers.items()}
+        pending: dict[str, dict] = {}  # layers that load through load_own_variables
+        try:
+            for path, source_key, array in src.iter_values(plan.source):
+                layer = layers.get(path)
+                key = target_keys[path].get(source_key) if layer is not None else None
+                if key is None:
+                    continue
+                count += 1
+                if _loads_directly(layer.unit, layer.current):
+                    _assign_variable(layer.current[key], array)
+                    continue
+                loaded = pending.setdefault(path, {})
+                loaded[key] = array
+                if len(loaded) == len(layer.load):
+                    layer.unit.load_own_variables({
+                        k: loaded[k] if k in loaded else to_numpy(current)
+                        for k, current in layer.current.items()
+                    })
+                    del pending[path]
+        except BlockFileError as error:
+            raise BlockFileError(
+                f"{src.description} changed while it was being loaded: it was verified in "
+                f"full before the first assignment, then read again differently ({error}). "
+                f"Blocks {done} and part of {plan.target!r} were loaded; the rest were not. "
+                "Something rewrote the file in place during the load; load it again."
+            ) from None
+        done.append(plan.target)
     return count
 
 

@@ -1,5 +1,6 @@
 """Third-party files: links and archives that leave the file, zip bombs, huge declared shapes."""
 
+import io
 import zipfile
 
 import h5py
@@ -10,6 +11,7 @@ import pytest
 from keras_blockreuse import BlockFileError, BlockMismatchError, load_blocks
 from keras_blockreuse.safety import check_zip
 from keras_blockreuse.sources.keras_files import open_keras_file
+from keras_blockreuse.zip_member import StoredMember
 
 L = keras.layers
 
@@ -142,3 +144,60 @@ def test_legacy_layer_names_that_are_not_text_are_refused_unread(tmp_path):
     with pytest.raises(BlockFileError, match=r"attribute 'layer_names' .* should be text, but "
                                              r"is stored as TypeIntegerID"):
         load_blocks(model("t"), path)
+
+
+def test_virtual_dataset_is_refused(tmp_path):
+    source = tmp_path / "source.h5"
+    with h5py.File(source, "w") as f:
+        f["data"] = np.arange(12.0).reshape(4, 3)
+    path = str(tmp_path / "legacy.h5")
+    with h5py.File(path, "w") as f:
+        f.attrs["layer_names"] = [b"block_1_0"]
+        group = f.create_group("block_1_0")
+        group.attrs["weight_names"] = [b"block_1_0/kernel:0"]
+        layout = h5py.VirtualLayout(shape=(4, 3), dtype="float64")
+        layout[...] = h5py.VirtualSource(str(source), "data", shape=(4, 3))
+        group.create_virtual_dataset("block_1_0/kernel:0", layout)
+    with pytest.raises(BlockFileError, match=r"'/block_1_0/block_1_0/kernel:0' is a virtual"):
+        open_keras_file(path)
+
+
+def test_archive_weights_read_in_place_are_the_zipped_bytes(archive, tmp_path):
+    """The stored member read at its offset gives exactly what zipfile extracts."""
+    extracted = tmp_path / "extracted.h5"
+    with zipfile.ZipFile(archive) as z:
+        extracted.write_bytes(z.read("model.weights.h5"))
+        member = z.getinfo("model.weights.h5")
+    with StoredMember(archive, member) as stream:
+        assert stream.read() == extracted.read_bytes()
+        stream.seek(-10, io.SEEK_END)
+        assert stream.read(100) == extracted.read_bytes()[-10:]
+    target = model("t")
+    load_blocks(target, archive)
+    expected = model("e")
+    expected.load_weights(archive)
+    for a, b in zip(target.weights, expected.weights, strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_archive_with_a_damaged_local_header_is_refused(archive, tmp_path):
+    with zipfile.ZipFile(archive) as z:
+        offset = z.getinfo("model.weights.h5").header_offset
+    damaged = tmp_path / "damaged.keras"
+    data = bytearray(open(archive, "rb").read())
+    data[offset:offset + 4] = b"XXXX"
+    damaged.write_bytes(bytes(data))
+    target = model("t")
+    before = [np.asarray(w).copy() for w in target.weights]
+    with pytest.raises(BlockFileError, match=r"no local file header"):
+        load_blocks(target, str(damaged))
+    for w, b in zip(target.weights, before, strict=True):
+        np.testing.assert_array_equal(np.asarray(w), b)
+
+
+def test_hard_link_cycle_is_refused(weights):
+    with h5py.File(weights, "a") as f:
+        f["layers/dense/loop"] = f["layers"]
+    with pytest.raises(BlockFileError, match=r"'/layers/dense/loop'|/layers/dense/loop is a "
+                       r"hard link to one of its own enclosing groups"):
+        open_keras_file(weights)

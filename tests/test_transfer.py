@@ -1,9 +1,17 @@
+import h5py
 import keras
 import numpy as np
 import pytest
 
-from keras_blockreuse import BlockMismatchError, BlockModel, load_blocks, save_blocks
-from tests.helpers import assert_same, randomize, seed_cnn, snapshot
+from keras_blockreuse import (
+    BlockFileError,
+    BlockMismatchError,
+    BlockModel,
+    load_blocks,
+    save_blocks,
+)
+from keras_blockreuse.sources import Source, open_source
+from tests.helpers import assert_same, dense_stack, randomize, seed_cnn, snapshot
 
 L = keras.layers
 
@@ -201,3 +209,113 @@ def test_unbuilt_model_and_bad_option(source):
         load_blocks(seed_cnn(), path, on_mismatch="ignore")
     with pytest.raises(TypeError, match="`source` must be"):
         load_blocks(seed_cnn(), 42)
+
+
+# --- the streaming load of a block file: verified first, then assigned value by value -------
+
+
+@keras.saving.register_keras_serializable(package="test_transfer")
+class _OwnLoader(L.Dense):
+    """A layer with its own `load_own_variables`: loaded through it, not assigned directly."""
+
+    def load_own_variables(self, store):
+        super().load_own_variables(store)
+
+
+def _mixed(name):
+    return keras.Sequential(
+        [keras.Input((6,)), L.Dense(5, name="block_1_0"), L.BatchNormalization(name="block_1_1"),
+         _OwnLoader(4, name="block_2_0"), L.Dense(4, name="block_2_1"), L.Dense(3, name="head")],
+        name=name,
+    )
+
+
+class _Delegating(Source):
+    """An open block file seen through another source: only `block_names`, `block_layers`
+    and `read_block` (the plain path), or also `verify` and `iter_values` (streaming)."""
+
+    def __init__(self, path, streaming, after_verify=None):
+        self._inner = open_source(path)
+        self.description = self._inner.description
+        self._after_verify = after_verify
+        if streaming:
+            self.verify = self._verify
+            self.iter_values = self._inner.iter_values
+
+    @property
+    def bytes_read(self):
+        return self._inner.bytes_read
+
+    def block_names(self):
+        return self._inner.block_names()
+
+    def block_layers(self, name):
+        return self._inner.block_layers(name)
+
+    def read_block(self, name):
+        return self._inner.read_block(name)
+
+    def _verify(self, names):
+        self._inner.verify(names)
+        if self._after_verify is not None:
+            self._after_verify()
+
+    def close(self):
+        self._inner.close()
+
+
+def test_streaming_and_plain_loads_are_bit_identical(tmp_path):
+    source = _mixed("source")
+    randomize(source, seed=5)
+    path = save_blocks(source, tmp_path / "mixed.blocks.h5")
+    loaded = {}
+    for kind, src in [("path", str(path)), ("plain", _Delegating(path, streaming=False)),
+                      ("streaming", _Delegating(path, streaming=True))]:
+        target = _mixed(f"target_{kind}")
+        report = load_blocks(target, src)
+        assert report.loaded == {"block_1": "block_1", "block_2": "block_2", "head": "head"}
+        assert report.variables_loaded == len(target.weights) == 12
+        loaded[kind] = snapshot(target)
+    expected = {k.replace("source", "x"): v for k, v in snapshot(source).items()}
+    for kind, values in loaded.items():
+        assert_same(expected, {k.replace(f"target_{kind}", "x"): v for k, v in values.items()})
+
+
+def test_corrupt_block_in_the_middle_of_the_file_changes_no_weight(source, tmp_path):
+    _, path = source
+    with h5py.File(path, "r") as f:
+        offset = f["block_2/block_2_1/kernel"].id.get_offset()
+    with open(path, "r+b") as f:  # a real byte flipped in the second of four blocks
+        f.seek(offset + 101)
+        byte = f.read(1)
+        f.seek(offset + 101)
+        f.write(bytes([byte[0] ^ 0x5A]))
+    target = seed_cnn()
+    before = snapshot(target)
+    with pytest.raises(BlockFileError, match=r"Block 'block_2' .* corrupt"):
+        load_blocks(target, path)
+    assert_same(before, snapshot(target))
+    load_blocks(target, path, only=["block_1", "dense_1", "dense_2"])  # the others still load
+
+
+def test_a_file_rewritten_in_place_during_the_load_is_reported(tmp_path):
+    """Blocks are verified before the first assignment; a file changed in place after that
+    (not how block files are written) is caught and the error says what was loaded. The
+    kernels are larger than HDF5's 64 KiB sieve buffer, so the second read goes to the file."""
+    source = dense_stack(160, depth=4, name="source")
+    randomize(source, seed=2)
+    path = save_blocks(source, tmp_path / "stack.blocks.h5")
+    with h5py.File(path, "r") as f:
+        offset = f["block_3/block_3_0/kernel"].id.get_offset()
+
+    def rewrite():
+        with open(path, "r+b") as f:
+            f.seek(offset + 70_000)
+            byte = f.read(1)
+            f.seek(offset + 70_000)
+            f.write(bytes([byte[0] ^ 0x01]))
+
+    target = dense_stack(160, depth=4, name="target")
+    with pytest.raises(BlockFileError, match=r"changed while it was being loaded.*"
+                       r"Blocks \['block_1', 'block_2'\] and part of 'block_3' were loaded"):
+        load_blocks(target, _Delegating(path, streaming=True, after_verify=rewrite))

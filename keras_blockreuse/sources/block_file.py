@@ -49,5 +49,13 @@ class BlockFileSource(Source):
     def read_block(self, name: str) -> dict[str, dict[str, np.ndarray]]:
         return self._file.read_block(name)
 
+    def verify(self, names: list[str]) -> None:
+        """Checks the named blocks against their checksums, keeping no value."""
+        self._file.verify(names)
+
+    def iter_values(self, name: str):
+        """One block's values as read, `(layer path, key, array)`; checked after the last."""
+        return self._file.iter_values(name)
+
     def close(self) -> None:
         self._file.close()
