@@ -284,7 +284,9 @@ class BlockCheckpoint(keras.callbacks.Callback):
                 warnings.warn(f"BlockCheckpoint could not delete {old!r}: {e}", stacklevel=3)
 
 
-def latest_checkpoint(folder_or_pattern: str | os.PathLike) -> str | None:
+def latest_checkpoint(
+    folder_or_pattern: str | os.PathLike, model=None, blocks: BlockRule = None
+) -> str | None:
     """The newest complete block checkpoint in a folder or matching a pattern, or `None`.
 
     Candidates are the `.blocks.h5` files in the folder (or those matching a glob pattern, or a
@@ -293,6 +295,14 @@ def latest_checkpoint(folder_or_pattern: str | os.PathLike) -> str | None:
     (files without them count as older, by modification time); the newest one that verifies
     completely (header, layouts and every value against its checksums) is returned. Files that
     fail verification are skipped with a warning.
+
+    A folder may hold checkpoints of other models: pass `model` (and `blocks`, its block rule,
+    for a model that is not a `BlockModel`) to consider only files whose every block is one of
+    the model's, with the same layer paths, shapes and dtypes; the others are skipped with a
+    warning. Without `model`, prefer the `BlockCheckpoint` template form, which matches only
+    that callback's file names.
+
+    Non-regular files (named pipes, devices) are skipped without being opened.
 
     Example:
 
@@ -310,11 +320,14 @@ def latest_checkpoint(folder_or_pattern: str | os.PathLike) -> str | None:
     candidates = [
         p for p in candidates if p.endswith(SUFFIX) and not is_temporary(p) and os.path.isfile(p)
     ]
+    expected = None if model is None else _layouts_of(model, blocks)
     ranked = []
     for path in candidates:
         try:
             with BlockFile(path) as f:
                 metadata = f.metadata
+                if expected is not None:
+                    _check_fits(f, expected, model.name)
             mtime = os.path.getmtime(path)
         except (BlockFileError, OSError) as e:
             warnings.warn(f"latest_checkpoint skips {path!r}: {e}", stacklevel=2)
@@ -332,6 +345,35 @@ def latest_checkpoint(folder_or_pattern: str | os.PathLike) -> str | None:
 
 
 # --- helpers ---------------------------------------------------------------------------
+
+
+def _layouts_of(model, rule: BlockRule) -> dict[str, tuple]:
+    """`block -> ((layer path, ((shape, dtype), ...)), ...)` of a model, as a file stores it."""
+    from keras_blockreuse.sources import ModelSource  # sources build on the store
+
+    rule = rule if rule is not None else getattr(model, "_block_rule", None)
+    source = ModelSource(model, rule)
+    return {name: _layout(source.block_layers(name)) for name in source.block_names()}
+
+
+def _layout(layers) -> tuple:
+    return tuple(
+        (layer.path, tuple((tuple(v.shape), v.dtype) for v in layer.variables)) for layer in layers
+    )
+
+
+def _check_fits(file: BlockFile, expected: dict[str, tuple], model_name: str) -> None:
+    for name in file.block_names:
+        if name not in expected:
+            raise BlockFileError(
+                f"it holds block {name!r}, which model {model_name!r} does not have "
+                f"(its blocks: {list(expected)}): a checkpoint of another model"
+            )
+        if _layout(file.block(name).layers) != expected[name]:
+            raise BlockFileError(
+                f"its block {name!r} has other layers, shapes or dtypes than model "
+                f"{model_name!r}'s: a checkpoint of another model"
+            )
 
 
 def _template_fields(template: str) -> list[str]:
@@ -358,8 +400,8 @@ def _own_checkpoints(template: str) -> list[str]:
     """Existing files written by a `BlockCheckpoint` with this template, oldest first."""
     found = []
     for path in glob.glob(_template_glob(template)):
-        if is_temporary(path) or not path.endswith(SUFFIX):
-            continue
+        if is_temporary(path) or not path.endswith(SUFFIX) or not os.path.isfile(path):
+            continue  # a named pipe would block the open forever: never opened
         try:
             with BlockFile(path) as f:
                 metadata = f.metadata

@@ -178,8 +178,13 @@ def describe(path: str, rule: str | None = None) -> dict:
             }
             metadata = info.metadata
         else:
+            from keras_blockreuse.errors import BlockFileError
             from keras_blockreuse.presets import detect_preset
 
+            rebuild = getattr(src, "rebuild_structure", None)  # `.keras`: variable names
+            if rebuild is not None:
+                with contextlib.suppress(BlockFileError):
+                    rebuild()
             facts = dict(getattr(src, "info", {}))
             if "block rule" not in facts:  # a keras-hub preset directory says its own
                 tops = list(dict.fromkeys(layer.top for layer in src.layers()))

@@ -25,8 +25,9 @@ does), shared messages, or variable-length members nested in compound or array t
 refused the same way, as a file Keras does not write.
 
 Measured alternative: reading names in a child process with a deadline also bounds the time,
-but costs a process start (0.2-0.5 s with h5py imported) on every load, and cannot be made
-to hand back h5py objects; the parser costs well under a millisecond for Keras's files.
+but costs a process start with h5py on every load (0.3 s of CPU, 5 s of wall time on the shared
+test machine) and cannot hand h5py objects back; this parser checked a 3-layer `.weights.h5`
+(11 objects) in 16 ms on the same machine, under the same load.
 
 Example:
 

@@ -33,6 +33,7 @@ block, `predictions`, so that "everything but the head" is easy to say:
 from __future__ import annotations
 
 import dataclasses
+import functools
 import re
 from collections.abc import Callable, Iterable
 
@@ -358,8 +359,12 @@ def assign_blocks(preset: str | Preset, layer_names: list[str]) -> dict[str, str
 # --- Models whose names cannot name blocks -------------------------------------------------
 
 
+@functools.cache
 def _automatic_prefixes() -> frozenset[str]:
-    """The snake-cased class names Keras uses for automatic layer names (`conv2d_3`)."""
+    """The snake-cased class names Keras uses for automatic layer names (`conv2d_3`).
+
+    Computed once per process: it snake-cases every Keras layer class (30 ms a call).
+    """
     import keras
     from keras.src.utils.naming import to_snake_case
 

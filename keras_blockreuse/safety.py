@@ -25,6 +25,7 @@ import posixpath
 import stat
 import tempfile
 import zipfile
+import zlib
 from collections.abc import Callable
 from typing import Any, BinaryIO
 
@@ -211,11 +212,11 @@ def safe_member_name(name: str, where: str) -> str:
 
 
 def check_regular_file(path: str | os.PathLike) -> None:
-    """Refuses, without opening it, a path that exists but is not a regular file.
+    """Refuses, without opening it, a path that is a named pipe, a socket or a device.
 
-    Opening a named pipe (FIFO) blocks until something writes to it, a device may never end,
-    and a folder is no weights file; each is refused with `BlockFileError`. A symbolic link is
-    followed (its target is checked). A missing path is left to the caller.
+    Opening a named pipe (FIFO) blocks until something writes to it, and a device may never
+    end; each is refused with `BlockFileError`. A symbolic link is followed (its target is
+    checked). A missing path and a folder (a keras-hub preset is one) are left to the caller.
     """
     try:
         mode = os.stat(path).st_mode
@@ -223,18 +224,18 @@ def check_regular_file(path: str | os.PathLike) -> None:
         return
     except OSError as e:
         raise BlockFileError(f"Cannot read {os.fspath(path)!r}: {e}") from e
-    if not stat.S_ISREG(mode):
-        kind = (
-            "a named pipe (FIFO)" if stat.S_ISFIFO(mode)
-            else "a folder" if stat.S_ISDIR(mode)
-            else "a socket" if stat.S_ISSOCK(mode)
-            else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode)
-            else "not a regular file"
-        )
-        raise BlockFileError(
-            f"{os.fspath(path)!r} is {kind}, not a regular file; refusing to open it "
-            "(reading it could block forever)."
-        )
+    if stat.S_ISREG(mode) or stat.S_ISDIR(mode):
+        return
+    kind = (
+        "a named pipe (FIFO)" if stat.S_ISFIFO(mode)
+        else "a socket" if stat.S_ISSOCK(mode)
+        else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode)
+        else "not a regular file"
+    )
+    raise BlockFileError(
+        f"{os.fspath(path)!r} is {kind}, not a regular file; refusing to open it "
+        "(reading it could block forever)."
+    )
 
 
 @contextlib.contextmanager
@@ -416,3 +417,26 @@ def inflate_member(
 
 
 _CHUNK = 1 << 20
+
+
+def check_member_crc(archive: zipfile.ZipFile, member: zipfile.ZipInfo, where: str) -> None:
+    """Reads a stored archive member once, in 1 MiB pieces, and checks its CRC-32.
+
+    The CRC is the one checksum a `.keras` archive carries over its weights; checking it
+    ourselves makes it hold whatever Python's `zipfile` does when seeking a member.
+
+    Raises:
+        BlockFileError: the member's bytes do not match the CRC-32 its archive records.
+    """
+    crc = 0
+    try:
+        with archive.open(member) as stream:
+            while chunk := stream.read(_CHUNK):
+                crc = zlib.crc32(chunk, crc)
+    except zipfile.BadZipFile as e:  # zipfile's own CRC check, where it makes one
+        raise BlockFileError(f"{where}: archive member {member.filename!r}: {e}") from e
+    if crc != member.CRC:
+        raise BlockFileError(
+            f"{where}: archive member {member.filename!r} does not match its CRC-32 "
+            f"({crc:08x}, recorded {member.CRC:08x}); the archive is damaged."
+        )

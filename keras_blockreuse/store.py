@@ -20,6 +20,7 @@ import contextlib
 import dataclasses
 import datetime
 import hashlib
+import io
 import json
 import math
 import os
@@ -128,7 +129,7 @@ def save_blocks(
     """
     from keras_blockreuse.sources.live_model import ModelSource  # imports Keras
 
-    source = ModelSource(model, blocks, keras_paths=False)
+    source = ModelSource(model, blocks)
     names = select(source.block_names(), only, "`only`")
     return write_blocks(source, path, names, model_name=str(model.name), metadata=metadata)
 
@@ -166,26 +167,50 @@ def write_blocks(
                 f"Block names cannot contain '/' or be '.' or '..'. Received block {name!r}."
             )
     metadata_json = _metadata_json(metadata)
-    folder = os.path.dirname(os.path.abspath(path))
+    destination = os.path.realpath(path) if os.path.islink(path) else path
+    folder = os.path.dirname(os.path.abspath(destination))
     os.makedirs(folder, exist_ok=True)
     remove_stale_temporaries(folder)
-    tmp = os.path.join(
-        folder,
-        f".{os.path.basename(path)}{TEMP_MARKER}{os.getpid()}-{secrets.token_hex(4)}-{_HOST}",
-    )
+    tmp = os.path.join(folder, _temporary_name(os.path.basename(destination)))
+    # HDF5 writes into memory and Python writes the image to disk: HDF5 1.14 crashes the
+    # process (SIGSEGV, "Can't decrement id ref count") when its own writes hit a full disk,
+    # while a failed `write` here is a plain OSError. Costs one buffer of the file's size.
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
-        with h5py.File(tmp, "w", locking=False) as f:
-            _write(f, source, list(names), model_name, metadata_json)
-            f.flush()
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
+        try:
+            image = io.BytesIO()
+            with h5py.File(image, "w") as f:
+                _write(f, source, list(names), model_name, metadata_json)
+            _write_all(fd, image.getbuffer())
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, destination)  # a symlink's target is replaced; the link stays
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.remove(tmp)
         raise
     _fsync_dir(folder)
     return path
+
+
+def _temporary_name(basename: str) -> str:
+    """`.<name>.kbr-tmp-<pid>-<random>-<host>`, the name cut so the whole fits in 255 bytes."""
+    tail = f"{TEMP_MARKER}{os.getpid()}-{secrets.token_hex(4)}-{_HOST}"
+    room = _NAME_MAX - 1 - len(os.fsencode(tail))
+    head = os.fsencode(basename)[: max(room, 1)].decode("utf-8", "ignore").replace(TEMP_MARKER, "")
+    return f".{head}{tail}"
+
+
+_NAME_MAX = 255  # bytes in one file name on Linux, macOS and Windows filesystems
+
+
+def _write_all(fd: int, image: memoryview) -> None:
+    """Writes every byte (a full disk raises OSError), in pieces of at most 64 MiB."""
+    written = 0
+    with image:
+        while written < len(image):
+            written += os.write(fd, image[written : written + (64 << 20)])
 
 
 def _metadata_json(metadata) -> str:
@@ -230,8 +255,11 @@ def _write(f: h5py.File, source, names: list[str], model_name: str, metadata_jso
                     array.astype(np.float32) if var.dtype in _WIDENED else array
                 )
                 ds = _write_dataset(unit_group, dataset, stored)
-                _write_text_attribute(ds, "path", var.path)
-                _write_text_attribute(ds, "dtype", var.dtype)
+                try:
+                    _write_text_attribute(ds, "path", var.path)
+                    _write_text_attribute(ds, "dtype", var.dtype)
+                finally:
+                    ds.close()  # low-level ids are released here, never by the GC later
                 data_hash.update(stored)
                 variables.append(
                     {
@@ -273,9 +301,15 @@ def _write_dataset(group: h5py.Group, name: str, array: np.ndarray) -> h5py.h5d.
         space = h5py.h5s.create_simple(array.shape)
     else:
         space = h5py.h5s.create(h5py.h5s.SCALAR)
-    dataset = h5py.h5d.create(group.id, name.encode(), h5py.h5t.py_create(array.dtype, logical=True), space)
-    if array.size:
-        dataset.write(h5py.h5s.ALL, h5py.h5s.ALL, array)
+    dataset = h5py.h5d.create(
+        group.id, name.encode(), h5py.h5t.py_create(array.dtype, logical=True), space
+    )
+    try:
+        if array.size:
+            dataset.write(h5py.h5s.ALL, h5py.h5s.ALL, array)
+    except BaseException:
+        dataset.close()
+        raise
     return dataset
 
 
@@ -297,7 +331,10 @@ def _write_text_attribute(dataset: h5py.h5d.DatasetID, name: str, text: str) -> 
     attribute = h5py.h5a.create(
         dataset, name.encode(), h5py.h5t.py_create(value.dtype), h5py.h5s.create(h5py.h5s.SCALAR)
     )
-    attribute.write(value)
+    try:
+        attribute.write(value)
+    finally:
+        attribute.close()
 
 
 def _writer_keras() -> dict[str, str]:

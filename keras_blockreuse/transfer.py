@@ -10,7 +10,7 @@ Pairing: a model layer takes a source layer's values only when the pairing is ju
 
 1. `name`: the same name path (`block_1_0`, `features/conv`);
 2. `path`: the same structural path in Keras's own saving walk (`layers/conv2d_1`), known for
-   Keras weights files, `.keras` archives and live models (`sources.structure`);
+   Keras weights files and `.keras` archives (`sources.structure`);
 3. `order`: the same position in computation order, where the source knows its order (block
    files, live models, rebuilt `.keras` structures, legacy files) — never a file's storage
    order.
@@ -133,6 +133,8 @@ def load_blocks(
     values = None
     with open_source(source, source_blocks, **source_options) as src:
         plans, report = _plan(src, target_blocks, only, exclude, rename, _target_paths(model))
+        if any(p.unpaired_source or p.unpaired_target for p in plans) and _rebuilt(src):
+            plans, report = _plan(src, target_blocks, only, exclude, rename, _target_paths(model))
         _validate(plans, report, on_mismatch, src)
         if not nothing_asked:
             _refuse_empty(plans, report, src, target_blocks)
@@ -163,6 +165,18 @@ def load_blocks(
         warn_if_compiled(model, report.frozen, "frozen")
     report.seconds = time.perf_counter() - start
     return report
+
+
+def _rebuilt(src: Source) -> bool:
+    """Lets a source that can rebuild its structure (a `.keras` archive) do so, once: its
+    layers then carry their computation order. True when that changed them."""
+    rebuild = getattr(src, "rebuild_structure", None)
+    if rebuild is None:
+        return False
+    try:
+        return bool(rebuild())
+    except BlockFileError:
+        return False  # the config cannot be rebuilt: the unpaired layers are reported as such
 
 
 def _target_paths(model) -> Callable[[], dict[int, str]]:

@@ -77,4 +77,10 @@ if __name__ == "__main__":
     code = precheck()
     if code is not None:
         sys.exit(code)
-    sys.exit(_import_main("--verbose" in sys.argv[1:])())
+    try:
+        main = _import_main("--verbose" in sys.argv[1:])
+    except KeyboardInterrupt:
+        print("which_blocks.py: interrupted before any trial started; nothing to resume.",
+              file=sys.stderr)
+        sys.exit(130)
+    sys.exit(main())

@@ -324,7 +324,7 @@ def test_cli_inspects_a_preset_directory(tmp_path, capsys):
 def test_importing_the_package_does_not_import_keras_hub():
     code = ("import sys, keras_blockreuse, keras_blockreuse.sources, keras_blockreuse.cli; "
             "from keras_blockreuse.sources import open_source; "
-            "import keras_blockreuse.hub; "
+            "import keras_blockreuse.hub, keras_blockreuse.sources.hub_preset; "
             "print('keras_hub' in sys.modules)")
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,

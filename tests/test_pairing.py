@@ -381,7 +381,10 @@ def test_keras_files_yield_pairing_keys_and_real_variable_names(tmp_path):
                               L.BatchNormalization(name="bn")])
     model.save(str(tmp_path / "m.keras"))
     model.save_weights(str(tmp_path / "m.weights.h5"))
-    with open_keras_file(str(tmp_path / "m.keras")) as source:  # structure from config.json
+    with open_keras_file(str(tmp_path / "m.keras")) as source:
+        assert {(x.keras_path, x.order) for x in source.layers()} == {
+            ("layers/dense", None), ("layers/batch_normalization", None)}  # names and paths
+        assert source.rebuild_structure()  # the structure, from config.json
         layers = source.layers()
         assert [(x.path, x.keras_path, x.order, x.class_name) for x in layers] == [
             ("block_1_0", "layers/dense", 0, "Dense"),
@@ -394,3 +397,28 @@ def test_keras_files_yield_pairing_keys_and_real_variable_names(tmp_path):
     with open_keras_file(str(tmp_path / "m.weights.h5"), source_model=model) as source:
         assert [v.name for v in source.layers()[0].variables] == ["kernel", "bias"]
         assert [x.order for x in source.layers()] == [0, 1]
+
+
+def test_keras_archive_rebuilds_its_structure_when_names_and_paths_do_not_pair(tmp_path):
+    """A Sequential's `.keras` into a subclassed model of the same layers: Keras paths differ
+    (`layers/dense` against `a`), so the config is rebuilt and the layers pair by order."""
+    source = keras.Sequential([keras.Input((4,)), L.Dense(4), L.Dense(4)])
+    distinct(source, seed=8)
+    path = str(tmp_path / "seq.keras")
+    source.save(path)
+
+    class Two(keras.Model):
+        def __init__(self):
+            super().__init__()
+            self.a = L.Dense(4)
+            self.b = L.Dense(4)
+
+        def call(self, x):
+            return self.b(self.a(x))
+
+    target = Two()
+    target(np.zeros((1, 4), "float32"))
+    report = load_blocks(target, path, blocks=NET)
+    assert report.ok and report.pairing == {"net": "order"}
+    assert_bits(values(target.a.weights + target.b.weights),
+                values(source.layers[0].weights + source.layers[1].weights))

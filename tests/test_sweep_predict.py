@@ -194,3 +194,37 @@ def test_predict_ranking_and_top_configurations_on_a_transferred_model():
                                        "block_1=tuned,block_2=tuned,dense_1=tuned"]
     with pytest.raises(SweepError, match="top_k >= 1"):
         top_configurations(ranking, blocks, top_k=0)
+
+
+def test_predicted_vs_measured_table():
+    from keras_blockreuse.sweep.predict import predicted_vs_measured
+
+    ranked = rank_configurations(["b1", "b2"], rgn={"b1": 0.2, "b2": 0.1})
+    keys = [p.key for p in ranked]
+    text, rows = predicted_vs_measured(ranked, {keys[0]: 0.7, keys[1]: 0.9, "scratch": 0.5})
+    assert [(r["predicted_rank"], r["measured_rank"]) for r in rows] == [(1, 2), (2, 1)]
+    assert "| 1 | surgical: tune b1 | rgn | 0.2 | 2 | 0.7000 |" in text
+    assert text.rstrip().endswith("Kendall's tau over 2 measured configurations: -1.00 (p = 1).")
+    text, rows = predicted_vs_measured(ranked, {keys[0]: 0.7})
+    assert "| 2 | surgical: tune b2 | rgn | 0.1 | - | not run |" in text
+    assert "n/a (only 1 predicted configuration(s) measured; tau needs 2)." in text
+
+
+def test_one_block_has_no_surgical_candidate_besides_all_tuned():
+    ranked = rank_configurations(["b1"], logme_scores={"b1": 0.0}, rgn={"b1": 1.0})
+    assert [p.label for p in ranked] == ["prefix 1 frozen"]
+
+
+def test_evidence_converges_where_features_outnumber_samples():
+    # Found by a random search: 173 samples, 191 features, weak class signal; the fixed point
+    # needs about 2600 iterations here (it gave up at 1000 before).
+    rng = np.random.default_rng(0)
+    n, d = int(rng.integers(20, 200)), int(rng.integers(2, 300))
+    f = rng.normal(size=(n, d)) * rng.uniform(0.01, 10)
+    y = np.eye(10)[rng.integers(0, 10, n)]
+    f[:, :10] += y * rng.uniform(0, 0.3) * 10
+    result = evidence_maximization(f, y)
+    assert 1000 < result.iterations < 50_000
+    c = 0
+    direct = direct_log_evidence(f, y[:, c], result.alpha[c], result.beta[c])
+    assert result.evidence[c] * n == pytest.approx(direct, rel=1e-8)

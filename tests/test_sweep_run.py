@@ -315,6 +315,12 @@ def test_interrupted_sweep_is_marked_and_resumes_every_configuration_once(tmp_pa
     hint = f"Continue with: python sweeps/which_blocks.py --resume --out {out}"
     assert hint in stdout.splitlines(), stdout
     assert "Traceback" not in stderr, stderr[-3000:]
+    # The console: no Ray tables, no TensorFlow start-up lines, every printed path exists.
+    assert len((stdout + stderr).splitlines()) < 30, stdout + stderr
+    assert "absl" not in stderr and "TensorBoard" not in stdout and "oneDNN" not in stderr
+    for word in stdout.replace("(", " ").replace(")", " ").replace(",", " ").split():
+        if word.startswith("/"):
+            assert os.path.exists(word.rstrip(".;:")), word
 
     resumed = subprocess.run(hint.removeprefix("Continue with: ").replace("python ", sys.executable
                                                                           + " ", 1).split(),

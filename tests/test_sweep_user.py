@@ -72,7 +72,7 @@ def test_api_on_numpy_arrays_and_a_block_file(ray_local, arrays, source4, tmp_pa
     assert len(result.trials) == 10 and list(result.summary["policy"])[0] in prefix
     assert "head=reinit (does not fit the source: head / head / kernel: shape differs" in report
     assert document["info"]["swept blocks"] == "block_1, block_2"
-    assert document["mode"] == "max" and result.best.startswith("Best policy:")
+    assert document["mode"] == "max" and result.best.startswith("Best on validation:")
     # The source was snapshotted once, grouped by the model's blocks, into the sweep folder.
     snapshot = read_blocks(str(out / "source.blocks.h5"))
     assert list(snapshot.blocks) == ["block_1", "block_2", "head"]
@@ -233,9 +233,9 @@ def test_regression_target_with_mse_loss_and_mae_metric(ray_local, arrays, tmp_p
     assert document["metric"] == "test_mae" and document["mode"] == "min"
     assert "head=reinit (does not fit the source" in document["info"]["fixed blocks"]
     summary = pd.read_csv(out / "summary.csv")
-    assert summary["mean"].is_monotonic_increasing  # lower is better: best first
-    assert document["best"].startswith(f"Best policy: {summary['label'][0]}")
-    assert re.search(r"test mae \d", document["best"])
+    assert summary["val_mean"].is_monotonic_increasing  # lower is better: best first
+    assert document["best"].startswith(f"Best on validation: {summary['label'][0]} (val mae ")
+    assert re.search(r"val mae \d", document["best"]) and summary["verdict"][0] == "best"
 
 
 def test_split_task_never_transfers_the_head_unless_named():
@@ -306,3 +306,50 @@ def test_example_sweep_keras_application_runs_at_its_smallest(ray_local, tmp_pat
     assert result.trials["test_accuracy"].between(0, 1).all()
     assert "1000" in result.fixed["predictions"] and "(1280, 3)" in result.fixed["predictions"]
     assert "predictions (does not fit the source" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_the_sweep_package_docstring_example_runs(ray_local, arrays, tmp_path, monkeypatch):
+    import keras_blockreuse.sweep as sweep
+
+    code = re.search(r"```python\n(.*?)```", sweep.__doc__, re.S).group(1)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    save_blocks(build(num_classes=4), "pretrained.blocks.h5")
+    (x_train, y_train), (x_val, y_val), (x_test, y_test) = arrays
+    namespace = {"build_model": build, "x_train": x_train, "y_train": y_train, "x_val": x_val,
+                 "y_val": y_val, "x_test": x_test, "y_test": y_test}
+    exec(compile(code, "keras_blockreuse.sweep docstring", "exec"), namespace)
+    result, demo = namespace["result"], namespace["demo"]
+    assert result.blocks == ["block_1", "block_2"] and list(result.fixed) == ["head"]
+    assert len(result.trials) == 10 and (result.trials["status"] == "ok").all()
+    assert len(demo.trials) == 6 and demo.blocks == ["block_1"]
+    assert (tmp_path / "runs" / "my_sweep" / "report.md").is_file()
+    assert (tmp_path / "runs" / "demo" / "report.md").is_file()
+
+
+def test_help_lists_the_user_options_and_answers_without_tensorflow():
+    import subprocess
+    import sys
+
+    from keras_blockreuse.sweep.options import build_parser
+
+    text = build_parser().format_help()
+    for option in ("--source", "--data", "--image-size", "--loss", "--metric", "--model-args"):
+        assert option in text, option
+    assert "mobilenet_v2" in text and "module.path:function" in text
+    probe = (
+        "import runpy, sys\n"
+        "sys.argv = ['which_blocks.py', '--model', 'mobilenet_v2']\n"
+        "try:\n"
+        f"    runpy.run_path({os.path.join(ROOT, 'sweeps', 'which_blocks.py')!r}, "
+        "run_name='__main__')\n"
+        "except SystemExit as e:\n"
+        "    code = e.code\n"
+        "print('RESULT', code, sorted(m for m in ('tensorflow', 'keras', 'ray', 'numpy')\n"
+        "                             if m in sys.modules))\n"
+    )
+    run = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True,
+                         text=True, timeout=60)
+    assert "RESULT 2 []" in run.stdout, run.stdout + run.stderr
+    assert "--model mobilenet_v2 needs --source" in run.stderr

@@ -190,7 +190,7 @@ def register_file_reader(recognise: Callable[[str], bool], open_: Callable[..., 
 def _load_extensions() -> None:
     """Imports the optional readers that register themselves (keras-hub preset folders)."""
     try:
-        import keras_blockreuse.hub  # noqa: F401  (keras-hub preset directories; lazy keras_hub)
+        import keras_blockreuse.sources.hub_preset  # noqa: F401  (keras-hub preset directories)
     except ImportError:
         pass
 

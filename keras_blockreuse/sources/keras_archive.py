@@ -1,9 +1,10 @@
 """Source kind: a `.keras` archive (a zip of `config.json`, `metadata.json`, `model.weights.h5`).
 
-The weights are read inside the zip, never extracted. The source's structure is rebuilt from
-`config.json` with `safe_mode=True`, so layers come with their computation order, classes and
-variable names; if the config cannot be rebuilt (an unregistered custom class), the layers are
-known by the names the weights file records, and their order is unknown.
+The weights are read inside the zip, never extracted. Layers are known by the names and
+structural paths the weights file records. The source's structure is rebuilt from
+`config.json` with `safe_mode=True` only when needed — the weights carry no names, or a load
+cannot pair a block by name or path (`KerasWeightsSource.rebuild_structure`), or `inspect`
+shows the variables — and then layers also carry their computation order and variable names.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import zipfile
 import numpy as np
 
 from keras_blockreuse.errors import BlockFileError
-from keras_blockreuse.safety import check_zip, inflate_member
+from keras_blockreuse.safety import check_member_crc, check_zip, inflate_member
 from keras_blockreuse.sources.hdf5 import open_h5
 from keras_blockreuse.sources.keras_weights import KerasWeightsSource
 from keras_blockreuse.zip_member import StoredMember
@@ -53,32 +54,30 @@ def open_archive(path: str, rule=None, source_model=None) -> KerasWeightsSource:
         }
         member = archive.getinfo("model.weights.h5")
         config = json_member(archive, "config.json", path) if "config.json" in members else {}
-        structure_error = None
-        if source_model is None and config:
-            try:
-                source_model = model_from_config(config, path)
-            except BlockFileError as e:
-                structure_error = e
+        rebuilt: list = []
+
+        def structure():  # the source model from config.json, built at most once, lazily
+            if not rebuilt:
+                rebuilt.append(model_from_config(config, path))
+            return rebuilt[0]
+
         if member.compress_type == zipfile.ZIP_STORED and not member.flag_bits & 0x1:
+            check_member_crc(archive, member, path)  # the archive's one checksum of values
             stream = StoredMember(path, member)  # read in place at its offset, never extracted
         else:  # inflated to a temporary file, stopping at what the config's model needs
-            if structure_error is not None or source_model is None:
+            if source_model is None and not config:
                 raise BlockFileError(
-                    f"{path!r}: its weights are compressed, so the bound on their inflated "
-                    "size comes from the config, which cannot rebuild the model"
-                    + (f" ({structure_error})" if structure_error else "") + "."
-                ) from structure_error
-            stream = inflate_member(archive, member, _weights_bound(source_model), path)
+                    f"{path!r}: its weights are compressed and it has no config.json to bound "
+                    "their inflated size."
+                )
+            model = source_model if source_model is not None else structure()
+            stream = inflate_member(archive, member, _weights_bound(model), path)
         closers.append(stream.close)
         file = open_h5(stream, repr(path))
-        try:
-            return KerasWeightsSource(
-                [file], path, [member.file_size], rule, source_model, info, on_close=close,
-            )
-        except BlockFileError as e:
-            if structure_error is not None and "holds no layer names" in str(e):
-                raise structure_error from e
-            raise
+        return KerasWeightsSource(
+            [file], path, [member.file_size], rule, source_model, info, on_close=close,
+            structure=structure if config and source_model is None else None,
+        )
     except BaseException:
         close()
         raise
@@ -121,8 +120,9 @@ def model_from_config(config: dict, where: str):
     except Exception as e:
         raise BlockFileError(
             f"{where}: its config.json cannot rebuild the model with safe_mode=True "
-            f"({type(e).__name__}: {e}), and its weights carry no layer names. "
-            "Pass source_model=."
+            f"({type(e).__name__}: {e}), which is needed here (its weights carry no layer "
+            "names, are compressed, or do not pair by name). Pass source_model= (the model, "
+            "or a function that builds it)."
         ) from e
     if not isinstance(model, keras.Model):
         raise BlockFileError(f"{where}: its config.json describes a {type(model).__name__}, "

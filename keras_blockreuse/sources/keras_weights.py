@@ -69,6 +69,7 @@ class KerasWeightsSource(LayerSource):
         source_model=None,
         info: dict | None = None,
         on_close: Callable[[], None] | None = None,
+        structure: Callable[[], object] | None = None,
     ):
         super().__init__(rule)
         self.description = description
@@ -80,16 +81,37 @@ class KerasWeightsSource(LayerSource):
         try:
             for file in files:
                 check_hdf5(file, description)
-            groups = _index(files, description)
+            self._index = _index(files, description)
+            self._structure = structure  # a lazy builder of the source model (a `.keras` config)
+            named = all(g.name for g in self._index.values() if g.datasets)
+            if source_model is None and not named and structure is not None:
+                source_model, self._structure = structure(), None
             if source_model is not None:
-                self._layer_infos = self._from_structure(groups, _built(source_model))
+                self._structure = None
+                self._set(self._from_structure(self._index, _built(source_model)))
             else:
-                self._layer_infos = self._from_names(groups)
-            self._locators = {layer.path: groups[layer.keras_path].datasets
-                              for layer in self._layer_infos}
+                self._set(self._from_names(self._index))
         except BaseException:
             self.close()
             raise
+
+    def _set(self, infos: list[LayerInfo]) -> None:
+        self._layer_infos = infos
+        self._locators = {layer.path: self._index[layer.keras_path].datasets for layer in infos}
+        self._groups = None
+
+    def rebuild_structure(self) -> bool:
+        """Rebuilds the source model from its config, if not done yet, so that layers carry
+        their computation order and variable names; returns True when that changed them.
+
+        `load_blocks` calls it only when a block cannot be paired by name or Keras path: a
+        rebuild costs about as much as `keras.saving.load_model` without the weights.
+        """
+        if self._structure is None:
+            return False
+        builder, self._structure = self._structure, None
+        self._set(self._from_structure(self._index, _built(builder())))
+        return True
 
     def _from_structure(self, groups: dict[str, _Group], model) -> list[LayerInfo]:
         from keras_blockreuse.sources.structure import keras_structure

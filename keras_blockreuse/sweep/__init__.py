@@ -13,24 +13,37 @@ The pieces, each one idea:
   (`prefix`, `surgical`, `exhaustive`, `greedy`) that list configurations;
 - `trial`: training the source model once, and one trial (a policy and a seed) as a Tune
   function trainable;
+- `predict`: LogME and relative gradient norms, the predicted order of configurations,
+  Kendall's tau against measured results (`--strategy predicted`);
+- `halving`: successive halving over whole configurations (`--scheduler halving`);
+- `policies`: LP-FT, gradual unfreezing, per-block learning rates (`--policy`, `--block-lr`);
+- `rates`: the best learning rate per configuration on validation (`--lrs`);
 - `run`: the sweep itself: data, the cached source model, Ray, `tune.Tuner`, resume;
-- `report`: statistics over seeds, the paired comparison with scratch, files and plot.
+- `control`: checks before anything starts (address, resources), SIGINT / SIGTERM, the
+  per-seed target split (`--data-seeds`); `asha`: ASHA that never stops the baselines;
+- `console`: the compact live view, Ray and TensorFlow kept quiet;
+- `report`: the verdict (chosen on validation; the policies tied with the best, Holm-corrected;
+  the cheapest of them), statistics over seeds, the comparison with scratch, files and plot.
 
 Example:
 
 ```python
 from keras_blockreuse.sweep import which_blocks
 
+# A first look (more seeds and epochs for a verdict): build_model() returns the target
+# keras.Model; the source is any weights file load_blocks reads, or a keras.Model.
 result = which_blocks(build_model, source="pretrained.blocks.h5",
                       train=(x_train, y_train), validation=(x_val, y_val),
-                      test=(x_test, y_test), seeds=3, epochs=20, out="runs/my_sweep")
-print(result.best)
-result.summary    # pandas DataFrame, one row per policy, best first
+                      test=(x_test, y_test), strategy="prefix", seeds=2, epochs=2,
+                      out="runs/my_sweep")
+print(result.best)        # the verdict: best on validation, tied with it, recommended
+print(result.fixed)       # blocks reinit in every configuration, and why
+result.summary            # pandas DataFrame, one row per policy, ranked by validation
 
-# The built-in demo, as the command line runs it:
+# The built-in demo (digits), as the command line runs it; here its smoke size:
 from keras_blockreuse.sweep import SweepSettings, run_sweep
 
-result = run_sweep(SweepSettings(strategy="surgical", seeds=3, out="runs/demo"))
+demo = run_sweep(SweepSettings(smoke=True, out="runs/demo"))
 ```
 """
 

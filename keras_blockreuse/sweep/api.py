@@ -9,7 +9,7 @@ result = which_blocks(build_model, source="pretrained.blocks.h5",
                       train=(x_train, y_train), validation=(x_val, y_val),
                       test=(x_test, y_test), seeds=3, epochs=20, out="runs/my_sweep")
 print(result.best)
-result.summary            # one row per policy, best first (pandas)
+result.summary            # one row per policy, ranked by validation (pandas)
 ```
 """
 

@@ -58,7 +58,12 @@ MINIMIZE = ("loss", "mae", "mse", "rmse", "mape", "msle", "mean_absolute_error",
 """Metric names whose direction is known (`cosine_similarity` as the loss, lower is better);
 another metric needs its direction: `NAME:max` or `NAME:min`."""
 STRATEGIES = ("prefix", "surgical", "exhaustive", "greedy")
-SCHEDULERS = ("fifo", "asha")
+PREDICTED = "predicted"
+"""--strategy predicted: rank the surgical and prefix configurations by LogME and relative
+gradient norms (`keras_blockreuse.sweep.predict`) and run the top --top-k, scratch, all tuned."""
+SCHEDULERS = ("fifo", "asha", "halving")
+TRAINING_POLICIES = ("constant", "lp-ft", "gradual")
+"""How the trainable blocks train over the epochs (`keras_blockreuse.sweep.policies`)."""
 PROG = "which_blocks.py"
 SMOKE = {"epochs": 8, "source_epochs": 5, "seeds": 2, "strategy": "prefix"}
 """What --smoke changes, unless given explicitly: a tiny run for tests and CI."""
@@ -188,6 +193,19 @@ class SweepSettings:
     cpus_per_trial: float = 1
     gpus_per_trial: float | None = None
     scheduler: str = "fifo"
+    eta: int = 3
+    """With scheduler "halving": keep the best 1/eta configurations at each rung."""
+    top_k: int = 3
+    """With strategy "predicted": how many predicted configurations run."""
+    training_policy: str = "constant"
+    policy_epochs: int = 1
+    """lp-ft: epochs of linear probing; gradual: epochs between two unfreezings."""
+    ft_factor: float = 0.1
+    """lp-ft: the fine-tuning rate is ft_factor x the learning rate."""
+    block_lr: str | None = None
+    """Per-block learning-rate multipliers, "block_1=0.1,block_2=0.5"."""
+    lrs: list[float] | None = None
+    """Target learning rates swept; the best per configuration is chosen on validation."""
     reuse_actors: bool = True
     address: str | None = None
     storage: str | None = None
@@ -230,7 +248,38 @@ class SweepSettings:
                              f"{', '.join(SCHEDULERS)}.")
         if self.metric is not None:
             metric_direction(self.metric)
-        strategy_names(self.strategy)
+        if self.strategy == PREDICTED:
+            if self.task == DETECTION:
+                raise SweepError("--strategy predicted needs a classification task (LogME scores "
+                                 "class labels); received --task detection.")
+        else:
+            strategy_names(self.strategy)
+        for name in ("eta", "top_k", "policy_epochs"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise SweepError(f"--{name.replace('_', '-')} must be a positive integer, "
+                                 f"received {value!r}.")
+        if self.eta < 2:
+            raise SweepError(f"--eta must be at least 2, received {self.eta}.")
+        if self.scheduler == "halving" and "greedy" in self.strategy.split(","):
+            raise SweepError("--scheduler halving needs a fixed set of configurations; greedy "
+                             "chooses them as it goes. Use another strategy or scheduler.")
+        if self.training_policy not in TRAINING_POLICIES:
+            raise SweepError(f"Unknown --policy {self.training_policy!r}. Expected one of: "
+                             f"{', '.join(TRAINING_POLICIES)}.")
+        if not (isinstance(self.ft_factor, (int, float)) and 0 < self.ft_factor <= 1):
+            raise SweepError(f"--ft-factor must be in (0, 1], received {self.ft_factor!r}.")
+        parse_block_lr(self.block_lr)
+        for lr in self.lrs or []:
+            if not (isinstance(lr, (int, float)) and 0 < lr < 10):
+                raise SweepError(f"--lrs must be positive numbers below 10, received {lr!r}.")
+        if self.lrs is not None and len(set(self.lrs)) != len(self.lrs):
+            raise SweepError(f"--lrs must not repeat a rate, received {self.lrs}.")
+        if self.lrs and len(self.lrs) > 1 and (self.scheduler == "halving"
+                                               or "greedy" in self.strategy.split(",")):
+            raise SweepError("--lrs with several rates cannot be combined with --scheduler "
+                             "halving or --strategy greedy, which rank configurations as they "
+                             "go; run one rate per sweep there.")
         if self.api:  # which_blocks: the model, data and source are Python objects
             return self
         kind = model_kind(self.model)
@@ -267,7 +316,6 @@ class SweepSettings:
         if not (self.dataset in DATASETS or str(self.dataset).startswith(("npz:", "folder:"))):
             raise SweepError(f"Unknown dataset {self.dataset!r}. Expected one of: "
                              f"{', '.join(DATASETS)}, npz:PATH or folder:PATH.")
-        strategy_names(self.strategy)
         return self
 
     def _validate_user_inputs(self, kind: str) -> None:
@@ -399,8 +447,9 @@ def build_parser() -> argparse.ArgumentParser:
     add("--strategy", default=None, metavar="S[,S]",
         help="which policies to run, comma-separated: prefix (first n blocks frozen or tuned), "
              "surgical (all frozen but one tuned, plus all tuned), exhaustive (all 3^k), "
-             "greedy (forward selection by validation accuracy); scratch always runs "
-             f"(default {d.strategy})")
+             "greedy (forward selection by validation accuracy); or predicted alone (the "
+             "--top-k surgical/prefix configurations ranked by LogME and gradient norms, plus "
+             f"all tuned); scratch always runs (default {d.strategy})")
     add("--blocks", default=None, metavar="B[,B]",
         help="the blocks whose policy is swept (default: all that can be transferred: the head "
              "is left out when source and target class counts differ, and with --task split, "
@@ -428,7 +477,32 @@ def build_parser() -> argparse.ArgumentParser:
              "on). Default: 0.25 when the Ray cluster has GPUs, else 0")
     add("--scheduler", default=d.scheduler, choices=SCHEDULERS,
         help="fifo runs every trial to the end (default; fair to slow starters); asha stops "
-             "poor trials early (for large spaces)")
+             "poor trials early (for large spaces), never the baselines (scratch, all tuned); "
+             "stopped trials are reported as stopped and left out of the statistics, and each "
+             "trial gets a new worker process; halving: successive halving over whole "
+             "configurations (all seeds together, scratch and all tuned always at the full "
+             "budget, the verdict from full-budget trials only)")
+    add("--eta", type=int, default=d.eta, metavar="N",
+        help="with --scheduler halving: each rung keeps the best 1/N configurations and "
+             f"multiplies the epochs by N (default {d.eta})")
+    add("--top-k", type=int, default=d.top_k, metavar="K",
+        help=f"with --strategy predicted: predicted configurations to run (default {d.top_k})")
+    add("--policy", dest="training_policy", default=d.training_policy,
+        choices=TRAINING_POLICIES,
+        help="how the trainable blocks train: constant (all from the start; default), lp-ft "
+             "(fresh blocks or the head first for --policy-epochs, then all at --ft-factor x "
+             "the rate; Kumar et al. 2022), gradual (one more tuned block every --policy-epochs "
+             "epochs, from the top; Howard & Ruder 2018)")
+    add("--policy-epochs", type=int, default=d.policy_epochs, metavar="K",
+        help=f"lp-ft: probing epochs; gradual: epochs per unfrozen block (default "
+             f"{d.policy_epochs})")
+    add("--ft-factor", type=float, default=d.ft_factor, metavar="F",
+        help=f"lp-ft: the fine-tuning learning rate factor (default {d.ft_factor:g})")
+    add("--block-lr", default=None, metavar="B=F[,B=F]",
+        help="per-block learning-rate multipliers, e.g. block_1=0.1,block_2=0.3 (the others 1)")
+    add("--lrs", default=None, metavar="LR[,LR]",
+        help="target learning rates to sweep, e.g. 1e-4,1e-3; each configuration is reported "
+             "at its best rate on validation (replaces --lr for the target trials)")
     add("--fresh-process-per-trial", dest="reuse_actors", action="store_false",
         help="start a new Ray worker process (and TensorFlow) for every trial instead of "
              "reusing one per concurrent trial; each trial starts from a cleared Keras session "
@@ -517,8 +591,10 @@ def settings_from_args(args: argparse.Namespace) -> SweepSettings:
         epochs=resolved["epochs"], source_epochs=resolved["source_epochs"],
         batch_size=args.batch_size, lr=args.lr,
         data_seed=args.data_seed, train_images=args.train_images, cpus_per_trial=args.cpus_per_trial,
-        gpus_per_trial=args.gpus_per_trial, scheduler=args.scheduler,
-        reuse_actors=args.reuse_actors, address=args.address,
+        gpus_per_trial=args.gpus_per_trial, scheduler=args.scheduler, eta=args.eta,
+        top_k=args.top_k, training_policy=args.training_policy,
+        policy_epochs=args.policy_epochs, ft_factor=args.ft_factor, block_lr=args.block_lr,
+        lrs=_rates(args.lrs), reuse_actors=args.reuse_actors, address=args.address,
         storage=args.storage, out=args.out, cache=args.cache, resume=args.resume,
         smoke=args.smoke, explicit=sorted(given),
         data_seeds=getattr(args, "data_seeds", False), verbose=getattr(args, "verbose", False),
@@ -526,6 +602,48 @@ def settings_from_args(args: argparse.Namespace) -> SweepSettings:
     if not settings.resume:
         settings.validate()
     return settings
+
+
+def _rates(text: str | None) -> list[float] | None:
+    if text is None:
+        return None
+    try:
+        return [float(part) for part in text.split(",")]
+    except ValueError:
+        raise SweepError(f"--lrs must be numbers joined by commas, received {text!r}.") from None
+
+
+def parse_block_lr(text) -> dict[str, float]:
+    """Block learning-rate multipliers from `"block_1=0.1,block_2=0.5"` (or a dict, or None).
+
+    Raises:
+        SweepError: a part that is not `block=number`, a repeated block, or a negative or
+            non-finite number.
+
+    Example:
+
+    >>> parse_block_lr("block_1=0.1, dense_1=2")
+    {'block_1': 0.1, 'dense_1': 2.0}
+    """
+    import math
+
+    if text is None or text == "":
+        return {}
+    pairs = (list(text.items()) if isinstance(text, dict)
+             else [part.partition("=")[::2] for part in str(text).split(",")])
+    out: dict[str, float] = {}
+    for block, value in pairs:
+        block = str(block).strip()
+        try:
+            factor = float(value)
+        except (TypeError, ValueError):
+            factor = math.nan
+        if not block or block in out or not math.isfinite(factor) or factor < 0:
+            raise SweepError(f"Invalid block learning rates {text!r}: expected 'block=factor' "
+                             "pairs joined by commas, each block once, factors finite and >= 0 "
+                             f"(at {block!r}={value!r}).")
+        out[block] = factor
+    return out
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:

@@ -39,13 +39,11 @@ from collections.abc import Mapping, Sequence
 import keras
 
 from keras_blockreuse.blocks import get_blocks
+from keras_blockreuse.sweep.options import TRAINING_POLICIES, parse_block_lr
 from keras_blockreuse.sweep.space import SweepError
 
-TRAINING_POLICIES = ("constant", "lp-ft", "gradual")
-"""Names accepted by `schedule`."""
-
-__all__ = ["TRAINING_POLICIES", "BlockSchedule", "Stage", "schedule",
-           "with_block_learning_rates"]
+__all__ = ["TRAINING_POLICIES", "BlockSchedule", "Stage", "parse_block_lr", "schedule",
+           "training_callbacks", "with_block_learning_rates"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -259,37 +257,6 @@ class BlockSchedule(keras.callbacks.Callback):
                 layer.trainable = self._initial[name]
         if self._traced != tuple(name for name, on in self._initial.items() if on):
             self.model.make_train_function(force=True)  # a later fit traces the restored set
-
-
-def parse_block_lr(text: str | Mapping[str, float] | None) -> dict[str, float]:
-    """Block learning-rate multipliers from `"block_1=0.1,block_2=0.5"` (or a dict, or None).
-
-    Raises:
-        SweepError: a part that is not `block=number`, a repeated block, or a negative or
-            non-finite number.
-
-    Example:
-
-    >>> parse_block_lr("block_1=0.1, dense_1=2")
-    {'block_1': 0.1, 'dense_1': 2.0}
-    """
-    if text is None or text == "":
-        return {}
-    pairs = (list(text.items()) if isinstance(text, Mapping)
-             else [part.partition("=")[::2] for part in str(text).split(",")])
-    out: dict[str, float] = {}
-    for block, value in pairs:
-        block = str(block).strip()
-        try:
-            factor = float(value)
-        except (TypeError, ValueError):
-            factor = math.nan
-        if not block or block in out or not math.isfinite(factor) or factor < 0:
-            raise SweepError(f"Invalid block learning rates {text!r}: expected 'block=factor' "
-                             "pairs joined by commas, each block once, factors finite and >= 0 "
-                             f"(at {block!r}={value!r}).")
-        out[block] = factor
-    return out
 
 
 def training_callbacks(model, policy: Mapping[str, str], config: Mapping) -> list:

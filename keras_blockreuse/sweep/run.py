@@ -49,6 +49,7 @@ from keras_blockreuse.sweep.data import DataError, make_task
 from keras_blockreuse.sweep.options import (
     ALL_TASKS,
     DETECTION,
+    PREDICTED,
     PROG,
     SCHEDULERS,
     SMOKE,
@@ -128,6 +129,10 @@ def run_sweep(
     check_address(settings.address)  # before anything else: seconds, not a hang
     out = settings.out
     user = user if user is not None else _cli_user_inputs(settings)
+    if user is not None and settings.strategy == PREDICTED:
+        raise SweepError("--strategy predicted ranks the built-in models' blocks only so far; "
+                         "with your own model use prefix or surgical (the predictors are in "
+                         "keras_blockreuse.sweep.predict).")
     if user is None:
         data = _make_data(settings)
         blocks, fixed = _swept_blocks(settings, data)
@@ -205,6 +210,25 @@ def _run_on_ray(settings, data, blocks, configurations, costs, begun, interrupts
                                                  print_fn=print_fn)
         else:
             source, source_info = user.source_bytes(), user.source_info
+        ranking, no_ranking = None, ""
+        if settings.task != DETECTION and user is None:  # predictors: cheap, before any trial
+            from keras_blockreuse.sweep.predict import rank_for_sweep, top_configurations
+
+            try:
+                ranking = rank_for_sweep(settings.model, data, source, blocks)
+            except SweepError as error:
+                if settings.strategy == PREDICTED:
+                    raise
+                no_ranking = str(error)
+                print_fn(f"No predicted ranking: {error}")
+            else:
+                print_fn(f"Predicted ranking ({ranking.seconds:.1f} s): " + "; ".join(
+                    f"{p.rank}. {p.label}" for p in ranking.predictions[:max(3, settings.top_k)]))
+            if settings.strategy == PREDICTED:
+                configurations = _static_configurations(
+                    settings, blocks, [*top_configurations(ranking, blocks, settings.top_k),
+                                       *configurations])
+                costs.update(_trained_parameters(settings, data, configurations, user))
         if not begun.started:
             begun.start(settings)
         if user is not None:
@@ -212,15 +236,21 @@ def _run_on_ray(settings, data, blocks, configurations, costs, begun, interrupts
         interrupts.defer()  # from here on, a signal ends the trials and the report is written
         runner = _Runner(settings, data, source, gpus_per_trial, print_fn, user, interrupts,
                          costs)
-        greedy = "greedy" in space.parse_strategies(settings.strategy)
-        rows = runner.run("sweep", configurations)
-        if greedy and not interrupts.signal:
+        all_rows, budget = None, ""
+        if settings.scheduler == "halving":
+            rows, all_rows, budget = _halving(runner, settings, configurations, blocks, user)
+        else:
+            rows = runner.run("sweep", configurations)
+        if (settings.strategy != PREDICTED and "greedy" in space.parse_strategies(
+                settings.strategy) and not interrupts.signal):
             rows = _greedy(runner, rows, blocks, configurations)
     finally:
         if own_ray:
             ray.shutdown()
             _drop_temp_link(settings.out)
     return {"rows": rows, "planned": runner.planned, "source_info": source_info,
+            "ranking": ranking, "no_ranking": no_ranking, "all_rows": all_rows,
+            "budget": budget,
             "gpus_per_trial": gpus_per_trial, "gpus": gpus, "nodes": len(alive),
             "cpus": resources.get("CPU", 0)}
 
@@ -231,6 +261,13 @@ def _finish(settings, ray_run, blocks, fixed, started, signal_name, print_fn,
     import pandas as pd
 
     out, rows = settings.out, ray_run["rows"]
+    all_rows, chosen_rates = ray_run["all_rows"], None
+    if settings.lrs and len(settings.lrs) > 1:
+        from keras_blockreuse.sweep.rates import best_rates
+
+        all_rows = rows
+        rows, chosen_rates = best_rates(rows, metric=_metrics_of(settings, user)[1],
+                                        mode=_mode_of(user))
     rough = any(r.get("_rough_clock") for r in rows)
     concurrency = _max_concurrency(rows)
     if rough:  # some trials reported no clock of their own
@@ -252,6 +289,20 @@ def _finish(settings, ray_run, blocks, fixed, started, signal_name, print_fn,
         "ray": f"{ray_run['nodes']} node(s), {ray_run['cpus']:g} CPUs, {ray_run['gpus']:g} GPUs",
         "wall time": f"{wall:.0f} s",
     }
+    if settings.training_policy != "constant" or settings.block_lr:
+        info["training policy"] = (f"{settings.training_policy} (k = {settings.policy_epochs}"
+                                   f", fine-tuning factor {settings.ft_factor:g}); block "
+                                   f"learning rates: {settings.block_lr or 'none'}")
+    if ray_run["no_ranking"]:
+        info["predicted ranking"] = f"not available: {ray_run['no_ranking']}"
+    if settings.scheduler == "halving":
+        info["budget"] = ray_run["budget"]
+    if chosen_rates is not None:
+        info["learning rate"] = ("chosen per configuration on validation among "
+                                 f"{settings.lrs}: " + ", ".join(
+                                     f"{k} {v['lr']:g}" if v["lr"] is not None
+                                     else f"{k} none (failed trials)"
+                                     for k, v in chosen_rates.items()))
     if user is not None:
         info["model"] = user.model_info
         info["training"] = user.training_info
@@ -264,6 +315,21 @@ def _finish(settings, ray_run, blocks, fixed, started, signal_name, print_fn,
     written = write_report(trials, out, _settings_dict(settings, ray_run["gpus_per_trial"]), info,
                            metric=metric, mode=_mode_of(user), coverage=_coverage(settings),
                            interrupted=mark)
+    ranking = ray_run["ranking"]
+    if all_rows is not None:
+        written["paths"]["all trials"] = os.path.join(out, "results_all.csv")
+        pd.DataFrame(all_rows).to_csv(written["paths"]["all trials"], index=False)
+    if ranking is not None:
+        from keras_blockreuse.sweep.predict import predicted_vs_measured
+
+        val = _metrics_of(settings)[1]
+        ok = trials[trials["status"] == "ok"] if "status" in trials else trials.iloc[:0]
+        measured = ok.groupby("policy")[val].mean().to_dict() if val in ok else {}
+        text, predicted_rows = predicted_vs_measured(ranking.predictions, measured, val)
+        with open(os.path.join(out, "report.md"), "a") as f:
+            f.write("\n" + text)
+        written["paths"]["predicted"] = os.path.join(out, "predicted.csv")
+        pd.DataFrame(predicted_rows).to_csv(written["paths"]["predicted"], index=False)
     others = [name for name in written["paths"] if name != "report.md"]
     print_fn(f"Report: {written['paths']['report.md']} (with {', '.join(others)})")
     print_fn(f"{len(trials)} trials in {wall:.0f} s ({said or 'none ran'}).")
@@ -362,7 +428,8 @@ class _Runner:
         return tune.with_resources(trainable, {"cpu": self.settings.cpus_per_trial,
                                                "gpu": self.gpus})
 
-    def run(self, name: str, configurations: Sequence[Configuration]) -> list[dict]:
+    def run(self, name: str, configurations: Sequence[Configuration],
+            epochs: int | None = None) -> list[dict]:
         from ray import tune
 
         s = self.settings
@@ -383,8 +450,12 @@ class _Runner:
             param_space = {
                 "policy": tune.grid_search(keys),
                 "seed": tune.grid_search(list(range(s.seeds))),
-                "model": s.model, "epochs": s.epochs, "batch_size": s.batch_size, "lr": s.lr,
+                "model": s.model, "epochs": epochs or s.epochs, "batch_size": s.batch_size,
+                "lr": tune.grid_search(s.lrs) if s.lrs and len(s.lrs) > 1 else
+                (s.lrs[0] if s.lrs else s.lr),
                 "cpus": max(1, int(s.cpus_per_trial)),
+                "training_policy": s.training_policy, "policy_epochs": s.policy_epochs,
+                "ft_factor": s.ft_factor, "block_lr": s.block_lr or "",
             }
             if s.task == DETECTION:
                 param_space.update(_detection_trial_settings(s))
@@ -394,7 +465,7 @@ class _Runner:
                 tune_config=tune.TuneConfig(metric=_metrics_of(s, self.user)[1],
                                             mode=_mode_of(self.user),
                                             scheduler=self.scheduler(configurations),
-                                            reuse_actors=s.reuse_actors,
+                                            reuse_actors=self.reuse_actors(),
                                             trial_dirname_creator=_trial_dirname),
                 run_config=tune.RunConfig(
                     name=name, storage_path=self.storage, verbose=2 if s.verbose else 0,
@@ -419,6 +490,12 @@ class _Runner:
                                  if c.policy and set(c.policy.values()) == {"tuned"}}
         return BaselineASHA(sorted(baselines), time_attr="training_iteration", max_t=s.epochs,
                             grace_period=max(1, s.epochs // 8), reduction_factor=3)
+
+    def reuse_actors(self) -> bool:
+        """Reuse worker processes across trials, unless ASHA may stop a trial mid-run: Tune
+        cannot reuse the worker of a stopped function trainable, and the next trial on it
+        fails ("Trainable runner reuse requires reset_config()")."""
+        return self.settings.reuse_actors and self.settings.scheduler != "asha"
 
     def callbacks(self) -> list:
         from keras_blockreuse.sweep.console import TuneEvents
@@ -476,6 +553,8 @@ class _Runner:
         }
         for name in _metric_columns(self.settings, self.user):
             row[name] = metrics.get(name, math.nan)
+        if self.settings.lrs:
+            row["lr"] = config.get("lr")
         for name in ("node_ip", "node_id", "hostname", "pid", "gpu_ids"):
             row[name] = metrics.get(name, "")
         # The trial's own clock when it has one (Tune's `timestamp` is in whole seconds, which
@@ -719,7 +798,33 @@ def _swept_blocks(settings: SweepSettings, data) -> tuple[list[str], dict[str, s
     return chosen, fixed
 
 
+def _halving(runner: _Runner, settings: SweepSettings, configurations, blocks, user=None):
+    """--scheduler halving: successive halving over the configurations (seeds together),
+    scratch and all tuned at the full budget. Returns the full-budget rows, every row, and a
+    line on the cost."""
+    from keras_blockreuse.sweep.halving import successive_halving
+
+    by_key = {c.key: c for c in configurations}
+    everything = space.configuration(dict.fromkeys(blocks, "tuned"), blocks).key
+    baselines = [k for k in (space.SCRATCH, everything) if k in by_key]
+    candidates = [k for k in by_key if k not in baselines]
+    result = successive_halving(
+        candidates, baselines, settings.seeds, settings.epochs,
+        run_rung=lambda rung, keys, epochs: runner.run(f"rung_{rung}",
+                                                       [by_key[k] for k in keys], epochs),
+        eta=settings.eta, metric=_metrics_of(settings, user)[1], mode=_mode_of(user),
+        print_fn=runner.print_fn)
+    spent = sum(r.get("_seconds") or 0.0 for r in result.rows)
+    final = sum(r.get("_seconds") or 0.0 for r in result.final)
+    budget = (f"successive halving (eta {settings.eta}), rungs of {result.epochs} epochs: "
+              f"{len(result.rows)} trials, {spent:.0f} trial-seconds in all; the report uses "
+              f"the {len(result.final)} full-budget trials ({final:.0f} s)")
+    return result.final, result.rows, budget
+
+
 def _static_configurations(settings, blocks, extra) -> list[Configuration]:
+    if settings.strategy == PREDICTED:  # chosen once the source model exists
+        return list({c.key: c for c in extra}.values())
     configurations = space.configurations(settings.strategy, blocks)
     keys = {c.key for c in configurations}
     for c in extra:

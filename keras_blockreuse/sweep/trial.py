@@ -66,7 +66,9 @@ def train_trial(config: dict, data=None, source: bytes | str | None = None,
 
     Args:
         config: `policy` (a key from `space.encode_policy`), `seed`, and optionally `model`,
-            `epochs`, `batch_size`, `lr`, `cpus` (defaults in `TRIAL_DEFAULTS`).
+            `epochs`, `batch_size`, `lr`, `cpus` (defaults in `TRIAL_DEFAULTS`), and the
+            training policy's `training_policy`, `policy_epochs`, `ft_factor`, `block_lr`
+            (`keras_blockreuse.sweep.policies.training_callbacks`).
         data: a `keras_blockreuse.sweep.data.TransferData`, or the user's
             `keras_blockreuse.sweep.user_data.TargetData`.
         source: the source model's block file, as bytes or a path. Required unless the policy
@@ -88,6 +90,7 @@ def train_trial(config: dict, data=None, source: bytes | str | None = None,
     import keras
     from ray import tune
 
+    from keras_blockreuse.sweep.policies import training_callbacks
     from keras_blockreuse.sweep.space import SweepError, decode_policy
     from keras_blockreuse.sweep.zoo import build_model
 
@@ -120,6 +123,7 @@ def train_trial(config: dict, data=None, source: bytes | str | None = None,
         loss="sparse_categorical_crossentropy",
         metrics=["accuracy"],
     )
+    schedule = training_callbacks(model, policy, settings)  # --policy, --block-lr
     place = where()
     epochs = int(settings["epochs"])
     last: dict = {}
@@ -146,7 +150,7 @@ def train_trial(config: dict, data=None, source: bytes | str | None = None,
             tune.report(metrics)
 
     fit(model, data.x_train, data.y_train, epochs, int(settings["batch_size"]), seed,
-        callbacks=[Report()])
+        callbacks=[*schedule, Report()])
     return dict(last)
 
 
@@ -157,6 +161,7 @@ def _recipe_trial(config: dict, data, source, recipe) -> dict:
     from ray import tune
 
     from keras_blockreuse.sweep.models import unpack
+    from keras_blockreuse.sweep.policies import training_callbacks
     from keras_blockreuse.sweep.space import SweepError, decode_policy
 
     recipe = unpack(recipe)
@@ -182,6 +187,7 @@ def _recipe_trial(config: dict, data, source, recipe) -> dict:
             model.load_blocks(path, only=transferred)
         model.freeze_blocks([b for b in blocks if policy[b] == "frozen"])
     recipe.compile(model, float(settings["lr"]))
+    schedule = training_callbacks(model, policy, settings)  # --policy, --block-lr
     place = {**where(), "policy": settings["policy"], "seed": seed}
     epochs, batch_size = int(settings["epochs"]), int(settings["batch_size"])
     final: dict = {}
@@ -195,7 +201,8 @@ def _recipe_trial(config: dict, data, source, recipe) -> dict:
             else:
                 tune.report(metrics)
 
-    fit(model, data.x_train, data.y_train, epochs, batch_size, seed, callbacks=[Report()],
+    fit(model, data.x_train, data.y_train, epochs, batch_size, seed,
+        callbacks=[*schedule, Report()],
         validation_data=(data.x_val, data.y_val))
     test = model.evaluate(data.x_test, data.y_test, batch_size=batch_size, verbose=0,
                           return_dict=True)

@@ -1,0 +1,317 @@
+"""Third-party files as safe as our own: bounded time, one error type, bounded memory.
+
+Damaged global heaps (HDF5 loops forever on them), named pipes, hard-link cycles, zip bombs,
+damaged layer names, raw exceptions of every kind from crafted files; and on the writing
+side, symbolic links, very long names and `latest_checkpoint` among other models' files.
+"""
+
+import os
+import subprocess
+import sys
+import threading
+import time
+import zipfile
+
+import h5py
+import keras
+import numpy as np
+import pytest
+
+from keras_blockreuse import BlockFileError, load_blocks, read_blocks
+from keras_blockreuse.callbacks import latest_checkpoint
+from keras_blockreuse.sources import open_source
+from keras_blockreuse.store import save_blocks
+from tests.helpers import randomize
+
+L = keras.layers
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def model(name="m", width=3):
+    return keras.Sequential(
+        [keras.Input((4,)), L.Dense(width, name="block_1_0"), L.Dense(2, name="dense_2")],
+        name=name,
+    )
+
+
+@pytest.fixture
+def weights(tmp_path):
+    source = model("source")
+    randomize(source, 3)
+    path = str(tmp_path / "m.weights.h5")
+    source.save_weights(path)
+    return path
+
+
+def values(m) -> list[bytes]:
+    """Every variable's bytes, in order (names differ between source and target models)."""
+    return [np.array(keras.ops.convert_to_numpy(v)).tobytes() for v in m.weights]
+
+
+def run_python(code: str, timeout: float) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([ROOT, os.environ.get("PYTHONPATH", "")]))
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=timeout, env=env)
+
+
+def finishes(function, timeout: float = 10.0):
+    """Runs `function` in a thread; returns (finished, result or exception)."""
+    box = {}
+
+    def target():
+        try:
+            box["result"] = function()
+        except BaseException as e:  # noqa: BLE001
+            box["result"] = e
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    thread.join(timeout)
+    return not thread.is_alive(), box.get("result")
+
+
+# --- 1. the global heap: HDF5's endless loop -------------------------------------------------
+
+
+def test_a_damaged_global_heap_is_reported_in_bounded_time(weights, tmp_path):
+    """Each of these single-byte changes makes HDF5 itself loop forever reading the names
+    (measured: the collection's size, each object's size, the free space's size)."""
+    data = open(weights, "rb").read()
+    heap = data.index(b"GCOL")
+    paths = []
+    for offset, flip in [(8, 0x80), (9, 0x01), (24, 0x10), (25, 0x02), (48, 0x40), (49, 0x04)]:
+        changed = bytearray(data)
+        changed[heap + offset] ^= flip
+        path = tmp_path / f"heap_{offset}_{flip}.weights.h5"
+        path.write_bytes(bytes(changed))
+        paths.append(str(path))
+    code = f"""
+import keras
+from keras_blockreuse import BlockFileError, load_blocks
+L = keras.layers
+m = keras.Sequential([keras.Input((4,)), L.Dense(3, name="block_1_0"), L.Dense(2, name="dense_2")])
+for path in {paths!r}:
+    try:
+        load_blocks(m, path)
+        print("LOADED", path)
+    except BlockFileError as e:
+        print("ERROR", path in str(e), "global heap" in str(e), flush=True)
+"""
+    result = run_python(code, timeout=240)  # a regression hangs: the timeout fails the test
+    lines = result.stdout.strip().splitlines()
+    assert lines == ["ERROR True True"] * len(paths), (result.stdout, result.stderr[-2000:])
+
+
+# --- 3. one error type, chained ----------------------------------------------------------------
+
+
+def test_a_hard_link_cycle_is_reported(weights):
+    with h5py.File(weights, "a") as f:
+        f["layers/dense/loop"] = f["layers"]  # a hard link to an enclosing group
+    with pytest.raises(BlockFileError, match=r"hard link to one of its own enclosing groups"):
+        load_blocks(model("t"), weights)
+
+
+def test_a_truncated_archive_is_a_block_file_error_chained_to_the_zip_error(tmp_path):
+    path = str(tmp_path / "m.keras")
+    model().save(path)
+    data = open(path, "rb").read()
+    open(path, "wb").write(data[: len(data) - 40])
+    with pytest.raises(BlockFileError, match=r"m\.keras") as info:
+        load_blocks(model("t"), path)
+    assert info.value.__cause__ is not None
+
+
+def test_a_legacy_file_naming_a_missing_group_is_a_block_file_error_chained(tmp_path):
+    path = str(tmp_path / "legacy.h5")
+    with h5py.File(path, "w") as f:
+        f.attrs["layer_names"] = [b"block_1_0", b"missing"]
+        group = f.create_group("block_1_0")
+        group.attrs["weight_names"] = [b"block_1_0/kernel:0"]
+        group["block_1_0/kernel:0"] = np.zeros((4, 3), "float32")
+    with pytest.raises(BlockFileError, match=r"legacy\.h5.*KeyError") as info:
+        load_blocks(model("t"), path)
+    assert isinstance(info.value.__cause__, KeyError)
+
+
+def test_truncated_keras_weights_files_are_block_file_errors_naming_the_file(weights):
+    data = open(weights, "rb").read()
+    target = model("t")
+    before = values(target)
+    for length in range(0, len(data), max(1, len(data) // 40)):
+        open(weights, "wb").write(data[:length])
+        with pytest.raises(BlockFileError, match=r"m\.weights\.h5"):
+            load_blocks(target, weights)
+    assert values(target) == before
+
+
+# --- 4. zip bombs --------------------------------------------------------------------------------
+
+
+def rezip(source: str, path: str, replace: dict | None = None) -> None:
+    """The archive again, every member deflated; `replace` swaps members' bytes."""
+    with zipfile.ZipFile(source) as src, zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as dst:
+        for info in src.infolist():
+            data = (replace or {}).get(info.filename) or src.read(info)
+            dst.writestr(info.filename, data, compress_type=zipfile.ZIP_DEFLATED)
+
+
+def test_a_deflated_archive_loads_identically(tmp_path):
+    source = model("source")
+    randomize(source, 4)
+    plain = str(tmp_path / "plain.keras")
+    source.save(plain)
+    deflated = str(tmp_path / "deflated.keras")
+    rezip(plain, deflated)
+    target = model("t")
+    assert load_blocks(target, deflated).ok
+    assert values(target) == values(source)
+
+
+def test_a_zip_bomb_is_stopped_at_the_configs_bound_in_bounded_memory(tmp_path):
+    plain = str(tmp_path / "plain.keras")
+    model().save(plain)
+    bomb = str(tmp_path / "bomb.keras")
+    rezip(plain, bomb, {"model.weights.h5": b"\0" * (256 << 20)})  # 256 MiB, ~1030:1
+    assert os.path.getsize(bomb) < 400_000
+    code = f"""
+import resource, keras
+from keras_blockreuse import BlockFileError, load_blocks
+L = keras.layers
+m = keras.Sequential([keras.Input((4,)), L.Dense(3, name="block_1_0"), L.Dense(2, name="dense_2")])
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+try:
+    load_blocks(m, {bomb!r})
+    print("LOADED")
+except BlockFileError as e:
+    print("ERROR", "inflates beyond" in str(e))
+print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) // 1024)
+"""
+    result = run_python(code, timeout=240)
+    lines = result.stdout.strip().splitlines()
+    assert lines[0] == "ERROR True", (result.stdout, result.stderr[-2000:])
+    assert int(lines[1]) < 64, f"peak memory grew by {lines[1]} MiB while reading the bomb"
+
+
+# --- 5. named pipes ----------------------------------------------------------------------------
+
+
+def release(fifo: str) -> None:
+    """Opens the pipe for writing so that a reader stuck on it (a regression) returns."""
+    try:
+        fd = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+        os.close(fd)
+    except OSError:
+        pass
+
+
+@pytest.mark.parametrize("name", ["pipe.blocks.h5", "pipe.weights.h5", "pipe.h5", "pipe.keras"])
+def test_a_named_pipe_is_refused_without_opening_it(tmp_path, name):
+    fifo = str(tmp_path / name)
+    os.mkfifo(fifo)
+    start = time.perf_counter()
+    done, result = finishes(lambda: load_blocks(model("t"), fifo))
+    release(fifo)
+    assert done, f"load_blocks blocked on a named pipe for {time.perf_counter() - start:.1f} s"
+    assert isinstance(result, BlockFileError) and "named pipe" in str(result), result
+    done, result = finishes(lambda: read_blocks(fifo))
+    release(fifo)
+    assert done and isinstance(result, BlockFileError), result
+
+
+def test_a_named_pipe_in_a_checkpoint_folder_is_skipped(tmp_path):
+    from keras_blockreuse import BlockCheckpoint
+
+    folder = tmp_path / "ckpt"
+    folder.mkdir()
+    fifo = str(folder / "blocks_009.blocks.h5")  # matches the template; never ours to delete
+    os.mkfifo(fifo)
+    m = model()
+    m.compile("sgd", "mse")
+    template = str(folder / "blocks_{epoch:03d}.blocks.h5")
+    x, y = np.zeros((4, 4), "float32"), np.zeros((4, 2), "float32")
+
+    def train():
+        m.fit(x, y, epochs=2, verbose=0, callbacks=[BlockCheckpoint(template, keep_last=1)])
+
+    done, result = finishes(train, timeout=60)
+    release(fifo)
+    assert done, "fit blocked on a named pipe matching the checkpoint template"
+    assert result is None, result
+    assert sorted(os.listdir(folder)) == ["blocks_002.blocks.h5", "blocks_009.blocks.h5"]
+    done, result = finishes(lambda: latest_checkpoint(str(folder)))
+    release(fifo)
+    assert done and result == str(folder / "blocks_002.blocks.h5"), result
+
+
+# --- 6. damaged names ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("damaged", [b"dens\xff_2", b"dense\x01_2"[:7], b"dens/_2"])
+def test_a_damaged_layer_name_is_reported(weights, damaged):
+    data = open(weights, "rb").read()
+    heap = data.index(b"GCOL")
+    at = data.index(b"dense_2", heap)
+    assert len(damaged) == len(b"dense_2")
+    open(weights, "wb").write(data[:at] + damaged + data[at + len(damaged):])
+    target = model("t")
+    before = values(target)
+    with pytest.raises(BlockFileError, match=r"m\.weights\.h5.*(UTF-8|not a valid Keras)"):
+        load_blocks(target, weights)
+    assert values(target) == before
+
+
+# --- 7. writing: symbolic links, long names, latest_checkpoint among other models ---------------
+
+
+def test_saving_to_a_symlink_writes_through_to_its_target(tmp_path):
+    real = tmp_path / "store" / "real.blocks.h5"
+    real.parent.mkdir()
+    link = tmp_path / "link.blocks.h5"
+    link.symlink_to(real)
+    source = model()
+    randomize(source, 5)
+    save_blocks(source, str(link))
+    assert link.is_symlink() and os.readlink(link) == str(real) and real.is_file()
+    target = model("t")
+    load_blocks(target, str(real))
+    assert values(target) == values(source)
+    assert not [n for n in os.listdir(real.parent) if "kbr-tmp" in n]
+
+
+def test_a_240_byte_file_name_saves(tmp_path):
+    name = "b" * (240 - len(".blocks.h5")) + ".blocks.h5"
+    assert len(name) == 240
+    path = str(tmp_path / name)
+    source = model()
+    randomize(source, 6)
+    save_blocks(source, path)
+    target = model("t")
+    load_blocks(target, path)
+    assert values(target) == values(source)
+    assert os.listdir(tmp_path) == [name]
+
+
+def test_latest_checkpoint_with_a_model_skips_other_architectures(tmp_path):
+    ours, other = model("ours"), model("other", width=5)
+    save_blocks(ours, str(tmp_path / "ours.blocks.h5"), metadata={"epoch": 3})
+    save_blocks(other, str(tmp_path / "other.blocks.h5"), metadata={"epoch": 9})
+    assert latest_checkpoint(str(tmp_path)).endswith("other.blocks.h5")  # documented
+    with pytest.warns(UserWarning, match=r"other\.blocks\.h5.*another model"):
+        assert latest_checkpoint(str(tmp_path), model=ours).endswith("ours.blocks.h5")
+
+
+def test_open_source_of_a_crafted_file_never_raises_a_raw_exception(tmp_path):
+    """A grab bag of crafted files, each a BlockFileError naming the file."""
+    cases = {
+        "text.keras": b"PK\x03\x04 not really a zip",
+        "random.h5": np.random.default_rng(0).bytes(5000),
+        "hdf5sig.weights.h5": b"\x89HDF\r\n\x1a\n" + np.random.default_rng(1).bytes(3000),
+        "index.weights.json": b'{"weight_map": {"a": ["../../etc/passwd"]}}',
+    }
+    for name, data in cases.items():
+        path = str(tmp_path / name)
+        open(path, "wb").write(data)
+        with pytest.raises(BlockFileError, match=name.replace(".", r"\.")):
+            with open_source(path) as src:
+                src.block_names()
