@@ -349,7 +349,7 @@ def latest_checkpoint(
 
 def _layouts_of(model, rule: BlockRule) -> dict[str, tuple]:
     """`block -> ((layer path, ((shape, dtype), ...)), ...)` of a model, as a file stores it."""
-    from keras_blockreuse.sources import ModelSource  # sources build on the store
+    from keras_blockreuse.sources.live_model import ModelSource  # sources build on the store
 
     rule = rule if rule is not None else getattr(model, "_block_rule", None)
     source = ModelSource(model, rule)

@@ -60,7 +60,6 @@ def open_archive(path: str, rule=None, source_model=None) -> KerasWeightsSource:
             except BlockFileError as e:
                 structure_error = e
         if member.compress_type == zipfile.ZIP_STORED and not member.flag_bits & 0x1:
-            check_member_crc(archive, member, path)  # the archive's one checksum of values
             stream = StoredMember(path, member)  # read in place at its offset, never extracted
         else:  # inflated to a temporary file, stopping at what the config's model needs
             if structure_error is not None or source_model is None:
@@ -71,6 +70,8 @@ def open_archive(path: str, rule=None, source_model=None) -> KerasWeightsSource:
                 ) from structure_error
             stream = inflate_member(archive, member, _weights_bound(source_model), path)
         closers.append(stream.close)
+        if isinstance(stream, StoredMember):  # the archive's one checksum of the values
+            check_member_crc(archive, member, path)
         file = open_h5(stream, repr(path))
         try:
             return KerasWeightsSource(
