@@ -62,7 +62,6 @@ def open_archive(path: str, rule=None, source_model=None) -> KerasWeightsSource:
             return rebuilt[0]
 
         if member.compress_type == zipfile.ZIP_STORED and not member.flag_bits & 0x1:
-            check_member_crc(archive, member, path)  # the archive's one checksum of values
             stream = StoredMember(path, member)  # read in place at its offset, never extracted
         else:  # inflated to a temporary file, stopping at what the config's model needs
             if source_model is None and not config:
@@ -73,6 +72,8 @@ def open_archive(path: str, rule=None, source_model=None) -> KerasWeightsSource:
             model = source_model if source_model is not None else structure()
             stream = inflate_member(archive, member, _weights_bound(model), path)
         closers.append(stream.close)
+        if isinstance(stream, StoredMember):  # the archive's one checksum of the values
+            check_member_crc(archive, member, path)
         file = open_h5(stream, repr(path))
         return KerasWeightsSource(
             [file], path, [member.file_size], rule, source_model, info, on_close=close,
