@@ -45,6 +45,11 @@ class LoadReport:
             paired by name.
         matched_by_order: blocks whose layers were paired by computation order.
         not_loaded: selected blocks of which no variable was loaded (all skipped).
+        unpaired: `(model blocks, source blocks)` left unpaired on both sides by a load that
+            named no blocks (`only=` and `rename=` not given): the model has blocks the source
+            lacks while the source has blocks the model lacks, which is what a renamed or
+            damaged name looks like. `ok` is False; `only=` (a subset on purpose) or `rename=`
+            (the names changed) says which was meant.
         source_blocks: every block of the source, in order.
         frozen: blocks set to `trainable=False` (`freeze=True`).
         target_blocks: every block of the model, in order.
@@ -72,6 +77,7 @@ class LoadReport:
     layer_pairs: dict[str, list[tuple[str, str]]] = dataclasses.field(default_factory=dict)
     matched_by_order: list[str] = dataclasses.field(default_factory=list)
     not_loaded: list[str] = dataclasses.field(default_factory=list)
+    unpaired: tuple[list[str], list[str]] = ([], [])
     source_blocks: list[str] = dataclasses.field(default_factory=list)
     frozen: list[str] = dataclasses.field(default_factory=list)
     target_blocks: list[str] = dataclasses.field(default_factory=list)
@@ -88,8 +94,10 @@ class LoadReport:
 
     @property
     def ok(self) -> bool:
-        """True when every selected block, layer and variable was loaded, nothing skipped."""
-        return not self.skipped and not self.mismatched and not self.not_loaded
+        """True when every selected block, layer and variable was loaded, nothing skipped,
+        and no block was left unpaired on both sides (see `unpaired`)."""
+        return (not self.skipped and not self.mismatched and not self.not_loaded
+                and not (self.unpaired[0] and self.unpaired[1]))
 
     def __str__(self) -> str:
         from rich.console import Console
@@ -144,6 +152,12 @@ class LoadReport:
             f"{self.variables_loaded} variables, {self.bytes_read / 1e6:.2f} MB read, "
             f"{self.seconds:.3f} s; ok={self.ok}"
         )
+        if self.unpaired[0] and self.unpaired[1]:
+            console.print(
+                f"Unpaired on both sides: model blocks {self.unpaired[0]} are not in the source "
+                f"and source blocks {self.unpaired[1]} are not in the model. If names changed, "
+                "pair them with rename={source block: model block}; to load a subset on "
+                "purpose, pass only=[...].", markup=False, highlight=False, soft_wrap=True)
         if self.frozen:
             console.print("Frozen blocks take effect in training after model.compile().")
         if any(mode != "name" for mode in self.pairing.values()):

@@ -103,7 +103,9 @@ def load_blocks(
         **source_options: options for the source's reader (such as `source_model=`).
 
     Returns:
-        A `LoadReport`; `report.ok` is False when any selected layer or variable was left.
+        A `LoadReport`; `report.ok` is False when any selected layer or variable was left,
+        or when no block was named (`only=`, `rename=`) and both the model and the source hold
+        blocks the other lacks (`report.unpaired`: a renamed or damaged name looks like this).
 
     Raises:
         BlockMismatchError: unknown block names, layers that cannot be paired, variables that
@@ -238,6 +240,9 @@ def _plan(
                         source_blocks=source_names)
     report.missing = [t for t in target_names if t not in in_source]
     report.unexpected = [s for s in source_names if s not in targets.values()]
+    if only is None and not rename:  # the user named no block: both sides must pair up
+        report.unpaired = (list(report.missing),
+                           [s for s in selected if mapped[s] not in target_blocks])
     plans = []
     for t in [name for name in target_names if name in targets]:
         s = targets[t]

@@ -422,3 +422,50 @@ def test_keras_archive_rebuilds_its_structure_when_names_and_paths_do_not_pair(t
     assert report.ok and report.pairing == {"net": "order"}
     assert_bits(values(target.a.weights + target.b.weights),
                 values(source.layers[0].weights + source.layers[1].weights))
+
+
+def _three_dense():
+    inputs = keras.Input((6,))
+    x = keras.layers.Dense(5, name="fc1")(inputs)
+    x = keras.layers.Dense(4, name="fc2")(x)
+    return keras.Model(inputs, keras.layers.Dense(3, name="out")(x))
+
+
+def test_a_damaged_layer_name_is_not_ok(tmp_path):
+    """One byte of a `.weights.h5` global heap turns `fc1` into `fb1` (another valid name): the
+    load cannot pair `fc1`, and says so with ok=False instead of leaving it silently."""
+    source = _three_dense()
+    path = str(tmp_path / "a.weights.h5")
+    source.save_weights(path)
+    data = bytearray(open(path, "rb").read())
+    at = data.find(b"fc1\x00", data.find(b"GCOL"))
+    assert at > 0
+    data[at + 1] = ord("b")
+    damaged = str(tmp_path / "damaged.weights.h5")
+    open(damaged, "wb").write(bytes(data))
+
+    target = _three_dense()
+    before = [np.array(v) for v in target.get_layer("fc1").weights]
+    report = load_blocks(target, damaged)
+    assert report.ok is False
+    assert report.unpaired == (["fc1"], ["fb1"])
+    assert sorted(report.loaded) == ["fc2", "out"]
+    for old, now in zip(before, target.get_layer("fc1").weights, strict=True):
+        assert np.array_equal(old, np.array(now))  # untouched, and reported as such
+    for name in ("fc2", "out"):
+        for a, b in zip(source.get_layer(name).weights, target.get_layer(name).weights,
+                        strict=True):
+            assert np.array_equal(np.array(a), np.array(b))
+    text = str(report)
+    assert "ok=False" in text
+    assert ("Unpaired on both sides: model blocks ['fc1'] are not in the source and source "
+            "blocks ['fb1'] are not in the model.") in text
+
+    # Naming the blocks resolves it either way: a subset on purpose, or the rename.
+    assert load_blocks(_three_dense(), damaged, only=["fc2", "out"]).ok is True
+    renamed = _three_dense()
+    report = load_blocks(renamed, damaged, rename={"fb1": "fc1"})
+    assert report.ok is True and report.loaded["fc1"] == "fb1"
+    for a, b in zip(source.get_layer("fc1").weights, renamed.get_layer("fc1").weights,
+                    strict=True):
+        assert np.array_equal(np.array(a), np.array(b))

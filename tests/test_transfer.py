@@ -196,9 +196,15 @@ def test_missing_and_unexpected_blocks_in_report(source):
     assert list(report.loaded) == ["block_1"]
     assert report.missing == ["new_head"]
     assert report.unexpected == ["block_2", "dense_1", "dense_2"]
-    assert report.ok
+    # No block was named, and both sides hold blocks the other lacks: not ok, and said so.
+    assert report.unpaired == (["new_head"], ["block_2", "dense_1", "dense_2"])
+    assert not report.ok
     text = str(report)
     assert "new_head" in text and "not in source" in text and "in source only" in text
+    assert "Unpaired on both sides" in text
+    # The same load asked for by name is the subset it is meant to be.
+    report = load_blocks(target, path, only=["block_1"])
+    assert report.ok and report.unpaired == ([], [])
 
 
 def test_unbuilt_model_and_bad_option(source):
