@@ -413,3 +413,33 @@ def test_asha_stops_trials_but_never_the_baselines(ray_local, tmp_path):
     report = (out / "report.md").read_text()
     assert f"({len(trials) - len(stopped)} ok, {len(stopped)} stopped)" in "\n".join(lines)
     assert f"Trials without a full-budget result ({len(stopped)} stopped)" in report
+
+
+@pytest.mark.slow
+def test_sigterm_stops_the_sweep_like_sigint(tmp_path):
+    """SIGTERM (a scheduler's stop, `kill`) ends the sweep as SIGINT does: exit 143, the report
+    marked INTERRUPTED (SIGTERM), the resume command printed. Ray's driver installs its own
+    SIGTERM handler (log and abort, exit 134); the sweep's must win."""
+    out, cache = tmp_path / "out", tmp_path / "cache"
+    command = [sys.executable, SCRIPT, "--smoke", "--blocks", "block_1,block_2", "--out", str(out),
+               "--cache", str(cache)]
+    driver = subprocess.Popen(command, cwd=ROOT, env=ENV, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True)
+    experiment = out / "tune" / "sweep"
+    deadline = time.time() + 400
+    try:
+        while len(_finished_trials(experiment)) < 1 and time.time() < deadline:
+            assert driver.poll() is None, driver.communicate()
+            time.sleep(0.5)
+        assert len(_finished_trials(experiment)) >= 1, "no trial finished in time"
+        driver.send_signal(signal.SIGTERM)
+        stdout, stderr = driver.communicate(timeout=180)
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+    assert driver.returncode == 143, stdout[-3000:] + stderr[-3000:]
+    report = (out / "report.md").read_text().splitlines()
+    finished = len(_finished_trials(experiment))
+    assert report[2] == f"**INTERRUPTED (SIGTERM): {finished} of 10 trials finished.**"
+    assert f"Continue with: python sweeps/which_blocks.py --resume --out {out}" in \
+        stdout.splitlines(), stdout

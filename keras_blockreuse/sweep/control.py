@@ -163,6 +163,10 @@ class Interrupts:
                 self.saved = os.environ.get("TUNE_DISABLE_SIGINT_HANDLER")
                 if interrupts._active:
                     os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
+                    # ray.init() installs Ray's C++ SIGTERM handler (it logs and aborts the
+                    # driver, exit 134): ours goes back on top, so SIGTERM stops Tune cleanly.
+                    for sig in (signal.SIGINT, signal.SIGTERM):
+                        signal.signal(sig, interrupts._handle)
                 interrupts._tuning = True
 
             def __exit__(self, *exc):
