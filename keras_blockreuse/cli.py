@@ -395,8 +395,13 @@ def _verify(args) -> int:
 
 
 def _exists(path: str) -> None:
+    """The path exists and is a regular file or a folder (a keras-hub preset); a FIFO, socket
+    or device is refused here, before any reader (or Keras) is loaded."""
+    from keras_blockreuse.safety import check_regular_file
+
     if not os.path.exists(path):
         raise CommandError(f"no such file: {path}")
+    check_regular_file(path)
 
 
 def _console():

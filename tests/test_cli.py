@@ -266,3 +266,23 @@ def test_reading_a_keras_file_prints_no_tensorflow_log(files):
                             capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
     assert result.returncode == 0 and "block_1_0" in result.stdout
     assert result.stderr == ""
+
+
+@pytest.mark.parametrize("name", ["pipe.weights.h5", "pipe.keras", "pipe.h5", "pipe.blocks.h5"])
+def test_a_fifo_is_refused_before_keras_is_imported(tmp_path, name):
+    """A named pipe given to any command is refused at once, whatever its suffix: before a
+    reader (and Keras, for the Keras suffixes) is imported, and without opening it."""
+    fifo = str(tmp_path / name)
+    os.mkfifo(fifo)
+    code = f"""
+import sys
+from keras_blockreuse.cli import main
+status = main(["inspect", {fifo!r}])
+print("STATUS", status, [m for m in ("keras", "tensorflow") if m in sys.modules], file=sys.stderr)
+"""
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            cwd=ROOT, timeout=60)
+    lines = result.stderr.splitlines()
+    assert lines[-1] == "STATUS 2 []", result.stderr
+    assert lines[0] == (f"keras-blockreuse: error: {fifo!r} is a named pipe (FIFO), not a regular "
+                        "file; refusing to open it (reading it could block forever).")
