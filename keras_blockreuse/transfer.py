@@ -477,7 +477,8 @@ def _check_casts(plans: list[_BlockPlan], values: dict, report: LoadReport,
 
 
 def _overflow(array: np.ndarray, dtype: str) -> float | None:
-    """The largest finite magnitude that the cast to `dtype` turns infinite, NaN or wrapped."""
+    """The finite value of largest magnitude (with its sign) that the cast to `dtype` turns
+    infinite, NaN or wrapped; `None` when every value survives the cast."""
     try:
         target = numpy_dtype(dtype)
     except TypeError:
@@ -496,7 +497,8 @@ def _overflow(array: np.ndarray, dtype: str) -> float | None:
         return None
     if not bad.any():
         return None
-    return float(np.max(np.abs(array[bad].astype(np.float64))))
+    offending = array[bad].astype(np.float64)
+    return float(offending[np.argmax(np.abs(offending))])  # the value itself, sign kept
 
 
 def _nesting_hint(src: Source, source_blocks: list[str], target_blocks: dict[str, Block]) -> str:

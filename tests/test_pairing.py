@@ -299,6 +299,11 @@ def test_a_value_that_overflows_the_target_dtype_is_a_mismatch(tmp_path):
     assert values([target.layers[0].kernel])[0].tobytes() == before["t/d/kernel"].tobytes()
     assert values([target.layers[0].bias])[0].tobytes() == \
         np.array([0.5, -0.25], "float16").tobytes()
+    # A negative value is named with its sign.
+    source.layers[0].kernel.assign(np.array([[1.0, -65520.0], [2.0, 3.0]], "float32"))
+    save_blocks(source, path)
+    with pytest.raises(BlockMismatchError, match=r"value -65520 does not fit float16"):
+        load_blocks(target, path)
 
 
 # 7 ---------------------------------------------------------------------------------------
