@@ -12,10 +12,11 @@ How the blocks run (the harness; nothing else about them is changed):
   stand-in data. One exception, for time: in the sections named in `MAX_EPOCHS`, each
   `fit(..., epochs=N)` runs at most that many epochs (`epochs=min(N, initial_epoch + cap)`,
   passed by keyword, through a patch of `keras.Model.fit` that lasts only while the block runs).
-- Stand-ins: the names a block uses but no block defines are the reader's own data and models.
-  Before a block runs, each such name is defined from `STAND_INS` below (only when the
-  namespace does not hold it yet); a name with no stand-in fails the test with the list of
-  names to add. Files the README loads but never writes are made from `STAND_IN_FILES` when a
+- Stand-ins: the names a block uses but no block of its section defines are the reader's own
+  data and models. Before a block runs, each such name that has a stand-in is bound to a fresh
+  one from `STAND_INS` below, once per section (so one section's `build_model` or `x` never
+  stands in for another section's reader-provided one); a name with neither a stand-in nor an
+  earlier definition fails the test with the list of names to add. Files the README loads but never writes are made from `STAND_IN_FILES` when a
   block names them and they do not exist.
 
   | name | stand-in |
@@ -236,6 +237,19 @@ def _free_names(code: str) -> set[str]:
     return loaded - bound - set(dir(builtins))
 
 
+def _bound_names(code: str) -> set[str]:
+    """The names a block binds (assignments, imports, functions, classes)."""
+    bound = set()
+    for node in ast.walk(ast.parse(code)):
+        if isinstance(node, ast.Name) and not isinstance(node.ctx, ast.Load):
+            bound.add(node.id)
+        elif isinstance(node, (ast.Import, ast.ImportFrom)):
+            bound |= {(a.asname or a.name).split(".")[0] for a in node.names}
+        elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            bound.add(node.name)
+    return bound
+
+
 # --- running -----------------------------------------------------------------------------
 
 BLOCKS = readme_blocks(open(README, encoding="utf-8").read())
@@ -248,6 +262,7 @@ class ReadmeSession:
         self.folder = folder
         self.namespace: dict = {"__name__": "__readme__"}
         self.attempted: set[int] = set()
+        self.section_names: dict[str, set[str]] = {}  # names each section bound so far
 
     def run(self, block: Block) -> None:
         self.attempted.add(block.index)
@@ -264,8 +279,12 @@ class ReadmeSession:
                     f"README.md line {block.line} uses {missing}, which no earlier block defines "
                     "and tests/test_readme.py has no stand-in for: define them in the README or "
                     "add stand-ins to STAND_INS.")
-            for name in sorted(_free_names(block.code) - set(self.namespace)):
-                self.namespace[name] = STAND_INS[name]()
+            own = self.section_names.setdefault(block.section, set())
+            for name in sorted(_free_names(block.code) - own):
+                if name in STAND_INS:  # the reader's own, in this section: a fresh stand-in
+                    self.namespace[name] = STAND_INS[name]()
+                    own.add(name)
+            own |= _bound_names(block.code)
             for name, make in STAND_IN_FILES.items():
                 if re.search(rf"[\"']{re.escape(name)}[\"']", block.code) and \
                         not os.path.exists(name):
