@@ -287,8 +287,11 @@ def test_interrupted_sweep_is_marked_and_resumes_every_configuration_once(tmp_pa
     """SIGINT to the driver: the trials stop cleanly, the report says INTERRUPTED, the exit
     status is 130 and the resume command is printed; that command finishes the rest."""
     out, cache = tmp_path / "out", tmp_path / "cache"
-    command = [sys.executable, SCRIPT, "--smoke", "--blocks", "block_1,block_2", "--out", str(out),
-               "--cache", str(cache)]
+    # 5 configurations x 6 seeds: long enough that the signal lands mid-sweep on an idle machine
+    # (with --smoke's 2 seeds, all 10 trials could finish before it is handled).
+    total = 30
+    command = [sys.executable, SCRIPT, "--smoke", "--blocks", "block_1,block_2", "--seeds", "6",
+               "--out", str(out), "--cache", str(cache)]
     driver = subprocess.Popen(command, cwd=ROOT, env=ENV, stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True)
     experiment = out / "tune" / "sweep"
@@ -307,8 +310,8 @@ def test_interrupted_sweep_is_marked_and_resumes_every_configuration_once(tmp_pa
     before = _finished_trials(experiment)
     report = (out / "report.md").read_text().splitlines()
     finished = int(report[2].split(": ")[1].split(" of ")[0])
-    assert report[2] == f"**INTERRUPTED (SIGINT): {finished} of 10 trials finished.**"
-    assert finished == len(before) and 3 <= finished < 10
+    assert report[2] == f"**INTERRUPTED (SIGINT): {finished} of {total} trials finished.**"
+    assert finished == len(before) and 3 <= finished < total
     trials = pd.read_csv(out / "results.csv")
     assert set(trials["status"]) <= {"ok", "unfinished"} and (trials["status"] == "ok").sum() == \
         finished
@@ -327,10 +330,10 @@ def test_interrupted_sweep_is_marked_and_resumes_every_configuration_once(tmp_pa
                              cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=400)
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     trials = pd.read_csv(out / "results.csv")
-    assert len(trials) == 10 and not trials.duplicated(["policy", "seed"]).any()
+    assert len(trials) == total and not trials.duplicated(["policy", "seed"]).any()
     assert (trials["status"] == "ok").all()
     after = _finished_trials(experiment)
-    assert len(after) == 10
+    assert len(after) == total
     for name, (lines, pid) in before.items():  # finished before the interrupt: not rerun
         assert after[name] == (lines, pid), name
     report = (out / "report.md").read_text()
@@ -421,8 +424,11 @@ def test_sigterm_stops_the_sweep_like_sigint(tmp_path):
     marked INTERRUPTED (SIGTERM), the resume command printed. Ray's driver installs its own
     SIGTERM handler (log and abort, exit 134); the sweep's must win."""
     out, cache = tmp_path / "out", tmp_path / "cache"
-    command = [sys.executable, SCRIPT, "--smoke", "--blocks", "block_1,block_2", "--out", str(out),
-               "--cache", str(cache)]
+    # 5 configurations x 6 seeds: long enough that the signal lands mid-sweep on an idle machine
+    # (with --smoke's 2 seeds, all 10 trials could finish before it is handled).
+    total = 30
+    command = [sys.executable, SCRIPT, "--smoke", "--blocks", "block_1,block_2", "--seeds", "6",
+               "--out", str(out), "--cache", str(cache)]
     driver = subprocess.Popen(command, cwd=ROOT, env=ENV, stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True)
     experiment = out / "tune" / "sweep"
@@ -440,6 +446,7 @@ def test_sigterm_stops_the_sweep_like_sigint(tmp_path):
     assert driver.returncode == 143, stdout[-3000:] + stderr[-3000:]
     report = (out / "report.md").read_text().splitlines()
     finished = len(_finished_trials(experiment))
-    assert report[2] == f"**INTERRUPTED (SIGTERM): {finished} of 10 trials finished.**"
+    assert report[2] == f"**INTERRUPTED (SIGTERM): {finished} of {total} trials finished.**"
+    assert finished < total
     assert f"Continue with: python sweeps/which_blocks.py --resume --out {out}" in \
         stdout.splitlines(), stdout
