@@ -283,13 +283,14 @@ def test_two_node_cluster_with_fake_gpus(tmp_path):
     assert not _processes_with(temp)
 
 
-def test_interrupted_sweep_is_marked_and_resumes_every_configuration_once(tmp_path):
-    """SIGINT to the driver: the trials stop cleanly, the report says INTERRUPTED, the exit
-    status is 130 and the resume command is printed; that command finishes the rest."""
+def _interrupted_smoke_sweep(tmp_path, sig, after):
+    """Runs a smoke sweep in `tmp_path / "out"` and sends `sig` once `after` trials finished.
+
+    Returns `(planned trials, driver, stdout, stderr)`. 5 configurations x 6 seeds: long enough
+    that the signal lands mid-sweep on an idle machine (with --smoke's 2 seeds, all 10 trials
+    could finish before it is handled).
+    """
     out, cache = tmp_path / "out", tmp_path / "cache"
-    # 5 configurations x 6 seeds: long enough that the signal lands mid-sweep on an idle machine
-    # (with --smoke's 2 seeds, all 10 trials could finish before it is handled).
-    total = 30
     command = [sys.executable, SCRIPT, "--smoke", "--blocks", "block_1,block_2", "--seeds", "6",
                "--out", str(out), "--cache", str(cache)]
     driver = subprocess.Popen(command, cwd=ROOT, env=ENV, stdout=subprocess.PIPE,
@@ -297,15 +298,23 @@ def test_interrupted_sweep_is_marked_and_resumes_every_configuration_once(tmp_pa
     experiment = out / "tune" / "sweep"
     deadline = time.time() + 400
     try:
-        while len(_finished_trials(experiment)) < 3 and time.time() < deadline:
+        while len(_finished_trials(experiment)) < after and time.time() < deadline:
             assert driver.poll() is None, driver.communicate()
             time.sleep(0.5)
-        assert len(_finished_trials(experiment)) >= 3, "no trial finished in time"
-        driver.send_signal(signal.SIGINT)
+        assert len(_finished_trials(experiment)) >= after, "no trial finished in time"
+        driver.send_signal(sig)
         stdout, stderr = driver.communicate(timeout=180)
     finally:
         if driver.poll() is None:
             driver.kill()
+    return 30, driver, stdout, stderr
+
+
+def test_interrupted_sweep_is_marked_and_resumes_every_configuration_once(tmp_path):
+    """SIGINT to the driver: the trials stop cleanly, the report says INTERRUPTED, the exit
+    status is 130 and the resume command is printed; that command finishes the rest."""
+    out, experiment = tmp_path / "out", tmp_path / "out" / "tune" / "sweep"
+    total, driver, stdout, stderr = _interrupted_smoke_sweep(tmp_path, signal.SIGINT, after=3)
     assert driver.returncode == 130, stdout[-3000:] + stderr[-3000:]
     before = _finished_trials(experiment)
     report = (out / "report.md").read_text().splitlines()
@@ -423,26 +432,8 @@ def test_sigterm_stops_the_sweep_like_sigint(tmp_path):
     """SIGTERM (a scheduler's stop, `kill`) ends the sweep as SIGINT does: exit 143, the report
     marked INTERRUPTED (SIGTERM), the resume command printed. Ray's driver installs its own
     SIGTERM handler (log and abort, exit 134); the sweep's must win."""
-    out, cache = tmp_path / "out", tmp_path / "cache"
-    # 5 configurations x 6 seeds: long enough that the signal lands mid-sweep on an idle machine
-    # (with --smoke's 2 seeds, all 10 trials could finish before it is handled).
-    total = 30
-    command = [sys.executable, SCRIPT, "--smoke", "--blocks", "block_1,block_2", "--seeds", "6",
-               "--out", str(out), "--cache", str(cache)]
-    driver = subprocess.Popen(command, cwd=ROOT, env=ENV, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True)
-    experiment = out / "tune" / "sweep"
-    deadline = time.time() + 400
-    try:
-        while len(_finished_trials(experiment)) < 1 and time.time() < deadline:
-            assert driver.poll() is None, driver.communicate()
-            time.sleep(0.5)
-        assert len(_finished_trials(experiment)) >= 1, "no trial finished in time"
-        driver.send_signal(signal.SIGTERM)
-        stdout, stderr = driver.communicate(timeout=180)
-    finally:
-        if driver.poll() is None:
-            driver.kill()
+    out, experiment = tmp_path / "out", tmp_path / "out" / "tune" / "sweep"
+    total, driver, stdout, stderr = _interrupted_smoke_sweep(tmp_path, signal.SIGTERM, after=1)
     assert driver.returncode == 143, stdout[-3000:] + stderr[-3000:]
     report = (out / "report.md").read_text().splitlines()
     finished = len(_finished_trials(experiment))
