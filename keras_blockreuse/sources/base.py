@@ -224,13 +224,19 @@ def open_source(source, rule: BlockRule = None, **options) -> Source:
                                          repr(path))
         check_regular_file(path)  # a FIFO would block the first open forever
         if not is_block_file(path):
-            from keras_blockreuse.sources.keras_files import keras_file_kind, open_keras_file
+            from keras_blockreuse.sources.keras_files import open_sniffed, sniff
 
             with reading(repr(path)):
-                kind = keras_file_kind(path)
+                kind, file = sniff(path)  # an HDF5 file is opened and checked once, here
             if kind is not None:
-                return GuardedSource(functools.partial(open_keras_file, path, rule, **options),
-                                     repr(path))
+                try:
+                    return GuardedSource(
+                        functools.partial(open_sniffed, path, kind, file, rule, **options),
+                        repr(path))
+                except BaseException:
+                    if file is not None:
+                        file.close()  # an option that open_sniffed does not take
+                    raise
         if options:
             raise TypeError(f"Options {sorted(options)} do not apply to a block file: {path!r}")
         return BlockFileSource(path)

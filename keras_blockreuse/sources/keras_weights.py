@@ -249,9 +249,11 @@ class KerasWeightsSource(LayerSource):
             self._on_close = None
 
 
-def open_weights(path: str, rule=None, source_model=None) -> KerasWeightsSource:
-    """Opens a `.weights.h5` file (see `KerasWeightsSource`)."""
-    file = open_h5(path)
+def open_weights(path: str, rule=None, source_model=None,
+                 file: h5py.File | None = None) -> KerasWeightsSource:
+    """Opens a `.weights.h5` file (see `KerasWeightsSource`); `file`: the file already opened
+    with `open_h5` (checked), which the source then owns."""
+    file = file if file is not None else open_h5(path)
     info = {"format": "Keras weights (.weights.h5)"}
     return KerasWeightsSource([file], path, [os.path.getsize(path)], rule, source_model, info)
 
