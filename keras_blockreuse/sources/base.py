@@ -141,15 +141,18 @@ class LayerSource(Source):
 
     def _grouped(self) -> dict[str, tuple[LayerInfo, ...]]:
         if self._groups is None:
-            layers = self.layers()
-            tops = list(dict.fromkeys(layer.top for layer in layers))
-            rule = resolve_rule(self._rule, tops, tops)
-            groups: dict[str, list[LayerInfo]] = {}
-            for layer in layers:
-                block = rule(types.SimpleNamespace(name=layer.top, class_name=layer.class_name))
-                groups.setdefault(block, []).append(layer)
-            self._groups = {name: tuple(group) for name, group in groups.items()}
+            self._groups = self._group(self.layers())
         return self._groups
+
+    def _group(self, layers: list[LayerInfo]) -> dict[str, tuple[LayerInfo, ...]]:
+        """The layers grouped into blocks by the rule, from their top-level names and classes."""
+        tops = list(dict.fromkeys(layer.top for layer in layers))
+        rule = resolve_rule(self._rule, tops, tops)
+        groups: dict[str, list[LayerInfo]] = {}
+        for layer in layers:
+            block = rule(types.SimpleNamespace(name=layer.top, class_name=layer.class_name))
+            groups.setdefault(block, []).append(layer)
+        return {name: tuple(group) for name, group in groups.items()}
 
     def block_names(self) -> list[str]:
         return list(self._grouped())

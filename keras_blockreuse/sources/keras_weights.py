@@ -118,17 +118,22 @@ class KerasWeightsSource(LayerSource):
                 self._structure = (structure, False)
             named = all(g.name for g in self._index.values() if g.datasets)
             if named or self._structure is None:
-                self._set(self._from_names(self._index))
+                self._set(*self._from_names(self._index))
             else:
                 builder, given = self._structure
                 self._structure = None
-                self._set(self._from_structure(self._index, _built(builder())))
+                self._set(*self._from_structure(self._index, _built(builder())))
         except BaseException:
             self.close()
             raise
 
-    def _set(self, infos: list[LayerInfo]) -> None:
+    def _set(self, infos: list[LayerInfo], var_names: dict[str, dict[str, str]]) -> None:
+        """Keeps the layers without their variables (`variables=()`): a layer's datasets are
+        described (shape, dtype) when its block is asked for, so a one-block load reads the
+        layout of that block only."""
         self._layer_infos = infos
+        self._var_names = var_names  # keras path -> {key: variable name}
+        self._described: dict[str, LayerInfo] = {}
         self._groups = None
 
     def rebuild_structure(self) -> bool:
@@ -152,10 +157,10 @@ class KerasWeightsSource(LayerSource):
             if given:
                 raise
             return False  # the config cannot be rebuilt: layers stay as their names give them
-        self._set(infos)
+        self._set(*infos)
         return True
 
-    def _from_structure(self, groups: dict[str, _Group], model) -> list[LayerInfo]:
+    def _from_structure(self, groups: dict[str, _Group], model):
         from keras_blockreuse.sources.structure import keras_structure
 
         names = {path: g.name for path, g in groups.items() if g.name}
@@ -171,20 +176,21 @@ class KerasWeightsSource(LayerSource):
             "from the file's `name` attributes" if names else f"from source model {model.name!r}")
         self.info["structure"] = f"source model {model.name!r}, walked as Keras saves it"
         self.info["layer order"] = "computation order, from the structure"
-        infos = []
+        infos, var_names = [], {}
         for unit in units.values():  # computation order
             group = groups.get(unit.keras_path)
             if group is None or not group.datasets:
                 continue
             stored: dict = {}
             unit.obj.save_own_variables(stored)
-            var_names = {k: str(getattr(v, "name", k)) for k, v in stored.items()}
+            names_of_keys = {k: str(getattr(v, "name", k)) for k, v in stored.items()}
             path = unit.path or names.get(unit.keras_path) or unit.keras_path
-            infos.append(LayerInfo(path, unit.class_name, self._variables(group, var_names),
-                                   keras_path=unit.keras_path, order=unit.order))
-        return infos
+            infos.append(LayerInfo(path, unit.class_name, (), keras_path=unit.keras_path,
+                                   order=unit.order))
+            var_names[unit.keras_path] = names_of_keys
+        return infos, var_names
 
-    def _from_names(self, groups: dict[str, _Group]) -> list[LayerInfo]:
+    def _from_names(self, groups: dict[str, _Group]):
         from keras_blockreuse.sources.structure import class_for_key
 
         unnamed = [g.keras_path for g in groups.values() if g.name is None and g.datasets]
@@ -209,9 +215,8 @@ class KerasWeightsSource(LayerSource):
             # A child of a list attribute is keyed by its class (`conv2d_1`); a child held in an
             # attribute is keyed by the attribute's name, which says nothing of its class.
             class_name = "" if parent in groups else class_for_key(key)
-            infos.append(LayerInfo(paths[keras_path], class_name, self._variables(group, {}),
-                                   keras_path=keras_path))
-        return infos
+            infos.append(LayerInfo(paths[keras_path], class_name, (), keras_path=keras_path))
+        return infos, {}
 
     def _variables(self, group: _Group, names: dict[str, str]) -> tuple[VariableInfo, ...]:
         out = []
@@ -227,8 +232,26 @@ class KerasWeightsSource(LayerSource):
             ))
         return tuple(out)
 
+    def _describe(self, layer: LayerInfo) -> LayerInfo:
+        """The layer with its variables, read from the file's layout once."""
+        described = self._described.get(layer.keras_path)
+        if described is None:
+            group = self._index[layer.keras_path]
+            variables = self._variables(group, self._var_names.get(layer.keras_path, {}))
+            described = dataclasses.replace(layer, variables=variables)
+            self._described[layer.keras_path] = described
+        return described
+
     def layers(self) -> list[LayerInfo]:
-        return list(self._layer_infos)
+        return [self._describe(layer) for layer in self._layer_infos]
+
+    def _grouped(self) -> dict[str, tuple[LayerInfo, ...]]:
+        if self._groups is None:  # grouped by name and class: no variable needed
+            self._groups = self._group(self._layer_infos)
+        return self._groups
+
+    def block_layers(self, name: str) -> tuple[LayerInfo, ...]:
+        return tuple(self._describe(layer) for layer in self._grouped()[name])
 
     def read_layer(self, layer: LayerInfo) -> dict[str, np.ndarray]:
         out = {}
@@ -317,32 +340,57 @@ def _built(source_model):
 
 
 def _index(files: list[h5py.File], where: str) -> dict[str, _Group]:
-    """Every `vars` group of the files (shards merged), keyed by structural path."""
+    """Every `vars` group of the files (shards merged), keyed by structural path.
+
+    The layout comes from one HDF5 walk per file (`H5Ovisit`: each object once, in name
+    order); the `name` attribute is read only where a path needs it: groups holding
+    variables and the groups enclosing them.
+    """
     groups: dict[str, _Group] = {}
-
-    def visit(index: int, group: h5py.Group, inner: str) -> None:
-        for key in group:
-            child = group[key]
-            if not isinstance(child, h5py.Group):
-                continue
-            if key == "vars":
-                entry = groups.setdefault(inner, _Group(inner, None, {}))
-                if "name" in child.attrs and entry.name is None:
-                    entry.name = layer_name(text_attribute(child, "name"), where)
-                for var in child:
-                    if isinstance(child[var], h5py.Dataset):
-                        entry.datasets[var] = (index, child[var].name)
-                continue
-            if inner == "" and key in NOT_LAYERS:
-                continue
-            visit(index, child, f"{inner}/{key}" if inner else key)
-
+    vars_groups: list[tuple[int, str]] = []  # (file index, structural path)
     for index, file in enumerate(files):
-        visit(index, file, "")
+        for raw, kind in _objects(file):
+            parts = _decoded(raw, where).split("/")
+            if parts[0] in NOT_LAYERS or "vars" in parts[:-2]:
+                continue  # optimizer and metric state; inside a `vars` group's children
+            if parts[-1] == "vars" and kind == h5py.h5o.TYPE_GROUP and "vars" not in parts[:-1]:
+                inner = "/".join(parts[:-1])
+                if inner not in groups:
+                    groups[inner] = _Group(inner, None, {})
+                vars_groups.append((index, inner))
+            elif len(parts) > 1 and parts[-2] == "vars" and kind == h5py.h5o.TYPE_DATASET:
+                inner = "/".join(parts[:-2])
+                if inner in groups:  # its `vars` group came first (name order)
+                    groups[inner].datasets[parts[-1]] = (index, "/" + "/".join(parts))
+    holding = [path for path, g in groups.items() if g.datasets]
+    needed = {"/".join(path.split("/")[:cut]) for path in holding
+              for cut in range(1, path.count("/") + 2)}
+    for index, inner in vars_groups:
+        entry = groups[inner]
+        if inner in needed and entry.name is None:
+            child = files[index][f"{inner}/vars" if inner else "vars"]
+            if "name" in child.attrs:
+                entry.name = layer_name(text_attribute(child, "name"), where)
     groups.pop("", None)  # the model's own `vars`: the model is not a layer of itself
     for group in groups.values():
         group.datasets = dict(sorted(group.datasets.items(), key=lambda kv: _key_order(kv[0])))
     return groups
+
+
+def _objects(file: h5py.File) -> list[tuple[bytes, int]]:
+    """`(name, object type)` of every object below the root, each once, in name order."""
+    objects: list[tuple[bytes, int]] = []
+    h5py.h5o.visit(file.id, lambda name, info: objects.append((name, info.type)), info=True)
+    return objects
+
+
+def _decoded(name: bytes, where: str) -> str:
+    try:
+        return name.decode("utf-8")
+    except UnicodeDecodeError:
+        raise BlockFileError(
+            f"{where}: the object name {name[:80]!r} is not UTF-8 text; the file is damaged."
+        ) from None
 
 
 def _name_paths(groups: dict[str, _Group]) -> dict[str, str]:
