@@ -28,7 +28,7 @@ import h5py
 import numpy as np
 
 from keras_blockreuse.errors import BlockFileError
-from keras_blockreuse.safety import check_hdf5, layer_name, safe_member_name, text_attribute
+from keras_blockreuse.safety import check_links, layer_name, safe_member_name, text_attribute
 from keras_blockreuse.sources.base import LayerInfo, LayerSource, VariableInfo
 from keras_blockreuse.sources.hdf5 import dtype_of, open_h5, read_dataset
 
@@ -106,8 +106,8 @@ class KerasWeightsSource(LayerSource):
         self._on_close = on_close
         try:
             _check_model_argument(source_model)
-            for file in files:
-                check_hdf5(file, description)
+            for file in files:  # each dataset's storage is checked when it is read
+                check_links(file, description)
             self._index = _index(files, description)
             # The source model, built and walked at most once, lazily: `(builder, given)`,
             # `given` when the user passed it (a failure is then raised, not left).
