@@ -156,6 +156,10 @@ def text_attribute(owner: h5py.File | h5py.Group | h5py.Dataset, name: str, defa
             f"{owner.file.filename}: attribute {name!r} of {owner.name!r} should be text, but "
             f"is stored as {type(stored).__name__}; the file is damaged."
         )
+    if attribute.shape == () and stored.is_variable_str():  # a Keras name: read in place
+        value = np.zeros((), dtype=attribute.dtype)  # as h5py's `attrs[name]` reads it
+        attribute.read(value, mtype=h5py.h5t.py_create(attribute.dtype))
+        return value[()].decode("utf-8", "surrogateescape")
     return owner.attrs[name]
 
 

@@ -104,6 +104,7 @@ class KerasWeightsSource(LayerSource):
         self._files = files
         self._sizes = sizes
         self._on_close = on_close
+        self._datasets: dict[tuple[int, str], h5py.Dataset] = {}
         try:
             _check_model_argument(source_model)
             for file in files:  # each dataset's storage is checked when it is read
@@ -221,7 +222,7 @@ class KerasWeightsSource(LayerSource):
     def _variables(self, group: _Group, names: dict[str, str]) -> tuple[VariableInfo, ...]:
         out = []
         for key, (index, dataset_path) in group.datasets.items():
-            ds = self._files[index][dataset_path]
+            ds = self._dataset(index, dataset_path)
             out.append(VariableInfo(
                 key=key,
                 name=names.get(key, key),
@@ -256,11 +257,19 @@ class KerasWeightsSource(LayerSource):
     def read_layer(self, layer: LayerInfo) -> dict[str, np.ndarray]:
         out = {}
         for key, (index, dataset_path) in self._index[layer.keras_path].datasets.items():
-            out[key] = read_dataset(self._files[index][dataset_path], self._sizes[index],
+            out[key] = read_dataset(self._dataset(index, dataset_path), self._sizes[index],
                                     self.description)
         return out
 
+    def _dataset(self, index: int, path: str) -> h5py.Dataset:
+        """A dataset, opened once: its layer is described, then read."""
+        ds = self._datasets.get((index, path))
+        if ds is None:
+            ds = self._datasets[index, path] = self._files[index][path]
+        return ds
+
     def close(self) -> None:
+        self._datasets = {}
         for file in getattr(self, "_files", []):
             try:
                 file.close()
@@ -368,9 +377,9 @@ def _index(files: list[h5py.File], where: str) -> dict[str, _Group]:
     for index, inner in vars_groups:
         entry = groups[inner]
         if inner in needed and entry.name is None:
-            child = files[index][f"{inner}/vars" if inner else "vars"]
-            if "name" in child.attrs:
-                entry.name = layer_name(text_attribute(child, "name"), where)
+            name = text_attribute(files[index][f"{inner}/vars" if inner else "vars"], "name")
+            if name is not None:
+                entry.name = layer_name(name, where)
     groups.pop("", None)  # the model's own `vars`: the model is not a layer of itself
     for group in groups.values():
         group.datasets = dict(sorted(group.datasets.items(), key=lambda kv: _key_order(kv[0])))
