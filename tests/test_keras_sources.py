@@ -491,3 +491,20 @@ def test_mismatch_found_after_the_lazy_walk_changes_nothing(tmp_path):
         load_blocks(target, path, source_model=up_down_sequential, rename={"up_down": "block"},
                     blocks=lambda layer: layer.name, source_blocks=SOURCE_BLOCKS)
     assert_same(before, snapshot(target))
+
+
+def test_convert_with_source_model_records_the_computation_order(tmp_path):
+    from keras_blockreuse.convert import convert
+    from keras_blockreuse.sources.block_file import BlockFileSource
+
+    source = up_down_sequential()
+    path = str(tmp_path / "m.weights.h5")
+    source.save_weights(path)
+    orders = {}
+    for given in (None, up_down_sequential):
+        out = convert(path, str(tmp_path / f"{given is None}.blocks.h5"), blocks=SOURCE_BLOCKS,
+                      source_model=given)
+        with BlockFileSource(out) as converted:
+            orders[given is None] = [x.order for x in converted.block_layers("up_down")]
+    assert orders[True] == [None, None]  # names only: the order is unknown
+    assert None not in orders[False] and orders[False] == sorted(orders[False])  # up, down
