@@ -359,9 +359,11 @@ def _index(files: list[h5py.File], where: str) -> dict[str, _Group]:
     vars_groups: list[tuple[int, str]] = []  # (file index, structural path)
     for index, file in enumerate(files):
         for raw, kind in _objects(file):
+            if raw.split(b"/", 1)[0].decode("utf-8", "replace") in NOT_LAYERS:
+                continue  # optimizer and metric state
             parts = _decoded(raw, where).split("/")
-            if parts[0] in NOT_LAYERS or "vars" in parts[:-2]:
-                continue  # optimizer and metric state; inside a `vars` group's children
+            if "vars" in parts[:-2]:
+                continue  # inside a `vars` group's children
             if parts[-1] == "vars" and kind == h5py.h5o.TYPE_GROUP and "vars" not in parts[:-1]:
                 inner = "/".join(parts[:-1])
                 if inner not in groups:
