@@ -265,7 +265,10 @@ class KerasWeightsSource(LayerSource):
         """A dataset, opened once: its layer is described, then read."""
         ds = self._datasets.get((index, path))
         if ds is None:
-            ds = self._datasets[index, path] = self._files[index][path]
+            # `_index` found a dataset there: bind it directly (`file[path]` also looks up
+            # what kind of object it is, three times the cost)
+            ds = h5py.Dataset(h5py.h5d.open(self._files[index].id, path.encode("utf-8")))
+            self._datasets[index, path] = ds
         return ds
 
     def close(self) -> None:
