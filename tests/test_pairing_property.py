@@ -134,7 +134,7 @@ specs = st.lists(st.tuples(st.sampled_from(PIECES), st.booleans()), min_size=1, 
 
 
 @pytest.mark.slow
-@settings(max_examples=25, deadline=None, derandomize=True,
+@settings(max_examples=12, deadline=None, derandomize=True,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(spec=specs, kind=st.sampled_from(FORMATS), shift=st.integers(0, 3))
 def test_rebuilt_architecture_gets_its_own_values_or_nothing(tmp_path_factory, spec, kind, shift):

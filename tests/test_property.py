@@ -55,7 +55,7 @@ def _fill(model, seed):
         v.assign(values)
 
 
-@settings(max_examples=30, deadline=None, derandomize=True,
+@settings(max_examples=15, deadline=None, derandomize=True,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(
     spec=st.tuples(
