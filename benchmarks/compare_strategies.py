@@ -170,7 +170,10 @@ def builtin_task(args) -> dict:
     keras.backend.clear_session()
     names = list(build_model("seed_cnn", data.input_shape, data.target_classes).blocks)
     keras.backend.clear_session()
-    blocks = names if data.source_classes == data.target_classes else names[:-1]
+    # As the sweep (`which_blocks --task split`): a split's source head, trained on the other
+    # classes, is not swept (reinit); a shift's head (the same classes) is.
+    same = args.task == "shift" and data.source_classes == data.target_classes
+    blocks = names if same else names[:-1]
     ranking = rank_for_sweep("seed_cnn", data, blob, blocks)
     return {"data": data, "source": blob, "source_metrics": source_metrics, "blocks": blocks,
             "ranking": ranking, "recipe": None, "model": "seed_cnn", "fixed": {}}
