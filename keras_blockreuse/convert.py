@@ -53,6 +53,8 @@ def convert(
     ```
     """
     with open_source(source, blocks, **source_options) as src:
+        if source_options.get("source_model") is not None and hasattr(src, "rebuild_structure"):
+            src.rebuild_structure()  # the file then records the layers' computation order
         names = select(src.block_names(), only, f"`only`; source {src.description}")
         facts = {"converted_from": src.description}
         facts.update({f"source_{k}".replace(" ", "_"): str(v)

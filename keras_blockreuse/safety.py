@@ -42,17 +42,39 @@ def check_hdf5(file: h5py.File | h5py.Group, where: str) -> None:
     """Refuses an HDF5 file whose objects lead outside it.
 
     External links and soft links (Keras never writes either), datasets stored in external
-    raw files and virtual datasets (whose values come from other files) are all refused.
-    The whole file is walked by HDF5 itself (`H5Lvisit`, `H5Ovisit`): one call each, not
-    one Python call per object.
+    raw files and virtual datasets (whose values come from other files) are all refused:
+    `check_links` on the whole file, then `check_storage` on every dataset. The whole file is
+    walked by HDF5 itself (`H5Lvisit`, `H5Ovisit`): one call each, not one Python call per
+    object.
     """
-    links: list[tuple[bytes, int]] = []
-    file.id.links.visit(lambda name, info: links.append((name, info.type)), info=True)
+    check_links(file, where)
+    datasets: list[bytes] = []
+
+    def visit(name: bytes, info) -> None:
+        if info.type == h5py.h5o.TYPE_DATASET:
+            datasets.append(name)
+
+    h5py.h5o.visit(file.id, visit, info=True)
+    prefix = file.name.rstrip("/")
+    for name in datasets:
+        _check_storage(h5py.h5d.open(file.id, name),
+                       f"{prefix}/{name.decode('utf-8', 'replace')}", where)
+
+
+def check_links(file: h5py.File | h5py.Group, where: str) -> None:
+    """Refuses external, soft and user-defined links and hard-link cycles anywhere in a file.
+
+    A reader that calls this when it opens a file, and `check_storage` on each dataset before
+    it reads its values, never reads data from outside the file: `check_hdf5` without the
+    per-dataset pass over datasets that are never read (a one-block load of a large file).
+    """
+    links: list[tuple[bytes, int, int]] = []  # name, link type, target address (hard links)
+    file.id.links.visit(lambda name, info: links.append((name, info.type, info.u)), info=True)
     prefix = file.name.rstrip("/")
     addresses = {b"": h5py.h5o.get_info(file.id).addr}
-    for name, kind in links:
+    for name, kind, target in links:
         if kind == h5py.h5l.TYPE_HARD:
-            _refuse_cycle(file, name, addresses, where)
+            _refuse_cycle(file, name, target, addresses, where)
             continue
         path = f"{prefix}/{name.decode('utf-8', 'replace')}"
         if kind == h5py.h5l.TYPE_EXTERNAL:
@@ -71,35 +93,35 @@ def check_hdf5(file: h5py.File | h5py.Group, where: str) -> None:
             f"{where}: {path!r} is an HDF5 user-defined link (type {kind}). Keras weights "
             "files hold no links; refusing to follow it."
         )
-    datasets: list[bytes] = []
-
-    def visit(name: bytes, info) -> None:
-        if info.type == h5py.h5o.TYPE_DATASET:
-            datasets.append(name)
-
-    h5py.h5o.visit(file.id, visit, info=True)
-    for name in datasets:
-        path = f"{prefix}/{name.decode('utf-8', 'replace')}"
-        plist = h5py.h5d.open(file.id, name).get_create_plist()
-        if plist.get_external_count():
-            files = [plist.get_external(i)[0].decode("utf-8", "replace")
-                     for i in range(plist.get_external_count())]
-            raise BlockFileError(
-                f"{where}: dataset {path!r} stores its values in external files {files}. "
-                "A weights file must hold its own data; refusing to read it."
-            )
-        if plist.get_layout() == h5py.h5d.VIRTUAL:
-            raise BlockFileError(
-                f"{where}: dataset {path!r} is a virtual dataset mapped from other files. "
-                "A weights file must hold its own data; refusing to read it."
-            )
 
 
-def _refuse_cycle(file, name: bytes, addresses: dict, where: str) -> None:
+def check_storage(dataset: h5py.Dataset, where: str) -> None:
+    """Refuses a dataset whose values are stored in external raw files or mapped from other
+    files (a virtual dataset)."""
+    _check_storage(dataset.id, dataset.name, where)
+
+
+def _check_storage(dataset_id, path: str, where: str) -> None:
+    plist = dataset_id.get_create_plist()
+    if plist.get_external_count():
+        files = [plist.get_external(i)[0].decode("utf-8", "replace")
+                 for i in range(plist.get_external_count())]
+        raise BlockFileError(
+            f"{where}: dataset {path!r} stores its values in external files {files}. "
+            "A weights file must hold its own data; refusing to read it."
+        )
+    if plist.get_layout() == h5py.h5d.VIRTUAL:
+        raise BlockFileError(
+            f"{where}: dataset {path!r} is a virtual dataset mapped from other files. "
+            "A weights file must hold its own data; refusing to read it."
+        )
+
+
+def _refuse_cycle(file, name: bytes, address: int, addresses: dict, where: str) -> None:
     """Refuses a hard link to one of its own enclosing groups (a cycle; Keras never writes
-    one, and a walk that follows it never ends). `addresses` maps each path seen so far (the
-    visit reaches a group before what is inside it) to its object's address."""
-    address = h5py.h5o.get_info(file.id, name=name).addr
+    one, and a walk that follows it never ends). `address` is the link's target; `addresses`
+    maps each path seen so far (the visit reaches a group before what is inside it) to its
+    object's address."""
     parts = name.split(b"/")
     for cut in range(len(parts)):
         if addresses.get(b"/".join(parts[:cut])) == address:
@@ -134,6 +156,10 @@ def text_attribute(owner: h5py.File | h5py.Group | h5py.Dataset, name: str, defa
             f"{owner.file.filename}: attribute {name!r} of {owner.name!r} should be text, but "
             f"is stored as {type(stored).__name__}; the file is damaged."
         )
+    if attribute.shape == () and stored.is_variable_str():  # a Keras name: read in place
+        value = np.zeros((), dtype=attribute.dtype)  # as h5py's `attrs[name]` reads it
+        attribute.read(value, mtype=h5py.h5t.py_create(attribute.dtype))
+        return value[()].decode("utf-8", "surrogateescape")
     return owner.attrs[name]
 
 

@@ -170,15 +170,13 @@ def load_blocks(
 
 
 def _rebuilt(src: Source) -> bool:
-    """Lets a source that can rebuild its structure (a `.keras` archive) do so, once: its
-    layers then carry their computation order. True when that changed them."""
+    """Lets a source that can rebuild its structure (a Keras weights file with `source_model=`
+    or a `.keras` config) do so, once: its layers then carry their computation order. True
+    when that changed them; False when there is none (a config that cannot be rebuilt: the
+    unpaired layers are reported as such). A `source_model=` that does not fit the file
+    raises `BlockFileError`."""
     rebuild = getattr(src, "rebuild_structure", None)
-    if rebuild is None:
-        return False
-    try:
-        return bool(rebuild())
-    except BlockFileError:
-        return False  # the config cannot be rebuilt: the unpaired layers are reported as such
+    return bool(rebuild()) if rebuild is not None else False
 
 
 def _target_paths(model) -> Callable[[], dict[int, str]]:

@@ -11,7 +11,7 @@ import keras
 import numpy as np
 import pytest
 
-from keras_blockreuse import BlockFileError, load_blocks
+from keras_blockreuse import BlockFileError, BlockMismatchError, load_blocks
 from keras_blockreuse.sources.keras_files import keras_file_kind, open_keras_file
 from keras_blockreuse.sources.structure import structural_names
 from tests.helpers import assert_same, randomize, snapshot
@@ -341,3 +341,170 @@ def test_readme_resnet50_stages_into_a_new_model(tmp_path):
                 assert keras.ops.convert_to_numpy(v).tobytes() == before[v.path].tobytes()
         for name in ["conv1", "conv2", "conv3"]:
             model.unfreeze_blocks([name])
+
+
+# --- source_model= on a file with names: walked only when a block needs it (issue 16) --------
+
+
+@keras.saving.register_keras_serializable(package="test_keras_sources")
+class UpDown(L.Layer):
+    """Two Dense sub-layers with automatic names, held as attributes `up` then `down`."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.up = L.Dense(8)
+        self.down = L.Dense(8)
+
+    def build(self, shape):
+        self.up.build(shape)
+        self.down.build((*shape[:-1], 8))
+
+    def call(self, x):
+        return self.down(self.up(x))
+
+
+class Holder(keras.Model):
+    """`UpDown` held in an attribute: Keras saves it under `block/...`, not `layers/...`."""
+
+    def __init__(self):
+        super().__init__()
+        self.block = UpDown()
+
+    def call(self, x):
+        return self.block(x)
+
+
+def up_down_sequential():
+    return keras.Sequential([keras.Input((8,)), UpDown(), L.Dense(3, name="head")])
+
+
+def keras_loaded(build, path):
+    """What Keras's own `load_weights` puts into a fresh model of the file's architecture."""
+    model = build()
+    model.load_weights(path)
+    return model
+
+
+def test_weights_with_source_model_pair_by_name_bit_for_bit_without_the_walk(tmp_path,
+                                                                             monkeypatch):
+    from keras_blockreuse.sources import structure
+
+    source = up_down_sequential()
+    randomize(source, seed=5)
+    path = str(tmp_path / "m.weights.h5")
+    source.save_weights(path)
+    target = keras.Sequential([keras.Input((8,)), L.Dense(3, name="head")])
+
+    def no_walk(*args, **kwargs):
+        raise AssertionError("the structure was walked although every block pairs by name")
+
+    monkeypatch.setattr(structure, "keras_structure", no_walk)
+    built = []
+    report = load_blocks(target, path, source_model=lambda: built.append(1) or source,
+                         only=["head"])
+    assert report.ok and report.pairing["head"] == "name" and not built  # never even built
+    reference = keras_loaded(up_down_sequential, path).get_layer("head")
+    for a, b in zip(target.get_layer("head").weights, reference.weights, strict=True):
+        assert np.asarray(a).tobytes() == np.asarray(b).tobytes()
+
+
+# The source's blocks: its `UpDown` has an automatic name (`up_down_<n>` in this process).
+SOURCE_BLOCKS = {"up_down": ["up_down*"], "head": ["head"]}
+
+
+def test_weights_with_source_model_rebuilt_lazily_pair_by_order_bit_for_bit(tmp_path):
+    """Names (`up_down/dense` against `up_down_1/dense_2`) and Keras paths (`layers/up_down`
+    against `block`) differ, so the load builds source_model= (a builder: new automatic names
+    again) and walks it: the layers pair by computation order, `up` to `up`."""
+    source = up_down_sequential()
+    randomize(source, seed=6)
+    path = str(tmp_path / "m.weights.h5")
+    source.save_weights(path)
+    target = Holder()
+    target(np.zeros((1, 8), "float32"))
+    report = load_blocks(target, path, source_model=up_down_sequential, only=["up_down"],
+                         rename={"up_down": "block"}, blocks={"block": ["*"]},
+                         source_blocks=SOURCE_BLOCKS)
+    assert report.ok and report.pairing["block"] == "order", str(report)
+    reference = keras_loaded(up_down_sequential, path).layers[0]
+    for mine, keras_own in ((target.block.up, reference.up), (target.block.down, reference.down)):
+        for a, b in zip(mine.weights, keras_own.weights, strict=True):
+            assert np.asarray(a).tobytes() == np.asarray(b).tobytes()
+    source_up = np.asarray(source.layers[0].up.kernel)
+    assert np.asarray(target.block.up.kernel).tobytes() == source_up.tobytes()  # not `down`
+
+
+def head_and(block_layer):
+    """A target with `head` (pairs by name) and `block_layer` saved under another Keras path
+    than the source's `layers/up_down` (it pairs only by order, after the walk)."""
+    inputs = keras.Input((8,))
+    target = keras.Model(inputs, [L.Dense(3, name="head")(inputs), block_layer(inputs)])
+    randomize(target, seed=9)
+    return target
+
+
+@keras.saving.register_keras_serializable(package="test_keras_sources")
+class Same(UpDown):
+    """`UpDown` under another class name, so Keras saves it under `layers/same`."""
+
+
+@keras.saving.register_keras_serializable(package="test_keras_sources")
+class Wider(UpDown):
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.down = L.Dense(9)
+
+
+def test_wrong_source_model_for_a_named_file_is_refused_when_walked(tmp_path):
+    """A block that pairs by name never uses source_model=; one that needs the walk finds
+    the wrong model there and refuses, after the first block paired: nothing changes."""
+    source = up_down_sequential()
+    randomize(source, seed=7)
+    path = str(tmp_path / "m.weights.h5")
+    source.save_weights(path)
+    other = keras.Sequential([keras.Input((4,)), L.Dense(2, name="d")])
+    target = head_and(Same(name="block"))
+    options = dict(rename={"up_down": "block"}, blocks=lambda layer: layer.name,
+                   source_blocks=SOURCE_BLOCKS)
+    report = load_blocks(target, path, source_model=other, only=["head"])  # by name only
+    assert report.ok and report.pairing["head"] == "name"
+    before = snapshot(target)
+    with pytest.raises(BlockFileError, match="does not have the structure of source_model"):
+        load_blocks(target, path, source_model=other, **options)
+    assert_same(before, snapshot(target))
+    report = load_blocks(target, path, source_model=up_down_sequential, **options)
+    assert report.ok and report.pairing == {"head": "name", "block": "order"}
+    with pytest.raises(TypeError, match="source_model"):
+        load_blocks(target, path, source_model="up_down.weights.h5")
+
+
+def test_mismatch_found_after_the_lazy_walk_changes_nothing(tmp_path):
+    """`head` pairs by name at once; `block` pairs only after the walk, and its `down` layer
+    has another width: the load refuses both, and no weight changes."""
+    source = up_down_sequential()
+    randomize(source, seed=8)
+    path = str(tmp_path / "m.weights.h5")
+    source.save_weights(path)
+    target = head_and(Wider(name="block"))
+    before = snapshot(target)
+    with pytest.raises(BlockMismatchError, match="shape differs"):
+        load_blocks(target, path, source_model=up_down_sequential, rename={"up_down": "block"},
+                    blocks=lambda layer: layer.name, source_blocks=SOURCE_BLOCKS)
+    assert_same(before, snapshot(target))
+
+
+def test_convert_with_source_model_records_the_computation_order(tmp_path):
+    from keras_blockreuse.convert import convert
+    from keras_blockreuse.sources.block_file import BlockFileSource
+
+    source = up_down_sequential()
+    path = str(tmp_path / "m.weights.h5")
+    source.save_weights(path)
+    orders = {}
+    for given in (None, up_down_sequential):
+        out = convert(path, str(tmp_path / f"{given is None}.blocks.h5"), blocks=SOURCE_BLOCKS,
+                      source_model=given)
+        with BlockFileSource(out) as converted:
+            orders[given is None] = [x.order for x in converted.block_layers("up_down")]
+    assert orders[True] == [None, None]  # names only: the order is unknown
+    assert None not in orders[False] and orders[False] == sorted(orders[False])  # up, down

@@ -400,6 +400,9 @@ def test_keras_files_yield_pairing_keys_and_real_variable_names(tmp_path):
         assert {(x.path, x.keras_path, x.order) for x in source.layers()} == {
             ("block_1_0", "layers/dense", None), ("bn", "layers/batch_normalization", None)}
     with open_keras_file(str(tmp_path / "m.weights.h5"), source_model=model) as source:
+        # A named file is read by its names; source_model= is walked only when asked to.
+        assert {(x.path, x.order) for x in source.layers()} == {("block_1_0", None), ("bn", None)}
+        assert source.rebuild_structure() and not source.rebuild_structure()  # once
         assert [v.name for v in source.layers()[0].variables] == ["kernel", "bias"]
         assert [x.order for x in source.layers()] == [0, 1]
 

@@ -66,6 +66,37 @@ def test_dataset_stored_in_an_external_file_is_refused(tmp_path):
         open_keras_file(path)
 
 
+@pytest.mark.parametrize("storage", ["external", "virtual"])
+def test_weights_dataset_stored_outside_the_file_is_refused_when_its_block_is_read(
+        weights, tmp_path, storage):
+    """A `.weights.h5` reader checks each dataset's storage before reading its values: the
+    block holding it is refused with the model unchanged; a load of another block, which
+    never reads it, is not."""
+    raw = tmp_path / "raw.bin"
+    raw.write_bytes(np.arange(12, dtype="float32").tobytes())
+    (tmp_path / "source.h5").unlink(missing_ok=True)
+    with h5py.File(tmp_path / "source.h5", "w") as f:
+        f["data"] = np.arange(12, dtype="float32").reshape(4, 3)
+    with h5py.File(weights, "a") as f:
+        del f["layers/dense/vars/0"]  # block_1_0's kernel, (4, 3)
+        group = f["layers/dense/vars"]
+        if storage == "external":
+            group.create_dataset("0", shape=(4, 3), dtype="float32",
+                                 external=[(str(raw), 0, h5py.h5f.UNLIMITED)])
+        else:
+            layout = h5py.VirtualLayout(shape=(4, 3), dtype="float32")
+            layout[...] = h5py.VirtualSource(str(tmp_path / "source.h5"), "data", shape=(4, 3))
+            group.create_virtual_dataset("0", layout)
+    target = model("t")
+    before = [np.array(v) for v in target.weights]
+    with pytest.raises(BlockFileError, match="external files" if storage == "external"
+                       else "virtual dataset"):
+        load_blocks(target, weights)
+    assert all(np.array_equal(a, np.array(b)) for a, b in zip(before, target.weights,
+                                                                strict=True))
+    assert load_blocks(target, weights, only=["head"]).ok
+
+
 def rewrite_with_member(source, path, name, data, compress=zipfile.ZIP_STORED):
     with zipfile.ZipFile(source) as src, zipfile.ZipFile(path, "w") as dst:
         for info in src.infolist():

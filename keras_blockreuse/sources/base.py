@@ -141,15 +141,18 @@ class LayerSource(Source):
 
     def _grouped(self) -> dict[str, tuple[LayerInfo, ...]]:
         if self._groups is None:
-            layers = self.layers()
-            tops = list(dict.fromkeys(layer.top for layer in layers))
-            rule = resolve_rule(self._rule, tops, tops)
-            groups: dict[str, list[LayerInfo]] = {}
-            for layer in layers:
-                block = rule(types.SimpleNamespace(name=layer.top, class_name=layer.class_name))
-                groups.setdefault(block, []).append(layer)
-            self._groups = {name: tuple(group) for name, group in groups.items()}
+            self._groups = self._group(self.layers())
         return self._groups
+
+    def _group(self, layers: list[LayerInfo]) -> dict[str, tuple[LayerInfo, ...]]:
+        """The layers grouped into blocks by the rule, from their top-level names and classes."""
+        tops = list(dict.fromkeys(layer.top for layer in layers))
+        rule = resolve_rule(self._rule, tops, tops)
+        groups: dict[str, list[LayerInfo]] = {}
+        for layer in layers:
+            block = rule(types.SimpleNamespace(name=layer.top, class_name=layer.class_name))
+            groups.setdefault(block, []).append(layer)
+        return {name: tuple(group) for name, group in groups.items()}
 
     def block_names(self) -> list[str]:
         return list(self._grouped())
@@ -224,13 +227,19 @@ def open_source(source, rule: BlockRule = None, **options) -> Source:
                                          repr(path))
         check_regular_file(path)  # a FIFO would block the first open forever
         if not is_block_file(path):
-            from keras_blockreuse.sources.keras_files import keras_file_kind, open_keras_file
+            from keras_blockreuse.sources.keras_files import open_sniffed, sniff
 
             with reading(repr(path)):
-                kind = keras_file_kind(path)
+                kind, file = sniff(path)  # an HDF5 file is opened and checked once, here
             if kind is not None:
-                return GuardedSource(functools.partial(open_keras_file, path, rule, **options),
-                                     repr(path))
+                try:
+                    return GuardedSource(
+                        functools.partial(open_sniffed, path, kind, file, rule, **options),
+                        repr(path))
+                except BaseException:
+                    if file is not None:
+                        file.close()  # an option that open_sniffed does not take
+                    raise
         if options:
             raise TypeError(f"Options {sorted(options)} do not apply to a block file: {path!r}")
         return BlockFileSource(path)

@@ -6,7 +6,7 @@ import h5py
 import numpy as np
 
 from keras_blockreuse.errors import BlockFileError
-from keras_blockreuse.safety import check_dataset_size, open_hdf5, text_attribute
+from keras_blockreuse.safety import check_dataset_size, check_storage, open_hdf5, text_attribute
 
 
 def open_h5(path, where: str | None = None) -> h5py.File:
@@ -19,15 +19,17 @@ def open_h5(path, where: str | None = None) -> h5py.File:
 
 
 def read_dataset(ds: h5py.Dataset, file_size: int, where: str) -> np.ndarray:
-    """A dataset's values, after checking it declares no more bytes than its file holds."""
+    """A dataset's values, after checking that they are stored in its file (`check_storage`)
+    and that it declares no more bytes than its file holds."""
+    check_storage(ds, where)
     check_dataset_size(ds, file_size, where)
     if text_attribute(ds, "dtype") in ("bfloat16", b"bfloat16"):
         import ml_dtypes
 
         return np.array(ds, dtype=ml_dtypes.bfloat16)
     array = np.empty(ds.shape, dtype=ds.dtype)
-    if array.size:
-        ds.read_direct(array)
+    if array.size:  # the whole dataset into memory of its own shape: `read_direct`, in one call
+        ds.id.read(h5py.h5s.ALL, h5py.h5s.ALL, array)
     return array
 
 

@@ -210,9 +210,9 @@ class PresetSource(Source):
             arrays = {}
             for key, value in values.items():
                 index, layer, stored_key = self._where[id(value)]
-                if (index, layer.path) not in stored:
-                    stored[index, layer.path] = self._sources[index].read_layer(layer)
-                arrays[key] = stored[index, layer.path][stored_key]
+                if (index, layer.keras_path) not in stored:
+                    stored[index, layer.keras_path] = self._sources[index].read_layer(layer)
+                arrays[key] = stored[index, layer.keras_path][stored_key]
                 self.bytes_read += int(arrays[key].nbytes)
             out[path] = arrays
         return out

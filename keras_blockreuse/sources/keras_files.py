@@ -39,28 +39,45 @@ def open_keras_file(path: str | os.PathLike, rule=None, source_model=None) -> La
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise BlockFileError(f"No such file: {path!r}")
-    kind = keras_file_kind(path)
-    if kind == "keras":
-        from keras_blockreuse.sources.keras_archive import open_archive
+    kind, file = sniff(path)
+    return open_sniffed(path, kind, file, rule, source_model)
 
-        return open_archive(path, rule, source_model)
-    if kind in ("sharded", "weights"):
-        from keras_blockreuse.sources.keras_weights import open_sharded, open_weights
 
-        return (open_sharded if kind == "sharded" else open_weights)(path, rule, source_model)
-    if kind == "legacy":
-        if source_model is not None:
-            raise TypeError(
-                f"`source_model` does not apply to {path!r}: a legacy .h5 file holds its "
-                "layer names."
-            )
-        from keras_blockreuse.sources.legacy_h5 import LegacyH5Source
+def open_sniffed(path: str, kind: str | None, file: h5py.File | None, rule=None,
+                 source_model=None) -> LayerSource:
+    """`open_keras_file` for a file `sniff` has recognised: `file` (the file `sniff` opened
+    and checked, or None) is read, not opened again, and closed with the source or on any
+    failure."""
+    try:
+        if not os.path.isfile(path):
+            raise BlockFileError(f"No such file: {path!r}")
+        if kind == "keras":
+            from keras_blockreuse.sources.keras_archive import open_archive
 
-        return LegacyH5Source(path, rule)
-    raise BlockFileError(
-        f"{path!r} is not a supported weights file: expected a .blocks.h5, .weights.h5, "
-        ".weights.json, .keras or legacy Keras .h5 file."
-    )
+            return open_archive(path, rule, source_model)
+        if kind in ("sharded", "weights"):
+            from keras_blockreuse.sources.keras_weights import open_sharded, open_weights
+
+            if kind == "sharded":
+                return open_sharded(path, rule, source_model)
+            return open_weights(path, rule, source_model, file)
+        if kind == "legacy":
+            if source_model is not None:
+                raise TypeError(
+                    f"`source_model` does not apply to {path!r}: a legacy .h5 file holds its "
+                    "layer names."
+                )
+            from keras_blockreuse.sources.legacy_h5 import LegacyH5Source
+
+            return LegacyH5Source(path, rule, file)
+        raise BlockFileError(
+            f"{path!r} is not a supported weights file: expected a .blocks.h5, .weights.h5, "
+            ".weights.json, .keras or legacy Keras .h5 file."
+        )
+    except BaseException:
+        if file is not None:
+            file.close()
+        raise
 
 
 def keras_file_kind(path: str) -> str | None:
@@ -69,29 +86,49 @@ def keras_file_kind(path: str) -> str | None:
     Recognised by content where the name is ambiguous: an `.h5` file is a Keras 3 weights
     file if it has a `layers` or `vars` group, legacy if it has `layer_names`.
     """
+    kind, file = sniff(path)
+    if file is not None:
+        file.close()
+    return kind
+
+
+def sniff(path: str) -> tuple[str | None, h5py.File | None]:
+    """`(keras_file_kind(path), file)`: for an HDF5 weights or legacy file, `file` is the file
+    opened and checked (`open_h5`) for its reader to read, so that one load opens and checks
+    it once; the caller closes it. `file` is None for every other kind."""
     if path.endswith(BLOCK_SUFFIX):
-        return None
+        return None, None
     if path.endswith(".keras"):
-        return "keras"
+        return "keras", None
     if path.endswith(".json"):
-        return "sharded"
+        return "sharded", None
     if not os.path.isfile(path):
         if path.endswith(".weights.h5"):
-            return "weights"
-        return "legacy" if path.endswith((".h5", ".hdf5")) else None
+            return "weights", None
+        return ("legacy" if path.endswith((".h5", ".hdf5")) else None), None
     if zipfile.is_zipfile(path):
-        return "keras" if _has_member(path, "config.json") else None
+        return ("keras" if _has_member(path, "config.json") else None), None
     if not h5py.is_hdf5(path):
-        return None
-    with open_h5(path) as f:
+        return None, None
+    f = open_h5(path)
+    try:
         if attr_text(text_attribute(f, "format", "")) == "keras-blockreuse":
-            return None
-        root = f["model_weights"] if "model_weights" in f else f
-        if "layer_names" in root.attrs:
-            return "legacy"
-        if "layers" in f or "vars" in f:
-            return "weights"
-    return "weights" if path.endswith(".weights.h5") else None
+            kind = None
+        else:
+            root = f["model_weights"] if "model_weights" in f else f
+            if "layer_names" in root.attrs:
+                kind = "legacy"
+            elif "layers" in f or "vars" in f or path.endswith(".weights.h5"):
+                kind = "weights"
+            else:
+                kind = None
+    except BaseException:
+        f.close()
+        raise
+    if kind is None:
+        f.close()
+        return None, None
+    return kind, f
 
 
 def _has_member(path: str, name: str) -> bool:

@@ -8,11 +8,17 @@ Keras saves with (`structure.keras_structure`), which also gives the layers' com
 order, classes and variable names (`kernel`, `bias`). Without it, layers are known by their
 recorded names and structural paths only: their order is unknown and is never guessed from
 the file's storage. Optimizer and metric state is ignored.
+
+The walk costs about as much as the whole load of a small block (ResNet50: two walks of 356
+objects), so a file whose groups all carry names is read by those names, and the structure
+is walked only when a load cannot pair a block by name or Keras path
+(`KerasWeightsSource.rebuild_structure`).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import re
@@ -22,7 +28,7 @@ import h5py
 import numpy as np
 
 from keras_blockreuse.errors import BlockFileError
-from keras_blockreuse.safety import check_hdf5, layer_name, safe_member_name, text_attribute
+from keras_blockreuse.safety import check_links, layer_name, safe_member_name, text_attribute
 from keras_blockreuse.sources.base import LayerInfo, LayerSource, VariableInfo
 from keras_blockreuse.sources.hdf5 import dtype_of, open_h5, read_dataset
 
@@ -51,11 +57,31 @@ class KerasWeightsSource(LayerSource):
             architecture; required when the file holds no layer names.
         info: facts about the file shown by `inspect` (format, Keras version, ...).
         on_close: called when the source closes (to close the archive holding the files).
+        structure: a zero-argument function building the source model from the file's own
+            config (a `.keras` archive), used like `source_model` but only when needed; a
+            failure to build it leaves the layers as the names give them.
+
+    A file whose groups all carry their layer's name (Keras >= 3.6) is read by those names,
+    and `source_model` (or `structure`) is built and walked only by `rebuild_structure`,
+    which `load_blocks` calls when a block cannot be paired by name or Keras path. So a
+    `source_model` of another architecture is refused only when it is used: a load whose
+    blocks all pair by the file's own names is justified by those names alone, exactly as
+    without `source_model`, and never reads the model. When it is used (a file without
+    names, a block that does not pair by name, `inspect`, `convert`), a model whose saving
+    walk does not reach every group of the file is refused with `BlockFileError`.
+
+    Raises:
+        TypeError: `source_model` is neither a `keras.Model` nor callable (a callable that
+            returns no model is refused when it is called).
+        BlockFileError: the file is unsafe or damaged; it holds no names and no
+            `source_model`; or a `source_model` that had to be walked does not fit it.
 
     Example:
 
     ```python
     with open_keras_file("classifier.weights.h5", source_model=build_classifier) as source:
+        source.block_layers("block_1")[0].path    # "block_1_0": by the file's names
+        source.rebuild_structure()                # builds and walks the source model
         source.block_layers("block_1")[0].variables[0].name    # "kernel"
     ```
     """
@@ -78,42 +104,64 @@ class KerasWeightsSource(LayerSource):
         self._files = files
         self._sizes = sizes
         self._on_close = on_close
+        self._datasets: dict[tuple[int, str], h5py.Dataset] = {}
         try:
-            for file in files:
-                check_hdf5(file, description)
+            _check_model_argument(source_model)
+            for file in files:  # each dataset's storage is checked when it is read
+                check_links(file, description)
             self._index = _index(files, description)
-            self._structure = structure  # a lazy builder of the source model (a `.keras` config)
-            named = all(g.name for g in self._index.values() if g.datasets)
-            if source_model is None and not named and structure is not None:
-                source_model, self._structure = structure(), None
+            # The source model, built and walked at most once, lazily: `(builder, given)`,
+            # `given` when the user passed it (a failure is then raised, not left).
+            self._structure: tuple[Callable[[], object], bool] | None = None
             if source_model is not None:
-                self._structure = None
-                self._set(self._from_structure(self._index, _built(source_model)))
+                self._structure = (functools.partial(_built, source_model), True)
+            elif structure is not None:
+                self._structure = (structure, False)
+            named = all(g.name for g in self._index.values() if g.datasets)
+            if named or self._structure is None:
+                self._set(*self._from_names(self._index))
             else:
-                self._set(self._from_names(self._index))
+                builder, given = self._structure
+                self._structure = None
+                self._set(*self._from_structure(self._index, _built(builder())))
         except BaseException:
             self.close()
             raise
 
-    def _set(self, infos: list[LayerInfo]) -> None:
+    def _set(self, infos: list[LayerInfo], var_names: dict[str, dict[str, str]]) -> None:
+        """Keeps the layers without their variables (`variables=()`): a layer's datasets are
+        described (shape, dtype) when its block is asked for, so a one-block load reads the
+        layout of that block only."""
         self._layer_infos = infos
-        self._locators = {layer.path: self._index[layer.keras_path].datasets for layer in infos}
+        self._var_names = var_names  # keras path -> {key: variable name}
+        self._described: dict[str, LayerInfo] = {}
         self._groups = None
 
     def rebuild_structure(self) -> bool:
-        """Rebuilds the source model from its config, if not done yet, so that layers carry
-        their computation order and variable names; returns True when that changed them.
+        """Builds and walks the source model, if not done yet, so that layers carry their
+        computation order and variable names; returns True when that changed them.
 
         `load_blocks` calls it only when a block cannot be paired by name or Keras path: a
-        rebuild costs about as much as `keras.saving.load_model` without the weights.
+        rebuild costs about as much as building the model and walking it as Keras saves it
+        (for a `.keras` archive, `keras.saving.load_model` without the weights).
+
+        Raises:
+            BlockFileError: the `source_model` passed does not have the file's structure
+                (a `.keras` config that cannot be rebuilt or does not fit returns False).
         """
         if self._structure is None:
             return False
-        builder, self._structure = self._structure, None
-        self._set(self._from_structure(self._index, _built(builder())))
+        (builder, given), self._structure = self._structure, None
+        try:
+            infos = self._from_structure(self._index, _built(builder()))
+        except BlockFileError:
+            if given:
+                raise
+            return False  # the config cannot be rebuilt: layers stay as their names give them
+        self._set(*infos)
         return True
 
-    def _from_structure(self, groups: dict[str, _Group], model) -> list[LayerInfo]:
+    def _from_structure(self, groups: dict[str, _Group], model):
         from keras_blockreuse.sources.structure import keras_structure
 
         names = {path: g.name for path, g in groups.items() if g.name}
@@ -128,20 +176,22 @@ class KerasWeightsSource(LayerSource):
         self.info["layer names"] = (
             "from the file's `name` attributes" if names else f"from source model {model.name!r}")
         self.info["structure"] = f"source model {model.name!r}, walked as Keras saves it"
-        infos = []
+        self.info["layer order"] = "computation order, from the structure"
+        infos, var_names = [], {}
         for unit in units.values():  # computation order
             group = groups.get(unit.keras_path)
             if group is None or not group.datasets:
                 continue
             stored: dict = {}
             unit.obj.save_own_variables(stored)
-            var_names = {k: str(getattr(v, "name", k)) for k, v in stored.items()}
+            names_of_keys = {k: str(getattr(v, "name", k)) for k, v in stored.items()}
             path = unit.path or names.get(unit.keras_path) or unit.keras_path
-            infos.append(LayerInfo(path, unit.class_name, self._variables(group, var_names),
-                                   keras_path=unit.keras_path, order=unit.order))
-        return infos
+            infos.append(LayerInfo(path, unit.class_name, (), keras_path=unit.keras_path,
+                                   order=unit.order))
+            var_names[unit.keras_path] = names_of_keys
+        return infos, var_names
 
-    def _from_names(self, groups: dict[str, _Group]) -> list[LayerInfo]:
+    def _from_names(self, groups: dict[str, _Group]):
         from keras_blockreuse.sources.structure import class_for_key
 
         unnamed = [g.keras_path for g in groups.values() if g.name is None and g.datasets]
@@ -153,7 +203,9 @@ class KerasWeightsSource(LayerSource):
                 "model, or a function that builds it) to map the groups through its structure."
             )
         self.info["layer names"] = "from the file's `name` attributes"
-        self.info["layer order"] = "unknown (pass source_model= to know it)"
+        self.info["layer order"] = (
+            "unknown (pass source_model= to know it)" if self._structure is None else
+            "from the source's structure, built when a block does not pair by name or path")
         paths = _name_paths(groups)
         infos = []
         for keras_path in sorted(groups, key=_natural):
@@ -164,14 +216,13 @@ class KerasWeightsSource(LayerSource):
             # A child of a list attribute is keyed by its class (`conv2d_1`); a child held in an
             # attribute is keyed by the attribute's name, which says nothing of its class.
             class_name = "" if parent in groups else class_for_key(key)
-            infos.append(LayerInfo(paths[keras_path], class_name, self._variables(group, {}),
-                                   keras_path=keras_path))
-        return infos
+            infos.append(LayerInfo(paths[keras_path], class_name, (), keras_path=keras_path))
+        return infos, {}
 
     def _variables(self, group: _Group, names: dict[str, str]) -> tuple[VariableInfo, ...]:
         out = []
         for key, (index, dataset_path) in group.datasets.items():
-            ds = self._files[index][dataset_path]
+            ds = self._dataset(index, dataset_path)
             out.append(VariableInfo(
                 key=key,
                 name=names.get(key, key),
@@ -182,17 +233,46 @@ class KerasWeightsSource(LayerSource):
             ))
         return tuple(out)
 
+    def _describe(self, layer: LayerInfo) -> LayerInfo:
+        """The layer with its variables, read from the file's layout once."""
+        described = self._described.get(layer.keras_path)
+        if described is None:
+            group = self._index[layer.keras_path]
+            variables = self._variables(group, self._var_names.get(layer.keras_path, {}))
+            described = dataclasses.replace(layer, variables=variables)
+            self._described[layer.keras_path] = described
+        return described
+
     def layers(self) -> list[LayerInfo]:
-        return list(self._layer_infos)
+        return [self._describe(layer) for layer in self._layer_infos]
+
+    def _grouped(self) -> dict[str, tuple[LayerInfo, ...]]:
+        if self._groups is None:  # grouped by name and class: no variable needed
+            self._groups = self._group(self._layer_infos)
+        return self._groups
+
+    def block_layers(self, name: str) -> tuple[LayerInfo, ...]:
+        return tuple(self._describe(layer) for layer in self._grouped()[name])
 
     def read_layer(self, layer: LayerInfo) -> dict[str, np.ndarray]:
         out = {}
-        for key, (index, dataset_path) in self._locators[layer.path].items():
-            out[key] = read_dataset(self._files[index][dataset_path], self._sizes[index],
+        for key, (index, dataset_path) in self._index[layer.keras_path].datasets.items():
+            out[key] = read_dataset(self._dataset(index, dataset_path), self._sizes[index],
                                     self.description)
         return out
 
+    def _dataset(self, index: int, path: str) -> h5py.Dataset:
+        """A dataset, opened once: its layer is described, then read."""
+        ds = self._datasets.get((index, path))
+        if ds is None:
+            # `_index` found a dataset there: bind it directly (`file[path]` also looks up
+            # what kind of object it is, three times the cost)
+            ds = h5py.Dataset(h5py.h5d.open(self._files[index].id, path.encode("utf-8")))
+            self._datasets[index, path] = ds
+        return ds
+
     def close(self) -> None:
+        self._datasets = {}
         for file in getattr(self, "_files", []):
             try:
                 file.close()
@@ -204,9 +284,11 @@ class KerasWeightsSource(LayerSource):
             self._on_close = None
 
 
-def open_weights(path: str, rule=None, source_model=None) -> KerasWeightsSource:
-    """Opens a `.weights.h5` file (see `KerasWeightsSource`)."""
-    file = open_h5(path)
+def open_weights(path: str, rule=None, source_model=None,
+                 file: h5py.File | None = None) -> KerasWeightsSource:
+    """Opens a `.weights.h5` file (see `KerasWeightsSource`); `file`: the file already opened
+    with `open_h5` (checked), which the source then owns."""
+    file = file if file is not None else open_h5(path)
     info = {"format": "Keras weights (.weights.h5)"}
     return KerasWeightsSource([file], path, [os.path.getsize(path)], rule, source_model, info)
 
@@ -246,6 +328,17 @@ def open_sharded(path: str, rule=None, source_model=None) -> KerasWeightsSource:
     return KerasWeightsSource(files, path, sizes, rule, source_model, info)
 
 
+def _check_model_argument(source_model) -> None:
+    import keras
+
+    if source_model is not None and not (
+            isinstance(source_model, keras.Model) or callable(source_model)):
+        raise TypeError(
+            "`source_model` must be a keras.Model or a function returning one. "
+            f"Received: {source_model!r} of type {type(source_model).__name__}"
+        )
+
+
 def _built(source_model):
     import keras
 
@@ -259,32 +352,59 @@ def _built(source_model):
 
 
 def _index(files: list[h5py.File], where: str) -> dict[str, _Group]:
-    """Every `vars` group of the files (shards merged), keyed by structural path."""
+    """Every `vars` group of the files (shards merged), keyed by structural path.
+
+    The layout comes from one HDF5 walk per file (`H5Ovisit`: each object once, in name
+    order); the `name` attribute is read only where a path needs it: groups holding
+    variables and the groups enclosing them.
+    """
     groups: dict[str, _Group] = {}
-
-    def visit(index: int, group: h5py.Group, inner: str) -> None:
-        for key in group:
-            child = group[key]
-            if not isinstance(child, h5py.Group):
-                continue
-            if key == "vars":
-                entry = groups.setdefault(inner, _Group(inner, None, {}))
-                if "name" in child.attrs and entry.name is None:
-                    entry.name = layer_name(text_attribute(child, "name"), where)
-                for var in child:
-                    if isinstance(child[var], h5py.Dataset):
-                        entry.datasets[var] = (index, child[var].name)
-                continue
-            if inner == "" and key in NOT_LAYERS:
-                continue
-            visit(index, child, f"{inner}/{key}" if inner else key)
-
+    vars_groups: list[tuple[int, str]] = []  # (file index, structural path)
     for index, file in enumerate(files):
-        visit(index, file, "")
+        for raw, kind in _objects(file):
+            if raw.split(b"/", 1)[0].decode("utf-8", "replace") in NOT_LAYERS:
+                continue  # optimizer and metric state
+            parts = _decoded(raw, where).split("/")
+            if "vars" in parts[:-2]:
+                continue  # inside a `vars` group's children
+            if parts[-1] == "vars" and kind == h5py.h5o.TYPE_GROUP and "vars" not in parts[:-1]:
+                inner = "/".join(parts[:-1])
+                if inner not in groups:
+                    groups[inner] = _Group(inner, None, {})
+                vars_groups.append((index, inner))
+            elif len(parts) > 1 and parts[-2] == "vars" and kind == h5py.h5o.TYPE_DATASET:
+                inner = "/".join(parts[:-2])
+                if inner in groups:  # its `vars` group came first (name order)
+                    groups[inner].datasets[parts[-1]] = (index, "/" + "/".join(parts))
+    holding = [path for path, g in groups.items() if g.datasets]
+    needed = {"/".join(path.split("/")[:cut]) for path in holding
+              for cut in range(1, path.count("/") + 2)}
+    for index, inner in vars_groups:
+        entry = groups[inner]
+        if inner in needed and entry.name is None:
+            name = text_attribute(files[index][f"{inner}/vars" if inner else "vars"], "name")
+            if name is not None:
+                entry.name = layer_name(name, where)
     groups.pop("", None)  # the model's own `vars`: the model is not a layer of itself
     for group in groups.values():
         group.datasets = dict(sorted(group.datasets.items(), key=lambda kv: _key_order(kv[0])))
     return groups
+
+
+def _objects(file: h5py.File) -> list[tuple[bytes, int]]:
+    """`(name, object type)` of every object below the root, each once, in name order."""
+    objects: list[tuple[bytes, int]] = []
+    h5py.h5o.visit(file.id, lambda name, info: objects.append((name, info.type)), info=True)
+    return objects
+
+
+def _decoded(name: bytes, where: str) -> str:
+    try:
+        return name.decode("utf-8")
+    except UnicodeDecodeError:
+        raise BlockFileError(
+            f"{where}: the object name {name[:80]!r} is not UTF-8 text; the file is damaged."
+        ) from None
 
 
 def _name_paths(groups: dict[str, _Group]) -> dict[str, str]:

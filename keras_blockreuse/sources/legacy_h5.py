@@ -35,12 +35,14 @@ class LegacyH5Source(LayerSource):
 
     variable_names_pair = True
 
-    def __init__(self, path: str, rule=None):
+    def __init__(self, path: str, rule=None, file: h5py.File | None = None):
+        """`file`: the file already opened with `open_h5` (checked), which the source then
+        owns; by default `path` is opened."""
         super().__init__(rule)
         self.description = path
         self.bytes_read = 0
+        self._file = file if file is not None else open_h5(path)
         self._size = os.path.getsize(path)
-        self._file = open_h5(path)
         try:
             check_hdf5(self._file, path)
             self.info = {
