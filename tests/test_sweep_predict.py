@@ -194,6 +194,33 @@ def test_predict_ranking_and_top_configurations_on_a_transferred_model():
                                        "block_1=tuned,block_2=tuned,dense_1=tuned"]
     with pytest.raises(SweepError, match="top_k >= 1"):
         top_configurations(ranking, blocks, top_k=0)
+    assert ranking.unranked == {}  # dense_2 (the head) trains in every configuration
+
+
+def test_a_configuration_that_trains_nothing_is_not_ranked():
+    # Every block swept, the head included: "prefix 4 frozen" freezes the whole model. LogME
+    # scores features for a new head, so it says nothing about it: it is named, not ranked.
+    from keras_blockreuse.sweep.predict import predict_ranking, predicted_vs_measured
+    from keras_blockreuse.sweep.zoo import seed_cnn
+
+    model = seed_cnn((8, 8, 1), num_classes=3, dropout=False)
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(64, 8, 8, 1)).astype("float32")
+    y = np.arange(64) % 3
+    blocks = ["block_1", "block_2", "dense_1", "dense_2"]
+    ranking = predict_ranking(model, x, y, blocks, batches=2, max_samples=48)
+    everything_frozen = "block_1=frozen,block_2=frozen,dense_1=frozen,dense_2=frozen"
+    assert ranking.unranked == {everything_frozen: "prefix 4 frozen"}
+    assert everything_frozen not in {p.key for p in ranking.predictions}
+    assert len(ranking.predictions) == 4 + 6    # 4 surgical, prefix 1-3 x2
+    text, _ = predicted_vs_measured(ranking.predictions, {everything_frozen: 0.3},
+                                    unranked=ranking.unranked)
+    assert "Not ranked: prefix 4 frozen (trains no parameter: LogME scores features for a " \
+           "newly trained head, and no predictor scores a configuration that trains " \
+           "nothing)." in text
+    ranked = rank_configurations(["b1", "b2"], logme_scores={"b1": 0.0, "b2": 1.0},
+                                 head_trained=False)
+    assert [p.label for p in ranked] == ["prefix 1 tuned", "prefix 1 frozen"]
 
 
 def test_predicted_vs_measured_table():

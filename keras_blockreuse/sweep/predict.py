@@ -370,6 +370,7 @@ def rank_configurations(
     blocks: Sequence[str],
     logme_scores: Mapping[str, float] | None = None,
     rgn: Mapping[str, float] | None = None,
+    head_trained: bool = True,
 ) -> list[Prediction]:
     """Candidate configurations in predicted order, best first.
 
@@ -379,6 +380,10 @@ def rank_configurations(
       the features after block n; at equal score the tuned one comes first (Yosinski et al.
       2014: fine-tuned transfer is at or above frozen). Prefix n = all blocks tuned is the
       all-tuned baseline and is left out, like scratch: both always run.
+    - `prefix n frozen` with n = all blocks is ranked only when `head_trained`: LogME scores
+      features for a newly trained linear head (You et al. 2021); when the swept blocks are the
+      whole model, that configuration trains nothing and LogME says nothing about it
+      (`unranked_configurations` names it).
 
     The two families' scores are not on one scale, so the combined order alternates between
     them by rank within each family (surgical first), the rest of the longer family at the end.
@@ -387,6 +392,8 @@ def rank_configurations(
         blocks: the swept blocks in computation order.
         logme_scores: block -> LogME of the features after it (every block), or None.
         rgn: block -> relative gradient norm (every block), or None.
+        head_trained: whether blocks outside `blocks` (a new head) train in every
+            configuration.
 
     Returns:
         A list of `Prediction` with ranks 1, 2, ...
@@ -410,7 +417,7 @@ def rank_configurations(
         prefix = []
         for n, b in enumerate(blocks, start=1):
             for tie, mode in ((0, "tuned"), (1, "frozen")):
-                if n == len(blocks) and mode == "tuned":
+                if n == len(blocks) and (mode == "tuned" or not head_trained):
                     continue
                 c = configuration(dict.fromkeys(blocks[:n], mode), blocks,
                                   label=f"prefix {n} {mode}")
@@ -448,6 +455,8 @@ class Ranking:
         rgn: block -> relative gradient norm on the all-tuned model.
         seconds: the time both predictors took.
         samples: target training samples used for LogME.
+        unranked: configuration key -> label of the candidates no predictor can score (see
+            `unranked_configurations`).
     """
 
     predictions: list
@@ -455,6 +464,17 @@ class Ranking:
     rgn: dict
     seconds: float
     samples: int
+    unranked: dict = dataclasses.field(default_factory=dict)
+
+
+def unranked_configurations(blocks: Sequence[str], head_trained: bool) -> dict[str, str]:
+    """Candidates `rank_configurations` leaves out: `{key: label}` of "prefix n frozen" with
+    n = all blocks when nothing else in the model trains (it trains no parameter)."""
+    if head_trained or not blocks:
+        return {}
+    c = configuration(dict.fromkeys(blocks, "frozen"), list(blocks),
+                      label=f"prefix {len(blocks)} frozen")
+    return {c.key: c.label}
 
 
 def predict_ranking(
@@ -502,8 +522,10 @@ def predict_ranking(
     norms = relative_gradient_norms(model, x, y, loss=loss, batch_size=batch_size,
                                     batches=batches, seed=seed)
     norms = {b: norms[b] for b in blocks}
-    return Ranking(predictions=rank_configurations(blocks, scores, norms), logme=scores,
-                   rgn=norms, seconds=time.perf_counter() - started, samples=len(order))
+    head_trained = any(b not in blocks for b in features)  # blocks the sweep always trains
+    return Ranking(predictions=rank_configurations(blocks, scores, norms, head_trained),
+                   logme=scores, rgn=norms, seconds=time.perf_counter() - started,
+                   samples=len(order), unranked=unranked_configurations(blocks, head_trained))
 
 
 def rank_for_sweep(model: str, data, source: bytes | str, blocks: Sequence[str]) -> Ranking:
@@ -609,7 +631,8 @@ def _as_matrix(features, what: str) -> np.ndarray:
 
 
 def predicted_vs_measured(
-    predictions: Sequence[Prediction], measured: Mapping[str, float], metric: str = "val_accuracy"
+    predictions: Sequence[Prediction], measured: Mapping[str, float], metric: str = "val_accuracy",
+    unranked: Mapping[str, str] | None = None,
 ) -> tuple[str, list[dict]]:
     """A markdown section: each predicted configuration's rank beside its measured rank, and
     Kendall's tau over those measured.
@@ -619,6 +642,8 @@ def predicted_vs_measured(
         measured: configuration key -> measured mean score (higher is better); keys not
             predicted (scratch, all tuned) are ignored.
         metric: the measured score's name, for the table's header.
+        unranked: key -> label of candidates no predictor scored (`Ranking.unranked`); the
+            section names them.
 
     Returns:
         `(markdown, rows)`; each row has `key`, `label`, `predictor`, `score`,
@@ -643,6 +668,11 @@ def predicted_vs_measured(
         lines.append(f"| {r['predicted_rank']} | {r['label']} | {r['predictor']} | "
                      f"{r['score']:.4g} | {r['measured_rank'] or '-'} | {got} |")
     lines.append("")
+    if unranked:
+        lines.append(f"Not ranked: {', '.join(unranked.values())} (trains no parameter: LogME "
+                     "scores features for a newly trained head, and no predictor scores a "
+                     "configuration that trains nothing).")
+        lines.append("")
     lines.append(f"Kendall's tau over {tau.n} measured configurations: "
                  + (f"{tau.tau:.2f} (p = {tau.pvalue:.2g})." if not tau.reason
                     else f"n/a ({tau.reason})."))

@@ -325,7 +325,8 @@ def _finish(settings, ray_run, blocks, fixed, started, signal_name, print_fn,
         val = _metrics_of(settings)[1]
         ok = trials[trials["status"] == "ok"] if "status" in trials else trials.iloc[:0]
         measured = ok.groupby("policy")[val].mean().to_dict() if val in ok else {}
-        text, predicted_rows = predicted_vs_measured(ranking.predictions, measured, val)
+        text, predicted_rows = predicted_vs_measured(ranking.predictions, measured, val,
+                                                    ranking.unranked)
         with open(os.path.join(out, "report.md"), "a") as f:
             f.write("\n" + text)
         written["paths"]["predicted"] = os.path.join(out, "predicted.csv")
