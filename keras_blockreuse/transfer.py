@@ -528,6 +528,14 @@ def _refuse_empty(plans: list[_BlockPlan], report: LoadReport, src: Source,
     """Raises when the load would assign no variable at all (unless `only=[]`)."""
     if any(layer.load for plan in plans for layer in plan.layers):
         return
+    if report.skipped and any(plan.layers for plan in plans):
+        raise BlockMismatchError(
+            f"Nothing would be loaded from {src.description}: its layers pair with the "
+            f"model's, but on_mismatch='skip' left every variable ({len(report.skipped)} "
+            f"mismatched; first: {report.skipped[0]}). Build the model to the source's shapes "
+            "and dtypes, use on_mismatch='adapt' where an adapter exists, or pass only=[] to "
+            "load nothing deliberately."
+        )
     hint = _nesting_hint(src, report.source_blocks, target_blocks)
     raise BlockMismatchError(
         f"Nothing would be loaded from {src.description}: no block of the model pairs with a "

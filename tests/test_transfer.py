@@ -105,6 +105,20 @@ def test_skip_loads_the_rest_and_reports_the_skipped(source):
     assert "skipped block_2_0/kernel: shape differs" in text
 
 
+def test_skip_that_leaves_every_variable_says_so(source):
+    _, path = source
+    target = _wide_cnn(num_classes=4)
+    before = snapshot(target)
+    with pytest.raises(BlockMismatchError) as err:
+        load_blocks(target, path, only=["block_2", "dense_2"], on_mismatch="skip")
+    message = str(err.value)
+    assert message.startswith(f"Nothing would be loaded from {path}: its layers pair with the "
+                              "model's, but on_mismatch='skip' left every variable (6 "
+                              "mismatched; first: block_2 / block_2_0 / kernel: shape differs")
+    assert "rename=" not in message and "on_mismatch='adapt'" in message
+    assert_same(before, snapshot(target))
+
+
 def test_rename_loads_into_differently_named_layers(source):
     model, path = source
     inputs = keras.Input((16, 16, 3))
