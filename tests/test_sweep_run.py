@@ -98,6 +98,8 @@ def test_smoke_sweep_writes_the_report_and_survives_a_failing_trial(ray_local, t
     assert scratch["n"] == 2 and scratch["ci_low"] <= scratch["mean"] <= scratch["ci_high"]
     report = (out / "report.md").read_text()
     assert "Trials without a full-budget result (2 error)" in report and "block_9" in report
+    shown = json.loads((out / "results.json").read_text())["settings"]
+    assert shown["blocks"] == "block_1 (--smoke: the first transferable)"
     verdict_lines = result.best.splitlines()
     assert lines[-len(verdict_lines):] == verdict_lines
     assert verdict_lines[0].startswith("Best on validation:")

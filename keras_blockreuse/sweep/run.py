@@ -312,9 +312,9 @@ def _finish(settings, ray_run, blocks, fixed, started, signal_name, print_fn,
     mark = None
     if signal_name:
         mark = f"INTERRUPTED ({signal_name}): {finished} of {ray_run['planned']} trials finished"
-    written = write_report(trials, out, _settings_dict(settings, ray_run["gpus_per_trial"]), info,
-                           metric=metric, mode=_mode_of(user), coverage=_coverage(settings),
-                           interrupted=mark)
+    shown = _settings_dict(settings, ray_run["gpus_per_trial"], blocks)
+    written = write_report(trials, out, shown, info, metric=metric, mode=_mode_of(user),
+                           coverage=_coverage(settings), interrupted=mark)
     ranking = ray_run["ranking"]
     if all_rows is not None:
         written["paths"]["all trials"] = os.path.join(out, "results_all.csv")
@@ -1032,7 +1032,7 @@ def _machine() -> str:
     return f"{os.cpu_count()} CPU cores, {gpus or 'no'} GPU{'s' if gpus != 1 else ''} (driver)"
 
 
-def _settings_dict(settings: SweepSettings, gpus_per_trial: float) -> dict:
+def _settings_dict(settings: SweepSettings, gpus_per_trial: float, blocks) -> dict:
     d = dataclasses.asdict(settings)
     d.pop("explicit", None)
     d["shift"] = settings.resolved_shift()
@@ -1043,7 +1043,11 @@ def _settings_dict(settings: SweepSettings, gpus_per_trial: float) -> dict:
         d["detector_batch_size"] = trial.get("batch_size", settings.batch_size)
         d["detector_lr"] = trial.get("lr", settings.lr)
     d["gpus_per_trial"] = gpus_per_trial
-    d["blocks"] = ",".join(settings.blocks) if settings.blocks else "all transferable"
+    if settings.blocks:
+        d["blocks"] = ",".join(settings.blocks)
+    else:  # the blocks the sweep chose, and why
+        why = "--smoke: the first transferable" if settings.smoke else "all transferable"
+        d["blocks"] = f"{','.join(blocks)} ({why})"
     return d
 
 
