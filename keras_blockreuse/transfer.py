@@ -275,13 +275,17 @@ def _pair_block(
     pairing = "name"
     if all(path in by_name for path, _, _ in units):
         pairs = [(unit, by_name[unit[0]]) for unit in units]
+        # Automatic names (`dense`, `dense_1`) follow creation order, which a refactor can
+        # change; where both sides' Keras paths pair every layer and disagree, they win.
+        if any(_automatic_name(path, obj) for path, obj, _ in units):
+            by_path = _pairs_by_path(units, source_layers, target_paths)
+            if by_path is not None and any(a[1] is not b[1] for a, b in zip(pairs, by_path,
+                                                                             strict=True)):
+                pairs, pairing = by_path, "path"
     else:
-        if source_layers and all(layer.keras_path for layer in source_layers):
-            paths = target_paths()
-            by_path = {layer.keras_path: layer for layer in source_layers}
-            if all(paths.get(id(obj)) in by_path for _, obj, _ in units):
-                pairs = [(unit, by_path[paths[id(unit[1])]]) for unit in units]
-                pairing = "path"
+        pairs = _pairs_by_path(units, source_layers, target_paths)
+        if pairs is not None:
+            pairing = "path"
         if (pairs is None and len(units) == len(source_layers)
                 and all(layer.order is not None for layer in source_layers)):
             pairs = list(zip(units, sorted(source_layers, key=lambda layer: layer.order),
@@ -299,6 +303,25 @@ def _pair_block(
         unpaired_target=[path for path, _, _ in units
                          if path not in {p for (p, _, _), _ in pairs}],
     )
+
+
+def _pairs_by_path(units, source_layers: Sequence[LayerInfo],
+                   target_paths: Callable[[], dict[int, str]]):
+    """`[(unit, source layer)]` by Keras structural path, or None unless every unit pairs."""
+    if not source_layers or not all(layer.keras_path for layer in source_layers):
+        return None
+    paths = target_paths()
+    by_path = {layer.keras_path: layer for layer in source_layers}
+    if not all(paths.get(id(obj)) in by_path for _, obj, _ in units):
+        return None
+    return [(unit, by_path[paths[id(unit[1])]]) for unit in units]
+
+
+def _automatic_name(path: str, obj) -> bool:
+    """True when the layer's name is one Keras makes up from its class (`dense_3`)."""
+    from keras_blockreuse.sources.structure import snake_case, strip_counter
+
+    return strip_counter(path.rsplit("/", 1)[-1]) == snake_case(type(obj).__name__)
 
 
 def _same_class(class_name: str, unit) -> bool:

@@ -127,6 +127,58 @@ def test_same_class_sub_layers_with_automatic_names_keep_their_own_values(tmp_pa
         assert "│ " + report.pairing["net"] in str(report)
 
 
+@keras.saving.register_keras_serializable(package="test_pairing")
+class Pair(L.Layer):
+    """`up` then `down`, like `UpDown`; with `down_first=True` (a refactor) `down` is
+    created first, so the two automatic names swap."""
+
+    def __init__(self, down_first=False, **kwargs):
+        super().__init__(**kwargs)
+        self.down_first = down_first
+        if down_first:
+            self.down = L.Dense(8)
+            self.up = L.Dense(8)
+        else:
+            self.up = L.Dense(8)
+            self.down = L.Dense(8)
+
+    def build(self, shape):
+        self.up.build(shape)
+        self.down.build((*shape[:-1], 8))
+
+    def call(self, x):
+        return self.down(self.up(x))
+
+    def get_config(self):
+        return {**super().get_config(), "down_first": self.down_first}
+
+
+@pytest.mark.parametrize("kind", ["weights", "keras"])
+def test_automatic_names_that_swap_with_creation_order_pair_by_path(tmp_path, kind):
+    # Found by a fresh-user test: a fresh process, the sub-layers created in the other order.
+    # The names `dense` / `dense_1` then match crosswise; the Keras paths (`.../up`) do not.
+    def build(down_first):
+        inputs = keras.Input((8,))
+        block = Pair(down_first=down_first, name="enc")
+        return keras.Model(inputs, L.Dense(2, name="head")(block(inputs)))
+
+    source = build(False)
+    distinct(source)
+    up, down = values(source.get_layer("enc").up.weights), \
+        values(source.get_layer("enc").down.weights)
+    path = save_all(source, str(tmp_path), [kind])[kind]
+    keras.backend.clear_session()  # as a fresh process: automatic names start again
+    target = build(True)
+    enc = target.get_layer("enc")
+    assert (enc.up.name, enc.down.name) == ("dense_1", "dense")  # the source's, crosswise
+    report = load_blocks(target, path)
+    assert report.ok and report.pairing["enc"] == "path"
+    assert sorted(report.layer_pairs["enc"]) == [("enc/dense", "enc/dense_1"),
+                                                 ("enc/dense_1", "enc/dense")]
+    assert_bits(values(enc.up.weights), up)
+    assert_bits(values(enc.down.weights), down)
+
+
 # 2 ---------------------------------------------------------------------------------------
 
 
