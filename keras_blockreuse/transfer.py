@@ -43,6 +43,7 @@ from keras_blockreuse.errors import BlockFileError, BlockMismatchError
 from keras_blockreuse.report import LoadReport, Mismatch
 from keras_blockreuse.sources import LayerInfo, Source, VariableInfo, numpy_dtype, open_source
 from keras_blockreuse.sources.live_model import to_numpy, unit_values_of
+from keras_blockreuse.sources.structure import automatic_name
 
 ON_MISMATCH = ("error", "skip", "adapt")
 
@@ -277,7 +278,7 @@ def _pair_block(
         pairs = [(unit, by_name[unit[0]]) for unit in units]
         # Automatic names (`dense`, `dense_1`) follow creation order, which a refactor can
         # change; where both sides' Keras paths pair every layer and disagree, they win.
-        if any(_automatic_name(path, obj) for path, obj, _ in units):
+        if any(automatic_name(path, obj) for path, obj, _ in units):
             by_path = _pairs_by_path(units, source_layers, target_paths)
             if by_path is not None and any(a[1] is not b[1] for a, b in zip(pairs, by_path,
                                                                              strict=True)):
@@ -315,13 +316,6 @@ def _pairs_by_path(units, source_layers: Sequence[LayerInfo],
     if not all(paths.get(id(obj)) in by_path for _, obj, _ in units):
         return None
     return [(unit, by_path[paths[id(unit[1])]]) for unit in units]
-
-
-def _automatic_name(path: str, obj) -> bool:
-    """True when the layer's name is one Keras makes up from its class (`dense_3`)."""
-    from keras_blockreuse.sources.structure import snake_case, strip_counter
-
-    return strip_counter(path.rsplit("/", 1)[-1]) == snake_case(type(obj).__name__)
 
 
 def _same_class(class_name: str, unit) -> bool:

@@ -111,6 +111,12 @@ def snake_case(name: str) -> str:
     return to_snake_case(name)
 
 
+def automatic_name(name: str, obj) -> bool:
+    """True when `name` (or a path ending in it) is one Keras makes up from the object's class
+    in creation order (`dense`, `dense_3`)."""
+    return strip_counter(name.rsplit("/", 1)[-1]) == snake_case(type(obj).__name__)
+
+
 def strip_counter(key: str) -> str:
     """`conv2d_3` -> `conv2d`; `dense` -> `dense`."""
     head, _, tail = key.rpartition("_")
