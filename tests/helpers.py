@@ -6,6 +6,34 @@ import numpy as np
 L = keras.layers
 
 
+@keras.saving.register_keras_serializable(package="tests")
+class UpDown(L.Layer):
+    """Two same-class sub-layers with automatic names, held as attributes: `up`, then `down`.
+
+    `down_first=True` (a refactor) creates `down` first, so the two automatic names swap.
+    """
+
+    def __init__(self, down_first=False, **kwargs):
+        super().__init__(**kwargs)
+        self.down_first = down_first
+        if down_first:
+            self.down = L.Dense(8)
+            self.up = L.Dense(8)
+        else:
+            self.up = L.Dense(8)
+            self.down = L.Dense(8)
+
+    def build(self, shape):
+        self.up.build(shape)
+        self.down.build((*shape[:-1], 8))
+
+    def call(self, x):
+        return self.down(self.up(x))
+
+    def get_config(self):
+        return {**super().get_config(), "down_first": self.down_first}
+
+
 def seed_cnn(num_classes: int = 10, input_shape=(16, 16, 3), name: str = "seed_cnn"):
     """The seed workflow's CIFAR-10 CNN as a plain Sequential, with its layer names."""
     return keras.Sequential(

@@ -14,7 +14,7 @@ import pytest
 from keras_blockreuse import BlockFileError, BlockMismatchError, load_blocks
 from keras_blockreuse.sources.keras_files import keras_file_kind, open_keras_file
 from keras_blockreuse.sources.structure import structural_names
-from tests.helpers import assert_same, randomize, snapshot
+from tests.helpers import UpDown, assert_same, randomize, snapshot
 
 L = keras.layers
 VGG_RULE = r"^(block\d+)_"
@@ -344,23 +344,6 @@ def test_readme_resnet50_stages_into_a_new_model(tmp_path):
 
 
 # --- source_model= on a file with names: walked only when a block needs it (issue 16) --------
-
-
-@keras.saving.register_keras_serializable(package="test_keras_sources")
-class UpDown(L.Layer):
-    """Two Dense sub-layers with automatic names, held as attributes `up` then `down`."""
-
-    def __init__(self, **kwargs):
-        super().__init__(**kwargs)
-        self.up = L.Dense(8)
-        self.down = L.Dense(8)
-
-    def build(self, shape):
-        self.up.build(shape)
-        self.down.build((*shape[:-1], 8))
-
-    def call(self, x):
-        return self.down(self.up(x))
 
 
 class Holder(keras.Model):

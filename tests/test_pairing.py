@@ -17,27 +17,10 @@ import numpy as np
 import pytest
 
 from keras_blockreuse import BlockMismatchError, load_blocks, save_blocks
-from tests.helpers import snapshot
+from tests.helpers import UpDown, snapshot
 
 L = keras.layers
 NET = {"net": ["*"]}  # one block of every layer: names are automatic, so no name rule fits
-
-
-@keras.saving.register_keras_serializable(package="test_pairing")
-class UpDown(L.Layer):
-    """Two same-class sub-layers with automatic names, set as attributes: `up`, then `down`."""
-
-    def __init__(self, **kwargs):
-        super().__init__(**kwargs)
-        self.up = L.Dense(8)
-        self.down = L.Dense(8)
-
-    def build(self, shape):
-        self.up.build(shape)
-        self.down.build((*shape[:-1], 8))
-
-    def call(self, x):
-        return self.down(self.up(x))
 
 
 @keras.saving.register_keras_serializable(package="test_pairing")
@@ -127,39 +110,13 @@ def test_same_class_sub_layers_with_automatic_names_keep_their_own_values(tmp_pa
         assert "│ " + report.pairing["net"] in str(report)
 
 
-@keras.saving.register_keras_serializable(package="test_pairing")
-class Pair(L.Layer):
-    """`up` then `down`, like `UpDown`; with `down_first=True` (a refactor) `down` is
-    created first, so the two automatic names swap."""
-
-    def __init__(self, down_first=False, **kwargs):
-        super().__init__(**kwargs)
-        self.down_first = down_first
-        if down_first:
-            self.down = L.Dense(8)
-            self.up = L.Dense(8)
-        else:
-            self.up = L.Dense(8)
-            self.down = L.Dense(8)
-
-    def build(self, shape):
-        self.up.build(shape)
-        self.down.build((*shape[:-1], 8))
-
-    def call(self, x):
-        return self.down(self.up(x))
-
-    def get_config(self):
-        return {**super().get_config(), "down_first": self.down_first}
-
-
 @pytest.mark.parametrize("kind", ["weights", "keras"])
 def test_automatic_names_that_swap_with_creation_order_pair_by_path(tmp_path, kind):
     # Found by a fresh-user test: a fresh process, the sub-layers created in the other order.
     # The names `dense` / `dense_1` then match crosswise; the Keras paths (`.../up`) do not.
     def build(down_first):
         inputs = keras.Input((8,))
-        block = Pair(down_first=down_first, name="enc")
+        block = UpDown(down_first=down_first, name="enc")
         return keras.Model(inputs, L.Dense(2, name="head")(block(inputs)))
 
     source = build(False)
