@@ -36,7 +36,7 @@ import json
 
 import numpy as np
 
-__all__ = ["MODELS", "TracedModels"]
+__all__ = ["MODELS", "TracedModels", "build_before_tracing", "reinitialise"]
 
 
 class TracedModels:
@@ -126,6 +126,28 @@ def reinitialise(kept, model) -> None:
     for target, value in pairs:
         target.assign(value)
     kept.reset_metrics()
+
+
+def build_before_tracing(model, x, y) -> None:
+    """Create a compiled model's optimizer and metric variables now, so that TensorFlow traces
+    its train step once instead of twice.
+
+    A `tf.function` whose first call creates variables is traced again for later calls; Keras
+    creates the optimizer's slots and the compiled metrics' variables inside the first train
+    step's trace. Built here instead (`optimizer.build`, and `compute_metrics` on one example,
+    whose state `fit` resets at each epoch), they hold the same initial values, and training
+    gives the same numbers (the sweep's reports compared bit for bit before and after). Does
+    nothing when the optimizer is already built (a kept model).
+
+    Args:
+        model: a compiled model, not yet trained.
+        x, y: training arrays; only their first example is used.
+    """
+    if model.optimizer is None or model.optimizer.built:
+        return
+    model.optimizer.build(model.trainable_variables)
+    model.compute_metrics(x[:1], y[:1], model(x[:1], training=False), sample_weight=None)
+    model.reset_metrics()
 
 
 def _pairs(targets, values, what: str) -> list:

@@ -38,7 +38,7 @@ import time
 
 import numpy as np
 
-from keras_blockreuse.sweep.reuse import MODELS
+from keras_blockreuse.sweep.reuse import MODELS, build_before_tracing
 
 TRIAL_DEFAULTS = {"model": "seed_cnn", "epochs": 40, "batch_size": 32, "lr": 1e-3, "cpus": 1}
 """Trial settings used when the configuration leaves them out."""
@@ -163,6 +163,8 @@ def train_trial(config: dict, data=None, source: bytes | str | None = None,
             tune.report(metrics)
 
     with kept as model:
+        if not schedule:  # (a schedule builds the optimizer on every block it will train)
+            build_before_tracing(model, data.x_train, data.y_train)
         fit(model, data.x_train, data.y_train, epochs, int(settings["batch_size"]), seed,
             callbacks=[*schedule, Report()])
     return dict(last)
