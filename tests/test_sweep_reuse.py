@@ -7,7 +7,7 @@ import pytest
 from ray import tune
 
 from keras_blockreuse.sweep.data import make_task
-from keras_blockreuse.sweep.reuse import MODELS, TracedModels, reinitialise
+from keras_blockreuse.sweep.reuse import MODELS, TracedModels, build_before_tracing, reinitialise
 from keras_blockreuse.sweep.trial import train_source, train_trial
 from keras_blockreuse.sweep.zoo import seed_cnn
 
@@ -166,3 +166,27 @@ def test_the_cache_is_bounded():
     assert len(models) == 1
     with models.reuse(_small(2, frozen=True)) as again:
         assert again is model
+
+
+def test_building_before_tracing_traces_once_and_trains_the_same():
+    """A `tf.function` whose first call creates variables is traced again; built before
+    `fit`, the optimizer and metrics leave one trace, and the same weights after training.
+    Fails if Keras or TensorFlow change either."""
+    rng = np.random.default_rng(0)
+    x, y = rng.random((32, 8, 8, 1)).astype("float32"), rng.integers(0, 3, 32)
+    trained = {}
+    for prebuilt in (False, True):
+        model = _small(0)
+        traces = []
+        step = model.train_step
+        model.train_step = lambda data, step=step, traces=traces: (traces.append(1),
+                                                                    step(data))[1]
+        if prebuilt:
+            build_before_tracing(model, x, y)
+            assert model.optimizer.built
+        history = model.fit(x, y, epochs=2, batch_size=16, verbose=0, shuffle=False)
+        assert len(traces) == (1 if prebuilt else 2)
+        trained[prebuilt] = ([v.numpy() for v in model.variables], history.history)
+    for a, b in zip(trained[False][0], trained[True][0], strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert trained[False][1] == trained[True][1]
