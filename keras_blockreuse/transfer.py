@@ -141,18 +141,25 @@ def load_blocks(
         _validate(plans, report, on_mismatch, src)
         if not nothing_asked:
             _refuse_empty(plans, report, src, target_blocks)
+        overflows: list = []
+        check = _cast_check(plans, overflows)
+        selected = [plan.source for plan in plans if any(layer.load for layer in plan.layers)]
         if _streams(src, plans):
-            # Pass 1 verifies every selected block and keeps no value; pass 2 reads them again
-            # and assigns each value as it arrives: memory for one variable, not the blocks.
-            src.verify([plan.source for plan in plans
-                        if any(layer.load for layer in plan.layers)])
+            # Pass 1 verifies every selected value (checksums, or hashes kept for pass 2) and
+            # checks its cast, keeping no value; pass 2 reads them again and assigns each one
+            # as it arrives: memory for one variable, not the blocks.
+            src.verify(selected, check=check if _casts(plans) else None)
+        else:  # adaptation: every value is read and held before the first assignment
+            values = {name: src.read_block(name) for name in selected}
+            for name, layers in values.items():
+                for path, arrays in layers.items():
+                    for key, array in arrays.items():
+                        check(name, path, key, array)
+        _refuse_overflows(overflows, report, on_mismatch)
+        if not nothing_asked:
+            _refuse_empty(plans, report, src, target_blocks)
+        if values is None:
             report.variables_loaded = _assign_streaming(plans, src)
-        else:
-            values = {plan.source: src.read_block(plan.source)
-                      for plan in plans if any(layer.load for layer in plan.layers)}
-            _check_casts(plans, values, report, on_mismatch)
-            if not nothing_asked:
-                _refuse_empty(plans, report, src, target_blocks)
         report.bytes_read = src.bytes_read
     if values is not None:
         report.variables_loaded = _assign(plans, values)
@@ -455,37 +462,51 @@ def _adapter(var: VariableInfo, shape: tuple, unit):
     return adapter_for(var, shape, unit)
 
 
-def _check_casts(plans: list[_BlockPlan], values: dict, report: LoadReport,
-                 on_mismatch: str) -> None:
-    """Refuses (or skips) values that become infinite, NaN or wrapped in the model's dtype."""
-    found = []
+def _cast_check(plans: list[_BlockPlan], found: list):
+    """A `check(source block, layer path, key, array)` that appends `(layer, key, Mismatch)`
+    to `found` for each value to be assigned as it is whose cast to the model's dtype would
+    make it infinite, NaN or wrapped; run on every value before anything is assigned."""
+    targets = {}
     for plan in plans:
         for layer in plan.layers:
-            for key, transform in list(layer.load.items()):
-                if transform is not None:
-                    continue
-                array = values[plan.source][layer.source.path][layer.keys[key]]
-                target = layer.current[key]
-                dtype = keras.backend.standardize_dtype(target.dtype)
-                magnitude = _overflow(np.asarray(array), dtype)
-                if magnitude is None:
-                    continue
-                mismatch = Mismatch(
-                    plan.target, layer.target_path, str(getattr(target, "name", key)),
-                    f"value {magnitude:.6g} does not fit {dtype} (it would become "
-                    f"{'inf or NaN' if 'float' in dtype else 'another number'})",
-                    f"{tuple(array.shape)} {array.dtype}", f"{tuple(target.shape)} {dtype}")
-                found.append(mismatch)
-                del layer.load[key]
+            for key, transform in layer.load.items():
+                if transform is None:
+                    targets[plan.source, layer.source.path, layer.keys[key]] = (plan, layer, key)
+
+    def check(block: str, path: str, source_key: str, array) -> None:
+        entry = targets.get((block, path, source_key))
+        if entry is None:
+            return
+        plan, layer, key = entry
+        array = np.asarray(array)
+        target = layer.current[key]
+        dtype = keras.backend.standardize_dtype(target.dtype)
+        magnitude = _overflow(array, dtype)
+        if magnitude is not None:
+            found.append((layer, key, Mismatch(
+                plan.target, layer.target_path, str(getattr(target, "name", key)),
+                f"value {magnitude:.6g} does not fit {dtype} (it would become "
+                f"{'inf or NaN' if 'float' in dtype else 'another number'})",
+                f"{tuple(array.shape)} {array.dtype}", f"{tuple(target.shape)} {dtype}")))
+
+    return check
+
+
+def _refuse_overflows(found: list, report: LoadReport, on_mismatch: str) -> None:
+    """Refuses (or skips) the values `_cast_check` found; raises before anything is assigned."""
     if not found:
         return
-    report.mismatched.extend(found)
+    mismatches = []
+    for layer, key, mismatch in found:
+        layer.load.pop(key, None)
+        mismatches.append(mismatch)
+    report.mismatched.extend(mismatches)
     if on_mismatch == "skip":
-        report.skipped.extend(found)
+        report.skipped.extend(mismatches)
         return
-    lines = "\n".join(f"  - {m}" for m in found)
+    lines = "\n".join(f"  - {m}" for m in mismatches)
     raise BlockMismatchError(
-        f"{len(found)} variable(s) hold values that the model's dtype cannot represent; "
+        f"{len(mismatches)} variable(s) hold values that the model's dtype cannot represent; "
         f"nothing was loaded:\n{lines}\n"
         "Pass on_mismatch='skip' to load the rest, or use a wider dtype for these layers."
     )
@@ -606,28 +627,36 @@ def _assign(plans: list[_BlockPlan], values: dict) -> int:
 
 
 def _streams(src: Source, plans: list[_BlockPlan]) -> bool:
-    """True when the source can verify blocks without keeping their values (a block file:
-    checksums) and every value is assigned as stored: no adaptation, no cast to check."""
+    """True when the source can be loaded in two passes (`verify`, then `iter_values`: block
+    files and every `LayerSource`) and every value is assigned as read, not adapted."""
     if not (callable(getattr(src, "verify", None)) and callable(getattr(src, "iter_values", None))):
         return False
+    return all(transform is None for plan in plans for layer in plan.layers
+               for transform in layer.load.values())
+
+
+def _casts(plans: list[_BlockPlan]) -> bool:
+    """True when some value is stored in another dtype than its model variable's."""
     for plan in plans:
         for layer in plan.layers:
             stored = {v.key: v.dtype for v in layer.source.variables}
-            for key, transform in layer.load.items():
+            for key in layer.load:
                 dtype = keras.backend.standardize_dtype(layer.current[key].dtype)
-                if transform is not None or stored.get(layer.keys[key]) != dtype:
-                    return False
-    return True
+                if stored.get(layer.keys[key]) != dtype:
+                    return True
+    return False
 
 
 def _assign_streaming(plans: list[_BlockPlan], src: Source) -> int:
     """Assigns every validated variable as its value is read, after `src.verify` passed.
 
-    The source was verified in full before this runs, and a reader holds its file open, so
-    the bytes read here are those verified — unless the file is rewritten in place during
-    the load (writers of block files replace them atomically, which an open file does not
-    see). The block's checksum is checked again after its last value; a difference is
-    raised naming what was already assigned.
+    `src.verify` read every selected value before the first assignment (checking block
+    checksums, shapes, dtypes and casts), and the source holds its file open, so the bytes
+    assigned here are the bytes verified — unless the file is rewritten in place during the
+    load (writers of block files replace them atomically, which an open file does not see).
+    That is detected: a block file's checksum is checked again after the block's last value;
+    a Keras file's values (no checksums of their own) are each compared with the hash pass 1
+    kept, before the value is used. A difference is raised, naming what was already assigned.
     """
     count = 0
     done: list[str] = []
@@ -638,6 +667,7 @@ def _assign_streaming(plans: list[_BlockPlan], src: Source) -> int:
         target_keys = {path: {layer.keys[k]: k for k in layer.load}
                        for path, layer in layers.items()}
         pending: dict[str, dict] = {}  # layers that load through load_own_variables
+        assigned: list[str] = []  # layers of this block with a value assigned
         try:
             for path, source_key, array in src.iter_values(plan.source):
                 layer = layers.get(path)
@@ -647,6 +677,8 @@ def _assign_streaming(plans: list[_BlockPlan], src: Source) -> int:
                 count += 1
                 if _loads_directly(layer.unit, layer.current):
                     _assign_variable(layer.current[key], array)
+                    if layer.target_path not in assigned:
+                        assigned.append(layer.target_path)
                     continue
                 loaded = pending.setdefault(path, {})
                 loaded[key] = array
@@ -655,13 +687,15 @@ def _assign_streaming(plans: list[_BlockPlan], src: Source) -> int:
                         k: loaded[k] if k in loaded else to_numpy(current)
                         for k, current in layer.current.items()
                     })
+                    assigned.append(layer.target_path)
                     del pending[path]
         except BlockFileError as error:
             raise BlockFileError(
                 f"{src.description} changed while it was being loaded: it was verified in "
                 f"full before the first assignment, then read again differently ({error}). "
-                f"Blocks {done} and part of {plan.target!r} were loaded; the rest were not. "
-                "Something rewrote the file in place during the load; load it again."
+                f"Blocks {done} and part of {plan.target!r} were loaded (of it, layers "
+                f"{assigned}); the rest were not. Something rewrote the file in place during "
+                "the load; load it again."
             ) from None
         done.append(plan.target)
     return count

@@ -275,8 +275,8 @@ class _Delegating(Source):
     def read_block(self, name):
         return self._inner.read_block(name)
 
-    def _verify(self, names):
-        self._inner.verify(names)
+    def _verify(self, names, check=None):
+        self._inner.verify(names, check=check)
         if self._after_verify is not None:
             self._after_verify()
 

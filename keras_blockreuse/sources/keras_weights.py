@@ -22,7 +22,7 @@ import functools
 import json
 import os
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import h5py
 import numpy as np
@@ -255,11 +255,12 @@ class KerasWeightsSource(LayerSource):
         return tuple(self._describe(layer) for layer in self._grouped()[name])
 
     def read_layer(self, layer: LayerInfo) -> dict[str, np.ndarray]:
-        out = {}
+        return dict(self.iter_layer(layer))
+
+    def iter_layer(self, layer: LayerInfo) -> Iterator[tuple[str, np.ndarray]]:
         for key, (index, dataset_path) in self._index[layer.keras_path].datasets.items():
-            out[key] = read_dataset(self._dataset(index, dataset_path), self._sizes[index],
+            yield key, read_dataset(self._dataset(index, dataset_path), self._sizes[index],
                                     self.description)
-        return out
 
     def _dataset(self, index: int, path: str) -> h5py.Dataset:
         """A dataset, opened once: its layer is described, then read."""
