@@ -626,3 +626,27 @@ def test_a_keras_file_rewritten_in_place_between_the_passes_is_detected(kind, tm
     assert_same(before, after, [v.path for n in ("block_3_0", "block_4_0")
                                 for v in target.get_layer(n).weights])
     assert expected["block_3_0/kernel"].tobytes() != before["block_3_0/kernel"].tobytes()
+
+
+def test_a_deflated_archive_is_bounded_from_its_config_without_its_values(tmp_path,
+                                                                           monkeypatch):
+    """The inflation bound comes from the config's model built with uninitialized variables
+    (no second copy of the model in memory), which leave no trace in Keras's global state."""
+    from keras.src.backend.common import global_state
+    from keras.src.backend.common.stateless_scope import in_stateless_scope
+
+    from keras_blockreuse.sources import keras_archive
+
+    source = small_cnn("source")
+    randomize(source, seed=14)
+    path = save_as(source, "keras_deflated", tmp_path)
+    builds = []
+    build = keras_archive.model_from_config
+    monkeypatch.setattr(keras_archive, "model_from_config",
+                        lambda *a: builds.append(in_stateless_scope()) or build(*a))
+    pending = list(global_state.get_global_attribute("uninitialized_variables") or [])
+    target = small_cnn("target")
+    assert load_blocks(target, path).ok
+    assert builds == [True]  # once, stateless: no model rebuilt with values for pairing
+    assert list(global_state.get_global_attribute("uninitialized_variables") or []) == pending
+    assert_same(snapshot(source), snapshot(target))
