@@ -156,9 +156,14 @@ class LayerSource(Source):
     def read_layer(self, layer: LayerInfo) -> dict[str, np.ndarray]:
         raise NotImplementedError
 
-    def iter_layer(self, layer: LayerInfo) -> Iterator[tuple[str, np.ndarray]]:
+    def iter_layer(self, layer: LayerInfo,
+                   scratch: list | None = None) -> Iterator[tuple[str, np.ndarray]]:
         """A layer's values one at a time, `(key, array)`; by default from `read_layer`.
-        File readers override it to read one variable at a time."""
+
+        File readers override it to read one variable at a time and, given `scratch` (a list
+        holding one reusable buffer; see `hdf5.read_checked`), may read each value into that
+        buffer, valid until the next one is read.
+        """
         yield from self.read_layer(layer).items()
 
     def verify(self, names: Sequence[str],
@@ -167,17 +172,19 @@ class LayerSource(Source):
         shape and dtype against the layout, passes it to `check(block, layer path, key,
         array)` when given, and keeps only its hash, for `iter_values` to compare.
 
-        Memory: one variable at a time.
+        Memory: one reusable buffer, the size of the largest variable; each array passed to
+        `check` is valid only during the call.
 
         Raises:
             BlockFileError: a value is not what the layout declares (the file is damaged, or
                 the reader inconsistent), or cannot be read.
         """
         hashes = {}
+        scratch: list = []
         for name in names:
             for layer in self.block_layers(name):
                 declared = {v.key: v for v in layer.variables}
-                for key, value in self.iter_layer(layer):
+                for key, value in self.iter_layer(layer, scratch):
                     array = _declared_array(value, declared.pop(key, None), layer, key, self)
                     if check is not None:
                         check(name, layer.path, key, array)

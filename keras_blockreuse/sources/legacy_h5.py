@@ -110,9 +110,10 @@ class LegacyH5Source(LayerSource):
     def read_layer(self, layer: LayerInfo) -> dict[str, np.ndarray]:
         return dict(self.iter_layer(layer))
 
-    def iter_layer(self, layer: LayerInfo) -> Iterator[tuple[str, np.ndarray]]:
+    def iter_layer(self, layer: LayerInfo,
+                   scratch: list | None = None) -> Iterator[tuple[str, np.ndarray]]:
         for key, name in self._locators[layer.path].items():
-            yield key, read_dataset(self._file[name], self._size, self.description)
+            yield key, read_dataset(self._file[name], self._size, self.description, scratch)
 
     def close(self) -> None:
         file = getattr(self, "_file", None)
