@@ -6,6 +6,18 @@ every selected variable (class, presence, shape, dtype) and read and verify the 
 (checksums; casts that would overflow), then **assign** all of them — or, if anything failed,
 none — **freeze** if asked, and **report**.
 
+Reading: wherever the source allows it (block files, Keras `.weights.h5` / `.weights.json`,
+`.keras` archives, legacy `.h5`), values are read in two passes, so a full load needs memory
+for one variable, not the model. Pass 1 reads every selected value once and verifies it — a
+block file against its checksums; a Keras file, which carries none, against its layout (shape,
+dtype), keeping a 128-bit hash (xxh3_128) per value — and checks its cast to the model's
+dtype, keeping no value: a failure there changes no weight. Pass 2 reads each value again,
+checks it is the same (a block's checksum after its last value; a Keras file's value against
+its hash, before it is used) and assigns it at once. The bytes assigned are the bytes
+verified unless the file is rewritten in place during the load; that is raised, naming what
+was already loaded. Loads that adapt values (`on_mismatch="adapt"`) and sources without the
+two passes (a live model, a keras-hub preset) read and hold every selected value first.
+
 Pairing: a model layer takes a source layer's values only when the pairing is justified —
 
 1. `name`: the same name path (`block_1_0`, `features/conv`);
