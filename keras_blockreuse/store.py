@@ -129,7 +129,7 @@ def save_blocks(
     """
     from keras_blockreuse.sources.live_model import ModelSource  # imports Keras
 
-    source = ModelSource(model, blocks)
+    source = ModelSource(model, blocks, keras_paths=True)
     names = select(source.block_names(), only, "`only`")
     return write_blocks(source, path, names, model_name=str(model.name), metadata=metadata)
 

@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 from keras_blockreuse import BlockMismatchError, load_blocks, save_blocks
+from keras_blockreuse.store import BlockFile
 from tests.helpers import UpDown, snapshot
 
 L = keras.layers
@@ -106,11 +107,11 @@ def test_same_class_sub_layers_with_automatic_names_keep_their_own_values(tmp_pa
                                            (target.layers[0].down.weights, down)], blocks=NET)
     if kind in ("weights", "keras", "blocks"):
         assert report is not None  # these formats know enough to pair them
-        assert report.pairing["net"] == ("order" if kind == "blocks" else "path")
-        assert "│ " + report.pairing["net"] in str(report)
+        assert report.pairing["net"] == "path"  # block files record the paths of automatic names
+        assert "│ path" in str(report)
 
 
-@pytest.mark.parametrize("kind", ["weights", "keras"])
+@pytest.mark.parametrize("kind", ["weights", "keras", "blocks"])
 def test_automatic_names_that_swap_with_creation_order_pair_by_path(tmp_path, kind):
     # Found by a fresh-user test: a fresh process, the sub-layers created in the other order.
     # The names `dense` / `dense_1` then match crosswise; the Keras paths (`.../up`) do not.
@@ -128,10 +129,12 @@ def test_automatic_names_that_swap_with_creation_order_pair_by_path(tmp_path, ki
     target = build(True)
     enc = target.get_layer("enc")
     assert (enc.up.name, enc.down.name) == ("dense_1", "dense")  # the source's, crosswise
-    report = load_blocks(target, path)
-    assert report.ok and report.pairing["enc"] == "path"
-    assert sorted(report.layer_pairs["enc"]) == [("enc/dense", "enc/dense_1"),
-                                                 ("enc/dense_1", "enc/dense")]
+    block, options = ("net", {"blocks": NET}) if kind == "blocks" else ("enc", {})
+    report = load_blocks(target, path, **options)
+    assert report.ok and report.pairing[block] == "path"
+    assert sorted(report.layer_pairs[block]) == [("enc/dense", "enc/dense_1"),
+                                                 ("enc/dense_1", "enc/dense")] + (
+        [("head", "head")] if kind == "blocks" else [])
     assert_bits(values(enc.up.weights), up)
     assert_bits(values(enc.down.weights), down)
 
@@ -180,9 +183,15 @@ def test_functional_conv_chain_with_automatic_names(tmp_path, kind):
 
 def test_order_pairing_checks_the_layer_class(tmp_path):
     """Same shapes, other classes: a Conv2D never takes a Conv2DTranspose's kernel by order."""
-    source = conv_chain()
+    inputs = keras.Input((8, 8, 4))
+    x = inputs
+    for i, cls in enumerate((L.Conv2D, L.Conv2DTranspose, L.Conv2DTranspose, L.Conv2D)):
+        x = cls(4, 3, padding="same", name=f"src_{i}")(x)  # named: no Keras path is recorded
+    source = keras.Model(inputs, x)
     path = str(tmp_path / "chain.blocks.h5")
     save_blocks(source, path, blocks=NET)
+    with BlockFile(path) as file:
+        assert [layer.keras_path for layer in file.block("net").layers] == [None] * 4
     inputs = keras.Input((8, 8, 4))
     x = inputs
     for cls in (L.Conv2D, L.Conv2D, L.Conv2DTranspose, L.Conv2DTranspose):
