@@ -415,8 +415,12 @@ def _unpaired_table(plan: _BlockPlan, src: Source) -> str:
         right = plan.unpaired_target[i] if i < len(plan.unpaired_target) else "-"
         rows.append(f"{left:<{width}}{right}")
     fixes = ["give the layers the same names"]
-    fixes.append("load from a source whose layer order is known (a .blocks.h5 file, a live "
-                 "model, a .keras archive)")
+    if any(layer.order is None for layer in src.block_layers(plan.source)):
+        fixes.append("load from a source whose layer order is known (a .blocks.h5 file, a "
+                     "live model, a .keras archive)")
+    else:  # the order is known on both sides, so the layer counts differ
+        fixes.append("select blocks whose layers correspond one to one (blocks=, "
+                     "source_blocks=, only=)")
     if str(src.info.get("format", "")).startswith("Keras legacy"):
         fixes.append("use a whole-model file (Keras 2 `model.save('model.h5')`), whose "
                      "model_config records the order of a nested model's layers")

@@ -271,6 +271,27 @@ def test_keras2_weights_only_nested_order_unknown_is_refused(keras2_files):
     table = str(e.value).split("model layers (unpaired)")[1]
     assert "sequential/dense_1        sequential_1/dense_3" in table  # side by side
     assert "model_config" in str(e.value)
+    assert "load from a source whose layer order is known" in str(e.value)
+    assert all(before[k].tobytes() == v.tobytes() for k, v in snapshot(target).items())
+
+
+def test_a_block_file_whose_layers_do_not_correspond_is_refused_with_a_fitting_hint(tmp_path):
+    def dense_net(widths, prefix):
+        inputs = keras.Input((4,))
+        x = inputs
+        for i, width in enumerate(widths):
+            x = L.Dense(width, name=f"{prefix}{i}")(x)
+        return keras.Model(inputs, x)
+
+    path = str(tmp_path / "two.blocks.h5")
+    save_blocks(dense_net([4, 4], "a"), path, blocks=NET)
+    target = dense_net([4, 4, 4], "b")
+    before = snapshot(target)
+    with pytest.raises(BlockMismatchError, match="could not be paired") as e:
+        load_blocks(target, path, blocks=NET)
+    message = str(e.value)
+    assert "select blocks whose layers correspond one to one" in message
+    assert ".blocks.h5 file" not in message  # the user is loading one: its order is known
     assert all(before[k].tobytes() == v.tobytes() for k, v in snapshot(target).items())
 
 
