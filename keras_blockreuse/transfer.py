@@ -374,6 +374,7 @@ def _validate(plans: list[_BlockPlan], report: LoadReport, on_mismatch: str, src
         return
     if on_mismatch == "skip":
         report.skipped = list(report.mismatched)
+        _skip_whole_layers(plans, report)
         return
     lines = "\n".join(f"  - {m}" for m in report.mismatched)
     hints = ["on_mismatch='skip' to load the rest", "only=/exclude= to select fewer blocks"]
@@ -386,6 +387,24 @@ def _validate(plans: list[_BlockPlan], report: LoadReport, on_mismatch: str, src
         + "".join(_unpaired_table(plan, src) for plan in plans)
         + "Pass " + ", or ".join(hints) + "."
     )
+
+
+def _skip_whole_layers(plans: list[_BlockPlan], report: LoadReport) -> None:
+    """With `on_mismatch="skip"`, leaves every variable of a layer one of whose variables was
+    skipped, as Keras's `load_weights(skip_mismatch=True)` skips whole layers: a bias loaded
+    without its kernel would make a layer that no model trained."""
+    skipped = {(m.block, m.layer) for m in report.skipped}
+    for plan in plans:
+        for layer in plan.layers:
+            if layer.load and (plan.target, layer.target_path) in skipped:
+                for key in layer.load:
+                    value = layer.current[key]
+                    report.skipped.append(Mismatch(
+                        plan.target, layer.target_path, str(getattr(value, "name", key)),
+                        "left with its layer (another of its variables does not fit)",
+                        "-", f"{tuple(int(d) for d in value.shape)} "
+                             f"{keras.backend.standardize_dtype(value.dtype)}"))
+                layer.load.clear()
 
 
 def _variables_by_target_key(layer: _LayerPlan, by_name: bool) -> dict[str, VariableInfo]:
@@ -486,6 +505,7 @@ def _check_casts(plans: list[_BlockPlan], values: dict, report: LoadReport,
     report.mismatched.extend(found)
     if on_mismatch == "skip":
         report.skipped.extend(found)
+        _skip_whole_layers(plans, report)
         return
     lines = "\n".join(f"  - {m}" for m in found)
     raise BlockMismatchError(

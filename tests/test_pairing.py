@@ -333,11 +333,23 @@ def test_a_value_that_overflows_the_target_dtype_is_a_mismatch(tmp_path):
         load_blocks(target, path)
     assert "d / d / kernel" in str(e.value) and "float32" in str(e.value)
     assert all(before[k].tobytes() == v.tobytes() for k, v in snapshot(target).items())
-    report = load_blocks(target, path, on_mismatch="skip")
-    assert not report.ok and [m.variable for m in report.skipped] == ["kernel"]
-    assert values([target.layers[0].kernel])[0].tobytes() == before["t/d/kernel"].tobytes()
-    assert values([target.layers[0].bias])[0].tobytes() == \
-        np.array([0.5, -0.25], "float16").tobytes()
+    target2 = keras.Sequential([keras.Input((2,)), L.Dense(2, name="d", dtype="float16"),
+                                L.Dense(1, name="e", dtype="float16")], name="t2")
+    source2 = keras.Sequential([keras.Input((2,)), L.Dense(2, name="d"), L.Dense(1, name="e")],
+                               name="s2")
+    source2.set_weights([*(w.numpy() for w in source.layers[0].weights),
+                         np.array([[0.75], [1.5]], "float32"), np.array([-2.0], "float32")])
+    save_blocks(source2, path)
+    before = snapshot(target2)
+    report = load_blocks(target2, path, on_mismatch="skip")
+    # The whole layer `d` is left (its bias fits, its kernel does not); `e` loads.
+    assert not report.ok and [m.variable for m in report.skipped] == ["kernel", "bias"]
+    assert list(report.loaded) == ["e"] and report.variables_loaded == 2
+    assert all(before[f"t2/d/{k}"].tobytes() == values([getattr(target2.layers[0], k)])[0]
+               .tobytes() for k in ("kernel", "bias"))
+    assert values(target2.layers[1].weights)[0].tobytes() == \
+        np.array([[0.75], [1.5]], "float16").tobytes()
+    save_blocks(source, path)
     # A negative value is named with its sign.
     source.layers[0].kernel.assign(np.array([[1.0, -65520.0], [2.0, 3.0]], "float32"))
     save_blocks(source, path)
