@@ -167,7 +167,7 @@ def load_blocks(
                 for path, arrays in layers.items():
                     for key, array in arrays.items():
                         check(name, path, key, array)
-        _refuse_overflows(overflows, report, on_mismatch)
+        _refuse_overflows(overflows, plans, report, on_mismatch)
         if not nothing_asked:
             _refuse_empty(plans, report, src, target_blocks)
         if values is None:
@@ -393,6 +393,7 @@ def _validate(plans: list[_BlockPlan], report: LoadReport, on_mismatch: str, src
         return
     if on_mismatch == "skip":
         report.skipped = list(report.mismatched)
+        _skip_whole_layers(plans, report)
         return
     lines = "\n".join(f"  - {m}" for m in report.mismatched)
     hints = ["on_mismatch='skip' to load the rest", "only=/exclude= to select fewer blocks"]
@@ -405,6 +406,24 @@ def _validate(plans: list[_BlockPlan], report: LoadReport, on_mismatch: str, src
         + "".join(_unpaired_table(plan, src) for plan in plans)
         + "Pass " + ", or ".join(hints) + "."
     )
+
+
+def _skip_whole_layers(plans: list[_BlockPlan], report: LoadReport) -> None:
+    """With `on_mismatch="skip"`, leaves every variable of a layer one of whose variables was
+    skipped, as Keras's `load_weights(skip_mismatch=True)` skips whole layers: a bias loaded
+    without its kernel would make a layer that no model trained."""
+    skipped = {(m.block, m.layer) for m in report.skipped}
+    for plan in plans:
+        for layer in plan.layers:
+            if layer.load and (plan.target, layer.target_path) in skipped:
+                for key in layer.load:
+                    value = layer.current[key]
+                    report.skipped.append(Mismatch(
+                        plan.target, layer.target_path, str(getattr(value, "name", key)),
+                        "left with its layer (another of its variables does not fit)",
+                        "-", f"{tuple(int(d) for d in value.shape)} "
+                             f"{keras.backend.standardize_dtype(value.dtype)}"))
+                layer.load.clear()
 
 
 def _variables_by_target_key(layer: _LayerPlan, by_name: bool) -> dict[str, VariableInfo]:
@@ -434,8 +453,12 @@ def _unpaired_table(plan: _BlockPlan, src: Source) -> str:
         right = plan.unpaired_target[i] if i < len(plan.unpaired_target) else "-"
         rows.append(f"{left:<{width}}{right}")
     fixes = ["give the layers the same names"]
-    fixes.append("load from a source whose layer order is known (a .blocks.h5 file, a live "
-                 "model, a .keras archive)")
+    if any(layer.order is None for layer in src.block_layers(plan.source)):
+        fixes.append("load from a source whose layer order is known (a .blocks.h5 file, a "
+                     "live model, a .keras archive)")
+    else:  # the order is known on both sides, so the layer counts differ
+        fixes.append("select blocks whose layers correspond one to one (blocks=, "
+                     "source_blocks=, only=)")
     if str(src.info.get("format", "")).startswith("Keras legacy"):
         fixes.append("use a whole-model file (Keras 2 `model.save('model.h5')`), whose "
                      "model_config records the order of a nested model's layers")
@@ -504,8 +527,10 @@ def _cast_check(plans: list[_BlockPlan], found: list):
     return check
 
 
-def _refuse_overflows(found: list, report: LoadReport, on_mismatch: str) -> None:
-    """Refuses (or skips) the values `_cast_check` found; raises before anything is assigned."""
+def _refuse_overflows(found: list, plans: list[_BlockPlan], report: LoadReport,
+                      on_mismatch: str) -> None:
+    """Refuses the values `_cast_check` found, before anything is assigned; with
+    `on_mismatch="skip"`, leaves their layers whole instead."""
     if not found:
         return
     mismatches = []
@@ -515,6 +540,7 @@ def _refuse_overflows(found: list, report: LoadReport, on_mismatch: str) -> None
     report.mismatched.extend(mismatches)
     if on_mismatch == "skip":
         report.skipped.extend(mismatches)
+        _skip_whole_layers(plans, report)
         return
     lines = "\n".join(f"  - {m}" for m in mismatches)
     raise BlockMismatchError(

@@ -151,8 +151,12 @@ def test_declared_shape_far_larger_than_the_file_is_refused_unread(tmp_path):
         assert layer.variables[0].shape == (100_000, 100_000)
     with pytest.raises(BlockMismatchError, match=r"source \(100000, 100000\) float32"):
         load_blocks(target, path)  # validated against the model before any read
-    with pytest.raises(BlockFileError, match=r"declares shape \(100000, 100000\).*Nothing was read"):
-        load_blocks(target, path, on_mismatch="skip")
+    report = load_blocks(target, path, on_mismatch="skip")  # the whole layer is left, unread
+    assert report.not_loaded == ["block_1"] and list(report.loaded) == ["head"]
+    assert report.bytes_read == (3 * 2 + 2) * 4  # the head's kernel and bias only
+    with open_keras_file(path) as source, pytest.raises(
+            BlockFileError, match=r"declares shape \(100000, 100000\).*Nothing was read"):
+        source.read_block("block_1")  # a reader asked for it anyway refuses before reading
 
 
 def test_a_name_attribute_that_is_not_text_is_refused_unread(weights):

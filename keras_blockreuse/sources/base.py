@@ -333,6 +333,12 @@ def open_source(source, rule: BlockRule = None, **options) -> Source:
                     return GuardedSource(functools.partial(open_, path, rule, **options),
                                          repr(path))
         check_regular_file(path)  # a FIFO would block the first open forever
+        if os.path.isfile(path) and os.path.getsize(path) == 0:
+            raise BlockFileError(
+                f"{path!r} is empty (0 bytes), so it holds no weights; expected a .blocks.h5 "
+                "file or a Keras .weights.h5, .keras or .h5 file. An interrupted download or "
+                "copy leaves an empty file: fetch or save it again."
+            )
         if not is_block_file(path):
             from keras_blockreuse.sources.keras_files import open_sniffed, sniff
 
