@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from keras_blockreuse import BlockFileError, BlockMismatchError, load_blocks
-from keras_blockreuse.safety import check_zip
+from keras_blockreuse.safety import GuardedSource, check_zip
 from keras_blockreuse.sources.keras_files import open_keras_file
 from keras_blockreuse.zip_member import StoredMember
 
@@ -236,3 +236,18 @@ def test_hard_link_cycle_is_refused(weights):
     with pytest.raises(BlockFileError, match=r"'/layers/dense/loop'|/layers/dense/loop is a "
                        r"hard link to one of its own enclosing groups"):
         open_keras_file(weights)
+
+
+def test_a_guarded_source_guards_the_values_it_yields():
+    """A streaming load's second pass reads through a generator; a failure inside it (a file
+    truncated between the passes) is a BlockFileError naming the file, like any other call."""
+
+    class Truncated:
+        def iter_values(self, name):
+            yield "dense", "0", np.zeros(2, "float32")
+            raise OSError("Can't read data (addr overflow)")
+
+    values = GuardedSource(Truncated, "'m.weights.h5'").iter_values("block_1")
+    assert next(values)[:2] == ("dense", "0")
+    with pytest.raises(BlockFileError, match=r"Cannot read 'm.weights.h5'.*OSError: Can't read"):
+        next(values)
