@@ -161,7 +161,7 @@ def load_blocks(
             # checks its cast, keeping no value; pass 2 reads them again and assigns each one
             # as it arrives: memory for one variable, not the blocks.
             src.verify(selected, check=check if _casts(plans) else None)
-        else:  # adaptation: every value is read and held before the first assignment
+        else:  # adaptation, or a source without two passes: every value is read and held
             values = {name: src.read_block(name) for name in selected}
             for name, layers in values.items():
                 for path, arrays in layers.items():
