@@ -13,13 +13,15 @@ statistics, the Dropout layers' seed-generator states), the optimizer's variable
 counter, learning rate, slots) and the metrics. What the trace captured is the key: the
 model's class and config (layer names, shapes, activations, `trainable` flags), its
 variables' paths, shapes, dtypes and trainable flags, and the compile configuration with the
-optimizer's class. A trial that differs in any of them gets its own model (and traces).
+optimizer's class. A trial that differs in any of them gets its own model (and traces); so
+does a model whose automatic layer names differ (built without `clear_session` before it).
 
 Example (one process, two trials of one policy):
 
 ```python
 models = TracedModels()
 for seed in (0, 1):
+    keras.backend.clear_session(free_memory=False)  # the same automatic names each time
     keras.utils.set_random_seed(seed)
     model = build(...)                    # fresh values for this trial: cheap, no tracing
     model.compile(optimizer=keras.optimizers.Adam(1e-3), loss=..., metrics=[...])
