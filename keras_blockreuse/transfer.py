@@ -80,6 +80,9 @@ class _BlockPlan:
     pairing: str  # "name", "path" or "order"
     unpaired_source: list[str] = dataclasses.field(default_factory=list)
     unpaired_target: list[str] = dataclasses.field(default_factory=list)
+    # model layer -> (source layer, source Keras path, model Keras path): automatic names
+    # that pair them, contradicted by their places in Keras's saving walk
+    contradicted: dict[str, tuple[str, str, str]] = dataclasses.field(default_factory=dict)
 
 
 def load_blocks(
@@ -272,6 +275,14 @@ def _plan(
         if plan.pairing == "order":
             report.matched_by_order.append(t)
         for path in plan.unpaired_target:
+            if path in plan.contradicted:
+                name, source_path, target_path = plan.contradicted[path]
+                report.mismatched.append(Mismatch(
+                    t, path, "*", f"its automatic name pairs it with source layer {name!r}, "
+                    f"but Keras's saving walk places them differently (source {source_path}, "
+                    f"model {target_path}): created in another order? Name the layers, or "
+                    "pair the blocks with rename=", "present", "present"))
+                continue
             report.mismatched.append(
                 Mismatch(t, path, "*", "no source layer pairs with it", "-", "present"))
         for path in plan.unpaired_source:
@@ -293,6 +304,7 @@ def _pair_block(
     by_name = {layer.path: layer for layer in source_layers}
     pairs = None
     pairing = "name"
+    contradicted: dict[str, tuple[str, str, str]] = {}
     if all(path in by_name for path, _, _ in units):
         pairs = [(unit, by_name[unit[0]]) for unit in units]
         # Automatic names (`dense`, `dense_1`) follow creation order, which a refactor can
@@ -302,6 +314,9 @@ def _pair_block(
             if by_path is not None and any(a[1] is not b[1] for a, b in zip(pairs, by_path,
                                                                              strict=True)):
                 pairs, pairing = by_path, "path"
+            elif by_path is None:
+                contradicted = _contradicted(pairs, target_paths)
+                pairs = [pair for pair in pairs if pair[0][0] not in contradicted]
     else:
         pairs = _pairs_by_path(units, source_layers, target_paths)
         if pairs is not None:
@@ -315,6 +330,7 @@ def _pair_block(
         pairs = [(unit, by_name[unit[0]]) for unit in units if unit[0] in by_name]
     paired = {id(layer) for _, layer in pairs}
     return _BlockPlan(
+        contradicted=contradicted,
         target=target_name,
         source=source_name,
         layers=[_LayerPlan(path, obj, current, layer) for (path, obj, current), layer in pairs],
@@ -323,6 +339,26 @@ def _pair_block(
         unpaired_target=[path for path, _, _ in units
                          if path not in {p for (p, _, _), _ in pairs}],
     )
+
+
+def _contradicted(pairs, target_paths: Callable[[], dict[int, str]]
+                  ) -> dict[str, tuple[str, str, str]]:
+    """The name pairs of automatic names whose places in Keras's saving walk differ.
+
+    Only the last step of each path is compared (`dense_1`: the second Dense of its
+    container; `up`: the attribute holding it), so a block nested differently in the two
+    models still pairs; a layer created in another order than its place does not.
+    """
+    if not any(layer.keras_path for _, layer in pairs):
+        return {}
+    paths = target_paths()
+    out = {}
+    for (path, obj, _), layer in pairs:
+        mine = paths.get(id(obj))
+        if (layer.keras_path and mine and automatic_name(path, obj)
+                and layer.keras_path.rsplit("/", 1)[-1] != mine.rsplit("/", 1)[-1]):
+            out[path] = (layer.path, layer.keras_path, mine)
+    return out
 
 
 def _pairs_by_path(units, source_layers: Sequence[LayerInfo],
@@ -337,11 +373,19 @@ def _pairs_by_path(units, source_layers: Sequence[LayerInfo],
     return [(unit, by_path[paths[id(unit[1])]]) for unit in units]
 
 
-def _same_class(class_name: str, unit) -> bool:
-    """True when the model layer is of the source's class or a subclass of it."""
-    if not class_name:
-        return True  # the source cannot tell; its shapes are still checked
-    return any(cls.__name__ == class_name for cls in type(unit).__mro__)
+def _same_class(class_name: str, unit, known_only: bool = False) -> bool:
+    """True when the model layer is of the source's class, a subclass of it, or (for a Keras
+    layer class) a base class of it. With `known_only` (layers paired by name, which the
+    user chose), only two unrelated Keras layer classes fail: a Conv2DTranspose named like
+    the Conv2D it replaced (same shapes, other meaning); a custom class may stand for any."""
+    if not class_name or any(cls.__name__ == class_name for cls in type(unit).__mro__):
+        return True  # no class recorded: the shapes are still checked
+    known = getattr(keras.layers, class_name, None)
+    if not (isinstance(known, type) and issubclass(known, keras.layers.Layer)):
+        return known_only
+    if issubclass(known, type(unit)):
+        return True
+    return known_only and not type(unit).__module__.startswith("keras.")
 
 
 # --- validate --------------------------------------------------------------------------
@@ -349,9 +393,12 @@ def _same_class(class_name: str, unit) -> bool:
 
 def _validate(plans: list[_BlockPlan], report: LoadReport, on_mismatch: str, src: Source) -> None:
     adaptable = False
+    names_checked = src.variable_names_pair and not str(src.info.get("format", "")).startswith(
+        "Keras legacy")  # Keras 2 names some variables otherwise (`depthwise_kernel`)
     for plan in plans:
         for layer in plan.layers:
-            if plan.pairing != "name" and not _same_class(layer.source.class_name, layer.unit):
+            if not _same_class(layer.source.class_name, layer.unit,
+                               known_only=plan.pairing == "name"):
                 report.mismatched.append(
                     Mismatch(plan.target, layer.target_path, "*",
                              f"class differs (paired by {plan.pairing} with "
@@ -372,6 +419,9 @@ def _validate(plans: list[_BlockPlan], report: LoadReport, on_mismatch: str, src
                     continue
                 layer.keys[key] = var.key
                 problem = _incompatibility(var, target_shape, target_dtype)
+                if (problem is None and names_checked and var.name not in ("", var.key)
+                        and name != key and var.name != name):
+                    problem = f"name differs (source {var.name!r})"
                 if problem is None:
                     layer.load[key] = None
                     continue

@@ -528,3 +528,120 @@ def test_a_damaged_layer_name_is_not_ok(tmp_path):
     for a, b in zip(source.get_layer("fc1").weights, renamed.get_layer("fc1").weights,
                     strict=True):
         assert np.array_equal(np.array(a), np.array(b))
+
+
+@pytest.mark.parametrize("kind", ["weights", "keras", "blocks"])
+def test_a_layer_replaced_by_another_class_under_its_name_is_refused(tmp_path, kind):
+    """Found by a fresh-user test: a square Conv2D kernel fits a Conv2DTranspose of the same
+    name, with its channels transposed in meaning; it loaded by name with ok=True."""
+    def build(cls):
+        inputs = keras.Input((8, 8, 4))
+        return keras.Model(inputs, cls(4, 3, padding="same", name="block_1_0")(inputs))
+
+    source = build(L.Conv2D)
+    distinct(source, seed=6)
+    path = save_all(source, str(tmp_path), [kind])[kind]
+    target = build(L.Conv2DTranspose)
+    before = snapshot(target)
+    block, options = ("net", {"blocks": NET}) if kind == "blocks" else ("block_1", {})
+    with pytest.raises(BlockMismatchError) as e:
+        load_blocks(target, path, **options)
+    assert f"{block} / block_1_0 / *: class differs (paired by name with 'block_1_0') " \
+           "(source Conv2D, model Conv2DTranspose)" in str(e.value)
+    assert all(before[k].tobytes() == v.tobytes() for k, v in snapshot(target).items())
+
+
+def test_a_subclass_or_base_class_under_the_same_name_loads(tmp_path):
+    class ScaledDense(L.Dense):
+        pass
+
+    def build(cls):
+        inputs = keras.Input((3,))
+        return keras.Model(inputs, cls(2, name="block_1_0")(inputs))
+
+    for source_cls, target_cls in ((L.Dense, ScaledDense), (ScaledDense, L.Dense)):
+        source = build(source_cls)
+        distinct(source, seed=7)
+        path = str(tmp_path / "d.blocks.h5")
+        save_blocks(source, path)
+        target = build(target_cls)
+        assert load_blocks(target, path).ok
+        assert_bits(values(target.weights), values(source.weights))
+
+
+@pytest.mark.parametrize("kind", ["weights", "keras", "blocks"])
+def test_blocks_named_by_automatic_names_that_keras_paths_contradict_are_refused(tmp_path, kind):
+    """Found by a fresh-user test: top-level layers created in another order after a refactor
+    (a fresh process, so the automatic names restart) swapped whole blocks with ok=True."""
+    def build(decoder_first):
+        inputs = keras.Input((4,))
+        if decoder_first:
+            dec, enc = L.Dense(4), L.Dense(4)
+        else:
+            enc, dec = L.Dense(4), L.Dense(4)
+        return keras.Model(inputs, enc(dec(inputs))), enc, dec
+
+    source, enc, dec = build(False)
+    distinct(source, seed=8)
+    expected = {"enc": values(enc.weights), "dec": values(dec.weights)}
+    path = (save_blocks(source, str(tmp_path / "m.blocks.h5")) if kind == "blocks"
+            else save_all(source, str(tmp_path), [kind])[kind])  # one block per layer
+    keras.backend.clear_session()  # as a fresh process: automatic names start again
+    target, enc, dec = build(True)
+    assert (enc.name, dec.name) == ("dense_1", "dense")  # the source's names, crosswise
+    before = snapshot(target)
+    with pytest.raises(BlockMismatchError) as e:
+        load_blocks(target, path)
+    assert ("dense / dense / *: its automatic name pairs it with source layer 'dense', but "
+            "Keras's saving walk places them differently (source layers/dense_1, model "
+            "layers/dense): created in another order?") in str(e.value)
+    assert all(before[k].tobytes() == v.tobytes() for k, v in snapshot(target).items())
+    # The blocks paired by hand then pair their layers by Keras path.
+    report = load_blocks(target, path, rename={"dense": "dense_1", "dense_1": "dense"})
+    assert report.ok and report.pairing == {"dense": "path", "dense_1": "path"}
+    assert_bits(values(enc.weights), expected["enc"])
+    assert_bits(values(dec.weights), expected["dec"])
+
+
+class ScaleShift(L.Layer):
+    """Two same-shape variables; `shift_first` (a refactor) creates them in the other order."""
+
+    def __init__(self, shift_first=False, **kwargs):
+        super().__init__(**kwargs)
+        self.shift_first = shift_first
+
+    def build(self, shape):
+        names = ("shift", "scale") if self.shift_first else ("scale", "shift")
+        for name in names:
+            setattr(self, name, self.add_weight(name=name, shape=(shape[-1],)))
+
+    def call(self, x):
+        return x * self.scale + self.shift
+
+
+def test_variables_of_a_block_file_pair_by_their_recorded_names(tmp_path):
+    """Found by a fresh-user test: variables created in another order swapped (ok=True)."""
+    def build(shift_first, center):
+        inputs = keras.Input((3,))
+        x = ScaleShift(shift_first, name="block_1_0")(inputs)
+        return keras.Model(inputs, L.LayerNormalization(center=center, scale=not center,
+                                                        name="block_2_0")(x))
+
+    source = build(False, center=False)
+    distinct(source, seed=9)
+    layer = source.get_layer("block_1_0")
+    scale, shift = values([layer.scale])[0], values([layer.shift])[0]
+    path = save_blocks(source, str(tmp_path / "s.blocks.h5"))
+    target = build(True, center=True)
+    report = load_blocks(target, path, only=["block_1"])
+    assert report.ok
+    assert_bits(values([target.get_layer("block_1_0").scale]), [scale])
+    assert_bits(values([target.get_layer("block_1_0").shift]), [shift])
+    # LayerNormalization with only `gamma` saved, only `beta` in the model: same shape, other
+    # meaning. Refused, naming both.
+    before = snapshot(target)
+    with pytest.raises(BlockMismatchError) as e:
+        load_blocks(target, path, only=["block_2"])
+    assert "block_2 / block_2_0 / beta: name differs (source 'gamma') (source (3,) float32, " \
+           "model (3,) float32)" in str(e.value)
+    assert all(before[k].tobytes() == v.tobytes() for k, v in snapshot(target).items())

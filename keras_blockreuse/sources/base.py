@@ -97,9 +97,11 @@ class Source:
         description: how the source is named in reports and errors.
         bytes_read: bytes of values read so far.
         info: facts about the source shown by `inspect` (format, Keras version, ...).
-        variable_names_pair: True when the source's variable keys are its writer's storage
-            order and its variable names are reliable, so variables pair by name within a
-            layer (legacy `.h5`, which stores trainable variables first).
+        variable_names_pair: True when the source's variable names are reliable, so
+            variables pair by name within a layer where both sides' names are the same set
+            (legacy `.h5`, which stores trainable variables first; block files written by
+            `save_blocks`, whose names are Keras 3's own: there a name that differs from the
+            model's, as `gamma` for `beta`, is a mismatch).
     """
 
     description: str = "source"

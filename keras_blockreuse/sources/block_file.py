@@ -35,6 +35,8 @@ class BlockFileSource(Source):
         self._file = BlockFile(path)
         self.description = self._file.path
         self.info = {"format": "keras-blockreuse block file"}
+        # `save_blocks` records each variable's Keras name; a converted file, its source's
+        self.variable_names_pair = "converted_from" not in self._file.metadata
 
     @property
     def bytes_read(self) -> int:
