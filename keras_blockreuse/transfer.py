@@ -46,6 +46,11 @@ from keras_blockreuse.sources.live_model import to_numpy, unit_values_of
 from keras_blockreuse.sources.structure import automatic_name
 
 ON_MISMATCH = ("error", "skip", "adapt")
+HOLD_BYTES = 4 << 20
+"""Selected blocks of at most this many bytes are read once, verified and held until they
+are assigned; larger selections are verified in a first pass and assigned as a second pass
+reads them (memory for one variable). A second pass costs a one-block load a third of its
+time (benchmarks/RESULTS.md); holding 4 MiB costs less memory than Keras's own loading."""
 
 
 @dataclasses.dataclass
@@ -141,7 +146,7 @@ def load_blocks(
         _validate(plans, report, on_mismatch, src)
         if not nothing_asked:
             _refuse_empty(plans, report, src, target_blocks)
-        if _streams(src, plans):
+        if _streams(src, plans) and _nbytes(src, plans) > HOLD_BYTES:
             # Pass 1 verifies every selected block and keeps no value; pass 2 reads them again
             # and assigns each value as it arrives: memory for one variable, not the blocks.
             src.verify([plan.source for plan in plans
@@ -618,6 +623,18 @@ def _streams(src: Source, plans: list[_BlockPlan]) -> bool:
                 if transform is not None or stored.get(layer.keys[key]) != dtype:
                     return False
     return True
+
+
+def _nbytes(src: Source, plans: list[_BlockPlan]) -> int:
+    """The bytes of the selected blocks that would be read, counted up to `HOLD_BYTES` + 1."""
+    total = 0
+    for plan in plans:
+        if any(layer.load for layer in plan.layers):
+            for layer in src.block_layers(plan.source):
+                total += sum(var.nbytes for var in layer.variables)
+                if total > HOLD_BYTES:
+                    return total
+    return total
 
 
 def _assign_streaming(plans: list[_BlockPlan], src: Source) -> int:
