@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import os
 import struct
+from collections.abc import Iterable
 from typing import BinaryIO
 
 import h5py
@@ -52,6 +53,10 @@ _SIGNATURE = b"\x89HDF\r\n\x1a\n"
 _ATTRIBUTE = 0x000C
 _ATTRIBUTE_INFO = 0x0015
 _CONTINUATION = 0x0010
+# The messages by which HDF5 tells an object's type (`H5O__obj_class_real`, groups first):
+_GROUP = {0x0011, 0x0002}  # a symbol table, or link info
+_DATASET = {0x0003, 0x0001}  # a datatype and a dataspace
+_DATATYPE = 0x0003
 _VLEN = 9
 _NESTING = (6, 10)  # compound, array: may hold variable-length members
 _MAX_MESSAGES = 100_000  # per object header: far above anything HDF5 writes for Keras files
@@ -62,7 +67,9 @@ class _Damaged(Exception):
     """Raised inside the parser; turned into `BlockFileError` naming the file."""
 
 
-def check_global_heap(file: h5py.File, where: str, stream: BinaryIO | None = None) -> None:
+def check_global_heap(file: h5py.File, where: str, stream: BinaryIO | None = None,
+                      objects: Iterable[tuple[int, bytes]] | None = None,
+                      ) -> dict[int, tuple[int, dict[bytes, bytes | None]]]:
     """Refuses an HDF5 file whose variable-length attributes point into a damaged global heap.
 
     Args:
@@ -70,23 +77,34 @@ def check_global_heap(file: h5py.File, where: str, stream: BinaryIO | None = Non
         where: the file's name, for the error.
         stream: the file's bytes, for a file opened from a file object (inside an archive);
             by default the file is read from its path.
+        objects: `(address, name)` of every object below the root, as `list_links` gives
+            them (repeats allowed); by default HDF5 walks the file for them (`H5Ovisit`).
+
+    Returns:
+        `{address: (object type, attributes)}` for each object header parsed (the root's
+        included). The type is decided from its messages as HDF5 decides it:
+        `h5py.h5o.TYPE_GROUP` (a symbol table or link info message), `TYPE_DATASET` (a
+        datatype and a dataspace), `TYPE_NAMED_DATATYPE` (a datatype alone), else -1. The
+        attributes are `{name: value}`, the value being the bytes of a single
+        variable-length string (up to its first NUL, as h5py reads it), read from the heap
+        object just checked, or `None` for any other kind of attribute.
 
     Raises:
         BlockFileError: a global heap collection, an object header holding a
             variable-length attribute, or the superblock is damaged, or the file keeps
             variable-length attributes where this check cannot follow them.
     """
+    listed = _hard_linked(file, objects)
     try:
         if stream is None:
             with open(file.filename, "rb") as fh:
-                _Checker(fh, os.fstat(fh.fileno()).st_size).run(file)
-        else:
-            position = stream.tell()
-            size = stream.seek(0, os.SEEK_END)
-            try:
-                _Checker(stream, size).run(file)
-            finally:
-                stream.seek(position)
+                return _Checker(fh, os.fstat(fh.fileno()).st_size).run(listed)
+        position = stream.tell()
+        size = stream.seek(0, os.SEEK_END)
+        try:
+            return _Checker(stream, size).run(listed)
+        finally:
+            stream.seek(position)
     except _Damaged as e:
         raise BlockFileError(
             f"{where}: {e}. The file is damaged; its text attributes were not read."
@@ -100,6 +118,7 @@ class _Checker:
         self.fh = fh
         self.size = size
         self.collections: dict[int, dict[int, int]] = {}  # address -> {index: size}
+        self.positions: dict[tuple[int, int], int] = {}  # (address, index) -> its bytes' start
         self.base, self.offsets, self.lengths = self._superblock()
 
     def read(self, address: int, count: int, what: str) -> bytes:
@@ -142,13 +161,17 @@ class _Checker:
 
     # --- objects -----------------------------------------------------------------------
 
-    def run(self, file: h5py.File) -> None:
-        for address, obj in _hard_linked(file):
-            for attribute in self._attribute_messages(self.base + address):
-                self._check_attribute(attribute, obj)
+    def run(self, objects) -> dict[int, tuple[int, dict[bytes, bytes | None]]]:
+        found = {}
+        for address, obj in objects:
+            messages, kind = self._attribute_messages(self.base + address)
+            attributes = dict(self._check_attribute(message, obj) for message in messages)
+            found[address] = (kind, attributes)
+        return found
 
-    def _attribute_messages(self, address: int) -> list[bytes]:
-        """The attribute messages of the object header at `address` (absolute)."""
+    def _attribute_messages(self, address: int) -> tuple[list[bytes], int]:
+        """The attribute messages of the object header at `address` (absolute), and the
+        object's type."""
         head = self.read(address, 4, "an object header")
         if head == b"OHDR":
             chunks = self._v2_messages(address)
@@ -157,6 +180,15 @@ class _Checker:
         else:
             raise _Damaged(f"object header at byte {address} has unknown version {head[0]}")
         attributes = []
+        present = {kind for kind, _, _ in chunks}
+        if present & _GROUP:
+            obj_type = h5py.h5o.TYPE_GROUP
+        elif _DATASET <= present:
+            obj_type = h5py.h5o.TYPE_DATASET
+        elif _DATATYPE in present:
+            obj_type = h5py.h5o.TYPE_NAMED_DATATYPE
+        else:
+            obj_type = -1
         for kind, flags, data in chunks:
             if kind == _ATTRIBUTE:
                 if flags & 0x02:
@@ -165,7 +197,7 @@ class _Checker:
                 attributes.append(data)
             elif kind == _ATTRIBUTE_INFO:
                 self._refuse_dense(data, address)
-        return attributes
+        return attributes, obj_type
 
     def _v1_messages(self, address: int):
         _, _, count, _, size = struct.unpack("<BBHII", self.read(address, 12, "an object header"))
@@ -249,7 +281,9 @@ class _Checker:
 
     # --- attributes ------------------------------------------------------------------------
 
-    def _check_attribute(self, body: bytes, obj: str) -> None:
+    def _check_attribute(self, body: bytes, obj: str) -> tuple[bytes, bytes | None]:
+        """Checks one attribute message; returns its name and, for a single variable-length
+        string, its value."""
         if len(body) < 8:
             raise _Damaged(f"an attribute message of {obj!r} is cut short")
         version, flags = body[0], body[1]
@@ -279,7 +313,7 @@ class _Checker:
             raise _Damaged(f"{label} nests variable-length data in a compound or array type, "
                            "which Keras never writes")
         if kind != _VLEN:
-            return
+            return name, None
         if len(datatype) < 16:
             raise _Damaged(f"{label} has a cut-short variable-length type")
         base_size = struct.unpack_from("<I", datatype, 12)[0]  # the base type's size
@@ -291,12 +325,14 @@ class _Checker:
         if len(data) != count * element:
             raise _Damaged(f"{label} declares {count} values but holds {len(body) - position} "
                            "bytes")
+        value = None
         for i in range(count):
             start = i * element
             length = struct.unpack_from("<I", data, start)[0]
             collection = self.unsigned(data[start + 4 : start + 4 + self.offsets])
             index = struct.unpack_from("<I", data, start + 4 + self.offsets)[0]
             if collection == 0 and length == 0:
+                value = b""
                 continue  # a null value: HDF5 reads nothing
             objects = self._collection(collection, label)
             if index not in objects or index == 0:
@@ -305,6 +341,13 @@ class _Checker:
             if objects[index] != length * base_size:
                 raise _Damaged(f"{label} declares {length * base_size} bytes but its global heap "
                                f"object holds {objects[index]}")
+            if count == 1:
+                value = self.read(self.positions[collection, index], objects[index],
+                                  "a global heap object")
+        text = datatype[1] & 0x0F == 1 and base_size == 1  # a string, not a sequence
+        if count == 1 and text and value is not None and _scalar(dataspace):
+            return name, value.split(b"\x00", 1)[0]
+        return name, None
 
     def _elements(self, dataspace: bytes, label: str) -> int:
         if len(dataspace) < 4:
@@ -364,9 +407,15 @@ class _Checker:
                 raise _Damaged(f"the global heap collection at byte {start} has a damaged "
                                f"object {index} ({length} bytes at byte {start + position})")
             objects[index] = length
+            self.positions[address, index] = start + position + object_header
             position += span
         self.collections[address] = objects
         return objects
+
+
+def _scalar(dataspace: bytes) -> bool:
+    """Whether an encoded dataspace (already checked by `_elements`) is a scalar one."""
+    return dataspace[1] == 0 if dataspace[0] == 1 else dataspace[3] == 0
 
 
 def _pad8(n: int) -> int:
@@ -382,15 +431,20 @@ def _holds_vlen(datatype: bytes) -> bool:
     return any((b & 0x0F) == _VLEN and (b >> 4) in (1, 2, 3, 4, 5) for b in datatype[8:])
 
 
-def _hard_linked(file: h5py.File):
+def _hard_linked(file: h5py.File, objects: Iterable[tuple[int, bytes]] | None = None):
     """`(address, name)` of every object reached through hard links, each once (cycles too).
 
     HDF5's own walk (`H5Ovisit`: one C call, hard links only, each object once even where
     several links or a cycle lead to it) rather than a Python walk opening every object:
-    a fifth of the time on a 676-object ResNet50 file.
+    a fifth of the time on a 676-object ResNet50 file. `objects`: the same, already listed
+    (repeats are dropped here).
     """
     found: list[tuple[int, bytes]] = []
-    h5py.h5o.visit(file.id, lambda name, info: found.append((int(info.addr), name)), info=True)
+    if objects is None:
+        h5py.h5o.visit(file.id, lambda name, info: found.append((int(info.addr), name)),
+                       info=True)
+    else:
+        found = [(int(address), name) for address, name in objects]
     seen: set[int] = set()
     for address, name in [(int(h5py.h5o.get_info(file.id).addr), b""), *found]:
         if address not in seen:  # the root, if a link leads back to it

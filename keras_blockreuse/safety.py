@@ -61,15 +61,26 @@ def check_hdf5(file: h5py.File | h5py.Group, where: str) -> None:
                        f"{prefix}/{name.decode('utf-8', 'replace')}", where)
 
 
-def check_links(file: h5py.File | h5py.Group, where: str) -> None:
+def list_links(file: h5py.File | h5py.Group) -> list[tuple[bytes, int, int]]:
+    """`(name, link type, target address)` of every link below `file`, from one HDF5 walk
+    (`H5Lvisit`, in name order; a group reached twice is entered once). The address is the
+    target object's for hard links, meaningless for others."""
+    links: list[tuple[bytes, int, int]] = []
+    file.id.links.visit(lambda name, info: links.append((name, info.type, info.u)), info=True)
+    return links
+
+
+def check_links(file: h5py.File | h5py.Group, where: str,
+                links: list[tuple[bytes, int, int]] | None = None) -> None:
     """Refuses external, soft and user-defined links and hard-link cycles anywhere in a file.
 
     A reader that calls this when it opens a file, and `check_storage` on each dataset before
     it reads its values, never reads data from outside the file: `check_hdf5` without the
     per-dataset pass over datasets that are never read (a one-block load of a large file).
+    `links`: the file's `list_links`, when already listed.
     """
-    links: list[tuple[bytes, int, int]] = []  # name, link type, target address (hard links)
-    file.id.links.visit(lambda name, info: links.append((name, info.type, info.u)), info=True)
+    if links is None:
+        links = list_links(file)
     prefix = file.name.rstrip("/")
     addresses = {b"": h5py.h5o.get_info(file.id).addr}
     for name, kind, target in links:
@@ -137,30 +148,37 @@ def _text(value) -> str:
     return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
 
 
-def text_attribute(owner: h5py.File | h5py.Group | h5py.Dataset, name: str, default=None):
+def text_attribute(owner: h5py.File | h5py.Group | h5py.Dataset, name: str, default=None,
+                   at: str | None = None):
     """An attribute that should hold text (a string or an array of strings), type-checked first.
 
     h5py crashes the process (SIGSEGV) reading an attribute whose string type was damaged into
     a variable-length sequence; checking the stored type before reading turns that into a
-    `BlockFileError`. Returns `default` when the attribute is absent.
+    `BlockFileError`. Returns `default` when the attribute is absent. `at`: the attribute is
+    that of the object at this path below `owner`.
     """
-    if name not in owner.attrs:
+    # h5py's low-level API, by name from `owner` (`at`: an object below it, not opened):
+    # a third of the cost of `owner[at].attrs[name]`.
+    key, where = name.encode(), (at or ".").encode()
+    if not h5py.h5a.exists(owner.id, key, obj_name=where):
         return default
-    attribute = owner.attrs.get_id(name)
+    attribute = h5py.h5a.open(owner.id, key, obj_name=where)
     stored = attribute.get_type()
     empty = attribute.shape != () and 0 in attribute.shape
     if empty and not isinstance(stored, h5py.h5t.TypeVlenID):
-        return owner.attrs[name]  # an empty array (Keras writes `weight_names=[]` as floats)
+        # an empty array (Keras writes `weight_names=[]` as floats)
+        return (owner[at] if at else owner).attrs[name]
     if not isinstance(stored, h5py.h5t.TypeStringID):
+        path = f"{owner.name.rstrip('/')}/{at}" if at else owner.name
         raise BlockFileError(
-            f"{owner.file.filename}: attribute {name!r} of {owner.name!r} should be text, but "
+            f"{owner.file.filename}: attribute {name!r} of {path!r} should be text, but "
             f"is stored as {type(stored).__name__}; the file is damaged."
         )
     if attribute.shape == () and stored.is_variable_str():  # a Keras name: read in place
         value = np.zeros((), dtype=attribute.dtype)  # as h5py's `attrs[name]` reads it
         attribute.read(value, mtype=h5py.h5t.py_create(attribute.dtype))
         return value[()].decode("utf-8", "surrogateescape")
-    return owner.attrs[name]
+    return (owner[at] if at else owner).attrs[name]
 
 
 def check_dataset_size(dataset: h5py.Dataset, file_size: int, where: str) -> int:
@@ -334,26 +352,64 @@ class GuardedSource:
         self.close()
 
 
-def open_hdf5(file: str | os.PathLike | BinaryIO, where: str) -> h5py.File:
-    """Opens a third-party HDF5 file for reading, checked so that reading it cannot hang.
+class CheckedFile(h5py.File):
+    """An HDF5 file opened by `open_hdf5`, with the object listing its checks made.
 
-    Refuses non-regular files before opening them, then runs the bounded global heap check
-    (`keras_blockreuse.hdf5_check`) before any variable-length string can be read.
+    Attributes:
+        objects: `(name, object type, address)` for every link to an object below the root
+            (hard links only: the file has no other kind), in HDF5's name order; the type is
+            one of `h5py.h5o.TYPE_GROUP`, `TYPE_DATASET`, `TYPE_NAMED_DATATYPE`, or -1.
+        attributes: `{address: {attribute name: value}}` for every object: each attribute
+            it has, with the value of a single variable-length string (the bytes HDF5 would
+            read, checked by `hdf5_check`), `None` for any other kind.
+    """
+
+    objects: list[tuple[bytes, int, int]]
+    attributes: dict[int, dict[bytes, bytes | None]]
+
+    def text(self, address: int, name: str, path: str):
+        """`text_attribute(self, name, at=path)` for the object at `address` (and `path`),
+        from the listing where it holds the value: no HDF5 call."""
+        attributes = self.attributes.get(address)
+        if attributes is not None:
+            if name.encode() not in attributes:
+                return None
+            value = attributes[name.encode()]
+            if value is not None:
+                return value.decode("utf-8", "surrogateescape")
+        return text_attribute(self, name, at=path)
+
+
+def open_hdf5(file: str | os.PathLike | BinaryIO, where: str) -> CheckedFile:
+    """Opens a third-party HDF5 file for reading, checked so that reading it cannot hang and
+    that nothing in it leads outside it.
+
+    Refuses non-regular files before opening them; walks the file's links once
+    (`list_links`), refusing external, soft and user-defined links and cycles
+    (`check_links`); then runs the bounded global heap check (`keras_blockreuse.hdf5_check`)
+    on every object those links reach, before any variable-length string can be read. The
+    listing is kept on the file (`CheckedFile.objects`) for its reader.
 
     Raises:
-        BlockFileError: the path is not a regular file, not HDF5, or its global heap is
-            damaged.
+        BlockFileError: the path is not a regular file, not HDF5, holds links out of
+            itself, or its global heap is damaged.
     """
     from keras_blockreuse.hdf5_check import check_global_heap
 
     if isinstance(file, (str, os.PathLike)):
         check_regular_file(file)
     try:
-        opened = h5py.File(file, "r", locking=False)
+        opened = CheckedFile(file, "r", locking=False)
     except OSError as e:
         raise BlockFileError(f"Cannot read {where} as HDF5: {e}") from e
     try:
-        check_global_heap(opened, where, None if isinstance(file, (str, os.PathLike)) else file)
+        links = list_links(opened)
+        check_links(opened, where, links)
+        found = check_global_heap(
+            opened, where, None if isinstance(file, (str, os.PathLike)) else file,
+            objects=[(address, name) for name, _, address in links])
+        opened.objects = [(name, found[address][0], address) for name, _, address in links]
+        opened.attributes = {address: attributes for address, (_, attributes) in found.items()}
     except BaseException:
         opened.close()
         raise

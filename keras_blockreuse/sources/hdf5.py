@@ -18,12 +18,14 @@ def open_h5(path, where: str | None = None) -> h5py.File:
     return open_hdf5(path, where or repr(path))
 
 
-def read_dataset(ds: h5py.Dataset, file_size: int, where: str) -> np.ndarray:
+def read_dataset(ds: h5py.Dataset, file_size: int, where: str,
+                 marked: bool = True) -> np.ndarray:
     """A dataset's values, after checking that they are stored in its file (`check_storage`)
-    and that it declares no more bytes than its file holds."""
+    and that it declares no more bytes than its file holds. `marked=False`: the dataset is
+    known to have no `dtype` attribute (a bfloat16 mark), which is then not read."""
     check_storage(ds, where)
     check_dataset_size(ds, file_size, where)
-    if text_attribute(ds, "dtype") in ("bfloat16", b"bfloat16"):
+    if marked and text_attribute(ds, "dtype") in ("bfloat16", b"bfloat16"):
         import ml_dtypes
 
         return np.array(ds, dtype=ml_dtypes.bfloat16)
@@ -33,9 +35,10 @@ def read_dataset(ds: h5py.Dataset, file_size: int, where: str) -> np.ndarray:
     return array
 
 
-def dtype_of(ds: h5py.Dataset, where: str) -> str:
-    """A dataset's Keras dtype string; non-numeric datasets are refused."""
-    if text_attribute(ds, "dtype") in ("bfloat16", b"bfloat16"):
+def dtype_of(ds: h5py.Dataset, where: str, marked: bool = True) -> str:
+    """A dataset's Keras dtype string; non-numeric datasets are refused. `marked=False`: as
+    for `read_dataset`."""
+    if marked and text_attribute(ds, "dtype") in ("bfloat16", b"bfloat16"):
         return "bfloat16"
     if ds.dtype.kind not in "fiub":
         raise BlockFileError(
