@@ -57,6 +57,9 @@ _CONTINUATION = 0x0010
 _GROUP = {0x0011, 0x0002}  # a symbol table, or link info
 _DATASET = {0x0003, 0x0001}  # a datatype and a dataspace
 _DATATYPE = 0x0003
+_READ = {_ATTRIBUTE, _ATTRIBUTE_INFO, _CONTINUATION}  # the messages whose bodies are parsed
+_V1_MESSAGE = struct.Struct("<HHB").unpack_from  # type, size, flags (version 1 headers)
+_V2_MESSAGE = struct.Struct("<BHB").unpack_from  # type, size, flags (version 2 headers)
 _VLEN = 9
 _NESTING = (6, 10)  # compound, array: may hold variable-length members
 _MAX_MESSAGES = 100_000  # per object header: far above anything HDF5 writes for Keras files
@@ -97,8 +100,8 @@ def check_global_heap(file: h5py.File, where: str, stream: BinaryIO | None = Non
     listed = _hard_linked(file, objects)
     try:
         if stream is None:
-            with open(file.filename, "rb") as fh:
-                return _Checker(fh, os.fstat(fh.fileno()).st_size).run(listed)
+            with open(file.filename, "rb", buffering=0) as fh:
+                return _Checker(fh, os.fstat(fh.fileno()).st_size, fh.fileno()).run(listed)
         position = stream.tell()
         size = stream.seek(0, os.SEEK_END)
         try:
@@ -114,8 +117,9 @@ def check_global_heap(file: h5py.File, where: str, stream: BinaryIO | None = Non
 
 
 class _Checker:
-    def __init__(self, fh, size: int):
+    def __init__(self, fh, size: int, fd: int | None = None):
         self.fh = fh
+        self.fd = fd
         self.size = size
         self.collections: dict[int, dict[int, int]] = {}  # address -> {index: size}
         self.positions: dict[tuple[int, int], int] = {}  # (address, index) -> its bytes' start
@@ -125,8 +129,11 @@ class _Checker:
         if address < 0 or count < 0 or address + count > self.size:
             raise _Damaged(f"{what} at byte {address} ({count} bytes) lies outside the file "
                            f"of {self.size} bytes")
-        self.fh.seek(address)
-        data = self.fh.read(count)
+        if self.fd is not None:  # one system call, not a seek and a buffered read
+            data = os.pread(self.fd, count, address)
+        else:
+            self.fh.seek(address)
+            data = self.fh.read(count)
         if len(data) != count:
             raise _Damaged(f"{what} at byte {address} is cut short")
         return data
@@ -174,13 +181,12 @@ class _Checker:
         object's type."""
         head = self.read(address, 4, "an object header")
         if head == b"OHDR":
-            chunks = self._v2_messages(address)
+            chunks, present = self._v2_messages(address)
         elif head[0] == 1:
-            chunks = self._v1_messages(address)
+            chunks, present = self._v1_messages(address)
         else:
             raise _Damaged(f"object header at byte {address} has unknown version {head[0]}")
         attributes = []
-        present = {kind for kind, _, _ in chunks}
         if present & _GROUP:
             obj_type = h5py.h5o.TYPE_GROUP
         elif _DATASET <= present:
@@ -202,26 +208,30 @@ class _Checker:
     def _v1_messages(self, address: int):
         _, _, count, _, size = struct.unpack("<BBHII", self.read(address, 12, "an object header"))
         chunks = [(address + 16, size)]
-        messages, seen = [], set()
+        messages, seen, kinds, total = [], set(), set(), 0
         while chunks:
             start, size = chunks.pop(0)
             if start in seen or len(seen) > _MAX_CHUNKS:
                 raise _Damaged(f"object header at byte {address} has looping continuations")
             seen.add(start)
             data = self.read(start, size, "an object header chunk")
+            end = len(data)
             position = 0
-            while position + 8 <= len(data):
-                kind, length, flags = struct.unpack_from("<HHB", data, position)
-                body = data[position + 8 : position + 8 + length]
-                if len(body) != length:
+            while position + 8 <= end:
+                kind, length, flags = _V1_MESSAGE(data, position)
+                if position + 8 + length > end:
                     raise _Damaged(f"object header at byte {address} has a message past its end")
-                messages.append((kind, flags, body))
-                if kind == _CONTINUATION:
-                    chunks.append(self._continuation(body, address))
+                total += 1
+                kinds.add(kind)
+                if kind in _READ:  # only these messages' bodies are looked at
+                    body = data[position + 8 : position + 8 + length]
+                    messages.append((kind, flags, body))
+                    if kind == _CONTINUATION:
+                        chunks.append(self._continuation(body, address))
                 position += 8 + length
-                if len(messages) > max(count, 1) + _MAX_MESSAGES:
+                if total > max(count, 1) + _MAX_MESSAGES:
                     raise _Damaged(f"object header at byte {address} has too many messages")
-        return messages
+        return messages, kinds
 
     def _v2_messages(self, address: int):
         version, flags = self.read(address + 4, 2, "an object header")
@@ -232,7 +242,7 @@ class _Checker:
         size = self.unsigned(self.read(position, width, "an object header"))
         chunks = [(position + width, size)]
         header = 6 if flags & 0x04 else 4
-        messages, seen = [], set()
+        messages, seen, kinds, total = [], set(), set(), 0
         first = True
         while chunks:
             start, size = chunks.pop(0)
@@ -245,20 +255,23 @@ class _Checker:
                 start, size = start + 4, size - 8
             first = False
             data = self.read(start, size, "an object header chunk")
+            end = len(data)
             position = 0
-            while position + header <= len(data):
-                kind, length, _ = struct.unpack_from("<BHB", data, position)
-                message_flags = data[position + 3]
-                body = data[position + header : position + header + length]
-                if len(body) != length:
+            while position + header <= end:
+                kind, length, message_flags = _V2_MESSAGE(data, position)
+                if position + header + length > end:
                     raise _Damaged(f"object header at byte {address} has a message past its end")
-                messages.append((kind, message_flags, body))
-                if kind == _CONTINUATION:
-                    chunks.append(self._continuation(body, address))
+                total += 1
+                kinds.add(kind)
+                if kind in _READ:  # only these messages' bodies are looked at
+                    body = data[position + header : position + header + length]
+                    messages.append((kind, message_flags, body))
+                    if kind == _CONTINUATION:
+                        chunks.append(self._continuation(body, address))
                 position += header + length
-                if len(messages) > _MAX_MESSAGES:
+                if total > _MAX_MESSAGES:
                     raise _Damaged(f"object header at byte {address} has too many messages")
-        return messages
+        return messages, kinds
 
     def _continuation(self, body: bytes, address: int) -> tuple[int, int]:
         if len(body) < self.offsets + self.lengths:

@@ -20,6 +20,7 @@ with zipfile.ZipFile(path) as archive:
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import posixpath
 import stat
@@ -106,14 +107,22 @@ def check_links(file: h5py.File | h5py.Group, where: str,
         )
 
 
-def check_storage(dataset: h5py.Dataset, where: str) -> None:
+def check_storage(dataset: h5py.Dataset | h5py.h5d.DatasetID, where: str,
+                  plist: h5py.h5p.PropDCID | None = None) -> None:
     """Refuses a dataset whose values are stored in external raw files or mapped from other
-    files (a virtual dataset)."""
-    _check_storage(dataset.id, dataset.name, where)
+    files (a virtual dataset). `plist`: its creation property list, when already fetched."""
+    if isinstance(dataset, h5py.Dataset):
+        _check_storage(dataset.id, dataset.name, where, plist)
+    else:
+        _check_storage(dataset, _name_of(dataset), where, plist)
 
 
-def _check_storage(dataset_id, path: str, where: str) -> None:
-    plist = dataset_id.get_create_plist()
+def _name_of(dataset_id) -> str:
+    return (h5py.h5i.get_name(dataset_id) or b"?").decode("utf-8", "replace")
+
+
+def _check_storage(dataset_id, path: str, where: str, plist=None) -> None:
+    plist = plist or dataset_id.get_create_plist()
     if plist.get_external_count():
         files = [plist.get_external(i)[0].decode("utf-8", "replace")
                  for i in range(plist.get_external_count())]
@@ -181,20 +190,31 @@ def text_attribute(owner: h5py.File | h5py.Group | h5py.Dataset, name: str, defa
     return (owner[at] if at else owner).attrs[name]
 
 
-def check_dataset_size(dataset: h5py.Dataset, file_size: int, where: str) -> int:
+_COMPRESSIONS = (h5py.h5z.FILTER_DEFLATE, h5py.h5z.FILTER_LZF, h5py.h5z.FILTER_SZIP)
+
+
+def check_dataset_size(dataset: h5py.Dataset | h5py.h5d.DatasetID, file_size: int,
+                       where: str, plist: h5py.h5p.PropDCID | None = None) -> int:
     """Refuses a dataset that declares more bytes than its file could hold; returns its bytes.
 
-    An uncompressed dataset cannot hold more than the file's size; a compressed one more
-    than `MAX_COMPRESSION_RATIO` times it.
+    An uncompressed dataset cannot hold more than the file's size; a compressed one (gzip,
+    lzf or szip, as h5py's `Dataset.compression` tells) more than `MAX_COMPRESSION_RATIO`
+    times it. `plist`: its creation property list, when already fetched.
     """
-    nbytes = int(np.prod(dataset.shape, dtype=np.int64)) * dataset.dtype.itemsize
-    limit = file_size * (MAX_COMPRESSION_RATIO if dataset.compression else 1)
-    if nbytes > max(limit, 1024):
-        raise BlockFileError(
-            f"{where}: dataset {dataset.name!r} declares shape {tuple(dataset.shape)} "
-            f"({nbytes} bytes) but the file holds {file_size} bytes; it is truncated or "
-            "crafted. Nothing was read."
-        )
+    dataset_id = dataset.id if isinstance(dataset, h5py.Dataset) else dataset
+    shape = dataset_id.shape
+    nbytes = math.prod(shape) * dataset_id.dtype.itemsize
+    if nbytes > max(file_size, 1024):  # only then does compression matter
+        plist = plist or dataset_id.get_create_plist()
+        compressed = any(plist.get_filter(i)[0] in _COMPRESSIONS
+                         for i in range(plist.get_nfilters()))
+        limit = file_size * (MAX_COMPRESSION_RATIO if compressed else 1)
+        if nbytes > max(limit, 1024):
+            raise BlockFileError(
+                f"{where}: dataset {_name_of(dataset_id)!r} declares shape {tuple(shape)} "
+                f"({nbytes} bytes) but the file holds {file_size} bytes; it is truncated or "
+                "crafted. Nothing was read."
+            )
     return nbytes
 
 

@@ -110,7 +110,7 @@ class KerasWeightsSource(LayerSource):
         self._files = files
         self._sizes = sizes
         self._on_close = on_close
-        self._datasets: dict[tuple[int, str], h5py.Dataset] = {}
+        self._datasets: dict[tuple[int, str], h5py.h5d.DatasetID] = {}
         self._addresses: list[dict[bytes, int]] | None = None
         try:
             _check_model_argument(source_model)
@@ -235,7 +235,7 @@ class KerasWeightsSource(LayerSource):
                 key=key,
                 name=names.get(key, key),
                 path=f"{group.keras_path}/vars/{key}",
-                shape=tuple(int(d) for d in ds.shape),
+                shape=ds.shape,
                 dtype=dtype_of(ds, self.description, self._marked(index, dataset_path)),
                 dataset=dataset_path,
             ))
@@ -275,13 +275,13 @@ class KerasWeightsSource(LayerSource):
             self._addresses = [_addresses(file) for file in self._files]
         return not _no_dtype_attribute(self._files[index], self._addresses[index], path)
 
-    def _dataset(self, index: int, path: str) -> h5py.Dataset:
+    def _dataset(self, index: int, path: str) -> h5py.h5d.DatasetID:
         """A dataset, opened once: its layer is described, then read."""
         ds = self._datasets.get((index, path))
         if ds is None:
-            # `_index` found a dataset there: bind it directly (`file[path]` also looks up
-            # what kind of object it is, three times the cost)
-            ds = h5py.Dataset(h5py.h5d.open(self._files[index].id, path.encode("utf-8")))
+            # `_index` found a dataset there: open it directly, through h5py's low-level API
+            # (`file[path]` also looks up what kind of object it is, three times the cost)
+            ds = h5py.h5d.open(self._files[index].id, path.encode("utf-8"))
             self._datasets[index, path] = ds
         return ds
 
