@@ -613,8 +613,8 @@ class BlockFile:
     def _read_header(self) -> dict:
         root = self._file
         kind = None
-        if "format" in root.attrs:
-            stored = root.attrs.get_id("format").get_type()
+        if h5py.h5a.exists(root.id, b"format"):
+            stored = h5py.h5a.open(root.id, b"format").get_type()
             if isinstance(stored, h5py.h5t.TypeStringID) and stored.is_variable_str():
                 kind = "a variable-length string"  # not ours, and not read: see _fixed
             else:
@@ -647,7 +647,7 @@ class BlockFile:
         return header
 
     def _read_layout(self, name: str) -> BlockInfo:
-        group = self._file[name]
+        group = h5py.Group(self._group(self._file.id, name))
         layout = self._text_dataset(group, LAYOUT)
         expected = self._attribute(group, "layout_checksum")
         if _checksum(layout.encode()) != expected:

@@ -24,6 +24,7 @@ from keras_blockreuse.blocks import BlockRule, resolve_rule
 from keras_blockreuse.safety import GuardedSource, check_regular_file, reading
 
 
+@functools.lru_cache(maxsize=64)
 def numpy_dtype(dtype: str) -> np.dtype:
     """The NumPy dtype of a Keras dtype string (`bfloat16` and `float8_*` via ml_dtypes)."""
     if dtype in ("bfloat16", "float8_e4m3fn", "float8_e5m2"):
