@@ -57,6 +57,7 @@ _CONTINUATION = 0x0010
 _GROUP = {0x0011, 0x0002}  # a symbol table, or link info
 _DATASET = {0x0003, 0x0001}  # a datatype and a dataspace
 _DATATYPE = 0x0003
+_WINDOW = 1024  # bytes read at once from an object header's start
 _READ = {_ATTRIBUTE, _ATTRIBUTE_INFO, _CONTINUATION}  # the messages whose bodies are parsed
 _V1_MESSAGE = struct.Struct("<HHB").unpack_from  # type, size, flags (version 1 headers)
 _V2_MESSAGE = struct.Struct("<BHB").unpack_from  # type, size, flags (version 2 headers)
@@ -179,11 +180,12 @@ class _Checker:
     def _attribute_messages(self, address: int) -> tuple[list[bytes], int]:
         """The attribute messages of the object header at `address` (absolute), and the
         object's type."""
-        head = self.read(address, 4, "an object header")
-        if head == b"OHDR":
+        # One read for the header's prefix and, usually, its first chunk of messages.
+        head = self.read(address, max(4, min(_WINDOW, self.size - address)), "an object header")
+        if head[:4] == b"OHDR":
             chunks, present = self._v2_messages(address)
         elif head[0] == 1:
-            chunks, present = self._v1_messages(address)
+            chunks, present = self._v1_messages(address, head)
         else:
             raise _Damaged(f"object header at byte {address} has unknown version {head[0]}")
         attributes = []
@@ -205,8 +207,9 @@ class _Checker:
                 self._refuse_dense(data, address)
         return attributes, obj_type
 
-    def _v1_messages(self, address: int):
-        _, _, count, _, size = struct.unpack("<BBHII", self.read(address, 12, "an object header"))
+    def _v1_messages(self, address: int, head: bytes):
+        prefix = head[:12] if len(head) >= 12 else self.read(address, 12, "an object header")
+        _, _, count, _, size = struct.unpack("<BBHII", prefix)
         chunks = [(address + 16, size)]
         messages, seen, kinds, total = [], set(), set(), 0
         while chunks:
@@ -214,7 +217,10 @@ class _Checker:
             if start in seen or len(seen) > _MAX_CHUNKS:
                 raise _Damaged(f"object header at byte {address} has looping continuations")
             seen.add(start)
-            data = self.read(start, size, "an object header chunk")
+            if start == address + 16 and 16 + size <= len(head):  # read with the prefix
+                data = head[16 : 16 + size]
+            else:
+                data = self.read(start, size, "an object header chunk")
             end = len(data)
             position = 0
             while position + 8 <= end:

@@ -84,9 +84,10 @@ def check_links(file: h5py.File | h5py.Group, where: str,
         links = list_links(file)
     prefix = file.name.rstrip("/")
     addresses = {b"": h5py.h5o.get_info(file.id).addr}
+    known = set(addresses.values())
     for name, kind, target in links:
         if kind == h5py.h5l.TYPE_HARD:
-            _refuse_cycle(file, name, target, addresses, where)
+            _refuse_cycle(file, name, target, addresses, where, known)
             continue
         path = f"{prefix}/{name.decode('utf-8', 'replace')}"
         if kind == h5py.h5l.TYPE_EXTERNAL:
@@ -137,11 +138,16 @@ def _check_storage(dataset_id, path: str, where: str, plist=None) -> None:
         )
 
 
-def _refuse_cycle(file, name: bytes, address: int, addresses: dict, where: str) -> None:
+def _refuse_cycle(file, name: bytes, address: int, addresses: dict, where: str,
+                  known: set | None = None) -> None:
     """Refuses a hard link to one of its own enclosing groups (a cycle; Keras never writes
     one, and a walk that follows it never ends). `address` is the link's target; `addresses`
     maps each path seen so far (the visit reaches a group before what is inside it) to its
-    object's address."""
+    object's address; `known`, when given, holds every address in `addresses`."""
+    if known is not None and address not in known:  # no enclosing group is at a new address
+        addresses[name] = address
+        known.add(address)
+        return
     parts = name.split(b"/")
     for cut in range(len(parts)):
         if addresses.get(b"/".join(parts[:cut])) == address:
