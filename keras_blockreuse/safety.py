@@ -115,26 +115,27 @@ def check_storage(dataset: h5py.Dataset | h5py.h5d.DatasetID, where: str,
     if isinstance(dataset, h5py.Dataset):
         _check_storage(dataset.id, dataset.name, where, plist)
     else:
-        _check_storage(dataset, _name_of(dataset), where, plist)
+        _check_storage(dataset, None, where, plist)
 
 
 def _name_of(dataset_id) -> str:
     return (h5py.h5i.get_name(dataset_id) or b"?").decode("utf-8", "replace")
 
 
-def _check_storage(dataset_id, path: str, where: str, plist=None) -> None:
+def _check_storage(dataset_id, path: str | None, where: str, plist=None) -> None:
+    """`path`: the dataset's, for messages (None: looked up if needed)."""
     plist = plist or dataset_id.get_create_plist()
     if plist.get_external_count():
         files = [plist.get_external(i)[0].decode("utf-8", "replace")
                  for i in range(plist.get_external_count())]
         raise BlockFileError(
-            f"{where}: dataset {path!r} stores its values in external files {files}. "
-            "A weights file must hold its own data; refusing to read it."
+            f"{where}: dataset {path or _name_of(dataset_id)!r} stores its values in external "
+            f"files {files}. A weights file must hold its own data; refusing to read it."
         )
     if plist.get_layout() == h5py.h5d.VIRTUAL:
         raise BlockFileError(
-            f"{where}: dataset {path!r} is a virtual dataset mapped from other files. "
-            "A weights file must hold its own data; refusing to read it."
+            f"{where}: dataset {path or _name_of(dataset_id)!r} is a virtual dataset mapped "
+            "from other files. A weights file must hold its own data; refusing to read it."
         )
 
 

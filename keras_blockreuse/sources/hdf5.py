@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import h5py
 import numpy as np
 
@@ -52,7 +54,12 @@ def dtype_of(ds: h5py.Dataset | h5py.h5d.DatasetID, where: str, marked: bool = T
             f"{where}: dataset {name!r} has dtype {dtype}, which is not a numeric "
             "variable type."
         )
-    return "bool" if dtype.kind == "b" else str(dtype)
+    return "bool" if dtype.kind == "b" else _dtype_name(dtype)
+
+
+@functools.lru_cache(maxsize=64)
+def _dtype_name(dtype: np.dtype) -> str:
+    return str(dtype)
 
 
 def attr_text(value) -> str:
