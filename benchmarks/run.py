@@ -7,13 +7,16 @@ seed CNN's block file) and the import time of `keras_blockreuse` (benchmarks/sta
 the full loads from every source; one trial's phases (default 40 epochs), two trials in one
 reused process, and Ray with one trial per concurrency level at 10 epochs.
 The full run adds VGG16 (138 M parameters), 5 repeats, memory of more loads, the default 40
-epochs and more trials. Numbers are measurements, never assertions.
+epochs and more trials. `--memory-only`: the peak memory of the loads alone (a fresh
+process per figure; nothing timed, no start-up or sweep section), for a busy machine, where
+times mean little. Numbers are measurements, never assertions.
 
 Example:
 
 ```
 python benchmarks/run.py --quick --out .ci-benchmarks.md
 python benchmarks/run.py --out benchmarks/latest.md
+python benchmarks/run.py --memory-only --models resnet50
 ```
 """
 
@@ -82,6 +85,8 @@ def main(argv=None) -> str:
     parser.add_argument("--skip-io", action="store_true", help="sweep overhead only")
     parser.add_argument("--models", nargs="+", help="I/O models (default: the run's)")
     parser.add_argument("--repeats", type=int, help="I/O repeats (default: the run's)")
+    parser.add_argument("--memory-only", action="store_true",
+                        help="peak memory of the loads only: nothing timed, no sweep")
     args = parser.parse_args(argv)
 
     from benchmarks import io as io_bench
@@ -91,17 +96,24 @@ def main(argv=None) -> str:
 
     started = time.perf_counter()
     header = [
-        f"# keras-blockreuse benchmarks ({'quick' if args.quick else 'full'} run)",
+        f"# keras-blockreuse benchmarks "
+        f"({'memory-only' if args.memory_only else 'quick' if args.quick else 'full'} run)",
         "",
         f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC. Machine: "
         f"{machine()}",
         "",
     ]
-    from benchmarks import startup as startup_bench
+    sections = []
+    if args.memory_only:
+        _, text = io_bench.run(args.models or io_bench.QUICK_MODELS, repeats=0, warmup=0,
+                               rss_ops=io_bench.RSS_OPS, log=log)
+        sections.append(text)
+    else:
+        from benchmarks import startup as startup_bench
 
-    _, text = startup_bench.run(repeats=3 if args.quick else 11, log=log)
-    sections = [text]
-    if not args.skip_io:
+        _, text = startup_bench.run(repeats=3 if args.quick else 11, log=log)
+        sections.append(text)
+    if not args.skip_io and not args.memory_only:
         if args.quick:
             _, text = io_bench.run(args.models or io_bench.QUICK_MODELS, repeats=args.repeats or 3,
                                    warmup=1, rss_ops=io_bench.QUICK_RSS_OPS, log=log)
@@ -109,7 +121,7 @@ def main(argv=None) -> str:
             _, text = io_bench.run(args.models or io_bench.MODELS, repeats=args.repeats or 7,
                                    warmup=1, rss_ops=io_bench.RSS_OPS, log=log)
         sections.append(text)
-    if not args.skip_sweep:
+    if not args.skip_sweep and not args.memory_only:
         from benchmarks import sweep as sweep_bench
 
         if args.quick:

@@ -31,7 +31,8 @@ class LoadReport:
     Attributes:
         source: the source's name (a path, or a model's name).
         loaded: `{target block: source block}` for every block whose values were assigned.
-        skipped: the variables left unchanged because they did not fit (`on_mismatch="skip"`).
+        skipped: the variables left unchanged because they did not fit (`on_mismatch="skip"`),
+            and the other variables of their layers: a layer loads whole or not at all.
         missing: blocks of the model that the source does not have.
         unexpected: blocks of the source that were not loaded (not selected, excluded, or not
             in the model).

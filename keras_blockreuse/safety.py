@@ -20,6 +20,7 @@ with zipfile.ZipFile(path) as archive:
 from __future__ import annotations
 
 import contextlib
+import inspect
 import math
 import os
 import posixpath
@@ -27,7 +28,7 @@ import stat
 import tempfile
 import zipfile
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, BinaryIO
 
 import h5py
@@ -368,7 +369,8 @@ class GuardedSource:
 
         def guarded(*args, **kwargs):
             with reading(where):
-                return value(*args, **kwargs)
+                result = value(*args, **kwargs)
+            return _guarded_items(result, where) if inspect.isgenerator(result) else result
 
         return guarded
 
@@ -377,6 +379,17 @@ class GuardedSource:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _guarded_items(items: Iterator, where: str) -> Iterator:
+    """Yields from a generator (a source's `iter_values`), each step inside `reading`."""
+    while True:
+        with reading(where):
+            try:
+                item = next(items)
+            except StopIteration:
+                return
+        yield item
 
 
 class CheckedFile(h5py.File):

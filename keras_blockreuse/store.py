@@ -130,7 +130,7 @@ def save_blocks(
     """
     from keras_blockreuse.sources.live_model import ModelSource  # imports Keras
 
-    source = ModelSource(model, blocks)
+    source = ModelSource(model, blocks, keras_paths=True)
     names = select(source.block_names(), only, "`only`")
     return write_blocks(source, path, names, model_name=str(model.name), metadata=metadata)
 
@@ -443,6 +443,15 @@ class BlockFile:
                 raise BlockFileError(f"No such block file: {self.path!r}")
             check_regular_file(self.path)  # a FIFO would block the open forever
             self._size = os.path.getsize(self.path)
+            if not h5py.is_hdf5(self.path):
+                with open(self.path, "rb") as f:
+                    start = f.read(16)
+                raise BlockFileError(
+                    f"{self.path!r} is not an HDF5 file ({self._size} bytes, starting "
+                    f"{start!r}): a .blocks.h5 file (like a Keras .weights.h5 or .h5 file) "
+                    "starts with the HDF5 signature b'\\x89HDF\\r\\n\\x1a\\n'. A "
+                    "download that saved an error page instead of the file looks like this."
+                )
             self._file = h5py.File(self.path, "r", locking=False)
         try:
             with self._reading():
@@ -718,7 +727,14 @@ class BlockFile:
         self._check_storage(ds, f"{group.name}/{name}")
         value = np.empty((), dtype=f"S{stored.get_size()}")
         ds.read(h5py.h5s.ALL, h5py.h5s.ALL, value)
-        return bytes(value[()]).decode("utf-8")
+        try:
+            return bytes(value[()]).decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise BlockFileError(
+                f"{self.path} is corrupt: {group.name}/{name} should be UTF-8 text (JSON), but "
+                f"byte {e.object[e.start]:#04x} at position {e.start} is not ({e.reason}). "
+                "Its bytes changed after it was written; save it again or use another copy."
+            ) from None
 
     def _data_hash(self, name: str, info: BlockInfo) -> str:
         algorithm = info.data_checksum.split(":", 1)[0]

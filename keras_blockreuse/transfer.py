@@ -6,6 +6,18 @@ every selected variable (class, presence, shape, dtype) and read and verify the 
 (checksums; casts that would overflow), then **assign** all of them — or, if anything failed,
 none — **freeze** if asked, and **report**.
 
+Reading: wherever the source allows it (block files, Keras `.weights.h5` / `.weights.json`,
+`.keras` archives, legacy `.h5`), values are read in two passes, so a full load needs memory
+for one variable, not the model. Pass 1 reads every selected value once and verifies it — a
+block file against its checksums; a Keras file, which carries none, against its layout (shape,
+dtype), keeping a 128-bit hash (xxh3_128) per value — and checks its cast to the model's
+dtype, keeping no value: a failure there changes no weight. Pass 2 reads each value again,
+checks it is the same (a block's checksum after its last value; a Keras file's value against
+its hash, before it is used) and assigns it at once. The bytes assigned are the bytes
+verified unless the file is rewritten in place during the load; that is raised, naming what
+was already loaded. Loads that adapt values (`on_mismatch="adapt"`) and sources without the
+two passes (a live model, a keras-hub preset) read and hold every selected value first.
+
 Pairing: a model layer takes a source layer's values only when the pairing is justified —
 
 1. `name`: the same name path (`block_1_0`, `features/conv`);
@@ -48,9 +60,10 @@ from keras_blockreuse.sources.structure import automatic_name
 ON_MISMATCH = ("error", "skip", "adapt")
 HOLD_BYTES = 4 << 20
 """Selected blocks of at most this many bytes are read once, verified and held until they
-are assigned; larger selections are verified in a first pass and assigned as a second pass
-reads them (memory for one variable). A second pass costs a one-block load a third of its
-time (benchmarks/RESULTS.md); holding 4 MiB costs less memory than Keras's own loading."""
+are assigned; larger selections from a source with two passes (block files, Keras files) are
+verified in a first pass and assigned as a second pass reads them (memory for one variable).
+A second pass costs a one-block load a third of its time (benchmarks/RESULTS.md); holding
+4 MiB costs less memory than Keras's own loading."""
 
 
 @dataclasses.dataclass
@@ -146,18 +159,25 @@ def load_blocks(
         _validate(plans, report, on_mismatch, src)
         if not nothing_asked:
             _refuse_empty(plans, report, src, target_blocks)
+        overflows: list = []
+        check = _cast_check(plans, overflows)
+        selected = [plan.source for plan in plans if any(layer.load for layer in plan.layers)]
         if _streams(src, plans) and _nbytes(src, plans) > HOLD_BYTES:
-            # Pass 1 verifies every selected block and keeps no value; pass 2 reads them again
-            # and assigns each value as it arrives: memory for one variable, not the blocks.
-            src.verify([plan.source for plan in plans
-                        if any(layer.load for layer in plan.layers)])
+            # Pass 1 verifies every selected value (checksums, or hashes kept for pass 2) and
+            # checks its cast, keeping no value; pass 2 reads them again and assigns each one
+            # as it arrives: memory for one variable, not the blocks.
+            src.verify(selected, check=check if _casts(plans) else None)
+        else:  # adaptation, a source without two passes, or a few MiB: every value is held
+            values = {name: src.read_block(name) for name in selected}
+            for name, layers in values.items():
+                for path, arrays in layers.items():
+                    for key, array in arrays.items():
+                        check(name, path, key, array)
+        _refuse_overflows(overflows, plans, report, on_mismatch)
+        if not nothing_asked:
+            _refuse_empty(plans, report, src, target_blocks)
+        if values is None:
             report.variables_loaded = _assign_streaming(plans, src)
-        else:
-            values = {plan.source: src.read_block(plan.source)
-                      for plan in plans if any(layer.load for layer in plan.layers)}
-            _check_casts(plans, values, report, on_mismatch)
-            if not nothing_asked:
-                _refuse_empty(plans, report, src, target_blocks)
         report.bytes_read = src.bytes_read
     if values is not None:
         report.variables_loaded = _assign(plans, values)
@@ -379,6 +399,7 @@ def _validate(plans: list[_BlockPlan], report: LoadReport, on_mismatch: str, src
         return
     if on_mismatch == "skip":
         report.skipped = list(report.mismatched)
+        _skip_whole_layers(plans, report)
         return
     lines = "\n".join(f"  - {m}" for m in report.mismatched)
     hints = ["on_mismatch='skip' to load the rest", "only=/exclude= to select fewer blocks"]
@@ -391,6 +412,24 @@ def _validate(plans: list[_BlockPlan], report: LoadReport, on_mismatch: str, src
         + "".join(_unpaired_table(plan, src) for plan in plans)
         + "Pass " + ", or ".join(hints) + "."
     )
+
+
+def _skip_whole_layers(plans: list[_BlockPlan], report: LoadReport) -> None:
+    """With `on_mismatch="skip"`, leaves every variable of a layer one of whose variables was
+    skipped, as Keras's `load_weights(skip_mismatch=True)` skips whole layers: a bias loaded
+    without its kernel would make a layer that no model trained."""
+    skipped = {(m.block, m.layer) for m in report.skipped}
+    for plan in plans:
+        for layer in plan.layers:
+            if layer.load and (plan.target, layer.target_path) in skipped:
+                for key in layer.load:
+                    value = layer.current[key]
+                    report.skipped.append(Mismatch(
+                        plan.target, layer.target_path, str(getattr(value, "name", key)),
+                        "left with its layer (another of its variables does not fit)",
+                        "-", f"{tuple(int(d) for d in value.shape)} "
+                             f"{keras.backend.standardize_dtype(value.dtype)}"))
+                layer.load.clear()
 
 
 def _variables_by_target_key(layer: _LayerPlan, by_name: bool) -> dict[str, VariableInfo]:
@@ -420,8 +459,12 @@ def _unpaired_table(plan: _BlockPlan, src: Source) -> str:
         right = plan.unpaired_target[i] if i < len(plan.unpaired_target) else "-"
         rows.append(f"{left:<{width}}{right}")
     fixes = ["give the layers the same names"]
-    fixes.append("load from a source whose layer order is known (a .blocks.h5 file, a live "
-                 "model, a .keras archive)")
+    if any(layer.order is None for layer in src.block_layers(plan.source)):
+        fixes.append("load from a source whose layer order is known (a .blocks.h5 file, a "
+                     "live model, a .keras archive)")
+    else:  # the order is known on both sides, so the layer counts differ
+        fixes.append("select blocks whose layers correspond one to one (blocks=, "
+                     "source_blocks=, only=)")
     if str(src.info.get("format", "")).startswith("Keras legacy"):
         fixes.append("use a whole-model file (Keras 2 `model.save('model.h5')`), whose "
                      "model_config records the order of a nested model's layers")
@@ -460,37 +503,54 @@ def _adapter(var: VariableInfo, shape: tuple, unit):
     return adapter_for(var, shape, unit)
 
 
-def _check_casts(plans: list[_BlockPlan], values: dict, report: LoadReport,
-                 on_mismatch: str) -> None:
-    """Refuses (or skips) values that become infinite, NaN or wrapped in the model's dtype."""
-    found = []
+def _cast_check(plans: list[_BlockPlan], found: list):
+    """A `check(source block, layer path, key, array)` that appends `(layer, key, Mismatch)`
+    to `found` for each value to be assigned as it is whose cast to the model's dtype would
+    make it infinite, NaN or wrapped; run on every value before anything is assigned."""
+    targets = {}
     for plan in plans:
         for layer in plan.layers:
-            for key, transform in list(layer.load.items()):
-                if transform is not None:
-                    continue
-                array = values[plan.source][layer.source.path][layer.keys[key]]
-                target = layer.current[key]
-                dtype = keras.backend.standardize_dtype(target.dtype)
-                magnitude = _overflow(np.asarray(array), dtype)
-                if magnitude is None:
-                    continue
-                mismatch = Mismatch(
-                    plan.target, layer.target_path, str(getattr(target, "name", key)),
-                    f"value {magnitude:.6g} does not fit {dtype} (it would become "
-                    f"{'inf or NaN' if 'float' in dtype else 'another number'})",
-                    f"{tuple(array.shape)} {array.dtype}", f"{tuple(target.shape)} {dtype}")
-                found.append(mismatch)
-                del layer.load[key]
+            for key, transform in layer.load.items():
+                if transform is None:
+                    targets[plan.source, layer.source.path, layer.keys[key]] = (plan, layer, key)
+
+    def check(block: str, path: str, source_key: str, array) -> None:
+        entry = targets.get((block, path, source_key))
+        if entry is None:
+            return
+        plan, layer, key = entry
+        array = np.asarray(array)
+        target = layer.current[key]
+        dtype = keras.backend.standardize_dtype(target.dtype)
+        magnitude = _overflow(array, dtype)
+        if magnitude is not None:
+            found.append((layer, key, Mismatch(
+                plan.target, layer.target_path, str(getattr(target, "name", key)),
+                f"value {magnitude:.6g} does not fit {dtype} (it would become "
+                f"{'inf or NaN' if 'float' in dtype else 'another number'})",
+                f"{tuple(array.shape)} {array.dtype}", f"{tuple(target.shape)} {dtype}")))
+
+    return check
+
+
+def _refuse_overflows(found: list, plans: list[_BlockPlan], report: LoadReport,
+                      on_mismatch: str) -> None:
+    """Refuses the values `_cast_check` found, before anything is assigned; with
+    `on_mismatch="skip"`, leaves their layers whole instead."""
     if not found:
         return
-    report.mismatched.extend(found)
+    mismatches = []
+    for layer, key, mismatch in found:
+        layer.load.pop(key, None)
+        mismatches.append(mismatch)
+    report.mismatched.extend(mismatches)
     if on_mismatch == "skip":
-        report.skipped.extend(found)
+        report.skipped.extend(mismatches)
+        _skip_whole_layers(plans, report)
         return
-    lines = "\n".join(f"  - {m}" for m in found)
+    lines = "\n".join(f"  - {m}" for m in mismatches)
     raise BlockMismatchError(
-        f"{len(found)} variable(s) hold values that the model's dtype cannot represent; "
+        f"{len(mismatches)} variable(s) hold values that the model's dtype cannot represent; "
         f"nothing was loaded:\n{lines}\n"
         "Pass on_mismatch='skip' to load the rest, or use a wider dtype for these layers."
     )
@@ -611,18 +671,24 @@ def _assign(plans: list[_BlockPlan], values: dict) -> int:
 
 
 def _streams(src: Source, plans: list[_BlockPlan]) -> bool:
-    """True when the source can verify blocks without keeping their values (a block file:
-    checksums) and every value is assigned as stored: no adaptation, no cast to check."""
+    """True when the source can be loaded in two passes (`verify`, then `iter_values`: block
+    files and every `LayerSource`) and every value is assigned as read, not adapted."""
     if not (callable(getattr(src, "verify", None)) and callable(getattr(src, "iter_values", None))):
         return False
+    return all(transform is None for plan in plans for layer in plan.layers
+               for transform in layer.load.values())
+
+
+def _casts(plans: list[_BlockPlan]) -> bool:
+    """True when some value is stored in another dtype than its model variable's."""
     for plan in plans:
         for layer in plan.layers:
             stored = {v.key: v.dtype for v in layer.source.variables}
-            for key, transform in layer.load.items():
+            for key in layer.load:
                 dtype = keras.backend.standardize_dtype(layer.current[key].dtype)
-                if transform is not None or stored.get(layer.keys[key]) != dtype:
-                    return False
-    return True
+                if stored.get(layer.keys[key]) != dtype:
+                    return True
+    return False
 
 
 def _nbytes(src: Source, plans: list[_BlockPlan]) -> int:
@@ -640,11 +706,13 @@ def _nbytes(src: Source, plans: list[_BlockPlan]) -> int:
 def _assign_streaming(plans: list[_BlockPlan], src: Source) -> int:
     """Assigns every validated variable as its value is read, after `src.verify` passed.
 
-    The source was verified in full before this runs, and a reader holds its file open, so
-    the bytes read here are those verified — unless the file is rewritten in place during
-    the load (writers of block files replace them atomically, which an open file does not
-    see). The block's checksum is checked again after its last value; a difference is
-    raised naming what was already assigned.
+    `src.verify` read every selected value before the first assignment (checking block
+    checksums, shapes, dtypes and casts), and the source holds its file open, so the bytes
+    assigned here are the bytes verified — unless the file is rewritten in place during the
+    load (writers of block files replace them atomically, which an open file does not see).
+    That is detected: a block file's checksum is checked again after the block's last value;
+    a Keras file's values (no checksums of their own) are each compared with the hash pass 1
+    kept, before the value is used. A difference is raised, naming what was already assigned.
     """
     count = 0
     done: list[str] = []
@@ -655,6 +723,7 @@ def _assign_streaming(plans: list[_BlockPlan], src: Source) -> int:
         target_keys = {path: {layer.keys[k]: k for k in layer.load}
                        for path, layer in layers.items()}
         pending: dict[str, dict] = {}  # layers that load through load_own_variables
+        assigned: list[str] = []  # layers of this block with a value assigned
         try:
             for path, source_key, array in src.iter_values(plan.source):
                 layer = layers.get(path)
@@ -664,6 +733,8 @@ def _assign_streaming(plans: list[_BlockPlan], src: Source) -> int:
                 count += 1
                 if _loads_directly(layer.unit, layer.current):
                     _assign_variable(layer.current[key], array)
+                    if layer.target_path not in assigned:
+                        assigned.append(layer.target_path)
                     continue
                 loaded = pending.setdefault(path, {})
                 loaded[key] = array
@@ -672,13 +743,15 @@ def _assign_streaming(plans: list[_BlockPlan], src: Source) -> int:
                         k: loaded[k] if k in loaded else to_numpy(current)
                         for k, current in layer.current.items()
                     })
+                    assigned.append(layer.target_path)
                     del pending[path]
         except BlockFileError as error:
             raise BlockFileError(
                 f"{src.description} changed while it was being loaded: it was verified in "
                 f"full before the first assignment, then read again differently ({error}). "
-                f"Blocks {done} and part of {plan.target!r} were loaded; the rest were not. "
-                "Something rewrote the file in place during the load; load it again."
+                f"Blocks {done} and part of {plan.target!r} were loaded (of it, layers "
+                f"{assigned}); the rest were not. Something rewrote the file in place during "
+                "the load; load it again."
             ) from None
         done.append(plan.target)
     return count

@@ -14,7 +14,7 @@ import pytest
 from keras_blockreuse import BlockFileError, BlockMismatchError, load_blocks
 from keras_blockreuse.sources.keras_files import keras_file_kind, open_keras_file
 from keras_blockreuse.sources.structure import structural_names
-from tests.helpers import UpDown, assert_same, randomize, snapshot
+from tests.helpers import UpDown, assert_same, dense_stack, randomize, snapshot
 
 L = keras.layers
 VGG_RULE = r"^(block\d+)_"
@@ -534,3 +534,173 @@ def test_the_checked_listing_holds_what_hdf5_reads(vgg_files):
                     texts += 1
                     assert value.decode() == text_attribute(f[name.decode()], key.decode())
         assert texts >= 16  # every layer's `name`
+
+
+# --- streaming loads from Keras files: pass 1 checks and hashes, pass 2 compares and assigns --
+
+
+def small_cnn(name, dtype=None):
+    """Conv, BatchNormalization (non-trainable variables), Dense: four blocks."""
+    inputs = keras.Input((8, 8, 3))
+    x = L.Conv2D(4, 3, name="block_1_0", dtype=dtype)(inputs)
+    x = L.BatchNormalization(name="block_1_1", dtype=dtype)(x)
+    x = L.Flatten()(x)
+    x = L.Dense(5, name="block_2_0", dtype=dtype)(x)
+    x = L.Dense(6, name="block_3_0", dtype=dtype)(x)
+    outputs = L.Dense(3, name="head", dtype=dtype)(x)
+    return keras.Model(inputs, outputs, name=name)
+
+
+def deflate(source, path):
+    """The archive again with every member deflated."""
+    with zipfile.ZipFile(source) as src, zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as dst:
+        for info in src.infolist():
+            dst.writestr(info.filename, src.read(info), compress_type=zipfile.ZIP_DEFLATED)
+
+
+def save_as(model, kind, folder, name="m"):
+    """`model` saved as a Keras file of `kind`; its path."""
+    if kind == "weights":
+        path = str(folder / f"{name}.weights.h5")
+        model.save_weights(path)
+    elif kind in ("keras", "keras_deflated"):
+        path = str(folder / f"{name}.keras")
+        model.save(path)
+        if kind == "keras_deflated":
+            deflated = str(folder / f"{name}_deflated.keras")
+            deflate(path, deflated)
+            with zipfile.ZipFile(deflated) as archive:
+                assert archive.getinfo("model.weights.h5").compress_type == zipfile.ZIP_DEFLATED
+            path = deflated
+    else:
+        path = str(folder / f"{name}_keras2.h5")
+        write_keras2(model, path)
+    return path
+
+
+@pytest.fixture
+def streams_all(monkeypatch):
+    """Loads of any size stream (`transfer.HOLD_BYTES` holds a few MiB in one pass)."""
+    from keras_blockreuse import transfer
+
+    monkeypatch.setattr(transfer, "HOLD_BYTES", 0)
+
+
+def streaming_source(path, source_model=None):
+    """The file opened as a source whose `read_block` (the path that holds every value)
+    fails, so a load that succeeds went through `verify` and `iter_values`."""
+    source = open_keras_file(path, source_model=source_model)
+
+    def read_block(name):
+        raise AssertionError(f"read_block({name!r}): the load did not stream")
+
+    source.read_block = read_block
+    return source
+
+
+@pytest.mark.usefixtures("streams_all")
+@pytest.mark.parametrize("kind", ["weights", "keras", "keras_deflated", "keras2"])
+def test_streaming_loads_from_keras_files_are_bit_identical(kind, tmp_path):
+    source = small_cnn("source")
+    randomize(source, seed=11)
+    path = save_as(source, kind, tmp_path)
+    target = small_cnn("target")
+    report = load_blocks(target, streaming_source(path, source if kind == "weights" else None))
+    assert report.ok and list(report.loaded) == ["block_1", "block_2", "block_3", "head"]
+    assert report.variables_loaded == len(target.weights) == 12
+    assert report.bytes_read == sum(4 * int(np.prod(v.shape)) for v in target.weights)
+    assert_same(snapshot(source), snapshot(target))  # the same layer names: same paths
+
+
+@pytest.mark.usefixtures("streams_all")
+@pytest.mark.parametrize("kind", ["weights", "keras", "keras2"])
+def test_an_overflow_found_late_in_the_first_pass_changes_no_weight(kind, tmp_path):
+    """float32 values into a float16 model: every value is checked for its cast in pass 1;
+    the one that does not fit is the last value of the last block, so a load that assigned
+    while checking would have changed every other weight."""
+    source = small_cnn("source")
+    randomize(source, seed=12)
+    bias = source.get_layer("head").bias
+    bias.assign(np.array([0.5, -1e6, 0.25], dtype="float32"))  # float16 ends at 65504
+    path = save_as(source, kind, tmp_path)
+    target = small_cnn("target", dtype="float16")
+    before = snapshot(target)
+    with pytest.raises(BlockMismatchError, match=r"(?s)1 variable\(s\) hold values.*"
+                       r"head.*value -1e\+06 does not fit float16"):
+        load_blocks(target, streaming_source(path, source if kind == "weights" else None))
+    assert_same(before, snapshot(target))
+    report = load_blocks(target, streaming_source(path, source if kind == "weights" else None),
+                         on_mismatch="skip")  # the rest loads, cast, still streaming
+    assert [(m.layer, m.variable) for m in report.skipped] == [("head", "bias"),
+                                                               ("head", "kernel")]
+    assert_same(before, snapshot(target), ["head/kernel", "head/bias"])  # left whole
+    kernel = np.asarray(target.get_layer("block_3_0").kernel)
+    assert kernel.dtype == np.float16
+    assert kernel.tobytes() == np.asarray(source.get_layer("block_3_0").kernel).astype(
+        np.float16).tobytes()
+
+
+@pytest.mark.usefixtures("streams_all")
+@pytest.mark.parametrize("kind", ["weights", "keras"])
+def test_a_keras_file_rewritten_in_place_between_the_passes_is_detected(kind, tmp_path):
+    """A real byte of block_3's kernel changed in the file after pass 1: pass 2 finds its
+    hash differs before using it, and the error names what was loaded. The kernels are
+    larger than HDF5's 64 KiB sieve buffer, so pass 2 reads the file again."""
+    source = dense_stack(160, depth=4, name="source")
+    randomize(source, seed=13)
+    path = save_as(source, kind, tmp_path)
+    with open(path, "rb") as f:
+        data = f.read()
+    kernel = np.asarray(source.get_layer("block_3_0").kernel).tobytes()
+    offset = data.find(kernel)
+    assert offset > 0 and data.find(kernel, offset + 1) == -1  # stored once, in place
+
+    target = dense_stack(160, depth=4, name="target")
+    before = snapshot(target)
+    src = streaming_source(path)
+    verify = src.verify
+
+    def verify_then_rewrite(names, check=None):
+        verify(names, check=check)
+        with open(path, "r+b") as f:  # in place: same inode, as `os.replace` never does
+            f.seek(offset + 70_000)
+            byte = f.read(1)
+            f.seek(offset + 70_000)
+            f.write(bytes([byte[0] ^ 0x01]))
+
+    src.verify = verify_then_rewrite
+    with pytest.raises(BlockFileError, match=r"(?s)changed while it was being loaded.*variable '0' "
+                       r"of layer 'block_3_0' \(block 'block_3'\) is not what the first pass "
+                       r"read.*Blocks \['block_1', 'block_2'\] and part of 'block_3' were "
+                       r"loaded \(of it, layers \[\]\); the rest were not"):
+        load_blocks(target, src)
+    after, expected = snapshot(target), snapshot(source)  # the same layer names: same paths
+    assert_same(expected, after, [v.path for n in ("block_1_0", "block_2_0")
+                                  for v in target.get_layer(n).weights])
+    assert_same(before, after, [v.path for n in ("block_3_0", "block_4_0")
+                                for v in target.get_layer(n).weights])
+    assert expected["block_3_0/kernel"].tobytes() != before["block_3_0/kernel"].tobytes()
+
+
+def test_a_deflated_archive_is_bounded_from_its_config_without_its_values(tmp_path,
+                                                                           monkeypatch):
+    """The inflation bound comes from the config's model built with uninitialized variables
+    (no second copy of the model in memory), which leave no trace in Keras's global state."""
+    from keras.src.backend.common import global_state
+    from keras.src.backend.common.stateless_scope import in_stateless_scope
+
+    from keras_blockreuse.sources import keras_archive
+
+    source = small_cnn("source")
+    randomize(source, seed=14)
+    path = save_as(source, "keras_deflated", tmp_path)
+    builds = []
+    build = keras_archive.model_from_config
+    monkeypatch.setattr(keras_archive, "model_from_config",
+                        lambda *a: builds.append(in_stateless_scope()) or build(*a))
+    pending = list(global_state.get_global_attribute("uninitialized_variables") or [])
+    target = small_cnn("target")
+    assert load_blocks(target, path).ok
+    assert builds == [True]  # once, stateless: no model rebuilt with values for pairing
+    assert list(global_state.get_global_attribute("uninitialized_variables") or []) == pending
+    assert_same(snapshot(source), snapshot(target))

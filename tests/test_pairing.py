@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 from keras_blockreuse import BlockMismatchError, load_blocks, save_blocks
+from keras_blockreuse.store import BlockFile
 from tests.helpers import UpDown, snapshot
 
 L = keras.layers
@@ -106,11 +107,11 @@ def test_same_class_sub_layers_with_automatic_names_keep_their_own_values(tmp_pa
                                            (target.layers[0].down.weights, down)], blocks=NET)
     if kind in ("weights", "keras", "blocks"):
         assert report is not None  # these formats know enough to pair them
-        assert report.pairing["net"] == ("order" if kind == "blocks" else "path")
-        assert "│ " + report.pairing["net"] in str(report)
+        assert report.pairing["net"] == "path"  # block files record the paths of automatic names
+        assert "│ path" in str(report)
 
 
-@pytest.mark.parametrize("kind", ["weights", "keras"])
+@pytest.mark.parametrize("kind", ["weights", "keras", "blocks"])
 def test_automatic_names_that_swap_with_creation_order_pair_by_path(tmp_path, kind):
     # Found by a fresh-user test: a fresh process, the sub-layers created in the other order.
     # The names `dense` / `dense_1` then match crosswise; the Keras paths (`.../up`) do not.
@@ -128,10 +129,12 @@ def test_automatic_names_that_swap_with_creation_order_pair_by_path(tmp_path, ki
     target = build(True)
     enc = target.get_layer("enc")
     assert (enc.up.name, enc.down.name) == ("dense_1", "dense")  # the source's, crosswise
-    report = load_blocks(target, path)
-    assert report.ok and report.pairing["enc"] == "path"
-    assert sorted(report.layer_pairs["enc"]) == [("enc/dense", "enc/dense_1"),
-                                                 ("enc/dense_1", "enc/dense")]
+    block, options = ("net", {"blocks": NET}) if kind == "blocks" else ("enc", {})
+    report = load_blocks(target, path, **options)
+    assert report.ok and report.pairing[block] == "path"
+    assert sorted(report.layer_pairs[block]) == [("enc/dense", "enc/dense_1"),
+                                                 ("enc/dense_1", "enc/dense")] + (
+        [("head", "head")] if kind == "blocks" else [])
     assert_bits(values(enc.up.weights), up)
     assert_bits(values(enc.down.weights), down)
 
@@ -180,9 +183,15 @@ def test_functional_conv_chain_with_automatic_names(tmp_path, kind):
 
 def test_order_pairing_checks_the_layer_class(tmp_path):
     """Same shapes, other classes: a Conv2D never takes a Conv2DTranspose's kernel by order."""
-    source = conv_chain()
+    inputs = keras.Input((8, 8, 4))
+    x = inputs
+    for i, cls in enumerate((L.Conv2D, L.Conv2DTranspose, L.Conv2DTranspose, L.Conv2D)):
+        x = cls(4, 3, padding="same", name=f"src_{i}")(x)  # named: no Keras path is recorded
+    source = keras.Model(inputs, x)
     path = str(tmp_path / "chain.blocks.h5")
     save_blocks(source, path, blocks=NET)
+    with BlockFile(path) as file:
+        assert [layer.keras_path for layer in file.block("net").layers] == [None] * 4
     inputs = keras.Input((8, 8, 4))
     x = inputs
     for cls in (L.Conv2D, L.Conv2D, L.Conv2DTranspose, L.Conv2DTranspose):
@@ -262,6 +271,27 @@ def test_keras2_weights_only_nested_order_unknown_is_refused(keras2_files):
     table = str(e.value).split("model layers (unpaired)")[1]
     assert "sequential/dense_1        sequential_1/dense_3" in table  # side by side
     assert "model_config" in str(e.value)
+    assert "load from a source whose layer order is known" in str(e.value)
+    assert all(before[k].tobytes() == v.tobytes() for k, v in snapshot(target).items())
+
+
+def test_a_block_file_whose_layers_do_not_correspond_is_refused_with_a_fitting_hint(tmp_path):
+    def dense_net(widths, prefix):
+        inputs = keras.Input((4,))
+        x = inputs
+        for i, width in enumerate(widths):
+            x = L.Dense(width, name=f"{prefix}{i}")(x)
+        return keras.Model(inputs, x)
+
+    path = str(tmp_path / "two.blocks.h5")
+    save_blocks(dense_net([4, 4], "a"), path, blocks=NET)
+    target = dense_net([4, 4, 4], "b")
+    before = snapshot(target)
+    with pytest.raises(BlockMismatchError, match="could not be paired") as e:
+        load_blocks(target, path, blocks=NET)
+    message = str(e.value)
+    assert "select blocks whose layers correspond one to one" in message
+    assert ".blocks.h5 file" not in message  # the user is loading one: its order is known
     assert all(before[k].tobytes() == v.tobytes() for k, v in snapshot(target).items())
 
 
@@ -303,11 +333,23 @@ def test_a_value_that_overflows_the_target_dtype_is_a_mismatch(tmp_path):
         load_blocks(target, path)
     assert "d / d / kernel" in str(e.value) and "float32" in str(e.value)
     assert all(before[k].tobytes() == v.tobytes() for k, v in snapshot(target).items())
-    report = load_blocks(target, path, on_mismatch="skip")
-    assert not report.ok and [m.variable for m in report.skipped] == ["kernel"]
-    assert values([target.layers[0].kernel])[0].tobytes() == before["t/d/kernel"].tobytes()
-    assert values([target.layers[0].bias])[0].tobytes() == \
-        np.array([0.5, -0.25], "float16").tobytes()
+    target2 = keras.Sequential([keras.Input((2,)), L.Dense(2, name="d", dtype="float16"),
+                                L.Dense(1, name="e", dtype="float16")], name="t2")
+    source2 = keras.Sequential([keras.Input((2,)), L.Dense(2, name="d"), L.Dense(1, name="e")],
+                               name="s2")
+    source2.set_weights([*(w.numpy() for w in source.layers[0].weights),
+                         np.array([[0.75], [1.5]], "float32"), np.array([-2.0], "float32")])
+    save_blocks(source2, path)
+    before = snapshot(target2)
+    report = load_blocks(target2, path, on_mismatch="skip")
+    # The whole layer `d` is left (its bias fits, its kernel does not); `e` loads.
+    assert not report.ok and [m.variable for m in report.skipped] == ["kernel", "bias"]
+    assert list(report.loaded) == ["e"] and report.variables_loaded == 2
+    assert all(before[f"t2/d/{k}"].tobytes() == values([getattr(target2.layers[0], k)])[0]
+               .tobytes() for k in ("kernel", "bias"))
+    assert values(target2.layers[1].weights)[0].tobytes() == \
+        np.array([[0.75], [1.5]], "float16").tobytes()
+    save_blocks(source, path)
     # A negative value is named with its sign.
     source.layers[0].kernel.assign(np.array([[1.0, -65520.0], [2.0, 3.0]], "float32"))
     save_blocks(source, path)

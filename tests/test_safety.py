@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from keras_blockreuse import BlockFileError, BlockMismatchError, load_blocks
-from keras_blockreuse.safety import check_zip
+from keras_blockreuse.safety import GuardedSource, check_zip
 from keras_blockreuse.sources.keras_files import open_keras_file
 from keras_blockreuse.zip_member import StoredMember
 
@@ -151,8 +151,12 @@ def test_declared_shape_far_larger_than_the_file_is_refused_unread(tmp_path):
         assert layer.variables[0].shape == (100_000, 100_000)
     with pytest.raises(BlockMismatchError, match=r"source \(100000, 100000\) float32"):
         load_blocks(target, path)  # validated against the model before any read
-    with pytest.raises(BlockFileError, match=r"declares shape \(100000, 100000\).*Nothing was read"):
-        load_blocks(target, path, on_mismatch="skip")
+    report = load_blocks(target, path, on_mismatch="skip")  # the whole layer is left, unread
+    assert report.not_loaded == ["block_1"] and list(report.loaded) == ["head"]
+    assert report.bytes_read == (3 * 2 + 2) * 4  # the head's kernel and bias only
+    with open_keras_file(path) as source, pytest.raises(
+            BlockFileError, match=r"declares shape \(100000, 100000\).*Nothing was read"):
+        source.read_block("block_1")  # a reader asked for it anyway refuses before reading
 
 
 def test_a_name_attribute_that_is_not_text_is_refused_unread(weights):
@@ -232,3 +236,18 @@ def test_hard_link_cycle_is_refused(weights):
     with pytest.raises(BlockFileError, match=r"'/layers/dense/loop'|/layers/dense/loop is a "
                        r"hard link to one of its own enclosing groups"):
         open_keras_file(weights)
+
+
+def test_a_guarded_source_guards_the_values_it_yields():
+    """A streaming load's second pass reads through a generator; a failure inside it (a file
+    truncated between the passes) is a BlockFileError naming the file, like any other call."""
+
+    class Truncated:
+        def iter_values(self, name):
+            yield "dense", "0", np.zeros(2, "float32")
+            raise OSError("Can't read data (addr overflow)")
+
+    values = GuardedSource(Truncated, "'m.weights.h5'").iter_values("block_1")
+    assert next(values)[:2] == ("dense", "0")
+    with pytest.raises(BlockFileError, match=r"Cannot read 'm.weights.h5'.*OSError: Can't read"):
+        next(values)

@@ -157,6 +157,20 @@ def test_flipped_byte_in_layout_is_detected(saved):
         load_blocks(seed_cnn(), path, only=["block_1"])
 
 
+def test_flipped_byte_that_breaks_the_layout_text_is_named(saved):
+    _, path = saved
+    _flip(path, _data_offset(path, "block_1/.layout"))  # '[' -> 0xa4: not UTF-8
+    target = seed_cnn()
+    before = snapshot(target)
+    with pytest.raises(BlockFileError) as raised:
+        load_blocks(target, path, only=["block_1"])
+    assert str(raised.value) == (
+        f"{path} is corrupt: /block_1/.layout should be UTF-8 text (JSON), but byte 0xa4 at "
+        "position 0 is not (invalid start byte). Its bytes changed after it was written; "
+        "save it again or use another copy.")
+    assert_same(before, snapshot(target))
+
+
 def test_lazy_read_touches_only_selected_blocks(saved):
     model, path = saved
     with BlockFile(path) as f:
@@ -182,7 +196,7 @@ def test_other_files_are_refused_clearly(tmp_path):
         read_blocks(other)
     text = tmp_path / "text.blocks.h5"
     text.write_text("hello")
-    with pytest.raises(BlockFileError, match="Cannot read block file"):
+    with pytest.raises(BlockFileError, match=r"is not an HDF5 file \(5 bytes, starting b'hello'\)"):
         read_blocks(text)
     with pytest.raises(BlockFileError, match="No such block file"):
         read_blocks(tmp_path / "absent.blocks.h5")

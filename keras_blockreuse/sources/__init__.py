@@ -14,7 +14,10 @@ of `LayerInfo`: name path, class name, variables with key, name, shape and dtype
 pairing keys `keras_path` and `order`, each `None` where the source cannot know it), and
 `read_block(name)` (`{layer path: {key: array}}`), plus `description`, `bytes_read`, `info`
 and `close()`. A source whose files carry no block grouping subclasses `LayerSource` and
-implements only `layers()` and `read_layer(layer)`; a block rule groups its layers.
+implements only `layers()` and `read_layer(layer)` (or `iter_layer(layer)`, one value at a
+time); a block rule groups its layers. A `LayerSource` is loaded in two passes
+(`verify`, `iter_values`: see `LayerSource`), so its values are read twice and must be the
+same both times, with the shapes and dtypes its `LayerInfo` declares.
 
 Adding a kind of source (for example a keras-hub preset directory):
 

@@ -16,11 +16,12 @@ import functools
 import math
 import os
 import types
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 
 from keras_blockreuse.blocks import BlockRule, resolve_rule
+from keras_blockreuse.errors import BlockFileError
 from keras_blockreuse.safety import GuardedSource, check_regular_file, reading
 
 
@@ -87,6 +88,13 @@ class LayerInfo:
 class Source:
     """The interface `load_blocks`, `convert` and the CLI read from.
 
+    A source that can be loaded in two passes also has `verify(names, check=None)` (pass 1:
+    read every value of the named blocks, call `check(block, layer path, key, array)` on each
+    when given, keep no value) and `iter_values(name)` (pass 2: yield one block's values,
+    `(layer path, key, array)`, and raise `BlockFileError` when they are not the bytes pass 1
+    read). `load_blocks` then assigns each value as it arrives: memory for one variable, not
+    the model. Block files and every `LayerSource` have them.
+
     Attributes:
         description: how the source is named in reports and errors.
         bytes_read: bytes of values read so far.
@@ -127,19 +135,90 @@ class LayerSource(Source):
     """A source made of layers with no block grouping of its own.
 
     Subclasses implement `layers()` (every layer, in computation order where known) and
-    `read_layer()`; the grouping comes from a block rule applied to each layer's top-level
-    name.
+    `read_layer()` (or `iter_layer()`, one value at a time); the grouping comes from a block
+    rule applied to each layer's top-level name.
+
+    Its files (Keras weights files, `.keras` archives, legacy `.h5`) carry no checksums, so a
+    streaming load verifies against the source itself: `verify` reads every value once, checks
+    it against the layout (`block_layers`: shape and dtype) and keeps only a 128-bit hash of
+    it (xxh3_128 over dtype, shape and bytes); `iter_values` reads each value again and
+    yields it only if its hash is the same. So the values a streaming load assigns are the
+    bytes pass 1 read and checked, unless the file is rewritten in place between the passes,
+    which is then raised before the changed value is used.
     """
 
     def __init__(self, rule: BlockRule = None):
         self._rule = rule
         self._groups: dict[str, tuple[LayerInfo, ...]] | None = None
+        self._hashes: dict[tuple[str, str, str], bytes] = {}
 
     def layers(self) -> list[LayerInfo]:
         raise NotImplementedError
 
     def read_layer(self, layer: LayerInfo) -> dict[str, np.ndarray]:
         raise NotImplementedError
+
+    def iter_layer(self, layer: LayerInfo,
+                   scratch: list | None = None) -> Iterator[tuple[str, np.ndarray]]:
+        """A layer's values one at a time, `(key, array)`; by default from `read_layer`.
+
+        File readers override it to read one variable at a time and, given `scratch` (a list
+        holding one reusable buffer; see `hdf5.read_checked`), may read each value into that
+        buffer, valid until the next one is read.
+        """
+        yield from self.read_layer(layer).items()
+
+    def verify(self, names: Sequence[str],
+               check: Callable[[str, str, str, np.ndarray], None] | None = None) -> None:
+        """Pass 1 of a streaming load: reads every value of the named blocks once, checks its
+        shape and dtype against the layout, passes it to `check(block, layer path, key,
+        array)` when given, and keeps only its hash, for `iter_values` to compare.
+
+        Memory: one reusable buffer, the size of the largest variable; each array passed to
+        `check` is valid only during the call.
+
+        Raises:
+            BlockFileError: a value is not what the layout declares (the file is damaged, or
+                the reader inconsistent), or cannot be read.
+        """
+        hashes = {}
+        scratch: list = []
+        for name in names:
+            for layer in self.block_layers(name):
+                declared = {v.key: v for v in layer.variables}
+                for key, value in self.iter_layer(layer, scratch):
+                    array = _declared_array(value, declared.pop(key, None), layer, key, self)
+                    if check is not None:
+                        check(name, layer.path, key, array)
+                    hashes[name, layer.path, key] = value_digest(array)
+                if declared:
+                    raise BlockFileError(
+                        f"{self.description}: layer {layer.path!r} declares variables "
+                        f"{sorted(declared)} that reading it did not give.")
+        self._hashes = hashes
+
+    def iter_values(self, name: str) -> Iterator[tuple[str, str, np.ndarray]]:
+        """Pass 2: one verified block's values as read again, `(layer path, key, array)`,
+        each yielded only after its hash matched the one `verify` kept.
+
+        Raises:
+            BlockFileError: a value differs from what `verify` read (the file was rewritten in
+                place between the passes); raised before that value is yielded.
+            ValueError: the block was not verified first.
+        """
+        for layer in self.block_layers(name):
+            for key, value in self.iter_layer(layer):
+                expected = self._hashes.get((name, layer.path, key))
+                if expected is None:
+                    raise ValueError(f"Block {name!r} of {self.description} was not verified "
+                                     "(`verify`) before `iter_values`.")
+                array = np.asarray(value)
+                if value_digest(array) != expected:
+                    raise BlockFileError(
+                        f"variable {key!r} of layer {layer.path!r} (block {name!r}) is not "
+                        "what the first pass read")
+                self.bytes_read += int(array.nbytes)
+                yield layer.path, key, array
 
     def _grouped(self) -> dict[str, tuple[LayerInfo, ...]]:
         if self._groups is None:
@@ -169,6 +248,34 @@ class LayerSource(Source):
             self.bytes_read += sum(int(v.nbytes) for v in values.values())
             out[layer.path] = values
         return out
+
+
+def value_digest(array: np.ndarray) -> bytes:
+    """A 128-bit hash (xxh3_128) of an array's dtype, shape and bytes."""
+    import xxhash
+
+    digest = xxhash.xxh3_128(f"{array.dtype.str}|{array.dtype.name}|{array.shape}".encode())
+    digest.update(np.ascontiguousarray(array).reshape(-1).view(np.uint8))
+    return digest.digest()
+
+
+def _declared_array(value, var: VariableInfo | None, layer: LayerInfo, key: str,
+                    source: Source) -> np.ndarray:
+    """`value` as an array, refused unless it has the shape and dtype its layout declares."""
+    array = np.asarray(value)
+    if var is None:
+        raise BlockFileError(f"{source.description}: reading layer {layer.path!r} gave a "
+                             f"variable {key!r} that its layout does not declare.")
+    try:
+        same_dtype = array.dtype.newbyteorder("=") == numpy_dtype(var.dtype)
+    except TypeError:
+        same_dtype = False
+    if tuple(array.shape) != var.shape or not same_dtype:
+        raise BlockFileError(
+            f"{source.description}: variable {key!r} of layer {layer.path!r} is declared "
+            f"{var.shape} {var.dtype} but reads as {tuple(array.shape)} {array.dtype}; the "
+            "file is damaged or changed while it was read.")
+    return array
 
 
 # Readers of other kinds of sources: `(source) -> bool` recognisers paired with
@@ -228,6 +335,12 @@ def open_source(source, rule: BlockRule = None, **options) -> Source:
                     return GuardedSource(functools.partial(open_, path, rule, **options),
                                          repr(path))
         check_regular_file(path)  # a FIFO would block the first open forever
+        if os.path.isfile(path) and os.path.getsize(path) == 0:
+            raise BlockFileError(
+                f"{path!r} is empty (0 bytes), so it holds no weights; expected a .blocks.h5 "
+                "file or a Keras .weights.h5, .keras or .h5 file. An interrupted download or "
+                "copy leaves an empty file: fetch or save it again."
+            )
         if not is_block_file(path):
             from keras_blockreuse.sources.keras_files import open_sniffed, sniff
 

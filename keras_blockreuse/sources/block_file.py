@@ -49,9 +49,20 @@ class BlockFileSource(Source):
     def read_block(self, name: str) -> dict[str, dict[str, np.ndarray]]:
         return self._file.read_block(name)
 
-    def verify(self, names: list[str]) -> None:
-        """Checks the named blocks against their checksums, keeping no value."""
-        self._file.verify(names)
+    def verify(self, names: list[str], check=None) -> None:
+        """Checks the named blocks against their checksums, keeping no value; with `check`,
+        also calls `check(block, layer path, key, array)` on each value as read (one at a
+        time, in new memory), before its block's checksum is checked."""
+        if check is None:
+            self._file.verify(names)  # into one reusable buffer
+            return
+        counted = self._file.bytes_read  # bytes of values delivered: counted in pass 2
+        try:
+            for name in names:
+                for path, key, array in self._file.iter_values(name):
+                    check(name, path, key, array)
+        finally:
+            self._file.bytes_read = counted
 
     def iter_values(self, name: str):
         """One block's values as read, `(layer path, key, array)`; checked after the last."""

@@ -22,7 +22,7 @@ import functools
 import json
 import os
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import h5py
 import numpy as np
@@ -36,7 +36,7 @@ from keras_blockreuse.safety import (
     text_attribute,
 )
 from keras_blockreuse.sources.base import LayerInfo, LayerSource, VariableInfo
-from keras_blockreuse.sources.hdf5 import dtype_of, open_h5, read_dataset
+from keras_blockreuse.sources.hdf5 import Checked, check_dataset, dtype_of, open_h5, read_checked
 
 # Top-level groups of a Keras weights file that hold no layer state.
 NOT_LAYERS = {"optimizer", "compile_metrics", "metrics", "loss", "_compile_metrics"}
@@ -111,6 +111,7 @@ class KerasWeightsSource(LayerSource):
         self._sizes = sizes
         self._on_close = on_close
         self._datasets: dict[tuple[int, str], h5py.h5d.DatasetID] = {}
+        self._checked: dict[tuple[int, str], Checked] = {}
         self._addresses: list[dict[bytes, int]] | None = None
         try:
             _check_model_argument(source_model)
@@ -263,11 +264,18 @@ class KerasWeightsSource(LayerSource):
         return tuple(self._describe(layer) for layer in self._grouped()[name])
 
     def read_layer(self, layer: LayerInfo) -> dict[str, np.ndarray]:
-        out = {}
+        return dict(self.iter_layer(layer))
+
+    def iter_layer(self, layer: LayerInfo,
+                   scratch: list | None = None) -> Iterator[tuple[str, np.ndarray]]:
         for key, (index, dataset_path) in self._index[layer.keras_path].datasets.items():
-            out[key] = read_dataset(self._dataset(index, dataset_path), self._sizes[index],
-                                    self.description, self._marked(index, dataset_path))
-        return out
+            ds = self._dataset(index, dataset_path)
+            checked = self._checked.get((index, dataset_path))
+            if checked is None:  # once per open dataset: a streaming load reads it twice
+                checked = check_dataset(ds, self._sizes[index], self.description,
+                                        self._marked(index, dataset_path))
+                self._checked[index, dataset_path] = checked
+            yield key, read_checked(ds, checked, scratch)
 
     def _marked(self, index: int, path: str) -> bool:
         """False when the file's listing shows the dataset has no `dtype` attribute."""
@@ -287,6 +295,7 @@ class KerasWeightsSource(LayerSource):
 
     def close(self) -> None:
         self._datasets = {}
+        self._checked = {}
         for file in getattr(self, "_files", []):
             try:
                 file.close()

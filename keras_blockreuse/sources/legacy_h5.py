@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterator
 
 import h5py
 import numpy as np
@@ -107,10 +108,12 @@ class LegacyH5Source(LayerSource):
         return list(self._layer_infos)
 
     def read_layer(self, layer: LayerInfo) -> dict[str, np.ndarray]:
-        return {
-            key: read_dataset(self._file[name], self._size, self.description)
-            for key, name in self._locators[layer.path].items()
-        }
+        return dict(self.iter_layer(layer))
+
+    def iter_layer(self, layer: LayerInfo,
+                   scratch: list | None = None) -> Iterator[tuple[str, np.ndarray]]:
+        for key, name in self._locators[layer.path].items():
+            yield key, read_dataset(self._file[name], self._size, self.description, scratch)
 
     def close(self) -> None:
         file = getattr(self, "_file", None)

@@ -2,7 +2,7 @@
 
 Its layers come in computation order (`iter_units` over the model's layers) with their name
 paths, so they pair by name or by order; their Keras structural paths are computed only when
-asked (`keras_paths=True`): walking a model as Keras saves it costs seconds for a ResNet50.
+asked (`keras_paths=True`, as `save_blocks` does, for blocks holding automatic names).
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import numpy as np
 
 from keras_blockreuse.blocks import Block, BlockRule, get_blocks, iter_units
 from keras_blockreuse.sources.base import LayerInfo, Source, VariableInfo
+from keras_blockreuse.sources.structure import automatic_name
 
 
 def is_model(obj) -> bool:
@@ -27,14 +28,17 @@ class ModelSource(Source):
     Args:
         model: a built model.
         rule: its block rule (a `BlockModel` uses its own when `None`).
-        keras_paths: give each layer its Keras structural path (a walk of the whole model as
-            Keras saves it: seconds for a large model; pairing by order does not need it).
+        keras_paths: give the layers of each block that holds an automatic name (`dense`,
+            `dense_1`: creation order, which a refactor can change) their Keras structural
+            paths, so a load can tell when those names pair the wrong layers. One walk of the
+            whole model as Keras saves it (0.2 s for a ResNet50), only when such a block is
+            asked for; no path where the model's saving walk cannot be reproduced.
 
     Example:
 
     ```python
     with ModelSource(classifier, keras_paths=True) as source:
-        source.block_layers("block_1")[0].keras_path     # "layers/conv2d"
+        source.block_layers("block_1")[0].keras_path     # "layers/conv2d" (named "conv2d")
     ```
     """
 
@@ -64,17 +68,28 @@ class ModelSource(Source):
             for block in self._blocks.values():
                 for _, unit in (pair for layer in block.layers for pair in iter_units(layer)):
                     self._order.setdefault(id(unit), len(self._order))
-            self._paths = {}
-            if self._with_paths:
-                from keras_blockreuse.sources.structure import keras_structure
 
+    def _keras_paths(self) -> dict[int, str]:
+        """`id(layer) -> Keras structural path`, from one walk of the model (empty when its
+        saving walk cannot be reproduced: its layers then pair by name and order)."""
+        if self._paths is None:
+            from keras_blockreuse.errors import BlockFileError
+            from keras_blockreuse.sources.structure import keras_structure
+
+            try:
                 self._paths = {id(u.obj): u.keras_path for u in keras_structure(self._model)}
+            except BlockFileError:
+                self._paths = {}
+        return self._paths
 
     def block_layers(self, name: str) -> tuple[LayerInfo, ...]:
         if name not in self._layers:
             self._positions()
+            units = list(unit_values_of(self._blocks[name]))
+            paths = (self._keras_paths() if self._with_paths
+                     and any(automatic_name(path, unit) for path, unit, _ in units) else {})
             layers, values = [], {}
-            for path, unit, unit_values in unit_values_of(self._blocks[name]):
+            for path, unit, unit_values in units:
                 values[path] = unit_values
                 layers.append(
                     LayerInfo(
@@ -91,7 +106,7 @@ class ModelSource(Source):
                             )
                             for key, v in unit_values.items()
                         ),
-                        keras_path=self._paths.get(id(unit)),
+                        keras_path=paths.get(id(unit)),
                         order=self._order[id(unit)],
                     )
                 )
