@@ -126,11 +126,11 @@ def main(argv=None) -> str:
 
         if args.quick:
             _, text = sweep_bench.run(trials=1, phase_runs=1, levels=((1, False), (2, False)),
-                                      ray_epochs=10, log=log, reused=2)
+                                      ray_epochs=10, log=log, reused=3)
         else:
             _, text = sweep_bench.run(trials=4, phase_runs=3,
                                       levels=((1, False), (2, False), (2, True)), log=log,
-                                      reused=4)
+                                      reused=5)
         sections.append(text)
     footer = [f"Total benchmark time: {time.perf_counter() - started:.0f} s.", ""]
     report = "\n".join(header) + "\n".join(sections) + "\n" + "\n".join(footer)

@@ -39,6 +39,9 @@ os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
 POLICY = "block_1=tuned,block_2=tuned"
 """The policy timed: both convolutional blocks transferred and fine-tuned (prefix 2, tuned)."""
+OTHER_POLICY = "block_1=frozen,block_2=frozen"
+"""A policy with another trainable set (prefix 2, frozen): in a reused process its first trial
+cannot take the kept model of `POLICY` and traces its own steps (a warm miss)."""
 SOURCE_EPOCHS = 2
 
 
@@ -154,6 +157,14 @@ def reused_trials(task_path: str, trials: int, epochs: int | None = None) -> lis
     raise RuntimeError(f"reused-trial child failed: {(proc.stderr or proc.stdout)[-2000:]}")
 
 
+def reused_sequence(trials: int) -> list[tuple[str, int]]:
+    """The (policy, seed) of each trial run in one process: `POLICY` seed 0 (the process's
+    first trial), `OTHER_POLICY` seed 0 (another trainable set: traces its own steps), then
+    `POLICY` seeds 1, 2, ... (each takes the kept model: no tracing)."""
+    sequence = [(POLICY, 0), (OTHER_POLICY, 0)]
+    return (sequence + [(POLICY, seed) for seed in range(1, max(1, trials - 1))])[:max(1, trials)]
+
+
 def _child_reused(task_path: str, trials: str, epochs: str | None = None) -> None:
     """Times each trial's phases; training is split into its steady cost (the median epoch
     times the epochs, the median evaluation times the calls) and the excess over it (tracing
@@ -162,6 +173,7 @@ def _child_reused(task_path: str, trials: str, epochs: str | None = None) -> Non
     from ray import tune
 
     import keras_blockreuse.model as model_module
+    import keras_blockreuse.sweep.reuse as reuse
     import keras_blockreuse.sweep.trial as trial_module
     import keras_blockreuse.sweep.zoo as zoo
 
@@ -205,15 +217,17 @@ def _child_reused(task_path: str, trials: str, epochs: str | None = None) -> Non
     cls.load_blocks = timed("load_blocks", cls.load_blocks)
     cls.freeze_blocks = timed("freeze", cls.freeze_blocks)
     cls.compile = timed("compile", cls.compile)
+    reuse.reinitialise = timed("re-initialise the kept model", reuse.reinitialise)
     trial_module.fit = timed_fit
     trial_module.evaluate = timed_evaluate
     tune.report = lambda metrics: None
     out = []
-    for seed in range(int(trials)):
+    for policy, seed in reused_sequence(int(trials)):
         phases.clear()
         epoch_times.clear()
         eval_times.clear()
-        config = {"policy": POLICY, "seed": seed}
+        hits = reuse.MODELS.hits
+        config = {"policy": policy, "seed": seed}
         if epochs:
             config["epochs"] = int(epochs)
         start = time.perf_counter()
@@ -221,7 +235,7 @@ def _child_reused(task_path: str, trials: str, epochs: str | None = None) -> Non
         total = time.perf_counter() - start
         steady_epoch = statistics.median(epoch_times)
         steady_eval = statistics.median(eval_times)
-        row = dict(phases)
+        row = {"re-initialise the kept model": 0.0, **phases}
         row["train steps (median epoch x epochs)"] = steady_epoch * len(epoch_times)
         row["evaluate (median call x calls)"] = steady_eval * len(eval_times)
         row["first epoch's excess (tracing the train step)"] = epoch_times[0] - steady_epoch
@@ -231,8 +245,23 @@ def _child_reused(task_path: str, trials: str, epochs: str | None = None) -> Non
             + sum(eval_times[1:]) - steady_eval * (len(eval_times) - 1))
         row["other (inside the trial)"] = total - sum(row.values())
         row["total"] = total
+        row["reused"] = reuse.MODELS.hits > hits
+        row["policy"] = policy
+        row["rss MB"] = _rss_mb()
         out.append(row)
     print(json.dumps(out))
+
+
+def _rss_mb() -> float:
+    """This process's resident memory (Linux), to watch it across reused trials."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return float("nan")
 
 
 # --- Ray ----------------------------------------------------------------------------------
@@ -296,37 +325,89 @@ def ray_trials(task_path: str, workdir: str, trials: int, levels: list[tuple[int
 # --- report -------------------------------------------------------------------------------
 
 
+STEADY = ("train steps (median epoch x epochs)", "evaluate (median call x calls)")
+"""The phases that are `fit`/`evaluate` at their steady cost; everything else is overhead."""
+
+
+def _outside(row: dict) -> float:
+    return row["total"] - sum(row[k] for k in STEADY)
+
+
+def default_sweep_mix(workers: int = 2) -> dict:
+    """Trials and distinct trainable sets per worker process in the default sweep
+    (`SweepSettings()`: its strategies on `seed_cnn`'s blocks, its seeds), as Tune spreads
+    them over `workers` reused processes. Each worker is assumed to meet every trainable set
+    (Tune's grid varies the policy fastest), so it traces once per set: an upper bound on the
+    misses."""
+    from keras_blockreuse.sweep.space import configurations
+    from keras_blockreuse.sweep.zoo import SEED_CNN_BLOCKS
+
+    settings = _settings()
+    found = configurations(settings.strategy, list(SEED_CNN_BLOCKS))
+    sets = {tuple(b for b, p in c.policy.items() if p == "frozen") for c in found}
+    trials = len(found) * settings.seeds
+    per_worker = -(-trials // workers)
+    return {"configurations": len(found), "trials": trials, "workers": workers,
+            "per worker": per_worker, "trainable sets": min(len(sets), per_worker)}
+
+
 def reused_markdown(rows: list[dict], epochs: int) -> list[str]:
     """The table of trials run one after another in one process (Tune's reuse_actors)."""
-    later = rows[1:] or rows
-    keys = [k for k in rows[0] if k != "total"]
-    median = {k: statistics.median(r[k] for r in later) for k in keys + ["total"]}
-    first = rows[0]
-    inside = (median["train steps (median epoch x epochs)"]
-              + median["evaluate (median call x calls)"])
+    first, warm = rows[0], rows[1] if len(rows) > 1 else None
+    hits = [r for r in rows[2:] if r["reused"]] or rows[-1:]
+    keys = [k for k in rows[0] if k not in ("total", "reused", "policy", "rss MB")]
+    median = {k: statistics.median(r[k] for r in hits) for k in keys + ["total"]}
+    columns = [("first trial", first)] + ([("another trainable set", warm)] if warm else [])
     lines = [
         f"Trials one after another in one process, as the default sweep runs them (Ray Tune's "
-        f"`reuse_actors=True`; {len(rows)} trials, {epochs} epochs; the first trial of a "
-        "process is shown apart, the median of the others beside it). `fit`/`evaluate` count "
-        "at their steady cost (median epoch x epochs, median evaluation x calls); their excess "
-        "over it (TensorFlow tracing the train and predict steps, first-epoch set-up) is "
-        "overhead:",
+        f"`reuse_actors=True`; {len(rows)} trials, {epochs} epochs): the process's first trial "
+        f"(`{first['policy']}` seed 0), "
+        + (f"a trial of another trainable set (`{warm['policy']}`, which cannot take the kept "
+           "model and traces its own steps), " if warm else "")
+        + f"and the median of {len(hits)} later trials of `{POLICY}` (other seeds), which take "
+        "the kept model (`keras_blockreuse.sweep.reuse`). `fit`/`evaluate` count at their "
+        "steady cost (median epoch x epochs, median evaluation x calls); their excess over it "
+        "(TensorFlow tracing the train and predict steps, first-epoch set-up) is overhead:",
         "",
-        "| phase | first trial (s) | later trials, median (s) | share (later) |",
-        "|---|---:|---:|---:|",
+        "| phase | " + " | ".join(f"{name} (s)" for name, _ in columns)
+        + " | reused trials, median (s) | share (reused) |",
+        "|---|" + "---:|" * (len(columns) + 2),
     ]
     for k in keys:
-        lines.append(f"| {k} | {first[k]:.2f} | {median[k]:.2f} | "
-                     f"{100 * median[k] / median['total']:.1f}% |")
+        lines.append(f"| {k} | " + " | ".join(f"{row[k]:.2f}" for _, row in columns)
+                     + f" | {median[k]:.2f} | {100 * median[k] / median['total']:.1f}% |")
+    lines.append("| **total** | " + " | ".join(f"{row['total']:.2f}" for _, row in columns)
+                 + f" | {median['total']:.2f} | 100% |")
+    share = {name: 100 * _outside(row) / row["total"] for name, row in columns}
+    reused = 100 * (median["total"] - sum(median[k] for k in STEADY)) / median["total"]
     lines += [
-        f"| **total** | {first['total']:.2f} | {median['total']:.2f} | 100% |",
         "",
-        f"Share of a trial's time outside `fit`/`evaluate` in a reused process: "
-        f"**{100 * (median['total'] - inside) / median['total']:.1f}%** (target <= 15%); "
-        f"first trial of a process: "
-        f"{100 * (first['total'] - first['train steps (median epoch x epochs)'] - first['evaluate (median call x calls)']) / first['total']:.1f}%.",
+        f"Share of a trial's time outside `fit`/`evaluate`: **{reused:.1f}%** for a trial that "
+        f"takes the kept model (target <= 15%); "
+        + "; ".join(f"{name}: {value:.1f}%" for name, value in share.items()) + ".",
+        "",
+        "Resident memory of the process after each trial: "
+        + ", ".join(f"{r['rss MB']:.0f}" for r in rows) + " MB.",
         "",
     ]
+    if warm:
+        mix = default_sweep_mix()
+        misses = mix["trainable sets"]
+        hit_count = max(0, mix["per worker"] - misses)
+        outside = _outside(first) + (misses - 1) * _outside(warm) + hit_count * (
+            median["total"] - sum(median[k] for k in STEADY))
+        total = first["total"] + (misses - 1) * warm["total"] + hit_count * median["total"]
+        lines += [
+            f"The default sweep ({mix['configurations']} configurations x "
+            f"{mix['trials'] // mix['configurations']} seeds = {mix['trials']} trials, "
+            f"{mix['workers']} reused worker processes of about {mix['per worker']} trials "
+            f"each) has {misses} trainable sets; a worker that meets each traces {misses} "
+            f"times (its first trial and {misses - 1} others) and reuses {hit_count} times. "
+            f"Weighted with the times above, its share outside `fit`/`evaluate` is about "
+            f"**{100 * outside / total:.1f}%** (an estimate from this table, not a timed "
+            "sweep).",
+            "",
+        ]
     return lines
 
 
@@ -388,6 +469,8 @@ def run(trials: int = 2, phase_runs: int = 1, levels=((1, False), (2, False)),
         reused: int = 3) -> tuple[dict, str]:
     """Measures everything; returns the raw numbers and the markdown section."""
     results: dict = {}
+    if reused:
+        reused = max(3, reused)  # a first trial, another trainable set, a reused trial
     with tempfile.TemporaryDirectory(prefix="kbr-sweep-bench-") as workdir:
         start = time.perf_counter()
         task = prepare(workdir)

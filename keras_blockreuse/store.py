@@ -252,8 +252,8 @@ def _write(f: h5py.File, source, names: list[str], model_name: str, metadata_jso
             for var in layer.variables:
                 array = np.asarray(values[layer.path][var.key])
                 dataset = _dataset_name(var.name, var.key, taken)
-                stored = np.ascontiguousarray(
-                    array.astype(np.float32) if var.dtype in _WIDENED else array
+                stored = np.asarray(  # C order; keeps a scalar's shape () (ascontiguousarray: (1,))
+                    array.astype(np.float32) if var.dtype in _WIDENED else array, order="C"
                 )
                 ds = _write_dataset(unit_group, dataset, stored)
                 try:

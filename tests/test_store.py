@@ -242,3 +242,27 @@ def test_data_from_outside_the_file_is_refused(saved, tmp_path):
         f.create_dataset("block_1/block_1_0/kernel", shape=(3, 3, 3, 8), dtype="f4", chunks=(1, 3, 3, 8))
     with pytest.raises(BlockFileError, match="chunked, virtual or stored in external files"):
         load_blocks(seed_cnn(), path, only=["block_1"])
+
+
+@pytest.mark.parametrize("dtype", ["float32", "int32", "int64"])
+def test_scalar_variables_round_trip(tmp_path, dtype):
+    """A learned scalar (`add_weight(shape=())`, a temperature) keeps its shape `()`."""
+
+    class Temperature(keras.layers.Layer):
+        def build(self, shape):
+            self.t = self.add_weight(name="t", shape=(), dtype=dtype, initializer="ones")
+
+        def call(self, x):
+            return x * keras.ops.cast(self.t, x.dtype)
+
+    inputs = keras.Input((3,))
+    model = keras.Model(inputs, Temperature(name="block_1_0")(inputs))
+    model.get_layer("block_1_0").t.assign(5)
+    path = save_blocks(model, tmp_path / "t.blocks.h5")
+    with h5py.File(path, "r") as f:
+        assert f["block_1/block_1_0/t"].shape == ()
+    target = keras.Model(inputs, Temperature(name="block_1_0")(inputs))
+    report = load_blocks(target, path)
+    assert report.ok and report.variables_loaded == 1
+    value = keras.ops.convert_to_numpy(target.get_layer("block_1_0").t)
+    assert value.shape == () and value.dtype == np.dtype(dtype) and value == 5

@@ -7,6 +7,7 @@ from ray import tune
 from keras_blockreuse import read_blocks
 from keras_blockreuse.sweep import zoo as zoo_module
 from keras_blockreuse.sweep.data import make_task
+from keras_blockreuse.sweep.reuse import MODELS
 from keras_blockreuse.sweep.space import SweepError
 from keras_blockreuse.sweep.trial import evaluate, train_source, train_trial
 
@@ -75,6 +76,7 @@ def test_policy_is_applied_frozen_tuned_reinit(tiny, reports, built, tmp_path):
     source = zoo_module.seed_cnn(data.input_shape, data.source_classes, name="src")
     source.load_blocks(str(path))
     policy = "block_1=frozen,block_2=tuned,dense_2=frozen"
+    MODELS.clear()  # no kept model from an earlier test: the model built here is trained
     train_trial({"policy": policy, "seed": 0, "epochs": 2}, data=data, source=blob)
     model = built[-1]
 

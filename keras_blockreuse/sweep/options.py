@@ -505,8 +505,9 @@ def build_parser() -> argparse.ArgumentParser:
              "at its best rate on validation (replaces --lr for the target trials)")
     add("--fresh-process-per-trial", dest="reuse_actors", action="store_false",
         help="start a new Ray worker process (and TensorFlow) for every trial instead of "
-             "reusing one per concurrent trial; each trial starts from a cleared Keras session "
-             "and its own seeds either way, so results are the same, only slower")
+             "reusing one per concurrent trial, with its compiled models and traced steps; each "
+             "trial starts from a cleared Keras session, its own seeds and freshly drawn "
+             "values either way, so results are the same, only slower")
     add("--address", default=None, metavar="ADDR",
         help="join a running Ray cluster: 'auto' or HOST:PORT (default: start a local Ray)")
     add("--storage", default=None, metavar="PATH",

@@ -1,0 +1,192 @@
+"""Tests for keras_blockreuse.sweep.reuse: trials of one process reuse a compiled model and its
+traced steps, and every trial reports exactly what a model of its own would have given."""
+
+import keras
+import numpy as np
+import pytest
+from ray import tune
+
+from keras_blockreuse.sweep.data import make_task
+from keras_blockreuse.sweep.reuse import MODELS, TracedModels, build_before_tracing, reinitialise
+from keras_blockreuse.sweep.trial import train_source, train_trial
+from keras_blockreuse.sweep.zoo import seed_cnn
+
+RUN_SPECIFIC = ("pid", "train_seconds", "started_at")
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    """Few-shot digits and a briefly trained source model (bytes of its block file)."""
+    keras.backend.clear_session()
+    data = make_task("digits", task="shift", shift="noise", shots=3, seed=0)
+    blob, _ = train_source(data, epochs=2, batch_size=64, seed=0)
+    return data, blob
+
+
+@pytest.fixture
+def reports(monkeypatch):
+    calls = []
+    monkeypatch.setattr(tune, "report", lambda metrics, **kw: calls.append(dict(metrics)))
+    return calls
+
+
+def _trial(config, data, blob, reports, fresh: bool) -> list[dict]:
+    """Every report of one trial, less what depends on the process and the clock. `fresh`:
+    with no kept model, so the trial builds, compiles and traces its own (the path of a trial
+    in a new process)."""
+    if fresh:
+        MODELS.clear()
+    reports.clear()
+    train_trial(config, data=data, source=blob)
+    return [{k: v for k, v in r.items() if k not in RUN_SPECIFIC} for r in reports]
+
+
+@pytest.mark.slow
+def test_reused_trials_report_exactly_what_fresh_models_report(tiny, reports):
+    """Two seeds of a policy with frozen blocks, two of scratch, and a tuned policy (same
+    trainable set as scratch), interleaved as Tune's grid runs them: reused, every epoch's
+    metrics and the test accuracy are bit-identical to a trial on a freshly built model."""
+    data, blob = tiny
+    base = {"epochs": 3, "batch_size": 16}
+    configs = [{**base, "policy": policy, "seed": seed}
+               for seed in (0, 1)
+               for policy in ("block_1=frozen,block_2=tuned", "scratch")]
+    configs.append({**base, "policy": "block_1=tuned,block_2=tuned", "seed": 2})
+    fresh = [_trial(c, data, blob, reports, fresh=True) for c in configs]
+    MODELS.clear()
+    hits = MODELS.hits
+    reused = [_trial(c, data, blob, reports, fresh=False) for c in configs]
+    assert MODELS.hits - hits == 3  # seed 1 of both policies, and the tuned one on scratch's
+    for config, got, expected in zip(configs, reused, fresh, strict=True):
+        assert [r["epoch"] for r in got] == [1, 2, 3]
+        assert got == expected, config  # floats compared exactly
+    # and the seeds really differ (a reused model that ignored the new values would not)
+    assert fresh[0][-1]["val_loss"] != fresh[2][-1]["val_loss"]
+
+
+@pytest.mark.slow
+def test_another_trainable_set_or_architecture_gets_its_own_traced_model(tiny, reports):
+    """A kept model is never handed to a trial whose traced step would differ: another frozen
+    set, or another architecture (more classes). Those trials report what fresh models do."""
+    data, blob = tiny
+    narrower = make_task("digits", task="split", shift=None, shots=3, seed=0)
+    assert narrower.target_classes != data.target_classes  # another head: 5 classes, not 10
+    base = {"epochs": 2, "batch_size": 16, "seed": 0}
+    first = {**base, "policy": "block_1=frozen,block_2=tuned"}
+    other_frozen = {**base, "policy": "block_1=tuned,block_2=frozen"}
+    expected_frozen = _trial(other_frozen, data, blob, reports, fresh=True)
+    MODELS.clear()
+    reports.clear()
+    train_trial({**base, "policy": "scratch"}, data=narrower, source=None)
+    expected_narrower = [{k: v for k, v in r.items() if k not in RUN_SPECIFIC} for r in reports]
+
+    MODELS.clear()
+    _trial(first, data, blob, reports, fresh=False)
+    hits = MODELS.hits
+    assert _trial(other_frozen, data, blob, reports, fresh=False) == expected_frozen
+    reports.clear()
+    train_trial({**base, "policy": "scratch"}, data=narrower, source=None)
+    got_narrower = [{k: v for k, v in r.items() if k not in RUN_SPECIFIC} for r in reports]
+    assert got_narrower == expected_narrower
+    assert MODELS.hits == hits  # neither reused the first trial's model
+    assert len(MODELS) == 3
+
+
+def _small(seed, frozen=False):
+    keras.backend.clear_session(free_memory=False)
+    keras.utils.set_random_seed(seed)
+    model = seed_cnn((8, 8, 1), 3)
+    if frozen:
+        model.freeze_blocks(["block_1"])
+    model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="sparse_categorical_crossentropy",
+                  metrics=["accuracy"])
+    return model
+
+
+def test_a_kept_model_keeps_its_traced_step_and_takes_the_new_values():
+    """The reuse rests on Keras keeping a model's train function across `fit` calls until
+    the next `compile` (keras/src/backend/tensorflow/trainer.py, `make_train_function`): this
+    fails if Keras retraces (`train_step` runs again) or hands back stale values."""
+    rng = np.random.default_rng(0)
+    x, y = rng.random((32, 8, 8, 1)).astype("float32"), rng.integers(0, 3, 32)
+    models = TracedModels()
+    traces = []
+    first = _small(0)
+    step = first.train_step
+    first.train_step = lambda data: (traces.append(1), step(data))[1]  # runs only when tracing
+    with models.reuse(first) as model:
+        assert model is first
+        model.fit(x, y, epochs=2, batch_size=16, verbose=0)
+    traced = len(traces)
+    assert traced >= 1 and len(models) == 1
+    function = first.train_function
+
+    second = _small(1)
+    expected = [np.array(v.numpy()) for v in second.variables]
+    with models.reuse(second) as model:
+        assert model is first and models.hits == 1 and len(models) == 0  # taken, not shared
+        for v, value in zip(model.variables, expected, strict=True):
+            np.testing.assert_array_equal(v.numpy(), value)
+        assert int(model.optimizer.iterations.numpy()) == 0
+        assert all(not np.any(v.numpy()) for v in model.optimizer.variables
+                   if "momentum" in v.path or "velocity" in v.path)
+        model.fit(x, y, epochs=1, batch_size=16, verbose=0)
+    assert len(traces) == traced and first.train_function is function
+    assert len(models) == 1
+
+    with models.reuse(_small(2, frozen=True)) as model:  # another trainable set
+        assert model is not first and models.hits == 1
+    assert len(models) == 2
+
+
+def test_a_failed_trial_drops_the_model_it_used():
+    models = TracedModels()
+    with pytest.raises(ValueError, match="boom"):
+        with models.reuse(_small(0)):
+            raise ValueError("boom")
+    assert len(models) == 0
+
+
+def test_reinitialise_refuses_models_that_do_not_correspond():
+    kept, other = _small(0), _small(1, frozen=True)
+    with pytest.raises(RuntimeError, match="optimizer variables"):
+        reinitialise(kept, other)
+    wider = seed_cnn((8, 8, 1), 4)
+    wider.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
+    with pytest.raises(RuntimeError, match="model variables"):
+        reinitialise(_small(2), wider)
+
+
+def test_the_cache_is_bounded():
+    models = TracedModels(max_models=1)
+    with models.reuse(_small(0)):
+        pass
+    with models.reuse(_small(1, frozen=True)) as model:
+        pass
+    assert len(models) == 1
+    with models.reuse(_small(2, frozen=True)) as again:
+        assert again is model
+
+
+def test_building_before_tracing_traces_once_and_trains_the_same():
+    """A `tf.function` whose first call creates variables is traced again; built before
+    `fit`, the optimizer and metrics leave one trace, and the same weights after training.
+    Fails if Keras or TensorFlow change either."""
+    rng = np.random.default_rng(0)
+    x, y = rng.random((32, 8, 8, 1)).astype("float32"), rng.integers(0, 3, 32)
+    trained = {}
+    for prebuilt in (False, True):
+        model = _small(0)
+        traces = []
+        step = model.train_step
+        model.train_step = lambda data, step=step, traces=traces: (traces.append(1),
+                                                                    step(data))[1]
+        if prebuilt:
+            build_before_tracing(model, x, y)
+            assert model.optimizer.built
+        history = model.fit(x, y, epochs=2, batch_size=16, verbose=0, shuffle=False)
+        assert len(traces) == (1 if prebuilt else 2)
+        trained[prebuilt] = ([v.numpy() for v in model.variables], history.history)
+    for a, b in zip(trained[False][0], trained[True][0], strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert trained[False][1] == trained[True][1]
