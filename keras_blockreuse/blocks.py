@@ -177,8 +177,9 @@ def get_blocks(model, blocks: BlockRule = None) -> dict[str, Block]:
         hub = _hub_blocks(model)
         if hub is not None:
             return hub
-    layers = weighted_layers(model)
-    names = [layer.name for layer in _top_level_layers(model)]
+    top = _top_level_layers(model)
+    layers = [layer for layer in top if layer.weights]  # weighted_layers(model)
+    names = [layer.name for layer in top]
     rule = resolve_rule(blocks, names, [layer.name for layer in layers])
     grouped: dict[str, list] = {}
     for layer in layers:

@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import os
 import struct
+from collections.abc import Iterable
 from typing import BinaryIO
 
 import h5py
@@ -52,6 +53,14 @@ _SIGNATURE = b"\x89HDF\r\n\x1a\n"
 _ATTRIBUTE = 0x000C
 _ATTRIBUTE_INFO = 0x0015
 _CONTINUATION = 0x0010
+# The messages by which HDF5 tells an object's type (`H5O__obj_class_real`, groups first):
+_GROUP = {0x0011, 0x0002}  # a symbol table, or link info
+_DATASET = {0x0003, 0x0001}  # a datatype and a dataspace
+_DATATYPE = 0x0003
+_WINDOW = 1024  # bytes read at once from an object header's start
+_READ = {_ATTRIBUTE, _ATTRIBUTE_INFO, _CONTINUATION}  # the messages whose bodies are parsed
+_V1_MESSAGE = struct.Struct("<HHB").unpack_from  # type, size, flags (version 1 headers)
+_V2_MESSAGE = struct.Struct("<BHB").unpack_from  # type, size, flags (version 2 headers)
 _VLEN = 9
 _NESTING = (6, 10)  # compound, array: may hold variable-length members
 _MAX_MESSAGES = 100_000  # per object header: far above anything HDF5 writes for Keras files
@@ -62,7 +71,9 @@ class _Damaged(Exception):
     """Raised inside the parser; turned into `BlockFileError` naming the file."""
 
 
-def check_global_heap(file: h5py.File, where: str, stream: BinaryIO | None = None) -> None:
+def check_global_heap(file: h5py.File, where: str, stream: BinaryIO | None = None,
+                      objects: Iterable[tuple[int, bytes]] | None = None,
+                      ) -> dict[int, tuple[int, dict[bytes, bytes | None]]]:
     """Refuses an HDF5 file whose variable-length attributes point into a damaged global heap.
 
     Args:
@@ -70,23 +81,34 @@ def check_global_heap(file: h5py.File, where: str, stream: BinaryIO | None = Non
         where: the file's name, for the error.
         stream: the file's bytes, for a file opened from a file object (inside an archive);
             by default the file is read from its path.
+        objects: `(address, name)` of every object below the root, as `list_links` gives
+            them (repeats allowed); by default HDF5 walks the file for them (`H5Ovisit`).
+
+    Returns:
+        `{address: (object type, attributes)}` for each object header parsed (the root's
+        included). The type is decided from its messages as HDF5 decides it:
+        `h5py.h5o.TYPE_GROUP` (a symbol table or link info message), `TYPE_DATASET` (a
+        datatype and a dataspace), `TYPE_NAMED_DATATYPE` (a datatype alone), else -1. The
+        attributes are `{name: value}`, the value being the bytes of a single
+        variable-length string (up to its first NUL, as h5py reads it), read from the heap
+        object just checked, or `None` for any other kind of attribute.
 
     Raises:
         BlockFileError: a global heap collection, an object header holding a
             variable-length attribute, or the superblock is damaged, or the file keeps
             variable-length attributes where this check cannot follow them.
     """
+    listed = _hard_linked(file, objects)
     try:
         if stream is None:
-            with open(file.filename, "rb") as fh:
-                _Checker(fh, os.fstat(fh.fileno()).st_size).run(file)
-        else:
-            position = stream.tell()
-            size = stream.seek(0, os.SEEK_END)
-            try:
-                _Checker(stream, size).run(file)
-            finally:
-                stream.seek(position)
+            with open(file.filename, "rb", buffering=0) as fh:
+                return _Checker(fh, os.fstat(fh.fileno()).st_size, fh.fileno()).run(listed)
+        position = stream.tell()
+        size = stream.seek(0, os.SEEK_END)
+        try:
+            return _Checker(stream, size).run(listed)
+        finally:
+            stream.seek(position)
     except _Damaged as e:
         raise BlockFileError(
             f"{where}: {e}. The file is damaged; its text attributes were not read."
@@ -96,18 +118,23 @@ def check_global_heap(file: h5py.File, where: str, stream: BinaryIO | None = Non
 
 
 class _Checker:
-    def __init__(self, fh, size: int):
+    def __init__(self, fh, size: int, fd: int | None = None):
         self.fh = fh
+        self.fd = fd
         self.size = size
         self.collections: dict[int, dict[int, int]] = {}  # address -> {index: size}
+        self.positions: dict[tuple[int, int], int] = {}  # (address, index) -> its bytes' start
         self.base, self.offsets, self.lengths = self._superblock()
 
     def read(self, address: int, count: int, what: str) -> bytes:
         if address < 0 or count < 0 or address + count > self.size:
             raise _Damaged(f"{what} at byte {address} ({count} bytes) lies outside the file "
                            f"of {self.size} bytes")
-        self.fh.seek(address)
-        data = self.fh.read(count)
+        if self.fd is not None:  # one system call, not a seek and a buffered read
+            data = os.pread(self.fd, count, address)
+        else:
+            self.fh.seek(address)
+            data = self.fh.read(count)
         if len(data) != count:
             raise _Damaged(f"{what} at byte {address} is cut short")
         return data
@@ -142,21 +169,34 @@ class _Checker:
 
     # --- objects -----------------------------------------------------------------------
 
-    def run(self, file: h5py.File) -> None:
-        for address, obj in _hard_linked(file):
-            for attribute in self._attribute_messages(self.base + address):
-                self._check_attribute(attribute, obj)
+    def run(self, objects) -> dict[int, tuple[int, dict[bytes, bytes | None]]]:
+        found = {}
+        for address, obj in objects:
+            messages, kind = self._attribute_messages(self.base + address)
+            attributes = dict(self._check_attribute(message, obj) for message in messages)
+            found[address] = (kind, attributes)
+        return found
 
-    def _attribute_messages(self, address: int) -> list[bytes]:
-        """The attribute messages of the object header at `address` (absolute)."""
-        head = self.read(address, 4, "an object header")
-        if head == b"OHDR":
-            chunks = self._v2_messages(address)
+    def _attribute_messages(self, address: int) -> tuple[list[bytes], int]:
+        """The attribute messages of the object header at `address` (absolute), and the
+        object's type."""
+        # One read for the header's prefix and, usually, its first chunk of messages.
+        head = self.read(address, max(4, min(_WINDOW, self.size - address)), "an object header")
+        if head[:4] == b"OHDR":
+            chunks, present = self._v2_messages(address)
         elif head[0] == 1:
-            chunks = self._v1_messages(address)
+            chunks, present = self._v1_messages(address, head)
         else:
             raise _Damaged(f"object header at byte {address} has unknown version {head[0]}")
         attributes = []
+        if present & _GROUP:
+            obj_type = h5py.h5o.TYPE_GROUP
+        elif _DATASET <= present:
+            obj_type = h5py.h5o.TYPE_DATASET
+        elif _DATATYPE in present:
+            obj_type = h5py.h5o.TYPE_NAMED_DATATYPE
+        else:
+            obj_type = -1
         for kind, flags, data in chunks:
             if kind == _ATTRIBUTE:
                 if flags & 0x02:
@@ -165,31 +205,39 @@ class _Checker:
                 attributes.append(data)
             elif kind == _ATTRIBUTE_INFO:
                 self._refuse_dense(data, address)
-        return attributes
+        return attributes, obj_type
 
-    def _v1_messages(self, address: int):
-        _, _, count, _, size = struct.unpack("<BBHII", self.read(address, 12, "an object header"))
+    def _v1_messages(self, address: int, head: bytes):
+        prefix = head[:12] if len(head) >= 12 else self.read(address, 12, "an object header")
+        _, _, count, _, size = struct.unpack("<BBHII", prefix)
         chunks = [(address + 16, size)]
-        messages, seen = [], set()
+        messages, seen, kinds, total = [], set(), set(), 0
         while chunks:
             start, size = chunks.pop(0)
             if start in seen or len(seen) > _MAX_CHUNKS:
                 raise _Damaged(f"object header at byte {address} has looping continuations")
             seen.add(start)
-            data = self.read(start, size, "an object header chunk")
+            if start == address + 16 and 16 + size <= len(head):  # read with the prefix
+                data = head[16 : 16 + size]
+            else:
+                data = self.read(start, size, "an object header chunk")
+            end = len(data)
             position = 0
-            while position + 8 <= len(data):
-                kind, length, flags = struct.unpack_from("<HHB", data, position)
-                body = data[position + 8 : position + 8 + length]
-                if len(body) != length:
+            while position + 8 <= end:
+                kind, length, flags = _V1_MESSAGE(data, position)
+                if position + 8 + length > end:
                     raise _Damaged(f"object header at byte {address} has a message past its end")
-                messages.append((kind, flags, body))
-                if kind == _CONTINUATION:
-                    chunks.append(self._continuation(body, address))
+                total += 1
+                kinds.add(kind)
+                if kind in _READ:  # only these messages' bodies are looked at
+                    body = data[position + 8 : position + 8 + length]
+                    messages.append((kind, flags, body))
+                    if kind == _CONTINUATION:
+                        chunks.append(self._continuation(body, address))
                 position += 8 + length
-                if len(messages) > max(count, 1) + _MAX_MESSAGES:
+                if total > max(count, 1) + _MAX_MESSAGES:
                     raise _Damaged(f"object header at byte {address} has too many messages")
-        return messages
+        return messages, kinds
 
     def _v2_messages(self, address: int):
         version, flags = self.read(address + 4, 2, "an object header")
@@ -200,7 +248,7 @@ class _Checker:
         size = self.unsigned(self.read(position, width, "an object header"))
         chunks = [(position + width, size)]
         header = 6 if flags & 0x04 else 4
-        messages, seen = [], set()
+        messages, seen, kinds, total = [], set(), set(), 0
         first = True
         while chunks:
             start, size = chunks.pop(0)
@@ -213,20 +261,23 @@ class _Checker:
                 start, size = start + 4, size - 8
             first = False
             data = self.read(start, size, "an object header chunk")
+            end = len(data)
             position = 0
-            while position + header <= len(data):
-                kind, length, _ = struct.unpack_from("<BHB", data, position)
-                message_flags = data[position + 3]
-                body = data[position + header : position + header + length]
-                if len(body) != length:
+            while position + header <= end:
+                kind, length, message_flags = _V2_MESSAGE(data, position)
+                if position + header + length > end:
                     raise _Damaged(f"object header at byte {address} has a message past its end")
-                messages.append((kind, message_flags, body))
-                if kind == _CONTINUATION:
-                    chunks.append(self._continuation(body, address))
+                total += 1
+                kinds.add(kind)
+                if kind in _READ:  # only these messages' bodies are looked at
+                    body = data[position + header : position + header + length]
+                    messages.append((kind, message_flags, body))
+                    if kind == _CONTINUATION:
+                        chunks.append(self._continuation(body, address))
                 position += header + length
-                if len(messages) > _MAX_MESSAGES:
+                if total > _MAX_MESSAGES:
                     raise _Damaged(f"object header at byte {address} has too many messages")
-        return messages
+        return messages, kinds
 
     def _continuation(self, body: bytes, address: int) -> tuple[int, int]:
         if len(body) < self.offsets + self.lengths:
@@ -249,7 +300,9 @@ class _Checker:
 
     # --- attributes ------------------------------------------------------------------------
 
-    def _check_attribute(self, body: bytes, obj: str) -> None:
+    def _check_attribute(self, body: bytes, obj: str) -> tuple[bytes, bytes | None]:
+        """Checks one attribute message; returns its name and, for a single variable-length
+        string, its value."""
         if len(body) < 8:
             raise _Damaged(f"an attribute message of {obj!r} is cut short")
         version, flags = body[0], body[1]
@@ -279,7 +332,7 @@ class _Checker:
             raise _Damaged(f"{label} nests variable-length data in a compound or array type, "
                            "which Keras never writes")
         if kind != _VLEN:
-            return
+            return name, None
         if len(datatype) < 16:
             raise _Damaged(f"{label} has a cut-short variable-length type")
         base_size = struct.unpack_from("<I", datatype, 12)[0]  # the base type's size
@@ -291,12 +344,14 @@ class _Checker:
         if len(data) != count * element:
             raise _Damaged(f"{label} declares {count} values but holds {len(body) - position} "
                            "bytes")
+        value = None
         for i in range(count):
             start = i * element
             length = struct.unpack_from("<I", data, start)[0]
             collection = self.unsigned(data[start + 4 : start + 4 + self.offsets])
             index = struct.unpack_from("<I", data, start + 4 + self.offsets)[0]
             if collection == 0 and length == 0:
+                value = b""
                 continue  # a null value: HDF5 reads nothing
             objects = self._collection(collection, label)
             if index not in objects or index == 0:
@@ -305,6 +360,13 @@ class _Checker:
             if objects[index] != length * base_size:
                 raise _Damaged(f"{label} declares {length * base_size} bytes but its global heap "
                                f"object holds {objects[index]}")
+            if count == 1:
+                value = self.read(self.positions[collection, index], objects[index],
+                                  "a global heap object")
+        text = datatype[1] & 0x0F == 1 and base_size == 1  # a string, not a sequence
+        if count == 1 and text and value is not None and _scalar(dataspace):
+            return name, value.split(b"\x00", 1)[0]
+        return name, None
 
     def _elements(self, dataspace: bytes, label: str) -> int:
         if len(dataspace) < 4:
@@ -364,9 +426,15 @@ class _Checker:
                 raise _Damaged(f"the global heap collection at byte {start} has a damaged "
                                f"object {index} ({length} bytes at byte {start + position})")
             objects[index] = length
+            self.positions[address, index] = start + position + object_header
             position += span
         self.collections[address] = objects
         return objects
+
+
+def _scalar(dataspace: bytes) -> bool:
+    """Whether an encoded dataspace (already checked by `_elements`) is a scalar one."""
+    return dataspace[1] == 0 if dataspace[0] == 1 else dataspace[3] == 0
 
 
 def _pad8(n: int) -> int:
@@ -382,15 +450,20 @@ def _holds_vlen(datatype: bytes) -> bool:
     return any((b & 0x0F) == _VLEN and (b >> 4) in (1, 2, 3, 4, 5) for b in datatype[8:])
 
 
-def _hard_linked(file: h5py.File):
+def _hard_linked(file: h5py.File, objects: Iterable[tuple[int, bytes]] | None = None):
     """`(address, name)` of every object reached through hard links, each once (cycles too).
 
     HDF5's own walk (`H5Ovisit`: one C call, hard links only, each object once even where
     several links or a cycle lead to it) rather than a Python walk opening every object:
-    a fifth of the time on a 676-object ResNet50 file.
+    a fifth of the time on a 676-object ResNet50 file. `objects`: the same, already listed
+    (repeats are dropped here).
     """
     found: list[tuple[int, bytes]] = []
-    h5py.h5o.visit(file.id, lambda name, info: found.append((int(info.addr), name)), info=True)
+    if objects is None:
+        h5py.h5o.visit(file.id, lambda name, info: found.append((int(info.addr), name)),
+                       info=True)
+    else:
+        found = [(int(address), name) for address, name in objects]
     seen: set[int] = set()
     for address, name in [(int(h5py.h5o.get_info(file.id).addr), b""), *found]:
         if address not in seen:  # the root, if a link leads back to it

@@ -44,6 +44,9 @@ def _first_match(rules: list[tuple[str, str]]) -> Callable[[str], str | None]:
     """Builds `name -> block` from `(regex, template)` pairs; the first full match wins."""
     compiled = [(re.compile(pattern), template) for pattern, template in rules]
 
+    # Cached: a pure function of the name, called for every layer of a model on every load
+    # (`Match.expand` parses its template on each call).
+    @functools.lru_cache(maxsize=4096)
     def rule(name: str) -> str | None:
         for pattern, template in compiled:
             match = pattern.fullmatch(name)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import math
 import os
 import posixpath
 import stat
@@ -62,20 +63,32 @@ def check_hdf5(file: h5py.File | h5py.Group, where: str) -> None:
                        f"{prefix}/{name.decode('utf-8', 'replace')}", where)
 
 
-def check_links(file: h5py.File | h5py.Group, where: str) -> None:
+def list_links(file: h5py.File | h5py.Group) -> list[tuple[bytes, int, int]]:
+    """`(name, link type, target address)` of every link below `file`, from one HDF5 walk
+    (`H5Lvisit`, in name order; a group reached twice is entered once). The address is the
+    target object's for hard links, meaningless for others."""
+    links: list[tuple[bytes, int, int]] = []
+    file.id.links.visit(lambda name, info: links.append((name, info.type, info.u)), info=True)
+    return links
+
+
+def check_links(file: h5py.File | h5py.Group, where: str,
+                links: list[tuple[bytes, int, int]] | None = None) -> None:
     """Refuses external, soft and user-defined links and hard-link cycles anywhere in a file.
 
     A reader that calls this when it opens a file, and `check_storage` on each dataset before
     it reads its values, never reads data from outside the file: `check_hdf5` without the
     per-dataset pass over datasets that are never read (a one-block load of a large file).
+    `links`: the file's `list_links`, when already listed.
     """
-    links: list[tuple[bytes, int, int]] = []  # name, link type, target address (hard links)
-    file.id.links.visit(lambda name, info: links.append((name, info.type, info.u)), info=True)
+    if links is None:
+        links = list_links(file)
     prefix = file.name.rstrip("/")
     addresses = {b"": h5py.h5o.get_info(file.id).addr}
+    known = set(addresses.values())
     for name, kind, target in links:
         if kind == h5py.h5l.TYPE_HARD:
-            _refuse_cycle(file, name, target, addresses, where)
+            _refuse_cycle(file, name, target, addresses, where, known)
             continue
         path = f"{prefix}/{name.decode('utf-8', 'replace')}"
         if kind == h5py.h5l.TYPE_EXTERNAL:
@@ -96,33 +109,47 @@ def check_links(file: h5py.File | h5py.Group, where: str) -> None:
         )
 
 
-def check_storage(dataset: h5py.Dataset, where: str) -> None:
+def check_storage(dataset: h5py.Dataset | h5py.h5d.DatasetID, where: str,
+                  plist: h5py.h5p.PropDCID | None = None) -> None:
     """Refuses a dataset whose values are stored in external raw files or mapped from other
-    files (a virtual dataset)."""
-    _check_storage(dataset.id, dataset.name, where)
+    files (a virtual dataset). `plist`: its creation property list, when already fetched."""
+    if isinstance(dataset, h5py.Dataset):
+        _check_storage(dataset.id, dataset.name, where, plist)
+    else:
+        _check_storage(dataset, None, where, plist)
 
 
-def _check_storage(dataset_id, path: str, where: str) -> None:
-    plist = dataset_id.get_create_plist()
+def _name_of(dataset_id) -> str:
+    return (h5py.h5i.get_name(dataset_id) or b"?").decode("utf-8", "replace")
+
+
+def _check_storage(dataset_id, path: str | None, where: str, plist=None) -> None:
+    """`path`: the dataset's, for messages (None: looked up if needed)."""
+    plist = plist or dataset_id.get_create_plist()
     if plist.get_external_count():
         files = [plist.get_external(i)[0].decode("utf-8", "replace")
                  for i in range(plist.get_external_count())]
         raise BlockFileError(
-            f"{where}: dataset {path!r} stores its values in external files {files}. "
-            "A weights file must hold its own data; refusing to read it."
+            f"{where}: dataset {path or _name_of(dataset_id)!r} stores its values in external "
+            f"files {files}. A weights file must hold its own data; refusing to read it."
         )
     if plist.get_layout() == h5py.h5d.VIRTUAL:
         raise BlockFileError(
-            f"{where}: dataset {path!r} is a virtual dataset mapped from other files. "
-            "A weights file must hold its own data; refusing to read it."
+            f"{where}: dataset {path or _name_of(dataset_id)!r} is a virtual dataset mapped "
+            "from other files. A weights file must hold its own data; refusing to read it."
         )
 
 
-def _refuse_cycle(file, name: bytes, address: int, addresses: dict, where: str) -> None:
+def _refuse_cycle(file, name: bytes, address: int, addresses: dict, where: str,
+                  known: set | None = None) -> None:
     """Refuses a hard link to one of its own enclosing groups (a cycle; Keras never writes
     one, and a walk that follows it never ends). `address` is the link's target; `addresses`
     maps each path seen so far (the visit reaches a group before what is inside it) to its
-    object's address."""
+    object's address; `known`, when given, holds every address in `addresses`."""
+    if known is not None and address not in known:  # no enclosing group is at a new address
+        addresses[name] = address
+        known.add(address)
+        return
     parts = name.split(b"/")
     for cut in range(len(parts)):
         if addresses.get(b"/".join(parts[:cut])) == address:
@@ -138,46 +165,64 @@ def _text(value) -> str:
     return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
 
 
-def text_attribute(owner: h5py.File | h5py.Group | h5py.Dataset, name: str, default=None):
+def text_attribute(owner: h5py.File | h5py.Group | h5py.Dataset, name: str, default=None,
+                   at: str | None = None):
     """An attribute that should hold text (a string or an array of strings), type-checked first.
 
     h5py crashes the process (SIGSEGV) reading an attribute whose string type was damaged into
     a variable-length sequence; checking the stored type before reading turns that into a
-    `BlockFileError`. Returns `default` when the attribute is absent.
+    `BlockFileError`. Returns `default` when the attribute is absent. `at`: the attribute is
+    that of the object at this path below `owner`.
     """
-    if name not in owner.attrs:
+    # h5py's low-level API, by name from `owner` (`at`: an object below it, not opened):
+    # a third of the cost of `owner[at].attrs[name]`.
+    key, where = name.encode(), (at or ".").encode()
+    if not h5py.h5a.exists(owner.id, key, obj_name=where):
         return default
-    attribute = owner.attrs.get_id(name)
+    attribute = h5py.h5a.open(owner.id, key, obj_name=where)
     stored = attribute.get_type()
     empty = attribute.shape != () and 0 in attribute.shape
     if empty and not isinstance(stored, h5py.h5t.TypeVlenID):
-        return owner.attrs[name]  # an empty array (Keras writes `weight_names=[]` as floats)
+        # an empty array (Keras writes `weight_names=[]` as floats)
+        return (owner[at] if at else owner).attrs[name]
     if not isinstance(stored, h5py.h5t.TypeStringID):
+        path = f"{owner.name.rstrip('/')}/{at}" if at else owner.name
         raise BlockFileError(
-            f"{owner.file.filename}: attribute {name!r} of {owner.name!r} should be text, but "
+            f"{owner.file.filename}: attribute {name!r} of {path!r} should be text, but "
             f"is stored as {type(stored).__name__}; the file is damaged."
         )
     if attribute.shape == () and stored.is_variable_str():  # a Keras name: read in place
         value = np.zeros((), dtype=attribute.dtype)  # as h5py's `attrs[name]` reads it
         attribute.read(value, mtype=h5py.h5t.py_create(attribute.dtype))
         return value[()].decode("utf-8", "surrogateescape")
-    return owner.attrs[name]
+    return (owner[at] if at else owner).attrs[name]
 
 
-def check_dataset_size(dataset: h5py.Dataset, file_size: int, where: str) -> int:
+_COMPRESSIONS = (h5py.h5z.FILTER_DEFLATE, h5py.h5z.FILTER_LZF, h5py.h5z.FILTER_SZIP)
+
+
+def check_dataset_size(dataset: h5py.Dataset | h5py.h5d.DatasetID, file_size: int,
+                       where: str, plist: h5py.h5p.PropDCID | None = None) -> int:
     """Refuses a dataset that declares more bytes than its file could hold; returns its bytes.
 
-    An uncompressed dataset cannot hold more than the file's size; a compressed one more
-    than `MAX_COMPRESSION_RATIO` times it.
+    An uncompressed dataset cannot hold more than the file's size; a compressed one (gzip,
+    lzf or szip, as h5py's `Dataset.compression` tells) more than `MAX_COMPRESSION_RATIO`
+    times it. `plist`: its creation property list, when already fetched.
     """
-    nbytes = int(np.prod(dataset.shape, dtype=np.int64)) * dataset.dtype.itemsize
-    limit = file_size * (MAX_COMPRESSION_RATIO if dataset.compression else 1)
-    if nbytes > max(limit, 1024):
-        raise BlockFileError(
-            f"{where}: dataset {dataset.name!r} declares shape {tuple(dataset.shape)} "
-            f"({nbytes} bytes) but the file holds {file_size} bytes; it is truncated or "
-            "crafted. Nothing was read."
-        )
+    dataset_id = dataset.id if isinstance(dataset, h5py.Dataset) else dataset
+    shape = dataset_id.shape
+    nbytes = math.prod(shape) * dataset_id.dtype.itemsize
+    if nbytes > max(file_size, 1024):  # only then does compression matter
+        plist = plist or dataset_id.get_create_plist()
+        compressed = any(plist.get_filter(i)[0] in _COMPRESSIONS
+                         for i in range(plist.get_nfilters()))
+        limit = file_size * (MAX_COMPRESSION_RATIO if compressed else 1)
+        if nbytes > max(limit, 1024):
+            raise BlockFileError(
+                f"{where}: dataset {_name_of(dataset_id)!r} declares shape {tuple(shape)} "
+                f"({nbytes} bytes) but the file holds {file_size} bytes; it is truncated or "
+                "crafted. Nothing was read."
+            )
     return nbytes
 
 
@@ -347,26 +392,64 @@ def _guarded_items(items: Iterator, where: str) -> Iterator:
         yield item
 
 
-def open_hdf5(file: str | os.PathLike | BinaryIO, where: str) -> h5py.File:
-    """Opens a third-party HDF5 file for reading, checked so that reading it cannot hang.
+class CheckedFile(h5py.File):
+    """An HDF5 file opened by `open_hdf5`, with the object listing its checks made.
 
-    Refuses non-regular files before opening them, then runs the bounded global heap check
-    (`keras_blockreuse.hdf5_check`) before any variable-length string can be read.
+    Attributes:
+        objects: `(name, object type, address)` for every link to an object below the root
+            (hard links only: the file has no other kind), in HDF5's name order; the type is
+            one of `h5py.h5o.TYPE_GROUP`, `TYPE_DATASET`, `TYPE_NAMED_DATATYPE`, or -1.
+        attributes: `{address: {attribute name: value}}` for every object: each attribute
+            it has, with the value of a single variable-length string (the bytes HDF5 would
+            read, checked by `hdf5_check`), `None` for any other kind.
+    """
+
+    objects: list[tuple[bytes, int, int]]
+    attributes: dict[int, dict[bytes, bytes | None]]
+
+    def text(self, address: int, name: str, path: str):
+        """`text_attribute(self, name, at=path)` for the object at `address` (and `path`),
+        from the listing where it holds the value: no HDF5 call."""
+        attributes = self.attributes.get(address)
+        if attributes is not None:
+            if name.encode() not in attributes:
+                return None
+            value = attributes[name.encode()]
+            if value is not None:
+                return value.decode("utf-8", "surrogateescape")
+        return text_attribute(self, name, at=path)
+
+
+def open_hdf5(file: str | os.PathLike | BinaryIO, where: str) -> CheckedFile:
+    """Opens a third-party HDF5 file for reading, checked so that reading it cannot hang and
+    that nothing in it leads outside it.
+
+    Refuses non-regular files before opening them; walks the file's links once
+    (`list_links`), refusing external, soft and user-defined links and cycles
+    (`check_links`); then runs the bounded global heap check (`keras_blockreuse.hdf5_check`)
+    on every object those links reach, before any variable-length string can be read. The
+    listing is kept on the file (`CheckedFile.objects`) for its reader.
 
     Raises:
-        BlockFileError: the path is not a regular file, not HDF5, or its global heap is
-            damaged.
+        BlockFileError: the path is not a regular file, not HDF5, holds links out of
+            itself, or its global heap is damaged.
     """
     from keras_blockreuse.hdf5_check import check_global_heap
 
     if isinstance(file, (str, os.PathLike)):
         check_regular_file(file)
     try:
-        opened = h5py.File(file, "r", locking=False)
+        opened = CheckedFile(file, "r", locking=False)
     except OSError as e:
         raise BlockFileError(f"Cannot read {where} as HDF5: {e}") from e
     try:
-        check_global_heap(opened, where, None if isinstance(file, (str, os.PathLike)) else file)
+        links = list_links(opened)
+        check_links(opened, where, links)
+        found = check_global_heap(
+            opened, where, None if isinstance(file, (str, os.PathLike)) else file,
+            objects=[(address, name) for name, _, address in links])
+        opened.objects = [(name, found[address][0], address) for name, _, address in links]
+        opened.attributes = {address: attributes for address, (_, attributes) in found.items()}
     except BaseException:
         opened.close()
         raise

@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime
+import functools
 import hashlib
 import io
 import json
@@ -591,15 +592,24 @@ class BlockFile:
         """A block's datasets, opened and checked once: `(layer path, variable, dataset,
         stored dtype, bytes)` each. A load that verifies, then reads, opens them once."""
         if name not in self._opened:
-            group = self._file[name]
+            group = self._group(self._file.id, name)
             opened = []
             for layer in info.layers:
-                unit = group[layer.path]
+                unit = self._group(group, layer.path)
                 self._check_members(unit, layer, info.layers)
                 opened.extend((layer.path, var, *self._open_dataset(unit, var))
                               for var in layer.variables)
             self._opened[name] = opened
         return self._opened[name]
+
+    @staticmethod
+    def _group(parent: h5py.h5g.GroupID, path: str):
+        """A group's low-level id (a third of the cost of `group[path]`); anything else, or
+        nothing there, takes the high-level path, whose errors name what is missing."""
+        try:
+            return h5py.h5g.open(parent, path.encode())
+        except Exception:
+            return h5py.Group(parent)[path].id
 
     def _check_digest(self, name: str, info: BlockInfo, digest) -> None:
         algorithm = info.data_checksum.split(":", 1)[0]
@@ -612,8 +622,8 @@ class BlockFile:
     def _read_header(self) -> dict:
         root = self._file
         kind = None
-        if "format" in root.attrs:
-            stored = root.attrs.get_id("format").get_type()
+        if h5py.h5a.exists(root.id, b"format"):
+            stored = h5py.h5a.open(root.id, b"format").get_type()
             if isinstance(stored, h5py.h5t.TypeStringID) and stored.is_variable_str():
                 kind = "a variable-length string"  # not ours, and not read: see _fixed
             else:
@@ -646,7 +656,7 @@ class BlockFile:
         return header
 
     def _read_layout(self, name: str) -> BlockInfo:
-        group = self._file[name]
+        group = h5py.Group(self._group(self._file.id, name))
         layout = self._text_dataset(group, LAYOUT)
         expected = self._attribute(group, "layout_checksum")
         if _checksum(layout.encode()) != expected:
@@ -687,9 +697,10 @@ class BlockFile:
         sequence (one flipped bit does it); checking the type first turns that into a
         `BlockFileError`.
         """
-        if name not in owner.attrs:
-            raise KeyError(f"attribute {name!r} of {owner.name!r}")
-        attribute = owner.attrs.get_id(name)
+        try:  # h5py's low-level API: `owner.attrs[name]` costs five times as much
+            attribute = h5py.h5a.open(owner.id, name.encode())
+        except KeyError:
+            raise KeyError(f"attribute {name!r} of {owner.name!r}") from None
         stored = attribute.get_type()
         expected = h5py.h5t.TypeStringID if kind is str else h5py.h5t.TypeIntegerID
         variable = kind is str and isinstance(stored, expected) and stored.is_variable_str()
@@ -699,8 +710,9 @@ class BlockFile:
                 f"single {'string' if kind is str else 'integer'}, but is stored as "
                 f"{type(stored).__name__} of shape {attribute.shape}."
             )
-        value = owner.attrs[name]
-        return _text(value) if kind is str else int(value)
+        value = np.empty((), dtype=attribute.dtype)  # as `owner.attrs[name]` reads it
+        attribute.read(value)
+        return _text(value[()]) if kind is str else int(value)
 
     def _text_dataset(self, group, name: str) -> str:
         """A scalar fixed-length string dataset, read only after its type and size are checked."""
@@ -735,21 +747,26 @@ class BlockFile:
 
     def _check_members(self, unit, layer: LayerInfo, all_layers) -> None:
         expected = {v.dataset for v in layer.variables}
+        inside = layer.path + "/"
         children = {
-            other.path[len(layer.path) + 1 :].split("/", 1)[0]
+            other.path[len(inside) :].split("/", 1)[0]
             for other in all_layers
-            if other.path.startswith(layer.path + "/")
+            if other.path.startswith(inside)
         }
-        if len(unit) == len(expected) + len(children):
+        if not isinstance(unit, h5py.h5g.GroupID):
+            raise BlockFileError(
+                f"Block file {self.path}: layer {layer.path!r} should be a group, it is not."
+            )
+        if unit.get_num_objs() == len(expected) + len(children):
             return  # each expected entry is opened later, so a count match leaves no extra
-        extra = set(unit.keys()) - expected - children
+        extra = set(h5py.Group(unit).keys()) - expected - children
         if extra:
             raise BlockFileError(
                 f"Block file {self.path}: layer {layer.path!r} holds unexpected entries "
                 f"{sorted(extra)}; expected only {sorted(expected)}."
             )
 
-    def _check_storage(self, ds: h5py.h5d.DatasetID, where: str) -> None:
+    def _check_storage(self, ds: h5py.h5d.DatasetID, where: str | None = None) -> None:
         """Refuses a dataset whose values are not stored in this file, contiguously.
 
         Block files are written with contiguous (or compact) datasets only; an external link,
@@ -757,44 +774,58 @@ class BlockFile:
         """
         if ds.fileno != self._file.id.fileno:
             raise BlockFileError(
-                f"{self.path}: {where!r} leads to another file (an HDF5 external link); "
-                "a block file holds its own data. Refusing to read it."
+                f"{self.path}: {where or _name(ds)!r} leads to another file (an HDF5 external "
+                "link); a block file holds its own data. Refusing to read it."
             )
         plist = ds.get_create_plist()
         if plist.get_layout() not in _OWN_LAYOUTS or plist.get_external_count():
             raise BlockFileError(
-                f"{self.path}: dataset {where!r} is chunked, virtual or stored in external "
-                "files; block files hold contiguous data only. Refusing to read it."
+                f"{self.path}: dataset {where or _name(ds)!r} is chunked, virtual or stored in "
+                "external files; block files hold contiguous data only. Refusing to read it."
             )
 
-    def _open_dataset(self, unit, var: VariableInfo) -> tuple[h5py.h5d.DatasetID, np.dtype, int]:
+    def _open_dataset(self, unit: h5py.h5g.GroupID,
+                      var: VariableInfo) -> tuple[h5py.h5d.DatasetID, np.dtype, int]:
         # h5py's low-level API: a third of the time of `unit[name]` plus `read_direct` for
         # small variables (benchmarks/RESULTS.md). Anything unusual takes the high-level path,
         # whose errors name what is wrong.
         try:
-            ds = h5py.h5d.open(unit.id, var.dataset.encode())
+            ds = h5py.h5d.open(unit, var.dataset.encode())
         except Exception:
-            ds = unit[var.dataset]
+            ds = h5py.Group(unit)[var.dataset]
             if not isinstance(ds, h5py.Dataset):
                 raise BlockFileError(
                     f"{self.path}: {ds.name!r} should be a dataset, it is a group."
                 ) from None
             ds = ds.id
-        where = f"{unit.name}/{var.dataset}"
         stored_dtype = np.dtype(np.float32) if var.dtype in _WIDENED else numpy_dtype(var.dtype)
-        if tuple(ds.shape) != var.shape or ds.dtype != stored_dtype:
+        # The stored type compared as HDF5 types first (converting it to a NumPy dtype costs
+        # more than opening the dataset); only a difference is converted, and judged by it.
+        if tuple(ds.shape) != var.shape or (ds.get_type() != _hdf5_type(stored_dtype)
+                                            and ds.dtype != stored_dtype):
             raise BlockFileError(
-                f"{self.path}: dataset {where!r} has shape {tuple(ds.shape)} and dtype "
+                f"{self.path}: dataset {_name(ds)!r} has shape {tuple(ds.shape)} and dtype "
                 f"{ds.dtype}, but the block's layout records {var.shape} and {stored_dtype}."
             )
         nbytes = math.prod(var.shape) * stored_dtype.itemsize
         if nbytes > self._size:
             raise BlockFileError(
-                f"{self.path}: dataset {where!r} declares {nbytes} bytes but the whole file "
+                f"{self.path}: dataset {_name(ds)!r} declares {nbytes} bytes but the whole file "
                 f"holds {self._size}; the file is truncated or crafted."
             )
-        self._check_storage(ds, where)
+        self._check_storage(ds)
         return ds, stored_dtype, nbytes
+
+
+def _name(obj) -> str:
+    """An open object's path in its file (for messages)."""
+    return (h5py.h5i.get_name(obj) or b"?").decode("utf-8", "replace")
+
+
+@functools.cache
+def _hdf5_type(dtype: np.dtype) -> h5py.h5t.TypeID:
+    """The HDF5 type h5py writes for a NumPy dtype."""
+    return h5py.h5t.py_create(dtype, logical=True)
 
 
 def _text(value) -> str:

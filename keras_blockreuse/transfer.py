@@ -58,6 +58,12 @@ from keras_blockreuse.sources.live_model import to_numpy, unit_values_of
 from keras_blockreuse.sources.structure import automatic_name
 
 ON_MISMATCH = ("error", "skip", "adapt")
+HOLD_BYTES = 4 << 20
+"""Selected blocks of at most this many bytes are read once, verified and held until they
+are assigned; larger selections from a source with two passes (block files, Keras files) are
+verified in a first pass and assigned as a second pass reads them (memory for one variable).
+A second pass costs a one-block load a third of its time (benchmarks/RESULTS.md); holding
+4 MiB costs less memory than Keras's own loading."""
 
 
 @dataclasses.dataclass
@@ -159,12 +165,12 @@ def load_blocks(
         overflows: list = []
         check = _cast_check(plans, overflows)
         selected = [plan.source for plan in plans if any(layer.load for layer in plan.layers)]
-        if _streams(src, plans):
+        if _streams(src, plans) and _nbytes(src, plans) > HOLD_BYTES:
             # Pass 1 verifies every selected value (checksums, or hashes kept for pass 2) and
             # checks its cast, keeping no value; pass 2 reads them again and assigns each one
             # as it arrives: memory for one variable, not the blocks.
             src.verify(selected, check=check if _casts(plans) else None)
-        else:  # adaptation, or a source without two passes: every value is read and held
+        else:  # adaptation, a source without two passes, or a few MiB: every value is held
             values = {name: src.read_block(name) for name in selected}
             for name, layers in values.items():
                 for path, arrays in layers.items():
@@ -733,6 +739,18 @@ def _casts(plans: list[_BlockPlan]) -> bool:
                 if stored.get(layer.keys[key]) != dtype:
                     return True
     return False
+
+
+def _nbytes(src: Source, plans: list[_BlockPlan]) -> int:
+    """The bytes of the selected blocks that would be read, counted up to `HOLD_BYTES` + 1."""
+    total = 0
+    for plan in plans:
+        if any(layer.load for layer in plan.layers):
+            for layer in src.block_layers(plan.source):
+                total += sum(var.nbytes for var in layer.variables)
+                if total > HOLD_BYTES:
+                    return total
+    return total
 
 
 def _assign_streaming(plans: list[_BlockPlan], src: Source) -> int:

@@ -493,6 +493,49 @@ def test_convert_with_source_model_records_the_computation_order(tmp_path):
     assert None not in orders[False] and orders[False] == sorted(orders[False])  # up, down
 
 
+def test_bfloat16_weights_file_loads_bit_for_bit(tmp_path):
+    """Keras marks bfloat16 datasets with a `dtype` attribute, found in the file's listing
+    (`open_h5`); the values come back as bfloat16, bit for bit."""
+    def build(name):
+        return keras.Sequential([keras.Input((4,)), L.Dense(3, dtype="bfloat16", name="head"),
+                                 L.Dense(2, name="out")], name=name)
+
+    model = build("source")
+    randomize(model, seed=4)
+    path = str(tmp_path / "bf16.weights.h5")
+    model.save_weights(path)
+    with h5py.File(path) as f:
+        assert f["layers/dense/vars/0"].attrs["dtype"] == "bfloat16"
+    target = build("target")
+    report = load_blocks(target, path)
+    assert report.ok and report.variables_loaded == 4
+    assert_same({k.replace("source", "x"): v for k, v in snapshot(model).items()},
+                {k.replace("target", "x"): v for k, v in snapshot(target).items()})
+
+
+def test_the_checked_listing_holds_what_hdf5_reads(vgg_files):
+    """`open_h5` lists each object once with its type and its single variable-length
+    strings, read by the global-heap check itself: the same types and texts as HDF5's."""
+    from keras_blockreuse.safety import text_attribute
+    from keras_blockreuse.sources.hdf5 import open_h5
+
+    path = vgg_files[2]["weights"]
+    with open_h5(path) as checked, h5py.File(path, "r", locking=False) as f:
+        visited = []
+        h5py.h5o.visit(f.id, lambda name, info: visited.append((name, info.type, info.addr)),
+                       info=True)
+        assert checked.objects == visited
+        texts = 0
+        for name, _, address in checked.objects:
+            attributes = checked.attributes[address]
+            assert sorted(attributes) == sorted(k.encode() for k in f[name.decode()].attrs)
+            for key, value in attributes.items():
+                if value is not None:
+                    texts += 1
+                    assert value.decode() == text_attribute(f[name.decode()], key.decode())
+        assert texts >= 16  # every layer's `name`
+
+
 # --- streaming loads from Keras files: pass 1 checks and hashes, pass 2 compares and assigns --
 
 
@@ -535,6 +578,14 @@ def save_as(model, kind, folder, name="m"):
     return path
 
 
+@pytest.fixture
+def streams_all(monkeypatch):
+    """Loads of any size stream (`transfer.HOLD_BYTES` holds a few MiB in one pass)."""
+    from keras_blockreuse import transfer
+
+    monkeypatch.setattr(transfer, "HOLD_BYTES", 0)
+
+
 def streaming_source(path, source_model=None):
     """The file opened as a source whose `read_block` (the path that holds every value)
     fails, so a load that succeeds went through `verify` and `iter_values`."""
@@ -547,6 +598,7 @@ def streaming_source(path, source_model=None):
     return source
 
 
+@pytest.mark.usefixtures("streams_all")
 @pytest.mark.parametrize("kind", ["weights", "keras", "keras_deflated", "keras2"])
 def test_streaming_loads_from_keras_files_are_bit_identical(kind, tmp_path):
     source = small_cnn("source")
@@ -560,6 +612,7 @@ def test_streaming_loads_from_keras_files_are_bit_identical(kind, tmp_path):
     assert_same(snapshot(source), snapshot(target))  # the same layer names: same paths
 
 
+@pytest.mark.usefixtures("streams_all")
 @pytest.mark.parametrize("kind", ["weights", "keras", "keras2"])
 def test_an_overflow_found_late_in_the_first_pass_changes_no_weight(kind, tmp_path):
     """float32 values into a float16 model: every value is checked for its cast in pass 1;
@@ -587,6 +640,7 @@ def test_an_overflow_found_late_in_the_first_pass_changes_no_weight(kind, tmp_pa
         np.float16).tobytes()
 
 
+@pytest.mark.usefixtures("streams_all")
 @pytest.mark.parametrize("kind", ["weights", "keras"])
 def test_a_keras_file_rewritten_in_place_between_the_passes_is_detected(kind, tmp_path):
     """A real byte of block_3's kernel changed in the file after pass 1: pass 2 finds its

@@ -9,6 +9,7 @@ from keras_blockreuse import (
     BlockModel,
     load_blocks,
     save_blocks,
+    transfer,
 )
 from keras_blockreuse.sources import Source, open_source
 from tests.helpers import assert_same, dense_stack, randomize, seed_cnn, snapshot
@@ -287,7 +288,8 @@ class _Delegating(Source):
         self._inner.close()
 
 
-def test_streaming_and_plain_loads_are_bit_identical(tmp_path):
+def test_streaming_and_plain_loads_are_bit_identical(tmp_path, monkeypatch):
+    monkeypatch.setattr(transfer, "HOLD_BYTES", 0)  # these small blocks stream too
     source = _mixed("source")
     randomize(source, seed=5)
     path = save_blocks(source, tmp_path / "mixed.blocks.h5")
@@ -302,6 +304,24 @@ def test_streaming_and_plain_loads_are_bit_identical(tmp_path):
     expected = {k.replace("source", "x"): v for k, v in snapshot(source).items()}
     for kind, values in loaded.items():
         assert_same(expected, {k.replace(f"target_{kind}", "x"): v for k, v in values.items()})
+
+
+def test_a_small_selection_is_read_once_and_held(tmp_path):
+    """Up to `HOLD_BYTES`, blocks are read once, verified and held, then assigned: the
+    source's streaming pair (`verify`, then `iter_values`) is not used."""
+    source = dense_stack(160, depth=4, name="source")
+    randomize(source, seed=3)
+    path = save_blocks(source, tmp_path / "stack.blocks.h5")
+    verified = []
+    target = dense_stack(160, depth=4, name="target")
+    report = load_blocks(target, _Delegating(path, streaming=True,
+                                             after_verify=lambda: verified.append(True)))
+    assert verified == []
+    nbytes = sum(int(np.prod(v.shape)) * 4 for v in source.weights)
+    assert nbytes <= transfer.HOLD_BYTES
+    assert report.bytes_read == nbytes
+    assert_same({k.replace("source", "x"): v for k, v in snapshot(source).items()},
+                {k.replace("target", "x"): v for k, v in snapshot(target).items()})
 
 
 def test_corrupt_block_in_the_middle_of_the_file_changes_no_weight(source, tmp_path):
@@ -321,10 +341,11 @@ def test_corrupt_block_in_the_middle_of_the_file_changes_no_weight(source, tmp_p
     load_blocks(target, path, only=["block_1", "dense_1", "dense_2"])  # the others still load
 
 
-def test_a_file_rewritten_in_place_during_the_load_is_reported(tmp_path):
+def test_a_file_rewritten_in_place_during_the_load_is_reported(tmp_path, monkeypatch):
     """Blocks are verified before the first assignment; a file changed in place after that
     (not how block files are written) is caught and the error says what was loaded. The
     kernels are larger than HDF5's 64 KiB sieve buffer, so the second read goes to the file."""
+    monkeypatch.setattr(transfer, "HOLD_BYTES", 0)  # stream these 0.4 MB, as larger loads do
     source = dense_stack(160, depth=4, name="source")
     randomize(source, seed=2)
     path = save_blocks(source, tmp_path / "stack.blocks.h5")

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 import os
 import types
 from collections.abc import Callable, Iterator, Sequence
@@ -24,6 +25,7 @@ from keras_blockreuse.errors import BlockFileError
 from keras_blockreuse.safety import GuardedSource, check_regular_file, reading
 
 
+@functools.lru_cache(maxsize=64)
 def numpy_dtype(dtype: str) -> np.dtype:
     """The NumPy dtype of a Keras dtype string (`bfloat16` and `float8_*` via ml_dtypes)."""
     if dtype in ("bfloat16", "float8_e4m3fn", "float8_e5m2"):
@@ -50,7 +52,7 @@ class VariableInfo:
 
     @property
     def size(self) -> int:
-        return int(np.prod(self.shape, dtype=np.int64))
+        return math.prod(self.shape)
 
     @property
     def nbytes(self) -> int:

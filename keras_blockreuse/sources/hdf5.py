@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import h5py
 import numpy as np
@@ -20,11 +21,11 @@ def open_h5(path, where: str | None = None) -> h5py.File:
     return open_hdf5(path, where or repr(path))
 
 
-def read_dataset(ds: h5py.Dataset, file_size: int, where: str,
-                 scratch: list | None = None) -> np.ndarray:
+def read_dataset(ds: h5py.Dataset | h5py.h5d.DatasetID, file_size: int, where: str,
+                 scratch: list | None = None, marked: bool = True) -> np.ndarray:
     """A dataset's values, after checking that they are stored in its file (`check_storage`)
     and that it declares no more bytes than its file holds (`check_dataset`)."""
-    return read_checked(ds, check_dataset(ds, file_size, where), scratch)
+    return read_checked(ds, check_dataset(ds, file_size, where, marked), scratch)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,26 +42,34 @@ class Checked:
         return int(np.prod(self.shape, dtype=np.int64)) * self.dtype.itemsize
 
 
-def check_dataset(ds: h5py.Dataset, file_size: int, where: str) -> Checked:
+def check_dataset(ds: h5py.Dataset | h5py.h5d.DatasetID, file_size: int, where: str,
+                  marked: bool = True) -> Checked:
     """Checks that a dataset's values are stored in its file and fit in it; what a reader of
-    the same open dataset needs to read it again (`read_checked`) without checking again."""
-    check_storage(ds, where)
-    check_dataset_size(ds, file_size, where)
-    return Checked(tuple(ds.shape), ds.dtype,
-                   text_attribute(ds, "dtype") in ("bfloat16", b"bfloat16"))
+    the same open dataset needs to read it again (`read_checked`) without checking again.
+    `marked=False`: the dataset is known to have no `dtype` attribute (a bfloat16 mark),
+    which is then not read. One creation property list serves both storage checks."""
+    dataset_id = ds.id if isinstance(ds, h5py.Dataset) else ds
+    plist = dataset_id.get_create_plist()
+    check_storage(dataset_id, where, plist)
+    check_dataset_size(dataset_id, file_size, where, plist)
+    bfloat16 = marked and text_attribute(h5py.Dataset(dataset_id), "dtype") in ("bfloat16",
+                                                                                 b"bfloat16")
+    return Checked(dataset_id.shape, dataset_id.dtype, bfloat16)
 
 
-def read_checked(ds: h5py.Dataset, checked: Checked, scratch: list | None = None) -> np.ndarray:
+def read_checked(ds: h5py.Dataset | h5py.h5d.DatasetID, checked: Checked,
+                 scratch: list | None = None) -> np.ndarray:
     """The values of a dataset `check_dataset` passed, into new memory.
 
     `scratch`: a list holding one reusable byte buffer (empty at first): the values are read
     into it instead, grown as needed and overwritten by the next read — for a pass that only
     checks values, without the cost of new memory for each.
     """
+    dataset_id = ds.id if isinstance(ds, h5py.Dataset) else ds
     if checked.bfloat16:
         import ml_dtypes
 
-        return np.array(ds, dtype=ml_dtypes.bfloat16)
+        return np.array(h5py.Dataset(dataset_id), dtype=ml_dtypes.bfloat16)
     if scratch is None:
         array = np.empty(checked.shape, dtype=checked.dtype)
     else:
@@ -68,20 +77,30 @@ def read_checked(ds: h5py.Dataset, checked: Checked, scratch: list | None = None
             scratch[:] = [np.empty(checked.nbytes, dtype=np.uint8)]
         array = scratch[0][:checked.nbytes].view(checked.dtype).reshape(checked.shape)
     if array.size:  # the whole dataset into memory of its own shape: `read_direct`, in one call
-        ds.id.read(h5py.h5s.ALL, h5py.h5s.ALL, array)
+        dataset_id.read(h5py.h5s.ALL, h5py.h5s.ALL, array)
     return array
 
 
-def dtype_of(ds: h5py.Dataset, where: str) -> str:
-    """A dataset's Keras dtype string; non-numeric datasets are refused."""
-    if text_attribute(ds, "dtype") in ("bfloat16", b"bfloat16"):
+def dtype_of(ds: h5py.Dataset | h5py.h5d.DatasetID, where: str, marked: bool = True) -> str:
+    """A dataset's Keras dtype string; non-numeric datasets are refused. `marked=False`: as
+    for `read_dataset`."""
+    dataset_id = ds.id if isinstance(ds, h5py.Dataset) else ds
+    if marked and text_attribute(h5py.Dataset(dataset_id), "dtype") in ("bfloat16",
+                                                                         b"bfloat16"):
         return "bfloat16"
-    if ds.dtype.kind not in "fiub":
+    dtype = dataset_id.dtype
+    if dtype.kind not in "fiub":
+        name = (h5py.h5i.get_name(dataset_id) or b"?").decode("utf-8", "replace")
         raise BlockFileError(
-            f"{where}: dataset {ds.name!r} has dtype {ds.dtype}, which is not a numeric "
+            f"{where}: dataset {name!r} has dtype {dtype}, which is not a numeric "
             "variable type."
         )
-    return "bool" if ds.dtype.kind == "b" else str(ds.dtype)
+    return "bool" if dtype.kind == "b" else _dtype_name(dtype)
+
+
+@functools.lru_cache(maxsize=64)
+def _dtype_name(dtype: np.dtype) -> str:
+    return str(dtype)
 
 
 def attr_text(value) -> str:

@@ -28,7 +28,13 @@ import h5py
 import numpy as np
 
 from keras_blockreuse.errors import BlockFileError
-from keras_blockreuse.safety import check_links, layer_name, safe_member_name, text_attribute
+from keras_blockreuse.safety import (
+    CheckedFile,
+    check_links,
+    layer_name,
+    safe_member_name,
+    text_attribute,
+)
 from keras_blockreuse.sources.base import LayerInfo, LayerSource, VariableInfo
 from keras_blockreuse.sources.hdf5 import Checked, check_dataset, dtype_of, open_h5, read_checked
 
@@ -104,12 +110,14 @@ class KerasWeightsSource(LayerSource):
         self._files = files
         self._sizes = sizes
         self._on_close = on_close
-        self._datasets: dict[tuple[int, str], h5py.Dataset] = {}
+        self._datasets: dict[tuple[int, str], h5py.h5d.DatasetID] = {}
         self._checked: dict[tuple[int, str], Checked] = {}
+        self._addresses: list[dict[bytes, int]] | None = None
         try:
             _check_model_argument(source_model)
             for file in files:  # each dataset's storage is checked when it is read
-                check_links(file, description)
+                if not isinstance(file, CheckedFile):  # `open_h5` checked its links
+                    check_links(file, description)
             self._index = _index(files, description)
             # The source model, built and walked at most once, lazily: `(builder, given)`,
             # `given` when the user passed it (a failure is then raised, not left).
@@ -228,8 +236,8 @@ class KerasWeightsSource(LayerSource):
                 key=key,
                 name=names.get(key, key),
                 path=f"{group.keras_path}/vars/{key}",
-                shape=tuple(int(d) for d in ds.shape),
-                dtype=dtype_of(ds, self.description),
+                shape=ds.shape,
+                dtype=dtype_of(ds, self.description, self._marked(index, dataset_path)),
                 dataset=dataset_path,
             ))
         return tuple(out)
@@ -264,17 +272,24 @@ class KerasWeightsSource(LayerSource):
             ds = self._dataset(index, dataset_path)
             checked = self._checked.get((index, dataset_path))
             if checked is None:  # once per open dataset: a streaming load reads it twice
-                checked = check_dataset(ds, self._sizes[index], self.description)
+                checked = check_dataset(ds, self._sizes[index], self.description,
+                                        self._marked(index, dataset_path))
                 self._checked[index, dataset_path] = checked
             yield key, read_checked(ds, checked, scratch)
 
-    def _dataset(self, index: int, path: str) -> h5py.Dataset:
+    def _marked(self, index: int, path: str) -> bool:
+        """False when the file's listing shows the dataset has no `dtype` attribute."""
+        if self._addresses is None:
+            self._addresses = [_addresses(file) for file in self._files]
+        return not _no_dtype_attribute(self._files[index], self._addresses[index], path)
+
+    def _dataset(self, index: int, path: str) -> h5py.h5d.DatasetID:
         """A dataset, opened once: its layer is described, then read."""
         ds = self._datasets.get((index, path))
         if ds is None:
-            # `_index` found a dataset there: bind it directly (`file[path]` also looks up
-            # what kind of object it is, three times the cost)
-            ds = h5py.Dataset(h5py.h5d.open(self._files[index].id, path.encode("utf-8")))
+            # `_index` found a dataset there: open it directly, through h5py's low-level API
+            # (`file[path]` also looks up what kind of object it is, three times the cost)
+            ds = h5py.h5d.open(self._files[index].id, path.encode("utf-8"))
             self._datasets[index, path] = ds
         return ds
 
@@ -369,7 +384,7 @@ def _index(files: list[h5py.File], where: str) -> dict[str, _Group]:
     groups: dict[str, _Group] = {}
     vars_groups: list[tuple[int, str]] = []  # (file index, structural path)
     for index, file in enumerate(files):
-        for raw, kind in _objects(file):
+        for raw, kind, _ in _objects(file):
             if raw.split(b"/", 1)[0].decode("utf-8", "replace") in NOT_LAYERS:
                 continue  # optimizer and metric state
             parts = _decoded(raw, where).split("/")
@@ -387,10 +402,16 @@ def _index(files: list[h5py.File], where: str) -> dict[str, _Group]:
     holding = [path for path, g in groups.items() if g.datasets]
     needed = {"/".join(path.split("/")[:cut]) for path in holding
               for cut in range(1, path.count("/") + 2)}
+    addresses = [_addresses(file) for file in files]
     for index, inner in vars_groups:
         entry = groups[inner]
         if inner in needed and entry.name is None:
-            name = text_attribute(files[index][f"{inner}/vars" if inner else "vars"], "name")
+            at = f"{inner}/vars" if inner else "vars"
+            file = files[index]
+            if isinstance(file, CheckedFile):  # read while checking the file: no HDF5 call
+                name = file.text(addresses[index][at.encode("utf-8")], "name", at)
+            else:
+                name = text_attribute(file, "name", at=at)
             if name is not None:
                 entry.name = layer_name(name, where)
     groups.pop("", None)  # the model's own `vars`: the model is not a layer of itself
@@ -399,11 +420,31 @@ def _index(files: list[h5py.File], where: str) -> dict[str, _Group]:
     return groups
 
 
-def _objects(file: h5py.File) -> list[tuple[bytes, int]]:
-    """`(name, object type)` of every object below the root, each once, in name order."""
-    objects: list[tuple[bytes, int]] = []
-    h5py.h5o.visit(file.id, lambda name, info: objects.append((name, info.type)), info=True)
+def _objects(file: h5py.File) -> list[tuple[bytes, int, int]]:
+    """`(name, object type, address)` of every object below the root, in name order: the
+    listing `open_h5` made while checking the file, else each object once from one HDF5
+    walk."""
+    if isinstance(file, CheckedFile):
+        return file.objects
+    objects: list[tuple[bytes, int, int]] = []
+    h5py.h5o.visit(file.id, lambda name, info: objects.append((name, info.type, info.addr)),
+                   info=True)
     return objects
+
+
+def _addresses(file: h5py.File) -> dict[bytes, int]:
+    """`name -> address` of a checked file's objects (none for another file)."""
+    if not isinstance(file, CheckedFile):
+        return {}
+    return {name: address for name, _, address in file.objects}
+
+
+def _no_dtype_attribute(file: h5py.File, addresses: dict[bytes, int], path: str) -> bool:
+    """True when a checked file's listing shows that the dataset at `path` has no `dtype`
+    attribute (Keras marks bfloat16 values with one), so that it need not be read."""
+    address = addresses.get(path.lstrip("/").encode("utf-8"))
+    attributes = file.attributes.get(address) if isinstance(file, CheckedFile) else None
+    return attributes is not None and b"dtype" not in attributes
 
 
 def _decoded(name: bytes, where: str) -> str:
