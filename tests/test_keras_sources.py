@@ -704,3 +704,23 @@ def test_a_deflated_archive_is_bounded_from_its_config_without_its_values(tmp_pa
     assert builds == [True]  # once, stateless: no model rebuilt with values for pairing
     assert list(global_state.get_global_attribute("uninitialized_variables") or []) == pending
     assert_same(snapshot(source), snapshot(target))
+
+
+def test_a_keras_archive_that_is_not_a_zip_file_says_what_it_holds(tmp_path):
+    model = dense_stack(4)
+    good = tmp_path / "good.keras"
+    model.save(good)
+    data = good.read_bytes()
+    page = tmp_path / "page.keras"
+    page.write_bytes(b"<html>404 Not Found</html>")
+    cut = tmp_path / "cut.keras"
+    cut.write_bytes(data[: len(data) // 2])  # the zip directory is at the end: gone
+    before = snapshot(model)
+    for path, size, start in ((page, 26, b"<html>404 Not Fo"), (cut, len(data) // 2, data[:16])):
+        with pytest.raises(BlockFileError) as e:
+            load_blocks(model, str(path))
+        assert str(e.value).startswith(
+            f"{str(path)!r} is not a valid .keras archive: File is not a zip file ({size} "
+            f"bytes, starting {start!r}; a .keras archive is a zip file")
+        assert "fetch or save it again" in str(e.value)
+    assert_same(before, snapshot(model))

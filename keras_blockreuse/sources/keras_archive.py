@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import zipfile
 
 import numpy as np
@@ -32,7 +33,14 @@ def open_archive(path: str, rule=None, source_model=None) -> KerasWeightsSource:
     try:
         archive = zipfile.ZipFile(path)
     except zipfile.BadZipFile as e:
-        raise BlockFileError(f"{path!r} is not a valid .keras archive: {e}") from e
+        with open(path, "rb") as f:
+            start = f.read(16)
+        raise BlockFileError(
+            f"{path!r} is not a valid .keras archive: {e} ({os.path.getsize(path)} bytes, "
+            f"starting {start!r}; a .keras archive is a zip file, starting b'PK\\x03\\x04', "
+            "with its directory at the end). A download that saved an error page, or a copy "
+            "cut short, looks like this: fetch or save it again."
+        ) from e
     closers = [archive.close]
 
     def close():
