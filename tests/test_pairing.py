@@ -125,7 +125,7 @@ def test_automatic_names_that_swap_with_creation_order_pair_by_path(tmp_path, ki
     up, down = values(source.get_layer("enc").up.weights), \
         values(source.get_layer("enc").down.weights)
     path = save_all(source, str(tmp_path), [kind])[kind]
-    keras.backend.clear_session()  # as a fresh process: automatic names start again
+    keras.backend.clear_session(free_memory=False)  # as a fresh process: names start again
     target = build(True)
     enc = target.get_layer("enc")
     assert (enc.up.name, enc.down.name) == ("dense_1", "dense")  # the source's, crosswise
@@ -586,7 +586,7 @@ def test_blocks_named_by_automatic_names_that_keras_paths_contradict_are_refused
     expected = {"enc": values(enc.weights), "dec": values(dec.weights)}
     path = (save_blocks(source, str(tmp_path / "m.blocks.h5")) if kind == "blocks"
             else save_all(source, str(tmp_path), [kind])[kind])  # one block per layer
-    keras.backend.clear_session()  # as a fresh process: automatic names start again
+    keras.backend.clear_session(free_memory=False)  # as a fresh process: names start again
     target, enc, dec = build(True)
     assert (enc.name, dec.name) == ("dense_1", "dense")  # the source's names, crosswise
     before = snapshot(target)
