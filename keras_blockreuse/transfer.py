@@ -399,8 +399,7 @@ def _same_class(class_name: str, unit, known_only: bool = False) -> bool:
 
 def _validate(plans: list[_BlockPlan], report: LoadReport, on_mismatch: str, src: Source) -> None:
     adaptable = False
-    names_checked = src.variable_names_pair and not str(src.info.get("format", "")).startswith(
-        "Keras legacy")  # Keras 2 names some variables otherwise (`depthwise_kernel`)
+    names_checked = src.variable_names_checked
     for plan in plans:
         for layer in plan.layers:
             if not _same_class(layer.source.class_name, layer.unit,

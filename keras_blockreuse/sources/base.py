@@ -102,14 +102,18 @@ class Source:
         variable_names_pair: True when the source's variable names are reliable, so
             variables pair by name within a layer where both sides' names are the same set
             (legacy `.h5`, which stores trainable variables first; block files written by
-            `save_blocks`, whose names are Keras 3's own: there a name that differs from the
-            model's, as `gamma` for `beta`, is a mismatch).
+            `save_blocks`).
+        variable_names_checked: True when the variable names are Keras 3's own (block files
+            written by `save_blocks`), so a name that differs from the model's (`gamma` for
+            `beta`) is a mismatch. Not for legacy `.h5`: Keras 2 names some variables
+            otherwise (`depthwise_kernel`).
     """
 
     description: str = "source"
     bytes_read: int = 0
     info: dict = {}
     variable_names_pair: bool = False
+    variable_names_checked: bool = False
 
     def block_names(self) -> list[str]:
         """The source's blocks, in order."""

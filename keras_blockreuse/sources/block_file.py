@@ -37,6 +37,7 @@ class BlockFileSource(Source):
         self.info = {"format": "keras-blockreuse block file"}
         # `save_blocks` records each variable's Keras name; a converted file, its source's
         self.variable_names_pair = "converted_from" not in self._file.metadata
+        self.variable_names_checked = self.variable_names_pair
 
     @property
     def bytes_read(self) -> int:
