@@ -27,7 +27,11 @@ Pairing: a model layer takes a source layer's values only when the pairing is ju
    files, live models, rebuilt `.keras` structures, legacy files) — never a file's storage
    order.
 
-Each block takes the first of these that pairs all of its model layers. Pairs not by name are
+Each block takes the first of these that pairs all of its model layers. Automatic names
+(`dense_1`) and a list's keys in a Keras path (`items/dense_1`) follow creation order and
+position, so they are weak: where they disagree the layers are refused, and where the model
+and the source hold another number of blocks of one class with automatic names, those blocks
+are refused until the user names them (`only=` without a glob, `rename=`). Pairs not by name are
 checked for class (the source's class, or a subclass of it) and for every variable's shape
 before anything is assigned. Layers left unpaired are a mismatch: `BlockMismatchError` lists
 them side by side, or `on_mismatch="skip"` leaves them and reports them.
@@ -55,7 +59,7 @@ from keras_blockreuse.errors import BlockFileError, BlockMismatchError
 from keras_blockreuse.report import LoadReport, Mismatch
 from keras_blockreuse.sources import LayerInfo, Source, VariableInfo, numpy_dtype, open_source
 from keras_blockreuse.sources.live_model import to_numpy, unit_values_of
-from keras_blockreuse.sources.structure import automatic_name
+from keras_blockreuse.sources.structure import automatic_name, strip_counter
 
 ON_MISMATCH = ("error", "skip", "adapt")
 HOLD_BYTES = 4 << 20
@@ -262,6 +266,7 @@ def _plan(
                 f"Source blocks {targets[t]!r} and {s!r} both map to model block {t!r}."
             )
         targets[t] = s
+    _refuse_shifted_names(targets, target_blocks, source_names, only, rename)
     in_source = {rename.get(s, s) for s in source_names}
     report = LoadReport(source=src.description, target_blocks=target_names,
                         source_blocks=source_names)
@@ -286,8 +291,8 @@ def _plan(
                 report.mismatched.append(Mismatch(
                     t, path, "*", f"its automatic name pairs it with source layer {name!r}, "
                     f"but Keras's saving walk places them differently (source {source_path}, "
-                    f"model {target_path}): created in another order? Name the layers, or "
-                    "pair the blocks with rename=", "present", "present"))
+                    f"model {target_path}): created in another order, or moved in a list? "
+                    "Name the layers, or pair the blocks with rename=", "present", "present"))
                 continue
             report.mismatched.append(
                 Mismatch(t, path, "*", "no source layer pairs with it", "-", "present"))
@@ -296,6 +301,49 @@ def _plan(
                 Mismatch(t, path, "*", "no model layer pairs with it", "present", "-"))
         plans.append(plan)
     return plans, report
+
+
+def _refuse_shifted_names(targets: dict[str, str], target_blocks: dict[str, Block],
+                          source_names: list[str], only, rename: dict[str, str]) -> None:
+    """Refuses blocks paired only by automatic names when the two sides hold another number
+    of blocks of that class (`dense`, `dense_1` against `dense`, `dense_1`, `dense_2`).
+
+    Keras numbers automatic names in creation order, so a layer added before the others of
+    its class shifts every later name, and a layer added after them shifts none: the names
+    cannot tell which happened. Blocks the user named (`only=` without a glob, `rename=`) are
+    the user's answer and pass.
+    """
+    named = set(rename) | {p for p in ([only] if isinstance(only, str) else only or [])
+                           if not any(c in p for c in "*?[")}
+    families: dict[str, list[str]] = {}
+    classes: dict[str, str] = {}
+    for name, block in target_blocks.items():
+        layer = block.layers[0]
+        if len(block.layers) == 1 and layer.name == name and automatic_name(name, layer):
+            families.setdefault(strip_counter(name), []).append(name)
+            classes[strip_counter(name)] = type(layer).__name__
+    problems, listed = [], []
+    for stem, model_names in families.items():
+        theirs = [s for s in source_names if strip_counter(s) == stem]
+        as_named = [t for t in model_names if targets.get(t) == t]
+        if (as_named and sorted(model_names) != sorted(theirs)
+                and not all(t in named for t in as_named)):
+            problems.append(
+                f"{classes[stem]} blocks: the model has {model_names}, the source "
+                f"{theirs}; only their names pair {as_named}"
+            )
+            listed += as_named
+    if problems:
+        raise BlockMismatchError(
+            "Blocks named by automatic names cannot be paired by those names here: "
+            + "; ".join(problems) + ". Keras numbers automatic names in creation order, so a "
+            "layer added before the others of its class shifts every later name, and one "
+            "added after them shifts none; the names cannot tell which happened. If the "
+            f"extra layers came after the others (a new head), load with only={listed}; if "
+            "a layer was added or removed before them, pair the blocks with rename= "
+            "{source block: model block}. Naming the layers when building the model avoids "
+            "this."
+        )
 
 
 def _pair_block(
@@ -315,20 +363,27 @@ def _pair_block(
         pairs = [(unit, by_name[unit[0]]) for unit in units]
         # Automatic names (`dense`, `dense_1`) follow creation order, which a refactor can
         # change; where both sides' Keras paths pair every layer and disagree, they win.
+        # Keras keys a list's items by class and position (`dense_1`), as weak as an
+        # automatic name: where such a path disagrees, neither is believed.
         if any(automatic_name(path, obj) for path, obj, _ in units):
             by_path = _pairs_by_path(units, source_layers, target_paths)
-            if by_path is not None and any(a[1] is not b[1] for a, b in zip(pairs, by_path,
-                                                                             strict=True)):
+            differ = [] if by_path is None else [
+                (a, b) for a, b in zip(pairs, by_path, strict=True) if a[1] is not b[1]]
+            paths = target_paths() if differ else {}
+            if differ and not any(automatic_name(b[1].keras_path, b[0][1])
+                                  or automatic_name(paths[id(b[0][1])], b[0][1])
+                                  for _, b in differ):
                 pairs, pairing = by_path, "path"
-            elif by_path is None:
+            elif differ or by_path is None:
                 contradicted = _contradicted(pairs, target_paths)
                 pairs = [pair for pair in pairs if pair[0][0] not in contradicted]
     else:
         pairs = _pairs_by_path(units, source_layers, target_paths)
         if pairs is not None:
             pairing = "path"
+        # One layer on each side is in the same order whatever the source knows.
         if (pairs is None and len(units) == len(source_layers)
-                and all(layer.order is not None for layer in source_layers)):
+                and (len(units) == 1 or all(layer.order is not None for layer in source_layers))):
             pairs = list(zip(units, sorted(source_layers, key=lambda layer: layer.order),
                              strict=True))
             pairing = "order"

@@ -594,7 +594,7 @@ def test_blocks_named_by_automatic_names_that_keras_paths_contradict_are_refused
         load_blocks(target, path)
     assert ("dense / dense / *: its automatic name pairs it with source layer 'dense', but "
             "Keras's saving walk places them differently (source layers/dense_1, model "
-            "layers/dense): created in another order?") in str(e.value)
+            "layers/dense): created in another order, or moved in a list?") in str(e.value)
     assert all(before[k].tobytes() == v.tobytes() for k, v in snapshot(target).items())
     # The blocks paired by hand then pair their layers by Keras path.
     report = load_blocks(target, path, rename={"dense": "dense_1", "dense_1": "dense"})
@@ -644,4 +644,94 @@ def test_variables_of_a_block_file_pair_by_their_recorded_names(tmp_path):
         load_blocks(target, path, only=["block_2"])
     assert "block_2 / block_2_0 / beta: name differs (source 'gamma') (source (3,) float32, " \
            "model (3,) float32)" in str(e.value)
+    assert all(before[k].tobytes() == v.tobytes() for k, v in snapshot(target).items())
+
+
+@pytest.mark.parametrize("kind", ["blocks", "weights", "keras", "legacy"])
+def test_automatic_names_with_another_count_of_their_class_are_refused(tmp_path, kind):
+    """A layer added before the others of its class shifts their automatic names (and Keras
+    paths) alike, which an appended head does not: the names cannot tell the two apart, so
+    the load is refused until the user says which (only= or rename=)."""
+    def build(new):  # new: None, "before" or "after" the two source layers
+        inputs = keras.Input((4,))
+        added = L.Dense(4) if new == "before" else None
+        a, b = L.Dense(4), L.Dense(4)
+        added = L.Dense(4) if new == "after" else added
+        x = added(inputs) if new == "before" else inputs
+        x = b(a(x))
+        return keras.Model(inputs, added(x) if new == "after" else x), a, b
+
+    source, a, b = build(None)
+    distinct(source, seed=11)
+    expected = {"a": values(a.weights), "b": values(b.weights)}
+    path = (save_blocks(source, str(tmp_path / "m.blocks.h5")) if kind == "blocks"
+            else save_all(source, str(tmp_path), [kind])[kind])
+    for new in ("before", "after"):
+        keras.backend.clear_session(free_memory=False)  # as a fresh process: names start again
+        target, a, b = build(new)
+        assert [layer.name for layer in target.layers[1:]] == ["dense", "dense_1", "dense_2"]
+        before = snapshot(target)
+        with pytest.raises(BlockMismatchError) as e:
+            load_blocks(target, path)
+        assert ("Dense blocks: the model has ['dense', 'dense_1', 'dense_2'], the source "
+                "['dense', 'dense_1']; only their names pair ['dense', 'dense_1']") in str(e.value)
+        assert "load with only=['dense', 'dense_1']" in str(e.value)
+        assert all(before[k].tobytes() == v.tobytes() for k, v in snapshot(target).items())
+        with pytest.raises(BlockMismatchError):  # a glob is not an answer
+            load_blocks(target, path, only=["dense*"])
+        if new == "after":  # the user's answer: the blocks as named
+            report = load_blocks(target, path, only=["dense", "dense_1"])
+        else:  # the user's answer: shifted by the layer added before them
+            report = load_blocks(target, path, rename={"dense": "dense_1", "dense_1": "dense_2"})
+        assert report.ok, str(report)
+        assert_bits(values(a.weights), expected["a"])
+        assert_bits(values(b.weights), expected["b"])
+
+
+@keras.saving.register_keras_serializable(package="test_pairing")
+class Listed(L.Layer):
+    """Two Dense in a list; `swapped` (a refactor) lists them in the other order, created
+    in the same order, so their automatic names stay and their Keras paths (list keys) swap."""
+
+    def __init__(self, swapped=False, **kwargs):
+        super().__init__(**kwargs)
+        self.swapped = swapped
+        first, second = L.Dense(4), L.Dense(4)
+        self.items = [second, first] if swapped else [first, second]
+
+    def build(self, shape):
+        for item in self.items:
+            item.build(shape)
+
+    def call(self, x):
+        for item in self.items:
+            x = item(x)
+        return x
+
+    def get_config(self):
+        return {**super().get_config(), "swapped": self.swapped}
+
+
+@pytest.mark.parametrize("kind", ["blocks", "weights", "keras"])
+def test_list_keys_that_disagree_with_automatic_names_are_refused(tmp_path, kind):
+    """Items of a list reordered, their creation order kept: the names say one pairing, the
+    Keras paths (class and position in the list) the other; neither can be believed."""
+    def build(swapped):
+        inputs = keras.Input((4,))
+        layer = Listed(swapped=swapped, name="listed")
+        return keras.Model(inputs, layer(inputs)), layer
+
+    source, layer = build(False)
+    distinct(source, seed=12)
+    path = (save_blocks(source, str(tmp_path / "m.blocks.h5")) if kind == "blocks"
+            else save_all(source, str(tmp_path), [kind])[kind])
+    keras.backend.clear_session(free_memory=False)
+    target, layer = build(True)
+    before = snapshot(target)
+    with pytest.raises(BlockMismatchError) as e:
+        load_blocks(target, path)
+    assert ("listed / listed/dense / *: its automatic name pairs it with source layer "
+            "'listed/dense', but Keras's saving walk places them differently (source "
+            "layers/listed/items/dense, model layers/listed/items/dense_1): created in another "
+            "order, or moved in a list?") in str(e.value)
     assert all(before[k].tobytes() == v.tobytes() for k, v in snapshot(target).items())
