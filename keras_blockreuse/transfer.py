@@ -48,6 +48,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -90,9 +91,10 @@ class _BlockPlan:
     pairing: str  # "name", "path" or "order"
     unpaired_source: list[str] = dataclasses.field(default_factory=list)
     unpaired_target: list[str] = dataclasses.field(default_factory=list)
-    # model layer -> (source layer, source Keras path, model Keras path): automatic names
-    # that pair them, contradicted by their places in Keras's saving walk
-    contradicted: dict[str, tuple[str, str, str]] = dataclasses.field(default_factory=dict)
+    # model layer -> (source layer, where each side places it): automatic names that pair
+    # them, contradicted by their places in Keras's saving walk or in computation order
+    contradicted: dict[str, tuple[str, str]] = dataclasses.field(default_factory=dict)
+    caveat: str = ""  # same-class layers paired by automatic names alone (see LoadReport)
 
 
 def load_blocks(
@@ -121,8 +123,9 @@ def load_blocks(
             `"skip"` (leave the variables and layers that do not fit or pair as they are, and
             report them) or `"adapt"` (adapt known cases, such as a first convolution's input
             channels).
-        freeze: set `trainable=False` on the loaded blocks' layers. A compiled model must be
-            compiled again for this to take effect in training (a warning says so).
+        freeze: set `trainable=False` on the loaded blocks' layers; a block loaded only partly
+            (`on_mismatch="skip"`) stays trainable (a warning says so). A compiled model must
+            be compiled again for this to take effect in training (a warning says so).
         blocks: the model's block rule (for models that are not a `BlockModel`).
         source_blocks: the block rule for a source without blocks of its own; default the
             source's own rule, else the model's.
@@ -156,7 +159,8 @@ def load_blocks(
     target_rule = blocks if blocks is not None else getattr(model, "_block_rule", None)
     target_blocks = get_blocks(model, target_rule)
     if source_blocks is None and not hasattr(source, "_block_rule"):
-        source_blocks = target_rule
+        source_blocks = target_rule if target_rule is not None else _top_level_grouping(
+            model, target_blocks)
     nothing_asked = only is not None and not isinstance(only, str) and len(only) == 0
     values = None
     with open_source(source, source_blocks, **source_options) as src:
@@ -193,13 +197,32 @@ def load_blocks(
     report.not_loaded = [p.target for p in plans if p.target not in loading]
     report.untouched = [name for name in target_blocks if name not in report.loaded]
     if freeze and report.loaded:
+        partly = [name for name in report.loaded if any(m.block == name for m in report.skipped)]
         for name in report.loaded:
-            for layer in target_blocks[name].layers:
-                layer.trainable = False
-            report.frozen.append(name)
+            if name not in partly:
+                for layer in target_blocks[name].layers:
+                    layer.trainable = False
+                report.frozen.append(name)
+        if partly:  # their skipped layers keep the model's values, which must still train
+            warnings.warn(
+                f"freeze=True left blocks {partly} trainable: they were loaded only partly "
+                "(on_mismatch='skip'), and their skipped layers still need training. Freeze "
+                "them with freeze_blocks() if that is what you want.", stacklevel=2)
         warn_if_compiled(model, report.frozen, "frozen")
     report.seconds = time.perf_counter() - start
     return report
+
+
+def _top_level_grouping(model, target_blocks: dict[str, Block]) -> dict | None:
+    """`{block: [top-level layer names]}` for a keras-hub model whose preset groups its
+    top-level layers (`embeddings`: the token, position and segment embeddings), so that a
+    Keras file saved from it is grouped the same way; None otherwise (the source's own rule)."""
+    if not any(cls.__module__.startswith("keras_hub.") for cls in type(model).__mro__):
+        return None
+    top = {id(layer) for layer in model.layers}
+    if not all(id(layer) in top for block in target_blocks.values() for layer in block.layers):
+        return None
+    return {name: [layer.name for layer in block.layers] for name, block in target_blocks.items()}
 
 
 def _rebuilt(src: Source) -> bool:
@@ -275,23 +298,26 @@ def _plan(
     if only is None and not rename:  # the user named no block: both sides must pair up
         report.unpaired = (list(report.missing),
                            [s for s in selected if mapped[s] not in target_blocks])
-    plans = []
-    for t in [name for name in target_names if name in targets]:
-        s = targets[t]
-        plan = _pair_block(s, src.block_layers(s), t, target_blocks[t], target_paths)
+    plans = [_pair_block(targets[t], src.block_layers(targets[t]), t, target_blocks[t],
+                         target_paths)
+             for t in target_names if t in targets]
+    _contradicted_by_order(plans)
+    for plan in plans:
+        t = plan.target
         report.pairing[t] = plan.pairing
         if plan.pairing != "name":
             report.layer_pairs[t] = [(layer.source.path, layer.target_path)
                                      for layer in plan.layers]
         if plan.pairing == "order":
             report.matched_by_order.append(t)
+        if plan.caveat:
+            report.caveats.append(plan.caveat)
         for path in plan.unpaired_target:
             if path in plan.contradicted:
-                name, source_path, target_path = plan.contradicted[path]
+                name, places = plan.contradicted[path]
                 report.mismatched.append(Mismatch(
                     t, path, "*", f"its automatic name pairs it with source layer {name!r}, "
-                    f"but Keras's saving walk places them differently (source {source_path}, "
-                    f"model {target_path}): created in another order, or moved in a list? "
+                    f"but {places}: created in another order, or moved in a list? "
                     "Name the layers, or pair the blocks with rename=", "present", "present"))
                 continue
             report.mismatched.append(
@@ -299,7 +325,8 @@ def _plan(
         for path in plan.unpaired_source:
             report.mismatched.append(
                 Mismatch(t, path, "*", "no model layer pairs with it", "present", "-"))
-        plans.append(plan)
+    if report.caveats:
+        warnings.warn(" ".join(f"load_blocks: {c}" for c in report.caveats), stacklevel=3)
     return plans, report
 
 
@@ -358,7 +385,8 @@ def _pair_block(
     by_name = {layer.path: layer for layer in source_layers}
     pairs = None
     pairing = "name"
-    contradicted: dict[str, tuple[str, str, str]] = {}
+    contradicted: dict[str, tuple[str, str]] = {}
+    caveat = ""
     if all(path in by_name for path, _, _ in units):
         pairs = [(unit, by_name[unit[0]]) for unit in units]
         # Automatic names (`dense`, `dense_1`) follow creation order, which a refactor can
@@ -377,6 +405,7 @@ def _pair_block(
             elif differ or by_path is None:
                 contradicted = _contradicted(pairs, target_paths)
                 pairs = [pair for pair in pairs if pair[0][0] not in contradicted]
+                caveat = _unchecked_names(target_name, pairs)
     else:
         pairs = _pairs_by_path(units, source_layers, target_paths)
         if pairs is not None:
@@ -392,6 +421,7 @@ def _pair_block(
     paired = {id(layer) for _, layer in pairs}
     return _BlockPlan(
         contradicted=contradicted,
+        caveat=caveat,
         target=target_name,
         source=source_name,
         layers=[_LayerPlan(path, obj, current, layer) for (path, obj, current), layer in pairs],
@@ -403,7 +433,7 @@ def _pair_block(
 
 
 def _contradicted(pairs, target_paths: Callable[[], dict[int, str]]
-                  ) -> dict[str, tuple[str, str, str]]:
+                  ) -> dict[str, tuple[str, str]]:
     """The name pairs of automatic names whose places in Keras's saving walk differ.
 
     Only the last step of each path is compared (`dense_1`: the second Dense of its
@@ -418,8 +448,63 @@ def _contradicted(pairs, target_paths: Callable[[], dict[int, str]]
         mine = paths.get(id(obj))
         if (layer.keras_path and mine and automatic_name(path, obj)
                 and layer.keras_path.rsplit("/", 1)[-1] != mine.rsplit("/", 1)[-1]):
-            out[path] = (layer.path, layer.keras_path, mine)
+            out[path] = (layer.path, "Keras's saving walk places them differently (source "
+                                     f"{layer.keras_path}, model {mine})")
     return out
+
+
+def _unchecked_names(block: str, pairs) -> str:
+    """The caveat for same-class sibling layers paired by automatic names alone: the source
+    records neither their Keras paths nor their order, so nothing can check the names."""
+    families: dict[tuple[str, str], list[str]] = {}
+    for (path, obj, _), layer in pairs:
+        if (automatic_name(path, obj) and layer.keras_path is None and layer.order is None
+                and "/" in path):
+            parent, _, last = path.rpartition("/")
+            families.setdefault((parent, type(obj).__name__), []).append(path)
+    same = [f"{paths} ({kind})" for (_, kind), paths in families.items() if len(paths) > 1]
+    if not same:
+        return ""
+    return (f"block {block!r}: layers {'; '.join(same)} are paired by their automatic names "
+            "alone; the source records neither their Keras paths nor their order, so if their "
+            "creation order changed since it was saved, their values are swapped. Name these "
+            "layers in new code; save_blocks records what checks them.")
+
+
+def _contradicted_by_order(plans: list[_BlockPlan]) -> None:
+    """Unpairs layers paired by automatic names whose places in computation order, among the
+    layers of their class and container, differ between the model and the source.
+
+    Where the source knows its computation order (legacy `.h5` from its layer list, block
+    files, live models), same-class layers that automatic names pair must come in the same
+    order on both sides; top-level layers created in another order than they compute swap
+    their names, and a legacy `.h5` records no Keras path to show it.
+    """
+    families: dict[tuple[str, str], list[tuple[_LayerPlan, _BlockPlan]]] = {}
+    for plan in plans:
+        if plan.pairing != "name":
+            continue
+        for layer in plan.layers:
+            if layer.source.order is not None and automatic_name(layer.target_path, layer.unit):
+                parent, _, last = layer.target_path.rpartition("/")
+                families.setdefault((parent, strip_counter(last)), []).append((layer, plan))
+    for members in families.values():  # in the model's computation order
+        by_source = sorted(members, key=lambda m: m[0].source.order)
+        for rank, (layer, plan) in enumerate(members):
+            if by_source[rank][0] is layer:
+                continue
+            source_rank = next(i for i, m in enumerate(by_source) if m[0] is layer)
+            kind = type(layer.unit).__name__
+            plan.contradicted[layer.target_path] = (
+                layer.source.path, f"they compute at different places among the {kind} "
+                f"layers (source: number {source_rank + 1}, model: number {rank + 1})")
+    for plan in plans:
+        if any(layer.target_path in plan.contradicted for layer in plan.layers):
+            gone = [layer for layer in plan.layers if layer.target_path in plan.contradicted]
+            plan.layers = [layer for layer in plan.layers
+                           if layer.target_path not in plan.contradicted]
+            plan.unpaired_target += [layer.target_path for layer in gone]
+            plan.unpaired_source += [layer.source.path for layer in gone]
 
 
 def _pairs_by_path(units, source_layers: Sequence[LayerInfo],

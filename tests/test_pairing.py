@@ -735,3 +735,58 @@ def test_list_keys_that_disagree_with_automatic_names_are_refused(tmp_path, kind
             "layers/listed/items/dense, model layers/listed/items/dense_1): created in another "
             "order, or moved in a list?") in str(e.value)
     assert all(before[k].tobytes() == v.tobytes() for k, v in snapshot(target).items())
+
+
+def test_legacy_h5_blocks_whose_automatic_names_contradict_computation_order_are_refused(tmp_path):
+    """Found this session: a legacy `.h5` records no Keras path, so top-level layers created
+    in another order than they compute (a fresh process) swapped whole blocks with ok=True.
+    Its layer list gives the computation order, which the names must agree with."""
+    def build(decoder_first):
+        inputs = keras.Input((4,))
+        if decoder_first:
+            dec, enc = L.Dense(4), L.Dense(4)
+        else:
+            enc, dec = L.Dense(4), L.Dense(4)
+        return keras.Model(inputs, enc(dec(inputs))), enc, dec
+
+    source, enc, dec = build(False)
+    distinct(source, seed=13)
+    expected = {"enc": values(enc.weights), "dec": values(dec.weights)}
+    path = save_all(source, str(tmp_path), ["legacy"])["legacy"]
+    keras.backend.clear_session(free_memory=False)  # as a fresh process: names start again
+    target, enc, dec = build(True)
+    assert (enc.name, dec.name) == ("dense_1", "dense")
+    before = snapshot(target)
+    with pytest.raises(BlockMismatchError) as e:
+        load_blocks(target, path)
+    assert ("dense / dense / *: its automatic name pairs it with source layer 'dense', but "
+            "they compute at different places among the Dense layers (source: number 2, "
+            "model: number 1)") in str(e.value)
+    assert all(before[k].tobytes() == v.tobytes() for k, v in snapshot(target).items())
+    report = load_blocks(target, path, rename={"dense": "dense_1", "dense_1": "dense"})
+    assert report.ok and report.pairing == {"dense": "order", "dense_1": "order"}
+    assert_bits(values(enc.weights), expected["enc"])
+    assert_bits(values(dec.weights), expected["dec"])
+
+
+def test_legacy_h5_sub_layers_paired_by_automatic_names_alone_are_said_plainly(tmp_path):
+    """A legacy `.h5` records a custom layer's sub-layers by name only (no Keras path, no
+    order): a refactor that swaps their creation order cannot be seen, so the load says so."""
+    def build():
+        inputs = keras.Input((8,))
+        return keras.Model(inputs, UpDown(name="enc")(inputs))
+
+    source = build()
+    distinct(source, seed=14)
+    path = save_all(source, str(tmp_path), ["legacy"])["legacy"]
+    keras.backend.clear_session(free_memory=False)
+    target = build()
+    with pytest.warns(UserWarning, match="paired by their automatic names alone"):
+        report = load_blocks(target, path)
+    assert report.caveats == [
+        "block 'enc': layers ['enc/dense', 'enc/dense_1'] (Dense) are paired by their automatic "
+        "names alone; the source records neither their Keras paths nor their order, so if their "
+        "creation order changed since it was saved, their values are swapped. Name these "
+        "layers in new code; save_blocks records what checks them."]
+    assert "Caveat: block 'enc'" in str(report)
+    assert_bits(values(target.weights), values(source.weights))
