@@ -569,25 +569,28 @@ def test_a_subclass_or_base_class_under_the_same_name_loads(tmp_path):
         assert_bits(values(target.weights), values(source.weights))
 
 
+def enc_dec(decoder_first):
+    """`dec` computes first; `decoder_first` (a refactor) also creates it first, so in a fresh
+    process the two automatic names swap."""
+    inputs = keras.Input((4,))
+    if decoder_first:
+        dec, enc = L.Dense(4), L.Dense(4)
+    else:
+        enc, dec = L.Dense(4), L.Dense(4)
+    return keras.Model(inputs, enc(dec(inputs))), enc, dec
+
+
 @pytest.mark.parametrize("kind", ["weights", "keras", "blocks"])
 def test_blocks_named_by_automatic_names_that_keras_paths_contradict_are_refused(tmp_path, kind):
     """Found by a fresh-user test: top-level layers created in another order after a refactor
     (a fresh process, so the automatic names restart) swapped whole blocks with ok=True."""
-    def build(decoder_first):
-        inputs = keras.Input((4,))
-        if decoder_first:
-            dec, enc = L.Dense(4), L.Dense(4)
-        else:
-            enc, dec = L.Dense(4), L.Dense(4)
-        return keras.Model(inputs, enc(dec(inputs))), enc, dec
-
-    source, enc, dec = build(False)
+    source, enc, dec = enc_dec(False)
     distinct(source, seed=8)
     expected = {"enc": values(enc.weights), "dec": values(dec.weights)}
     path = (save_blocks(source, str(tmp_path / "m.blocks.h5")) if kind == "blocks"
             else save_all(source, str(tmp_path), [kind])[kind])  # one block per layer
     keras.backend.clear_session(free_memory=False)  # as a fresh process: names start again
-    target, enc, dec = build(True)
+    target, enc, dec = enc_dec(True)
     assert (enc.name, dec.name) == ("dense_1", "dense")  # the source's names, crosswise
     before = snapshot(target)
     with pytest.raises(BlockMismatchError) as e:
@@ -741,20 +744,12 @@ def test_legacy_h5_blocks_whose_automatic_names_contradict_computation_order_are
     """Found this session: a legacy `.h5` records no Keras path, so top-level layers created
     in another order than they compute (a fresh process) swapped whole blocks with ok=True.
     Its layer list gives the computation order, which the names must agree with."""
-    def build(decoder_first):
-        inputs = keras.Input((4,))
-        if decoder_first:
-            dec, enc = L.Dense(4), L.Dense(4)
-        else:
-            enc, dec = L.Dense(4), L.Dense(4)
-        return keras.Model(inputs, enc(dec(inputs))), enc, dec
-
-    source, enc, dec = build(False)
+    source, enc, dec = enc_dec(False)
     distinct(source, seed=13)
     expected = {"enc": values(enc.weights), "dec": values(dec.weights)}
     path = save_all(source, str(tmp_path), ["legacy"])["legacy"]
     keras.backend.clear_session(free_memory=False)  # as a fresh process: names start again
-    target, enc, dec = build(True)
+    target, enc, dec = enc_dec(True)
     assert (enc.name, dec.name) == ("dense_1", "dense")
     before = snapshot(target)
     with pytest.raises(BlockMismatchError) as e:
