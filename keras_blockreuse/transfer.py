@@ -60,7 +60,7 @@ from keras_blockreuse.errors import BlockFileError, BlockMismatchError
 from keras_blockreuse.report import LoadReport, Mismatch
 from keras_blockreuse.sources import LayerInfo, Source, VariableInfo, numpy_dtype, open_source
 from keras_blockreuse.sources.live_model import to_numpy, unit_values_of
-from keras_blockreuse.sources.structure import automatic_name, strip_counter
+from keras_blockreuse.sources.structure import automatic_name, snake_case, strip_counter
 
 ON_MISMATCH = ("error", "skip", "adapt")
 HOLD_BYTES = 4 << 20
@@ -225,6 +225,25 @@ def _top_level_grouping(model, target_blocks: dict[str, Block]) -> dict | None:
     return {name: [layer.name for layer in block.layers] for name, block in target_blocks.items()}
 
 
+def _source_paths(src: Source) -> Callable[[], set[str]]:
+    """A function giving every Keras path of the source and every prefix of one, computed
+    once (it describes every block: only a name pair that paths may contradict asks)."""
+    cache: list[set[str]] = []
+
+    def paths() -> set[str]:
+        if not cache:
+            found = set()
+            for name in src.block_names():
+                for layer in src.block_layers(name):
+                    steps = (layer.keras_path or "").split("/")
+                    found.update("/".join(steps[:i]) for i in range(1, len(steps) + 1))
+            found.discard("")
+            cache.append(found)
+        return cache[0]
+
+    return paths
+
+
 def _rebuilt(src: Source) -> bool:
     """Lets a source that can rebuild its structure (a Keras weights file with `source_model=`
     or a `.keras` config) do so, once: its layers then carry their computation order. True
@@ -299,7 +318,7 @@ def _plan(
         report.unpaired = (list(report.missing),
                            [s for s in selected if mapped[s] not in target_blocks])
     plans = [_pair_block(targets[t], src.block_layers(targets[t]), t, target_blocks[t],
-                         target_paths)
+                         target_paths, _source_paths(src))
              for t in target_names if t in targets]
     _contradicted_by_order(plans)
     for plan in plans:
@@ -317,8 +336,8 @@ def _plan(
                 name, places = plan.contradicted[path]
                 report.mismatched.append(Mismatch(
                     t, path, "*", f"its automatic name pairs it with source layer {name!r}, "
-                    f"but {places}: created in another order, or moved in a list? "
-                    "Name the layers, or pair the blocks with rename=", "present", "present"))
+                    f"but {places}. Name the layers, or pair the blocks with rename=",
+                    "present", "present"))
                 continue
             report.mismatched.append(
                 Mismatch(t, path, "*", "no source layer pairs with it", "-", "present"))
@@ -379,6 +398,7 @@ def _pair_block(
     target_name: str,
     block: Block,
     target_paths: Callable[[], dict[int, str]],
+    source_paths: Callable[[], set[str]],
 ) -> _BlockPlan:
     """Pairs a block's model layers with source layers: by name, else Keras path, else order."""
     units = list(unit_values_of(block))
@@ -403,9 +423,10 @@ def _pair_block(
                                   for _, b in differ):
                 pairs, pairing = by_path, "path"
             elif differ or by_path is None:
-                contradicted = _contradicted(pairs, target_paths)
+                contradicted, unconfirmed = _contradicted(pairs, block, target_paths,
+                                                          source_paths)
                 pairs = [pair for pair in pairs if pair[0][0] not in contradicted]
-                caveat = _unchecked_names(target_name, pairs)
+                caveat = _unchecked_names(target_name, unconfirmed)
     else:
         pairs = _pairs_by_path(units, source_layers, target_paths)
         if pairs is not None:
@@ -418,6 +439,10 @@ def _pair_block(
             pairing = "order"
     if pairs is None:  # by name where names agree; the rest is unpaired
         pairs = [(unit, by_name[unit[0]]) for unit in units if unit[0] in by_name]
+    if pairing == "name":
+        shifted = _shifted_families(pairs, units, source_layers)
+        contradicted.update(shifted)
+        pairs = [pair for pair in pairs if pair[0][0] not in shifted]
     paired = {id(layer) for _, layer in pairs}
     return _BlockPlan(
         contradicted=contradicted,
@@ -432,43 +457,105 @@ def _pair_block(
     )
 
 
-def _contradicted(pairs, target_paths: Callable[[], dict[int, str]]
-                  ) -> dict[str, tuple[str, str]]:
-    """The name pairs of automatic names whose places in Keras's saving walk differ.
+def _contradicted(pairs, block: Block, target_paths: Callable[[], dict[int, str]],
+                  source_paths: Callable[[], set[str]]
+                  ) -> tuple[dict[str, tuple[str, str]], list]:
+    """Checks name pairs of automatic names against both sides' places in Keras's saving walk.
 
-    Only the last step of each path is compared (`dense_1`: the second Dense of its
-    container; `up`: the attribute holding it), so a block nested differently in the two
-    models still pairs; a layer created in another order than its place does not.
+    Two steps of each path are compared: the last (`dense_1`: the second Dense of its
+    container; `up`: the attribute holding it) and, below a top-level layer with an automatic
+    name, that layer's own step (`layers/pair_1`). A step that differs contradicts the names
+    only when the model's step is also one of the source's (`layers/dense` in both: a layer
+    created in another order than its place); one the source lacks (an attribute renamed, a
+    block nested in another model) neither confirms nor contradicts them.
+
+    Returns:
+        `{model layer: (source layer, how they differ)}` for contradicted pairs, and the
+        pairs that no path or order confirms.
     """
-    if not any(layer.keras_path for _, layer in pairs):
-        return {}
-    paths = target_paths()
+    paths = target_paths() if any(layer.keras_path for _, layer in pairs) else {}
+    tops = {layer.name: layer for layer in block.layers}
+    out, unconfirmed = {}, []
+    for pair in pairs:
+        (path, obj, _), layer = pair
+        mine, theirs = paths.get(id(obj)), layer.keras_path
+        if not automatic_name(path, obj) and not automatic_name(
+                path.split("/", 1)[0], tops.get(path.split("/", 1)[0], obj)):
+            continue
+        if not (mine and theirs):
+            if layer.order is None:  # else `_contradicted_by_order` checks it
+                unconfirmed.append(pair)
+            continue
+        steps = [(mine, theirs)]
+        top = tops.get(path.split("/", 1)[0])
+        top_path = paths.get(id(top)) if top is not None and top is not obj else None
+        if top_path and automatic_name(path.split("/", 1)[0], top):
+            depth = mine[len(top_path):].count("/")
+            steps.append((top_path, theirs.rsplit("/", depth)[0]))
+        confirmed = True
+        for m, t in steps:
+            if m.rsplit("/", 1)[-1] == t.rsplit("/", 1)[-1]:
+                continue
+            confirmed = False
+            if f"{t.rsplit('/', 1)[0]}/{m.rsplit('/', 1)[-1]}" in source_paths():
+                out[path] = (layer.path, "Keras's saving walk places them differently "
+                                         f"(source {theirs}, model {mine}): created in another "
+                                         "order, or moved in a list?")
+        if not confirmed and path not in out:
+            unconfirmed.append(pair)
+    return out, unconfirmed
+
+
+def _shifted_families(pairs, units, source_layers: Sequence[LayerInfo]
+                      ) -> dict[str, tuple[str, str]]:
+    """Name pairs of automatic names beside unpaired layers of their class and container.
+
+    A layer added before others of its class (or removed) shifts their automatic names, so
+    `dense_1` of the model may be `dense` of the source; where either side holds a layer of
+    that class and container that did not pair, names of that family justify no pair.
+    """
+    paired_t = {id(unit[1]) for unit, _ in pairs}
+    paired_s = {id(layer) for _, layer in pairs}
+
+    def family(path: str) -> tuple[str, str]:
+        parent, _, last = path.rpartition("/")
+        return parent, strip_counter(last)
+
+    loose: dict[tuple[str, str], list[str]] = {}
+    for path, obj, _ in units:
+        if id(obj) not in paired_t and automatic_name(path, obj):
+            loose.setdefault(family(path), []).append(f"model {path}")
+    for layer in source_layers:
+        if (id(layer) not in paired_s
+                and family(layer.path)[1] == snake_case(layer.class_name or "?")):
+            loose.setdefault(family(layer.path), []).append(f"source {layer.path}")
     out = {}
     for (path, obj, _), layer in pairs:
-        mine = paths.get(id(obj))
-        if (layer.keras_path and mine and automatic_name(path, obj)
-                and layer.keras_path.rsplit("/", 1)[-1] != mine.rsplit("/", 1)[-1]):
-            out[path] = (layer.path, "Keras's saving walk places them differently (source "
-                                     f"{layer.keras_path}, model {mine})")
+        if family(path) in loose and automatic_name(path, obj):
+            out[path] = (layer.path, f"layers of its class beside it did not pair "
+                                     f"({', '.join(loose[family(path)])}), as when a layer is "
+                                     "added or removed before others of its class and their "
+                                     "automatic names shift")
     return out
 
 
 def _unchecked_names(block: str, pairs) -> str:
-    """The caveat for same-class sibling layers paired by automatic names alone: the source
-    records neither their Keras paths nor their order, so nothing can check the names."""
+    """The caveat for same-class sibling layers paired by automatic names that nothing
+    confirms: the source records neither their Keras paths nor their order, or its paths do
+    not correspond to the model's (attributes renamed)."""
     families: dict[tuple[str, str], list[str]] = {}
-    for (path, obj, _), layer in pairs:
-        if (automatic_name(path, obj) and layer.keras_path is None and layer.order is None
-                and "/" in path):
-            parent, _, last = path.rpartition("/")
+    for (path, obj, _), _layer in pairs:
+        if "/" in path:
+            parent, _, _last = path.rpartition("/")
             families.setdefault((parent, type(obj).__name__), []).append(path)
     same = [f"{paths} ({kind})" for (_, kind), paths in families.items() if len(paths) > 1]
     if not same:
         return ""
     return (f"block {block!r}: layers {'; '.join(same)} are paired by their automatic names "
-            "alone; the source records neither their Keras paths nor their order, so if their "
-            "creation order changed since it was saved, their values are swapped. Name these "
-            "layers in new code; save_blocks records what checks them.")
+            "alone; the source's Keras paths and order do not confirm them (none recorded, "
+            "or attributes renamed), so if their creation order changed since it was saved, "
+            "their values are swapped. Name these layers in new code; save_blocks records "
+            "what checks them.")
 
 
 def _contradicted_by_order(plans: list[_BlockPlan]) -> None:
@@ -497,7 +584,8 @@ def _contradicted_by_order(plans: list[_BlockPlan]) -> None:
             kind = type(layer.unit).__name__
             plan.contradicted[layer.target_path] = (
                 layer.source.path, f"they compute at different places among the {kind} "
-                f"layers (source: number {source_rank + 1}, model: number {rank + 1})")
+                f"layers (source: number {source_rank + 1}, model: number {rank + 1}): created "
+                "in another order?")
     for plan in plans:
         if any(layer.target_path in plan.contradicted for layer in plan.layers):
             gone = [layer for layer in plan.layers if layer.target_path in plan.contradicted]

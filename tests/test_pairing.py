@@ -780,8 +780,105 @@ def test_legacy_h5_sub_layers_paired_by_automatic_names_alone_are_said_plainly(t
         report = load_blocks(target, path)
     assert report.caveats == [
         "block 'enc': layers ['enc/dense', 'enc/dense_1'] (Dense) are paired by their automatic "
-        "names alone; the source records neither their Keras paths nor their order, so if their "
-        "creation order changed since it was saved, their values are swapped. Name these "
-        "layers in new code; save_blocks records what checks them."]
+        "names alone; the source's Keras paths and order do not confirm them (none recorded, "
+        "or attributes renamed), so if their creation order changed since it was saved, their "
+        "values are swapped. Name these layers in new code; save_blocks records what checks "
+        "them."]
     assert "Caveat: block 'enc'" in str(report)
+    assert_bits(values(target.weights), values(source.weights))
+
+
+@pytest.mark.parametrize("kind", ["blocks", "weights", "keras", "legacy"])
+def test_skip_never_pairs_a_shifted_family_by_its_names(tmp_path, kind):
+    """Found by a fresh-user test: a Dense inserted first in a nested Sequential shifts the
+    automatic names of the Dense after it; `on_mismatch="skip"` (which the refusal suggests)
+    then gave each layer its neighbour's values. The family is left whole instead."""
+    def build(insert):
+        inner = keras.Sequential(([L.Dense(4)] if insert else []) + [L.Dense(4), L.Dense(4)])
+        inputs = keras.Input((4,))
+        return keras.Model(inputs, L.Dense(2, name="head")(inner(inputs))), inner
+
+    source, _ = build(False)
+    distinct(source, seed=15)
+    path = save_all(source, str(tmp_path), [kind])[kind]
+    head = values(source.get_layer("head").weights)
+    keras.backend.clear_session(free_memory=False)
+    target, inner = build(True)
+    before = snapshot(target)
+    with pytest.raises(BlockMismatchError, match="layers of its class beside it did not pair"):
+        load_blocks(target, path, **({"blocks": NET} if kind == "blocks" else {}))
+    assert all(before[k].tobytes() == v.tobytes() for k, v in snapshot(target).items())
+    report = load_blocks(target, path, on_mismatch="skip",
+                         **({"blocks": NET} if kind == "blocks" else {}))
+    assert not report.ok
+    after = snapshot(target)
+    for v in inner.weights:  # none of the shifted family took a neighbour's values
+        assert after[v.path].tobytes() == before[v.path].tobytes(), v.path
+    if kind == "blocks":  # one block: the head is in it, and loads
+        assert_bits(values(target.get_layer("head").weights), head)
+
+
+def test_top_level_custom_layers_created_in_another_order_are_refused(tmp_path):
+    """Found by the fresh-process property test: two top-level custom layers with automatic
+    names (`pair`, `pair_1`), created in the other order, swapped whole blocks from a
+    `.weights.h5` with ok=True: their sub-layers' last path steps agree, their own do not."""
+    def build(second_first):
+        inputs = keras.Input((8,))
+        if second_first:
+            b, a = UpDown(), UpDown()
+        else:
+            a, b = UpDown(), UpDown()
+        return keras.Model(inputs, b(a(inputs))), a, b
+
+    source, a, b = build(False)
+    distinct(source, seed=16)
+    expected = {"a": values(a.weights), "b": values(b.weights)}
+    path = save_all(source, str(tmp_path), ["weights"])["weights"]
+    keras.backend.clear_session(free_memory=False)
+    target, a, b = build(True)
+    assert (a.name, b.name) == ("up_down_1", "up_down")
+    before = snapshot(target)
+    with pytest.raises(BlockMismatchError, match="Keras's saving walk places them differently"):
+        load_blocks(target, path)
+    assert all(before[k].tobytes() == v.tobytes() for k, v in snapshot(target).items())
+    report = load_blocks(target, path, rename={"up_down": "up_down_1", "up_down_1": "up_down"})
+    assert report.ok, str(report)
+    assert_bits(values(a.weights), expected["a"])
+    assert_bits(values(b.weights), expected["b"])
+
+
+@keras.saving.register_keras_serializable(package="test_pairing")
+class FirstSecond(L.Layer):
+    """`UpDown` after a refactor that renamed its attributes (`up` -> `first`, `down` ->
+    `second`), creation and call order kept."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.first = L.Dense(8)
+        self.second = L.Dense(8)
+
+    def build(self, shape):
+        self.first.build(shape)
+        self.second.build((*shape[:-1], 8))
+
+    def call(self, x):
+        return self.second(self.first(x))
+
+
+@pytest.mark.parametrize("kind", ["blocks", "weights", "keras"])
+def test_attributes_renamed_load_by_name_and_say_what_was_not_checked(tmp_path, kind):
+    """Found by a fresh-user test: renaming a custom layer's attributes (nothing else) was
+    refused with no remedy. The Keras paths no longer correspond, so they neither confirm nor
+    contradict the names: the layers pair by name, and the load says so."""
+    inputs = keras.Input((8,))
+    source = keras.Model(inputs, UpDown(name="blk")(inputs))
+    distinct(source, seed=17)
+    path = (save_blocks(source, str(tmp_path / "m.blocks.h5"), blocks=NET) if kind == "blocks"
+            else save_all(source, str(tmp_path), [kind])[kind])
+    keras.backend.clear_session(free_memory=False)
+    inputs = keras.Input((8,))
+    target = keras.Model(inputs, FirstSecond(name="blk")(inputs))
+    with pytest.warns(UserWarning, match="paired by their automatic names alone"):
+        report = load_blocks(target, path, **({"blocks": NET} if kind == "blocks" else {}))
+    assert report.ok and report.caveats
     assert_bits(values(target.weights), values(source.weights))
