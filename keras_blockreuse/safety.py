@@ -314,7 +314,8 @@ def check_regular_file(path: str | os.PathLike) -> None:
 def reading(where: str):
     """Turns any failure while reading a third-party file into `BlockFileError` naming it.
 
-    `BlockFileError`, `BlockMismatchError` and `TypeError` (a wrong argument) pass through; every
+    `BlockFileError`, `BlockMismatchError` and `TypeError` (a wrong argument, unless h5py raised
+    it for a damaged datatype) pass through; every
     other exception — `OSError`, `KeyError`, `ValueError`, `RuntimeError`, `UnicodeDecodeError`,
     `zipfile.BadZipFile`, `RecursionError`, `MemoryError` — is raised as `BlockFileError`
     chained to it (`raise ... from e`).
@@ -328,13 +329,24 @@ def reading(where: str):
     """
     try:
         yield
-    except (BlockFileError, BlockMismatchError, TypeError):
+    except (BlockFileError, BlockMismatchError):
         raise
     except Exception as e:
+        if isinstance(e, TypeError) and not _raised_by_h5py(e):
+            raise
         raise BlockFileError(
             f"Cannot read {where}: it is damaged or not a weights file "
             f"({type(e).__name__}: {_short(e)})"
         ) from e
+
+
+def _raised_by_h5py(error: BaseException) -> bool:
+    """True when the error comes from inside h5py, which raises `TypeError` for a damaged
+    datatype ("Unknown string encoding"), not from a wrong argument in our code."""
+    tb = error.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    return tb is not None and "h5py" in tb.tb_frame.f_code.co_filename
 
 
 def _short(error: BaseException) -> str:

@@ -31,7 +31,9 @@ Each block takes the first of these that pairs all of its model layers. Automati
 (`dense_1`) and a list's keys in a Keras path (`items/dense_1`) follow creation order and
 position, so they are weak: where they disagree the layers are refused, and where the model
 and the source hold another number of blocks of one class with automatic names, those blocks
-are refused until the user names them (`only=` without a glob, `rename=`). Pairs not by name are
+are refused until the user names them (`only=` without a glob, `rename=`). What no source can
+check (same-class sub-layers of a custom layer paired by automatic names or order alone) is
+said in `report.caveats` and a warning. Pairs not by name are
 checked for class (the source's class, or a subclass of it) and for every variable's shape
 before anything is assigned. Layers left unpaired are a mismatch: `BlockMismatchError` lists
 them side by side, or `on_mismatch="skip"` leaves them and reports them.
@@ -55,7 +57,14 @@ from typing import Any
 import keras
 import numpy as np
 
-from keras_blockreuse.blocks import Block, BlockRule, get_blocks, select, warn_if_compiled
+from keras_blockreuse.blocks import (
+    Block,
+    BlockRule,
+    get_blocks,
+    iter_units,
+    select,
+    warn_if_compiled,
+)
 from keras_blockreuse.errors import BlockFileError, BlockMismatchError
 from keras_blockreuse.report import LoadReport, Mismatch
 from keras_blockreuse.sources import LayerInfo, Source, VariableInfo, numpy_dtype, open_source
@@ -437,6 +446,7 @@ def _pair_block(
             pairs = list(zip(units, sorted(source_layers, key=lambda layer: layer.order),
                              strict=True))
             pairing = "order"
+            caveat = _unchecked_order(target_name, block, pairs)
     if pairs is None:  # by name where names agree; the rest is unpaired
         pairs = [(unit, by_name[unit[0]]) for unit in units if unit[0] in by_name]
     if pairing == "name":
@@ -537,6 +547,27 @@ def _shifted_families(pairs, units, source_layers: Sequence[LayerInfo]
                                      "added or removed before others of its class and their "
                                      "automatic names shift")
     return out
+
+
+def _unchecked_order(block_name: str, block: Block, pairs) -> str:
+    """The caveat for same-class sibling layers inside a custom layer paired by order: there
+    the order is the one the layer assigns them in (its tracking order), not the one it calls
+    them in, so a refactor that assigns them in another order swaps them unseen."""
+    from keras.src.models.functional import Functional
+
+    parents = {path: obj for layer in block.layers for path, obj in iter_units(layer)}
+    families: dict[tuple[str, str], list[str]] = {}
+    for (path, obj, _), _layer in pairs:
+        parent = parents.get(path.rpartition("/")[0])
+        if parent is not None and not isinstance(parent, (Functional, keras.Sequential)):
+            families.setdefault((path.rpartition("/")[0], type(obj).__name__), []).append(path)
+    same = [f"{paths} ({kind})" for (_, kind), paths in families.items() if len(paths) > 1]
+    if not same:
+        return ""
+    return (f"block {block_name!r}: layers {'; '.join(same)} are paired by their order alone, "
+            "which inside a custom layer is the order it assigns them in, not the order it "
+            "calls them in; if that changed since the source was saved, their values are "
+            "swapped. Name these layers in new code.")
 
 
 def _unchecked_names(block: str, pairs) -> str:
@@ -735,6 +766,12 @@ def _unpaired_table(plan: _BlockPlan, src: Source) -> str:
         left = plan.unpaired_source[i] if i < len(plan.unpaired_source) else "-"
         right = plan.unpaired_target[i] if i < len(plan.unpaired_target) else "-"
         rows.append(f"{left:<{width}}{right}")
+    if plan.contradicted and set(plan.contradicted) >= set(plan.unpaired_target):
+        # The names pair them; their places say otherwise (see the reasons above).
+        return (f"Block {plan.target!r}: its layers' automatic names pair them, but their "
+                "places in the two models differ (above). If the blocks correspond under other "
+                "names, pair them with rename={source block: model block}; otherwise name the "
+                "layers (Dense(8, name='up')) and save again.\n")
     fixes = ["give the layers the same names"]
     if any(layer.order is None for layer in src.block_layers(plan.source)):
         fixes.append("load from a source whose layer order is known (a .blocks.h5 file, a "
@@ -742,7 +779,8 @@ def _unpaired_table(plan: _BlockPlan, src: Source) -> str:
     else:  # the order is known on both sides, so the layer counts differ
         fixes.append("select blocks whose layers correspond one to one (blocks=, "
                      "source_blocks=, only=)")
-    if str(src.info.get("format", "")).startswith("Keras legacy"):
+    if (str(src.info.get("format", "")).startswith("Keras legacy")
+            and "no model_config" in str(src.info.get("layer order", ""))):
         fixes.append("use a whole-model file (Keras 2 `model.save('model.h5')`), whose "
                      "model_config records the order of a nested model's layers")
     if str(src.info.get("format", "")).startswith(("Keras weights", "Keras sharded")):

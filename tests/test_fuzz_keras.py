@@ -213,3 +213,26 @@ def _classify(result: dict, position: int, spans, damaged: str) -> str:
     if "before" in variables and result["ok"]:
         return "FAIL: a block was left unloaded with report.ok True"
     return "undetectable value damage" if "other" in variables else "reported partial load"
+
+
+def test_a_datatype_damaged_into_a_string_type_is_reported_as_damage(tmp_path):
+    """Found by a fresh-user test: one bit of a float32 datatype message turns it into a
+    string type with an unknown encoding, and h5py raises `TypeError` for it; that is damage
+    (`BlockFileError` naming the file), not a wrong argument."""
+    from keras_blockreuse import BlockFileError, load_blocks
+
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2, name="d")])
+    path = str(tmp_path / "m.weights.h5")
+    model.save_weights(path)
+    with h5py.File(path, "r") as f:
+        header = h5py.h5o.get_info(f["layers/dense/vars/0"].id).addr
+    data = bytearray(open(path, "rb").read())
+    float32 = bytes([0x11, 0x20, 0x1F, 0x00, 0x04, 0x00, 0x00, 0x00])  # class 1, version 1
+    at = data.index(float32, header)
+    data[at] ^= 0b10  # class 1 (floating point) -> class 3 (string), charset 2 (none such)
+    open(path, "wb").write(bytes(data))
+    before = [v.numpy().tobytes() for v in model.weights]
+    with pytest.raises(BlockFileError, match=r"m\.weights\.h5.*damaged.*Unknown string "
+                                             r"encoding"):
+        load_blocks(model, path)
+    assert [v.numpy().tobytes() for v in model.weights] == before

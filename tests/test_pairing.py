@@ -882,3 +882,42 @@ def test_attributes_renamed_load_by_name_and_say_what_was_not_checked(tmp_path, 
         report = load_blocks(target, path, **({"blocks": NET} if kind == "blocks" else {}))
     assert report.ok and report.caveats
     assert_bits(values(target.weights), values(source.weights))
+
+
+def test_a_live_source_pairs_refactored_sub_layers_by_keras_path():
+    """Found by a fresh-user test: copying from a live model whose custom layer's sub-layers
+    the target creates in another order paired them by order (the order a custom layer
+    assigns them in), swapping them with ok=True. Live sources now give Keras paths."""
+    def build(down_first):
+        inputs = keras.Input((8,))
+        layer = UpDown(down_first=down_first, name="blk")
+        return keras.Model(inputs, layer(inputs)), layer
+
+    source, up_down = build(False)
+    distinct(source, seed=18)
+    target, refactored = build(True)
+    report = load_blocks(target, source)
+    assert report.ok and report.pairing == {"blk": "path"}
+    assert_bits(values(refactored.up.weights), values(up_down.up.weights))
+    assert_bits(values(refactored.down.weights), values(up_down.down.weights))
+
+
+def test_order_inside_a_custom_layer_is_said_to_be_unchecked(tmp_path):
+    """Names shifted (same process) and attributes renamed: only the order pairs the
+    sub-layers, and inside a custom layer that is the order it assigns them in."""
+    keras.backend.clear_session(free_memory=False)  # the names below: dense, ..., dense_3
+    inputs = keras.Input((8,))
+    source = keras.Model(inputs, UpDown(name="blk")(inputs))
+    distinct(source, seed=19)
+    path = save_blocks(source, str(tmp_path / "m.blocks.h5"), blocks=NET)
+    inputs = keras.Input((8,))
+    target = keras.Model(inputs, FirstSecond(name="blk")(inputs))
+    with pytest.warns(UserWarning, match="paired by their order alone"):
+        report = load_blocks(target, path, blocks=NET)
+    assert report.pairing == {"net": "order"}
+    assert report.caveats == [
+        "block 'net': layers ['blk/dense_2', 'blk/dense_3'] (Dense) are paired by their order "
+        "alone, which inside a custom layer is the order it assigns them in, not the order it "
+        "calls them in; if that changed since the source was saved, their values are swapped. "
+        "Name these layers in new code."]
+    assert_bits(values(target.weights), values(source.weights))

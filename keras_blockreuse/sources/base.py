@@ -372,7 +372,8 @@ def open_source(source, rule: BlockRule = None, **options) -> Source:
     if is_model(source):
         if options:
             raise TypeError(f"Options {sorted(options)} do not apply to a live model source.")
-        return ModelSource(source, rule)
+        # Keras paths for blocks with automatic names: a load pairs those by path.
+        return ModelSource(source, rule, keras_paths=True)
     raise TypeError(
         "`source` must be a path to a block file (or a Keras weights file) or a keras.Model. "
         f"Received: {source!r} of type {type(source).__name__}"

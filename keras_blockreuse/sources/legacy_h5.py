@@ -101,7 +101,9 @@ class LegacyH5Source(LayerSource):
                 infos.append(LayerInfo(unit, str(class_name), tuple(variables), order=order))
                 locators[unit] = locator
         if any(info.order is None for info in infos):
-            self.info["layer order"] = "unknown inside nested models (no model_config)"
+            self.info["layer order"] = (
+                "unknown inside custom layers (model_config does not list their sub-layers)"
+                if config else "unknown inside nested models (no model_config)")
         return infos, locators
 
     def layers(self) -> list[LayerInfo]:
