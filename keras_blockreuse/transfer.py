@@ -172,13 +172,14 @@ def load_blocks(
             model, target_blocks)
     nothing_asked = only is not None and not isinstance(only, str) and len(only) == 0
     values = None
+    target_paths = _target_paths(model)
     with open_source(source, source_blocks, **source_options) as src:
-        plans, report = _plan(src, target_blocks, only, exclude, rename, _target_paths(model))
+        plans, report = _plan(src, target_blocks, only, exclude, rename, target_paths)
         if any(p.unpaired_source or p.unpaired_target for p in plans) and _rebuilt(src):
-            plans, report = _plan(src, target_blocks, only, exclude, rename, _target_paths(model))
+            plans, report = _plan(src, target_blocks, only, exclude, rename, target_paths)
         _validate(plans, report, on_mismatch, src)
         if not nothing_asked:
-            _refuse_empty(plans, report, src, target_blocks)
+            _refuse_empty(plans, report, src, target_blocks, target_paths)
         overflows: list = []
         check = _cast_check(plans, overflows)
         selected = [plan.source for plan in plans if any(layer.load for layer in plan.layers)]
@@ -195,7 +196,7 @@ def load_blocks(
                         check(name, path, key, array)
         _refuse_overflows(overflows, plans, report, on_mismatch)
         if not nothing_asked:
-            _refuse_empty(plans, report, src, target_blocks)
+            _refuse_empty(plans, report, src, target_blocks, target_paths)
         if values is None:
             report.variables_loaded = _assign_streaming(plans, src)
         report.bytes_read = src.bytes_read
@@ -921,7 +922,8 @@ def _nesting_hint(src: Source, source_blocks: list[str], target_blocks: dict[str
 
 
 def _refuse_empty(plans: list[_BlockPlan], report: LoadReport, src: Source,
-                  target_blocks: dict[str, Block]) -> None:
+                  target_blocks: dict[str, Block],
+                  target_paths: Callable[[], dict[int, str]]) -> None:
     """Raises when the load would assign no variable at all (unless `only=[]`)."""
     if any(layer.load for plan in plans for layer in plan.layers):
         return
@@ -933,7 +935,8 @@ def _refuse_empty(plans: list[_BlockPlan], report: LoadReport, src: Source,
             "and dtypes, use on_mismatch='adapt' where an adapter exists, or pass only=[] to "
             "load nothing deliberately."
         )
-    hint = _nesting_hint(src, report.source_blocks, target_blocks)
+    hint = (_nesting_hint(src, report.source_blocks, target_blocks)
+            + _rename_by_path(src, report.source_blocks, target_blocks, target_paths))
     raise BlockMismatchError(
         f"Nothing would be loaded from {src.description}: no block of the model pairs with a "
         f"block of the source, or every variable was left.\n"
@@ -942,6 +945,39 @@ def _refuse_empty(plans: list[_BlockPlan], report: LoadReport, src: Source,
         "Map blocks whose names differ with rename={source block: model block}, group layers "
         "with blocks= / source_blocks=, or pass only=[] to load nothing deliberately." + hint
     )
+
+
+def _rename_by_path(src: Source, source_blocks: list[str], target_blocks: dict[str, Block],
+                    target_paths: Callable[[], dict[int, str]]) -> str:
+    """A `rename=` that pairs every source block with the model block at its place in Keras's
+    saving walk (`layers/dense` on both sides: the same model rebuilt, its automatic names
+    shifted), offered as a hint where every block pairs one to one; else `""`."""
+    def top(path: str | None) -> str | None:
+        steps = (path or "").split("/")
+        return "/".join(steps[:2]) if steps[0] == "layers" and len(steps) > 1 else None
+
+    try:
+        theirs = {}
+        for name in source_blocks:
+            tops = {top(layer.keras_path) for layer in src.block_layers(name)}
+            if len(tops) != 1 or None in tops:
+                return ""
+            theirs[tops.pop()] = name
+        paths = target_paths()
+    except Exception:  # noqa: BLE001 - a hint only: a model Keras cannot walk gets none
+        return ""
+    mine = {}
+    for name, block in target_blocks.items():
+        tops = {top(paths.get(id(layer))) for layer in block.layers}
+        if len(tops) != 1 or None in tops:
+            return ""
+        mine[tops.pop()] = name
+    if set(theirs) != set(mine):
+        return ""
+    rename = {theirs[p]: mine[p] for p in theirs if theirs[p] != mine[p]}
+    return ("\nThe blocks pair one to one by their places in Keras's saving walk (the same model "
+            f"with its automatic names shifted?), as Keras's load_weights pairs them: "
+            f"rename={rename}")
 
 
 # --- assign ----------------------------------------------------------------------------

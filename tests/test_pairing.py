@@ -921,3 +921,26 @@ def test_order_inside_a_custom_layer_is_said_to_be_unchecked(tmp_path):
         "calls them in; if that changed since the source was saved, their values are swapped. "
         "Name these layers in new code."]
     assert_bits(values(target.weights), values(source.weights))
+
+
+@pytest.mark.parametrize("kind", ["blocks", "weights", "keras"])
+def test_the_same_model_rebuilt_in_the_session_is_offered_the_rename_by_keras_path(
+        tmp_path, kind):
+    """Found by a fresh-user test: a notebook cell run again rebuilds the model with shifted
+    automatic names, so no block pairs by name; the refusal now gives the `rename=` that pairs
+    the blocks by their places in Keras's saving walk, and that rename loads exactly."""
+    def build():
+        return keras.Sequential([keras.Input((4,)), L.Dense(4), L.Dense(4), L.Dense(2)])
+
+    keras.backend.clear_session(free_memory=False)
+    source = build()
+    distinct(source, seed=20)
+    path = (save_blocks(source, str(tmp_path / "m.blocks.h5")) if kind == "blocks"
+            else save_all(source, str(tmp_path), [kind])[kind])
+    target = build()  # dense_3, dense_4, dense_5
+    with pytest.raises(BlockMismatchError) as e:
+        load_blocks(target, path)
+    rename = {"dense": "dense_3", "dense_1": "dense_4", "dense_2": "dense_5"}
+    assert str(e.value).endswith(f"as Keras's load_weights pairs them: rename={rename}")
+    assert load_blocks(target, path, rename=rename).ok
+    assert_bits(values(target.weights), values(source.weights))
