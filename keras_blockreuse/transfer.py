@@ -450,6 +450,8 @@ def _pair_block(
             caveat = _unchecked_order(target_name, block, pairs)
     if pairs is None:  # by name where names agree; the rest is unpaired
         pairs = [(unit, by_name[unit[0]]) for unit in units if unit[0] in by_name]
+    if pairing != "order":
+        caveat = caveat or _held_by_position(target_name, block, pairs, pairing, target_paths)
     if pairing == "name":
         shifted = _shifted_families(pairs, units, source_layers)
         contradicted.update(shifted)
@@ -548,6 +550,40 @@ def _shifted_families(pairs, units, source_layers: Sequence[LayerInfo]
                                      "added or removed before others of its class and their "
                                      "automatic names shift")
     return out
+
+
+def _held_by_position(block_name: str, block: Block, pairs, pairing: str,
+                      target_paths: Callable[[], dict[int, str]]) -> str:
+    """The caveat for same-class layers that a custom layer holds in a list or dict, where
+    only their position there pairs them: Keras saves such items by class and position, not
+    by key, so a dict's keys inserted in another order (names and paths alike), or list items
+    reordered where the automatic names no longer pair, swap them unseen."""
+    from keras.src.models.functional import Functional
+
+    if len(pairs) < 2:
+        return ""
+    parents = {path: obj for layer in block.layers for path, obj in iter_units(layer)}
+    families: dict[tuple[str, str], list[str]] = {}
+    for (path, obj, _), _layer in pairs:
+        parent = parents.get(path.rpartition("/")[0])
+        if parent is None or isinstance(parent, (Functional, keras.Sequential)):
+            continue
+        if pairing == "path":
+            held = automatic_name(target_paths().get(id(obj), ""), obj)  # `items/dense_1`
+        else:
+            held = automatic_name(path, obj) and any(
+                isinstance(value, dict) and any(item is obj for item in value.values())
+                for value in vars(parent).values())
+        if held:
+            families.setdefault((path.rpartition("/")[0], type(obj).__name__), []).append(path)
+    same = [f"{paths} ({kind})" for (_, kind), paths in families.items() if len(paths) > 1]
+    if not same:
+        return ""
+    return (f"block {block_name!r}: layers {'; '.join(same)} are held in a list or dict of a "
+            "custom layer, which Keras saves by position (not by key), and only that position "
+            "pairs them; if their order there changed since the source was saved (dict keys "
+            "inserted in another order, list items moved), their values are swapped. Name "
+            "these layers in new code.")
 
 
 def _unchecked_order(block_name: str, block: Block, pairs) -> str:

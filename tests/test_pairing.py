@@ -944,3 +944,54 @@ def test_the_same_model_rebuilt_in_the_session_is_offered_the_rename_by_keras_pa
     assert str(e.value).endswith(f"as Keras's load_weights pairs them: rename={rename}")
     assert load_blocks(target, path, rename=rename).ok
     assert_bits(values(target.weights), values(source.weights))
+
+
+@keras.saving.register_keras_serializable(package="test_pairing")
+class Heads(L.Layer):
+    """Two Dense in a dict, created in the order of `keys`."""
+
+    def __init__(self, keys=("q", "k"), **kwargs):
+        super().__init__(**kwargs)
+        self.keys_ = list(keys)
+        self.proj = {key: L.Dense(4) for key in keys}
+
+    def call(self, x):
+        return self.proj["k"](self.proj["q"](x))
+
+    def get_config(self):
+        return {**super().get_config(), "keys": self.keys_}
+
+
+@pytest.mark.parametrize("kind", ["blocks", "weights", "keras"])
+def test_layers_held_by_position_in_a_dict_or_list_are_said_to_be_unchecked(tmp_path, kind):
+    """Found by a fresh-user test: Keras saves a custom layer's dict and list items by class
+    and position, not by key, so dict keys inserted in another order (names and paths alike)
+    or list items moved where the names shifted swap unseen, as in Keras's own load_weights.
+    The load says so."""
+    def build(keys, listed):
+        inputs = keras.Input((4,))
+        layer = Listed(swapped=False, name="listed") if listed else Heads(keys, name="heads")
+        return keras.Model(inputs, layer(inputs))
+
+    for listed in (False, True):
+        keras.backend.clear_session(free_memory=False)
+        source = build(("q", "k"), listed)
+        distinct(source, seed=21)
+        path = (save_blocks(source, str(tmp_path / "m.blocks.h5")) if kind == "blocks"
+                else save_all(source, str(tmp_path), [kind])[kind])
+        if listed:
+            L.Dense(1)  # a notebook cell run again: the names shift, the list keys pair
+        else:
+            keras.backend.clear_session(free_memory=False)  # a fresh process: names pair
+        target = build(("q", "k"), listed)
+        with pytest.warns(UserWarning, match="held in a list or dict of a custom layer"):
+            report = load_blocks(target, path)
+        where = "'listed': layers ['listed/dense_3', 'listed/dense_4']" if listed else \
+            "'heads': layers ['heads/dense', 'heads/dense_1']"
+        assert report.caveats == [
+            f"block {where} (Dense) are held in a list or dict of a custom layer, which Keras "
+            "saves by position (not by key), and only that position pairs them; if their order "
+            "there changed since the source was saved (dict keys inserted in another order, "
+            "list items moved), their values are swapped. Name these layers in new code."]
+        assert_bits(values(target.weights), values(source.weights))
+        keras.backend.clear_session(free_memory=False)
