@@ -54,7 +54,7 @@ class AffinityFIFO(FIFOScheduler):
         self._worker: dict[str, tuple] = {}  # trial id -> (node, pid) of its worker
         self._met: dict[tuple, set] = {}  # worker -> groups it has trained (kept models)
         self._last: dict[tuple, Hashable] = {}  # worker -> group of its latest trial
-        self._freed: list[tuple] = []  # workers whose trial just completed, latest last
+        self._freed: list[tuple] = []  # workers whose trial completed, in that order
 
     def group(self, trial) -> Hashable:
         """The group of `trial`: trials of one group share a kept model."""
@@ -63,17 +63,23 @@ class AffinityFIFO(FIFOScheduler):
         return (self.groups.get(policy, ("policy", policy)), config.get("lr"))
 
     def on_trial_result(self, tune_controller, trial, result: dict) -> str:
-        if trial.trial_id not in self._worker and result.get("pid") is not None:
-            worker = (result.get("node_ip"), result.get("pid"))
-            self._worker[trial.trial_id] = worker
-            self._met.setdefault(worker, set()).add(self.group(trial))
-            self._last[worker] = self.group(trial)
+        self._seen(trial, result)
         return TrialScheduler.CONTINUE
 
     def on_trial_complete(self, tune_controller, trial, result: dict) -> None:
+        self._seen(trial, result)  # a trial's last result comes here, not to on_trial_result
         worker = self._worker.pop(trial.trial_id, None)
         if worker is not None:
             self._freed.append(worker)
+
+    def _seen(self, trial, result: dict) -> None:
+        """Note the worker of `trial` (from its first result) and the set it now keeps."""
+        if trial.trial_id in self._worker or (result or {}).get("pid") is None:
+            return
+        worker = (result.get("node_ip"), result["pid"])
+        self._worker[trial.trial_id] = worker
+        self._met.setdefault(worker, set()).add(self.group(trial))
+        self._last[worker] = self.group(trial)
 
     def on_trial_error(self, tune_controller, trial) -> None:
         worker = self._worker.pop(trial.trial_id, None)
@@ -88,7 +94,7 @@ class AffinityFIFO(FIFOScheduler):
         pending = [t for t in tune_controller.get_trials() if t.status == Trial.PENDING]
         if not pending or not self._freed:
             return super().choose_trial_to_run(tune_controller)
-        worker = self._freed.pop()
+        worker = self._freed.pop(0)  # Tune gives the earliest cached worker first
         met = self._met.get(worker, set())
         others = set().union(*(g for w, g in self._met.items() if w != worker))
         for wanted in (lambda g: g == self._last.get(worker), met.__contains__,
