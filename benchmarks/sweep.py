@@ -384,7 +384,9 @@ def timed_trial(config: dict, data=None, source=None, recipe=None) -> dict:
     result = train(config, data=data, source=source, recipe=recipe)
     row = probe.row(time.perf_counter() - start)
     row.update(reused=probe.reuse.MODELS.hits > hits, policy=config["policy"],
-               seed=config["seed"], pid=os.getpid(), began=began, ended=time.time())
+               seed=config["seed"], pid=os.getpid(), began=began, ended=time.time(),
+               raw={"epochs": probe.epoch_times, "evaluations": probe.eval_times,
+                    "reports": probe.report_times})
     with open(os.path.join(os.environ[TRIALS_DIR], f"{os.getpid()}-{began:.6f}.json"), "w") as f:
         json.dump(row, f)
     return result
@@ -494,7 +496,7 @@ PHASES = ("re-initialise the kept model", "model build", "load_blocks", "freeze"
           "later epochs' and evaluations' excess over the median (contention)", REPORT,
           "other (inside the trial)")
 """The order of the phases in the tables."""
-META = ("total", "reused", "policy", "seed", "pid", "began", "ended", "rss MB")
+META = ("total", "reused", "policy", "seed", "pid", "began", "ended", "rss MB", "raw")
 
 
 def _trainable_set(policy: str) -> tuple:
@@ -661,6 +663,7 @@ def main(argv=None) -> None:
     parser.add_argument("--reused", type=int, default=4, help="trials run in one process")
     parser.add_argument("--default-sweep-only", action="store_true",
                         help="only the default sweep under Ray Tune, every trial timed")
+    parser.add_argument("--json", help="also write every measured time to this file")
     parser.add_argument("--child-trial", nargs="+", help=argparse.SUPPRESS)
     parser.add_argument("--child-reused", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -673,10 +676,13 @@ def main(argv=None) -> None:
     levels = [(1, False), (2, False), (2, True)]
     log = lambda m: print(m, file=sys.stderr)  # noqa: E731
     if args.default_sweep_only:
-        _, text = run(0, 0, (), epochs=args.epochs, log=log, reused=0)
+        results, text = run(0, 0, (), epochs=args.epochs, log=log, reused=0)
     else:
-        _, text = run(args.trials, args.phase_runs, levels, epochs=args.epochs, log=log,
-                      reused=args.reused)
+        results, text = run(args.trials, args.phase_runs, levels, epochs=args.epochs, log=log,
+                            reused=args.reused)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(results, f)
     print(text)
 
 
