@@ -10,7 +10,11 @@ On the default digits sweep settings (`SweepSettings()`: digits, noise shift, 10
 - trials per minute under Ray Tune with 1 concurrent trial (2 CPUs each) and with 2 (1 CPU
   each) on this machine, with the sweep's own trainable (`keras_blockreuse.sweep.trial`), and
   with 2 and Tune's `reuse_actors=True` (one process runs several trials, importing once);
-- the cost of starting (and stopping) a local Ray instance.
+- the cost of starting (and stopping) a local Ray instance;
+- the default sweep itself (`run_sweep(SweepSettings())`, 39 trials) under Ray Tune on this
+  machine's CPUs, every trial's phases timed inside its worker process (`timed_trial`):
+  the share of all trials' time outside `fit`/`evaluate`, by whether a trial traced its
+  steps or took a kept model, and per worker (trials, traces, trainable sets met).
 
 The source model is trained for 2 epochs only: its accuracy does not change the timings.
 
@@ -18,6 +22,7 @@ Example:
 
 ```
 python benchmarks/sweep.py --trials 4
+python -m benchmarks.sweep --default-sweep-only --json times.json   # the default sweep only
 ```
 """
 
@@ -568,14 +573,9 @@ def _share(rows: list[dict]) -> float:
     return 100 * sum(_outside(r) for r in rows) / whole if whole else math.nan
 
 
-def markdown(phases: list[dict], ray: dict | None, epochs: int, ray_epochs: int,
-             reused: list[dict] | None = None, sweep: dict | None = None) -> str:
-    lines = ["## Sweep overhead", ""]
-    if sweep:
-        lines += sweep_markdown(sweep)
-    if not phases:
-        return "\n".join(lines)
-    lines += [
+def _phases_markdown(phases: list[dict], epochs: int) -> list[str]:
+    """One trial in a fresh process: its phases' medians."""
+    lines = [
         f"Default digits sweep settings (10 shots, `seed_cnn`, {epochs} epochs, batch 32), "
         f"policy `{POLICY}`, source trained {SOURCE_EPOCHS} epochs. One trial in a fresh "
         f"process ({len(phases)} run(s), median):",
@@ -597,6 +597,16 @@ def markdown(phases: list[dict], ray: dict | None, epochs: int, ray_epochs: int,
         f"{100 * (total - inside - median.get('process start + imports', 0.0) - median.get('process exit', 0.0)) / total:.1f}%.",
         "",
     ]
+    return lines
+
+
+def markdown(phases: list[dict], ray: dict | None, epochs: int, ray_epochs: int,
+             reused: list[dict] | None = None, sweep: dict | None = None) -> str:
+    lines = ["## Sweep overhead", ""]
+    if sweep:
+        lines += sweep_markdown(sweep)
+    if phases:
+        lines += _phases_markdown(phases, epochs)
     if reused:
         lines += reused_markdown(reused, epochs)
     if ray:
