@@ -53,6 +53,10 @@ class LoadReport:
             (the names changed) says which was meant.
         source_blocks: every block of the source, in order.
         frozen: blocks set to `trainable=False` (`freeze=True`).
+        caveats: pairings the load could not check, said plainly (also warned): same-class
+            layers paired by their automatic names alone, where the source records neither
+            their Keras paths nor their order (a legacy `.h5`'s custom layers). Right unless
+            their creation order changed since the file was saved; `ok` does not cover them.
         target_blocks: every block of the model, in order.
         variables_loaded: number of variables assigned.
         bytes_read: bytes of values read from the source.
@@ -81,6 +85,7 @@ class LoadReport:
     unpaired: tuple[list[str], list[str]] = ([], [])
     source_blocks: list[str] = dataclasses.field(default_factory=list)
     frozen: list[str] = dataclasses.field(default_factory=list)
+    caveats: list[str] = dataclasses.field(default_factory=list)
     target_blocks: list[str] = dataclasses.field(default_factory=list)
     variables_loaded: int = 0
     bytes_read: int = 0
@@ -159,6 +164,8 @@ class LoadReport:
                 f"and source blocks {self.unpaired[1]} are not in the model. If names changed, "
                 "pair them with rename={source block: model block}; to load a subset on "
                 "purpose, pass only=[...].", markup=False, highlight=False, soft_wrap=True)
+        for caveat in self.caveats:
+            console.print(f"Caveat: {caveat}", markup=False, highlight=False, soft_wrap=True)
         if self.frozen:
             console.print("Frozen blocks take effect in training after model.compile().")
         if any(mode != "name" for mode in self.pairing.values()):

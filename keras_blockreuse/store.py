@@ -236,12 +236,14 @@ def _write(f: h5py.File, source, names: list[str], model_name: str, metadata_jso
         "model_name": model_name,
         "blocks": json.dumps(names),
         "metadata": metadata_json,
+        "save_id": secrets.token_hex(16),
     }
     for key, value in header.items():
         f.attrs[key] = value if isinstance(value, int) else _fixed(value)
     f.attrs["header_checksum"] = _fixed(_header_checksum(header))
     for name in names:
         group = f.create_group(name)
+        group.attrs["save_id"] = _fixed(header["save_id"])
         values = source.read_block(name)
         layers = []
         data_hash = _new_hash(DATA_HASH)
@@ -646,6 +648,8 @@ class BlockFile:
         }
         header["format"] = FORMAT_NAME
         header["format_version"] = version
+        if h5py.h5a.exists(root.id, b"save_id"):  # files written before it have none
+            header["save_id"] = self._attribute(root, "save_id")
         if _header_checksum(header) != self._attribute(root, "header_checksum"):
             raise BlockFileError(
                 f"{self.path} is corrupt: its header (block list, metadata) does not match its "
@@ -664,6 +668,17 @@ class BlockFile:
                 f"Block {name!r} in {self.path} is corrupt: its layout (layer names, shapes, "
                 "dtypes) does not match its checksum."
             )
+        save_id = self._header.get("save_id")
+        if save_id is not None:
+            mine = (self._attribute(group, "save_id")
+                    if h5py.h5a.exists(group.id, b"save_id") else None)
+            if mine != save_id:
+                raise BlockFileError(
+                    f"Block {name!r} in {self.path} is not from the save its header is from "
+                    f"(save id {mine!r}, header {save_id!r}): the file was rewritten in place "
+                    "while it was read (write a new file and os.replace it, as save_blocks "
+                    "does), or it is damaged. No value of it was used."
+                )
         # Files written before layouts recorded `order` hold their layers in the source
         # model's computation order, unless they were converted from a Keras file.
         order_known = "converted_from" not in self._header["metadata"]
@@ -858,4 +873,6 @@ def _checksum(data: bytes) -> str:
 def _header_checksum(header: Mapping[str, Any]) -> str:
     keys = ("format", "format_version", "keras_version", "backend", "created", "model_name")
     fields = [str(header[k]) for k in keys] + [header["blocks"], header["metadata"]]
+    if header.get("save_id") is not None:  # files written before it have none
+        fields.append(header["save_id"])
     return _checksum("\x00".join(fields).encode())

@@ -27,7 +27,11 @@ Pairing: a model layer takes a source layer's values only when the pairing is ju
    files, live models, rebuilt `.keras` structures, legacy files) — never a file's storage
    order.
 
-Each block takes the first of these that pairs all of its model layers. Pairs not by name are
+Each block takes the first of these that pairs all of its model layers. Automatic names
+(`dense_1`) and a list's keys in a Keras path (`items/dense_1`) follow creation order and
+position, so they are weak: where they disagree the layers are refused, and where the model
+and the source hold another number of blocks of one class with automatic names, those blocks
+are refused until the user names them (`only=` without a glob, `rename=`). Pairs not by name are
 checked for class (the source's class, or a subclass of it) and for every variable's shape
 before anything is assigned. Layers left unpaired are a mismatch: `BlockMismatchError` lists
 them side by side, or `on_mismatch="skip"` leaves them and reports them.
@@ -44,6 +48,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -55,7 +60,7 @@ from keras_blockreuse.errors import BlockFileError, BlockMismatchError
 from keras_blockreuse.report import LoadReport, Mismatch
 from keras_blockreuse.sources import LayerInfo, Source, VariableInfo, numpy_dtype, open_source
 from keras_blockreuse.sources.live_model import to_numpy, unit_values_of
-from keras_blockreuse.sources.structure import automatic_name
+from keras_blockreuse.sources.structure import automatic_name, snake_case, strip_counter
 
 ON_MISMATCH = ("error", "skip", "adapt")
 HOLD_BYTES = 4 << 20
@@ -86,9 +91,10 @@ class _BlockPlan:
     pairing: str  # "name", "path" or "order"
     unpaired_source: list[str] = dataclasses.field(default_factory=list)
     unpaired_target: list[str] = dataclasses.field(default_factory=list)
-    # model layer -> (source layer, source Keras path, model Keras path): automatic names
-    # that pair them, contradicted by their places in Keras's saving walk
-    contradicted: dict[str, tuple[str, str, str]] = dataclasses.field(default_factory=dict)
+    # model layer -> (source layer, where each side places it): automatic names that pair
+    # them, contradicted by their places in Keras's saving walk or in computation order
+    contradicted: dict[str, tuple[str, str]] = dataclasses.field(default_factory=dict)
+    caveat: str = ""  # same-class layers paired by automatic names alone (see LoadReport)
 
 
 def load_blocks(
@@ -117,8 +123,9 @@ def load_blocks(
             `"skip"` (leave the variables and layers that do not fit or pair as they are, and
             report them) or `"adapt"` (adapt known cases, such as a first convolution's input
             channels).
-        freeze: set `trainable=False` on the loaded blocks' layers. A compiled model must be
-            compiled again for this to take effect in training (a warning says so).
+        freeze: set `trainable=False` on the loaded blocks' layers; a block loaded only partly
+            (`on_mismatch="skip"`) stays trainable (a warning says so). A compiled model must
+            be compiled again for this to take effect in training (a warning says so).
         blocks: the model's block rule (for models that are not a `BlockModel`).
         source_blocks: the block rule for a source without blocks of its own; default the
             source's own rule, else the model's.
@@ -152,7 +159,8 @@ def load_blocks(
     target_rule = blocks if blocks is not None else getattr(model, "_block_rule", None)
     target_blocks = get_blocks(model, target_rule)
     if source_blocks is None and not hasattr(source, "_block_rule"):
-        source_blocks = target_rule
+        source_blocks = target_rule if target_rule is not None else _top_level_grouping(
+            model, target_blocks)
     nothing_asked = only is not None and not isinstance(only, str) and len(only) == 0
     values = None
     with open_source(source, source_blocks, **source_options) as src:
@@ -189,13 +197,51 @@ def load_blocks(
     report.not_loaded = [p.target for p in plans if p.target not in loading]
     report.untouched = [name for name in target_blocks if name not in report.loaded]
     if freeze and report.loaded:
+        partly = [name for name in report.loaded if any(m.block == name for m in report.skipped)]
         for name in report.loaded:
-            for layer in target_blocks[name].layers:
-                layer.trainable = False
-            report.frozen.append(name)
+            if name not in partly:
+                for layer in target_blocks[name].layers:
+                    layer.trainable = False
+                report.frozen.append(name)
+        if partly:  # their skipped layers keep the model's values, which must still train
+            warnings.warn(
+                f"freeze=True left blocks {partly} trainable: they were loaded only partly "
+                "(on_mismatch='skip'), and their skipped layers still need training. Freeze "
+                "them with freeze_blocks() if that is what you want.", stacklevel=2)
         warn_if_compiled(model, report.frozen, "frozen")
     report.seconds = time.perf_counter() - start
     return report
+
+
+def _top_level_grouping(model, target_blocks: dict[str, Block]) -> dict | None:
+    """`{block: [top-level layer names]}` for a keras-hub model whose preset groups its
+    top-level layers (`embeddings`: the token, position and segment embeddings), so that a
+    Keras file saved from it is grouped the same way; None otherwise (the source's own rule)."""
+    if not any(cls.__module__.startswith("keras_hub.") for cls in type(model).__mro__):
+        return None
+    top = {id(layer) for layer in model.layers}
+    if not all(id(layer) in top for block in target_blocks.values() for layer in block.layers):
+        return None
+    return {name: [layer.name for layer in block.layers] for name, block in target_blocks.items()}
+
+
+def _source_paths(src: Source) -> Callable[[], set[str]]:
+    """A function giving every Keras path of the source and every prefix of one, computed
+    once (it describes every block: only a name pair that paths may contradict asks)."""
+    cache: list[set[str]] = []
+
+    def paths() -> set[str]:
+        if not cache:
+            found = set()
+            for name in src.block_names():
+                for layer in src.block_layers(name):
+                    steps = (layer.keras_path or "").split("/")
+                    found.update("/".join(steps[:i]) for i in range(1, len(steps) + 1))
+            found.discard("")
+            cache.append(found)
+        return cache[0]
+
+    return paths
 
 
 def _rebuilt(src: Source) -> bool:
@@ -262,6 +308,7 @@ def _plan(
                 f"Source blocks {targets[t]!r} and {s!r} both map to model block {t!r}."
             )
         targets[t] = s
+    _refuse_shifted_names(targets, target_blocks, source_names, only, rename)
     in_source = {rename.get(s, s) for s in source_names}
     report = LoadReport(source=src.description, target_blocks=target_names,
                         source_blocks=source_names)
@@ -270,32 +317,79 @@ def _plan(
     if only is None and not rename:  # the user named no block: both sides must pair up
         report.unpaired = (list(report.missing),
                            [s for s in selected if mapped[s] not in target_blocks])
-    plans = []
-    for t in [name for name in target_names if name in targets]:
-        s = targets[t]
-        plan = _pair_block(s, src.block_layers(s), t, target_blocks[t], target_paths)
+    plans = [_pair_block(targets[t], src.block_layers(targets[t]), t, target_blocks[t],
+                         target_paths, _source_paths(src))
+             for t in target_names if t in targets]
+    _contradicted_by_order(plans)
+    for plan in plans:
+        t = plan.target
         report.pairing[t] = plan.pairing
         if plan.pairing != "name":
             report.layer_pairs[t] = [(layer.source.path, layer.target_path)
                                      for layer in plan.layers]
         if plan.pairing == "order":
             report.matched_by_order.append(t)
+        if plan.caveat:
+            report.caveats.append(plan.caveat)
         for path in plan.unpaired_target:
             if path in plan.contradicted:
-                name, source_path, target_path = plan.contradicted[path]
+                name, places = plan.contradicted[path]
                 report.mismatched.append(Mismatch(
                     t, path, "*", f"its automatic name pairs it with source layer {name!r}, "
-                    f"but Keras's saving walk places them differently (source {source_path}, "
-                    f"model {target_path}): created in another order? Name the layers, or "
-                    "pair the blocks with rename=", "present", "present"))
+                    f"but {places}. Name the layers, or pair the blocks with rename=",
+                    "present", "present"))
                 continue
             report.mismatched.append(
                 Mismatch(t, path, "*", "no source layer pairs with it", "-", "present"))
         for path in plan.unpaired_source:
             report.mismatched.append(
                 Mismatch(t, path, "*", "no model layer pairs with it", "present", "-"))
-        plans.append(plan)
+    if report.caveats:
+        warnings.warn(" ".join(f"load_blocks: {c}" for c in report.caveats), stacklevel=3)
     return plans, report
+
+
+def _refuse_shifted_names(targets: dict[str, str], target_blocks: dict[str, Block],
+                          source_names: list[str], only, rename: dict[str, str]) -> None:
+    """Refuses blocks paired only by automatic names when the two sides hold another number
+    of blocks of that class (`dense`, `dense_1` against `dense`, `dense_1`, `dense_2`).
+
+    Keras numbers automatic names in creation order, so a layer added before the others of
+    its class shifts every later name, and a layer added after them shifts none: the names
+    cannot tell which happened. Blocks the user named (`only=` without a glob, `rename=`) are
+    the user's answer and pass.
+    """
+    named = set(rename) | {p for p in ([only] if isinstance(only, str) else only or [])
+                           if not any(c in p for c in "*?[")}
+    families: dict[str, list[str]] = {}
+    classes: dict[str, str] = {}
+    for name, block in target_blocks.items():
+        layer = block.layers[0]
+        if len(block.layers) == 1 and layer.name == name and automatic_name(name, layer):
+            families.setdefault(strip_counter(name), []).append(name)
+            classes[strip_counter(name)] = type(layer).__name__
+    problems, listed = [], []
+    for stem, model_names in families.items():
+        theirs = [s for s in source_names if strip_counter(s) == stem]
+        as_named = [t for t in model_names if targets.get(t) == t]
+        if (as_named and sorted(model_names) != sorted(theirs)
+                and not all(t in named for t in as_named)):
+            problems.append(
+                f"{classes[stem]} blocks: the model has {model_names}, the source "
+                f"{theirs}; only their names pair {as_named}"
+            )
+            listed += as_named
+    if problems:
+        raise BlockMismatchError(
+            "Blocks named by automatic names cannot be paired by those names here: "
+            + "; ".join(problems) + ". Keras numbers automatic names in creation order, so a "
+            "layer added before the others of its class shifts every later name, and one "
+            "added after them shifts none; the names cannot tell which happened. If the "
+            f"extra layers came after the others (a new head), load with only={listed}; if "
+            "a layer was added or removed before them, pair the blocks with rename= "
+            "{source block: model block}. Naming the layers when building the model avoids "
+            "this."
+        )
 
 
 def _pair_block(
@@ -304,39 +398,55 @@ def _pair_block(
     target_name: str,
     block: Block,
     target_paths: Callable[[], dict[int, str]],
+    source_paths: Callable[[], set[str]],
 ) -> _BlockPlan:
     """Pairs a block's model layers with source layers: by name, else Keras path, else order."""
     units = list(unit_values_of(block))
     by_name = {layer.path: layer for layer in source_layers}
     pairs = None
     pairing = "name"
-    contradicted: dict[str, tuple[str, str, str]] = {}
+    contradicted: dict[str, tuple[str, str]] = {}
+    caveat = ""
     if all(path in by_name for path, _, _ in units):
         pairs = [(unit, by_name[unit[0]]) for unit in units]
         # Automatic names (`dense`, `dense_1`) follow creation order, which a refactor can
         # change; where both sides' Keras paths pair every layer and disagree, they win.
+        # Keras keys a list's items by class and position (`dense_1`), as weak as an
+        # automatic name: where such a path disagrees, neither is believed.
         if any(automatic_name(path, obj) for path, obj, _ in units):
             by_path = _pairs_by_path(units, source_layers, target_paths)
-            if by_path is not None and any(a[1] is not b[1] for a, b in zip(pairs, by_path,
-                                                                             strict=True)):
+            differ = [] if by_path is None else [
+                (a, b) for a, b in zip(pairs, by_path, strict=True) if a[1] is not b[1]]
+            paths = target_paths() if differ else {}
+            if differ and not any(automatic_name(b[1].keras_path, b[0][1])
+                                  or automatic_name(paths[id(b[0][1])], b[0][1])
+                                  for _, b in differ):
                 pairs, pairing = by_path, "path"
-            elif by_path is None:
-                contradicted = _contradicted(pairs, target_paths)
+            elif differ or by_path is None:
+                contradicted, unconfirmed = _contradicted(pairs, block, target_paths,
+                                                          source_paths)
                 pairs = [pair for pair in pairs if pair[0][0] not in contradicted]
+                caveat = _unchecked_names(target_name, unconfirmed)
     else:
         pairs = _pairs_by_path(units, source_layers, target_paths)
         if pairs is not None:
             pairing = "path"
+        # One layer on each side is in the same order whatever the source knows.
         if (pairs is None and len(units) == len(source_layers)
-                and all(layer.order is not None for layer in source_layers)):
+                and (len(units) == 1 or all(layer.order is not None for layer in source_layers))):
             pairs = list(zip(units, sorted(source_layers, key=lambda layer: layer.order),
                              strict=True))
             pairing = "order"
     if pairs is None:  # by name where names agree; the rest is unpaired
         pairs = [(unit, by_name[unit[0]]) for unit in units if unit[0] in by_name]
+    if pairing == "name":
+        shifted = _shifted_families(pairs, units, source_layers)
+        contradicted.update(shifted)
+        pairs = [pair for pair in pairs if pair[0][0] not in shifted]
     paired = {id(layer) for _, layer in pairs}
     return _BlockPlan(
         contradicted=contradicted,
+        caveat=caveat,
         target=target_name,
         source=source_name,
         layers=[_LayerPlan(path, obj, current, layer) for (path, obj, current), layer in pairs],
@@ -347,24 +457,142 @@ def _pair_block(
     )
 
 
-def _contradicted(pairs, target_paths: Callable[[], dict[int, str]]
-                  ) -> dict[str, tuple[str, str, str]]:
-    """The name pairs of automatic names whose places in Keras's saving walk differ.
+def _contradicted(pairs, block: Block, target_paths: Callable[[], dict[int, str]],
+                  source_paths: Callable[[], set[str]]
+                  ) -> tuple[dict[str, tuple[str, str]], list]:
+    """Checks name pairs of automatic names against both sides' places in Keras's saving walk.
 
-    Only the last step of each path is compared (`dense_1`: the second Dense of its
-    container; `up`: the attribute holding it), so a block nested differently in the two
-    models still pairs; a layer created in another order than its place does not.
+    Two steps of each path are compared: the last (`dense_1`: the second Dense of its
+    container; `up`: the attribute holding it) and, below a top-level layer with an automatic
+    name, that layer's own step (`layers/pair_1`). A step that differs contradicts the names
+    only when the model's step is also one of the source's (`layers/dense` in both: a layer
+    created in another order than its place); one the source lacks (an attribute renamed, a
+    block nested in another model) neither confirms nor contradicts them.
+
+    Returns:
+        `{model layer: (source layer, how they differ)}` for contradicted pairs, and the
+        pairs that no path or order confirms.
     """
-    if not any(layer.keras_path for _, layer in pairs):
-        return {}
-    paths = target_paths()
+    paths = target_paths() if any(layer.keras_path for _, layer in pairs) else {}
+    tops = {layer.name: layer for layer in block.layers}
+    out, unconfirmed = {}, []
+    for pair in pairs:
+        (path, obj, _), layer = pair
+        mine, theirs = paths.get(id(obj)), layer.keras_path
+        if not automatic_name(path, obj) and not automatic_name(
+                path.split("/", 1)[0], tops.get(path.split("/", 1)[0], obj)):
+            continue
+        if not (mine and theirs):
+            if layer.order is None:  # else `_contradicted_by_order` checks it
+                unconfirmed.append(pair)
+            continue
+        steps = [(mine, theirs)]
+        top = tops.get(path.split("/", 1)[0])
+        top_path = paths.get(id(top)) if top is not None and top is not obj else None
+        if top_path and automatic_name(path.split("/", 1)[0], top):
+            depth = mine[len(top_path):].count("/")
+            steps.append((top_path, theirs.rsplit("/", depth)[0]))
+        confirmed = True
+        for m, t in steps:
+            if m.rsplit("/", 1)[-1] == t.rsplit("/", 1)[-1]:
+                continue
+            confirmed = False
+            if f"{t.rsplit('/', 1)[0]}/{m.rsplit('/', 1)[-1]}" in source_paths():
+                out[path] = (layer.path, "Keras's saving walk places them differently "
+                                         f"(source {theirs}, model {mine}): created in another "
+                                         "order, or moved in a list?")
+        if not confirmed and path not in out:
+            unconfirmed.append(pair)
+    return out, unconfirmed
+
+
+def _shifted_families(pairs, units, source_layers: Sequence[LayerInfo]
+                      ) -> dict[str, tuple[str, str]]:
+    """Name pairs of automatic names beside unpaired layers of their class and container.
+
+    A layer added before others of its class (or removed) shifts their automatic names, so
+    `dense_1` of the model may be `dense` of the source; where either side holds a layer of
+    that class and container that did not pair, names of that family justify no pair.
+    """
+    paired_t = {id(unit[1]) for unit, _ in pairs}
+    paired_s = {id(layer) for _, layer in pairs}
+
+    def family(path: str) -> tuple[str, str]:
+        parent, _, last = path.rpartition("/")
+        return parent, strip_counter(last)
+
+    loose: dict[tuple[str, str], list[str]] = {}
+    for path, obj, _ in units:
+        if id(obj) not in paired_t and automatic_name(path, obj):
+            loose.setdefault(family(path), []).append(f"model {path}")
+    for layer in source_layers:
+        if (id(layer) not in paired_s
+                and family(layer.path)[1] == snake_case(layer.class_name or "?")):
+            loose.setdefault(family(layer.path), []).append(f"source {layer.path}")
     out = {}
     for (path, obj, _), layer in pairs:
-        mine = paths.get(id(obj))
-        if (layer.keras_path and mine and automatic_name(path, obj)
-                and layer.keras_path.rsplit("/", 1)[-1] != mine.rsplit("/", 1)[-1]):
-            out[path] = (layer.path, layer.keras_path, mine)
+        if family(path) in loose and automatic_name(path, obj):
+            out[path] = (layer.path, f"layers of its class beside it did not pair "
+                                     f"({', '.join(loose[family(path)])}), as when a layer is "
+                                     "added or removed before others of its class and their "
+                                     "automatic names shift")
     return out
+
+
+def _unchecked_names(block: str, pairs) -> str:
+    """The caveat for same-class sibling layers paired by automatic names that nothing
+    confirms: the source records neither their Keras paths nor their order, or its paths do
+    not correspond to the model's (attributes renamed)."""
+    families: dict[tuple[str, str], list[str]] = {}
+    for (path, obj, _), _layer in pairs:
+        if "/" in path:
+            parent, _, _last = path.rpartition("/")
+            families.setdefault((parent, type(obj).__name__), []).append(path)
+    same = [f"{paths} ({kind})" for (_, kind), paths in families.items() if len(paths) > 1]
+    if not same:
+        return ""
+    return (f"block {block!r}: layers {'; '.join(same)} are paired by their automatic names "
+            "alone; the source's Keras paths and order do not confirm them (none recorded, "
+            "or attributes renamed), so if their creation order changed since it was saved, "
+            "their values are swapped. Name these layers in new code; save_blocks records "
+            "what checks them.")
+
+
+def _contradicted_by_order(plans: list[_BlockPlan]) -> None:
+    """Unpairs layers paired by automatic names whose places in computation order, among the
+    layers of their class and container, differ between the model and the source.
+
+    Where the source knows its computation order (legacy `.h5` from its layer list, block
+    files, live models), same-class layers that automatic names pair must come in the same
+    order on both sides; top-level layers created in another order than they compute swap
+    their names, and a legacy `.h5` records no Keras path to show it.
+    """
+    families: dict[tuple[str, str], list[tuple[_LayerPlan, _BlockPlan]]] = {}
+    for plan in plans:
+        if plan.pairing != "name":
+            continue
+        for layer in plan.layers:
+            if layer.source.order is not None and automatic_name(layer.target_path, layer.unit):
+                parent, _, last = layer.target_path.rpartition("/")
+                families.setdefault((parent, strip_counter(last)), []).append((layer, plan))
+    for members in families.values():  # in the model's computation order
+        by_source = sorted(members, key=lambda m: m[0].source.order)
+        for rank, (layer, plan) in enumerate(members):
+            if by_source[rank][0] is layer:
+                continue
+            source_rank = next(i for i, m in enumerate(by_source) if m[0] is layer)
+            kind = type(layer.unit).__name__
+            plan.contradicted[layer.target_path] = (
+                layer.source.path, f"they compute at different places among the {kind} "
+                f"layers (source: number {source_rank + 1}, model: number {rank + 1}): created "
+                "in another order?")
+    for plan in plans:
+        if any(layer.target_path in plan.contradicted for layer in plan.layers):
+            gone = [layer for layer in plan.layers if layer.target_path in plan.contradicted]
+            plan.layers = [layer for layer in plan.layers
+                           if layer.target_path not in plan.contradicted]
+            plan.unpaired_target += [layer.target_path for layer in gone]
+            plan.unpaired_source += [layer.source.path for layer in gone]
 
 
 def _pairs_by_path(units, source_layers: Sequence[LayerInfo],

@@ -339,3 +339,22 @@ def test_importing_the_package_does_not_import_keras_hub():
 def test_a_keras_model_is_not_taken_for_a_keras_hub_one():
     model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2, name="dense_1")])
     assert list(get_blocks(model)) == ["dense_1"]
+
+
+@pytest.mark.parametrize("build", [bert, gpt2], ids=["bert", "gpt2"])
+@pytest.mark.parametrize("kind", ["weights", "keras"])
+def test_a_backbones_own_keras_file_loads_whole_by_its_preset_blocks(tmp_path, build, kind):
+    """Found by a fresh-user test: the `embeddings` block (token, position, segment
+    embeddings and their norm) did not load from the backbone's own `.weights.h5`; the file is
+    now grouped by the model's preset blocks."""
+    source = build()
+    randomize(source, seed=3)
+    path = str(tmp_path / ("b.weights.h5" if kind == "weights" else "b.keras"))
+    source.save_weights(path) if kind == "weights" else source.save(path)
+    target = build()
+    report = load_blocks(target, path)
+    assert report.ok, str(report)
+    assert list(report.loaded) == list(get_blocks(target))
+    assert report.variables_loaded == len(target.weights)
+    for a, b in zip(values(target.weights), values(source.weights), strict=True):
+        assert a.dtype == b.dtype and a.tobytes() == b.tobytes()

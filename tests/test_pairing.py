@@ -569,32 +569,35 @@ def test_a_subclass_or_base_class_under_the_same_name_loads(tmp_path):
         assert_bits(values(target.weights), values(source.weights))
 
 
+def enc_dec(decoder_first):
+    """`dec` computes first; `decoder_first` (a refactor) also creates it first, so in a fresh
+    process the two automatic names swap."""
+    inputs = keras.Input((4,))
+    if decoder_first:
+        dec, enc = L.Dense(4), L.Dense(4)
+    else:
+        enc, dec = L.Dense(4), L.Dense(4)
+    return keras.Model(inputs, enc(dec(inputs))), enc, dec
+
+
 @pytest.mark.parametrize("kind", ["weights", "keras", "blocks"])
 def test_blocks_named_by_automatic_names_that_keras_paths_contradict_are_refused(tmp_path, kind):
     """Found by a fresh-user test: top-level layers created in another order after a refactor
     (a fresh process, so the automatic names restart) swapped whole blocks with ok=True."""
-    def build(decoder_first):
-        inputs = keras.Input((4,))
-        if decoder_first:
-            dec, enc = L.Dense(4), L.Dense(4)
-        else:
-            enc, dec = L.Dense(4), L.Dense(4)
-        return keras.Model(inputs, enc(dec(inputs))), enc, dec
-
-    source, enc, dec = build(False)
+    source, enc, dec = enc_dec(False)
     distinct(source, seed=8)
     expected = {"enc": values(enc.weights), "dec": values(dec.weights)}
     path = (save_blocks(source, str(tmp_path / "m.blocks.h5")) if kind == "blocks"
             else save_all(source, str(tmp_path), [kind])[kind])  # one block per layer
     keras.backend.clear_session(free_memory=False)  # as a fresh process: names start again
-    target, enc, dec = build(True)
+    target, enc, dec = enc_dec(True)
     assert (enc.name, dec.name) == ("dense_1", "dense")  # the source's names, crosswise
     before = snapshot(target)
     with pytest.raises(BlockMismatchError) as e:
         load_blocks(target, path)
     assert ("dense / dense / *: its automatic name pairs it with source layer 'dense', but "
             "Keras's saving walk places them differently (source layers/dense_1, model "
-            "layers/dense): created in another order?") in str(e.value)
+            "layers/dense): created in another order, or moved in a list?") in str(e.value)
     assert all(before[k].tobytes() == v.tobytes() for k, v in snapshot(target).items())
     # The blocks paired by hand then pair their layers by Keras path.
     report = load_blocks(target, path, rename={"dense": "dense_1", "dense_1": "dense"})
@@ -645,3 +648,237 @@ def test_variables_of_a_block_file_pair_by_their_recorded_names(tmp_path):
     assert "block_2 / block_2_0 / beta: name differs (source 'gamma') (source (3,) float32, " \
            "model (3,) float32)" in str(e.value)
     assert all(before[k].tobytes() == v.tobytes() for k, v in snapshot(target).items())
+
+
+@pytest.mark.parametrize("kind", ["blocks", "weights", "keras", "legacy"])
+def test_automatic_names_with_another_count_of_their_class_are_refused(tmp_path, kind):
+    """A layer added before the others of its class shifts their automatic names (and Keras
+    paths) alike, which an appended head does not: the names cannot tell the two apart, so
+    the load is refused until the user says which (only= or rename=)."""
+    def build(new):  # new: None, "before" or "after" the two source layers
+        inputs = keras.Input((4,))
+        added = L.Dense(4) if new == "before" else None
+        a, b = L.Dense(4), L.Dense(4)
+        added = L.Dense(4) if new == "after" else added
+        x = added(inputs) if new == "before" else inputs
+        x = b(a(x))
+        return keras.Model(inputs, added(x) if new == "after" else x), a, b
+
+    source, a, b = build(None)
+    distinct(source, seed=11)
+    expected = {"a": values(a.weights), "b": values(b.weights)}
+    path = (save_blocks(source, str(tmp_path / "m.blocks.h5")) if kind == "blocks"
+            else save_all(source, str(tmp_path), [kind])[kind])
+    for new in ("before", "after"):
+        keras.backend.clear_session(free_memory=False)  # as a fresh process: names start again
+        target, a, b = build(new)
+        assert [layer.name for layer in target.layers[1:]] == ["dense", "dense_1", "dense_2"]
+        before = snapshot(target)
+        with pytest.raises(BlockMismatchError) as e:
+            load_blocks(target, path)
+        assert ("Dense blocks: the model has ['dense', 'dense_1', 'dense_2'], the source "
+                "['dense', 'dense_1']; only their names pair ['dense', 'dense_1']") in str(e.value)
+        assert "load with only=['dense', 'dense_1']" in str(e.value)
+        assert all(before[k].tobytes() == v.tobytes() for k, v in snapshot(target).items())
+        with pytest.raises(BlockMismatchError):  # a glob is not an answer
+            load_blocks(target, path, only=["dense*"])
+        if new == "after":  # the user's answer: the blocks as named
+            report = load_blocks(target, path, only=["dense", "dense_1"])
+        else:  # the user's answer: shifted by the layer added before them
+            report = load_blocks(target, path, rename={"dense": "dense_1", "dense_1": "dense_2"})
+        assert report.ok, str(report)
+        assert_bits(values(a.weights), expected["a"])
+        assert_bits(values(b.weights), expected["b"])
+
+
+@keras.saving.register_keras_serializable(package="test_pairing")
+class Listed(L.Layer):
+    """Two Dense in a list; `swapped` (a refactor) lists them in the other order, created
+    in the same order, so their automatic names stay and their Keras paths (list keys) swap."""
+
+    def __init__(self, swapped=False, **kwargs):
+        super().__init__(**kwargs)
+        self.swapped = swapped
+        first, second = L.Dense(4), L.Dense(4)
+        self.items = [second, first] if swapped else [first, second]
+
+    def build(self, shape):
+        for item in self.items:
+            item.build(shape)
+
+    def call(self, x):
+        for item in self.items:
+            x = item(x)
+        return x
+
+    def get_config(self):
+        return {**super().get_config(), "swapped": self.swapped}
+
+
+@pytest.mark.parametrize("kind", ["blocks", "weights", "keras"])
+def test_list_keys_that_disagree_with_automatic_names_are_refused(tmp_path, kind):
+    """Items of a list reordered, their creation order kept: the names say one pairing, the
+    Keras paths (class and position in the list) the other; neither can be believed."""
+    def build(swapped):
+        inputs = keras.Input((4,))
+        layer = Listed(swapped=swapped, name="listed")
+        return keras.Model(inputs, layer(inputs)), layer
+
+    source, layer = build(False)
+    distinct(source, seed=12)
+    path = (save_blocks(source, str(tmp_path / "m.blocks.h5")) if kind == "blocks"
+            else save_all(source, str(tmp_path), [kind])[kind])
+    keras.backend.clear_session(free_memory=False)
+    target, layer = build(True)
+    before = snapshot(target)
+    with pytest.raises(BlockMismatchError) as e:
+        load_blocks(target, path)
+    assert ("listed / listed/dense / *: its automatic name pairs it with source layer "
+            "'listed/dense', but Keras's saving walk places them differently (source "
+            "layers/listed/items/dense, model layers/listed/items/dense_1): created in another "
+            "order, or moved in a list?") in str(e.value)
+    assert all(before[k].tobytes() == v.tobytes() for k, v in snapshot(target).items())
+
+
+def test_legacy_h5_blocks_whose_automatic_names_contradict_computation_order_are_refused(tmp_path):
+    """Found this session: a legacy `.h5` records no Keras path, so top-level layers created
+    in another order than they compute (a fresh process) swapped whole blocks with ok=True.
+    Its layer list gives the computation order, which the names must agree with."""
+    source, enc, dec = enc_dec(False)
+    distinct(source, seed=13)
+    expected = {"enc": values(enc.weights), "dec": values(dec.weights)}
+    path = save_all(source, str(tmp_path), ["legacy"])["legacy"]
+    keras.backend.clear_session(free_memory=False)  # as a fresh process: names start again
+    target, enc, dec = enc_dec(True)
+    assert (enc.name, dec.name) == ("dense_1", "dense")
+    before = snapshot(target)
+    with pytest.raises(BlockMismatchError) as e:
+        load_blocks(target, path)
+    assert ("dense / dense / *: its automatic name pairs it with source layer 'dense', but "
+            "they compute at different places among the Dense layers (source: number 2, "
+            "model: number 1)") in str(e.value)
+    assert all(before[k].tobytes() == v.tobytes() for k, v in snapshot(target).items())
+    report = load_blocks(target, path, rename={"dense": "dense_1", "dense_1": "dense"})
+    assert report.ok and report.pairing == {"dense": "order", "dense_1": "order"}
+    assert_bits(values(enc.weights), expected["enc"])
+    assert_bits(values(dec.weights), expected["dec"])
+
+
+def test_legacy_h5_sub_layers_paired_by_automatic_names_alone_are_said_plainly(tmp_path):
+    """A legacy `.h5` records a custom layer's sub-layers by name only (no Keras path, no
+    order): a refactor that swaps their creation order cannot be seen, so the load says so."""
+    def build():
+        inputs = keras.Input((8,))
+        return keras.Model(inputs, UpDown(name="enc")(inputs))
+
+    source = build()
+    distinct(source, seed=14)
+    path = save_all(source, str(tmp_path), ["legacy"])["legacy"]
+    keras.backend.clear_session(free_memory=False)
+    target = build()
+    with pytest.warns(UserWarning, match="paired by their automatic names alone"):
+        report = load_blocks(target, path)
+    assert report.caveats == [
+        "block 'enc': layers ['enc/dense', 'enc/dense_1'] (Dense) are paired by their automatic "
+        "names alone; the source's Keras paths and order do not confirm them (none recorded, "
+        "or attributes renamed), so if their creation order changed since it was saved, their "
+        "values are swapped. Name these layers in new code; save_blocks records what checks "
+        "them."]
+    assert "Caveat: block 'enc'" in str(report)
+    assert_bits(values(target.weights), values(source.weights))
+
+
+@pytest.mark.parametrize("kind", ["blocks", "weights", "keras", "legacy"])
+def test_skip_never_pairs_a_shifted_family_by_its_names(tmp_path, kind):
+    """Found by a fresh-user test: a Dense inserted first in a nested Sequential shifts the
+    automatic names of the Dense after it; `on_mismatch="skip"` (which the refusal suggests)
+    then gave each layer its neighbour's values. The family is left whole instead."""
+    def build(insert):
+        inner = keras.Sequential(([L.Dense(4)] if insert else []) + [L.Dense(4), L.Dense(4)])
+        inputs = keras.Input((4,))
+        return keras.Model(inputs, L.Dense(2, name="head")(inner(inputs))), inner
+
+    source, _ = build(False)
+    distinct(source, seed=15)
+    path = save_all(source, str(tmp_path), [kind])[kind]
+    head = values(source.get_layer("head").weights)
+    keras.backend.clear_session(free_memory=False)
+    target, inner = build(True)
+    before = snapshot(target)
+    with pytest.raises(BlockMismatchError, match="layers of its class beside it did not pair"):
+        load_blocks(target, path, **({"blocks": NET} if kind == "blocks" else {}))
+    assert all(before[k].tobytes() == v.tobytes() for k, v in snapshot(target).items())
+    report = load_blocks(target, path, on_mismatch="skip",
+                         **({"blocks": NET} if kind == "blocks" else {}))
+    assert not report.ok
+    after = snapshot(target)
+    for v in inner.weights:  # none of the shifted family took a neighbour's values
+        assert after[v.path].tobytes() == before[v.path].tobytes(), v.path
+    if kind == "blocks":  # one block: the head is in it, and loads
+        assert_bits(values(target.get_layer("head").weights), head)
+
+
+def test_top_level_custom_layers_created_in_another_order_are_refused(tmp_path):
+    """Found by the fresh-process property test: two top-level custom layers with automatic
+    names (`pair`, `pair_1`), created in the other order, swapped whole blocks from a
+    `.weights.h5` with ok=True: their sub-layers' last path steps agree, their own do not."""
+    def build(second_first):
+        inputs = keras.Input((8,))
+        if second_first:
+            b, a = UpDown(), UpDown()
+        else:
+            a, b = UpDown(), UpDown()
+        return keras.Model(inputs, b(a(inputs))), a, b
+
+    source, a, b = build(False)
+    distinct(source, seed=16)
+    expected = {"a": values(a.weights), "b": values(b.weights)}
+    path = save_all(source, str(tmp_path), ["weights"])["weights"]
+    keras.backend.clear_session(free_memory=False)
+    target, a, b = build(True)
+    assert (a.name, b.name) == ("up_down_1", "up_down")
+    before = snapshot(target)
+    with pytest.raises(BlockMismatchError, match="Keras's saving walk places them differently"):
+        load_blocks(target, path)
+    assert all(before[k].tobytes() == v.tobytes() for k, v in snapshot(target).items())
+    report = load_blocks(target, path, rename={"up_down": "up_down_1", "up_down_1": "up_down"})
+    assert report.ok, str(report)
+    assert_bits(values(a.weights), expected["a"])
+    assert_bits(values(b.weights), expected["b"])
+
+
+@keras.saving.register_keras_serializable(package="test_pairing")
+class FirstSecond(L.Layer):
+    """`UpDown` after a refactor that renamed its attributes (`up` -> `first`, `down` ->
+    `second`), creation and call order kept."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.first = L.Dense(8)
+        self.second = L.Dense(8)
+
+    def build(self, shape):
+        self.first.build(shape)
+        self.second.build((*shape[:-1], 8))
+
+    def call(self, x):
+        return self.second(self.first(x))
+
+
+@pytest.mark.parametrize("kind", ["blocks", "weights", "keras"])
+def test_attributes_renamed_load_by_name_and_say_what_was_not_checked(tmp_path, kind):
+    """Found by a fresh-user test: renaming a custom layer's attributes (nothing else) was
+    refused with no remedy. The Keras paths no longer correspond, so they neither confirm nor
+    contradict the names: the layers pair by name, and the load says so."""
+    inputs = keras.Input((8,))
+    source = keras.Model(inputs, UpDown(name="blk")(inputs))
+    distinct(source, seed=17)
+    path = (save_blocks(source, str(tmp_path / "m.blocks.h5"), blocks=NET) if kind == "blocks"
+            else save_all(source, str(tmp_path), [kind])[kind])
+    keras.backend.clear_session(free_memory=False)
+    inputs = keras.Input((8,))
+    target = keras.Model(inputs, FirstSecond(name="blk")(inputs))
+    with pytest.warns(UserWarning, match="paired by their automatic names alone"):
+        report = load_blocks(target, path, **({"blocks": NET} if kind == "blocks" else {}))
+    assert report.ok and report.caveats
+    assert_bits(values(target.weights), values(source.weights))

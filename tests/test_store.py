@@ -266,3 +266,26 @@ def test_scalar_variables_round_trip(tmp_path, dtype):
     assert report.ok and report.variables_loaded == 1
     value = keras.ops.convert_to_numpy(target.get_layer("block_1_0").t)
     assert value.shape == () and value.dtype == np.dtype(dtype) and value == 5
+
+
+def test_a_file_rewritten_in_place_during_a_load_is_refused(tmp_path):
+    """`cp new.blocks.h5 old.blocks.h5` while a reader has old open (same inode, same
+    layout offsets): each block matches its own checksums, so only the save id recorded in
+    the header and in every block shows a load that would mix two saves."""
+    model = seed_cnn()
+    old, new = str(tmp_path / "m.blocks.h5"), str(tmp_path / "new.blocks.h5")
+    randomize(model, seed=1)
+    save_blocks(model, old)
+    randomize(model, seed=2)
+    save_blocks(model, new)
+    assert os.path.getsize(old) == os.path.getsize(new)
+    with BlockFile(old) as f:
+        first = f.read_block("block_1")
+        with open(new, "rb") as src, open(old, "r+b") as dst:  # cp: same inode, in place
+            dst.write(src.read())
+        with pytest.raises(BlockFileError, match=r"Block 'block_2' in .* is not from the save "
+                                                  r"its header is from"):
+            f.block("block_2")
+    with BlockFile(new) as f:  # each file alone reads
+        assert f.read_block("block_2")
+    assert first

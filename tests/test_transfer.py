@@ -363,3 +363,26 @@ def test_a_file_rewritten_in_place_during_the_load_is_reported(tmp_path, monkeyp
     with pytest.raises(BlockFileError, match=r"changed while it was being loaded.*"
                        r"Blocks \['block_1', 'block_2'\] and part of 'block_3' were loaded"):
         load_blocks(target, _Delegating(path, streaming=True, after_verify=rewrite))
+
+
+def test_freeze_leaves_a_partly_loaded_block_trainable(tmp_path):
+    """A block whose skipped layers keep untrained values must not be frozen with them."""
+    def build(units):
+        inputs = keras.Input((3,))
+        x = keras.layers.Dense(4, name="a_0")(inputs)
+        x = keras.layers.Dense(units, name="a_1")(x)
+        return keras.Model(inputs, keras.layers.Dense(2, name="b_0")(x))
+
+    rule = {"a": ["a_*"], "b": ["b_*"]}
+    source = build(4)
+    randomize(source, seed=5)
+    path = str(tmp_path / "m.blocks.h5")
+    save_blocks(source, path, blocks=rule)
+    target = build(5)
+    with pytest.warns(UserWarning, match=r"freeze=True left blocks \['a'\] trainable"):
+        report = load_blocks(target, path, blocks=rule, on_mismatch="skip", only=["a"],
+                             freeze=True)
+    assert list(report.loaded) == ["a"] and report.frozen == []
+    assert [layer.trainable for layer in target.layers[1:]] == [True, True, True]
+    assert target.get_layer("a_0").kernel.numpy().tobytes() == \
+        source.get_layer("a_0").kernel.numpy().tobytes()
