@@ -126,7 +126,7 @@ def main(argv=None) -> str:
 
         if args.quick:
             _, text = sweep_bench.run(trials=1, phase_runs=1, levels=((1, False), (2, False)),
-                                      ray_epochs=10, log=log, reused=3)
+                                      ray_epochs=10, log=log, reused=3, sweep=False)
         else:
             _, text = sweep_bench.run(trials=4, phase_runs=3,
                                       levels=((1, False), (2, False), (2, True)), log=log,

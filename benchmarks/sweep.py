@@ -10,7 +10,11 @@ On the default digits sweep settings (`SweepSettings()`: digits, noise shift, 10
 - trials per minute under Ray Tune with 1 concurrent trial (2 CPUs each) and with 2 (1 CPU
   each) on this machine, with the sweep's own trainable (`keras_blockreuse.sweep.trial`), and
   with 2 and Tune's `reuse_actors=True` (one process runs several trials, importing once);
-- the cost of starting (and stopping) a local Ray instance.
+- the cost of starting (and stopping) a local Ray instance;
+- the default sweep itself (`run_sweep(SweepSettings())`, 39 trials) under Ray Tune on this
+  machine's CPUs, every trial's phases timed inside its worker process (`timed_trial`):
+  the share of all trials' time outside `fit`/`evaluate`, by whether a trial traced its
+  steps or took a kept model, and per worker (trials, traces, trainable sets met).
 
 The source model is trained for 2 epochs only: its accuracy does not change the timings.
 
@@ -18,13 +22,17 @@ Example:
 
 ```
 python benchmarks/sweep.py --trials 4
+python -m benchmarks.sweep --default-sweep-only --json times.json   # the default sweep only
 ```
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
+import itertools
 import json
+import math
 import os
 import pickle
 import statistics
@@ -165,87 +173,121 @@ def reused_sequence(trials: int) -> list[tuple[str, int]]:
     return (sequence + [(POLICY, seed) for seed in range(1, max(1, trials - 1))])[:max(1, trials)]
 
 
+class Probe:
+    """Times a trial's phases in this process (installed once, by patching the modules a
+    trial calls): model build, `load_blocks`, freezing, compile, re-initialising a kept model,
+    every epoch of `fit`, every evaluation, and (`reports`) every `tune.report`."""
+
+    def __init__(self, reports: bool = True):
+        import keras
+        from ray import tune
+
+        import keras_blockreuse.model as model_module
+        import keras_blockreuse.sweep.reuse as reuse
+        import keras_blockreuse.sweep.trial as trial_module
+        import keras_blockreuse.sweep.zoo as zoo
+
+        self.phases: dict[str, float] = {}
+        self.epoch_times: list[float] = []
+        self.eval_times: list[float] = []
+        self.report_times: list[float] = []
+        self.reuse = reuse
+        probe = self
+
+        def timed(name, fn):
+            def wrapper(*args, **kwargs):
+                start = time.perf_counter()
+                try:
+                    return fn(*args, **kwargs)
+                finally:
+                    probe.phases[name] = probe.phases.get(name, 0.0) + time.perf_counter() - start
+
+            return wrapper
+
+        class EpochTimer(keras.callbacks.Callback):
+            def on_epoch_begin(self, epoch, logs=None):
+                self.start = time.perf_counter()
+
+            def on_epoch_end(self, epoch, logs=None):  # before the trial's own evaluation
+                probe.epoch_times.append(time.perf_counter() - self.start)
+
+        fit, evaluate, report = trial_module.fit, trial_module.evaluate, tune.report
+
+        def timed_fit(*args, callbacks=None, **kwargs):
+            return fit(*args, callbacks=[EpochTimer(), *(callbacks or [])], **kwargs)
+
+        def timed_calls(times, fn):
+            def wrapper(*args, **kwargs):
+                start = time.perf_counter()
+                try:
+                    return fn(*args, **kwargs)
+                finally:
+                    times.append(time.perf_counter() - start)
+
+            return wrapper
+
+        zoo.build_model = timed("model build", zoo.build_model)
+        cls = model_module.BlockModel
+        cls.load_blocks = timed("load_blocks", cls.load_blocks)
+        cls.freeze_blocks = timed("freeze", cls.freeze_blocks)
+        cls.compile = timed("compile", cls.compile)
+        reuse.reinitialise = timed("re-initialise the kept model", reuse.reinitialise)
+        trial_module.fit = timed_fit
+        trial_module.evaluate = timed_calls(self.eval_times, evaluate)
+        if reports:
+            tune.report = timed_calls(self.report_times, report)
+
+    def clear(self) -> None:
+        self.phases.clear()
+        self.epoch_times.clear()
+        self.eval_times.clear()
+        self.report_times.clear()
+
+    def row(self, total: float) -> dict:
+        """The last trial's phases; training is split into its steady cost (the median epoch
+        times the epochs, the median evaluation times the calls) and the excess over it
+        (tracing the train and predict steps, first-epoch set-up)."""
+        steady_epoch = statistics.median(self.epoch_times)
+        steady_eval = statistics.median(self.eval_times)
+        row = {"re-initialise the kept model": 0.0, **self.phases}
+        row["train steps (median epoch x epochs)"] = steady_epoch * len(self.epoch_times)
+        row["evaluate (median call x calls)"] = steady_eval * len(self.eval_times)
+        row["first epoch's excess (tracing the train step)"] = self.epoch_times[0] - steady_epoch
+        row["first evaluation's excess (tracing predict)"] = self.eval_times[0] - steady_eval
+        row["later epochs' and evaluations' excess over the median (contention)"] = (
+            sum(self.epoch_times[1:]) - steady_epoch * (len(self.epoch_times) - 1)
+            + sum(self.eval_times[1:]) - steady_eval * (len(self.eval_times) - 1))
+        if self.report_times:
+            row[REPORT] = sum(self.report_times)
+        row["other (inside the trial)"] = total - sum(row.values())
+        row["total"] = total
+        return row
+
+
+REPORT = "tune.report (until Tune takes the result)"
+
+
 def _child_reused(task_path: str, trials: str, epochs: str | None = None) -> None:
-    """Times each trial's phases; training is split into its steady cost (the median epoch
-    times the epochs, the median evaluation times the calls) and the excess over it (tracing
-    the train and predict steps, first-epoch set-up), from timings taken inside the trial."""
-    import keras
+    """Times each trial's phases (`Probe`), trials run one after another in this process."""
     from ray import tune
 
-    import keras_blockreuse.model as model_module
-    import keras_blockreuse.sweep.reuse as reuse
     import keras_blockreuse.sweep.trial as trial_module
-    import keras_blockreuse.sweep.zoo as zoo
 
     with open(task_path, "rb") as f:
         data, source = pickle.load(f)
-    phases: dict[str, float] = {}
-    epoch_times: list[float] = []
-    eval_times: list[float] = []
-
-    def timed(name, fn):
-        def wrapper(*args, **kwargs):
-            start = time.perf_counter()
-            try:
-                return fn(*args, **kwargs)
-            finally:
-                phases[name] = phases.get(name, 0.0) + time.perf_counter() - start
-
-        return wrapper
-
-    class EpochTimer(keras.callbacks.Callback):
-        def on_epoch_begin(self, epoch, logs=None):
-            self.start = time.perf_counter()
-
-        def on_epoch_end(self, epoch, logs=None):  # runs before the trial's own evaluation
-            epoch_times.append(time.perf_counter() - self.start)
-
-    fit, evaluate = trial_module.fit, trial_module.evaluate
-
-    def timed_fit(*args, callbacks=None, **kwargs):
-        return fit(*args, callbacks=[EpochTimer(), *(callbacks or [])], **kwargs)
-
-    def timed_evaluate(*args, **kwargs):
-        start = time.perf_counter()
-        try:
-            return evaluate(*args, **kwargs)
-        finally:
-            eval_times.append(time.perf_counter() - start)
-
-    zoo.build_model = timed("model build", zoo.build_model)
-    cls = model_module.BlockModel
-    cls.load_blocks = timed("load_blocks", cls.load_blocks)
-    cls.freeze_blocks = timed("freeze", cls.freeze_blocks)
-    cls.compile = timed("compile", cls.compile)
-    reuse.reinitialise = timed("re-initialise the kept model", reuse.reinitialise)
-    trial_module.fit = timed_fit
-    trial_module.evaluate = timed_evaluate
     tune.report = lambda metrics: None
+    probe = Probe(reports=False)  # no Tune here: reports cost nothing
     out = []
     for policy, seed in reused_sequence(int(trials)):
-        phases.clear()
-        epoch_times.clear()
-        eval_times.clear()
-        hits = reuse.MODELS.hits
+        probe.clear()
+        hits = probe.reuse.MODELS.hits
         config = {"policy": policy, "seed": seed}
         if epochs:
             config["epochs"] = int(epochs)
         start = time.perf_counter()
         trial_module.train_trial(config, data=data, source=source)
-        total = time.perf_counter() - start
-        steady_epoch = statistics.median(epoch_times)
-        steady_eval = statistics.median(eval_times)
-        row = {"re-initialise the kept model": 0.0, **phases}
-        row["train steps (median epoch x epochs)"] = steady_epoch * len(epoch_times)
-        row["evaluate (median call x calls)"] = steady_eval * len(eval_times)
-        row["first epoch's excess (tracing the train step)"] = epoch_times[0] - steady_epoch
-        row["first evaluation's excess (tracing predict)"] = eval_times[0] - steady_eval
-        row["later epochs' and evaluations' excess over the median (contention)"] = (
-            sum(epoch_times[1:]) - steady_epoch * (len(epoch_times) - 1)
-            + sum(eval_times[1:]) - steady_eval * (len(eval_times) - 1))
-        row["other (inside the trial)"] = total - sum(row.values())
-        row["total"] = total
-        row["reused"] = reuse.MODELS.hits > hits
+        row = probe.row(time.perf_counter() - start)
+        row["reused"] = probe.reuse.MODELS.hits > hits
         row["policy"] = policy
         row["rss MB"] = _rss_mb()
         out.append(row)
@@ -322,6 +364,84 @@ def ray_trials(task_path: str, workdir: str, trials: int, levels: list[tuple[int
     return out
 
 
+# --- the default sweep under Ray Tune, every trial timed ----------------------------------
+
+TRIALS_DIR = "KBR_BENCH_TRIALS"
+"""Environment variable of the Ray workers: the folder `timed_trial` writes its rows to."""
+_PROBE: list = []
+
+
+def timed_trial(config: dict, data=None, source=None, recipe=None) -> dict:
+    """The sweep's trainable (`keras_blockreuse.sweep.trial.train_trial`) timed by a `Probe`
+    of its worker process; writes the trial's row (phases, whether it took a kept model, its
+    process and clock times) as one JSON file to the folder `$KBR_BENCH_TRIALS`."""
+    import keras_blockreuse.sweep.trial as trial_module
+
+    train = trial_module.train_trial
+    if train is timed_trial:
+        raise RuntimeError("timed_trial runs in Ray workers, which import the real trainable")
+    if not _PROBE:
+        _PROBE.append(Probe())
+    probe = _PROBE[0]
+    probe.clear()
+    hits = probe.reuse.MODELS.hits
+    began, start = time.time(), time.perf_counter()
+    result = train(config, data=data, source=source, recipe=recipe)
+    row = probe.row(time.perf_counter() - start)
+    row.update(reused=probe.reuse.MODELS.hits > hits, policy=config["policy"],
+               seed=config["seed"], pid=os.getpid(), began=began, ended=time.time(),
+               raw={"epochs": probe.epoch_times, "evaluations": probe.eval_times,
+                    "reports": probe.report_times})
+    with open(os.path.join(os.environ[TRIALS_DIR], f"{os.getpid()}-{began:.6f}.json"), "w") as f:
+        json.dump(row, f)
+    return result
+
+
+def default_sweep(workdir: str, epochs: int | None = None) -> dict:
+    """Runs the default sweep (`SweepSettings()`; its source model trained `SOURCE_EPOCHS`
+    epochs) through `run_sweep` on a local Ray of this machine's CPUs, with every trial timed
+    (`timed_trial`). Returns the trials' rows and the sweep's facts."""
+    import ray
+
+    import keras_blockreuse.sweep.trial as trial_module
+    from keras_blockreuse.sweep.run import SweepSettings, run_sweep
+
+    folder = os.path.join(workdir, "trials")
+    os.makedirs(folder)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    # The workers import this module (`benchmarks.sweep.timed_trial`) by name.
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))
+    settings = SweepSettings(out=os.path.join(workdir, "sweep"), source_epochs=SOURCE_EPOCHS,
+                             cache=os.path.join(workdir, "cache"))
+    if epochs:
+        settings.epochs = epochs
+    ray.init(address="local", num_cpus=os.cpu_count() or 2, include_dashboard=False,
+             configure_logging=False, log_to_driver=False,
+             _temp_dir=tempfile.mkdtemp(prefix="kbr-ray-", dir="/tmp"),
+             runtime_env={"env_vars": {"TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONWARNINGS": "ignore",
+                                       TRIALS_DIR: folder}})
+    if root not in sys.path:
+        sys.path.insert(0, root)
+    # By name, also when this file runs as __main__: the workers import the same function.
+    trainable = importlib.import_module("benchmarks.sweep").timed_trial
+    original, trial_module.train_trial = trial_module.train_trial, trainable
+    try:
+        start = time.perf_counter()
+        result = run_sweep(settings, print_fn=lambda line: None)
+        wall = time.perf_counter() - start
+    finally:
+        trial_module.train_trial = original
+        ray.shutdown()
+    rows = []
+    for name in sorted(os.listdir(folder)):
+        with open(os.path.join(folder, name)) as f:
+            rows.append(json.load(f))
+    return {"trials": rows, "wall": wall, "planned": len(result.trials),
+            "ok": int((result.trials["status"] == "ok").sum()), "epochs": settings.epochs,
+            "configurations": len(set(result.trials["policy"])), "seeds": settings.seeds,
+            "strategy": settings.strategy}
+
+
 # --- report -------------------------------------------------------------------------------
 
 
@@ -331,24 +451,6 @@ STEADY = ("train steps (median epoch x epochs)", "evaluate (median call x calls)
 
 def _outside(row: dict) -> float:
     return row["total"] - sum(row[k] for k in STEADY)
-
-
-def default_sweep_mix(workers: int = 2) -> dict:
-    """Trials and distinct trainable sets per worker process in the default sweep
-    (`SweepSettings()`: its strategies on `seed_cnn`'s blocks, its seeds), as Tune spreads
-    them over `workers` reused processes. Each worker is assumed to meet every trainable set
-    (Tune's grid varies the policy fastest), so it traces once per set: an upper bound on the
-    misses."""
-    from keras_blockreuse.sweep.space import configurations
-    from keras_blockreuse.sweep.zoo import SEED_CNN_BLOCKS
-
-    settings = _settings()
-    found = configurations(settings.strategy, list(SEED_CNN_BLOCKS))
-    sets = {tuple(b for b, p in c.policy.items() if p == "frozen") for c in found}
-    trials = len(found) * settings.seeds
-    per_worker = -(-trials // workers)
-    return {"configurations": len(found), "trials": trials, "workers": workers,
-            "per worker": per_worker, "trainable sets": min(len(sets), per_worker)}
 
 
 def reused_markdown(rows: list[dict], epochs: int) -> list[str]:
@@ -390,32 +492,90 @@ def reused_markdown(rows: list[dict], epochs: int) -> list[str]:
         + ", ".join(f"{r['rss MB']:.0f}" for r in rows) + " MB.",
         "",
     ]
-    if warm:
-        mix = default_sweep_mix()
-        misses = mix["trainable sets"]
-        hit_count = max(0, mix["per worker"] - misses)
-        outside = _outside(first) + (misses - 1) * _outside(warm) + hit_count * (
-            median["total"] - sum(median[k] for k in STEADY))
-        total = first["total"] + (misses - 1) * warm["total"] + hit_count * median["total"]
-        lines += [
-            f"The default sweep ({mix['configurations']} configurations x "
-            f"{mix['trials'] // mix['configurations']} seeds = {mix['trials']} trials, "
-            f"{mix['workers']} reused worker processes of about {mix['per worker']} trials "
-            f"each) has {misses} trainable sets; a worker that meets each traces {misses} "
-            f"times (its first trial and {misses - 1} others) and reuses {hit_count} times. "
-            f"Weighted with the times above, its share outside `fit`/`evaluate` is about "
-            f"**{100 * outside / total:.1f}%** (an estimate from this table, not a timed "
-            "sweep).",
-            "",
-        ]
     return lines
 
 
-def markdown(phases: list[dict], ray: dict | None, epochs: int, ray_epochs: int,
-             reused: list[dict] | None = None) -> str:
+PHASES = ("re-initialise the kept model", "model build", "load_blocks", "freeze", "compile",
+          *STEADY, "first epoch's excess (tracing the train step)",
+          "first evaluation's excess (tracing predict)",
+          "later epochs' and evaluations' excess over the median (contention)", REPORT,
+          "other (inside the trial)")
+"""The order of the phases in the tables."""
+META = ("total", "reused", "policy", "seed", "pid", "began", "ended", "rss MB", "raw")
+
+
+def _trainable_set(policy: str) -> tuple:
+    """The frozen blocks of a policy key: what (besides the architecture) keys a kept model."""
+    return tuple(sorted(p.split("=")[0] for p in policy.split(",") if p.endswith("=frozen")))
+
+
+def sweep_markdown(run: dict) -> list[str]:
+    """The default sweep under Ray Tune: every trial's phases summed, by whether the trial
+    traced or took a kept model, and per worker process."""
+    rows = sorted(run["trials"], key=lambda r: r["began"])
+    keys = sorted(dict.fromkeys(k for r in rows for k in r if k not in META),
+                  key=lambda k: PHASES.index(k) if k in PHASES else len(PHASES))
+    traced = [r for r in rows if not r["reused"]]
+    reused = [r for r in rows if r["reused"]]
+
+    def total(group, key):
+        return sum(r.get(key, 0.0) for r in group)
+
+    everything = total(rows, "total")
+    outside = everything - sum(total(rows, k) for k in STEADY)
+    workers: dict[int, list[dict]] = {}
+    for r in rows:
+        workers.setdefault(r["pid"], []).append(r)
+    gaps = {pid: sum(max(0.0, b["began"] - a["ended"]) for a, b in itertools.pairwise(w))
+            for pid, w in workers.items()}
+    span = max(r["ended"] for r in rows) - min(r["began"] for r in rows)
     lines = [
-        "## Sweep overhead",
+        f"The default sweep under Ray Tune (`run_sweep(SweepSettings())`: {run['strategy']}, "
+        f"{run['configurations']} configurations x {run['seeds']} seeds, {run['epochs']} "
+        f"epochs, source trained {SOURCE_EPOCHS} epochs; {run['ok']} of {run['planned']} trials "
+        f"ok; {len(workers)} reused worker processes; {run['wall']:.0f} s in all, "
+        f"{span:.0f} s from the first trial's start to the last one's end). Every trial timed "
+        "inside its worker; `fit`/`evaluate` count at their steady cost (median epoch x epochs, "
+        "median evaluation x calls), the rest is overhead:",
         "",
+        f"| phase | {len(traced)} trials that traced (s) | {len(reused)} that took a kept model "
+        f"(s) | all {len(rows)} trials (s) | share |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for k in keys:
+        lines.append(f"| {k} | {total(traced, k):.2f} | {total(reused, k):.2f} | "
+                     f"{total(rows, k):.2f} | {100 * total(rows, k) / everything:.1f}% |")
+    lines.append(f"| **total** | {total(traced, 'total'):.2f} | {total(reused, 'total'):.2f} | "
+                 f"{everything:.2f} | 100% |")
+    lines += [
+        "",
+        "| worker process | trials | traced | trainable sets met | idle between its trials (s) |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for n, (pid, w) in enumerate(workers.items(), 1):
+        lines.append(f"| {n} | {len(w)} | {sum(not r['reused'] for r in w)} | "
+                     f"{len({_trainable_set(r['policy']) for r in w})} | {gaps[pid]:.2f} |")
+    handoffs = sum(gaps.values())
+    lines += [
+        "",
+        f"Share of the trials' time outside `fit`/`evaluate`, over all {len(rows)} trials: "
+        f"**{100 * outside / everything:.1f}%** (target <= 15%); a trial that traced "
+        f"{_share(traced):.1f}%, one that took a kept model {_share(reused):.1f}%. With the "
+        f"workers' idle time between their trials (Tune handing the next trial over) counted "
+        f"as overhead too: {100 * (outside + handoffs) / (everything + handoffs):.1f}%.",
+        "",
+    ]
+    return lines
+
+
+def _share(rows: list[dict]) -> float:
+    whole = sum(r["total"] for r in rows)
+    return 100 * sum(_outside(r) for r in rows) / whole if whole else math.nan
+
+
+def _phases_markdown(phases: list[dict], epochs: int) -> list[str]:
+    """One trial in a fresh process: its phases' medians."""
+    lines = [
         f"Default digits sweep settings (10 shots, `seed_cnn`, {epochs} epochs, batch 32), "
         f"policy `{POLICY}`, source trained {SOURCE_EPOCHS} epochs. One trial in a fresh "
         f"process ({len(phases)} run(s), median):",
@@ -437,6 +597,16 @@ def markdown(phases: list[dict], ray: dict | None, epochs: int, ray_epochs: int,
         f"{100 * (total - inside - median.get('process start + imports', 0.0) - median.get('process exit', 0.0)) / total:.1f}%.",
         "",
     ]
+    return lines
+
+
+def markdown(phases: list[dict], ray: dict | None, epochs: int, ray_epochs: int,
+             reused: list[dict] | None = None, sweep: dict | None = None) -> str:
+    lines = ["## Sweep overhead", ""]
+    if sweep:
+        lines += sweep_markdown(sweep)
+    if phases:
+        lines += _phases_markdown(phases, epochs)
     if reused:
         lines += reused_markdown(reused, epochs)
     if ray:
@@ -466,13 +636,19 @@ def markdown(phases: list[dict], ray: dict | None, epochs: int, ray_epochs: int,
 
 def run(trials: int = 2, phase_runs: int = 1, levels=((1, False), (2, False)),
         epochs: int | None = None, ray_epochs: int | None = None, log=print,
-        reused: int = 3) -> tuple[dict, str]:
-    """Measures everything; returns the raw numbers and the markdown section."""
-    results: dict = {}
+        reused: int = 3, sweep: bool = True) -> tuple[dict, str]:
+    """Measures everything (`phase_runs=0, reused=0, trials=0`: the default sweep only);
+    returns the raw numbers and the markdown section."""
+    results: dict = {"phases": []}
     if reused:
         reused = max(3, reused)  # a first trial, another trainable set, a reused trial
     with tempfile.TemporaryDirectory(prefix="kbr-sweep-bench-") as workdir:
         start = time.perf_counter()
+        if sweep:
+            results["sweep"] = default_sweep(workdir, epochs)
+            log(f"[sweep] default sweep under Ray Tune: {time.perf_counter() - start:.1f} s")
+        if not (phase_runs or reused or trials):
+            return results, markdown([], None, 0, 0, sweep=results.get("sweep"))
         task = prepare(workdir)
         log(f"[sweep] task and source: {time.perf_counter() - start:.1f} s")
         results["phases"] = [trial_phases(task, epochs) for _ in range(phase_runs)]
@@ -485,7 +661,7 @@ def run(trials: int = 2, phase_runs: int = 1, levels=((1, False), (2, False)),
             log(f"[sweep] ray: {time.perf_counter() - start:.1f} s")
     default = _settings().epochs
     text = markdown(results["phases"], results.get("ray"), epochs or default,
-                    ray_epochs or epochs or default, results.get("reused"))
+                    ray_epochs or epochs or default, results.get("reused"), results.get("sweep"))
     return results, text
 
 
@@ -495,6 +671,9 @@ def main(argv=None) -> None:
     parser.add_argument("--phase-runs", type=int, default=3)
     parser.add_argument("--epochs", type=int, default=None, help="override the default epochs")
     parser.add_argument("--reused", type=int, default=4, help="trials run in one process")
+    parser.add_argument("--default-sweep-only", action="store_true",
+                        help="only the default sweep under Ray Tune, every trial timed")
+    parser.add_argument("--json", help="also write every measured time to this file")
     parser.add_argument("--child-trial", nargs="+", help=argparse.SUPPRESS)
     parser.add_argument("--child-reused", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -505,8 +684,15 @@ def main(argv=None) -> None:
         _child_reused(*args.child_reused)
         return
     levels = [(1, False), (2, False), (2, True)]
-    _, text = run(args.trials, args.phase_runs, levels, epochs=args.epochs,
-                  log=lambda m: print(m, file=sys.stderr), reused=args.reused)
+    log = lambda m: print(m, file=sys.stderr)  # noqa: E731
+    if args.default_sweep_only:
+        results, text = run(0, 0, (), epochs=args.epochs, log=log, reused=0)
+    else:
+        results, text = run(args.trials, args.phase_runs, levels, epochs=args.epochs, log=log,
+                            reused=args.reused)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(results, f)
     print(text)
 
 

@@ -480,11 +480,16 @@ class _Runner:
 
     # ---- run control (issue 13) ----------------------------------------------------------
     def scheduler(self, configurations: Sequence[Configuration]):
-        """None (FIFO: every trial runs its full budget), or ASHA that never stops the
-        baselines (scratch and all tuned)."""
+        """FIFO (every trial runs its full budget), a freed reused worker preferring trials
+        of the trainable sets it has kept (`AffinityFIFO`: fewer traces, same trials); or
+        ASHA that never stops the baselines (scratch and all tuned)."""
         s = self.settings
         if s.scheduler != "asha":
-            return None
+            if not self.reuse_actors():
+                return None
+            from keras_blockreuse.sweep.affinity import AffinityFIFO
+
+            return AffinityFIFO({c.key: tuple(c.frozen) for c in configurations})
         from keras_blockreuse.sweep.asha import BaselineASHA
 
         baselines = {SCRATCH} | {c.key for c in configurations
