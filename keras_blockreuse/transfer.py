@@ -571,9 +571,10 @@ def _held_by_position(block_name: str, block: Block, pairs, pairing: str,
         if pairing == "path":
             held = automatic_name(target_paths().get(id(obj), ""), obj)  # `items/dense_1`
         else:
-            held = automatic_name(path, obj) and any(
-                isinstance(value, dict) and any(item is obj for item in value.values())
-                for value in vars(parent).values())
+            held = automatic_name(path, obj) and any(  # a dict of the user's, not TF's
+                isinstance(value, dict) and not key.startswith("_self_")
+                and any(item is obj for item in value.values())
+                for key, value in vars(parent).items())
         if held:
             families.setdefault((path.rpartition("/")[0], type(obj).__name__), []).append(path)
     same = [f"{paths} ({kind})" for (_, kind), paths in families.items() if len(paths) > 1]

@@ -995,3 +995,27 @@ def test_layers_held_by_position_in_a_dict_or_list_are_said_to_be_unchecked(tmp_
             "list items moved), their values are swapped. Name these layers in new code."]
         assert_bits(values(target.weights), values(source.weights))
         keras.backend.clear_session(free_memory=False)
+
+
+@pytest.mark.parametrize("kind", ["blocks", "weights", "keras"])
+def test_an_ordinary_load_of_attribute_held_sub_layers_says_nothing_more(tmp_path, kind):
+    """Found by a second fresh-user test: sub-layers held as plain attributes, same
+    architecture, a fresh process, got a caveat about lists and dicts (an internal dict of
+    TensorFlow's was taken for the user's). Their names and paths agree: no caveat."""
+    def build():
+        inputs = keras.Input((8,))
+        return keras.Model(inputs, UpDown(name="blk")(inputs))
+
+    keras.backend.clear_session(free_memory=False)
+    source = build()
+    distinct(source, seed=22)
+    path = (save_blocks(source, str(tmp_path / "m.blocks.h5")) if kind == "blocks"
+            else save_all(source, str(tmp_path), [kind])[kind])
+    keras.backend.clear_session(free_memory=False)
+    target = build()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        report = load_blocks(target, path)
+    assert report.ok and report.caveats == []
+    assert [str(w.message) for w in caught if "load_blocks" in str(w.message)] == []
+    assert_bits(values(target.weights), values(source.weights))
