@@ -327,8 +327,9 @@ def _plan(
     if only is None and not rename:  # the user named no block: both sides must pair up
         report.unpaired = (list(report.missing),
                            [s for s in selected if mapped[s] not in target_blocks])
+    source_paths = _source_paths(src)
     plans = [_pair_block(targets[t], src.block_layers(targets[t]), t, target_blocks[t],
-                         target_paths, _source_paths(src))
+                         target_paths, source_paths)
              for t in target_names if t in targets]
     _contradicted_by_order(plans)
     for plan in plans:
@@ -558,29 +559,28 @@ def _held_by_position(block_name: str, block: Block, pairs, pairing: str,
     only their position there pairs them: Keras saves such items by class and position, not
     by key, so a dict's keys inserted in another order (names and paths alike), or list items
     reordered where the automatic names no longer pair, swap them unseen."""
-    from keras.src.models.functional import Functional
-
-    if len(pairs) < 2:
+    if len(pairs) < 2 or (pairing == "name" and not any(
+            automatic_name(path, obj) for (path, obj, _), _layer in pairs)):
         return ""
-    parents = {path: obj for layer in block.layers for path, obj in iter_units(layer)}
-    families: dict[tuple[str, str], list[str]] = {}
+    parents = _custom_parents(block)
+    held = []
     for (path, obj, _), _layer in pairs:
         parent = parents.get(path.rpartition("/")[0])
-        if parent is None or isinstance(parent, (Functional, keras.Sequential)):
+        if parent is None:
             continue
         if pairing == "path":
-            held = automatic_name(target_paths().get(id(obj), ""), obj)  # `items/dense_1`
+            by_position = automatic_name(target_paths().get(id(obj), ""), obj)  # `items/dense_1`
         else:
-            held = automatic_name(path, obj) and any(  # a dict of the user's, not TF's
+            by_position = automatic_name(path, obj) and any(  # a dict of the user's, not TF's
                 isinstance(value, dict) and not key.startswith("_self_")
                 and any(item is obj for item in value.values())
                 for key, value in vars(parent).items())
-        if held:
-            families.setdefault((path.rpartition("/")[0], type(obj).__name__), []).append(path)
-    same = [f"{paths} ({kind})" for (_, kind), paths in families.items() if len(paths) > 1]
+        if by_position:
+            held.append((path, obj))
+    same = _same_class_siblings(held)
     if not same:
         return ""
-    return (f"block {block_name!r}: layers {'; '.join(same)} are held in a list or dict of a "
+    return (f"block {block_name!r}: layers {same} are held in a list or dict of a "
             "custom layer, which Keras saves by position (not by key), and only that position "
             "pairs them; if their order there changed since the source was saved (dict keys "
             "inserted in another order, list items moved), their values are swapped. Name "
@@ -591,18 +591,12 @@ def _unchecked_order(block_name: str, block: Block, pairs) -> str:
     """The caveat for same-class sibling layers inside a custom layer paired by order: there
     the order is the one the layer assigns them in (its tracking order), not the one it calls
     them in, so a refactor that assigns them in another order swaps them unseen."""
-    from keras.src.models.functional import Functional
-
-    parents = {path: obj for layer in block.layers for path, obj in iter_units(layer)}
-    families: dict[tuple[str, str], list[str]] = {}
-    for (path, obj, _), _layer in pairs:
-        parent = parents.get(path.rpartition("/")[0])
-        if parent is not None and not isinstance(parent, (Functional, keras.Sequential)):
-            families.setdefault((path.rpartition("/")[0], type(obj).__name__), []).append(path)
-    same = [f"{paths} ({kind})" for (_, kind), paths in families.items() if len(paths) > 1]
+    parents = _custom_parents(block)
+    same = _same_class_siblings([(path, obj) for (path, obj, _), _layer in pairs
+                                 if path.rpartition("/")[0] in parents])
     if not same:
         return ""
-    return (f"block {block_name!r}: layers {'; '.join(same)} are paired by their order alone, "
+    return (f"block {block_name!r}: layers {same} are paired by their order alone, "
             "which inside a custom layer is the order it assigns them in, not the order it "
             "calls them in; if that changed since the source was saved, their values are "
             "swapped. Name these layers in new code.")
@@ -612,19 +606,34 @@ def _unchecked_names(block: str, pairs) -> str:
     """The caveat for same-class sibling layers paired by automatic names that nothing
     confirms: the source records neither their Keras paths nor their order, or its paths do
     not correspond to the model's (attributes renamed)."""
-    families: dict[tuple[str, str], list[str]] = {}
-    for (path, obj, _), _layer in pairs:
-        if "/" in path:
-            parent, _, _last = path.rpartition("/")
-            families.setdefault((parent, type(obj).__name__), []).append(path)
-    same = [f"{paths} ({kind})" for (_, kind), paths in families.items() if len(paths) > 1]
+    same = _same_class_siblings([(path, obj) for (path, obj, _), _layer in pairs
+                                 if "/" in path])
     if not same:
         return ""
-    return (f"block {block!r}: layers {'; '.join(same)} are paired by their automatic names "
+    return (f"block {block!r}: layers {same} are paired by their automatic names "
             "alone; the source's Keras paths and order do not confirm them (none recorded, "
             "or attributes renamed), so if their creation order changed since it was saved, "
             "their values are swapped. Name these layers in new code; save_blocks records "
             "what checks them.")
+
+
+def _custom_parents(block: Block) -> dict[str, Any]:
+    """`name path -> layer` for the block's layers that are neither Functional nor Sequential
+    models: those whose sub-layers' order is the order they were assigned in."""
+    from keras.src.models.functional import Functional
+
+    return {path: obj for layer in block.layers for path, obj in iter_units(layer)
+            if not isinstance(obj, (Functional, keras.Sequential))}
+
+
+def _same_class_siblings(members: list[tuple[str, Any]]) -> str:
+    """`"['a/dense', 'a/dense_1'] (Dense); ..."` for the layers among `(name path, layer)`
+    that share a class and a container with another, or `""`."""
+    families: dict[tuple[str, str], list[str]] = {}
+    for path, obj in members:
+        families.setdefault((path.rpartition("/")[0], type(obj).__name__), []).append(path)
+    return "; ".join(f"{paths} ({kind})" for (_, kind), paths in families.items()
+                     if len(paths) > 1)
 
 
 def _contradicted_by_order(plans: list[_BlockPlan]) -> None:
