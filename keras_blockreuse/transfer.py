@@ -49,6 +49,7 @@ print(report)
 from __future__ import annotations
 
 import dataclasses
+import os
 import time
 import warnings
 from collections.abc import Callable, Mapping, Sequence
@@ -64,15 +65,19 @@ from keras_blockreuse.blocks import (
     iter_units,
     select,
     warn_if_compiled,
+    weighted_layers,
 )
 from keras_blockreuse.errors import BlockFileError, BlockMismatchError
+from keras_blockreuse.hub import is_hub_model
 from keras_blockreuse.report import LoadReport, Mismatch
 from keras_blockreuse.sources import LayerInfo, Source, VariableInfo, numpy_dtype, open_source
+from keras_blockreuse.sources.hub_preset import is_preset_dir
 from keras_blockreuse.sources.live_model import to_numpy, unit_values_of
 from keras_blockreuse.sources.structure import automatic_name, snake_case, strip_counter
 
 ON_MISMATCH = ("error", "skip", "adapt")
 HOLD_BYTES = 4 << 20
+BLOCK_FILE = "keras-blockreuse block file"  # `src.info["format"]` of a `.blocks.h5` source
 """Selected blocks of at most this many bytes are read once, verified and held until they
 are assigned; larger selections from a source with two passes (block files, Keras files) are
 verified in a first pass and assigned as a second pass reads them (memory for one variable).
@@ -169,7 +174,7 @@ def load_blocks(
     target_blocks = get_blocks(model, target_rule)
     if source_blocks is None and not hasattr(source, "_block_rule"):
         source_blocks = target_rule if target_rule is not None else _top_level_grouping(
-            model, target_blocks)
+            model, target_blocks, source)
     nothing_asked = only is not None and not isinstance(only, str) and len(only) == 0
     values = None
     target_paths = _target_paths(model)
@@ -179,7 +184,7 @@ def load_blocks(
             plans, report = _plan(src, target_blocks, only, exclude, rename, target_paths)
         _validate(plans, report, on_mismatch, src)
         if not nothing_asked:
-            _refuse_empty(plans, report, src, target_blocks, target_paths)
+            _refuse_empty(plans, report, src, model, target_blocks, target_paths)
         overflows: list = []
         check = _cast_check(plans, overflows)
         selected = [plan.source for plan in plans if any(layer.load for layer in plan.layers)]
@@ -196,7 +201,7 @@ def load_blocks(
                         check(name, path, key, array)
         _refuse_overflows(overflows, plans, report, on_mismatch)
         if not nothing_asked:
-            _refuse_empty(plans, report, src, target_blocks, target_paths)
+            _refuse_empty(plans, report, src, model, target_blocks, target_paths)
         if values is None:
             report.variables_loaded = _assign_streaming(plans, src)
         report.bytes_read = src.bytes_read
@@ -223,11 +228,18 @@ def load_blocks(
     return report
 
 
-def _top_level_grouping(model, target_blocks: dict[str, Block]) -> dict | None:
+def _top_level_grouping(model, target_blocks: dict[str, Block], source) -> dict | None:
     """`{block: [top-level layer names]}` for a keras-hub model whose preset groups its
     top-level layers (`embeddings`: the token, position and segment embeddings), so that a
-    Keras file saved from it is grouped the same way; None otherwise (the source's own rule)."""
+    Keras file saved from it is grouped the same way; None otherwise (the source's own rule).
+
+    A keras-hub model or preset directory as the source is grouped by its own keras-hub
+    preset, which reaches inside a task's backbone: a classifier's stages pair by name with
+    a bare backbone's, where top-level names would see one layer, the backbone."""
     if not any(cls.__module__.startswith("keras_hub.") for cls in type(model).__mro__):
+        return None
+    if is_hub_model(source) or (isinstance(source, (str, os.PathLike))
+                                and is_preset_dir(os.fspath(source))):
         return None
     top = {id(layer) for layer in model.layers}
     if not all(id(layer) in top for block in target_blocks.values() for layer in block.layers):
@@ -943,7 +955,8 @@ def _overflow(array: np.ndarray, dtype: str) -> float | None:
     return float(offending[np.argmax(np.abs(offending))])  # the value itself, sign kept
 
 
-def _nesting_hint(src: Source, source_blocks: list[str], target_blocks: dict[str, Block]) -> str:
+def _nesting_hint(src: Source, source_blocks: list[str], model,
+                  target_blocks: dict[str, Block]) -> str:
     """Explains a classifier-into-backbone load (or the reverse), where one side's layers sit
     inside a nested model of the other."""
     source_paths = [layer.path for name in source_blocks for layer in src.block_layers(name)]
@@ -951,10 +964,7 @@ def _nesting_hint(src: Source, source_blocks: list[str], target_blocks: dict[str
     inside_source = sorted({p.split("/")[0] for p in source_paths
                             if "/" in p and p.split("/")[1] in model_tops})
     if inside_source:
-        return (f" The source holds these layers inside {inside_source} (a nested model, as a "
-                "classifier built around a backbone does): load from that sub-model (with a "
-                f"live source: `load_blocks(backbone, classifier.get_layer({inside_source[0]!r}))`"
-                "), or group the source with source_blocks= and map its blocks with rename=.")
+        return _nested_source_hint(src, inside_source, source_blocks, model, model_tops)
     source_tops = {p.split("/")[0] for p in source_paths}
     inside_model = sorted(
         block_layer.name for block in target_blocks.values() for block_layer in block.layers
@@ -967,7 +977,46 @@ def _nesting_hint(src: Source, source_blocks: list[str], target_blocks: dict[str
     return ""
 
 
-def _refuse_empty(plans: list[_BlockPlan], report: LoadReport, src: Source,
+def _nested_source_hint(src: Source, nested: list[str], source_blocks: list[str], model,
+                        model_tops: set[str]) -> str:
+    """The remedies for a source whose layers sit inside a nested model (a classifier's
+    backbone) that the model holds at its top level (a bare backbone), each as it is typed
+    and each tested to load (tests/test_pairing.py, tests/test_hub.py)."""
+    name = nested[0]
+    # `blocks={name: ["*"]}` groups the model's top-level layers: are they its blocks' layers?
+    top_level = model_tops == {layer.name for layer in weighted_layers(model)}
+    kind = str(src.info.get("format", ""))
+    remedies = []
+    if kind == "live keras.Model":
+        remedies.append(f"load from that sub-model: `load_blocks(model, "
+                        f"classifier.get_layer({name!r}))`")
+    inside = {layer.path.split("/")[1] for block in source_blocks
+              for layer in src.block_layers(block) if layer.path.startswith(name + "/")}
+    own_blocks = kind == BLOCK_FILE  # a block file keeps its blocks, whatever source_blocks=
+    whole = name in source_blocks and all(
+        layer.path.startswith(name + "/") for layer in src.block_layers(name))
+    if len(nested) == 1 and top_level and model_tops <= inside and (whole or not own_blocks):
+        # One block on each side: the nested model's layers pair by computation order,
+        # which a Keras weights file knows only from the model that wrote it.
+        options = [f"blocks={{{name!r}: ['*']}}"]
+        if not own_blocks:
+            options.append(f"source_blocks={{{name!r}: [{name!r}]}}")
+        if kind.startswith(("Keras weights", "Keras sharded")):
+            options.append("source_model=<the model that wrote the file>")
+        remedies.append("load it as one block, its layers paired by computation order: "
+                        f"`load_blocks(model, source, {', '.join(options)})`")
+    if kind == "keras-hub preset directory" and is_hub_model(model):
+        remedies.append("pass neither blocks= nor source_blocks=: a keras-hub preset directory "
+                        "is then grouped by its keras-hub preset, inside its backbone, and its "
+                        "stages pair by name")
+    if not remedies:
+        remedies.append("load from that sub-model, or group the model with blocks= (and the "
+                        "source with source_blocks=) so that its layers correspond one to one")
+    return (f" The source holds these layers inside {nested} (a nested model, as a classifier "
+            f"built around a backbone does): {'; or '.join(remedies)}.")
+
+
+def _refuse_empty(plans: list[_BlockPlan], report: LoadReport, src: Source, model,
                   target_blocks: dict[str, Block],
                   target_paths: Callable[[], dict[int, str]]) -> None:
     """Raises when the load would assign no variable at all (unless `only=[]`)."""
@@ -981,7 +1030,7 @@ def _refuse_empty(plans: list[_BlockPlan], report: LoadReport, src: Source,
             "and dtypes, use on_mismatch='adapt' where an adapter exists, or pass only=[] to "
             "load nothing deliberately."
         )
-    hint = (_nesting_hint(src, report.source_blocks, target_blocks)
+    hint = (_nesting_hint(src, report.source_blocks, model, target_blocks)
             + _rename_by_path(src, report.source_blocks, target_blocks, target_paths))
     raise BlockMismatchError(
         f"Nothing would be loaded from {src.description}: no block of the model pairs with a "

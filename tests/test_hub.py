@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -14,7 +15,13 @@ keras_hub = pytest.importorskip(
 
 import keras  # noqa: E402
 
-from keras_blockreuse import BlockFileError, get_blocks, load_blocks, save_blocks  # noqa: E402
+from keras_blockreuse import (  # noqa: E402
+    BlockFileError,
+    BlockMismatchError,
+    get_blocks,
+    load_blocks,
+    save_blocks,
+)
 from keras_blockreuse.cli import describe, main  # noqa: E402
 
 M = keras_hub.models
@@ -246,6 +253,91 @@ def test_a_backbone_preset_directory_and_freezing(tmp_path):
     for a, b in zip(values(get_blocks(source)["stage_1"].variables),
                     values(target["stage_1"].variables), strict=True):
         assert np.array_equal(a, b)
+
+
+# --- a classifier preset into its bare backbone, and the reverse --------------------------------
+
+
+def test_a_classifier_preset_directory_loads_into_its_bare_backbone(tmp_path):
+    """Found by a fresh-user test: the preset directory was grouped by the backbone's top-level
+    names (one block, `res_net_backbone`) and refused; a keras-hub preset directory is grouped
+    by its own keras-hub preset, whose stages pair by name with the backbone's."""
+    classifier = M.ImageClassifier(backbone=resnet(), num_classes=3)
+    randomize(classifier, seed=7)
+    classifier.save_to_preset(str(tmp_path / "classifier"))
+    backbone = resnet()
+    randomize(backbone, seed=8)
+    report = load_blocks(backbone, str(tmp_path / "classifier"))
+    assert report.ok, str(report)
+    assert list(report.loaded) == RESNET_STAGES
+    assert report.unpaired == ([], ["predictions"])  # the head: in the source only
+    assert report.variables_loaded == len(backbone.weights)
+    for a, b in zip(values(classifier.backbone.weights), values(backbone.weights), strict=True):
+        assert np.array_equal(a, b)
+
+
+def test_a_backbone_preset_directory_loads_into_a_classifier_leaving_its_head(tmp_path):
+    source = resnet()
+    randomize(source, seed=9)
+    source.save_to_preset(str(tmp_path / "backbone"))
+    classifier = M.ImageClassifier(backbone=resnet(), num_classes=3)
+    randomize(classifier, seed=10)
+    head = values(get_blocks(classifier)["predictions"].variables)
+    report = load_blocks(classifier, str(tmp_path / "backbone"))
+    assert report.ok, str(report)
+    assert list(report.loaded) == RESNET_STAGES
+    assert report.untouched == ["predictions"] and report.unpaired == (["predictions"], [])
+    for a, b in zip(values(source.weights), values(classifier.backbone.weights), strict=True):
+        assert np.array_equal(a, b)
+    for a, b in zip(head, values(get_blocks(classifier)["predictions"].variables), strict=True):
+        assert np.array_equal(a, b)
+
+
+def _offered_load(message: str, source_model) -> dict:
+    """The keyword arguments of the `load_blocks(model, source, ...)` a refusal offers, as
+    typed in it (`source_model=<the model that wrote the file>`: the model given)."""
+    import ast
+
+    match = re.search(r"`load_blocks\(model, source, (.*?)\)`", message)
+    assert match, message
+    call = ast.parse(f"f({match.group(1).replace('<the model that wrote the file>', 'M')})")
+    return {kw.arg: source_model if isinstance(kw.value, ast.Name) else ast.literal_eval(kw.value)
+            for kw in call.body[0].value.keywords}
+
+
+@pytest.mark.parametrize("kind", ["preset", "keras", "weights", "live"])
+def test_a_classifier_into_its_bare_backbone_is_offered_a_load_that_works(tmp_path, kind):
+    """The refusal's remedy, applied as typed, loads every backbone variable exactly. Grouped
+    on purpose by another rule (`source_blocks=`), a preset directory or live keras-hub model
+    is refused too, and offered the same remedy."""
+    classifier = M.ImageClassifier(backbone=resnet(), num_classes=3)
+    randomize(classifier, seed=11)
+    source, options = {
+        "preset": (str(tmp_path / "classifier"), {"source_blocks": {"head": ["predictions"]}}),
+        "keras": (str(tmp_path / "classifier.keras"), {}),
+        "weights": (str(tmp_path / "classifier.weights.h5"), {}),
+        "live": (classifier, {"source_blocks": {"head": ["predictions"]}}),
+    }[kind]
+    if kind == "preset":
+        classifier.save_to_preset(source)
+    elif kind != "live":
+        classifier.save(source) if kind == "keras" else classifier.save_weights(source)
+    backbone = resnet()
+    randomize(backbone, seed=12)
+    before = values(backbone.weights)
+    with pytest.raises(BlockMismatchError, match=r"inside \['res_net_backbone'\]") as refused:
+        load_blocks(backbone, source, **options)
+    for a, b in zip(before, values(backbone.weights), strict=True):
+        assert np.array_equal(a, b)
+    offered = _offered_load(str(refused.value), classifier)
+    assert ("source_model" in offered) == (kind == "weights")
+    report = load_blocks(backbone, source, **offered)
+    assert report.ok and report.pairing == {"res_net_backbone": "order"}, str(report)
+    assert report.variables_loaded == len(backbone.weights)
+    for a, b in zip(values(classifier.backbone.weights), values(backbone.weights), strict=True):
+        assert np.array_equal(a, b)
+    if kind == "preset":  # and what the refusal says besides: the preset's own grouping
+        assert "pass neither blocks= nor source_blocks=" in str(refused.value)
 
 
 # --- text: the first transformer layers into a deeper model --------------------------------------

@@ -416,9 +416,15 @@ def test_classifier_file_into_its_bare_backbone_explains_how(tmp_path):
                                    L.Dense(2, name="head")], name="classifier")
     path = str(tmp_path / "classifier.blocks.h5")
     save_blocks(classifier, path)
-    with pytest.raises(BlockMismatchError, match=r"inside \['features'\].*source_blocks="):
-        load_blocks(backbone("bare"), path)
     bare = backbone("bare")
+    with pytest.raises(BlockMismatchError, match=r"inside \['features'\]") as refused:
+        load_blocks(bare, path)
+    # What the hint offers, as typed (a block file keeps its blocks: no source_blocks=).
+    assert "`load_blocks(model, source, blocks={'features': ['*']})`" in str(refused.value)
+    report = load_blocks(bare, path, blocks={"features": ["*"]})
+    assert report.ok and report.pairing == {"features": "order"}
+    for a, b in zip(classifier.get_layer("features").weights, bare.weights, strict=True):
+        assert np.array_equal(np.asarray(a), np.asarray(b))
     bare_path = str(tmp_path / "bare.blocks.h5")
     save_blocks(bare, bare_path)
     with pytest.raises(BlockMismatchError, match=r"inside \['features'\].*get_layer\('features'\)"):

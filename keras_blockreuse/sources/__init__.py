@@ -7,7 +7,7 @@
 | Keras `.weights.h5` / `.json` | `keras_weights` | name path, Keras path; order and variable names with `source_model=` |
 | `.keras` archive              | `keras_archive` | name path, Keras path, order and variable names (config rebuilt) |
 | legacy Keras 2 `.h5`          | `legacy_h5`     | name path, computation order (nested: from `model_config`) |
-| keras-hub preset directory    | `hub_preset`    | name path (the rebuilt model's blocks, inside its backbone) |
+| keras-hub preset directory    | `hub_preset`    | name path (the rebuilt model's blocks, inside its backbone), computation order |
 
 Every source implements `Source` (`base.py`): `block_names()`, `block_layers(name)` (a tuple
 of `LayerInfo`: name path, class name, variables with key, name, shape and dtype, plus the

@@ -6,8 +6,9 @@ of `keras_blockreuse.hub`), and their values are read from `model.weights.h5` (t
 and `task.weights.h5` (the task's own layers) by the Keras weights reader, with the rebuilt
 model as `source_model`. keras-hub is imported only when a directory is opened.
 
-Layers pair by name path; `keras_path` and `order` are left `None`, since a block's layers are
-given relative to the block (inside the backbone), not to the model.
+Layers pair by name path, or by their `order` in the rebuilt model's computation order (known
+on both sides, as for a `.keras` archive's rebuilt structure); `keras_path` is left `None`,
+since a block's layers are given relative to the block (inside the backbone), not to the model.
 
 Example:
 
@@ -117,6 +118,7 @@ class PresetSource(Source):
                 source = open_keras_file(os.path.join(self.path, file_name), source_model=root)
                 self._sources.append(source)
                 self._index(len(self._sources) - 1, source, root, skip)
+            self._order: dict[int, int] = {}  # id(layer) -> its place in computation order
             self._layers = {name: self._describe(block) for name, block in self._blocks.items()}
         except BaseException:
             self.close()
@@ -168,6 +170,7 @@ class PresetSource(Source):
     def _describe(self, block: Block) -> tuple[LayerInfo, ...]:
         layers = []
         for path, unit in _units(block):
+            order = self._order.setdefault(id(unit), len(self._order))
             values: dict = {}
             unit.save_own_variables(values)
             if not values:
@@ -186,7 +189,7 @@ class PresetSource(Source):
                     key=key, name=str(getattr(value, "name", key)), path=stored.path,
                     shape=stored.shape, dtype=stored.dtype, dataset=stored.dataset,
                 ))
-            layers.append(LayerInfo(path, type(unit).__name__, tuple(variables)))
+            layers.append(LayerInfo(path, type(unit).__name__, tuple(variables), order=order))
         return tuple(layers)
 
     def block_names(self) -> list[str]:
