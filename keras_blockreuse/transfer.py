@@ -1031,7 +1031,8 @@ def _refuse_empty(plans: list[_BlockPlan], report: LoadReport, src: Source, mode
             "load nothing deliberately."
         )
     hint = (_nesting_hint(src, report.source_blocks, model, target_blocks)
-            + _rename_by_path(src, report.source_blocks, target_blocks, target_paths))
+            + (_rename_by_path(src, report.source_blocks, target_blocks, target_paths)
+               or _rename_by_order(src, report.source_blocks, target_blocks)))
     raise BlockMismatchError(
         f"Nothing would be loaded from {src.description}: no block of the model pairs with a "
         f"block of the source, or every variable was left.\n"
@@ -1073,6 +1074,66 @@ def _rename_by_path(src: Source, source_blocks: list[str], target_blocks: dict[s
     return ("\nThe blocks pair one to one by their places in Keras's saving walk (the same model "
             f"with its automatic names shifted?), as Keras's load_weights pairs them: "
             f"rename={rename}")
+
+
+def _rename_by_order(src: Source, source_blocks: list[str],
+                     target_blocks: dict[str, Block]) -> str:
+    """For a legacy `.h5`, which records its layers in computation order but no Keras paths:
+    the `rename=` that pairs every source block with the model block at its place in
+    computation order, offered only where nothing else tells them apart: at every place both
+    sides hold a layer with an automatic name of the same class (`dense_1`, `dense_4`; the
+    class checked where the file records it) and variables of the same shapes (the same
+    model rebuilt, its automatic names shifted). Else `""`, or why no rename is offered."""
+    if not str(src.info.get("format", "")).startswith("Keras legacy"):
+        return ""
+    theirs = {name: sorted(src.block_layers(name), key=lambda layer: layer.order or 0)
+              for name in source_blocks}
+    why = _unmatched_by_order(src, theirs, target_blocks)
+    if why:
+        return ("\nNo rename= is offered: a legacy .h5 records its layers in computation order, "
+                "not Keras paths, so blocks are paired by their places only where both sides "
+                "hold layers with automatic names of the same classes and variable shapes in "
+                f"the same order; {why}.")
+    places = sorted(theirs, key=lambda name: theirs[name][0].order)
+    rename = {a: b for a, b in zip(places, target_blocks, strict=True) if a != b}
+    return ("\nThe blocks pair one to one by their places in computation order, with the same "
+            "classes and variable shapes (the same model with its automatic names shifted?), "
+            f"as Keras's legacy load_weights pairs them: rename={rename}")
+
+
+def _unmatched_by_order(src: Source, theirs: dict[str, list[LayerInfo]],
+                        target_blocks: dict[str, Block]) -> str:
+    """Why the source's blocks, at their places in computation order, do not correspond one to
+    one with the model's (see `_rename_by_order`); `""` when they do."""
+    if any(layer.order is None for layers in theirs.values() for layer in layers):
+        return ("the file does not record the order of every layer "
+                f"({src.info.get('layer order', 'unknown')})")
+    if not theirs or not all(theirs.values()):
+        return "the file holds no layer with weights"
+    places = sorted(theirs, key=lambda name: theirs[name][0].order)
+    if len(places) != len(target_blocks):
+        return (f"the model has {len(target_blocks)} blocks and the file {len(places)} "
+                "(a layer added or removed shifts the names and places of the others)")
+    for source_name, (target_name, block) in zip(places, target_blocks.items(), strict=True):
+        units = list(unit_values_of(block))
+        if len(units) != len(theirs[source_name]):
+            return (f"the model's block {target_name!r} holds {len(units)} layers and the "
+                    f"file's {source_name!r}, at its place, {len(theirs[source_name])}")
+        for layer, (path, unit, current) in zip(theirs[source_name], units, strict=True):
+            cls = type(unit).__name__
+            if layer.class_name and layer.class_name != cls:
+                return (f"the model's {path!r} is of class {cls} and the file's "
+                        f"{layer.path!r}, at its place, of class {layer.class_name}")
+            if not (automatic_name(path, unit) and automatic_name(layer.path, unit)):
+                return (f"the model's {path!r} and the file's {layer.path!r}, at its place, "
+                        f"are not both automatic names of class {cls}, which only a shifted "
+                        "counter would explain")
+            mine = sorted(tuple(int(d) for d in v.shape) for v in current.values())
+            stored = sorted(v.shape for v in layer.variables)
+            if mine != stored:
+                return (f"the model's {path!r} holds variables of shapes {mine} and the "
+                        f"file's {layer.path!r}, at its place, {stored}")
+    return ""
 
 
 # --- assign ----------------------------------------------------------------------------

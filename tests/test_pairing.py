@@ -222,6 +222,12 @@ KERAS2_SCRIPT = textwrap.dedent("""
     model.save_weights(folder + "/keras2_weights.h5")
     np.savez(folder + "/keras2_values.npz",
              *[w.numpy() for layer in inner.layers for w in layer.weights])
+    flat = K.Sequential([K.layers.Dense(4, input_shape=(4,)), K.layers.Dense(4),
+                         K.layers.Dense(2)])  # dense_3, dense_4, dense_5
+    for w in flat.weights:
+        w.assign(rng.normal(size=w.shape).astype("float32"))
+    flat.save_weights(folder + "/flat_weights.h5")  # layer_names only: no model_config
+    np.savez(folder + "/flat_values.npz", *[w.numpy() for w in flat.weights])
     import h5py
     with h5py.File(folder + "/keras2.h5", "r") as f:
         group = f["model_weights"][inner.name]
@@ -950,6 +956,105 @@ def test_the_same_model_rebuilt_in_the_session_is_offered_the_rename_by_keras_pa
     assert str(e.value).endswith(f"as Keras's load_weights pairs them: rename={rename}")
     assert load_blocks(target, path, rename=rename).ok
     assert_bits(values(target.weights), values(source.weights))
+
+
+def _offered_rename(message: str) -> dict:
+    import ast
+
+    assert "as Keras's legacy load_weights pairs them: rename=" in message, message
+    return ast.literal_eval(message.rsplit("rename=", 1)[1])
+
+
+def test_a_legacy_h5_of_the_same_model_rebuilt_in_the_session_is_offered_the_rename_by_order(
+        tmp_path):
+    """Found by a fresh-user test: a legacy `.h5` records no Keras paths, so the refusal gave
+    no `rename=`; its layers are in computation order, so where both sides hold automatic
+    names of the same classes with the same shapes, place by place, the rename is offered,
+    and it loads exactly."""
+    def build():
+        return keras.Sequential([keras.Input((4,)), L.Dense(4), L.Dense(4), L.Dense(2)])
+
+    keras.backend.clear_session(free_memory=False)
+    source = build()
+    distinct(source, seed=21)
+    path = save_all(source, str(tmp_path), ["legacy"])["legacy"]  # model.save("m.h5")
+    target = build()  # dense_3, dense_4, dense_5
+    before = snapshot(target)
+    with pytest.raises(BlockMismatchError) as e:
+        load_blocks(target, path)
+    assert all(before[k].tobytes() == v.tobytes() for k, v in snapshot(target).items())
+    rename = _offered_rename(str(e.value))
+    assert rename == {"dense": "dense_3", "dense_1": "dense_4", "dense_2": "dense_5"}
+    assert load_blocks(target, path, rename=rename).ok
+    assert_bits(values(target.weights), values(source.weights))
+
+
+def test_genuine_keras2_files_of_a_model_rebuilt_are_offered_the_rename_by_order(keras2_files):
+    """The same for real Keras 2 files: a weights-only file (no classes recorded: the
+    automatic names stand for them) and a whole-model file with a nested model, whose
+    `model_config` gives the order of its layers; a weights-only file cannot give that
+    order, so it is offered no rename, and says why."""
+    folder, _, nested_values = keras2_files
+    keras.backend.clear_session(free_memory=False)
+    [L.Dense(1) for _ in range(6)]  # noqa: B018 - shift the automatic names past the file's
+    flat = keras.Sequential([keras.Input((4,)), L.Dense(4), L.Dense(4), L.Dense(2)])
+    path = os.path.join(folder, "flat_weights.h5")
+    with pytest.raises(BlockMismatchError) as e:
+        load_blocks(flat, path)
+    rename = _offered_rename(str(e.value))
+    assert rename == {"dense_3": "dense_6", "dense_4": "dense_7", "dense_5": "dense_8"}
+    assert load_blocks(flat, path, rename=rename).ok
+    with np.load(os.path.join(folder, "flat_values.npz")) as data:
+        assert_bits(values(flat.weights), [data[f"arr_{i}"] for i in range(6)])
+
+    target = nested_dense()
+    inner = target.layers[0]
+    with pytest.raises(BlockMismatchError) as e:
+        load_blocks(target, os.path.join(folder, "keras2.h5"))
+    rename = _offered_rename(str(e.value))
+    assert rename == {"sequential": inner.name}
+    report = load_blocks(target, os.path.join(folder, "keras2.h5"), rename=rename)
+    assert report.ok and report.pairing == {inner.name: "order"}
+    for layer, expected in zip(inner.layers, nested_values, strict=True):
+        assert_bits(values(layer.weights), expected)
+
+    before = snapshot(target)
+    with pytest.raises(BlockMismatchError) as e:
+        load_blocks(target, os.path.join(folder, "keras2_weights.h5"))
+    assert "No rename= is offered" in str(e.value) and "load_weights pairs them" not in str(e.value)
+    assert "does not record the order of every layer" in str(e.value)
+    assert all(before[k].tobytes() == v.tobytes() for k, v in snapshot(target).items())
+
+
+@pytest.mark.parametrize("change, why", [
+    ("added", "the model has 4 blocks and the file 3"),
+    ("widths", "holds variables of shapes [(4,), (4, 4)] and the file's 'dense', at its place, "
+               "[(4, 8), (8,)]"),
+    ("named", "are not both automatic names of class Dense"),
+    ("class", "is of class EinsumDense and the file's 'dense_1', at its place, of class Dense"),
+], ids=["added", "widths", "named", "class"])
+def test_a_legacy_h5_whose_places_do_not_correspond_is_offered_no_rename(tmp_path, change, why):
+    """A layer added before the others of its class, or after them, shifts names alike: no
+    place can tell which, so no rename is offered; nor where shapes, classes or given names
+    differ at a place. The refusal says why, and changes nothing."""
+    keras.backend.clear_session(free_memory=False)
+    source = keras.Sequential([keras.Input((4,)), L.Dense(8 if change == "widths" else 4),
+                               L.Dense(4), L.Dense(4)])
+    path = save_all(source, str(tmp_path), ["legacy"])["legacy"]
+    layers = {
+        "added": [L.Dense(4), L.Dense(4), L.Dense(4), L.Dense(4)],
+        "widths": [L.Dense(4), L.Dense(4), L.Dense(4)],
+        "named": [L.Dense(4, name="a"), L.Dense(4, name="b"), L.Dense(4, name="c")],
+        "class": [L.Dense(4), L.EinsumDense("ab,bc->ac", (4,)), L.Dense(4)],
+    }[change]
+    target = keras.Sequential([keras.Input((4,)), *layers])
+    before = snapshot(target)
+    with pytest.raises(BlockMismatchError) as e:
+        load_blocks(target, path)
+    message = str(e.value)
+    assert "No rename= is offered" in message and why in message, message
+    assert "load_weights pairs them" not in message
+    assert all(before[k].tobytes() == v.tobytes() for k, v in snapshot(target).items())
 
 
 @keras.saving.register_keras_serializable(package="test_pairing")
