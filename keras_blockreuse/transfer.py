@@ -68,7 +68,7 @@ from keras_blockreuse.blocks import (
     weighted_layers,
 )
 from keras_blockreuse.errors import BlockFileError, BlockMismatchError
-from keras_blockreuse.hub import is_hub_model
+from keras_blockreuse.hub import is_hub_model, is_hub_task
 from keras_blockreuse.report import LoadReport, Mismatch
 from keras_blockreuse.sources import LayerInfo, Source, VariableInfo, numpy_dtype, open_source
 from keras_blockreuse.sources.hub_preset import is_preset_dir
@@ -230,8 +230,9 @@ def load_blocks(
 
 def _top_level_grouping(model, target_blocks: dict[str, Block], source) -> dict | None:
     """`{block: [top-level layer names]}` for a keras-hub model whose preset groups its
-    top-level layers (`embeddings`: the token, position and segment embeddings), so that a
-    Keras file saved from it is grouped the same way; None otherwise (the source's own rule).
+    top-level layers (`embeddings`: the token, position and segment embeddings), or a task's
+    whose blocks hold its backbone's top-level layers, so that a Keras file saved from the
+    model or its backbone is grouped the same way; None otherwise (the source's own rule).
 
     A keras-hub model or preset directory as the source is grouped by its own keras-hub
     preset, which reaches inside a task's backbone: a classifier's stages pair by name with
@@ -242,8 +243,14 @@ def _top_level_grouping(model, target_blocks: dict[str, Block], source) -> dict 
                                 and is_preset_dir(os.fspath(source))):
         return None
     top = {id(layer) for layer in model.layers}
+    backbone = getattr(model, "backbone", None)
+    if is_hub_task(model) and isinstance(backbone, keras.Model):
+        top |= {id(layer) for layer in backbone.layers}  # a backbone's file into its task
     if not all(id(layer) in top for block in target_blocks.values() for layer in block.layers):
         return None
+    names = [layer.name for block in target_blocks.values() for layer in block.layers]
+    if len(set(names)) != len(names):
+        return None  # a task's layer named as one of its backbone's: the names cannot tell
     return {name: [layer.name for layer in block.layers] for name, block in target_blocks.items()}
 
 

@@ -276,14 +276,20 @@ def test_a_classifier_preset_directory_loads_into_its_bare_backbone(tmp_path):
         assert np.array_equal(a, b)
 
 
-def test_a_backbone_preset_directory_loads_into_a_classifier_leaving_its_head(tmp_path):
+@pytest.mark.parametrize("kind", ["preset", "weights", "keras"])
+def test_a_backbone_loads_into_a_classifier_leaving_its_head(tmp_path, kind):
+    """The reverse. A backbone's own Keras file (its preset's `model.weights.h5` too) is
+    grouped by the names of the task's blocks' layers inside its backbone (was: refused)."""
     source = resnet()
     randomize(source, seed=9)
-    source.save_to_preset(str(tmp_path / "backbone"))
+    path = str(tmp_path / {"preset": "backbone", "weights": "b.weights.h5",
+                           "keras": "b.keras"}[kind])
+    {"preset": source.save_to_preset, "weights": source.save_weights,
+     "keras": source.save}[kind](path)
     classifier = M.ImageClassifier(backbone=resnet(), num_classes=3)
     randomize(classifier, seed=10)
     head = values(get_blocks(classifier)["predictions"].variables)
-    report = load_blocks(classifier, str(tmp_path / "backbone"))
+    report = load_blocks(classifier, path)
     assert report.ok, str(report)
     assert list(report.loaded) == RESNET_STAGES
     assert report.untouched == ["predictions"] and report.unpaired == (["predictions"], [])
