@@ -71,7 +71,6 @@ from keras_blockreuse.errors import BlockFileError, BlockMismatchError
 from keras_blockreuse.hub import is_hub_model, is_hub_task
 from keras_blockreuse.report import LoadReport, Mismatch
 from keras_blockreuse.sources import LayerInfo, Source, VariableInfo, numpy_dtype, open_source
-from keras_blockreuse.sources.hub_preset import is_preset_dir
 from keras_blockreuse.sources.live_model import to_numpy, unit_values_of
 from keras_blockreuse.sources.structure import automatic_name, snake_case, strip_counter
 
@@ -239,8 +238,10 @@ def _top_level_grouping(model, target_blocks: dict[str, Block], source) -> dict 
     a bare backbone's, where top-level names would see one layer, the backbone."""
     if not any(cls.__module__.startswith("keras_hub.") for cls in type(model).__mro__):
         return None
+    # (a folder is a keras-hub preset directory among the built-in sources; its reader is
+    # not imported here, so readers registered by users keep their precedence)
     if is_hub_model(source) or (isinstance(source, (str, os.PathLike))
-                                and is_preset_dir(os.fspath(source))):
+                                and os.path.isdir(source)):
         return None
     top = {id(layer) for layer in model.layers}
     backbone = getattr(model, "backbone", None)
