@@ -76,12 +76,13 @@ from keras_blockreuse.sources.structure import automatic_name, snake_case, strip
 
 ON_MISMATCH = ("error", "skip", "adapt")
 HOLD_BYTES = 4 << 20
-BLOCK_FILE = "keras-blockreuse block file"  # `src.info["format"]` of a `.blocks.h5` source
 """Selected blocks of at most this many bytes are read once, verified and held until they
 are assigned; larger selections from a source with two passes (block files, Keras files) are
 verified in a first pass and assigned as a second pass reads them (memory for one variable).
 A second pass costs a one-block load a third of its time (benchmarks/RESULTS.md); holding
 4 MiB costs less memory than Keras's own loading."""
+BLOCK_FILE = "keras-blockreuse block file"
+"""`src.info["format"]` of a `.blocks.h5` source, which keeps its own blocks."""
 
 
 @dataclasses.dataclass
