@@ -743,7 +743,9 @@ class BlockFile:
                 f"single {'string' if kind is str else 'integer'}, but is stored as "
                 f"{type(stored).__name__} of shape {attribute.shape}."
             )
-        value = np.empty((), dtype=attribute.dtype)  # as `owner.attrs[name]` reads it
+        # as `owner.attrs[name]` reads it (a fixed-length string's dtype without converting
+        # its HDF5 type, which costs more than the read)
+        value = np.empty((), dtype=f"S{stored.get_size()}" if kind is str else attribute.dtype)
         attribute.read(value)
         return _text(value[()]) if kind is str else int(value)
 
