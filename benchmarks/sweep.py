@@ -102,6 +102,26 @@ def trial_phases(task_path: str, epochs: int | None = None) -> dict:
     raise RuntimeError(f"trial child failed: {(proc.stderr or proc.stdout)[-2000:]}")
 
 
+def _timed(phases: dict[str, float], name: str, fn):
+    """`fn`, adding the seconds of every call to `phases[name]`."""
+    def wrapper(*args, **kwargs):
+        start = time.perf_counter()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            phases[name] = phases.get(name, 0.0) + time.perf_counter() - start
+
+    return wrapper
+
+
+def _time_trial_phases(phases: dict[str, float], zoo, cls) -> None:
+    """Times a trial's model build, `load_blocks`, freezing and compile into `phases`."""
+    zoo.build_model = _timed(phases, "model build", zoo.build_model)
+    cls.load_blocks = _timed(phases, "load_blocks", cls.load_blocks)
+    cls.freeze_blocks = _timed(phases, "freeze", cls.freeze_blocks)
+    cls.compile = _timed(phases, "compile", cls.compile)
+
+
 def _child_trial(task_path: str, spawned: str, epochs: str | None = None) -> None:
     phases: dict[str, float] = {}
     import keras  # noqa: F401  (what a trial process imports first)
@@ -118,22 +138,8 @@ def _child_trial(task_path: str, spawned: str, epochs: str | None = None) -> Non
     data, source = pickle.loads(blob)
     phases["data + source file in (unpickle)"] = time.perf_counter() - start
 
-    def timed(name, fn):
-        def wrapper(*args, **kwargs):
-            start = time.perf_counter()
-            try:
-                return fn(*args, **kwargs)
-            finally:
-                phases[name] = phases.get(name, 0.0) + time.perf_counter() - start
-
-        return wrapper
-
-    zoo.build_model = timed("model build", zoo.build_model)
-    cls = model_module.BlockModel
-    cls.load_blocks = timed("load_blocks", cls.load_blocks)
-    cls.freeze_blocks = timed("freeze", cls.freeze_blocks)
-    cls.compile = timed("compile", cls.compile)
-    trial_module.fit = timed("fit + per-epoch evaluate", trial_module.fit)
+    _time_trial_phases(phases, zoo, model_module.BlockModel)
+    trial_module.fit = _timed(phases, "fit + per-epoch evaluate", trial_module.fit)
     tune.report = lambda metrics: None
     config = {"policy": POLICY, "seed": 0}
     if epochs:
@@ -194,16 +200,6 @@ class Probe:
         self.reuse = reuse
         probe = self
 
-        def timed(name, fn):
-            def wrapper(*args, **kwargs):
-                start = time.perf_counter()
-                try:
-                    return fn(*args, **kwargs)
-                finally:
-                    probe.phases[name] = probe.phases.get(name, 0.0) + time.perf_counter() - start
-
-            return wrapper
-
         class EpochTimer(keras.callbacks.Callback):
             def on_epoch_begin(self, epoch, logs=None):
                 self.start = time.perf_counter()
@@ -226,12 +222,9 @@ class Probe:
 
             return wrapper
 
-        zoo.build_model = timed("model build", zoo.build_model)
-        cls = model_module.BlockModel
-        cls.load_blocks = timed("load_blocks", cls.load_blocks)
-        cls.freeze_blocks = timed("freeze", cls.freeze_blocks)
-        cls.compile = timed("compile", cls.compile)
-        reuse.reinitialise = timed("re-initialise the kept model", reuse.reinitialise)
+        _time_trial_phases(self.phases, zoo, model_module.BlockModel)
+        reuse.reinitialise = _timed(self.phases, "re-initialise the kept model",
+                                    reuse.reinitialise)
         trial_module.fit = timed_fit
         trial_module.evaluate = timed_calls(self.eval_times, evaluate)
         if reports:

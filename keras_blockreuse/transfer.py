@@ -1329,7 +1329,7 @@ def _assign_variable(variable, array: np.ndarray) -> None:
         and type(inner) is _RESOURCE_VARIABLE
         and isinstance(array, np.ndarray)
         and array.dtype == inner.dtype.as_numpy_dtype
-        and array.shape == tuple(variable.shape)
+        and array.shape == tuple(inner.shape)
     ):
         _ASSIGN_OP(resource=inner.handle, value=array)
     else:

@@ -244,6 +244,35 @@ def test_data_from_outside_the_file_is_refused(saved, tmp_path):
         load_blocks(seed_cnn(), path, only=["block_1"])
 
 
+def test_values_stored_without_a_file_offset_are_read_through_hdf5(saved, monkeypatch):
+    """Values are read directly at the offset HDF5 gives this open dataset only where HDF5
+    gives one (contiguous storage, in this file, stored as exactly the type read); a block file
+    whose datasets another tool rewrote as compact datasets (values inside the dataset's
+    header) loads the same values through HDF5's own read."""
+    model, path = saved
+    layer = "block_1/block_1_0"
+    with h5py.File(path, "r+") as f:
+        for name in ("kernel", "bias"):
+            values, attrs = f[layer][name][()], dict(f[layer][name].attrs)
+            del f[layer][name]
+            plist = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
+            plist.set_layout(h5py.h5d.COMPACT)
+            h5py.h5d.create(f[layer].id, name.encode(), h5py.h5t.IEEE_F32LE,
+                            h5py.h5s.create_simple(values.shape), dcpl=plist,
+                            ).write(h5py.h5s.ALL, h5py.h5s.ALL, values)
+            f[layer][name].attrs.update(attrs)
+            assert f[layer][name].id.get_offset() is None
+    direct = []
+    preadv = os.preadv
+    monkeypatch.setattr(os, "preadv", lambda *a: direct.append(a[2]) or preadv(*a))
+    target = seed_cnn()
+    report = load_blocks(target, path, only=["block_1"])
+    assert report.ok and report.variables_loaded == len(direct) + 2 > 2
+    expected = snapshot(model)
+    assert_same(expected, snapshot(target), [v.path for v in target.get_layer("block_1_0").weights])
+    assert_same(expected, snapshot(target), [v.path for v in target.get_layer("block_1_1").weights])
+
+
 @pytest.mark.parametrize("dtype", ["float32", "int32", "int64"])
 def test_scalar_variables_round_trip(tmp_path, dtype):
     """A learned scalar (`add_weight(shape=())`, a temperature) keeps its shape `()`."""

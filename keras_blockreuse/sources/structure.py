@@ -19,6 +19,7 @@ model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1, name="d")])
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Mapping
 
 import keras
@@ -104,8 +105,10 @@ def class_for_key(key: str) -> str:
     return _class_names().get(strip_counter(key), "")
 
 
+@functools.lru_cache(maxsize=1024)
 def snake_case(name: str) -> str:
-    """Keras's snake-case form of a class name (`Conv2DTranspose` -> `conv2d_transpose`)."""
+    """Keras's snake-case form of a class name (`Conv2DTranspose` -> `conv2d_transpose`);
+    cached per name (a load asks once per paired layer, and Keras's regexes cost 10 us)."""
     from keras.src.utils.naming import to_snake_case
 
     return to_snake_case(name)
