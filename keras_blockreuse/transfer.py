@@ -895,16 +895,19 @@ def _cast_check(plans: list[_BlockPlan], found: list):
         for layer in plan.layers:
             for key, transform in layer.load.items():
                 if transform is None:
-                    targets[plan.source, layer.source.path, layer.keys[key]] = (plan, layer, key)
+                    dtype = keras.backend.standardize_dtype(layer.current[key].dtype)
+                    targets[plan.source, layer.source.path, layer.keys[key]] = (
+                        plan, layer, key, dtype, _numpy_dtype_or_none(dtype))
 
     def check(block: str, path: str, source_key: str, array) -> None:
         entry = targets.get((block, path, source_key))
         if entry is None:
             return
-        plan, layer, key = entry
+        plan, layer, key, dtype, same = entry
         array = np.asarray(array)
+        if array.dtype == same:
+            return  # no cast: nothing to overflow
         target = layer.current[key]
-        dtype = keras.backend.standardize_dtype(target.dtype)
         magnitude = _overflow(array, dtype)
         if magnitude is not None:
             found.append((layer, key, Mismatch(
@@ -937,6 +940,13 @@ def _refuse_overflows(found: list, plans: list[_BlockPlan], report: LoadReport,
         f"nothing was loaded:\n{lines}\n"
         "Pass on_mismatch='skip' to load the rest, or use a wider dtype for these layers."
     )
+
+
+def _numpy_dtype_or_none(dtype: str) -> np.dtype | None:
+    try:
+        return numpy_dtype(dtype)
+    except TypeError:
+        return None
 
 
 def _overflow(array: np.ndarray, dtype: str) -> float | None:
