@@ -594,13 +594,22 @@ class BlockFile:
             if not array.size:
                 pass
             elif offset is not None and _PREADV:  # the bytes HDF5 would copy, read directly
-                if os.preadv(self._fd, [array.reshape(-1).view(np.uint8)], offset) != nbytes:
-                    raise BlockFileError(
-                        f"{self.path}: dataset {_name(ds)!r} ends after the end of the file "
-                        "(truncated).")
+                self._read_at(offset, array.reshape(-1).view(np.uint8), ds)
             else:
                 ds.read(h5py.h5s.ALL, h5py.h5s.ALL, array)
             yield path, var, array
+
+    def _read_at(self, offset: int, out: np.ndarray, ds) -> None:
+        """Fills `out` (bytes) from the file at `offset`; one `preadv` reads at most 2 GiB on
+        Linux, so larger values take several."""
+        done = 0
+        while done < out.size:
+            got = os.preadv(self._fd, [out[done:]], offset + done)
+            if got == 0:
+                raise BlockFileError(
+                    f"{self.path}: dataset {_name(ds)!r} ends after the end of the file "
+                    "(truncated).")
+            done += got
 
     def _datasets(self, name: str, info: BlockInfo) -> list:
         """A block's datasets, opened and checked once: `(layer path, variable, dataset,

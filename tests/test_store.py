@@ -273,6 +273,23 @@ def test_values_stored_without_a_file_offset_are_read_through_hdf5(saved, monkey
     assert_same(expected, snapshot(target), [v.path for v in target.get_layer("block_1_1").weights])
 
 
+def test_reads_the_system_returns_short_are_continued(saved, monkeypatch):
+    """One `preadv` reads at most 2 GiB on Linux (a keras-hub embedding can be larger); a
+    read that returns fewer bytes is continued where it stopped, so values load whole."""
+    model, path = saved
+    preadv, calls = os.preadv, []
+
+    def short(fd, buffers, offset):  # at most 1000 bytes per call, as a kernel may return
+        calls.append(len(buffers[0]))
+        return preadv(fd, [memoryview(buffers[0])[:1000]], offset)
+
+    monkeypatch.setattr(os, "preadv", short)
+    target = seed_cnn()
+    assert load_blocks(target, path).ok
+    assert max(calls) > 1000  # some value took several reads
+    assert_same(snapshot(model), snapshot(target))
+
+
 @pytest.mark.parametrize("dtype", ["float32", "int32", "int64"])
 def test_scalar_variables_round_trip(tmp_path, dtype):
     """A learned scalar (`add_weight(shape=())`, a temperature) keeps its shape `()`."""
