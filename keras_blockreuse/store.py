@@ -459,7 +459,10 @@ class BlockFile:
                 )
             self._file = h5py.File(self.path, "r", locking=False)
             self._fileno = self._file.id.fileno
-            self._fd = self._file.id.get_vfd_handle()  # the descriptor HDF5 reads through
+            # The descriptor HDF5 reads through, for values read directly (`_stored`); another
+            # driver (HDF5_DRIVER=core, ...) has none, and its values are read through HDF5.
+            self._fd = (self._file.id.get_vfd_handle()
+                        if _PREADV and self._file.driver == "sec2" else None)
         try:
             with self._reading():
                 self._header = self._read_header()
@@ -593,7 +596,7 @@ class BlockFile:
                 array = buffer[:nbytes].view(dtype).reshape(var.shape)
             if not array.size:
                 pass
-            elif offset is not None and _PREADV:  # the bytes HDF5 would copy, read directly
+            elif offset is not None and self._fd is not None:  # the bytes HDF5 would copy
                 self._read_at(offset, array.reshape(-1).view(np.uint8), ds)
             else:
                 ds.read(h5py.h5s.ALL, h5py.h5s.ALL, array)

@@ -1,5 +1,7 @@
 import json
 import os
+import subprocess
+import sys
 
 import h5py
 import keras
@@ -288,6 +290,35 @@ def test_reads_the_system_returns_short_are_continued(saved, monkeypatch):
     assert load_blocks(target, path).ok
     assert max(calls) > 1000  # some value took several reads
     assert_same(snapshot(model), snapshot(target))
+
+
+def test_another_hdf5_driver_reads_through_hdf5(saved, tmp_path):
+    """Under another HDF5 file driver (`HDF5_DRIVER=core`: the file in memory) there is no
+    file descriptor to read values at; they are read through HDF5, bit-identical."""
+    model, path = saved
+    expected = tmp_path / "expected.npz"
+    np.savez(expected, *[np.asarray(v) for v in snapshot(model).values()])
+    code = (
+        "import numpy as np, keras_blockreuse as kb\n"
+        "from tests.helpers import seed_cnn, snapshot\n"
+        "import h5py\n"
+        f"with h5py.File({str(path)!r}, 'r') as f:\n"
+        "    assert f.driver == 'core', f.driver\n"
+        "target = seed_cnn()\n"
+        f"assert kb.load_blocks(target, {str(path)!r}).ok\n"
+        f"stored = np.load({str(expected)!r})\n"
+        "got = list(snapshot(target).values())\n"
+        "assert len(got) == len(stored.files)\n"
+        "assert all(a.tobytes() == stored[k].tobytes() and a.dtype == stored[k].dtype\n"
+        "           for a, k in zip(got, stored.files))\n"
+        "print('identical')\n"
+    )
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, HDF5_DRIVER="core", TF_CPP_MIN_LOG_LEVEL="3",
+               PYTHONPATH=os.pathsep.join([root, os.environ.get("PYTHONPATH", "")]))
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env=env, cwd=root, timeout=300)
+    assert done.returncode == 0 and done.stdout.strip().endswith("identical"), done.stderr[-3000:]
 
 
 @pytest.mark.parametrize("dtype", ["float32", "int32", "int64"])
