@@ -851,15 +851,17 @@ class BlockFile:
         # more than opening the dataset); only a difference is converted, and judged by it.
         exact = ds.get_type() == _hdf5_type(stored_dtype)
         offset = ds.get_offset() if exact and ds.fileno == self._fileno else None
-        if offset is not None and ds.get_storage_size() == nbytes <= self._size:
-            # Exactly the layout's bytes, stored contiguously in this file as exactly the
+        shape = tuple(ds.shape)
+        if (offset is not None and shape == var.shape
+                and ds.get_storage_size() == nbytes <= self._size):
+            # The layout's shape and bytes, stored contiguously in this file as exactly the
             # type they are read as: the bytes HDF5 would copy. They are read from the offset
-            # HDF5 gives this open dataset (never one recorded earlier) into the layout's
-            # shape, and checksummed like any other read.
+            # HDF5 gives this open dataset (never one recorded earlier), and checksummed like
+            # any other read.
             return ds, stored_dtype, nbytes, offset
-        if tuple(ds.shape) != var.shape or (not exact and ds.dtype != stored_dtype):
+        if shape != var.shape or (not exact and ds.dtype != stored_dtype):
             raise BlockFileError(
-                f"{self.path}: dataset {_name(ds)!r} has shape {tuple(ds.shape)} and dtype "
+                f"{self.path}: dataset {_name(ds)!r} has shape {shape} and dtype "
                 f"{ds.dtype}, but the block's layout records {var.shape} and {stored_dtype}."
             )
         if nbytes > self._size:

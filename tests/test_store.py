@@ -275,6 +275,24 @@ def test_values_stored_without_a_file_offset_are_read_through_hdf5(saved, monkey
     assert_same(expected, snapshot(target), [v.path for v in target.get_layer("block_1_1").weights])
 
 
+def test_a_dataset_reshaped_against_its_layout_is_refused(saved):
+    """docs/FORMAT.md: every dataset's shape must agree with the layout. A dataset rewritten
+    in another shape with the same bytes (flattened) would pass its checksum; it is refused
+    as a file that disagrees with its own layout, before any value is used."""
+    _, path = saved
+    with h5py.File(path, "r+") as f:
+        layer = f["block_1/block_1_0"]
+        values, attrs = layer["kernel"][()], dict(layer["kernel"].attrs)
+        del layer["kernel"]
+        layer["kernel"] = values.reshape(-1)
+        layer["kernel"].attrs.update(attrs)
+    target = seed_cnn()
+    before = snapshot(target)
+    with pytest.raises(BlockFileError, match=r"has shape \(216,\) .* layout records \(3, 3, 3, 8\)"):
+        load_blocks(target, path, only=["block_1"])
+    assert_same(before, snapshot(target))
+
+
 def test_reads_the_system_returns_short_are_continued(saved, monkeypatch):
     """One `preadv` reads at most 2 GiB on Linux (a keras-hub embedding can be larger); a
     read that returns fewer bytes is continued where it stopped, so values load whole."""
