@@ -176,7 +176,6 @@ def load_blocks(
         source_blocks = target_rule if target_rule is not None else _top_level_grouping(
             model, target_blocks, source)
     nothing_asked = only is not None and not isinstance(only, str) and len(only) == 0
-    values = None
     target_paths = _target_paths(model)
     with open_source(source, source_blocks, **source_options) as src:
         plans, report = _plan(src, target_blocks, only, exclude, rename, target_paths)
@@ -188,11 +187,17 @@ def load_blocks(
         overflows: list = []
         check = _cast_check(plans, overflows)
         selected = [plan.source for plan in plans if any(layer.load for layer in plan.layers)]
-        if _streams(src, plans) and _nbytes(src, plans) > HOLD_BYTES:
+        own = {(plan.source, layer.source.path): (plan, layer)
+               for plan in plans for layer in plan.layers
+               if layer.load and not _loads_directly(layer.unit, layer.current)}
+        streaming = _streams(src, plans) and _nbytes(src, plans) > HOLD_BYTES
+        if streaming:
             # Pass 1 verifies every selected value (checksums, or hashes kept for pass 2) and
-            # checks its cast, keeping no value; pass 2 reads them again and assigns each one
-            # as it arrives: memory for one variable, not the blocks.
-            src.verify(selected, check=check if _casts(plans) else None)
+            # checks its cast, keeping only the values of layers with their own loading;
+            # pass 2 reads them again and assigns each one as it arrives: memory for one
+            # variable, not the blocks.
+            values = {name: {} for name in selected}
+            src.verify(selected, check=_keeping(values, own, check if _casts(plans) else None))
         else:  # adaptation, a source without two passes, or a few MiB: every value is held
             values = {name: src.read_block(name) for name in selected}
             for name, layers in values.items():
@@ -202,10 +207,11 @@ def load_blocks(
         _refuse_overflows(overflows, plans, report, on_mismatch)
         if not nothing_asked:
             _refuse_empty(plans, report, src, model, target_blocks, target_paths)
-        if values is None:
+        _try_own_loading(own.values(), values)
+        if streaming:
             report.variables_loaded = _assign_streaming(plans, src)
         report.bytes_read = src.bytes_read
-    if values is not None:
+    if not streaming:
         report.variables_loaded = _assign(plans, values)
     loading = {p.target: p.source for p in plans if any(layer.load for layer in p.layers)}
     report.loaded = {name: loading[name] for name in target_blocks if name in loading}
@@ -1158,6 +1164,59 @@ def _unmatched_by_order(src: Source, theirs: dict[str, list[LayerInfo]],
 # --- assign ----------------------------------------------------------------------------
 
 
+def _own_store(layer: _LayerPlan, loaded: dict) -> dict:
+    """The store a layer with its own loading gets in `load_own_variables`: the loaded values
+    by key, and the model's current values for the keys not loaded."""
+    return {key: loaded[key] if key in loaded else to_numpy(current)
+            for key, current in layer.current.items()}
+
+
+def _keeping(values: dict, own: dict, check):
+    """A pass-1 `check` that also keeps, in `values[block][layer path][key]`, a copy of each
+    value of a layer with its own loading (`own`, by source block and layer path), for
+    `_try_own_loading`; None when there is neither (pass 1 then reads into one buffer)."""
+    if not own and check is None:
+        return None
+
+    def keep(block: str, path: str, key: str, array) -> None:
+        if check is not None:
+            check(block, path, key, array)
+        if (block, path) in own:
+            values[block].setdefault(path, {})[key] = np.array(array, copy=True)
+
+    return keep
+
+
+def _try_own_loading(own, values: dict) -> None:
+    """Gives every layer with its own `load_own_variables` (a custom, LoRA or quantized layer)
+    its values inside a `keras.StatelessScope`, where assignments are recorded, not made,
+    before anything is assigned: a layer that refuses its values refuses the load, and no
+    weight has changed.
+
+    Raises:
+        BlockMismatchError: naming each layer that raised, and what it raised.
+    """
+    problems = []
+    for plan, layer in own:
+        arrays = values[plan.source].get(layer.source.path, {})
+        loaded = {key: (arrays[layer.keys[key]] if transform is None
+                        else transform(arrays[layer.keys[key]]))
+                  for key, transform in layer.load.items()}
+        try:
+            with keras.StatelessScope():
+                layer.unit.load_own_variables(_own_store(layer, loaded))
+        except Exception as error:
+            problems.append(f"  - layer {layer.target_path!r} ({type(layer.unit).__name__}) "
+                            f"of block {plan.target!r}: {type(error).__name__}: {error}")
+    if problems:
+        raise BlockMismatchError(
+            "Layers with their own load_own_variables refused the values they would be given "
+            "(tried before anything was assigned); nothing was loaded:\n"
+            + "\n".join(problems)
+            + "\nLoad without these blocks (only=/exclude=), or give the layers values they "
+            "accept.")
+
+
 def _assign(plans: list[_BlockPlan], values: dict) -> int:
     """Assigns every validated variable, once every value is read, verified and transformed.
 
@@ -1184,11 +1243,7 @@ def _assign(plans: list[_BlockPlan], values: dict) -> int:
             if _loads_directly(layer.unit, layer.current):
                 direct.extend((layer.current[key], array) for key, array in loaded.items())
                 continue
-            store = {
-                key: loaded[key] if key in loaded else to_numpy(current)
-                for key, current in layer.current.items()
-            }
-            stores.append((layer.unit, store))
+            stores.append((layer.unit, _own_store(layer, loaded)))
     for variable, array in direct:
         _assign_variable(variable, array)
     for unit, store in stores:
@@ -1265,19 +1320,26 @@ def _assign_streaming(plans: list[_BlockPlan], src: Source) -> int:
                 loaded = pending.setdefault(path, {})
                 loaded[key] = array
                 if len(loaded) == len(layer.load):
-                    layer.unit.load_own_variables({
-                        k: loaded[k] if k in loaded else to_numpy(current)
-                        for k, current in layer.current.items()
-                    })
+                    try:
+                        layer.unit.load_own_variables(_own_store(layer, loaded))
+                    except Exception as error:  # it accepted these values in its trial
+                        raise BlockMismatchError(
+                            f"Layer {layer.target_path!r} ({type(layer.unit).__name__}) of "
+                            f"block {plan.target!r} failed in its own load_own_variables, "
+                            f"which had accepted the same values before the first assignment "
+                            f"({type(error).__name__}: {error}). Blocks {done} and part of "
+                            f"{plan.target!r} were loaded (of it, layers {assigned}); the "
+                            "rest were not."
+                        ) from error
                     assigned.append(layer.target_path)
                     del pending[path]
         except BlockFileError as error:
             raise BlockFileError(
-                f"{src.description} changed while it was being loaded: it was verified in "
-                f"full before the first assignment, then read again differently ({error}). "
-                f"Blocks {done} and part of {plan.target!r} were loaded (of it, layers "
-                f"{assigned}); the rest were not. Something rewrote the file in place during "
-                "the load; load it again."
+                f"{src.description} could not be read again as it was verified: every value "
+                "was verified before the first assignment, then reading it again failed or "
+                f"differed ({error}). Blocks {done} and part of {plan.target!r} were loaded "
+                f"(of it, layers {assigned}); the rest were not. Either the file was rewritten "
+                "in place during the load, or reading it failed (an I/O error); load it again."
             ) from None
         done.append(plan.target)
     return count

@@ -669,7 +669,7 @@ def test_a_keras_file_rewritten_in_place_between_the_passes_is_detected(kind, tm
             f.write(bytes([byte[0] ^ 0x01]))
 
     src.verify = verify_then_rewrite
-    with pytest.raises(BlockFileError, match=r"(?s)changed while it was being loaded.*variable '0' "
+    with pytest.raises(BlockFileError, match=r"(?s)could not be read again as it was verified.*variable '0' "
                        r"of layer 'block_3_0' \(block 'block_3'\) is not what the first pass "
                        r"read.*Blocks \['block_1', 'block_2'\] and part of 'block_3' were "
                        r"loaded \(of it, layers \[\]\); the rest were not"):

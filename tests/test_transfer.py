@@ -360,9 +360,90 @@ def test_a_file_rewritten_in_place_during_the_load_is_reported(tmp_path, monkeyp
             f.write(bytes([byte[0] ^ 0x01]))
 
     target = dense_stack(160, depth=4, name="target")
-    with pytest.raises(BlockFileError, match=r"changed while it was being loaded.*"
+    with pytest.raises(BlockFileError, match=r"could not be read again as it was verified.*"
                        r"Blocks \['block_1', 'block_2'\] and part of 'block_3' were loaded"):
         load_blocks(target, _Delegating(path, streaming=True, after_verify=rewrite))
+
+
+def test_a_read_failing_in_the_second_pass_says_what_was_loaded(tmp_path, monkeypatch):
+    """An I/O error while the second pass reads again (a flaky network file system) is raised
+    as such, naming the blocks already assigned; the blocks after it keep their values."""
+    monkeypatch.setattr(transfer, "HOLD_BYTES", 0)
+    source = dense_stack(160, depth=4, name="source")
+    randomize(source, seed=2)
+    path = save_blocks(source, tmp_path / "stack.blocks.h5")
+    import os
+
+    preadv, calls = os.preadv, []
+
+    def flaky(fd, buffers, offset):
+        calls.append(offset)
+        if len(calls) == failing:
+            raise OSError(5, "Input/output error")
+        return preadv(fd, buffers, offset)
+
+    monkeypatch.setattr(os, "preadv", flaky)
+    failing = 0
+    load_blocks(dense_stack(160, depth=4, name="probe"), path)
+    per_pass = len(calls) // 2
+    calls.clear()
+    failing = per_pass + per_pass // 2 + 1  # in the second pass, half way
+    target = dense_stack(160, depth=4, name="target")
+    before = snapshot(target)
+    with pytest.raises(BlockFileError, match=r"reading it again failed or differed.*"
+                       r"Input/output error.*Blocks \[.*\] and part of '\w+' were loaded.*"
+                       r"rewritten in place during the load, or reading it failed"):
+        load_blocks(target, path)
+    after = snapshot(target)
+    changed = {k.split("/")[1] for k in before if before[k].tobytes() != after[k].tobytes()}
+    assert changed and "block_4" not in changed  # the blocks after the failure are untouched
+
+
+class _Picky(keras.layers.Layer):
+    """A layer with its own `load_own_variables`, which refuses values while `refuse` is set."""
+
+    refuse = False
+
+    def build(self, shape):
+        self.w = self.add_weight(shape=(shape[-1], 4), name="w", initializer="ones")
+
+    def call(self, x):
+        return x @ self.w
+
+    def load_own_variables(self, store):
+        if _Picky.refuse:
+            raise ValueError("these values are not for me")
+        super().load_own_variables(store)
+
+
+def _with_picky(seed, width):
+    keras.utils.set_random_seed(seed)
+    return keras.Sequential([keras.Input((width,)), L.Dense(width, name="first"),
+                             _Picky(name="picky"), L.Dense(3, name="last")])
+
+
+@pytest.mark.parametrize("kind", ["held", "streamed", "live"])
+def test_a_layer_refusing_its_values_in_its_own_loading_changes_no_weight(
+        tmp_path, monkeypatch, kind):
+    """Layers with their own `load_own_variables` are given their values inside a
+    `keras.StatelessScope` before anything is assigned: one that raises refuses the load, and
+    the layers before and after it keep their values (they were assigned before it was)."""
+    if kind == "streamed":
+        monkeypatch.setattr(transfer, "HOLD_BYTES", 0)
+    source = _with_picky(0, 64)
+    path = save_blocks(source, tmp_path / "picky.blocks.h5")
+    target = _with_picky(1, 64)
+    before = snapshot(target)
+    monkeypatch.setattr(_Picky, "refuse", True)
+    with pytest.raises(BlockMismatchError, match=r"refused the values.*nothing was loaded:\n"
+                       r"  - layer 'picky' \(_Picky\) of block 'picky': ValueError: these "
+                       r"values are not for me"):
+        load_blocks(target, source if kind == "live" else path)
+    assert_same(before, snapshot(target))
+    monkeypatch.setattr(_Picky, "refuse", False)
+    assert load_blocks(target, source if kind == "live" else path).ok
+    assert [v.tobytes() for v in snapshot(source).values()] == [
+        v.tobytes() for v in snapshot(target).values()]
 
 
 def test_freeze_leaves_a_partly_loaded_block_trainable(tmp_path):
