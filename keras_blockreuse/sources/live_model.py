@@ -145,5 +145,8 @@ def to_numpy(value) -> np.ndarray:
     if isinstance(value, keras.Variable) and keras.backend.backend() == "tensorflow":
         read = getattr(getattr(value, "value", None), "value", None)
         if callable(read):
-            return np.asarray(read())
+            try:
+                return np.asarray(read())
+            except ValueError:  # a bfloat16 scalar TensorFlow cannot view: converted below
+                pass
     return np.asarray(keras.ops.convert_to_numpy(value))
