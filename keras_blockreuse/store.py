@@ -573,6 +573,12 @@ class BlockFile:
         except KeyError as e:
             if block is None and "No block" in str(e):
                 raise
+            text = str(e.args[0]) if e.args else str(e)
+            if _unreadable(text):
+                raise BlockFileError(
+                    f"Block file {self.path}{where} is damaged: HDF5 cannot read an object of "
+                    f"it ({text})."
+                ) from e
             raise BlockFileError(
                 f"Block file {self.path}{where} is damaged or incomplete: missing {e}."
             ) from e
@@ -648,7 +654,7 @@ class BlockFile:
         if f"{algorithm}:{digest.hexdigest()}" != info.data_checksum:
             raise BlockFileError(
                 f"Block {name!r} in {self.path} is corrupt: its values do not match their "
-                "checksum. The file was damaged after it was written; no weights were used."
+                "checksum: the file was damaged, or changed, after it was written."
             )
 
     def _read_header(self) -> dict:
@@ -839,7 +845,17 @@ class BlockFile:
         try:
             ds = h5py.h5d.open(unit, var.dataset.encode())
         except Exception:
-            ds = h5py.Group(unit)[var.dataset]
+            group = h5py.Group(unit)
+            try:
+                ds = group[var.dataset]
+            except KeyError as e:
+                text = str(e.args[0]) if e.args else str(e)
+                if not _unreadable(text):
+                    raise
+                raise BlockFileError(
+                    f"{self.path}: dataset {group.name}/{var.dataset} is damaged: HDF5 cannot "
+                    f"open it ({text})."
+                ) from None
             if not isinstance(ds, h5py.Dataset):
                 raise BlockFileError(
                     f"{self.path}: {ds.name!r} should be a dataset, it is a group."
@@ -851,7 +867,8 @@ class BlockFile:
         # more than opening the dataset); only a difference is converted, and judged by it.
         exact = ds.get_type() == _hdf5_type(stored_dtype)
         offset = ds.get_offset() if exact and ds.fileno == self._fileno else None
-        shape = tuple(ds.shape)
+        dims = ds.shape  # None for a null dataspace (h5py.Empty)
+        shape = tuple(dims) if dims is not None else None
         if (offset is not None and shape == var.shape
                 and ds.get_storage_size() == nbytes <= self._size):
             # The layout's shape and bytes, stored contiguously in this file as exactly the
@@ -861,7 +878,8 @@ class BlockFile:
             return ds, stored_dtype, nbytes, offset
         if shape != var.shape or (not exact and ds.dtype != stored_dtype):
             raise BlockFileError(
-                f"{self.path}: dataset {_name(ds)!r} has shape {shape} and dtype "
+                f"{self.path}: dataset {_name(ds)!r} has shape "
+                f"{shape if shape is not None else 'none (an empty dataspace)'} and dtype "
                 f"{ds.dtype}, but the block's layout records {var.shape} and {stored_dtype}."
             )
         if nbytes > self._size:
@@ -871,6 +889,12 @@ class BlockFile:
             )
         self._check_storage(ds)
         return ds, stored_dtype, nbytes, None
+
+
+def _unreadable(hdf5_error: str) -> bool:
+    """True for HDF5's "Unable to ..." about an entry that is there (a damaged header), not
+    one that is missing ("... doesn't exist")."""
+    return hdf5_error.startswith("Unable to") and "doesn't exist" not in hdf5_error
 
 
 def _name(obj) -> str:

@@ -294,6 +294,38 @@ def test_a_dataset_reshaped_against_its_layout_is_refused(saved):
     assert_same(before, snapshot(target))
 
 
+def test_damaged_dataset_headers_are_named_in_the_error(saved):
+    """A dataset with an empty dataspace, or whose header's data address is damaged (a real
+    flipped bit: HDF5 then refuses to open it), is refused with a message naming the dataset
+    and what is wrong, not an internal error or "missing"."""
+    import struct
+
+    _, path = saved
+    with h5py.File(path, "r+") as f:
+        layer = f["block_1/block_1_0"]
+        attrs = dict(layer["bias"].attrs)
+        del layer["bias"]
+        layer.create_dataset("bias", data=h5py.Empty("f4")).attrs.update(attrs)
+        kernel = f["block_2/block_2_0/kernel"]
+        offset, header = kernel.id.get_offset(), h5py.h5o.get_info(kernel.id).addr
+    with open(path, "rb") as f:
+        data = bytearray(f.read())
+    at = data.find(struct.pack("<Q", offset), header, header + 1000)
+    assert at > 0
+    data[at + 3] ^= 0x01  # the address's fourth byte: far past the end of the file
+    with open(path, "wb") as f:
+        f.write(bytes(data))
+    target = seed_cnn()
+    before = snapshot(target)
+    with pytest.raises(BlockFileError, match=r"dataset '/block_1/block_1_0/bias' has shape none "
+                       r"\(an empty dataspace\) .* layout records \(8,\)"):
+        load_blocks(target, path, only=["block_1"])
+    with pytest.raises(BlockFileError, match=r"dataset /block_2/block_2_0/kernel is damaged: "
+                       r"HDF5 cannot open it \(Unable to"):
+        load_blocks(target, path, only=["block_2"])
+    assert_same(before, snapshot(target))
+
+
 def test_reads_the_system_returns_short_are_continued(saved, monkeypatch):
     """One `preadv` reads at most 2 GiB on Linux (a keras-hub embedding can be larger); a
     read that returns fewer bytes is continued where it stopped, so values load whole."""
