@@ -1327,9 +1327,8 @@ def _assign_streaming(plans: list[_BlockPlan], src: Source) -> int:
                             f"Layer {layer.target_path!r} ({type(layer.unit).__name__}) of "
                             f"block {plan.target!r} failed in its own load_own_variables, "
                             f"which had accepted the same values before the first assignment "
-                            f"({type(error).__name__}: {error}). Blocks {done} and part of "
-                            f"{plan.target!r} were loaded (of it, layers {assigned}); the "
-                            "rest were not."
+                            f"({type(error).__name__}: {error}). "
+                            + _loaded_so_far(done, plan, assigned)
                         ) from error
                     assigned.append(layer.target_path)
                     del pending[path]
@@ -1337,12 +1336,22 @@ def _assign_streaming(plans: list[_BlockPlan], src: Source) -> int:
             raise BlockFileError(
                 f"{src.description} could not be read again as it was verified: every value "
                 "was verified before the first assignment, then reading it again failed or "
-                f"differed ({error}). Blocks {done} and part of {plan.target!r} were loaded "
-                f"(of it, layers {assigned}); the rest were not. Either the file was rewritten "
-                "in place during the load, or reading it failed (an I/O error); load it again."
+                f"differed ({error}). " + _loaded_so_far(done, plan, assigned)
+                + " Either the file was rewritten in place during the load, or reading it "
+                "failed (an I/O error); load it again."
             ) from None
         done.append(plan.target)
     return count
+
+
+def _loaded_so_far(done: list[str], plan: _BlockPlan, assigned: list[str]) -> str:
+    """What a load that failed while assigning had assigned: whole blocks, then the layers of
+    the block it was in."""
+    layers = [layer.target_path for layer in plan.layers if layer.load]
+    of_it = ("all of its layers" if assigned and set(assigned) == set(layers)
+             else f"its layers {assigned} of {layers}" if assigned else "none of its layers")
+    return (f"Loaded before the error: blocks {done}, and of block {plan.target!r} {of_it}; "
+            "the model's other blocks were not changed.")
 
 
 def _direct_loaders() -> set:

@@ -671,8 +671,8 @@ def test_a_keras_file_rewritten_in_place_between_the_passes_is_detected(kind, tm
     src.verify = verify_then_rewrite
     with pytest.raises(BlockFileError, match=r"(?s)could not be read again as it was verified.*variable '0' "
                        r"of layer 'block_3_0' \(block 'block_3'\) is not what the first pass "
-                       r"read.*Blocks \['block_1', 'block_2'\] and part of 'block_3' were "
-                       r"loaded \(of it, layers \[\]\); the rest were not"):
+                       r"read.*Loaded before the error: blocks \['block_1', 'block_2'\], and "
+                       r"of block 'block_3' none of its layers; the model's other blocks"):
         load_blocks(target, src)
     after, expected = snapshot(target), snapshot(source)  # the same layer names: same paths
     assert_same(expected, after, [v.path for n in ("block_1_0", "block_2_0")

@@ -361,7 +361,8 @@ def test_a_file_rewritten_in_place_during_the_load_is_reported(tmp_path, monkeyp
 
     target = dense_stack(160, depth=4, name="target")
     with pytest.raises(BlockFileError, match=r"could not be read again as it was verified.*"
-                       r"Blocks \['block_1', 'block_2'\] and part of 'block_3' were loaded"):
+                       r"Loaded before the error: blocks \['block_1', 'block_2'\], and of "
+                       r"block 'block_3' all of its layers; the model's other blocks"):
         load_blocks(target, _Delegating(path, streaming=True, after_verify=rewrite))
 
 
@@ -391,7 +392,8 @@ def test_a_read_failing_in_the_second_pass_says_what_was_loaded(tmp_path, monkey
     target = dense_stack(160, depth=4, name="target")
     before = snapshot(target)
     with pytest.raises(BlockFileError, match=r"reading it again failed or differed.*"
-                       r"Input/output error.*Blocks \[.*\] and part of '\w+' were loaded.*"
+                       r"Input/output error.*Loaded before the error: blocks \[.*\], and of "
+                       r"block '\w+' .*"
                        r"rewritten in place during the load, or reading it failed"):
         load_blocks(target, path)
     after = snapshot(target)
