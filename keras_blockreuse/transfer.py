@@ -328,6 +328,14 @@ def _plan(
     if exclude is not None:
         dropped = set(select(source_names, exclude, "`exclude`", where))
         selected = [name for name in selected if name not in dropped]
+    inert = [name for name in rename if name not in selected]
+    if inert:
+        raise BlockMismatchError(
+            f"rename= maps source block(s) {inert}, which only=/exclude= leave out, so the "
+            "mapping would do nothing. only= and exclude= name source blocks, before rename= "
+            f"maps them: only={inert} loads source {inert} into model "
+            f"{[rename[name] for name in inert]}; or drop them from rename=."
+        )
     mapped = {name: rename.get(name, name) for name in selected}
     explicit = [s for s in selected if (only is not None or s in rename)]
     absent = [s for s in explicit if mapped[s] not in target_blocks]
@@ -345,7 +353,8 @@ def _plan(
                 f"Source blocks {targets[t]!r} and {s!r} both map to model block {t!r}."
             )
         targets[t] = s
-    _refuse_shifted_names(targets, target_blocks, source_names, only, rename)
+    _refuse_shifted_names(targets, target_blocks, source_names, only, rename,
+                          lambda name, block: _same_shapes(src, name, block))
     in_source = {rename.get(s, s) for s in source_names}
     report = LoadReport(source=src.description, target_blocks=target_names,
                         source_blocks=source_names)
@@ -388,7 +397,8 @@ def _plan(
 
 
 def _refuse_shifted_names(targets: dict[str, str], target_blocks: dict[str, Block],
-                          source_names: list[str], only, rename: dict[str, str]) -> None:
+                          source_names: list[str], only, rename: dict[str, str],
+                          fits: Callable[[str, Block], bool]) -> None:
     """Refuses blocks paired only by automatic names when the two sides hold another number
     of blocks of that class (`dense`, `dense_1` against `dense`, `dense_1`, `dense_2`).
 
@@ -416,18 +426,33 @@ def _refuse_shifted_names(targets: dict[str, str], target_blocks: dict[str, Bloc
                 f"{classes[stem]} blocks: the model has {model_names}, the source "
                 f"{theirs}; only their names pair {as_named}"
             )
-            listed += as_named
+            # Layers appended after the others leave the first names as they were: one side's
+            # names are then the other's first ones, and only those that fit are offered.
+            mine, yours = sorted(model_names, key=_counter), sorted(theirs, key=_counter)
+            shorter, longer = sorted((mine, yours), key=len)
+            if longer[:len(shorter)] == shorter:
+                listed += [t for t in as_named if fits(t, target_blocks[t])]
     if problems:
         raise BlockMismatchError(
             "Blocks named by automatic names cannot be paired by those names here: "
             + "; ".join(problems) + ". Keras numbers automatic names in creation order, so a "
             "layer added before the others of its class shifts every later name, and one "
-            "added after them shifts none; the names cannot tell which happened. If the "
-            f"extra layers came after the others (a new head), load with only={listed}; if "
-            "a layer was added or removed before them, pair the blocks with rename= "
-            "{source block: model block}. Naming the layers when building the model avoids "
-            "this."
+            "added after them shifts none; the names cannot tell which happened. "
+            + (f"If the extra layers came after the others (a new head), load with "
+               f"only={listed}; if " if listed else "If ")
+            + "a layer was added or removed before them (or created and not used), pair the "
+            "blocks with rename= {source block: model block}. Naming the layers when building "
+            "the model avoids this."
         )
+
+
+def _same_shapes(src: Source, source_name: str, block: Block) -> bool:
+    """True when the source block and the model block hold variables of the same shapes."""
+    mine = sorted(tuple(int(d) for d in value.shape)
+                  for _, _, values in unit_values_of(block) for value in values.values())
+    theirs = sorted(tuple(v.shape) for layer in src.block_layers(source_name)
+                    for v in layer.variables)
+    return mine == theirs
 
 
 def _pair_block(
@@ -1095,10 +1120,42 @@ def _rename_by_path(src: Source, source_blocks: list[str], target_blocks: dict[s
         mine[tops.pop()] = name
     if set(theirs) != set(mine):
         return ""
+    why = _against_creation_order({theirs[p]: mine[p] for p in theirs})
+    if why:
+        return ("\nNo rename= is offered: the blocks pair one to one by their places in Keras's "
+                f"saving walk, but {why}.")
     rename = {theirs[p]: mine[p] for p in theirs if theirs[p] != mine[p]}
     return ("\nThe blocks pair one to one by their places in Keras's saving walk (the same model "
             f"with its automatic names shifted?), as Keras's load_weights pairs them: "
             f"rename={rename}")
+
+
+def _against_creation_order(pairs: dict[str, str]) -> str:
+    """Why pairing source blocks with model blocks by place (`pairs`) is not the same model
+    with its automatic names shifted: a shift keeps the order of a class's counters
+    (`dense, dense_1` -> `dense_3, dense_4`), so places that reverse it (`dense` -> `dense_4`,
+    `dense_1` -> `dense_3`) say the layers were created in another order than they compute,
+    on one side only: another model, whose values would go to other layers. `""` when every
+    family keeps its order."""
+    families: dict[str, list[tuple[int, int, str, str]]] = {}
+    for a, b in pairs.items():
+        if strip_counter(a) == strip_counter(b):
+            families.setdefault(strip_counter(a), []).append((_counter(a), _counter(b), a, b))
+    for items in families.values():
+        items.sort()
+        if [b for _, b, _, _ in items] != sorted(b for _, b, _, _ in items):
+            shown = [f"{a} -> {b}" for _, _, a, b in items]
+            return (f"those places pair {shown}, against the order in which the automatic "
+                    "names were given (a shift keeps it): the layers were created in another "
+                    "order than they compute on one side, so this may be another model. Pair "
+                    "them with rename= only if you know which layer is which")
+    return ""
+
+
+def _counter(name: str) -> int:
+    """`dense_3` -> 3; `dense` -> 0 (Keras's first automatic name of a class has no counter)."""
+    head, _, tail = name.rpartition("_")
+    return int(tail) if head and tail.isdigit() else 0
 
 
 def _rename_by_order(src: Source, source_blocks: list[str],
@@ -1120,6 +1177,10 @@ def _rename_by_order(src: Source, source_blocks: list[str],
                 "hold layers with automatic names of the same classes and variable shapes in "
                 f"the same order; {why}.")
     places = sorted(theirs, key=lambda name: theirs[name][0].order)
+    why = _against_creation_order(dict(zip(places, target_blocks, strict=True)))
+    if why:
+        return ("\nNo rename= is offered: the blocks pair one to one by their places in "
+                f"computation order, with the same classes and variable shapes, but {why}.")
     rename = {a: b for a, b in zip(places, target_blocks, strict=True) if a != b}
     return ("\nThe blocks pair one to one by their places in computation order, with the same "
             "classes and variable shapes (the same model with its automatic names shifted?), "

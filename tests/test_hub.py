@@ -456,3 +456,35 @@ def test_a_backbones_own_keras_file_loads_whole_by_its_preset_blocks(tmp_path, b
     assert report.variables_loaded == len(target.weights)
     for a, b in zip(values(target.weights), values(source.weights), strict=True):
         assert a.dtype == b.dtype and a.tobytes() == b.tobytes()
+
+
+def _two_stages(blocks):
+    return M.ResNetBackbone(
+        input_conv_filters=[64], input_conv_kernel_sizes=[3], stackwise_num_filters=[64, 64],
+        stackwise_num_blocks=list(blocks), stackwise_num_strides=[1, 1],
+        block_type="basic_block", image_shape=(None, None, 1))
+
+
+def test_a_preset_whose_weights_another_config_wrote_is_refused(tmp_path):
+    """Found by a fresh-user test: a preset directory whose model.weights.h5 was written by
+    another configuration ([1, 2] blocks per stage) than its config.json ([2, 1]). Its files
+    are placed by where the config's model keeps each variable, so the values would go to the
+    wrong layers (the suggested on_mismatch='skip' loaded them one place off). Any variable
+    whose shape differs from the config's model at its place refuses the whole directory."""
+    import shutil
+
+    written, other = _two_stages((2, 1)), _two_stages((1, 2))
+    written.save_to_preset(str(tmp_path / "a"))
+    other.save_to_preset(str(tmp_path / "b"))
+    mixed = tmp_path / "a_with_b"
+    shutil.copytree(tmp_path / "a", mixed)
+    shutil.copy(tmp_path / "b" / "model.weights.h5", mixed / "model.weights.h5")
+    target = _two_stages((2, 1))
+    before = [np.array(keras.ops.convert_to_numpy(v)) for v in target.weights]
+    for on_mismatch in ("error", "skip"):
+        with pytest.raises(BlockFileError, match=r"its weights files do not match the model "
+                           r"rebuilt from its config: variable .* is \(3, 3, 64, 64\) in the "
+                           r"model and \(1, 1, 64, 64\) in the file"):
+            load_blocks(target, str(mixed), on_mismatch=on_mismatch)
+    assert all(np.array_equal(a, np.array(keras.ops.convert_to_numpy(v)))
+               for a, v in zip(before, target.weights, strict=True))

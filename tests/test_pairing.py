@@ -1130,3 +1130,111 @@ def test_an_ordinary_load_of_attribute_held_sub_layers_says_nothing_more(tmp_pat
     assert report.ok and report.caveats == []
     assert [str(w.message) for w in caught if "load_blocks" in str(w.message)] == []
     assert_bits(values(target.weights), values(source.weights))
+
+
+# --- found by a fresh-user test of the refusals' remedies (each remedy typed literally) ---
+
+
+@pytest.mark.parametrize("kind", ["weights", "keras", "blocks", "legacy", "live"])
+def test_no_rename_is_offered_where_places_reverse_the_automatic_names_order(tmp_path, kind):
+    """Two hidden Dense layers created in one order and computed in the other, rebuilt with
+    shifted names: pairing by place would give the relu layer the tanh layer's values. A
+    shift keeps a class's counters in order; places that reverse it are not a shift, so no
+    rename is offered (it was, and typed literally it swapped the two layers)."""
+    def source():
+        x = keras.Input((4,))
+        h = L.Dense(4, activation="relu")(x)  # dense
+        h = L.Dense(4, activation="tanh")(h)  # dense_1
+        return keras.Model(x, L.Dense(2)(h))  # dense_2
+
+    def target():
+        relu, tanh = L.Dense(4, activation="relu"), L.Dense(4, activation="tanh")
+        x = keras.Input((4,))
+        return keras.Model(x, L.Dense(2)(relu(tanh(x))))  # tanh computed first
+
+    keras.backend.clear_session(free_memory=False)
+    model = source()
+    distinct(model, seed=3)
+    path = (model if kind == "live" else save_all(model, str(tmp_path), [kind])[kind]
+            if kind != "blocks" else save_blocks(model, str(tmp_path / "m.blocks.h5"),
+                                                 blocks=lambda layer: layer.name))
+    rebuilt = target()  # dense_3 (relu), dense_4 (tanh), dense_5
+    before = snapshot(rebuilt)
+    with pytest.raises(BlockMismatchError) as e:
+        load_blocks(rebuilt, path)
+    message = str(e.value)
+    assert "No rename= is offered" in message and "rename={'" not in message, message
+    assert "'dense -> dense_4', 'dense_1 -> dense_3'" in message
+    assert all(before[k].tobytes() == v.tobytes() for k, v in snapshot(rebuilt).items())
+
+
+@pytest.mark.parametrize("kind", ["legacy", "weights"])
+def test_equal_counts_with_other_names_are_offered_no_only(tmp_path, kind):
+    """A Dense created and not used while rebuilding shifts the later names (the model has
+    dense, dense_2, dense_3; the source dense, dense_1, dense_2). There are no extra layers,
+    so the counts refusal offers no only= (it offered ['dense', 'dense_2'], which from a
+    legacy .h5 loaded the source's third layer into the model's second)."""
+    def build(unused):
+        x = keras.Input((4,))
+        h = L.Dense(4)(x)
+        if unused:
+            L.Dense(4)  # created, never called: takes the name dense_1
+        h = L.Dense(4)(h)
+        return keras.Model(x, L.Dense(4)(h))
+
+    keras.backend.clear_session(free_memory=False)
+    model = build(False)
+    distinct(model, seed=4)
+    path = save_all(model, str(tmp_path), [kind])[kind]
+    keras.backend.clear_session(free_memory=False)
+    rebuilt = build(True)
+    assert [layer.name for layer in rebuilt.layers[1:]] == ["dense", "dense_2", "dense_3"]
+    with pytest.raises(BlockMismatchError) as e:
+        load_blocks(rebuilt, path)
+    message = str(e.value)
+    assert "only their names pair ['dense', 'dense_2']" in message
+    assert "only=" not in message.split("cannot tell which happened.")[1], message
+    assert "pair the blocks with rename=" in message
+
+
+def test_the_counts_refusal_offers_only_blocks_that_fit(tmp_path):
+    """Source: two hidden Dense(4) and a Dense(2) head; model: three hidden Dense(4) and the
+    head. The offered only= holds the names whose shapes fit (it held the source's head
+    against a hidden layer, and typed literally it was refused); typed literally it loads."""
+    def build(hidden):
+        return keras.Sequential([keras.Input((4,)), *[L.Dense(4) for _ in range(hidden)],
+                                 L.Dense(2)])
+
+    keras.backend.clear_session(free_memory=False)
+    model = build(2)
+    distinct(model, seed=5)
+    path = save_blocks(model, str(tmp_path / "m.blocks.h5"))
+    keras.backend.clear_session(free_memory=False)
+    rebuilt = build(3)
+    with pytest.raises(BlockMismatchError) as e:
+        load_blocks(rebuilt, path)
+    assert "load with only=['dense', 'dense_1']; if" in str(e.value), str(e.value)
+    assert load_blocks(rebuilt, path, only=["dense", "dense_1"]).ok
+    assert_bits(values(rebuilt.layers[0].weights + rebuilt.layers[1].weights),
+                values(model.layers[0].weights + model.layers[1].weights))
+
+
+def test_a_rename_that_only_leaves_out_is_refused(tmp_path):
+    """only= names source blocks before rename= maps them, so rename={'a': 'c'} with
+    only=['c'] would load model block c from source c and drop the mapping without a word."""
+    def build():
+        return keras.Sequential([keras.Input((4,)), L.Dense(4, name="a"), L.Dense(4, name="b"),
+                                 L.Dense(4, name="c")])
+
+    model = build()
+    distinct(model, seed=6)
+    path = save_blocks(model, str(tmp_path / "m.blocks.h5"))
+    target = build()
+    before = snapshot(target)
+    with pytest.raises(BlockMismatchError, match=r"rename= maps source block\(s\) \['a'\], which "
+                       r"only=/exclude= leave out.*only=\['a'\] loads source \['a'\] into model "
+                       r"\['c'\]"):
+        load_blocks(target, path, only=["c"], rename={"a": "c"})
+    assert all(before[k].tobytes() == v.tobytes() for k, v in snapshot(target).items())
+    assert load_blocks(target, path, only=["a"], rename={"a": "c"}).ok
+    assert_bits(values(target.get_layer("c").weights), values(model.get_layer("a").weights))

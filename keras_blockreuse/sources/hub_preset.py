@@ -185,6 +185,17 @@ class PresetSource(Source):
                         "not match the model rebuilt from its config."
                     )
                 stored = next(v for v in found[1].variables if v.key == found[2])
+                if tuple(stored.shape) != tuple(int(d) for d in value.shape):
+                    # Its files are read by where the rebuilt model keeps each variable: a
+                    # place holding another shape means another model wrote them.
+                    raise BlockFileError(
+                        f"{self.path!r}: its weights files do not match the model rebuilt from "
+                        f"its config: variable {key} of layer {path!r} ({type(unit).__name__}) "
+                        f"of block {block.name!r} is {tuple(value.shape)} in the model and "
+                        f"{tuple(stored.shape)} in the file, so the files' values cannot be "
+                        "placed by the config. Write the preset again (save_to_preset) or pass "
+                        "source_model= (the model that wrote the weights)."
+                    )
                 variables.append(VariableInfo(
                     key=key, name=str(getattr(value, "name", key)), path=stored.path,
                     shape=stored.shape, dtype=stored.dtype, dataset=stored.dataset,
