@@ -72,7 +72,12 @@ from keras_blockreuse.hub import is_hub_model, is_hub_task
 from keras_blockreuse.report import LoadReport, Mismatch
 from keras_blockreuse.sources import LayerInfo, Source, VariableInfo, numpy_dtype, open_source
 from keras_blockreuse.sources.live_model import to_numpy, unit_values_of
-from keras_blockreuse.sources.structure import automatic_name, snake_case, strip_counter
+from keras_blockreuse.sources.structure import (
+    automatic_name,
+    snake_case,
+    split_counter,
+    strip_counter,
+)
 
 ON_MISMATCH = ("error", "skip", "adapt")
 HOLD_BYTES = 4 << 20
@@ -209,10 +214,10 @@ def load_blocks(
             _refuse_empty(plans, report, src, model, target_blocks, target_paths)
         _try_own_loading(own.values(), values)
         if streaming:
-            report.variables_loaded = _assign_streaming(plans, src)
+            report.variables_loaded = _assign_streaming(plans, src, own)
         report.bytes_read = src.bytes_read
     if not streaming:
-        report.variables_loaded = _assign(plans, values)
+        report.variables_loaded = _assign(plans, values, own)
     loading = {p.target: p.source for p in plans if any(layer.load for layer in p.layers)}
     report.loaded = {name: loading[name] for name in target_blocks if name in loading}
     report.not_loaded = [p.target for p in plans if p.target not in loading]
@@ -428,7 +433,8 @@ def _refuse_shifted_names(targets: dict[str, str], target_blocks: dict[str, Bloc
             )
             # Layers appended after the others leave the first names as they were: one side's
             # names are then the other's first ones, and only those that fit are offered.
-            mine, yours = sorted(model_names, key=_counter), sorted(theirs, key=_counter)
+            mine = sorted(model_names, key=lambda n: split_counter(n)[1])
+            yours = sorted(theirs, key=lambda n: split_counter(n)[1])
             shorter, longer = sorted((mine, yours), key=len)
             if longer[:len(shorter)] == shorter:
                 listed += [t for t in as_named if fits(t, target_blocks[t])]
@@ -448,11 +454,13 @@ def _refuse_shifted_names(targets: dict[str, str], target_blocks: dict[str, Bloc
 
 def _same_shapes(src: Source, source_name: str, block: Block) -> bool:
     """True when the source block and the model block hold variables of the same shapes."""
-    mine = sorted(tuple(int(d) for d in value.shape)
-                  for _, _, values in unit_values_of(block) for value in values.values())
-    theirs = sorted(tuple(v.shape) for layer in src.block_layers(source_name)
-                    for v in layer.variables)
-    return mine == theirs
+    mine = _shapes(value for _, _, values in unit_values_of(block) for value in values.values())
+    return mine == _shapes(v for layer in src.block_layers(source_name) for v in layer.variables)
+
+
+def _shapes(values) -> list[tuple[int, ...]]:
+    """The sorted shapes of variables, arrays or `VariableInfo`s."""
+    return sorted(tuple(int(d) for d in value.shape) for value in values)
 
 
 def _pair_block(
@@ -983,11 +991,8 @@ def _numpy_dtype_or_none(dtype: str) -> np.dtype | None:
 def _overflow(array: np.ndarray, dtype: str) -> float | None:
     """The finite value of largest magnitude (with its sign) that the cast to `dtype` turns
     infinite, NaN or wrapped; `None` when every value survives the cast."""
-    try:
-        target = numpy_dtype(dtype)
-    except TypeError:
-        return None
-    if array.dtype == target or array.size == 0:
+    target = _numpy_dtype_or_none(dtype)
+    if target is None or array.dtype == target or array.size == 0:
         return None
     if array.dtype.kind in "iu" and target.kind in "iu":
         info = np.iinfo(target)
@@ -1139,8 +1144,9 @@ def _against_creation_order(pairs: dict[str, str]) -> str:
     family keeps its order."""
     families: dict[str, list[tuple[int, int, str, str]]] = {}
     for a, b in pairs.items():
-        if strip_counter(a) == strip_counter(b):
-            families.setdefault(strip_counter(a), []).append((_counter(a), _counter(b), a, b))
+        (stem, mine), (theirs, yours) = split_counter(a), split_counter(b)
+        if stem == theirs:
+            families.setdefault(stem, []).append((mine, yours, a, b))
     for items in families.values():
         items.sort()
         if [b for _, b, _, _ in items] != sorted(b for _, b, _, _ in items):
@@ -1150,12 +1156,6 @@ def _against_creation_order(pairs: dict[str, str]) -> str:
                     "order than they compute on one side, so this may be another model. Pair "
                     "them with rename= only if you know which layer is which")
     return ""
-
-
-def _counter(name: str) -> int:
-    """`dense_3` -> 3; `dense` -> 0 (Keras's first automatic name of a class has no counter)."""
-    head, _, tail = name.rpartition("_")
-    return int(tail) if head and tail.isdigit() else 0
 
 
 def _rename_by_order(src: Source, source_blocks: list[str],
@@ -1214,8 +1214,7 @@ def _unmatched_by_order(src: Source, theirs: dict[str, list[LayerInfo]],
                 return (f"the model's {path!r} and the file's {layer.path!r}, at its place, "
                         f"are not both automatic names of class {cls}, which only a shifted "
                         "counter would explain")
-            mine = sorted(tuple(int(d) for d in v.shape) for v in current.values())
-            stored = sorted(v.shape for v in layer.variables)
+            mine, stored = _shapes(current.values()), _shapes(layer.variables)
             if mine != stored:
                 return (f"the model's {path!r} holds variables of shapes {mine} and the "
                         f"file's {layer.path!r}, at its place, {stored}")
@@ -1223,6 +1222,14 @@ def _unmatched_by_order(src: Source, theirs: dict[str, list[LayerInfo]],
 
 
 # --- assign ----------------------------------------------------------------------------
+
+
+def _loaded(layer: _LayerPlan, arrays: dict) -> dict:
+    """The layer's values to assign, by its own keys: the source's arrays, transformed where
+    a transform adapts them."""
+    return {key: (arrays[layer.keys[key]] if transform is None
+                  else transform(arrays[layer.keys[key]]))
+            for key, transform in layer.load.items()}
 
 
 def _own_store(layer: _LayerPlan, loaded: dict) -> dict:
@@ -1259,10 +1266,7 @@ def _try_own_loading(own, values: dict) -> None:
     """
     problems = []
     for plan, layer in own:
-        arrays = values[plan.source].get(layer.source.path, {})
-        loaded = {key: (arrays[layer.keys[key]] if transform is None
-                        else transform(arrays[layer.keys[key]]))
-                  for key, transform in layer.load.items()}
+        loaded = _loaded(layer, values[plan.source].get(layer.source.path, {}))
         try:
             with keras.StatelessScope():
                 layer.unit.load_own_variables(_own_store(layer, loaded))
@@ -1278,13 +1282,14 @@ def _try_own_loading(own, values: dict) -> None:
             "accept.")
 
 
-def _assign(plans: list[_BlockPlan], values: dict) -> int:
+def _assign(plans: list[_BlockPlan], values: dict, own: dict) -> int:
     """Assigns every validated variable, once every value is read, verified and transformed.
 
     A layer whose loading is known to be "stored value i goes to variable i" (Keras's base
     `Layer`, and the convolutions, Dense, EinsumDense and Embedding without LoRA or
     quantization) has its variables assigned directly, one call each; every other layer goes
-    through its own `load_own_variables`, which keeps custom, LoRA and quantized layers right.
+    through its own `load_own_variables`, which keeps custom, LoRA and quantized layers right
+    (`own`: those layers, by source block and layer path, as `load_blocks` found them).
     """
     direct = []  # (variable, array)
     stores = []  # (layer, {key: array}) for load_own_variables
@@ -1293,15 +1298,9 @@ def _assign(plans: list[_BlockPlan], values: dict) -> int:
         for layer in plan.layers:
             if not layer.load:
                 continue
-            block_values = values[plan.source]
-            arrays = block_values[layer.source.path]
-            loaded = {
-                key: (arrays[layer.keys[key]] if transform is None
-                      else transform(arrays[layer.keys[key]]))
-                for key, transform in layer.load.items()
-            }
+            loaded = _loaded(layer, values[plan.source][layer.source.path])
             count += len(loaded)
-            if _loads_directly(layer.unit, layer.current):
+            if (plan.source, layer.source.path) not in own:
                 direct.extend((layer.current[key], array) for key, array in loaded.items())
                 continue
             stores.append((layer.unit, _own_store(layer, loaded)))
@@ -1345,8 +1344,9 @@ def _nbytes(src: Source, plans: list[_BlockPlan]) -> int:
     return total
 
 
-def _assign_streaming(plans: list[_BlockPlan], src: Source) -> int:
-    """Assigns every validated variable as its value is read, after `src.verify` passed.
+def _assign_streaming(plans: list[_BlockPlan], src: Source, own: dict) -> int:
+    """Assigns every validated variable as its value is read, after `src.verify` passed (the
+    layers in `own` through their own `load_own_variables`, once all their values are read).
 
     `src.verify` read every selected value before the first assignment (checking block
     checksums, shapes, dtypes and casts), and the source holds its file open, so the bytes
@@ -1373,7 +1373,7 @@ def _assign_streaming(plans: list[_BlockPlan], src: Source) -> int:
                 if key is None:
                     continue
                 count += 1
-                if _loads_directly(layer.unit, layer.current):
+                if (plan.source, path) not in own:
                     _assign_variable(layer.current[key], array)
                     if layer.target_path not in assigned:
                         assigned.append(layer.target_path)

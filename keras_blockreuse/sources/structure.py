@@ -122,8 +122,14 @@ def automatic_name(name: str, obj) -> bool:
 
 def strip_counter(key: str) -> str:
     """`conv2d_3` -> `conv2d`; `dense` -> `dense`."""
+    return split_counter(key)[0]
+
+
+def split_counter(key: str) -> tuple[str, int]:
+    """`conv2d_3` -> `("conv2d", 3)`; `dense` -> `("dense", 0)` (Keras's first automatic name
+    of a class has no counter)."""
     head, _, tail = key.rpartition("_")
-    return head if head and tail.isdigit() else key
+    return (head, int(tail)) if head and tail.isdigit() else (key, 0)
 
 
 # --- the walk ---------------------------------------------------------------------------------
