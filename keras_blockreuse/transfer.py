@@ -192,18 +192,18 @@ def load_blocks(
         overflows: list = []
         check = _cast_check(plans, overflows)
         selected = [plan.source for plan in plans if any(layer.load for layer in plan.layers)]
-        own = {(plan.source, layer.source.path): (plan, layer)
-               for plan in plans for layer in plan.layers
+        own = {(plan.source, layer.source.path) for plan in plans for layer in plan.layers
                if layer.load and not _loads_directly(layer.unit, layer.current)}
-        streaming = _streams(src, plans) and _nbytes(src, plans) > HOLD_BYTES
+        # A layer with its own `load_own_variables` (custom, LoRA, quantized) may fail on its
+        # values, which no check before it can know: its selection is held, not streamed, so
+        # that what was assigned before the failure can be put back.
+        streaming = not own and _streams(src, plans) and _nbytes(src, plans) > HOLD_BYTES
         if streaming:
             # Pass 1 verifies every selected value (checksums, or hashes kept for pass 2) and
-            # checks its cast, keeping only the values of layers with their own loading;
-            # pass 2 reads them again and assigns each one as it arrives: memory for one
-            # variable, not the blocks.
-            values = {name: {} for name in selected}
-            src.verify(selected, check=_keeping(values, own, check if _casts(plans) else None))
-        else:  # adaptation, a source without two passes, or a few MiB: every value is held
+            # checks its cast, keeping no value; pass 2 reads them again and assigns each one
+            # as it arrives: memory for one variable, not the blocks.
+            src.verify(selected, check=check if _casts(plans) else None)
+        else:  # adaptation, a source without two passes, a few MiB, or own loading: held
             values = {name: src.read_block(name) for name in selected}
             for name, layers in values.items():
                 for path, arrays in layers.items():
@@ -212,9 +212,8 @@ def load_blocks(
         _refuse_overflows(overflows, plans, report, on_mismatch)
         if not nothing_asked:
             _refuse_empty(plans, report, src, model, target_blocks, target_paths)
-        _try_own_loading(own.values(), values)
         if streaming:
-            report.variables_loaded = _assign_streaming(plans, src, own)
+            report.variables_loaded = _assign_streaming(plans, src)
         report.bytes_read = src.bytes_read
     if not streaming:
         report.variables_loaded = _assign(plans, values, own)
@@ -1224,6 +1223,51 @@ def _unmatched_by_order(src: Source, theirs: dict[str, list[LayerInfo]],
 # --- assign ----------------------------------------------------------------------------
 
 
+def _assign(plans: list[_BlockPlan], values: dict, own: set) -> int:
+    """Assigns every validated variable, once every value is read, verified and transformed,
+    layer by layer in the model's order (as Keras loads them).
+
+    A layer whose loading is known to be "stored value i goes to variable i" (Keras's base
+    `Layer`, and the convolutions, Dense, EinsumDense and Embedding without LoRA or
+    quantization) has its variables assigned directly, one call each; every other layer goes
+    through its own `load_own_variables`, once, which keeps custom, LoRA and quantized layers
+    right (`own`: those layers, by source block and layer path). Such a layer may raise on
+    its values: then every variable assigned before is given back its value, and the load is
+    refused.
+
+    Raises:
+        BlockMismatchError: a layer's own `load_own_variables` raised; no weight has changed.
+    """
+    kept = [] if not own else [  # the values to put back if a layer fails on its own
+        (variable, np.array(to_numpy(variable), copy=True))
+        for plan in plans for layer in plan.layers if layer.load
+        for variable in layer.current.values() if isinstance(variable, keras.Variable)]
+    count = 0
+    for plan in plans:
+        for layer in plan.layers:
+            if not layer.load:
+                continue
+            loaded = _loaded(layer, values[plan.source][layer.source.path])
+            count += len(loaded)
+            if (plan.source, layer.source.path) not in own:
+                for key, array in loaded.items():
+                    _assign_variable(layer.current[key], array)
+                continue
+            try:
+                layer.unit.load_own_variables(_own_store(layer, loaded))
+            except Exception as error:
+                for variable, value in kept:
+                    variable.assign(value)
+                raise BlockMismatchError(
+                    f"Layer {layer.target_path!r} ({type(layer.unit).__name__}) of block "
+                    f"{plan.target!r} refused its values in its own load_own_variables "
+                    f"({type(error).__name__}: {error}); every variable assigned before it was "
+                    "given back its value: nothing was loaded. Load without this block "
+                    "(only=/exclude=), or give the layer values it accepts."
+                ) from error
+    return count
+
+
 def _loaded(layer: _LayerPlan, arrays: dict) -> dict:
     """The layer's values to assign, by its own keys: the source's arrays, transformed where
     a transform adapts them."""
@@ -1237,78 +1281,6 @@ def _own_store(layer: _LayerPlan, loaded: dict) -> dict:
     by key, and the model's current values for the keys not loaded."""
     return {key: loaded[key] if key in loaded else to_numpy(current)
             for key, current in layer.current.items()}
-
-
-def _keeping(values: dict, own: dict, check):
-    """A pass-1 `check` that also keeps, in `values[block][layer path][key]`, a copy of each
-    value of a layer with its own loading (`own`, by source block and layer path), for
-    `_try_own_loading`; None when there is neither (pass 1 then reads into one buffer)."""
-    if not own and check is None:
-        return None
-
-    def keep(block: str, path: str, key: str, array) -> None:
-        if check is not None:
-            check(block, path, key, array)
-        if (block, path) in own:
-            values[block].setdefault(path, {})[key] = np.array(array, copy=True)
-
-    return keep
-
-
-def _try_own_loading(own, values: dict) -> None:
-    """Gives every layer with its own `load_own_variables` (a custom, LoRA or quantized layer)
-    its values inside a `keras.StatelessScope`, where assignments are recorded, not made,
-    before anything is assigned: a layer that refuses its values refuses the load, and no
-    weight has changed.
-
-    Raises:
-        BlockMismatchError: naming each layer that raised, and what it raised.
-    """
-    problems = []
-    for plan, layer in own:
-        loaded = _loaded(layer, values[plan.source].get(layer.source.path, {}))
-        try:
-            with keras.StatelessScope():
-                layer.unit.load_own_variables(_own_store(layer, loaded))
-        except Exception as error:
-            problems.append(f"  - layer {layer.target_path!r} ({type(layer.unit).__name__}) "
-                            f"of block {plan.target!r}: {type(error).__name__}: {error}")
-    if problems:
-        raise BlockMismatchError(
-            "Layers with their own load_own_variables refused the values they would be given "
-            "(tried before anything was assigned); nothing was loaded:\n"
-            + "\n".join(problems)
-            + "\nLoad without these blocks (only=/exclude=), or give the layers values they "
-            "accept.")
-
-
-def _assign(plans: list[_BlockPlan], values: dict, own: dict) -> int:
-    """Assigns every validated variable, once every value is read, verified and transformed.
-
-    A layer whose loading is known to be "stored value i goes to variable i" (Keras's base
-    `Layer`, and the convolutions, Dense, EinsumDense and Embedding without LoRA or
-    quantization) has its variables assigned directly, one call each; every other layer goes
-    through its own `load_own_variables`, which keeps custom, LoRA and quantized layers right
-    (`own`: those layers, by source block and layer path, as `load_blocks` found them).
-    """
-    direct = []  # (variable, array)
-    stores = []  # (layer, {key: array}) for load_own_variables
-    count = 0
-    for plan in plans:
-        for layer in plan.layers:
-            if not layer.load:
-                continue
-            loaded = _loaded(layer, values[plan.source][layer.source.path])
-            count += len(loaded)
-            if (plan.source, layer.source.path) not in own:
-                direct.extend((layer.current[key], array) for key, array in loaded.items())
-                continue
-            stores.append((layer.unit, _own_store(layer, loaded)))
-    for variable, array in direct:
-        _assign_variable(variable, array)
-    for unit, store in stores:
-        unit.load_own_variables(store)
-    return count
 
 
 def _streams(src: Source, plans: list[_BlockPlan]) -> bool:
@@ -1344,9 +1316,9 @@ def _nbytes(src: Source, plans: list[_BlockPlan]) -> int:
     return total
 
 
-def _assign_streaming(plans: list[_BlockPlan], src: Source, own: dict) -> int:
-    """Assigns every validated variable as its value is read, after `src.verify` passed (the
-    layers in `own` through their own `load_own_variables`, once all their values are read).
+def _assign_streaming(plans: list[_BlockPlan], src: Source) -> int:
+    """Assigns every validated variable as its value is read, after `src.verify` passed (only
+    for layers assigned directly: a selection with a layer of its own loading is held).
 
     `src.verify` read every selected value before the first assignment (checking block
     checksums, shapes, dtypes and casts), and the source holds its file open, so the bytes
@@ -1364,7 +1336,6 @@ def _assign_streaming(plans: list[_BlockPlan], src: Source, own: dict) -> int:
             continue
         target_keys = {path: {layer.keys[k]: k for k in layer.load}
                        for path, layer in layers.items()}
-        pending: dict[str, dict] = {}  # layers that load through load_own_variables
         assigned: list[str] = []  # layers of this block with a value assigned
         try:
             for path, source_key, array in src.iter_values(plan.source):
@@ -1373,26 +1344,9 @@ def _assign_streaming(plans: list[_BlockPlan], src: Source, own: dict) -> int:
                 if key is None:
                     continue
                 count += 1
-                if (plan.source, path) not in own:
-                    _assign_variable(layer.current[key], array)
-                    if layer.target_path not in assigned:
-                        assigned.append(layer.target_path)
-                    continue
-                loaded = pending.setdefault(path, {})
-                loaded[key] = array
-                if len(loaded) == len(layer.load):
-                    try:
-                        layer.unit.load_own_variables(_own_store(layer, loaded))
-                    except Exception as error:  # it accepted these values in its trial
-                        raise BlockMismatchError(
-                            f"Layer {layer.target_path!r} ({type(layer.unit).__name__}) of "
-                            f"block {plan.target!r} failed in its own load_own_variables, "
-                            f"which had accepted the same values before the first assignment "
-                            f"({type(error).__name__}: {error}). "
-                            + _loaded_so_far(done, plan, assigned)
-                        ) from error
+                _assign_variable(layer.current[key], array)
+                if layer.target_path not in assigned:
                     assigned.append(layer.target_path)
-                    del pending[path]
         except BlockFileError as error:
             raise BlockFileError(
                 f"{src.description} could not be read again as it was verified: every value "
