@@ -40,6 +40,7 @@ with h5py.File(path, "r") as f:
 
 from __future__ import annotations
 
+import contextlib
 import os
 import struct
 from collections.abc import Iterable
@@ -98,23 +99,102 @@ def check_global_heap(file: h5py.File, where: str, stream: BinaryIO | None = Non
             variable-length attribute, or the superblock is damaged, or the file keeps
             variable-length attributes where this check cannot follow them.
     """
-    listed = _hard_linked(file, objects)
+    if objects is None:
+        listed: list[tuple[int, bytes]] = []
+        h5py.h5o.visit(file.id, lambda name, info: listed.append((int(info.addr), name)),
+                       info=True)
+        objects = listed
+    check = GlobalHeapCheck(file, where, stream)
     try:
-        if stream is None:
-            with open(file.filename, "rb", buffering=0) as fh:
-                return _Checker(fh, os.fstat(fh.fileno()).st_size, fh.fileno()).run(listed)
-        position = stream.tell()
-        size = stream.seek(0, os.SEEK_END)
+        return check.check(objects, root=True)
+    finally:
+        check.close()
+
+
+class GlobalHeapCheck:
+    """`check_global_heap`, kept open so that a reader can check some objects when it opens
+    the file and the others when it first needs them (`CheckedFile.header`).
+
+    The file's bytes are read through the descriptor HDF5 itself reads them through (HDF5's
+    default `sec2` driver), so the check sees the very file HDF5 has open even if its path
+    was replaced since; with another driver, from the file's path, opened once; for a file
+    opened from a file object, from `stream` (its position is restored after each check).
+
+    Example:
+
+    ```python
+    check = GlobalHeapCheck(f, "model.weights.h5")
+    check.check([(address, b"layers/dense/vars")], root=True)  # {address: (type, attrs)}
+    check.close()
+    ```
+
+    Raises:
+        BlockFileError: as `check_global_heap`, from the constructor (the superblock) or
+            from `check`.
+    """
+
+    def __init__(self, file: h5py.File, where: str, stream: BinaryIO | None = None):
+        self.where = where
+        self._root = int(h5py.h5o.get_info(file.id).addr)
+        self._stream = stream
+        self._own: BinaryIO | None = None
+        with self._errors():
+            if stream is not None:
+                position = stream.tell()
+                try:
+                    self._checker = _Checker(stream, stream.seek(0, os.SEEK_END))
+                finally:
+                    stream.seek(position)
+            elif file.driver == "sec2" and os.name == "posix":
+                fd = file.id.get_vfd_handle()
+                self._checker = _Checker(None, os.fstat(fd).st_size, fd)
+            else:
+                self._own = open(file.filename, "rb", buffering=0)  # noqa: SIM115 - kept open
+                try:
+                    self._checker = _Checker(self._own, os.fstat(self._own.fileno()).st_size,
+                                             self._own.fileno())
+                except BaseException:
+                    self.close()
+                    raise
+
+    def check(self, objects: Iterable[tuple[int, bytes]], root: bool = False,
+              ) -> dict[int, tuple[int, dict[bytes, bytes | None]]]:
+        """Checks the headers of `objects` (`(address, name)`, repeats dropped) and the
+        global heap collections their variable-length attributes point into, each
+        collection once per file; `root=True` checks the root group first. Returns
+        `{address: (object type, attributes)}` as `check_global_heap`."""
+        seen: set[int] = set()
+        listed = []
+        for address, name in [(self._root, b""), *objects] if root else objects:
+            address = int(address)
+            if address not in seen:  # the root, if a link leads back to it
+                seen.add(address)
+                listed.append((address, "/" + name.decode("utf-8", "replace")))
+        with self._errors():
+            if self._stream is None:
+                return self._checker.run(listed)
+            position = self._stream.tell()
+            try:
+                return self._checker.run(listed)
+            finally:
+                self._stream.seek(position)
+
+    def close(self) -> None:
+        if self._own is not None:
+            self._own.close()
+            self._own = None
+
+    @contextlib.contextmanager
+    def _errors(self):
         try:
-            return _Checker(stream, size).run(listed)
-        finally:
-            stream.seek(position)
-    except _Damaged as e:
-        raise BlockFileError(
-            f"{where}: {e}. The file is damaged; its text attributes were not read."
-        ) from None
-    except OSError as e:
-        raise BlockFileError(f"{where}: cannot read it to check its global heap: {e}") from e
+            yield
+        except _Damaged as e:
+            raise BlockFileError(
+                f"{self.where}: {e}. The file is damaged; its text attributes were not read."
+            ) from None
+        except OSError as e:
+            raise BlockFileError(
+                f"{self.where}: cannot read it to check its global heap: {e}") from e
 
 
 class _Checker:
@@ -173,8 +253,8 @@ class _Checker:
         found = {}
         for address, obj in objects:
             messages, kind = self._attribute_messages(self.base + address)
-            attributes = dict(self._check_attribute(message, obj) for message in messages)
-            found[address] = (kind, attributes)
+            found[address] = (kind, dict(self._check_attribute(message, obj)
+                                         for message in messages) if messages else {})
         return found
 
     def _attribute_messages(self, address: int) -> tuple[list[bytes], int]:
@@ -212,6 +292,7 @@ class _Checker:
         _, _, count, _, size = struct.unpack("<BBHII", prefix)
         chunks = [(address + 16, size)]
         messages, seen, kinds, total = [], set(), set(), 0
+        add, most = kinds.add, max(count, 1) + _MAX_MESSAGES
         while chunks:
             start, size = chunks.pop(0)
             if start in seen or len(seen) > _MAX_CHUNKS:
@@ -221,21 +302,22 @@ class _Checker:
                 data = head[16 : 16 + size]
             else:
                 data = self.read(start, size, "an object header chunk")
-            end = len(data)
+            last = len(data) - 8  # the last position a message's prefix fits at
             position = 0
-            while position + 8 <= end:
+            while position <= last:  # the loop of every object header: kept lean
                 kind, length, flags = _V1_MESSAGE(data, position)
-                if position + 8 + length > end:
+                start = position + 8
+                position = start + length
+                if position > last + 8:
                     raise _Damaged(f"object header at byte {address} has a message past its end")
                 total += 1
-                kinds.add(kind)
+                add(kind)
                 if kind in _READ:  # only these messages' bodies are looked at
-                    body = data[position + 8 : position + 8 + length]
+                    body = data[start:position]
                     messages.append((kind, flags, body))
                     if kind == _CONTINUATION:
                         chunks.append(self._continuation(body, address))
-                position += 8 + length
-                if total > max(count, 1) + _MAX_MESSAGES:
+                if total > most:
                     raise _Damaged(f"object header at byte {address} has too many messages")
         return messages, kinds
 
@@ -261,20 +343,21 @@ class _Checker:
                 start, size = start + 4, size - 8
             first = False
             data = self.read(start, size, "an object header chunk")
-            end = len(data)
+            last = len(data) - header  # the last position a message's prefix fits at
             position = 0
-            while position + header <= end:
+            while position <= last:
                 kind, length, message_flags = _V2_MESSAGE(data, position)
-                if position + header + length > end:
+                start = position + header
+                position = start + length
+                if position > last + header:
                     raise _Damaged(f"object header at byte {address} has a message past its end")
                 total += 1
                 kinds.add(kind)
                 if kind in _READ:  # only these messages' bodies are looked at
-                    body = data[position + header : position + header + length]
+                    body = data[start:position]
                     messages.append((kind, message_flags, body))
                     if kind == _CONTINUATION:
                         chunks.append(self._continuation(body, address))
-                position += header + length
                 if total > _MAX_MESSAGES:
                     raise _Damaged(f"object header at byte {address} has too many messages")
         return messages, kinds
@@ -448,24 +531,3 @@ def _holds_vlen(datatype: bytes) -> bool:
     may refuse an unusual compound type, never lets a variable-length member through.
     """
     return any((b & 0x0F) == _VLEN and (b >> 4) in (1, 2, 3, 4, 5) for b in datatype[8:])
-
-
-def _hard_linked(file: h5py.File, objects: Iterable[tuple[int, bytes]] | None = None):
-    """`(address, name)` of every object reached through hard links, each once (cycles too).
-
-    HDF5's own walk (`H5Ovisit`: one C call, hard links only, each object once even where
-    several links or a cycle lead to it) rather than a Python walk opening every object:
-    a fifth of the time on a 676-object ResNet50 file. `objects`: the same, already listed
-    (repeats are dropped here).
-    """
-    found: list[tuple[int, bytes]] = []
-    if objects is None:
-        h5py.h5o.visit(file.id, lambda name, info: found.append((int(info.addr), name)),
-                       info=True)
-    else:
-        found = [(int(address), name) for address, name in objects]
-    seen: set[int] = set()
-    for address, name in [(int(h5py.h5o.get_info(file.id).addr), b""), *found]:
-        if address not in seen:  # the root, if a link leads back to it
-            seen.add(address)
-            yield address, "/" + name.decode("utf-8", "replace")

@@ -202,16 +202,18 @@ _COMPRESSIONS = (h5py.h5z.FILTER_DEFLATE, h5py.h5z.FILTER_LZF, h5py.h5z.FILTER_S
 
 
 def check_dataset_size(dataset: h5py.Dataset | h5py.h5d.DatasetID, file_size: int,
-                       where: str, plist: h5py.h5p.PropDCID | None = None) -> int:
+                       where: str, plist: h5py.h5p.PropDCID | None = None,
+                       dtype: np.dtype | None = None) -> int:
     """Refuses a dataset that declares more bytes than its file could hold; returns its bytes.
 
     An uncompressed dataset cannot hold more than the file's size; a compressed one (gzip,
     lzf or szip, as h5py's `Dataset.compression` tells) more than `MAX_COMPRESSION_RATIO`
-    times it. `plist`: its creation property list, when already fetched.
+    times it. `plist`, `dtype`: its creation property list and NumPy dtype, when already
+    known.
     """
     dataset_id = dataset.id if isinstance(dataset, h5py.Dataset) else dataset
     shape = dataset_id.shape
-    nbytes = math.prod(shape) * dataset_id.dtype.itemsize
+    nbytes = math.prod(shape) * (dtype or dataset_id.dtype).itemsize
     if nbytes > max(file_size, 1024):  # only then does compression matter
         plist = plist or dataset_id.get_create_plist()
         compressed = any(plist.get_filter(i)[0] in _COMPRESSIONS
@@ -410,29 +412,60 @@ class CheckedFile(h5py.File):
     Attributes:
         objects: `(name, object type, address)` for every link to an object below the root
             (hard links only: the file has no other kind), in HDF5's name order; the type is
-            one of `h5py.h5o.TYPE_GROUP`, `TYPE_DATASET`, `TYPE_NAMED_DATATYPE`, or -1.
-        attributes: `{address: {attribute name: value}}` for every object: each attribute
-            it has, with the value of a single variable-length string (the bytes HDF5 would
-            read, checked by `hdf5_check`), `None` for any other kind.
+            one of `h5py.h5o.TYPE_GROUP`, `TYPE_DATASET`, `TYPE_NAMED_DATATYPE`, or -1, and
+            None for an object whose check `open_hdf5` deferred (see `header`).
     """
 
-    objects: list[tuple[bytes, int, int]]
-    attributes: dict[int, dict[bytes, bytes | None]]
+    objects: list[tuple[bytes, int | None, int]]
+    _found: dict[int, tuple[int, dict[bytes, bytes | None]]]
+    _deferred: dict[int, bytes]
+    _heap = None
+
+    def header(self, address: int) -> tuple[int, dict[bytes, bytes | None]]:
+        """`(object type, attributes)` of the object at `address`, as `check_global_heap`
+        returns them: each attribute it has, with the value of a single variable-length
+        string (the bytes HDF5 would read, checked), `None` for any other kind. An object
+        whose check was deferred is checked now, before anything of it is read.
+
+        Raises:
+            BlockFileError: its header, or the global heap its attributes point into, is
+                damaged.
+            KeyError: no listed object is at `address`.
+        """
+        found = self._found.get(address)
+        if found is None:
+            name = self._deferred[address]
+            found = self._heap.check([(address, name)])[address]
+            self._found[address] = found
+            del self._deferred[address]
+        return found
+
+    def check_all(self) -> None:
+        """Checks every object whose check was deferred (for a reader that reads any
+        object's attributes through h5py)."""
+        for address in list(self._deferred):
+            self.header(address)
 
     def text(self, address: int, name: str, path: str):
         """`text_attribute(self, name, at=path)` for the object at `address` (and `path`),
         from the listing where it holds the value: no HDF5 call."""
-        attributes = self.attributes.get(address)
-        if attributes is not None:
-            if name.encode() not in attributes:
-                return None
-            value = attributes[name.encode()]
-            if value is not None:
-                return value.decode("utf-8", "surrogateescape")
+        attributes = self.header(address)[1]
+        if name.encode() not in attributes:
+            return None
+        value = attributes[name.encode()]
+        if value is not None:
+            return value.decode("utf-8", "surrogateescape")
         return text_attribute(self, name, at=path)
 
+    def close(self) -> None:
+        if self._heap is not None:
+            self._heap.close()
+            self._heap = None
+        super().close()
 
-def open_hdf5(file: str | os.PathLike | BinaryIO, where: str) -> CheckedFile:
+
+def open_hdf5(file: str | os.PathLike | BinaryIO, where: str,
+              defer: Callable[[bytes], bool] | None = None) -> CheckedFile:
     """Opens a third-party HDF5 file for reading, checked so that reading it cannot hang and
     that nothing in it leads outside it.
 
@@ -442,11 +475,17 @@ def open_hdf5(file: str | os.PathLike | BinaryIO, where: str) -> CheckedFile:
     on every object those links reach, before any variable-length string can be read. The
     listing is kept on the file (`CheckedFile.objects`) for its reader.
 
+    `defer`: given an object's name (`b"layers/dense/vars/0"`), True where its check may
+    wait until its reader asks for it (`CheckedFile.header`): a one-block load of a large
+    file then checks the objects it reads, not every object of the file. A reader that
+    reads a deferred object's attributes through h5py first calls `header` for it, or
+    `check_all`.
+
     Raises:
         BlockFileError: the path is not a regular file, not HDF5, holds links out of
             itself, or its global heap is damaged.
     """
-    from keras_blockreuse.hdf5_check import check_global_heap
+    from keras_blockreuse.hdf5_check import GlobalHeapCheck
 
     if isinstance(file, (str, os.PathLike)):
         check_regular_file(file)
@@ -457,11 +496,19 @@ def open_hdf5(file: str | os.PathLike | BinaryIO, where: str) -> CheckedFile:
     try:
         links = list_links(opened)
         check_links(opened, where, links)
-        found = check_global_heap(
-            opened, where, None if isinstance(file, (str, os.PathLike)) else file,
-            objects=[(address, name) for name, _, address in links])
-        opened.objects = [(name, found[address][0], address) for name, _, address in links]
-        opened.attributes = {address: attributes for address, (_, attributes) in found.items()}
+        heap = GlobalHeapCheck(
+            opened, where, None if isinstance(file, (str, os.PathLike)) else file)
+        opened._heap = heap
+        opened._found = heap.check(
+            [(address, name) for name, _, address in links if defer is None or not defer(name)],
+            root=True)
+        found = opened._found
+        opened._deferred = {address: name for name, _, address in links if address not in found}
+        opened.objects = [(name, found[address][0] if address in found else None, address)
+                          for name, _, address in links]
+        if not opened._deferred:
+            heap.close()
+            opened._heap = None
     except BaseException:
         opened.close()
         raise

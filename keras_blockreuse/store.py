@@ -40,6 +40,7 @@ from keras_blockreuse.blocks import BlockRule, select
 from keras_blockreuse.errors import BlockFileError
 from keras_blockreuse.safety import check_regular_file
 from keras_blockreuse.sources.base import LayerInfo, VariableInfo, numpy_dtype
+from keras_blockreuse.sources.hdf5 import direct_descriptor, read_at
 
 FORMAT_NAME = "keras-blockreuse"
 FORMAT_VERSION = 1
@@ -317,9 +318,6 @@ def _write_dataset(group: h5py.Group, name: str, array: np.ndarray) -> h5py.h5d.
 
 
 _OWN_LAYOUTS = (h5py.h5d.CONTIGUOUS, h5py.h5d.COMPACT)
-# Contiguous values are read with one `preadv` at the offset HDF5 reports (a third of the time
-# of H5Dread for a small dataset); where there is none (Windows), through HDF5.
-_PREADV = hasattr(os, "preadv")
 
 
 def _fixed(text: str) -> np.bytes_:
@@ -461,8 +459,7 @@ class BlockFile:
             self._fileno = self._file.id.fileno
             # The descriptor HDF5 reads through, for values read directly (`_stored`); another
             # driver (HDF5_DRIVER=core, ...) has none, and its values are read through HDF5.
-            self._fd = (self._file.id.get_vfd_handle()
-                        if _PREADV and self._file.driver == "sec2" else None)
+            self._fd = direct_descriptor(self._file)
         try:
             with self._reading():
                 self._header = self._read_header()
@@ -603,22 +600,14 @@ class BlockFile:
             if not array.size:
                 pass
             elif offset is not None and self._fd is not None:  # the bytes HDF5 would copy
-                self._read_at(offset, array.reshape(-1).view(np.uint8), ds)
+                try:
+                    read_at(self._fd, offset, array.reshape(-1).view(np.uint8),
+                            lambda: _name(ds))  # noqa: B023 - called at once
+                except BlockFileError as e:
+                    raise BlockFileError(f"{self.path}: {e}") from None
             else:
                 ds.read(h5py.h5s.ALL, h5py.h5s.ALL, array)
             yield path, var, array
-
-    def _read_at(self, offset: int, out: np.ndarray, ds) -> None:
-        """Fills `out` (bytes) from the file at `offset`; one `preadv` reads at most 2 GiB on
-        Linux, so larger values take several."""
-        done = 0
-        while done < out.size:
-            got = os.preadv(self._fd, [out[done:]], offset + done)
-            if got == 0:
-                raise BlockFileError(
-                    f"{self.path}: dataset {_name(ds)!r} ends after the end of the file "
-                    "(truncated).")
-            done += got
 
     def _datasets(self, name: str, info: BlockInfo) -> list:
         """A block's datasets, opened and checked once: `(layer path, variable, dataset,

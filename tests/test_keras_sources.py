@@ -527,13 +527,96 @@ def test_the_checked_listing_holds_what_hdf5_reads(vgg_files):
         assert checked.objects == visited
         texts = 0
         for name, _, address in checked.objects:
-            attributes = checked.attributes[address]
+            attributes = checked.header(address)[1]
             assert sorted(attributes) == sorted(k.encode() for k in f[name.decode()].attrs)
             for key, value in attributes.items():
                 if value is not None:
                     texts += 1
                     assert value.decode() == text_attribute(f[name.decode()], key.decode())
         assert texts >= 16  # every layer's `name`
+
+
+def _damage_attribute(path, dataset):
+    """Gives `dataset` a text attribute, then damages its attribute message (an unknown
+    version) in the file's bytes: HDF5 still walks and opens the file, the global-heap check
+    refuses the attribute."""
+    with h5py.File(path, "a") as f:
+        f[dataset].attrs["note"] = "x"
+    data = bytearray(open(path, "rb").read())
+    at = data.index(b"note\x00")
+    assert data[at - 8] == 1  # a version 1 attribute message: version, reserved, sizes, name
+    data[at - 8] = 9
+    open(path, "wb").write(bytes(data))
+
+
+def test_a_one_block_load_checks_the_headers_of_the_variables_it_reads(tmp_path):
+    """A `.weights.h5` variable's header is checked when a load reads it: damage in another
+    block's variable does not stop a one-block load (bit-identical), and a load that reads it
+    is refused, naming the file and the damage, with no weight changed."""
+    source = dense_stack(6, name="source")
+    randomize(source, seed=3)
+    path = str(tmp_path / "m.weights.h5")
+    source.save_weights(path)
+    with h5py.File(path, "r") as f:
+        assert f["layers/dense_2/vars"].attrs["name"] == "block_3_0"
+    _damage_attribute(path, "layers/dense_2/vars/0")
+
+    target = dense_stack(6, name="target")
+    before = snapshot(target)
+    report = load_blocks(target, path, only=["block_1", "block_4"])
+    assert report.ok and report.loaded == {"block_1": "block_1", "block_4": "block_4"}
+    assert report.variables_loaded == 4
+    after = snapshot(target)
+    for key in after:
+        expected = (snapshot(source)[key]
+                    if "block_1" in key or "block_4" in key else before[key])
+        assert after[key].tobytes() == expected.tobytes(), key
+
+    for only in (["block_3"], None):
+        before = snapshot(target)
+        with pytest.raises(BlockFileError) as e:
+            load_blocks(target, path, only=only)
+        assert path in str(e.value) and "unknown version 9" in str(e.value)
+        assert "layers/dense_2/vars/0" in str(e.value)
+        assert_same(before, snapshot(target))
+
+
+def test_an_entry_of_a_vars_group_that_is_not_a_dataset_is_refused(tmp_path):
+    """Keras writes only datasets inside a `vars` group; a group there is refused when a
+    load reads its layer (it was skipped, leaving the layer a variable short)."""
+    source = dense_stack(4, name="source")
+    path = str(tmp_path / "m.weights.h5")
+    source.save_weights(path)
+    with h5py.File(path, "a") as f:
+        f.create_group("layers/dense_1/vars/2")
+    target = dense_stack(4, name="target")
+    assert load_blocks(target, path, only=["block_1"]).ok
+    before = snapshot(target)
+    with pytest.raises(BlockFileError,
+                       match=r"'/layers/dense_1/vars/2' should be a dataset .* but is not"):
+        load_blocks(target, path, only=["block_2"])
+    assert_same(before, snapshot(target))
+
+
+def test_headers_are_checked_in_the_file_hdf5_has_open_when_its_path_is_replaced(tmp_path):
+    """A variable's header is checked when it is read, in the file HDF5 has open (through
+    HDF5's own descriptor, never by opening the path again): replacing the file at its path
+    meanwhile (an atomic save) changes neither the check nor the values read."""
+    source = dense_stack(6, name="source")
+    randomize(source, seed=4)
+    path = str(tmp_path / "m.weights.h5")
+    source.save_weights(path)
+    other = dense_stack(6, name="other")
+    randomize(other, seed=5)
+    replacement = str(tmp_path / "new.weights.h5")
+    other.save_weights(replacement)
+    _damage_attribute(replacement, "layers/dense_2/vars/0")
+    with open_keras_file(path) as opened:
+        os.replace(replacement, path)
+        values = opened.read_block("block_3")
+    expected = snapshot(source)
+    assert values["block_3_0"]["0"].tobytes() == expected["block_3_0/kernel"].tobytes()
+    assert values["block_3_0"]["1"].tobytes() == expected["block_3_0/bias"].tobytes()
 
 
 # --- streaming loads from Keras files: pass 1 checks and hashes, pass 2 compares and assigns --

@@ -110,7 +110,9 @@ def sniff(path: str) -> tuple[str | None, h5py.File | None]:
         return ("keras" if _has_member(path, "config.json") else None), None
     if not h5py.is_hdf5(path):
         return None, None
-    f = open_h5(path)
+    from keras_blockreuse.sources.keras_weights import in_vars_group
+
+    f = open_h5(path, defer=in_vars_group)  # each variable checked when read: a Keras 3 file
     try:
         if attr_text(text_attribute(f, "format", "")) == "keras-blockreuse":
             kind = None
@@ -128,6 +130,12 @@ def sniff(path: str) -> tuple[str | None, h5py.File | None]:
     if kind is None:
         f.close()
         return None, None
+    if kind != "weights":
+        try:  # its reader reads attributes anywhere through h5py
+            f.check_all()
+        except BaseException:
+            f.close()
+            raise
     return kind, f
 
 

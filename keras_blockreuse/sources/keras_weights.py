@@ -36,7 +36,14 @@ from keras_blockreuse.safety import (
     text_attribute,
 )
 from keras_blockreuse.sources.base import LayerInfo, LayerSource, VariableInfo
-from keras_blockreuse.sources.hdf5 import Checked, check_dataset, dtype_of, open_h5, read_checked
+from keras_blockreuse.sources.hdf5 import (
+    Checked,
+    check_dataset,
+    direct_descriptor,
+    dtype_of,
+    open_h5,
+    read_checked,
+)
 
 # Top-level groups of a Keras weights file that hold no layer state.
 NOT_LAYERS = {"optimizer", "compile_metrics", "metrics", "loss", "_compile_metrics"}
@@ -113,6 +120,9 @@ class KerasWeightsSource(LayerSource):
         self._datasets: dict[tuple[int, str], h5py.h5d.DatasetID] = {}
         self._checked: dict[tuple[int, str], Checked] = {}
         self._addresses: list[dict[bytes, int]] | None = None
+        # Each file's descriptor for values read directly (`read_checked`): a dataset is only
+        # ever opened in its own file, since links out of a file are refused when it opens.
+        self._descriptors = [direct_descriptor(file) for file in files]
         try:
             _check_model_argument(source_model)
             for file in files:  # each dataset's storage is checked when it is read
@@ -275,18 +285,30 @@ class KerasWeightsSource(LayerSource):
                 checked = check_dataset(ds, self._sizes[index], self.description,
                                         self._marked(index, dataset_path))
                 self._checked[index, dataset_path] = checked
-            yield key, read_checked(ds, checked, scratch)
+            yield key, read_checked(ds, checked, scratch, self._descriptors[index])
 
     def _marked(self, index: int, path: str) -> bool:
         """False when the file's listing shows the dataset has no `dtype` attribute."""
+        return not _no_dtype_attribute(self._files[index], self._address(index, path))
+
+    def _address(self, index: int, path: str) -> int | None:
+        """The address of the object at `path` in a checked file, from its listing."""
         if self._addresses is None:
             self._addresses = [_addresses(file) for file in self._files]
-        return not _no_dtype_attribute(self._files[index], self._addresses[index], path)
+        return self._addresses[index].get(path.lstrip("/").encode("utf-8"))
 
     def _dataset(self, index: int, path: str) -> h5py.h5d.DatasetID:
-        """A dataset, opened once: its layer is described, then read."""
+        """A dataset, opened once: its layer is described, then read. In a checked file its
+        object header is checked first, if its check was deferred (`in_vars_group`)."""
         ds = self._datasets.get((index, path))
         if ds is None:
+            file = self._files[index]
+            if isinstance(file, CheckedFile):
+                if file.header(self._address(index, path))[0] != h5py.h5o.TYPE_DATASET:
+                    raise BlockFileError(
+                        f"{self.description}: {path!r} should be a dataset (a layer's "
+                        "variable) but is not; the file is damaged, or was not written by "
+                        "Keras.")
             # `_index` found a dataset there: open it directly, through h5py's low-level API
             # (`file[path]` also looks up what kind of object it is, three times the cost)
             ds = h5py.h5d.open(self._files[index].id, path.encode("utf-8"))
@@ -296,6 +318,7 @@ class KerasWeightsSource(LayerSource):
     def close(self) -> None:
         self._datasets = {}
         self._checked = {}
+        self._descriptors = []
         for file in getattr(self, "_files", []):
             try:
                 file.close()
@@ -311,7 +334,7 @@ def open_weights(path: str, rule=None, source_model=None,
                  file: h5py.File | None = None) -> KerasWeightsSource:
     """Opens a `.weights.h5` file (see `KerasWeightsSource`); `file`: the file already opened
     with `open_h5` (checked), which the source then owns."""
-    file = file if file is not None else open_h5(path)
+    file = file if file is not None else open_h5(path, defer=in_vars_group)
     info = {"format": "Keras weights (.weights.h5)"}
     return KerasWeightsSource([file], path, [os.path.getsize(path)], rule, source_model, info)
 
@@ -341,7 +364,7 @@ def open_sharded(path: str, rule=None, source_model=None) -> KerasWeightsSource:
             shard = os.path.join(folder, name)
             if not os.path.isfile(shard):
                 raise BlockFileError(f"{path!r} refers to shard {name!r}, which does not exist.")
-            files.append(open_h5(shard))
+            files.append(open_h5(shard, defer=in_vars_group))
             sizes.append(os.path.getsize(shard))
     except BaseException:
         for file in files:
@@ -384,18 +407,22 @@ def _index(files: list[h5py.File], where: str) -> dict[str, _Group]:
     groups: dict[str, _Group] = {}
     vars_groups: list[tuple[int, str]] = []  # (file index, structural path)
     for index, file in enumerate(files):
-        for raw, kind, _ in _objects(file):
+        for raw, kind, address in _objects(file):
             if raw.split(b"/", 1)[0].decode("utf-8", "replace") in NOT_LAYERS:
                 continue  # optimizer and metric state
             parts = _decoded(raw, where).split("/")
             if "vars" in parts[:-2]:
                 continue  # inside a `vars` group's children
+            if kind is None and parts[-1] == "vars":  # deferred (a group inside `vars`)
+                kind = file.header(address)[0]
             if parts[-1] == "vars" and kind == h5py.h5o.TYPE_GROUP and "vars" not in parts[:-1]:
                 inner = "/".join(parts[:-1])
                 if inner not in groups:
                     groups[inner] = _Group(inner, None, {})
                 vars_groups.append((index, inner))
-            elif len(parts) > 1 and parts[-2] == "vars" and kind == h5py.h5o.TYPE_DATASET:
+            elif len(parts) > 1 and parts[-2] == "vars" and kind in (h5py.h5o.TYPE_DATASET, None):
+                # a deferred object in `vars` is taken for a dataset, and confirmed one
+                # (its header checked) when it is opened
                 inner = "/".join(parts[:-2])
                 if inner in groups:  # its `vars` group came first (name order)
                     groups[inner].datasets[parts[-1]] = (index, "/" + "/".join(parts))
@@ -420,10 +447,18 @@ def _index(files: list[h5py.File], where: str) -> dict[str, _Group]:
     return groups
 
 
-def _objects(file: h5py.File) -> list[tuple[bytes, int, int]]:
+def in_vars_group(name: bytes) -> bool:
+    """Whether an object (`b"layers/dense/vars/0"`) is an entry of a `vars` group: a
+    variable of a Keras 3 weights file, whose check `open_h5` defers (`defer=`) until a load
+    reads it, so that a one-block load checks its own variables' headers, not every one."""
+    parent = name.rsplit(b"/", 2)
+    return len(parent) > 1 and parent[-2] == b"vars"
+
+
+def _objects(file: h5py.File) -> list[tuple[bytes, int | None, int]]:
     """`(name, object type, address)` of every object below the root, in name order: the
-    listing `open_h5` made while checking the file, else each object once from one HDF5
-    walk."""
+    listing `open_h5` made while checking the file (type None where its check was
+    deferred), else each object once from one HDF5 walk."""
     if isinstance(file, CheckedFile):
         return file.objects
     objects: list[tuple[bytes, int, int]] = []
@@ -439,12 +474,12 @@ def _addresses(file: h5py.File) -> dict[bytes, int]:
     return {name: address for name, _, address in file.objects}
 
 
-def _no_dtype_attribute(file: h5py.File, addresses: dict[bytes, int], path: str) -> bool:
-    """True when a checked file's listing shows that the dataset at `path` has no `dtype`
+def _no_dtype_attribute(file: h5py.File, address: int | None) -> bool:
+    """True when a checked file's listing shows that the dataset at `address` has no `dtype`
     attribute (Keras marks bfloat16 values with one), so that it need not be read."""
-    address = addresses.get(path.lstrip("/").encode("utf-8"))
-    attributes = file.attributes.get(address) if isinstance(file, CheckedFile) else None
-    return attributes is not None and b"dtype" not in attributes
+    if not isinstance(file, CheckedFile) or address is None:
+        return False
+    return b"dtype" not in file.header(address)[1]
 
 
 def _decoded(name: bytes, where: str) -> str:
