@@ -70,7 +70,14 @@ from keras_blockreuse.blocks import (
 from keras_blockreuse.errors import BlockFileError, BlockMismatchError
 from keras_blockreuse.hub import is_hub_model, is_hub_task
 from keras_blockreuse.report import LoadReport, Mismatch
-from keras_blockreuse.sources import LayerInfo, Source, VariableInfo, numpy_dtype, open_source
+from keras_blockreuse.sources import (
+    LayerInfo,
+    PathGrouping,
+    Source,
+    VariableInfo,
+    numpy_dtype,
+    open_source,
+)
 from keras_blockreuse.sources.live_model import to_numpy, unit_values_of
 from keras_blockreuse.sources.structure import (
     automatic_name,
@@ -239,10 +246,13 @@ def load_blocks(
 
 
 def _top_level_grouping(model, target_blocks: dict[str, Block], source) -> dict | None:
-    """`{block: [top-level layer names]}` for a keras-hub model whose preset groups its
-    top-level layers (`embeddings`: the token, position and segment embeddings), or a task's
-    whose blocks hold its backbone's top-level layers, so that a Keras file saved from the
-    model or its backbone is grouped the same way; None otherwise (the source's own rule).
+    """The grouping of a Keras file saved from a keras-hub model or its backbone: by the
+    model's own blocks, for a keras-hub model whose preset groups its top-level layers
+    (`embeddings`: the token, position and segment embeddings), or a task's whose blocks hold
+    its backbone's top-level layers. A `PathGrouping` listing each layer by its name, and a
+    task's backbone layers also under the backbone's name (`res_net_backbone/conv1_conv`), so
+    that the task's own file (its backbone nested) is grouped the same way as the backbone's
+    file; None otherwise (the source's own rule).
 
     A keras-hub model or preset directory as the source is grouped by its own keras-hub
     preset, which reaches inside a task's backbone: a classifier's stages pair by name with
@@ -263,7 +273,13 @@ def _top_level_grouping(model, target_blocks: dict[str, Block], source) -> dict 
     names = [layer.name for block in target_blocks.values() for layer in block.layers]
     if len(set(names)) != len(names):
         return None  # a task's layer named as one of its backbone's: the names cannot tell
-    return {name: [layer.name for layer in block.layers] for name, block in target_blocks.items()}
+    inside = ({id(layer) for layer in backbone.layers} - {id(layer) for layer in model.layers}
+              if is_hub_task(model) and isinstance(backbone, keras.Model) else set())
+    return PathGrouping({
+        name: [path for layer in block.layers
+               for path in ([layer.name, f"{backbone.name}/{layer.name}"] if id(layer) in inside
+                            else [layer.name])]
+        for name, block in target_blocks.items()}, nested=backbone.name if inside else None)
 
 
 def _source_paths(src: Source) -> Callable[[], set[str]]:

@@ -488,3 +488,56 @@ def test_a_preset_whose_weights_another_config_wrote_is_refused(tmp_path):
             load_blocks(target, str(mixed), on_mismatch=on_mismatch)
     assert all(np.array_equal(a, np.array(keras.ops.convert_to_numpy(v)))
                for a, v in zip(before, target.weights, strict=True))
+
+
+@pytest.mark.parametrize("kind", ["weights", "keras"])
+def test_a_tasks_own_keras_file_loads_into_the_same_task(tmp_path, kind):
+    """A keras-hub classifier's own `.weights.h5` / `.keras` (its backbone nested in the file)
+    into a classifier of the same config, built later in the same session (its backbone
+    named `res_net_backbone_1`): every block loads bit-identically (was: only the head, the
+    backbone reported as one unpaired block, ok=False). Into one with another number of
+    classes, exclude=["predictions"] loads the backbone and leaves the head."""
+    source = M.ImageClassifier(backbone=resnet(), num_classes=3)
+    randomize(source, seed=21)
+    path = str(tmp_path / ("c.weights.h5" if kind == "weights" else "c.keras"))
+    source.save_weights(path) if kind == "weights" else source.save(path)
+
+    same = M.ImageClassifier(backbone=resnet(), num_classes=3)
+    assert same.backbone.name != source.backbone.name  # the automatic counter
+    report = load_blocks(same, path)
+    assert report.ok, str(report)
+    assert list(report.loaded) == [*RESNET_STAGES, "predictions"]
+    assert report.variables_loaded == len(same.weights)
+    for a, b in zip(values(source.weights), values(same.weights), strict=True):
+        assert a.dtype == b.dtype and a.tobytes() == b.tobytes()
+
+    other = M.ImageClassifier(backbone=resnet(), num_classes=5)
+    randomize(other, seed=22)
+    head = values(get_blocks(other)["predictions"].variables)
+    report = load_blocks(other, path, exclude=["predictions"])
+    assert report.ok and list(report.loaded) == RESNET_STAGES, str(report)
+    for a, b in zip(values(source.backbone.weights), values(other.backbone.weights),
+                    strict=True):
+        assert a.tobytes() == b.tobytes()
+    for a, b in zip(head, values(get_blocks(other)["predictions"].variables), strict=True):
+        assert a.tobytes() == b.tobytes()
+
+
+def test_a_file_nesting_the_layers_in_another_model_is_named_as_such(tmp_path):
+    """Only a nested model named as the task's backbone (up to Keras's automatic counter) is
+    grouped as that backbone. A file nesting the backbone's layers in another model (a
+    Sequential around a functional named `features`) keeps its top-level grouping: nothing
+    loads, no weight changes, and the refusal names the nested model to load from."""
+    task = M.ImageClassifier(backbone=resnet(), num_classes=3)
+    inner = keras.Model(task.backbone.inputs, task.backbone.outputs, name="features")
+    randomize(inner, seed=23)
+    wrapper = keras.Sequential([keras.Input((32, 32, 3)), inner], name="wrapper")
+    path = str(tmp_path / "w.weights.h5")
+    wrapper.save_weights(path)
+    target = M.ImageClassifier(backbone=resnet(), num_classes=3)
+    before = values(target.weights)
+    with pytest.raises(BlockMismatchError, match=r"(?s)Nothing would be loaded.*inside "
+                       r"\['features'\] \(a nested model"):
+        load_blocks(target, path)
+    for a, b in zip(before, values(target.weights), strict=True):
+        assert a.tobytes() == b.tobytes()

@@ -54,6 +54,7 @@ Importing this package imports no Keras; the readers of Keras formats import it 
 from keras_blockreuse.sources.base import (
     LayerInfo,
     LayerSource,
+    PathGrouping,
     Source,
     VariableInfo,
     numpy_dtype,
@@ -65,6 +66,7 @@ from keras_blockreuse.sources.base import (
 __all__ = [
     "LayerInfo",
     "LayerSource",
+    "PathGrouping",
     "Source",
     "VariableInfo",
     "numpy_dtype",

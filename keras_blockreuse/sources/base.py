@@ -137,6 +137,46 @@ class Source:
         self.close()
 
 
+class PathGrouping(dict):
+    """`{block: [layer name paths]}`: the blocks of a source's layers by their full name paths
+    (`res_net_backbone/conv1_conv`), where blocks reach inside a nested model, as a keras-hub
+    task's do inside its backbone. `load_blocks` makes one from the model's own blocks for a
+    Keras file saved from the same kind of model. A layer whose path it does not list is
+    grouped under its top-level name.
+
+    `nested`: the name of the model's one nested model (a task's backbone), under which the
+    paths list its layers. A source whose nested layers all lie in one nested model whose name
+    differs from it only by Keras's automatic counter (`res_net_backbone_1` for
+    `res_net_backbone`: the same class of backbone, built second in a session) is grouped as
+    that model; another nested model keeps its top-level grouping, and the refusal then names
+    it as a nested model to load from. Its layers are paired with the model's by name or
+    Keras path either way.
+
+    Example:
+
+    ```python
+    PathGrouping({"stem": ["res_net_backbone/conv1_conv", "conv1_conv"]},
+                 nested="res_net_backbone")
+    ```
+    """
+
+    def __init__(self, blocks, nested: str | None = None):
+        super().__init__(blocks)
+        self.nested = nested
+
+    def nested_as(self, layers: Sequence[LayerInfo]) -> str | None:
+        """The source's nested model name that stands for `nested` (see the class), or None."""
+        if self.nested is None:
+            return None
+        tops = {layer.top for layer in layers if "/" in layer.path}
+        if len(tops) != 1:
+            return None
+        (top,) = tops
+        from keras_blockreuse.sources.structure import strip_counter  # imports Keras
+
+        return top if strip_counter(top) == strip_counter(self.nested) else None
+
+
 class LayerSource(Source):
     """A source made of layers with no block grouping of its own.
 
@@ -232,10 +272,20 @@ class LayerSource(Source):
         return self._groups
 
     def _group(self, layers: list[LayerInfo]) -> dict[str, tuple[LayerInfo, ...]]:
-        """The layers grouped into blocks by the rule, from their top-level names and classes."""
+        """The layers grouped into blocks by the rule, from their top-level names and classes
+        (or, for a `PathGrouping`, from their name paths)."""
+        groups: dict[str, list[LayerInfo]] = {}
+        if isinstance(self._rule, PathGrouping):
+            owners = {path: block for block, paths in self._rule.items() for path in paths}
+            nested = self._rule.nested_as(layers)
+            for layer in layers:
+                path = layer.path
+                if nested is not None and layer.top == nested and "/" in path:
+                    path = self._rule.nested + path[len(nested):]
+                groups.setdefault(owners.get(path, layer.top), []).append(layer)
+            return {name: tuple(group) for name, group in groups.items()}
         tops = list(dict.fromkeys(layer.top for layer in layers))
         rule = resolve_rule(self._rule, tops, tops)
-        groups: dict[str, list[LayerInfo]] = {}
         for layer in layers:
             block = rule(types.SimpleNamespace(name=layer.top, class_name=layer.class_name))
             groups.setdefault(block, []).append(layer)
