@@ -273,7 +273,9 @@ def _top_level_grouping(model, target_blocks: dict[str, Block], source) -> dict 
     names = [layer.name for block in target_blocks.values() for layer in block.layers]
     if len(set(names)) != len(names):
         return None  # a task's layer named as one of its backbone's: the names cannot tell
-    inside = ({id(layer) for layer in backbone.layers} - {id(layer) for layer in model.layers}
+    # (a layer a task also tracks itself, as a causal LM its token embedding, is listed both
+    # ways: a file holds it once, under the backbone)
+    inside = ({id(layer) for layer in backbone.layers}
               if is_hub_task(model) and isinstance(backbone, keras.Model) else set())
     return PathGrouping({
         name: [path for layer in block.layers

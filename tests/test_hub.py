@@ -541,3 +541,30 @@ def test_a_file_nesting_the_layers_in_another_model_is_named_as_such(tmp_path):
         load_blocks(target, path)
     for a, b in zip(before, values(target.weights), strict=True):
         assert a.tobytes() == b.tobytes()
+
+
+def bert_classifier():
+    return M.BertTextClassifier(backbone=bert(), num_classes=2, preprocessor=None)
+
+
+def gpt2_causal_lm():
+    return M.GPT2CausalLM(backbone=gpt2(), preprocessor=None)
+
+
+@pytest.mark.parametrize("build", [bert_classifier, gpt2_causal_lm], ids=["bert", "gpt2"])
+def test_a_text_tasks_own_keras_file_loads_into_the_same_task(tmp_path, build):
+    """Found by a fresh-user test: a text task's own `.weights.h5` loaded only its head. Its
+    transformer layers' sub-layers (`bert_backbone/transformer_layer_0/...`) go with their
+    layer's block, and a causal LM's token embedding (tracked by the task and its backbone,
+    saved once under the backbone) with `embeddings`: all of it loads bit-identically."""
+    source = build()
+    randomize(source, seed=31)
+    path = str(tmp_path / "t.weights.h5")
+    source.save_weights(path)
+    target = build()
+    report = load_blocks(target, path)
+    assert report.ok, str(report)
+    assert list(report.loaded) == list(get_blocks(target))
+    assert report.variables_loaded == len(target.weights)
+    for a, b in zip(values(source.weights), values(target.weights), strict=True):
+        assert a.dtype == b.dtype and a.tobytes() == b.tobytes()

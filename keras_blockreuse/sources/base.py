@@ -141,8 +141,9 @@ class PathGrouping(dict):
     """`{block: [layer name paths]}`: the blocks of a source's layers by their full name paths
     (`res_net_backbone/conv1_conv`), where blocks reach inside a nested model, as a keras-hub
     task's do inside its backbone. `load_blocks` makes one from the model's own blocks for a
-    Keras file saved from the same kind of model. A layer whose path it does not list is
-    grouped under its top-level name.
+    Keras file saved from the same kind of model. A sub-layer (`bert_backbone/
+    transformer_layer_0/self_attention`) goes with the longest path it lists over it; a layer
+    with none is grouped under its top-level name.
 
     `nested`: the name of the model's one nested model (a task's backbone), under which the
     paths list its layers. A source whose nested layers all lie in one nested model whose name
@@ -282,7 +283,11 @@ class LayerSource(Source):
                 path = layer.path
                 if nested is not None and layer.top == nested and "/" in path:
                     path = self._rule.nested + path[len(nested):]
-                groups.setdefault(owners.get(path, layer.top), []).append(layer)
+                steps = path.split("/")  # a sub-layer goes with the longest listed path over it
+                block = next((owners[p] for p in ("/".join(steps[:i])
+                                                  for i in range(len(steps), 0, -1))
+                              if p in owners), layer.top)
+                groups.setdefault(block, []).append(layer)
             return {name: tuple(group) for name, group in groups.items()}
         tops = list(dict.fromkeys(layer.top for layer in layers))
         rule = resolve_rule(self._rule, tops, tops)
