@@ -807,3 +807,88 @@ def test_a_keras_archive_that_is_not_a_zip_file_says_what_it_holds(tmp_path):
             f"bytes, starting {start!r}; a .keras archive is a zip file")
         assert "fetch or save it again" in str(e.value)
     assert_same(before, snapshot(model))
+
+
+# --- found by a fresh-user break test of the `.weights.h5` reader -------------------------------
+
+
+def _three_dense(name="m"):
+    return keras.Sequential([keras.Input((6,)), L.Dense(6, name="block_1_0"),
+                             L.Dense(6, name="block_1_1"), L.Dense(3, name="head")], name=name)
+
+
+@pytest.mark.parametrize("damage", ["byte", "h5py"])
+def test_two_layers_of_one_name_in_a_weights_file_are_refused(tmp_path, damage):
+    """One changed byte turned `block_1_1` into `block_1_0`: two groups carried one layer name,
+    and the model's `block_1_0` got the values saved for `block_1_1`, with ok=True. A file
+    naming two layers the same is refused, naming both groups, with no weight changed."""
+    source = _three_dense("source")
+    randomize(source, seed=41)
+    path = str(tmp_path / "m.weights.h5")
+    source.save_weights(path)
+    if damage == "byte":
+        data = bytearray(open(path, "rb").read())
+        assert data.count(b"block_1_1") == 1
+        data[data.index(b"block_1_1") + 8] = ord("0")
+        open(path, "wb").write(bytes(data))
+    else:
+        with h5py.File(path, "r+") as f:
+            f["layers/dense_1/vars"].attrs["name"] = "block_1_0"
+    target = _three_dense("target")
+    before = snapshot(target)
+    for only in (None, ["block_1"]):
+        with pytest.raises(BlockFileError, match=r"two layers are named 'block_1_0' \(groups "
+                           r"'layers/dense(_1)?/vars' and 'layers/dense(_1)?/vars'\)"):
+            load_blocks(target, path, only=only)
+    assert_same(before, snapshot(target))
+
+
+def test_a_variable_in_two_shards_is_refused(tmp_path):
+    """A stray copy of a layer in another listed shard won over the index's weight_map, with
+    ok=True; a variable found in two shards is refused."""
+    source = keras.Sequential([keras.Input((8,)), L.Dense(16, name="enc"),
+                               L.Dense(16, name="mid"), L.Dense(4, name="head")])
+    index = str(tmp_path / "m.weights.json")
+    source.save_weights(index, max_shard_size=0.000001)
+    weight_map = json.load(open(index))["weight_map"]
+    shards = sorted(f for f in os.listdir(tmp_path) if f.endswith(".weights.h5"))
+    first = str(tmp_path / weight_map["/layers/dense/vars"][0])
+    with h5py.File(first, "r") as fi, h5py.File(str(tmp_path / shards[-1]), "r+") as fo:
+        fi.copy("layers/dense", fo.require_group("layers"))
+        for key in fo["layers/dense/vars"]:
+            fo["layers/dense/vars"][key][...] = 7.0
+    target = keras.Sequential([keras.Input((8,)), L.Dense(16, name="enc"),
+                               L.Dense(16, name="mid"), L.Dense(4, name="head")])
+    before = snapshot(target)
+    with pytest.raises(BlockFileError, match=r"'layers/dense/vars/0' is in two shards"):
+        load_blocks(target, index, only=["enc"])
+    assert_same(before, snapshot(target))
+
+
+def test_a_layer_group_whose_type_is_damaged_is_refused(tmp_path):
+    """One byte in a layer group's header made its type unknown (HDF5 cannot open it): the
+    layer looked absent, reported "not in source" with ok=True. Now refused."""
+    model = keras.Sequential([keras.Input((8,)), L.Dense(16, name="enc"), L.Dense(4, name="head")])
+    path = str(tmp_path / "m.weights.h5")
+    model.save_weights(path)
+    with h5py.File(path, "r") as f:
+        address = h5py.h5o.get_info(f["layers/dense_1"].id).addr
+    data = bytearray(open(path, "rb").read())
+    data[address + 16] = 66  # the first message's type
+    open(path, "wb").write(bytes(data))
+    with pytest.raises(BlockFileError, match=r"'layers/dense_1' is neither a group nor a dataset"):
+        load_blocks(model, path)
+
+
+def test_a_vars_entry_linked_to_another_layers_vars_group_is_refused(tmp_path):
+    """An entry of a `vars` group that is a hard link to another layer's `vars` group (a group
+    the file's check already knows) was skipped, and the layer loaded ok=True; it is refused
+    like any entry that is not a dataset."""
+    model = keras.Sequential([keras.Input((8,)), L.Dense(16, name="enc"), L.Dense(4, name="head")])
+    path = str(tmp_path / "m.weights.h5")
+    model.save_weights(path)
+    with h5py.File(path, "r+") as f:
+        f["layers/dense_1/vars/2"] = f["layers/dense/vars"]
+    assert load_blocks(model, path, only=["enc"]).ok
+    with pytest.raises(BlockFileError, match=r"'/layers/dense_1/vars/2' should be a dataset"):
+        load_blocks(model, path, only=["head"])

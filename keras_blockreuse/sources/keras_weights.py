@@ -150,7 +150,16 @@ class KerasWeightsSource(LayerSource):
     def _set(self, infos: list[LayerInfo], var_names: dict[str, dict[str, str]]) -> None:
         """Keeps the layers without their variables (`variables=()`): a layer's datasets are
         described (shape, dtype) when its block is asked for, so a one-block load reads the
-        layout of that block only."""
+        layout of that block only. Two layers of one name path are refused: pairing by name
+        would give both model layers of that name the same values."""
+        paths: dict[str, str] = {}
+        for info in infos:
+            other = paths.setdefault(info.path, info.keras_path)
+            if other != info.keras_path:
+                raise BlockFileError(
+                    f"{self.description}: two layers are named {info.path!r} (groups "
+                    f"{other + '/vars'!r} and {info.keras_path + '/vars'!r}); Keras names each "
+                    "layer of a model once, so a name was damaged. Refusing to choose.")
         self._layer_infos = infos
         self._var_names = var_names  # keras path -> {key: variable name}
         self._described: dict[str, LayerInfo] = {}
@@ -303,12 +312,13 @@ class KerasWeightsSource(LayerSource):
         ds = self._datasets.get((index, path))
         if ds is None:
             file = self._files[index]
-            if isinstance(file, CheckedFile):
-                if file.header(self._address(index, path))[0] != h5py.h5o.TYPE_DATASET:
-                    raise BlockFileError(
-                        f"{self.description}: {path!r} should be a dataset (a layer's "
-                        "variable) but is not; the file is damaged, or was not written by "
-                        "Keras.")
+            kind = (file.header(self._address(index, path))[0]
+                    if isinstance(file, CheckedFile) else h5py.h5o.get_info(file.id, path.encode(
+                        "utf-8")).type)
+            if kind != h5py.h5o.TYPE_DATASET:
+                raise BlockFileError(
+                    f"{self.description}: {path!r} should be a dataset (a layer's variable) but "
+                    "is not; the file is damaged, or was not written by Keras.")
             # `_index` found a dataset there: open it directly, through h5py's low-level API
             # (`file[path]` also looks up what kind of object it is, three times the cost)
             ds = h5py.h5d.open(self._files[index].id, path.encode("utf-8"))
@@ -413,6 +423,10 @@ def _index(files: list[h5py.File], where: str) -> dict[str, _Group]:
             parts = _decoded(raw, where).split("/")
             if "vars" in parts[:-2]:
                 continue  # inside a `vars` group's children
+            if kind == -1:
+                raise BlockFileError(
+                    f"{where}: the object {'/'.join(parts)!r} is neither a group nor a dataset "
+                    "(its header holds no message that tells its type): the file is damaged.")
             if kind is None and parts[-1] == "vars":  # deferred (a group inside `vars`)
                 kind = file.header(address)[0]
             if parts[-1] == "vars" and kind == h5py.h5o.TYPE_GROUP and "vars" not in parts[:-1]:
@@ -420,11 +434,17 @@ def _index(files: list[h5py.File], where: str) -> dict[str, _Group]:
                 if inner not in groups:
                     groups[inner] = _Group(inner, None, {})
                 vars_groups.append((index, inner))
-            elif len(parts) > 1 and parts[-2] == "vars" and kind in (h5py.h5o.TYPE_DATASET, None):
-                # a deferred object in `vars` is taken for a dataset, and confirmed one
-                # (its header checked) when it is opened
+            elif len(parts) > 1 and parts[-2] == "vars":
+                # every entry of a `vars` group is a variable: one that is not a dataset (or a
+                # deferred one, not yet known) is refused when its layer is read (`_dataset`)
                 inner = "/".join(parts[:-2])
                 if inner in groups:  # its `vars` group came first (name order)
+                    held = groups[inner].datasets.get(parts[-1])
+                    if held is not None and held[0] != index:
+                        raise BlockFileError(
+                            f"{where}: variable {'/'.join(parts)!r} is in two shards, "
+                            f"{files[held[0]].filename!r} and {files[index].filename!r}; Keras "
+                            "writes each variable to one shard. Refusing to choose.")
                     groups[inner].datasets[parts[-1]] = (index, "/" + "/".join(parts))
     holding = [path for path, g in groups.items() if g.datasets]
     needed = {"/".join(path.split("/")[:cut]) for path in holding
