@@ -445,10 +445,16 @@ def test_a_backbones_own_keras_file_loads_whole_by_its_preset_blocks(tmp_path, b
     """Found by a fresh-user test: the `embeddings` block (token, position, segment
     embeddings and their norm) did not load from the backbone's own `.weights.h5`; the file is
     now grouped by the model's preset blocks."""
+    assert_own_file_loads_whole(build, str(tmp_path / ("b.weights.h5" if kind == "weights"
+                                                       else "b.keras")), seed=3)
+
+
+def assert_own_file_loads_whole(build, path: str, seed: int) -> None:
+    """`build()`'s own file (`.weights.h5` or `.keras`, by `path`) loads whole into another
+    `build()`: every block, every variable bit-identical."""
     source = build()
-    randomize(source, seed=3)
-    path = str(tmp_path / ("b.weights.h5" if kind == "weights" else "b.keras"))
-    source.save_weights(path) if kind == "weights" else source.save(path)
+    randomize(source, seed=seed)
+    source.save(path) if path.endswith(".keras") else source.save_weights(path)
     target = build()
     report = load_blocks(target, path)
     assert report.ok, str(report)
@@ -557,14 +563,4 @@ def test_a_text_tasks_own_keras_file_loads_into_the_same_task(tmp_path, build):
     transformer layers' sub-layers (`bert_backbone/transformer_layer_0/...`) go with their
     layer's block, and a causal LM's token embedding (tracked by the task and its backbone,
     saved once under the backbone) with `embeddings`: all of it loads bit-identically."""
-    source = build()
-    randomize(source, seed=31)
-    path = str(tmp_path / "t.weights.h5")
-    source.save_weights(path)
-    target = build()
-    report = load_blocks(target, path)
-    assert report.ok, str(report)
-    assert list(report.loaded) == list(get_blocks(target))
-    assert report.variables_loaded == len(target.weights)
-    for a, b in zip(values(source.weights), values(target.weights), strict=True):
-        assert a.dtype == b.dtype and a.tobytes() == b.tobytes()
+    assert_own_file_loads_whole(build, str(tmp_path / "t.weights.h5"), seed=31)
