@@ -246,13 +246,16 @@ def load_blocks(
 
 
 def _top_level_grouping(model, target_blocks: dict[str, Block], source) -> dict | None:
-    """The grouping of a Keras file saved from a keras-hub model or its backbone: by the
-    model's own blocks, for a keras-hub model whose preset groups its top-level layers
-    (`embeddings`: the token, position and segment embeddings), or a task's whose blocks hold
-    its backbone's top-level layers. A `PathGrouping` listing each layer by its name, and a
-    task's backbone layers also under the backbone's name (`res_net_backbone/conv1_conv`), so
-    that the task's own file (its backbone nested) is grouped the same way as the backbone's
-    file; None otherwise (the source's own rule).
+    """The grouping of a Keras file saved from a keras-hub model, its task or its backbone:
+    by the model's own blocks (`embeddings`: the token, position and segment embeddings; a
+    task's stages inside its backbone), so that such a file pairs block by block; None for
+    another model (the source's own rule).
+
+    A `PathGrouping` lists each layer by its name path in the model (Keras's saving walk:
+    `vi_t_backbone/vit_encoder/transformer_block_1`), by its name where it is a top-level layer
+    of the model or of a task's backbone, and, for a task, by its path inside the backbone (the
+    backbone's own file) and under the backbone's name (a layer the task also tracks itself,
+    as a causal LM its token embedding, which a file holds once, under the backbone).
 
     A keras-hub model or preset directory as the source is grouped by its own keras-hub
     preset, which reaches inside a task's backbone: a classifier's stages pair by name with
@@ -264,24 +267,33 @@ def _top_level_grouping(model, target_blocks: dict[str, Block], source) -> dict 
     if is_hub_model(source) or (isinstance(source, (str, os.PathLike))
                                 and os.path.isdir(source)):
         return None
-    top = {id(layer) for layer in model.layers}
+    from keras_blockreuse.sources.structure import keras_structure
+
     backbone = getattr(model, "backbone", None)
-    if is_hub_task(model) and isinstance(backbone, keras.Model):
-        top |= {id(layer) for layer in backbone.layers}  # a backbone's file into its task
-    if not all(id(layer) in top for block in target_blocks.values() for layer in block.layers):
-        return None
-    names = [layer.name for block in target_blocks.values() for layer in block.layers]
-    if len(set(names)) != len(names):
-        return None  # a task's layer named as one of its backbone's: the names cannot tell
-    # (a layer a task also tracks itself, as a causal LM its token embedding, is listed both
-    # ways: a file holds it once, under the backbone)
-    inside = ({id(layer) for layer in backbone.layers}
-              if is_hub_task(model) and isinstance(backbone, keras.Model) else set())
-    return PathGrouping({
-        name: [path for layer in block.layers
-               for path in ([layer.name, f"{backbone.name}/{layer.name}"] if id(layer) in inside
-                            else [layer.name])]
-        for name, block in target_blocks.items()}, nested=backbone.name if inside else None)
+    task = is_hub_task(model) and isinstance(backbone, keras.Model)
+    top = {id(layer) for layer in model.layers}
+    inside = {id(layer) for layer in backbone.layers} if task else set()
+    prefix = f"{backbone.name}/" if task else ""
+    paths = {id(unit.obj): unit.path for unit in keras_structure(model)}
+    grouping: dict[str, list[str]] = {}
+    owners: dict[str, str] = {}
+    for name, block in target_blocks.items():
+        entries: list[str] = []
+        for layer in block.layers:
+            path = paths.get(id(layer))
+            found = {path} if path else set()
+            if id(layer) in top | inside:
+                found.add(layer.name)
+            if id(layer) in inside:
+                found.add(prefix + layer.name)
+            if task and path and path.startswith(prefix):
+                found.add(path[len(prefix):])
+            for entry in sorted(found):
+                if owners.setdefault(entry, name) != name:
+                    return None  # one name claimed by two blocks: the names cannot tell
+                entries.append(entry)
+        grouping[name] = entries
+    return PathGrouping(grouping, nested=backbone.name if task else None)
 
 
 def _source_paths(src: Source) -> Callable[[], set[str]]:

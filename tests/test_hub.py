@@ -557,10 +557,25 @@ def gpt2_causal_lm():
     return M.GPT2CausalLM(backbone=gpt2(), preprocessor=None)
 
 
-@pytest.mark.parametrize("build", [bert_classifier, gpt2_causal_lm], ids=["bert", "gpt2"])
-def test_a_text_tasks_own_keras_file_loads_into_the_same_task(tmp_path, build):
-    """Found by a fresh-user test: a text task's own `.weights.h5` loaded only its head. Its
-    transformer layers' sub-layers (`bert_backbone/transformer_layer_0/...`) go with their
-    layer's block, and a causal LM's token embedding (tracked by the task and its backbone,
-    saved once under the backbone) with `embeddings`: all of it loads bit-identically."""
+def vit_classifier():
+    return M.ViTImageClassifier(backbone=vit(), num_classes=3, preprocessor=None)
+
+
+def detector_in_a_new_session():
+    """A RetinaNet built as in a new process: its nested backbones' automatic names are the
+    source's (`retina_net_backbone`, `res_net_backbone`), which a second build in one session
+    would number."""
+    keras.backend.clear_session()
+    return detector()
+
+
+@pytest.mark.parametrize("build", [bert_classifier, gpt2_causal_lm, vit_classifier,
+                                   detector_in_a_new_session],
+                         ids=["bert", "gpt2", "vit", "retinanet"])
+def test_a_tasks_own_weights_file_loads_whole_into_the_same_task(tmp_path, build):
+    """Found by a fresh-user test: a text task's, a ViT classifier's and a RetinaNet's own
+    `.weights.h5` loaded only their heads. Each layer is listed by its name path in the task
+    (`vi_t_backbone/vit_encoder/transformer_block_1`), its sub-layers go with it, and a causal
+    LM's token embedding (tracked by the task and its backbone, saved once under the
+    backbone) goes with `embeddings`: all of it loads bit-identically."""
     assert_own_file_loads_whole(build, str(tmp_path / "t.weights.h5"), seed=31)
