@@ -600,11 +600,8 @@ class BlockFile:
             if not array.size:
                 pass
             elif offset is not None and self._fd is not None:  # the bytes HDF5 would copy
-                try:
-                    read_at(self._fd, offset, array.reshape(-1).view(np.uint8),
-                            lambda: _name(ds))  # noqa: B023 - called at once
-                except BlockFileError as e:
-                    raise BlockFileError(f"{self.path}: {e}") from None
+                read_at(self._fd, offset, array.reshape(-1).view(np.uint8),
+                        lambda: f"{self.path}: dataset {_name(ds)!r}")  # noqa: B023 - at once
             else:
                 ds.read(h5py.h5s.ALL, h5py.h5s.ALL, array)
             yield path, var, array

@@ -184,11 +184,12 @@ def load_blocks(
         )
     target_rule = blocks if blocks is not None else getattr(model, "_block_rule", None)
     target_blocks = get_blocks(model, target_rule)
+    structure = _target_structure(model)
     if source_blocks is None and not hasattr(source, "_block_rule"):
         source_blocks = target_rule if target_rule is not None else _top_level_grouping(
-            model, target_blocks, source)
+            model, target_blocks, source, structure)
     nothing_asked = only is not None and not isinstance(only, str) and len(only) == 0
-    target_paths = _target_paths(model)
+    target_paths = _target_paths(structure)
     with open_source(source, source_blocks, **source_options) as src:
         plans, report = _plan(src, target_blocks, only, exclude, rename, target_paths)
         if any(p.unpaired_source or p.unpaired_target for p in plans) and _rebuilt(src):
@@ -245,7 +246,8 @@ def load_blocks(
     return report
 
 
-def _top_level_grouping(model, target_blocks: dict[str, Block], source) -> dict | None:
+def _top_level_grouping(model, target_blocks: dict[str, Block], source,
+                        structure: Callable[[], list]) -> dict | None:
     """The grouping of a Keras file saved from a keras-hub model, its task or its backbone:
     by the model's own blocks (`embeddings`: the token, position and segment embeddings; a
     task's stages inside its backbone), so that such a file pairs block by block; None for
@@ -259,7 +261,10 @@ def _top_level_grouping(model, target_blocks: dict[str, Block], source) -> dict 
 
     A keras-hub model or preset directory as the source is grouped by its own keras-hub
     preset, which reaches inside a task's backbone: a classifier's stages pair by name with
-    a bare backbone's, where top-level names would see one layer, the backbone."""
+    a bare backbone's, where top-level names would see one layer, the backbone.
+
+    `structure`: the model's `keras_structure`, walked (a tenth of a second for a ResNet50)
+    only where a block holds a layer nested deeper than the task's backbone."""
     if not any(cls.__module__.startswith("keras_hub.") for cls in type(model).__mro__):
         return None
     # (a folder is a keras-hub preset directory among the built-in sources; its reader is
@@ -267,14 +272,16 @@ def _top_level_grouping(model, target_blocks: dict[str, Block], source) -> dict 
     if is_hub_model(source) or (isinstance(source, (str, os.PathLike))
                                 and os.path.isdir(source)):
         return None
-    from keras_blockreuse.sources.structure import keras_structure
-
     backbone = getattr(model, "backbone", None)
     task = is_hub_task(model) and isinstance(backbone, keras.Model)
     top = {id(layer) for layer in model.layers}
     inside = {id(layer) for layer in backbone.layers} if task else set()
     prefix = f"{backbone.name}/" if task else ""
-    paths = {id(unit.obj): unit.path for unit in keras_structure(model)}
+    # (a layer of the model or of its backbone is listed by its names below, its name path
+    # being one of them: the walk is needed only for a layer nested deeper)
+    deeper = any(id(layer) not in top | inside
+                 for block in target_blocks.values() for layer in block.layers)
+    paths = {id(unit.obj): unit.path for unit in structure()} if deeper else {}
     grouping: dict[str, list[str]] = {}
     owners: dict[str, str] = {}
     for name, block in target_blocks.items():
@@ -325,15 +332,28 @@ def _rebuilt(src: Source) -> bool:
     return bool(rebuild()) if rebuild is not None else False
 
 
-def _target_paths(model) -> Callable[[], dict[int, str]]:
-    """A function giving `id(layer) -> Keras structural path` for the model, computed once."""
+def _target_structure(model) -> Callable[[], list]:
+    """A function giving the model's `keras_structure` units, walked once per load."""
+    cache: list[list] = []
+
+    def units() -> list:
+        if not cache:
+            from keras_blockreuse.sources.structure import keras_structure
+
+            cache.append(list(keras_structure(model)))
+        return cache[0]
+
+    return units
+
+
+def _target_paths(structure: Callable[[], list]) -> Callable[[], dict[int, str]]:
+    """A function giving `id(layer) -> Keras structural path` for the model (`structure`:
+    its `_target_structure`), computed once."""
     cache: list[dict[int, str]] = []
 
     def paths() -> dict[int, str]:
         if not cache:
-            from keras_blockreuse.sources.structure import keras_structure
-
-            cache.append({id(u.obj): u.keras_path for u in keras_structure(model)})
+            cache.append({id(u.obj): u.keras_path for u in structure()})
         return cache[0]
 
     return paths

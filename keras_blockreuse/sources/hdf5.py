@@ -99,7 +99,8 @@ def read_checked(ds: h5py.Dataset | h5py.h5d.DatasetID, checked: Checked,
         pass
     elif descriptor is not None and checked.offset is not None:
         read_at(descriptor, checked.offset, array.reshape(-1).view(np.uint8),
-                lambda: _name_of(dataset_id))
+                lambda: f"{h5py.h5f.get_name(dataset_id).decode('utf-8', 'replace')}: "
+                        f"dataset {_name_of(dataset_id)!r}")
     else:  # the whole dataset into memory of its own shape: `read_direct`, in one call
         dataset_id.read(h5py.h5s.ALL, h5py.h5s.ALL, array)
     return array
@@ -114,11 +115,11 @@ def direct_descriptor(file: h5py.File) -> int | None:
     return file.id.get_vfd_handle() if _PREADV and file.driver == "sec2" else None
 
 
-def read_at(descriptor: int, offset: int, out: np.ndarray, name) -> None:
+def read_at(descriptor: int, offset: int, out: np.ndarray, what) -> None:
     """Fills `out` (a writable uint8 array) from the file at `offset`.
 
     One `preadv` reads at most 2 GiB on Linux, so larger values take several calls.
-    `name`: a function giving the dataset's name, for the error.
+    `what`: a function naming the file and the dataset, for the error (called only then).
 
     Raises:
         BlockFileError: the file ends before `out` is filled (truncated).
@@ -128,8 +129,8 @@ def read_at(descriptor: int, offset: int, out: np.ndarray, name) -> None:
         got = os.preadv(descriptor, [out[done:]], offset + done)
         if got == 0:
             raise BlockFileError(
-                f"dataset {name()!r} ends after the end of its file ({offset + out.size} "
-                "bytes needed): the file is truncated.")
+                f"{what()} ends after the end of the file ({offset + out.size} bytes "
+                "needed): the file is truncated.")
         done += got
 
 
