@@ -31,7 +31,10 @@ Each block takes the first of these that pairs all of its model layers. Automati
 (`dense_1`) and a list's keys in a Keras path (`items/dense_1`) follow creation order and
 position, so they are weak: where they disagree the layers are refused, and where the model
 and the source hold another number of blocks of one class with automatic names, those blocks
-are refused until the user names them (`only=` without a glob, `rename=`). What no source can
+are refused until the user names them (`only=` without a glob, `rename=`). A top-level name
+that one side also holds inside a nested model, at more places than the other side, is refused
+where the nested model's layers match the other side's top level as well as the two top levels
+match (a backbone's file into its task, its layer named like the task's head). What no source can
 check (same-class sub-layers of a custom layer paired by automatic names or order alone) is
 said in `report.caveats` and a warning. Pairs not by name are
 checked for class (the source's class, or a subclass of it) and for every variable's shape
@@ -120,6 +123,8 @@ class _BlockPlan:
     # model layer -> (source layer, where each side places it): automatic names that pair
     # them, contradicted by their places in Keras's saving walk or in computation order
     contradicted: dict[str, tuple[str, str]] = dataclasses.field(default_factory=dict)
+    # model layer -> why its name cannot tell which source layer it is (`_ambiguous_names`)
+    ambiguous: dict[str, str] = dataclasses.field(default_factory=dict)
     caveat: str = ""  # same-class layers paired by automatic names alone (see LoadReport)
 
 
@@ -190,10 +195,12 @@ def load_blocks(
             model, target_blocks, source, structure)
     nothing_asked = only is not None and not isinstance(only, str) and len(only) == 0
     target_paths = _target_paths(structure)
+    places = _TargetPlaces(model)
     with open_source(source, source_blocks, **source_options) as src:
-        plans, report = _plan(src, target_blocks, only, exclude, rename, target_paths)
+        plans, report = _plan(src, target_blocks, only, exclude, rename, target_paths, places)
         if any(p.unpaired_source or p.unpaired_target for p in plans) and _rebuilt(src):
-            plans, report = _plan(src, target_blocks, only, exclude, rename, target_paths)
+            plans, report = _plan(src, target_blocks, only, exclude, rename, target_paths,
+                                  places)
         _validate(plans, report, on_mismatch, src)
         if not nothing_asked:
             _refuse_empty(plans, report, src, model, target_blocks, target_paths)
@@ -346,6 +353,50 @@ def _target_structure(model) -> Callable[[], list]:
     return units
 
 
+class _TargetPlaces:
+    """The model's layers by name, at any depth (`predictions`, `backbone/predictions`): a
+    count of each name (one fast walk), and their name paths, walked only when asked."""
+
+    def __init__(self, model):
+        self._model = model
+        self._counts: dict[str, int] | None = None
+        self._places: dict[str, list[tuple[str, Any]]] | None = None
+
+    def count(self, name: str) -> int:
+        """How many layers of the model, at any depth, have this name."""
+        if self._counts is None:
+            self._counts = {}
+            for layer in self._model._flatten_layers(include_self=False):
+                self._counts[layer.name] = self._counts.get(layer.name, 0) + 1
+        return self._counts.get(name, 0)
+
+    def places(self) -> dict[str, list[tuple[str, Any]]]:
+        """`{layer name: [(its name path in the model, the layer)]}`."""
+        if self._places is None:
+            self._places = {}
+            for path, unit in iter_units(self._model):
+                if unit is not self._model:
+                    within = path.split("/", 1)[1]
+                    self._places.setdefault(within.rsplit("/", 1)[-1], []).append(
+                        (within, unit))
+        return self._places
+
+
+def _source_places(src: Source) -> Callable[[], dict[str, list[str]]]:
+    """`_TargetPlaces.places` for the source: `{layer name: [its name paths]}`, every block."""
+    cache: list[dict[str, list[str]]] = []
+
+    def places() -> dict[str, list[str]]:
+        if not cache:
+            found: dict[str, list[str]] = {}
+            for path in src.layer_paths():
+                found.setdefault(path.rsplit("/", 1)[-1], []).append(path)
+            cache.append(found)
+        return cache[0]
+
+    return places
+
+
 def _target_paths(structure: Callable[[], list]) -> Callable[[], dict[int, str]]:
     """A function giving `id(layer) -> Keras structural path` for the model (`structure`:
     its `_target_structure`), computed once."""
@@ -369,6 +420,7 @@ def _plan(
     exclude,
     rename,
     target_paths: Callable[[], dict[int, str]],
+    target_places: _TargetPlaces,
 ) -> tuple[list[_BlockPlan], LoadReport]:
     source_names = src.block_names()
     target_names = list(target_blocks)
@@ -418,9 +470,13 @@ def _plan(
         report.unpaired = (list(report.missing),
                            [s for s in selected if mapped[s] not in target_blocks])
     source_paths = _source_paths(src)
+    source_places = _source_places(src)
     plans = [_pair_block(targets[t], src.block_layers(targets[t]), t, target_blocks[t],
                          target_paths, source_paths)
              for t in target_names if t in targets]
+    source_only_blocks = not set(source_names) <= set(target_names)
+    for plan in plans:
+        _unpair_ambiguous(plan, target_places, source_places, source_only_blocks)
     _contradicted_by_order(plans)
     for plan in plans:
         t = plan.target
@@ -433,6 +489,10 @@ def _plan(
         if plan.caveat:
             report.caveats.append(plan.caveat)
         for path in plan.unpaired_target:
+            if path in plan.ambiguous:
+                report.mismatched.append(Mismatch(t, path, "*", plan.ambiguous[path],
+                                                  "present", "present"))
+                continue
             if path in plan.contradicted:
                 name, places = plan.contradicted[path]
                 report.mismatched.append(Mismatch(
@@ -443,6 +503,8 @@ def _plan(
             report.mismatched.append(
                 Mismatch(t, path, "*", "no source layer pairs with it", "-", "present"))
         for path in plan.unpaired_source:
+            if path in plan.ambiguous:  # the same name on both sides: said above
+                continue
             report.mismatched.append(
                 Mismatch(t, path, "*", "no model layer pairs with it", "present", "-"))
     if report.caveats:
@@ -578,6 +640,90 @@ def _pair_block(
         unpaired_target=[path for path, _, _ in units
                          if path not in {p for (p, _, _), _ in pairs}],
     )
+
+
+def _unpair_ambiguous(plan: _BlockPlan,
+                      target_places: _TargetPlaces,
+                      source_places: Callable[[], dict[str, list[str]]],
+                      source_only_blocks: bool) -> None:
+    """Unpairs top-level layers that their name pairs where one side holds that name at more
+    places than the other, inside a nested model whose layers match the other side's top
+    level at least as well as the two top levels match: the name cannot tell which level the
+    other side's layer is from. A file saved from a task's backbone into the task (its head
+    and a backbone layer both `predictions`) and the task's file into its bare backbone look
+    so; a task's file into a task whose backbone lacks that layer does not (the top levels,
+    both holding a `backbone` and `predictions`, match better).
+
+    `source_only_blocks`: the source has blocks the model lacks. Where it has none and the
+    model holds the name once, the source's top level is read as the model's, and the
+    source's layout (every block's, for a block file) is not read for this.
+    """
+    for layer in plan.layers:
+        path = layer.target_path
+        if "/" in path or layer.source.path != path:
+            continue
+        count = target_places.count(path)
+        if count == 1 and not source_only_blocks:
+            continue
+        theirs = sorted(source_places().get(path, []))
+        if count == len(theirs) == 1:  # the pair itself
+            continue
+        mine = sorted(place for place, unit in target_places.places().get(path, [])
+                      if _has_variables(unit))
+        if len(mine) == len(theirs):
+            continue
+        model_paths = [p for entries in target_places.places().values() for p, _ in entries]
+        source_paths = [p for entries in source_places().values() for p in entries]
+        if len(mine) > len(theirs):
+            nested = _nested_at_its_level(path, model_paths, source_paths)
+            if nested is None:
+                continue
+            why = (f"the model holds layers named {path!r} at {len(mine)} places {mine} and "
+                   f"the source at {len(theirs)} {theirs}, so the name cannot tell which of "
+                   "the model's the source's is: the source may be a file of the nested model "
+                   f"{nested!r}. If it is, load into that model: "
+                   f"`load_blocks(model.get_layer({nested!r}), source)`")
+        else:
+            nested = _nested_at_its_level(path, source_paths, model_paths)
+            if nested is None:
+                continue
+            why = (f"the source holds layers named {path!r} at {len(theirs)} places {theirs} "
+                   f"and the model at {len(mine)} {mine}, so the name cannot tell which of the "
+                   "source's the model's is: the source may be a file of a model that nests "
+                   f"this one as {nested!r}. If it is, build a model like the source's, "
+                   "load the source into it and load from its nested model: "
+                   f"`load_blocks(model, built.get_layer({nested!r}))` (of a keras-hub "
+                   "task: `built.backbone`)")
+        plan.ambiguous[path] = f"its name pairs it with source layer {path!r}, but {why}"
+    if plan.ambiguous:
+        gone = [layer for layer in plan.layers if layer.target_path in plan.ambiguous]
+        plan.layers = [layer for layer in plan.layers if layer.target_path not in plan.ambiguous]
+        plan.unpaired_target += [layer.target_path for layer in gone]
+        plan.unpaired_source += [layer.source.path for layer in gone]
+
+
+def _nested_at_its_level(name: str, more: list[str], fewer: list[str]) -> str | None:
+    """The nested model (first step of a path) of the side holding `name` at more places,
+    `more`, whose layers' names match the other side's top-level names at least as well as
+    the two sides' top-level names match (up to Keras's automatic counter); None if none."""
+    def tops(paths) -> set[str]:
+        return {strip_counter(p.split("/", 1)[0]) for p in paths}
+
+    theirs = tops(fewer)
+    level = len(tops(more) & theirs)
+    for nested in sorted({p.split("/", 1)[0] for p in more if p.endswith("/" + name)}):
+        inside = tops(p.split("/", 1)[1] for p in more if p.startswith(nested + "/"))
+        if len(inside & theirs) >= level:
+            return nested
+    return None
+
+
+def _has_variables(layer) -> bool:
+    """True when the layer has variables of its own (not only its sub-layers'), as a Keras
+    file holds a layer."""
+    values: dict = {}
+    layer.save_own_variables(values)
+    return bool(values)
 
 
 def _contradicted(pairs, block: Block, target_paths: Callable[[], dict[int, str]],
@@ -922,6 +1068,9 @@ def _unpaired_table(plan: _BlockPlan, src: Source) -> str:
         left = plan.unpaired_source[i] if i < len(plan.unpaired_source) else "-"
         right = plan.unpaired_target[i] if i < len(plan.unpaired_target) else "-"
         rows.append(f"{left:<{width}}{right}")
+    if plan.ambiguous and set(plan.ambiguous) >= set(plan.unpaired_target):
+        return (f"Block {plan.target!r}: its layers' names pair them, but one side holds "
+                "those names at more places (above): nothing is loaded into it.\n")
     if plan.contradicted and set(plan.contradicted) >= set(plan.unpaired_target):
         # The names pair them; their places say otherwise (see the reasons above).
         return (f"Block {plan.target!r}: its layers' automatic names pair them, but their "

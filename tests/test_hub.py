@@ -579,3 +579,118 @@ def test_a_tasks_own_weights_file_loads_whole_into_the_same_task(tmp_path, build
     LM's token embedding (tracked by the task and its backbone, saved once under the
     backbone) goes with `embeddings`: all of it loads bit-identically."""
     assert_own_file_loads_whole(build, str(tmp_path / "t.weights.h5"), seed=31)
+
+
+def backbone_with_a_layer_named_like_the_head():
+    """A user's keras-hub `Backbone` with a layer named like its task's head."""
+    inputs = keras.Input((4, 4, 8))
+    x = keras.layers.Dense(3, name="predictions")(inputs)
+    x = keras.layers.Dense(8, name="proj")(x)
+    return M.Backbone(inputs=inputs, outputs=x)
+
+
+def task_around(backbone):
+    return M.ImageClassifier(backbone=backbone, num_classes=3, preprocessor=None)
+
+
+def keras_base_with_a_layer_named_like_the_head():
+    """The same in plain Keras: a functional base nested in a transfer model whose head has
+    the name of one of the base's layers (as Keras 2 users built them)."""
+    inputs = keras.Input((4, 4, 8))
+    x = keras.layers.Dense(3, name="predictions")(inputs)
+    x = keras.layers.Dense(8, name="proj")(x)
+    return keras.Model(inputs, x, name="base")
+
+
+def keras_model_around(base):
+    inputs = keras.Input((4, 4, 8))
+    x = keras.layers.Flatten()(base(inputs))
+    return keras.Model(inputs, keras.layers.Dense(3, name="predictions")(x))
+
+
+def save_as(model, path: str) -> None:
+    if path.endswith(".blocks.h5"):
+        save_blocks(model, path)
+    elif path.endswith(".keras"):
+        model.save(path)
+    else:
+        model.save_weights(path)
+
+
+@pytest.mark.parametrize("kind", [".weights.h5", ".keras", ".blocks.h5"])
+@pytest.mark.parametrize("inner, outer", [
+    (backbone_with_a_layer_named_like_the_head, task_around),
+    (keras_base_with_a_layer_named_like_the_head, keras_model_around),
+], ids=["keras_hub", "keras"])
+def test_a_name_held_at_more_places_on_one_side_pairs_nothing(tmp_path, kind, inner, outer):
+    """Found by a fresh-user test: a backbone with a layer named like its task's head
+    (`predictions`). The backbone's own file into the task put that layer's values into the
+    head, and the task's file into a bare backbone put the head's values into the backbone's
+    layer, both with ok=True. One side holds the name at two places, the other at one, so the
+    name cannot tell which layer is which: both are refused, with or without only=, and change
+    no weight; the loads the refusals offer work, bit-identically."""
+    source = outer(inner())
+    randomize(source, seed=41)
+    nested = next(layer for layer in source.layers if isinstance(layer, keras.Model))
+    inner_path, outer_path = str(tmp_path / f"inner{kind}"), str(tmp_path / f"outer{kind}")
+    save_as(nested, inner_path)
+    save_as(source, outer_path)
+
+    target = outer(inner())
+    before = values(target.weights)
+    for only in (["predictions"], None):
+        with pytest.raises(BlockMismatchError, match=(
+                r"the model holds layers named 'predictions' at 2 places \['\w+/predictions', "
+                r"'predictions'\] and the source at 1 \['predictions'\]")) as raised:
+            load_blocks(target, inner_path, only=only)
+        for a, b in zip(before, values(target.weights), strict=True):
+            assert a.tobytes() == b.tobytes()
+    offered = re.search(r"`load_blocks\(model\.get_layer\('(\w+)'\), source\)`",
+                        str(raised.value))
+    assert offered, str(raised.value)
+    report = load_blocks(target.get_layer(offered.group(1)), inner_path)
+    assert report.ok, str(report)
+    for a, b in zip(values(nested.weights), values(target.get_layer(offered.group(1)).weights),
+                    strict=True):
+        assert a.tobytes() == b.tobytes()
+
+    bare = inner()
+    before = values(bare.weights)
+    for only in (["predictions"], None):
+        with pytest.raises(BlockMismatchError, match=(
+                r"the source holds layers named 'predictions' at 2 places \['\w+/predictions', "
+                r"'predictions'\] and the model at 1 \['predictions'\]")):
+            load_blocks(bare, outer_path, only=only)
+        for a, b in zip(before, values(bare.weights), strict=True):
+            assert a.tobytes() == b.tobytes()
+    built = outer(inner())
+    built_nested = next(layer for layer in built.layers if isinstance(layer, keras.Model))
+    # (a block file keeps its blocks: the nested model's, named by Keras's automatic counter
+    # in another build, is paired by rename=)
+    rename = ({nested.name: built_nested.name}
+              if kind == ".blocks.h5" and nested.name != built_nested.name else None)
+    assert load_blocks(built, outer_path, rename=rename).ok
+    report = load_blocks(bare, built_nested)
+    assert report.ok, str(report)
+    for a, b in zip(values(nested.weights), values(bare.weights), strict=True):
+        assert a.tobytes() == b.tobytes()
+
+
+@pytest.mark.parametrize("kind", [".weights.h5", ".keras", ".blocks.h5"])
+def test_a_head_named_like_a_layer_of_the_sources_backbone_still_pairs_head_to_head(
+        tmp_path, kind):
+    """The same name at two places in the source (its head and its backbone's layer) and at
+    one in the model (a task whose backbone lacks that layer) is not ambiguous: both top
+    levels hold a backbone and a head, so the head loads into the head, bit-identically."""
+    source = task_around(backbone_with_a_layer_named_like_the_head())
+    randomize(source, seed=43)
+    path = str(tmp_path / f"task{kind}")
+    save_as(source, path)
+    inputs = keras.Input((4, 4, 8))
+    other = task_around(M.Backbone(inputs=inputs,
+                                   outputs=keras.layers.Dense(8, name="proj")(inputs)))
+    report = load_blocks(other, path, only=["predictions"])
+    assert report.ok and list(report.loaded) == ["predictions"], str(report)
+    for a, b in zip(values(get_blocks(source)["predictions"].variables),
+                    values(get_blocks(other)["predictions"].variables), strict=True):
+        assert a.tobytes() == b.tobytes()

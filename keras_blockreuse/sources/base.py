@@ -127,6 +127,11 @@ class Source:
         """One block's values as `{layer path: {key: array}}`, verified where possible."""
         raise NotImplementedError
 
+    def layer_paths(self) -> list[str]:
+        """The name path of every layer of every block (`backbone/predictions`); a reader
+        whose `block_layers` reads each layer's variables lists them without reading."""
+        return [layer.path for name in self.block_names() for layer in self.block_layers(name)]
+
     def close(self) -> None:
         pass
 

@@ -282,6 +282,9 @@ class KerasWeightsSource(LayerSource):
     def block_layers(self, name: str) -> tuple[LayerInfo, ...]:
         return tuple(self._describe(layer) for layer in self._grouped()[name])
 
+    def layer_paths(self) -> list[str]:
+        return [layer.path for layer in self._layer_infos]  # no variable described
+
     def read_layer(self, layer: LayerInfo) -> dict[str, np.ndarray]:
         return dict(self.iter_layer(layer))
 
