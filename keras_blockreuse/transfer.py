@@ -20,7 +20,8 @@ two passes (a live model, a keras-hub preset) read and hold every selected value
 
 Pairing: a model layer takes a source layer's values only when the pairing is justified —
 
-1. `name`: the same name path (`block_1_0`, `features/conv`);
+1. `name`: the same name path (`block_1_0`, `features/conv`), or, where every source layer of
+   the block sits at one prefix, the same path below it, one to one;
 2. `path`: the same structural path in Keras's own saving walk (`layers/conv2d_1`), known for
    Keras weights files and `.keras` archives (`sources.structure`);
 3. `order`: the same position in computation order, where the source knows its order (block
@@ -585,6 +586,8 @@ def _pair_block(
     """Pairs a block's model layers with source layers: by name, else Keras path, else order."""
     units = list(unit_values_of(block))
     by_name = {layer.path: layer for layer in source_layers}
+    if not all(path in by_name for path, _, _ in units):
+        by_name = _below_one_prefix(units, source_layers) or by_name
     pairs = None
     pairing = "name"
     contradicted: dict[str, tuple[str, str]] = {}
@@ -724,6 +727,23 @@ def _has_variables(layer) -> bool:
     values: dict = {}
     layer.save_own_variables(values)
     return bool(values)
+
+
+def _below_one_prefix(units, source_layers: Sequence[LayerInfo]) -> dict[str, LayerInfo]:
+    """`{model layer path: source layer}` where every source layer's name path is one prefix
+    followed by a model layer's path, one to one (`vit_encoder/transformer_block_1/ln_1` for
+    `transformer_block_1/ln_1`: a block grouped by a keras-hub task's block layers from its
+    backbone's own file, where they sit inside the backbone's encoder); else `{}`."""
+    if not units or len(units) != len(source_layers):
+        return {}
+    by_path = {layer.path: layer for layer in source_layers}
+    first = source_layers[0].path
+    fits = [prefix for prefix in {first[:len(first) - len(path)] for path, _, _ in units
+                                  if first.endswith("/" + path)}
+            if set(by_path) == {prefix + path for path, _, _ in units}]
+    if len(fits) != 1:
+        return {}
+    return {path: by_path[fits[0] + path] for path, _, _ in units}
 
 
 def _contradicted(pairs, block: Block, target_paths: Callable[[], dict[int, str]],
@@ -1249,15 +1269,13 @@ def _nested_source_hint(src: Source, nested: list[str], source_blocks: list[str]
     whole = name in source_blocks and all(
         layer.path.startswith(name + "/") for layer in src.block_layers(name))
     if len(nested) == 1 and top_level and model_tops <= inside and (whole or not own_blocks):
-        # One block on each side: the nested model's layers pair by computation order,
-        # which a Keras weights file knows only from the model that wrote it.
+        # One block on each side: the nested model's layers pair by their names inside it
+        # (`_below_one_prefix`).
         options = [f"blocks={{{name!r}: ['*']}}"]
         if not own_blocks:
             options.append(f"source_blocks={{{name!r}: [{name!r}]}}")
-        if kind.startswith(("Keras weights", "Keras sharded")):
-            options.append("source_model=<the model that wrote the file>")
-        remedies.append("load it as one block, its layers paired by computation order: "
-                        f"`load_blocks(model, source, {', '.join(options)})`")
+        remedies.append(f"load it as one block, its layers paired by their names inside "
+                        f"{name!r}: `load_blocks(model, source, {', '.join(options)})`")
     if kind == "keras-hub preset directory" and is_hub_model(model):
         remedies.append("pass neither blocks= nor source_blocks=: a keras-hub preset directory "
                         "is then grouped by its keras-hub preset, inside its backbone, and its "

@@ -428,7 +428,7 @@ def test_classifier_file_into_its_bare_backbone_explains_how(tmp_path):
     # What the hint offers, as typed (a block file keeps its blocks: no source_blocks=).
     assert "`load_blocks(model, source, blocks={'features': ['*']})`" in str(refused.value)
     report = load_blocks(bare, path, blocks={"features": ["*"]})
-    assert report.ok and report.pairing == {"features": "order"}
+    assert report.ok and report.pairing == {"features": "name"}  # below `features/`
     for a, b in zip(classifier.get_layer("features").weights, bare.weights, strict=True):
         assert np.array_equal(np.asarray(a), np.asarray(b))
     bare_path = str(tmp_path / "bare.blocks.h5")
