@@ -285,6 +285,9 @@ def _top_level_grouping(model, target_blocks: dict[str, Block], source,
     top = {id(layer) for layer in model.layers}
     inside = {id(layer) for layer in backbone.layers} if task else set()
     prefix = f"{backbone.name}/" if task else ""
+    # (a bare backbone's layers are listed under its own name too: a task's file holds them
+    # there, inside the task's backbone)
+    outer = "" if task else f"{model.name}/"
     # (a layer of the model or of its backbone is listed by its names below, its name path
     # being one of them: the walk is needed only for a layer nested deeper)
     deeper = any(id(layer) not in top | inside
@@ -303,12 +306,14 @@ def _top_level_grouping(model, target_blocks: dict[str, Block], source,
                 found.add(prefix + layer.name)
             if task and path and path.startswith(prefix):
                 found.add(path[len(prefix):])
+            if outer:
+                found.update(outer + entry for entry in list(found))
             for entry in sorted(found):
                 if owners.setdefault(entry, name) != name:
                     return None  # one name claimed by two blocks: the names cannot tell
                 entries.append(entry)
         grouping[name] = entries
-    return PathGrouping(grouping, nested=backbone.name if task else None)
+    return PathGrouping(grouping, nested=backbone.name if task else model.name)
 
 
 def _source_paths(src: Source) -> Callable[[], set[str]]:
@@ -657,16 +662,17 @@ def _unpair_ambiguous(plan: _BlockPlan,
     so; a task's file into a task whose backbone lacks that layer does not (the top levels,
     both holding a `backbone` and `predictions`, match better).
 
-    `source_only_blocks`: the source has blocks the model lacks. Where it has none and the
-    model holds the name once, the source's top level is read as the model's, and the
-    source's layout (every block's, for a block file) is not read for this.
+    `source_only_blocks`: the source has blocks the model lacks. Where it has none, the
+    block's source layers all pair and the model holds the name once, the source's top level
+    is read as the model's, and the source's layout (every block's, for a block file) is not
+    read for this.
     """
     for layer in plan.layers:
         path = layer.target_path
         if "/" in path or layer.source.path != path:
             continue
         count = target_places.count(path)
-        if count == 1 and not source_only_blocks:
+        if count == 1 and not source_only_blocks and not plan.unpaired_source:
             continue
         theirs = sorted(source_places().get(path, []))
         if count == len(theirs) == 1:  # the pair itself

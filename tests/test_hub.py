@@ -311,23 +311,44 @@ def _offered_load(message: str, source_model) -> dict:
             for kw in call.body[0].value.keywords}
 
 
-@pytest.mark.parametrize("kind", ["preset", "keras", "weights", "live"])
+@pytest.mark.parametrize("kind", [".keras", ".weights.h5"])
+@pytest.mark.parametrize("build, task", [(resnet, lambda b: M.ImageClassifier(b, num_classes=3)),
+                                         (vit, lambda b: M.ViTImageClassifier(
+                                             b, num_classes=3, preprocessor=None))],
+                         ids=["resnet", "vit"])
+def test_a_classifiers_own_file_loads_into_its_bare_backbone(tmp_path, kind, build, task):
+    """A keras-hub classifier's own `.keras` / `.weights.h5` into a bare backbone of its
+    backbone's config (was refused with a remedy): the file's nested backbone, named as the
+    model up to Keras's automatic counter, is grouped by the model's blocks, whose layers
+    pair by their names inside it. Every backbone variable loads bit-identically, and the
+    head is reported as in the source only."""
+    classifier = task(build())
+    randomize(classifier, seed=13)
+    path = str(tmp_path / f"classifier{kind}")
+    save_as(classifier, path)
+    backbone = build()
+    report = load_blocks(backbone, path)
+    assert report.ok, str(report)
+    assert list(report.loaded) == list(get_blocks(backbone))
+    assert report.unexpected == ["predictions"]
+    assert report.variables_loaded == len(backbone.weights)
+    for a, b in zip(values(classifier.backbone.weights), values(backbone.weights), strict=True):
+        assert a.dtype == b.dtype and a.tobytes() == b.tobytes()
+
+
+@pytest.mark.parametrize("kind", ["preset", "live"])
 def test_a_classifier_into_its_bare_backbone_is_offered_a_load_that_works(tmp_path, kind):
-    """The refusal's remedy, applied as typed, loads every backbone variable exactly. Grouped
-    on purpose by another rule (`source_blocks=`), a preset directory or live keras-hub model
-    is refused too, and offered the same remedy."""
+    """A preset directory or live keras-hub classifier grouped on purpose by another rule
+    (`source_blocks=`) into its bare backbone is refused; the refusal's remedy, applied as
+    typed, loads every backbone variable exactly."""
     classifier = M.ImageClassifier(backbone=resnet(), num_classes=3)
     randomize(classifier, seed=11)
     source, options = {
         "preset": (str(tmp_path / "classifier"), {"source_blocks": {"head": ["predictions"]}}),
-        "keras": (str(tmp_path / "classifier.keras"), {}),
-        "weights": (str(tmp_path / "classifier.weights.h5"), {}),
         "live": (classifier, {"source_blocks": {"head": ["predictions"]}}),
     }[kind]
     if kind == "preset":
         classifier.save_to_preset(source)
-    elif kind != "live":
-        classifier.save(source) if kind == "keras" else classifier.save_weights(source)
     backbone = resnet()
     randomize(backbone, seed=12)
     before = values(backbone.weights)
