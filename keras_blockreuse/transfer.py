@@ -53,6 +53,7 @@ print(report)
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import time
 import warnings
@@ -361,20 +362,26 @@ def _target_structure(model) -> Callable[[], list]:
 
 class _TargetPlaces:
     """The model's layers by name, at any depth (`predictions`, `backbone/predictions`): a
-    count of each name (one fast walk), and their name paths, walked only when asked."""
+    count of each name and of each automatic name's family (`dense` for `dense_3`; one fast
+    walk), and their name paths, walked only when asked."""
 
     def __init__(self, model):
         self._model = model
         self._counts: dict[str, int] | None = None
+        self._families: dict[str, int] | None = None
         self._places: dict[str, list[tuple[str, Any]]] | None = None
 
-    def count(self, name: str) -> int:
-        """How many layers of the model, at any depth, have this name."""
+    def count(self, name: str, family: bool = False) -> int:
+        """How many layers of the model, at any depth, have this name (with `family`: a name
+        of this name's family, `dense`, `dense_1`, ...)."""
         if self._counts is None:
-            self._counts = {}
+            self._counts, self._families = {}, {}
             for layer in self._model._flatten_layers(include_self=False):
+                stem = strip_counter(layer.name)
                 self._counts[layer.name] = self._counts.get(layer.name, 0) + 1
-        return self._counts.get(name, 0)
+                self._families[stem] = self._families.get(stem, 0) + 1
+        counts = self._families if family else self._counts
+        return counts.get(strip_counter(name) if family else name, 0)
 
     def places(self) -> dict[str, list[tuple[str, Any]]]:
         """`{layer name: [(its name path in the model, the layer)]}`."""
@@ -671,37 +678,45 @@ def _unpair_ambiguous(plan: _BlockPlan,
         path = layer.target_path
         if "/" in path or layer.source.path != path:
             continue
-        count = target_places.count(path)
+        # An automatic name (`dense_2`) shifts with what was built before it: its family
+        # (`dense`, `dense_1`, ...) is counted, as the layer may be another of the family.
+        family = automatic_name(path, layer.unit)
+        count = target_places.count(path, family)
         if count == 1 and not source_only_blocks and not plan.unpaired_source:
             continue
-        theirs = sorted(source_places().get(path, []))
+        named = functools.partial(_of_name, path, family)
+        theirs = sorted(p for leaf, entries in source_places().items() if named(leaf)
+                        for p in entries)
         if count == len(theirs) == 1:  # the pair itself
             continue
-        mine = sorted(place for place, unit in target_places.places().get(path, [])
-                      if _has_variables(unit))
+        mine = sorted(place for leaf, entries in target_places.places().items() if named(leaf)
+                      for place, unit in entries if _has_variables(unit))
         if len(mine) == len(theirs):
             continue
         model_paths = [p for entries in target_places.places().values() for p, _ in entries]
         source_paths = [p for entries in source_places().values() for p in entries]
+        what = (f"layers of {path!r}'s family of automatic names ({strip_counter(path)!r}, "
+                "which shift with what was built before them)" if family
+                else f"layers named {path!r}")
         if len(mine) > len(theirs):
-            nested = _nested_at_its_level(path, model_paths, source_paths)
+            nested = _nested_at_its_level(named, model_paths, source_paths)
             if nested is None:
                 continue
-            why = (f"the model holds layers named {path!r} at {len(mine)} places {mine} and "
-                   f"the source at {len(theirs)} {theirs}, so the name cannot tell which of "
-                   "the model's the source's is: the source may be a file of the nested model "
-                   f"{nested!r}. If it is, load into that model: "
-                   f"`load_blocks(model.get_layer({nested!r}), source)`")
+            why = (f"the model holds {what} at {len(mine)} places {mine} and the source at "
+                   f"{len(theirs)} {theirs}, so the name cannot tell which of the model's the "
+                   f"source's is: the source may be a file of the nested model {nested!r}. If "
+                   f"it is, load into that model: `load_blocks(model{_get_layers(nested)}, "
+                   "source)`")
         else:
-            nested = _nested_at_its_level(path, source_paths, model_paths)
+            nested = _nested_at_its_level(named, source_paths, model_paths)
             if nested is None:
                 continue
-            why = (f"the source holds layers named {path!r} at {len(theirs)} places {theirs} "
-                   f"and the model at {len(mine)} {mine}, so the name cannot tell which of the "
-                   "source's the model's is: the source may be a file of a model that nests "
-                   f"this one as {nested!r}. If it is, build a model like the source's, "
-                   "load the source into it and load from its nested model: "
-                   f"`load_blocks(model, built.get_layer({nested!r}))` (of a keras-hub "
+            why = (f"the source holds {what} at {len(theirs)} places {theirs} and the model "
+                   f"at {len(mine)} {mine}, so the name cannot tell which of the source's the "
+                   "model's is: the source may be a file of a model that nests this one as "
+                   f"{nested!r}. If it is, build a model like the source's, load the source "
+                   "into it and load from its nested model: "
+                   f"`load_blocks(model, built{_get_layers(nested)})` (of a keras-hub "
                    "task: `built.backbone`)")
         plan.ambiguous[path] = f"its name pairs it with source layer {path!r}, but {why}"
     if plan.ambiguous:
@@ -711,20 +726,38 @@ def _unpair_ambiguous(plan: _BlockPlan,
         plan.unpaired_source += [layer.source.path for layer in gone]
 
 
-def _nested_at_its_level(name: str, more: list[str], fewer: list[str]) -> str | None:
-    """The nested model (first step of a path) of the side holding `name` at more places,
-    `more`, whose layers' names match the other side's top-level names at least as well as
-    the two sides' top-level names match (up to Keras's automatic counter); None if none."""
+def _nested_at_its_level(named: Callable[[str], bool], more: list[str], fewer: list[str]
+                         ) -> str | None:
+    """The nested model (a path, at any depth) of the side holding the name at more places,
+    `more` (`named(last step)` tells the name's layers), whose layers' names match the other
+    side's top-level names at least as well as the two sides' top-level names match (up to
+    Keras's automatic counter); None if none."""
     def tops(paths) -> set[str]:
         return {strip_counter(p.split("/", 1)[0]) for p in paths}
 
     theirs = tops(fewer)
     level = len(tops(more) & theirs)
-    for nested in sorted({p.split("/", 1)[0] for p in more if p.endswith("/" + name)}):
-        inside = tops(p.split("/", 1)[1] for p in more if p.startswith(nested + "/"))
+    nests = set()
+    for p in more:
+        steps = p.split("/")
+        if len(steps) > 1 and named(steps[-1]):
+            nests.update("/".join(steps[:i]) for i in range(1, len(steps)))
+    for nested in sorted(nests, key=lambda n: (n.count("/"), n)):
+        inside = tops(p[len(nested) + 1:] for p in more if p.startswith(nested + "/"))
         if len(inside & theirs) >= level:
             return nested
     return None
+
+
+def _of_name(name: str, family: bool, leaf: str) -> bool:
+    """True when a layer named `leaf` has the name `name` (with `family`: is of its family of
+    automatic names)."""
+    return strip_counter(leaf) == strip_counter(name) if family else leaf == name
+
+
+def _get_layers(path: str) -> str:
+    """`.get_layer('features').get_layer('base')` for the nested model `features/base`."""
+    return "".join(f".get_layer({step!r})" for step in path.split("/"))
 
 
 def _has_variables(layer) -> bool:
@@ -736,11 +769,27 @@ def _has_variables(layer) -> bool:
 
 
 def _below_one_prefix(units, source_layers: Sequence[LayerInfo]) -> dict[str, LayerInfo]:
-    """`{model layer path: source layer}` where every source layer's name path is one prefix
-    followed by a model layer's path, one to one (`vit_encoder/transformer_block_1/ln_1` for
-    `transformer_block_1/ln_1`: a block grouped by a keras-hub task's block layers from its
-    backbone's own file, where they sit inside the backbone's encoder); else `{}`."""
-    if not units or len(units) != len(source_layers):
+    """`{model layer path: source layer}` for a block whose layers sit at other name paths
+    on the two sides, by their names below them; `{}` where there is none:
+
+    - every source layer is inside one nested model, every model layer inside one too, and
+      the two nested models' names differ only by Keras's automatic counter (`backbone/a`
+      for `backbone_1/a`: a model nested in a task built second in a session);
+    - every source layer's path is one prefix followed by a model layer's path, one to one
+      (`vit_encoder/transformer_block_1/ln_1` for `transformer_block_1/ln_1`: a keras-hub
+      task's block from its backbone's own file, where it sits inside the encoder).
+    """
+    if not units or not source_layers:
+        return {}
+    theirs = {layer.path.split("/", 1)[0] for layer in source_layers}
+    mine = {path.split("/", 1)[0] for path, _, _ in units}
+    if (len(theirs) == len(mine) == 1 and theirs != mine
+            and all("/" in layer.path for layer in source_layers)
+            and all("/" in path for path, _, _ in units)):
+        (source_top,), (model_top,) = theirs, mine
+        if strip_counter(source_top) == strip_counter(model_top):
+            return {model_top + layer.path[len(source_top):]: layer for layer in source_layers}
+    if len(units) != len(source_layers):
         return {}
     by_path = {layer.path: layer for layer in source_layers}
     first = source_layers[0].path

@@ -740,3 +740,37 @@ def test_a_vit_backbones_own_file_loads_into_its_classifier(tmp_path, kind):
         assert a.dtype == b.dtype and a.tobytes() == b.tobytes()
     for a, b in zip(head, values(get_blocks(classifier)["predictions"].variables), strict=True):
         assert a.tobytes() == b.tobytes()
+
+
+def test_a_tasks_file_into_a_task_built_second_pairs_backbone_layers_by_their_names(tmp_path):
+    """Found by a fresh-user test: a task (a user Backbone computing named layers `a`, `b`)
+    saved, and a task built later in the same session whose backbone (`backbone_1`) computes
+    `b`, `a`: the backbone paired by Keras path, against the names, and `a` took `b`'s values
+    with ok=True. The layers of a nested model named as the file's up to Keras's automatic
+    counter pair by their names below it: bit-identical. One layer fewer is refused, naming
+    the file's layer left over."""
+    def task(order):
+        inputs = keras.Input((8, 8, 3))
+        x = inputs
+        for name in order:
+            x = keras.layers.Dense(3, name=name)(x)
+        return task_around(M.Backbone(inputs=inputs, outputs=x))
+
+    source = task(["a", "b"])
+    randomize(source, seed=47)
+    path = str(tmp_path / "t.weights.h5")
+    source.save_weights(path)
+    target = task(["b", "a"])
+    assert target.backbone.name != source.backbone.name
+    report = load_blocks(target, path)
+    assert report.ok and set(report.pairing.values()) == {"name"}, str(report)
+    for name in ("a", "b"):
+        for x, y in zip(values(source.backbone.get_layer(name).weights),
+                        values(target.backbone.get_layer(name).weights), strict=True):
+            assert x.tobytes() == y.tobytes()
+    fewer = task(["b"])
+    before = values(fewer.weights)
+    with pytest.raises(BlockMismatchError, match=r"backbone/a / \*: no model layer pairs"):
+        load_blocks(fewer, path)
+    for x, y in zip(before, values(fewer.weights), strict=True):
+        assert x.tobytes() == y.tobytes()

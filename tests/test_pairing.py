@@ -1238,3 +1238,119 @@ def test_a_rename_that_only_leaves_out_is_refused(tmp_path):
     assert all(before[k].tobytes() == v.tobytes() for k, v in snapshot(target).items())
     assert load_blocks(target, path, only=["a"], rename={"a": "c"}).ok
     assert_bits(values(target.get_layer("c").weights), values(model.get_layer("a").weights))
+
+
+# a name one side also holds inside a nested model --------------------------------------------
+
+
+def _filled(model):
+    """Every variable to its own constant (1.0, 2.0, ...), so a copy into another layer shows."""
+    for j, v in enumerate(model.weights):
+        v.assign(np.full(v.shape, j + 1.0, v.dtype))
+    return model
+
+
+def _values(model) -> list:
+    """Every variable's value in `model.weights` order (paths repeat across nested models)."""
+    return [np.array(keras.ops.convert_to_numpy(v)) for v in model.weights]
+
+
+def _assert_unchanged(before: list, model) -> None:
+    after = _values(model)
+    assert len(before) == len(after)
+    for a, b in zip(before, after, strict=True):
+        assert a.tobytes() == b.tobytes()
+
+
+def _deep_base():
+    i = keras.Input((4,))
+    x = L.Dense(3, name="conv1")(i)
+    return keras.Model(i, L.Dense(3, name="predictions")(x), name="base")
+
+
+def _deep_model():
+    i = keras.Input((4,))
+    features = keras.Model(i, _deep_base()(i), name="features")
+    j = keras.Input((4,))
+    return keras.Model(j, L.Dense(3, name="predictions")(features(j)))
+
+
+def test_a_name_inside_a_model_nested_two_levels_deep_pairs_nothing(tmp_path):
+    """Found by a fresh-user test: a base (`conv1`, `predictions`) nested two levels deep
+    (`features/base`) under a head also named `predictions` got around the level check: the
+    base's file put the base's classifier into the head, and the deep model's file put the
+    head into the bare base's `predictions`, with ok=True. Both are refused, change no
+    weight, and the load offered into the nested model (`.get_layer('features')
+    .get_layer('base')`) is exact."""
+    base_path, deep_path = str(tmp_path / "base.weights.h5"), str(tmp_path / "deep.weights.h5")
+    base = _filled(_deep_base())
+    base.save_weights(base_path)
+    deep = _filled(_deep_model())
+    deep.save_weights(deep_path)
+
+    target = _deep_model()
+    before = _values(target)
+    with pytest.raises(BlockMismatchError, match=(
+            r"the model holds layers named 'predictions' at 2 places \['features/base/"
+            r"predictions', 'predictions'\] and the source at 1 \['predictions'\].*"
+            r"`load_blocks\(model\.get_layer\('features'\)\.get_layer\('base'\), source\)`")):
+        load_blocks(target, base_path, only=["predictions"])
+    _assert_unchanged(before, target)
+    report = load_blocks(target.get_layer("features").get_layer("base"), base_path)
+    assert report.ok and report.variables_loaded == 4, str(report)
+    for a, b in zip(base.weights, target.get_layer("features").get_layer("base").weights,
+                    strict=True):
+        assert np.array_equal(np.asarray(a), np.asarray(b))
+
+    bare = _deep_base()
+    before = _values(bare)
+    with pytest.raises(BlockMismatchError, match=(
+            r"the source holds layers named 'predictions' at 2 places \['features/base/"
+            r"predictions', 'predictions'\] and the model at 1")):
+        load_blocks(bare, deep_path, only=["predictions"])
+    _assert_unchanged(before, bare)
+
+
+def test_an_automatic_name_another_build_shifted_into_a_nested_model_pairs_nothing(tmp_path):
+    """Found by a fresh-user test: a transfer model (a base with one Dense, then a head
+    Dense, all automatic names) saved in one session holds `functional_1/dense_1` and the
+    head `dense_2`; in another session a bare base built after such a model holds `dense_2`.
+    Its name paired it with the head, with ok=True, and the head's values went into the
+    base's layer (and the reverse). The `dense` family is at 2 places in one file and 1 in
+    the other model: both directions are refused and change no weight."""
+    def base():
+        i = keras.Input((4,))
+        return keras.Model(i, L.Dense(4)(i))
+
+    def transfer():
+        b = base()
+        i = keras.Input((4,))
+        return keras.Model(i, L.Dense(4)(b(i)))
+
+    keras.backend.clear_session()
+    base()
+    saved = _filled(transfer())  # functional_1/dense_1, head dense_2
+    assert [w.path for w in saved.weights][2:] == ["dense_2/kernel", "dense_2/bias"]
+    path = str(tmp_path / "t.weights.h5")
+    saved.save_weights(path)
+    keras.backend.clear_session()
+    transfer()
+    bare = base()  # dense_2
+    assert bare.layers[1].name == "dense_2"
+    before = _values(bare)
+    with pytest.raises(BlockMismatchError, match=(
+            r"the source holds layers of 'dense_2''s family of automatic names \('dense', "
+            r"which shift with what was built before them\) at 2 places \['dense_2', "
+            r"'functional_1/dense_1'\] and the model at 1 \['dense_2'\]")):
+        load_blocks(bare, path)
+    _assert_unchanged(before, bare)
+
+    bare_path = str(tmp_path / "b.weights.h5")
+    _filled(bare).save_weights(bare_path)
+    keras.backend.clear_session()
+    base()
+    model = transfer()  # functional_1/dense_1 and the head dense_2, as saved above
+    before = _values(model)
+    with pytest.raises(BlockMismatchError, match=r"the model holds layers of 'dense_2''s family"):
+        load_blocks(model, bare_path)
+    _assert_unchanged(before, model)
