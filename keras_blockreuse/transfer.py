@@ -92,6 +92,11 @@ from keras_blockreuse.sources.structure import (
 )
 
 ON_MISMATCH = ("error", "skip", "adapt")
+ROLE_NAMES = frozenset({"kernel", "bias", "gamma", "beta", "moving_mean", "moving_variance"})
+"""Variable names that mean the same in Keras 2 and 3: a variable paired by position with one
+of another of these names (a `BatchNormalization(center=False)`'s `gamma` for a
+`scale=False` one's `beta`) is a mismatch, from any source that records names (legacy `.h5`
+too, whose other names Keras 2 may spell otherwise: `depthwise_kernel` for `kernel`)."""
 HOLD_BYTES = 4 << 20
 """Selected blocks of at most this many bytes are read once, verified and held until they
 are assigned; larger selections from a source with two passes (block files, Keras files) are
@@ -473,7 +478,7 @@ def _plan(
             )
         targets[t] = s
     _refuse_shifted_names(targets, target_blocks, source_names, only, rename,
-                          lambda name, block: _same_shapes(src, name, block))
+                          lambda name, block: _same_shapes(src, name, block), target_places)
     in_source = {rename.get(s, s) for s in source_names}
     report = LoadReport(source=src.description, target_blocks=target_names,
                         source_blocks=source_names)
@@ -527,7 +532,8 @@ def _plan(
 
 def _refuse_shifted_names(targets: dict[str, str], target_blocks: dict[str, Block],
                           source_names: list[str], only, rename: dict[str, str],
-                          fits: Callable[[str, Block], bool]) -> None:
+                          fits: Callable[[str, Block], bool],
+                          target_places: _TargetPlaces) -> None:
     """Refuses blocks paired only by automatic names when the two sides hold another number
     of blocks of that class (`dense`, `dense_1` against `dense`, `dense_1`, `dense_2`).
 
@@ -545,7 +551,7 @@ def _refuse_shifted_names(targets: dict[str, str], target_blocks: dict[str, Bloc
         if len(block.layers) == 1 and layer.name == name and automatic_name(name, layer):
             families.setdefault(strip_counter(name), []).append(name)
             classes[strip_counter(name)] = type(layer).__name__
-    problems, listed = [], []
+    problems, listed, nested = [], [], []
     for stem, model_names in families.items():
         theirs = [s for s in source_names if strip_counter(s) == stem]
         as_named = [t for t in model_names if targets.get(t) == t]
@@ -560,7 +566,12 @@ def _refuse_shifted_names(targets: dict[str, str], target_blocks: dict[str, Bloc
             mine = sorted(model_names, key=lambda n: split_counter(n)[1])
             yours = sorted(theirs, key=lambda n: split_counter(n)[1])
             shorter, longer = sorted((mine, yours), key=len)
-            if longer[:len(shorter)] == shorter:
+            inside = sorted({place.rsplit("/", 1)[0] for leaf, entries
+                             in target_places.places().items() if strip_counter(leaf) == stem
+                             for place, _ in entries if "/" in place})
+            if inside:  # more of them inside nested models: the names pair the wrong level
+                nested += inside
+            elif longer[:len(shorter)] == shorter:
                 listed += [t for t in as_named if fits(t, target_blocks[t])]
     if problems:
         raise BlockMismatchError(
@@ -568,6 +579,9 @@ def _refuse_shifted_names(targets: dict[str, str], target_blocks: dict[str, Bloc
             + "; ".join(problems) + ". Keras numbers automatic names in creation order, so a "
             "layer added before the others of its class shifts every later name, and one "
             "added after them shifts none; the names cannot tell which happened. "
+            + (f"The model holds more of them inside {nested}: if the source is a file of "
+               f"that nested model, load into it: `load_blocks(model{_get_layers(nested[0])}, "
+               "source)`. " if nested else "")
             + (f"If the extra layers came after the others (a new head), load with "
                f"only={listed}; if " if listed else "If ")
             + "a layer was added or removed before them (or created and not used), pair the "
@@ -1060,8 +1074,9 @@ def _validate(plans: list[_BlockPlan], report: LoadReport, on_mismatch: str, src
                     continue
                 layer.keys[key] = var.key
                 problem = _incompatibility(var, target_shape, target_dtype)
-                if (problem is None and names_checked and var.name not in ("", var.key)
-                        and name != key and var.name != name):
+                if (problem is None and var.name not in ("", var.key) and name != key
+                        and var.name != name
+                        and (names_checked or {var.name, name} <= ROLE_NAMES)):
                     problem = f"name differs (source {var.name!r})"
                 if problem is None:
                     layer.load[key] = None

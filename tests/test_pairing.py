@@ -1354,3 +1354,85 @@ def test_an_automatic_name_another_build_shifted_into_a_nested_model_pairs_nothi
     with pytest.raises(BlockMismatchError, match=r"the model holds layers of 'dense_2''s family"):
         load_blocks(model, bare_path)
     _assert_unchanged(before, model)
+
+
+def test_a_live_sources_variables_pair_by_their_names(tmp_path):
+    """Found by a fresh-user test: a custom layer creating `scale` then `shift`, loaded from
+    the live model into the same layer creating them in the other order, paired them by
+    position (`scale` took `shift`'s values), ok=True; its `.blocks.h5` paired them by name.
+    A live model's variable names are Keras's own, as a block file records them: the same."""
+    def build(order):
+        class ScaleShift(L.Layer):
+            def build(self, shape):
+                for name in order:
+                    setattr(self, name, self.add_weight(name=name, shape=(4,)))
+
+            def call(self, x):
+                return x * self.scale + self.shift
+
+        i = keras.Input((4,))
+        return keras.Model(i, ScaleShift(name="sc")(i))
+
+    source = build(["scale", "shift"])
+    source.get_layer("sc").scale.assign(np.full(4, 2.0))
+    source.get_layer("sc").shift.assign(np.full(4, 5.0))
+    save_blocks(source, str(tmp_path / "s.blocks.h5"))
+    for src in (source, str(tmp_path / "s.blocks.h5")):
+        model = build(["shift", "scale"])
+        assert load_blocks(model, src).ok
+        assert model.get_layer("sc").scale.numpy().tolist() == [2.0] * 4
+        assert model.get_layer("sc").shift.numpy().tolist() == [5.0] * 4
+
+
+def test_a_gamma_paired_by_position_with_a_beta_is_refused(tmp_path):
+    """Found by a fresh-user test: `BatchNormalization(center=False)` (`gamma`) into
+    `BatchNormalization(scale=False)` (`beta`), same shapes: from a Keras 2 `.h5` and from a
+    live model the `gamma` went into `beta`, ok=True. Both record the names, and `gamma` and
+    `beta` mean the same in Keras 2 and 3: refused, no weight changed."""
+    tf_keras = pytest.importorskip("tf_keras")
+
+    def build(k, center, scale):
+        i = k.Input((6,))
+        return k.Model(i, k.layers.BatchNormalization(center=center, scale=scale, name="bn")(i))
+
+    old = build(tf_keras, False, True)
+    old.get_layer("bn").gamma.assign(np.full(6, 7.0))
+    old.save_weights(str(tmp_path / "k2.h5"))
+    live = build(keras, False, True)
+    live.get_layer("bn").gamma.assign(np.full(6, 7.0))
+    for src in (str(tmp_path / "k2.h5"), live):
+        model = build(keras, True, False)
+        before = _values(model)
+        with pytest.raises(BlockMismatchError, match=r"bn / bn / beta: name differs \(source "
+                                                     r"'gamma'\)"):
+            load_blocks(model, src)
+        _assert_unchanged(before, model)
+
+
+def test_no_only_is_offered_for_automatic_names_the_model_also_holds_nested(tmp_path):
+    """Found by a fresh-user test: a base saved alone (`dense`, `dense_1`) into a model whose
+    head was built before the base (head `dense`; the nested base's `dense_1`, `dense_2`).
+    The refusal offered `only=['dense']`, which put the base's first layer into the head,
+    ok=True. The refusal now says the model holds more of them inside `sequential` and offers
+    the load into it; `only=['dense']` is refused; no weight changes."""
+    keras.backend.clear_session()
+    base = _filled(keras.Sequential([keras.Input((4,)), L.Dense(4), L.Dense(4)]))
+    path = str(tmp_path / "base.weights.h5")
+    base.save_weights(path)
+    keras.backend.clear_session()
+    head = L.Dense(4)
+    nested = keras.Sequential([keras.Input((4,)), L.Dense(4), L.Dense(4)])
+    i = keras.Input((4,))
+    model = keras.Model(i, head(nested(i)))
+    assert head.name == "dense" and nested.name == "sequential"
+    before = _values(model)
+    with pytest.raises(BlockMismatchError) as refused:
+        load_blocks(model, path)
+    message = str(refused.value)
+    assert "only=" not in message.split("Keras numbers automatic names")[1].split("If a layer")[0]
+    assert ("The model holds more of them inside ['sequential']: if the source is a file of "
+            "that nested model, load into it: `load_blocks(model.get_layer('sequential'), "
+            "source)`") in message
+    with pytest.raises(BlockMismatchError, match=r"family of automatic names"):
+        load_blocks(model, path, only=["dense"])
+    _assert_unchanged(before, model)

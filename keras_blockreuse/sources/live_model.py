@@ -50,6 +50,9 @@ class ModelSource(Source):
             )
         self.description = f"model {model.name!r}"
         self.info = {"format": "live keras.Model"}
+        # Keras 3's own variable names, as `save_blocks` records them: variables pair by name
+        # where both sides hold the same names, and a name that differs is a mismatch
+        self.variable_names_pair = self.variable_names_checked = True
         self._model = model
         self._blocks = get_blocks(model, rule)
         self._with_paths = keras_paths
