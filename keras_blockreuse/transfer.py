@@ -447,6 +447,11 @@ def _plan(
         f"The source {src.description} has blocks {source_names}; "
         f"the model has blocks {target_names}."
     )
+    globs = [key for key in rename if any(c in key for c in "*?[")]
+    if globs:
+        raise BlockMismatchError(
+            f"rename= keys are exact source block names, not patterns: received {globs}. "
+            f"{where} Map each source block by its name, {{'block_1': 'enc_1'}}.")
     select(source_names, list(rename), "`rename` keys", where)
     selected = select(source_names, only, "`only`", where)
     if exclude is not None:
@@ -613,7 +618,7 @@ def _pair_block(
     units = list(unit_values_of(block))
     by_name = {layer.path: layer for layer in source_layers}
     if not all(path in by_name for path, _, _ in units):
-        by_name = _below_one_prefix(units, source_layers) or by_name
+        by_name = _below_one_prefix(units, source_layers, source_name, target_name) or by_name
     pairs = None
     pairing = "name"
     contradicted: dict[str, tuple[str, str]] = {}
@@ -782,13 +787,15 @@ def _has_variables(layer) -> bool:
     return bool(values)
 
 
-def _below_one_prefix(units, source_layers: Sequence[LayerInfo]) -> dict[str, LayerInfo]:
+def _below_one_prefix(units, source_layers: Sequence[LayerInfo], source_block: str,
+                      target_block: str) -> dict[str, LayerInfo]:
     """`{model layer path: source layer}` for a block whose layers sit at other name paths
     on the two sides, by their names below them; `{}` where there is none:
 
-    - every source layer is inside one nested model, every model layer inside one too, and
-      the two nested models' names differ only by Keras's automatic counter (`backbone/a`
-      for `backbone_1/a`: a model nested in a task built second in a session);
+    - every source layer is inside one nested model (or composite layer), every model layer
+      inside one too, and the two are named as the two blocks paired (`rename=`, as a Keras 2
+      file's `model/conv` for `functional/conv`) or differ only by Keras's automatic counter
+      (`backbone/a` for `backbone_1/a`: a model nested in a task built second in a session);
     - every source layer's path is one prefix followed by a model layer's path, one to one
       (`vit_encoder/transformer_block_1/ln_1` for `transformer_block_1/ln_1`: a keras-hub
       task's block from its backbone's own file, where it sits inside the encoder).
@@ -801,7 +808,8 @@ def _below_one_prefix(units, source_layers: Sequence[LayerInfo]) -> dict[str, La
             and all("/" in layer.path for layer in source_layers)
             and all("/" in path for path, _, _ in units)):
         (source_top,), (model_top,) = theirs, mine
-        if strip_counter(source_top) == strip_counter(model_top):
+        if (strip_counter(source_top) == strip_counter(model_top)
+                or (source_top, model_top) == (source_block, target_block)):
             return {model_top + layer.path[len(source_top):]: layer for layer in source_layers}
     if len(units) != len(source_layers):
         return {}

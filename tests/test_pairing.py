@@ -1246,13 +1246,13 @@ def test_a_rename_that_only_leaves_out_is_refused(tmp_path):
 def _filled(model):
     """Every variable to its own constant (1.0, 2.0, ...), so a copy into another layer shows."""
     for j, v in enumerate(model.weights):
-        v.assign(np.full(v.shape, j + 1.0, v.dtype))
+        v.assign(np.full(v.shape, j + 1.0, keras.backend.standardize_dtype(v.dtype)))
     return model
 
 
 def _values(model) -> list:
     """Every variable's value in `model.weights` order (paths repeat across nested models)."""
-    return [np.array(keras.ops.convert_to_numpy(v)) for v in model.weights]
+    return [np.array(v.numpy()) for v in model.weights]
 
 
 def _assert_unchanged(before: list, model) -> None:
@@ -1436,3 +1436,47 @@ def test_no_only_is_offered_for_automatic_names_the_model_also_holds_nested(tmp_
     with pytest.raises(BlockMismatchError, match=r"family of automatic names"):
         load_blocks(model, path, only=["dense"])
     _assert_unchanged(before, model)
+
+
+@pytest.mark.parametrize("kind", ["nested", "attention"])
+def test_renamed_blocks_of_a_keras_2_file_pair_their_layers_below_them(tmp_path, kind):
+    """Found by a fresh-user test: from a Keras 2 weights-only `.h5`, the `rename=` its
+    refusal offers was refused again: a nested model Keras 2 named `model` (Keras 3:
+    `functional`), or a MultiHeadAttention renamed `att` -> `attn`, keeps its sub-layers'
+    names (`model/conv` for `functional/conv`, `att/query` for `attn/query`), which did not
+    pair. Below two blocks the user paired, their layers pair by their names: exact values."""
+    tf_keras = pytest.importorskip("tf_keras")
+
+    def build(k, name):
+        i = k.Input((8,) if kind == "nested" else (6, 5))
+        if kind == "nested":
+            x = k.layers.Dense(4, name="conv")(i)
+            inner = k.Model(i, k.layers.Dense(4, name="fc")(x))  # automatic name
+            j = k.Input((8,))
+            return k.Model(j, k.layers.Dense(2, name="head")(inner(j)))
+        x = k.layers.MultiHeadAttention(2, 3, name=name)(i, i)
+        return k.Model(i, k.layers.Dense(2, name="out")(x))
+
+    source = _filled(build(tf_keras, "att"))
+    path = str(tmp_path / "k2.h5")
+    source.save_weights(path)
+    model = build(keras, "attn")
+    old, new = ("model", model.layers[1].name) if kind == "nested" else ("att", "attn")
+    report = load_blocks(model, path, rename={old: new})
+    assert report.ok and report.variables_loaded == len(model.weights), str(report)
+    mine = sorted(float(np.asarray(v).flat[0]) for v in model.weights)
+    assert mine == sorted(float(np.asarray(v).flat[0]) for v in source.weights)
+    for a, b in zip(_values(source), _values(model), strict=True):
+        assert a.tobytes() == b.tobytes()
+
+
+def test_a_pattern_as_a_rename_key_is_refused_as_such(tmp_path):
+    """Found by a fresh-user test: `rename={'block_*': 'block_1'}` was refused as left out by
+    only=/exclude= (there were none), and the `only=` it offered was refused the same way."""
+    model = keras.Sequential([keras.Input((4,)), L.Dense(4, name="block_1"),
+                              L.Dense(4, name="block_2")])
+    path = str(tmp_path / "m.weights.h5")
+    model.save_weights(path)
+    with pytest.raises(BlockMismatchError, match=r"rename= keys are exact source block names, "
+                                                 r"not patterns: received \['block_\*'\]"):
+        load_blocks(model, path, rename={"block_*": "block_1"})
