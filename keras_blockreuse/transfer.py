@@ -133,6 +133,7 @@ class _BlockPlan:
     # model layer -> why its name cannot tell which source layer it is (`_ambiguous_names`)
     ambiguous: dict[str, str] = dataclasses.field(default_factory=dict)
     caveat: str = ""  # same-class layers paired by automatic names alone (see LoadReport)
+    block: Block | None = None  # the model's block
 
 
 def load_blocks(
@@ -585,8 +586,8 @@ def _refuse_shifted_names(targets: dict[str, str], target_blocks: dict[str, Bloc
             "layer added before the others of its class shifts every later name, and one "
             "added after them shifts none; the names cannot tell which happened. "
             + (f"The model holds more of them inside {nested}: if the source is a file of "
-               f"that nested model, load into it: `load_blocks(model{_get_layers(nested[0])}, "
-               "source)`. " if nested else "")
+               f"that nested model, load into it: `load_blocks("
+               f"{_reach(nested[0], _layers_at(target_places))}, source)`. " if nested else "")
             + (f"If the extra layers came after the others (a new head), load with "
                f"only={listed}; if " if listed else "If ")
             + "a layer was added or removed before them (or created and not used), pair the "
@@ -629,7 +630,8 @@ def _pair_block(
         # change; where both sides' Keras paths pair every layer and disagree, they win.
         # Keras keys a list's items by class and position (`dense_1`), as weak as an
         # automatic name: where such a path disagrees, neither is believed.
-        if any(automatic_name(path, obj) for path, obj, _ in units):
+        if any(automatic_name(path, obj) or _automatic_containers(path, block)
+               for path, obj, _ in units):
             by_path = _pairs_by_path(units, source_layers, target_paths)
             differ = [] if by_path is None else [
                 (a, b) for a, b in zip(pairs, by_path, strict=True) if a[1] is not b[1]]
@@ -659,11 +661,12 @@ def _pair_block(
     if pairing != "order":
         caveat = caveat or _held_by_position(target_name, block, pairs, pairing, target_paths)
     if pairing == "name":
-        shifted = _shifted_families(pairs, units, source_layers)
+        shifted = _shifted_families(pairs, units, source_layers, block)
         contradicted.update(shifted)
         pairs = [pair for pair in pairs if pair[0][0] not in shifted]
     paired = {id(layer) for _, layer in pairs}
     return _BlockPlan(
+        block=block,
         contradicted=contradicted,
         caveat=caveat,
         target=target_name,
@@ -712,7 +715,8 @@ def _unpair_ambiguous(plan: _BlockPlan,
                       for place, unit in entries if _has_variables(unit))
         if len(mine) == len(theirs):
             continue
-        model_paths = [p for entries in target_places.places().values() for p, _ in entries]
+        places = _layers_at(target_places)
+        model_paths = list(places)
         source_paths = [p for entries in source_places().values() for p in entries]
         what = (f"layers of {path!r}'s family of automatic names ({strip_counter(path)!r}, "
                 "which shift with what was built before them)" if family
@@ -724,7 +728,7 @@ def _unpair_ambiguous(plan: _BlockPlan,
             why = (f"the model holds {what} at {len(mine)} places {mine} and the source at "
                    f"{len(theirs)} {theirs}, so the name cannot tell which of the model's the "
                    f"source's is: the source may be a file of the nested model {nested!r}. If "
-                   f"it is, load into that model: `load_blocks(model{_get_layers(nested)}, "
+                   f"it is, load into that model: `load_blocks({_reach(nested, places)}, "
                    "source)`")
         else:
             nested = _nested_at_its_level(named, source_paths, model_paths)
@@ -734,9 +738,8 @@ def _unpair_ambiguous(plan: _BlockPlan,
                    f"at {len(mine)} {mine}, so the name cannot tell which of the source's the "
                    "model's is: the source may be a file of a model that nests this one as "
                    f"{nested!r}. If it is, build a model like the source's, load the source "
-                   "into it and load from its nested model: "
-                   f"`load_blocks(model, built{_get_layers(nested)})` (of a keras-hub "
-                   "task: `built.backbone`)")
+                   "into it and load from its nested model: `load_blocks(model, "
+                   f"{_reach(nested, None, 'built')})` (of a keras-hub task: `built.backbone`)")
         plan.ambiguous[path] = f"its name pairs it with source layer {path!r}, but {why}"
     if plan.ambiguous:
         gone = [layer for layer in plan.layers if layer.target_path in plan.ambiguous]
@@ -768,15 +771,27 @@ def _nested_at_its_level(named: Callable[[str], bool], more: list[str], fewer: l
     return None
 
 
+def _layers_at(target_places: _TargetPlaces) -> dict[str, Any]:
+    """`{name path: layer}` for every layer of the model."""
+    return {p: unit for entries in target_places.places().values() for p, unit in entries}
+
+
 def _of_name(name: str, family: bool, leaf: str) -> bool:
     """True when a layer named `leaf` has the name `name` (with `family`: is of its family of
     automatic names)."""
     return strip_counter(leaf) == strip_counter(name) if family else leaf == name
 
 
-def _get_layers(path: str) -> str:
-    """`.get_layer('features').get_layer('base')` for the nested model `features/base`."""
-    return "".join(f".get_layer({step!r})" for step in path.split("/"))
+def _reach(path: str, layers: dict[str, Any] | None, root: str = "model") -> str:
+    """How to reach the nested layer at `path` from `root`: `model.get_layer('features')
+    .get_layer('base')` where every layer above it is a model (known from `layers`, `{name
+    path: layer}`; without them, only one step deep), else `<the layer at 'holder/bb'>`."""
+    steps = path.split("/")
+    above = ["/".join(steps[:i]) for i in range(1, len(steps))]
+    if (layers is None and len(steps) == 1) or (
+            layers is not None and all(isinstance(layers.get(p), keras.Model) for p in above)):
+        return root + "".join(f".get_layer({step!r})" for step in steps)
+    return f"<the layer at {path!r} in {root}>"
 
 
 def _has_variables(layer) -> bool:
@@ -828,9 +843,10 @@ def _contradicted(pairs, block: Block, target_paths: Callable[[], dict[int, str]
                   ) -> tuple[dict[str, tuple[str, str]], list]:
     """Checks name pairs of automatic names against both sides' places in Keras's saving walk.
 
-    Two steps of each path are compared: the last (`dense_1`: the second Dense of its
-    container; `up`: the attribute holding it) and, below a top-level layer with an automatic
-    name, that layer's own step (`layers/pair_1`). A step that differs contradicts the names
+    Steps of each path are compared: the last (`dense_1`: the second Dense of its container;
+    `up`: the attribute holding it) and, below each layer holding it that has an automatic
+    name (a top-level `pair_1`, a nested model `functional_1` at any depth), that layer's own
+    step (`layers/pair_1`). A step that differs contradicts the names
     only when the model's step is also one of the source's (`layers/dense` in both: a layer
     created in another order than its place); one the source lacks (an attribute renamed, a
     block nested in another model) neither confirms nor contradicts them.
@@ -840,24 +856,25 @@ def _contradicted(pairs, block: Block, target_paths: Callable[[], dict[int, str]
         pairs that no path or order confirms.
     """
     paths = target_paths() if any(layer.keras_path for _, layer in pairs) else {}
-    tops = {layer.name: layer for layer in block.layers}
     out, unconfirmed = {}, []
     for pair in pairs:
         (path, obj, _), layer = pair
         mine, theirs = paths.get(id(obj)), layer.keras_path
-        if not automatic_name(path, obj) and not automatic_name(
-                path.split("/", 1)[0], tops.get(path.split("/", 1)[0], obj)):
+        containers = _automatic_containers(path, block)
+        if not automatic_name(path, obj) and not containers:
             continue
         if not (mine and theirs):
             if layer.order is None:  # else `_contradicted_by_order` checks it
                 unconfirmed.append(pair)
             continue
-        steps = [(mine, theirs)]
-        top = tops.get(path.split("/", 1)[0])
-        top_path = paths.get(id(top)) if top is not None and top is not obj else None
-        if top_path and automatic_name(path.split("/", 1)[0], top):
-            depth = mine[len(top_path):].count("/")
-            steps.append((top_path, theirs.rsplit("/", depth)[0]))
+        # (an explicitly named layer's own step is its place in a list, which another order
+        # of computing moves: only the automatically named layers' steps are compared)
+        steps = [(mine, theirs)] if automatic_name(path, obj) else []
+        for container in containers:
+            container_path = paths.get(id(container))
+            if container_path and mine.startswith(container_path + "/"):
+                depth = mine[len(container_path):].count("/")
+                steps.append((container_path, theirs.rsplit("/", depth)[0]))
         confirmed = True
         for m, t in steps:
             if m.rsplit("/", 1)[-1] == t.rsplit("/", 1)[-1]:
@@ -872,7 +889,29 @@ def _contradicted(pairs, block: Block, target_paths: Callable[[], dict[int, str]
     return out, unconfirmed
 
 
-def _shifted_families(pairs, units, source_layers: Sequence[LayerInfo]
+def _automatic_containers(path: str, block: Block) -> list:
+    """The layers holding the model layer at `path` (a block's name path: `encoder/functional
+    /conv`) whose names are automatic (`functional`), outermost first."""
+    return [layer for _, layer in _automatic_steps(path, block)]
+
+
+def _automatic_steps(path: str, block: Block) -> list[tuple[int, Any]]:
+    """`(step index, layer)` for each layer holding the model layer at `path` whose name (that
+    step of the path) is automatic."""
+    steps = path.split("/")
+    found, layer = [], next((b for b in block.layers if b.name == steps[0]), None)
+    for i in range(1, len(steps)):
+        if layer is None:
+            break
+        if automatic_name(steps[i - 1], layer):
+            found.append((i - 1, layer))
+        layer = next((child for child in layer._flatten_layers(include_self=False,
+                                                               recursive=False)
+                      if child.name == steps[i]), None)
+    return found
+
+
+def _shifted_families(pairs, units, source_layers: Sequence[LayerInfo], block: Block
                       ) -> dict[str, tuple[str, str]]:
     """Name pairs of automatic names beside unpaired layers of their class and container.
 
@@ -887,19 +926,32 @@ def _shifted_families(pairs, units, source_layers: Sequence[LayerInfo]
         parent, _, last = path.rpartition("/")
         return parent, strip_counter(last)
 
+    def containers(path: str) -> list[tuple[str, str]]:
+        """The families of the automatically named layers holding it (`encoder`,
+        `functional` for `encoder/functional_1/conv`): another of them created before it
+        shifts its name too."""
+        steps = path.split("/")
+        return [("/".join(steps[:i]), strip_counter(steps[i]))
+                for i, _ in _automatic_steps(path, block)]
+
     loose: dict[tuple[str, str], list[str]] = {}
     for path, obj, _ in units:
         if id(obj) not in paired_t and automatic_name(path, obj):
             loose.setdefault(family(path), []).append(f"model {path}")
+        if id(obj) not in paired_t:
+            for key in containers(path):
+                loose.setdefault(key, []).append(f"model {path}")
     for layer in source_layers:
         if (id(layer) not in paired_s
                 and family(layer.path)[1] == snake_case(layer.class_name or "?")):
             loose.setdefault(family(layer.path), []).append(f"source {layer.path}")
     out = {}
     for (path, obj, _), layer in pairs:
-        if family(path) in loose and automatic_name(path, obj):
+        keys = ([family(path)] if automatic_name(path, obj) else []) + containers(path)
+        key = next((k for k in keys if k in loose), None)
+        if key is not None:
             out[path] = (layer.path, f"layers of its class beside it did not pair "
-                                     f"({', '.join(loose[family(path)])}), as when a layer is "
+                                     f"({', '.join(loose[key])}), as when a layer is "
                                      "added or removed before others of its class and their "
                                      "automatic names shift")
     return out
@@ -1002,19 +1054,28 @@ def _contradicted_by_order(plans: list[_BlockPlan]) -> None:
         if plan.pairing != "name":
             continue
         for layer in plan.layers:
-            if layer.source.order is not None and automatic_name(layer.target_path, layer.unit):
+            if layer.source.order is None:
+                continue
+            if automatic_name(layer.target_path, layer.unit):
                 parent, _, last = layer.target_path.rpartition("/")
                 families.setdefault((parent, strip_counter(last)), []).append((layer, plan))
-    for members in families.values():  # in the model's computation order
+            # the same layer of automatically named models of one family (`functional/a`,
+            # `functional_1/a`), as a Keras 2 file or a block file knows them by order only
+            steps = layer.target_path.split("/")
+            for i, _ in _automatic_steps(layer.target_path, plan.block):
+                key = ("/".join(steps[:i]), strip_counter(steps[i]), "/".join(steps[i + 1:]))
+                families.setdefault(key, []).append((layer, plan))
+    for key, members in families.items():  # in the model's computation order
         by_source = sorted(members, key=lambda m: m[0].source.order)
         for rank, (layer, plan) in enumerate(members):
             if by_source[rank][0] is layer:
                 continue
             source_rank = next(i for i, m in enumerate(by_source) if m[0] is layer)
-            kind = type(layer.unit).__name__
+            kind = (f"{key[2]!r} layers of the {key[1]!r} models" if len(key) == 3
+                    else f"{type(layer.unit).__name__} layers")
             plan.contradicted[layer.target_path] = (
                 layer.source.path, f"they compute at different places among the {kind} "
-                f"layers (source: number {source_rank + 1}, model: number {rank + 1}): created "
+                f"(source: number {source_rank + 1}, model: number {rank + 1}): created "
                 "in another order?")
     for plan in plans:
         if any(layer.target_path in plan.contradicted for layer in plan.layers):

@@ -89,8 +89,13 @@ class ModelSource(Source):
         if name not in self._layers:
             self._positions()
             units = list(unit_values_of(self._blocks[name]))
-            paths = (self._keras_paths() if self._with_paths
-                     and any(automatic_name(path, unit) for path, unit, _ in units) else {})
+            every = {path: unit for layer in self._blocks[name].layers
+                     for path, unit in iter_units(layer)}
+            # (a layer inside an automatically named model, `functional_1/a`, is as weakly
+            # named as an automatically named layer)
+            paths = (self._keras_paths() if self._with_paths and any(
+                automatic_name(step, every[step]) for path, _, _ in units
+                for step in _prefixes(path) if step in every) else {})
             layers, values = [], {}
             for path, unit, unit_values in units:
                 values[path] = unit_values
@@ -124,6 +129,12 @@ class ModelSource(Source):
             out[path] = {key: to_numpy(v) for key, v in unit_values.items()}
             self.bytes_read += sum(int(a.nbytes) for a in out[path].values())
         return out
+
+
+def _prefixes(path: str) -> list[str]:
+    """`a`, `a/b`, `a/b/c` for `a/b/c`."""
+    steps = path.split("/")
+    return ["/".join(steps[:i]) for i in range(1, len(steps) + 1)]
 
 
 def unit_values_of(block: Block) -> Iterator[tuple[str, Any, dict]]:
