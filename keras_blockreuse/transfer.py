@@ -898,6 +898,8 @@ def _automatic_containers(path: str, block: Block) -> list:
 def _automatic_steps(path: str, block: Block) -> list[tuple[int, Any]]:
     """`(step index, layer)` for each layer holding the model layer at `path` whose name (that
     step of the path) is automatic."""
+    if "/" not in path:  # a block's own layer: nothing holds it inside the block
+        return []
     steps = path.split("/")
     found, layer = [], next((b for b in block.layers if b.name == steps[0]), None)
     for i in range(1, len(steps)):
