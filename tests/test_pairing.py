@@ -1601,3 +1601,32 @@ def test_the_load_offered_into_a_model_a_custom_layer_holds_is_not_a_get_layer_c
     with pytest.raises(BlockMismatchError, match=r"`load_blocks\(<the layer at 'holder/base' in "
                                                  r"model>, source\)`"):
         load_blocks(model, path)
+
+
+def test_automatically_named_models_of_a_keras_2_weights_file_created_in_another_order(
+        tmp_path):
+    """Found by a fresh-user test: a Keras 2 weights-only `.h5` (no model_config) of two
+    automatically named Sequential towers, loaded into the same model creating them the
+    other way round, swapped them with ok=True and no caveat: a nested model's layer order
+    was unknown without the config. A nested model of one layer takes its place from the
+    file's top-level order, which contradicts the names: refused, no weight changed."""
+    tf_keras = pytest.importorskip("tf_keras")
+
+    def build(k, swap):
+        def tower():
+            return k.Sequential([k.Input((3,)), k.layers.Dense(3, name="conv")])
+
+        b = tower() if swap else None
+        a = tower()
+        b = b or tower()
+        i = k.Input((3,))
+        return k.Model(i, b(a(i)))  # a computes first
+
+    path = str(tmp_path / "k2.h5")
+    _filled(build(tf_keras, False)).save_weights(path)
+    model = build(keras, True)
+    before = _values(model)
+    with pytest.raises(BlockMismatchError, match=r"compute at different places among the "
+                                                 r"'conv' layers of the 'sequential' models"):
+        load_blocks(model, path)
+    _assert_unchanged(before, model)

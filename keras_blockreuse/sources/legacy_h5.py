@@ -76,7 +76,9 @@ class LegacyH5Source(LayerSource):
                 units.setdefault(unit, []).append((variable, weight_name))
             nested = [u for u in units if u != top]
             ranks = _nested_ranks(config.get(top), top)
-            known = not nested or all(u in ranks for u in nested)
+            # (a nested model of one layer with variables: its place follows from the top
+            # level's order, whatever the model_config says)
+            known = not nested or len(units) == 1 or all(u in ranks for u in nested)
             for unit in sorted(units, key=lambda u: ranks.get(u, -1)) if known else units:
                 variables, locator = [], {}
                 for i, (variable, weight_name) in enumerate(units[unit]):
