@@ -389,6 +389,10 @@ class _TargetPlaces:
         counts = self._families if family else self._counts
         return counts.get(strip_counter(name) if family else name, 0)
 
+    def layers(self) -> dict[str, Any]:
+        """`{name path: layer}` for every layer of the model."""
+        return {p: unit for entries in self.places().values() for p, unit in entries}
+
     def places(self) -> dict[str, list[tuple[str, Any]]]:
         """`{layer name: [(its name path in the model, the layer)]}`."""
         if self._places is None:
@@ -587,7 +591,7 @@ def _refuse_shifted_names(targets: dict[str, str], target_blocks: dict[str, Bloc
             "added after them shifts none; the names cannot tell which happened. "
             + (f"The model holds more of them inside {nested}: if the source is a file of "
                f"that nested model, load into it: `load_blocks("
-               f"{_reach(nested[0], _layers_at(target_places))}, source)`. " if nested else "")
+               f"{_reach(nested[0], target_places.layers())}, source)`. " if nested else "")
             + (f"If the extra layers came after the others (a new head), load with "
                f"only={listed}; if " if listed else "If ")
             + "a layer was added or removed before them (or created and not used), pair the "
@@ -630,7 +634,7 @@ def _pair_block(
         # change; where both sides' Keras paths pair every layer and disagree, they win.
         # Keras keys a list's items by class and position (`dense_1`), as weak as an
         # automatic name: where such a path disagrees, neither is believed.
-        if any(automatic_name(path, obj) or _automatic_containers(path, block)
+        if any(automatic_name(path, obj) or _automatic_steps(path, block)
                for path, obj, _ in units):
             by_path = _pairs_by_path(units, source_layers, target_paths)
             differ = [] if by_path is None else [
@@ -715,7 +719,7 @@ def _unpair_ambiguous(plan: _BlockPlan,
                       for place, unit in entries if _has_variables(unit))
         if len(mine) == len(theirs):
             continue
-        places = _layers_at(target_places)
+        places = target_places.layers()
         model_paths = list(places)
         source_paths = [p for entries in source_places().values() for p in entries]
         what = (f"layers of {path!r}'s family of automatic names ({strip_counter(path)!r}, "
@@ -769,11 +773,6 @@ def _nested_at_its_level(named: Callable[[str], bool], more: list[str], fewer: l
         if len(inside & theirs) >= level:
             return nested
     return None
-
-
-def _layers_at(target_places: _TargetPlaces) -> dict[str, Any]:
-    """`{name path: layer}` for every layer of the model."""
-    return {p: unit for entries in target_places.places().values() for p, unit in entries}
 
 
 def _of_name(name: str, family: bool, leaf: str) -> bool:
@@ -860,7 +859,7 @@ def _contradicted(pairs, block: Block, target_paths: Callable[[], dict[int, str]
     for pair in pairs:
         (path, obj, _), layer = pair
         mine, theirs = paths.get(id(obj)), layer.keras_path
-        containers = _automatic_containers(path, block)
+        containers = [layer for _, layer in _automatic_steps(path, block)]
         if not automatic_name(path, obj) and not containers:
             continue
         if not (mine and theirs):
@@ -887,12 +886,6 @@ def _contradicted(pairs, block: Block, target_paths: Callable[[], dict[int, str]
         if not confirmed and path not in out:
             unconfirmed.append(pair)
     return out, unconfirmed
-
-
-def _automatic_containers(path: str, block: Block) -> list:
-    """The layers holding the model layer at `path` (a block's name path: `encoder/functional
-    /conv`) whose names are automatic (`functional`), outermost first."""
-    return [layer for _, layer in _automatic_steps(path, block)]
 
 
 def _automatic_steps(path: str, block: Block) -> list[tuple[int, Any]]:
