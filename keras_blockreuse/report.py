@@ -51,6 +51,12 @@ class LoadReport:
             lacks while the source has blocks the model lacks, which is what a renamed or
             damaged name looks like. `ok` is False; `only=` (a subset on purpose) or `rename=`
             (the names changed) says which was meant.
+        suggested_rename: `{source block: model block}` pairing the blocks left `unpaired`
+            where they pair one to one by their places in Keras's saving walk, with variables
+            of the same shapes (the same model built in another session, its automatic names
+            shifted: `sequential` saved, `sequential_3` now), as Keras's `load_weights` would
+            pair them; `{}` otherwise. Not applied: pass `rename=report.suggested_rename` to
+            load them.
         source_blocks: every block of the source, in order.
         frozen: blocks set to `trainable=False` (`freeze=True`).
         caveats: pairings the load could not check, said plainly (also warned): same-class
@@ -83,6 +89,7 @@ class LoadReport:
     matched_by_order: list[str] = dataclasses.field(default_factory=list)
     not_loaded: list[str] = dataclasses.field(default_factory=list)
     unpaired: tuple[list[str], list[str]] = ([], [])
+    suggested_rename: dict[str, str] = dataclasses.field(default_factory=dict)
     source_blocks: list[str] = dataclasses.field(default_factory=list)
     frozen: list[str] = dataclasses.field(default_factory=list)
     caveats: list[str] = dataclasses.field(default_factory=list)
@@ -164,6 +171,12 @@ class LoadReport:
                 f"and source blocks {self.unpaired[1]} are not in the model. If names changed, "
                 "pair them with rename={source block: model block}; to load a subset on "
                 "purpose, pass only=[...].", markup=False, highlight=False, soft_wrap=True)
+            if self.suggested_rename:
+                console.print(
+                    "They pair one to one by their places in Keras's saving walk, as Keras's "
+                    "load_weights pairs them (the same model with its automatic names shifted?): "
+                    f"rename={self.suggested_rename} loads them "
+                    "(report.suggested_rename).", markup=False, highlight=False, soft_wrap=True)
         for caveat in self.caveats:
             console.print(f"Caveat: {caveat}", markup=False, highlight=False, soft_wrap=True)
         if self.frozen:

@@ -497,6 +497,12 @@ def _plan(
     if only is None and not rename:  # the user named no block: both sides must pair up
         report.unpaired = (list(report.missing),
                            [s for s in selected if mapped[s] not in target_blocks])
+        if report.unpaired[0] and report.unpaired[1]:
+            rename, _ = _rename_by_place(
+                src, report.unpaired[1], {t: target_blocks[t] for t in report.unpaired[0]},
+                target_paths)
+            if rename and all(_same_shapes(src, s, target_blocks[t]) for s, t in rename.items()):
+                report.suggested_rename = rename
     source_paths = _source_paths(src)
     source_places = _source_places(src)
     plans = [_pair_block(targets[t], src.block_layers(targets[t]), t, target_blocks[t],
@@ -1453,6 +1459,24 @@ def _rename_by_path(src: Source, source_blocks: list[str], target_blocks: dict[s
     """A `rename=` that pairs every source block with the model block at its place in Keras's
     saving walk (`layers/dense` on both sides: the same model rebuilt, its automatic names
     shifted), offered as a hint where every block pairs one to one; else `""`."""
+    rename, why = _rename_by_place(src, source_blocks, target_blocks, target_paths)
+    if why:
+        return ("\nNo rename= is offered: the blocks pair one to one by their places in Keras's "
+                f"saving walk, but {why}.")
+    if rename is None:
+        return ""
+    return ("\nThe blocks pair one to one by their places in Keras's saving walk (the same model "
+            f"with its automatic names shifted?), as Keras's load_weights pairs them: "
+            f"rename={rename}")
+
+
+def _rename_by_place(src: Source, source_blocks: list[str], target_blocks: dict[str, Block],
+                     target_paths: Callable[[], dict[int, str]]
+                     ) -> tuple[dict[str, str] | None, str]:
+    """`({source block: model block}, "")` for blocks whose names differ, where every source
+    block sits at the place in Keras's saving walk of exactly one model block and each block
+    sits at one place; `(None, why)` where the places pair them against the order in which
+    their automatic names were given; `(None, "")` where the places do not pair them."""
     def top(path: str | None) -> str | None:
         steps = (path or "").split("/")
         return "/".join(steps[:2]) if steps[0] == "layers" and len(steps) > 1 else None
@@ -1462,27 +1486,23 @@ def _rename_by_path(src: Source, source_blocks: list[str], target_blocks: dict[s
         for name in source_blocks:
             tops = {top(layer.keras_path) for layer in src.block_layers(name)}
             if len(tops) != 1 or None in tops:
-                return ""
+                return None, ""
             theirs[tops.pop()] = name
         paths = target_paths()
     except Exception:  # noqa: BLE001 - a hint only: a model Keras cannot walk gets none
-        return ""
+        return None, ""
     mine = {}
     for name, block in target_blocks.items():
         tops = {top(paths.get(id(layer))) for layer in block.layers}
         if len(tops) != 1 or None in tops:
-            return ""
+            return None, ""
         mine[tops.pop()] = name
     if set(theirs) != set(mine):
-        return ""
+        return None, ""
     why = _against_creation_order({theirs[p]: mine[p] for p in theirs})
     if why:
-        return ("\nNo rename= is offered: the blocks pair one to one by their places in Keras's "
-                f"saving walk, but {why}.")
-    rename = {theirs[p]: mine[p] for p in theirs if theirs[p] != mine[p]}
-    return ("\nThe blocks pair one to one by their places in Keras's saving walk (the same model "
-            f"with its automatic names shifted?), as Keras's load_weights pairs them: "
-            f"rename={rename}")
+        return None, why
+    return {theirs[p]: mine[p] for p in theirs if theirs[p] != mine[p]}, ""
 
 
 def _against_creation_order(pairs: dict[str, str]) -> str:

@@ -1630,3 +1630,44 @@ def test_automatically_named_models_of_a_keras_2_weights_file_created_in_another
                                                  r"'conv' layers of the 'sequential' models"):
         load_blocks(model, path)
     _assert_unchanged(before, model)
+
+
+@pytest.mark.parametrize("kind", ["blocks", "weights", "keras"])
+def test_a_shifted_automatically_named_block_beside_a_named_one_is_offered_its_rename(
+        tmp_path, kind):
+    """Found by a fresh-user test: the same model built in another session, its
+    automatically named Sequential `sequential` now `sequential_3`, beside a named head. The
+    head loaded, the Sequential was "in source only" (ok=False) and no rename was offered,
+    while Keras's own load_weights pairs them by place. The report now offers the exact
+    rename (`report.suggested_rename`, printed), which loads every value; it is not applied
+    on its own, and nothing is offered where the shapes differ."""
+    def build(units=3):
+        i = keras.Input((4,))
+        base = keras.Sequential([L.Dense(units), L.Dense(3)])
+        return keras.Model(i, L.Dense(2, name="head")(base(i)))
+
+    keras.backend.clear_session(free_memory=False)
+    source = _filled(build())
+    path = (save_blocks(source, str(tmp_path / "m.blocks.h5")) if kind == "blocks"
+            else save_all(source, str(tmp_path), [kind])[kind])
+    [keras.Sequential([L.Dense(1)]) for _ in range(2)]  # noqa: B018 - another session's counters
+    target = build()
+    assert target.layers[1].name == "sequential_3"
+    before = _values(target)
+    report = load_blocks(target, path)
+    assert not report.ok and report.unpaired == (["sequential_3"], ["sequential"])
+    assert report.suggested_rename == {"sequential": "sequential_3"}
+    assert ("They pair one to one by their places in Keras's saving walk, as Keras's "
+            "load_weights pairs them (the same model with its automatic names shifted?): "
+            "rename={'sequential': 'sequential_3'} loads them (report.suggested_rename)."
+            in str(report)), str(report)
+    after = _values(target)  # the head loaded, the Sequential not: the rename is not applied
+    assert_bits(after[:4], before[:4])
+    assert_bits(after[4:], _values(source)[4:])
+    report = load_blocks(target, path, rename=report.suggested_rename)
+    assert report.ok and report.pairing == {"sequential_3": "path", "head": "name"}
+    assert_bits(_values(target), _values(source))
+    other = build(units=5)  # another model's Sequential: same place, other shapes
+    report = load_blocks(other, path)
+    assert not report.ok and report.suggested_rename == {}
+    assert "suggested_rename" not in str(report)
