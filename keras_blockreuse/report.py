@@ -52,7 +52,8 @@ class LoadReport:
             damaged name looks like. `ok` is False; `only=` (a subset on purpose) or `rename=`
             (the names changed) says which was meant.
         suggested_rename: `{source block: model block}` pairing the blocks left `unpaired`
-            where they pair one to one by their places in Keras's saving walk, with variables
+            where they pair one to one by their places in Keras's saving walk (for a legacy
+            `.h5`: in computation order, automatic names of the same classes), with variables
             of the same shapes (the same model built in another session, its automatic names
             shifted: `sequential` saved, `sequential_3` now), as Keras's `load_weights` would
             pair them; `{}` otherwise. Not applied: pass `rename=report.suggested_rename` to
@@ -173,7 +174,7 @@ class LoadReport:
                 "purpose, pass only=[...].", markup=False, highlight=False, soft_wrap=True)
             if self.suggested_rename:
                 console.print(
-                    "They pair one to one by their places in Keras's saving walk, as Keras's "
+                    "They pair one to one by their places in the two models, as Keras's "
                     "load_weights pairs them (the same model with its automatic names shifted?): "
                     f"rename={self.suggested_rename} loads them "
                     "(report.suggested_rename).", markup=False, highlight=False, soft_wrap=True)

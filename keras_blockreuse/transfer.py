@@ -498,9 +498,11 @@ def _plan(
         report.unpaired = (list(report.missing),
                            [s for s in selected if mapped[s] not in target_blocks])
         if report.unpaired[0] and report.unpaired[1]:
-            rename, _ = _rename_by_place(
-                src, report.unpaired[1], {t: target_blocks[t] for t in report.unpaired[0]},
-                target_paths)
+            unpaired = {t: target_blocks[t] for t in report.unpaired[0]}
+            if str(src.info.get("format", "")).startswith("Keras legacy"):
+                rename = _rename_by_computation_order(src, report.unpaired[1], unpaired)[0]
+            else:
+                rename = _rename_by_place(src, report.unpaired[1], unpaired, target_paths)[0]
             if rename and all(_same_shapes(src, s, target_blocks[t]) for s, t in rename.items()):
                 report.suggested_rename = rename
     source_paths = _source_paths(src)
@@ -1538,23 +1540,36 @@ def _rename_by_order(src: Source, source_blocks: list[str],
     model rebuilt, its automatic names shifted). Else `""`, or why no rename is offered."""
     if not str(src.info.get("format", "")).startswith("Keras legacy"):
         return ""
-    theirs = {name: sorted(src.block_layers(name), key=lambda layer: layer.order or 0)
-              for name in source_blocks}
-    why = _unmatched_by_order(src, theirs, target_blocks)
-    if why:
+    rename, unmatched, why = _rename_by_computation_order(src, source_blocks, target_blocks)
+    if unmatched:
         return ("\nNo rename= is offered: a legacy .h5 records its layers in computation order, "
                 "not Keras paths, so blocks are paired by their places only where both sides "
                 "hold layers with automatic names of the same classes and variable shapes in "
-                f"the same order; {why}.")
-    places = sorted(theirs, key=lambda name: theirs[name][0].order)
-    why = _against_creation_order(dict(zip(places, target_blocks, strict=True)))
+                f"the same order; {unmatched}.")
     if why:
         return ("\nNo rename= is offered: the blocks pair one to one by their places in "
                 f"computation order, with the same classes and variable shapes, but {why}.")
-    rename = {a: b for a, b in zip(places, target_blocks, strict=True) if a != b}
     return ("\nThe blocks pair one to one by their places in computation order, with the same "
             "classes and variable shapes (the same model with its automatic names shifted?), "
             f"as Keras's legacy load_weights pairs them: rename={rename}")
+
+
+def _rename_by_computation_order(src: Source, source_blocks: list[str],
+                                 target_blocks: dict[str, Block]
+                                 ) -> tuple[dict[str, str] | None, str, str]:
+    """`(rename, "", "")` pairing source blocks with model blocks place by place in
+    computation order (see `_rename_by_order`); `(None, unmatched, "")` where the places do
+    not correspond; `(None, "", why)` where they pair against the automatic names' order."""
+    theirs = {name: sorted(src.block_layers(name), key=lambda layer: layer.order or 0)
+              for name in source_blocks}
+    unmatched = _unmatched_by_order(src, theirs, target_blocks)
+    if unmatched:
+        return None, unmatched, ""
+    places = sorted(theirs, key=lambda name: theirs[name][0].order)
+    why = _against_creation_order(dict(zip(places, target_blocks, strict=True)))
+    if why:
+        return None, "", why
+    return {a: b for a, b in zip(places, target_blocks, strict=True) if a != b}, "", ""
 
 
 def _unmatched_by_order(src: Source, theirs: dict[str, list[LayerInfo]],

@@ -1657,7 +1657,7 @@ def test_a_shifted_automatically_named_block_beside_a_named_one_is_offered_its_r
     report = load_blocks(target, path)
     assert not report.ok and report.unpaired == (["sequential_3"], ["sequential"])
     assert report.suggested_rename == {"sequential": "sequential_3"}
-    assert ("They pair one to one by their places in Keras's saving walk, as Keras's "
+    assert ("They pair one to one by their places in the two models, as Keras's "
             "load_weights pairs them (the same model with its automatic names shifted?): "
             "rename={'sequential': 'sequential_3'} loads them (report.suggested_rename)."
             in str(report)), str(report)
@@ -1671,3 +1671,35 @@ def test_a_shifted_automatically_named_block_beside_a_named_one_is_offered_its_r
     report = load_blocks(other, path)
     assert not report.ok and report.suggested_rename == {}
     assert "suggested_rename" not in str(report)
+
+
+def test_a_keras_2_file_with_a_shifted_automatically_named_model_is_offered_its_rename(
+        tmp_path):
+    """The same for a Keras 2 file: its nested `sequential` is `sequential_1` in the Keras 3
+    model beside a named head. A whole-model `.h5` records the nested model's layer order
+    (`model_config`), so the rename by computation order is offered and loads every value;
+    a weights-only `.h5` does not, and nothing is offered (that rename would be refused)."""
+    tf_keras = pytest.importorskip("tf_keras")
+
+    def build(k):
+        i = k.Input((4,))
+        base = k.Sequential([k.layers.Dense(3), k.layers.Dense(3)])
+        return k.Model(i, k.layers.Dense(2, name="head")(base(i)))
+
+    source = _filled(build(tf_keras))
+    assert source.layers[1].name == "sequential"
+    whole, weights = str(tmp_path / "k2.h5"), str(tmp_path / "k2w.h5")
+    source.save(whole)
+    source.save_weights(weights)
+    keras.backend.clear_session(free_memory=False)
+    keras.Sequential([L.Dense(1)])  # another session's counter
+    target = build(keras)
+    assert target.layers[1].name == "sequential_1"
+    report = load_blocks(target, whole)
+    assert not report.ok and report.suggested_rename == {"sequential": "sequential_1"}
+    assert "rename={'sequential': 'sequential_1'} loads them" in str(report), str(report)
+    report = load_blocks(target, whole, rename=report.suggested_rename)
+    assert report.ok and report.pairing == {"sequential_1": "order", "head": "name"}
+    assert_bits(_values(target), [np.array(v.numpy()) for v in source.weights])
+    report = load_blocks(target, weights)
+    assert not report.ok and report.suggested_rename == {}
