@@ -206,9 +206,13 @@ def load_blocks(
     places = _TargetPlaces(model)
     with open_source(source, source_blocks, **source_options) as src:
         plans, report = _plan(src, target_blocks, only, exclude, rename, target_paths, places)
-        if any(p.unpaired_source or p.unpaired_target for p in plans) and _rebuilt(src):
+        reconfigured = _reconfigured(plans, src)
+        if (any(p.unpaired_source or p.unpaired_target for p in plans) or reconfigured) and (
+                _rebuilt(src)):
             plans, report = _plan(src, target_blocks, only, exclude, rename, target_paths,
                                   places)
+        elif reconfigured:
+            _say_positional(reconfigured, report)
         _validate(plans, report, on_mismatch, src)
         if not nothing_asked:
             _refuse_empty(plans, report, src, model, target_blocks, target_paths)
@@ -350,6 +354,62 @@ def _rebuilt(src: Source) -> bool:
     raises `BlockFileError`."""
     rebuild = getattr(src, "rebuild_structure", None)
     return bool(rebuild()) if rebuild is not None else False
+
+
+def _reconfigured(plans: list[_BlockPlan], src: Source) -> dict[str, list[str]]:
+    """`{model layer path: config keys}` for paired layers whose variables the source knows
+    by position only (`vars/0`, `vars/1`), where the layer holds two or more of the same
+    shape and dtype, and whose config the source records (a `.keras` archive) and differs
+    from the model's in those keys. A config decides which variables a layer holds
+    (`BatchNormalization(center=False)` holds `gamma`, one with `scale=False` holds `beta`,
+    of the same shape), so such positions may hold other variables: the source's structure is
+    then rebuilt, which names them."""
+    out: dict[str, list[str]] = {}
+    for plan in plans:
+        for layer in plan.layers:
+            kinds = [(tuple(v.shape), str(getattr(v, "dtype", ""))) for v in layer.current.values()]
+            if len(set(kinds)) == len(kinds) or any(
+                    v.name not in ("", v.key) for v in layer.source.variables):
+                continue
+            stored = layer.source and src.layer_config(layer.source.path)
+            if not stored or stored.get("class_name") != type(layer.unit).__name__:
+                continue
+            try:
+                mine = layer.unit.get_config()
+            except Exception:  # noqa: BLE001 - a layer without a config: not comparable
+                continue
+            theirs, ours = _comparable(stored.get("config", {})), _comparable(mine)
+            keys = sorted(k for k in set(theirs) | set(ours) if theirs.get(k) != ours.get(k))
+            if keys:
+                out[layer.target_path] = keys
+    return out
+
+
+def _comparable(config) -> dict:
+    """A layer config's options, lists as lists, without those that do not decide which
+    variables it holds: its name, `trainable`, the dtype policy; a nested object's config
+    (an initializer, a regularizer) is reduced to its class, so a `quantization_config`
+    given on one side only still differs."""
+    def plain(value):
+        if isinstance(value, dict):
+            return ("object", value.get("class_name"))
+        if isinstance(value, (list, tuple)):
+            return [plain(v) for v in value]
+        return value
+
+    return {k: plain(v) for k, v in config.items() if k not in ("name", "trainable", "dtype")}
+
+
+def _say_positional(reconfigured: dict[str, list[str]], report: LoadReport) -> None:
+    shown = "; ".join(f"{path!r} ({', '.join(keys)})" for path, keys in reconfigured.items())
+    caveat = (
+        f"layers {shown} are configured otherwise than the source's, and the source records "
+        "their variables by position only (its structure could not be rebuilt to name them), "
+        "so they are paired by position, as Keras's load_weights pairs them; where that "
+        "config changes which variables the layer holds (BatchNormalization center= / "
+        "scale=), values go to variables of another meaning.")
+    report.caveats.append(caveat)
+    warnings.warn(f"load_blocks: {caveat}", stacklevel=3)
 
 
 def _target_structure(model) -> Callable[[], list]:

@@ -1703,3 +1703,54 @@ def test_a_keras_2_file_with_a_shifted_automatically_named_model_is_offered_its_
     assert_bits(_values(target), [np.array(v.numpy()) for v in source.weights])
     report = load_blocks(target, weights)
     assert not report.ok and report.suggested_rename == {}
+
+
+def _bn_model(lam=False, **options):
+    i = keras.Input((4,))
+    x = L.Dense(4, name="d")(i)
+    if lam:
+        x = L.Lambda(lambda t: t * 2.0, name="twice")(x)
+    return keras.Model(i, L.BatchNormalization(name="bn", **options)(x))
+
+
+def test_a_keras_archives_layer_configured_to_hold_other_variables_is_refused(tmp_path):
+    """Found in review: a `.keras` archive records a layer's variables by position only
+    (`vars/0`), so a `BatchNormalization(center=False)` (gamma, moving mean, moving variance)
+    loaded into one with `scale=False` (beta, ...) put gamma into beta with ok=True, as
+    Keras's own load_weights does. A layer whose config differs from the archive's, holding
+    variables of one shape, now has the archive's structure rebuilt, which names them: the
+    differing name is refused, no weight changed; a config that differs in what does not
+    change the variables (momentum) loads bit-identically."""
+    source = _filled(_bn_model(center=False))
+    path = str(tmp_path / "bn.keras")
+    source.save(path)
+    model = _bn_model(scale=False)
+    before = _values(model)
+    with pytest.raises(BlockMismatchError, match=r"bn / bn / beta: name differs \(source "
+                                                 r"'gamma'\)"):
+        load_blocks(model, path)
+    _assert_unchanged(before, model)
+    other = _bn_model(center=False, momentum=0.5)
+    report = load_blocks(other, path)
+    assert report.ok and not report.caveats
+    assert_bits(_values(other), _values(source))
+
+
+def test_a_layer_configured_otherwise_is_said_to_pair_by_position_when_no_rebuild_names_it(
+        tmp_path):
+    """Where the archive's config cannot be rebuilt (a Lambda layer, refused by safe_mode),
+    nothing names the variables: the load pairs them by position, as Keras does, and says
+    so plainly (a UserWarning and report.caveats naming the layer and the options)."""
+    source = _filled(_bn_model(lam=True, center=False))
+    path = str(tmp_path / "bn.keras")
+    source.save(path)
+    model = _bn_model(lam=True, scale=False)
+    with pytest.warns(UserWarning, match="configured otherwise than the source's"):
+        report = load_blocks(model, path)
+    assert report.caveats == [
+        "layers 'bn' (center, scale) are configured otherwise than the source's, and the "
+        "source records their variables by position only (its structure could not be rebuilt "
+        "to name them), so they are paired by position, as Keras's load_weights pairs them; "
+        "where that config changes which variables the layer holds (BatchNormalization "
+        "center= / scale=), values go to variables of another meaning."]
+    assert "Caveat: layers 'bn' (center, scale)" in str(report)

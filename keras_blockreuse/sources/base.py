@@ -132,6 +132,12 @@ class Source:
         whose `block_layers` reads each layer's variables lists them without reading."""
         return [layer.path for name in self.block_names() for layer in self.block_layers(name)]
 
+    def layer_config(self, path: str) -> dict | None:
+        """The Keras config (`{"class_name": ..., "config": {...}}`, as a `.keras` archive's
+        `config.json` holds it) of the layer at name path `path`, where the source records
+        one without rebuilding anything; else None."""
+        return None
+
     def close(self) -> None:
         pass
 

@@ -89,6 +89,7 @@ def open_archive(path: str, rule=None, source_model=None) -> KerasWeightsSource:
         return KerasWeightsSource(
             [file], path, [member.file_size], rule, source_model, info, on_close=close,
             structure=structure if config and source_model is None else None,
+            configs=layer_configs(config),
         )
     except BaseException:
         close()
@@ -144,6 +145,28 @@ def json_member(archive: zipfile.ZipFile, name: str, where: str) -> dict:
         return json.loads(archive.read(name).decode("utf-8"))
     except (ValueError, UnicodeDecodeError) as e:
         raise BlockFileError(f"{where}: {name} is not valid JSON: {e}") from None
+
+
+def layer_configs(config: dict) -> dict[str, dict]:
+    """`{name path: layer config}` for every layer a `.keras` config's Functional and
+    Sequential models list, nested ones under their names (`features/conv`). Layers that a
+    custom layer or a keras-hub model creates from its own arguments are not listed there."""
+    out: dict[str, dict] = {}
+
+    def walk(model_config: dict, prefix: str) -> None:
+        inner = model_config.get("config") if isinstance(model_config, dict) else None
+        layers = inner.get("layers") if isinstance(inner, dict) else None
+        if not isinstance(layers, list):
+            return
+        for item in layers:
+            cfg = item.get("config") if isinstance(item, dict) else None
+            name = cfg.get("name") if isinstance(cfg, dict) else None
+            if isinstance(name, str):
+                out[prefix + name] = item
+                walk(item, prefix + name + "/")
+
+    walk(config, "")
+    return out
 
 
 def model_from_config(config: dict, where: str):

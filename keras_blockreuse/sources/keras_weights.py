@@ -22,7 +22,7 @@ import functools
 import json
 import os
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 
 import h5py
 import numpy as np
@@ -73,6 +73,8 @@ class KerasWeightsSource(LayerSource):
         structure: a zero-argument function building the source model from the file's own
             config (a `.keras` archive), used like `source_model` but only when needed; a
             failure to build it leaves the layers as the names give them.
+        configs: `{name path: layer config}` from a `.keras` archive's `config.json`, for the
+            layers its Functional and Sequential models list (`layer_config`).
 
     A file whose groups all carry their layer's name (Keras >= 3.6) is read by those names,
     and `source_model` (or `structure`) is built and walked only by `rebuild_structure`,
@@ -109,8 +111,10 @@ class KerasWeightsSource(LayerSource):
         info: dict | None = None,
         on_close: Callable[[], None] | None = None,
         structure: Callable[[], object] | None = None,
+        configs: Mapping[str, dict] | None = None,
     ):
         super().__init__(rule)
+        self._configs = configs or {}
         self.description = description
         self.bytes_read = 0
         self.info = dict(info or {})
@@ -164,6 +168,10 @@ class KerasWeightsSource(LayerSource):
         self._var_names = var_names  # keras path -> {key: variable name}
         self._described: dict[str, LayerInfo] = {}
         self._groups = None
+
+    def layer_config(self, path: str) -> dict | None:
+        """The layer's config from a `.keras` archive's `config.json` (see `Source`)."""
+        return self._configs.get(path)
 
     def rebuild_structure(self) -> bool:
         """Builds and walks the source model, if not done yet, so that layers carry their
