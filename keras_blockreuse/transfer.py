@@ -1234,7 +1234,11 @@ def _validate(plans: list[_BlockPlan], report: LoadReport, on_mismatch: str, src
         _skip_whole_layers(plans, report)
         return
     lines = "\n".join(f"  - {m}" for m in report.mismatched)
-    hints = ["on_mismatch='skip' to load the rest", "only=/exclude= to select fewer blocks"]
+    unfit = {(m.block, m.layer) for m in report.mismatched}
+    rest = any((plan.target, layer.target_path) not in unfit
+               for plan in plans for layer in plan.layers)
+    hints = (["on_mismatch='skip' to load the rest"] if rest else []) + [
+        "only=/exclude= to select fewer blocks"]
     if adaptable:
         hints.insert(0, "on_mismatch='adapt' to adapt the first convolution's input channels "
                         "(as timm's adapt_input_conv does)")

@@ -1754,3 +1754,27 @@ def test_a_layer_configured_otherwise_is_said_to_pair_by_position_when_no_rebuil
         "where that config changes which variables the layer holds (BatchNormalization "
         "center= / scale=), values go to variables of another meaning."]
     assert "Caveat: layers 'bn' (center, scale)" in str(report)
+
+
+def test_skip_is_offered_only_where_it_would_load_something(tmp_path):
+    """Found by a fresh-user test: the refusal of a backbone's file into its task (a name
+    held at more places in the model) closed with "Pass on_mismatch='skip' to load the
+    rest", and typing it gave a second refusal: every paired layer was refused, so nothing
+    was left to load. The hint is given only where a paired layer fits."""
+    path = str(tmp_path / "base.weights.h5")
+    _filled(_deep_base()).save_weights(path)
+    i = keras.Input((4,))
+    task = keras.Model(i, L.Dense(3, name="predictions")(_deep_base()(i)))
+    with pytest.raises(BlockMismatchError) as e:
+        load_blocks(task, path)
+    assert str(e.value).endswith("\nPass only=/exclude= to select fewer blocks."), str(e.value)
+    with pytest.raises(BlockMismatchError, match="Nothing would be loaded"):
+        load_blocks(task, path, on_mismatch="skip")
+    i = keras.Input((4,))
+    wider = keras.Model(i, L.Dense(5, name="predictions")(L.Dense(3, name="conv1")(i)))
+    with pytest.raises(BlockMismatchError) as e:
+        load_blocks(wider, path)
+    assert str(e.value).endswith(
+        "\nPass on_mismatch='skip' to load the rest, or only=/exclude= to select fewer "
+        "blocks."), str(e.value)
+    assert not load_blocks(wider, path, on_mismatch="skip").ok
