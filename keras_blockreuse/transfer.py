@@ -167,7 +167,8 @@ def load_blocks(
             be compiled again for this to take effect in training (a warning says so).
         blocks: the model's block rule (for models that are not a `BlockModel`).
         source_blocks: the block rule for a source without blocks of its own; default the
-            source's own rule, else the model's.
+            source's own rule, else the model's. A block file keeps its own blocks, so
+            passing it with one raises `TypeError`.
         **source_options: options for the source's reader (such as `source_model=`).
 
     Returns:
@@ -180,6 +181,8 @@ def load_blocks(
             do not fit or would overflow the model's dtype (with `on_mismatch="error"`), or a
             load that would assign nothing. No weight of the model has changed.
         BlockFileError: the source file is unreadable or corrupt. No weight has changed.
+        TypeError: `source_blocks=` with a block file, or a reader option that does not apply
+            to the source. No weight has changed.
 
     Example:
 
@@ -198,6 +201,7 @@ def load_blocks(
     target_rule = blocks if blocks is not None else getattr(model, "_block_rule", None)
     target_blocks = get_blocks(model, target_rule)
     structure = _target_structure(model)
+    regrouped = source_blocks
     if source_blocks is None and not hasattr(source, "_block_rule"):
         source_blocks = target_rule if target_rule is not None else _top_level_grouping(
             model, target_blocks, source, structure)
@@ -205,6 +209,12 @@ def load_blocks(
     target_paths = _target_paths(structure)
     places = _TargetPlaces(model)
     with open_source(source, source_blocks, **source_options) as src:
+        if regrouped is not None and src.own_blocks:
+            raise TypeError(
+                f"source_blocks= groups the layers of a source without blocks of its own; "
+                f"{src.description} keeps the blocks it was saved with, {src.block_names()}, "
+                f"so it would be ignored. Received: source_blocks={regrouped!r}. Select "
+                "source blocks with only= / exclude=, and pair them with rename=.")
         plans, report = _plan(src, target_blocks, only, exclude, rename, target_paths, places)
         reconfigured = _reconfigured(plans, src)
         if (any(p.unpaired_source or p.unpaired_target for p in plans) or reconfigured) and (

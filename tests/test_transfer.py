@@ -7,6 +7,7 @@ from keras_blockreuse import (
     BlockFileError,
     BlockMismatchError,
     BlockModel,
+    get_blocks,
     load_blocks,
     save_blocks,
     transfer,
@@ -490,3 +491,22 @@ def test_freeze_leaves_a_partly_loaded_block_trainable(tmp_path):
     assert [layer.trainable for layer in target.layers[1:]] == [True, True, True]
     assert target.get_layer("a_0").kernel.numpy().tobytes() == \
         source.get_layer("a_0").kernel.numpy().tobytes()
+
+
+def test_source_blocks_with_a_block_file_is_refused_not_ignored(tmp_path):
+    """Found by a fresh-user test: `source_blocks=` with a `.blocks.h5` was ignored without a
+    word (a block file keeps the blocks it was saved with). It is refused, naming them, and
+    no weight changes."""
+    model = seed_cnn()
+    randomize(model, seed=3)
+    path = save_blocks(model, str(tmp_path / "m.blocks.h5"))
+    target = seed_cnn()
+    before = snapshot(target)
+    with pytest.raises(TypeError) as e:
+        load_blocks(target, path, source_blocks={"all": ["*"]})
+    assert str(e.value) == (
+        f"source_blocks= groups the layers of a source without blocks of its own; {path} "
+        f"keeps the blocks it was saved with, {list(get_blocks(model))}, so it would be "
+        "ignored. Received: source_blocks={'all': ['*']}. Select source blocks with only= / "
+        "exclude=, and pair them with rename=.")
+    assert_same(snapshot(target), before)

@@ -107,6 +107,8 @@ class Source:
             written by `save_blocks`), so a name that differs from the model's (`gamma` for
             `beta`) is a mismatch. Not for legacy `.h5`: Keras 2 names some variables
             otherwise (`depthwise_kernel`).
+        own_blocks: True when the source keeps the blocks it was saved with, whatever block
+            rule it is opened with (block files).
     """
 
     description: str = "source"
@@ -114,6 +116,7 @@ class Source:
     info: dict = {}
     variable_names_pair: bool = False
     variable_names_checked: bool = False
+    own_blocks: bool = False
 
     def block_names(self) -> list[str]:
         """The source's blocks, in order."""

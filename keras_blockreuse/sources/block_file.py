@@ -38,6 +38,7 @@ class BlockFileSource(Source):
         # `save_blocks` records each variable's Keras name; a converted file, its source's
         self.variable_names_pair = "converted_from" not in self._file.metadata
         self.variable_names_checked = self.variable_names_pair
+        self.own_blocks = True
 
     @property
     def bytes_read(self) -> int:
