@@ -353,3 +353,31 @@ def test_help_lists_the_user_options_and_answers_without_tensorflow():
                          text=True, timeout=60)
     assert "RESULT 2 []" in run.stdout, run.stdout + run.stderr
     assert "--model mobilenet_v2 needs --source" in run.stderr
+
+
+def test_a_source_paired_only_by_shifted_automatic_names_is_refused(arrays, tmp_path):
+    """Found by a fresh-user test: a pretrained Sequential of two automatically named convs
+    and a target with a third conv added before the second. load_blocks refuses it (the
+    names cannot say which conv is new), but the sweep asked for each block by name, which
+    load_blocks takes as the caller's word, and transferred the second conv's values into
+    the new one in every trial. The sweep now refuses before any trial."""
+    def convs(n, num_classes=3):
+        return keras.Sequential(
+            [keras.Input((8, 8, 1))]
+            + [keras.layers.Conv2D(4, 3, padding="same") for _ in range(n)]
+            + [keras.layers.GlobalAveragePooling2D(),
+               keras.layers.Dense(num_classes, activation="softmax")])
+
+    keras.backend.clear_session()
+    source = convs(2)
+    with pytest.raises(SweepError) as e:
+        which_blocks(lambda: convs(3), source=source, train=arrays[0], validation=arrays[1],
+                     out=str(tmp_path / "out"), print_fn=lambda s: None)
+    message = str(e.value)
+    assert message.startswith(
+        "The source's blocks cannot be paired with the model's by their names, so no trial "
+        "could say which pretrained values it transfers: Blocks named by automatic names "
+        "cannot be paired by those names here: Conv2D blocks: the model has ['conv2d', "
+        "'conv2d_1', 'conv2d_2'], the source ['conv2d', 'conv2d_1']"), message
+    assert message.endswith("pass that model as the source."), message
+    assert not (tmp_path / "out").exists()

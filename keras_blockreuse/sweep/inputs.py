@@ -219,6 +219,21 @@ def _transferable(model, path: str, source_blocks: list[str]) -> tuple[list[str]
                          f"blocks {source_blocks}, model blocks {list(model.blocks)} ("
                          + "; ".join(f"{b}: {why}" for b, why in list(fixed.items())[:4])
                          + "). Check the block rule (blocks=) or the source.")
+    # Each block above was asked for by name, which load_blocks takes as the caller's word
+    # where automatic names cannot say which layer is which (a layer added before others of
+    # its class). The sweep's choice of blocks is not that word: the whole source, asked for
+    # by no name, must pair the same way.
+    try:
+        model.load_blocks(path, on_mismatch="skip")
+    except BlockMismatchError as error:
+        raise SweepError(
+            "The source's blocks cannot be paired with the model's by their names, so no "
+            f"trial could say which pretrained values it transfers: {error} The sweep pairs "
+            "blocks by name: name the layers in the model (Conv2D(8, 3, name='block_1_0')); "
+            "or load the pretrained weights into a model of the target's architecture "
+            "yourself (load_blocks(model, source, rename={...})) and pass that model as the "
+            "source."
+        ) from error
     return ok, fixed
 
 
