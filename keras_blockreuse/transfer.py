@@ -738,6 +738,13 @@ def _pair_block(
                              strict=True))
             pairing = "order"
             caveat = _unchecked_order(target_name, block, pairs)
+        # Blocks paired by their own automatic names (a nested model `sequential` on both
+        # sides, its layers' names shifted): those names are checked at that model's step
+        # as a layer's are (the user's rename= is the user's word, and is not).
+        if (pairs is not None and source_name == target_name
+                and any(_automatic_steps(path, block) for path, _, _ in units)):
+            contradicted, _ = _contradicted(pairs, block, target_paths, source_paths)
+            pairs = [pair for pair in pairs if pair[0][0] not in contradicted] or None
     if pairs is None:  # by name where names agree; the rest is unpaired
         pairs = [(unit, by_name[unit[0]]) for unit in units if unit[0] in by_name]
     if pairing != "order":
@@ -934,6 +941,7 @@ def _contradicted(pairs, block: Block, target_paths: Callable[[], dict[int, str]
     """
     paths = target_paths() if any(layer.keras_path for _, layer in pairs) else {}
     out, unconfirmed = {}, []
+    model_paths: set[str] | None = None
     for pair in pairs:
         (path, obj, _), layer = pair
         mine, theirs = paths.get(id(obj)), layer.keras_path
@@ -957,7 +965,15 @@ def _contradicted(pairs, block: Block, target_paths: Callable[[], dict[int, str]
             if m.rsplit("/", 1)[-1] == t.rsplit("/", 1)[-1]:
                 continue
             confirmed = False
-            if f"{t.rsplit('/', 1)[0]}/{m.rsplit('/', 1)[-1]}" in source_paths():
+            parent, leaf = t.rpartition("/")[0], m.rpartition("/")[2]
+            placed = (f"{parent}/{leaf}" if parent else leaf) in source_paths()
+            if not placed and (m, t) == (mine, theirs):  # the layer's own place: held by
+                # another layer on either side (`head` against `layers/dense_1`, where the
+                # walk visits attributes and the layer list of a subclassed model)
+                if model_paths is None:
+                    model_paths = set(paths.values())
+                placed = mine in source_paths() or theirs in model_paths
+            if placed:
                 out[path] = (layer.path, "Keras's saving walk places them differently "
                                          f"(source {theirs}, model {mine}): created in another "
                                          "order, or moved in a list?")
@@ -1125,6 +1141,16 @@ def _contradicted_by_order(plans: list[_BlockPlan]) -> None:
     families: dict[tuple[str, str], list[tuple[_LayerPlan, _BlockPlan]]] = {}
     for plan in plans:
         if plan.pairing != "name":
+            # a block paired by its own automatic name (a nested model `sequential` on both
+            # sides) whose layers' names did not pair: each of its layers, by its place in
+            # the block, against the same layer of the family's other models
+            top = plan.block.layers[0] if plan.block and len(plan.block.layers) == 1 else None
+            if plan.source == plan.target and top is not None and automatic_name(plan.target,
+                                                                                  top):
+                for index, layer in enumerate(plan.layers):
+                    if layer.source.order is not None:
+                        families.setdefault(("", strip_counter(plan.target), f"#{index}"),
+                                            []).append((layer, plan))
             continue
         for layer in plan.layers:
             if layer.source.order is None:
@@ -1144,7 +1170,8 @@ def _contradicted_by_order(plans: list[_BlockPlan]) -> None:
             if by_source[rank][0] is layer:
                 continue
             source_rank = next(i for i, m in enumerate(by_source) if m[0] is layer)
-            kind = (f"{key[2]!r} layers of the {key[1]!r} models" if len(key) == 3
+            kind = (f"{key[1]!r} models" if len(key) == 3 and key[2].startswith("#")
+                    else f"{key[2]!r} layers of the {key[1]!r} models" if len(key) == 3
                     else f"{type(layer.unit).__name__} layers")
             plan.contradicted[layer.target_path] = (
                 layer.source.path, f"they compute at different places among the {kind} "

@@ -1778,3 +1778,109 @@ def test_skip_is_offered_only_where_it_would_load_something(tmp_path):
         "\nPass on_mismatch='skip' to load the rest, or only=/exclude= to select fewer "
         "blocks."), str(e.value)
     assert not load_blocks(wider, path, on_mismatch="skip").ok
+
+
+class _Heads(keras.Model):
+    """A subclassed model whose two automatically named Dense attributes are created in the
+    given order; `extra` adds a third, created first."""
+
+    def __init__(self, b_first=False, extra=False, **kwargs):
+        super().__init__(**kwargs)
+        if extra:
+            self.proj = L.Dense(4)
+        if b_first:
+            self.b = L.Dense(4)
+            self.a = L.Dense(4)
+        else:
+            self.a = L.Dense(4)
+            self.b = L.Dense(4)
+        self.body = [L.Dense(4)]
+
+    def call(self, x):
+        x = self.proj(x) if hasattr(self, "proj") else x
+        return self.body[0](self.b(self.a(x)))
+
+
+def _heads(**options):
+    model = _Heads(**options)
+    model(np.zeros((1, 4), "float32"))
+    return model
+
+
+@pytest.mark.parametrize("kind", ["blocks", "weights", "keras"])
+def test_a_subclassed_models_attributes_created_in_another_order_pair_nothing(tmp_path, kind):
+    """Found by a fresh-user test: a subclassed model's automatically named attributes
+    (`self.a`, `self.b`) created the other way round in another process (a refactor, or a
+    loop over a set) swapped with ok=True: their Keras paths (`a`, `b`) have no parent step,
+    and the check looked for the model's place under the source's parent. Refused, no
+    weight changed, also with `only=` naming the blocks; a third attribute created first
+    (`proj`), with every Dense block named in only=, is refused too: the source's `a` sits
+    where the model's `a` is `dense_2`."""
+    keras.backend.clear_session(free_memory=False)
+    source = _filled(_heads())
+    path = (save_blocks(source, str(tmp_path / "m.blocks.h5")) if kind == "blocks"
+            else save_all(source, str(tmp_path), [kind])[kind])
+    keras.backend.clear_session(free_memory=False)
+    model = _heads(b_first=True)
+    assert (model.b.name, model.a.name) == ("dense", "dense_1")
+    before = _values(model)
+    for only in (None, ["dense"]):
+        with pytest.raises(BlockMismatchError, match=r"dense / dense / \*: its automatic name "
+                                                     r"pairs it with source layer 'dense', but "
+                                                     r"Keras's saving walk places them "
+                                                     r"differently \(source a, model b\)"):
+            load_blocks(model, path, only=only)
+        _assert_unchanged(before, model)
+    keras.backend.clear_session(free_memory=False)
+    model = _heads(extra=True)
+    before = _values(model)
+    with pytest.raises(BlockMismatchError, match="places them differently"):
+        load_blocks(model, path, only=["dense", "dense_1", "dense_2"])
+    _assert_unchanged(before, model)
+
+
+@pytest.mark.parametrize("kind", ["blocks", "weights", "keras", "legacy"])
+def test_nested_models_paired_by_their_automatic_names_are_checked_as_layers_are(tmp_path,
+                                                                                kind):
+    """Found by a fresh-user test: two automatically named Sequential towers created the
+    other way round (same computation), their layers' names shifted by layers built before
+    them: the blocks paired by their own names (`sequential` with `sequential`), their
+    layers by order, and the towers swapped with ok=True from every format (a Keras 2 file
+    too). Such a block's name is checked at its step (Keras path; computation order for a
+    legacy .h5), as a layer's is; a rename= of the user's is the user's word and loads."""
+    def build(k, second_first):
+        def tower():
+            return k.Sequential([k.Input((4,)), k.layers.Dense(4)])
+
+        t2 = tower() if second_first else None
+        t1 = tower()
+        t2 = t2 or tower()
+        i = k.Input((4,))
+        return k.Model(i, k.layers.Concatenate()([t1(i), t2(i)])), t1, t2
+
+    if kind == "legacy":
+        tf_keras = pytest.importorskip("tf_keras")
+        source, s1, s2 = build(tf_keras, False)
+        path = str(tmp_path / "k2.h5")
+        _filled(source).save(path)
+    else:
+        keras.backend.clear_session(free_memory=False)
+        source, s1, s2 = build(keras, False)
+        _filled(source)
+        path = (save_blocks(source, str(tmp_path / "m.blocks.h5")) if kind == "blocks"
+                else save_all(source, str(tmp_path), [kind])[kind])
+    expected = [np.array(v.numpy()) for v in [*s1.weights, *s2.weights]]
+    keras.backend.clear_session(free_memory=False)
+    L.Dense(1), L.Dense(1)  # another process's counters
+    model, t1, t2 = build(keras, True)
+    assert (t1.name, t2.name) == ("sequential_1", "sequential")
+    before = _values(model)
+    with pytest.raises(BlockMismatchError) as e:
+        load_blocks(model, path)
+    assert "sequential_1 / sequential_1/dense_3 / *: its automatic name pairs it with source " \
+           "layer 'sequential_1/dense_1', but " in str(e.value), str(e.value)
+    _assert_unchanged(before, model)
+    report = load_blocks(model, path, rename={"sequential": "sequential_1",
+                                              "sequential_1": "sequential"})
+    assert report.ok
+    assert_bits([np.array(v.numpy()) for v in [*t1.weights, *t2.weights]], expected)
