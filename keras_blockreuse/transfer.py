@@ -442,7 +442,7 @@ class _TargetPlaces:
     walk), and their name paths, walked only when asked."""
 
     def __init__(self, model):
-        self._model = model
+        self.model = model
         self._counts: dict[str, int] | None = None
         self._families: dict[str, int] | None = None
         self._places: dict[str, list[tuple[str, Any]]] | None = None
@@ -452,7 +452,7 @@ class _TargetPlaces:
         of this name's family, `dense`, `dense_1`, ...)."""
         if self._counts is None:
             self._counts, self._families = {}, {}
-            for layer in self._model._flatten_layers(include_self=False):
+            for layer in self.model._flatten_layers(include_self=False):
                 stem = strip_counter(layer.name)
                 self._counts[layer.name] = self._counts.get(layer.name, 0) + 1
                 self._families[stem] = self._families.get(stem, 0) + 1
@@ -467,8 +467,8 @@ class _TargetPlaces:
         """`{layer name: [(its name path in the model, the layer)]}`."""
         if self._places is None:
             self._places = {}
-            for path, unit in iter_units(self._model):
-                if unit is not self._model:
+            for path, unit in iter_units(self.model):
+                if unit is not self.model:
                     within = path.split("/", 1)[1]
                     self._places.setdefault(within.rsplit("/", 1)[-1], []).append(
                         (within, unit))
@@ -558,7 +558,9 @@ def _plan(
             )
         targets[t] = s
     _refuse_shifted_names(targets, target_blocks, source_names, only, rename,
-                          lambda name, block: _same_shapes(src, name, block), target_places)
+                          lambda name, block: _same_shapes(src, name, block), target_places,
+                          lambda: _nesting_hint(src, source_names, target_places.model,
+                                                target_blocks))
     in_source = {rename.get(s, s) for s in source_names}
     report = LoadReport(source=src.description, target_blocks=target_names,
                         source_blocks=source_names)
@@ -621,7 +623,7 @@ def _plan(
 def _refuse_shifted_names(targets: dict[str, str], target_blocks: dict[str, Block],
                           source_names: list[str], only, rename: dict[str, str],
                           fits: Callable[[str, Block], bool],
-                          target_places: _TargetPlaces) -> None:
+                          target_places: _TargetPlaces, hint: Callable[[], str]) -> None:
     """Refuses blocks paired only by automatic names when the two sides hold another number
     of blocks of that class (`dense`, `dense_1` against `dense`, `dense_1`, `dense_2`).
 
@@ -674,7 +676,7 @@ def _refuse_shifted_names(targets: dict[str, str], target_blocks: dict[str, Bloc
                f"only={listed}; if " if listed else "If ")
             + "a layer was added or removed before them (or created and not used), pair the "
             "blocks with rename= {source block: model block}. Naming the layers when building "
-            "the model avoids this."
+            "the model avoids this." + ("" if nested else hint())
         )
 
 
@@ -1511,14 +1513,19 @@ def _nested_source_hint(src: Source, nested: list[str], source_blocks: list[str]
     own_blocks = kind == BLOCK_FILE  # a block file keeps its blocks, whatever source_blocks=
     whole = name in source_blocks and all(
         layer.path.startswith(name + "/") for layer in src.block_layers(name))
-    if len(nested) == 1 and top_level and model_tops <= inside and (whole or not own_blocks):
+    nested_layers = [layer for block in source_blocks for layer in src.block_layers(block)
+                     if layer.path.startswith(name + "/")]
+    in_order = kind.startswith("Keras archive") or all(  # a .keras rebuilds its order
+        layer.order is not None for layer in nested_layers)
+    pairable = model_tops <= inside or (len(model_tops) == len(inside) and in_order)
+    if len(nested) == 1 and top_level and pairable and (whole or not own_blocks):
         # One block on each side: the nested model's layers pair by their names inside it
-        # (`_below_one_prefix`).
+        # (`_below_one_prefix`), else by their computation order, which the source knows.
         options = [f"blocks={{{name!r}: ['*']}}"]
         if not own_blocks:
             options.append(f"source_blocks={{{name!r}: [{name!r}]}}")
-        remedies.append(f"load it as one block, its layers paired by their names inside "
-                        f"{name!r}: `load_blocks(model, source, {', '.join(options)})`")
+        remedies.append(f"load it as one block, its layers paired by their names (or order) "
+                        f"inside {name!r}: `load_blocks(model, source, {', '.join(options)})`")
     if kind == "keras-hub preset directory" and is_hub_model(model):
         remedies.append("pass neither blocks= nor source_blocks=: a keras-hub preset directory "
                         "is then grouped by its keras-hub preset, inside its backbone, and its "

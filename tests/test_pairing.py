@@ -1884,3 +1884,45 @@ def test_nested_models_paired_by_their_automatic_names_are_checked_as_layers_are
                                               "sequential_1": "sequential"})
     assert report.ok
     assert_bits([np.array(v.numpy()) for v in [*t1.weights, *t2.weights]], expected)
+
+
+@pytest.mark.parametrize("kind", ["blocks", "keras", "legacy"])
+def test_a_transfer_models_file_into_its_bare_backbone_built_later_is_offered_a_load(
+        tmp_path, kind):
+    """Found by a fresh-user test: a transfer model's file (an automatically named backbone
+    of three Dense layers, and a Dense head) into the bare backbone built after another
+    Dense was created: the Counts refusal offered only rename=, which cannot pair a nested
+    source block with three blocks of one layer, and did not mention the nested model. It
+    now names it and offers the one-block load (its layers paired by computation order,
+    which these sources know), which loads every backbone value bit-identically."""
+    import ast
+    import re
+
+    def backbone():
+        i = keras.Input((4,))
+        x = i
+        for _ in range(3):
+            x = L.Dense(4)(x)
+        return keras.Model(i, x)
+
+    keras.backend.clear_session(free_memory=False)
+    base = backbone()
+    i = keras.Input((4,))
+    source = _filled(keras.Model(i, L.Dense(4)(base(i))))
+    path = (save_blocks(source, str(tmp_path / "m.blocks.h5")) if kind == "blocks"
+            else save_all(source, str(tmp_path), [kind])[kind])
+    keras.backend.clear_session(free_memory=False)
+    L.Dense(1)  # another process's counter
+    model = backbone()
+    before = _values(model)
+    with pytest.raises(BlockMismatchError) as e:
+        load_blocks(model, path)
+    message = str(e.value)
+    assert "The source holds these layers inside ['functional']" in message, message
+    _assert_unchanged(before, model)
+    offered = re.search(r"`load_blocks\(model, source, (.*?)\)`", message).group(1)
+    call = ast.parse(f"f({offered})").body[0].value
+    options = {k.arg: ast.literal_eval(k.value) for k in call.keywords}
+    assert set(options) == ({"blocks"} if kind == "blocks" else {"blocks", "source_blocks"})
+    assert load_blocks(model, path, **options).ok
+    assert_bits(_values(model), [np.array(v.numpy()) for v in base.weights])
