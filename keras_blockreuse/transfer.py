@@ -560,7 +560,9 @@ def _plan(
     _refuse_shifted_names(targets, target_blocks, source_names, only, rename,
                           lambda name, block: _same_shapes(src, name, block), target_places,
                           lambda: _nesting_hint(src, source_names, target_places.model,
-                                                target_blocks))
+                                                target_blocks)
+                          or _rename_by_path(src, source_names, target_blocks, target_paths)
+                          or _rename_by_order(src, source_names, target_blocks))
     in_source = {rename.get(s, s) for s in source_names}
     report = LoadReport(source=src.description, target_blocks=target_names,
                         source_blocks=source_names)

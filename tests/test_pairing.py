@@ -1926,3 +1926,31 @@ def test_a_transfer_models_file_into_its_bare_backbone_built_later_is_offered_a_
     assert set(options) == ({"blocks"} if kind == "blocks" else {"blocks", "source_blocks"})
     assert load_blocks(model, path, **options).ok
     assert_bits(_values(model), [np.array(v.numpy()) for v in base.weights])
+
+
+@pytest.mark.parametrize("kind", ["blocks", "weights", "keras"])
+def test_names_shifted_by_one_are_offered_the_rename_by_place(tmp_path, kind):
+    """Found by a fresh-user test: the same Sequential built after one more Dense (names
+    `dense_1..3` against the file's `dense..dense_2`, two of them pairing) was refused with
+    no concrete rename, though one pairs every block by its place in Keras's saving walk.
+    The refusal now gives it, and it loads every value."""
+    import ast
+
+    def build():
+        return keras.Sequential([keras.Input((4,)), L.Dense(4), L.Dense(4), L.Dense(4)])
+
+    keras.backend.clear_session(free_memory=False)
+    source = _filled(build())
+    path = (save_blocks(source, str(tmp_path / "m.blocks.h5")) if kind == "blocks"
+            else save_all(source, str(tmp_path), [kind])[kind])
+    keras.backend.clear_session(free_memory=False)
+    L.Dense(1)
+    model = build()
+    with pytest.raises(BlockMismatchError, match="only their names pair") as e:
+        load_blocks(model, path)
+    message = str(e.value)
+    assert message.endswith("as Keras's load_weights pairs them: rename={'dense': 'dense_1', "
+                            "'dense_1': 'dense_2', 'dense_2': 'dense_3'}"), message
+    rename = ast.literal_eval(message.rsplit("rename=", 1)[1])
+    assert load_blocks(model, path, rename=rename).ok
+    assert_bits(_values(model), _values(source))
