@@ -6,6 +6,7 @@ function, a keras.applications model on an image folder, a regression target, an
 import json
 import os
 import re
+import shutil
 
 import keras
 import numpy as np
@@ -381,3 +382,147 @@ def test_a_source_paired_only_by_shifted_automatic_names_is_refused(arrays, tmp_
         "'conv2d_1', 'conv2d_2'], the source ['conv2d', 'conv2d_1']"), message
     assert message.endswith("pass that model as the source."), message
     assert not (tmp_path / "out").exists()
+
+
+def test_class_labels_that_would_add_untrained_classes_are_refused(arrays):
+    """Found by a fresh-user test: the class count is `max label + 1` over every split, so a
+    mistyped test label (4 among 0..2) or labels 1..3 silently gave a model of 5 or 4
+    outputs, some never trained, and its source head was reported as not fitting. Refused,
+    saying which labels and why; labels 0..2 pass."""
+    (x, y), (xv, yv), (xt, yt) = arrays
+    typo = yt.copy()
+    typo[0] = 4
+    with pytest.raises(ValueError) as e:
+        from_arrays((x, y), (xv, yv), (xt, typo))
+    assert str(e.value) == (
+        "test: holds class labels [4] that train does not (train has 3 classes, 0..2): a "
+        "mistyped label, or a class with no training sample. The model would get 5 outputs, "
+        "some never trained. Fix the labels, or give train samples of every class.")
+    with pytest.raises(ValueError) as e:
+        from_arrays((x, y + 1), (xv, yv + 1), (xt, yt + 1))
+    assert str(e.value) == (
+        "train: class labels run to 3, so the model would get 4 outputs, but train holds no "
+        "sample of classes [0]: they could never be trained. Number the 3 classes 0..2 "
+        "(labels starting at 1, or a subset of a larger label set, shifted down).")
+    with pytest.raises(ValueError, match=r"train: class labels must be 0 or more; received "
+                                          r"\[-1\]"):
+        from_arrays((x, y - 1), (xv, yv), (xt, yt))
+    assert from_arrays((x, y), (xv, yv), (xt, yt)).target_classes == 3
+
+
+def test_a_dict_of_inputs_is_refused_clearly(arrays):
+    """Found by a fresh-user test: x as a dict of named inputs gave a raw TypeError (arrays)
+    or AttributeError (a tf.data.Dataset); the sweep feeds one array of inputs."""
+    import tensorflow as tf
+
+    (x, y), validation, _ = arrays
+    expected = ("train: x is a dict of inputs ['inp']; the sweep feeds one array of inputs to "
+                "a model with one input. Pass x as one array (or a dataset of (x, y) with x "
+                "one tensor).")
+    for train in (({"inp": x}, y), tf.data.Dataset.from_tensor_slices(({"inp": x}, y)).batch(8)):
+        with pytest.raises(ValueError) as e:
+            from_arrays(train, validation)
+        assert str(e.value) == expected
+
+
+def test_a_head_narrower_than_the_labels_is_refused_before_any_trial(arrays, tmp_path):
+    """Found by a fresh-user test: a build_model without num_classes (a 3-output head) and
+    labels 0..3 passed the check on 2 validation samples, then every trial died with a raw
+    TensorFlow trace. The check now includes a sample of the largest class, and the message
+    keeps TensorFlow's reason without its call stack."""
+    (x, y), (xv, yv), _ = arrays
+    label = np.where(np.arange(len(y)) % 2 == 0, 3, y)
+
+    def three():
+        i = keras.Input((8, 8, 1))
+        h = keras.layers.GlobalAveragePooling2D()(keras.layers.Conv2D(4, 3, name="block_1_0")(i))
+        return keras.Model(i, keras.layers.Dense(3, activation="softmax", name="head")(h))
+
+    with pytest.raises(SweepError) as e:
+        which_blocks(three, source=three(), train=(x, label), validation=(xv, np.where(
+            np.arange(len(yv)) % 2 == 0, 3, yv)), out=str(tmp_path / "out"),
+            print_fn=lambda s: None)
+    message = str(e.value)
+    assert re.search(r"and train sample \d+, of the largest class label \(3\)", message), message
+    assert message.endswith("InvalidArgumentError: Received a label value of 3 which is "
+                            "outside the valid range of [0, 3). Label values: 3 1 3"), message
+    assert not (tmp_path / "out").exists()
+
+
+def _prepared(build_model, source, arrays):
+    from keras_blockreuse.sweep.inputs import UserInputs
+
+    inputs = UserInputs(from_arrays(arrays[0], arrays[1]), Recipe(build_model), source)
+    return inputs.prepare()
+
+
+def test_a_backbone_the_source_holds_under_another_name_is_said_so(arrays):
+    """Found by a fresh-user test: an automatically named backbone (`sequential`) whose
+    source was built second in its session (`sequential_1`) was fixed to reinit as "not in
+    the source", never naming the source's unused block. The reason now names it and the
+    rename that pairs them."""
+    def build(input_shape=(8, 8, 1), num_classes=3):
+        i = keras.Input(input_shape)
+        body = keras.Sequential([keras.layers.Conv2D(4, 3, padding="same"),
+                                 keras.layers.GlobalAveragePooling2D()])
+        return keras.Model(i, keras.layers.Dense(num_classes, activation="softmax",
+                                                 name="head")(body(i)))
+
+    keras.backend.clear_session()
+    build()
+    source = build()  # a notebook cell ran before: its backbone is `sequential_1`
+    inputs = _prepared(build, source, arrays)
+    try:
+        assert inputs.blocks == ["head"]
+        assert inputs.fixed == {"sequential": (
+            "not in the source, whose blocks ['sequential_1'] pair with no block of the model "
+            "(renamed, or an automatic name shifted?); load_blocks pairs them with "
+            "rename={'sequential_1': 'sequential'}: load the pretrained weights into a model "
+            "of the target's architecture with it and pass that model as the source")}
+    finally:
+        shutil.rmtree(os.path.dirname(inputs.snapshot), ignore_errors=True)
+
+
+class _Pair(keras.layers.Layer):
+    def __init__(self, renamed=False, **kwargs):
+        super().__init__(**kwargs)
+        if renamed:
+            self.a, self.b = keras.layers.Dense(4), keras.layers.Dense(4)
+        else:
+            self.first, self.second = keras.layers.Dense(4), keras.layers.Dense(4)
+
+    def call(self, x):
+        return (self.b(self.a(x)) if hasattr(self, "a") else self.second(self.first(x)))
+
+
+def _paired(renamed, num_classes=3):
+    i = keras.Input((8, 8, 1))
+    x = keras.layers.GlobalAveragePooling2D()(i)
+    x = keras.layers.Dense(4, name="block_0_0")(x)
+    return keras.Model(i, keras.layers.Dense(num_classes, activation="softmax", name="head")(
+        _Pair(renamed, name="block_1_0")(x)))
+
+
+@pytest.mark.slow
+def test_the_caveats_of_loading_the_source_are_in_the_sweeps_output(ray_local, arrays,
+                                                                   tmp_path):
+    """Found by a fresh-user test: load_blocks says plainly what it could not check (a
+    custom layer's sub-layers paired by automatic names alone, its attributes renamed since
+    the file was saved), but the sweep, which loads the same pairing in every trial, said
+    nothing. The caveat is printed before the trials and written to report.md."""
+    keras.backend.clear_session()
+    path = str(tmp_path / "old.weights.h5")
+    _paired(False).save_weights(path)
+    keras.backend.clear_session()
+    caveat = ("block 'block_1': layers ['block_1_0/dense', 'block_1_0/dense_1'] (Dense) are "
+              "paired by their automatic names alone; the source's Keras paths and order do "
+              "not confirm them (none recorded, or attributes renamed), so if their creation "
+              "order changed since it was saved, their values are swapped. Name these layers "
+              "in new code; save_blocks records what checks them.")
+    lines = []
+    which_blocks(lambda num_classes=3: _paired(True, num_classes), source=path,
+                 train=arrays[0], validation=arrays[1], only=["block_1"], strategy="prefix",
+                 seeds=1, epochs=1, out=str(tmp_path / "out"), print_fn=lines.append)
+    assert f"Caveat (loading the source): {caveat}" in lines, lines
+    report = open(tmp_path / "out" / "report.md").read()
+    assert f"| caveats of the load | {caveat} |" in report, report

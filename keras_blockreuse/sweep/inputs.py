@@ -27,7 +27,10 @@ import dataclasses
 import os
 import shutil
 import tempfile
+import warnings
 from typing import Any
+
+import numpy as np
 
 from keras_blockreuse.sweep.models import Recipe
 from keras_blockreuse.sweep.options import SweepError, metric_direction, model_kind
@@ -59,6 +62,7 @@ class UserInputs:
     fixed: dict = dataclasses.field(default_factory=dict)
     packed: bytes = b""
     snapshot: str = ""
+    caveats: list = dataclasses.field(default_factory=list)
     source_info: str = ""
     model_info: str = ""
     training_info: str = ""
@@ -86,7 +90,8 @@ class UserInputs:
         else:
             self.snapshot = self._take_snapshot(model)
         info = read_blocks(self.snapshot)
-        self.blocks, self.fixed = _transferable(model, self.snapshot, list(info.blocks))
+        self.blocks, self.fixed, self.caveats = _transferable(model, self.snapshot,
+                                                              list(info.blocks))
         self._find_metrics(model)
         self.packed = pack(self.recipe)
         self.source_info = (f"{self._source_name()}, snapshotted to {SOURCE_FILE} "
@@ -181,14 +186,24 @@ class UserInputs:
 
     def _find_metrics(self, model) -> None:
         data = self.data
+        x, y, checked = data.x_val[:2], data.y_val[:2], "2 validation samples"
+        top = getattr(data, "target_classes", None)
+        if top is not None:  # and one of the largest class: a head with fewer outputs fails
+            for name, xs, ys in (("train", data.x_train, data.y_train),
+                                 ("validation", data.x_val, data.y_val),
+                                 ("test", data.x_test, data.y_test)):
+                if len(ys) and int(ys.max()) == top - 1:
+                    i = int(np.argmax(ys.reshape(len(ys), -1)[:, 0]))
+                    x, y = np.concatenate([x, xs[i:i + 1]]), np.concatenate([y, ys[i:i + 1]])
+                    checked += f" and {name} sample {i}, of the largest class label ({top - 1})"
+                    break
         try:
             self.recipe.compile(model, 1e-3)
-            scores = model.evaluate(data.x_val[:2], data.y_val[:2], verbose=0,
-                                    return_dict=True)
+            scores = model.evaluate(x, y, verbose=0, return_dict=True)
         except Exception as error:  # the loss, metrics or labels do not fit: say so, once
-            text = " ".join(str(error).split())[:400]
-            raise SweepError(f"The model, loss and metrics do not fit the labels (checked on 2 "
-                             f"validation samples, labels of shape {data.y_val.shape[1:]} and "
+            text = _without_traceback(str(error))[:400]
+            raise SweepError(f"The model, loss and metrics do not fit the labels (checked on "
+                             f"{checked}, labels of shape {data.y_val.shape[1:]} and "
                              f"dtype {data.y_val.dtype}): {type(error).__name__}: {text}") from None
         keys = [k for k in scores if k != "loss"] + ["loss"]
         self.metric_keys = tuple(keys)
@@ -199,8 +214,20 @@ class UserInputs:
             raise SweepError(f"mode must be 'max' or 'min', received {self.mode!r}.")
 
 
-def _transferable(model, path: str, source_blocks: list[str]) -> tuple[list[str], dict]:
-    """The model's blocks that load from the snapshot, and the others with the reason."""
+def _without_traceback(text: str) -> str:
+    """An error's message without the call stack and node names TensorFlow puts in it
+    ("Graph execution error: Detected at node ... File ..."): what is left says what was
+    wrong ("Received a label value of 3 which is outside the valid range of [0, 3)")."""
+    lines = [line.strip() for line in text.splitlines()]
+    kept = [line for line in lines if line and not line.startswith(
+        ("File ", "Detected at node", "Graph execution error", "[[{{node"))]
+    return " ".join(" ".join(kept or lines).split())
+
+
+def _transferable(model, path: str, source_blocks: list[str]
+                  ) -> tuple[list[str], dict, list[str]]:
+    """The model's blocks that load from the snapshot, the others with the reason, and what
+    the load could not check (`LoadReport.caveats`), said with the sweep's report."""
     from keras_blockreuse.errors import BlockMismatchError
 
     ok, fixed = [], {}
@@ -224,7 +251,9 @@ def _transferable(model, path: str, source_blocks: list[str]) -> tuple[list[str]
     # its class). The sweep's choice of blocks is not that word: the whole source, asked for
     # by no name, must pair the same way.
     try:
-        model.load_blocks(path, on_mismatch="skip")
+        with warnings.catch_warnings():  # the caveats go to the sweep's report instead
+            warnings.simplefilter("ignore", UserWarning)
+            report = model.load_blocks(path, on_mismatch="skip")
     except BlockMismatchError as error:
         raise SweepError(
             "The source's blocks cannot be paired with the model's by their names, so no "
@@ -234,7 +263,16 @@ def _transferable(model, path: str, source_blocks: list[str]) -> tuple[list[str]
             "yourself (load_blocks(model, source, rename={...})) and pass that model as the "
             "source."
         ) from error
-    return ok, fixed
+    lacking, unused = report.unpaired
+    if lacking and unused:  # "not in the source" would hide that the source has others
+        offer = (f"; load_blocks pairs them with rename={report.suggested_rename}: load the "
+                 "pretrained weights into a model of the target's architecture with it and "
+                 "pass that model as the source" if report.suggested_rename else "")
+        for name in lacking:
+            if fixed.get(name) == "not in the source":
+                fixed[name] = (f"not in the source, whose blocks {unused} pair with no block "
+                               f"of the model (renamed, or an automatic name shifted?){offer}")
+    return ok, fixed, list(report.caveats)
 
 
 def _first_mismatch(text: str) -> str:

@@ -151,6 +151,8 @@ def run_sweep(
             if fixed:
                 print_fn("Fixed to reinit in every configuration: "
                          + "; ".join(f"{b} ({why})" for b, why in fixed.items()))
+            for caveat in user.caveats if user is not None else []:
+                print_fn(f"Caveat (loading the source): {caveat}")
             ray_run = _run_on_ray(settings, data, blocks, configurations, costs, begun,
                                   interrupts, print_fn, user)
         except BaseException:
@@ -283,6 +285,7 @@ def _finish(settings, ray_run, blocks, fixed, started, signal_name, print_fn,
         "legend": (f"Block letters in the *blocks* column follow {', '.join(blocks)}: "
                    "R = reinit, F = frozen (transferred), T = tuned (transferred, fine-tuned)."),
         "source model": ray_run["source_info"],
+        **({"caveats of the load": " ".join(user.caveats)} if user and user.caveats else {}),
         "trials": f"{len(trials)} planned {ray_run['planned']} ({said or 'none ran'})",
         "max concurrent trials": concurrency,
         "machine": _machine(),

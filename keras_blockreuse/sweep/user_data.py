@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
@@ -147,12 +147,29 @@ def _pair(part, name: str) -> tuple[np.ndarray, np.ndarray]:
     if _is_dataset(part):
         return _read_dataset(part, name)
     if isinstance(part, (tuple, list)) and len(part) == 2:
+        _one_array(part[0], name)
         x, y = np.asarray(part[0]), np.asarray(part[1])
+        if x.ndim == 0 or y.ndim == 0:
+            raise DataError(f"{name}: expected x and y with one entry per sample, received "
+                            f"x of shape {x.shape} and y of shape {y.shape}.")
         if len(x) != len(y):
             raise DataError(f"{name}: x has {len(x)} samples but y has {len(y)}.")
         return x, y
     raise DataError(f"{name}: expected (x, y) arrays or a tf.data.Dataset of (x, y), received "
                     f"{type(part).__name__}.")
+
+
+def _one_array(x, name: str) -> None:
+    """Refuses inputs that are not one array (a dict or list of inputs, for a model with
+    several inputs): the sweep feeds one array of inputs."""
+    if isinstance(x, Mapping) or (isinstance(x, (tuple, list)) and x
+                                  and not np.isscalar(x[0]) and np.ndim(x[0]) > 0
+                                  and len({np.shape(a) for a in x}) > 1):
+        what = (f"a dict of inputs {sorted(map(str, x))}" if isinstance(x, Mapping)
+                else f"a {type(x).__name__} of {len(x)} inputs")
+        raise DataError(f"{name}: x is {what}; the sweep feeds one array of inputs to a model "
+                        "with one input. Pass x as one array (or a dataset of (x, y) with x "
+                        "one tensor).")
 
 
 def _is_dataset(part) -> bool:
@@ -166,6 +183,10 @@ def _read_dataset(dataset, name: str) -> tuple[np.ndarray, np.ndarray]:
     if not (isinstance(spec, tuple) and len(spec) == 2):
         raise DataError(f"{name}: expected a tf.data.Dataset of (x, y) elements, received "
                         f"elements {spec}.")
+    if not isinstance(spec[0], tf.TensorSpec):
+        _one_array(spec[0], name)
+        raise DataError(f"{name}: the dataset's x is {type(spec[0]).__name__} {spec[0]}; the "
+                        "sweep feeds one dense array of inputs.")
     if int(dataset.cardinality()) == int(tf.data.INFINITE_CARDINALITY):
         raise DataError(f"{name}: the tf.data.Dataset is infinite (repeat()); pass a finite "
                         "one, it is read once into memory.")
@@ -192,7 +213,39 @@ def _checked(x_train, y_train, x_val, y_val, x_test, y_test, description,
             raise DataError(f"The {name} part is empty.")
     if x_train.dtype.kind in "iub":
         x_train, x_val, x_test = (x.astype(np.float32) for x in (x_train, x_val, x_test))
+    _check_classes(y_train, y_val, y_test)
     return TargetData(x_train, y_train, x_val, y_val, x_test, y_test, description, class_names)
+
+
+def _check_classes(y_train: np.ndarray, y_val: np.ndarray, y_test: np.ndarray) -> None:
+    """Refuses integer class labels that are negative, that skip a class train has no sample
+    of (labels 1..3), or that validation or test hold and train does not: the model's class
+    count is `max label + 1`, so one mistyped label (a 4 among 0..2) would add classes no
+    sample trains, silently."""
+    if not all(_is_classes(y) for y in (y_train, y_val, y_test)):
+        return
+    for name, y in (("train", y_train), ("validation", y_val), ("test", y_test)):
+        if len(y) and int(y.min()) < 0:
+            raise DataError(f"{name}: class labels must be 0 or more; received "
+                            f"{sorted(set(y[y < 0].reshape(-1).tolist()))}.")
+    known = set(np.unique(y_train).tolist())
+    missing = sorted(set(range(max(known) + 1)) - known)
+    if missing:
+        raise DataError(
+            f"train: class labels run to {max(known)}, so the model would get "
+            f"{max(known) + 1} outputs, but train holds no sample of classes "
+            f"{missing[:10]}{' ...' if len(missing) > 10 else ''}: they could never be "
+            f"trained. Number the {len(known)} classes 0..{len(known) - 1} (labels "
+            "starting at 1, or a subset of a larger label set, shifted down).")
+    for name, y in (("validation", y_val), ("test", y_test)):
+        extra = sorted(set(np.unique(y).tolist()) - known)
+        if extra:
+            raise DataError(
+                f"{name}: holds class labels {extra[:10]} that train does not (train has "
+                f"{len(known)} classes, {min(known)}..{max(known)}): a mistyped label, or a "
+                "class with no training sample. The model would get "
+                f"{max(max(known), *extra) + 1} outputs, some never trained. Fix the labels, "
+                "or give train samples of every class.")
 
 
 def _is_classes(y: np.ndarray) -> bool:
