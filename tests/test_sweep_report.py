@@ -143,6 +143,13 @@ def test_degenerate_cases_are_not_numbers():
     p, test = paired_test([0.8, 0.9], [0.8, 0.9])
     assert math.isnan(p) and test == "identical"
     assert paired_test([0.8], [0.7])[1] == "n<2"
+    # Found by a fresh-user test: accuracies that Keras computes in float32 (k/6) differ by
+    # its rounding, which gave t on rounding noise: p = 1.4e-14 from three seeds.
+    a, b = ([float(np.float32(k / 6)) for k in ks] for ks in ((3, 4, 5), (4, 5, 6)))
+    assert np.ptp(np.subtract(a, b)) > 0  # the rounding noise is there
+    assert paired_test(a, b) == (0.25, "sign")
+    assert paired_test(a, a)[1] == "identical"
+    assert paired_test([0.5, 0.6, 0.7], [0.6, 0.8, 0.7])[1] == "t"
     mean, low, high, p, n = paired_difference({0: 0.8}, {0: 0.7})
     assert n == 1 and mean == pytest.approx(0.1) and math.isnan(p) and math.isnan(low)
     assert paired_difference({1: 0.8}, {0: 0.7})[4] == 0

@@ -143,7 +143,8 @@ def paired_test(values: Sequence[float], baseline: Sequence[float]) -> tuple[flo
     """Two-sided paired test of `values` against `baseline` (same order): `(p, test)`.
 
     `test` is `"t"` (Student's paired t-test, `scipy.stats.ttest_rel`), `"sign"` (the
-    differences are all equal and not zero, so t is undefined: the exact sign test, whose
+    differences are all equal, to float32 rounding, and not zero, so t is undefined or
+    measures rounding noise: the exact sign test, whose
     p-value is 2 * 0.5 ** n), `"identical"` (every difference is zero; p is NaN) or `"n<2"`
     (fewer than two pairs; p is NaN). A p-value is never printed as 0.
 
@@ -159,10 +160,13 @@ def paired_test(values: Sequence[float], baseline: Sequence[float]) -> tuple[flo
     d = a - b
     if len(d) < 2:
         return (math.nan, "n<2")
+    # Keras computes metrics in float32: values that differ by its rounding (0.16666666 and
+    # 0.16666667) are equal, else t would be taken on rounding noise (p = 1e-14 from 3 seeds).
     scale = max(1.0, float(np.max(np.abs(np.r_[a, b]))))
-    if np.all(np.abs(d) <= 1e-12 * scale):
+    tolerance = 8 * float(np.finfo(np.float32).eps) * scale
+    if np.all(np.abs(d) <= tolerance):
         return (math.nan, "identical")
-    if np.all(np.abs(d - d[0]) <= 1e-12 * scale):
+    if np.all(np.abs(d - d[0]) <= tolerance):
         return (float(stats.binomtest(len(d), len(d), 0.5).pvalue), "sign")
     return (float(stats.ttest_rel(a, b).pvalue), "t")
 
