@@ -526,3 +526,34 @@ def test_the_caveats_of_loading_the_source_are_in_the_sweeps_output(ray_local, a
     assert f"Caveat (loading the source): {caveat}" in lines, lines
     report = open(tmp_path / "out" / "report.md").read()
     assert f"| caveats of the load | {caveat} |" in report, report
+
+
+@pytest.mark.slow
+def test_resume_with_other_settings_or_another_source_is_refused(ray_local, arrays, tmp_path):
+    """Found by a fresh-user test: which_blocks(resume=True) with seeds=2, epochs=3 and
+    another source returned the old sweep's 1-seed, 1-epoch results, trained with the old
+    source, without a word. The settings must be those the sweep was started with, and the
+    source must hold the same values (its snapshot's checksums); the same call resumes."""
+    def one(num_classes=3):
+        i = keras.Input((8, 8, 1))
+        h = keras.layers.GlobalAveragePooling2D()(keras.layers.Conv2D(4, 3, name="block_1_0")(i))
+        return keras.Model(i, keras.layers.Dense(num_classes, activation="softmax",
+                                                 name="head")(h))
+
+    first, other = one(), one()
+    for v in other.weights:
+        v.assign(np.full(v.shape, -5.0, "float32"))
+    out = str(tmp_path / "out")
+    kw = dict(train=arrays[0], validation=arrays[1], strategy="prefix", only=["block_1"],
+              seeds=1, epochs=1, out=out, print_fn=lambda s: None)
+    started = which_blocks(one, first, **kw)
+    with pytest.raises(SweepError) as e:
+        which_blocks(one, first, **{**kw, "seeds": 2, "epochs": 3}, resume=True)
+    assert str(e.value) == (
+        f"resume=True continues the sweep in {out} as it was started, but these settings "
+        "differ: seeds=2 (started with 1); epochs=3 (started with 1). Pass the settings it "
+        "was started with, or start a new sweep in another folder (out=).")
+    with pytest.raises(SweepError, match=r"holds other values in blocks \['block_1', 'head'\]"):
+        which_blocks(one, other, **kw, resume=True)
+    resumed = which_blocks(one, first, **kw, resume=True)
+    assert sorted(resumed.trials["label"]) == sorted(started.trials["label"])

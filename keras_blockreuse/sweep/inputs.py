@@ -86,6 +86,7 @@ class UserInputs:
         model = self.recipe.target_model()
         self._check_inputs(model)
         if existing_snapshot and os.path.isfile(existing_snapshot):
+            self._refuse_another_source(model, existing_snapshot)
             self.snapshot = existing_snapshot
         else:
             self.snapshot = self._take_snapshot(model)
@@ -183,6 +184,25 @@ class UserInputs:
             raise SweepError(f"source {self._source_name()} could not be read into blocks: "
                              f"{str(error).splitlines()[0]}") from error
         return path
+
+    def _refuse_another_source(self, model, existing: str) -> None:
+        """A resumed sweep continues with the source it was started with: refuses a source
+        whose blocks hold other values (compared by the snapshots' checksums)."""
+        from keras_blockreuse import read_blocks
+
+        fresh = self._take_snapshot(model)
+        try:
+            then, now = read_blocks(existing).blocks, read_blocks(fresh).blocks
+        finally:
+            shutil.rmtree(os.path.dirname(fresh), ignore_errors=True)
+        changed = [name for name in then if name not in now
+                   or now[name].data_checksum != then[name].data_checksum]
+        if changed or set(now) - set(then):
+            raise SweepError(
+                f"resume continues the sweep in {os.path.dirname(existing)} with the source it "
+                f"was started with, but the source given now, {self._source_name()}, holds "
+                f"other values in blocks {changed or sorted(set(now) - set(then))}. Start a "
+                "new sweep in another folder (out=) to sweep this source.")
 
     def _find_metrics(self, model) -> None:
         data = self.data

@@ -721,6 +721,8 @@ def _prepare(settings: SweepSettings) -> SweepSettings:
             saved = json.load(f)
         fields = {f.name for f in dataclasses.fields(SweepSettings)}
         saved = SweepSettings(**{k: v for k, v in saved.items() if k in fields})
+        if settings.api:  # which_blocks is given every setting again: they must be the same
+            _refuse_other_settings(saved, settings, out)
         saved.resume = True
         saved.out = os.path.abspath(out)
         saved.address = settings.address or saved.address
@@ -740,6 +742,22 @@ def _prepare(settings: SweepSettings) -> SweepSettings:
         raise SweepError(f"{settings.out} already holds a sweep: pass --resume to continue it, or "
                          "choose another --out.")
     return settings
+
+
+_RESUMED_AS_STARTED = ("model", "data", "loss", "strategy", "blocks", "seeds", "epochs",
+                       "batch_size", "lr", "data_seed", "scheduler")
+
+
+def _refuse_other_settings(saved: SweepSettings, given: SweepSettings, out: str) -> None:
+    """Refuses `resume=True` with settings other than the sweep was started with: its trials
+    and report would mix them, or keep the old ones without a word."""
+    differ = [f"{name}={getattr(given, name)!r} (started with {getattr(saved, name)!r})"
+              for name in _RESUMED_AS_STARTED
+              if getattr(given, name) != getattr(saved, name)]
+    if differ:
+        raise SweepError(f"resume=True continues the sweep in {out} as it was started, but "
+                         f"these settings differ: {'; '.join(differ)}. Pass the settings it "
+                         "was started with, or start a new sweep in another folder (out=).")
 
 
 def _latest_sweep() -> str:
