@@ -387,27 +387,35 @@ def test_a_source_paired_only_by_shifted_automatic_names_is_refused(arrays, tmp_
 def test_class_labels_that_would_add_untrained_classes_are_refused(arrays):
     """Found by a fresh-user test: the class count is `max label + 1` over every split, so a
     mistyped test label (4 among 0..2) or labels 1..3 silently gave a model of 5 or 4
-    outputs, some never trained, and its source head was reported as not fitting. Refused,
-    saying which labels and why; labels 0..2 pass."""
+    outputs, some never trained, and its source head was reported as not fitting. For a
+    sparse categorical loss they are refused, saying which labels and why; labels 0..2
+    pass, and so do whole-number float labels, which Keras accepts (they were refused).
+    Integer targets of a regression (another loss) are not class labels: not checked."""
     (x, y), (xv, yv), (xt, yt) = arrays
     typo = yt.copy()
     typo[0] = 4
     with pytest.raises(ValueError) as e:
-        from_arrays((x, y), (xv, yv), (xt, typo))
+        from_arrays((x, y), (xv, yv), (xt, typo)).as_classes()
     assert str(e.value) == (
         "test: holds class labels [4] that train does not (train has 3 classes, 0..2): a "
         "mistyped label, or a class with no training sample. The model would get 5 outputs, "
         "some never trained. Fix the labels, or give train samples of every class.")
     with pytest.raises(ValueError) as e:
-        from_arrays((x, y + 1), (xv, yv + 1), (xt, yt + 1))
+        from_arrays((x, y + 1), (xv, yv + 1), (xt, yt + 1)).as_classes()
     assert str(e.value) == (
         "train: class labels run to 3, so the model would get 4 outputs, but train holds no "
         "sample of classes [0]: they could never be trained. Number the 3 classes 0..2 "
         "(labels starting at 1, or a subset of a larger label set, shifted down).")
     with pytest.raises(ValueError, match=r"train: class labels must be 0 or more; received "
                                           r"\[-1\]"):
-        from_arrays((x, y - 1), (xv, yv), (xt, yt))
-    assert from_arrays((x, y), (xv, yv), (xt, yt)).target_classes == 3
+        from_arrays((x, y - 1), (xv, yv), (xt, yt)).as_classes()
+    assert from_arrays((x, y), (xv, yv), (xt, yt)).as_classes().target_classes == 3
+    floats = from_arrays((x, y.astype("float32")), (xv, yv.astype("float32")),
+                         (xt, yt.astype("float32"))).as_classes()
+    assert floats.y_train.dtype == np.int64 and floats.target_classes == 3
+    assert np.array_equal(floats.y_train, y)
+    counts = from_arrays((x, y + 1), (xv, yv + 1), (xt, yt + 1))  # a regression's targets
+    assert counts.y_train.min() == 1
 
 
 def test_a_dict_of_inputs_is_refused_clearly(arrays):
@@ -557,3 +565,29 @@ def test_resume_with_other_settings_or_another_source_is_refused(ray_local, arra
         which_blocks(one, other, **kw, resume=True)
     resumed = which_blocks(one, first, **kw, resume=True)
     assert sorted(resumed.trials["label"]) == sorted(started.trials["label"])
+
+
+def test_the_python_api_speaks_its_own_names_and_takes_globs(arrays, source4, tmp_path):
+    """Found by a fresh-user test: which_blocks' errors named command-line flags
+    (`--seeds must be ...`, `pass --resume`, `write NAME:max`), a mistyped source path was
+    not said to be missing, and only=["block_*"] was an unknown block, though load_blocks'
+    only= takes globs."""
+    kw = dict(train=arrays[0], validation=arrays[1], out=str(tmp_path / "o"),
+              print_fn=lambda s: None)
+    with pytest.raises(SweepError, match=r"^seeds= must be a positive integer, received 0\.$"):
+        which_blocks(build, source4, seeds=0, **kw)
+    missing = str(tmp_path / "pretrainde.weights.h5")
+    with pytest.raises(SweepError) as e:
+        which_blocks(build, missing, **kw)
+    assert str(e.value) == (f"source: no such file or folder: {missing!r} (expected the "
+                            "pretrained weights: a file load_blocks reads, or a keras.Model).")
+    inputs = _prepared(build, source4, arrays)
+    try:
+        every = inputs.blocks + list(inputs.fixed)
+        assert inputs.swept_blocks(["block_*"])[0] == [b for b in inputs.blocks
+                                                       if b.startswith("block_")]
+        with pytest.raises(SweepError, match=r"^Unknown block 'nope\*'\. The model's blocks "
+                                             rf"are: {', '.join(every)}\.$"):
+            inputs.swept_blocks(["nope*"])
+    finally:
+        shutil.rmtree(os.path.dirname(inputs.snapshot), ignore_errors=True)

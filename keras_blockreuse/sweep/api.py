@@ -108,6 +108,8 @@ def which_blocks(
 
     data = from_arrays(train, validation, test, seed=seed,
                        description=f"data: {_kind(train)} given to which_blocks")
+    if _is_sparse(loss):
+        data = data.as_classes()
     outputs = data.target_classes if _is_sparse(loss) else data.label_width
     if outputs is None:
         from keras_blockreuse.sweep.space import SweepError

@@ -24,6 +24,7 @@ inputs.blocks, inputs.fixed        # (['block_1', 'block_2'], {'head': 'shapes d
 from __future__ import annotations
 
 import dataclasses
+import fnmatch
 import os
 import shutil
 import tempfile
@@ -128,10 +129,13 @@ class UserInputs:
             unchosen = "not swept (--smoke sweeps the first block)"
         else:
             every = self.blocks + list(self.fixed)
-            unknown = [b for b in only if b not in every]
+            # names or globs (`block_*`), as load_blocks' only= takes them
+            matches = {p: [b for b in every if fnmatch.fnmatchcase(b, p)] for p in only}
+            unknown = [p for p, found in matches.items() if not found]
             if unknown:
                 raise SweepError(f"Unknown block {', '.join(map(repr, unknown))}. The model's "
                                  f"blocks are: {', '.join(every)}.")
+            only = [b for found in matches.values() for b in found]
             refused = {b: self.fixed[b] for b in only if b in self.fixed}
             if refused:
                 raise SweepError("Cannot sweep " + "; ".join(
@@ -169,6 +173,10 @@ class UserInputs:
 
         source = self.source
         if not isinstance(source, keras.Model):
+            if isinstance(source, (str, os.PathLike)) and not os.path.exists(source):
+                raise SweepError(f"source: no such file or folder: {os.fspath(source)!r} "
+                                 "(expected the pretrained weights: a file load_blocks reads, "
+                                 "or a keras.Model).")
             if not isinstance(source, (str, os.PathLike)) or not os.path.isfile(source):
                 raise SweepError(f"source: expected a weights file load_blocks reads or a "
                                  f"keras.Model, received {source!r}.")
@@ -229,7 +237,13 @@ class UserInputs:
         self.metric_keys = tuple(keys)
         self.metric = keys[0]
         if self.mode is None:
-            self.mode = metric_direction(self.metric)[1]
+            try:
+                self.mode = metric_direction(self.metric)[1]
+            except SweepError:
+                raise SweepError(
+                    f"Metric {self.metric!r} ranks the policies, and its direction is not "
+                    "known: pass mode='max' (higher is better) or mode='min' (which_blocks), "
+                    f"or --metric {self.metric}:max / :min (the command line).") from None
         elif self.mode not in ("max", "min"):
             raise SweepError(f"mode must be 'max' or 'min', received {self.mode!r}.")
 
@@ -328,6 +342,8 @@ def from_settings(settings) -> UserInputs | None:
     loss = settings.loss or "sparse_categorical_crossentropy"
     name, mode = metric_direction(settings.metric or "accuracy")
     if "sparse" in loss:
+        if hasattr(data, "as_classes"):
+            data = data.as_classes()
         outputs = data.target_classes
         if outputs is None:
             raise SweepError(f"--loss {loss} needs integer class labels; the labels have shape "

@@ -739,8 +739,9 @@ def _prepare(settings: SweepSettings) -> SweepSettings:
     if settings.storage is not None and "://" not in settings.storage:
         settings.storage = os.path.abspath(settings.storage)
     if os.path.isfile(os.path.join(settings.out, SETTINGS_FILE)):
-        raise SweepError(f"{settings.out} already holds a sweep: pass --resume to continue it, or "
-                         "choose another --out.")
+        raise SweepError(f"{settings.out} already holds a sweep: pass "
+                         f"{'resume=True' if settings.api else '--resume'} to continue it, or "
+                         f"choose another {'out=' if settings.api else '--out'}.")
     return settings
 
 

@@ -78,6 +78,25 @@ class TargetData:
         return (f"{self.description}\n  target: {len(self.x_train)} train / {len(self.x_val)} "
                 f"val / {len(self.x_test)} test, inputs {self.input_shape}, {kind}")
 
+    def as_classes(self) -> TargetData:
+        """The same data with its labels as class indices, for a sparse categorical loss:
+        integer labels, or float labels that are whole numbers (cast, as Keras accepts them).
+
+        Raises:
+            DataError: labels that are not one class index per sample; negative labels;
+                labels that skip a class train has no sample of (1..3); or validation or test
+                labels train does not hold (a mistyped 4 among 0..2). The model gets
+                `max label + 1` outputs, so these would add classes no sample trains.
+        """
+        ys = (self.y_train, self.y_val, self.y_test)
+        if all(y.dtype.kind == "f" and (y.ndim == 1 or (y.ndim == 2 and y.shape[1] == 1))
+               and np.all(np.isfinite(y)) and np.all(y == np.round(y)) for y in ys):
+            ys = tuple(y.astype(np.int64) for y in ys)
+        if not all(_is_classes(y) for y in ys):
+            return self  # the loss says what it needs (api: "needs integer class labels")
+        _check_classes(*ys)
+        return dataclasses.replace(self, y_train=ys[0], y_val=ys[1], y_test=ys[2])
+
     def preprocessed(self, function) -> TargetData:
         """The same data with `function` applied to every split's inputs."""
         return dataclasses.replace(
@@ -213,7 +232,6 @@ def _checked(x_train, y_train, x_val, y_val, x_test, y_test, description,
             raise DataError(f"The {name} part is empty.")
     if x_train.dtype.kind in "iub":
         x_train, x_val, x_test = (x.astype(np.float32) for x in (x_train, x_val, x_test))
-    _check_classes(y_train, y_val, y_test)
     return TargetData(x_train, y_train, x_val, y_val, x_test, y_test, description, class_names)
 
 
