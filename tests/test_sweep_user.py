@@ -591,3 +591,30 @@ def test_the_python_api_speaks_its_own_names_and_takes_globs(arrays, source4, tm
             inputs.swept_blocks(["nope*"])
     finally:
         shutil.rmtree(os.path.dirname(inputs.snapshot), ignore_errors=True)
+
+
+@pytest.mark.slow
+def test_greedy_rounds_carry_their_trained_parameter_counts(ray_local, arrays, tmp_path):
+    """Found by a fresh-user test: a greedy sweep's configurations of round 2 and later had
+    no trained-parameter count (NaN, "?" in report.md), so the recommendation could not take
+    the cheapest of the tied. Every trial's count is now the model's trainable parameters
+    less its frozen blocks', whatever its round."""
+    from keras_blockreuse import get_blocks
+
+    keras.utils.set_random_seed(3)
+    trained = build(num_classes=3)  # trained on the task itself: transfer beats scratch
+    trained.compile(keras.optimizers.Adam(0.01), "sparse_categorical_crossentropy")
+    trained.fit(*arrays[0], epochs=30, verbose=0)
+    result = which_blocks(build, trained, train=arrays[0], validation=arrays[1],
+                          strategy="greedy", seeds=1, epochs=3, learning_rate=0.01,
+                          out=str(tmp_path / "g"),
+                          print_fn=lambda s: None)
+    trials = result.trials
+    assert (trials["status"] == "ok").all() and trials["experiment"].nunique() >= 2, trials
+    model = build(num_classes=3)
+    count = lambda variables: sum(int(np.prod(v.shape)) for v in variables if v.trainable)  # noqa: E731
+    per_block = {name: count(block.variables) for name, block in get_blocks(model).items()}
+    total = count(model.trainable_variables)
+    for _, row in trials.iterrows():
+        frozen = [b for b, letter in zip(result.blocks, row["code"], strict=True) if letter == "F"]
+        assert row["trained_params"] == total - sum(per_block[b] for b in frozen), row

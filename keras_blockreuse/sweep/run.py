@@ -685,6 +685,8 @@ def _greedy(runner: _Runner, rows: list[dict], blocks: list[str],
             break
         missing = [c for c in candidates if c.key not in evaluated]
         if missing:
+            runner.costs.update(_trained_parameters(runner.settings, runner.data, missing,
+                                                    runner.user))
             rows = rows + runner.run(f"greedy_{round_ + 1}", missing)
             evaluated |= {c.key for c in missing}
             scores = _val_means(rows, val_metric)
