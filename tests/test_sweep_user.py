@@ -537,7 +537,8 @@ def test_the_caveats_of_loading_the_source_are_in_the_sweeps_output(ray_local, a
 
 
 @pytest.mark.slow
-def test_resume_with_other_settings_or_another_source_is_refused(ray_local, arrays, tmp_path):
+def test_resume_with_other_settings_or_another_source_is_refused(ray_local, arrays, tmp_path,
+                                                                capsys):
     """Found by a fresh-user test: which_blocks(resume=True) with seeds=2, epochs=3 and
     another source returned the old sweep's 1-seed, 1-epoch results, trained with the old
     source, without a word. The settings must be those the sweep was started with, and the
@@ -561,6 +562,11 @@ def test_resume_with_other_settings_or_another_source_is_refused(ray_local, arra
         f"resume=True continues the sweep in {out} as it was started, but these settings "
         "differ: seeds=2 (started with 1); epochs=3 (started with 1). Pass the settings it "
         "was started with, or start a new sweep in another folder (out=).")
+    assert main(["--resume", "--out", out, "--seeds", "2"]) == 2  # the command line too
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"which_blocks.py: error: --resume continues the sweep in {out} as it was started, but "
+        "these settings differ: --seeds 2 (started with 1). Pass the settings it was started "
+        "with, or start a new sweep in another folder (--out).")
     with pytest.raises(SweepError, match=r"holds other values in blocks \['block_1', 'head'\]"):
         which_blocks(one, other, **kw, resume=True)
     resumed = which_blocks(one, first, **kw, resume=True)

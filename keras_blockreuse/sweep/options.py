@@ -227,7 +227,7 @@ class SweepSettings:
     """Which of --smoke's fields (`SMOKE`) were given on the command line: --smoke keeps them.
     None (the Python API): --smoke changes those still at their defaults."""
 
-    def _option(self, name: str) -> str:
+    def option_name(self, name: str) -> str:
         """How the user gave a setting: `seeds=` (the Python API) or `--seeds`."""
         api = {"lr": "learning_rate"}.get(name, name)
         return f"{api}=" if self.api else f"--{name.replace('_', '-')}"
@@ -239,16 +239,16 @@ class SweepSettings:
             if name == "train_images" and value is None:
                 continue
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise SweepError(f"{self._option(name)} must be a positive integer, "
+                raise SweepError(f"{self.option_name(name)} must be a positive integer, "
                                  f"received {value!r}.")
         if not (isinstance(self.lr, (int, float)) and 0 < self.lr < 10):
-            raise SweepError(f"{self._option('lr')} must be a positive number below 10, "
+            raise SweepError(f"{self.option_name('lr')} must be a positive number below 10, "
                              f"received {self.lr!r}.")
         if not (self.cpus_per_trial and self.cpus_per_trial > 0):
-            raise SweepError(f"{self._option('cpus_per_trial')} must be positive, received "
+            raise SweepError(f"{self.option_name('cpus_per_trial')} must be positive, received "
                              f"{self.cpus_per_trial!r}.")
         if self.gpus_per_trial is not None and not 0 <= self.gpus_per_trial <= 8:
-            raise SweepError(f"{self._option('gpus_per_trial')} must be between 0 and 8 "
+            raise SweepError(f"{self.option_name('gpus_per_trial')} must be between 0 and 8 "
                              "(fractions allowed), "
                              f"received {self.gpus_per_trial!r}.")
         if self.scheduler not in SCHEDULERS:
@@ -265,7 +265,7 @@ class SweepSettings:
         for name in ("eta", "top_k", "policy_epochs"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise SweepError(f"{self._option(name)} must be a positive integer, "
+                raise SweepError(f"{self.option_name(name)} must be a positive integer, "
                                  f"received {value!r}.")
         if self.eta < 2:
             raise SweepError(f"--eta must be at least 2, received {self.eta}.")

@@ -724,7 +724,9 @@ def _prepare(settings: SweepSettings) -> SweepSettings:
         fields = {f.name for f in dataclasses.fields(SweepSettings)}
         saved = SweepSettings(**{k: v for k, v in saved.items() if k in fields})
         if settings.api:  # which_blocks is given every setting again: they must be the same
-            _refuse_other_settings(saved, settings, out)
+            _refuse_other_settings(saved, settings, out, _RESUMED_AS_STARTED)
+        elif settings.explicit:  # the command line: the options given with --resume
+            _refuse_other_settings(saved, settings, out, settings.explicit)
         saved.resume = True
         saved.out = os.path.abspath(out)
         saved.address = settings.address or saved.address
@@ -751,16 +753,18 @@ _RESUMED_AS_STARTED = ("model", "data", "loss", "strategy", "blocks", "seeds", "
                        "batch_size", "lr", "data_seed", "scheduler")
 
 
-def _refuse_other_settings(saved: SweepSettings, given: SweepSettings, out: str) -> None:
-    """Refuses `resume=True` with settings other than the sweep was started with: its trials
-    and report would mix them, or keep the old ones without a word."""
-    differ = [f"{name}={getattr(given, name)!r} (started with {getattr(saved, name)!r})"
-              for name in _RESUMED_AS_STARTED
-              if getattr(given, name) != getattr(saved, name)]
+def _refuse_other_settings(saved: SweepSettings, given: SweepSettings, out: str,
+                           names: Sequence[str]) -> None:
+    """Refuses a resume with settings other than the sweep was started with: its trials and
+    report would mix them, or keep the old ones without a word."""
+    differ = [f"{given.option_name(name)}{' ' if not given.api else ''}"
+              f"{getattr(given, name)!r} (started with {getattr(saved, name)!r})"
+              for name in names if getattr(given, name) != getattr(saved, name)]
     if differ:
-        raise SweepError(f"resume=True continues the sweep in {out} as it was started, but "
+        resume, where = ("resume=True", "out=") if given.api else ("--resume", "--out")
+        raise SweepError(f"{resume} continues the sweep in {out} as it was started, but "
                          f"these settings differ: {'; '.join(differ)}. Pass the settings it "
-                         "was started with, or start a new sweep in another folder (out=).")
+                         f"was started with, or start a new sweep in another folder ({where}).")
 
 
 def _latest_sweep() -> str:
