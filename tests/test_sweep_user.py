@@ -569,6 +569,13 @@ def test_resume_with_other_settings_or_another_source_is_refused(ray_local, arra
         "with, or start a new sweep in another folder (--out).")
     with pytest.raises(SweepError, match=r"holds other values in blocks \['block_1', 'head'\]"):
         which_blocks(one, other, **kw, resume=True)
+    other_data = (arrays[0][0][::-1].copy(), arrays[0][1][::-1].copy())
+    with pytest.raises(SweepError) as e:  # found by the second fresh-user test
+        which_blocks(one, first, **{**kw, "train": other_data}, resume=True)
+    assert str(e.value) == (
+        f"resume=True continues the sweep in {out} on the data it was started with, but the "
+        "data given now holds other samples or labels (its checksum differs). Start a new "
+        "sweep in another folder (out=) for this data.")
     resumed = which_blocks(one, first, **kw, resume=True)
     assert sorted(resumed.trials["label"]) == sorted(started.trials["label"])
 
@@ -624,3 +631,55 @@ def test_greedy_rounds_carry_their_trained_parameter_counts(ray_local, arrays, t
     for _, row in trials.iterrows():
         frozen = [b for b, letter in zip(result.blocks, row["code"], strict=True) if letter == "F"]
         assert row["trained_params"] == total - sum(per_block[b] for b in frozen), row
+
+
+def test_data_that_cannot_give_an_honest_verdict_is_refused(arrays, tmp_path):
+    """Found by the second fresh-user test: NaN inputs, test identical to validation (the
+    verdict chosen and reported on the same samples), train identical to validation, labels
+    shaped (n, 1) in one part and (n,) in another (every trial then died), and an .npz whose
+    x_valid / y_valid were silently ignored were all accepted."""
+    (x, y), (xv, yv), (xt, yt) = arrays
+    nan = x.copy()
+    nan[0, 0, 0, 0] = np.nan
+    with pytest.raises(ValueError, match=r"^The train inputs hold 1 NaN or infinite values"):
+        from_arrays((nan, y), (xv, yv), (xt, yt))
+    with pytest.raises(ValueError) as e:
+        from_arrays((x, y), (xv, yv), (xv, yv))
+    assert str(e.value) == ("The validation and test parts are the same samples: the verdict "
+                            "would be chosen and reported on the same data. Pass distinct "
+                            "parts (or test=None to hold a fifth of train out).")
+    with pytest.raises(ValueError, match="^The train and validation parts are the same samples"):
+        from_arrays((x, y), (x, y), (xt, yt))
+    with pytest.raises(ValueError, match=r"^Labels of different shapes across the parts: "
+                                         r"\{'train': \(1,\), 'validation': \(1,\), 'test': \(\)\}"):
+        from_arrays((x, y[:, None]), (xv, yv[:, None]), (xt, yt))
+    npz = tmp_path / "valid.npz"
+    np.savez(npz, x_train=x, y_train=y, x_valid=xv, y_valid=yv, x_test=xt, y_test=yt)
+    with pytest.raises(ValueError, match=r"expected arrays x_train, y_train, x_test, y_test and "
+                                         r"optionally x_val with y_val; found x_test, x_train, "
+                                         r"x_valid, y_test, y_train, y_valid"):
+        load_data(f"npz:{npz}")
+
+
+def test_python_api_errors_name_its_arguments_and_data_seeds_needs_a_built_in_split(
+        arrays, source4, tmp_path, capsys):
+    """Found by the second fresh-user test: which_blocks' resume and resource errors named
+    --resume / --out / --cpus-per-trial, and --data-seeds with the user's own data started
+    the sweep and failed every trial with a TypeError."""
+    kw = dict(train=arrays[0], validation=arrays[1], print_fn=lambda s: None)
+    with pytest.raises(SweepError, match=r"^resume=True needs the folder of an earlier sweep"):
+        which_blocks(build, source4, out=str(tmp_path / "none"), resume=True, **kw)
+    from keras_blockreuse.sweep.control import check_resources
+
+    node = {"Alive": True, "Resources": {"CPU": 2.0}}
+    with pytest.raises(SweepError, match=r"with cpus_per_trial=64: the cluster has 1 node"):
+        check_resources([node], 64, 0, ("cpus_per_trial=", "gpus_per_trial="))
+    npz = tmp_path / "d.npz"
+    np.savez(npz, x_train=arrays[0][0], y_train=arrays[0][1], x_test=arrays[2][0],
+             y_test=arrays[2][1])
+    assert main(["--model", BUILDER, "--source", source4, "--data", f"npz:{npz}",
+                 "--data-seeds", "--out", str(tmp_path / "o")]) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        "which_blocks.py: error: --data-seeds re-draws the split of a built-in dataset for "
+        "each seed; with your own --source and --data the split is yours (run the sweep once "
+        "per split, or drop --data-seeds).")

@@ -65,12 +65,14 @@ def check_address(address: str | None, timeout: float = ADDRESS_TIMEOUT) -> None
                          f"--port={port}`, or check the address.") from None
 
 
-def check_resources(nodes: Iterable[dict], cpus_per_trial: float, gpus_per_trial: float) -> None:
+def check_resources(nodes: Iterable[dict], cpus_per_trial: float, gpus_per_trial: float,
+                    names: tuple[str, str] = ("--cpus-per-trial", "--gpus-per-trial")) -> None:
     """Refuse a per-trial request that no alive node of the cluster can satisfy.
 
     Args:
         nodes: `ray.nodes()`.
         cpus_per_trial, gpus_per_trial: what each trial asks for.
+        names: how the two are named in the error (`--cpus-per-trial`, or `cpus_per_trial=`).
 
     Raises:
         SweepError: naming the request and what each node has.
@@ -81,13 +83,14 @@ def check_resources(nodes: Iterable[dict], cpus_per_trial: float, gpus_per_trial
             return
     has = "; ".join(f"{r.get('CPU', 0):g} CPUs, {r.get('GPU', 0):g} GPUs" for r in alive) or \
         "no alive node"
+    cpus, gpus = (f"{name}{' ' if name.startswith('--') else ''}{value:g}"
+                  for name, value in zip(names, (cpus_per_trial, gpus_per_trial), strict=True))
     asked = []
     if not any(r.get("CPU", 0) >= cpus_per_trial for r in alive):
-        asked.append(f"--cpus-per-trial {cpus_per_trial:g}")
+        asked.append(cpus)
     if not any(r.get("GPU", 0) >= gpus_per_trial for r in alive):
-        asked.append(f"--gpus-per-trial {gpus_per_trial:g}")
-    asked = asked or [f"--cpus-per-trial {cpus_per_trial:g} with --gpus-per-trial "
-                      f"{gpus_per_trial:g}"]
+        asked.append(gpus)
+    asked = asked or [f"{cpus} with {gpus}"]
     raise SweepError(f"No node of the Ray cluster can run a trial with {' and '.join(asked)}: "
                      f"the cluster has {len(alive)} node(s) ({has}). Ask for at most what one "
                      "node has.")

@@ -224,6 +224,7 @@ class SweepSettings:
     """Set by `which_blocks`: the model, data and source are Python objects, and `model`,
     `data` and `source` only name them in the report."""
     explicit: list[str] | None = None
+    data_digest: str | None = None  # the user's data, checked again by a resume
     """Which of --smoke's fields (`SMOKE`) were given on the command line: --smoke keeps them.
     None (the Python API): --smoke changes those still at their defaults."""
 
@@ -295,6 +296,10 @@ class SweepSettings:
             raise SweepError(f"--model-args applies to keras.applications models; received "
                              f"--model {self.model}.")
         self._validate_user_inputs(kind)
+        if self.data_seeds and self.source is not None:
+            raise SweepError("--data-seeds re-draws the split of a built-in dataset for each "
+                             "seed; with your own --source and --data the split is yours "
+                             "(run the sweep once per split, or drop --data-seeds).")
         if self.task not in ALL_TASKS:
             raise SweepError(f"Unknown task {self.task!r}. Expected one of: "
                              f"{', '.join(ALL_TASKS)}.")

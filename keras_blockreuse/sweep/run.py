@@ -138,6 +138,14 @@ def run_sweep(
         blocks, fixed = _swept_blocks(settings, data)
     else:
         data = user.data
+        digest = data.digest() if hasattr(data, "digest") else None
+        if settings.resume and settings.data_digest and digest != settings.data_digest:
+            raise SweepError(
+                f"{'resume=True' if settings.api else '--resume'} continues the sweep in "
+                f"{settings.out} on the data it was started with, but the data given now holds "
+                "other samples or labels (its checksum differs). Start a new sweep in another "
+                f"folder ({'out=' if settings.api else '--out'}) for this data.")
+        settings.data_digest = digest
         blocks, fixed = _user_blocks(settings, user, print_fn)
     configurations = _static_configurations(settings, blocks, extra)
     if settings.data_seeds:
@@ -204,7 +212,9 @@ def _run_on_ray(settings, data, blocks, configurations, costs, begun, interrupts
         if gpus_per_trial is None:
             gpus_per_trial = 0.25 if gpus else 0.0
         alive = [n for n in ray.nodes() if n.get("Alive")]
-        check_resources(alive, settings.cpus_per_trial, gpus_per_trial)
+        check_resources(alive, settings.cpus_per_trial, gpus_per_trial,
+                        (settings.option_name("cpus_per_trial"),
+                         settings.option_name("gpus_per_trial")))
         print_fn(f"Ray: {len(alive)} node(s), {resources.get('CPU', 0):g} CPUs, {gpus:g} GPUs; "
                  f"each trial takes {settings.cpus_per_trial:g} CPU and {gpus_per_trial:g} GPU.")
         if user is None:
@@ -354,6 +364,10 @@ def _coverage(settings: SweepSettings) -> str:
     if settings.data_seeds:
         return ("training seeds and target splits: each seed re-draws the target's "
                 "train/validation/test images (--data-seeds); the source model is fixed")
+    if settings.api or settings.source is not None:  # the user's own data and source
+        return ("training seeds only (initialisation of re-initialised blocks, data order, "
+                "dropout); the target split (as given, or held out of train with seed "
+                f"{settings.data_seed}) and the source model are fixed")
     return (f"training seeds only (initialisation of re-initialised blocks, data order, "
             f"dropout); the target split and the source model are fixed by --data-seed "
             f"{settings.data_seed} (pass --data-seeds to re-draw the split per seed)")
@@ -714,11 +728,11 @@ def _val_means(rows: list[dict], val_metric: str = "val_accuracy") -> dict[str, 
 def _prepare(settings: SweepSettings) -> SweepSettings:
     """Validate, fill in the output folder, and on resume load the saved settings."""
     if settings.resume:
-        out = settings.out or _latest_sweep()
+        out = settings.out or _latest_sweep(settings.api)
         saved_path = os.path.join(out, SETTINGS_FILE)
         if not os.path.isfile(saved_path):
-            raise SweepError(f"--resume needs the folder of an earlier sweep; {out!r} has no "
-                             f"{SETTINGS_FILE}.")
+            raise SweepError(f"{'resume=True' if settings.api else '--resume'} needs the "
+                             f"folder of an earlier sweep; {out!r} has no {SETTINGS_FILE}.")
         with open(saved_path) as f:
             saved = json.load(f)
         fields = {f.name for f in dataclasses.fields(SweepSettings)}
@@ -767,13 +781,14 @@ def _refuse_other_settings(saved: SweepSettings, given: SweepSettings, out: str,
                          f"was started with, or start a new sweep in another folder ({where}).")
 
 
-def _latest_sweep() -> str:
+def _latest_sweep(api: bool = False) -> str:
     root = os.path.join("runs", "which_blocks")
     candidates = sorted(d for d in os.listdir(root) if os.path.isfile(
         os.path.join(root, d, SETTINGS_FILE))) if os.path.isdir(root) else []
     if not candidates:
-        raise SweepError("--resume without --out continues the latest sweep under "
-                         f"{root}, and there is none; pass --out FOLDER.")
+        resume, out = ("resume=True", "out=FOLDER") if api else ("--resume", "--out FOLDER")
+        raise SweepError(f"{resume} without {out.split('=')[0].split()[0]} continues the latest "
+                         f"sweep under {root}, and there is none; pass {out}.")
     return os.path.join(root, candidates[-1])
 
 

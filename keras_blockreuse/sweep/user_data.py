@@ -72,6 +72,18 @@ class TargetData:
         """Values per label: 1 for a class index or a scalar, else the label's size."""
         return int(np.prod(self.y_train.shape[1:], dtype=int)) if self.y_train.ndim > 1 else 1
 
+    def digest(self) -> str:
+        """A checksum of every split's inputs and labels (shapes, dtypes and bytes): a resumed
+        sweep compares it with the one it was started with."""
+        import hashlib
+
+        h = hashlib.sha256()
+        for a in (self.x_train, self.y_train, self.x_val, self.y_val, self.x_test, self.y_test):
+            a = np.ascontiguousarray(a)
+            h.update(f"{a.dtype.str}{a.shape}".encode())
+            h.update(a.view(np.uint8).reshape(-1) if a.size else b"")
+        return h.hexdigest()
+
     def summary(self) -> str:
         classes = self.target_classes
         kind = f"{classes} classes" if classes is not None else f"labels {self.y_train.shape[1:]}"
@@ -230,6 +242,24 @@ def _checked(x_train, y_train, x_val, y_val, x_test, y_test, description,
     for name, x in (("train", x_train), ("validation", x_val), ("test", x_test)):
         if len(x) == 0:
             raise DataError(f"The {name} part is empty.")
+        if x.dtype.kind in "fc" and not np.all(np.isfinite(x)):
+            raise DataError(f"The {name} inputs hold {int(np.size(x) - np.isfinite(x).sum())} "
+                            "NaN or infinite values; every trial would train or score on them.")
+    labels = {n: y.shape[1:] for n, y in (("train", y_train), ("validation", y_val),
+                                          ("test", y_test))}
+    if len(set(labels.values())) != 1:
+        raise DataError(f"Labels of different shapes across the parts: {labels} (one sample's "
+                        "label each; reshape them alike).")
+    parts = (("train", x_train, y_train), ("validation", x_val, y_val), ("test", x_test, y_test))
+    for i, (a, xa, ya) in enumerate(parts):
+        for b, xb, yb in parts[i + 1:]:
+            if xa.shape == xb.shape and np.array_equal(xa, xb) and np.array_equal(ya, yb):
+                raise DataError(
+                    f"The {a} and {b} parts are the same samples: "
+                    + ("the verdict would be chosen and reported on the same data. "
+                       if {a, b} == {"validation", "test"} else
+                       "scores on them would measure memory, not transfer. ")
+                    + "Pass distinct parts (or test=None to hold a fifth of train out).")
     if x_train.dtype.kind in "iub":
         x_train, x_val, x_test = (x.astype(np.float32) for x in (x_train, x_val, x_test))
     return TargetData(x_train, y_train, x_val, y_val, x_test, y_test, description, class_names)
@@ -302,7 +332,8 @@ def _load_npz(path: str, seed: int, image_size) -> TargetData:
         with np.load(path, allow_pickle=False) as archive:
             names = set(archive.files)
             missing = [k for k in ("x_train", "y_train", "x_test", "y_test") if k not in names]
-            if missing or (("x_val" in names) != ("y_val" in names)):
+            unknown = names - {"x_train", "y_train", "x_val", "y_val", "x_test", "y_test"}
+            if missing or unknown or (("x_val" in names) != ("y_val" in names)):
                 raise DataError(
                     f"npz data {path!r}: expected arrays x_train, y_train, x_test, y_test and "
                     f"optionally x_val with y_val; found {', '.join(sorted(names))}.")
