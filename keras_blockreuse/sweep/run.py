@@ -493,7 +493,36 @@ class _Runner:
         grid = self.fit(tuner, len(configurations) * s.seeds)
         if grid.num_errors:
             self.print_fn(f"{grid.num_errors} trial(s) failed; the sweep went on. See the report.")
-        return [self._row(result, name) for result in grid]
+        rows = [self._row(result, name) for result in grid]
+        return rows + self._never_started(rows, configurations, name)
+
+    def _never_started(self, rows: list[dict], configurations: Sequence[Configuration],
+                       experiment: str) -> list[dict]:
+        """`unfinished` rows for the planned trials Tune never created (a sweep interrupted
+        before it reached them), so that the report lists every planned trial."""
+        s = self.settings
+        rates = s.lrs if s.lrs and len(s.lrs) > 1 else [None]
+        seen = {(r["policy"], r["seed"], r.get("lr") if rates != [None] else None)
+                for r in rows}
+        out = []
+        for c in configurations:
+            for seed in range(s.seeds):
+                for rate in rates:
+                    if (c.key, seed, rate) in seen:
+                        continue
+                    row = {"trial_id": "", "policy": c.key, "label": c.label, "code": c.code,
+                           "trained_params": self.costs.get(c.key), "seed": seed,
+                           "status": "unfinished", "epochs_done": 0,
+                           "experiment": experiment, "error": ""}
+                    for column in _metric_columns(s, self.user):
+                        row[column] = math.nan
+                    if s.lrs:
+                        row["lr"] = rate if rate is not None else s.lrs[0]
+                    for column in ("node_ip", "node_id", "hostname", "pid", "gpu_ids"):
+                        row[column] = ""
+                    row.update({"_finished": None, "_seconds": None})
+                    out.append(row)
+        return out
 
     # ---- run control (issue 13) ----------------------------------------------------------
     def scheduler(self, configurations: Sequence[Configuration]):
