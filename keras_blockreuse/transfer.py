@@ -588,6 +588,9 @@ def _plan(
     for plan in plans:
         _unpair_ambiguous(plan, target_places, source_places, source_only_blocks)
     _contradicted_by_order(plans)
+    held = _held_in_a_models_dict(plans, target_places.model)
+    if held:
+        report.caveats.append(held)
     for plan in plans:
         t = plan.target
         report.pairing[t] = plan.pairing
@@ -1084,6 +1087,31 @@ def _held_by_position(block_name: str, block: Block, pairs, pairing: str,
             "these layers in new code.")
 
 
+def _held_in_a_models_dict(plans: list[_BlockPlan], model) -> str:
+    """The caveat of `_held_by_position` for blocks of a subclassed model held in one of its
+    own dict attributes (`self.heads = {"p": Dense(4), "q": Dense(4)}`), paired by their
+    automatic names: Keras saves a dict's items by position, and the names follow creation
+    order, so keys inserted in another order swap them with nothing to show it."""
+    from keras.src.models.functional import Functional
+
+    if isinstance(model, (Functional, keras.Sequential)):
+        return ""
+    paired = {id(layer.unit): layer.target_path for plan in plans if plan.pairing == "name"
+              for layer in plan.layers if automatic_name(layer.target_path, layer.unit)}
+    held = []
+    for key, value in vars(model).items():
+        if isinstance(value, dict) and not key.startswith("_self_"):
+            held += [(paired[id(item)], item) for item in value.values() if id(item) in paired]
+    same = _same_class_siblings(held)
+    if not same:
+        return ""
+    return (f"layers {same} are held in a dict of the model, which Keras saves by position "
+            "(not by key), and are paired by their automatic names, which follow creation "
+            "order; if the dict's keys were inserted or the layers created in another order "
+            "since the source was saved, their values are swapped. Name these layers in new "
+            "code.")
+
+
 def _unchecked_order(block_name: str, block: Block, pairs) -> str:
     """The caveat for same-class sibling layers inside a custom layer paired by order: there
     the order is the one the layer assigns them in (its tracking order), not the one it calls
@@ -1166,7 +1194,10 @@ def _contradicted_by_order(plans: list[_BlockPlan]) -> None:
             # `functional_1/a`), as a Keras 2 file or a block file knows them by order only
             steps = layer.target_path.split("/")
             for i, _ in _automatic_steps(layer.target_path, plan.block):
-                key = ("/".join(steps[:i]), strip_counter(steps[i]), "/".join(steps[i + 1:]))
+                # the path below by its families (`dense` for `dense_3`): the towers' own
+                # automatic names differ from tower to tower
+                below = "/".join(strip_counter(step) for step in steps[i + 1:])
+                key = ("/".join(steps[:i]), strip_counter(steps[i]), below)
                 families.setdefault(key, []).append((layer, plan))
     for key, members in families.items():  # in the model's computation order
         by_source = sorted(members, key=lambda m: m[0].source.order)

@@ -1954,3 +1954,79 @@ def test_names_shifted_by_one_are_offered_the_rename_by_place(tmp_path, kind):
     rename = ast.literal_eval(message.rsplit("rename=", 1)[1])
     assert load_blocks(model, path, rename=rename).ok
     assert_bits(_values(model), _values(source))
+
+
+@pytest.mark.parametrize("whole", [False, True], ids=["weights-only", "whole-model"])
+def test_keras_2_towers_named_alike_but_created_in_another_order_are_refused(tmp_path, whole):
+    """Found by the second fresh-user test: a Keras 2 .h5 of two automatically named
+    Sequential towers created second-first and computed first-second, loaded into the same
+    model created first-second: the names pair (`sequential` with `sequential`) and the towers
+    swapped with ok=True. The order check compared a tower's layers only with the same path
+    below (`dense` against `dense_1`, never equal across towers); it now compares them by
+    their families below, and refuses."""
+    tf_keras = pytest.importorskip("tf_keras")
+
+    def build(k, second_first):
+        def tower():
+            return k.Sequential([k.Input((4,)), k.layers.Dense(4)])
+
+        t2 = tower() if second_first else None
+        t1 = tower()
+        t2 = t2 or tower()
+        i = k.Input((4,))
+        return k.Model(i, k.layers.Add()([t1(i), t2(k.layers.Dense(4)(i))])), t1, t2
+
+    source, _, _ = build(tf_keras, True)
+    path = str(tmp_path / "k2.h5")
+    _filled(source)
+    source.save(path) if whole else source.save_weights(path)
+    keras.backend.clear_session(free_memory=False)
+    model, t1, t2 = build(keras, False)
+    before = _values(model)
+    with pytest.raises(BlockMismatchError, match=r"compute at different places among the "
+                                                 r"'dense' layers of the 'sequential' models"):
+        load_blocks(model, path)
+    _assert_unchanged(before, model)
+
+
+class _Heads2(keras.Model):
+    def __init__(self, q_first=False, **kwargs):
+        super().__init__(**kwargs)
+        if q_first:
+            q = L.Dense(4)
+            p = L.Dense(4)
+            self.d = {"q": q, "p": p}
+        else:
+            self.d = {"p": L.Dense(4), "q": L.Dense(4)}
+
+    def call(self, x):
+        return self.d["q"](self.d["p"](x))
+
+
+@pytest.mark.parametrize("kind", ["blocks", "weights"])
+def test_a_dict_of_a_subclassed_model_pairing_by_automatic_names_is_said_plainly(tmp_path,
+                                                                                 kind):
+    """Found by the second fresh-user test: layers held in a subclassed model's own dict,
+    their keys inserted (and the layers created) in another order, swapped with ok=True and
+    no caveat (the same dict inside a custom layer had one). Nothing can tell: Keras saves a
+    dict by position and the names follow creation order, as its own load_weights swaps
+    them. The load says so plainly (UserWarning and report.caveats)."""
+    keras.backend.clear_session(free_memory=False)
+    source = _Heads2()
+    source(np.zeros((1, 4), "float32"))
+    _filled(source)
+    path = (save_blocks(source, str(tmp_path / "m.blocks.h5")) if kind == "blocks"
+            else str(tmp_path / "m.weights.h5"))
+    if kind == "weights":
+        source.save_weights(path)
+    keras.backend.clear_session(free_memory=False)
+    model = _Heads2(q_first=True)
+    model(np.zeros((1, 4), "float32"))
+    with pytest.warns(UserWarning, match="held in a dict of the model"):
+        report = load_blocks(model, path)
+    assert report.caveats == [
+        "layers ['dense', 'dense_1'] (Dense) are held in a dict of the model, which Keras "
+        "saves by position (not by key), and are paired by their automatic names, which "
+        "follow creation order; if the dict's keys were inserted or the layers created in "
+        "another order since the source was saved, their values are swapped. Name these "
+        "layers in new code."]
