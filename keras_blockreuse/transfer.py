@@ -1620,9 +1620,11 @@ def _rename_by_place(src: Source, source_blocks: list[str], target_blocks: dict[
     block sits at the place in Keras's saving walk of exactly one model block and each block
     sits at one place; `(None, why)` where the places pair them against the order in which
     their automatic names were given; `(None, "")` where the places do not pair them."""
-    def top(path: str | None) -> str | None:
+    def top(path: str | None) -> str | None:  # `layers/dense`; a subclassed model's `head`
         steps = (path or "").split("/")
-        return "/".join(steps[:2]) if steps[0] == "layers" and len(steps) > 1 else None
+        if steps[0] == "layers":
+            return "/".join(steps[:2]) if len(steps) > 1 else None
+        return steps[0] or None
 
     try:
         theirs = {}
