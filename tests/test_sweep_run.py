@@ -298,16 +298,16 @@ def test_two_node_cluster_with_fake_gpus(tmp_path):
     assert not _processes_with(temp)
 
 
-def _interrupted_smoke_sweep(tmp_path, sig, after):
+def _interrupted_smoke_sweep(tmp_path, sig, after, seeds=4):
     """Runs a smoke sweep in `tmp_path / "out"` and sends `sig` once `after` trials finished.
 
-    Returns `(planned trials, driver, stdout, stderr)`. 5 configurations x 4 seeds: long enough
+    Returns `(planned trials, driver, stdout, stderr)`. 5 configurations x `seeds`: long enough
     that the signal lands mid-sweep on an idle machine (with --smoke's 2 seeds, all 10 trials
-    could finish before it is handled).
+    could finish before it is handled; on an idle CI machine, 20 once did before a SIGTERM).
     """
     out, cache = tmp_path / "out", tmp_path / "cache"
-    command = [sys.executable, SCRIPT, "--smoke", "--blocks", "block_1,block_2", "--seeds", "4",
-               "--out", str(out), "--cache", str(cache)]
+    command = [sys.executable, SCRIPT, "--smoke", "--blocks", "block_1,block_2", "--seeds",
+               str(seeds), "--out", str(out), "--cache", str(cache)]
     driver = subprocess.Popen(command, cwd=ROOT, env=ENV, stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True)
     experiment = out / "tune" / "sweep"
@@ -322,7 +322,7 @@ def _interrupted_smoke_sweep(tmp_path, sig, after):
     finally:
         if driver.poll() is None:
             driver.kill()
-    return 20, driver, stdout, stderr
+    return 5 * seeds, driver, stdout, stderr
 
 
 def test_interrupted_sweep_is_marked_and_resumes_every_configuration_once(tmp_path):
@@ -450,7 +450,8 @@ def test_sigterm_stops_the_sweep_like_sigint(tmp_path):
     marked INTERRUPTED (SIGTERM), the resume command printed. Ray's driver installs its own
     SIGTERM handler (log and abort, exit 134); the sweep's must win."""
     out, experiment = tmp_path / "out", tmp_path / "out" / "tune" / "sweep"
-    total, driver, stdout, stderr = _interrupted_smoke_sweep(tmp_path, signal.SIGTERM, after=1)
+    total, driver, stdout, stderr = _interrupted_smoke_sweep(tmp_path, signal.SIGTERM, after=1,
+                                                             seeds=12)
     assert driver.returncode == 143, stdout[-3000:] + stderr[-3000:]
     report = (out / "report.md").read_text().splitlines()
     finished = len(_finished_trials(experiment))
