@@ -74,6 +74,14 @@ def save_all(model, folder, formats=("weights", "keras", "blocks", "legacy")):
     return paths
 
 
+def _saved(model, tmp_path, kind: str) -> str:
+    """The model saved as `kind`: `blocks` by `save_blocks` with the default block rule, else
+    as `save_all` writes it."""
+    if kind == "blocks":
+        return save_blocks(model, str(tmp_path / "m.blocks.h5"))
+    return save_all(model, str(tmp_path), [kind])[kind]
+
+
 def load_or_refuse(target, path, expected_pairs, **options):
     """Loads; each target variable must equal its own source's, else a refusal that changed
     nothing. Returns the report, or None when refused."""
@@ -599,8 +607,7 @@ def test_blocks_named_by_automatic_names_that_keras_paths_contradict_are_refused
     source, enc, dec = enc_dec(False)
     distinct(source, seed=8)
     expected = {"enc": values(enc.weights), "dec": values(dec.weights)}
-    path = (save_blocks(source, str(tmp_path / "m.blocks.h5")) if kind == "blocks"
-            else save_all(source, str(tmp_path), [kind])[kind])  # one block per layer
+    path = _saved(source, tmp_path, kind)  # one block per layer
     keras.backend.clear_session(free_memory=False)  # as a fresh process: names start again
     target, enc, dec = enc_dec(True)
     assert (enc.name, dec.name) == ("dense_1", "dense")  # the source's names, crosswise
@@ -679,8 +686,7 @@ def test_automatic_names_with_another_count_of_their_class_are_refused(tmp_path,
     source, a, b = build(None)
     distinct(source, seed=11)
     expected = {"a": values(a.weights), "b": values(b.weights)}
-    path = (save_blocks(source, str(tmp_path / "m.blocks.h5")) if kind == "blocks"
-            else save_all(source, str(tmp_path), [kind])[kind])
+    path = _saved(source, tmp_path, kind)
     for new in ("before", "after"):
         keras.backend.clear_session(free_memory=False)  # as a fresh process: names start again
         target, a, b = build(new)
@@ -738,8 +744,7 @@ def test_list_keys_that_disagree_with_automatic_names_are_refused(tmp_path, kind
 
     source, layer = build(False)
     distinct(source, seed=12)
-    path = (save_blocks(source, str(tmp_path / "m.blocks.h5")) if kind == "blocks"
-            else save_all(source, str(tmp_path), [kind])[kind])
+    path = _saved(source, tmp_path, kind)
     keras.backend.clear_session(free_memory=False)
     target, layer = build(True)
     before = snapshot(target)
@@ -947,8 +952,7 @@ def test_the_same_model_rebuilt_in_the_session_is_offered_the_rename_by_keras_pa
     keras.backend.clear_session(free_memory=False)
     source = build()
     distinct(source, seed=20)
-    path = (save_blocks(source, str(tmp_path / "m.blocks.h5")) if kind == "blocks"
-            else save_all(source, str(tmp_path), [kind])[kind])
+    path = _saved(source, tmp_path, kind)
     target = build()  # dense_3, dense_4, dense_5
     with pytest.raises(BlockMismatchError) as e:
         load_blocks(target, path)
@@ -1088,8 +1092,7 @@ def test_layers_held_by_position_in_a_dict_or_list_are_said_to_be_unchecked(tmp_
         keras.backend.clear_session(free_memory=False)
         source = build(("q", "k"), listed)
         distinct(source, seed=21)
-        path = (save_blocks(source, str(tmp_path / "m.blocks.h5")) if kind == "blocks"
-                else save_all(source, str(tmp_path), [kind])[kind])
+        path = _saved(source, tmp_path, kind)
         if listed:
             L.Dense(1)  # a notebook cell run again: the names shift, the list keys pair
         else:
@@ -1120,8 +1123,7 @@ def test_an_ordinary_load_of_attribute_held_sub_layers_says_nothing_more(tmp_pat
     keras.backend.clear_session(free_memory=False)
     source = build()
     distinct(source, seed=22)
-    path = (save_blocks(source, str(tmp_path / "m.blocks.h5")) if kind == "blocks"
-            else save_all(source, str(tmp_path), [kind])[kind])
+    path = _saved(source, tmp_path, kind)
     keras.backend.clear_session(free_memory=False)
     target = build()
     with warnings.catch_warnings(record=True) as caught:
@@ -1648,8 +1650,7 @@ def test_a_shifted_automatically_named_block_beside_a_named_one_is_offered_its_r
 
     keras.backend.clear_session(free_memory=False)
     source = _filled(build())
-    path = (save_blocks(source, str(tmp_path / "m.blocks.h5")) if kind == "blocks"
-            else save_all(source, str(tmp_path), [kind])[kind])
+    path = _saved(source, tmp_path, kind)
     [keras.Sequential([L.Dense(1)]) for _ in range(2)]  # noqa: B018 - another session's counters
     target = build()
     assert target.layers[1].name == "sequential_3"
@@ -1818,8 +1819,7 @@ def test_a_subclassed_models_attributes_created_in_another_order_pair_nothing(tm
     where the model's `a` is `dense_2`."""
     keras.backend.clear_session(free_memory=False)
     source = _filled(_heads())
-    path = (save_blocks(source, str(tmp_path / "m.blocks.h5")) if kind == "blocks"
-            else save_all(source, str(tmp_path), [kind])[kind])
+    path = _saved(source, tmp_path, kind)
     keras.backend.clear_session(free_memory=False)
     model = _heads(b_first=True)
     assert (model.b.name, model.a.name) == ("dense", "dense_1")
@@ -1867,8 +1867,7 @@ def test_nested_models_paired_by_their_automatic_names_are_checked_as_layers_are
         keras.backend.clear_session(free_memory=False)
         source, s1, s2 = build(keras, False)
         _filled(source)
-        path = (save_blocks(source, str(tmp_path / "m.blocks.h5")) if kind == "blocks"
-                else save_all(source, str(tmp_path), [kind])[kind])
+        path = _saved(source, tmp_path, kind)
     expected = [np.array(v.numpy()) for v in [*s1.weights, *s2.weights]]
     keras.backend.clear_session(free_memory=False)
     L.Dense(1), L.Dense(1)  # another process's counters
@@ -1909,8 +1908,7 @@ def test_a_transfer_models_file_into_its_bare_backbone_built_later_is_offered_a_
     base = backbone()
     i = keras.Input((4,))
     source = _filled(keras.Model(i, L.Dense(4)(base(i))))
-    path = (save_blocks(source, str(tmp_path / "m.blocks.h5")) if kind == "blocks"
-            else save_all(source, str(tmp_path), [kind])[kind])
+    path = _saved(source, tmp_path, kind)
     keras.backend.clear_session(free_memory=False)
     L.Dense(1)  # another process's counter
     model = backbone()
@@ -1934,26 +1932,18 @@ def test_names_shifted_by_one_are_offered_the_rename_by_place(tmp_path, kind):
     `dense_1..3` against the file's `dense..dense_2`, two of them pairing) was refused with
     no concrete rename, though one pairs every block by its place in Keras's saving walk.
     The refusal now gives it, and it loads every value."""
-    import ast
-
     def build():
         return keras.Sequential([keras.Input((4,)), L.Dense(4), L.Dense(4), L.Dense(4)])
 
     keras.backend.clear_session(free_memory=False)
     source = _filled(build())
-    path = (save_blocks(source, str(tmp_path / "m.blocks.h5")) if kind == "blocks"
-            else save_all(source, str(tmp_path), [kind])[kind])
+    path = _saved(source, tmp_path, kind)
     keras.backend.clear_session(free_memory=False)
     L.Dense(1)
     model = build()
-    with pytest.raises(BlockMismatchError, match="only their names pair") as e:
-        load_blocks(model, path)
-    message = str(e.value)
-    assert message.endswith("as Keras's load_weights pairs them: rename={'dense': 'dense_1', "
-                            "'dense_1': 'dense_2', 'dense_2': 'dense_3'}"), message
-    rename = ast.literal_eval(message.rsplit("rename=", 1)[1])
-    assert load_blocks(model, path, rename=rename).ok
-    assert_bits(_values(model), _values(source))
+    _the_offered_rename_loads(model, path, "only their names pair",
+                              {"dense": "dense_1", "dense_1": "dense_2", "dense_2": "dense_3"},
+                              _values(source))
 
 
 @pytest.mark.parametrize("whole", [False, True], ids=["weights-only", "whole-model"])
@@ -2039,20 +2029,26 @@ def test_a_subclassed_model_with_every_name_shifted_is_offered_the_rename_by_pla
     built (its names dense_8, ...) into the same model (dense, ...): no block pairs, and no
     rename was offered, as it is for a Sequential: its Keras paths are attribute names
     (`a`, `b`), not `layers/...`. The rename by those places is offered and loads."""
-    import ast
-
     keras.backend.clear_session(free_memory=False)
     [L.Dense(1) for _ in range(5)]  # noqa: B018 - the saving process built other layers first
     source = _filled(_heads())
-    path = (save_blocks(source, str(tmp_path / "m.blocks.h5")) if kind == "blocks"
-            else save_all(source, str(tmp_path), [kind])[kind])
+    path = _saved(source, tmp_path, kind)
     keras.backend.clear_session(free_memory=False)
     model = _heads()
-    with pytest.raises(BlockMismatchError, match="Nothing would be loaded") as e:
+    _the_offered_rename_loads(model, path, "Nothing would be loaded",
+                              {"dense_5": "dense", "dense_6": "dense_1", "dense_7": "dense_2"},
+                              _values(source))
+
+
+def _the_offered_rename_loads(model, path, match: str, rename: dict, expected: list) -> None:
+    """The load is refused (`match`), its message ends with the rename by place, and that
+    rename, typed as shown, loads `expected` bit for bit."""
+    import ast
+
+    with pytest.raises(BlockMismatchError, match=match) as e:
         load_blocks(model, path)
     message = str(e.value)
-    assert message.endswith("as Keras's load_weights pairs them: rename={'dense_5': 'dense', "
-                            "'dense_6': 'dense_1', 'dense_7': 'dense_2'}"), message
-    rename = ast.literal_eval(message.rsplit("rename=", 1)[1])
+    assert message.endswith(f"as Keras's load_weights pairs them: rename={rename}"), message
+    assert ast.literal_eval(message.rsplit("rename=", 1)[1]) == rename
     assert load_blocks(model, path, rename=rename).ok
-    assert_bits(_values(model), _values(source))
+    assert_bits(_values(model), expected)
