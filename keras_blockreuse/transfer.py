@@ -377,12 +377,12 @@ def _reconfigured(plans: list[_BlockPlan], src: Source) -> dict[str, list[str]]:
     out: dict[str, list[str]] = {}
     for plan in plans:
         for layer in plan.layers:
+            stored = src.layer_config(layer.source.path)  # None but from a `.keras`: first
+            if not stored or stored.get("class_name") != type(layer.unit).__name__:
+                continue
             kinds = [(tuple(v.shape), str(getattr(v, "dtype", ""))) for v in layer.current.values()]
             if len(set(kinds)) == len(kinds) or any(
                     v.name not in ("", v.key) for v in layer.source.variables):
-                continue
-            stored = layer.source and src.layer_config(layer.source.path)
-            if not stored or stored.get("class_name") != type(layer.unit).__name__:
                 continue
             try:
                 mine = layer.unit.get_config()
