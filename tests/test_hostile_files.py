@@ -315,3 +315,65 @@ def test_open_source_of_a_crafted_file_never_raises_a_raw_exception(tmp_path):
         with pytest.raises(BlockFileError, match=name.replace(".", r"\.")):
             with open_source(path) as src:
                 src.block_names()
+
+
+def _three_dense(k):
+    x = k.Input((3,))
+    h = x
+    for i in range(3):
+        h = k.layers.Dense(4, name=f"block_{i + 1}_0")(h)
+    return k.Model(x, h)
+
+
+def _values_of(model) -> list:
+    return [np.array(v.numpy()).tobytes() for v in model.weights]
+
+
+@pytest.mark.parametrize("kind", ["weights", "legacy"])
+def test_a_damaged_float_type_header_is_refused(tmp_path, kind):
+    """Found by a fresh-user test: one byte of a float32 dataset's type header (its exponent
+    bias 127 -> 128, the values untouched) made HDF5 convert every value (2.0 read as 1.0),
+    and the load had ok=True, from a .weights.h5 and a legacy .h5 alike (Keras's own
+    load_weights too). Keras writes IEEE layouts only: another is refused, nothing changed."""
+    source = _three_dense(keras)
+    for j, v in enumerate(source.weights):
+        v.assign(np.full(v.shape, j + 2.0, "float32"))
+    path = str(tmp_path / ("m.weights.h5" if kind == "weights" else "m.h5"))
+    source.save_weights(path) if kind == "weights" else source.save(path)
+    raw = bytearray(open(path, "rb").read())
+    ieee_f32 = bytes([0x00, 0x00, 0x20, 0x00, 0x17, 0x08, 0x00, 0x17, 0x7F, 0x00, 0x00, 0x00])
+    at = raw.find(ieee_f32)  # the fields of the first float32 type: exponent bias at +8
+    assert at > 0
+    raw[at + 8] = 0x80
+    open(path, "wb").write(bytes(raw))
+    model = _three_dense(keras)
+    before = _values_of(model)
+    with pytest.raises(BlockFileError, match="has a floating-point type whose HDF5 header "
+                                             "describes no IEEE half, single or double layout"):
+        load_blocks(model, path)
+    assert _values_of(model) == before
+
+
+def test_a_legacy_layer_whose_weight_names_are_damaged_is_refused(tmp_path):
+    """Found by a fresh-user test: a flipped byte in a Keras 2 .h5 layer's `weight_names`
+    attribute header hid the attribute; its weight datasets stayed, and the layer was
+    reported "not in source" with ok=True while the other layers loaded (Keras's own
+    load_weights refuses the file). Refused, nothing changed."""
+    tf_keras = pytest.importorskip("tf_keras")
+    source = _three_dense(tf_keras)
+    source.set_weights([np.full(w.shape, j + 1.0, "float32")
+                        for j, w in enumerate(source.get_weights())])
+    path = str(tmp_path / "k2.h5")
+    source.save_weights(path)
+    raw = bytearray(open(path, "rb").read())
+    at = raw.find(b"weight_names") - 16  # the header of block_1_0's weight_names attribute
+    raw[at] ^= 0xFF
+    open(path, "wb").write(bytes(raw))
+    with h5py.File(path, "r") as f:  # the damage this test is about
+        assert "weight_names" not in f["block_1_0"].attrs and len(f["block_1_0"])
+    model = _three_dense(keras)
+    before = _values_of(model)
+    with pytest.raises(BlockFileError, match=r"layer 'block_1_0' holds weight datasets but no "
+                                             r"`weight_names` attribute"):
+        load_blocks(model, path)
+    assert _values_of(model) == before

@@ -147,6 +147,7 @@ def stored_dtype(dataset_id: h5py.h5d.DatasetID) -> tuple[np.dtype, bool]:
 
 _PREADV = hasattr(os, "preadv")
 _STANDARD = [(h5py.h5t.py_create(np.dtype(name)), np.dtype(name)) for name in ("<f4", "<f2", "<f8")]
+_IEEE = [h5py.h5t.py_create(np.dtype(f"{order}f{size}")) for order in "<>" for size in (2, 4, 8)]
 
 
 def _name_of(dataset_id) -> str:
@@ -160,7 +161,14 @@ def dtype_of(ds: h5py.Dataset | h5py.h5d.DatasetID, where: str, marked: bool = T
     if marked and text_attribute(h5py.Dataset(dataset_id), "dtype") in ("bfloat16",
                                                                          b"bfloat16"):
         return "bfloat16"
-    dtype = stored_dtype(dataset_id)[0]
+    dtype, exact = stored_dtype(dataset_id)
+    if (not exact and dataset_id.get_type().get_class() == h5py.h5t.FLOAT
+            and not any(dataset_id.get_type() == t for t in _IEEE)):
+        raise BlockFileError(
+            f"{where}: dataset {_name_of(dataset_id)!r} has a floating-point type whose HDF5 "
+            "header describes no IEEE half, single or double layout (its exponent bias, "
+            "sizes or bit positions differ), which Keras never writes: the file is damaged. "
+            "Fetch or save it again.")
     if dtype.kind not in "fiub":
         name = _name_of(dataset_id)
         raise BlockFileError(

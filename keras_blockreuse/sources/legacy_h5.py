@@ -68,6 +68,11 @@ class LegacyH5Source(LayerSource):
         for top in [layer_name(n, self.description)
                     for n in text_attribute(root, "layer_names")]:
             group = root[top]
+            if "weight_names" not in group.attrs and _holds_datasets(group):
+                raise BlockFileError(
+                    f"{self.description}: layer {top!r} holds weight datasets but no "
+                    "`weight_names` attribute to say which they are: the file is damaged "
+                    "(Keras's own load_weights refuses it too). Fetch or save it again.")
             names = [layer_name(n, self.description, "weight name", slash=True)
                      for n in text_attribute(group, "weight_names", [])]
             units: dict[str, list[tuple[str, str]]] = {}
@@ -188,3 +193,11 @@ def _find(entry, path: str) -> dict | None:
         if entry is None:
             return None
     return entry
+
+
+def _holds_datasets(group: h5py.Group) -> bool:
+    """Whether a layer's group holds any dataset, at any depth."""
+    found = []
+    group.visititems(lambda _, obj: found.append(1) or True
+                     if isinstance(obj, h5py.Dataset) else None)
+    return bool(found)
