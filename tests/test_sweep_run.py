@@ -329,7 +329,8 @@ def test_interrupted_sweep_is_marked_and_resumes_every_configuration_once(tmp_pa
     """SIGINT to the driver: the trials stop cleanly, the report says INTERRUPTED, the exit
     status is 130 and the resume command is printed; that command finishes the rest."""
     out, experiment = tmp_path / "out", tmp_path / "out" / "tune" / "sweep"
-    total, driver, stdout, stderr = _interrupted_smoke_sweep(tmp_path, signal.SIGINT, after=2)
+    total, driver, stdout, stderr = _interrupted_smoke_sweep(tmp_path, signal.SIGINT, after=2,
+                                                             seeds=8)
     assert driver.returncode == 130, stdout[-3000:] + stderr[-3000:]
     before = _finished_trials(experiment)
     report = (out / "report.md").read_text().splitlines()
