@@ -223,8 +223,8 @@ class Probe:
             return wrapper
 
         _time_trial_phases(self.phases, zoo, model_module.BlockModel)
-        reuse.reinitialise = _timed(self.phases, "re-initialise the kept model",
-                                    reuse.reinitialise)
+        trial_module.restart = _timed(self.phases, "re-initialise the kept model",
+                                      trial_module.restart)
         trial_module.fit = timed_fit
         trial_module.evaluate = timed_calls(self.eval_times, evaluate)
         if reports:

@@ -7,7 +7,13 @@ import pytest
 from ray import tune
 
 from keras_blockreuse.sweep.data import make_task
-from keras_blockreuse.sweep.reuse import MODELS, TracedModels, build_before_tracing, reinitialise
+from keras_blockreuse.sweep.reuse import (
+    MODELS,
+    TracedModels,
+    build_before_tracing,
+    restart,
+    snapshot,
+)
 from keras_blockreuse.sweep.trial import train_source, train_trial
 from keras_blockreuse.sweep.zoo import seed_cnn
 
@@ -112,60 +118,81 @@ def test_a_kept_model_keeps_its_traced_step_and_takes_the_new_values():
     models = TracedModels()
     traces = []
     first = _small(0)
+    models.remember("small", 0, first)
     step = first.train_step
     first.train_step = lambda data: (traces.append(1), step(data))[1]  # runs only when tracing
-    with models.reuse(first) as model:
-        assert model is first
-        model.fit(x, y, epochs=2, batch_size=16, verbose=0)
+    build_before_tracing(first, x, y)
+    optimizer_start = snapshot(first.optimizer.variables)
+    first.fit(x, y, epochs=2, batch_size=16, verbose=0)
+    models.keep("key", first, optimizer_start)
     traced = len(traces)
     assert traced >= 1 and len(models) == 1
     function = first.train_function
 
     second = _small(1)
     expected = [np.array(v.numpy()) for v in second.variables]
-    with models.reuse(second) as model:
-        assert model is first and models.hits == 1 and len(models) == 0  # taken, not shared
-        for v, value in zip(model.variables, expected, strict=True):
-            np.testing.assert_array_equal(v.numpy(), value)
-        assert int(model.optimizer.iterations.numpy()) == 0
-        assert all(not np.any(v.numpy()) for v in model.optimizer.variables
-                   if "momentum" in v.path or "velocity" in v.path)
-        model.fit(x, y, epochs=1, batch_size=16, verbose=0)
+    start = models.remember("small", 1, second)
+    assert models.start("small", 1) is start and models.start("small", 2) is None
+    model, kept_start = models.take("key")
+    assert model is first and models.hits == 1 and len(models) == 0  # taken, not shared
+    assert models.take("key") is None
+    restart(model, start, kept_start)
+    for v, value in zip(model.variables, expected, strict=True):
+        np.testing.assert_array_equal(v.numpy(), value)
+    assert int(model.optimizer.iterations.numpy()) == 0
+    slots = [v for v in model.optimizer.variables if "momentum" in v.path or "velocity" in v.path]
+    assert slots and all(not np.any(v.numpy()) for v in slots)
+    model.fit(x, y, epochs=1, batch_size=16, verbose=0)
     assert len(traces) == traced and first.train_function is function
+    models.keep("key", model, kept_start)
     assert len(models) == 1
 
-    with models.reuse(_small(2, frozen=True)) as model:  # another trainable set
-        assert model is not first and models.hits == 1
-    assert len(models) == 2
 
+def test_a_failed_trial_does_not_give_back_the_model_it_took(tiny, monkeypatch):
+    """A trial that raises during `fit` leaves its model's state unknown: it is not kept."""
+    data, blob = tiny
+    config = {"policy": "block_1=frozen,block_2=tuned", "seed": 0, "epochs": 3,
+              "batch_size": 16}
+    monkeypatch.setattr(tune, "report", lambda metrics, **kw: None)
+    MODELS.clear()
+    train_trial(config, data=data, source=blob)
+    assert len(MODELS) == 1
 
-def test_a_failed_trial_drops_the_model_it_used():
-    models = TracedModels()
+    def fail(metrics, **kw):
+        raise ValueError("boom")
+
+    monkeypatch.setattr(tune, "report", fail)
     with pytest.raises(ValueError, match="boom"):
-        with models.reuse(_small(0)):
-            raise ValueError("boom")
-    assert len(models) == 0
+        train_trial({**config, "seed": 1}, data=data, source=blob)
+    assert len(MODELS) == 0
 
 
-def test_reinitialise_refuses_models_that_do_not_correspond():
-    kept, other = _small(0), _small(1, frozen=True)
+def test_restart_refuses_models_that_do_not_correspond():
+    kept = _small(0)
+    build_before_tracing(kept, np.zeros((1, 8, 8, 1), "float32"), np.zeros(1, int))
+    optimizer_start = snapshot(kept.optimizer.variables)
+    frozen = _small(1, frozen=True)
+    build_before_tracing(frozen, np.zeros((1, 8, 8, 1), "float32"), np.zeros(1, int))
     with pytest.raises(RuntimeError, match="optimizer variables"):
-        reinitialise(kept, other)
+        restart(kept, snapshot(kept.variables), snapshot(frozen.optimizer.variables))
     wider = seed_cnn((8, 8, 1), 4)
-    wider.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
     with pytest.raises(RuntimeError, match="model variables"):
-        reinitialise(_small(2), wider)
+        restart(kept, snapshot(wider.variables), optimizer_start)
 
 
 def test_the_cache_is_bounded():
     models = TracedModels(max_models=1)
-    with models.reuse(_small(0)):
-        pass
-    with models.reuse(_small(1, frozen=True)) as model:
-        pass
-    assert len(models) == 1
-    with models.reuse(_small(2, frozen=True)) as again:
-        assert again is model
+    models.keep("a", _small(0), [])
+    model = _small(1, frozen=True)
+    models.keep("b", model, [])
+    assert len(models) == 1 and models.take("a") is None
+    assert models.take("b").model is model
+    small = _small(2)
+    one = sum(value.nbytes for _, value in snapshot(small.variables))
+    models = TracedModels(max_bytes=int(2.5 * one))
+    for seed in range(3):
+        models.remember("small", seed, small)
+    assert models.start("small", 0) is None and models.start("small", 2) is not None
 
 
 def test_building_before_tracing_traces_once_and_trains_the_same():
@@ -190,3 +217,65 @@ def test_building_before_tracing_traces_once_and_trains_the_same():
     for a, b in zip(trained[False][0], trained[True][0], strict=True):
         np.testing.assert_array_equal(a, b)
     assert trained[False][1] == trained[True][1]
+
+
+def _architecture(data):  # the key train_trial records start values under
+    return ("seed_cnn", tuple(data.input_shape), int(data.target_classes))
+
+
+_FRESH_PROCESS_TRIAL = """
+import json, sys
+from ray import tune
+from keras_blockreuse.sweep.data import make_task
+from keras_blockreuse.sweep.trial import train_trial
+reports = []
+tune.report = lambda metrics, **kw: reports.append(dict(metrics))
+data = make_task("digits", task="shift", shift="noise", shots=3, seed=0)
+train_trial(json.loads(sys.argv[1]), data=data, source=sys.argv[2])
+print(json.dumps(reports))
+"""
+
+
+@pytest.mark.slow
+def test_a_trial_on_a_kept_model_reports_what_it_reports_in_a_new_process(tiny, reports,
+                                                                          tmp_path):
+    """The property the reuse must keep, checked against a real new process: a trial that
+    takes a kept model, after trials of other seeds and policies have run (and set
+    TensorFlow's global seed and Keras's state), reports bit for bit the numbers the same
+    trial reports as the only trial of a new process."""
+    import json
+    import subprocess
+    import sys
+
+    data, blob = tiny
+    source = tmp_path / "source.blocks.h5"
+    source.write_bytes(blob)
+    config = {"policy": "block_1=frozen,block_2=tuned", "seed": 4, "epochs": 3,
+              "batch_size": 16}
+    out = subprocess.run([sys.executable, "-c", _FRESH_PROCESS_TRIAL, json.dumps(config),
+                          str(source)], capture_output=True, text=True, check=True,
+                         env={**__import__("os").environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    fresh = json.loads(out.stdout.strip().splitlines()[-1])
+
+    MODELS.clear()
+    for before in ({**config, "seed": 7}, {**config, "policy": "scratch", "seed": 2},
+                   {**config, "seed": 9, "epochs": 2}):
+        train_trial(before, data=data, source=blob)
+    hits = MODELS.hits
+    reports.clear()
+    train_trial(config, data=data, source=blob)
+    assert MODELS.hits == hits + 1  # it took the kept model
+    strip = (*RUN_SPECIFIC, "node_ip", "node_id", "hostname", "gpu_ids")
+    got = [{k: v for k, v in r.items() if k not in strip} for r in reports]
+    expected = [{k: v for k, v in r.items() if k not in strip} for r in fresh]
+    assert [r["epoch"] for r in got] == [1, 2, 3]
+    assert got == expected  # floats compared exactly
+    # Again, now with this seed's start values recorded: nothing is built or seeded.
+    reports.clear()
+    train_trial({**config, "seed": 2, "policy": "scratch"}, data=data, source=blob)
+    assert MODELS.start(_architecture(data), 4) is not None
+    hits = MODELS.hits
+    reports.clear()
+    train_trial(config, data=data, source=blob)
+    assert MODELS.hits == hits + 1
+    assert [{k: v for k, v in r.items() if k not in strip} for r in reports] == expected

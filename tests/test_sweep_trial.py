@@ -153,3 +153,35 @@ def test_a_reused_process_trains_a_trial_exactly_as_before(tiny, reports):
     strip = ("pid", "node_ip", "node_id", "hostname", "gpu_ids", "train_seconds", "started_at")
     assert [{k: v for k, v in r.items() if k not in strip} for r in reports] == [
         {k: v for k, v in r.items() if k not in strip} for r in first]
+
+
+def test_training_batches_are_each_epoch_a_permutation_fixed_by_seed_and_epoch():
+    """Each epoch is a permutation of every sample (the last batch partial), drawn from
+    (seed, epoch) alone; the process keeps the pipeline for the same arrays, and the order
+    does not depend on TensorFlow's global seed."""
+    import tensorflow as tf
+
+    from keras_blockreuse.sweep.trial import training_batches
+
+    x = np.arange(10, dtype="float32").reshape(10, 1) * 10
+    y = np.arange(10)
+
+    def epochs(seed):
+        batches = [(bx.numpy(), by.numpy()) for bx, by in training_batches(x, y, 3, 4, seed)]
+        assert [len(by) for _, by in batches] == [4, 4, 2] * 3
+        for bx, by in batches:
+            np.testing.assert_array_equal(bx[:, 0], by * 10)  # features stay with labels
+        flat = np.concatenate([by for _, by in batches])
+        return [flat[i * 10:(i + 1) * 10].tolist() for i in range(3)]
+
+    first = epochs(0)
+    assert all(sorted(e) == list(range(10)) for e in first)
+    assert first[0] != first[1] != first[2]  # reshuffled every epoch
+    pipeline = training_batches(x, y, 3, 4, 0)
+    tf.random.set_seed(123)
+    assert epochs(0) == first  # the global seed plays no part
+    assert epochs(1) != first
+    assert training_batches(x.copy(), y.copy(), 3, 4, 5) is pipeline  # same bytes: kept
+    other = training_batches(x + 1, y, 3, 4, 0)
+    assert other is not pipeline
+    assert next(iter(other))[0].numpy()[0, 0] % 10 == 1  # new arrays, new values

@@ -43,7 +43,7 @@ from keras_blockreuse.sweep.options import TRAINING_POLICIES, parse_block_lr
 from keras_blockreuse.sweep.space import SweepError
 
 __all__ = ["TRAINING_POLICIES", "BlockSchedule", "Stage", "parse_block_lr", "schedule",
-           "training_callbacks", "with_block_learning_rates"]
+           "trains_as_compiled", "training_callbacks", "with_block_learning_rates"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -257,6 +257,18 @@ class BlockSchedule(keras.callbacks.Callback):
                 layer.trainable = self._initial[name]
         if self._traced != tuple(name for name, on in self._initial.items() if on):
             self.model.make_train_function(force=True)  # a later fit traces the restored set
+
+
+def trains_as_compiled(policy: Mapping[str, str], config: Mapping) -> bool:
+    """Whether `training_callbacks` would leave a compiled model as it is: no block learning
+    rates and one stage for every epoch (a model traced for such a trial can train another).
+    Raises what `training_callbacks` raises for an invalid policy."""
+    if parse_block_lr(config.get("block_lr")):
+        return False
+    stages = schedule(config.get("training_policy") or "constant", policy, int(config["epochs"]),
+                      float(config["lr"]), k=int(config.get("policy_epochs") or 1),
+                      ft_factor=float(config.get("ft_factor") or 0.1))
+    return all(stage == stages[0] for stage in stages)
 
 
 def training_callbacks(model, policy: Mapping[str, str], config: Mapping) -> list:

@@ -4,58 +4,80 @@ When Ray Tune reuses a worker process for several trials (`reuse_actors`, the sw
 default), TensorFlow would otherwise trace a new train step and a new predict step for every
 trial: on the default digits sweep that was about 43% of a trial's time, more than all its
 training steps together. `TracedModels` keeps the compiled model of a finished trial and hands
-it to the next trial of the same architecture, compile settings and trainable set, with every
-value replaced by the new trial's freshly built model's: each trial trains exactly as it would
-on a model of its own (bit for bit: the same graph, the same initial values, the same seeds).
+it to the next trial of the same key (architecture, compile settings and trainable set), with
+every value set to what a freshly built model of the new trial's seed holds: each trial trains
+exactly as it would on a model of its own (bit for bit: the same graph, the same initial
+values, the same seeds).
+
+The values a fresh model starts with are recorded once per (architecture, seed) and process
+(`remember`), from a model built after `keras.backend.clear_session()` and
+`keras.utils.set_random_seed(seed)`. A trial that takes a kept model builds nothing and calls
+neither: both clear TensorFlow's kernel caches, after which every kept `tf.function` is
+instantiated again on its first call (about 0.15 s a trial on the default sweep).
 
 Only what the trace cannot see changes between trials: variable values (weights, BatchNorm
 statistics, the Dropout layers' seed-generator states), the optimizer's variables (iteration
-counter, learning rate, slots) and the metrics. What the trace captured is the key: the
-model's class and config (layer names, shapes, activations, `trainable` flags), its
-variables' paths, shapes, dtypes and trainable flags, and the compile configuration with the
-optimizer's class. A trial that differs in any of them gets its own model (and traces); so
-does a model whose automatic layer names differ (built without `clear_session` before it).
+counter, learning rate, slots) and the metrics. The caller's key must name everything the
+trace depends on; `restart` checks that the kept model's variables are the recorded ones in
+path, shape and dtype, and raises if not.
 
 Example (one process, two trials of one policy):
 
 ```python
 models = TracedModels()
 for seed in (0, 1):
-    keras.backend.clear_session(free_memory=False)  # the same automatic names each time
-    keras.utils.set_random_seed(seed)
-    model = build(...)                    # fresh values for this trial: cheap, no tracing
-    model.compile(optimizer=keras.optimizers.Adam(1e-3), loss=..., metrics=[...])
-    with models.reuse(model) as model:    # the second time: the first trial's model, traced
-        model.fit(...)                    # and re-initialised with this trial's values
+    kept = models.take(key)
+    start = models.start(architecture, seed)
+    if kept is None or start is None:
+        keras.backend.clear_session(free_memory=False)  # the same automatic names each time
+        keras.utils.set_random_seed(seed)
+        fresh = build(...)
+        start = models.remember(architecture, seed, fresh)
+    if kept is None:
+        model = fresh
+        model.compile(optimizer=keras.optimizers.Adam(1e-3), loss=..., metrics=[...])
+        build_before_tracing(model, x, y)
+        optimizer_start = snapshot(model.optimizer.variables)
+    else:
+        model, optimizer_start = kept
+        restart(model, start, optimizer_start)
+    model.fit(...)                             # the second time: no tracing
+    models.keep(key, model, optimizer_start)
 ```
 """
 
 from __future__ import annotations
 
 import collections
-import contextlib
-import json
+import math
 
 import numpy as np
 
-__all__ = ["MODELS", "TracedModels", "build_before_tracing", "reinitialise"]
+__all__ = ["MODELS", "Kept", "TracedModels", "assign", "build_before_tracing", "restart",
+           "snapshot"]
+
+Kept = collections.namedtuple("Kept", ["model", "optimizer_start"])
+"""A kept compiled model and its optimizer's variables as a fresh optimizer holds them."""
 
 
 class TracedModels:
-    """Compiled models of finished trials, by what their traced steps depend on.
+    """Compiled models of finished trials by key, and fresh models' values by seed.
 
     Args:
         max_models: the most models kept (least recently used dropped first).
-        max_bytes: the most bytes of model and optimizer variables kept, all models together.
+        max_bytes: the most bytes of kept variables (models, optimizers and recorded start
+            values, each counted on its own), least recently used dropped first.
 
     Only the TensorFlow backend reuses models (Keras keeps a model's traced `tf.function`
-    until the next `compile`); on other backends `reuse` hands back the model it is given.
+    until the next `compile`); the caller keeps models only there.
     """
 
     def __init__(self, max_models: int = 16, max_bytes: int = 256 * 2**20):
         self.max_models = int(max_models)
         self.max_bytes = int(max_bytes)
         self._kept: collections.OrderedDict = collections.OrderedDict()
+        self._starts: collections.OrderedDict = collections.OrderedDict()
+        self._loaded: collections.OrderedDict = collections.OrderedDict()
         self.hits = 0
         """How many trials were given a kept model (for tests and benchmarks)."""
 
@@ -63,71 +85,110 @@ class TracedModels:
         return len(self._kept)
 
     def clear(self) -> None:
-        """Drop every kept model: the next trials build, compile and trace their own."""
+        """Drop every kept model and recorded start: the next trials build their own."""
         self._kept.clear()
+        self._starts.clear()
+        self._loaded.clear()
 
-    @contextlib.contextmanager
-    def reuse(self, model):
-        """The model to train in place of `model`, kept for later trials if training ends well.
-
-        Args:
-            model: this trial's model, freshly built (with its seeds), its blocks loaded and
-                frozen, and compiled; its optimizer not yet used.
-
-        Yields:
-            A kept model of the same key with `model`'s variable values and a fresh optimizer
-            state; or `model` itself when none is kept. After the block ends without an
-            exception the yielded model is kept (an exception drops it: its state is unknown).
-        """
-        key = _key(model)
-        kept = self.take(key, model) if key is not None else None
+    def take(self, key) -> Kept | None:
+        """The model kept under `key` and its optimizer's start, or None; it is no longer
+        kept until given back with `keep` (a model is never shared by two running trials)."""
+        kept = self._kept.pop(key, None)
         if kept is not None:
             self.hits += 1
-        trained = kept if kept is not None else model
-        yield trained
-        if key is not None:
-            self._keep(key, trained)
-
-    def take(self, key, model):
-        """The kept model under `key`, re-initialised from `model`, or None; it is no longer
-        kept until given back (a model is never shared by two running trials)."""
-        kept = self._kept.pop(key, None)
-        if kept is None:
-            return None
-        reinitialise(kept, model)
         return kept
 
-    def _keep(self, key, model) -> None:
-        self._kept[key] = model
+    def keep(self, key, model, optimizer_start: list) -> None:
+        """Keep a compiled model whose training ended well, for a later trial of `key`."""
+        self._kept[key] = Kept(model, optimizer_start)
         self._kept.move_to_end(key)
-        while self._kept and (len(self._kept) > self.max_models
-                              or sum(map(_nbytes, self._kept.values())) > self.max_bytes):
-            self._kept.popitem(last=False)
+        self._bound(self._kept, max_items=self.max_models)
+
+    def start(self, architecture, seed: int) -> list | None:
+        """The values recorded by `remember` for this architecture and seed, or None."""
+        values = self._starts.get((architecture, int(seed)))
+        if values is not None:
+            self._starts.move_to_end((architecture, int(seed)))
+        return values
+
+    def remember(self, architecture, seed: int, model) -> list:
+        """Record the values of `model`, freshly built for `seed` (after `clear_session` and
+        `set_random_seed`, nothing loaded yet); return them (`snapshot`)."""
+        values = snapshot(model.variables)
+        self._starts[(architecture, int(seed))] = values
+        self._bound(self._starts, max_items=None)
+        return values
+
+    def transferred(self, source, blocks) -> list | None:
+        """The values `remember_transferred` recorded for every block in `blocks` from
+        `source` (the source's key: the architecture and a digest of the block file), or
+        None if any is missing."""
+        values = [self._loaded.get((source, block)) for block in blocks]
+        return None if any(v is None for v in values) else [pair for v in values for pair in v]
+
+    def remember_transferred(self, source, model, blocks) -> None:
+        """Record the values of `blocks` in `model` just after `load_blocks` loaded them from
+        `source`: the same load into a model of the same architecture assigns exactly
+        these."""
+        for block in blocks:
+            self._loaded[(source, block)] = snapshot(model.blocks[block].variables)
+        self._bound(self._loaded, max_items=None)
+
+    def _bound(self, entries: collections.OrderedDict, max_items: int | None) -> None:
+        while entries and ((max_items is not None and len(entries) > max_items)
+                           or self._nbytes() > self.max_bytes):
+            entries.popitem(last=False)
+
+    def _nbytes(self) -> int:
+        kept = sum(_nbytes(k.model.variables) + _nbytes(k.model.optimizer.variables)
+                   for k in self._kept.values())
+        return kept + sum(sum(value.nbytes for _, value in values)
+                          for entries in (self._starts, self._loaded)
+                          for values in entries.values())
 
 
 MODELS = TracedModels()
 """The models kept by this process (a Ray worker's, across the trials Tune gives it)."""
 
 
-def reinitialise(kept, model) -> None:
-    """Give `kept` (a compiled, trained model) the state `model` (same key, compiled, not yet
-    trained) starts with: every variable's value, the optimizer's variables as a fresh
-    optimizer built on `model`'s trainable variables holds them, reset metrics.
+def snapshot(variables) -> list:
+    """`(path, value)` of each variable, the values copied to NumPy."""
+    return [(v.path, np.array(v.numpy(), copy=True)) for v in variables]
+
+
+def assign(variables, values: list, what: str = "model") -> None:
+    """Assign `snapshot` values to `variables`, which must correspond one to one.
 
     Raises:
-        RuntimeError: the two models' variables or optimizer variables do not correspond one
-            to one in path, shape and dtype (the key should have kept them apart).
+        RuntimeError: they differ in path, shape or dtype.
     """
-    optimizer = model.optimizer
-    if not optimizer.built:
-        optimizer.build(model.trainable_variables)  # zeros and a 0 iteration count, no draws
-    if not kept.optimizer.built:
-        kept.optimizer.build(kept.trainable_variables)
-    pairs = (_pairs(kept.variables, model.variables, "model")
-             + _pairs(kept.optimizer.variables, optimizer.variables, "optimizer"))
-    for target, value in pairs:
-        target.assign(value)
-    kept.reset_metrics()
+    variables = list(variables)
+    described = [(v.path, tuple(v.shape), np.dtype(v.dtype).str) for v in variables]
+    expected = [(path, value.shape, value.dtype.str) for path, value in values]
+    if described != expected:
+        raise RuntimeError(f"Cannot restart a kept model: its {what} variables "
+                           f"{described} differ from the new trial's {expected}.")
+    for variable, (_, value) in zip(variables, values, strict=True):
+        variable.assign(value)
+
+
+def restart(model, start: list, optimizer_start: list) -> None:
+    """Give a kept compiled model the state a fresh model of the new trial starts with.
+
+    Args:
+        model: a compiled model that has trained.
+        start: `snapshot` of the model's variables as freshly built for the new trial's seed
+            (`TracedModels.remember`).
+        optimizer_start: `snapshot` of its optimizer's variables as a fresh optimizer held
+            them (after `optimizer.build`, before the first step).
+
+    Raises:
+        RuntimeError: the variables do not correspond to the snapshots one to one in path,
+            shape and dtype (the key should have kept them apart).
+    """
+    assign(model.variables, start, "model")
+    assign(model.optimizer.variables, optimizer_start, "optimizer")
+    model.reset_metrics()
 
 
 def build_before_tracing(model, x, y) -> None:
@@ -152,32 +213,5 @@ def build_before_tracing(model, x, y) -> None:
     model.reset_metrics()
 
 
-def _pairs(targets, values, what: str) -> list:
-    described = [(v.path, tuple(v.shape), str(v.dtype)) for v in targets]
-    expected = [(v.path, tuple(v.shape), str(v.dtype)) for v in values]
-    if described != expected:
-        raise RuntimeError(f"Cannot re-initialise a kept model: its {what} variables "
-                           f"{described} differ from the new trial's {expected}.")
-    return list(zip(targets, (v.value for v in values), strict=True))
-
-
-def _key(model):
-    """What the model's traced train and predict steps depend on, or None (no reuse)."""
-    import keras
-
-    if keras.backend.backend() != "tensorflow" or not model.compiled:
-        return None
-    try:
-        config = json.dumps(model.get_config(), sort_keys=True)
-        compiled = json.dumps(model.get_compile_config(), sort_keys=True)
-    except (TypeError, ValueError, NotImplementedError):  # not serializable: no safe key
-        return None
-    variables = tuple((v.path, tuple(v.shape), str(v.dtype), bool(v.trainable))
-                      for v in model.variables)
-    return (type(model), config, variables, type(model.optimizer), compiled)
-
-
-def _nbytes(model) -> int:
-    variables = list(model.variables) + list(model.optimizer.variables)
-    return int(sum(np.prod(v.shape, dtype=np.int64) * np.dtype(v.dtype).itemsize
-                   for v in variables))
+def _nbytes(variables) -> int:
+    return int(sum(math.prod(v.shape) * np.dtype(v.dtype).itemsize for v in variables))

@@ -29,7 +29,6 @@ reports[-1]["test_accuracy"]
 
 from __future__ import annotations
 
-import contextlib
 import math
 import os
 import socket
@@ -38,7 +37,10 @@ import time
 
 import numpy as np
 
-from keras_blockreuse.sweep.reuse import MODELS, build_before_tracing
+from keras_blockreuse.sweep.reuse import MODELS, assign, build_before_tracing, restart, snapshot
+
+_BLOCKS: dict = {}
+"""The block names of each architecture this process has built, by (model, shape, classes)."""
 
 TRIAL_DEFAULTS = {"model": "seed_cnn", "epochs": 40, "batch_size": 32, "lr": 1e-3, "cpus": 1}
 """Trial settings used when the configuration leaves them out."""
@@ -97,7 +99,7 @@ def train_trial(config: dict, data=None, source: bytes | str | None = None,
     import keras
     from ray import tune
 
-    from keras_blockreuse.sweep.policies import training_callbacks
+    from keras_blockreuse.sweep.policies import training_callbacks, trains_as_compiled
     from keras_blockreuse.sweep.space import SweepError, decode_policy
     from keras_blockreuse.sweep.zoo import build_model
 
@@ -105,14 +107,26 @@ def train_trial(config: dict, data=None, source: bytes | str | None = None,
     configure_tensorflow(settings["cpus"])
     started, started_at = time.perf_counter(), time.time()
     seed = int(settings["seed"])
-    # Tune may reuse this process for several trials (reuse_actors): each trial starts from a
-    # cleared Keras session and reseeded generators, so it trains exactly as in a new process.
-    # Python's own collector frees the last trial's objects (Keras's gc.collect() here took
-    # 0.4 s of a 4 s trial).
-    keras.backend.clear_session(free_memory=False)
-    keras.utils.set_random_seed(seed)
-    model = build_model(settings["model"], data.input_shape, data.target_classes, name="target")
-    blocks = list(model.blocks)
+    architecture = (settings["model"], tuple(data.input_shape), int(data.target_classes))
+
+    def build():
+        # Tune may reuse this process for several trials (reuse_actors): a model is built
+        # from a cleared Keras session and reseeded generators, as in a new process. Python's
+        # own collector frees the last trial's objects (Keras's gc.collect() here took 0.4 s
+        # of a 4 s trial).
+        keras.backend.clear_session(free_memory=False)
+        keras.utils.set_random_seed(seed)
+        return build_model(settings["model"], data.input_shape, data.target_classes,
+                           name="target")
+
+    # A process's first trial of an architecture builds its model; so does a trial that the
+    # process has no kept model for (`keras_blockreuse.sweep.reuse`).
+    blocks = _BLOCKS.get(architecture)
+    fresh = None
+    if blocks is None:
+        fresh = build()
+        MODELS.remember(architecture, seed, fresh)
+        blocks = _BLOCKS[architecture] = list(fresh.blocks)
     try:
         policy = decode_policy(settings["policy"], blocks)
     except SweepError as error:
@@ -120,23 +134,39 @@ def train_trial(config: dict, data=None, source: bytes | str | None = None,
                          f"{settings['model']!r} (blocks {blocks}): {error}") from None
     transferred = [b for b in blocks if policy[b] != "reinit"]
     frozen = [b for b in blocks if policy[b] == "frozen"]
-    if transferred:
-        if source is None:
-            raise SweepError(f"Policy {settings['policy']!r} transfers blocks but no source "
-                             "block file was given.")
-        with block_file(source) as path:
-            model.load_blocks(path, only=transferred)
-        model.freeze_blocks(frozen)
-    model.compile(
-        optimizer=keras.optimizers.Adam(float(settings["lr"])),
-        loss="sparse_categorical_crossentropy",
-        metrics=["accuracy"],
-    )
-    schedule = training_callbacks(model, policy, settings)  # --policy, --block-lr
-    # A schedule changes the trainable set during `fit` and retraces anyway; otherwise the
-    # process's model of the same architecture, compile settings and trainable set trains,
-    # re-initialised with this model's values, without tracing its steps again.
-    kept = contextlib.nullcontext(model) if schedule else MODELS.reuse(model)
+    if transferred and source is None:
+        raise SweepError(f"Policy {settings['policy']!r} transfers blocks but no source "
+                         "block file was given.")
+    # A kept model trains another trial of its key: the same architecture, trainable set and
+    # compile settings (Adam at this learning rate, the cross-entropy, accuracy), with no
+    # schedule changing the trainable set or the optimizer during `fit`.
+    keep = keras.backend.backend() == "tensorflow" and trains_as_compiled(policy, settings)
+    key = (architecture, tuple(frozen), float(settings["lr"])) if keep else None
+    kept = MODELS.take(key) if keep and fresh is None else None
+    if kept is not None:
+        model, optimizer_start = kept
+        start = MODELS.start(architecture, seed)
+        if start is None:
+            start = MODELS.remember(architecture, seed, build())
+        restart(model, start, optimizer_start)
+        _load(model, source, architecture, transferred)
+        schedule = []
+    else:
+        model = fresh if fresh is not None else build()
+        if fresh is None:
+            MODELS.remember(architecture, seed, model)
+        if transferred:
+            _load(model, source, architecture, transferred)
+            model.freeze_blocks(frozen)
+        model.compile(
+            optimizer=keras.optimizers.Adam(float(settings["lr"])),
+            loss="sparse_categorical_crossentropy",
+            metrics=["accuracy"],
+        )
+        schedule = training_callbacks(model, policy, settings)  # --policy, --block-lr
+        if keep:
+            build_before_tracing(model, data.x_train, data.y_train)
+            optimizer_start = snapshot(model.optimizer.variables)
     place = where()
     epochs = int(settings["epochs"])
     last: dict = {}
@@ -162,12 +192,33 @@ def train_trial(config: dict, data=None, source: bytes | str | None = None,
             last.update(metrics)
             tune.report(metrics)
 
-    with kept as model:
-        if not schedule:  # (a schedule builds the optimizer on every block it will train)
-            build_before_tracing(model, data.x_train, data.y_train)
-        fit(model, data.x_train, data.y_train, epochs, int(settings["batch_size"]), seed,
-            callbacks=[*schedule, Report()])
+    fit(model, data.x_train, data.y_train, epochs, int(settings["batch_size"]), seed,
+        callbacks=[*schedule, Report()])
+    if keep:  # (a model whose trial raised is not kept: its state is unknown)
+        MODELS.keep(key, model, optimizer_start)
     return dict(last)
+
+
+def _load(model, source, architecture, transferred: list) -> None:
+    """`model.load_blocks(source, only=transferred)`; in a process that has loaded these
+    blocks from the same source bytes into this architecture before, the values that load
+    assigned, assigned again (`TracedModels.transferred`)."""
+    if not transferred:
+        return
+    import xxhash
+
+    key = None
+    if isinstance(source, bytes):
+        key = (architecture, xxhash.xxh3_128_hexdigest(source))
+        values = MODELS.transferred(key, transferred)
+        if values is not None:
+            assign([v for b in transferred for v in model.blocks[b].variables], values,
+                   "transferred blocks'")
+            return
+    with block_file(source) as path:
+        model.load_blocks(path, only=transferred)
+    if key is not None:
+        MODELS.remember_transferred(key, model, transferred)
 
 
 def _recipe_trial(config: dict, data, source, recipe) -> dict:
@@ -276,34 +327,71 @@ def fit(model, x, y, epochs: int, batch_size: int, seed: int, callbacks=None,
         validation_data=None) -> None:
     """Train for `epochs` epochs of `ceil(len(x) / batch_size)` shuffled batches.
 
-    On TensorFlow the arrays go through one repeated `tf.data` pipeline, so an epoch costs no
+    On TensorFlow each epoch's order is a permutation drawn by a stateless random op from
+    `(seed, epoch)` alone (`tf.random.experimental.stateless_shuffle`, Philox), so the order
+    does not depend on TensorFlow's global seed or on what ran before in the process, and a
+    trial needs no `tf.random.set_seed` (which clears TensorFlow's kernel caches). The
+    batches are gathered from the arrays through one `tf.data` pipeline, so an epoch costs no
     iterator set-up: for the few-shot targets of a sweep this is about 3x faster than
-    `fit(x, y)`. Shuffling is fixed by `seed`. The pipeline runs without tf.data's autotuning:
-    it has nothing to tune (no parallel map, no prefetch), and with it, deleting the iterator
-    at the end of `fit` waited about 1.1 s for the tuning thread in about half the trials (a
-    default trial trains for about 1.3 s); the elements and their order are the same.
+    `fit(x, y)`. The pipeline runs without tf.data's autotuning: it has nothing to tune (no
+    parallel map, no prefetch), and with it, deleting the iterator at the end of `fit` waited
+    about 1.1 s for the tuning thread in about half the trials. The pipeline is kept for the
+    process's next trial on the same arrays (`training_batches`).
     """
     import keras
 
     steps = math.ceil(len(x) / batch_size)
     if keras.backend.backend() == "tensorflow":
-        import tensorflow as tf
-
-        dataset = (
-            tf.data.Dataset.from_tensor_slices((x, y))
-            .shuffle(len(x), seed=seed, reshuffle_each_iteration=True)
-            .batch(batch_size)
-            .repeat()
-        )
-        options = tf.data.Options()
-        options.autotune.enabled = False
-        dataset = dataset.with_options(options)
+        dataset = training_batches(x, y, epochs, batch_size, seed)
         model.fit(dataset, epochs=epochs, steps_per_epoch=steps, shuffle=False, verbose=0,
                   callbacks=callbacks, validation_data=validation_data,
                   validation_batch_size=batch_size if validation_data else None)
     else:
         model.fit(x, y, batch_size=batch_size, epochs=epochs, shuffle=True, verbose=0,
                   callbacks=callbacks, validation_data=validation_data)
+
+
+_PIPELINE: list = []
+"""The last pipeline `training_batches` built in this process: [(key, dataset, seed variable)]."""
+
+
+def training_batches(x, y, epochs: int, batch_size: int, seed: int):
+    """`fit`'s tf.data pipeline: `epochs` epochs of batches of `(x, y)`, each epoch in the
+    order `stateless_shuffle` draws from `(seed, epoch)`.
+
+    Tracing the pipeline's functions costs about 40 ms, so the last pipeline is kept and
+    used again for the same arrays (compared by shape, dtype and an xxh3-128 digest of their
+    bytes), epochs and batch size; the seed is a variable it reads as each epoch begins.
+    """
+    import tensorflow as tf
+    import xxhash
+
+    x, y = np.ascontiguousarray(x), np.ascontiguousarray(y)
+    key = (x.shape, x.dtype.str, y.shape, y.dtype.str, int(epochs), int(batch_size),
+           xxhash.xxh3_128_hexdigest(memoryview(x).cast("B")),
+           xxhash.xxh3_128_hexdigest(memoryview(y).cast("B")))
+    if not _PIPELINE or _PIPELINE[0][0] != key:
+        n = len(x)
+        features, labels = tf.constant(x), tf.constant(y)
+        seed_variable = tf.Variable(0, dtype=tf.int64, trainable=False)
+
+        def epoch_order(epoch):
+            seeds = tf.stack([seed_variable.read_value(), epoch])
+            order = tf.random.experimental.stateless_shuffle(tf.range(n), seed=seeds,
+                                                             alg="philox")
+            return tf.data.Dataset.from_tensor_slices(order).batch(batch_size)
+
+        dataset = (
+            tf.data.Dataset.range(epochs)
+            .flat_map(epoch_order)
+            .map(lambda i: (tf.gather(features, i), tf.gather(labels, i)))
+        )
+        options = tf.data.Options()
+        options.autotune.enabled = False
+        _PIPELINE[:] = [(key, dataset.with_options(options), seed_variable)]
+    _, dataset, seed_variable = _PIPELINE[0]
+    seed_variable.assign(int(seed))
+    return dataset
 
 
 def evaluate(model, x, y, batch_size: int = 1024) -> tuple[float, float]:
