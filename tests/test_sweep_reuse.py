@@ -231,51 +231,72 @@ from keras_blockreuse.sweep.trial import train_trial
 reports = []
 tune.report = lambda metrics, **kw: reports.append(dict(metrics))
 data = make_task("digits", task="shift", shift="noise", shots=3, seed=0)
-train_trial(json.loads(sys.argv[1]), data=data, source=sys.argv[2])
-print(json.dumps(reports))
+out = []
+for config in json.loads(sys.argv[1]):
+    reports.clear()
+    train_trial(config, data=data, source=sys.argv[2])
+    out.append(list(reports))
+print(json.dumps(out))
 """
 
 
-@pytest.mark.slow
-def test_a_trial_on_a_kept_model_reports_what_it_reports_in_a_new_process(tiny, reports,
-                                                                          tmp_path):
-    """The property the reuse must keep, checked against a real new process: a trial that
-    takes a kept model, after trials of other seeds and policies have run (and set
-    TensorFlow's global seed and Keras's state), reports bit for bit the numbers the same
-    trial reports as the only trial of a new process."""
+def _in_new_processes(configs, source, tmp_path) -> list[list[dict]]:
+    """Each trial's reports as the only trial of a new process."""
     import json
+    import os
     import subprocess
     import sys
 
+    path = tmp_path / "source.blocks.h5"
+    path.write_bytes(source)
+    out = []
+    for config in configs:
+        run = subprocess.run([sys.executable, "-c", _FRESH_PROCESS_TRIAL, json.dumps([config]),
+                              str(path)], capture_output=True, text=True, check=True,
+                             env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+        out.append(json.loads(run.stdout.strip().splitlines()[-1])[0])
+    return out
+
+
+_STRIP = (*RUN_SPECIFIC, "node_ip", "node_id", "hostname", "gpu_ids")
+
+
+def _stripped(reports) -> list[dict]:
+    return [{k: v for k, v in r.items() if k not in _STRIP} for r in reports]
+
+
+@pytest.mark.slow
+def test_trials_in_a_reused_process_report_what_they_report_in_a_new_process(tiny, reports,
+                                                                           tmp_path):
+    """The property the reuse must keep, checked against real new processes: after trials
+    of other seeds and policies have run in this process (setting TensorFlow's global seed,
+    Keras's names and state), each of these trials reports bit for bit what it reports as
+    the only trial of a new process:
+
+    - `kept_new_seed`: takes a kept model; its seed's start values are built here;
+    - `kept`: takes a kept model; its seed's start values were recorded before (nothing is
+      built or seeded);
+    - `traced`: a trainable set not kept yet, with its seed's start values recorded: its
+      model is built without clearing the session (automatic names counted on) and takes
+      the recorded values."""
     data, blob = tiny
-    source = tmp_path / "source.blocks.h5"
-    source.write_bytes(blob)
-    config = {"policy": "block_1=frozen,block_2=tuned", "seed": 4, "epochs": 3,
-              "batch_size": 16}
-    out = subprocess.run([sys.executable, "-c", _FRESH_PROCESS_TRIAL, json.dumps(config),
-                          str(source)], capture_output=True, text=True, check=True,
-                         env={**__import__("os").environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
-    fresh = json.loads(out.stdout.strip().splitlines()[-1])
+    base = {"policy": "block_1=frozen,block_2=tuned", "epochs": 3, "batch_size": 16}
+    kept_new_seed, kept = {**base, "seed": 4}, {**base, "seed": 7}
+    traced = {**base, "policy": "block_1=tuned,block_2=frozen", "seed": 7}
+    expected = _in_new_processes([kept_new_seed, kept, traced], blob, tmp_path)
 
     MODELS.clear()
-    for before in ({**config, "seed": 7}, {**config, "policy": "scratch", "seed": 2},
-                   {**config, "seed": 9, "epochs": 2}):
+    for before in ({**base, "seed": 7}, {**base, "policy": "scratch", "seed": 2},
+                   {**base, "seed": 9, "epochs": 2}):
         train_trial(before, data=data, source=blob)
-    hits = MODELS.hits
-    reports.clear()
-    train_trial(config, data=data, source=blob)
-    assert MODELS.hits == hits + 1  # it took the kept model
-    strip = (*RUN_SPECIFIC, "node_ip", "node_id", "hostname", "gpu_ids")
-    got = [{k: v for k, v in r.items() if k not in strip} for r in reports]
-    expected = [{k: v for k, v in r.items() if k not in strip} for r in fresh]
-    assert [r["epoch"] for r in got] == [1, 2, 3]
-    assert got == expected  # floats compared exactly
-    # Again, now with this seed's start values recorded: nothing is built or seeded.
-    reports.clear()
-    train_trial({**config, "seed": 2, "policy": "scratch"}, data=data, source=blob)
-    assert MODELS.start(_architecture(data), 4) is not None
-    hits = MODELS.hits
-    reports.clear()
-    train_trial(config, data=data, source=blob)
-    assert MODELS.hits == hits + 1
-    assert [{k: v for k, v in r.items() if k not in strip} for r in reports] == expected
+    for config, want, reused in ((kept_new_seed, expected[0], True),
+                                 (kept, expected[1], True), (traced, expected[2], False)):
+        hits = MODELS.hits
+        recorded = MODELS.start(_architecture(data), config["seed"]) is not None
+        reports.clear()
+        train_trial(config, data=data, source=blob)
+        assert MODELS.hits == hits + reused, config
+        assert recorded == (config is not kept_new_seed)
+        assert [r["epoch"] for r in reports] == [1, 2, 3]
+        assert _stripped(reports) == _stripped(want), config  # floats compared exactly
+    assert _stripped(expected[1]) != _stripped(expected[2])  # the policies really differ

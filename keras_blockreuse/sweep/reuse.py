@@ -157,19 +157,31 @@ def snapshot(variables) -> list:
 
 
 def assign(variables, values: list, what: str = "model") -> None:
-    """Assign `snapshot` values to `variables`, which must correspond one to one.
+    """Assign `snapshot` values to `variables`, position by position.
+
+    The two must correspond: at each position the same shape, dtype and path up to Keras's
+    automatic-name counters (a model built again in the same Keras session has
+    `seed_generator_4/seed_generator_state` where the first had
+    `seed_generator/seed_generator_state`; the same builder gives the same order).
 
     Raises:
-        RuntimeError: they differ in path, shape or dtype.
+        RuntimeError: they differ in number, shape, dtype or path.
     """
     variables = list(variables)
-    described = [(v.path, tuple(v.shape), np.dtype(v.dtype).str) for v in variables]
-    expected = [(path, value.shape, value.dtype.str) for path, value in values]
+    described = [(_uncounted(v.path), tuple(v.shape), np.dtype(v.dtype).str)
+                 for v in variables]
+    expected = [(_uncounted(path), value.shape, value.dtype.str) for path, value in values]
     if described != expected:
         raise RuntimeError(f"Cannot restart a kept model: its {what} variables "
                            f"{described} differ from the new trial's {expected}.")
     for variable, (_, value) in zip(variables, values, strict=True):
         variable.assign(value)
+
+
+def _uncounted(path: str) -> str:
+    from keras_blockreuse.sources.structure import strip_counter
+
+    return "/".join(strip_counter(step) for step in path.split("/"))
 
 
 def restart(model, start: list, optimizer_start: list) -> None:

@@ -7,9 +7,11 @@ seed, hyperparameters) from Tune, and the task's arrays and the source model's b
 training and validation metrics (the last report adds the test accuracy). It never calls
 `ray.train.*`, which raises inside Tune trials since Ray 2.51. In a process Tune reuses for
 several trials, a trial of the same architecture, compile settings and frozen blocks as an
-earlier one trains that trial's compiled model, re-initialised with its own freshly built
-model's values, so TensorFlow does not trace the steps again (`keras_blockreuse.sweep.reuse`);
-the metrics are bit-identical to a model of its own.
+earlier one trains that trial's compiled model, set to the values a model freshly built for
+its seed holds (recorded once per seed and process) and to the values `load_blocks` assigned
+from the same source before, so TensorFlow does not trace the steps again and nothing is
+built (`keras_blockreuse.sweep.reuse`); the metrics are bit-identical to the same trial's in
+a new process (each epoch's order depends only on the seed and the epoch: `fit`).
 
 Example (without Ray: `tune.report` replaced by a list):
 
@@ -109,13 +111,15 @@ def train_trial(config: dict, data=None, source: bytes | str | None = None,
     seed = int(settings["seed"])
     architecture = (settings["model"], tuple(data.input_shape), int(data.target_classes))
 
-    def build():
-        # Tune may reuse this process for several trials (reuse_actors): a model is built
-        # from a cleared Keras session and reseeded generators, as in a new process. Python's
-        # own collector frees the last trial's objects (Keras's gc.collect() here took 0.4 s
-        # of a 4 s trial).
-        keras.backend.clear_session(free_memory=False)
-        keras.utils.set_random_seed(seed)
+    def build(seeded: bool = True):
+        # Tune may reuse this process for several trials (reuse_actors): a model whose values
+        # are this trial's is built from a cleared Keras session and reseeded generators, as
+        # in a new process. Python's own collector frees the last trial's objects (Keras's
+        # gc.collect() here took 0.4 s of a 4 s trial). Unseeded: a model only for its
+        # structure, its values then set (both calls clear TensorFlow's kernel caches).
+        if seeded:
+            keras.backend.clear_session(free_memory=False)
+            keras.utils.set_random_seed(seed)
         return build_model(settings["model"], data.input_shape, data.target_classes,
                            name="target")
 
@@ -152,9 +156,15 @@ def train_trial(config: dict, data=None, source: bytes | str | None = None,
         _load(model, source, architecture, transferred)
         schedule = []
     else:
-        model = fresh if fresh is not None else build()
-        if fresh is None:
+        start = MODELS.start(architecture, seed) if fresh is None and keep else None
+        if fresh is not None:
+            model = fresh
+        elif start is None:  # (other backends' `fit` shuffles with NumPy's global seed)
+            model = build()
             MODELS.remember(architecture, seed, model)
+        else:
+            model = build(seeded=False)
+            assign(model.variables, start)
         if transferred:
             _load(model, source, architecture, transferred)
             model.freeze_blocks(frozen)
