@@ -110,3 +110,23 @@ def test_live_view_counts_leader_and_few_lines():
     assert lines[-1].endswith(f"leader by val_accuracy: surgical: tune block_1 ({key}) 0.600 "
                               "(n=3)")
     assert len(lines) == 4  # one line at each quarter (2, 4, 6 of 8 ended) and the last
+
+
+def test_tune_environment_buffers_results_and_leaves_the_users_settings(monkeypatch):
+    from keras_blockreuse.sweep.control import RESULT_BUFFER, tune_environment
+
+    names = ("TUNE_RESULT_BUFFER_LENGTH", "TUNE_RESULT_BUFFER_MIN_TIME_S",
+             "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS")
+    for name in names:
+        monkeypatch.delenv(name, raising=False)
+    with tune_environment():
+        # both buffer settings equal: Ray 2.60 passes them to train_buffered swapped
+        assert [os.environ[n] for n in names] == [str(RESULT_BUFFER)] * 2 + ["1"]
+    assert not any(n in os.environ for n in names)
+    with tune_environment(buffered=False):  # ASHA
+        assert [os.environ.get(n) for n in names] == [None, None, "1"]
+    assert not any(n in os.environ for n in names)
+    monkeypatch.setenv("TUNE_RESULT_BUFFER_LENGTH", "1")  # the user's: buffering off
+    with tune_environment():
+        assert [os.environ.get(n) for n in names] == ["1", None, "1"]
+    assert os.environ["TUNE_RESULT_BUFFER_LENGTH"] == "1"

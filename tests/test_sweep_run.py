@@ -98,6 +98,19 @@ def test_smoke_sweep_writes_the_report_and_survives_a_failing_trial(ray_local, t
     assert scratch["n"] == 2 and scratch["ci_low"] <= scratch["mean"] <= scratch["ci_high"]
     report = (out / "report.md").read_text()
     assert "Trials without a full-budget result (2 error)" in report and "block_9" in report
+    # Tune recorded every epoch of every finished trial, in order (its results are buffered:
+    # `tune_environment`), in result.json and progress.csv, and wrote no TensorBoard files.
+    experiment = out / "tune" / "sweep"
+    finished = [t for t in experiment.iterdir() if (t / "result.json").is_file()
+                and "test_accuracy" in (t / "result.json").read_text()]
+    assert len(finished) == 6
+    for trial in finished:
+        rows = [json.loads(line) for line in (trial / "result.json").read_text().splitlines()]
+        epochs = [r["epoch"] for r in rows]  # (Tune logs the function's end as a copy of
+        assert epochs[:8] == list(range(1, 9)) and epochs[8:] in ([], [8])  # the last result)
+        assert [r["training_iteration"] for r in rows] == list(range(1, len(rows) + 1))
+        assert list(pd.read_csv(trial / "progress.csv")["epoch"]) == epochs
+    assert not list(experiment.rglob("events.out.tfevents*"))
     shown = json.loads((out / "results.json").read_text())["settings"]
     assert shown["blocks"] == "block_1 (--smoke: the first transferable)"
     verdict_lines = result.best.splitlines()

@@ -262,6 +262,8 @@ def tune_rung(
     """
     from ray import tune
 
+    from keras_blockreuse.sweep.control import tune_environment, tune_loggers
+
     tuner = tune.Tuner(
         trainable,
         param_space={**config, "policy": tune.grid_search(list(keys)),
@@ -269,11 +271,13 @@ def tune_rung(
         tune_config=tune.TuneConfig(metric=metric, mode=mode, reuse_actors=reuse_actors,
                                     trial_dirname_creator=lambda trial: trial.trial_id),
         run_config=tune.RunConfig(name=name, storage_path=os.path.abspath(storage_path),
-                                  verbose=0,
+                                  verbose=0, callbacks=tune_loggers(),
                                   failure_config=tune.FailureConfig(max_failures=0)),
     )
+    with tune_environment():
+        grid = tuner.fit()
     rows = []
-    for result in tuner.fit():
+    for result in grid:
         row = dict(result.metrics or {})
         row.update(policy=result.config["policy"], seed=result.config["seed"],
                    status="error" if result.error else "ok")

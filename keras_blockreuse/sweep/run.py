@@ -22,7 +22,6 @@ print(result.best)          # "Best on validation: ...", the policies tied with 
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import datetime
 import hashlib
@@ -45,6 +44,8 @@ from keras_blockreuse.sweep.control import (
     redraw_target_split,
     resume_command,
     split_per_seed_trial,
+    tune_environment,
+    tune_loggers,
 )
 from keras_blockreuse.sweep.data import DataError, make_task
 from keras_blockreuse.sweep.options import (
@@ -551,13 +552,9 @@ class _Runner:
         return self.settings.reuse_actors and self.settings.scheduler != "asha"
 
     def callbacks(self) -> list:
-        from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
-
         from keras_blockreuse.sweep.console import TuneEvents
 
-        # Tune's result.json and progress.csv for each trial; no TensorBoard event files
-        # (`tune_environment`).
-        return [TuneEvents(), JsonLoggerCallback(), CSVLoggerCallback()]
+        return [TuneEvents(), *tune_loggers()]
 
     def fit(self, tuner, total: int):
         """`tuner.fit()` under the live view; a signal stops the trials cleanly."""
@@ -624,47 +621,6 @@ class _Runner:
             row["_seconds"] = metrics.get("time_total_s")
             row["_rough_clock"] = None not in (row["_finished"], row["_seconds"])
         return row
-
-
-RESULT_BUFFER = 10
-"""With FIFO scheduling, a worker hands Tune up to this many results at once, or what it has
-after this many seconds (`tune_environment`)."""
-
-
-@contextlib.contextmanager
-def tune_environment(buffered: bool = True):
-    """A context for `Tuner.fit()` in which a trial's `tune.report` costs little: Tune's
-    workers buffer results, and Tune writes no TensorBoard event files (Ray Tune's
-    `TUNE_RESULT_BUFFER_LENGTH`, `TUNE_RESULT_BUFFER_MIN_TIME_S` and
-    `TUNE_DISABLE_AUTO_CALLBACK_LOGGERS`, read by Tune when `fit` starts; `_Runner.callbacks`
-    adds Tune's JSON and CSV loggers back, so each trial's `result.json` and `progress.csv`
-    are written as before).
-
-    A function trainable's `tune.report` waits for the driver's next `train` call: 4.6 ms a
-    report (median) on the default sweep on 2 cores, 10% of its trial time (one report an
-    epoch of about 25 ms). Buffered, the worker's own loop takes each result and the report
-    returns in 0.3 ms; every `RESULT_BUFFER`-th waits while the driver processes the batch,
-    most of which was Tune's TensorBoard logger (about 1.2 ms a result). The driver still gets
-    every result, in order; the live view is at most `RESULT_BUFFER` epochs or seconds
-    behind. Ray 2.60 passes the two buffer settings to `Trainable.train_buffered` in swapped
-    order (length as the time, time as the length), so both are set to the same number, which
-    means the same under either order. Buffering is off (`buffered` False) for ASHA, which
-    should see each result before the trial trains on. A variable the user set stands.
-    """
-    values = {"TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1"}
-    if buffered:
-        values.update(TUNE_RESULT_BUFFER_LENGTH=str(RESULT_BUFFER),
-                      TUNE_RESULT_BUFFER_MIN_TIME_S=str(RESULT_BUFFER))
-    if buffered and ("TUNE_RESULT_BUFFER_LENGTH" in os.environ
-                     or "TUNE_RESULT_BUFFER_MIN_TIME_S" in os.environ):
-        del values["TUNE_RESULT_BUFFER_LENGTH"], values["TUNE_RESULT_BUFFER_MIN_TIME_S"]
-    values = {name: value for name, value in values.items() if name not in os.environ}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for name in values:
-            os.environ.pop(name, None)
 
 
 # --- the user's model, data and source (--model, --data, --source; which_blocks) ----------
