@@ -120,8 +120,9 @@ def test_tune_environment_buffers_results_and_leaves_the_users_settings(monkeypa
     for name in names:
         monkeypatch.delenv(name, raising=False)
     with tune_environment():
-        # both buffer settings equal: Ray 2.60 passes them to train_buffered swapped
-        assert [os.environ[n] for n in names] == [str(RESULT_BUFFER)] * 2 + ["1"]
+        # Ray 2.60 passes the two to train_buffered swapped: the length is read as seconds
+        assert [os.environ[n] for n in names] == ["10", "40", "1"]
+        assert RESULT_BUFFER == (40, 10.0)
     assert not any(n in os.environ for n in names)
     with tune_environment(buffered=False):  # ASHA
         assert [os.environ.get(n) for n in names] == [None, None, "1"]

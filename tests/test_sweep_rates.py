@@ -32,3 +32,16 @@ def test_best_rate_per_configuration_on_the_mean_over_seeds():
 def test_best_rates_refuse_rows_without_a_rate():
     with pytest.raises(ValueError, match="needs 'policy' and 'lr'"):
         best_rates([{"policy": "a", "val_accuracy": 1.0}])
+
+
+def test_rows_without_a_rate_are_kept_and_never_ranked():
+    """An interrupted sweep lists trials that never started; one Tune created but never
+    gave its configuration has no rate: it stays in the rows and is not ranked."""
+    rows = rows_of({("a", 1e-3): [0.9, 0.8], ("a", 1e-2): [0.5, 0.5]})
+    rows.append({"policy": "a", "lr": None, "seed": 2, "val_accuracy": math.nan})
+    rows.append({"policy": "b", "lr": math.nan, "seed": 0, "val_accuracy": math.nan})
+    kept, chosen = best_rates(rows)
+    assert chosen == {"a": {"lr": 1e-3, "mean": pytest.approx(0.85),
+                            "rates": {1e-2: pytest.approx(0.5), 1e-3: pytest.approx(0.85)}}}
+    assert sorted((r["policy"], r["seed"]) for r in kept) == [("a", 0), ("a", 1), ("a", 2),
+                                                              ("b", 0)]

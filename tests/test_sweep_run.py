@@ -356,6 +356,10 @@ def test_interrupted_sweep_is_marked_and_resumes_every_configuration_once(tmp_pa
     # Found by a fresh-user test: trials Tune had not created yet were missing from the report
     # (2 unfinished listed of 8, 3 of 5 configurations): every planned trial is listed.
     assert len(trials) == total and not trials.duplicated(["policy", "seed"]).any(), trials
+    # Found by a fresh-user test: a trial Tune created but never started came back without
+    # its configuration and was listed twice (the console said "38 trials" of 26; seeds 0.0).
+    assert trials["seed"].dtype.kind == "i" and trials["policy"].notna().all()
+    assert any(line.startswith(f"{total} trials in ") for line in stdout.splitlines()), stdout
     hint = f"Continue with: python sweeps/which_blocks.py --resume --out {out}"
     assert hint in stdout.splitlines(), stdout
     assert "Traceback" not in stderr, stderr[-3000:]

@@ -219,9 +219,9 @@ def redraw_target_split(data, seed: int):
     return dataclasses.replace(data, **fields)
 
 
-RESULT_BUFFER = 10
-"""With FIFO scheduling, a worker hands Tune up to this many results at once, or what it has
-after this many seconds (`tune_environment`)."""
+RESULT_BUFFER = (40, 10.0)
+"""With FIFO scheduling, a worker hands Tune up to 40 results at once, or those it has after
+10 seconds (`tune_environment`)."""
 
 
 @contextlib.contextmanager
@@ -230,24 +230,25 @@ def tune_environment(buffered: bool = True):
     workers buffer results, and Tune writes no TensorBoard event files (Ray Tune's
     `TUNE_RESULT_BUFFER_LENGTH`, `TUNE_RESULT_BUFFER_MIN_TIME_S` and
     `TUNE_DISABLE_AUTO_CALLBACK_LOGGERS`, read by Tune when `fit` starts; `tune_loggers` are
-    Tune's JSON and CSV loggers, to pass in `RunConfig(callbacks=...)`, so each trial's `result.json` and `progress.csv`
-    are written as before).
+    Tune's JSON and CSV loggers, to pass in `RunConfig(callbacks=...)`).
 
     A function trainable's `tune.report` waits for the driver's next `train` call: 4.6 ms a
     report (median) on the default sweep on 2 cores, 10% of its trial time (one report an
     epoch of about 25 ms). Buffered, the worker's own loop takes each result and the report
-    returns in 0.3 ms; every `RESULT_BUFFER`-th waits while the driver processes the batch,
+    returns in 0.3 ms; the report that fills a batch waits while the driver processes it,
     most of which was Tune's TensorBoard logger (about 1.2 ms a result). The driver still gets
-    every result, in order; the live view is at most `RESULT_BUFFER` epochs or seconds
-    behind. Ray 2.60 passes the two buffer settings to `Trainable.train_buffered` in swapped
-    order (length as the time, time as the length), so both are set to the same number, which
-    means the same under either order. Buffering is off (`buffered` False) for ASHA, which
-    should see each result before the trial trains on. A variable the user set stands.
+    every result, in order. Ray 2.60 passes the two buffer settings to
+    `Trainable.train_buffered` in swapped order (the length as the time, the time as the
+    length); they are set for that order: up to 40 results or 10 s a batch (were the order
+    fixed, 10 results or 40 s). Either keeps the live view within seconds on slow epochs.
+    Buffering is off (`buffered` False) for ASHA, which should see each result before the
+    trial trains on. A variable the user set stands.
     """
     values = {"TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1"}
     if buffered:
-        values.update(TUNE_RESULT_BUFFER_LENGTH=str(RESULT_BUFFER),
-                      TUNE_RESULT_BUFFER_MIN_TIME_S=str(RESULT_BUFFER))
+        results, seconds = RESULT_BUFFER  # (in the order Ray 2.60 reads them: see above)
+        values.update(TUNE_RESULT_BUFFER_LENGTH=str(int(seconds)),
+                      TUNE_RESULT_BUFFER_MIN_TIME_S=str(results))
     if buffered and ("TUNE_RESULT_BUFFER_LENGTH" in os.environ
                      or "TUNE_RESULT_BUFFER_MIN_TIME_S" in os.environ):
         del values["TUNE_RESULT_BUFFER_LENGTH"], values["TUNE_RESULT_BUFFER_MIN_TIME_S"]

@@ -39,7 +39,8 @@ def best_rates(
 
     Returns:
         `(kept, chosen)`: the rows of each configuration's chosen rate (every row of a
-        configuration without an eligible rate, so its failures stay visible), and per
+        configuration without an eligible rate, and every row without a rate, so that
+        failures and unfinished trials stay visible), and per
         configuration `{"lr": chosen rate or None, "mean": its mean, "rates": {rate: mean or
         None when not eligible}}`.
 
@@ -49,11 +50,14 @@ def best_rates(
     if mode not in ("max", "min"):
         raise ValueError(f"Expected mode 'max' or 'min'; received {mode!r}.")
     groups: dict[str, dict[float, list[dict]]] = {}
+    kept, chosen = [], {}
     for row in rows:
         if "policy" not in row or rate not in row:
             raise ValueError(f"Every row needs 'policy' and {rate!r}; received {sorted(row)}.")
+        if _number(row[rate]) != _number(row[rate]):  # no rate recorded (a trial that never
+            kept.append(row)  # started in an interrupted sweep): listed, never ranked
+            continue
         groups.setdefault(row["policy"], {}).setdefault(float(row[rate]), []).append(row)
-    kept, chosen = [], {}
     for key, by_rate in groups.items():
         means = {}
         for lr, group in sorted(by_rate.items()):

@@ -288,7 +288,8 @@ def _finish(settings, ray_run, blocks, fixed, started, signal_name, print_fn,
         concurrency = f"{concurrency} (from Tune's whole-second timestamps: may overcount)"
     trials = pd.DataFrame(rows, columns=None if rows else ["policy", "seed", "status"])
     wall = time.time() - started
-    counts = trials["status"].value_counts() if len(trials) else {}
+    ran = trials if all_rows is None else pd.DataFrame(all_rows)  # (every rate's trials)
+    counts = ran["status"].value_counts() if len(ran) else {}
     said = ", ".join(f"{counts[k]} {k}" for k in ("ok", "error", "stopped", "unfinished")
                      if k in counts)
     info = {
@@ -298,7 +299,7 @@ def _finish(settings, ray_run, blocks, fixed, started, signal_name, print_fn,
                    "R = reinit, F = frozen (transferred), T = tuned (transferred, fine-tuned)."),
         "source model": ray_run["source_info"],
         **({"caveats of the load": " ".join(user.caveats)} if user and user.caveats else {}),
-        "trials": f"{len(trials)} planned {ray_run['planned']} ({said or 'none ran'})",
+        "trials": f"{len(ran)} planned {ray_run['planned']} ({said or 'none ran'})",
         "max concurrent trials": concurrency,
         "machine": _machine(),
         "ray": f"{ray_run['nodes']} node(s), {ray_run['cpus']:g} CPUs, {ray_run['gpus']:g} GPUs",
@@ -323,7 +324,7 @@ def _finish(settings, ray_run, blocks, fixed, started, signal_name, print_fn,
         info["training"] = user.training_info
         info["data"] = "; ".join(line.strip() for line in data_summary.splitlines())
     metric = _metrics_of(settings, user)[0]
-    finished = int(counts.get("ok", 0)) if len(trials) else 0
+    finished = int(counts.get("ok", 0)) if len(ran) else 0
     mark = None
     if signal_name:
         mark = f"INTERRUPTED ({signal_name}): {finished} of {ray_run['planned']} trials finished"
@@ -348,7 +349,7 @@ def _finish(settings, ray_run, blocks, fixed, started, signal_name, print_fn,
         pd.DataFrame(predicted_rows).to_csv(written["paths"]["predicted"], index=False)
     others = [name for name in written["paths"] if name != "report.md"]
     print_fn(f"Report: {written['paths']['report.md']} (with {', '.join(others)})")
-    print_fn(f"{len(trials)} trials in {wall:.0f} s ({said or 'none ran'}).")
+    print_fn(f"{len(ran)} trials in {wall:.0f} s ({said or 'none ran'}).")
     for line in written["best"].splitlines():
         print_fn(line)
     if signal_name:
@@ -492,10 +493,14 @@ class _Runner:
                     callbacks=self.callbacks(),
                     failure_config=tune.FailureConfig(max_failures=0, fail_fast=False)),
             )
-        grid = self.fit(tuner, len(configurations) * s.seeds)
+        rates = len(s.lrs) if s.lrs and len(s.lrs) > 1 else 1
+        grid = self.fit(tuner, len(configurations) * s.seeds * rates)
         if grid.num_errors:
             self.print_fn(f"{grid.num_errors} trial(s) failed; the sweep went on. See the report.")
-        rows = [self._row(result, name) for result in grid]
+        # A trial Tune created but never started (an interrupted sweep) comes back with no
+        # configuration and no result: it is listed once, by `_never_started`.
+        rows = [row for row in (self._row(result, name) for result in grid)
+                if row["policy"] or row["error"] or row["status"] != "unfinished"]
         return rows + self._never_started(rows, configurations, name)
 
     def _never_started(self, rows: list[dict], configurations: Sequence[Configuration],
@@ -924,7 +929,7 @@ def source_key(settings: SweepSettings, data) -> str:
     import keras
 
     inputs = {
-        "format": 1,
+        "format": 2,  # 2: sources trained with the stateless per-epoch shuffle (`trial.fit`)
         "source_data": data.source_fingerprint(),
         "dataset": settings.dataset,
         "model": settings.model,
