@@ -567,6 +567,14 @@ def test_resume_with_other_settings_or_another_source_is_refused(ray_local, arra
         f"which_blocks.py: error: --resume continues the sweep in {out} as it was started, but "
         "these settings differ: --seeds 2 (started with 1). Pass the settings it was started "
         "with, or start a new sweep in another folder (--out).")
+    # Found by the fresh-user check of the reused workers: --resume with other learning rates
+    # or another training policy exited 0 with the old rate's and policy's results.
+    assert main(["--resume", "--out", out, "--lrs", "1e-2,1e-3", "--policy", "gradual"]) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"which_blocks.py: error: --resume continues the sweep in {out} as it was started, but "
+        "these settings differ: --lrs [0.01, 0.001] (started with None); --policy 'gradual' "
+        "(started with 'constant'). Pass the settings it was started with, or start a new "
+        "sweep in another folder (--out).")
     with pytest.raises(SweepError, match=r"holds other values in blocks \['block_1', 'head'\]"):
         which_blocks(one, other, **kw, resume=True)
     other_data = (arrays[0][0][::-1].copy(), arrays[0][1][::-1].copy())

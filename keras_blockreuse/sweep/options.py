@@ -230,8 +230,10 @@ class SweepSettings:
 
     def option_name(self, name: str) -> str:
         """How the user gave a setting: `seeds=` (the Python API) or `--seeds`."""
-        api = {"lr": "learning_rate"}.get(name, name)
-        return f"{api}=" if self.api else f"--{name.replace('_', '-')}"
+        if self.api:
+            return f"{ {'lr': 'learning_rate'}.get(name, name)}="
+        flag = {"training_policy": "policy", "reuse_actors": "fresh-process-per-trial"}
+        return f"--{flag.get(name, name).replace('_', '-')}"
 
     def validate(self) -> SweepSettings:
         """Check every value; raise SweepError naming the bad one. Returns self."""

@@ -774,9 +774,14 @@ def _prepare(settings: SweepSettings) -> SweepSettings:
         fields = {f.name for f in dataclasses.fields(SweepSettings)}
         saved = SweepSettings(**{k: v for k, v in saved.items() if k in fields})
         if settings.api:  # which_blocks is given every setting again: they must be the same
-            _refuse_other_settings(saved, settings, out, _RESUMED_AS_STARTED)
-        elif settings.explicit:  # the command line: the options given with --resume
-            _refuse_other_settings(saved, settings, out, settings.explicit)
+            _refuse_other_settings(saved, settings, out, _RESUMED_AS_STARTED + _TRAINING_SETTINGS)
+        elif settings.explicit is not None:  # the command line: options given with --resume
+            defaults = SweepSettings()
+            given = set(settings.explicit) | {
+                name for name in _RESUMED_AS_STARTED + _TRAINING_SETTINGS
+                if getattr(settings, name) is not None
+                and getattr(settings, name) != getattr(defaults, name)}
+            _refuse_other_settings(saved, settings, out, sorted(given))
         saved.resume = True
         saved.out = os.path.abspath(out)
         saved.address = settings.address or saved.address
@@ -801,6 +806,11 @@ def _prepare(settings: SweepSettings) -> SweepSettings:
 
 _RESUMED_AS_STARTED = ("model", "data", "loss", "strategy", "blocks", "seeds", "epochs",
                        "batch_size", "lr", "data_seed", "scheduler")
+_TRAINING_SETTINGS = ("lrs", "training_policy", "policy_epochs", "ft_factor", "block_lr",
+                      "data_seeds")
+"""Also compared on resume (found by a fresh-user test: `--resume --lrs 1e-2` kept the old
+rate's results without a word). On the command line, an option left at its default is not
+compared: the saved setting stands."""
 
 
 def _refuse_other_settings(saved: SweepSettings, given: SweepSettings, out: str,
