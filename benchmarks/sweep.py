@@ -456,8 +456,12 @@ def reused_markdown(rows: list[dict], epochs: int) -> list[str]:
     """The table of trials run one after another in one process (Tune's reuse_actors)."""
     first, warm = rows[0], rows[1] if len(rows) > 1 else None
     hits = [r for r in rows[2:] if r["reused"]] or rows[-1:]
-    keys = [k for k in rows[0] if k not in ("total", "reused", "policy", "rss MB")]
-    median = {k: statistics.median(r[k] for r in hits) for k in keys + ["total"]}
+    # A phase a trial did not pass through (a kept model builds nothing; loaded values are
+    # kept per source) counts as 0 s in that trial.
+    keys = sorted(dict.fromkeys(k for r in rows for k in r
+                                if k not in ("total", "reused", "policy", "rss MB")),
+                  key=lambda k: PHASES.index(k) if k in PHASES else len(PHASES))
+    median = {k: statistics.median(r.get(k, 0.0) for r in hits) for k in keys + ["total"]}
     columns = [("first trial", first)] + ([("another trainable set", warm)] if warm else [])
     lines = [
         f"Trials one after another in one process, as the default sweep runs them (Ray Tune's "
@@ -475,7 +479,7 @@ def reused_markdown(rows: list[dict], epochs: int) -> list[str]:
         "|---|" + "---:|" * (len(columns) + 2),
     ]
     for k in keys:
-        lines.append(f"| {k} | " + " | ".join(f"{row[k]:.2f}" for _, row in columns)
+        lines.append(f"| {k} | " + " | ".join(f"{row.get(k, 0.0):.2f}" for _, row in columns)
                      + f" | {median[k]:.2f} | {100 * median[k] / median['total']:.1f}% |")
     lines.append("| **total** | " + " | ".join(f"{row['total']:.2f}" for _, row in columns)
                  + f" | {median['total']:.2f} | 100% |")
