@@ -263,12 +263,15 @@ def trains_as_compiled(policy: Mapping[str, str], config: Mapping) -> bool:
     """Whether `training_callbacks` would leave a compiled model as it is: no block learning
     rates and one stage for every epoch (a model traced for such a trial can train another).
     Raises what `training_callbacks` raises for an invalid policy."""
-    if parse_block_lr(config.get("block_lr")):
-        return False
+    return not parse_block_lr(config.get("block_lr")) and _stages(policy, config) is None
+
+
+def _stages(policy: Mapping[str, str], config: Mapping) -> list | None:
+    """The trial's `schedule` from `config`, or None when every epoch has the same stage."""
     stages = schedule(config.get("training_policy") or "constant", policy, int(config["epochs"]),
                       float(config["lr"]), k=int(config.get("policy_epochs") or 1),
                       ft_factor=float(config.get("ft_factor") or 0.1))
-    return all(stage == stages[0] for stage in stages)
+    return None if all(stage == stages[0] for stage in stages) else stages
 
 
 def training_callbacks(model, policy: Mapping[str, str], config: Mapping) -> list:
@@ -289,10 +292,6 @@ def training_callbacks(model, policy: Mapping[str, str], config: Mapping) -> lis
             raise SweepError("Block learning rates do not support a loss-scaled (mixed "
                              "precision) optimizer.")
         model.optimizer = with_block_learning_rates(model.optimizer, model, multipliers)
-    name = config.get("training_policy") or "constant"
-    stages = schedule(name, policy, int(config["epochs"]), float(config["lr"]),
-                      k=int(config.get("policy_epochs") or 1),
-                      ft_factor=float(config.get("ft_factor") or 0.1))
-    if all(stage == stages[0] for stage in stages):
-        return []  # nothing changes over the epochs: compile already set it all
-    return [BlockSchedule(stages)]
+    stages = _stages(policy, config)
+    # (None: nothing changes over the epochs, compile already set it all)
+    return [] if stages is None else [BlockSchedule(stages)]
