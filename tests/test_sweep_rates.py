@@ -45,3 +45,20 @@ def test_rows_without_a_rate_are_kept_and_never_ranked():
                             "rates": {1e-2: pytest.approx(0.5), 1e-3: pytest.approx(0.85)}}}
     assert sorted((r["policy"], r["seed"]) for r in kept) == [("a", 0), ("a", 1), ("a", 2),
                                                               ("b", 0)]
+
+
+def test_an_interrupted_configuration_chooses_no_rate_and_counts_no_trial():
+    """Found by a fresh-user check: an interrupted --lrs sweep chose the rate whose seeds had
+    finished (val 0.099) over a better one still running (0.404 finished, one unfinished),
+    dropped that rate's finished trial from results.csv, or pooled two rates as two seeds."""
+    rows = rows_of({("a", 1e-3): [0.404, math.nan], ("a", 1e-2): [0.099, 0.099],
+                    ("b", 1e-3): [0.9, 0.8], ("b", 1e-2): [0.5, 0.5]})
+    for r in rows:
+        r["status"] = "ok" if math.isfinite(r["val_accuracy"]) else "unfinished"
+    kept, chosen = best_rates(rows)
+    assert chosen["a"] == {"lr": None, "mean": None, "rates": {}, "unfinished": True}
+    assert chosen["b"]["lr"] == 1e-3
+    a = [r for r in kept if r["policy"] == "a"]
+    assert len(a) == 4 and {r["status"] for r in a} == {"unfinished"}
+    assert sorted((r["lr"], r["val_accuracy"]) for r in a if r["seed"] == 0) == [
+        (1e-3, 0.404), (1e-2, 0.099)]

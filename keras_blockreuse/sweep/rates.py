@@ -28,7 +28,10 @@ def best_rates(
 ) -> tuple[list[dict], dict[str, dict]]:
     """For each configuration (`row["policy"]`), keep the rows of its best learning rate.
 
-    A rate is eligible for a configuration only when every one of its trials has a finite
+    A configuration with an unfinished trial (an interrupted sweep) has no chosen rate, and
+    its rows are kept marked `unfinished` (a finished trial of one rate cannot stand for the
+    configuration while another rate has not finished). A rate is eligible for a
+    configuration only when every one of its trials has a finite
     `metric` (a rate is never ranked on fewer seeds than another). Among eligible rates the
     best mean wins; at equal means, the smaller rate.
 
@@ -59,6 +62,13 @@ def best_rates(
             continue
         groups.setdefault(row["policy"], {}).setdefault(float(row[rate]), []).append(row)
     for key, by_rate in groups.items():
+        if any(r.get("status") == "unfinished" for group in by_rate.values() for r in group):
+            # An interrupted sweep: a rate that did not finish cannot be compared, so none is
+            # chosen, and no trial of the configuration counts (its rates would be pooled).
+            chosen[key] = {"lr": None, "mean": None, "rates": {}, "unfinished": True}
+            kept.extend(dict(r, status="unfinished") for group in by_rate.values()
+                        for r in group)
+            continue
         means = {}
         for lr, group in sorted(by_rate.items()):
             values = [_number(r.get(metric)) for r in group]

@@ -317,7 +317,8 @@ def _finish(settings, ray_run, blocks, fixed, started, signal_name, print_fn,
         info["learning rate"] = ("chosen per configuration on validation among "
                                  f"{settings.lrs}: " + ", ".join(
                                      f"{k} {v['lr']:g}" if v["lr"] is not None
-                                     else f"{k} none (failed trials)"
+                                     else f"{k} none (unfinished trials)"
+                                     if v.get("unfinished") else f"{k} none (failed trials)"
                                      for k, v in chosen_rates.items()))
     if user is not None:
         info["model"] = user.model_info
