@@ -10,10 +10,11 @@ exactly as it would on a model of its own (bit for bit: the same graph, the same
 values, the same seeds).
 
 The values a fresh model starts with are recorded once per (architecture, seed) and process
-(`remember`), from a model built after `keras.backend.clear_session()` and
-`keras.utils.set_random_seed(seed)`. A trial that takes a kept model builds nothing and calls
-neither: both clear TensorFlow's kernel caches, after which every kept `tf.function` is
-instantiated again on its first call (about 0.15 s a trial on the default sweep).
+(`remember`), from a model built after `seed_model_building(seed)`: what
+`keras.utils.set_random_seed(seed)` seeds, except TensorFlow's global seed, whose setting (like
+`keras.backend.clear_session()`) clears TensorFlow's kernel caches, after which every kept
+`tf.function` is instantiated again on its first call (about 0.15 s a trial on the default
+sweep). A trial that takes a kept model builds nothing.
 
 Only what the trace cannot see changes between trials: variable values (weights, BatchNorm
 statistics, the Dropout layers' seed-generator states), the optimizer's variables (iteration
@@ -29,8 +30,7 @@ for seed in (0, 1):
     kept = models.take(key)
     start = models.start(architecture, seed)
     if kept is None or start is None:
-        keras.backend.clear_session(free_memory=False)  # the same automatic names each time
-        keras.utils.set_random_seed(seed)
+        seed_model_building(seed)
         fresh = build(...)
         start = models.remember(architecture, seed, fresh)
     if kept is None:
@@ -54,7 +54,7 @@ import math
 import numpy as np
 
 __all__ = ["MODELS", "Kept", "TracedModels", "assign", "build_before_tracing", "restart",
-           "snapshot"]
+           "seed_model_building", "snapshot"]
 
 Kept = collections.namedtuple("Kept", ["model", "optimizer_start"])
 """A kept compiled model and its optimizer's variables as a fresh optimizer holds them."""
@@ -112,8 +112,8 @@ class TracedModels:
         return values
 
     def remember(self, architecture, seed: int, model) -> list:
-        """Record the values of `model`, freshly built for `seed` (after `clear_session` and
-        `set_random_seed`, nothing loaded yet); return them (`snapshot`)."""
+        """Record the values of `model`, freshly built for `seed` (after
+        `seed_model_building(seed)`, nothing loaded yet); return them (`snapshot`)."""
         values = snapshot(model.variables)
         self._starts[(architecture, int(seed))] = values
         self._bound(self._starts, max_items=None)
@@ -149,6 +149,46 @@ class TracedModels:
 
 MODELS = TracedModels()
 """The models kept by this process (a Ray worker's, across the trials Tune gives it)."""
+
+
+def seed_model_building(seed: int) -> None:
+    """Seed what building a model draws from, as `keras.utils.set_random_seed(seed)` does in
+    a new process, without clearing TensorFlow's kernel caches.
+
+    Keras 3 draws each initializer's and each layer seed generator's seed from Python's
+    `random` (`keras.random.SeedGenerator`, initializers with `seed=None`), `keras.random`
+    ops without a seed from its global seed generator, and its TensorFlow ops are stateless.
+    On TensorFlow this sets those (Python's and NumPy's generators, Keras's global seed and
+    seed generator) but not TensorFlow's global seed, which only TensorFlow's stateful random
+    ops read (the built-in models and the trial's pipeline use none) and whose setting
+    (`tf.random.set_seed`, as `keras.backend.clear_session`) clears the kernel caches: every
+    `tf.function` a worker keeps is then instantiated again at its next call. A model built
+    after it holds the values one built after `set_random_seed(seed)` in a new process holds
+    (`test_sweep_reuse` compares them bit for bit). Other backends: `clear_session()` and
+    `set_random_seed(seed)`.
+
+    Example:
+
+    >>> seed_model_building(0)
+    >>> model = build_model("seed_cnn", (8, 8, 1), 10)
+    """
+    import random
+
+    import keras
+
+    seed = int(seed)
+    if keras.backend.backend() != "tensorflow":
+        keras.backend.clear_session(free_memory=False)
+        keras.utils.set_random_seed(seed)
+        return
+    from keras.src.backend.common import global_state
+    from keras.src.random.seed_generator import GLOBAL_SEED_GENERATOR
+    from keras.src.utils.rng_utils import GLOBAL_RANDOM_SEED
+
+    global_state.set_global_attribute(GLOBAL_RANDOM_SEED, seed)
+    global_state.set_global_attribute(GLOBAL_SEED_GENERATOR, None)
+    random.seed(seed)
+    np.random.seed(seed)
 
 
 def snapshot(variables) -> list:

@@ -39,7 +39,14 @@ import time
 
 import numpy as np
 
-from keras_blockreuse.sweep.reuse import MODELS, assign, build_before_tracing, restart, snapshot
+from keras_blockreuse.sweep.reuse import (
+    MODELS,
+    assign,
+    build_before_tracing,
+    restart,
+    seed_model_building,
+    snapshot,
+)
 
 _BLOCKS: dict = {}
 """The block names of each architecture this process has built, by (model, shape, classes)."""
@@ -113,13 +120,12 @@ def train_trial(config: dict, data=None, source: bytes | str | None = None,
 
     def build(seeded: bool = True):
         # Tune may reuse this process for several trials (reuse_actors): a model whose values
-        # are this trial's is built from a cleared Keras session and reseeded generators, as
-        # in a new process. Python's own collector frees the last trial's objects (Keras's
-        # gc.collect() here took 0.4 s of a 4 s trial). Unseeded: a model only for its
-        # structure, its values then set (both calls clear TensorFlow's kernel caches).
+        # are this trial's is built from reseeded generators, as in a new process (on
+        # TensorFlow without clearing the kernel caches the kept models' steps use:
+        # `seed_model_building`). Unseeded: a model only for its structure, its values then
+        # set.
         if seeded:
-            keras.backend.clear_session(free_memory=False)
-            keras.utils.set_random_seed(seed)
+            seed_model_building(seed)
         return build_model(settings["model"], data.input_shape, data.target_classes,
                            name="target")
 
