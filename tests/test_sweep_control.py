@@ -121,8 +121,8 @@ def test_tune_environment_buffers_results_and_leaves_the_users_settings(monkeypa
         monkeypatch.delenv(name, raising=False)
     with tune_environment():
         # Ray 2.60 passes the two to train_buffered swapped: the length is read as seconds
-        assert [os.environ[n] for n in names] == ["10", "40", "1"]
-        assert RESULT_BUFFER == (40, 10.0)
+        assert [os.environ[n] for n in names] == ["10", "1000", "1"]
+        assert RESULT_BUFFER == (1000, 10.0)
     assert not any(n in os.environ for n in names)
     with tune_environment(buffered=False):  # ASHA
         assert [os.environ.get(n) for n in names] == [None, None, "1"]
