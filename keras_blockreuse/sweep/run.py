@@ -409,7 +409,7 @@ def _trained_parameters(settings: SweepSettings, data, configurations,
     except Exception:  # the counts are a convenience: without them the best is recommended
         return {}
     finally:
-        keras.backend.clear_session()
+        keras.backend.clear_session(free_memory=False)
     return {c.key: total - sum(per_block.get(b, 0) for b in c.frozen) for c in configurations}
 
 
@@ -861,7 +861,7 @@ def _swept_blocks(settings: SweepSettings, data) -> tuple[list[str], dict[str, s
         return chosen, {}
     model = build_model(settings.model, data.input_shape, data.target_classes)
     names = list(model.blocks)
-    keras.backend.clear_session()
+    keras.backend.clear_session(free_memory=False)
     head = names[-1]
     # The head maps features to the source's classes: transferable only when the target has
     # the same classes. A split's source was trained on the *other* classes, so its head is

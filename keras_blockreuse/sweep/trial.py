@@ -322,7 +322,7 @@ def train_source(
 
     configure_tensorflow(cpus)
     started = time.perf_counter()
-    keras.backend.clear_session()
+    keras.backend.clear_session(free_memory=False)
     keras.utils.set_random_seed(int(seed))
     net = build_model(model, data.input_shape, data.source_classes, name="source")
     net.compile(optimizer=keras.optimizers.Adam(float(lr)),
