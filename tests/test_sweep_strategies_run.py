@@ -60,6 +60,10 @@ def test_predicted_strategy_with_swept_learning_rates(ray_local, tmp_path):
         in report
     assert "Kendall's tau over 1 measured configurations: n/a" in report
     assert any(line.startswith("Predicted ranking (") for line in lines)
+    # The console counts every rate's trials (it had said "... x 2 seeds = 6 trials").
+    planned = [line for line in lines if line.startswith("Experiment ")]
+    assert planned and all(" x 2 seeds x 2 learning rates = " in line for line in planned)
+    assert sum(int(line.rsplit("= ", 1)[1].split()[0]) for line in planned) == len(every)
 
 
 @pytest.mark.slow

@@ -466,9 +466,11 @@ class _Runner:
                                        resume_errored=True)
         else:
             keys = [c.key for c in configurations]
-            total = len(keys) * s.seeds
-            self.print_fn(f"Experiment {name}: {len(keys)} configurations x {s.seeds} seeds = "
-                          f"{total} trials.")
+            rates = len(s.lrs) if s.lrs and len(s.lrs) > 1 else 1
+            total = len(keys) * s.seeds * rates
+            each_rate = f" x {rates} learning rates" if rates > 1 else ""
+            self.print_fn(f"Experiment {name}: {len(keys)} configurations x {s.seeds} seeds"
+                          f"{each_rate} = {total} trials.")
             param_space = {
                 "policy": tune.grid_search(keys),
                 "seed": tune.grid_search(list(range(s.seeds))),
