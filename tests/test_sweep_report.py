@@ -267,6 +267,21 @@ def test_interrupted_report_gives_no_verdict_without_two_seeds_each(tmp_path):
     assert written["verdict"].best == "A" and written["best"].startswith(mark)
 
 
+def test_interrupted_report_without_a_complete_configuration_does_not_say_none_finished(
+        tmp_path):
+    """Found by a fresh-user check: after an interrupted --lrs sweep (every configuration
+    with an unfinished trial, its rows all marked unfinished) the report said "No trial
+    finished" under a mark counting 5 finished trials."""
+    frame = known_frame()
+    frame["status"] = "unfinished"
+    mark = "INTERRUPTED (SIGINT): 5 of 24 trials finished"
+    written = write_report(frame, str(tmp_path), {}, interrupted=mark)
+    lines = (tmp_path / "report.md").read_text().splitlines()
+    assert lines[2] == f"**{mark}.**"
+    assert lines[3] == "No configuration has all its trials finished: no verdict."
+    assert written["verdict"].best is None
+
+
 def test_write_report_for_detection_names_map(tmp_path):
     frame = trials_frame().rename(columns={"test_accuracy": "test_map_50",
                                            "val_accuracy": "val_map_50"})

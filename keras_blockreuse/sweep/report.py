@@ -567,7 +567,10 @@ def write_report(trials: pd.DataFrame, out: str, settings: dict, info: dict | No
     summary = summarize(trials, metric, higher_is_better, chosen)
     finished = int((trials["status"] == "ok").sum())
     if not finished:
-        best = "No trial finished: no verdict."
+        # (interrupted: the mark counts the trials that finished, of every learning rate;
+        # a configuration with one unfinished trial has none to rank)
+        best = ("No configuration has all its trials finished: no verdict." if interrupted
+                else "No trial finished: no verdict.")
     else:
         best = headline(chosen, summary)
     if interrupted:
