@@ -82,9 +82,9 @@ def test_data_seeds_option_and_coverage():
 
 
 class FakeTrial:
-    def __init__(self, trial_id, policy, status="RUNNING", val=None, test=None):
+    def __init__(self, trial_id, policy, status="RUNNING", val=None, test=None, lr=1e-3):
         self.trial_id, self.status, self.path = trial_id, status, f"/nowhere/{trial_id}"
-        self.config = {"policy": policy, "seed": 0}
+        self.config = {"policy": policy, "seed": 0, "lr": lr}
         self.last_result = {"val_accuracy": val, "test_accuracy": test}
 
 
@@ -110,6 +110,28 @@ def test_live_view_counts_leader_and_few_lines():
     assert lines[-1].endswith(f"leader by val_accuracy: surgical: tune block_1 ({key}) 0.600 "
                               "(n=3)")
     assert len(lines) == 4  # one line at each quarter (2, 4, 6 of 8 ended) and the last
+
+
+def test_live_leader_is_one_learning_rate_of_a_policy():
+    """Found by a fresh-user check: with --lrs the leader's mean and n pooled the rates."""
+    from keras_blockreuse.sweep.console import LiveView
+
+    lines = []
+    view = LiveView(8, "val_accuracy", {}, print_fn=lines.append, terminal=False,
+                    final_metric="test_accuracy")
+    with view:
+        values = {("a", 1e-3): [0.9, 0.7], ("a", 1e-2): [0.1, 0.1], ("b", 1e-3): [0.6, 0.6],
+                  ("b", 1e-2): [0.7, 0.8]}
+        trials = [FakeTrial(f"{p}{lr}{i}", p, lr=lr) for (p, lr), v in values.items()
+                  for i in range(len(v))]
+        view.step(trials)
+        for t, value in zip(trials, [v for vs in values.values() for v in vs],
+                            strict=True):
+            t.status = "TERMINATED"
+            t.last_result = {"val_accuracy": value, "test_accuracy": 0.5}
+            view.complete(t)
+    assert view.leader() == ("a", pytest.approx(0.8), 2, 1e-3)  # pooled: b 0.675 over a 0.45
+    assert lines[-1].endswith("leader by val_accuracy: a at lr 0.001 0.800 (n=2)")
 
 
 def test_tune_environment_buffers_results_and_leaves_the_users_settings(monkeypatch):

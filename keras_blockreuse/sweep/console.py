@@ -113,6 +113,7 @@ class LiveView:
             value = result.get(self.val_metric)
             if value is not None:
                 self.finished[trial.trial_id] = {"policy": trial.config.get("policy", ""),
+                                                 "lr": trial.config.get("lr"),
                                                  "value": float(value)}
 
     def error(self, trial) -> None:
@@ -137,16 +138,20 @@ class LiveView:
         return {"done": len(self.finished), "running": values.count("RUNNING"),
                 "failed": values.count("ERROR"), "stopped": stopped, "total": self.total}
 
-    def leader(self) -> tuple[str, float, int] | None:
-        groups: dict[str, list[float]] = {}
+    def leader(self) -> tuple[str, float, int, float | None] | None:
+        """`(policy, mean, n, lr)` of the configuration with the best mean so far: a policy at
+        one learning rate (`lr` None unless the sweep tries several: --lrs)."""
+        groups: dict[tuple, list[float]] = {}
         for r in self.finished.values():
-            groups.setdefault(r["policy"], []).append(r["value"])
+            groups.setdefault((r["policy"], r.get("lr")), []).append(r["value"])
         if not groups:
             return None
         sign = 1 if self.higher_is_better else -1
-        policy = max(groups, key=lambda p: sign * sum(groups[p]) / len(groups[p]))
-        values = groups[policy]
-        return policy, sum(values) / len(values), len(values)
+        best = max(groups, key=lambda g: sign * sum(groups[g]) / len(groups[g]))
+        values = groups[best]
+        rates = {lr for _, lr in groups}
+        return best[0], sum(values) / len(values), len(values), \
+            best[1] if len(rates) > 1 else None
 
     def line(self) -> str:
         c = self.counts()
@@ -159,9 +164,11 @@ class LiveView:
                 + f" of {c['total']}; elapsed {_duration(elapsed)}, ETA {eta}")
         lead = self.leader()
         if lead:
-            policy, value, n = lead
+            policy, value, n, lr = lead
             label = self.labels.get(policy, policy)
             name = f"{label} ({policy})" if label != policy else policy
+            if lr is not None:
+                name += f" at lr {lr:g}"
             text += f"; leader by {self.val_metric}: {name} {value:.3f} (n={n})"
         return text
 
