@@ -299,3 +299,16 @@ def test_write_report_for_detection_names_map(tmp_path):
     assert json.loads((tmp_path / "results.json").read_text())["metric"] == "test_map_50"
     # The classification report keeps its accuracy header.
     assert "| test accuracy (mean ± std) |" in markdown_table(summarize(trials_frame()))
+
+
+def test_metric_bounds_names_proportions_only():
+    """Found by a fresh-user check: a recipe compiled with metrics=["acc"] got the interval
+    [-1.163, 1.906] for a mean accuracy."""
+    from keras_blockreuse.sweep.report import metric_bounds
+
+    for name in ("test_accuracy", "test_acc", "val_acc", "test_top5_acc",
+                 "test_sparse_categorical_accuracy", "test_map_50", "val_auc", "test_f1"):
+        assert metric_bounds(name) == (0.0, 1.0), name
+    for name in ("test_loss", "val_loss", "test_mae", "test_mean_squared_error"):
+        assert metric_bounds(name) is None, name
+    assert mean_ci([0.2, 0.9], bounds=metric_bounds("test_acc"))[2:] == (0.0, 1.0)

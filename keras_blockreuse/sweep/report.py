@@ -83,10 +83,11 @@ def val_metric_of(metric: str) -> str:
 
 
 def metric_bounds(metric: str) -> tuple[float, float] | None:
-    """The range of a metric that is a proportion (accuracy, mAP, AUC, ...): `(0, 1)`; None
-    for others (losses, errors of a regression), whose intervals are not clipped."""
+    """The range of a metric that is a proportion (accuracy or Keras's `acc`, mAP, AUC, ...):
+    `(0, 1)`; None for others (losses, errors of a regression), whose intervals are not
+    clipped."""
     name = metric.removeprefix("test_").removeprefix("val_").lower()
-    bounded = ("accuracy", "map", "auc", "precision", "recall", "f1", "iou")
+    bounded = ("accuracy", "acc", "map", "auc", "precision", "recall", "f1", "iou")
     return (0.0, 1.0) if any(name == b or name.startswith(b) or name.endswith(b)
                              for b in bounded) else None
 
