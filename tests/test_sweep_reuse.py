@@ -12,6 +12,7 @@ from keras_blockreuse.sweep.reuse import (
     TracedModels,
     build_before_tracing,
     restart,
+    seed_model_building,
     snapshot,
 )
 from keras_blockreuse.sweep.trial import train_source, train_trial
@@ -300,3 +301,24 @@ def test_trials_in_a_reused_process_report_what_they_report_in_a_new_process(tin
         assert [r["epoch"] for r in reports] == [1, 2, 3]
         assert _stripped(reports) == _stripped(want), config  # floats compared exactly
     assert _stripped(expected[1]) != _stripped(expected[2])  # the policies really differ
+
+
+def test_seed_model_building_gives_the_values_of_set_random_seed_and_keeps_kernel_caches():
+    """A model built after `seed_model_building(s)`, in a process that has built and run other
+    models, holds bit for bit the values one built after `clear_session()` and
+    `set_random_seed(s)` holds; and it leaves TensorFlow's global seed (and so its kernel
+    caches, which setting it clears) alone."""
+    import tensorflow as tf
+    from tensorflow.python.eager import context
+
+    keras.backend.clear_session(free_memory=False)
+    keras.utils.set_random_seed(7)
+    expected = snapshot(seed_cnn((8, 8, 1), 3).variables)
+    seed_cnn((8, 8, 1), 5).predict_on_batch(np.zeros((2, 8, 8, 1), "float32"))  # draws more
+    tf.random.set_seed(123)
+    seed_model_building(7)
+    got = snapshot(seed_cnn((8, 8, 1), 3).variables)
+    assert len(got) == len(expected) > 4
+    for (_, a), (_, b) in zip(got, expected, strict=True):
+        assert a.dtype == b.dtype and np.array_equal(a, b)
+    assert context.global_seed() == 123  # not reset: tf.random.set_seed clears the caches
