@@ -460,6 +460,7 @@ def test_asha_stops_trials_but_never_the_baselines(ray_local, tmp_path):
     report = (out / "report.md").read_text()
     assert f"({len(trials) - len(stopped)} ok, {len(stopped)} stopped)" in "\n".join(lines)
     assert f"Trials without a full-budget result ({len(stopped)} stopped)" in report
+    assert f"| early stopping | {run.ASHA_CAVEAT} |" in report  # not repeatable: said so
 
 
 @pytest.mark.slow

@@ -313,6 +313,8 @@ def _finish(settings, ray_run, blocks, fixed, started, signal_name, print_fn,
         info["predicted ranking"] = f"not available: {ray_run['no_ranking']}"
     if settings.scheduler == "halving":
         info["budget"] = ray_run["budget"]
+    if settings.scheduler == "asha":
+        info["early stopping"] = ASHA_CAVEAT
     if chosen_rates is not None:
         info["learning rate"] = ("chosen per configuration on validation among "
                                  f"{settings.lrs}: " + ", ".join(
@@ -809,6 +811,13 @@ def _prepare(settings: SweepSettings) -> SweepSettings:
 
 _RESUMED_AS_STARTED = ("model", "data", "loss", "strategy", "blocks", "seeds", "epochs",
                        "batch_size", "lr", "data_seed", "scheduler")
+ASHA_CAVEAT = ("ASHA (asynchronous successive halving, Li et al. 2020) decides from results "
+               "in the order they arrive: which trials it stops, and so the verdict, can "
+               "differ between runs of the same sweep and after --resume; --scheduler fifo "
+               "or halving give the same results every time")
+"""The report's note on an ASHA sweep (a fresh-user check saw a resumed sweep let two trials
+finish that the uninterrupted one had stopped, and name another best configuration)."""
+
 _TRAINING_SETTINGS = ("lrs", "training_policy", "policy_epochs", "ft_factor", "block_lr",
                       "data_seeds")
 """Also compared on resume (found by a fresh-user test: `--resume --lrs 1e-2` kept the old
