@@ -16,7 +16,8 @@ from keras_blockreuse.sweep.reuse import (
     snapshot,
 )
 from keras_blockreuse.sweep.trial import train_source, train_trial
-from keras_blockreuse.sweep.zoo import seed_cnn
+from keras_blockreuse.sweep.zoo import MODELS as ZOO
+from keras_blockreuse.sweep.zoo import build_model, seed_cnn
 
 RUN_SPECIFIC = ("pid", "train_seconds", "started_at")
 
@@ -303,7 +304,8 @@ def test_trials_in_a_reused_process_report_what_they_report_in_a_new_process(tin
     assert _stripped(expected[1]) != _stripped(expected[2])  # the policies really differ
 
 
-def test_seed_model_building_gives_the_values_of_set_random_seed_and_keeps_kernel_caches():
+@pytest.mark.parametrize("name", ZOO)
+def test_seed_model_building_gives_the_values_of_set_random_seed_and_keeps_kernel_caches(name):
     """A model built after `seed_model_building(s)`, in a process that has built and run other
     models, holds bit for bit the values one built after `clear_session()` and
     `set_random_seed(s)` holds; and it leaves TensorFlow's global seed (and so its kernel
@@ -313,11 +315,11 @@ def test_seed_model_building_gives_the_values_of_set_random_seed_and_keeps_kerne
 
     keras.backend.clear_session(free_memory=False)
     keras.utils.set_random_seed(7)
-    expected = snapshot(seed_cnn((8, 8, 1), 3).variables)
-    seed_cnn((8, 8, 1), 5).predict_on_batch(np.zeros((2, 8, 8, 1), "float32"))  # draws more
+    expected = snapshot(build_model(name, (8, 8, 1), 3).variables)
+    build_model(name, (8, 8, 1), 5).predict_on_batch(np.zeros((2, 8, 8, 1), "float32"))
     tf.random.set_seed(123)
     seed_model_building(7)
-    got = snapshot(seed_cnn((8, 8, 1), 3).variables)
+    got = snapshot(build_model(name, (8, 8, 1), 3).variables)
     assert len(got) == len(expected) > 4
     for (_, a), (_, b) in zip(got, expected, strict=True):
         assert a.dtype == b.dtype and np.array_equal(a, b)
