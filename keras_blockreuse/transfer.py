@@ -52,6 +52,7 @@ print(report)
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import os
@@ -250,10 +251,12 @@ def load_blocks(
         if not nothing_asked:
             _refuse_empty(plans, report, src, model, target_blocks, target_paths)
         if streaming:
-            report.variables_loaded = _assign_streaming(plans, src)
+            with _interrupts_held():
+                report.variables_loaded = _assign_streaming(plans, src)
         report.bytes_read = src.bytes_read
     if not streaming:
-        report.variables_loaded = _assign(plans, values, own)
+        with _interrupts_held():
+            report.variables_loaded = _assign(plans, values, own)
     loading = {p.target: p.source for p in plans if any(layer.load for layer in p.layers)}
     report.loaded = {name: loading[name] for name in target_blocks if name in loading}
     report.not_loaded = [p.target for p in plans if p.target not in loading]
@@ -1784,9 +1787,11 @@ def _assign(plans: list[_BlockPlan], values: dict, own: set) -> int:
                 continue
             try:
                 layer.unit.load_own_variables(_own_store(layer, loaded))
-            except Exception as error:
+            except BaseException as error:
                 for variable, value in kept:
                     variable.assign(value)
+                if not isinstance(error, Exception):  # KeyboardInterrupt, SystemExit: as is
+                    raise
                 raise BlockMismatchError(
                     f"Layer {layer.target_path!r} ({type(layer.unit).__name__}) of block "
                     f"{plan.target!r} refused its values in its own load_own_variables "
@@ -1795,6 +1800,35 @@ def _assign(plans: list[_BlockPlan], values: dict, own: set) -> int:
                     "(only=/exclude=), or give the layer values it accepts."
                 ) from error
     return count
+
+
+@contextlib.contextmanager
+def _interrupts_held():
+    """Holds SIGINT (Ctrl-C) while a load assigns its values and delivers it once they are all
+    assigned (or the load failed), so that an interrupt never leaves a model half loaded.
+
+    Python runs signal handlers in the main thread only, which is where this applies; in
+    another thread, or where SIGINT's handler was not set from Python, nothing changes. The
+    held signal goes to the handler that was in place (`KeyboardInterrupt` by default).
+    """
+    import signal
+    import threading
+
+    held: list = []
+    previous = signal.getsignal(signal.SIGINT)
+    if threading.current_thread() is not threading.main_thread() or previous is None:
+        yield
+        return
+    signal.signal(signal.SIGINT, lambda signum, frame: held.append(frame))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        if held:
+            if callable(previous):
+                previous(signal.SIGINT, held[0])
+            elif previous == signal.SIG_DFL:
+                signal.raise_signal(signal.SIGINT)
 
 
 def _loaded(layer: _LayerPlan, arrays: dict) -> dict:

@@ -11,7 +11,7 @@ import keras
 import numpy as np
 import pytest
 
-from keras_blockreuse import BlockFileError, BlockMismatchError, load_blocks
+from keras_blockreuse import BlockFileError, BlockMismatchError, load_blocks, save_blocks
 from keras_blockreuse.sources.keras_files import keras_file_kind, open_keras_file
 from keras_blockreuse.sources.structure import structural_names
 from tests.helpers import UpDown, assert_same, dense_stack, randomize, snapshot
@@ -807,6 +807,33 @@ def test_a_keras_archive_that_is_not_a_zip_file_says_what_it_holds(tmp_path):
             f"bytes, starting {start!r}; a .keras archive is a zip file")
         assert "fetch or save it again" in str(e.value)
     assert_same(before, snapshot(model))
+
+
+def test_a_damaged_weights_file_with_source_model_says_what_is_wrong_with_it(tmp_path):
+    """Found by a fresh-user check: with `source_model=`, a `.weights.h5` with a changed
+    signature byte, cut to 7 bytes, or an HTML page under its name raised `TypeError: Options
+    ['source_model'] do not apply to a block file`, not the `BlockFileError` it gets without
+    the option; so did a missing `.blocks.h5` given an option."""
+    model = dense_stack(4)
+    good = tmp_path / "good.weights.h5"
+    model.save_weights(good)
+    data = good.read_bytes()
+    flipped = tmp_path / "flipped.weights.h5"
+    flipped.write_bytes(data[:1] + bytes([data[1] ^ 0xFF]) + data[2:])
+    cut = tmp_path / "cut.weights.h5"
+    cut.write_bytes(data[:7])
+    page = tmp_path / "page.weights.h5"
+    page.write_bytes(b"<html>404 Not Found</html>")
+    before = snapshot(model)
+    for path in (flipped, cut, page):
+        with pytest.raises(BlockFileError, match=r"is not an HDF5 file \("):
+            load_blocks(model, str(path), source_model=dense_stack(4))
+    with pytest.raises(BlockFileError, match="No such block file"):
+        load_blocks(model, str(tmp_path / "missing.blocks.h5"), source_model=dense_stack(4))
+    assert_same(before, snapshot(model))
+    blocks = save_blocks(model, tmp_path / "m.blocks.h5")  # a good block file: the option
+    with pytest.raises(TypeError, match=r"Options \['source_model'\] do not apply to a block"):
+        load_blocks(model, str(blocks), source_model=dense_stack(4))
 
 
 # --- found by a fresh-user break test of the `.weights.h5` reader -------------------------------

@@ -430,7 +430,8 @@ def open_source(source, rule: BlockRule = None, **options) -> Source:
                     if file is not None:
                         file.close()  # an option that open_sniffed does not take
                     raise
-        if options:
+        if options:  # a file that is no block file either: what is wrong with it, first
+            BlockFileSource(path).close()
             raise TypeError(f"Options {sorted(options)} do not apply to a block file: {path!r}")
         return BlockFileSource(path)
     for recognise, open_ in _READERS:
