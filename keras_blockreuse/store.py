@@ -656,7 +656,8 @@ class BlockFile:
             raise BlockFileError(
                 f"{self.path} is an HDF5 file but not a block file: expected a root attribute "
                 f"format={FORMAT_NAME!r}, received {kind!r}. "
-                "To read a Keras weights file, pass it to load_blocks as a source."
+                "A Keras weights file is read as one by any name but *.blocks.h5 (which is "
+                "always read as a block file): name it .weights.h5 or .h5."
             )
         version = self._attribute(root, "format_version", int)
         if version > FORMAT_VERSION:

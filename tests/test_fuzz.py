@@ -198,7 +198,8 @@ BAD_FILES = {
         another_hdf5, r"is an HDF5 file but not a block file.*received 'a variable-length string'"
     ),
     "a Keras .weights.h5 file": (
-        keras_weights, r"is an HDF5 file but not a block file.*received None.*Keras weights"
+        keras_weights, r"is an HDF5 file but not a block file.*received None. A Keras weights "
+        r"file is read as one by any name but \*\.blocks\.h5"
     ),
 }
 
