@@ -250,14 +250,21 @@ def test_report_when_no_trial_finished(tmp_path):
     assert (summary["n"] == 0).all() and summary["mean"].isna().all()
 
 
+def _interrupted(frame, tmp_path, mark):
+    """`write_report` of an interrupted sweep: what it returns, and the report's lines from
+    the headline on (after checking that the first is the mark)."""
+    written = write_report(frame, str(tmp_path), {}, interrupted=mark)
+    lines = (tmp_path / "report.md").read_text().splitlines()
+    assert lines[2] == f"**{mark}.**"
+    return written, lines[3:]
+
+
 def test_interrupted_report_gives_no_verdict_without_two_seeds_each(tmp_path):
     frame = known_frame()
     frame.loc[frame["policy"] == "C", "status"] = ["ok", "unfinished", "unfinished"]
     mark = "INTERRUPTED: 10 of 12 trials finished"
-    written = write_report(frame, str(tmp_path), {}, interrupted=mark)
-    lines = (tmp_path / "report.md").read_text().splitlines()
-    assert lines[2] == f"**{mark}.**"
-    assert lines[3] == "No verdict: 1 of 4 configurations have fewer than 2 finished seeds."
+    written, lines = _interrupted(frame, tmp_path, mark)
+    assert lines[0] == "No verdict: 1 of 4 configurations have fewer than 2 finished seeds."
     assert written["verdict"].best is None
     summary = written["summary"]
     assert summary.loc[summary["policy"] == "C", "unfinished"].item() == 2
@@ -274,11 +281,9 @@ def test_interrupted_report_without_a_complete_configuration_does_not_say_none_f
     finished" under a mark counting 5 finished trials."""
     frame = known_frame()
     frame["status"] = "unfinished"
-    mark = "INTERRUPTED (SIGINT): 5 of 24 trials finished"
-    written = write_report(frame, str(tmp_path), {}, interrupted=mark)
-    lines = (tmp_path / "report.md").read_text().splitlines()
-    assert lines[2] == f"**{mark}.**"
-    assert lines[3] == "No configuration has all its trials finished: no verdict."
+    written, lines = _interrupted(frame, tmp_path, "INTERRUPTED (SIGINT): 5 of 24 trials "
+                                  "finished")
+    assert lines[0] == "No configuration has all its trials finished: no verdict."
     assert written["verdict"].best is None
 
 

@@ -462,13 +462,13 @@ class _Runner:
         if self.interrupts.signal:  # interrupted before this experiment began
             return []
         path = os.path.join(self.storage, name)
+        rates = len(s.lrs) if s.lrs and len(s.lrs) > 1 else 1  # learning rates swept (--lrs)
         if s.resume and tune.Tuner.can_restore(path):
             self.print_fn(f"Resuming experiment {path}: finished trials are kept.")
             tuner = tune.Tuner.restore(path, trainable=self.trainable(), resume_unfinished=True,
                                        resume_errored=True)
         else:
             keys = [c.key for c in configurations]
-            rates = len(s.lrs) if s.lrs and len(s.lrs) > 1 else 1
             total = len(keys) * s.seeds * rates
             each_rate = f" x {rates} learning rates" if rates > 1 else ""
             self.print_fn(f"Experiment {name}: {len(keys)} configurations x {s.seeds} seeds"
@@ -477,7 +477,7 @@ class _Runner:
                 "policy": tune.grid_search(keys),
                 "seed": tune.grid_search(list(range(s.seeds))),
                 "model": s.model, "epochs": epochs or s.epochs, "batch_size": s.batch_size,
-                "lr": tune.grid_search(s.lrs) if s.lrs and len(s.lrs) > 1 else
+                "lr": tune.grid_search(s.lrs) if rates > 1 else
                 (s.lrs[0] if s.lrs else s.lr),
                 "cpus": max(1, int(s.cpus_per_trial)),
                 "training_policy": s.training_policy, "policy_epochs": s.policy_epochs,
@@ -498,7 +498,6 @@ class _Runner:
                     callbacks=self.callbacks(),
                     failure_config=tune.FailureConfig(max_failures=0, fail_fast=False)),
             )
-        rates = len(s.lrs) if s.lrs and len(s.lrs) > 1 else 1
         grid = self.fit(tuner, len(configurations) * s.seeds * rates)
         if grid.num_errors:
             self.print_fn(f"{grid.num_errors} trial(s) failed; the sweep went on. See the report.")
@@ -809,8 +808,6 @@ def _prepare(settings: SweepSettings) -> SweepSettings:
     return settings
 
 
-_RESUMED_AS_STARTED = ("model", "data", "loss", "strategy", "blocks", "seeds", "epochs",
-                       "batch_size", "lr", "data_seed", "scheduler")
 ASHA_CAVEAT = ("ASHA (asynchronous successive halving, Li et al. 2020) decides from results "
                "in the order they arrive: which trials it stops, and so the verdict, can "
                "differ between runs of the same sweep and after --resume; --scheduler fifo "
@@ -818,6 +815,8 @@ ASHA_CAVEAT = ("ASHA (asynchronous successive halving, Li et al. 2020) decides f
 """The report's note on an ASHA sweep (a fresh-user check saw a resumed sweep let two trials
 finish that the uninterrupted one had stopped, and name another best configuration)."""
 
+_RESUMED_AS_STARTED = ("model", "data", "loss", "strategy", "blocks", "seeds", "epochs",
+                       "batch_size", "lr", "data_seed", "scheduler")
 _TRAINING_SETTINGS = ("lrs", "training_policy", "policy_epochs", "ft_factor", "block_lr",
                       "data_seeds")
 """Also compared on resume (found by a fresh-user test: `--resume --lrs 1e-2` kept the old
