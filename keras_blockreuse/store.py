@@ -451,8 +451,8 @@ class BlockFile:
                     start = f.read(16)
                 raise BlockFileError(
                     f"{self.path!r} is not an HDF5 file ({self._size} bytes, starting "
-                    f"{start!r}): a .blocks.h5 file (like a Keras .weights.h5 or .h5 file) "
-                    "starts with the HDF5 signature b'\\x89HDF\\r\\n\\x1a\\n'. A "
+                    f"{start!r}): .blocks.h5 files, and Keras .weights.h5 and .h5 files, "
+                    "start with the HDF5 signature b'\\x89HDF\\r\\n\\x1a\\n'. A "
                     "download that saved an error page instead of the file looks like this."
                 )
             self._file = h5py.File(self.path, "r", locking=False)

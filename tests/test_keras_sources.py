@@ -826,7 +826,8 @@ def test_a_damaged_weights_file_with_source_model_says_what_is_wrong_with_it(tmp
     page.write_bytes(b"<html>404 Not Found</html>")
     before = snapshot(model)
     for path in (flipped, cut, page):
-        with pytest.raises(BlockFileError, match=r"is not an HDF5 file \("):
+        with pytest.raises(BlockFileError, match=r"is not an HDF5 file \(.*\): \.blocks\.h5 "
+                           r"files, and Keras \.weights\.h5 and \.h5 files, start with the HDF5"):
             load_blocks(model, str(path), source_model=dense_stack(4))
     with pytest.raises(BlockFileError, match="No such block file"):
         load_blocks(model, str(tmp_path / "missing.blocks.h5"), source_model=dense_stack(4))
