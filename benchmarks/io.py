@@ -20,7 +20,9 @@ Peak resident memory of a load is measured in a fresh subprocess per measurement
 builds the model and waits; the parent then samples the child's `/proc/<pid>/status` while it
 loads, so anonymous (`RssAnon`) and file-backed (`RssFile`) memory are reported separately,
 beside the exact peak of the total (`VmHWM`, reset before the load with `/proc/self/clear_refs`).
-Only public API of keras_blockreuse is used.
+Only public API of keras_blockreuse is used, except in one table: the parts of the probe
+block's load from a `.weights.h5` that its promises require, each timed alone with the
+reader's own functions (`weights_probe_parts`), beside the load.
 
 Example:
 
@@ -143,6 +145,7 @@ class ModelResult:
     file_bytes: dict[str, int]
     samples: dict[str, list[float]] = dataclasses.field(default_factory=dict)
     rss: dict[str, dict] = dataclasses.field(default_factory=dict)
+    parts: dict[str, list[float]] = dataclasses.field(default_factory=dict)
 
     def median(self, op: str) -> float | None:
         values = self.samples.get(op)
@@ -264,7 +267,78 @@ def _time_model(name: str, workdir: str, repeats: int, warmup: int) -> ModelResu
         FLOOR_LARGE: floor("large", blocks[large]),
     }
     result.samples = _interleave(ops, repeats, warmup)
+    if repeats:
+        result.parts = weights_probe_parts(model, paths["keras"], probe, 3 * repeats, warmup)
     return result
+
+
+PARTS = (
+    "open the file: its links walked (none may lead out of it), every group's header checked "
+    "(the layers' names and types)",
+    "the block's datasets: headers checked, opened, checked, read",
+    "the target model's blocks (`get_blocks`)",
+    "assign: the backend's cheapest call",
+    "close the file",
+)
+
+
+def weights_probe_parts(model, path: str, probe: str, repeats: int, warmup: int
+                        ) -> dict[str, list[float]]:
+    """Times, in one pass per repeat (after `gc.collect()`, as each load), the parts of
+    `load_blocks(model, path, source_model=..., only=[probe])` that its promises require,
+    with the `.weights.h5` reader's own functions: opening the file checked as every load
+    opens it (no link out of it, the object headers that name the layers checked before a
+    name is read; `open_h5`), then for the block's variables only: each dataset's header
+    checked, the dataset opened, its storage and size checked and its values read
+    (`check_dataset`, `read_checked`); the target model's blocks; the cheapest assignment;
+    closing the file. What a load does besides (planning, pairing, validation, the
+    report) is not in these parts. Returns `{part: seconds per repeat}`.
+    """
+    import h5py
+
+    from keras_blockreuse.sources.hdf5 import (
+        check_dataset,
+        direct_descriptor,
+        open_h5,
+        read_checked,
+    )
+    from keras_blockreuse.sources.keras_weights import in_vars_group
+
+    layers = [layer for layer in kbr.get_blocks(model)[probe].layers if layer.weights]
+    with h5py.File(path, "r") as f:  # each layer's group, by the name Keras records on it
+        keys = {f["layers"][key]["vars"].attrs["name"]: key for key in f["layers"]
+                if "name" in f["layers"][key]["vars"].attrs}
+    if any(layer.name not in keys for layer in layers):
+        return {}  # a layer nested in another, or a file without names: not timed
+    datasets = [f"layers/{keys[layer.name]}/vars/{i}".encode()
+                for layer in layers for i in range(len(layer.weights))]
+    size = os.path.getsize(path)
+    parts: dict[str, list[float]] = {part: [] for part in PARTS}
+    for round_ in range(warmup + repeats):
+        gc.collect()
+        times = [time.perf_counter()]
+        f = open_h5(path, defer=in_vars_group)
+        times.append(time.perf_counter())
+        addresses = {name: address for name, _, address in f.objects}
+        descriptor = direct_descriptor(f)
+        arrays = []
+        for name in datasets:
+            marked = b"dtype" in f.header(addresses[name])[1]
+            dataset = h5py.h5d.open(f.id, name)
+            arrays.append(read_checked(dataset, check_dataset(dataset, size, path, marked),
+                                       None, descriptor))
+        times.append(time.perf_counter())
+        variables = list(kbr.get_blocks(model)[probe].variables)
+        times.append(time.perf_counter())
+        cheapest_assign(variables, arrays)
+        times.append(time.perf_counter())
+        dataset = arrays = None
+        f.close()
+        times.append(time.perf_counter())
+        if round_ >= warmup:
+            for part, start, end in zip(PARTS, times, times[1:], strict=False):
+                parts[part].append(end - start)
+    return parts
 
 
 def _paths(workdir: str, name: str) -> dict[str, str]:
@@ -510,8 +584,35 @@ def markdown(results: list[ModelResult], repeats: int, warmup: int) -> str:
                     f"{_mb(m['file'])} | {_ratio(m['extra'], keras_rss.get('extra'))} | "
                     f"{_ratio(m['anon'], keras_rss.get('anon'))} |"
                 )
+        if r.parts:
+            lines += ["", *_parts_markdown(r)]
         lines.append("")
     return "\n".join(lines)
+
+
+def _parts_markdown(r: ModelResult) -> list[str]:
+    """The parts of the probe block's load from `.weights.h5` that its promises require."""
+    load = r.median(WEIGHTS_PROBE)
+    medians = {part: statistics.median(times) for part, times in r.parts.items()}
+    required = sum(medians.values())
+    lines = [
+        f"What `{r.probe}` from `.weights.h5` (`source_model=`) costs at least: the parts its "
+        "promises require, timed alone in one pass each with the reader's own functions "
+        f"(median of {len(next(iter(r.parts.values())))}, `gc.collect()` before each pass, as "
+        "before each load):",
+        "",
+        "| part | median |",
+        "|---|---:|",
+        *(f"| {part} | {_ms(t)} |" for part, t in medians.items()),
+        f"| **these parts together** | **{_ms(required)}** |",
+    ]
+    if load is not None:
+        lines += [
+            f"| the load (`{_row_label(r, WEIGHTS_PROBE)}`, above) | {_ms(load)} |",
+            f"| the rest of the load: planning, pairing, validation, the report | "
+            f"{_ms(load - required)} |",
+        ]
+    return lines
 
 
 def targets(results: list[ModelResult]) -> str:
