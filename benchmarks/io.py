@@ -76,6 +76,7 @@ DEFLATED_LOAD = "load_blocks from .keras, deflated (all)"
 ARCHIVE_PROBE = "load_blocks from .keras only=[probe block]"
 WEIGHTS_LOAD = "load_blocks from .weights.h5, source_model= (all)"
 WEIGHTS_PROBE = "load_blocks from .weights.h5, source_model= only=[probe block]"
+PROBE_PARTS = "the parts of the load above that its promises require, in one pass"
 
 RSS_OPS = (KERAS_LOAD, BLOCKS_LOAD, WEIGHTS_LOAD, ARCHIVE_LOAD, DEFLATED_LOAD, LARGE_LOAD)
 QUICK_RSS_OPS = (KERAS_LOAD, BLOCKS_LOAD, WEIGHTS_LOAD, ARCHIVE_LOAD)
@@ -266,9 +267,12 @@ def _time_model(name: str, workdir: str, repeats: int, warmup: int) -> ModelResu
         FLOOR_SMALL: floor("small", blocks[small]),
         FLOOR_LARGE: floor("large", blocks[large]),
     }
+    parts_op, parts = weights_probe_parts(model, paths["keras"], probe)
+    if parts_op is not None:  # in each round right after the load it takes apart
+        at = list(ops).index(WEIGHTS_PROBE) + 1
+        ops = dict([*list(ops.items())[:at], (PROBE_PARTS, parts_op), *list(ops.items())[at:]])
     result.samples = _interleave(ops, repeats, warmup)
-    if repeats:
-        result.parts = weights_probe_parts(model, paths["keras"], probe, 3 * repeats, warmup)
+    result.parts = {part: times[warmup:] for part, times in parts.items()}
     return result
 
 
@@ -282,17 +286,18 @@ PARTS = (
 )
 
 
-def weights_probe_parts(model, path: str, probe: str, repeats: int, warmup: int
-                        ) -> dict[str, list[float]]:
-    """Times, in one pass per repeat (after `gc.collect()`, as each load), the parts of
-    `load_blocks(model, path, source_model=..., only=[probe])` that its promises require,
-    with the `.weights.h5` reader's own functions: opening the file checked as every load
+def weights_probe_parts(model, path: str, probe: str
+                        ) -> tuple[Callable[[], None] | None, dict[str, list[float]]]:
+    """A pass through the parts of `load_blocks(model, path, source_model=...,
+    only=[probe])` that its promises require, with the `.weights.h5` reader's own functions,
+    and the times of each part, one entry per pass: opening the file checked as every load
     opens it (no link out of it, the object headers that name the layers checked before a
     name is read; `open_h5`), then for the block's variables only: each dataset's header
     checked, the dataset opened, its storage and size checked and its values read
     (`check_dataset`, `read_checked`); the target model's blocks; the cheapest assignment;
     closing the file. What a load does besides (planning, pairing, validation, the
-    report) is not in these parts. Returns `{part: seconds per repeat}`.
+    report) is not in these parts. The pass is None where the block's layers cannot be
+    found by the file's names (a nested layer, a file without names).
     """
     import h5py
 
@@ -308,14 +313,14 @@ def weights_probe_parts(model, path: str, probe: str, repeats: int, warmup: int
     with h5py.File(path, "r") as f:  # each layer's group, by the name Keras records on it
         keys = {f["layers"][key]["vars"].attrs["name"]: key for key in f["layers"]
                 if "name" in f["layers"][key]["vars"].attrs}
+    parts: dict[str, list[float]] = {part: [] for part in PARTS}
     if any(layer.name not in keys for layer in layers):
-        return {}  # a layer nested in another, or a file without names: not timed
+        return None, parts
     datasets = [f"layers/{keys[layer.name]}/vars/{i}".encode()
                 for layer in layers for i in range(len(layer.weights))]
     size = os.path.getsize(path)
-    parts: dict[str, list[float]] = {part: [] for part in PARTS}
-    for round_ in range(warmup + repeats):
-        gc.collect()
+
+    def run() -> None:
         times = [time.perf_counter()]
         f = open_h5(path, defer=in_vars_group)
         times.append(time.perf_counter())
@@ -335,10 +340,10 @@ def weights_probe_parts(model, path: str, probe: str, repeats: int, warmup: int
         dataset = arrays = None
         f.close()
         times.append(time.perf_counter())
-        if round_ >= warmup:
-            for part, start, end in zip(PARTS, times, times[1:], strict=False):
-                parts[part].append(end - start)
-    return parts
+        for part, start, end in zip(PARTS, times, times[1:], strict=False):
+            parts[part].append(end - start)
+
+    return run, parts
 
 
 def _paths(workdir: str, name: str) -> dict[str, str]:
@@ -597,9 +602,9 @@ def _parts_markdown(r: ModelResult) -> list[str]:
     required = sum(medians.values())
     lines = [
         f"What `{r.probe}` from `.weights.h5` (`source_model=`) costs at least: the parts its "
-        "promises require, timed alone in one pass each with the reader's own functions "
-        f"(median of {len(next(iter(r.parts.values())))}, `gc.collect()` before each pass, as "
-        "before each load):",
+        "promises require, timed in one pass with the reader's own functions, in each round "
+        "right after the load (so with the caches it left), median of "
+        f"{len(next(iter(r.parts.values())))}:",
         "",
         "| part | median |",
         "|---|---:|",
