@@ -21,8 +21,9 @@ builds the model and waits; the parent then samples the child's `/proc/<pid>/sta
 loads, so anonymous (`RssAnon`) and file-backed (`RssFile`) memory are reported separately,
 beside the exact peak of the total (`VmHWM`, reset before the load with `/proc/self/clear_refs`).
 Only public API of keras_blockreuse is used, except in one table: the parts of the probe
-block's load from a `.weights.h5` that its promises require, each timed alone with the
-reader's own functions (`weights_probe_parts`), beside the load.
+block's load from a `.blocks.h5` and from a `.weights.h5` that its promises require, timed
+with each reader's own functions (`blocks_probe_parts`, `weights_probe_parts`), beside the
+load.
 
 Example:
 
@@ -76,7 +77,6 @@ DEFLATED_LOAD = "load_blocks from .keras, deflated (all)"
 ARCHIVE_PROBE = "load_blocks from .keras only=[probe block]"
 WEIGHTS_LOAD = "load_blocks from .weights.h5, source_model= (all)"
 WEIGHTS_PROBE = "load_blocks from .weights.h5, source_model= only=[probe block]"
-PROBE_PARTS = "the parts of the load above that its promises require, in one pass"
 
 RSS_OPS = (KERAS_LOAD, BLOCKS_LOAD, WEIGHTS_LOAD, ARCHIVE_LOAD, DEFLATED_LOAD, LARGE_LOAD)
 QUICK_RSS_OPS = (KERAS_LOAD, BLOCKS_LOAD, WEIGHTS_LOAD, ARCHIVE_LOAD)
@@ -146,7 +146,7 @@ class ModelResult:
     file_bytes: dict[str, int]
     samples: dict[str, list[float]] = dataclasses.field(default_factory=dict)
     rss: dict[str, dict] = dataclasses.field(default_factory=dict)
-    parts: dict[str, list[float]] = dataclasses.field(default_factory=dict)
+    parts: dict[str, dict[str, list[float]]] = dataclasses.field(default_factory=dict)
 
     def median(self, op: str) -> float | None:
         values = self.samples.get(op)
@@ -267,37 +267,100 @@ def _time_model(name: str, workdir: str, repeats: int, warmup: int) -> ModelResu
         FLOOR_SMALL: floor("small", blocks[small]),
         FLOOR_LARGE: floor("large", blocks[large]),
     }
-    parts_op, parts = weights_probe_parts(model, paths["keras"], probe)
-    if parts_op is not None:  # in each round right after the load it takes apart
-        at = list(ops).index(WEIGHTS_PROBE) + 1
-        ops = dict([*list(ops.items())[:at], (PROBE_PARTS, parts_op), *list(ops.items())[at:]])
+    for load, measure in ((PROBE_LOAD, blocks_probe_parts), (WEIGHTS_PROBE, weights_probe_parts)):
+        parts_op, parts = measure(model, paths["blocks" if load == PROBE_LOAD else "keras"], probe)
+        if parts_op is not None:  # in each round right after the load it takes apart
+            at = list(ops).index(load) + 1
+            ops = dict([*list(ops.items())[:at], (f"{load}: its parts", parts_op),
+                        *list(ops.items())[at:]])
+            result.parts[load] = parts
     result.samples = _interleave(ops, repeats, warmup)
-    result.parts = {part: times[warmup:] for part, times in parts.items()}
+    result.parts = {load: {part: times[warmup:] for part, times in parts.items()}
+                    for load, parts in result.parts.items()}
     return result
 
 
-PARTS = (
+# --- the parts of a one-block load that its promises require --------------------------------
+
+TARGET_BLOCKS = "the target model's blocks (`get_blocks`)"
+ASSIGN = "assign: the backend's cheapest call"
+CLOSE = "close the file"
+BLOCKS_PARTS = (
+    "open the file: its header read and verified",
+    "the block's layout read and verified",
+    "the block's values: each dataset opened, checked and read; the block's checksum",
+    TARGET_BLOCKS, ASSIGN, CLOSE,
+)
+WEIGHTS_PARTS = (
     "open the file: its links walked (none may lead out of it), every group's header checked "
     "(the layers' names and types)",
     "the block's datasets: headers checked, opened, checked, read",
-    "the target model's blocks (`get_blocks`)",
-    "assign: the backend's cheapest call",
-    "close the file",
+    TARGET_BLOCKS, ASSIGN, CLOSE,
 )
+
+
+def _timed_pass(names: tuple[str, ...], steps: list[Callable[[], None]]
+                ) -> tuple[Callable[[], None], dict[str, list[float]]]:
+    """A pass that runs `steps` in order and appends each one's time to its part's list."""
+    parts: dict[str, list[float]] = {name: [] for name in names}
+
+    def run() -> None:
+        for name, step in zip(names, steps, strict=True):
+            start = time.perf_counter()
+            step()
+            parts[name].append(time.perf_counter() - start)
+
+    return run, parts
+
+
+def blocks_probe_parts(model, path: str, probe: str
+                       ) -> tuple[Callable[[], None], dict[str, list[float]]]:
+    """A pass through the parts of `load_blocks(model, path, only=[probe])` from a
+    `.blocks.h5` that its promises require, with the file's own reader
+    (`keras_blockreuse.store.BlockFile`), and the times of each part (one entry per pass):
+    opening the file (its header read and its checksum verified), the block's layout
+    (verified), the block's values (every dataset opened, its storage checked, its values
+    read, the block's checksum verified), the target model's blocks, the cheapest assignment,
+    closing the file. Planning, pairing, validation and the report are not in these parts.
+    """
+    from keras_blockreuse.store import BlockFile
+
+    state: dict = {}
+
+    def values() -> None:
+        state["values"] = state["file"].read_block(probe)
+
+    def target() -> None:
+        state["layers"] = {layer.name: layer for layer in kbr.get_blocks(model)[probe].layers}
+
+    def assign() -> None:  # stored key i is the layer's weight i (Keras's own order)
+        layers = state.pop("layers")
+        pairs = [(layers[layer].weights[int(key)], array)
+                 for layer, arrays in state.pop("values").items() for key, array in arrays.items()]
+        cheapest_assign([v for v, _ in pairs], [a for _, a in pairs])
+
+    return _timed_pass(BLOCKS_PARTS, [
+        lambda: state.update(file=BlockFile(path)),
+        lambda: state["file"].block(probe),
+        values,
+        target,
+        assign,
+        lambda: state.pop("file").close(),
+    ])
 
 
 def weights_probe_parts(model, path: str, probe: str
                         ) -> tuple[Callable[[], None] | None, dict[str, list[float]]]:
     """A pass through the parts of `load_blocks(model, path, source_model=...,
-    only=[probe])` that its promises require, with the `.weights.h5` reader's own functions,
-    and the times of each part, one entry per pass: opening the file checked as every load
-    opens it (no link out of it, the object headers that name the layers checked before a
-    name is read; `open_h5`), then for the block's variables only: each dataset's header
-    checked, the dataset opened, its storage and size checked and its values read
+    only=[probe])` from a Keras `.weights.h5` that its promises require, with the reader's own
+    functions, and the times of each part (one entry per pass): opening the file checked as
+    every load opens it (no link out of it, the object headers that name the layers checked
+    before a name is read; `open_h5`), then for the block's variables only: each dataset's
+    header checked, the dataset opened, its storage and size checked and its values read
     (`check_dataset`, `read_checked`); the target model's blocks; the cheapest assignment;
-    closing the file. What a load does besides (planning, pairing, validation, the
-    report) is not in these parts. The pass is None where the block's layers cannot be
-    found by the file's names (a nested layer, a file without names).
+    closing the file. Planning, pairing, validation and the report are not in these parts.
+    The pass is None where the block's layers cannot be found by the file's names (a nested
+    layer, a file without names).
     """
     import h5py
 
@@ -313,37 +376,31 @@ def weights_probe_parts(model, path: str, probe: str
     with h5py.File(path, "r") as f:  # each layer's group, by the name Keras records on it
         keys = {f["layers"][key]["vars"].attrs["name"]: key for key in f["layers"]
                 if "name" in f["layers"][key]["vars"].attrs}
-    parts: dict[str, list[float]] = {part: [] for part in PARTS}
     if any(layer.name not in keys for layer in layers):
-        return None, parts
+        return None, {}
     datasets = [f"layers/{keys[layer.name]}/vars/{i}".encode()
                 for layer in layers for i in range(len(layer.weights))]
     size = os.path.getsize(path)
+    state: dict = {}
 
-    def run() -> None:
-        times = [time.perf_counter()]
-        f = open_h5(path, defer=in_vars_group)
-        times.append(time.perf_counter())
+    def read() -> None:
+        f = state["file"]
         addresses = {name: address for name, _, address in f.objects}
         descriptor = direct_descriptor(f)
-        arrays = []
+        arrays = state["arrays"] = []
         for name in datasets:
             marked = b"dtype" in f.header(addresses[name])[1]
             dataset = h5py.h5d.open(f.id, name)
             arrays.append(read_checked(dataset, check_dataset(dataset, size, path, marked),
                                        None, descriptor))
-        times.append(time.perf_counter())
-        variables = list(kbr.get_blocks(model)[probe].variables)
-        times.append(time.perf_counter())
-        cheapest_assign(variables, arrays)
-        times.append(time.perf_counter())
-        dataset = arrays = None
-        f.close()
-        times.append(time.perf_counter())
-        for part, start, end in zip(PARTS, times, times[1:], strict=False):
-            parts[part].append(end - start)
 
-    return run, parts
+    return _timed_pass(WEIGHTS_PARTS, [
+        lambda: state.update(file=open_h5(path, defer=in_vars_group)),
+        read,
+        lambda: state.update(variables=kbr.get_blocks(model)[probe].variables),
+        lambda: cheapest_assign(state.pop("variables"), state.pop("arrays")),
+        lambda: state.pop("file").close(),
+    ])
 
 
 def _paths(workdir: str, name: str) -> dict[str, str]:
@@ -596,27 +653,27 @@ def markdown(results: list[ModelResult], repeats: int, warmup: int) -> str:
 
 
 def _parts_markdown(r: ModelResult) -> list[str]:
-    """The parts of the probe block's load from `.weights.h5` that its promises require."""
-    load = r.median(WEIGHTS_PROBE)
-    medians = {part: statistics.median(times) for part, times in r.parts.items()}
-    required = sum(medians.values())
+    """For each one-block load taken apart: the parts its promises require, beside it."""
     lines = [
-        f"What `{r.probe}` from `.weights.h5` (`source_model=`) costs at least: the parts its "
+        f"What `{r.probe}` costs at least, from each source taken apart: the parts its "
         "promises require, timed in one pass with the reader's own functions, in each round "
-        "right after the load (so with the caches it left), median of "
-        f"{len(next(iter(r.parts.values())))}:",
+        "right after the load (so with the caches it left); medians. What is left is the "
+        "load's planning, pairing, validation and report.",
         "",
-        "| part | median |",
-        "|---|---:|",
-        *(f"| {part} | {_ms(t)} |" for part, t in medians.items()),
-        f"| **these parts together** | **{_ms(required)}** |",
+        "| load | part | median |",
+        "|---|---|---:|",
     ]
-    if load is not None:
-        lines += [
-            f"| the load (`{_row_label(r, WEIGHTS_PROBE)}`, above) | {_ms(load)} |",
-            f"| the rest of the load: planning, pairing, validation, the report | "
-            f"{_ms(load - required)} |",
-        ]
+    for load, parts in r.parts.items():
+        label = _row_label(r, load)
+        medians = {part: statistics.median(times) for part, times in parts.items() if times}
+        required = sum(medians.values())
+        lines += [f"| {label} | {part} | {_ms(t)} |" for part, t in medians.items()]
+        lines.append(f"| {label} | **these parts together** | **{_ms(required)}** |")
+        whole = r.median(load)
+        if whole is not None:
+            lines += [f"| {label} | the load | {_ms(whole)} |",
+                      f"| {label} | the rest: planning, pairing, validation, the report | "
+                      f"{_ms(whole - required)} |"]
     return lines
 
 

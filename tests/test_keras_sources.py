@@ -284,6 +284,37 @@ def test_structural_names_follow_keras_saver():
     assert names["layers/sequential/layers/dense"] == ("inner", "Dense")
 
 
+def test_the_structure_walk_asks_keras_for_each_types_skip_set_once(monkeypatch, tmp_path):
+    """Keras 3.15 caches `get_attr_skipset` under one key and looks it up under another, so
+    its saver built a reference `Layer()` for every object walked (20 ms of a one-block load
+    into the seed CNN). `keras_structure` asks once per object type within its two walks,
+    finds the very paths Keras writes, and leaves Keras's function as it was."""
+    from keras.src.saving import saving_lib
+
+    from keras_blockreuse.sources.structure import keras_structure
+
+    asked: list[str] = []
+    compute = saving_lib.get_attr_skipset
+
+    def counted(obj_type):
+        asked.append(obj_type)
+        return compute(obj_type)
+
+    monkeypatch.setattr(saving_lib, "get_attr_skipset", counted)
+    model = small_model()
+    units = keras_structure(model)
+    assert sorted(asked) == sorted(set(asked)) and set(asked) <= {"Functional", "Layer",
+                                                                  "Sequential", "Operation"}
+    assert saving_lib.get_attr_skipset is counted
+    path = str(tmp_path / "m.weights.h5")
+    model.save_weights(path)
+    with h5py.File(path, "r") as f:
+        written = set()
+        f.visit(lambda name: written.add(name[: -len("/vars")]) if name.endswith("/vars")
+                and name != "vars" else None)
+    assert {u.keras_path for u in units} == written
+
+
 def test_file_kinds(vgg_files, tmp_path):
     _, _, files = vgg_files
     assert keras_file_kind(files["weights"]) == "weights"
