@@ -315,6 +315,41 @@ def test_the_structure_walk_asks_keras_for_each_types_skip_set_once(monkeypatch,
     assert {u.keras_path for u in units} == written
 
 
+def test_a_layer_that_saves_blocks_while_keras_walks_it_does_not_hang(tmp_path):
+    """The structure walk's lock was not re-entrant: a layer whose `save_own_variables` saves
+    its inner model as blocks (user code the walk runs) waited on it forever."""
+    import threading
+
+    from keras.src.saving import saving_lib
+
+    inner_path = str(tmp_path / "inner.blocks.h5")
+
+    class Wrapper(keras.layers.Layer):
+        def __init__(self, **kwargs):
+            super().__init__(**kwargs)
+            self.inner = keras.Sequential([keras.layers.Dense(3), keras.layers.Dense(3)])
+
+        def build(self, shape):
+            self.inner.build(shape)
+
+        def call(self, x):
+            return self.inner(x)
+
+        def save_own_variables(self, store):
+            save_blocks(self.inner, inner_path)
+            super().save_own_variables(store)
+
+    before = saving_lib.get_attr_skipset
+    model = keras.Sequential([keras.Input((3,)), Wrapper(), keras.layers.Dense(2)])
+    done: list = []
+    worker = threading.Thread(target=lambda: done.append(
+        save_blocks(model, str(tmp_path / "outer.blocks.h5"))), daemon=True)
+    worker.start()
+    worker.join(timeout=120)
+    assert done and os.path.exists(inner_path), "save_blocks hung inside the walk"
+    assert saving_lib.get_attr_skipset is before
+
+
 def test_file_kinds(vgg_files, tmp_path):
     _, _, files = vgg_files
     assert keras_file_kind(files["weights"]) == "weights"

@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import os
 import threading
 from collections.abc import Iterator, Mapping
 
@@ -177,7 +178,22 @@ def _walk(model) -> dict[str, object]:
     return out
 
 
-_SKIP_SETS = threading.Lock()
+_SKIP_SETS = threading.RLock()
+_KERAS_SKIPSET: list = []  # Keras's own `get_attr_skipset`, once a walk has replaced it
+
+
+def _after_fork_in_child() -> None:
+    """A child forked while another thread walked: Keras's function back, a free lock."""
+    global _SKIP_SETS
+    _SKIP_SETS = threading.RLock()
+    if _KERAS_SKIPSET:
+        from keras.src.saving import saving_lib
+
+        saving_lib.get_attr_skipset = _KERAS_SKIPSET[0]
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 @contextlib.contextmanager
@@ -192,13 +208,17 @@ def _skip_sets_kept() -> Iterator[None]:
     (whose automatic layer names are checked against the Keras paths this walk gives), and
     40% of Keras's own `load_weights` of ResNet50. The set depends on the type alone, so
     the two walks of `keras_structure` ask Keras once per type and keep its answer; Keras's
-    function is put back after the walk (serialised by a lock, so that walks in two threads
-    cannot leave the kept one in place), and nothing outside the walk changes.
+    function is put back after the walk. A re-entrant lock serialises walks in different
+    threads (so that none leaves the kept function in place) and lets a walk that runs user
+    code which saves or loads blocks walk again; a process forked during a walk starts
+    with Keras's function and a free lock.
     """
     from keras.src.saving import saving_lib
 
     with _SKIP_SETS:
         compute = saving_lib.get_attr_skipset
+        if not _KERAS_SKIPSET:
+            _KERAS_SKIPSET.append(compute)
         kept: dict[str, set[str]] = {}
 
         def get_attr_skipset(obj_type):
