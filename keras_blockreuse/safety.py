@@ -464,6 +464,48 @@ class CheckedFile(h5py.File):
         super().close()
 
 
+# HDF5 keeps one open file per inode in a process and refuses a second open whose locking
+# flags differ ("file locking flag values don't match"). h5py's and Keras's default comes
+# first, so that a file a user holds open with h5py, or Keras reads in another thread, can be
+# read; then without locking (a lock another process holds, a file system without locks); then
+# with strict locking (an open made with `locking=True`).
+_LOCKING = (None, False, True)
+
+
+def open_for_reading(file: str | os.PathLike | BinaryIO, where: str,
+                     cls: type[h5py.File] = h5py.File) -> h5py.File:
+    """Opens an HDF5 file read-only with whichever file locking this process can open it with.
+
+    A file is never modified in place by this project, so a read needs no lock; but HDF5
+    refuses to open a file twice in one process with different locking flags. Tried in
+    order: HDF5's default (h5py's and Keras's: a shared lock, ignored where the file system
+    has none), no locking (another process holds an exclusive lock), strict locking.
+
+    Raises:
+        BlockFileError: the file cannot be opened as HDF5; where every locking setting was
+            refused, the message names each refusal.
+    """
+    if not isinstance(file, (str, os.PathLike)):
+        try:
+            return cls(file, "r")
+        except OSError as e:
+            raise BlockFileError(f"Cannot read {where} as HDF5: {e}") from e
+    refused = []
+    for locking in _LOCKING:
+        try:
+            return cls(file, "r", locking=locking)
+        except OSError as e:
+            if "file lock" not in str(e) and "lock file" not in str(e):  # not "superblock"
+                raise BlockFileError(f"Cannot read {where} as HDF5: {e}") from e
+            refused.append(f"{'default' if locking is None else f'locking={locking}'}: {e}")
+    raise BlockFileError(
+        f"Cannot open {where}: HDF5 refused each file-locking setting ({'; '.join(refused)}). "
+        "The file is readable but locked: HDF5_USE_FILE_LOCKING=TRUE in the environment "
+        "with a lock held by another process, or this process holding it open in a way "
+        "no read-only open can share."
+    )
+
+
 def open_hdf5(file: str | os.PathLike | BinaryIO, where: str,
               defer: Callable[[bytes], bool] | None = None) -> CheckedFile:
     """Opens a third-party HDF5 file for reading, checked so that reading it cannot hang and
@@ -489,10 +531,7 @@ def open_hdf5(file: str | os.PathLike | BinaryIO, where: str,
 
     if isinstance(file, (str, os.PathLike)):
         check_regular_file(file)
-    try:
-        opened = CheckedFile(file, "r", locking=False)
-    except OSError as e:
-        raise BlockFileError(f"Cannot read {where} as HDF5: {e}") from e
+    opened = open_for_reading(file, where, CheckedFile)
     try:
         links = list_links(opened)
         check_links(opened, where, links)

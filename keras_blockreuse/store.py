@@ -38,7 +38,7 @@ import numpy as np
 
 from keras_blockreuse.blocks import BlockRule, select
 from keras_blockreuse.errors import BlockFileError
-from keras_blockreuse.safety import check_regular_file
+from keras_blockreuse.safety import check_regular_file, open_for_reading
 from keras_blockreuse.sources.base import LayerInfo, VariableInfo, numpy_dtype
 from keras_blockreuse.sources.hdf5 import direct_descriptor, read_at
 
@@ -455,7 +455,7 @@ class BlockFile:
                     "start with the HDF5 signature b'\\x89HDF\\r\\n\\x1a\\n'. A "
                     "download that saved an error page instead of the file looks like this."
                 )
-            self._file = h5py.File(self.path, "r", locking=False)
+            self._file = open_for_reading(self.path, f"block file {self.path}")
             self._fileno = self._file.id.fileno
             # The descriptor HDF5 reads through, for values read directly (`_stored`); another
             # driver (HDF5_DRIVER=core, ...) has none, and its values are read through HDF5.

@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 
 from keras_blockreuse import latest_checkpoint, load_blocks, read_blocks, save_blocks
+from keras_blockreuse.errors import BlockFileError
 from keras_blockreuse.store import BlockFile
 from tests.helpers import dense_stack, seeded_values
 
@@ -130,8 +131,8 @@ def saved(tmp_path):
 def test_several_processes_load_one_file_at_once_even_while_it_is_locked(saved, monkeypatch):
     """Four processes load one file at the same moment while another holds an exclusive lock.
 
-    HDF5's own file locking (flock) would make these reads fail ("unable to lock file"), as it
-    does on file systems without lock support; block files are read with locking disabled.
+    HDF5's default locking (flock) fails here ("unable to lock file"); readers then open the
+    file without locking, which a file never modified in place does not need.
     """
     path, expected = saved
     monkeypatch.delenv("HDF5_USE_FILE_LOCKING", raising=False)
@@ -243,3 +244,126 @@ def test_read_only_files_and_folders_can_be_read_by_an_unprivileged_process():
     finally:
         os.chmod(folder, 0o755)
         shutil.rmtree(folder)
+
+
+# --- files this process already holds open (HDF5 shares one open file per inode) ----------
+
+
+@pytest.fixture
+def small_files(tmp_path, monkeypatch):
+    """A `.weights.h5` (Keras) and a `.blocks.h5` of one model, and the model's digest."""
+    monkeypatch.delenv("HDF5_USE_FILE_LOCKING", raising=False)
+    model = dense_stack(16, 3, "source")
+    for variable, value in zip(model.weights, seeded_values(model), strict=True):
+        variable.assign(value)
+    weights = str(tmp_path / "m.weights.h5")
+    blocks = str(tmp_path / "m.blocks.h5")
+    model.save_weights(weights)
+    save_blocks(model, blocks)
+    return weights, blocks, digest(model)
+
+
+@pytest.mark.parametrize("kind", ["weights", "blocks"])
+@pytest.mark.parametrize("locking", [None, False, True, "best-effort"])
+def test_a_file_the_user_holds_open_with_h5py_loads_whatever_its_locking(small_files, kind,
+                                                                          locking):
+    """HDF5 refuses a second open of a file with other locking flags ("file locking flag
+    values don't match"); a notebook's open `h5py.File` must not make a good file unloadable."""
+    weights, blocks, expected = small_files
+    path = weights if kind == "weights" else blocks
+    with h5py.File(path, "r", locking=locking) as held:
+        model = dense_stack(16, 3, "target")
+        load_blocks(model, path)
+        assert digest(model) == expected
+        if kind == "blocks":
+            assert sorted(read_blocks(path).blocks) == ["block_1", "block_2", "block_3"]
+        assert sorted(held.keys())  # the user's handle still reads
+    assert digest(model) == expected
+
+
+def test_keras_and_h5py_open_a_file_while_a_block_file_reader_holds_it(small_files):
+    weights, blocks, expected = small_files
+    with BlockFile(blocks) as reader:
+        with h5py.File(blocks, "r") as f:  # h5py's default locking, as Keras opens files
+            assert sorted(f.keys()) == sorted(reader._file.keys())
+        model = dense_stack(16, 3, "target")
+        load_blocks(model, reader.path)
+    assert digest(model) == expected
+
+
+def test_keras_load_weights_and_load_blocks_read_one_file_in_two_threads(small_files):
+    """Keras's `load_weights` and `load_blocks` on the same `.weights.h5` at once, 40 times
+    each: before, each made the other fail with "file locking flag values don't match"."""
+    import threading
+
+    weights, _, expected = small_files
+    failures, digests = [], {"keras": [], "blocks": []}
+    start = threading.Barrier(2)
+
+    def run(kind):
+        model = dense_stack(16, 3, f"target_{kind}")
+        try:
+            start.wait(timeout=TIMEOUT)
+            for _ in range(40):
+                if kind == "keras":
+                    model.load_weights(weights)
+                else:
+                    load_blocks(model, weights, source_model=dense_stack(16, 3, "source"))
+                digests[kind].append(digest(model))
+        except BaseException as e:
+            failures.append(f"{kind}: {type(e).__name__}: {e}")
+
+    threads = [threading.Thread(target=run, args=(k,)) for k in digests]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(TIMEOUT)
+    assert failures == []
+    assert digests == {"keras": [expected] * 40, "blocks": [expected] * 40}
+
+
+def load_while_locked(paths: list, results) -> None:
+    """In a process started with HDF5_USE_FILE_LOCKING=TRUE (HDF5 reads it once, when it
+    starts): loads each path while this process holds an exclusive lock on it elsewhere."""
+    try:
+        messages = []
+        for path in paths:
+            with open(path, "rb") as held:
+                fcntl.flock(held.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                model = dense_stack(16, 3, "target")
+                before = [v.numpy().copy() for v in model.weights]
+                try:
+                    load_blocks(model, path)
+                    messages.append(None)
+                except BlockFileError as e:
+                    unchanged = all(np.array_equal(b, v.numpy())
+                                    for b, v in zip(before, model.weights, strict=True))
+                    messages.append((str(e), unchanged))
+        results.put(("ok", messages))
+    except BaseException as e:
+        results.put(("error", f"{type(e).__name__}: {e}"))
+
+
+@pytest.mark.slow  # a fresh process (imports TensorFlow)
+def test_a_file_no_locking_setting_can_open_gets_an_error_that_says_so(small_files,
+                                                                       monkeypatch):
+    """`HDF5_USE_FILE_LOCKING=TRUE` makes HDF5 lock whatever the reader asks; with an exclusive
+    lock held elsewhere every setting is refused, and the message says it is a lock, not
+    damage; the model is unchanged."""
+    weights, blocks, _ = small_files
+    monkeypatch.setenv("HDF5_USE_FILE_LOCKING", "TRUE")
+    ctx = multiprocessing.get_context("spawn")
+    results = ctx.Queue()
+    process = ctx.Process(target=load_while_locked, args=([weights, blocks], results))
+    process.start()
+    [messages] = get(results, 1)
+    process.join(TIMEOUT)
+    assert len(messages) == 2 and None not in messages
+    for (text, unchanged), path in zip(messages, [weights, blocks], strict=True):
+        assert unchanged
+        where = f"block file {path}" if path == blocks else repr(path)
+        assert text.startswith(
+            f"Cannot open {where}: HDF5 refused each file-locking setting (default: ")
+        assert "; locking=False: " in text and "; locking=True: " in text
+        assert text.count("unable to lock file") == 3
+        assert text.endswith("no read-only open can share.")

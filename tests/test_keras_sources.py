@@ -586,7 +586,7 @@ def test_the_checked_listing_holds_what_hdf5_reads(vgg_files):
     from keras_blockreuse.sources.hdf5 import open_h5
 
     path = vgg_files[2]["weights"]
-    with open_h5(path) as checked, h5py.File(path, "r", locking=False) as f:
+    with open_h5(path) as checked, h5py.File(path, "r") as f:
         visited = []
         h5py.h5o.visit(f.id, lambda name, info: visited.append((name, info.type, info.addr)),
                        info=True)
