@@ -467,23 +467,24 @@ class CheckedFile(h5py.File):
 # HDF5 keeps one open file per inode in a process and refuses a second open whose locking
 # flags differ ("file locking flag values don't match"). h5py's and Keras's default comes
 # first, so that a file a user holds open with h5py, or Keras reads in another thread, can be
-# read; then without locking (a lock another process holds, a file system without locks); then
-# with strict locking (an open made with `locking=True`).
+# read; then the other two settings, for a file this process opened with one of them.
 _LOCKING = (None, False, True)
 
 
 def open_for_reading(file: str | os.PathLike | BinaryIO, where: str,
-                     cls: type[h5py.File] = h5py.File) -> h5py.File:
+                     cls: type[h5py.File] = h5py.File, checksummed: bool = False) -> h5py.File:
     """Opens an HDF5 file read-only with whichever file locking this process can open it with.
 
-    A file is never modified in place by this project, so a read needs no lock; but HDF5
-    refuses to open a file twice in one process with different locking flags. Tried in
-    order: HDF5's default (h5py's and Keras's: a shared lock, ignored where the file system
-    has none), no locking (another process holds an exclusive lock), strict locking.
+    HDF5's default (h5py's and Keras's) takes a shared lock, ignored on file systems without
+    locks, and fails where another process holds the file open for writing (an exclusive
+    lock: Keras's `save_weights` writes a file in place). Such a file is refused, unless its
+    values are `checksummed` (a block file, which is also never written in place): a torn
+    read is then found by its checksums, and it is read without the lock. HDF5 also refuses a
+    second open of a file in one process with other locking flags; each setting is tried.
 
     Raises:
-        BlockFileError: the file cannot be opened as HDF5; where every locking setting was
-            refused, the message names each refusal.
+        BlockFileError: the file cannot be opened as HDF5; another process holds it open for
+            writing (not `checksummed`); or every locking setting was refused (each named).
     """
     if not isinstance(file, (str, os.PathLike)):
         try:
@@ -497,6 +498,13 @@ def open_for_reading(file: str | os.PathLike | BinaryIO, where: str,
         except OSError as e:
             if "file lock" not in str(e) and "lock file" not in str(e):  # not "superblock"
                 raise BlockFileError(f"Cannot read {where} as HDF5: {e}") from e
+            if "unable to lock file" in str(e) and not checksummed:
+                raise BlockFileError(
+                    f"Cannot read {where} now: another process holds it open for writing "
+                    f"(HDF5: {e}). Keras writes .weights.h5 and .h5 files in place, and they "
+                    "carry no checksums, so values read now could be half written. Load it "
+                    "once that process has closed it."
+                ) from e
             refused.append(f"{'default' if locking is None else f'locking={locking}'}: {e}")
     raise BlockFileError(
         f"Cannot open {where}: HDF5 refused each file-locking setting ({'; '.join(refused)}). "

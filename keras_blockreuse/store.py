@@ -455,7 +455,7 @@ class BlockFile:
                     "start with the HDF5 signature b'\\x89HDF\\r\\n\\x1a\\n'. A "
                     "download that saved an error page instead of the file looks like this."
                 )
-            self._file = open_for_reading(self.path, f"block file {self.path}")
+            self._file = open_for_reading(self.path, f"block file {self.path}", checksummed=True)
             self._fileno = self._file.id.fileno
             # The descriptor HDF5 reads through, for values read directly (`_stored`); another
             # driver (HDF5_DRIVER=core, ...) has none, and its values are read through HDF5.

@@ -359,11 +359,59 @@ def test_a_file_no_locking_setting_can_open_gets_an_error_that_says_so(small_fil
     [messages] = get(results, 1)
     process.join(TIMEOUT)
     assert len(messages) == 2 and None not in messages
-    for (text, unchanged), path in zip(messages, [weights, blocks], strict=True):
-        assert unchanged
-        where = f"block file {path}" if path == blocks else repr(path)
-        assert text.startswith(
-            f"Cannot open {where}: HDF5 refused each file-locking setting (default: ")
-        assert "; locking=False: " in text and "; locking=True: " in text
-        assert text.count("unable to lock file") == 3
-        assert text.endswith("no read-only open can share.")
+    (weights_text, weights_unchanged), (blocks_text, blocks_unchanged) = messages
+    assert weights_unchanged and blocks_unchanged
+    # a Keras file is refused at the first refusal: its lock says a writer may be at work
+    assert weights_text.startswith(f"Cannot read {weights!r} now: another process holds it "
+                                   "open for writing (HDF5: ")
+    assert blocks_text.startswith(f"Cannot open block file {blocks}: HDF5 refused each "
+                                  "file-locking setting (default: ")
+    assert "; locking=False: " in blocks_text and "; locking=True: " in blocks_text
+    assert blocks_text.count("unable to lock file") == 3
+    assert blocks_text.endswith("no read-only open can share.")
+
+
+HOLD_OPEN_FOR_WRITING = """
+import sys, time, h5py
+f = h5py.File(sys.argv[1], "a")  # h5py's default locking: an exclusive lock
+print("open", flush=True)
+time.sleep(120)
+"""
+
+
+def test_a_keras_file_another_process_is_writing_is_refused_a_block_file_is_read(small_files):
+    """A process holding a file open for writing (h5py's "a", as Keras's save_weights opens
+    "w") holds HDF5's exclusive lock. A `.weights.h5`, written in place and unchecksummed,
+    could be half written: refused, the model unchanged, and loadable once the writer is
+    gone. A `.blocks.h5` is never written in place and is checksummed: read."""
+    import subprocess
+    import sys
+
+    weights, blocks, expected = small_files
+    for path in (weights, blocks):
+        writer = subprocess.Popen([sys.executable, "-c", HOLD_OPEN_FOR_WRITING, path],
+                                  stdout=subprocess.PIPE, text=True)
+        try:
+            assert writer.stdout.readline() == "open\n"
+            model = dense_stack(16, 3, "target")
+            before = [v.numpy().copy() for v in model.weights]
+            if path == weights:
+                with pytest.raises(BlockFileError) as e:
+                    load_blocks(model, path)
+                assert str(e.value).startswith(
+                    f"Cannot read {weights!r} now: another process holds it open for writing "
+                    "(HDF5: [Errno 11] Unable to synchronously open file (unable to lock file, errno = 11")
+                assert str(e.value).endswith(
+                    "values read now could be half written. Load it once that process has "
+                    "closed it.")
+                assert all(np.array_equal(b, v.numpy())
+                           for b, v in zip(before, model.weights, strict=True))
+            else:
+                load_blocks(model, path)
+                assert digest(model) == expected
+        finally:
+            writer.kill()
+            writer.wait(TIMEOUT)
+    model = dense_stack(16, 3, "target")
+    load_blocks(model, weights)  # the writer is gone
+    assert digest(model) == expected
