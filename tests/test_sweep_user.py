@@ -669,6 +669,87 @@ def test_data_that_cannot_give_an_honest_verdict_is_refused(arrays, tmp_path):
         load_data(f"npz:{npz}")
 
 
+def test_samples_shared_by_two_parts_are_refused(arrays):
+    """A validation or test sample that is also a training sample (test copied from train,
+    a split made after augmenting) scores memory; one shared by validation and test is chosen
+    on and reported on. Only identical parts were refused: a partial overlap gave a verdict
+    measured partly on training samples, silently. A copy under another label is a copy."""
+    (x, y), (xv, yv), (xt, yt) = arrays
+    leaked_x, leaked_y = xt.copy(), yt.copy()
+    leaked_x[[1, 4, 6, 9]] = x[[10, 20, 30, 40]]
+    leaked_y[[1, 4, 6]] = y[[10, 20, 30]]
+    leaked_y[9] = (y[40] + 1) % 3
+    with pytest.raises(ValueError) as e:
+        from_arrays((x, y), (xv, yv), (leaked_x, leaked_y))
+    assert str(e.value) == (
+        "Samples appear in more than one part (inputs equal byte for byte): 4 of the 15 test "
+        "samples are copies of train samples (test [1, 4, 6, ...] = train [10, 20, 30, ...]), "
+        "1 of them under another label. Scores on copies of training samples measure memory, "
+        "not transfer; an input under another label is still the same input. Remove the "
+        "copies from all parts but one (copies within one part are fine); where this library "
+        "splits a part off (test=None, no x_val, no val/ folder), it keeps each input's copies "
+        "in one part.")
+    shared = xv.copy()
+    shared[2] = xt[5]
+    with pytest.raises(ValueError) as e:
+        from_arrays((x, y), (shared, yv), (xt, yt))
+    assert str(e.value) == (
+        "Samples appear in more than one part (inputs equal byte for byte): 1 of the 15 test "
+        "samples is a copy of a validation sample (test [5] = validation [2]). The verdict "
+        "would be chosen and reported partly on the same samples. Remove the copies from all "
+        "parts but one (copies within one part are fine); where this library splits a part "
+        "off (test=None, no x_val, no val/ folder), it keeps each input's copies in one part.")
+    # The same values in another dtype are the same input (uint8 train, float32 test).
+    pixels = np.round(np.clip(x, 0, 1) * 255).astype(np.uint8)
+    as_float = np.round(np.clip(xt, 0, 1) * 255).astype(np.float32)
+    as_float[0], float_y = pixels[7], yt.copy()
+    float_y[0] = y[7]
+    with pytest.raises(ValueError, match=r"^Samples appear in more than one part \(inputs "
+                                         r"equal byte for byte\): 1 of the 15 test samples is "
+                                         r"a copy of a train sample \(test \[0\] = train "
+                                         r"\[7\]\)\. Scores"):
+        from_arrays((pixels, y), (np.round(np.clip(xv, 0, 1) * 255), yv), (as_float, float_y))
+    # Copies within one part are fine.
+    data = from_arrays((np.concatenate([x, x[:5]]), np.concatenate([y, y[:5]])), (xv, yv),
+                       (xt, yt))
+    assert len(data.x_train) == 65
+
+
+def test_copies_within_train_stay_in_one_part_when_a_part_is_split_off(arrays, tmp_path):
+    """Where this module splits a part off train, an input and its exact copies go to the same
+    part (a held-out copy of a kept sample would be scored as unseen), and the description
+    says so. Without copies the split is sklearn's, as before (same seeds, same parts)."""
+    from sklearn.model_selection import train_test_split
+
+    (x, y), (xv, yv), _ = arrays
+    plain = from_arrays((x, y), (xv, yv), None, seed=0)
+    kept, held, _, _ = train_test_split(x, y, test_size=0.2, random_state=0, stratify=y)
+    assert np.array_equal(plain.x_train, kept) and np.array_equal(plain.x_test, held)
+    copies_x = np.concatenate([x, x[:10], x[:2]])
+    copies_y = np.concatenate([y, y[:10], y[:2]])
+    data = from_arrays((copies_x, copies_y), (xv, yv), None, seed=0)
+    assert data.description == (
+        "data: arrays\n  test: 20% of train, split with seed 0\n  train: 12 samples are exact "
+        "copies of others; each input's copies were kept in one part")
+    train_keys = {row.tobytes() for row in data.x_train}
+    assert not any(row.tobytes() in train_keys for row in data.x_test)
+    assert len(data.x_train) + len(data.x_test) == 72 and len(np.unique(
+        data.x_test.reshape(len(data.x_test), -1), axis=0)) == 12
+    # A folder holding the same image file twice (or more): split 60/20/20 without a fault.
+    _png_folder(tmp_path / "images", classes=3, per_class=10, size=8)
+    for c in range(3):
+        for i in range(4):
+            shutil.copy(tmp_path / "images" / f"class_{c}" / "0.png",
+                        tmp_path / "images" / f"class_{c}" / f"copy_{i}.png")
+    folder = load_data(f"folder:{tmp_path / 'images'}", seed=0)
+    assert folder.description.splitlines()[-1] == (
+        "  the folder: 12 samples are exact copies of others; each input's copies were kept "
+        "in one part")
+    train_keys = {row.tobytes() for row in folder.x_train}
+    assert not any(row.tobytes() in train_keys
+                   for row in np.concatenate([folder.x_val, folder.x_test]))
+
+
 def test_python_api_errors_name_its_arguments_and_data_seeds_needs_a_built_in_split(
         arrays, source4, tmp_path, capsys):
     """Found by the second fresh-user test: which_blocks' resume and resource errors named

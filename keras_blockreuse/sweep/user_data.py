@@ -5,7 +5,14 @@ The data is used as given: no shift, no rescaling, no resizing unless asked (`im
 Missing parts are split from the training set, seeded (`seed`) and stratified when the labels
 are integer classes: validation (a fifth of train) where none is given, test (a fifth of what
 is left) where none is given. A folder without `train/`, `val/`, `test/` sub-folders is split
-60 / 20 / 20.
+60 / 20 / 20. Such a split keeps an input and its exact copies (duplicate files, repeated
+arrays) in one part, and the description says how many copies there were.
+
+Parts that share samples are refused: an input found, byte for byte (in the parts' common
+dtype), in train and in validation or test, or in validation and in test, under the same label
+or another, would have the verdict measured partly on training samples or chosen and reported
+on the same ones. The error says which parts share how many samples, with their indices.
+Copies within one part are fine. Hashing costs about 0.1 s per 60,000 28x28 images.
 
 Example:
 
@@ -132,7 +139,8 @@ def from_arrays(train, validation, test=None, seed: int = 0,
 
     Raises:
         DataError: a part that is not an `(x, y)` pair or dataset, x and y of different
-            lengths, an infinite dataset, or inputs of different shapes across the parts.
+            lengths, an infinite dataset, inputs of different shapes across the parts, or
+            samples two parts share (see the module docstring).
     """
     if validation is None:
         raise DataError("validation is required: it chooses the winning policy (the test set "
@@ -141,8 +149,8 @@ def from_arrays(train, validation, test=None, seed: int = 0,
     x_val, y_val = _pair(validation, "validation")
     facts = [description]
     if test is None:
-        (x_train, y_train), (x_test, y_test) = _split(x_train, y_train, seed, "train")
         facts.append(f"  test: {HELD_OUT_FRACTION:.0%} of train, split with seed {seed}")
+        (x_train, y_train), (x_test, y_test) = _split(x_train, y_train, seed, "train", facts=facts)
     else:
         x_test, y_test = _pair(test, "test")
     return _checked(x_train, y_train, x_val, y_val, x_test, y_test, "\n".join(facts))
@@ -161,7 +169,7 @@ def load_data(spec: str, seed: int = 0, image_size: Sequence[int] | None = None)
 
     Raises:
         DataError: a missing or malformed file or folder, images of several sizes without
-            `image_size`, or classes too small to split.
+            `image_size`, classes too small to split, or samples two parts share.
     """
     kind, _, path = str(spec).partition(":")
     if kind == "npz":
@@ -260,6 +268,7 @@ def _checked(x_train, y_train, x_val, y_val, x_test, y_test, description,
                        if {a, b} == {"validation", "test"} else
                        "scores on them would measure memory, not transfer. ")
                     + "Pass distinct parts (or test=None to hold a fifth of train out).")
+    _check_overlap(parts)
     if x_train.dtype.kind in "iub":
         x_train, x_val, x_test = (x.astype(np.float32) for x in (x_train, x_val, x_test))
     return TargetData(x_train, y_train, x_val, y_val, x_test, y_test, description, class_names)
@@ -300,18 +309,101 @@ def _is_classes(y: np.ndarray) -> bool:
     return y.dtype.kind in "iu" and (y.ndim == 1 or (y.ndim == 2 and y.shape[1] == 1))
 
 
-def _split(x, y, seed: int, name: str, fraction: float = HELD_OUT_FRACTION):
-    """`((x_kept, y_kept), (x_held, y_held))`, stratified for class labels."""
+def _split(x, y, seed: int, name: str, fraction: float = HELD_OUT_FRACTION, facts=None):
+    """`((x_kept, y_kept), (x_held, y_held))`, stratified for class labels. Samples whose
+    inputs are equal byte for byte stay on one side: a held-out copy of a kept sample would be
+    scored as unseen. Without such copies the split is sklearn's `train_test_split` of the
+    samples; with them, of the distinct inputs (each copy follows its first), and a line of
+    `facts` says so."""
     from sklearn.model_selection import train_test_split
 
-    stratify = y.reshape(-1) if _is_classes(y) else None
+    keys = _sample_keys(x)
+    members: dict[bytes, list[int]] = {}
+    for i, key in enumerate(keys):
+        members.setdefault(key, []).append(i)
+    firsts = np.array([group[0] for group in members.values()], dtype=np.int64)
+    stratify = y.reshape(-1)[firsts] if _is_classes(y) else None
     try:
-        x_kept, x_held, y_kept, y_held = train_test_split(
-            x, y, test_size=fraction, random_state=seed, stratify=stratify)
+        kept, held = train_test_split(firsts, test_size=fraction, random_state=seed,
+                                      stratify=stratify)
     except ValueError as error:
         raise DataError(f"Cannot split {fraction:.0%} of {name} ({len(y)} samples) off: "
                         f"{error}. Give that part explicitly.") from None
-    return (x_kept, y_kept), (x_held, y_held)
+    if len(firsts) < len(x):
+        group = {g[0]: g for g in members.values()}
+        kept, held = (np.array([i for f in side for i in group[int(f)]], dtype=np.int64)
+                      for side in (kept, held))
+        fact = f"  {name}: "
+        if facts is not None and not any(f.startswith(fact) for f in facts):
+            facts.append(f"{fact}{len(x) - len(firsts)} samples are exact copies of others; "
+                         "each input's copies were kept in one part")
+    return (x[kept], y[kept]), (x[held], y[held])
+
+
+def _sample_keys(x: np.ndarray) -> list[bytes]:
+    """One digest per sample of its input's bytes (blake2b, 16 bytes); the shape and dtype
+    are the array's, shared by every sample. Object arrays get their index (no bytes to
+    compare): they are never taken as copies."""
+    import hashlib
+
+    if x.dtype.kind == "O":
+        return [i.to_bytes(8, "little") + b"object" for i in range(len(x))]
+    rows = np.ascontiguousarray(x).reshape(len(x), -1)
+    return [hashlib.blake2b(row.tobytes(), digest_size=16).digest() for row in rows]
+
+
+def _check_overlap(parts) -> None:
+    """Refuses inputs that two parts share, byte for byte: a validation or test sample that is
+    also a training sample scores memory, and one shared by validation and test is chosen on
+    and reported on. Copies within one part are fine. A copy under another label is a copy
+    too (counted in the message): the same input is still the same input."""
+    if any(x.dtype.kind == "O" for _, x, _ in parts):
+        return
+    dtype = np.result_type(*(x.dtype for _, x, _ in parts))
+    xs = {name: x.astype(dtype, copy=False) for name, x, _ in parts}
+    keys = {name: _sample_keys(xs[name]) for name in xs}
+    found = []
+    for i, (a, _, ya) in enumerate(parts):
+        first: dict[bytes, int] = {}
+        for j, key in enumerate(keys[a]):
+            first.setdefault(key, j)
+        for b, _, yb in parts[i + 1:]:
+            pairs = np.array([(first[k], j) for j, k in enumerate(keys[b]) if k in first],
+                             dtype=np.int64).reshape(-1, 2)
+            if not len(pairs):
+                continue
+            ia, ib = pairs[:, 0], pairs[:, 1]
+            same = (xs[a][ia].reshape(len(ia), -1) == xs[b][ib].reshape(len(ib), -1)).all(1)
+            ia, ib = ia[same], ib[same]
+            if len(ia):
+                relabelled = int((ya[ia].reshape(len(ia), -1)
+                                  != yb[ib].reshape(len(ib), -1)).any(1).sum())
+                found.append((a, b, ia, ib, relabelled))
+    if not found:
+        return
+    def shown(index):
+        return "[" + ", ".join(map(str, index[:3].tolist())) + (", ...]" if len(index) > 3
+                                                                else "]")
+
+    said = []
+    for a, b, ia, ib, relabelled in found:
+        said.append(f"{len(ib)} of the {len(xs[b])} {b} samples "
+                    + (f"is a copy of a {a} sample" if len(ib) == 1 else
+                       f"are copies of {a} samples") + f" ({b} {shown(ib)} = {a} {shown(ia)})"
+                    + (f", {relabelled} of them under another label" if relabelled else ""))
+    why = []
+    if any(a == "train" for a, *_ in found):
+        why.append("scores on copies of training samples measure memory, not transfer")
+    if any(b == "test" and a == "validation" for a, b, *_ in found):
+        why.append("the verdict would be chosen and reported partly on the same samples")
+    if any(r for *_, r in found):
+        why.append("an input under another label is still the same input")
+    raise DataError(
+        "Samples appear in more than one part (inputs equal byte for byte): "
+        + "; ".join(said) + ". " + "; ".join(why).capitalize() + ". Remove the copies from "
+        "all parts but one (copies within one part are fine); where this library splits a "
+        "part off (test=None, no x_val, no val/ folder), it keeps each input's copies in one "
+        "part.")
 
 
 def _resize(x: np.ndarray, image_size, name: str) -> np.ndarray:
@@ -347,8 +439,8 @@ def _load_npz(path: str, seed: int, image_size) -> TargetData:
     if "x_val" in arrays:
         val = (arrays["x_val"], arrays["y_val"])
     else:
-        train, val = _split(*train, seed, "x_train")
         facts.append(f"  validation: {HELD_OUT_FRACTION:.0%} of train, split with seed {seed}")
+        train, val = _split(*train, seed, "x_train", facts=facts)
     test = (arrays["x_test"], arrays["y_test"])
     for (x, y), name in ((train, "train"), (val, "validation"), (test, "test")):
         if len(x) != len(y):
@@ -381,22 +473,22 @@ def _load_folder(path: str, seed: int, image_size) -> TargetData:
         facts.append(f"  resized to {size[0]}x{size[1]}")
     loaded = {name: _read_folder(root, classes, size) for name, root in roots.items()}
     if not parts:
-        (x, y), (x_test, y_test) = _split(*loaded["all"], seed, "the folder")
-        (x, y), (x_val, y_val) = _split(x, y, seed, "the folder", fraction=0.25)
         facts.append(f"  no train/, val/, test/ folders: 60/20/20 stratified split with seed "
                      f"{seed}")
+        (x, y), (x_test, y_test) = _split(*loaded["all"], seed, "the folder", facts=facts)
+        (x, y), (x_val, y_val) = _split(x, y, seed, "the folder", fraction=0.25, facts=facts)
         return _checked(x, y, x_val, y_val, x_test, y_test, "\n".join(facts), tuple(classes))
     x, y = loaded["train"]
     if "val" in loaded:
         x_val, y_val = loaded["val"]
     else:
-        (x, y), (x_val, y_val) = _split(x, y, seed, "train/")
         facts.append(f"  validation: {HELD_OUT_FRACTION:.0%} of train/, split with seed {seed}")
+        (x, y), (x_val, y_val) = _split(x, y, seed, "train/", facts=facts)
     if "test" in loaded:
         x_test, y_test = loaded["test"]
     else:
-        (x, y), (x_test, y_test) = _split(x, y, seed, "train/")
         facts.append(f"  test: {HELD_OUT_FRACTION:.0%} of train/, split with seed {seed}")
+        (x, y), (x_test, y_test) = _split(x, y, seed, "train/", facts=facts)
     return _checked(x, y, x_val, y_val, x_test, y_test, "\n".join(facts), tuple(classes))
 
 
