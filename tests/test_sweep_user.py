@@ -750,6 +750,108 @@ def test_copies_within_train_stay_in_one_part_when_a_part_is_split_off(arrays, t
                    for row in np.concatenate([folder.x_val, folder.x_test]))
 
 
+def _image_folder(root, modes, size=8):
+    """train/, val/, test/ folders of 2 classes, one PNG each per mode; returns the pixels
+    of each file in the order the folder is read (part, class, file name)."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    pixels = {}
+    for part in ("train", "val", "test"):
+        for c in range(2):
+            os.makedirs(root / part / f"class_{c}")
+            for i, mode in enumerate(modes):
+                bands = {"L": 1, "LA": 2, "RGB": 3, "RGBA": 4}[mode]
+                values = rng.integers(0, 256, size=(size, size, bands), dtype=np.uint8)
+                Image.fromarray(values[..., 0] if bands == 1 else values, mode).save(
+                    root / part / f"class_{c}" / f"{i}.png")
+                pixels.setdefault(part, []).append(values)
+    return pixels
+
+
+def test_an_image_folder_is_read_with_the_channels_its_images_have(tmp_path):
+    """Found by a fresh-user check: keras reads every folder as RGB, so a folder of greyscale
+    PNGs became 3-channel data, and a pretrained model taking 1 channel failed with a kernel
+    shape error that blamed a block. Greyscale folders are read as 1 channel, colour ones as 3
+    (an alpha channel dropped), a mix as 3; the description says which and why."""
+    grey = _image_folder(tmp_path / "grey", ["L", "L"])
+    data = load_data(f"folder:{tmp_path / 'grey'}")
+    assert data.input_shape == (8, 8, 1)
+    assert data.description.splitlines()[1] == (
+        "  images read as greyscale (1 channel): every image in the folder is greyscale")
+    for part, x in (("train", data.x_train), ("val", data.x_val), ("test", data.x_test)):
+        np.testing.assert_array_equal(x, np.stack(grey[part]).astype(np.float32))
+    colour = _image_folder(tmp_path / "colour", ["RGB", "RGBA"])
+    data = load_data(f"folder:{tmp_path / 'colour'}")
+    assert data.input_shape == (8, 8, 3)
+    assert data.description.splitlines()[1] == (
+        "  images read as RGB (3 channels): every image in the folder is in colour; 6 of the "
+        "12 images carry an alpha channel, dropped")
+    np.testing.assert_array_equal(data.x_val, np.stack([v[..., :3] for v in colour["val"]]))
+    mixed = _image_folder(tmp_path / "mixed", ["L", "RGB", "LA"])
+    data = load_data(f"folder:{tmp_path / 'mixed'}")
+    assert data.input_shape == (8, 8, 3)
+    assert data.description.splitlines()[1] == (
+        "  images read as RGB (3 channels): the folder mixes 12 greyscale images (such as "
+        "train/class_0/0.png) with 6 in colour; the greyscale ones are repeated to 3 channels; "
+        "6 of the 18 images carry an alpha channel, dropped")
+    first, second, third = mixed["test"][:3]
+    np.testing.assert_array_equal(data.x_test[0], np.repeat(first, 3, axis=-1))
+    np.testing.assert_array_equal(data.x_test[1], second)
+    np.testing.assert_array_equal(data.x_test[2], np.repeat(third[..., :1], 3, axis=-1))
+
+
+def test_a_greyscale_folder_reaches_a_one_channel_model_and_its_source(source4, tmp_path):
+    """Through the command line's path (--data folder:..., --model, --source): the greyscale
+    images make a 1-channel model, into which the 1-channel source's block_1 transfers (read
+    as RGB, block_1 was fixed to reinit: 'does not fit the source'), and a trial trains."""
+    from keras_blockreuse.sweep.inputs import from_settings
+    from keras_blockreuse.sweep.options import build_parser, settings_from_args
+
+    _image_folder(tmp_path / "grey", ["L"] * 4)
+    settings = settings_from_args(build_parser().parse_args(
+        ["--model", BUILDER, "--source", source4, "--data", f"folder:{tmp_path / 'grey'}",
+         "--out", str(tmp_path / "out")]))
+    inputs = from_settings(settings)
+    assert inputs.data.input_shape == (8, 8, 1)
+    assert inputs.blocks == ["block_1", "block_2"] and list(inputs.fixed) == ["head"]
+    reports = []
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(tune, "report", lambda metrics, **kw: reports.append(dict(metrics)))
+        train_trial({"policy": "block_1=frozen,block_2=tuned", "seed": 0, "epochs": 1},
+                    data=inputs.data, source=inputs.snapshot, recipe=inputs.recipe)
+    assert [r["epoch"] for r in reports] == [1] and 0 <= reports[-1]["test_accuracy"] <= 1
+
+
+def test_a_greyscale_folder_is_repeated_to_rgb_for_a_keras_application(tmp_path):
+    """A keras.applications family takes RGB: its ImageNet stem has 3 input channels and
+    ResNet's or VGG's preprocess_input indexes 3 channels (IndexError on 1). Greyscale folder
+    images are repeated to 3 channels for it, so the stem still transfers, and the data's
+    description says so."""
+    from keras_blockreuse.sweep.inputs import from_settings
+    from keras_blockreuse.sweep.options import build_parser, settings_from_args
+
+    grey = _image_folder(tmp_path / "grey", ["L"] * 3, size=32)
+    keras.utils.set_random_seed(3)
+    weights = str(tmp_path / "mobilenet_v2.weights.h5")
+    keras.applications.MobileNetV2(input_shape=(32, 32, 3), alpha=0.35, weights=None,
+                                   classes=10).save_weights(weights)
+    settings = settings_from_args(build_parser().parse_args(
+        ["--model", "mobilenet_v2", "--model-args", "alpha=0.35", "--source", weights,
+         "--data", f"folder:{tmp_path / 'grey'}", "--blocks", "stem", "--out",
+         str(tmp_path / "out")]))
+    inputs = from_settings(settings)
+    assert inputs.data.input_shape == (32, 32, 3)
+    assert inputs.blocks[0] == "stem" and "stem" not in inputs.fixed
+    assert inputs.data.description.splitlines()[1:] == [
+        "  images read as greyscale (1 channel): every image in the folder is greyscale",
+        "  greyscale repeated to 3 channels: mobilenet_v2 takes RGB (its ImageNet weights and "
+        "preprocess_input)"]
+    expected = keras.applications.mobilenet_v2.preprocess_input(
+        np.repeat(np.stack(grey["val"]).astype(np.float32), 3, axis=-1))
+    np.testing.assert_array_equal(inputs.data.x_val, expected)
+
+
 def test_python_api_errors_name_its_arguments_and_data_seeds_needs_a_built_in_split(
         arrays, source4, tmp_path, capsys):
     """Found by the second fresh-user test: which_blocks' resume and resource errors named

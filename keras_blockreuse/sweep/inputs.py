@@ -333,6 +333,8 @@ def from_settings(settings) -> UserInputs | None:
 
         data = load_data(settings.data, seed=settings.data_seed, image_size=settings.image_size)
         if kind == "application":
+            data = data.as_rgb(f"{settings.model} takes RGB (its ImageNet weights and "
+                               "preprocess_input)")
             data = data.preprocessed(preprocess_function(settings.model))
     else:
         from keras_blockreuse.sweep.data import make_task

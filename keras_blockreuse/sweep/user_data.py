@@ -14,6 +14,12 @@ or another, would have the verdict measured partly on training samples or chosen
 on the same ones. The error says which parts share how many samples, with their indices.
 Copies within one part are fine. Hashing costs about 0.1 s per 60,000 28x28 images.
 
+An image folder is read with the channels its images have (from their headers): 1 channel
+where every image is greyscale, else 3 (RGB; greyscale images among colour ones repeated to 3
+channels). An alpha channel is dropped (pretrained image models take 1 or 3 channels). The
+description says what was read. For a keras.applications family (`--model resnet50`), which
+takes RGB, the sweep repeats greyscale images to 3 channels (`TargetData.as_rgb`).
+
 Example:
 
 ```python
@@ -115,6 +121,15 @@ class TargetData:
             return self  # the loss says what it needs (api: "needs integer class labels")
         _check_classes(*ys)
         return dataclasses.replace(self, y_train=ys[0], y_val=ys[1], y_test=ys[2])
+
+    def as_rgb(self, why: str) -> TargetData:
+        """Greyscale images `(height, width, 1)` repeated to 3 channels, and `why` in the
+        description; other inputs as they are."""
+        if len(self.input_shape) != 3 or self.input_shape[-1] != 1:
+            return self
+        data = self.preprocessed(lambda x: np.repeat(x, 3, axis=-1))
+        return dataclasses.replace(data, description=f"{self.description}\n  greyscale "
+                                   f"repeated to 3 channels: {why}")
 
     def preprocessed(self, function) -> TargetData:
         """The same data with `function` applied to every split's inputs."""
@@ -468,10 +483,18 @@ def _load_folder(path: str, seed: int, image_size) -> TargetData:
         if unknown:
             raise DataError(f"folder data {path!r}: {name}/ has classes {unknown} that "
                             "train/ lacks.")
-    size = tuple(image_size) if image_size is not None else _common_size(files, path)
+    sizes, colours = _headers(files)
+    size = tuple(image_size) if image_size is not None else _common_size(sizes, path)
     if image_size is not None:
         facts.append(f"  resized to {size[0]}x{size[1]}")
-    loaded = {name: _read_folder(root, classes, size) for name, root in roots.items()}
+    color_mode, fact = _color_mode(colours, path)
+    facts.append(fact)
+    # TensorFlow decodes GIF and BMP to 3 channels only; a grey image's three are equal.
+    via_rgb = color_mode == "grayscale" and any(
+        not p.lower().endswith((".png", ".jpg", ".jpeg"))
+        for found in colours.values() for p in found)
+    loaded = {name: _read_folder(root, classes, size, "rgb" if via_rgb else color_mode, via_rgb)
+              for name, root in roots.items()}
     if not parts:
         facts.append(f"  no train/, val/, test/ folders: 60/20/20 stratified split with seed "
                      f"{seed}")
@@ -505,16 +528,59 @@ def _image_files(root: str) -> dict[str, list[str]]:
     return out
 
 
-def _common_size(files: dict, path: str) -> tuple[int, int]:
-    """The one (height, width) of every image (read from the headers)."""
+def _headers(files: dict) -> tuple[dict, dict]:
+    """`(sizes, colours)` of every image (read from the headers): each `(height, width)` with
+    the first image of that size, and each colour kind (`_colour`) with its images."""
     from PIL import Image
 
     sizes: dict[tuple[int, int], str] = {}
+    colours: dict[tuple[str, bool], list[str]] = {}
     for found in files.values():
         for paths in found.values():
             for p in paths:
                 with Image.open(p) as image:
                     sizes.setdefault((image.height, image.width), p)
+                    colours.setdefault(_colour(image), []).append(p)
+    return sizes, colours
+
+
+def _colour(image) -> tuple[str, bool]:
+    """`("grey" or "colour", has alpha)`: greyscale modes (1, L, LA, I, F) and palettes of
+    greys are grey; the rest (RGB, RGBA, CMYK, coloured palettes, ...) are colour."""
+    bands = image.getbands()
+    alpha = "A" in bands or (bands[0] == "P" and "transparency" in image.info)
+    kind = "grey" if bands[0] in ("1", "L", "I", "F") else "colour"
+    if bands[0] == "P":
+        palette = np.array(image.getpalette() or [], dtype=np.int64).reshape(-1, 3)
+        kind = "grey" if np.all(palette == palette[:, :1]) else "colour"
+    return kind, alpha
+
+
+def _color_mode(colours: dict, path: str) -> tuple[str, str]:
+    """`(color_mode, fact)`: "grayscale" (1 channel) where every image is greyscale, else
+    "rgb" (3 channels: greyscale images repeated to 3). An alpha channel is dropped (pretrained
+    image models take 1 or 3 channels); the fact says what was read and why."""
+    count = {kind: sum(len(p) for (k, _), p in colours.items() if k == kind)
+             for kind in ("grey", "colour")}
+    alpha = sum(len(p) for (_, a), p in colours.items() if a)
+    total = count["grey"] + count["colour"]
+    dropped = (f"; {alpha} of the {total} images carry an alpha channel, dropped" if alpha
+               else "")
+    if not count["colour"]:
+        return "grayscale", ("  images read as greyscale (1 channel): every image in the folder "
+                             f"is greyscale{dropped}")
+    if not count["grey"]:
+        return "rgb", ("  images read as RGB (3 channels): every image in the folder is in "
+                       f"colour{dropped}")
+    example = os.path.relpath(next(p for (k, _), ps in colours.items() if k == "grey"
+                                   for p in ps), path)
+    return "rgb", (f"  images read as RGB (3 channels): the folder mixes {count['grey']} "
+                   f"greyscale images (such as {example}) with {count['colour']} in colour; "
+                   f"the greyscale ones are repeated to 3 channels{dropped}")
+
+
+def _common_size(sizes: dict, path: str) -> tuple[int, int]:
+    """The one (height, width) of every image."""
     if len(sizes) > 1:
         shown = ", ".join(f"{h}x{w} ({os.path.relpath(p, path)})"
                           for (h, w), p in list(sizes.items())[:3])
@@ -523,14 +589,17 @@ def _common_size(files: dict, path: str) -> tuple[int, int]:
     return next(iter(sizes))
 
 
-def _read_folder(root: str, classes: list[str], size) -> tuple[np.ndarray, np.ndarray]:
+def _read_folder(root: str, classes: list[str], size, color_mode: str = "rgb",
+                 first_channel: bool = False) -> tuple[np.ndarray, np.ndarray]:
     import keras
 
     try:
         dataset = keras.utils.image_dataset_from_directory(
             root, labels="inferred", label_mode="int", class_names=classes,
-            image_size=tuple(size), batch_size=None, shuffle=False, verbose=False)
+            color_mode=color_mode, image_size=tuple(size), batch_size=None, shuffle=False,
+            verbose=False)
         pairs = list(dataset.as_numpy_iterator())
     except Exception as error:  # unreadable images: name the folder
         raise DataError(f"folder data {root!r} could not be read: {error}") from error
-    return np.stack([p[0] for p in pairs]).astype(np.float32), np.array([p[1] for p in pairs])
+    x = np.stack([p[0] for p in pairs]).astype(np.float32)
+    return (x[..., :1] if first_channel else x), np.array([p[1] for p in pairs])
