@@ -350,6 +350,112 @@ def test_a_layer_that_saves_blocks_while_keras_walks_it_does_not_hang(tmp_path):
     assert saving_lib.get_attr_skipset is before
 
 
+# --- a model whose own code makes Keras's saving walk fail ------------------------------------
+
+
+class Fragile(L.Dense):
+    """A Dense whose `fails` (set once built and saved) makes one of the calls Keras's saving
+    walk makes on it raise, as a custom layer's own code can."""
+
+    fails = None
+
+    def __dir__(self):
+        if self.fails == "__dir__":
+            raise RuntimeError("__dir__ failed")
+        return super().__dir__()
+
+    def _obj_type(self):
+        if self.fails == "_obj_type":
+            raise RuntimeError("_obj_type failed")
+        if self.fails == "_obj_type unknown to Keras":
+            return "Fragile"
+        return super()._obj_type()
+
+    def __getattr__(self, name):  # a layer that looks attributes up in a table of its own
+        if self.__dict__.get("fails") == "__getattr__":
+            raise KeyError("__getattr__ failed")
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
+
+WALK = ("The model's own code raised this in Keras's saving walk, which model.save_weights "
+        "also runs, and fails the same way; its layers cannot be paired with Keras's "
+        "structural paths without it.")
+FAILURES = {
+    "__dir__": (RuntimeError, "at 'layers/fragile' (Fragile), RuntimeError: __dir__ failed"),
+    "_obj_type": (RuntimeError, "at 'layers/fragile' (Fragile), RuntimeError: _obj_type failed"),
+    "_obj_type unknown to Keras": (
+        ValueError, "at 'layers/fragile' (Fragile), ValueError: get_attr_skipset got invalid "
+        "obj_type='Fragile'. Accepted values for `obj_type` are ['Operation', 'Layer', "
+        "'Functional', 'Sequential', 'Metric', 'Optimizer', 'Loss', 'Cross', 'Feature']"),
+    "__getattr__": (KeyError, "at or after 'layers/fragile', KeyError: '__getattr__ failed'"),
+}
+
+
+def fragile(name):
+    return keras.Sequential([keras.Input((4,)), L.Dense(3), Fragile(2)], name=name)
+
+
+@pytest.mark.parametrize("fails", list(FAILURES))
+def test_a_model_whose_own_code_fails_keras_saving_walk_gets_one_chained_error(tmp_path, fails):
+    """A custom layer whose `__dir__`, `_obj_type` or `__getattr__` raises made Keras's saving
+    walk fail (Keras's own save_weights fails too): the walk's own part of it reached the user
+    raw from deep inside (`RuntimeError: __dir__ failed`), its dry run of Keras's saver as a
+    `BlockFileError` not chained. Now one `BlockMismatchError` naming the model and the object,
+    chained to the original error, from load_blocks (the model, or source_model=) and
+    save_blocks; a failed load changes no weight."""
+    error, where = FAILURES[fails]
+    source = fragile("f")
+    randomize(source, seed=3)
+    path = str(tmp_path / "m.weights.h5")
+    source.save_weights(path)
+    blocks = save_blocks(source, tmp_path / "m.blocks.h5")
+    unnamed = str(tmp_path / "unnamed.weights.h5")
+    shutil.copy(path, unnamed)
+    strip_name_attributes(unnamed)  # pairs through source_model='s structure only
+    keras.backend.clear_session(free_memory=False)
+    target, other = fragile("t"), fragile("s")  # `dense`, `fragile`; `dense_1`, `fragile_1`
+    target.layers[-1].fails = other.layers[-1].fails = fails
+    with pytest.raises(error):
+        target.save_weights(str(tmp_path / "keras.weights.h5"))  # Keras's own saver fails
+    before = snapshot(target)
+    for model, load in [("t", lambda: load_blocks(target, path)),
+                        ("t", lambda: load_blocks(target, blocks)),
+                        ("s", lambda: load_blocks(target, other)),
+                        ("s", lambda: load_blocks(target, unnamed, source_model=other)),
+                        ("t", lambda: save_blocks(target, tmp_path / "t.blocks.h5"))]:
+        with pytest.raises(BlockMismatchError) as e:
+            load()
+        assert str(e.value) == (
+            f"Cannot walk model {model!r} the way Keras saves it: {where}. {WALK}")
+        assert isinstance(e.value.__cause__, error)
+    assert_same(before, snapshot(target))
+    assert not os.path.exists(tmp_path / "t.blocks.h5")
+
+
+def test_errors_from_inside_keras_saving_walk_are_wrapped_once_or_not_at_all(tmp_path):
+    """This library's own errors (user code that loads blocks) and KeyboardInterrupt pass
+    through the walk as they are."""
+
+    class Raising(L.Dense):
+        raises = None
+
+        def __dir__(self):
+            if self.raises is not None:
+                raise self.raises
+            return super().__dir__()
+
+    model = keras.Sequential([keras.Input((4,)), L.Dense(3), Raising(2)])
+    path = str(tmp_path / "m.weights.h5")
+    model.save_weights(path)
+    before = snapshot(model)
+    for raised in (BlockFileError("inner.blocks.h5: damaged"), KeyboardInterrupt()):
+        model.layers[-1].raises = raised
+        with pytest.raises(type(raised)) as e:
+            load_blocks(model, path)
+        assert e.value is raised
+    assert_same(before, snapshot(model))
+
+
 def test_file_kinds(vgg_files, tmp_path):
     _, _, files = vgg_files
     assert keras_file_kind(files["weights"]) == "weights"

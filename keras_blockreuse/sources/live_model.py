@@ -74,7 +74,8 @@ class ModelSource(Source):
 
     def _keras_paths(self) -> dict[int, str]:
         """`id(layer) -> Keras structural path`, from one walk of the model (empty when its
-        saving walk cannot be reproduced: its layers then pair by name and order)."""
+        saving walk cannot be reproduced: its layers then pair by name and order; a walk that
+        the model's own code makes fail raises `BlockMismatchError`)."""
         if self._paths is None:
             from keras_blockreuse.errors import BlockFileError
             from keras_blockreuse.sources.structure import keras_structure

@@ -28,7 +28,8 @@ from collections.abc import Iterator, Mapping
 import keras
 
 from keras_blockreuse.blocks import iter_units, weighted_layers
-from keras_blockreuse.errors import BlockFileError
+from keras_blockreuse.errors import BlockFileError, BlockMismatchError
+from keras_blockreuse.safety import _short
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,10 +61,20 @@ def keras_structure(model, names: Mapping[str, str] | None = None) -> list[Unit]
             names (a file's recorded names, for a model rebuilt with fresh automatic names).
 
     Raises:
-        BlockFileError: the model cannot be walked the way Keras saves it.
+        BlockMismatchError: the model's own code fails when walked the way Keras saves it
+            (a custom object whose `__dir__`, `_obj_type` or `__getattr__` raises): Keras's
+            `save_weights` fails on it too. The message names the object; the error is
+            chained to the original one.
+        BlockFileError: the walk cannot be reproduced (its paths differ from Keras's).
     """
     with _skip_sets_kept():
-        found = _walk(model)
+        at: list[tuple[str, object]] = []  # the objects being walked, innermost last
+        try:
+            found = _walk(model, at)
+        except (BlockFileError, BlockMismatchError):
+            raise
+        except Exception as e:
+            raise walk_failed(model, _place(at[-1]) if at else "", e) from e
         expected = _dry_run(model)
     if set(found) != expected:
         raise BlockFileError(
@@ -139,13 +150,30 @@ def split_counter(key: str) -> tuple[str, int]:
 # --- the walk ---------------------------------------------------------------------------------
 
 
-def _walk(model) -> dict[str, object]:
-    """`structural path -> object` for every object `_save_state` would save variables for."""
+def walk_failed(model, where: str, error: Exception) -> BlockMismatchError:
+    """The error for a model whose saving walk raised `error` (`where`: `at 'layers/x'
+    (MyLayer)`, or `""`): one message for both walks of `keras_structure`; the caller
+    chains it (`raise ... from error`)."""
+    return BlockMismatchError(
+        f"Cannot walk model {model.name!r} the way Keras saves it: "
+        f"{where + ', ' if where else ''}{type(error).__name__}: {_short(error)}. The model's "
+        "own code raised this in Keras's saving walk, which model.save_weights also runs, and "
+        "fails the same way; its layers cannot be paired with Keras's structural paths "
+        "without it."
+    )
+
+
+def _walk(model, at: list[tuple[str, object]] | None = None) -> dict[str, object]:
+    """`structural path -> object` for every object `_save_state` would save variables for.
+
+    `at`: a list that holds, while the walk runs, `(path, object)` for each object and
+    container being walked, innermost last: after a failure, where it failed."""
     from keras.src.saving import saving_lib
     from keras.src.saving.keras_saveable import KerasSaveable
 
     out: dict[str, object] = {}
     visited: set[int] = set()
+    at = [] if at is None else at
 
     def join(path: str, key: str) -> str:
         return f"{path}/{key}" if path else key
@@ -153,6 +181,7 @@ def _walk(model) -> dict[str, object]:
     def visit(saveable, path: str) -> None:
         if id(saveable) in visited:
             return
+        at.append((path, saveable))
         if hasattr(saveable, "save_own_variables"):
             out[path] = saveable
         visited.add(id(saveable))
@@ -161,17 +190,20 @@ def _walk(model) -> dict[str, object]:
                 visit(child, join(path, attr))
             elif isinstance(child, (list, dict, tuple)):
                 container(child, join(path, attr), set())
+        at.pop()
 
     def container(items, path: str, seen: set[int]) -> None:
         if id(items) in seen:
             return
         seen.add(id(items))
+        at.append((path, items))
         used: dict[str, int] = {}
         for item in list(items.values()) if isinstance(items, dict) else items:
             if isinstance(item, KerasSaveable):
                 visit(item, join(path, _unique(snake_case(item.__class__.__name__), used)))
             elif isinstance(item, (list, dict, tuple)):
                 container(item, join(path, _unique("container", used)), seen)
+        at.pop()
 
     visit(model, "")
     out.pop("", None)  # the model itself
@@ -233,6 +265,12 @@ def _skip_sets_kept() -> Iterator[None]:
             saving_lib.get_attr_skipset = compute
 
 
+def _place(walked: tuple[str, object]) -> str:
+    """`at 'layers/x' (MyLayer)`, `at the model itself (Sequential)`."""
+    path, obj = walked
+    return f"at {repr(path) if path else 'the model itself'} ({type(obj).__name__})"
+
+
 def _unique(name: str, used: dict[str, int]) -> str:
     if name in used:
         used[name] += 1
@@ -254,15 +292,19 @@ def _dry_run(model) -> set[str]:
 
         def make(self, path, metadata=None):
             self.paths.add(path)
+            self.last = path
             return {}
 
     recorder = Recorder()
+    recorder.last = None
     try:
         saving_lib._save_state(model, recorder, None, "", set())
+    except (BlockFileError, BlockMismatchError):
+        raise  # user code that saves or loads blocks, raising this library's own error
     except Exception as e:
-        raise BlockFileError(
-            f"Cannot walk model {model.name!r} the way Keras saves it: {type(e).__name__}: {e}"
-        ) from None
+        where = "" if recorder.last is None else (
+            f"at or after {repr(recorder.last) if recorder.last else 'the model itself'}")
+        raise walk_failed(model, where, e) from e
     recorder.paths.discard("")
     return recorder.paths
 
