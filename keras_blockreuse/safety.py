@@ -24,6 +24,7 @@ import inspect
 import math
 import os
 import posixpath
+import re
 import stat
 import tempfile
 import zipfile
@@ -338,7 +339,7 @@ def reading(where: str):
             raise
         raise BlockFileError(
             f"Cannot read {where}: it is damaged or not a weights file "
-            f"({type(e).__name__}: {_short(e)})"
+            f"({type(e).__name__}: {error_text(e)})"
         ) from e
 
 
@@ -351,7 +352,8 @@ def _raised_by_h5py(error: BaseException) -> bool:
     return tb is not None and "h5py" in tb.tb_frame.f_code.co_filename
 
 
-def _short(error: BaseException) -> str:
+def error_text(error: BaseException) -> str:
+    """`str(error)`, cut to 500 characters for a message that quotes it."""
     text = str(error)
     return text if len(text) <= 500 else text[:500] + "..."
 
@@ -497,7 +499,7 @@ def open_for_reading(file: str | os.PathLike | BinaryIO, where: str,
             return cls(file, "r", locking=locking)
         except OSError as e:
             if "file lock" not in str(e) and "lock file" not in str(e):  # not "superblock"
-                raise BlockFileError(f"Cannot read {where} as HDF5: {e}") from e
+                raise not_hdf5(file, where, e) from e
             if "unable to lock file" in str(e) and not checksummed:
                 raise BlockFileError(
                     f"Cannot read {where} now: another process holds it open for writing "
@@ -512,6 +514,66 @@ def open_for_reading(file: str | os.PathLike | BinaryIO, where: str,
         "with a lock held by another process, or this process holding it open in a way "
         "no read-only open can share."
     )
+
+
+HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+_EXPECTED = (".blocks.h5 files, and Keras .weights.h5 and .h5 files, are complete HDF5 files, "
+             f"starting with the HDF5 signature {HDF5_SIGNATURE!r}")
+
+
+def not_hdf5(path: str | os.PathLike, where: str, error: OSError | None = None
+             ) -> BlockFileError:
+    """The error for a file that cannot be read as HDF5, saying what it holds: its size and
+    first bytes, and what is expected. `error`: HDF5's, when it refused to open the file;
+    None when the file is empty or `h5py.is_hdf5` found no signature. One wording for every
+    reader (`BlockFile`, `open_for_reading`, `open_source`).
+
+    Example:
+
+    ```python
+    raise not_hdf5("m.blocks.h5", "block file m.blocks.h5")  # an empty file, or an HTML page
+    ```
+    """
+    path = os.fspath(path)
+    try:
+        size = os.path.getsize(path)
+        with open(path, "rb") as f:
+            start = f.read(16)
+    except OSError as e:
+        error = error or e
+        size, start = None, None
+    if start is None or (error is not None and "errno" in str(error)):
+        # the file itself cannot be read (permissions, I/O): the system's words say why
+        return BlockFileError(f"Cannot read {where} as HDF5: {error}")
+    if size == 0:
+        return BlockFileError(
+            f"{path!r} is empty (0 bytes), so it holds no weights; expected a .blocks.h5 "
+            "file or a Keras .weights.h5, .keras or .h5 file. An interrupted download or "
+            "copy leaves an empty file: fetch or save it again."
+        )
+    if error is None:
+        return BlockFileError(
+            f"{path!r} is not an HDF5 file ({size} bytes, starting {start!r}): .blocks.h5 "
+            "files, and Keras .weights.h5 and .h5 files, start with the HDF5 signature "
+            f"{HDF5_SIGNATURE!r}. A download that saved an error page instead of the file "
+            "looks like this."
+        )
+    cut = re.search(r"truncated file: eof = (\d+).*stored_eof = (\d+)", str(error))
+    if cut or (start.startswith(HDF5_SIGNATURE) and size < _SUPERBLOCK):
+        records = f", where its HDF5 header records {cut[2]} bytes" if cut else (
+            f", fewer than the {_SUPERBLOCK} bytes of the smallest HDF5 header")
+        return BlockFileError(
+            f"{path!r} is truncated ({size} bytes, starting {start!r}{records}): {_EXPECTED}. "
+            "A download or copy cut short looks like this: fetch or save it again."
+        )
+    return BlockFileError(
+        f"{path!r} is a damaged HDF5 file ({size} bytes, starting {start!r}; HDF5: "
+        f"{error_text(error)}): {_EXPECTED}. A download or copy cut short, or damaged on disk, "
+        "looks like this: fetch or save it again."
+    )
+
+
+_SUPERBLOCK = 48  # bytes in HDF5's smallest superblock (versions 2 and 3)
 
 
 def open_hdf5(file: str | os.PathLike | BinaryIO, where: str,

@@ -38,7 +38,7 @@ import numpy as np
 
 from keras_blockreuse.blocks import BlockRule, select
 from keras_blockreuse.errors import BlockFileError
-from keras_blockreuse.safety import check_regular_file, open_for_reading
+from keras_blockreuse.safety import check_regular_file, not_hdf5, open_for_reading
 from keras_blockreuse.sources.base import LayerInfo, VariableInfo, numpy_dtype
 from keras_blockreuse.sources.hdf5 import direct_descriptor, read_at
 
@@ -446,15 +446,8 @@ class BlockFile:
                 raise BlockFileError(f"No such block file: {self.path!r}")
             check_regular_file(self.path)  # a FIFO would block the open forever
             self._size = os.path.getsize(self.path)
-            if not h5py.is_hdf5(self.path):
-                with open(self.path, "rb") as f:
-                    start = f.read(16)
-                raise BlockFileError(
-                    f"{self.path!r} is not an HDF5 file ({self._size} bytes, starting "
-                    f"{start!r}): .blocks.h5 files, and Keras .weights.h5 and .h5 files, "
-                    "start with the HDF5 signature b'\\x89HDF\\r\\n\\x1a\\n'. A "
-                    "download that saved an error page instead of the file looks like this."
-                )
+            if self._size == 0 or not h5py.is_hdf5(self.path):
+                raise not_hdf5(self.path, f"block file {self.path}")
             self._file = open_for_reading(self.path, f"block file {self.path}", checksummed=True)
             self._fileno = self._file.id.fileno
             # The descriptor HDF5 reads through, for values read directly (`_stored`); another

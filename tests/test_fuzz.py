@@ -188,7 +188,9 @@ BAD_FILES = {
     ),
     "random bytes after an HDF5 signature": (
         lambda p: open(p, "wb").write(b"\x89HDF\r\n\x1a\n" + np.random.default_rng(1).bytes(9000)),
-        r"Cannot read block file .*damaged",
+        r"damaged\.blocks\.h5' is a damaged HDF5 file \(9008 bytes, starting b'\\x89HDF.*; "
+        r"HDF5: Unable to synchronously open file \(bad superblock version number\)\): "
+        r"\.blocks\.h5 files, and Keras \.weights\.h5 and \.h5 files, are complete HDF5 files",
     ),
     "text": (
         lambda p: open(p, "w").write("block_1_0,0.25,0.5\n" * 500),
@@ -211,6 +213,56 @@ def test_files_that_are_not_block_files_are_reported(fx, kind):
     outcome = fx.load(fx.damaged)
     assert outcome.startswith("BlockFileError: "), outcome
     assert re.search(message, outcome, flags=re.DOTALL), outcome
+
+
+EXPECTED = (".blocks.h5 files, and Keras .weights.h5 and .h5 files, are complete HDF5 files, "
+            "starting with the HDF5 signature b'\\x89HDF\\r\\n\\x1a\\n'.")
+CUT = "A download or copy cut short looks like this: fetch or save it again."
+SHORT_FILES = {
+    "empty": (lambda data: b"", "is empty (0 bytes), so it holds no weights; expected a "
+              ".blocks.h5 file or a Keras .weights.h5, .keras or .h5 file. An interrupted "
+              "download or copy leaves an empty file: fetch or save it again."),
+    "the bare HDF5 signature": (
+        lambda data: data[:8], "is truncated (8 bytes, starting b'\\x89HDF\\r\\n\\x1a\\n', "
+        f"fewer than the 48 bytes of the smallest HDF5 header): {EXPECTED} {CUT}"),
+    "the signature and 4 bytes": (
+        lambda data: data[:12], "is truncated (12 bytes, starting b'\\x89HDF\\r\\n\\x1a\\n"
+        "\\x00\\x00\\x00\\x00', fewer than the 48 bytes of the smallest HDF5 header): "
+        f"{EXPECTED} {CUT}"),
+    "the first half": (
+        lambda data: data[:len(data) // 2], "is truncated ({half} bytes, starting {start!r}, "
+        f"where its HDF5 header records {{size}} bytes): {EXPECTED} {CUT}"),
+}
+
+
+@pytest.mark.parametrize("kind", list(SHORT_FILES))
+def test_an_empty_or_cut_hdf5_file_says_what_it_holds_everywhere(fx, tmp_path, capsys, kind):
+    """An empty `.blocks.h5` got one message from `read_blocks` ("is not an HDF5 file (0
+    bytes, ...) ... an error page") and another from `load_blocks` ("is empty"); a file cut to
+    the HDF5 signature, or a few bytes more, got HDF5's own words ("Unable to synchronously
+    open file (bad byte number in an address)"), and one cut later "(truncated file: eof =
+    ...)". Now one text, saying its size, its first bytes and what a complete file is, from
+    read_blocks, load_blocks (of a .blocks.h5 and of a .weights.h5) and `inspect`."""
+    from keras_blockreuse.cli import main
+
+    weights = tmp_path / "m.weights.h5"
+    keras_weights(weights)
+    for original in (fx.bytes, weights.read_bytes()):
+        cut, text = SHORT_FILES[kind]
+        data = cut(original)
+        text = text.format(half=len(data), start=data[:16], size=len(original))
+        for path in (tmp_path / "cut.blocks.h5", tmp_path / "cut.weights.h5"):
+            path.write_bytes(data)
+            message = f"{str(path)!r} {text}"
+            fx.reset()
+            assert fx.load(str(path)) == f"BlockFileError: {message}"  # weights unchanged
+            if path.name.endswith(".blocks.h5"):
+                with pytest.raises(BlockFileError) as e:
+                    read_blocks(path)
+                assert str(e.value) == message
+                assert main(["inspect", str(path)]) == 2
+                out, err = capsys.readouterr()
+                assert (out, err) == ("", f"keras-blockreuse: error: {message}\n")
 
 
 def edit(path, change):

@@ -22,7 +22,7 @@ import numpy as np
 
 from keras_blockreuse.blocks import BlockRule, resolve_rule
 from keras_blockreuse.errors import BlockFileError
-from keras_blockreuse.safety import GuardedSource, check_regular_file, reading
+from keras_blockreuse.safety import GuardedSource, check_regular_file, not_hdf5, reading
 
 
 @functools.lru_cache(maxsize=64)
@@ -411,11 +411,7 @@ def open_source(source, rule: BlockRule = None, **options) -> Source:
                                          repr(path))
         check_regular_file(path)  # a FIFO would block the first open forever
         if os.path.isfile(path) and os.path.getsize(path) == 0:
-            raise BlockFileError(
-                f"{path!r} is empty (0 bytes), so it holds no weights; expected a .blocks.h5 "
-                "file or a Keras .weights.h5, .keras or .h5 file. An interrupted download or "
-                "copy leaves an empty file: fetch or save it again."
-            )
+            raise not_hdf5(path, repr(path))
         if not is_block_file(path):
             from keras_blockreuse.sources.keras_files import open_sniffed, sniff
 

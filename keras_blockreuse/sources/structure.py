@@ -29,7 +29,7 @@ import keras
 
 from keras_blockreuse.blocks import iter_units, weighted_layers
 from keras_blockreuse.errors import BlockFileError, BlockMismatchError
-from keras_blockreuse.safety import _short
+from keras_blockreuse.safety import error_text
 
 
 @dataclasses.dataclass(frozen=True)
@@ -156,7 +156,7 @@ def walk_failed(model, where: str, error: Exception) -> BlockMismatchError:
     chains it (`raise ... from error`)."""
     return BlockMismatchError(
         f"Cannot walk model {model.name!r} the way Keras saves it: "
-        f"{where + ', ' if where else ''}{type(error).__name__}: {_short(error)}. The model's "
+        f"{where + ', ' if where else ''}{type(error).__name__}: {error_text(error)}. The model's "
         "own code raised this in Keras's saving walk, which model.save_weights also runs, and "
         "fails the same way; its layers cannot be paired with Keras's structural paths "
         "without it."
