@@ -874,3 +874,100 @@ def test_python_api_errors_name_its_arguments_and_data_seeds_needs_a_built_in_sp
         "which_blocks.py: error: --data-seeds re-draws the split of a built-in dataset for "
         "each seed; with your own --source and --data the split is yours (run the sweep once "
         "per split, or drop --data-seeds).")
+
+
+def test_shared_samples_are_named_in_the_parts_the_user_gave(arrays, tmp_path):
+    """The copies are found in the parts as given, before this module splits any off, so the
+    message's indices are the user's (and a folder's, its files): found after a split, they
+    pointed at the split's parts, and a copy shared with a part the user never gave."""
+    from PIL import Image
+
+    (x, y), (xv, yv), (xt, yt) = arrays
+    leaked, leaked_y = xv.copy(), yv.copy()
+    leaked[[0, 3]], leaked_y[[0, 3]] = x[[40, 41]], y[[40, 41]]
+    with pytest.raises(ValueError) as e:
+        from_arrays((x, y), (leaked, leaked_y), None, seed=0)
+    assert str(e.value).startswith(
+        "Samples appear in more than one part (inputs equal byte for byte): 2 of the 15 "
+        "validation samples are copies of train samples (validation [0, 3] = train [40, 41]). "
+        "Scores on copies of training samples measure memory, not transfer. Remove")
+    npz = str(tmp_path / "leak.npz")
+    x_test = np.concatenate([x[57:60], xt])
+    np.savez(npz, x_train=x, y_train=y, x_test=x_test, y_test=np.concatenate([y[57:60], yt]))
+    with pytest.raises(ValueError) as e:
+        load_data(f"npz:{npz}", seed=0)  # no x_val: validation is split off x_train
+    assert str(e.value).startswith(
+        "Samples appear in more than one part (inputs equal byte for byte): 3 of the 18 x_test "
+        "samples are copies of x_train samples (x_test [0, 1, 2] = x_train [57, 58, 59]). ")
+    root = tmp_path / "parts"
+    _png_folder(root / "train", classes=2, per_class=6, size=8)
+    _png_folder(root / "test", classes=2, per_class=2, size=8)
+    for i in range(2):  # test images unlike any of train's
+        image = Image.fromarray(np.full((8, 8, 3), 7 * i + 1, np.uint8))
+        image.save(root / "test" / "class_0" / f"{i}.png")
+        Image.fromarray(np.full((8, 8, 3), 7 * i + 101, np.uint8)).save(
+            root / "test" / "class_1" / f"{i}.png")
+    shutil.copy(root / "train" / "class_1" / "5.png", root / "test" / "class_0" / "zz.png")
+    with pytest.raises(ValueError) as e:
+        load_data(f"folder:{root}", seed=0)
+    assert str(e.value).startswith(
+        "Samples appear in more than one part (inputs equal byte for byte): 1 of the 5 test/ "
+        "samples is a copy of a train/ sample (test/ ['test/class_0/zz.png'] = train/ "
+        "['train/class_1/5.png']), 1 of them under another label. ")
+
+
+def test_folder_parts_are_checked_and_read_as_the_user_laid_them_out(tmp_path):
+    """A sibling of train/ that is not val/ or test/ (validation/) would have been ignored:
+    refused. A test/ lacking a class is read, its labels those of train/'s classes."""
+    from PIL import Image
+
+    root = tmp_path / "data"
+    _png_folder(root / "train", classes=3, per_class=6, size=8)
+    _png_folder(root / "validation", classes=3, per_class=2, size=8)
+    with pytest.raises(ValueError) as e:
+        load_data(f"folder:{root}", seed=0)
+    assert str(e.value) == (
+        f"folder data {str(root)!r} has train/ and also validation/, which would not be read: "
+        "the parts are named train/, val/ and test/. Rename it (validation/ -> val/), or move "
+        "it out of the folder.")
+    shutil.rmtree(root / "validation")
+    os.makedirs(root / "test" / "class_0")
+    os.makedirs(root / "test" / "class_2")
+    Image.fromarray(np.full((8, 8, 3), 3, np.uint8)).save(root / "test" / "class_0" / "a.png")
+    Image.fromarray(np.full((8, 8, 3), 9, np.uint8)).save(root / "test" / "class_2" / "b.png")
+    data = load_data(f"folder:{root}", seed=0)
+    assert data.y_test.tolist() == [0, 2]
+    assert data.x_test[:, 0, 0, 0].tolist() == [3.0, 9.0]
+    assert data.class_names == ("class_0", "class_1", "class_2")
+
+
+def test_16_bit_pngs_and_object_arrays_are_refused_not_changed(arrays, tmp_path):
+    """Keras's image reader scales 16-bit PNGs to 8 bits (4095 -> 15): refused, not read
+    changed. Object arrays hold references, not bytes: copies could not be found."""
+    from PIL import Image
+
+    root = tmp_path / "deep"
+    for c in ("a", "b"):
+        os.makedirs(root / c)
+        for i in range(5):
+            values = np.full((6, 6), 800 * i + (c == "b") * 7, np.uint16)
+            Image.fromarray(values).save(root / c / f"{i}.png")
+    with pytest.raises(ValueError) as e:
+        load_data(f"folder:{root}", seed=0)
+    assert str(e.value) == (
+        f"folder data {str(root)!r}: 10 PNG images hold 16 bits per channel (such as "
+        "a/0.png). Keras's image reader (image_dataset_from_directory) scales them to 8 bits, "
+        "dividing each value by about 257 (12-bit values 0..4095 would become 0..15), which "
+        "would change the data silently. Convert them to 8 bits yourself if that is what you "
+        "want, or pass the values as arrays (npz:PATH).")
+    (x, y), (xv, yv), (xt, yt) = arrays
+    words = np.array([f"w{i}" for i in range(len(x))], dtype=object)
+    with pytest.raises(ValueError) as e:
+        from_arrays((words, y), (words[:15].astype(str), yv), (words[:15], yt))
+    assert str(e.value) == (
+        "train: inputs of dtype object (Python objects, such as str); expected a numeric or "
+        "string array. For text pass np.array(texts, dtype=str); for numbers, an array of their "
+        "numeric dtype.")
+    with pytest.raises(ValueError, match=r"^test: labels of dtype object \(Python objects, "
+                                         r"such as int\)"):
+        from_arrays((x, y), (xv, yv), (xt, yt.astype(object)))

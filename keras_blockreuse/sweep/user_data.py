@@ -11,13 +11,18 @@ arrays) in one part, and the description says how many copies there were.
 Parts that share samples are refused: an input found, byte for byte (in the parts' common
 dtype), in train and in validation or test, or in validation and in test, under the same label
 or another, would have the verdict measured partly on training samples or chosen and reported
-on the same ones. The error says which parts share how many samples, with their indices.
-Copies within one part are fine. Hashing costs about 0.1 s per 60,000 28x28 images.
+on the same ones. The parts are compared as given, before any is split off, and the error
+says which share how many samples, with their indices (an image's file). Copies within one
+part are fine. Hashing costs about 0.1 s per 60,000 28x28 images. Inputs or labels of dtype
+object (Python objects) are refused: their bytes are references.
 
 An image folder is read with the channels its images have (from their headers): 1 channel
 where every image is greyscale, else 3 (RGB; greyscale images among colour ones repeated to 3
 channels). An alpha channel is dropped (pretrained image models take 1 or 3 channels). The
-description says what was read. For a keras.applications family (`--model resnet50`), which
+description says what was read. PNGs of 16 bits per channel are refused (Keras's reader
+would scale them to 8 bits). A folder with `train/` holds no other part than `val/` and
+`test/` (a `validation/` beside them is refused, not ignored); `val/` and `test/` may lack
+some of train's classes. For a keras.applications family (`--model resnet50`), which
 takes RGB, the sweep repeats greyscale images to 3 channels (`TargetData.as_rgb`).
 
 Example:
@@ -162,12 +167,16 @@ def from_arrays(train, validation, test=None, seed: int = 0,
                         "is only reported).")
     x_train, y_train = _pair(train, "train")
     x_val, y_val = _pair(validation, "validation")
+    given = [("train", x_train, y_train), ("validation", x_val, y_val)]
+    if test is not None:
+        given.append(("test", *_pair(test, "test")))
+    _check_overlap(given)
     facts = [description]
     if test is None:
         facts.append(f"  test: {HELD_OUT_FRACTION:.0%} of train, split with seed {seed}")
         (x_train, y_train), (x_test, y_test) = _split(x_train, y_train, seed, "train", facts=facts)
     else:
-        x_test, y_test = _pair(test, "test")
+        x_test, y_test = given[2][1:]
     return _checked(x_train, y_train, x_val, y_val, x_test, y_test, "\n".join(facts))
 
 
@@ -273,17 +282,8 @@ def _checked(x_train, y_train, x_val, y_val, x_test, y_test, description,
     if len(set(labels.values())) != 1:
         raise DataError(f"Labels of different shapes across the parts: {labels} (one sample's "
                         "label each; reshape them alike).")
-    parts = (("train", x_train, y_train), ("validation", x_val, y_val), ("test", x_test, y_test))
-    for i, (a, xa, ya) in enumerate(parts):
-        for b, xb, yb in parts[i + 1:]:
-            if xa.shape == xb.shape and np.array_equal(xa, xb) and np.array_equal(ya, yb):
-                raise DataError(
-                    f"The {a} and {b} parts are the same samples: "
-                    + ("the verdict would be chosen and reported on the same data. "
-                       if {a, b} == {"validation", "test"} else
-                       "scores on them would measure memory, not transfer. ")
-                    + "Pass distinct parts (or test=None to hold a fifth of train out).")
-    _check_overlap(parts)
+    _check_overlap([("train", x_train, y_train), ("validation", x_val, y_val),
+                    ("test", x_test, y_test)])
     if x_train.dtype.kind in "iub":
         x_train, x_val, x_test = (x.astype(np.float32) for x in (x_train, x_val, x_test))
     return TargetData(x_train, y_train, x_val, y_val, x_test, y_test, description, class_names)
@@ -357,22 +357,33 @@ def _split(x, y, seed: int, name: str, fraction: float = HELD_OUT_FRACTION, fact
 
 def _sample_keys(x: np.ndarray) -> list[bytes]:
     """One digest per sample of its input's bytes (blake2b, 16 bytes); the shape and dtype
-    are the array's, shared by every sample. Object arrays get their index (no bytes to
-    compare): they are never taken as copies."""
+    are the array's, shared by every sample (never of dtype object: `_refuse_objects`)."""
     import hashlib
 
-    if x.dtype.kind == "O":
-        return [i.to_bytes(8, "little") + b"object" for i in range(len(x))]
     rows = np.ascontiguousarray(x).reshape(len(x), -1)
     return [hashlib.blake2b(row.tobytes(), digest_size=16).digest() for row in rows]
 
 
-def _check_overlap(parts) -> None:
+def _check_overlap(parts, labels: Mapping | None = None) -> None:
     """Refuses inputs that two parts share, byte for byte: a validation or test sample that is
     also a training sample scores memory, and one shared by validation and test is chosen on
     and reported on. Copies within one part are fine. A copy under another label is a copy
-    too (counted in the message): the same input is still the same input."""
-    if any(x.dtype.kind == "O" for _, x, _ in parts):
+    too (counted in the message): the same input is still the same input.
+
+    `parts`: `(name, x, y)` as the user gave them (before this module splits any off), so
+    that the message's indices are the user's. `labels`: `{name: one label per sample}`
+    (an image's file), shown instead of indices."""
+    _refuse_objects(parts)
+    for i, (a, xa, ya) in enumerate(parts):
+        for b, xb, yb in parts[i + 1:]:
+            if xa.shape == xb.shape and np.array_equal(xa, xb) and np.array_equal(ya, yb):
+                raise DataError(
+                    f"The {a} and {b} parts are the same samples: "
+                    + ("scores on them would measure memory, not transfer. "
+                       if a in ("train", "x_train", "train/") else
+                       "the verdict would be chosen and reported on the same data. ")
+                    + "Pass distinct parts (or test=None to hold a fifth of train out).")
+    if len(parts) < 2:
         return
     dtype = np.result_type(*(x.dtype for _, x, _ in parts))
     xs = {name: x.astype(dtype, copy=False) for name, x, _ in parts}
@@ -396,20 +407,21 @@ def _check_overlap(parts) -> None:
                 found.append((a, b, ia, ib, relabelled))
     if not found:
         return
-    def shown(index):
-        return "[" + ", ".join(map(str, index[:3].tolist())) + (", ...]" if len(index) > 3
-                                                                else "]")
+    def shown(name, index):
+        named = (labels or {}).get(name)
+        items = [repr(named[i]) if named is not None else str(i) for i in index[:3].tolist()]
+        return f"{name} [" + ", ".join(items) + (", ...]" if len(index) > 3 else "]")
 
     said = []
     for a, b, ia, ib, relabelled in found:
         said.append(f"{len(ib)} of the {len(xs[b])} {b} samples "
                     + (f"is a copy of a {a} sample" if len(ib) == 1 else
-                       f"are copies of {a} samples") + f" ({b} {shown(ib)} = {a} {shown(ia)})"
+                       f"are copies of {a} samples") + f" ({shown(b, ib)} = {shown(a, ia)})"
                     + (f", {relabelled} of them under another label" if relabelled else ""))
     why = []
-    if any(a == "train" for a, *_ in found):
+    if any(a in ("train", "x_train", "train/") for a, *_ in found):
         why.append("scores on copies of training samples measure memory, not transfer")
-    if any(b == "test" and a == "validation" for a, b, *_ in found):
+    if any(a in ("validation", "x_val", "val/") for a, *_ in found):
         why.append("the verdict would be chosen and reported partly on the same samples")
     if any(r for *_, r in found):
         why.append("an input under another label is still the same input")
@@ -419,6 +431,19 @@ def _check_overlap(parts) -> None:
         "all parts but one (copies within one part are fine); where this library splits a "
         "part off (test=None, no x_val, no val/ folder), it keeps each input's copies in one "
         "part.")
+
+
+def _refuse_objects(parts) -> None:
+    """Refuses inputs or labels of dtype object (Python objects): their bytes are references,
+    so copies across parts cannot be found, nor the data checksummed for a resumed sweep."""
+    for name, x, y in parts:
+        for what, a in (("inputs", x), ("labels", y)):
+            if a.dtype.kind == "O":
+                raise DataError(
+                    f"{name}: {what} of dtype object (Python objects, such as "
+                    f"{type(a.reshape(-1)[0]).__name__ if a.size else 'none'}); expected a "
+                    "numeric or string array. For text pass np.array(texts, dtype=str); for "
+                    "numbers, an array of their numeric dtype.")
 
 
 def _resize(x: np.ndarray, image_size, name: str) -> np.ndarray:
@@ -450,6 +475,13 @@ def _load_npz(path: str, seed: int, image_size) -> TargetData:
     except Exception as error:  # a damaged or non-npz file: say which
         raise DataError(f"npz data {path!r} could not be read: {error}") from error
     facts = [f"data: npz:{path}"]
+    for x, y, name in (("x_train", "y_train", "train"), ("x_val", "y_val", "validation"),
+                       ("x_test", "y_test", "test")):
+        if x in arrays and len(arrays[x]) != len(arrays[y]):
+            raise DataError(f"npz data {path!r}: {name} has {len(arrays[x])} inputs but "
+                            f"{len(arrays[y])} labels.")
+    _check_overlap([(x, arrays[x], arrays["y" + x[1:]]) for x in ("x_train", "x_val", "x_test")
+                    if x in arrays])
     train = (arrays["x_train"], arrays["y_train"])
     if "x_val" in arrays:
         val = (arrays["x_val"], arrays["y_val"])
@@ -475,6 +507,13 @@ def _load_folder(path: str, seed: int, image_size) -> TargetData:
     facts = [f"data: folder:{path}"]
     if "train" not in parts and parts:
         raise DataError(f"folder data {path!r} has {', '.join(sorted(parts))}/ but no train/.")
+    others = sorted(d for d in os.listdir(path) if d not in parts and not d.startswith(".")
+                    and os.path.isdir(os.path.join(path, d)))
+    if parts and others:
+        raise DataError(
+            f"folder data {path!r} has train/ and also {', '.join(o + '/' for o in others)}, "
+            "which would not be read: the parts are named train/, val/ and test/. Rename "
+            "it (validation/ -> val/), or move it out of the folder.")
     roots = parts or {"all": path}
     files = {name: _image_files(root) for name, root in roots.items()}
     classes = sorted(files["train" if parts else "all"])
@@ -493,8 +532,17 @@ def _load_folder(path: str, seed: int, image_size) -> TargetData:
     via_rgb = color_mode == "grayscale" and any(
         not p.lower().endswith((".png", ".jpg", ".jpeg"))
         for found in colours.values() for p in found)
-    loaded = {name: _read_folder(root, classes, size, "rgb" if via_rgb else color_mode, via_rgb)
+    _refuse_16_bit(files, path)
+    loaded = {name: _read_folder(root, classes, sorted(c for c, f in files[name].items() if f),
+                                 size, "rgb" if via_rgb else color_mode, via_rgb)
               for name, root in roots.items()}
+    if parts:  # the user's parts, before any is split off: their files name the copies
+        named = {}
+        for name in loaded:
+            found = [os.path.relpath(p, path) for c in classes for p in files[name].get(c, [])]
+            if len(found) == len(loaded[name][0]):  # the reader's order: class, then file
+                named[name + "/"] = found
+        _check_overlap([(name + "/", *loaded[name]) for name in loaded], named)
     if not parts:
         facts.append(f"  no train/, val/, test/ folders: 60/20/20 stratified split with seed "
                      f"{seed}")
@@ -589,17 +637,42 @@ def _common_size(sizes: dict, path: str) -> tuple[int, int]:
     return next(iter(sizes))
 
 
-def _read_folder(root: str, classes: list[str], size, color_mode: str = "rgb",
-                 first_channel: bool = False) -> tuple[np.ndarray, np.ndarray]:
+def _read_folder(root: str, classes: list[str], present: list[str], size,
+                 color_mode: str = "rgb", first_channel: bool = False
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """The images of `root` and their labels, indices into `classes` (train's); `present`:
+    the classes `root` holds images of (a val/ or test/ may lack some)."""
     import keras
 
     try:
         dataset = keras.utils.image_dataset_from_directory(
-            root, labels="inferred", label_mode="int", class_names=classes,
+            root, labels="inferred", label_mode="int", class_names=present,
             color_mode=color_mode, image_size=tuple(size), batch_size=None, shuffle=False,
             verbose=False)
         pairs = list(dataset.as_numpy_iterator())
     except Exception as error:  # unreadable images: name the folder
         raise DataError(f"folder data {root!r} could not be read: {error}") from error
     x = np.stack([p[0] for p in pairs]).astype(np.float32)
-    return (x[..., :1] if first_channel else x), np.array([p[1] for p in pairs])
+    index = np.array([classes.index(c) for c in present])
+    return (x[..., :1] if first_channel else x), index[np.array([p[1] for p in pairs])]
+
+
+def _refuse_16_bit(files: dict, path: str) -> None:
+    """Refuses PNG images of 16 bits per channel: Keras's image reader scales them to 8 bits
+    (a value v becomes about v / 257), which would change the data silently."""
+    deep = []
+    for found in files.values():
+        for paths in found.values():
+            for p in paths:
+                if p.lower().endswith(".png"):
+                    with open(p, "rb") as f:
+                        head = f.read(26)
+                    if head[12:16] == b"IHDR" and head[24] == 16:
+                        deep.append(os.path.relpath(p, path))
+    if deep:
+        raise DataError(
+            f"folder data {path!r}: {len(deep)} PNG images hold 16 bits per channel (such as "
+            f"{deep[0]}). Keras's image reader (image_dataset_from_directory) scales them to "
+            "8 bits, dividing each value by about 257 (12-bit values 0..4095 would become "
+            "0..15), which would change the data silently. Convert them to 8 bits yourself "
+            "if that is what you want, or pass the values as arrays (npz:PATH).")
