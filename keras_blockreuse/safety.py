@@ -483,9 +483,15 @@ def open_for_reading(file: str | os.PathLike | BinaryIO, where: str,
     values are `checksummed` (a block file, which is also never written in place): a torn
     read is then found by its checksums, and it is read without the lock. HDF5 also refuses a
     second open of a file in one process with other locking flags; each setting is tried.
+    Within one process no lock applies: a file this process holds open for writing is
+    refused too, unless `checksummed`.
+
+    The protection rests on the writer taking HDF5's lock, as Keras and h5py do by default: a
+    writer with `locking=False`, or `HDF5_USE_FILE_LOCKING=FALSE` in either process, takes
+    none, and a file it is writing can be read half written, as by Keras itself.
 
     Raises:
-        BlockFileError: the file cannot be opened as HDF5; another process holds it open for
+        BlockFileError: the file cannot be opened as HDF5; a process holds it open for
             writing (not `checksummed`); or every locking setting was refused (each named).
     """
     if not isinstance(file, (str, os.PathLike)):
@@ -496,7 +502,7 @@ def open_for_reading(file: str | os.PathLike | BinaryIO, where: str,
     refused = []
     for locking in _LOCKING:
         try:
-            return cls(file, "r", locking=locking)
+            opened = cls(file, "r", locking=locking)
         except OSError as e:
             if "file lock" not in str(e) and "lock file" not in str(e):  # not "superblock"
                 raise not_hdf5(file, where, e) from e
@@ -508,11 +514,23 @@ def open_for_reading(file: str | os.PathLike | BinaryIO, where: str,
                     "once that process has closed it."
                 ) from e
             refused.append(f"{'default' if locking is None else f'locking={locking}'}: {e}")
+            continue
+        # HDF5 shares one open file per process: an open for writing elsewhere in this
+        # process (Keras's save_weights in another thread, an h5py.File(path, "a")) makes
+        # this one see the file as it is being written. No lock applies within a process.
+        if not checksummed and opened.id.get_intent() != h5py.h5f.ACC_RDONLY:
+            opened.close()
+            raise BlockFileError(
+                f"Cannot read {where} now: this process holds it open for writing (an "
+                "h5py.File opened with 'a', 'r+' or 'w', or Keras's save_weights in another "
+                "thread). Keras's .weights.h5 and .h5 files carry no checksums, so values read "
+                "now could be half written. Close it, then load it.")
+        return opened
     raise BlockFileError(
         f"Cannot open {where}: HDF5 refused each file-locking setting ({'; '.join(refused)}). "
-        "The file is readable but locked: HDF5_USE_FILE_LOCKING=TRUE in the environment "
-        "with a lock held by another process, or this process holding it open in a way "
-        "no read-only open can share."
+        "The file is readable but locked: HDF5_USE_FILE_LOCKING=TRUE or BEST_EFFORT in the "
+        "environment makes HDF5 lock every open, and another process holds the file's lock; "
+        "or this process holds it open in a way no read-only open can share."
     )
 
 

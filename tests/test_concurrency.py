@@ -415,3 +415,28 @@ def test_a_keras_file_another_process_is_writing_is_refused_a_block_file_is_read
     model = dense_stack(16, 3, "target")
     load_blocks(model, weights)  # the writer is gone
     assert digest(model) == expected
+
+
+def test_a_keras_file_this_process_holds_open_for_writing_is_refused(small_files):
+    """No lock applies within a process, and HDF5 shares one open file: a load while this
+    process writes the file (Keras's save_weights in another thread, an h5py.File(path, "a")
+    left open) read it as it was being written and loaded a prefix of its layers, ok=True.
+    Refused now, the model unchanged; a block file (checksummed) is read."""
+    weights, blocks, expected = small_files
+    model = dense_stack(16, 3, "target")
+    before = [v.numpy().copy() for v in model.weights]
+    with h5py.File(weights, "a"):
+        with pytest.raises(BlockFileError) as e:
+            load_blocks(model, weights)
+    assert str(e.value) == (
+        f"Cannot read {weights!r} now: this process holds it open for writing (an h5py.File "
+        "opened with 'a', 'r+' or 'w', or Keras's save_weights in another thread). Keras's "
+        ".weights.h5 and .h5 files carry no checksums, so values read now could be half "
+        "written. Close it, then load it.")
+    assert all(np.array_equal(b, v.numpy()) for b, v in zip(before, model.weights, strict=True))
+    with h5py.File(blocks, "a"):
+        load_blocks(model, blocks)
+    assert digest(model) == expected
+    model = dense_stack(16, 3, "target")
+    load_blocks(model, weights)  # closed: loads
+    assert digest(model) == expected
