@@ -577,6 +577,11 @@ def not_hdf5(path: str | os.PathLike, where: str, error: OSError | None = None
             "looks like this."
         )
     cut = re.search(r"truncated file: eof = (\d+).*stored_eof = (\d+)", str(error))
+    if cut and int(cut[1]) != size:  # it grew (or shrank) since HDF5 opened it
+        return BlockFileError(
+            f"{path!r} changed while it was read: {cut[1]} bytes when HDF5 opened it (its "
+            f"header records {cut[2]}), {size} now. Another process is probably writing it; "
+            "load it once that process has finished.")
     if cut or (start.startswith(HDF5_SIGNATURE) and size < _SUPERBLOCK):
         records = f", where its HDF5 header records {cut[2]} bytes" if cut else (
             f", fewer than the {_SUPERBLOCK} bytes of the smallest HDF5 header")

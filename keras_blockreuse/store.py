@@ -29,6 +29,7 @@ import re
 import secrets
 import socket
 import sys
+import zipfile
 from collections.abc import Iterator, Mapping, Sequence
 from importlib import metadata as importlib_metadata
 from typing import Any
@@ -414,6 +415,12 @@ def _alive(pid: int) -> bool:
 # --- reading ------------------------------------------------------------------------------
 
 
+_KERAS_FILES_ELSEWHERE = (
+    "read_blocks and BlockFile read .blocks.h5 files only; load a Keras file with "
+    "load_blocks, describe it with `keras-blockreuse inspect`, or convert it with "
+    "`keras-blockreuse convert`.")
+
+
 def read_blocks(path: str | os.PathLike) -> BlockFileInfo:
     """Describes a `.blocks.h5` file without a model and without reading weight values.
 
@@ -446,6 +453,10 @@ class BlockFile:
                 raise BlockFileError(f"No such block file: {self.path!r}")
             check_regular_file(self.path)  # a FIFO would block the open forever
             self._size = os.path.getsize(self.path)
+            if self._size and not self.path.endswith(SUFFIX) and zipfile.is_zipfile(self.path):
+                raise BlockFileError(
+                    f"{self.path} is a zip archive (a Keras .keras file?), not a block file. "
+                    + _KERAS_FILES_ELSEWHERE)
             if self._size == 0 or not h5py.is_hdf5(self.path):
                 raise not_hdf5(self.path, f"block file {self.path}")
             self._file = open_for_reading(self.path, f"block file {self.path}", checksummed=True)
@@ -648,9 +659,10 @@ class BlockFile:
         if kind != FORMAT_NAME:
             raise BlockFileError(
                 f"{self.path} is an HDF5 file but not a block file: expected a root attribute "
-                f"format={FORMAT_NAME!r}, received {kind!r}. "
-                "A Keras weights file is read as one by any name but *.blocks.h5 (which is "
-                "always read as a block file): name it .weights.h5 or .h5."
+                f"format={FORMAT_NAME!r}, received {kind!r}. " + (
+                    "A Keras weights file is read as one by any name but *.blocks.h5 (which "
+                    "is always read as a block file): name it .weights.h5 or .h5."
+                    if self.path.endswith(SUFFIX) else _KERAS_FILES_ELSEWHERE)
             )
         version = self._attribute(root, "format_version", int)
         if version > FORMAT_VERSION:

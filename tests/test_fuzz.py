@@ -265,6 +265,43 @@ def test_an_empty_or_cut_hdf5_file_says_what_it_holds_everywhere(fx, tmp_path, c
                 assert (out, err) == ("", f"keras-blockreuse: error: {message}\n")
 
 
+def test_a_file_that_grew_while_hdf5_read_it_is_not_called_truncated(tmp_path):
+    """HDF5 reports the size it saw when it opened the file ("truncated file: eof = ..."); a
+    file that has grown since (a writer still at work) said "is truncated (46104 bytes, ...,
+    where its HDF5 header records 46104 bytes)": two equal sizes, and "fetch it again"."""
+    from keras_blockreuse.safety import not_hdf5
+
+    path = tmp_path / "growing.weights.h5"
+    path.write_bytes(b"\x89HDF\r\n\x1a\n" + bytes(4992))
+    hdf5 = OSError("Unable to synchronously open file (truncated file: eof = 3000, "
+                   "sblock->base_addr = 0, stored_eof = 5000)")
+    assert str(not_hdf5(path, repr(str(path)), hdf5)) == (
+        f"{str(path)!r} changed while it was read: 3000 bytes when HDF5 opened it (its header "
+        "records 5000), 5000 now. Another process is probably writing it; load it once that "
+        "process has finished.")
+
+
+def test_read_blocks_of_a_keras_file_says_where_keras_files_are_read(tmp_path):
+    """read_blocks of a good `.weights.h5` told the user to name it `.weights.h5`, and of a
+    good `.keras` called it "not an HDF5 file ... an error page": neither file is damaged."""
+    weights = tmp_path / "m.weights.h5"
+    keras_weights(weights)
+    archive = tmp_path / "m.keras"
+    keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)]).save(archive)
+    elsewhere = ("read_blocks and BlockFile read .blocks.h5 files only; load a Keras file with "
+                 "load_blocks, describe it with `keras-blockreuse inspect`, or convert it with "
+                 "`keras-blockreuse convert`.")
+    with pytest.raises(BlockFileError) as e:
+        read_blocks(weights)
+    assert str(e.value) == (
+        f"{weights} is an HDF5 file but not a block file: expected a root attribute "
+        f"format='keras-blockreuse', received None. {elsewhere}")
+    with pytest.raises(BlockFileError) as e:
+        read_blocks(archive)
+    assert str(e.value) == (
+        f"{archive} is a zip archive (a Keras .keras file?), not a block file. {elsewhere}")
+
+
 def edit(path, change):
     with h5py.File(path, "r+") as f:
         change(f)
