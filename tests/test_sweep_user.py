@@ -971,3 +971,18 @@ def test_16_bit_pngs_and_object_arrays_are_refused_not_changed(arrays, tmp_path)
     with pytest.raises(ValueError, match=r"^test: labels of dtype object \(Python objects, "
                                          r"such as int\)"):
         from_arrays((x, y), (xv, yv), (xt, yt.astype(object)))
+
+
+def test_a_part_too_small_to_split_says_how_to_give_it():
+    """Three distinct inputs, four copies each: a stratified fifth cannot be held out. The
+    message mixed scikit-learn's words with "Give that part explicitly"."""
+    x = np.repeat(np.arange(3, dtype=np.float32).reshape(3, 1), 4, axis=0)
+    y = np.repeat(np.array([0, 1, 1]), 4)
+    with pytest.raises(ValueError) as e:
+        from_arrays((x, y), (np.full((2, 1), 9.0, np.float32), np.array([0, 1])), None)
+    assert str(e.value) == (
+        "Cannot split 20% of train (12 samples; 3 distinct inputs, each with its copies) off, "
+        "stratified by class (scikit-learn: The least populated classes in y have only 1 "
+        "member, which is too few. The minimum number of groups for any class cannot be less "
+        "than 2. Classes with too few members are: [0]). Give that part yourself: a val/ or "
+        "test/ folder, x_val in the npz file, or test= in the Python API.")

@@ -342,8 +342,12 @@ def _split(x, y, seed: int, name: str, fraction: float = HELD_OUT_FRACTION, fact
         kept, held = train_test_split(firsts, test_size=fraction, random_state=seed,
                                       stratify=stratify)
     except ValueError as error:
-        raise DataError(f"Cannot split {fraction:.0%} of {name} ({len(y)} samples) off: "
-                        f"{error}. Give that part explicitly.") from None
+        distinct = (f"; {len(firsts)} distinct inputs, each with its copies"
+                    if len(firsts) < len(x) else "")
+        raise DataError(f"Cannot split {fraction:.0%} of {name} ({len(y)} samples{distinct}) "
+                        f"off, stratified by class (scikit-learn: {error}). Give that part "
+                        "yourself: a val/ or test/ folder, x_val in the npz file, or "
+                        "test= in the Python API.") from None
     if len(firsts) < len(x):
         group = {g[0]: g for g in members.values()}
         kept, held = (np.array([i for f in side for i in group[int(f)]], dtype=np.int64)
