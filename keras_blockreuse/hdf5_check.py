@@ -50,7 +50,8 @@ import h5py
 
 from keras_blockreuse.errors import BlockFileError
 
-_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+"""The 8 bytes that open an HDF5 superblock."""
 _ATTRIBUTE = 0x000C
 _ATTRIBUTE_INFO = 0x0015
 _CONTINUATION = 0x0010
@@ -222,7 +223,7 @@ class _Checker:
     def _superblock(self) -> tuple[int, int, int]:
         location = 0
         while location + 8 <= self.size:
-            if self.read(location, 8, "the superblock") == _SIGNATURE:
+            if self.read(location, 8, "the superblock") == HDF5_SIGNATURE:
                 break
             location = 512 if location == 0 else location * 2
         else:

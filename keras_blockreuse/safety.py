@@ -36,6 +36,7 @@ import h5py
 import numpy as np
 
 from keras_blockreuse.errors import BlockFileError, BlockMismatchError
+from keras_blockreuse.hdf5_check import HDF5_SIGNATURE
 
 # A deflated stream expands at most about 1032 times; more than this is crafted.
 MAX_COMPRESSION_RATIO = 1100
@@ -534,7 +535,6 @@ def open_for_reading(file: str | os.PathLike | BinaryIO, where: str,
     )
 
 
-HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 _EXPECTED = (".blocks.h5 files, and Keras .weights.h5 and .h5 files, are complete HDF5 files, "
              f"starting with the HDF5 signature {HDF5_SIGNATURE!r}")
 

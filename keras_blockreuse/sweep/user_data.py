@@ -282,8 +282,8 @@ def _checked(x_train, y_train, x_val, y_val, x_test, y_test, description,
     if len(set(labels.values())) != 1:
         raise DataError(f"Labels of different shapes across the parts: {labels} (one sample's "
                         "label each; reshape them alike).")
-    _check_overlap([("train", x_train, y_train), ("validation", x_val, y_val),
-                    ("test", x_test, y_test)])
+    # Shared samples were refused in the parts as given (`_check_overlap`, before any split),
+    # and `_split` keeps an input's copies on one side: none can be shared here.
     if x_train.dtype.kind in "iub":
         x_train, x_val, x_test = (x.astype(np.float32) for x in (x_train, x_val, x_test))
     return TargetData(x_train, y_train, x_val, y_val, x_test, y_test, description, class_names)
