@@ -986,3 +986,30 @@ def test_a_part_too_small_to_split_says_how_to_give_it():
         "member, which is too few. The minimum number of groups for any class cannot be less "
         "than 2. Classes with too few members are: [0]). Give that part yourself: a val/ or "
         "test/ folder, x_val in the npz file, or test= in the Python API.")
+
+
+def test_hidden_or_empty_folders_are_no_class_and_stray_images_are_refused(tmp_path):
+    """Jupyter's empty `.ipynb_checkpoints/` in train/ (or in a folder without parts) was
+    counted as class 0, and every real label moved up by one, silently (helper-45). A test/
+    of one class was refused; an image outside any class folder was dropped unsaid."""
+    from PIL import Image
+
+    root = tmp_path / "parts"
+    _png_folder(root / "train", classes=2, per_class=6, size=8)
+    os.makedirs(root / "train" / ".ipynb_checkpoints")
+    os.makedirs(root / "train" / "empty")
+    os.makedirs(root / "test" / "class_1")
+    Image.fromarray(np.full((8, 8, 3), 5, np.uint8)).save(root / "test" / "class_1" / "a.png")
+    data = load_data(f"folder:{root}", seed=0)
+    assert data.class_names == ("class_0", "class_1")
+    assert sorted(np.unique(data.y_train).tolist()) == [0, 1] and data.y_test.tolist() == [1]
+    flat = tmp_path / "flat"
+    _png_folder(flat, classes=2, per_class=10, size=8)
+    os.makedirs(flat / ".ipynb_checkpoints")
+    assert load_data(f"folder:{flat}", seed=0).class_names == ("class_0", "class_1")
+    Image.fromarray(np.full((8, 8, 3), 5, np.uint8)).save(root / "test" / "stray.png")
+    with pytest.raises(ValueError) as e:
+        load_data(f"folder:{root}", seed=0)
+    assert str(e.value) == (
+        f"folder data {str(root / 'test')!r} holds 1 images outside any class folder (such as "
+        "stray.png), which would not be read: move each into the sub-folder of its class.")

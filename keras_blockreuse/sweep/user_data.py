@@ -519,7 +519,8 @@ def _load_folder(path: str, seed: int, image_size) -> TargetData:
             "which would not be read: the parts are named train/, val/ and test/. Rename "
             "it (validation/ -> val/), or move it out of the folder.")
     roots = parts or {"all": path}
-    files = {name: _image_files(root) for name, root in roots.items()}
+    files = {name: _image_files(root, 2 if name in ("train", "all") else 1)
+             for name, root in roots.items()}
     classes = sorted(files["train" if parts else "all"])
     for name, found in files.items():
         unknown = sorted(set(found) - set(classes))
@@ -537,8 +538,8 @@ def _load_folder(path: str, seed: int, image_size) -> TargetData:
         not p.lower().endswith((".png", ".jpg", ".jpeg"))
         for found in colours.values() for p in found)
     _refuse_16_bit(files, path)
-    loaded = {name: _read_folder(root, classes, sorted(c for c, f in files[name].items() if f),
-                                 size, "rgb" if via_rgb else color_mode, via_rgb)
+    loaded = {name: _read_folder(root, classes, sorted(files[name]), size,
+                                 "rgb" if via_rgb else color_mode, via_rgb)
               for name, root in roots.items()}
     if parts:  # the user's parts, before any is split off: their files name the copies
         named = {}
@@ -567,16 +568,30 @@ def _load_folder(path: str, seed: int, image_size) -> TargetData:
     return _checked(x, y, x_val, y_val, x_test, y_test, "\n".join(facts), tuple(classes))
 
 
-def _image_files(root: str) -> dict[str, list[str]]:
-    out = {}
+def _image_files(root: str, classes: int = 2) -> dict[str, list[str]]:
+    """`class -> its image files`, for every sub-folder holding images (hidden ones, such as
+    `.ipynb_checkpoints`, and empty ones are no class: counted as one, they would shift every
+    label). `classes`: how many classes `root` must hold (train's two; val/ and test/ one).
+
+    Raises:
+        DataError: too few classes, or images outside any class folder (never read)."""
+    out, stray = {}, []
     for c in sorted(os.listdir(root)):
         folder = os.path.join(root, c)
-        if os.path.isdir(folder):
-            out[c] = sorted(os.path.join(folder, f) for f in os.listdir(folder)
-                            if f.lower().endswith(IMAGE_EXTENSIONS))
-    if len([c for c, f in out.items() if f]) < 2:
+        if c.lower().endswith(IMAGE_EXTENSIONS) and os.path.isfile(folder):
+            stray.append(c)
+        elif os.path.isdir(folder) and not c.startswith("."):
+            found = sorted(os.path.join(folder, f) for f in os.listdir(folder)
+                           if f.lower().endswith(IMAGE_EXTENSIONS))
+            if found:
+                out[c] = found
+    if stray:
+        raise DataError(f"folder data {root!r} holds {len(stray)} images outside any class "
+                        f"folder (such as {stray[0]}), which would not be read: move each into "
+                        "the sub-folder of its class.")
+    if len(out) < classes:
         raise DataError(f"folder data {root!r}: expected one sub-folder of images per class "
-                        f"(at least 2 with images), found {len(out)} sub-folders.")
+                        f"(at least {classes} with images), found {len(out)}.")
     return out
 
 
