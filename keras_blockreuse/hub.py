@@ -38,7 +38,7 @@ from collections.abc import Callable
 
 from keras_blockreuse.blocks import Block
 
-__all__ = ["hub_blocks", "is_hub_model", "is_hub_task"]
+__all__ = ["hub_blocks", "hub_layer_rule", "is_hub_model", "is_hub_task"]
 
 
 # --- recognising keras-hub models (no import of keras_hub) ------------------------------------
@@ -243,6 +243,33 @@ def hub_blocks(model) -> dict[str, Block] | None:
     if blocks is None or not _covers_exactly(model, blocks):
         return None
     return {name: Block(name, tuple(layers)) for name, layers in blocks}
+
+
+def hub_layer_rule(model) -> Callable[[str, str], str | None] | None:
+    """The name rule of a keras-hub vision model's blocks: `(layer name, class name) -> block`
+    for a top-level layer of its backbone (or image encoder), or `None` for another model.
+
+    It places layers the model lacks by the names the family gives them, as `hub_blocks`
+    places the model's own: a file saved from a deeper ResNet holds `stack2_block2_1_conv`,
+    which belongs to `stage_3` whether or not the model has that unit.
+
+    Example:
+
+    ```python
+    rule = hub_layer_rule(keras_hub.models.ImageClassifier(backbone=resnet, num_classes=10))
+    rule("stack2_block2_1_conv", "Conv2D")   # "stage_3"
+    ```
+    """
+    if not is_hub_model(model):
+        return None
+    backbone = getattr(model, "backbone", None) if is_hub_task(model) else model
+    while backbone is not None:
+        for name in _hub_classes(backbone):
+            if name in _VISION:
+                return _VISION[name]
+        encoder = getattr(backbone, "image_encoder", None)
+        backbone = encoder if encoder is not None and is_hub_model(encoder) else None
+    return None
 
 
 def _covers_exactly(model, blocks: list[tuple[str, list]]) -> bool:

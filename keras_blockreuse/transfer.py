@@ -74,7 +74,7 @@ from keras_blockreuse.blocks import (
     weighted_layers,
 )
 from keras_blockreuse.errors import BlockFileError, BlockMismatchError
-from keras_blockreuse.hub import is_hub_model, is_hub_task
+from keras_blockreuse.hub import hub_layer_rule, is_hub_model, is_hub_task
 from keras_blockreuse.report import LoadReport, Mismatch
 from keras_blockreuse.sources import (
     LayerInfo,
@@ -337,7 +337,8 @@ def _top_level_grouping(model, target_blocks: dict[str, Block], source,
                     return None  # one name claimed by two blocks: the names cannot tell
                 entries.append(entry)
         grouping[name] = entries
-    return PathGrouping(grouping, nested=backbone.name if task else model.name)
+    return PathGrouping(grouping, nested=backbone.name if task else model.name,
+                        place=hub_layer_rule(model))
 
 
 def _source_paths(src: Source) -> Callable[[], set[str]]:

@@ -774,3 +774,37 @@ def test_a_tasks_file_into_a_task_built_second_pairs_backbone_layers_by_their_na
         load_blocks(fewer, path)
     for x, y in zip(before, values(fewer.weights), strict=True):
         assert x.tobytes() == y.tobytes()
+
+
+@pytest.mark.parametrize("kind", ["weights", "keras"])
+@pytest.mark.parametrize("task", [False, True], ids=["backbone", "classifier"])
+def test_a_deeper_stage_in_a_keras_file_is_refused_like_in_a_preset(tmp_path, kind, task):
+    """Found by a fresh-user test: a `.weights.h5` / `.keras` of a ResNet with two residual
+    units in its first stage, into one with one unit, reported `stage_1 | loaded`, ok=True:
+    the file's second unit was grouped as blocks of its own (`stack0_block1_1_conv`, or the
+    task's whole `res_net_backbone`) that looked like layers the model merely lacks, and only
+    half the stage was copied. The file's layers now go to the stage their names give, and
+    the stage is refused as from a preset directory or a block file; no weight changes."""
+    def build(blocks):
+        backbone = _two_stages(blocks)
+        return M.ImageClassifier(backbone=backbone, num_classes=3) if task else backbone
+
+    source = build((2, 1))
+    randomize(source, seed=31)
+    path = str(tmp_path / ("d.weights.h5" if kind == "weights" else "d.keras"))
+    source.save_weights(path) if kind == "weights" else source.save(path)
+    target = build((1, 1))
+    before = values(target.weights)
+    prefix = "res_net_backbone/" if task else ""
+    for only in (None, ["stage_1"]):
+        with pytest.raises(BlockMismatchError) as raised:
+            load_blocks(target, path, only=only)
+        unpaired = sorted(re.findall(r"- stage_1 / (\S+) / \*: no model layer pairs with it",
+                                     str(raised.value)))
+        assert unpaired == [f"{prefix}stack0_block1_{i}_{k}" for i in (1, 2)
+                            for k in ("bn", "conv")], str(raised.value)
+    for a, b in zip(before, values(target.weights), strict=True):
+        assert a.tobytes() == b.tobytes()
+    report = load_blocks(target, path, on_mismatch="skip")
+    assert not report.ok and "stage_1" in report.loaded, str(report)
+    assert sorted(m.layer for m in report.skipped if m.block == "stage_1") == unpaired

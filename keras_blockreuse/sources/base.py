@@ -167,6 +167,12 @@ class PathGrouping(dict):
     it as a nested model to load from. Its layers are paired with the model's by name or
     Keras path either way.
 
+    `place`: the family's name rule, `(layer name, class name) -> block | None`, for a layer
+    no path lists at the top level of the nested model (or of the source, for a bare
+    backbone's file): a deeper source's extra residual units (`stack2_block2_1_conv`) go to
+    their stage (`stage_3`), where the model's blocks then refuse or report them, rather
+    than to blocks of their own that looked like layers the model merely lacks.
+
     Example:
 
     ```python
@@ -175,9 +181,11 @@ class PathGrouping(dict):
     ```
     """
 
-    def __init__(self, blocks, nested: str | None = None):
+    def __init__(self, blocks, nested: str | None = None,
+                 place: Callable[[str, str], str | None] | None = None):
         super().__init__(blocks)
         self.nested = nested
+        self.place = place
 
     def nested_as(self, layers: Sequence[LayerInfo]) -> str | None:
         """The source's nested model name that stands for `nested` (see the class), or None."""
@@ -300,7 +308,13 @@ class LayerSource(Source):
                 steps = path.split("/")  # a sub-layer goes with the longest listed path over it
                 block = next((owners[p] for p in ("/".join(steps[:i])
                                                   for i in range(len(steps), 0, -1))
-                              if p in owners), layer.top)
+                              if p in owners), None)
+                if block is None and self._rule.place is not None:
+                    inner = steps[1:] if steps[0] == self._rule.nested else steps
+                    if len(inner) == 1:
+                        block = self._rule.place(inner[0], layer.class_name)
+                groups.setdefault(block or layer.top, []).append(layer)
+                continue
                 groups.setdefault(block, []).append(layer)
             return {name: tuple(group) for name, group in groups.items()}
         tops = list(dict.fromkeys(layer.top for layer in layers))
