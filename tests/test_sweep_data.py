@@ -1,5 +1,6 @@
 """Tests for keras_blockreuse.sweep.data: datasets, task splits, shifts, shots, errors."""
 
+import shutil
 import urllib.error
 
 import numpy as np
@@ -187,3 +188,54 @@ def test_impossible_shots_names_the_limit():
 
 def test_noise_level_is_documented_constant():
     assert 0 < data.NOISE_STDDEV < 1
+
+
+def test_a_folder_dataset_is_read_as_data_folder_reads_one(tmp_path):
+    """Found by a fresh-user check: --dataset folder:PATH read every folder as RGB and resized
+    every image to the first image's size, unsaid. It now goes through --data's reader: a
+    greyscale folder is 1 channel (the summary says how it was read), images of several sizes
+    are refused unless image_size resizes them, and --data's train/ val/ test/ layout is
+    refused rather than read as classes named train, val, test."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    root = tmp_path / "grey"
+    pixels = {}
+    for c in ("a", "b"):
+        (root / c).mkdir(parents=True)
+        for i in range(8):
+            values = rng.integers(0, 256, size=(6, 6), dtype=np.uint8)
+            Image.fromarray(values, "L").save(root / c / f"{i}.png")
+            pixels[(c, i)] = values
+    x, y = load_dataset(f"folder:{root}")
+    assert x.shape == (16, 6, 6, 1) and y.tolist() == [0] * 8 + [1] * 8
+    np.testing.assert_array_equal(np.round(x[9, ..., 0] * 255), pixels[("b", 1)])
+    d = make_task(f"folder:{root}", shots=2, seed=0)
+    assert d.summary() == (
+        f"dataset=folder:{root}, task=shift, shift=noise, shots=2, seed=0, images (6, 6, 1)\n"
+        "  images read as greyscale (1 channel): every image in the folder is greyscale\n"
+        "  source: 6 train / 2 val images, 2 classes\n"
+        "  target: 4 train / 2 val / 2 test images, 2 classes")
+    Image.fromarray(np.zeros((9, 7), np.uint8), "L").save(root / "b" / "odd.png")
+    with pytest.raises(DataError) as info:
+        make_task(f"folder:{root}", shots=2)
+    assert str(info.value) == (
+        f"folder data {str(root)!r} holds images of 2 sizes: 6x6 (a/0.png), 9x7 (b/odd.png). "
+        "Pass --image-size HxW (image_size=) to resize them to one.")
+    d = make_task(f"folder:{root}", shots=2, image_size=(4, 5))
+    assert d.input_shape == (4, 5, 1)
+    assert d.notes == ("  resized to 4x5", "  images read as greyscale (1 channel): every "
+                       "image in the folder is greyscale")
+    with pytest.raises(DataError, match=r"^image_size resizes the images of a folder:PATH "
+                                        r"dataset; dataset 'digits' is used at its own size\.$"):
+        make_task("digits", image_size=(4, 4))
+    parts = tmp_path / "parts"
+    for part in ("train", "test"):
+        shutil.copytree(root, parts / part)
+    with pytest.raises(DataError) as info:
+        load_dataset(f"folder:{parts}")
+    assert str(info.value) == (
+        f"folder dataset {str(parts)!r} holds train/, test/: the layout of --data (your own "
+        "target's parts), which --dataset would read as classes named train, test. --dataset "
+        "folder:PATH takes one sub-folder of images per class and draws its own source and "
+        "target splits; for your own parts use --data with --source.")

@@ -266,7 +266,8 @@ def test_split_task_never_transfers_the_head_unless_named():
      "--task apply to the built-in tasks"),
     (["--metric", "mae"], "--loss and --metric apply"),
     (["--source", __file__, "--metric", "f1"], "its direction is not known"),
-    (["--image-size", "32x32"], "--image-size applies to --data"),
+    (["--image-size", "32x32"], "--image-size resizes the images of --data or --dataset "
+                                "folder:PATH; --dataset digits is used at its own size."),
     (["--model-args", "alpha=0.35"], "--model-args applies to keras.applications"),
 ])
 def test_bad_user_options_give_one_clear_line(argv, fragment, tmp_path, capsys):

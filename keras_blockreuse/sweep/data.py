@@ -15,7 +15,10 @@ validation and test sets. Everything (splits, noise, permutations) is fixed by `
 Datasets: `digits` (scikit-learn's bundled 8x8 handwritten digits: real data, no download),
 `cifar10`, `mnist`, `fashion_mnist` (through `keras.datasets`, which downloads them),
 `npz:PATH` (a file with `x_train, y_train, x_test, y_test`) and `folder:PATH` (one sub-folder of
-images per class). Images come back as float32 NHWC arrays scaled to [0, 1], labels as int64.
+images per class, read as `--data folder:PATH` reads one: 1 channel where every image is
+greyscale, else RGB; images of several sizes refused unless `image_size` resizes them; the
+summary says how they were read). Images come back as float32 NHWC arrays scaled to [0, 1],
+labels as int64.
 
 Example:
 
@@ -70,6 +73,8 @@ class TransferData:
         source_classes: number of source classes.
         target_classes: number of target classes.
         settings: the arguments that built it (dataset, task, shift, shots, seed).
+        notes: how the dataset was read, where that is not plain (an image folder's channels,
+            a resize), one line each.
     """
 
     x_source: np.ndarray
@@ -85,6 +90,7 @@ class TransferData:
     source_classes: int
     target_classes: int
     settings: dict
+    notes: tuple[str, ...] = ()
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -107,21 +113,27 @@ class TransferData:
         return (
             f"dataset={s['dataset']}, task={s['task']}{shift}{shots}, seed={s['seed']}, "
             f"images {self.input_shape}\n"
-            f"  source: {len(self.x_source)} train / {len(self.x_source_val)} val images, "
+            + "".join(f"{note}\n" for note in self.notes)
+            + f"  source: {len(self.x_source)} train / {len(self.x_source_val)} val images, "
             f"{self.source_classes} classes\n"
             f"  target: {len(self.x_train)} train / {len(self.x_val)} val / "
             f"{len(self.x_test)} test images, {self.target_classes} classes"
         )
 
 
-def load_dataset(name: str) -> tuple[np.ndarray, np.ndarray]:
+def load_dataset(name: str, image_size=None) -> tuple[np.ndarray, np.ndarray]:
     """Load every image and label of a dataset as one pool.
 
     Given train and test splits are concatenated: `make_task` draws its own disjoint splits.
+    A `folder:PATH` is read as `--data folder:PATH` reads one (`user_data.read_image_folder`):
+    1 channel where every image is greyscale, else RGB; images of several sizes are refused
+    unless `image_size` resizes them.
 
     Args:
         name: `"digits"`, `"cifar10"`, `"mnist"`, `"fashion_mnist"`, `"npz:PATH"` or
             `"folder:PATH"`.
+        image_size: `(height, width)` to resize a `folder:PATH`'s images to; None keeps them
+            as they are (they must then share one size).
 
     Returns:
         `(x, y)`: float32 images `(n, height, width, channels)` in [0, 1] and int64 labels
@@ -136,8 +148,18 @@ def load_dataset(name: str) -> tuple[np.ndarray, np.ndarray]:
     >>> x.shape, int(y.max())
     ((1797, 8, 8, 1), 9)
     """
+    x, y, _ = _load_pool(name, image_size)
+    return x, y
+
+
+def _load_pool(name: str, image_size=None) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """`load_dataset`'s pool and the facts of how it was read (a folder's channels, resize)."""
     if not isinstance(name, str) or not name:
         raise DataError(f"Expected a dataset name, received {name!r}.")
+    if image_size is not None and not name.startswith("folder:"):
+        raise DataError(f"image_size resizes the images of a folder:PATH dataset; dataset "
+                        f"{name!r} is used at its own size.")
+    facts: list[str] = []
     if name == "digits":
         from sklearn.datasets import load_digits
 
@@ -148,14 +170,14 @@ def load_dataset(name: str) -> tuple[np.ndarray, np.ndarray]:
     elif name.startswith("npz:"):
         x, y = _load_npz(name[len("npz:") :])
     elif name.startswith("folder:"):
-        x, y = _load_folder(name[len("folder:") :])
+        x, y, facts = _load_folder(name[len("folder:") :], image_size)
     else:
         raise DataError(
             f"Unknown dataset {name!r}. Expected one of {', '.join(DATASETS)}, "
             "npz:PATH (a .npz file with x_train, y_train, x_test, y_test) or "
             "folder:PATH (one sub-folder of images per class)."
         )
-    return _normalize(x, y, name)
+    return (*_normalize(x, y, name), facts)
 
 
 def make_task(
@@ -165,6 +187,7 @@ def make_task(
     shots: int | None = 10,
     seed: int = 0,
     source_classes: list[int] | None = None,
+    image_size=None,
 ) -> TransferData:
     """Build a source task and a target task from one dataset.
 
@@ -178,6 +201,7 @@ def make_task(
         seed: fixes every split, the noise and the label permutation.
         source_classes: for `task="split"`, the source's classes (default: the first half);
             the target gets the others.
+        image_size: `(height, width)` to resize a `folder:PATH` dataset's images to.
 
     Returns:
         A `TransferData`.
@@ -203,7 +227,7 @@ def make_task(
     if shots is not None and (isinstance(shots, bool) or not isinstance(shots, int) or shots < 1):
         raise DataError(f"Expected shots to be a positive integer or None, received {shots!r}.")
 
-    x, y = load_dataset(dataset)
+    x, y, notes = _load_pool(dataset, image_size)
     rng = np.random.default_rng(seed)
     classes = np.unique(y)
 
@@ -259,6 +283,7 @@ def make_task(
         source_classes=int(len(np.unique(y_source_all))),
         target_classes=int(len(np.unique(y_target_all))),
         settings=settings,
+        notes=tuple(notes),
     )
 
 
@@ -406,31 +431,21 @@ def _load_npz(path: str) -> tuple[np.ndarray, np.ndarray]:
     return x, y
 
 
-def _load_folder(path: str) -> tuple[np.ndarray, np.ndarray]:
-    import keras
+def _load_folder(path: str, image_size=None) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """The pool of a folder of class sub-folders, read as `--data folder:PATH` reads one
+    (`user_data.read_image_folder`): the channels the images have, one size (or
+    `image_size`), 16-bit PNGs refused; and the facts of how it was read."""
+    from keras_blockreuse.sweep.user_data import read_image_folder
 
     if not os.path.isdir(path):
         raise DataError(f"folder dataset: no such directory {path!r}.")
-    classes = sorted(d for d in os.listdir(path) if os.path.isdir(os.path.join(path, d)))
-    first = None
-    for c in classes:
-        files = sorted(os.listdir(os.path.join(path, c)))
-        if files:
-            first = os.path.join(path, c, files[0])
-            break
-    if len(classes) < 2 or first is None:
+    parts = [p for p in ("train", "val", "test") if os.path.isdir(os.path.join(path, p))]
+    if "train" in parts and len(parts) > 1:
         raise DataError(
-            f"folder dataset {path!r}: expected one sub-folder of images per class (at least "
-            f"2), found {len(classes)} sub-folders."
-        )
-    try:
-        size = keras.utils.load_img(first).size  # (width, height)
-        dataset = keras.utils.image_dataset_from_directory(
-            path, image_size=(size[1], size[0]), batch_size=None, shuffle=False, verbose=False
-        )
-        pairs = list(dataset.as_numpy_iterator())
-    except Exception as error:
-        raise DataError(f"folder dataset {path!r} could not be read: {error}") from error
-    x = np.stack([p[0] for p in pairs])
-    y = np.array([p[1] for p in pairs])
-    return x * (1.0 / 255.0), y
+            f"folder dataset {path!r} holds {', '.join(p + '/' for p in parts)}: the layout of "
+            "--data (your own target's parts), which --dataset would read as classes named "
+            f"{', '.join(parts)}. --dataset folder:PATH takes one sub-folder of images per "
+            "class and draws its own source and target splits; for your own parts use --data "
+            "with --source.")
+    x, y, _, facts = read_image_folder(path, image_size)
+    return x * (1.0 / 255.0), y, facts

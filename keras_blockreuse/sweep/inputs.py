@@ -340,7 +340,7 @@ def from_settings(settings) -> UserInputs | None:
         from keras_blockreuse.sweep.data import make_task
 
         data = make_task(settings.dataset, settings.task, settings.resolved_shift(),
-                         settings.shots, seed=settings.data_seed)
+                         settings.shots, seed=settings.data_seed, image_size=settings.image_size)
     loss = settings.loss or "sparse_categorical_crossentropy"
     name, mode = metric_direction(settings.metric or "accuracy")
     if "sparse" in loss:

@@ -360,8 +360,10 @@ class SweepSettings:
         if self.source is not None and not os.path.exists(self.source):
             raise SweepError(f"--source: no such file {self.source!r}.")
         if self.image_size is not None:
-            if self.data is None:
-                raise SweepError("--image-size applies to --data images only.")
+            if self.data is None and not str(self.dataset).startswith("folder:"):
+                raise SweepError(f"--image-size resizes the images of --data or --dataset "
+                                 f"folder:PATH; --dataset {self.dataset} is used at its own "
+                                 "size.")
             if len(self.image_size) != 2 or min(self.image_size) < 1:
                 raise SweepError(f"--image-size must be HEIGHTxWIDTH (such as 96x96), received "
                                  f"{self.image_size!r}.")
@@ -409,7 +411,9 @@ def build_parser() -> argparse.ArgumentParser:
     add("--dataset", default=None, metavar="NAME",
         help="digits (scikit-learn's bundled 8x8 digits, no download; default), cifar10, mnist, "
              "fashion_mnist (keras.datasets, downloaded), npz:PATH (x_train, y_train, x_test, "
-             "y_test) or folder:PATH (one sub-folder of images per class)")
+             "y_test) or folder:PATH (one sub-folder of images per class, read as --data "
+             "reads one: 1 channel where every image is greyscale, else RGB; one size, or "
+             "--image-size)")
     add("--task", default=None, choices=ALL_TASKS,
         help="shift: same classes, the target's images shifted (default); split: the source "
              "gets the first half of the classes, the target the rest (Yosinski's A/B); "
@@ -450,8 +454,8 @@ def build_parser() -> argparse.ArgumentParser:
              "60/20/20 stratified split). Used as given (pixels 0-255 for images; "
              "keras.applications models apply their family's preprocess_input)")
     add("--image-size", default=None, metavar="HxW",
-        help="resize --data images to HEIGHTxWIDTH (default: as given; folder images must "
-             "then share one size)")
+        help="resize --data or --dataset folder:PATH images to HEIGHTxWIDTH (default: as "
+             "given; folder images must then share one size)")
     add("--loss", default=None, metavar="NAME",
         help="a Keras loss for the target (default sparse_categorical_crossentropy): "
              "binary_crossentropy (binary or multi-label), mse / mae / huber (regression), ...")

@@ -666,7 +666,7 @@ def _make_data(settings: SweepSettings):
             sizes = {k: SMOKE_DETECTION[k] for k in ("val_images", "test_images")}
         return make_detection_task(seed=settings.data_seed, **sizes)
     return make_task(settings.dataset, settings.task, settings.resolved_shift(), settings.shots,
-                     seed=settings.data_seed)
+                     seed=settings.data_seed, image_size=settings.image_size)
 
 
 def _functions(settings: SweepSettings) -> dict:

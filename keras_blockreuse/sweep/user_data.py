@@ -50,7 +50,7 @@ HELD_OUT_FRACTION = 0.2
 """The share of the training set split off as validation (or test) where none is given."""
 IMAGE_EXTENSIONS = (".bmp", ".gif", ".jpeg", ".jpg", ".png")
 """What `keras.utils.image_dataset_from_directory` reads."""
-__all__ = ["HELD_OUT_FRACTION", "TargetData", "from_arrays", "load_data"]
+__all__ = ["HELD_OUT_FRACTION", "TargetData", "from_arrays", "load_data", "read_image_folder"]
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -527,20 +527,7 @@ def _load_folder(path: str, seed: int, image_size) -> TargetData:
         if unknown:
             raise DataError(f"folder data {path!r}: {name}/ has classes {unknown} that "
                             "train/ lacks.")
-    sizes, colours = _headers(files)
-    size = tuple(image_size) if image_size is not None else _common_size(sizes, path)
-    if image_size is not None:
-        facts.append(f"  resized to {size[0]}x{size[1]}")
-    color_mode, fact = _color_mode(colours, path)
-    facts.append(fact)
-    # TensorFlow decodes GIF and BMP to 3 channels only; a grey image's three are equal.
-    via_rgb = color_mode == "grayscale" and any(
-        not p.lower().endswith((".png", ".jpg", ".jpeg"))
-        for found in colours.values() for p in found)
-    _refuse_16_bit(files, path)
-    loaded = {name: _read_folder(root, classes, sorted(files[name]), size,
-                                 "rgb" if via_rgb else color_mode, via_rgb)
-              for name, root in roots.items()}
+    loaded = _read_images(path, roots, files, classes, image_size, facts)
     if parts:  # the user's parts, before any is split off: their files name the copies
         named = {}
         for name in loaded:
@@ -566,6 +553,50 @@ def _load_folder(path: str, seed: int, image_size) -> TargetData:
         facts.append(f"  test: {HELD_OUT_FRACTION:.0%} of train/, split with seed {seed}")
         (x, y), (x_test, y_test) = _split(x, y, seed, "train/", facts=facts)
     return _checked(x, y, x_val, y_val, x_test, y_test, "\n".join(facts), tuple(classes))
+
+
+def read_image_folder(path: str, image_size: Sequence[int] | None = None
+                      ) -> tuple[np.ndarray, np.ndarray, tuple[str, ...], list[str]]:
+    """Every image of a folder of class sub-folders, read as `folder:PATH` reads them (the
+    channels the images have, one size or `image_size`, 16-bit PNGs, hidden or empty folders
+    and stray images as the module docstring says), without splitting it.
+
+    Returns:
+        `(x, y, class_names, facts)`: float32 images (pixels 0-255), int64 labels (indices
+        into `class_names`), and the description's lines on how they were read.
+
+    Raises:
+        DataError: no such folder, fewer than 2 classes, images of several sizes without
+            `image_size`, 16-bit PNGs, or images outside any class folder.
+    """
+    if not os.path.isdir(path):
+        raise DataError(f"folder data: no such folder {path!r}.")
+    files = {"all": _image_files(path, 2)}
+    classes = sorted(files["all"])
+    facts: list[str] = []
+    x, y = _read_images(path, {"all": path}, files, classes, image_size, facts)["all"]
+    return x, y.astype(np.int64), tuple(classes), facts
+
+
+def _read_images(path: str, roots: dict, files: dict, classes: list[str], image_size,
+                 facts: list[str]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """`{part: (x, y)}` for each folder of `roots` (`files`: its classes' images), all of one
+    size (`image_size`, or the one every image has) and one channel count; appends the facts
+    of how they were read (resized, channels) to `facts`."""
+    sizes, colours = _headers(files)
+    size = tuple(image_size) if image_size is not None else _common_size(sizes, path)
+    if image_size is not None:
+        facts.append(f"  resized to {size[0]}x{size[1]}")
+    color_mode, fact = _color_mode(colours, path)
+    facts.append(fact)
+    # TensorFlow decodes GIF and BMP to 3 channels only; a grey image's three are equal.
+    via_rgb = color_mode == "grayscale" and any(
+        not p.lower().endswith((".png", ".jpg", ".jpeg"))
+        for found in colours.values() for p in found)
+    _refuse_16_bit(files, path)
+    return {name: _read_folder(root, classes, sorted(files[name]), size,
+                               "rgb" if via_rgb else color_mode, via_rgb)
+            for name, root in roots.items()}
 
 
 def _image_files(root: str, classes: int = 2) -> dict[str, list[str]]:
