@@ -1014,3 +1014,50 @@ def test_hidden_or_empty_folders_are_no_class_and_stray_images_are_refused(tmp_p
     assert str(e.value) == (
         f"folder data {str(root / 'test')!r} holds 1 images outside any class folder (such as "
         "stray.png), which would not be read: move each into the sub-folder of its class.")
+
+
+def test_the_reports_settings_are_those_the_sweep_used(arrays, source4, tmp_path):
+    """Found by a fresh-user check: a sweep on the user's own data (--data, which_blocks)
+    reported `dataset | digits`, `task | shift`, `shift | noise`, `shots | 10` (the built-in
+    task's defaults, which did not apply) and `data | npz:PATH` without how it was split. The
+    settings table now shows the data's description instead; with --source, not the source
+    training's settings either. A built-in task's run keeps its own."""
+    from types import SimpleNamespace
+
+    from keras_blockreuse.sweep.options import build_parser, settings_from_args
+    from keras_blockreuse.sweep.report import write_report
+    from keras_blockreuse.sweep.run import _settings_dict
+
+    (x, y), _, (xt, yt) = arrays
+    npz = tmp_path / "target.npz"
+    np.savez(npz, x_train=x, y_train=y, x_test=xt, y_test=yt)
+
+    def shown(*argv):
+        settings = settings_from_args(build_parser().parse_args(
+            [*argv, "--out", str(tmp_path / "out")]))
+        user = None
+        if settings.data:
+            user = SimpleNamespace(data=load_data(settings.data, seed=0))
+        elif settings.source:  # --source on a built-in task: its target arrays, no description
+            user = SimpleNamespace(data=SimpleNamespace(x_train=x))
+        return _settings_dict(settings, 0.0, ["block_1"], user)
+
+    own = shown("--model", BUILDER, "--source", source4, "--data", f"npz:{npz}")
+    assert own["data"] == (f"npz:{npz}; validation: 20% of train, split with seed 0")
+    for key in ("dataset", "task", "shift", "shots", "train_images", "data_seeds",
+                "source_epochs", "cache"):
+        assert key not in own, key
+    frame = pd.DataFrame({"policy": ["scratch"] * 3, "seed": [0, 1, 2], "status": ["ok"] * 3,
+                          "test_accuracy": [0.5, 0.6, 0.7], "val_accuracy": [0.5, 0.6, 0.7]})
+    write_report(frame, str(tmp_path / "report"), own)
+    report = (tmp_path / "report" / "report.md").read_text()
+    rows = report.split("## Settings")[1].splitlines()
+    assert f"| data | npz:{npz}; validation: 20% of train, split with seed 0 |" in rows
+    assert not any(r.startswith(("| dataset |", "| task |", "| shots |")) for r in rows)
+    builtin_target = shown("--model", BUILDER, "--source", source4, "--shots", "5")
+    assert (builtin_target["dataset"], builtin_target["task"], builtin_target["shift"],
+            builtin_target["shots"], builtin_target["data"]) == ("digits", "shift", "noise",
+                                                                 5, None)
+    assert "source_epochs" not in builtin_target
+    builtin = shown()
+    assert (builtin["dataset"], builtin["shots"], builtin["source_epochs"]) == ("digits", 10, 30)

@@ -331,7 +331,7 @@ def _finish(settings, ray_run, blocks, fixed, started, signal_name, print_fn,
     mark = None
     if signal_name:
         mark = f"INTERRUPTED ({signal_name}): {finished} of {ray_run['planned']} trials finished"
-    shown = _settings_dict(settings, ray_run["gpus_per_trial"], blocks)
+    shown = _settings_dict(settings, ray_run["gpus_per_trial"], blocks, user)
     written = write_report(trials, out, shown, info, metric=metric, mode=_mode_of(user),
                            coverage=_coverage(settings), interrupted=mark)
     ranking = ray_run["ranking"]
@@ -1137,11 +1137,32 @@ def _machine() -> str:
     return f"{os.cpu_count()} CPU cores, {gpus or 'no'} GPU{'s' if gpus != 1 else ''} (driver)"
 
 
-def _settings_dict(settings: SweepSettings, gpus_per_trial: float, blocks) -> dict:
+USER_DATA_UNUSED = ("dataset", "task", "shift", "shots", "train_images", "data_seeds")
+"""Settings of the built-in tasks, left out of the report of a sweep on the user's own data."""
+SOURCE_GIVEN_UNUSED = ("source_epochs", "cache")
+"""Settings of the trained source, left out of the report of a sweep given its source."""
+
+
+def _settings_dict(settings: SweepSettings, gpus_per_trial: float, blocks,
+                   user: UserInputs | None = None) -> dict:
+    """The settings the report shows: those the sweep used. On the user's own data (--data,
+    which_blocks) `data` is its description (where it came from, how it was read and split)
+    and the built-in task's settings are left out; with --source, the source training's."""
     d = dataclasses.asdict(settings)
     d.pop("explicit", None)
     d["shift"] = settings.resolved_shift()
     d["train_images"] = settings.resolved_train_images()
+    description = getattr(getattr(user, "data", None), "description", None)
+    if isinstance(description, str):  # the user's own data (a built-in task has none)
+        for key in USER_DATA_UNUSED:
+            d.pop(key, None)
+        lines = [line.strip() for line in description.splitlines() if line.strip()]
+        if lines and lines[0].startswith("data: "):
+            lines[0] = lines[0][len("data: "):]
+        d["data"] = "; ".join(lines)
+    if settings.source is not None:
+        for key in SOURCE_GIVEN_UNUSED:
+            d.pop(key, None)
     if settings.task == DETECTION:
         d["shots"] = None  # the detection task has no shots
         trial = _detection_trial_settings(settings)
