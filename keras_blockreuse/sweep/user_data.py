@@ -13,7 +13,8 @@ dtype), in train and in validation or test, or in validation and in test, under 
 or another, would have the verdict measured partly on training samples or chosen and reported
 on the same ones. The parts are compared as given, before any is split off, and the error
 says which share how many samples, with their indices (an image's file). Copies within one
-part are fine. Hashing costs about 0.1 s per 60,000 28x28 images. Inputs or labels of dtype
+part are fine; those under different labels are said in the description (how many, one
+example), since no model is right on every such copy. Hashing costs about 0.1 s per 60,000 28x28 images. Inputs or labels of dtype
 object (Python objects) are refused: their bytes are references.
 
 An image folder is read with the channels its images have (from their headers): 1 channel
@@ -171,7 +172,7 @@ def from_arrays(train, validation, test=None, seed: int = 0,
     if test is not None:
         given.append(("test", *_pair(test, "test")))
     _check_overlap(given)
-    facts = [description]
+    facts = [description, *_relabelled_copies(given)]
     if test is None:
         facts.append(f"  test: {HELD_OUT_FRACTION:.0%} of train, split with seed {seed}")
         (x_train, y_train), (x_test, y_test) = _split(x_train, y_train, seed, "train", facts=facts)
@@ -437,6 +438,37 @@ def _check_overlap(parts, labels: Mapping | None = None) -> None:
         "part.")
 
 
+def _relabelled_copies(parts, labels: Mapping | None = None) -> list[str]:
+    """The description's lines on inputs found more than once within one part (byte for
+    byte) under different labels: one line per part that has any, with their count and one
+    example. No model is right on every such copy, so they cap what any policy can score
+    there. `parts` and `labels` as `_check_overlap` takes them (the parts as given)."""
+    facts = []
+    for name, x, y in parts:
+        groups: dict[bytes, list[int]] = {}
+        for i, key in enumerate(_sample_keys(x)):
+            groups.setdefault(key, []).append(i)
+        ys = np.ascontiguousarray(y).reshape(len(y), -1)
+        found = []  # (first copy, a copy under another label, copies)
+        for members in groups.values():
+            other = next((j for j in members[1:] if ys[j].tobytes() != ys[members[0]].tobytes()),
+                         None)
+            if other is not None:
+                found.append((members[0], other, len(members)))
+        if not found:
+            continue
+        named = (labels or {}).get(name)
+        shown = [repr(named[i]) if named is not None else str(i) for i in found[0][:2]]
+        said = [ys[i][0].item() if ys.shape[1] == 1 else ys[i].tolist() for i in found[0][:2]]
+        inputs = "1 input appears" if len(found) == 1 else f"{len(found)} inputs appear"
+        facts.append(
+            f"  {name}: {inputs} more than once under different labels "
+            f"({sum(n for *_, n in found)} samples; such as {name} [{shown[0]}] labelled "
+            f"{said[0]!r} and [{shown[1]}] labelled {said[1]!r}): no model is right on every "
+            "copy, which caps the score any policy can reach")
+    return facts
+
+
 def _refuse_objects(parts) -> None:
     """Refuses inputs or labels of dtype object (Python objects): their bytes are references,
     so copies across parts cannot be found, nor the data checksummed for a resumed sweep."""
@@ -484,8 +516,10 @@ def _load_npz(path: str, seed: int, image_size) -> TargetData:
         if x in arrays and len(arrays[x]) != len(arrays[y]):
             raise DataError(f"npz data {path!r}: {name} has {len(arrays[x])} inputs but "
                             f"{len(arrays[y])} labels.")
-    _check_overlap([(x, arrays[x], arrays["y" + x[1:]]) for x in ("x_train", "x_val", "x_test")
-                    if x in arrays])
+    given = [(x, arrays[x], arrays["y" + x[1:]]) for x in ("x_train", "x_val", "x_test")
+             if x in arrays]
+    _check_overlap(given)
+    facts += _relabelled_copies(given)
     train = (arrays["x_train"], arrays["y_train"])
     if "x_val" in arrays:
         val = (arrays["x_val"], arrays["y_val"])
@@ -528,13 +562,16 @@ def _load_folder(path: str, seed: int, image_size) -> TargetData:
             raise DataError(f"folder data {path!r}: {name}/ has classes {unknown} that "
                             "train/ lacks.")
     loaded = _read_images(path, roots, files, classes, image_size, facts)
-    if parts:  # the user's parts, before any is split off: their files name the copies
-        named = {}
-        for name in loaded:
-            found = [os.path.relpath(p, path) for c in classes for p in files[name].get(c, [])]
-            if len(found) == len(loaded[name][0]):  # the reader's order: class, then file
-                named[name + "/"] = found
-        _check_overlap([(name + "/", *loaded[name]) for name in loaded], named)
+    # The user's parts, before any is split off: their files name the copies.
+    called = {name: "the folder" if name == "all" else name + "/" for name in loaded}
+    named = {}
+    for name in loaded:
+        found = [os.path.relpath(p, path) for c in classes for p in files[name].get(c, [])]
+        if len(found) == len(loaded[name][0]):  # the reader's order: class, then file
+            named[called[name]] = found
+    given = [(called[name], *loaded[name]) for name in loaded]
+    _check_overlap(given, named)
+    facts += _relabelled_copies(given, named)
     if not parts:
         facts.append(f"  no train/, val/, test/ folders: 60/20/20 stratified split with seed "
                      f"{seed}")
