@@ -49,6 +49,10 @@ from keras_blockreuse.sweep.data import DataError
 
 HELD_OUT_FRACTION = 0.2
 """The share of the training set split off as validation (or test) where none is given."""
+SHARE_TOLERANCE = 0.05
+"""How far (a fraction of the samples) a part split off may be from its stated share before the
+description says its actual size: keeping copies together can move it far (12 copies of one
+input in 72 samples made a 20% part 37%)."""
 IMAGE_EXTENSIONS = (".bmp", ".gif", ".jpeg", ".jpg", ".png")
 """What `keras.utils.image_dataset_from_directory` reads."""
 __all__ = ["HELD_OUT_FRACTION", "TargetData", "from_arrays", "load_data", "read_image_folder"]
@@ -175,7 +179,8 @@ def from_arrays(train, validation, test=None, seed: int = 0,
     facts = [description, *_relabelled_copies(given)]
     if test is None:
         facts.append(f"  test: {HELD_OUT_FRACTION:.0%} of train, split with seed {seed}")
-        (x_train, y_train), (x_test, y_test) = _split(x_train, y_train, seed, "train", facts=facts)
+        (x_train, y_train), (x_test, y_test) = _split(x_train, y_train, seed, "train",
+                                                      facts=facts, part="test")
     else:
         x_test, y_test = given[2][1:]
     return _checked(x_train, y_train, x_val, y_val, x_test, y_test, "\n".join(facts))
@@ -325,12 +330,16 @@ def _is_classes(y: np.ndarray) -> bool:
     return y.dtype.kind in "iu" and (y.ndim == 1 or (y.ndim == 2 and y.shape[1] == 1))
 
 
-def _split(x, y, seed: int, name: str, fraction: float = HELD_OUT_FRACTION, facts=None):
+def _split(x, y, seed: int, name: str, fraction: float = HELD_OUT_FRACTION, facts=None,
+           part: str = "", of: str = "", whole: int | None = None,
+           stated: float | None = None):
     """`((x_kept, y_kept), (x_held, y_held))`, stratified for class labels. Samples whose
     inputs are equal byte for byte stay on one side: a held-out copy of a kept sample would be
     scored as unseen. Without such copies the split is sklearn's `train_test_split` of the
     samples; with them, of the distinct inputs (each copy follows its first), and a line of
-    `facts` says so."""
+    `facts` says so; another says the held-out `part`'s actual size where it is more than
+    `SHARE_TOLERANCE` from its `stated` share (default `fraction`) of `whole` samples (default
+    `len(x)`) of `of` (default `name`)."""
     from sklearn.model_selection import train_test_split
 
     keys = _sample_keys(x)
@@ -357,6 +366,13 @@ def _split(x, y, seed: int, name: str, fraction: float = HELD_OUT_FRACTION, fact
         if facts is not None and not any(f.startswith(fact) for f in facts):
             facts.append(f"{fact}{len(x) - len(firsts)} samples are exact copies of others; "
                          "each input's copies were kept in one part")
+        whole = len(x) if whole is None else whole
+        meant, got = fraction if stated is None else stated, len(held) / whole
+        if facts is not None and part and abs(got - meant) > SHARE_TOLERANCE:
+            largest = max(len(g) for g in members.values())
+            facts.append(f"  {part}: {len(held)} of the {whole} samples of {of or name} "
+                         f"({got:.0%}), not {meant:.0%}: each input's copies were kept in one "
+                         f"part (one input alone has {largest} samples)")
     return (x[kept], y[kept]), (x[held], y[held])
 
 
@@ -525,7 +541,7 @@ def _load_npz(path: str, seed: int, image_size) -> TargetData:
         val = (arrays["x_val"], arrays["y_val"])
     else:
         facts.append(f"  validation: {HELD_OUT_FRACTION:.0%} of train, split with seed {seed}")
-        train, val = _split(*train, seed, "x_train", facts=facts)
+        train, val = _split(*train, seed, "x_train", facts=facts, part="validation")
     test = (arrays["x_test"], arrays["y_test"])
     for (x, y), name in ((train, "train"), (val, "validation"), (test, "test")):
         if len(x) != len(y):
@@ -575,20 +591,24 @@ def _load_folder(path: str, seed: int, image_size) -> TargetData:
     if not parts:
         facts.append(f"  no train/, val/, test/ folders: 60/20/20 stratified split with seed "
                      f"{seed}")
-        (x, y), (x_test, y_test) = _split(*loaded["all"], seed, "the folder", facts=facts)
-        (x, y), (x_val, y_val) = _split(x, y, seed, "the folder", fraction=0.25, facts=facts)
+        (x, y), (x_test, y_test) = _split(*loaded["all"], seed, "the folder", facts=facts,
+                                          part="test")
+        (x, y), (x_val, y_val) = _split(x, y, seed, "the folder", fraction=0.25, facts=facts,
+                                        part="validation", whole=len(loaded["all"][0]),
+                                        stated=0.2)
         return _checked(x, y, x_val, y_val, x_test, y_test, "\n".join(facts), tuple(classes))
     x, y = loaded["train"]
     if "val" in loaded:
         x_val, y_val = loaded["val"]
     else:
         facts.append(f"  validation: {HELD_OUT_FRACTION:.0%} of train/, split with seed {seed}")
-        (x, y), (x_val, y_val) = _split(x, y, seed, "train/", facts=facts)
+        (x, y), (x_val, y_val) = _split(x, y, seed, "train/", facts=facts, part="validation")
     if "test" in loaded:
         x_test, y_test = loaded["test"]
     else:
-        facts.append(f"  test: {HELD_OUT_FRACTION:.0%} of train/, split with seed {seed}")
-        (x, y), (x_test, y_test) = _split(x, y, seed, "train/", facts=facts)
+        of = "train/" if "val" in loaded else "what train/ kept after validation"
+        facts.append(f"  test: {HELD_OUT_FRACTION:.0%} of {of}, split with seed {seed}")
+        (x, y), (x_test, y_test) = _split(x, y, seed, "train/", facts=facts, part="test", of=of)
     return _checked(x, y, x_val, y_val, x_test, y_test, "\n".join(facts), tuple(classes))
 
 
