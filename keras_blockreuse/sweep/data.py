@@ -106,7 +106,7 @@ class TransferData:
         return digest.hexdigest()
 
     def summary(self) -> str:
-        """One line per task: its size, classes and image shape."""
+        """One line per task (its size, classes and image shape), and one per note."""
         s = self.settings
         shift = f", shift={s['shift']}" if s["task"] == "shift" else ""
         shots = f", shots={s['shots']}" if s["shots"] else ""
