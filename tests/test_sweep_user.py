@@ -487,7 +487,9 @@ def test_a_backbone_the_source_holds_under_another_name_is_said_so(arrays):
             "not in the source, whose blocks ['sequential_1'] pair with no block of the model "
             "(renamed, or an automatic name shifted?); load_blocks pairs them with "
             "rename={'sequential_1': 'sequential'}: load the pretrained weights into a model "
-            "of the target's architecture with it and pass that model as the source")}
+            "of the target's architecture built after keras.backend.clear_session() (so that "
+            "its automatic names are those the sweep's trials give) with it, and pass that "
+            "model as the source")}
     finally:
         shutil.rmtree(os.path.dirname(inputs.snapshot), ignore_errors=True)
 
@@ -1125,3 +1127,51 @@ def test_a_part_split_off_far_from_its_share_says_its_size(arrays, tmp_path):
         "kept in one part (one input alone has 12 samples)",
         "  validation: 6 of the 41 samples of the folder (15%), not 20%: each input's copies "
         "were kept in one part (one input alone has 12 samples)"]
+
+
+def test_a_source_whose_automatic_names_shifted_says_how_to_sweep_it(arrays, tmp_path):
+    """Found by a fresh-user test: a source built after other models in its session (a
+    notebook: `conv2d_2`, `dense_4`) shares no block name with the model the sweep builds, and
+    the refusal said only "Check the block rule (blocks=) or the source", listing 4 of the 5
+    model blocks. It now names every block, says the names shifted, gives load_blocks'
+    rename= and a way that works; following it, the sweep takes the source."""
+    def auto(input_shape=(8, 8, 1), num_classes=3):
+        i = keras.Input(input_shape)
+        x = keras.layers.Conv2D(4, 3, padding="same", activation="relu")(i)
+        x = keras.layers.Conv2D(4, 3, padding="same", activation="relu")(x)
+        x = keras.layers.GlobalAveragePooling2D()(x)
+        x = keras.layers.Dense(8, activation="relu")(x)
+        x = keras.layers.Dense(4, activation="relu")(x)
+        return keras.Model(i, keras.layers.Dense(num_classes, activation="softmax")(x))
+
+    keras.backend.clear_session()
+    auto(), auto()
+    pretrained = auto()
+    path = str(tmp_path / "pretrained.weights.h5")
+    pretrained.save_weights(path)
+    with pytest.raises(SweepError) as e:
+        _prepared(auto, path, arrays)
+    rename = ("{'conv2d_4': 'conv2d', 'conv2d_5': 'conv2d_1', 'dense_6': 'dense', 'dense_7': "
+              "'dense_1', 'dense_8': 'dense_2'}")
+    message = str(e.value)
+    assert "model blocks ['conv2d', 'conv2d_1', 'dense', 'dense_1', 'dense_2'] (" in message
+    assert "; and 1 more). Its blocks pair one to one with the model's by their places in " \
+           "Keras's saving walk: the same architecture, its automatic layer names shifted" \
+           in message, message
+    assert message.endswith(
+        "give the source the model's names: load the pretrained weights into a model of the "
+        "target's architecture built after keras.backend.clear_session() (so that its "
+        "automatic names are those the sweep's trials give) with load_blocks(model, source, "
+        f"rename={rename}), and pass that model as the source. Or name the layers (Conv2D(8, "
+        "3, name='block_1_0')).") , message
+
+    keras.backend.clear_session()
+    fresh = auto()
+    from keras_blockreuse import load_blocks
+    assert load_blocks(fresh, path, rename=eval(rename)).ok
+    inputs = _prepared(auto, fresh, arrays)
+    try:
+        assert inputs.blocks == ["conv2d", "conv2d_1", "dense", "dense_1", "dense_2"]
+        assert inputs.fixed == {}
+    finally:
+        shutil.rmtree(os.path.dirname(inputs.snapshot), ignore_errors=True)

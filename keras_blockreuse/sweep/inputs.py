@@ -276,10 +276,13 @@ def _transferable(model, path: str, source_blocks: list[str]
             continue
         ok.append(name)
     if not ok:
+        reasons = [f"{b}: {why}" for b, why in fixed.items()]
+        more = f"; and {len(reasons) - 4} more" if len(reasons) > 4 else ""
         raise SweepError(f"The source shares no transferable block with the model: source "
                          f"blocks {source_blocks}, model blocks {list(model.blocks)} ("
-                         + "; ".join(f"{b}: {why}" for b, why in list(fixed.items())[:4])
-                         + "). Check the block rule (blocks=) or the source.")
+                         + "; ".join(reasons[:4]) + more + "). "
+                         + (_shifted_names(model, path) or
+                            "Check the block rule (blocks=) or the source."))
     # Each block above was asked for by name, which load_blocks takes as the caller's word
     # where automatic names cannot say which layer is which (a layer added before others of
     # its class). The sweep's choice of blocks is not that word: the whole source, asked for
@@ -299,14 +302,46 @@ def _transferable(model, path: str, source_blocks: list[str]
         ) from error
     lacking, unused = report.unpaired
     if lacking and unused:  # "not in the source" would hide that the source has others
-        offer = (f"; load_blocks pairs them with rename={report.suggested_rename}: load the "
-                 "pretrained weights into a model of the target's architecture with it and "
-                 "pass that model as the source" if report.suggested_rename else "")
+        offer = (f"; load_blocks pairs them with rename={report.suggested_rename}: "
+                 f"{_FRESH_MODEL} with it, and pass that model as the source"
+                 if report.suggested_rename else "")
         for name in lacking:
             if fixed.get(name) == "not in the source":
                 fixed[name] = (f"not in the source, whose blocks {unused} pair with no block "
                                f"of the model (renamed, or an automatic name shifted?){offer}")
     return ok, fixed, list(report.caveats)
+
+
+_FRESH_MODEL = ("load the pretrained weights into a model of the target's architecture "
+                "built after keras.backend.clear_session() (so that its automatic names are "
+                "those the sweep's trials give)")
+
+
+def _shifted_names(model, path: str) -> str:
+    """Where the source's blocks are the model's under automatic names shifted (the source
+    built after other models in its session: `conv2d_8` for `conv2d`), what to do: the sweep
+    builds the model afresh in each trial, under a fresh session's names, and pairs blocks by
+    name. `""` where `load_blocks` offers no such `rename=`."""
+    from keras_blockreuse.errors import BlockMismatchError
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            model.load_blocks(path, on_mismatch="skip")
+    except BlockMismatchError as error:
+        offered = [line for line in str(error).splitlines()
+                   if line.startswith("The blocks pair one to one") and "rename={" in line]
+        if offered:
+            rename = offered[0][offered[0].index("rename={") + len("rename="):]
+            return (
+                "Its blocks pair one to one with the model's by their places in Keras's saving "
+                "walk: the same architecture, its automatic layer names shifted (the source was "
+                "built after other models in its session). The sweep builds the model afresh "
+                "for each trial, under a fresh session's names, and pairs blocks by name, so "
+                f"give the source the model's names: {_FRESH_MODEL} with load_blocks(model, "
+                f"source, rename={rename}), and pass that model as the source. Or name the "
+                "layers (Conv2D(8, 3, name='block_1_0')).")
+    return ""
 
 
 def _first_mismatch(text: str) -> str:
