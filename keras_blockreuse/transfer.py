@@ -289,7 +289,9 @@ def _top_level_grouping(model, target_blocks: dict[str, Block], source,
     `vi_t_backbone/vit_encoder/transformer_block_1`), by its name where it is a top-level layer
     of the model or of a task's backbone, and, for a task, by its path inside the backbone (the
     backbone's own file) and under the backbone's name (a layer the task also tracks itself,
-    as a causal LM its token embedding, which a file holds once, under the backbone).
+    as a causal LM its token embedding, which a file holds once, under the backbone). A
+    detector's image encoder's layers are listed by their names and under the encoder's
+    name too: a classifier over the same encoder holds them there, its bare encoder by name.
 
     A keras-hub model or preset directory as the source is grouped by its own keras-hub
     preset, which reaches inside a task's backbone: a classifier's stages pair by name with
@@ -312,6 +314,11 @@ def _top_level_grouping(model, target_blocks: dict[str, Block], source,
     # (a bare backbone's layers are listed under its own name too: a task's file holds them
     # there, inside the task's backbone)
     outer = "" if task else f"{model.name}/"
+    # (a detector's image encoder: its layers are listed by their names and under the
+    # encoder's name too, as a classifier's file or the bare encoder's own file holds them)
+    encoder = getattr(backbone if task else model, "image_encoder", None)
+    encoder = encoder if isinstance(encoder, keras.Model) and is_hub_model(encoder) else None
+    encoded = {id(layer) for layer in encoder.layers} if encoder is not None else set()
     # (a layer of the model or of its backbone is listed by its names below, its name path
     # being one of them: the walk is needed only for a layer nested deeper)
     deeper = any(id(layer) not in top | inside
@@ -332,13 +339,15 @@ def _top_level_grouping(model, target_blocks: dict[str, Block], source,
                 found.add(path[len(prefix):])
             if outer:
                 found.update(outer + entry for entry in list(found))
+            if id(layer) in encoded:
+                found.update((layer.name, f"{encoder.name}/{layer.name}"))
             for entry in sorted(found):
                 if owners.setdefault(entry, name) != name:
                     return None  # one name claimed by two blocks: the names cannot tell
                 entries.append(entry)
         grouping[name] = entries
-    return PathGrouping(grouping, nested=backbone.name if task else model.name,
-                        place=hub_layer_rule(model))
+    nested = [backbone.name if task else model.name] + ([encoder.name] if encoder else [])
+    return PathGrouping(grouping, nested=nested, place=hub_layer_rule(model))
 
 
 def _source_paths(src: Source) -> Callable[[], set[str]]:

@@ -228,6 +228,37 @@ def test_classifier_stages_into_retinanet_from_a_preset_directory(tmp_path):
         get_blocks(classifier)[name].nbytes for name in RESNET_STAGES)  # only what it loads
 
 
+@pytest.mark.parametrize("kind", ["weights", "keras", "backbone"])
+def test_classifier_stages_into_retinanet_from_a_keras_file(tmp_path, kind):
+    """Found by a fresh-user test: a classifier's `.weights.h5` or `.keras` (the format most
+    Keras users save) into a RetinaNet over the same encoder was refused ("Unknown block
+    name(s) ['stem', 'stage_*']": the file's encoder layers, `res_net_backbone/conv1_conv`,
+    were grouped as one block, `res_net_backbone`), while its preset directory and block file
+    loaded. The detector's encoder layers are now listed as a classifier's file holds them;
+    here the detector's encoder is `res_net_backbone_1` (built second in the session)."""
+    classifier, retinanet, own_before = _classifier_and_detector()
+    assert retinanet.backbone.image_encoder.name != classifier.backbone.name
+    if kind == "backbone":
+        path = str(tmp_path / "encoder.weights.h5")
+        classifier.backbone.save_weights(path)
+    else:
+        path = str(tmp_path / f"classifier.{'weights.h5' if kind == 'weights' else 'keras'}")
+        classifier.save_weights(path) if kind == "weights" else classifier.save(path)
+    report = load_blocks(retinanet, path, only=["stem", "stage_*"])
+    source, target = get_blocks(classifier), get_blocks(retinanet)
+    assert report.ok and report.variables_loaded == sum(
+        len(source[name].variables) for name in RESNET_STAGES), str(report)
+    assert report.loaded == {name: name for name in RESNET_STAGES}
+    for name in RESNET_STAGES:
+        for a, b in zip(values(source[name].variables), values(target[name].variables),
+                        strict=True):
+            assert a.dtype == b.dtype and a.tobytes() == b.tobytes()
+    own = [v for name in ("fpn", "box_head", "classification_head")
+           for v in target[name].variables]
+    for before, after in zip(own_before, values(own), strict=True):
+        assert before.tobytes() == after.tobytes()
+
+
 def test_the_head_of_a_task_preset_comes_from_task_weights(tmp_path):
     classifier = M.ImageClassifier(backbone=resnet(), num_classes=10)
     randomize(classifier, seed=3)

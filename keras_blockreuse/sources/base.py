@@ -159,13 +159,14 @@ class PathGrouping(dict):
     transformer_layer_0/self_attention`) goes with the longest path it lists over it; a layer
     with none is grouped under its top-level name.
 
-    `nested`: the name of the model's one nested model (a task's backbone), under which the
-    paths list its layers. A source whose nested layers all lie in one nested model whose name
-    differs from it only by Keras's automatic counter (`res_net_backbone_1` for
-    `res_net_backbone`: the same class of backbone, built second in a session) is grouped as
-    that model; another nested model keeps its top-level grouping, and the refusal then names
-    it as a nested model to load from. Its layers are paired with the model's by name or
-    Keras path either way.
+    `nested`: the name of the model's nested model (a task's backbone), under which the
+    paths list its layers, or several names (a detector's backbone, and the image encoder in
+    it, under which a classifier's file lists the encoder's layers). A source whose nested
+    layers all lie in one nested model whose name differs from one of them only by Keras's
+    automatic counter (`res_net_backbone_1` for `res_net_backbone`: the same class of
+    backbone, built second in a session) is grouped as that model; another nested model keeps
+    its top-level grouping, and the refusal then names it as a nested model to load from. Its
+    layers are paired with the model's by name or Keras path either way.
 
     `place`: the family's name rule, `(layer name, class name) -> block | None`, for a layer
     no path lists at the top level of the nested model (or of the source, for a bare
@@ -181,23 +182,24 @@ class PathGrouping(dict):
     ```
     """
 
-    def __init__(self, blocks, nested: str | None = None,
+    def __init__(self, blocks, nested: str | Sequence[str] | None = None,
                  place: Callable[[str, str], str | None] | None = None):
         super().__init__(blocks)
-        self.nested = nested
+        self.nested: tuple[str, ...] = (
+            () if nested is None else (nested,) if isinstance(nested, str) else tuple(nested))
         self.place = place
 
-    def nested_as(self, layers: Sequence[LayerInfo]) -> str | None:
-        """The source's nested model name that stands for `nested` (see the class), or None."""
-        if self.nested is None:
-            return None
+    def nested_as(self, layers: Sequence[LayerInfo]) -> tuple[str, str] | None:
+        """`(the source's nested model name, the name in `nested` it stands for)` (see the
+        class), or None."""
         tops = {layer.top for layer in layers if "/" in layer.path}
-        if len(tops) != 1:
+        if not self.nested or len(tops) != 1:
             return None
         (top,) = tops
         from keras_blockreuse.sources.structure import strip_counter  # imports Keras
 
-        return top if strip_counter(top) == strip_counter(self.nested) else None
+        return next(((top, name) for name in self.nested
+                     if strip_counter(top) == strip_counter(name)), None)
 
 
 class LayerSource(Source):
@@ -303,19 +305,17 @@ class LayerSource(Source):
             nested = self._rule.nested_as(layers)
             for layer in layers:
                 path = layer.path
-                if nested is not None and layer.top == nested and "/" in path:
-                    path = self._rule.nested + path[len(nested):]
+                if nested is not None and layer.top == nested[0] and "/" in path:
+                    path = nested[1] + path[len(nested[0]):]
                 steps = path.split("/")  # a sub-layer goes with the longest listed path over it
                 block = next((owners[p] for p in ("/".join(steps[:i])
                                                   for i in range(len(steps), 0, -1))
                               if p in owners), None)
                 if block is None and self._rule.place is not None:
-                    inner = steps[1:] if steps[0] == self._rule.nested else steps
+                    inner = steps[1:] if steps[0] in self._rule.nested else steps
                     if len(inner) == 1:
                         block = self._rule.place(inner[0], layer.class_name)
                 groups.setdefault(block or layer.top, []).append(layer)
-                continue
-                groups.setdefault(block, []).append(layer)
             return {name: tuple(group) for name, group in groups.items()}
         tops = list(dict.fromkeys(layer.top for layer in layers))
         rule = resolve_rule(self._rule, tops, tops)
