@@ -161,12 +161,13 @@ class PathGrouping(dict):
 
     `nested`: the name of the model's nested model (a task's backbone), under which the
     paths list its layers, or several names (a detector's backbone, and the image encoder in
-    it, under which a classifier's file lists the encoder's layers). A source whose nested
-    layers all lie in one nested model whose name differs from one of them only by Keras's
-    automatic counter (`res_net_backbone_1` for `res_net_backbone`: the same class of
-    backbone, built second in a session) is grouped as that model; another nested model keeps
-    its top-level grouping, and the refusal then names it as a nested model to load from. Its
-    layers are paired with the model's by name or Keras path either way.
+    it, under which a classifier's file lists the encoder's layers). A nested model of the
+    source whose name differs from one of them only by Keras's automatic counter
+    (`res_net_backbone_1` for `res_net_backbone`: the same class of backbone, built second in
+    a session) is grouped as that model, where no other nested model of the source carries
+    that name too; another nested model keeps its top-level grouping, and the refusal then
+    names it as a nested model to load from. Its layers are paired with the model's by name
+    or Keras path either way.
 
     `place`: the family's name rule, `(layer name, class name) -> block | None`, for a layer
     no path lists at the top level of the nested model (or of the source, for a bare
@@ -189,17 +190,21 @@ class PathGrouping(dict):
             () if nested is None else (nested,) if isinstance(nested, str) else tuple(nested))
         self.place = place
 
-    def nested_as(self, layers: Sequence[LayerInfo]) -> tuple[str, str] | None:
-        """`(the source's nested model name, the name in `nested` it stands for)` (see the
-        class), or None."""
+    def nested_as(self, layers: Sequence[LayerInfo]) -> dict[str, str]:
+        """`{the source's nested model name: the name in `nested` it stands for}` (see the
+        class): each name of `nested` that exactly one of the source's nested models carries,
+        up to Keras's automatic counter."""
         tops = {layer.top for layer in layers if "/" in layer.path}
-        if not self.nested or len(tops) != 1:
-            return None
-        (top,) = tops
+        if not self.nested or not tops:
+            return {}
         from keras_blockreuse.sources.structure import strip_counter  # imports Keras
 
-        return next(((top, name) for name in self.nested
-                     if strip_counter(top) == strip_counter(name)), None)
+        found = {}
+        for name in self.nested:
+            carrying = [top for top in tops if strip_counter(top) == strip_counter(name)]
+            if len(carrying) == 1:
+                found[carrying[0]] = name
+        return found
 
 
 class LayerSource(Source):
@@ -305,8 +310,8 @@ class LayerSource(Source):
             nested = self._rule.nested_as(layers)
             for layer in layers:
                 path = layer.path
-                if nested is not None and layer.top == nested[0] and "/" in path:
-                    path = nested[1] + path[len(nested[0]):]
+                if layer.top in nested and "/" in path:
+                    path = nested[layer.top] + path[len(layer.top):]
                 steps = path.split("/")  # a sub-layer goes with the longest listed path over it
                 block = next((owners[p] for p in ("/".join(steps[:i])
                                                   for i in range(len(steps), 0, -1))
