@@ -126,12 +126,25 @@ def resolve_rule(
 
     Returns:
         A function from a layer to its block name. A layer the rule does not claim is a block
-        of its own, named after the layer.
+        of its own, named after the layer; the function's `claims(layer)` gives the rule's
+        own answer (None for such a layer), for `refuse_unclaimed`.
 
     Raises:
         ValueError: `blocks=None` on a model whose names are automatic (`conv2d_17`), which
             would not name the same layers in another model; the message suggests a rule.
     """
+    claims = _claims(blocks, layer_names, weighted_names)
+
+    def rule(layer):
+        return claims(layer) or layer.name
+
+    rule.claims = claims
+    return rule
+
+
+def _claims(blocks: BlockRule, layer_names: Sequence[str],
+            weighted_names: Sequence[str] | None) -> Callable[[Any], str | None]:
+    """The rule as a function `layer -> block name | None` (None: the rule does not claim it)."""
     if blocks is None:
         preset = _detect_preset(layer_names)
         if preset is not None:
@@ -152,6 +165,46 @@ def resolve_rule(
         "`blocks` must be None, a regular expression, a preset name, a dict "
         "{block: [layer names or globs]} or a callable layer -> block name. "
         f"Received: blocks={blocks!r} of type {type(blocks).__name__}"
+    )
+
+
+def refuse_unclaimed(blocks: BlockRule, rule, layers: Sequence, where: str,
+                     nested: Sequence[str] = ()) -> None:
+    """Refuses a block rule the user gave that claims none of the layers it groups.
+
+    Every layer would then be a block of its own, as with no rule at all, and the rule would
+    be ignored unsaid (a pattern written for layers inside a nested model, which a rule never
+    reaches: the nested model belongs to one block as a whole).
+
+    Args:
+        blocks: the rule as given; `None` (the default grouping) is never refused.
+        rule: `resolve_rule(blocks, ...)`.
+        layers: the weighted top-level layers (objects with `name` and `class_name` or a
+            class), in order.
+        where: the model or source, as errors name it.
+        nested: the names of those layers that hold layers of their own (nested models).
+
+    Raises:
+        BlockMismatchError: no layer is claimed.
+    """
+    from keras_blockreuse.sources.base import PathGrouping  # (made by load_blocks, not given)
+
+    if (blocks is None or isinstance(blocks, PathGrouping) or not layers
+            or any(rule.claims(layer) for layer in layers)):
+        return
+    shown = blocks.pattern if isinstance(blocks, re.Pattern) else blocks
+    shown = f"'{shown}'" if isinstance(shown, str) else repr(shown)  # (no doubled backslashes)
+    names = [layer.name for layer in layers]
+    listed = ", ".join(names[:12]) + (f", ... ({len(names)} in all)" if len(names) > 12 else "")
+    inside = [name for name in names if name in nested]
+    hint = (f" A rule is matched against top-level layers only: {', '.join(inside)} "
+            f"{'is a nested model' if len(inside) == 1 else 'are nested models'}, whose layers "
+            "it does not reach (a nested model belongs to one block as a whole)."
+            if inside else "")
+    raise BlockMismatchError(
+        f"The block rule {shown} places none of the weighted top-level layers of {where} "
+        f"({listed}): each would be a block of its own, as if no rule were given.{hint} "
+        "Give a rule that names some of these layers, or none for the default grouping."
     )
 
 
@@ -181,6 +234,8 @@ def get_blocks(model, blocks: BlockRule = None) -> dict[str, Block]:
     layers = [layer for layer in top if layer.weights]  # weighted_layers(model)
     names = [layer.name for layer in top]
     rule = resolve_rule(blocks, names, [layer.name for layer in layers])
+    refuse_unclaimed(blocks, rule, layers, f"model {model.name!r}",
+                     [layer.name for layer in layers if hasattr(layer, "layers")])
     grouped: dict[str, list] = {}
     for layer in layers:
         name = rule(layer)
@@ -293,7 +348,7 @@ def _pattern_rule(pattern: re.Pattern) -> Callable[[Any], str]:
         match = pattern.search(layer.name)
         if match and match.group(group):
             return match.group(group)
-        return layer.name
+        return None
 
     return rule
 
@@ -317,7 +372,7 @@ def _mapping_rule(mapping: Mapping[str, Sequence[str]]) -> Callable[[Any], str]:
                 f"Layer {layer.name!r} is claimed by more than one block: {owners}. "
                 "Each layer must belong to exactly one block."
             )
-        return owners[0] if owners else layer.name
+        return owners[0] if owners else None
 
     return rule
 
@@ -326,7 +381,7 @@ def _callable_rule(fn: Callable[[Any], str | None]) -> Callable[[Any], str]:
     def rule(layer):
         name = fn(layer)
         if name is None:
-            return layer.name
+            return None
         if not isinstance(name, str) or not name:
             raise TypeError(
                 f"A block rule must return a non-empty block name or None. Received {name!r} "
@@ -370,7 +425,7 @@ def _preset_rule(name: str, layer_names: Sequence[str]) -> Callable[[Any], str]:
     assigned = assign_blocks(name, list(layer_names))
 
     def rule(layer):
-        return assigned.get(layer.name) or _presets()[name](layer.name) or layer.name
+        return assigned.get(layer.name) or _presets()[name](layer.name)
 
     return rule
 

@@ -99,6 +99,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _run(argv: Sequence[str] | None) -> int:
     try:
         args = build_parser().parse_args(argv)
+        _check_rule(getattr(args, "blocks", None))
         return _COMMANDS[args.command](args)
     except BrokenPipeError:
         raise
@@ -113,6 +114,18 @@ def _run(argv: Sequence[str] | None) -> int:
     except Exception as e:  # noqa: BLE001 - every bad input ends in one line, not a traceback
         _fail(_one_line(e))
         return 2
+
+
+def _check_rule(rule: str | None) -> None:
+    """Refuses a `--blocks` value that is no block rule, naming the option (not the file)."""
+    if rule is None:
+        return
+    from keras_blockreuse.blocks import resolve_rule
+
+    try:
+        resolve_rule(rule)
+    except ValueError as e:
+        raise CommandError(f"argument --blocks: {_one_line(e)}") from None
 
 
 def _load_keras_quietly(*paths: str) -> None:

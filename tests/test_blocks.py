@@ -100,3 +100,47 @@ def test_every_weighted_layer_in_exactly_one_block():
     assert sum(b.num_params for b in blocks.values()) == model.count_params()
     total = sum(int(np.prod(v.shape)) * 4 for v in model.weights)
     assert sum(b.nbytes for b in blocks.values()) == total
+
+
+def test_a_rule_that_places_no_layer_is_refused_everywhere(tmp_path):
+    """Found by a fresh-user test: a rule that claims no layer (written for the layers inside
+    a nested model, which a rule never reaches) was ignored unsaid: every layer became a
+    block of its own and the file was written grouped otherwise. `get_blocks` /
+    `save_blocks`, `convert` and `load_blocks(source_blocks=)` now refuse it alike, and a
+    rule that is no rule is the rule's error, not the file's ("damaged")."""
+    from keras_blockreuse import load_blocks, save_blocks
+    from keras_blockreuse.convert import convert
+
+    inner = keras.Sequential([keras.Input((4,)), L.Dense(4, name="stack0_a")], name="backbone")
+    inputs = keras.Input((4,))
+    model = keras.Model(inputs, L.Dense(2, name="head")(inner(inputs)), name="task")
+    weights = str(tmp_path / "task.weights.h5")
+    model.save_weights(weights)
+    rule = r"^(stack\d)_"
+    nested = ("A rule is matched against top-level layers only: backbone is a nested model, "
+              "whose layers it does not reach (a nested model belongs to one block as a "
+              "whole). Give a rule that names some of these layers, or none for the default "
+              "grouping.")
+    said = ("The block rule '^(stack\\d)_' places none of the weighted top-level layers of "
+            "{where} ({names}): each would be a block of its own, as if no rule were given. ")
+    for call, where, names in [
+        (lambda r: get_blocks(model, r), "model 'task'", "backbone, head"),
+        (lambda r: save_blocks(model, tmp_path / "t.blocks.h5", blocks=r), "model 'task'",
+         "backbone, head"),
+        (lambda r: convert(weights, tmp_path / "c.blocks.h5", blocks=r), weights,
+         "head, backbone"),  # (the file's order: it knows no computation order)
+        (lambda r: load_blocks(model, weights, source_blocks=r), weights,
+         "head, backbone"),
+    ]:
+        with pytest.raises(BlockMismatchError) as raised:
+            call(rule)
+        assert str(raised.value) == said.format(where=where, names=names) + nested
+        with pytest.raises(ValueError, match=r"^`blocks='\('` is neither a preset name"):
+            call("(")
+    assert not (tmp_path / "t.blocks.h5").exists() and not (tmp_path / "c.blocks.h5").exists()
+    # A rule that places one layer is a rule; the rest are blocks of their own, as always.
+    assert list(get_blocks(model, r"^(he)ad")) == ["backbone", "he"]
+    with pytest.raises(BlockMismatchError, match=r"rule 'vgg' places none .* \(x, y\)"):
+        get_blocks(_dense_chain(["x", "y"]), "vgg")
+    with pytest.raises(BlockMismatchError, match=r"rule \{'a': \['z\*'\]\} places none"):
+        get_blocks(_dense_chain(["x", "y"]), {"a": ["z*"]})

@@ -96,6 +96,28 @@ def test_inspect_bad_files(capsys, files, tmp_path):
                           match="neither a preset name")
 
 
+def test_a_bad_blocks_option_is_blamed_not_the_file(capsys, files, tmp_path):
+    """Found by a fresh-user test: `convert FILE OUT --blocks '('` said the file was "damaged
+    or not a weights file"; and a rule that places no layer was ignored unsaid, the file
+    written grouped otherwise. Both now blame the option, and nothing is written."""
+    _, blocks, weights, _ = files
+    out = str(tmp_path / "out.blocks.h5")
+    for argv in (["convert", weights, out], ["inspect", weights], ["diff", weights, blocks]):
+        status, _, err = run(capsys, *argv, "--blocks", "(")
+        assert status == 2 and err == (
+            f"{PREFIX}argument --blocks: `blocks='('` is neither a preset name ('convnext', "
+            "'densenet', 'efficientnet', 'mobilenet', 'mobilenet_v2', 'mobilenet_v3', "
+            "'resnet', 'vgg', 'xception']) nor a valid regular expression: missing ), "
+            "unterminated subpattern at position 0\n".replace("('convnext'", "(['convnext'"))
+        status, _, err = run(capsys, *argv, "--blocks", r"^(stack\d)_")
+        assert status == 2 and err == (
+            f"{PREFIX}The block rule '^(stack\\d)_' places none of the weighted top-level "
+            f"layers of {weights} (block_1_0, block_1_1, block_2_0, block_2_1, dense_1, "
+            "dense_2): each would be a block of its own, as if no rule were given. Give a rule "
+            "that names some of these layers, or none for the default grouping.\n")
+    assert not os.path.exists(out)
+
+
 def test_diff(capsys, files, tmp_path):
     model, blocks, weights, garbage = files
     status, out, _ = run(capsys, "diff", blocks, weights)

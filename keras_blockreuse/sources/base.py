@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 
-from keras_blockreuse.blocks import BlockRule, resolve_rule
+from keras_blockreuse.blocks import BlockRule, refuse_unclaimed, resolve_rule
 from keras_blockreuse.errors import BlockFileError
 from keras_blockreuse.safety import GuardedSource, check_regular_file, not_hdf5, reading
 
@@ -324,6 +324,10 @@ class LayerSource(Source):
             return {name: tuple(group) for name, group in groups.items()}
         tops = list(dict.fromkeys(layer.top for layer in layers))
         rule = resolve_rule(self._rule, tops, tops)
+        units = {layer.top: types.SimpleNamespace(name=layer.top, class_name=layer.class_name)
+                 for layer in layers}
+        refuse_unclaimed(self._rule, rule, list(units.values()), self.description,
+                         {layer.top for layer in layers if "/" in layer.path})
         for layer in layers:
             block = rule(types.SimpleNamespace(name=layer.top, class_name=layer.class_name))
             groups.setdefault(block, []).append(layer)
@@ -412,10 +416,14 @@ def open_source(source, rule: BlockRule = None, **options) -> Source:
 
     Raises:
         TypeError: `source` is of no supported kind, or an option does not apply to it.
+        ValueError: `rule` is no block rule (a regular expression that does not compile).
         BlockFileError: the file is missing, unreadable or unsafe.
+        BlockMismatchError: `rule` places none of the source's layers (when it is grouped).
     """
     if isinstance(source, Source):
         return source
+    if rule is not None and not isinstance(rule, PathGrouping):
+        resolve_rule(rule)  # a rule that is no rule is the caller's error, not the file's
     if isinstance(source, (str, os.PathLike)):
         path = os.fspath(source)
         from keras_blockreuse.sources.block_file import BlockFileSource, is_block_file
