@@ -15,8 +15,9 @@ keras-blockreuse verify run/blocks_010.blocks.h5
 ```
 
 Exit status: 0 on success (also when the reader of the output goes away, as in
-`keras-blockreuse inspect FILE | head`); `diff` 1 when the files differ; `verify` 1 when a
-check fails; 2 for any other error.
+`keras-blockreuse inspect FILE | head`); `diff` 1 when the files differ (where they group
+their layers into different blocks, it says so and compares the values layer by layer);
+`verify` 1 when a check fails; 2 for any other error.
 
 The command line starts fast: reading, comparing, verifying and copying block files never
 imports Keras or TensorFlow; the Keras formats import Keras when they are read, with
@@ -274,7 +275,15 @@ def _inspect(args) -> int:
 
 
 def compare(a: str, b: str, rule: str | None = None) -> list[dict]:
-    """Every block, layer and variable that differs between two files, with max abs diff."""
+    """Every block, layer and variable that differs between two files, with max abs diff.
+
+    Where the two files group their layers into different blocks (a keras-hub task's block
+    file, `stem`, `stage_1`, ..., against its `.keras` archive, whose backbone is one block),
+    the first row says so (`status` "grouped differently", with both files' blocks) and the
+    values are compared layer by layer instead: layers paired by name path, else by layer
+    name (the last step of the path) where that name is one layer's on each side, of the same
+    class. Layers that pair neither way are "only in A" / "only in B".
+    """
     from keras_blockreuse.sources import open_source
 
     _exists(a)
@@ -283,6 +292,23 @@ def compare(a: str, b: str, rule: str | None = None) -> list[dict]:
     rows = []
     with open_source(a, rule) as left, open_source(b, rule) as right:
         left_blocks, right_blocks = left.block_names(), right.block_names()
+        pairs, unpaired = _pair_layers(left, right)
+        if any(block_a != block_b for (block_a, _), (block_b, _) in pairs):
+            rows.append({"block": "*", "layer": "*", "variable": "*",
+                         "status": "grouped differently", "blocks_a": left_blocks,
+                         "blocks_b": right_blocks, "layers_paired": len(pairs)})
+            values = _Values(left, right)
+            for (block_a, layer_a), (block_b, layer_b) in pairs:
+                where = {"block": block_a, "layer": layer_a.path}
+                if block_b != block_a:
+                    where["block_b"] = block_b
+                if layer_b.path != layer_a.path:
+                    where["layer_b"] = layer_b.path
+                rows.extend(_compare_layer(where, (block_a, layer_a), (block_b, layer_b),
+                                           values))
+            rows.extend({"block": block, "layer": layer.path, "variable": "*",
+                         "status": f"only in {side}"} for side, block, layer in unpaired)
+            return rows
         for name in left_blocks:
             if name not in right_blocks:
                 rows.append({"block": name, "layer": "*", "variable": "*", "status": "only in A"})
@@ -294,41 +320,95 @@ def compare(a: str, b: str, rule: str | None = None) -> list[dict]:
     return rows
 
 
-def _compare_block(name, left, right) -> list[dict]:
-    import numpy as np
+def _pair_layers(left, right) -> tuple[list, list]:
+    """The layers of two sources paired across their blocks: `([((block, layer) of A,
+    (block, layer) of B)], [(side, block, layer) unpaired])`, in A's order.
 
+    By name path first; then by layer name (the path's last step), where that name is one
+    layer's on each side and the classes agree: a keras-hub block file keeps a backbone's
+    layers by their names in the backbone (`conv1_conv`), its `.keras` archive by their
+    paths (`res_net_backbone/conv1_conv`). A name held by two layers of one side pairs
+    neither."""
+    from collections import Counter
+
+    sides = [[(block, layer) for block in src.block_names() for layer in src.block_layers(block)]
+             for src in (left, right)]
+    pairs: dict[int, tuple] = {}
+    taken: set[int] = set()
+    for key in (lambda layer: layer.path, lambda layer: layer.path.rsplit("/", 1)[-1]):
+        counts = [Counter(key(layer) for _, layer in side) for side in sides]
+        right_by = {key(layer): i for i, (_, layer) in enumerate(sides[1])
+                    if counts[1][key(layer)] == 1 and i not in taken}
+        for i, (_, layer) in enumerate(sides[0]):
+            j = right_by.get(key(layer))
+            if i in pairs or j is None or counts[0][key(layer)] != 1:
+                continue
+            other = sides[1][j][1]
+            if layer.class_name and other.class_name and layer.class_name != other.class_name:
+                continue
+            pairs[i] = (sides[0][i], sides[1][j])
+            taken.add(j)
+    unpaired = [("A", block, layer) for i, (block, layer) in enumerate(sides[0])
+                if i not in pairs]
+    unpaired += [("B", block, layer) for j, (block, layer) in enumerate(sides[1])
+                 if j not in taken]
+    return [pairs[i] for i in sorted(pairs)], unpaired
+
+
+class _Values:
+    """Each side's block values, read once when first needed."""
+
+    def __init__(self, left, right):
+        self._sources = {"A": left, "B": right}
+        self._read: dict[tuple[str, str], dict] = {}
+
+    def get(self, side: str, block: str, path: str, key: str):
+        if (side, block) not in self._read:
+            self._read[side, block] = self._sources[side].read_block(block)
+        return self._read[side, block][path][key]
+
+
+def _compare_block(name, left, right) -> list[dict]:
     rows = []
     left_layers = {layer.path: layer for layer in left.block_layers(name)}
     right_layers = {layer.path: layer for layer in right.block_layers(name)}
-    left_values = right_values = None
+    values = _Values(left, right)
     for path in list(left_layers) + [p for p in right_layers if p not in left_layers]:
         if path not in right_layers or path not in left_layers:
             side = "A" if path in left_layers else "B"
             rows.append({"block": name, "layer": path, "variable": "*",
                          "status": f"only in {side}"})
             continue
-        a_vars = {v.key: v for v in left_layers[path].variables}
-        b_vars = {v.key: v for v in right_layers[path].variables}
-        for key in list(a_vars) + [k for k in b_vars if k not in a_vars]:
-            va, vb = a_vars.get(key), b_vars.get(key)
-            label = (va or vb).name
-            row = {"block": name, "layer": path, "variable": label}
-            if va is None or vb is None:
-                row["status"] = f"only in {'A' if va else 'B'}"
-            elif va.shape != vb.shape:
-                row["status"] = f"shape {va.shape} vs {vb.shape}"
-            else:
-                if left_values is None:
-                    left_values, right_values = left.read_block(name), right.read_block(name)
-                x = left_values[path][key]
-                y = right_values[path][key]
-                if x.dtype == y.dtype and x.tobytes() == y.tobytes():
-                    continue
-                delta = np.abs(x.astype(np.float64) - y.astype(np.float64))
-                row["max_abs_diff"] = float(delta.max()) if delta.size else 0.0
-                row["status"] = "values differ" if va.dtype == vb.dtype else (
-                    f"dtype {va.dtype} vs {vb.dtype}")
-            rows.append(row)
+        rows.extend(_compare_layer({"block": name, "layer": path},
+                                   (name, left_layers[path]), (name, right_layers[path]),
+                                   values))
+    return rows
+
+
+def _compare_layer(where: dict, a: tuple, b: tuple, values: _Values) -> list[dict]:
+    """The variables of one layer of A and one of B that differ (`a`, `b`: block, layer)."""
+    import numpy as np
+
+    rows = []
+    a_vars = {v.key: v for v in a[1].variables}
+    b_vars = {v.key: v for v in b[1].variables}
+    for key in list(a_vars) + [k for k in b_vars if k not in a_vars]:
+        va, vb = a_vars.get(key), b_vars.get(key)
+        row = {**where, "variable": (va or vb).name}
+        if va is None or vb is None:
+            row["status"] = f"only in {'A' if va else 'B'}"
+        elif va.shape != vb.shape:
+            row["status"] = f"shape {va.shape} vs {vb.shape}"
+        else:
+            x = values.get("A", a[0], a[1].path, key)
+            y = values.get("B", b[0], b[1].path, key)
+            if x.dtype == y.dtype and x.tobytes() == y.tobytes():
+                continue
+            delta = np.abs(x.astype(np.float64) - y.astype(np.float64))
+            row["max_abs_diff"] = float(delta.max()) if delta.size else 0.0
+            row["status"] = "values differ" if va.dtype == vb.dtype else (
+                f"dtype {va.dtype} vs {vb.dtype}")
+        rows.append(row)
     return rows
 
 
@@ -347,16 +427,28 @@ def _diff(args) -> int:
 
     # The paths on their own lines, never wrapped (a table title folds them mid-name).
     console.print(f"A = {args.a}\nB = {args.b}", markup=False, highlight=False, soft_wrap=True)
+    grouping = rows[0] if rows[0]["status"] == "grouped differently" else None
+    if grouping is not None:
+        rows = rows[1:]
+        print("The two files group their layers into different blocks:\n"
+              f"  A: {', '.join(grouping['blocks_a'])}\n  B: {', '.join(grouping['blocks_b'])}\n"
+              f"Compared layer by layer instead ({grouping['layers_paired']} layers paired by "
+              "name, or by the last step of their paths):")
+        if not rows:
+            print("the layers, variables and values are identical; only the grouping differs")
+            return 1
     table = Table()
     for column in ("block", "layer", "variable", "difference", "max abs diff"):
         table.add_column(column, justify="right" if column == "max abs diff" else "left")
     for row in rows:
         diff = row.get("max_abs_diff")
-        table.add_row(escape(row["block"]), escape(row["layer"]), escape(row["variable"]),
+        block = row["block"] + (f" (B: {row['block_b']})" if "block_b" in row else "")
+        layer = row["layer"] + (f" (B: {row['layer_b']})" if "layer_b" in row else "")
+        table.add_row(escape(block), escape(layer), escape(row["variable"]),
                       escape(row["status"]),
                       "" if diff is None else f"{diff:.6g}")
     console.print(table)
-    print(f"{len(rows)} difference(s)")
+    print(f"{len(rows)} difference(s)" + (" besides the grouping" if grouping else ""))
     return 1
 
 

@@ -141,6 +141,44 @@ def test_diff(capsys, files, tmp_path):
     assert_one_line_error(*run(capsys, "diff", blocks, garbage)[::2])
 
 
+def test_diff_says_when_only_the_grouping_differs(capsys, files, tmp_path):
+    """Found by a fresh-user test: a keras-hub task's block file against its `.keras` archive
+    (same values) gave 5 "differences", `stem ... stage_3 only in A`, `res_net_backbone only in
+    B`: the files group their layers otherwise. `diff` now says so and compares the values
+    layer by layer (status 1: the files do differ, in their blocks)."""
+    model, _, weights, _ = files
+    regrouped = save_blocks(model, tmp_path / "r.blocks.h5",
+                            blocks={"features": ["block_*"], "head": ["dense_*"]})
+    status, out, _ = run(capsys, "diff", regrouped, weights)
+    assert status == 1
+    assert out.splitlines() == [
+        f"A = {regrouped}", f"B = {weights}",
+        "The two files group their layers into different blocks:",
+        "  A: features, head", "  B: block_1, block_2, dense_1, dense_2",
+        "Compared layer by layer instead (6 layers paired by name, or by the last step of "
+        "their paths):",
+        "the layers, variables and values are identical; only the grouping differs"]
+    rows = json.loads(run(capsys, "diff", regrouped, weights, "--json")[1])["differences"]
+    assert rows == [{"block": "*", "layer": "*", "variable": "*",
+                     "status": "grouped differently", "blocks_a": ["features", "head"],
+                     "blocks_b": ["block_1", "block_2", "dense_1", "dense_2"],
+                     "layers_paired": 6}]
+    kernel = model.get_layer("dense_2").kernel
+    kernel.assign(keras.ops.convert_to_numpy(kernel) + 0.25)
+    other = save_blocks(model, tmp_path / "o.blocks.h5", only=["block_1", "dense_2"])
+    rows = json.loads(run(capsys, "diff", regrouped, other, "--json")[1])["differences"]
+    assert rows[0]["status"] == "grouped differently" and rows[0]["layers_paired"] == 3
+    assert rows[1:] == [
+        {"block": "head", "block_b": "dense_2", "layer": "dense_2", "variable": "kernel",
+         "max_abs_diff": pytest.approx(0.25), "status": "values differ"},
+        *({"block": block, "layer": layer, "variable": "*", "status": "only in A"}
+          for block, layer in [("features", "block_2_0"), ("features", "block_2_1"),
+                               ("head", "dense_1")])]
+    status, out, _ = run(capsys, "diff", regrouped, other)
+    assert status == 1 and out.splitlines()[-1] == "4 difference(s) besides the grouping"
+    assert "│ head (B: dense_2) │ dense_2   │ kernel   │ values differ │" in out
+
+
 def test_convert(capsys, files, tmp_path):
     model, _, weights, garbage = files
     out_path = str(tmp_path / "converted.blocks.h5")

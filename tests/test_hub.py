@@ -494,6 +494,28 @@ def test_cli_inspects_a_preset_directory(tmp_path, capsys):
     assert "keras-hub preset directory" in out and "stack0_block0_1_conv" in out
 
 
+def test_cli_diff_of_a_tasks_block_file_and_its_keras_file(tmp_path, capsys):
+    """Found by a fresh-user test: the block file of a task (its backbone's stages as blocks,
+    layers by their names in the backbone) against its `.keras` archive (the backbone one
+    block, layers by their paths) reported 5 differences though every value is the same.
+    `diff` now says that the grouping differs and that the values are identical, pairing
+    `conv1_conv` with `res_net_backbone/conv1_conv`."""
+    classifier = M.ImageClassifier(backbone=resnet(), num_classes=10)
+    randomize(classifier, seed=3)
+    blocks = save_blocks(classifier, tmp_path / "c.blocks.h5")
+    archive = str(tmp_path / "c.keras")
+    classifier.save(archive)
+    assert main(["diff", blocks, archive]) == 1
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[2:4] == ["The two files group their layers into different blocks:",
+                          f"  A: {', '.join(RESNET_STAGES)}, predictions"]
+    layers = len([x for x in classifier.backbone.layers if x.weights]) + 1  # + predictions
+    assert lines[5:] == [
+        f"Compared layer by layer instead ({layers} layers paired by name, or by the last "
+        "step of their paths):",
+        "the layers, variables and values are identical; only the grouping differs"]
+
+
 def test_importing_the_package_does_not_import_keras_hub():
     code = ("import sys, keras_blockreuse, keras_blockreuse.sources, keras_blockreuse.cli; "
             "from keras_blockreuse.sources import open_source; "
