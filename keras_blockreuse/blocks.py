@@ -169,7 +169,7 @@ def _claims(blocks: BlockRule, layer_names: Sequence[str],
 
 
 def refuse_unclaimed(blocks: BlockRule, rule, layers: Sequence, where: str,
-                     nested: Sequence[str] = ()) -> None:
+                     nested: Callable[[], Sequence[str]] = tuple) -> None:
     """Refuses a block rule the user gave that claims none of the layers it groups.
 
     Every layer would then be a block of its own, as with no rule at all, and the rule would
@@ -182,7 +182,8 @@ def refuse_unclaimed(blocks: BlockRule, rule, layers: Sequence, where: str,
         layers: the weighted top-level layers (objects with `name` and `class_name` or a
             class), in order.
         where: the model or source, as errors name it.
-        nested: the names of those layers that hold layers of their own (nested models).
+        nested: gives the names of those layers that hold layers of their own (nested
+            models); called only for a refusal (a layer's own code may fail on a lookup).
 
     Raises:
         BlockMismatchError: no layer is claimed.
@@ -196,7 +197,7 @@ def refuse_unclaimed(blocks: BlockRule, rule, layers: Sequence, where: str,
     shown = f"'{shown}'" if isinstance(shown, str) else repr(shown)  # (no doubled backslashes)
     names = [layer.name for layer in layers]
     listed = ", ".join(names[:12]) + (f", ... ({len(names)} in all)" if len(names) > 12 else "")
-    inside = [name for name in names if name in nested]
+    inside = [name for name in names if name in nested()]
     hint = (f" A rule is matched against top-level layers only: {', '.join(inside)} "
             f"{'is a nested model' if len(inside) == 1 else 'are nested models'}, whose layers "
             "it does not reach (a nested model belongs to one block as a whole)."
@@ -235,7 +236,7 @@ def get_blocks(model, blocks: BlockRule = None) -> dict[str, Block]:
     names = [layer.name for layer in top]
     rule = resolve_rule(blocks, names, [layer.name for layer in layers])
     refuse_unclaimed(blocks, rule, layers, f"model {model.name!r}",
-                     [layer.name for layer in layers if hasattr(layer, "layers")])
+                     lambda: [layer.name for layer in layers if hasattr(layer, "layers")])
     grouped: dict[str, list] = {}
     for layer in layers:
         name = rule(layer)

@@ -327,7 +327,7 @@ class LayerSource(Source):
         units = {layer.top: types.SimpleNamespace(name=layer.top, class_name=layer.class_name)
                  for layer in layers}
         refuse_unclaimed(self._rule, rule, list(units.values()), self.description,
-                         {layer.top for layer in layers if "/" in layer.path})
+                         lambda: {layer.top for layer in layers if "/" in layer.path})
         for layer in layers:
             block = rule(types.SimpleNamespace(name=layer.top, class_name=layer.class_name))
             groups.setdefault(block, []).append(layer)
