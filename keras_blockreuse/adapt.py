@@ -31,6 +31,9 @@ import numpy as np
 
 __all__ = ["adapt_input_channels", "adapter_for"]
 
+SUPPORTED = "3 -> 1 (sum), 3k -> k (sum of each group of 3) and 3 -> C (repeat, times 3 / C)"
+"""The input-channel adaptations there are, as messages name them."""
+
 
 def adapt_input_channels(kernel: np.ndarray, channels: int) -> np.ndarray:
     """Adapts a convolution kernel `(..., in, out)` to `channels` input channels.
@@ -64,7 +67,7 @@ def adapt_input_channels(kernel: np.ndarray, channels: int) -> np.ndarray:
     else:
         raise ValueError(
             f"Cannot adapt a kernel with {source} input channels to {channels}: supported are "
-            "3 -> 1 (sum), 3k -> k (sum of each group of 3) and 3 -> C (repeat, times 3 / C)."
+            f"{SUPPORTED}."
         )
     return out.astype(kernel.dtype)
 
@@ -80,15 +83,10 @@ def adapter_for(var, shape: tuple, unit) -> Callable[[np.ndarray], np.ndarray] |
         shape: the target variable's shape.
         unit: the target layer holding the variable.
     """
-    if not _is_plain_conv(unit) or str(var.key) != "0":
+    channels_of = input_channels(var, shape, unit)
+    if channels_of is None:
         return None
-    source = tuple(var.shape)
-    target = tuple(shape)
-    if len(source) != len(target) or len(source) < 3:
-        return None
-    if source[:-2] != target[:-2] or source[-1] != target[-1]:
-        return None  # only the input-channel axis may differ
-    channels, have = target[-2], source[-2]
+    have, channels = channels_of
     supported = (
         (channels == 1 and have == 3)
         or (have > 3 and have % 3 == 0 and channels == have // 3)
@@ -101,6 +99,20 @@ def adapter_for(var, shape: tuple, unit) -> Callable[[np.ndarray], np.ndarray] |
         return adapt_input_channels(kernel, channels)
 
     return transform
+
+
+def input_channels(var, shape: tuple, unit) -> tuple[int, int] | None:
+    """`(source channels, target channels)` where a plain convolution's kernel differs only in
+    its input-channel axis (the one case `"adapt"` knows, supported or not), else `None`."""
+    if not _is_plain_conv(unit) or str(var.key) != "0":
+        return None
+    source = tuple(var.shape)
+    target = tuple(shape)
+    if len(source) != len(target) or len(source) < 3:
+        return None
+    if source[:-2] != target[:-2] or source[-1] != target[-1]:
+        return None  # only the input-channel axis may differ
+    return source[-2], target[-2]
 
 
 def _is_plain_conv(unit) -> bool:

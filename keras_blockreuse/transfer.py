@@ -1266,6 +1266,7 @@ def _same_class(class_name: str, unit, known_only: bool = False) -> bool:
 
 def _validate(plans: list[_BlockPlan], report: LoadReport, on_mismatch: str, src: Source) -> None:
     adaptable = False
+    unadapted: list[tuple[int, int]] = []  # (source, model) input channels "adapt" cannot
     names_checked = src.variable_names_checked
     for plan in plans:
         for layer in plan.layers:
@@ -1304,9 +1305,15 @@ def _validate(plans: list[_BlockPlan], report: LoadReport, on_mismatch: str, src
                 if transform is not None and on_mismatch == "adapt":
                     layer.load[key] = transform
                     report.adapted.append(mismatch)
-                else:
-                    adaptable = adaptable or transform is not None
-                    report.mismatched.append(mismatch)
+                    continue
+                adaptable = adaptable or transform is not None
+                channels = _input_channels(var, target_shape, layer.unit)
+                if on_mismatch == "adapt" and channels is not None:  # not a supported case
+                    unadapted.append(channels)
+                    mismatch = dataclasses.replace(mismatch, reason=(
+                        f"{problem}: {channels[0]} -> {channels[1]} input channels, which "
+                        "on_mismatch='adapt' does not adapt"))
+                report.mismatched.append(mismatch)
             for var in source_vars.values():
                 report.mismatched.append(
                     Mismatch(plan.target, layer.target_path, var.name, "not in model",
@@ -1327,11 +1334,20 @@ def _validate(plans: list[_BlockPlan], report: LoadReport, on_mismatch: str, src
     if adaptable:
         hints.insert(0, "on_mismatch='adapt' to adapt the first convolution's input channels "
                         "(as timm's adapt_input_conv does)")
+    adapt = ""
+    if on_mismatch == "adapt":
+        from keras_blockreuse.adapt import SUPPORTED
+
+        asked = ", ".join(dict.fromkeys(f"{a} -> {b}" for a, b in unadapted))
+        adapt = (f"on_mismatch='adapt' adapts a convolution kernel's input channels only, and "
+                 f"only {SUPPORTED}; "
+                 + (f"{asked} is not one of these.\n" if unadapted
+                    else "the mismatches above are not of that kind.\n"))
     raise BlockMismatchError(
         f"{len(report.mismatched)} variable(s) or layer(s) of the selected blocks do not fit "
         f"the model; nothing was loaded:\n{lines}\n"
         + "".join(_unpaired_table(plan, src) for plan in plans)
-        + "Pass " + ", or ".join(hints) + "."
+        + adapt + "Pass " + ", or ".join(hints) + "."
     )
 
 
@@ -1424,6 +1440,13 @@ def _kind(dtype: str) -> str:
     if "int" in dtype:
         return "int"
     return dtype
+
+
+def _input_channels(var: VariableInfo, shape: tuple, unit):
+    """(source, model) input channels where only those of a convolution kernel differ."""
+    from keras_blockreuse.adapt import input_channels
+
+    return input_channels(var, shape, unit)
 
 
 def _adapter(var: VariableInfo, shape: tuple, unit):

@@ -83,6 +83,37 @@ def test_other_mismatches_still_fail_under_adapt(rgb):
         assert before[key].tobytes() == after[key].tobytes()
 
 
+def test_an_unsupported_channel_adaptation_is_named_under_adapt(tmp_path):
+    """Found by a fresh-user test: a greyscale classifier's first convolution into an RGB
+    model under on_mismatch="adapt" was refused with "shape differs ... Pass
+    on_mismatch='skip'", as if adapt had not been asked. The refusal is right (1 -> 3 is not
+    an adaptation there is); it now says that 1 -> 3 is none of the supported ones, and lists
+    them. Nothing is loaded."""
+    grey = cnn(1, "grey")
+    randomize(grey, seed=3)
+    path = save_blocks(grey, tmp_path / "grey.blocks.h5")
+    target = cnn(3, "rgb")
+    before = snapshot(target)
+    with pytest.raises(BlockMismatchError) as err:
+        load_blocks(target, path, on_mismatch="adapt")
+    assert str(err.value) == (
+        "1 variable(s) or layer(s) of the selected blocks do not fit the model; nothing was "
+        "loaded:\n  - block_1 / block_1_0 / kernel: shape differs: 1 -> 3 input channels, "
+        "which on_mismatch='adapt' does not adapt (source (3, 3, 1, 8) float32, model "
+        "(3, 3, 3, 8) float32)\n"
+        "on_mismatch='adapt' adapts a convolution kernel's input channels only, and only "
+        "3 -> 1 (sum), 3k -> k (sum of each group of 3) and 3 -> C (repeat, times 3 / C); "
+        "1 -> 3 is not one of these.\n"
+        "Pass on_mismatch='skip' to load the rest, or only=/exclude= to select fewer blocks.")
+    after = snapshot(target)
+    assert all(before[key].tobytes() == after[key].tobytes() for key in before)
+    # Without adapt, the refusal is as it was: no word of adaptation it did not ask for.
+    with pytest.raises(BlockMismatchError) as err:
+        load_blocks(target, path)
+    assert "block_1_0 / kernel: shape differs (source" in str(err.value)
+    assert "adapt" not in str(err.value)
+
+
 @pytest.mark.parametrize(
     "source, target, expected",
     [
