@@ -527,11 +527,9 @@ def _width() -> int:
 
 
 def _bytes(n: int) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if n < 1000 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000
-    return f"{n} B"
+    from keras_blockreuse.report import format_bytes
+
+    return format_bytes(n)
 
 
 _COMMANDS = {"inspect": _inspect, "diff": _diff, "convert": _convert, "verify": _verify}

@@ -6,6 +6,16 @@ import dataclasses
 import io
 
 
+def format_bytes(n: float) -> str:
+    """A size for people: `512 B`, `42.3 kB`, `1.5 MB`, `2.0 GB` (powers of 1000); a small
+    file never shows as `0.0 MB`."""
+    for unit in ("B", "kB", "MB"):
+        if n < 1000:
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} GB"
+
+
 @dataclasses.dataclass(frozen=True)
 class Mismatch:
     """One variable or layer that does not fit: where it is, and what each side has."""
@@ -163,7 +173,7 @@ class LoadReport:
                       soft_wrap=True)
         console.print(table)
         console.print(
-            f"{self.variables_loaded} variables, {self.bytes_read / 1e6:.2f} MB read, "
+            f"{self.variables_loaded} variables, {format_bytes(self.bytes_read)} read, "
             f"{self.seconds:.3f} s; ok={self.ok}"
         )
         if self.unpaired[0] and self.unpaired[1]:

@@ -16,6 +16,7 @@ from ray import tune
 
 from keras_blockreuse import read_blocks, save_blocks
 from keras_blockreuse.sweep import SweepError, which_blocks
+from keras_blockreuse.sweep.inputs import UserInputs
 from keras_blockreuse.sweep.models import Recipe, resolve_builder
 from keras_blockreuse.sweep.run import main
 from keras_blockreuse.sweep.trial import train_trial
@@ -1175,3 +1176,26 @@ def test_a_source_whose_automatic_names_shifted_says_how_to_sweep_it(arrays, tmp
         assert inputs.fixed == {}
     finally:
         shutil.rmtree(os.path.dirname(inputs.snapshot), ignore_errors=True)
+
+
+def test_the_report_names_the_ranking_metric_and_a_small_sources_size(arrays, source4):
+    """Found by a fresh-user test: the settings table said `| metric | None |` when the
+    recipe's own metric (categorical_accuracy) ranked the policies, and a 42 kB source was
+    "snapshotted to source.blocks.h5 (5 blocks, 0.0 MB)". The table now names the metric that
+    ranked, whoever chose it, and sizes below 1 MB are given in kB."""
+    from types import SimpleNamespace
+
+    from keras_blockreuse.sweep.options import build_parser, settings_from_args
+    from keras_blockreuse.sweep.run import _settings_dict
+
+    inputs = UserInputs(from_arrays(*arrays[:2]), Recipe(build), source4).prepare()
+    nbytes = read_blocks(inputs.snapshot).nbytes
+    assert nbytes < 1e6
+    assert inputs.source_info.endswith(
+        f"snapshotted to source.blocks.h5 ({len(read_blocks(inputs.snapshot).blocks)} blocks, "
+        f"{nbytes / 1000:.1f} kB)")
+    settings = settings_from_args(build_parser().parse_args(["--out", "unused"]))
+    assert _settings_dict(settings, 0.0, ["b"], inputs)["metric"] == "accuracy (max)"
+    own = SimpleNamespace(metric="categorical_accuracy", mode="max", data=None)
+    assert _settings_dict(settings, 0.0, ["b"], own)["metric"] == "categorical_accuracy (max)"
+    assert _settings_dict(settings, 0.0, ["b"])["metric"] == "accuracy (max)"  # built-in task

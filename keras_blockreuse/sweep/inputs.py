@@ -81,6 +81,7 @@ class UserInputs:
         import keras
 
         from keras_blockreuse import read_blocks
+        from keras_blockreuse.report import format_bytes
         from keras_blockreuse.sweep.models import pack
 
         keras.backend.clear_session()
@@ -97,7 +98,7 @@ class UserInputs:
         self._find_metrics(model)
         self.packed = pack(self.recipe)
         self.source_info = (f"{self._source_name()}, snapshotted to {SOURCE_FILE} "
-                            f"({len(info.blocks)} blocks, {info.nbytes / 1e6:.1f} MB)")
+                            f"({len(info.blocks)} blocks, {format_bytes(info.nbytes)})")
         self.model_info = (f"{self.description or model.name}: {len(model.blocks)} blocks, "
                            f"{model.count_params():,} parameters, input {self.data.input_shape}")
         loss = self.recipe.loss if isinstance(self.recipe.loss, str) else type(

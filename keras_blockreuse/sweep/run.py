@@ -1169,6 +1169,12 @@ def _settings_dict(settings: SweepSettings, gpus_per_trial: float, blocks,
         d["detector_batch_size"] = trial.get("batch_size", settings.batch_size)
         d["detector_lr"] = trial.get("lr", settings.lr)
     d["gpus_per_trial"] = gpus_per_trial
+    # The metric that ranked the policies, whoever chose it (--metric, the first of the
+    # recipe's metrics=, or the task's own), not the option's None.
+    if getattr(user, "metric", ""):
+        d["metric"] = f"{user.metric} ({user.mode})"
+    elif settings.metric is None:
+        d["metric"] = f"{_metrics_of(settings)[0].removeprefix('test_')} (max)"
     if settings.blocks:
         d["blocks"] = ",".join(settings.blocks)
     else:  # the blocks the sweep chose, and why
