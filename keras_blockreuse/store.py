@@ -281,6 +281,8 @@ def _write(f: h5py.File, source, names: list[str], model_name: str, metadata_jso
                 {"path": layer.path, "class_name": layer.class_name, "variables": variables,
                  "keras_path": layer.keras_path, "order": layer.order}
             )
+            if layer.top_order is not None:  # a converted legacy file: see LayerInfo
+                layers[-1]["top_order"] = layer.top_order
         layout = json.dumps(layers)
         group.create_dataset(LAYOUT, data=_fixed(layout))
         group.attrs["layout_checksum"] = _fixed(_checksum(layout.encode()))
@@ -716,6 +718,7 @@ class BlockFile:
                 class_name=layer["class_name"],
                 keras_path=layer.get("keras_path"),
                 order=layer["order"] if "order" in layer else (i if order_known else None),
+                top_order=layer.get("top_order"),
                 variables=tuple(
                     VariableInfo(
                         key=v["key"],

@@ -965,11 +965,15 @@ def _contradicted(pairs, block: Block, target_paths: Callable[[], dict[int, str]
     for pair in pairs:
         (path, obj, _), layer = pair
         mine, theirs = paths.get(id(obj)), layer.keras_path
-        containers = [layer for _, layer in _automatic_steps(path, block)]
+        steps_held = _automatic_steps(path, block)
+        containers = [layer for _, layer in steps_held]
         if not automatic_name(path, obj) and not containers:
             continue
         if not (mine and theirs):
-            if layer.order is None:  # else `_contradicted_by_order` checks it
+            # else `_contradicted_by_order` checks it: by its order, or (a top-level model
+            # holding an explicitly named layer) by that model's place at the top level
+            if layer.order is None and (automatic_name(path, obj) or layer.top_order is None
+                                        or any(i > 0 for i, _ in steps_held)):
                 unconfirmed.append(pair)
             continue
         # (an explicitly named layer's own step is its place in a list, which another order
@@ -1198,22 +1202,32 @@ def _contradicted_by_order(plans: list[_BlockPlan]) -> None:
                                             []).append((layer, plan))
             continue
         for layer in plan.layers:
-            if layer.source.order is None:
+            if layer.source.order is None and layer.source.top_order is None:
                 continue
-            if automatic_name(layer.target_path, layer.unit):
+            if layer.source.order is not None and automatic_name(layer.target_path, layer.unit):
                 parent, _, last = layer.target_path.rpartition("/")
                 families.setdefault((parent, strip_counter(last)), []).append((layer, plan))
             # the same layer of automatically named models of one family (`functional/a`,
-            # `functional_1/a`), as a Keras 2 file or a block file knows them by order only
+            # `functional_1/a`), as a Keras 2 file or a block file knows them by order only;
+            # top-level models by their place at the top level where that alone is known
             steps = layer.target_path.split("/")
             for i, _ in _automatic_steps(layer.target_path, plan.block):
+                if layer.source.order is None and i > 0:
+                    continue
                 # the path below by its families (`dense` for `dense_3`): the towers' own
                 # automatic names differ from tower to tower
                 below = "/".join(strip_counter(step) for step in steps[i + 1:])
                 key = ("/".join(steps[:i]), strip_counter(steps[i]), below)
                 families.setdefault(key, []).append((layer, plan))
     for key, members in families.items():  # in the model's computation order
-        by_source = sorted(members, key=lambda m: m[0].source.order)
+        if all(layer.source.order is not None for layer, _ in members):
+            by_source = sorted(members, key=lambda m: m[0].source.order)
+        elif all(layer.source.top_order is not None for layer, _ in members):
+            # only the top-level models' order is known: layers of one model tie, and keep
+            # the model's order among themselves
+            by_source = sorted(members, key=lambda m: m[0].source.top_order)
+        else:
+            continue
         for rank, (layer, plan) in enumerate(members):
             if by_source[rank][0] is layer:
                 continue

@@ -72,6 +72,10 @@ class LayerInfo:
         order: the layer's position in the source model's computation order (the order of
             `keras_blockreuse.blocks.iter_units` over the model's layers), or `None` where the
             source cannot know it. Storage order is never reported as `order`.
+        top_order: where `order` is unknown but the source knows the place of the layer's
+            top-level layer among the model's top-level layers in computation order (a legacy
+            weights-only `.h5`: its `layer_names` order the top level, not the layers inside
+            a nested model), that place; else `None`.
     """
 
     path: str
@@ -79,6 +83,7 @@ class LayerInfo:
     variables: tuple[VariableInfo, ...]
     keras_path: str | None = None
     order: int | None = None
+    top_order: int | None = None
 
     @property
     def top(self) -> str:

@@ -5,7 +5,8 @@ and a weights-only file (`layer_names` at the root). `layer_names` lists the mod
 computation order. A nested model's weights are listed trainable-first (Keras 2 and Keras 3's
 legacy writer both do), so they are split into its sub-layers by weight name
 (`outer/inner/kernel:0`) and put in computation order only where the file's `model_config`
-says it; otherwise their order is unknown. Within a layer, variables pair by name.
+says it; otherwise their order is unknown, but the nested model's own place among the top-level
+layers is known (`LayerInfo.top_order`). Within a layer, variables pair by name.
 """
 
 from __future__ import annotations
@@ -65,8 +66,8 @@ class LegacyH5Source(LayerSource):
             )
         config = _config_layers(self._file)
         infos, locators = [], {}
-        for top in [layer_name(n, self.description)
-                    for n in text_attribute(root, "layer_names")]:
+        for top_order, top in enumerate([layer_name(n, self.description)
+                                         for n in text_attribute(root, "layer_names")]):
             group = root[top]
             if "weight_names" not in group.attrs and _holds_datasets(group):
                 raise BlockFileError(
@@ -105,7 +106,8 @@ class LegacyH5Source(LayerSource):
                 entry = config.get(top) if unit == top else _find(config.get(top), unit)
                 class_name = entry.get("class_name", "") if isinstance(entry, dict) else ""
                 order = len(infos) if known else None
-                infos.append(LayerInfo(unit, str(class_name), tuple(variables), order=order))
+                infos.append(LayerInfo(unit, str(class_name), tuple(variables), order=order,
+                                       top_order=top_order if order is None else None))
                 locators[unit] = locator
         if any(info.order is None for info in infos):
             self.info["layer order"] = (
