@@ -1087,10 +1087,13 @@ def _held_by_position(block_name: str, block: Block, pairs, pairing: str,
             continue
         if pairing == "path":
             by_position = automatic_name(target_paths().get(id(obj), ""), obj)  # `items/dense_1`
-        else:
-            by_position = automatic_name(path, obj) and any(  # a dict of the user's, not TF's
-                isinstance(value, dict) and not key.startswith("_self_")
-                and any(item is obj for item in value.values())
+        else:  # a list or dict of the user's (not TF's tracking): automatic names and
+            # positions there both follow creation order, so neither confirms the other
+            by_position = automatic_name(path, obj) and any(
+                not key.startswith("_self_") and (
+                    isinstance(value, dict) and any(item is obj for item in value.values())
+                    or isinstance(value, list) and not key.startswith("_")  # not Keras's own
+                    and any(item is obj for item in value))
                 for key, value in vars(parent).items())
         if by_position:
             held.append((path, obj))
@@ -1099,9 +1102,10 @@ def _held_by_position(block_name: str, block: Block, pairs, pairing: str,
         return ""
     return (f"block {block_name!r}: layers {same} are held in a list or dict of a "
             "custom layer, which Keras saves by position (not by key), and only that position "
-            "pairs them; if their order there changed since the source was saved (dict keys "
-            "inserted in another order, list items moved), their values are swapped. Name "
-            "these layers in new code.")
+            "(or automatic names, which follow the same creation order) pairs them; if their "
+            "order there changed since the source was saved (dict keys inserted in another "
+            "order, list items created or moved in another order), their values are swapped. "
+            "Name these layers in new code.")
 
 
 def _held_in_a_models_dict(plans: list[_BlockPlan], model) -> str:
