@@ -329,6 +329,12 @@ def _compile_pattern(text: str) -> re.Pattern:
             f"`blocks={text!r}` is neither a preset name ({known}) nor a valid regular "
             f"expression: {e}"
         ) from None
+    if not pattern.groups and re.fullmatch(r"[\w-]+", text):  # a word: meant as a preset
+        raise ValueError(
+            f"`blocks={text!r}` is not a preset name: the presets are {sorted(_presets())} "
+            "(keras-hub models are grouped by their own presets without a rule); as a "
+            "regular expression it needs a group that captures the block name, such as "
+            "r'^(block\\d+)_'.")
     return _check_groups(pattern)
 
 

@@ -2,7 +2,7 @@ import keras
 import numpy as np
 import pytest
 
-from keras_blockreuse import BlockMismatchError, get_blocks
+from keras_blockreuse import BlockMismatchError, get_blocks, load_blocks
 from keras_blockreuse.blocks import resolve_rule
 from tests.helpers import seed_cnn
 
@@ -74,6 +74,20 @@ def test_callable_rule():
 def test_bad_rule_type():
     with pytest.raises(TypeError, match="Received: blocks=3"):
         resolve_rule(3)
+
+
+def test_a_word_that_is_no_preset_is_said_to_be_none(tmp_path):
+    """Found by a fresh-user test: `source_blocks="keras_hub"` (meant as a preset) was told
+    that a block regular expression needs one group, not that there is no such preset."""
+    model = _dense_chain(["enc_a", "head"])
+    with pytest.raises(ValueError, match=r"^`blocks='keras_hub'` is not a preset name: the "
+                                         r"presets are \['convnext', .*'xception'\] \(keras-hub "
+                                         r"models are grouped by their own presets"):
+        get_blocks(model, "keras_hub")
+    path = str(tmp_path / "m.weights.h5")
+    model.save_weights(path)
+    with pytest.raises(ValueError, match="is not a preset name"):
+        load_blocks(model, path, source_blocks="resnet_hub")
 
 
 def test_nested_model_is_one_block():
