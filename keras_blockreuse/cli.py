@@ -329,10 +329,14 @@ def _pair_layers(left, right) -> tuple[list, list]:
     layers by their names in the backbone (`conv1_conv`), its `.keras` archive by their
     paths (`res_net_backbone/conv1_conv`). A name held by two layers of one side pairs
     neither."""
+    return _paired([[(block, layer) for block in src.block_names()
+                     for layer in src.block_layers(block)] for src in (left, right)])
+
+
+def _paired(sides: list[list[tuple]]) -> tuple[list, list]:
+    """`_pair_layers` over two lists of `(block, layer)`."""
     from collections import Counter
 
-    sides = [[(block, layer) for block in src.block_names() for layer in src.block_layers(block)]
-             for src in (left, right)]
     pairs: dict[int, tuple] = {}
     taken: set[int] = set()
     for key in (lambda layer: layer.path, lambda layer: layer.path.rsplit("/", 1)[-1]):
@@ -369,19 +373,20 @@ class _Values:
 
 
 def _compare_block(name, left, right) -> list[dict]:
+    """One block of both files, layer by layer: paired by name path, else by layer name
+    (`_paired`: a keras-hub block file keeps `conv1_conv` where the task's `.keras` keeps
+    `res_net_backbone/conv1_conv`)."""
     rows = []
-    left_layers = {layer.path: layer for layer in left.block_layers(name)}
-    right_layers = {layer.path: layer for layer in right.block_layers(name)}
     values = _Values(left, right)
-    for path in list(left_layers) + [p for p in right_layers if p not in left_layers]:
-        if path not in right_layers or path not in left_layers:
-            side = "A" if path in left_layers else "B"
-            rows.append({"block": name, "layer": path, "variable": "*",
-                         "status": f"only in {side}"})
-            continue
-        rows.extend(_compare_layer({"block": name, "layer": path},
-                                   (name, left_layers[path]), (name, right_layers[path]),
-                                   values))
+    pairs, unpaired = _paired([[(name, layer) for layer in src.block_layers(name)]
+                               for src in (left, right)])
+    for (_, layer_a), (_, layer_b) in pairs:
+        where = {"block": name, "layer": layer_a.path}
+        if layer_b.path != layer_a.path:
+            where["layer_b"] = layer_b.path
+        rows.extend(_compare_layer(where, (name, layer_a), (name, layer_b), values))
+    rows.extend({"block": name, "layer": layer.path, "variable": "*",
+                 "status": f"only in {side}"} for side, _, layer in unpaired)
     return rows
 
 

@@ -38,7 +38,8 @@ from collections.abc import Callable
 
 from keras_blockreuse.blocks import Block
 
-__all__ = ["hub_blocks", "hub_layer_rule", "is_hub_model", "is_hub_task"]
+__all__ = ["hub_blocks", "hub_file_grouping", "hub_layer_rule", "is_hub_model",
+           "is_hub_task"]
 
 
 # --- recognising keras-hub models (no import of keras_hub) ------------------------------------
@@ -270,6 +271,96 @@ def hub_layer_rule(model) -> Callable[[str, str], str | None] | None:
         encoder = getattr(backbone, "image_encoder", None)
         backbone = encoder if encoder is not None and is_hub_model(encoder) else None
     return None
+
+
+def hub_file_grouping(model, blocks: dict[str, Block] | None = None,
+                      structure: Callable[[], list] | None = None):
+    """How a Keras file (`.weights.h5`, `.keras`) saved from a keras-hub model like `model`,
+    its task or its backbone, groups into `model`'s blocks: a `PathGrouping`, or `None` for a
+    model that is not a keras-hub one (or whose blocks one name cannot tell apart).
+
+    It lists each layer by its name path in the model (Keras's saving walk:
+    `vi_t_backbone/vit_encoder/transformer_block_1`), by its name where it is a top-level layer
+    of the model or of a task's backbone, and, for a task, by its path inside the backbone (the
+    backbone's own file) and under the backbone's name (a layer the task also tracks itself,
+    as a causal LM its token embedding, which a file holds once, under the backbone). A
+    detector's image encoder's layers are listed by their names and under the encoder's name
+    too: a classifier over the same encoder holds them there, its bare encoder by name. A
+    layer no path lists goes to the block the family's name rule gives (`hub_layer_rule`).
+
+    Args:
+        model: a built keras-hub backbone or task.
+        blocks: `get_blocks(model)`, when already computed.
+        structure: gives the model's `keras_structure` units; walked (a tenth of a second for
+            a ResNet50) only where a block holds a layer nested deeper than a task's backbone.
+
+    Example:
+
+    ```python
+    grouping = hub_file_grouping(classifier)
+    grouping["stem"]   # ["conv1_conv", "res_net_backbone/conv1_conv", ...]
+    ```
+    """
+    import keras
+
+    from keras_blockreuse.sources.base import PathGrouping
+
+    if not any(cls.__module__.startswith("keras_hub.") for cls in type(model).__mro__):
+        return None
+    if blocks is None:
+        from keras_blockreuse.blocks import get_blocks
+
+        blocks = get_blocks(model)
+    if structure is None:
+        from keras_blockreuse.sources.structure import keras_structure
+
+        def structure():
+            return keras_structure(model)
+    target_blocks = blocks
+    backbone = getattr(model, "backbone", None)
+    task = is_hub_task(model) and isinstance(backbone, keras.Model)
+    top = {id(layer) for layer in model.layers}
+    inside = {id(layer) for layer in backbone.layers} if task else set()
+    prefix = f"{backbone.name}/" if task else ""
+    # (a bare backbone's layers are listed under its own name too: a task's file holds them
+    # there, inside the task's backbone)
+    outer = "" if task else f"{model.name}/"
+    # (a detector's image encoder: its layers are listed by their names and under the
+    # encoder's name too, as a classifier's file or the bare encoder's own file holds them)
+    encoder = getattr(backbone if task else model, "image_encoder", None)
+    encoder = encoder if isinstance(encoder, keras.Model) and is_hub_model(encoder) else None
+    encoded = {id(layer) for layer in encoder.layers} if encoder is not None else set()
+    # (a layer of the model or of its backbone is listed by its names below, its name path
+    # being one of them: the walk is needed only for a layer nested deeper)
+    deeper = any(id(layer) not in top | inside
+                 for block in target_blocks.values() for layer in block.layers)
+    paths = {id(unit.obj): unit.path for unit in structure()} if deeper else {}
+    grouping: dict[str, list[str]] = {}
+    owners: dict[str, str] = {}
+    for name, block in target_blocks.items():
+        entries: list[str] = []
+        for layer in block.layers:
+            path = paths.get(id(layer))
+            found = {path} if path else set()
+            if id(layer) in top | inside:
+                found.add(layer.name)
+            if id(layer) in inside:
+                found.add(prefix + layer.name)
+            if task and path and path.startswith(prefix):
+                found.add(path[len(prefix):])
+            if outer:
+                found.update(outer + entry for entry in list(found))
+            if id(layer) in encoded:
+                found.update((layer.name, f"{encoder.name}/{layer.name}"))
+            for entry in sorted(found):
+                if owners.setdefault(entry, name) != name:
+                    return None  # one name claimed by two blocks: the names cannot tell
+                entries.append(entry)
+        grouping[name] = entries
+    nested = [backbone.name if task else model.name] + ([encoder.name] if encoder else [])
+    return PathGrouping(grouping, nested=nested, place=hub_layer_rule(model))
+
+
 
 
 def _covers_exactly(model, blocks: list[tuple[str, list]]) -> bool:

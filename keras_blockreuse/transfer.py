@@ -74,11 +74,10 @@ from keras_blockreuse.blocks import (
     weighted_layers,
 )
 from keras_blockreuse.errors import BlockFileError, BlockMismatchError
-from keras_blockreuse.hub import hub_layer_rule, is_hub_model, is_hub_task
+from keras_blockreuse.hub import hub_file_grouping, is_hub_model
 from keras_blockreuse.report import LoadReport, Mismatch
 from keras_blockreuse.sources import (
     LayerInfo,
-    PathGrouping,
     Source,
     VariableInfo,
     numpy_dtype,
@@ -282,23 +281,14 @@ def _top_level_grouping(model, target_blocks: dict[str, Block], source,
                         structure: Callable[[], list]) -> dict | None:
     """The grouping of a Keras file saved from a keras-hub model, its task or its backbone:
     by the model's own blocks (`embeddings`: the token, position and segment embeddings; a
-    task's stages inside its backbone), so that such a file pairs block by block; None for
-    another model (the source's own rule).
-
-    A `PathGrouping` lists each layer by its name path in the model (Keras's saving walk:
-    `vi_t_backbone/vit_encoder/transformer_block_1`), by its name where it is a top-level layer
-    of the model or of a task's backbone, and, for a task, by its path inside the backbone (the
-    backbone's own file) and under the backbone's name (a layer the task also tracks itself,
-    as a causal LM its token embedding, which a file holds once, under the backbone). A
-    detector's image encoder's layers are listed by their names and under the encoder's
-    name too: a classifier over the same encoder holds them there, its bare encoder by name.
+    task's stages inside its backbone), so that such a file pairs block by block
+    (`hub.hub_file_grouping`); None for another model (the source's own rule).
 
     A keras-hub model or preset directory as the source is grouped by its own keras-hub
     preset, which reaches inside a task's backbone: a classifier's stages pair by name with
     a bare backbone's, where top-level names would see one layer, the backbone.
 
-    `structure`: the model's `keras_structure`, walked (a tenth of a second for a ResNet50)
-    only where a block holds a layer nested deeper than the task's backbone."""
+    `structure`: the model's `keras_structure`, walked only where needed."""
     if not any(cls.__module__.startswith("keras_hub.") for cls in type(model).__mro__):
         return None
     # (a folder is a keras-hub preset directory among the built-in sources; its reader is
@@ -306,48 +296,7 @@ def _top_level_grouping(model, target_blocks: dict[str, Block], source,
     if is_hub_model(source) or (isinstance(source, (str, os.PathLike))
                                 and os.path.isdir(source)):
         return None
-    backbone = getattr(model, "backbone", None)
-    task = is_hub_task(model) and isinstance(backbone, keras.Model)
-    top = {id(layer) for layer in model.layers}
-    inside = {id(layer) for layer in backbone.layers} if task else set()
-    prefix = f"{backbone.name}/" if task else ""
-    # (a bare backbone's layers are listed under its own name too: a task's file holds them
-    # there, inside the task's backbone)
-    outer = "" if task else f"{model.name}/"
-    # (a detector's image encoder: its layers are listed by their names and under the
-    # encoder's name too, as a classifier's file or the bare encoder's own file holds them)
-    encoder = getattr(backbone if task else model, "image_encoder", None)
-    encoder = encoder if isinstance(encoder, keras.Model) and is_hub_model(encoder) else None
-    encoded = {id(layer) for layer in encoder.layers} if encoder is not None else set()
-    # (a layer of the model or of its backbone is listed by its names below, its name path
-    # being one of them: the walk is needed only for a layer nested deeper)
-    deeper = any(id(layer) not in top | inside
-                 for block in target_blocks.values() for layer in block.layers)
-    paths = {id(unit.obj): unit.path for unit in structure()} if deeper else {}
-    grouping: dict[str, list[str]] = {}
-    owners: dict[str, str] = {}
-    for name, block in target_blocks.items():
-        entries: list[str] = []
-        for layer in block.layers:
-            path = paths.get(id(layer))
-            found = {path} if path else set()
-            if id(layer) in top | inside:
-                found.add(layer.name)
-            if id(layer) in inside:
-                found.add(prefix + layer.name)
-            if task and path and path.startswith(prefix):
-                found.add(path[len(prefix):])
-            if outer:
-                found.update(outer + entry for entry in list(found))
-            if id(layer) in encoded:
-                found.update((layer.name, f"{encoder.name}/{layer.name}"))
-            for entry in sorted(found):
-                if owners.setdefault(entry, name) != name:
-                    return None  # one name claimed by two blocks: the names cannot tell
-                entries.append(entry)
-        grouping[name] = entries
-    nested = [backbone.name if task else model.name] + ([encoder.name] if encoder else [])
-    return PathGrouping(grouping, nested=nested, place=hub_layer_rule(model))
+    return hub_file_grouping(model, target_blocks, structure)
 
 
 def _source_paths(src: Source) -> Callable[[], set[str]]:

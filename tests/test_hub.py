@@ -505,7 +505,14 @@ def test_cli_diff_of_a_tasks_block_file_and_its_keras_file(tmp_path, capsys):
     blocks = save_blocks(classifier, tmp_path / "c.blocks.h5")
     archive = str(tmp_path / "c.keras")
     classifier.save(archive)
-    assert main(["diff", blocks, archive]) == 1
+    weights = str(tmp_path / "c.weights.h5")
+    classifier.save_weights(weights)
+    # the archive's config rebuilds the classifier: grouped by its stages, as the block file
+    assert main(["diff", blocks, archive]) == 0
+    assert capsys.readouterr().out.strip().endswith(
+        "hold the same blocks, variables and values")
+    # a .weights.h5 has no config: its backbone is one block
+    assert main(["diff", blocks, weights]) == 1
     lines = capsys.readouterr().out.splitlines()
     assert lines[2:4] == ["The two files group their layers into different blocks:",
                           f"  A: {', '.join(RESNET_STAGES)}, predictions"]
@@ -880,3 +887,26 @@ def test_a_deeper_stage_in_a_keras_file_is_refused_like_in_a_preset(tmp_path, ki
     report = load_blocks(target, path, on_mismatch="skip")
     assert not report.ok and "stage_1" in report.loaded, str(report)
     assert sorted(m.layer for m in report.skipped if m.block == "stage_1") == unpaired
+
+
+def test_convert_of_a_tasks_keras_file_groups_it_by_its_stages(tmp_path, capsys):
+    """Found by two fresh-user tests: `convert` (and `inspect`) of a keras-hub classifier's
+    `.keras` wrote two blocks, `predictions` and `res_net_backbone`, where its preset directory
+    and `save_blocks` give the stages, so the converted file could not feed a detector. The
+    archive's config rebuilds the classifier, whose own blocks now group it."""
+    classifier, retinanet, own_before = _classifier_and_detector()
+    archive = str(tmp_path / "c.keras")
+    classifier.save(archive)
+    converted = str(tmp_path / "c.blocks.h5")
+    assert main(["convert", archive, converted]) == 0
+    assert capsys.readouterr().out.startswith(
+        f"wrote {converted}: 5 blocks (stem, stage_1, stage_2, stage_3, predictions)")
+    assert describe(archive)["block rule"] == (
+        "the keras-hub ImageClassifier's blocks, rebuilt from config.json")
+    report = load_blocks(retinanet, converted, only=["stem", "stage_*"])
+    assert report.ok and report.loaded == {name: name for name in RESNET_STAGES}, str(report)
+    source, target = get_blocks(classifier), get_blocks(retinanet)
+    for name in RESNET_STAGES:
+        for a, b in zip(values(source[name].variables), values(target[name].variables),
+                        strict=True):
+            assert a.dtype == b.dtype and a.tobytes() == b.tobytes()

@@ -326,7 +326,10 @@ class LayerSource(Source):
                     if len(inner) == 1:
                         block = self._rule.place(inner[0], layer.class_name)
                 groups.setdefault(block or layer.top, []).append(layer)
-            return {name: tuple(group) for name, group in groups.items()}
+            # the grouping's blocks in its (the model's) order, then the others as found
+            rank = {name: i for i, name in enumerate(self._rule)}
+            return {name: tuple(groups[name])
+                    for name in sorted(groups, key=lambda n: rank.get(n, len(rank)))}
         tops = list(dict.fromkeys(layer.top for layer in layers))
         rule = resolve_rule(self._rule, tops, tops)
         units = {layer.top: types.SimpleNamespace(name=layer.top, class_name=layer.class_name)

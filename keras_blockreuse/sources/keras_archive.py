@@ -5,6 +5,8 @@ structural paths the weights file records. The source's structure is rebuilt fro
 `config.json` with `safe_mode=True` only when needed — the weights carry no names, or a load
 cannot pair a block by name or path (`KerasWeightsSource.rebuild_structure`), or `inspect`
 shows the variables — and then layers also carry their computation order and variable names.
+An archive of a keras-hub backbone or task, read without a block rule, is grouped by the blocks
+of the model its config rebuilds (stages, transformer layers), as its preset directory is.
 """
 
 from __future__ import annotations
@@ -86,6 +88,8 @@ def open_archive(path: str, rule=None, source_model=None) -> KerasWeightsSource:
         if isinstance(stream, StoredMember):  # the archive's one checksum of the values
             check_member_crc(archive, member, path)
         file = open_h5(stream, repr(path))
+        if rule is None and source_model is None and _is_hub(config):
+            rule = _hub_grouping(structure, info)
         return KerasWeightsSource(
             [file], path, [member.file_size], rule, source_model, info, on_close=close,
             structure=structure if config and source_model is None else None,
@@ -94,6 +98,32 @@ def open_archive(path: str, rule=None, source_model=None) -> KerasWeightsSource:
     except BaseException:
         close()
         raise
+
+
+def _is_hub(config: dict) -> bool:
+    """Whether a `.keras` config describes a keras-hub backbone or task."""
+    return isinstance(config, dict) and (
+        str(config.get("module", "")).startswith("keras_hub")
+        or str(config.get("registered_name", "")).startswith("keras_hub>"))
+
+
+def _hub_grouping(structure, info: dict):
+    """The archive's grouping by its keras-hub model's own blocks (stages, transformer
+    layers), as its preset directory and `save_blocks` group it, from the model its config
+    rebuilds; None (top-level names) where the config cannot be rebuilt, which `info` says."""
+    from keras_blockreuse.hub import hub_file_grouping
+
+    try:
+        model = structure()
+    except BlockFileError as error:
+        info["block rule"] = ("default: its keras-hub model could not be rebuilt from "
+                              f"config.json ({str(error).split(': ', 1)[-1][:200]})")
+        return None
+    grouping = hub_file_grouping(model)
+    if grouping is not None:
+        info["block rule"] = (f"the keras-hub {type(model).__name__}'s blocks, rebuilt from "
+                              "config.json")
+    return grouping
 
 
 def _weights_bound(model) -> int:
