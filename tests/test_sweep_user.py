@@ -1131,11 +1131,14 @@ def test_a_part_split_off_far_from_its_share_says_its_size(arrays, tmp_path):
 
 
 def test_a_source_whose_automatic_names_shifted_says_how_to_sweep_it(arrays, tmp_path):
-    """Found by a fresh-user test: a source built after other models in its session (a
-    notebook: `conv2d_2`, `dense_4`) shares no block name with the model the sweep builds, and
+    """Found by fresh-user tests: a source built after other models in its session (a
+    notebook: `conv2d_4`, `dense_6`) shares no block name with the model the sweep builds, and
     the refusal said only "Check the block rule (blocks=) or the source", listing 4 of the 5
-    model blocks. It now names every block, says the names shifted, gives load_blocks'
-    rename= and a way that works; following it, the sweep takes the source."""
+    model blocks. It now names every block, says the names shifted, and gives a way that
+    works as written: following it, the sweep takes the source. Where a block does not fit
+    whole (another task's head), a source without it could not say which automatically named
+    block it lacks (the recipe's first version led to a sweep that took a freshly built head
+    for a pretrained one): naming the layers is said to be the way."""
     def auto(input_shape=(8, 8, 1), num_classes=3):
         i = keras.Input(input_shape)
         x = keras.layers.Conv2D(4, 3, padding="same", activation="relu")(i)
@@ -1150,6 +1153,8 @@ def test_a_source_whose_automatic_names_shifted_says_how_to_sweep_it(arrays, tmp
     pretrained = auto()
     path = str(tmp_path / "pretrained.weights.h5")
     pretrained.save_weights(path)
+    other_task = str(tmp_path / "other_task.weights.h5")
+    auto(num_classes=6).save_weights(other_task)
     with pytest.raises(SweepError) as e:
         _prepared(auto, path, arrays)
     rename = ("{'conv2d_4': 'conv2d', 'conv2d_5': 'conv2d_1', 'dense_6': 'dense', 'dense_7': "
@@ -1160,11 +1165,16 @@ def test_a_source_whose_automatic_names_shifted_says_how_to_sweep_it(arrays, tmp
            "Keras's saving walk: the same architecture, its automatic layer names shifted" \
            in message, message
     assert message.endswith(
-        "give the source the model's names: load the pretrained weights into a model of the "
-        "target's architecture built after keras.backend.clear_session() (so that its "
-        "automatic names are those the sweep's trials give) with load_blocks(model, source, "
-        f"rename={rename}), and pass that model as the source. Or name the layers (Conv2D(8, "
-        "3, name='block_1_0')).") , message
+        "pairs blocks by name, so give the source the model's names: load the pretrained "
+        "weights into a model of the target's architecture built after "
+        "keras.backend.clear_session() (so that its automatic names are those the sweep's "
+        f"trials give) with load_blocks(model, source, rename={rename}), and pass that model "
+        "as the source. Or name the layers (Conv2D(8, 3, name='block_1_0')).") , message
+    with pytest.raises(SweepError) as e:
+        _prepared(auto, other_task, arrays)
+    assert "; blocks ['dense_11'] do not fit the model whole (another task's head?), and a " \
+           "source without them cannot say which of the model's automatically named blocks " \
+           "it lacks. Name the layers" in str(e.value), str(e.value)
 
     keras.backend.clear_session()
     fresh = auto()

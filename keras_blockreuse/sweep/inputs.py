@@ -322,7 +322,11 @@ def _shifted_names(model, path: str) -> str:
     """Where the source's blocks are the model's under automatic names shifted (the source
     built after other models in its session: `conv2d_8` for `conv2d`), what to do: the sweep
     builds the model afresh in each trial, under a fresh session's names, and pairs blocks by
-    name. `""` where `load_blocks` offers no such `rename=`."""
+    name. Where a block does not load whole under that `rename=` (a head for other classes),
+    no source without it can say which automatically named block it lacks: naming the
+    layers is then the way. `""` where `load_blocks` offers no such `rename=`."""
+    import ast
+
     from keras_blockreuse.errors import BlockMismatchError
 
     try:
@@ -332,16 +336,35 @@ def _shifted_names(model, path: str) -> str:
     except BlockMismatchError as error:
         offered = [line for line in str(error).splitlines()
                    if line.startswith("The blocks pair one to one") and "rename={" in line]
-        if offered:
-            rename = offered[0][offered[0].index("rename={") + len("rename="):]
+        if not offered:
+            return ""
+        rename = ast.literal_eval(offered[0][offered[0].index("rename={") + len("rename="):])
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", UserWarning)
+                report = model.load_blocks(path, rename=rename, on_mismatch="skip")
+        except BlockMismatchError:
+            return ""
+        partly = {m.block for m in report.skipped}
+        whole = {source: target for source, target in rename.items()
+                 if report.loaded.get(target) == source and target not in partly}
+        said = ("Its blocks pair one to one with the model's by their places in Keras's "
+                "saving walk: the same architecture, its automatic layer names shifted (the "
+                "source was built after other models in its session). The sweep builds the "
+                "model afresh for each trial, under a fresh session's names, and pairs blocks "
+                "by name")
+        if len(whole) < len(rename):
             return (
-                "Its blocks pair one to one with the model's by their places in Keras's saving "
-                "walk: the same architecture, its automatic layer names shifted (the source was "
-                "built after other models in its session). The sweep builds the model afresh "
-                "for each trial, under a fresh session's names, and pairs blocks by name, so "
-                f"give the source the model's names: {_FRESH_MODEL} with load_blocks(model, "
-                f"source, rename={rename}), and pass that model as the source. Or name the "
-                "layers (Conv2D(8, 3, name='block_1_0')).")
+                f"{said}; blocks {sorted(set(rename) - set(whole))} do not fit the model whole "
+                "(another task's head?), and a source without them cannot say which of the "
+                "model's automatically named blocks it lacks. Name the layers "
+                "(Conv2D(8, 3, name='block_1_0')) in the model, and in a model of the source's "
+                "architecture into which load_blocks(named, source, rename={...}) loads the "
+                "pretrained weights; pass that model as the source.")
+        return (
+            f"{said}, so give the source the model's names: {_FRESH_MODEL} with "
+            f"load_blocks(model, source, rename={whole}), and pass that model as the source. "
+            "Or name the layers (Conv2D(8, 3, name='block_1_0')).")
     return ""
 
 
