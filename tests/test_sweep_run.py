@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 
 import pandas as pd
@@ -167,24 +168,16 @@ def _check_not_rerun(before: dict, after: dict) -> None:
 
 def test_resume_after_the_driver_is_killed(tmp_path):
     out, cache = tmp_path / "out", tmp_path / "cache"
-    command = [sys.executable, SCRIPT, "--smoke", "--blocks", "block_1,block_2", "--out", str(out),
-               "--cache", str(cache)]
-    driver = subprocess.Popen(command, cwd=ROOT, env=ENV, stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL)
+    # 5 configurations x 8 seeds: three quarters of the trials are left at the first progress
+    # line, when the driver is killed.
+    args = ["--smoke", "--blocks", "block_1,block_2", "--seeds", "8", "--out", str(out),
+            "--cache", str(cache)]
     experiment = out / "tune" / "sweep"
-    deadline = time.time() + 400
-    try:
-        while len(_finished_trials(experiment)) < 3 and time.time() < deadline:
-            assert driver.poll() is None, "the driver ended before it could be killed"
-            time.sleep(1)
-        assert len(_finished_trials(experiment)) >= 3, "no trial finished in time"
-        ours = _descendants(driver.pid)
-        before = _finished_trials(experiment)
-        driver.send_signal(signal.SIGKILL)
-        driver.wait(30)
-    finally:
-        if driver.poll() is None:
-            driver.kill()
+    with _SweepDriver(tmp_path, args) as driver:
+        driver.wait_for_progress()
+        ours = _descendants(driver.process.pid)
+        before = _finished_trials(experiment)  # what Tune had written to the folder by then
+        driver.stop(signal.SIGKILL, timeout=30)
     # The killed driver's Ray (its processes name the sweep's Ray folder) is stopped here, as a
     # user would; nothing else on the machine is touched.
     marker = ray_temp_link(str(out)) if len(str(out / "ray")) > 40 else str(out / "ray")
@@ -197,8 +190,8 @@ def test_resume_after_the_driver_is_killed(tmp_path):
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "Resuming experiment" in resumed.stdout
     trials = pd.read_csv(out / "results.csv")
-    # prefix on two blocks: 5 configurations x 2 seeds, each exactly once, all finished.
-    assert len(trials) == 10
+    # prefix on two blocks: 5 configurations x 8 seeds, each exactly once, all finished.
+    assert len(trials) == 40
     assert not trials.duplicated(["policy", "seed"]).any()
     assert set(trials["policy"]) == {"scratch", "block_1=frozen", "block_1=tuned",
                                      "block_1=frozen,block_2=frozen", "block_1=tuned,block_2=tuned"}
@@ -311,39 +304,80 @@ def test_two_node_cluster_with_fake_gpus(tmp_path):
     assert not _processes_with(temp)
 
 
-def _interrupted_smoke_sweep(tmp_path, sig, after, seeds=4):
-    """Runs a smoke sweep in `tmp_path / "out"` and sends `sig` once `after` trials finished.
+class _SweepDriver:
+    """`sweeps/which_blocks.py` with `args` in a child process, its stdout read as it comes.
 
-    Returns `(planned trials, driver, stdout, stderr)`. 5 configurations x `seeds`: long enough
-    that the signal lands mid-sweep on an idle machine (with --smoke's 2 seeds, all 10 trials
-    could finish before it is handled; on an idle CI machine, 20 once did before a SIGTERM).
+    `wait_for_progress()` returns once the driver printed its first progress line (a quarter of
+    the trials ended, by the driver's own count). The trials' `result.json` files are no guide
+    to how far a sweep is: Tune writes them to the sweep folder at its periodic experiment
+    checkpoints, and on a fast CI machine none had appeared before all 40 trials ended (a
+    signal sent on seeing them came after the sweep: "40 of 40 trials finished").
     """
-    out, cache = tmp_path / "out", tmp_path / "cache"
-    command = [sys.executable, SCRIPT, "--smoke", "--blocks", "block_1,block_2", "--seeds",
-               str(seeds), "--out", str(out), "--cache", str(cache)]
-    driver = subprocess.Popen(command, cwd=ROOT, env=ENV, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True)
-    experiment = out / "tune" / "sweep"
-    deadline = time.time() + 400
-    try:
-        while len(_finished_trials(experiment)) < after and time.time() < deadline:
-            assert driver.poll() is None, driver.communicate()
-            time.sleep(0.5)
-        assert len(_finished_trials(experiment)) >= after, "no trial finished in time"
-        driver.send_signal(sig)
-        stdout, stderr = driver.communicate(timeout=180)
-    finally:
-        if driver.poll() is None:
-            driver.kill()
-    return 5 * seeds, driver, stdout, stderr
+
+    def __init__(self, tmp_path, args):
+        self.stderr_path = tmp_path / "driver-stderr.txt"
+        self._errors = open(self.stderr_path, "w")
+        self.process = subprocess.Popen([sys.executable, SCRIPT, *args], cwd=ROOT, env=ENV,
+                                        stdout=subprocess.PIPE, stderr=self._errors, text=True)
+        self.lines: list[str] = []
+        self._progress = threading.Event()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self):
+        for line in self.process.stdout:
+            self.lines.append(line)
+            if line.startswith("trials: "):
+                self._progress.set()
+
+    def wait_for_progress(self, timeout=400):
+        deadline = time.time() + timeout
+        while (not self._progress.wait(0.5) and self.process.poll() is None
+               and time.time() < deadline):
+            pass
+        assert self._progress.is_set() and self.process.poll() is None, \
+            f"no progress line while the sweep ran (exit {self.process.poll()}): " + \
+            self.stdout()[-3000:] + self.stderr()[-3000:]
+
+    def stop(self, sig, timeout=180):
+        self.process.send_signal(sig)
+        self.process.wait(timeout=timeout)
+        self._reader.join(timeout=30)
+
+    def stdout(self) -> str:
+        return "".join(self.lines)
+
+    def stderr(self) -> str:
+        self._errors.flush()
+        return self.stderr_path.read_text()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(30)
+        self._errors.close()
+
+
+def _interrupted_smoke_sweep(tmp_path, sig, seeds=8):
+    """Runs a smoke sweep in `tmp_path / "out"` and sends `sig` once the driver printed its
+    first progress line: 5 configurations x `seeds`, so that three quarters of the trials are
+    left. Returns `(planned trials, driver, stdout, stderr)`."""
+    args = ["--smoke", "--blocks", "block_1,block_2", "--seeds", str(seeds), "--out",
+            str(tmp_path / "out"), "--cache", str(tmp_path / "cache")]
+    with _SweepDriver(tmp_path, args) as driver:
+        driver.wait_for_progress()
+        driver.stop(sig)
+        return 5 * seeds, driver.process, driver.stdout(), driver.stderr()
 
 
 def test_interrupted_sweep_is_marked_and_resumes_every_configuration_once(tmp_path):
     """SIGINT to the driver: the trials stop cleanly, the report says INTERRUPTED, the exit
     status is 130 and the resume command is printed; that command finishes the rest."""
     out, experiment = tmp_path / "out", tmp_path / "out" / "tune" / "sweep"
-    total, driver, stdout, stderr = _interrupted_smoke_sweep(tmp_path, signal.SIGINT, after=2,
-                                                             seeds=8)
+    total, driver, stdout, stderr = _interrupted_smoke_sweep(tmp_path, signal.SIGINT)
     assert driver.returncode == 130, stdout[-3000:] + stderr[-3000:]
     before = _finished_trials(experiment)
     report = (out / "report.md").read_text().splitlines()
@@ -469,8 +503,7 @@ def test_sigterm_stops_the_sweep_like_sigint(tmp_path):
     marked INTERRUPTED (SIGTERM), the resume command printed. Ray's driver installs its own
     SIGTERM handler (log and abort, exit 134); the sweep's must win."""
     out, experiment = tmp_path / "out", tmp_path / "out" / "tune" / "sweep"
-    total, driver, stdout, stderr = _interrupted_smoke_sweep(tmp_path, signal.SIGTERM, after=1,
-                                                             seeds=12)
+    total, driver, stdout, stderr = _interrupted_smoke_sweep(tmp_path, signal.SIGTERM, seeds=12)
     assert driver.returncode == 143, stdout[-3000:] + stderr[-3000:]
     report = (out / "report.md").read_text().splitlines()
     finished = len(_finished_trials(experiment))
