@@ -12,4 +12,13 @@ class BlockMismatchError(ValueError):
     """The blocks of a source do not fit the blocks of a model.
 
     Raised before any weight is assigned; the message lists every problem at once.
+
+    Attributes:
+        rename: where the message offers a `rename=` ({source block: model block}: the
+            blocks pair one to one by their places, the same model with its automatic names
+            shifted), that dict; else None.
     """
+
+    def __init__(self, *args, rename: dict[str, str] | None = None):
+        super().__init__(*args)
+        self.rename = rename

@@ -522,9 +522,9 @@ def _plan(
     _refuse_shifted_names(targets, target_blocks, source_names, only, rename,
                           lambda name, block: _same_shapes(src, name, block), target_places,
                           lambda: _nesting_hint(src, source_names, target_places.model,
-                                                target_blocks)
-                          or _rename_by_path(src, source_names, target_blocks, target_paths)
-                          or _rename_by_order(src, source_names, target_blocks))
+                                                target_blocks),
+                          lambda: _rename_by_places(src, source_names, target_blocks,
+                                                    target_paths))
     in_source = {rename.get(s, s) for s in source_names}
     report = LoadReport(source=src.description, target_blocks=target_names,
                         source_blocks=source_names)
@@ -590,7 +590,8 @@ def _plan(
 def _refuse_shifted_names(targets: dict[str, str], target_blocks: dict[str, Block],
                           source_names: list[str], only, rename: dict[str, str],
                           fits: Callable[[str, Block], bool],
-                          target_places: _TargetPlaces, hint: Callable[[], str]) -> None:
+                          target_places: _TargetPlaces, nesting: Callable[[], str],
+                          renaming: Callable[[], tuple[str, dict[str, str] | None]]) -> None:
     """Refuses blocks paired only by automatic names when the two sides hold another number
     of blocks of that class (`dense`, `dense_1` against `dense`, `dense_1`, `dense_2`).
 
@@ -631,6 +632,11 @@ def _refuse_shifted_names(targets: dict[str, str], target_blocks: dict[str, Bloc
             elif longer[:len(shorter)] == shorter:
                 listed += [t for t in as_named if fits(t, target_blocks[t])]
     if problems:
+        hint, offered = "", None
+        if not nested:
+            hint = nesting()
+            if not hint:
+                hint, offered = renaming()
         raise BlockMismatchError(
             "Blocks named by automatic names cannot be paired by those names here: "
             + "; ".join(problems) + ". Keras numbers automatic names in creation order, so a "
@@ -643,7 +649,7 @@ def _refuse_shifted_names(targets: dict[str, str], target_blocks: dict[str, Bloc
                f"only={listed}; if " if listed else "If ")
             + "a layer was added or removed before them (or created and not used), pair the "
             "blocks with rename= {source block: model block}. Naming the layers when building "
-            "the model avoids this." + ("" if nested else hint())
+            "the model avoids this." + hint, rename=offered
         )
 
 
@@ -1587,33 +1593,45 @@ def _refuse_empty(plans: list[_BlockPlan], report: LoadReport, src: Source, mode
             "and dtypes, use on_mismatch='adapt' where an adapter exists, or pass only=[] to "
             "load nothing deliberately."
         )
-    hint = (_nesting_hint(src, report.source_blocks, model, target_blocks)
-            + (_rename_by_path(src, report.source_blocks, target_blocks, target_paths)
-               or _rename_by_order(src, report.source_blocks, target_blocks)))
+    renaming, offered = _rename_by_places(src, report.source_blocks, target_blocks, target_paths)
+    hint = _nesting_hint(src, report.source_blocks, model, target_blocks) + renaming
     raise BlockMismatchError(
         f"Nothing would be loaded from {src.description}: no block of the model pairs with a "
         f"block of the source, or every variable was left.\n"
         f"  source blocks: {report.source_blocks}\n"
         f"  model blocks:  {list(target_blocks)}\n"
         "Map blocks whose names differ with rename={source block: model block}, group layers "
-        "with blocks= / source_blocks=, or pass only=[] to load nothing deliberately." + hint
+        "with blocks= / source_blocks=, or pass only=[] to load nothing deliberately." + hint,
+        rename=offered,
     )
 
 
+def _rename_by_places(src: Source, source_blocks: list[str], target_blocks: dict[str, Block],
+                      target_paths: Callable[[], dict[int, str]]
+                      ) -> tuple[str, dict[str, str] | None]:
+    """`(hint, rename)`: the `rename=` that pairs every source block with the model block at
+    its place (in Keras's saving walk, or a legacy `.h5`'s computation order), as a line for
+    an error message and as a dict; `(why none is offered, None)`, or `("", None)`."""
+    by_path = _rename_by_path(src, source_blocks, target_blocks, target_paths)
+    return by_path if by_path[0] else _rename_by_order(src, source_blocks, target_blocks)
+
+
 def _rename_by_path(src: Source, source_blocks: list[str], target_blocks: dict[str, Block],
-                    target_paths: Callable[[], dict[int, str]]) -> str:
+                    target_paths: Callable[[], dict[int, str]]
+                    ) -> tuple[str, dict[str, str] | None]:
     """A `rename=` that pairs every source block with the model block at its place in Keras's
     saving walk (`layers/dense` on both sides: the same model rebuilt, its automatic names
-    shifted), offered as a hint where every block pairs one to one; else `""`."""
+    shifted), offered as `(hint, rename)` where every block pairs one to one; else why none
+    is, or `""`, and None."""
     rename, why = _rename_by_place(src, source_blocks, target_blocks, target_paths)
     if why:
         return ("\nNo rename= is offered: the blocks pair one to one by their places in Keras's "
-                f"saving walk, but {why}.")
+                f"saving walk, but {why}.", None)
     if rename is None:
-        return ""
+        return "", None
     return ("\nThe blocks pair one to one by their places in Keras's saving walk (the same model "
             f"with its automatic names shifted?), as Keras's load_weights pairs them: "
-            f"rename={rename}")
+            f"rename={rename}", rename)
 
 
 def _rename_by_place(src: Source, source_blocks: list[str], target_blocks: dict[str, Block],
@@ -1677,27 +1695,29 @@ def _against_creation_order(pairs: dict[str, str]) -> str:
 
 
 def _rename_by_order(src: Source, source_blocks: list[str],
-                     target_blocks: dict[str, Block]) -> str:
+                     target_blocks: dict[str, Block]) -> tuple[str, dict[str, str] | None]:
     """For a legacy `.h5`, which records its layers in computation order but no Keras paths:
     the `rename=` that pairs every source block with the model block at its place in
     computation order, offered only where nothing else tells them apart: at every place both
     sides hold a layer with an automatic name of the same class (`dense_1`, `dense_4`; the
     class checked where the file records it) and variables of the same shapes (the same
-    model rebuilt, its automatic names shifted). Else `""`, or why no rename is offered."""
+    model rebuilt, its automatic names shifted), as `(hint, rename)`. Else `""` or why no
+    rename is offered, and None."""
     if not str(src.info.get("format", "")).startswith("Keras legacy"):
-        return ""
+        return "", None
     rename, unmatched, why = _rename_by_computation_order(src, source_blocks, target_blocks)
     if unmatched:
         return ("\nNo rename= is offered: a legacy .h5 records its layers in computation order, "
                 "not Keras paths, so blocks are paired by their places only where both sides "
                 "hold layers with automatic names of the same classes and variable shapes in "
-                f"the same order; {unmatched}.")
+                f"the same order; {unmatched}.", None)
     if why:
         return ("\nNo rename= is offered: the blocks pair one to one by their places in "
-                f"computation order, with the same classes and variable shapes, but {why}.")
+                f"computation order, with the same classes and variable shapes, but {why}.",
+                None)
     return ("\nThe blocks pair one to one by their places in computation order, with the same "
             "classes and variable shapes (the same model with its automatic names shifted?), "
-            f"as Keras's legacy load_weights pairs them: rename={rename}")
+            f"as Keras's legacy load_weights pairs them: rename={rename}", rename)
 
 
 def _rename_by_computation_order(src: Source, source_blocks: list[str],

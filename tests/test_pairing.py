@@ -958,6 +958,7 @@ def test_the_same_model_rebuilt_in_the_session_is_offered_the_rename_by_keras_pa
         load_blocks(target, path)
     rename = {"dense": "dense_3", "dense_1": "dense_4", "dense_2": "dense_5"}
     assert str(e.value).endswith(f"as Keras's load_weights pairs them: rename={rename}")
+    assert e.value.rename == rename  # the same, as a dict (the sweep reads it)
     assert load_blocks(target, path, rename=rename).ok
     assert_bits(values(target.weights), values(source.weights))
 
@@ -989,6 +990,7 @@ def test_a_legacy_h5_of_the_same_model_rebuilt_in_the_session_is_offered_the_ren
     assert all(before[k].tobytes() == v.tobytes() for k, v in snapshot(target).items())
     rename = _offered_rename(str(e.value))
     assert rename == {"dense": "dense_3", "dense_1": "dense_4", "dense_2": "dense_5"}
+    assert e.value.rename == rename
     assert load_blocks(target, path, rename=rename).ok
     assert_bits(values(target.weights), values(source.weights))
 
@@ -1026,7 +1028,7 @@ def test_genuine_keras2_files_of_a_model_rebuilt_are_offered_the_rename_by_order
     with pytest.raises(BlockMismatchError) as e:
         load_blocks(target, os.path.join(folder, "keras2_weights.h5"))
     assert "No rename= is offered" in str(e.value) and "load_weights pairs them" not in str(e.value)
-    assert "does not record the order of every layer" in str(e.value)
+    assert "does not record the order of every layer" in str(e.value) and e.value.rename is None
     assert all(before[k].tobytes() == v.tobytes() for k, v in snapshot(target).items())
 
 
@@ -1057,7 +1059,7 @@ def test_a_legacy_h5_whose_places_do_not_correspond_is_offered_no_rename(tmp_pat
         load_blocks(target, path)
     message = str(e.value)
     assert "No rename= is offered" in message and why in message, message
-    assert "load_weights pairs them" not in message
+    assert "load_weights pairs them" not in message and e.value.rename is None
     assert all(before[k].tobytes() == v.tobytes() for k, v in snapshot(target).items())
 
 
@@ -2050,7 +2052,7 @@ def _the_offered_rename_loads(model, path, match: str, rename: dict, expected: l
         load_blocks(model, path)
     message = str(e.value)
     assert message.endswith(f"as Keras's load_weights pairs them: rename={rename}"), message
-    assert ast.literal_eval(message.rsplit("rename=", 1)[1]) == rename
+    assert ast.literal_eval(message.rsplit("rename=", 1)[1]) == rename == e.value.rename
     assert load_blocks(model, path, rename=rename).ok
     assert_bits(_values(model), expected)
 

@@ -325,8 +325,6 @@ def _shifted_names(model, path: str) -> str:
     name. Where a block does not load whole under that `rename=` (a head for other classes),
     no source without it can say which automatically named block it lacks: naming the
     layers is then the way. `""` where `load_blocks` offers no such `rename=`."""
-    import ast
-
     from keras_blockreuse.errors import BlockMismatchError
 
     try:
@@ -334,11 +332,9 @@ def _shifted_names(model, path: str) -> str:
             warnings.simplefilter("ignore", UserWarning)
             model.load_blocks(path, on_mismatch="skip")
     except BlockMismatchError as error:
-        offered = [line for line in str(error).splitlines()
-                   if line.startswith("The blocks pair one to one") and "rename={" in line]
-        if not offered:
+        rename = error.rename
+        if not rename:
             return ""
-        rename = ast.literal_eval(offered[0][offered[0].index("rename={") + len("rename="):])
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", UserWarning)
