@@ -316,7 +316,6 @@ def hub_file_grouping(model, blocks: dict[str, Block] | None = None,
 
         def structure():
             return keras_structure(model)
-    target_blocks = blocks
     backbone = getattr(model, "backbone", None)
     task = is_hub_task(model) and isinstance(backbone, keras.Model)
     top = {id(layer) for layer in model.layers}
@@ -333,11 +332,11 @@ def hub_file_grouping(model, blocks: dict[str, Block] | None = None,
     # (a layer of the model or of its backbone is listed by its names below, its name path
     # being one of them: the walk is needed only for a layer nested deeper)
     deeper = any(id(layer) not in top | inside
-                 for block in target_blocks.values() for layer in block.layers)
+                 for block in blocks.values() for layer in block.layers)
     paths = {id(unit.obj): unit.path for unit in structure()} if deeper else {}
     grouping: dict[str, list[str]] = {}
     owners: dict[str, str] = {}
-    for name, block in target_blocks.items():
+    for name, block in blocks.items():
         entries: list[str] = []
         for layer in block.layers:
             path = paths.get(id(layer))
@@ -359,8 +358,6 @@ def hub_file_grouping(model, blocks: dict[str, Block] | None = None,
         grouping[name] = entries
     nested = [backbone.name if task else model.name] + ([encoder.name] if encoder else [])
     return PathGrouping(grouping, nested=nested, place=hub_layer_rule(model))
-
-
 
 
 def _covers_exactly(model, blocks: list[tuple[str, list]]) -> bool:

@@ -332,10 +332,12 @@ class LayerSource(Source):
                     for name in sorted(groups, key=lambda n: rank.get(n, len(rank)))}
         tops = list(dict.fromkeys(layer.top for layer in layers))
         rule = resolve_rule(self._rule, tops, tops)
-        units = {layer.top: types.SimpleNamespace(name=layer.top, class_name=layer.class_name)
-                 for layer in layers}
-        refuse_unclaimed(self._rule, rule, list(units.values()), self.description,
-                         lambda: {layer.top for layer in layers if "/" in layer.path})
+        if self._rule is not None:  # (the default grouping is never refused)
+            units = {layer.top: types.SimpleNamespace(name=layer.top,
+                                                      class_name=layer.class_name)
+                     for layer in layers}
+            refuse_unclaimed(self._rule, rule, list(units.values()), self.description,
+                             lambda: {layer.top for layer in layers if "/" in layer.path})
         for layer in layers:
             block = rule(types.SimpleNamespace(name=layer.top, class_name=layer.class_name))
             groups.setdefault(block, []).append(layer)
