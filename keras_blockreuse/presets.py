@@ -37,7 +37,8 @@ import functools
 import re
 from collections.abc import Callable, Iterable
 
-__all__ = ["PRESETS", "Preset", "assign_blocks", "detect_preset", "explain_unnamed"]
+__all__ = ["PRESETS", "Preset", "assign_blocks", "detect_preset", "explain_unnamed",
+           "numbered_from_zero"]
 
 
 def _first_match(rules: list[tuple[str, str]]) -> Callable[[str], str | None]:
@@ -378,7 +379,8 @@ def _automatic_prefixes() -> frozenset[str]:
     return frozenset(prefixes)
 
 
-_AUTOMATIC_SUFFIX = re.compile(r"(.+?)(?:_\d+)?")
+_AUTOMATIC_SUFFIX = re.compile(r"(.+?)(?:_[1-9]\d*)?")  # (never `_0` or `_01`)
+_FROM_ZERO = re.compile(r"(.+)_0\d*")
 _INCEPTION = {
     "InceptionV3": {"mixed0", "mixed1", "mixed10"},
     "InceptionResNetV2": {"mixed_5b", "mixed_6a", "conv_7b"},
@@ -395,11 +397,43 @@ def automatic_names(layer_names: Iterable[str]) -> list[str]:
     ```
     """
     prefixes = _automatic_prefixes()
+    layer_names = list(layer_names)
+    explicit = numbered_from_zero(layer_names)
     return [
         name
         for name in layer_names
-        if _AUTOMATIC_SUFFIX.fullmatch(name).group(1) in prefixes
+        if _AUTOMATIC_SUFFIX.fullmatch(name).group(1) in prefixes and name not in explicit
     ]
+
+
+def numbered_from_zero(paths: Iterable[str]) -> set[str]:
+    """The name paths among `paths` in a family numbered from zero in its container
+    (`head/conv2d_0`, `head/conv2d_1`, ...): code named them, since Keras's automatic names
+    and the paths of its saving walk never count from zero (`conv2d`, `conv2d_1`). A family
+    that also holds the bare name (`head/conv2d`) mixes in automatic names: not listed.
+
+    Example:
+
+    ```python
+    numbered_from_zero(["head/conv2d_0", "head/conv2d_1", "conv2d_1"])
+    # {"head/conv2d_0", "head/conv2d_1"}
+    ```
+    """
+    paths = list(paths)
+    zero = set()
+    for path in paths:
+        parent, _, last = path.rpartition("/")
+        match = _FROM_ZERO.fullmatch(last)
+        if match:
+            zero.add((parent, match.group(1)))
+    zero -= {path.rpartition("/")[::2] for path in paths}  # (`head/conv2d` beside them)
+    out = set()
+    for path in paths:
+        parent, _, last = path.rpartition("/")
+        head, _, tail = last.rpartition("_")
+        if (parent, head if head and tail.isdigit() else last) in zero:
+            out.add(path)
+    return out
 
 
 def explain_unnamed(

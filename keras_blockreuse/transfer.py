@@ -75,6 +75,7 @@ from keras_blockreuse.blocks import (
 )
 from keras_blockreuse.errors import BlockFileError, BlockMismatchError
 from keras_blockreuse.hub import hub_file_grouping, is_hub_model
+from keras_blockreuse.presets import numbered_from_zero
 from keras_blockreuse.report import LoadReport, Mismatch
 from keras_blockreuse.sources import (
     LayerInfo,
@@ -604,9 +605,11 @@ def _refuse_shifted_names(targets: dict[str, str], target_blocks: dict[str, Bloc
                            if not any(c in p for c in "*?[")}
     families: dict[str, list[str]] = {}
     classes: dict[str, str] = {}
+    explicit = numbered_from_zero([*target_blocks, *source_names])  # (`dense_0`, `dense_1`)
     for name, block in target_blocks.items():
         layer = block.layers[0]
-        if len(block.layers) == 1 and layer.name == name and automatic_name(name, layer):
+        if (len(block.layers) == 1 and layer.name == name and automatic_name(name, layer)
+                and name not in explicit):
             families.setdefault(strip_counter(name), []).append(name)
             classes[strip_counter(name)] = type(layer).__name__
     problems, listed, nested = [], [], []
@@ -1031,14 +1034,16 @@ def _held_by_position(block_name: str, block: Block, pairs, pairing: str,
     only their position there pairs them: Keras saves such items by class and position, not
     by key, so a dict's keys inserted in another order (names and paths alike), or list items
     reordered where the automatic names no longer pair, swap them unseen."""
+    explicit = numbered_from_zero(path for (path, _, _), _layer in pairs)  # `conv2d_0`, ...
     if len(pairs) < 2 or (pairing == "name" and not any(
-            automatic_name(path, obj) for (path, obj, _), _layer in pairs)):
+            automatic_name(path, obj) and path not in explicit
+            for (path, obj, _), _layer in pairs)):
         return ""
     parents = _custom_parents(block)
     held = []
     for (path, obj, _), _layer in pairs:
         parent = parents.get(path.rpartition("/")[0])
-        if parent is None:
+        if parent is None or (pairing == "name" and path in explicit):
             continue
         if pairing == "path":
             by_position = automatic_name(target_paths().get(id(obj), ""), obj)  # `items/dense_1`
@@ -1072,8 +1077,10 @@ def _held_in_a_models_dict(plans: list[_BlockPlan], model) -> str:
 
     if isinstance(model, (Functional, keras.Sequential)):
         return ""
+    explicit = numbered_from_zero(layer.target_path for plan in plans for layer in plan.layers)
     paired = {id(layer.unit): layer.target_path for plan in plans if plan.pairing == "name"
-              for layer in plan.layers if automatic_name(layer.target_path, layer.unit)}
+              for layer in plan.layers if automatic_name(layer.target_path, layer.unit)
+              and layer.target_path not in explicit}
     held = []
     for key, value in vars(model).items():
         if isinstance(value, dict) and not key.startswith("_self_"):

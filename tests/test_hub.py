@@ -910,3 +910,30 @@ def test_convert_of_a_tasks_keras_file_groups_it_by_its_stages(tmp_path, capsys)
         for a, b in zip(values(source[name].variables), values(target[name].variables),
                         strict=True):
             assert a.dtype == b.dtype and a.tobytes() == b.tobytes()
+
+
+@pytest.mark.parametrize("kind", ["blocks", "weights"])
+def test_a_detectors_heads_named_by_keras_hub_load_without_a_caveat(tmp_path, kind):
+    """Found in review: RetinaNet's prediction heads hold their convs in a list, named by
+    keras-hub `conv2d_0`, `conv2d_1`, ...; those names were taken for automatic ones, so
+    every load of a detector's heads warned that list order alone paired them and told the
+    user to name layers keras-hub had named. Names numbered from zero are code's: no caveat,
+    every variable bit-identical."""
+    def build():
+        backbone = M.RetinaNetBackbone(image_encoder=resnet(), min_level=3, max_level=4,
+                                       use_p5=False, image_shape=(32, 32, 3))
+        return M.RetinaNetObjectDetector(backbone=backbone, num_classes=3,
+                                         pre_logits_num_conv_layers=3)
+
+    source = build()
+    randomize(source, seed=43)
+    path = str(tmp_path / ("d.blocks.h5" if kind == "blocks" else "d.weights.h5"))
+    save_blocks(source, path) if kind == "blocks" else source.save_weights(path)
+    target = build()
+    report = load_blocks(target, path, only=["box_head", "classification_head"])
+    assert report.ok and report.caveats == [], report.caveats
+    for name in ("box_head", "classification_head"):
+        got, expected = values(target.get_layer(name).weights), \
+            values(source.get_layer(name).weights)
+        assert len(got) == 8 and all(a.tobytes() == b.tobytes()
+                                     for a, b in zip(got, expected, strict=True))

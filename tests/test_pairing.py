@@ -2184,3 +2184,42 @@ def test_list_items_created_in_another_order_are_said_to_be_unchecked(tmp_path, 
         "their order there changed since the source was saved (dict keys inserted in another "
         "order, list items created or moved in another order), their values are swapped. Name "
         "these layers in new code."], report.caveats
+
+
+@pytest.mark.parametrize("kind", ["blocks", "weights", "keras"])
+def test_layers_numbered_from_zero_by_their_code_pair_by_name(tmp_path, kind):
+    """Found in review: layers the user named `dense_0`, `dense_1`, ... were taken for Keras's
+    automatic names (which never count from zero: `dense`, `dense_1`), so a model with a new
+    head `dense_3` was refused ("Blocks named by automatic names cannot be paired") and told
+    to name the layers it had named. Such a family pairs by name, and the new head is left."""
+    def build(heads):
+        return keras.Sequential([keras.Input((4,))]
+                                + [L.Dense(4, name=f"dense_{i}") for i in range(heads)])
+
+    source = build(3)
+    distinct(source, seed=30)
+    path = _saved(source, tmp_path, kind)
+    target = build(4)
+    head = values(target.layers[3].weights)
+    report = load_blocks(target, path)
+    assert list(report.loaded) == ["dense_0", "dense_1", "dense_2"]
+    assert report.missing == ["dense_3"] and report.caveats == []
+    assert_bits(values(target.weights[:6]), values(source.weights))
+    assert_bits(values(target.layers[3].weights), head)
+
+
+def test_a_family_with_its_bare_name_is_still_automatic(tmp_path):
+    """`dense` beside `dense_0` and `dense_1`: Keras made `dense` (and may have made the
+    others' numbers), so the names do not show who numbered them, and a shifted family is
+    refused as before."""
+    source = keras.Sequential([keras.Input((4,)), L.Dense(4, name="dense"),
+                               L.Dense(4, name="dense_0"), L.Dense(4, name="dense_1")])
+    path = _saved(source, tmp_path, "blocks")
+    target = keras.Sequential([keras.Input((4,)), L.Dense(4, name="dense"),
+                               L.Dense(4, name="dense_0"), L.Dense(4, name="dense_1"),
+                               L.Dense(4, name="dense_2")])
+    before = snapshot(target)
+    with pytest.raises(BlockMismatchError, match="Blocks named by automatic names cannot be "
+                                                 "paired by those names here: Dense blocks"):
+        load_blocks(target, path)
+    assert all(before[k].tobytes() == v.tobytes() for k, v in snapshot(target).items())

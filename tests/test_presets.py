@@ -13,6 +13,7 @@ from keras_blockreuse.presets import (
     automatic_names,
     detect_preset,
     explain_unnamed,
+    numbered_from_zero,
 )
 
 A = keras.applications
@@ -304,7 +305,8 @@ def test_named_families_are_not_flagged(key):
 def test_small_automatic_models_are_not_flagged():
     assert explain_unnamed(["input_layer", "dense", "dense_1", "dropout"]) is None
     # Named weighted layers between many unnamed activations and dropouts are fine.
-    names = [f"block_{i}_0" for i in range(12)] + [f"activation_{i}" for i in range(24)]
+    names = [f"block_{i}_0" for i in range(12)] + ["activation"] + [
+        f"activation_{i}" for i in range(1, 24)]  # (as Keras names them: never `_0`)
     assert explain_unnamed(names) is not None
     assert explain_unnamed(names, weighted=names[:12]) is None
     assert automatic_names(["conv2d", "conv2d_3", "block1_conv1", "mixed0"]) == [
@@ -367,3 +369,16 @@ def test_block_model_refuses_automatic_names():
 
     with pytest.raises(ValueError, match="automatic.*InceptionV3"):
         BlockModel.from_model(build("InceptionV3"))
+
+
+def test_names_numbered_from_zero_are_not_automatic():
+    """Keras never counts an automatic name from zero (`dense`, `dense_1`): a family with a
+    `dense_0` was named by code, unless it also holds the bare `dense`."""
+    assert automatic_names(["dense_0", "dense_1", "conv2d", "conv2d_1", "conv2d_01"]) == [
+        "conv2d", "conv2d_1"]
+    assert automatic_names(["dense", "dense_0", "dense_1"]) == ["dense", "dense_1"]
+    assert numbered_from_zero(["head/conv2d_0", "head/conv2d_1", "conv2d_1", "x/dense_2"]) == {
+        "head/conv2d_0", "head/conv2d_1"}
+    assert numbered_from_zero(["dense", "dense_0", "dense_1"]) == set()
+    # Twelve Dense layers named dense_0 ... dense_11 name blocks (were "automatic").
+    assert explain_unnamed([f"dense_{i}" for i in range(12)]) is None
