@@ -125,6 +125,10 @@ def save_blocks(
     Returns:
         The path written, as a string.
 
+    Warns:
+        UserWarning: an entry of a dict block rule places no weighted layer of the model (the
+            file then holds no block of that name).
+
     Example:
 
     >>> save_blocks(model, "ckpt/blocks_001.blocks.h5", metadata={"epoch": 1})
@@ -133,8 +137,31 @@ def save_blocks(
     from keras_blockreuse.sources.live_model import ModelSource  # imports Keras
 
     source = ModelSource(model, blocks, keras_paths=True)
+    _warn_unplaced_entries(blocks if blocks is not None else getattr(model, "_block_rule", None),
+                           source.block_names(), str(model.name))
     names = select(source.block_names(), only, "`only`")
     return write_blocks(source, path, names, model_name=str(model.name), metadata=metadata)
+
+
+def _warn_unplaced_entries(rule: BlockRule, names: Sequence[str], model_name: str) -> None:
+    """Warns about the entries of a dict block rule that place no weighted layer (a typo in a
+    pattern, most often): the file then holds no block of that name, and the layers the entry
+    was written for are saved as blocks of their own."""
+    if not isinstance(rule, Mapping):
+        return
+    empty = {block: list(patterns) for block, patterns in rule.items() if block not in names}
+    if not empty:
+        return
+    import warnings
+
+    own = [name for name in names if name not in rule]
+    warnings.warn(
+        f"save_blocks: the block rule's entries {empty} place no weighted layer of model "
+        f"{model_name!r}, so the file holds no block {'named' if len(empty) == 1 else 'of'} "
+        f"{', '.join(map(repr, empty))}"
+        + (f"; the layers no entry places are saved as blocks of their own: {own}" if own
+           else "") + ". Check the entry's layer names or globs against the model's "
+        "(get_blocks(model) lists its layers by block).", stacklevel=3)
 
 
 def write_blocks(

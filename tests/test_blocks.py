@@ -158,3 +158,29 @@ def test_a_rule_that_places_no_layer_is_refused_everywhere(tmp_path):
         get_blocks(_dense_chain(["x", "y"]), "vgg")
     with pytest.raises(BlockMismatchError, match=r"rule \{'a': \['z\*'\]\} places none"):
         get_blocks(_dense_chain(["x", "y"]), {"a": ["z*"]})
+
+
+def test_save_blocks_says_which_dict_entries_place_no_layer(tmp_path):
+    """A dict rule entry whose globs match no layer (a typo: "dnse*") was accepted unsaid: the
+    file held no block "head", and the two Dense layers were saved as blocks of their own.
+    save_blocks now warns, naming the entry, its globs and the layers saved on their own; a
+    rule whose entries all place layers saves without a warning."""
+    import warnings
+
+    from keras_blockreuse import read_blocks, save_blocks
+
+    model = _dense_chain(["block_1_0", "block_1_1", "dense", "dense_1"])
+    path = str(tmp_path / "m.blocks.h5")
+    with pytest.warns(UserWarning) as caught:
+        save_blocks(model, path, blocks={"block_1": ["block_1_*"], "head": ["dnse*"]})
+    assert [str(w.message) for w in caught] == [
+        "save_blocks: the block rule's entries {'head': ['dnse*']} place no weighted layer of "
+        f"model {model.name!r}, so the file holds no block named 'head'; the layers no entry "
+        "places are saved as blocks of their own: ['dense', 'dense_1']. Check the entry's "
+        "layer names or globs against the model's (get_blocks(model) lists its layers by "
+        "block)."]
+    assert list(read_blocks(path).blocks) == ["block_1", "dense", "dense_1"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        save_blocks(model, path, blocks={"block_1": ["block_1_*"], "head": ["dense*"]})
+    assert list(read_blocks(path).blocks) == ["block_1", "head"]
