@@ -111,7 +111,9 @@ def test_verdict_tied_set_holm_and_cheapest_on_known_numbers():
     assert v.adjusted == pytest.approx({"C": 3 * p["C"], "scratch": 2 * p["scratch"],
                                         "B": p["B"]})
     assert v.tied == ["A", "B"] and v.status("C") == "worse" and v.status("scratch") == "worse"
-    assert v.recommended == "B"  # tied with the best and half its trained parameters
+    assert v.standard_error == pytest.approx(0.02 / math.sqrt(3))
+    assert v.near == ["A", "B"]  # B's 0.890 is within 0.0115 of A's 0.900
+    assert v.recommended == "B"  # tied with the best, within its noise, half its parameters
     # C is cheaper still, but worse: never recommended. Without counts, the best is.
     assert verdict(known_frame(cost={})).recommended == "A"
     # Lower is better (e.g. a loss): the lowest validation mean wins.
@@ -184,11 +186,15 @@ def test_report_md_text_on_known_numbers(tmp_path):
     # A: test [0.91, 0.89, 0.93], half-width t(0.975, 2) x 0.02 / sqrt 3 = 0.0497.
     assert lines[2] == ("**Best on validation: tune A (val accuracy 0.900, test 0.910 "
                         "[0.860, 0.960], n=3).**")
-    assert lines[3] == ("Within noise of it (paired on validation over seeds, Holm-adjusted "
-                        f"p >= 0.05): tune B (p={p['B']:.3g}).")
-    assert lines[4].startswith("Recommended, the cheapest of these: tune B (val accuracy 0.890, "
-                               "test 0.900 [") and lines[4].endswith("n=3), 500 trained parameters.")
-    assert lines[5].startswith("tune B: +0.180 test accuracy vs scratch [")
+    assert lines[3] == ("Not shown worse than it (paired on validation over seeds, "
+                        f"Holm-adjusted p >= 0.05): tune B (p={p['B']:.3g}).")
+    # A's standard error on validation: 0.02 / sqrt 3 = 0.0115; B (0.890) is within it.
+    assert lines[4] == ("Of these, within one standard error of the best's mean on validation "
+                        "(±0.0115, the one-standard-error rule, Breiman et al. 1984): tune B.")
+    assert lines[5].startswith("Recommended, the cheapest of them and the best: tune B (val "
+                               "accuracy 0.890, test 0.900 [") and \
+        lines[5].endswith("n=3), 500 trained parameters.")
+    assert lines[6].startswith("tune B: +0.180 test accuracy vs scratch [")
     assert "**Variation covered by the intervals and tests: training seeds only (the target " \
            "split is fixed).**" in lines
     table = [line for line in lines if line.startswith("| ")]
@@ -317,3 +323,38 @@ def test_metric_bounds_names_proportions_only():
     for name in ("test_loss", "val_loss", "test_mae", "test_mean_squared_error"):
         assert metric_bounds(name) is None, name
     assert mean_ci([0.2, 0.9], bounds=metric_bounds("test_acc"))[2:] == (0.0, 1.0)
+
+
+def test_a_tied_policy_far_from_the_best_is_not_recommended(tmp_path):
+    """Found by a fresh-user test (a regression sweep, 2 seeds, val MAE): the cheapest policy
+    the paired test could not separate from the best was recommended, though its error was
+    twice the best's and higher on every seed than a policy the same verdict called worse:
+    with 2 seeds the test leaves almost everything tied. A tied policy is now recommended
+    only within one standard error of the best's mean (Breiman et al. 1984); here none is, so
+    the best is, and the report says why."""
+    val = {  # the run's validation MAE per seed (lower is better)
+        "p1f": [39.380966, 44.564457], "p2f": [48.497074, 54.519276],
+        "p3f": [48.301491, 48.301491], "p1t": [31.993706, 39.585999],
+        "p2t": [27.345728, 51.184132], "p3t": [25.248165, 25.266291],
+        "scratch": [35.866554, 46.833073]}
+    cost = {"p1f": 8225, "p2f": 17, "p3f": 0, "p1t": 8305, "p2t": 8305, "p3t": 8305,
+            "scratch": 8305}
+    frame = known_frame(val=val, cost=cost).rename(
+        columns={"val_accuracy": "val_mae", "test_accuracy": "test_mae"})
+    v = verdict(frame, "test_mae", higher_is_better=False)
+    assert v.best == "p3t" and "p2f" in v.tied and v.status("p3f") == "worse"
+    assert v.standard_error == pytest.approx(np.std(val["p3t"], ddof=1) / math.sqrt(2))
+    assert v.near == ["p3t"] and v.recommended == "p3t"
+    written = write_report(frame, str(tmp_path), {}, metric="test_mae", mode="min")
+    lines = (tmp_path / "report.md").read_text().splitlines()
+    assert lines[4] == ("None of them is within one standard error of the best's mean on "
+                        f"validation (±{v.standard_error:.3g}, the one-standard-error rule, "
+                        "Breiman et al. 1984): recommended, the best (8,305 trained "
+                        "parameters).")
+    assert written["verdict"].recommended == "p3t"
+    # A tied policy within the best's noise, cheaper, is recommended; a cheaper one beyond it
+    # is not.
+    near = dict(val, p1f=[25.25, 25.27])
+    assert verdict(known_frame(val=near, cost=cost).rename(
+        columns={"val_accuracy": "val_mae", "test_accuracy": "test_mae"}), "test_mae",
+        higher_is_better=False).recommended == "p1f"

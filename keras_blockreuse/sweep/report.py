@@ -4,8 +4,14 @@ The verdict is chosen on validation and reported on test (`verdict`): the policy
 mean validation metric is compared with every other policy, paired over seeds, and the p-values
 of these comparisons are adjusted for multiple comparisons with Holm's step-down method (Holm
 1979, "A simple sequentially rejective multiple test procedure"). The policies whose adjusted
-p-value is at least `ALPHA` are *not distinguishable from the best*; among them the one with the
-fewest trained parameters is recommended. Only full-budget finished trials (status `ok`) count.
+p-value is at least `ALPHA` are *tied* (not shown worse than the best). Among the tied policies
+whose mean validation metric is within one standard error of the best's (the standard error of
+the best's mean over seeds), the one with the fewest trained parameters is recommended: the
+one-standard-error rule (Breiman, Friedman, Olshen & Stone 1984, "Classification and Regression
+Trees"; Hastie, Tibshirani & Friedman 2009, "The Elements of Statistical Learning", 7.10). A test
+of few seeds leaves far worse policies tied; the rule recommends a cheaper policy only where it
+is as good as the best within the best's own seed-to-seed noise. Only full-budget finished
+trials (status `ok`) count.
 
 For every policy the table also gives the mean, standard deviation and 95% confidence interval
 (Student's t, clipped to the metric's range) of the test metric over seeds, and the paired
@@ -227,13 +233,17 @@ def holm(p_values: Mapping[str, float]) -> dict[str, float]:
 
 @dataclasses.dataclass
 class Verdict:
-    """Which policy to use, chosen on validation, with the policies within noise of it.
+    """Which policy to use, chosen on validation, with the policies not shown worse than it.
 
     Attributes:
         best: the policy with the best mean validation metric (None: no verdict, see `reason`).
-        tied: the policies not distinguishable from `best` (it included), best first by
-            validation.
-        recommended: the policy of `tied` with the fewest trained parameters (`best` when the
+        tied: the policies not shown worse than `best` by the paired tests (it included), best
+            first by validation.
+        standard_error: the standard error of `best`'s mean validation metric over seeds
+            (standard deviation, ddof 1, over the square root of its seeds).
+        near: the policies of `tied` whose mean validation metric is within `standard_error` of
+            `best`'s (it included): the one-standard-error rule (Breiman et al. 1984).
+        recommended: the policy of `near` with the fewest trained parameters (`best` when the
             counts are unknown).
         p_values, adjusted: paired validation p-value of each other eligible policy against
             `best`, raw and Holm-adjusted (NaN: no test, see `tests`).
@@ -251,6 +261,8 @@ class Verdict:
     alpha: float = ALPHA
     best: str | None = None
     tied: list = dataclasses.field(default_factory=list)
+    standard_error: float = math.nan
+    near: list = dataclasses.field(default_factory=list)
     recommended: str | None = None
     p_values: dict = dataclasses.field(default_factory=dict)
     adjusted: dict = dataclasses.field(default_factory=dict)
@@ -279,7 +291,8 @@ class Verdict:
 def verdict(trials: pd.DataFrame, metric: str = "test_accuracy", higher_is_better: bool = True,
             val_metric: str | None = None, alpha: float = ALPHA,
             require_all: bool = False) -> Verdict:
-    """Choose a policy on validation: the best, the set tied with it, and the cheapest of that set.
+    """Choose a policy on validation: the best, the policies tied with it, and the cheapest of
+    those within one standard error of it (the one-standard-error rule, Breiman et al. 1984).
 
     Args:
         trials: one row per trial with `policy`, `seed`, `status` and the validation metric;
@@ -342,8 +355,12 @@ def verdict(trials: pd.DataFrame, metric: str = "test_accuracy", higher_is_bette
     result.adjusted = holm(result.p_values)
     result.tied = [best] + [p for p in order[1:] if result.tests[p] in ("identical", "n<2")
                             or result.adjusted[p] >= alpha]
-    known = all(result.costs.get(p) is not None for p in result.tied)
-    result.recommended = min(result.tied, key=lambda p: (cost(p), order.index(p))) if known \
+    seeds = list(eligible[best].values())
+    result.standard_error = float(np.std(seeds, ddof=1) / math.sqrt(len(seeds)))
+    limit = result.val_means[best] - sign * result.standard_error
+    result.near = [p for p in result.tied if sign * (result.val_means[p] - limit) >= 0]
+    known = all(result.costs.get(p) is not None for p in result.near)
+    result.recommended = min(result.near, key=lambda p: (cost(p), order.index(p))) if known \
         else best
     return result
 
@@ -445,19 +462,30 @@ def headline(chosen: Verdict, summary: pd.DataFrame) -> str:
         shown = ", ".join(f"{chosen.name(p)} (p={format_p(chosen.adjusted[p])})"
                           if chosen.tests[p] not in ("identical", "n<2")
                           else f"{chosen.name(p)} ({chosen.tests[p]})" for p in others)
-        lines.append(f"Within noise of it (paired on validation over seeds, Holm-adjusted "
+        lines.append(f"Not shown worse than it (paired on validation over seeds, Holm-adjusted "
                      f"p >= {chosen.alpha:g}): {shown}.")
     elif chosen.p_values:
         lines.append(f"Every other policy is worse on validation (paired over seeds, "
                      f"Holm-adjusted p < {chosen.alpha:g}).")
     rec = chosen.recommended
     cost = chosen.costs.get(rec)
-    if others:
-        if all(chosen.costs.get(p) is not None for p in chosen.tied):
-            lines.append(f"Recommended, the cheapest of these: {described(rec)}, {cost:,} "
-                         "trained parameters.")
-        else:
+    near = [p for p in chosen.near if p != chosen.best]
+    rule = (f"within one standard error of the best's mean on validation "
+            f"(±{chosen.standard_error:.3g}, the one-standard-error rule, Breiman et al. 1984)")
+    known = all(chosen.costs.get(p) is not None for p in chosen.near)
+    if others and not near:
+        lines.append(f"None of them is {rule}: recommended, the best"
+                     + (f" ({cost:,} trained parameters)." if cost is not None else "."))
+    elif others:
+        lines.append(f"Of these, {rule}: {', '.join(chosen.name(p) for p in near)}.")
+        if not known:
             lines.append("Recommended: the best (trained parameter counts unknown).")
+        elif rec == chosen.best:
+            lines.append(f"Recommended: the best, the cheapest of them ({cost:,} trained "
+                         "parameters).")
+        else:
+            lines.append(f"Recommended, the cheapest of them and the best: {described(rec)}, "
+                         f"{cost:,} trained parameters.")
     r = rows.loc[rec]
     if rec == SCRATCH:
         lines.append("Training from scratch: no transfer policy beats it on validation.")
@@ -590,7 +618,9 @@ def write_report(trials: pd.DataFrame, out: str, settings: dict, info: dict | No
         "mode": "max" if higher_is_better else "min",
         "confidence": CONFIDENCE,
         "coverage": coverage,
-        "verdict": {"best": chosen.best, "tied": chosen.tied, "recommended": chosen.recommended,
+        "verdict": {"best": chosen.best, "tied": chosen.tied, "near": chosen.near,
+                    "standard_error": chosen.standard_error,
+                    "recommended": chosen.recommended,
                     "alpha": chosen.alpha, "reason": chosen.reason,
                     "excluded": chosen.excluded},
         "policies": _records(summary),
@@ -659,9 +689,13 @@ def markdown(summary: pd.DataFrame, failed: pd.DataFrame, settings: dict, info: 
               f"validation {name} over seeds; the best is compared with each other policy "
               "on validation, paired by seed (Student's paired t-test; an exact sign test when "
               "the differences do not vary), with Holm's correction for the multiple "
-              f"comparisons (Holm 1979): adjusted p >= {alpha:g} is *tied* (not "
-              "distinguishable from the best), below is *worse*. The recommended policy is the "
-              "tied one with the fewest trained parameters. Only trials that finished their full "
+              f"comparisons (Holm 1979): adjusted p >= {alpha:g} is *tied* (not shown worse "
+              "than the best), below is *worse*. A test of few seeds leaves far worse policies "
+              "tied, so the recommended policy is the one with the fewest trained parameters "
+              f"among the tied policies whose mean validation {name} is within one standard "
+              "error of the best's (the standard error of the best's mean over seeds): the "
+              "one-standard-error rule (Breiman et al. 1984; Hastie et al. 2009, 7.10). Only "
+              "trials that finished their full "
               f"budget count; a policy needs {MIN_SEEDS} such seeds. Test {name}: mean ± "
               "standard deviation over seeds and 95% confidence interval (Student's t"
               + (", clipped to [0, 1]" if metric_bounds(metric) else "") + "; n/a from one "
