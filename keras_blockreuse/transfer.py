@@ -1241,6 +1241,25 @@ def _same_class(class_name: str, unit, known_only: bool = False) -> bool:
     return known_only and not type(unit).__module__.startswith("keras.")
 
 
+def _held_by_class(class_name: str, path: str, block: Block | None) -> bool:
+    """True when the model layer at `path` sits inside a layer of the source's class in
+    `block`: a Keras 2 whole-model `.h5` records the class of the top-level layer that holds
+    the weights (`TimeDistributed` for the `Dense` it wraps, a custom layer for its own
+    sub-layers), while the model's layer is the one that owns them. The shapes are still
+    checked."""
+    if not class_name or block is None or "/" not in path:
+        return False
+    steps = path.split("/")
+    for top in block.layers:
+        if top.name != steps[0]:
+            continue
+        objects = dict(iter_units(top))
+        return any(cls.__name__ == class_name
+                   for i in range(1, len(steps))
+                   for cls in type(objects.get("/".join(steps[:i]))).__mro__)
+    return False
+
+
 # --- validate --------------------------------------------------------------------------
 
 
@@ -1250,8 +1269,9 @@ def _validate(plans: list[_BlockPlan], report: LoadReport, on_mismatch: str, src
     names_checked = src.variable_names_checked
     for plan in plans:
         for layer in plan.layers:
-            if not _same_class(layer.source.class_name, layer.unit,
-                               known_only=plan.pairing == "name"):
+            if not (_same_class(layer.source.class_name, layer.unit,
+                                known_only=plan.pairing == "name")
+                    or _held_by_class(layer.source.class_name, layer.target_path, plan.block)):
                 report.mismatched.append(
                     Mismatch(plan.target, layer.target_path, "*",
                              f"class differs (paired by {plan.pairing} with "

@@ -2223,3 +2223,31 @@ def test_a_family_with_its_bare_name_is_still_automatic(tmp_path):
                                                  "paired by those names here: Dense blocks"):
         load_blocks(target, path)
     assert all(before[k].tobytes() == v.tobytes() for k, v in snapshot(target).items())
+
+
+def test_a_keras2_model_file_with_a_wrapped_layer_loads_like_its_weights_file(tmp_path):
+    """Found by a fresh-user test: a Keras 2 whole-model `.h5` (tf-keras `model.save`) of
+    `TimeDistributed(Dense(3))` was refused ("class differs ... source TimeDistributed, model
+    Dense"): the file records the wrapper's class for the weights of the layer it wraps, and
+    the model's layer that owns them is the wrapped `Dense`. Its weights-only file loaded. A
+    class recorded for a layer that holds the model's layer now passes (shapes still
+    checked); both files load bit for bit."""
+    tf_keras = pytest.importorskip("tf_keras")
+
+    def build(k):
+        return k.Sequential([k.layers.Input((5, 4)), k.layers.TimeDistributed(k.layers.Dense(3)),
+                             k.layers.Flatten(), k.layers.Dense(2, name="head")])
+
+    old = build(tf_keras)
+    rng = np.random.default_rng(44)
+    for w in old.weights:
+        w.assign(rng.normal(size=w.shape).astype("float32"))
+    expected = [w.numpy() for w in old.weights]
+    old.save(str(tmp_path / "k2.h5"))
+    old.save_weights(str(tmp_path / "k2_weights.h5"))
+    for name in ("k2.h5", "k2_weights.h5"):
+        keras.backend.clear_session(free_memory=False)
+        model = build(keras)
+        report = load_blocks(model, str(tmp_path / name))
+        assert report.ok and report.variables_loaded == 4, str(report)
+        assert_bits(values(model.weights), expected)
