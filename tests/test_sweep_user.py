@@ -79,6 +79,7 @@ def test_api_on_numpy_arrays_and_a_block_file(ray_local, arrays, source4, tmp_pa
     snapshot = read_blocks(str(out / "source.blocks.h5"))
     assert list(snapshot.blocks) == ["block_1", "block_2", "head"]
     assert any("Fixed to reinit in every configuration: head" in line for line in lines)
+    assert "not a prefix of the network" not in report  # (head comes after the swept blocks)
 
 
 @pytest.mark.slow
@@ -1209,3 +1210,32 @@ def test_the_report_names_the_ranking_metric_and_a_small_sources_size(arrays, so
     own = SimpleNamespace(metric="categorical_accuracy", mode="max", data=None)
     assert _settings_dict(settings, 0.0, ["b"], own)["metric"] == "categorical_accuracy (max)"
     assert _settings_dict(settings, 0.0, ["b"])["metric"] == "accuracy (max)"  # built-in task
+
+
+def test_prefix_configurations_above_a_fixed_first_block_say_what_they_are(source4, tmp_path):
+    """Found by a fresh-user test: RGB images and a greyscale source fix block_1 to reinit,
+    and the prefix strategy's "prefix 1 frozen" transferred block_2 above a re-initialised
+    block_1: not the first block of the network, as the label and Yosinski et al.'s AnB
+    read. The console and the report's legend now say so; where the fixed blocks come after
+    the swept ones (a head), nothing is said."""
+    from keras_blockreuse.sweep import space
+    from keras_blockreuse.sweep.inputs import from_settings
+    from keras_blockreuse.sweep.options import build_parser, settings_from_args
+    from keras_blockreuse.sweep.run import _prefix_caveat
+
+    _image_folder(tmp_path / "rgb", ["RGB"] * 4)
+    settings = settings_from_args(build_parser().parse_args(
+        ["--model", BUILDER, "--source", source4, "--data", f"folder:{tmp_path / 'rgb'}",
+         "--out", str(tmp_path / "out")]))
+    inputs = from_settings(settings)
+    assert inputs.order == ["block_1", "block_2", "head"]
+    blocks, fixed = inputs.swept_blocks()
+    assert blocks == ["block_2"] and list(fixed) == ["block_1", "head"]
+    labels = [c.label for c in space.prefix(blocks)]
+    assert _prefix_caveat(inputs.order, blocks, fixed, labels) == (
+        "block_1 comes before swept blocks and is re-initialised in every configuration: "
+        "*prefix n* transfers the first n swept blocks (block_2), above re-initialised "
+        "block_1, so it is not a prefix of the network as in Yosinski et al. 2014's AnB.")
+    assert _prefix_caveat(inputs.order, blocks, fixed,
+                          [c.label for c in space.surgical(blocks)]) == ""
+    assert _prefix_caveat(inputs.order, ["block_1", "block_2"], {"head": "x"}, labels) == ""

@@ -61,6 +61,8 @@ class UserInputs:
     metric_keys: tuple = ()
     blocks: list = dataclasses.field(default_factory=list)
     fixed: dict = dataclasses.field(default_factory=dict)
+    order: list = dataclasses.field(default_factory=list)
+    """Every block of the model, in the order it computes them."""
     packed: bytes = b""
     snapshot: str = ""
     caveats: list = dataclasses.field(default_factory=list)
@@ -95,6 +97,7 @@ class UserInputs:
         info = read_blocks(self.snapshot)
         self.blocks, self.fixed, self.caveats = _transferable(model, self.snapshot,
                                                               list(info.blocks))
+        self.order = list(model.blocks)
         self._find_metrics(model)
         self.packed = pack(self.recipe)
         self.source_info = (f"{self._source_name()}, snapshotted to {SOURCE_FILE} "

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import functools
 import hashlib
 import json
 import logging
@@ -33,7 +34,7 @@ import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING
 
 from keras_blockreuse.sweep import space
@@ -150,6 +151,7 @@ def run_sweep(
         settings.data_digest = digest
         blocks, fixed = _user_blocks(settings, user, print_fn)
     configurations = _static_configurations(settings, blocks, extra)
+    order = user.order if user is not None else _model_blocks(settings, data)
     if settings.data_seeds:
         redraw_target_split(data, 0)  # refuses data it cannot re-draw, before anything starts
     costs = _trained_parameters(settings, data, configurations, user)
@@ -161,6 +163,9 @@ def run_sweep(
             if fixed:
                 print_fn("Fixed to reinit in every configuration: "
                          + "; ".join(f"{b} ({why})" for b, why in fixed.items()))
+            prefix = _prefix_caveat(order, blocks, fixed, [c.label for c in configurations])
+            if prefix:
+                print_fn(prefix)
             for caveat in user.caveats if user is not None else []:
                 print_fn(f"Caveat (loading the source): {caveat}")
             ray_run = _run_on_ray(settings, data, blocks, configurations, costs, begun,
@@ -169,7 +174,7 @@ def run_sweep(
             begun.undo()
             raise
     return _finish(settings, ray_run, blocks, fixed, started, interrupts.signal, print_fn, user,
-                   data_summary=data.summary())
+                   data_summary=data.summary(), order=order)
 
 
 class _Begun:
@@ -270,7 +275,7 @@ def _run_on_ray(settings, data, blocks, configurations, costs, begun, interrupts
 
 
 def _finish(settings, ray_run, blocks, fixed, started, signal_name, print_fn,
-            user=None, data_summary: str = "") -> SweepResult:
+            user=None, data_summary: str = "", order: Sequence[str] = ()) -> SweepResult:
     """Write the report (whatever happened) and print the verdict."""
     import pandas as pd
 
@@ -292,11 +297,13 @@ def _finish(settings, ray_run, blocks, fixed, started, signal_name, print_fn,
     counts = ran["status"].value_counts() if len(ran) else {}
     said = ", ".join(f"{counts[k]} {k}" for k in ("ok", "error", "stopped", "unfinished")
                      if k in counts)
+    prefix = _prefix_caveat(order, blocks, fixed, trials["label"] if "label" in trials else [])
     info = {
         "swept blocks": ", ".join(blocks),
         "fixed blocks": "; ".join(f"{b}=reinit ({why})" for b, why in fixed.items()) or "none",
         "legend": (f"Block letters in the *blocks* column follow {', '.join(blocks)}: "
-                   "R = reinit, F = frozen (transferred), T = tuned (transferred, fine-tuned)."),
+                   "R = reinit, F = frozen (transferred), T = tuned (transferred, fine-tuned)."
+                   + (f" {prefix}" if prefix else "")),
         "source model": ray_run["source_info"],
         **({"caveats of the load": " ".join(user.caveats)} if user and user.caveats else {}),
         "trials": f"{len(ran)} planned {ray_run['planned']} ({said or 'none ran'})",
@@ -849,12 +856,47 @@ def _latest_sweep(api: bool = False) -> str:
     return os.path.join(root, candidates[-1])
 
 
-def _swept_blocks(settings: SweepSettings, data) -> tuple[list[str], dict[str, str]]:
-    """The blocks whose policy varies, and the others with their fixed policy (`reinit`)."""
+def _model_blocks(settings: SweepSettings, data) -> list[str]:
+    """The blocks of the built-in task's model, in the order it computes them."""
+    if settings.task == DETECTION:
+        from keras_blockreuse.detection.sweep import DETECTION_BLOCKS
+
+        return list(DETECTION_BLOCKS)
+    return _zoo_blocks(settings.model, tuple(data.input_shape), data.target_classes)
+
+
+@functools.lru_cache(maxsize=8)
+def _zoo_blocks(model: str, input_shape: tuple, classes: int) -> list[str]:
     import keras
 
     from keras_blockreuse.sweep.zoo import build_model
 
+    names = list(build_model(model, input_shape, classes).blocks)
+    keras.backend.clear_session(free_memory=False)
+    return names
+
+
+def _prefix_caveat(order: Sequence[str], blocks: Sequence[str], fixed: Mapping[str, str],
+                   labels: Iterable[str]) -> str:
+    """What a *prefix n* configuration is where blocks fixed to reinit come before swept ones
+    (a first conv that does not fit the source): the first n swept blocks transferred above
+    re-initialised ones, not the first n blocks of the network (Yosinski et al. 2014's AnB).
+    `""` where no such block precedes a swept one, or no prefix configuration (`labels`) ran."""
+    if not any(str(label).startswith("prefix ") for label in labels):
+        return ""
+    places = [order.index(b) for b in blocks if b in order]
+    ahead = [b for b in order[:max(places, default=0)] if b in fixed]
+    if not ahead:
+        return ""
+    return (f"{', '.join(ahead)} {'comes' if len(ahead) == 1 else 'come'} before swept blocks "
+            f"and {'is' if len(ahead) == 1 else 'are'} re-initialised in every configuration: "
+            f"*prefix n* transfers the first n swept blocks ({', '.join(blocks)}), above "
+            f"re-initialised {', '.join(ahead)}, so it is not a prefix of the network as in "
+            "Yosinski et al. 2014's AnB.")
+
+
+def _swept_blocks(settings: SweepSettings, data) -> tuple[list[str], dict[str, str]]:
+    """The blocks whose policy varies, and the others with their fixed policy (`reinit`)."""
     if settings.task == DETECTION:
         from keras_blockreuse.detection.sweep import DETECTION_BLOCKS
 
@@ -869,9 +911,7 @@ def _swept_blocks(settings: SweepSettings, data) -> tuple[list[str], dict[str, s
         else:
             chosen = [b for b in names if b in settings.blocks]
         return chosen, {}
-    model = build_model(settings.model, data.input_shape, data.target_classes)
-    names = list(model.blocks)
-    keras.backend.clear_session(free_memory=False)
+    names = _model_blocks(settings, data)
     head = names[-1]
     # The head maps features to the source's classes: transferable only when the target has
     # the same classes. A split's source was trained on the *other* classes, so its head is
