@@ -320,9 +320,15 @@ def test_metric_bounds_names_proportions_only():
     for name in ("test_accuracy", "test_acc", "val_acc", "test_top5_acc",
                  "test_sparse_categorical_accuracy", "test_map_50", "val_auc", "test_f1"):
         assert metric_bounds(name) == (0.0, 1.0), name
-    for name in ("test_loss", "val_loss", "test_mae", "test_mean_squared_error"):
+    for name in ("test_loss", "val_loss", "test_cosine_similarity"):
         assert metric_bounds(name) is None, name
     assert mean_ci([0.2, 0.9], bounds=metric_bounds("test_acc"))[2:] == (0.0, 1.0)
+    # Found by a fresh-user test: a regression sweep's test MAE had the interval
+    # [-90.827, 165.289]; an error that cannot be negative is clipped at 0.
+    for name in ("test_mae", "val_mse", "test_rmse", "test_mean_squared_error"):
+        assert metric_bounds(name) == (0.0, math.inf), name
+    mean, std, low, high = mean_ci([9.0, 65.5], bounds=metric_bounds("test_mae"))
+    assert low == 0.0 and high == pytest.approx(37.25 + 12.7062 * std / math.sqrt(2), abs=1e-3)
 
 
 def test_a_tied_policy_far_from_the_best_is_not_recommended(tmp_path):

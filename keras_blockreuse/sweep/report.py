@@ -89,13 +89,18 @@ def val_metric_of(metric: str) -> str:
 
 
 def metric_bounds(metric: str) -> tuple[float, float] | None:
-    """The range of a metric that is a proportion (accuracy or Keras's `acc`, mAP, AUC, ...):
-    `(0, 1)`; None for others (losses, errors of a regression), whose intervals are not
-    clipped."""
+    """The range of a metric: `(0, 1)` for a proportion (accuracy or Keras's `acc`, mAP,
+    AUC, ...), `(0, inf)` for an error that cannot be negative (Keras's mean absolute,
+    squared and percentage errors, `mae`, `mse`, `rmse`, `mape`, `msle`), None for others
+    (a loss, which a custom or cosine loss makes negative), whose intervals are not clipped."""
     name = metric.removeprefix("test_").removeprefix("val_").lower()
     bounded = ("accuracy", "acc", "map", "auc", "precision", "recall", "f1", "iou")
-    return (0.0, 1.0) if any(name == b or name.startswith(b) or name.endswith(b)
-                             for b in bounded) else None
+    if any(name == b or name.startswith(b) or name.endswith(b) for b in bounded):
+        return (0.0, 1.0)
+    errors = {"mae", "mse", "rmse", "mape", "msle", "mean_absolute_error", "mean_squared_error",
+              "root_mean_squared_error", "mean_absolute_percentage_error",
+              "mean_squared_logarithmic_error"}
+    return (0.0, math.inf) if name in errors else None
 
 
 def trial_columns(metric: str = "test_accuracy") -> list[str]:
@@ -698,7 +703,8 @@ def markdown(summary: pd.DataFrame, failed: pd.DataFrame, settings: dict, info: 
               "trials that finished their full "
               f"budget count; a policy needs {MIN_SEEDS} such seeds. Test {name}: mean ± "
               "standard deviation over seeds and 95% confidence interval (Student's t"
-              + (", clipped to [0, 1]" if metric_bounds(metric) else "") + "; n/a from one "
+              + {(0.0, 1.0): ", clipped to [0, 1]", (0.0, math.inf): ", clipped at 0"}.get(
+                  metric_bounds(metric), "") + "; n/a from one "
               "seed). *vs scratch*: mean paired difference from training from scratch on test, "
               "with its Holm-adjusted p-value.", "",
               f"**Variation covered by the intervals and tests: {coverage}.**", ""]
