@@ -364,3 +364,38 @@ def test_a_tied_policy_far_from_the_best_is_not_recommended(tmp_path):
     assert verdict(known_frame(val=near, cost=cost).rename(
         columns={"val_accuracy": "val_mae", "test_accuracy": "test_mae"}), "test_mae",
         higher_is_better=False).recommended == "p1f"
+
+
+def test_a_best_not_above_the_majority_class_rate_is_said(tmp_path):
+    """Found by a fresh-user test: every policy of a 4-class sweep sat near chance (0.25) and
+    the report recommended one, saying nothing. Where the best's mean validation accuracy is
+    not above the validation set's majority-class rate by an exact one-sided binomial test,
+    the headline says the ranking may be noise."""
+    from scipy import stats
+
+    from keras_blockreuse.sweep.run import _majority_rate
+    from keras_blockreuse.sweep.user_data import from_arrays
+
+    # A's mean validation accuracy 0.900: 27 of 30 against a majority rate of 0.85.
+    written = write_report(known_frame(), str(tmp_path / "a"), {}, chance=(0.85, 30))
+    p = stats.binomtest(27, 30, 0.85, alternative="greater").pvalue
+    assert p > 0.05
+    lines = written["best"].splitlines()
+    assert lines[1] == ("The best is not shown above the majority-class rate on validation "
+                        f"(0.850 of 30 images, always answering the most frequent class; "
+                        f"one-sided binomial p={format_p(p)}): the models may not have learned "
+                        "the task in this budget, and the order of the policies may be noise. "
+                        "Train longer (more epochs), or check the data and labels.")
+    assert "majority-class" in (tmp_path / "a" / "report.md").read_text()
+    # 0.900 of 300 against 0.5 is far above it: nothing said.
+    assert "majority-class" not in write_report(known_frame(), str(tmp_path / "b"), {},
+                                                chance=(0.5, 300))["best"]
+    rng = np.random.default_rng(0)
+    x, v = (rng.normal(size=(20, 4)).astype("float32") for _ in range(2))
+    y = np.array([0, 1, 2, 2] * 5)
+    data = from_arrays((x, y), (v, y))
+    assert _majority_rate(data, "test_accuracy") == (0.5, 20)
+    assert _majority_rate(data, "test_mae") is None
+    one_hot = np.eye(3)[y]
+    assert _majority_rate(from_arrays((x, one_hot), (v, one_hot)), "test_categorical_accuracy") \
+        == (0.5, 20)

@@ -447,8 +447,14 @@ def _interval(low: float, high: float) -> str:
     return "n/a" if math.isnan(low) else f"[{low:.3f}, {high:.3f}]"
 
 
-def headline(chosen: Verdict, summary: pd.DataFrame) -> str:
-    """The verdict in words (report.md's first paragraph and the console's last lines)."""
+def headline(chosen: Verdict, summary: pd.DataFrame,
+             chance: tuple[float, int] | None = None) -> str:
+    """The verdict in words (report.md's first paragraph and the console's last lines).
+
+    `chance`: for a classification, `(rate, images)`: the validation set's majority-class rate
+    and size. Where the best's mean validation accuracy is not above that rate by an exact
+    one-sided binomial test at `ALPHA`, a line says the ranking may be noise.
+    """
     test = metric_name(chosen.metric)
     if chosen.best is None:
         return f"No verdict: {chosen.reason}."
@@ -462,6 +468,8 @@ def headline(chosen: Verdict, summary: pd.DataFrame) -> str:
         return text + f", n={int(r['n'])})"
 
     lines = [f"Best on validation: {described(chosen.best)}."]
+    if chance is not None:
+        lines += _at_chance(chosen.val_means[chosen.best], *chance, alpha=chosen.alpha)
     others = [p for p in chosen.tied if p != chosen.best]
     if others:
         shown = ", ".join(f"{chosen.name(p)} (p={format_p(chosen.adjusted[p])})"
@@ -562,10 +570,28 @@ def plot(summary: pd.DataFrame, trials: pd.DataFrame, path: str, title: str = ""
     return path
 
 
+def _at_chance(accuracy: float, rate: float, images: int, alpha: float) -> list[str]:
+    """The line for a best validation accuracy not shown above the majority-class rate (an
+    exact one-sided binomial test of its count of correct images, rounded), or none."""
+    from scipy import stats
+
+    if not (images > 0 and 0 < rate < 1 and math.isfinite(accuracy)):
+        return []
+    p = float(stats.binomtest(int(round(accuracy * images)), images, rate,
+                              alternative="greater").pvalue)
+    if p < alpha:
+        return []
+    return [f"The best is not shown above the majority-class rate on validation ({rate:.3f} "
+            f"of {images} images, always answering the most frequent class; one-sided "
+            f"binomial p={format_p(p)}): the models may not have learned the task in this "
+            "budget, and the order of the policies may be noise. Train longer (more epochs), "
+            "or check the data and labels."]
+
+
 def write_report(trials: pd.DataFrame, out: str, settings: dict, info: dict | None = None,
                  metric: str = "test_accuracy", higher_is_better: bool = True,
                  coverage: str = "training seeds only", interrupted: str | None = None,
-                 mode: str | None = None) -> dict:
+                 mode: str | None = None, chance: tuple[float, int] | None = None) -> dict:
     """Write results.csv, summary.csv, results.json, plot.png and report.md into `out`.
 
     Whatever happened, a report is written: with no finished trial it says so (and there is
@@ -584,6 +610,8 @@ def write_report(trials: pd.DataFrame, out: str, settings: dict, info: dict | No
         coverage: the variation the intervals and tests cover (e.g. "training seeds only").
         interrupted: the mark of an interrupted sweep ("INTERRUPTED: k of n trials finished").
         mode: `"max"` or `"min"` (an error such as `test_mae`); sets `higher_is_better`.
+        chance: for a classification, the validation set's majority-class rate and size
+            (`headline`).
 
     Returns:
         `{"summary": DataFrame, "verdict": Verdict, "best": str (the headline), "paths":
@@ -606,7 +634,7 @@ def write_report(trials: pd.DataFrame, out: str, settings: dict, info: dict | No
         best = ("No configuration has all its trials finished: no verdict." if interrupted
                 else "No trial finished: no verdict.")
     else:
-        best = headline(chosen, summary)
+        best = headline(chosen, summary, chance)
     if interrupted:
         best = f"{interrupted}.\n{best}"
     paths = {name: os.path.join(out, name) for name in

@@ -174,7 +174,8 @@ def run_sweep(
             begun.undo()
             raise
     return _finish(settings, ray_run, blocks, fixed, started, interrupts.signal, print_fn, user,
-                   data_summary=data.summary(), order=order)
+                   data_summary=data.summary(), order=order,
+                   chance=_majority_rate(data, _metrics_of(settings, user)[0]))
 
 
 class _Begun:
@@ -275,7 +276,8 @@ def _run_on_ray(settings, data, blocks, configurations, costs, begun, interrupts
 
 
 def _finish(settings, ray_run, blocks, fixed, started, signal_name, print_fn,
-            user=None, data_summary: str = "", order: Sequence[str] = ()) -> SweepResult:
+            user=None, data_summary: str = "", order: Sequence[str] = (),
+            chance: tuple[float, int] | None = None) -> SweepResult:
     """Write the report (whatever happened) and print the verdict."""
     import pandas as pd
 
@@ -340,7 +342,7 @@ def _finish(settings, ray_run, blocks, fixed, started, signal_name, print_fn,
         mark = f"INTERRUPTED ({signal_name}): {finished} of {ray_run['planned']} trials finished"
     shown = _settings_dict(settings, ray_run["gpus_per_trial"], blocks, user)
     written = write_report(trials, out, shown, info, metric=metric, mode=_mode_of(user),
-                           coverage=_coverage(settings), interrupted=mark)
+                           coverage=_coverage(settings), interrupted=mark, chance=chance)
     ranking = ray_run["ranking"]
     if all_rows is not None:
         written["paths"]["all trials"] = os.path.join(out, "results_all.csv")
@@ -854,6 +856,26 @@ def _latest_sweep(api: bool = False) -> str:
         raise SweepError(f"{resume} without {out.split('=')[0].split()[0]} continues the latest "
                          f"sweep under {root}, and there is none; pass {out}.")
     return os.path.join(root, candidates[-1])
+
+
+def _majority_rate(data, metric: str) -> tuple[float, int] | None:
+    """`(rate, images)` of the validation set's most frequent class, for an accuracy over
+    class labels (integers, or one-hot rows); None otherwise (a regression, detection)."""
+    import numpy as np
+
+    name = metric.removeprefix("test_")
+    labels = getattr(data, "y_val", None)
+    if "acc" not in name or not isinstance(labels, np.ndarray) or not len(labels):
+        return None
+    if labels.ndim == 2 and labels.shape[1] > 1:
+        if not np.allclose(labels.sum(axis=1), 1):  # (several labels a row: no single class)
+            return None
+        labels = labels.argmax(axis=1)
+    labels = labels.reshape(-1) if labels.ndim == 2 and labels.shape[1] == 1 else labels
+    if labels.ndim != 1 or not np.all(np.equal(np.mod(labels, 1), 0)) or labels.min() < 0:
+        return None
+    counts = np.bincount(labels.astype(np.int64))
+    return float(counts.max() / len(labels)), int(len(labels))
 
 
 def _model_blocks(settings: SweepSettings, data) -> list[str]:
