@@ -11,6 +11,7 @@ import sys
 import threading
 import time
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -511,3 +512,26 @@ def test_sigterm_stops_the_sweep_like_sigint(tmp_path):
     assert finished < total
     assert f"Continue with: python sweeps/which_blocks.py --resume --out {out}" in \
         stdout.splitlines(), stdout
+
+
+@pytest.mark.slow
+def test_how_a_folder_dataset_was_read_is_in_the_report(ray_local, tmp_path):
+    """Found by a fresh-user test: --dataset folder:PATH printed how it read the images
+    (greyscale, 1 channel; resized) on the console only; report.md and results.json did not
+    say it. They now hold it as 'data notes'."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    root = tmp_path / "grey"
+    for c in ("a", "b"):
+        (root / c).mkdir(parents=True)
+        for i in range(10):
+            Image.fromarray(rng.integers(0, 256, size=(8, 8), dtype=np.uint8), "L").save(
+                root / c / f"{i}.png")
+    out = tmp_path / "out"
+    run_sweep(SweepSettings(smoke=True, dataset=f"folder:{root}", shots=3, seeds=1, epochs=1,
+                            strategy="surgical", out=str(out), cache=str(tmp_path / "cache")),
+              print_fn=lambda line: None)
+    note = "images read as greyscale (1 channel): every image in the folder is greyscale"
+    assert json.loads((out / "results.json").read_text())["info"]["data notes"] == note
+    assert f"| data notes | {note} |" in (out / "report.md").read_text()

@@ -174,7 +174,7 @@ def run_sweep(
             begun.undo()
             raise
     return _finish(settings, ray_run, blocks, fixed, started, interrupts.signal, print_fn, user,
-                   data_summary=data.summary(), order=order,
+                   data_summary=data.summary(), order=order, notes=getattr(data, "notes", ()),
                    chance=_majority_rate(data, _metrics_of(settings, user)[0]))
 
 
@@ -277,7 +277,8 @@ def _run_on_ray(settings, data, blocks, configurations, costs, begun, interrupts
 
 def _finish(settings, ray_run, blocks, fixed, started, signal_name, print_fn,
             user=None, data_summary: str = "", order: Sequence[str] = (),
-            chance: tuple[float, int] | None = None) -> SweepResult:
+            chance: tuple[float, int] | None = None, notes: Sequence[str] = ()
+            ) -> SweepResult:
     """Write the report (whatever happened) and print the verdict."""
     import pandas as pd
 
@@ -331,6 +332,8 @@ def _finish(settings, ray_run, blocks, fixed, started, signal_name, print_fn,
                                      else f"{k} none (unfinished trials)"
                                      if v.get("unfinished") else f"{k} none (failed trials)"
                                      for k, v in chosen_rates.items()))
+    if notes:  # how a --dataset folder:PATH was read (channels, resizing)
+        info["data notes"] = "; ".join(note.strip() for note in notes)
     if user is not None:
         info["model"] = user.model_info
         info["training"] = user.training_info
