@@ -225,6 +225,7 @@ def load_blocks(
         elif reconfigured:
             _say_positional(reconfigured, report)
         _validate(plans, report, on_mismatch, src)
+        _say_adapted_inside(report, target_blocks)
         if not nothing_asked:
             _refuse_empty(plans, report, src, model, target_blocks, target_paths)
         overflows: list = []
@@ -1261,6 +1262,25 @@ def _held_by_class(class_name: str, path: str, block: Block | None) -> bool:
 
 
 # --- validate --------------------------------------------------------------------------
+
+
+def _say_adapted_inside(report: LoadReport, target_blocks: dict[str, Block]) -> None:
+    """A caveat (and a warning) for input channels adapted in a convolution that is not the
+    model's first weighted layer: its inputs are features of the layers before it, not image
+    channels, so summed or repeated kernels there carry nothing of what was learned."""
+    first = next((path for block in target_blocks.values()
+                  for path, _, _ in unit_values_of(block)), None)
+    inside = list(dict.fromkeys(m.layer for m in report.adapted if m.layer != first))
+    if not inside:
+        return
+    caveat = (f"on_mismatch='adapt' adapted the input channels of {inside}, not the model's "
+              f"first weighted layer ({first}): "
+              f"{'its inputs are' if len(inside) == 1 else 'their inputs are'} likely features "
+              "of the layers before, not image channels, and summed or repeated kernels there "
+              "carry nothing of what was learned. Adapt a first convolution only: leave these "
+              "out (exclude= their blocks, or on_mismatch='skip').")
+    report.caveats.append(caveat)
+    warnings.warn(f"load_blocks: {caveat}", stacklevel=4)
 
 
 def _validate(plans: list[_BlockPlan], report: LoadReport, on_mismatch: str, src: Source) -> None:

@@ -152,3 +152,33 @@ def test_documented_values():
     assert adapt_input_channels(kernel.astype("float16"), 1).dtype == np.float16
     with pytest.raises(ValueError, match="Cannot adapt a kernel with 4 input channels to 2"):
         adapt_input_channels(np.zeros((1, 1, 4, 1)), 2)
+
+
+def test_adapting_a_convolution_inside_the_model_is_said(tmp_path):
+    """Found in review: on_mismatch='adapt' summed or repeated the input channels of any
+    plain convolution whose kernel differed in that axis only, a middle one too, unsaid: its
+    inputs are the features of the layer before, not image channels. A first convolution's
+    adaptation says nothing more; one inside the model gets a caveat and a warning."""
+    def model(width):
+        return keras.Sequential([keras.Input((12, 12, 3)), L.Conv2D(width, 3, name="a"),
+                                 L.Conv2D(4, 3, name="b"), L.GlobalAveragePooling2D()])
+
+    source = model(6)
+    randomize(source, seed=22)
+    path = save_blocks(source, tmp_path / "six.blocks.h5")
+    target = model(2)  # b's kernel: (3, 3, 6, 4) in the source, (3, 3, 2, 4) here
+    with pytest.warns(UserWarning) as caught:
+        report = load_blocks(target, path, only=["b"], on_mismatch="adapt")
+    caveat = ("on_mismatch='adapt' adapted the input channels of ['b'], not the model's first "
+              "weighted layer (a): its inputs are likely features of the layers before, not "
+              "image channels, and summed or repeated kernels there carry nothing of what was "
+              "learned. Adapt a first convolution only: leave these out (exclude= their "
+              "blocks, or on_mismatch='skip').")
+    assert report.caveats == [caveat]
+    assert [str(w.message) for w in caught] == [f"load_blocks: {caveat}"]
+
+
+def test_adapting_the_first_convolution_adds_no_caveat(rgb):
+    _, _, path = rgb
+    report = load_blocks(cnn(1, "grey"), path, only=["block_1"], on_mismatch="adapt")
+    assert report.caveats == [] and len(report.adapted) == 1
