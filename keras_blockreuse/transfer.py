@@ -225,9 +225,9 @@ def load_blocks(
         elif reconfigured:
             _say_positional(reconfigured, report)
         _validate(plans, report, on_mismatch, src)
-        _say_adapted_inside(report, target_blocks)
         if not nothing_asked:
             _refuse_empty(plans, report, src, model, target_blocks, target_paths)
+        _say_adapted_inside(report, target_blocks)
         overflows: list = []
         check = _cast_check(plans, overflows)
         selected = [plan.source for plan in plans if any(layer.load for layer in plan.layers)]

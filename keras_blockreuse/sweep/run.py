@@ -868,7 +868,8 @@ def _majority_rate(data, metric: str) -> tuple[float, int] | None:
 
     name = metric.removeprefix("test_")
     labels = getattr(data, "y_val", None)
-    if "acc" not in name or not isinstance(labels, np.ndarray) or not len(labels):
+    if ("acc" not in name or not isinstance(labels, np.ndarray) or not len(labels)
+            or labels.dtype.kind not in "biuf"):
         return None
     if labels.ndim == 2 and labels.shape[1] > 1:
         if not np.allclose(labels.sum(axis=1), 1):  # (several labels a row: no single class)
@@ -887,16 +888,16 @@ def _model_blocks(settings: SweepSettings, data) -> list[str]:
         from keras_blockreuse.detection.sweep import DETECTION_BLOCKS
 
         return list(DETECTION_BLOCKS)
-    return _zoo_blocks(settings.model, tuple(data.input_shape), data.target_classes)
+    return list(_zoo_blocks(settings.model, tuple(data.input_shape), data.target_classes))
 
 
 @functools.lru_cache(maxsize=8)
-def _zoo_blocks(model: str, input_shape: tuple, classes: int) -> list[str]:
+def _zoo_blocks(model: str, input_shape: tuple, classes: int) -> tuple[str, ...]:
     import keras
 
     from keras_blockreuse.sweep.zoo import build_model
 
-    names = list(build_model(model, input_shape, classes).blocks)
+    names = tuple(build_model(model, input_shape, classes).blocks)
     keras.backend.clear_session(free_memory=False)
     return names
 
