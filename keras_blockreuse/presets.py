@@ -397,20 +397,21 @@ def automatic_names(layer_names: Iterable[str]) -> list[str]:
     ```
     """
     prefixes = _automatic_prefixes()
-    layer_names = list(layer_names)
-    explicit = numbered_from_zero(layer_names)
     return [
         name
         for name in layer_names
-        if _AUTOMATIC_SUFFIX.fullmatch(name).group(1) in prefixes and name not in explicit
+        if _AUTOMATIC_SUFFIX.fullmatch(name).group(1) in prefixes
     ]
 
 
 def numbered_from_zero(paths: Iterable[str]) -> set[str]:
     """The name paths among `paths` in a family numbered from zero in its container
-    (`head/conv2d_0`, `head/conv2d_1`, ...): code named them, since Keras's automatic names
-    and the paths of its saving walk never count from zero (`conv2d`, `conv2d_1`). A family
-    that also holds the bare name (`head/conv2d`) mixes in automatic names: not listed.
+    (`head/conv2d_0`, `head/conv2d_1`, ...). Keras's automatic names and the paths of its
+    saving walk never count from zero (`conv2d`, `conv2d_1`), so code named `conv2d_0`; its
+    siblings may be the code's too, or Keras's own after a shifted counter (a user's
+    `dense_0` among automatic `dense_1`, `dense_2`): only a caller that knows the code (a
+    keras-hub layer's) may take them as named. A family that also holds the bare name
+    (`head/conv2d`) is not listed.
 
     Example:
 

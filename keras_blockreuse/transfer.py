@@ -606,16 +606,15 @@ def _refuse_shifted_names(targets: dict[str, str], target_blocks: dict[str, Bloc
                            if not any(c in p for c in "*?[")}
     families: dict[str, list[str]] = {}
     classes: dict[str, str] = {}
-    explicit = numbered_from_zero([*target_blocks, *source_names])  # (`dense_0`, `dense_1`)
     for name, block in target_blocks.items():
         layer = block.layers[0]
-        if (len(block.layers) == 1 and layer.name == name and automatic_name(name, layer)
-                and name not in explicit):
+        if len(block.layers) == 1 and layer.name == name and automatic_name(name, layer):
             families.setdefault(strip_counter(name), []).append(name)
             classes[strip_counter(name)] = type(layer).__name__
-    problems, listed, nested = [], [], []
+    problems, listed, nested, doubtful = [], [], [], set()
     for stem, model_names in families.items():
-        theirs = [s for s in source_names if strip_counter(s) == stem]
+        theirs = [s for s in source_names if strip_counter(s) == stem
+                  and not s.rpartition("_")[2].startswith("0")]  # (`dense_0`: named)
         as_named = [t for t in model_names if targets.get(t) == t]
         if (as_named and sorted(model_names) != sorted(theirs)
                 and not all(t in named for t in as_named)):
@@ -623,6 +622,7 @@ def _refuse_shifted_names(targets: dict[str, str], target_blocks: dict[str, Bloc
                 f"{classes[stem]} blocks: the model has {model_names}, the source "
                 f"{theirs}; only their names pair {as_named}"
             )
+            doubtful.update(as_named)
             # Layers appended after the others leave the first names as they were: one side's
             # names are then the other's first ones, and only those that fit are offered.
             mine = sorted(model_names, key=lambda n: split_counter(n)[1])
@@ -636,6 +636,11 @@ def _refuse_shifted_names(targets: dict[str, str], target_blocks: dict[str, Bloc
             elif longer[:len(shorter)] == shorter:
                 listed += [t for t in as_named if fits(t, target_blocks[t])]
     if problems:
+        # (the blocks that pair as they are, with the family's first names: the load a new
+        # head after the others asks for)
+        listed = [targets[t] for t in target_blocks if t in targets
+                  and (t in listed or t not in doubtful and fits(targets[t], target_blocks[t]))
+                  ] if listed else []
         hint, offered = "", None
         if not nested:
             hint = nesting()
@@ -1035,12 +1040,16 @@ def _held_by_position(block_name: str, block: Block, pairs, pairing: str,
     only their position there pairs them: Keras saves such items by class and position, not
     by key, so a dict's keys inserted in another order (names and paths alike), or list items
     reordered where the automatic names no longer pair, swap them unseen."""
-    explicit = numbered_from_zero(path for (path, _, _), _layer in pairs)  # `conv2d_0`, ...
+    parents = _custom_parents(block)
+    # keras-hub's own layers numbered from zero (RetinaNet's heads' `conv2d_0`, ...) were named
+    # by its code, which pairs them by name; a user's `dense_0` may sit among Keras's own
+    # `dense_1`, `dense_2`, which the names cannot tell from the code's
+    explicit = {path for path in numbered_from_zero(path for (path, _, _), _ in pairs)
+                if type(parents.get(path.rpartition("/")[0])).__module__.startswith("keras_hub.")}
     if len(pairs) < 2 or (pairing == "name" and not any(
             automatic_name(path, obj) and path not in explicit
             for (path, obj, _), _layer in pairs)):
         return ""
-    parents = _custom_parents(block)
     held = []
     for (path, obj, _), _layer in pairs:
         parent = parents.get(path.rpartition("/")[0])
@@ -1078,10 +1087,8 @@ def _held_in_a_models_dict(plans: list[_BlockPlan], model) -> str:
 
     if isinstance(model, (Functional, keras.Sequential)):
         return ""
-    explicit = numbered_from_zero(layer.target_path for plan in plans for layer in plan.layers)
     paired = {id(layer.unit): layer.target_path for plan in plans if plan.pairing == "name"
-              for layer in plan.layers if automatic_name(layer.target_path, layer.unit)
-              and layer.target_path not in explicit}
+              for layer in plan.layers if automatic_name(layer.target_path, layer.unit)}
     held = []
     for key, value in vars(model).items():
         if isinstance(value, dict) and not key.startswith("_self_"):

@@ -2187,25 +2187,43 @@ def test_list_items_created_in_another_order_are_said_to_be_unchecked(tmp_path, 
 
 
 @pytest.mark.parametrize("kind", ["blocks", "weights", "keras"])
-def test_layers_numbered_from_zero_by_their_code_pair_by_name(tmp_path, kind):
-    """Found in review: layers the user named `dense_0`, `dense_1`, ... were taken for Keras's
-    automatic names (which never count from zero: `dense`, `dense_1`), so a model with a new
-    head `dense_3` was refused ("Blocks named by automatic names cannot be paired") and told
-    to name the layers it had named. Such a family pairs by name, and the new head is left."""
-    def build(heads):
-        return keras.Sequential([keras.Input((4,))]
-                                + [L.Dense(4, name=f"dense_{i}") for i in range(heads)])
+def test_a_user_named_dense_0_among_shifted_automatic_names_is_refused(tmp_path, kind):
+    """Found by a fresh-user test: a layer the code named `dense_0` beside automatic Dense
+    layers whose counter a cell before had moved on (`dense_1`, `dense_2`), then one more
+    automatic Dense inserted before them. Taking every `dense_N` beside a `dense_0` for a
+    name the code gave loaded the new layer with the source's dense_1, ok=True. Keras never
+    makes `dense_0`, but the names beside it may be Keras's: the count refusal stands, as
+    for any other name, and its only= (typed literally, for a head added after the others)
+    holds every block that pairs, `dense_0` and the head included."""
+    def build(automatic):
+        keras.backend.clear_session(free_memory=False)
+        L.Dense(1)  # a cell run before: takes `dense`
+        inputs = keras.Input((8,))
+        x = L.Dense(8, name="dense_0")(inputs)
+        for _ in range(automatic):
+            x = L.Dense(8)(x)
+        return keras.Model(inputs, L.Dense(3, name="head")(x))
 
-    source = build(3)
-    distinct(source, seed=30)
+    source = build(2)
+    distinct(source, seed=31)
     path = _saved(source, tmp_path, kind)
-    target = build(4)
-    head = values(target.layers[3].weights)
-    report = load_blocks(target, path)
-    assert list(report.loaded) == ["dense_0", "dense_1", "dense_2"]
-    assert report.missing == ["dense_3"] and report.caveats == []
-    assert_bits(values(target.weights[:6]), values(source.weights))
-    assert_bits(values(target.layers[3].weights), head)
+    target = build(3)
+    assert [layer.name for layer in target.layers[1:]] == [
+        "dense_0", "dense_1", "dense_2", "dense_3", "head"]
+    before = snapshot(target)
+    with pytest.raises(BlockMismatchError) as e:
+        load_blocks(target, path)
+    message = str(e.value)
+    assert ("Dense blocks: the model has ['dense_1', 'dense_2', 'dense_3'], the source "
+            "['dense_1', 'dense_2']; only their names pair ['dense_1', 'dense_2']") in message
+    assert "load with only=['dense_0', 'dense_1', 'dense_2', 'head']; if" in message, message
+    assert all(before[k].tobytes() == v.tobytes() for k, v in snapshot(target).items())
+    # Had the new layer come after the others, the offered only= loads every block that pairs.
+    report = load_blocks(target, path, only=["dense_0", "dense_1", "dense_2", "head"])
+    assert report.ok and report.missing == ["dense_3"]
+    assert_bits(values(target.get_layer("dense_0").weights + target.get_layer("dense_1").weights
+                       + target.get_layer("dense_2").weights + target.get_layer("head").weights),
+                values(source.weights))
 
 
 def test_a_family_with_its_bare_name_is_still_automatic(tmp_path):

@@ -132,8 +132,8 @@ def snake_case(name: str) -> str:
 def automatic_name(name: str, obj) -> bool:
     """True when `name` (or a path ending in it) is one Keras makes up from the object's class
     in creation order (`dense`, `dense_3`; never `dense_0` or `dense_01`: Keras counts from
-    the bare name, then 1). Siblings of a `dense_0` are named by code too:
-    `presets.numbered_from_zero` finds them."""
+    the bare name, then 1). A `dense_0`'s siblings `dense_1`, ... may still be Keras's own
+    (`presets.numbered_from_zero`)."""
     last = name.rsplit("/", 1)[-1]
     head, _, tail = last.rpartition("_")
     if head and tail.startswith("0") and tail.isdigit():
