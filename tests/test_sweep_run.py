@@ -535,3 +535,31 @@ def test_how_a_folder_dataset_was_read_is_in_the_report(ray_local, tmp_path):
     note = "images read as greyscale (1 channel): every image in the folder is greyscale"
     assert json.loads((out / "results.json").read_text())["info"]["data notes"] == note
     assert f"| data notes | {note} |" in (out / "report.md").read_text()
+
+
+def test_a_trial_that_diverged_is_a_failed_trial(ray_local, tmp_path, monkeypatch, capsys):
+    """Found by a fresh-user test: a trial whose metrics came back NaN (a regression that
+    diverged) counted as finished, and the verdict dropped its seed unsaid, so its policy was
+    ranked, and could win, on the seeds left. Such a trial is now an error that says why,
+    counted among the failed in the report."""
+    from keras_blockreuse.sweep.trial import train_source
+
+    def diverging(config, data=None, source=None):  # pickled by value into the Ray workers
+        from ray import tune
+
+        value = float("nan") if config["seed"] == 0 else 0.5
+        tune.report({"epoch": 1, "val_accuracy": value, "test_accuracy": value})
+
+    monkeypatch.setattr(run, "_functions", lambda settings: {"source": train_source,
+                                                              "trial": diverging})
+    out = tmp_path / "out"
+    main(["--smoke", "--epochs", "1", "--out", str(out), "--cache", str(tmp_path / "cache")])
+    trials = pd.read_csv(out / "results.csv")
+    diverged = trials[trials["seed"] == 0]
+    assert len(diverged) == 3 and (diverged["status"] == "error").all()
+    assert set(diverged["error"]) == {
+        "the training diverged: test_accuracy is nan, val_accuracy is nan"}
+    assert (trials[trials["seed"] == 1]["status"] == "ok").all()
+    summary = pd.read_csv(out / "summary.csv")
+    assert (summary["failed"] == 1).all() and (summary["n"] == 1).all()
+    assert "Trials without a full-budget result (3 error)" in (out / "report.md").read_text()

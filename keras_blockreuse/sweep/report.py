@@ -327,7 +327,7 @@ def verdict(trials: pd.DataFrame, metric: str = "test_accuracy", higher_is_bette
     if val_metric not in trials:
         result.reason = f"the trials have no {val_metric!r} column to choose on"
         return result
-    ok = ok[ok[val_metric].notna()]
+    ok = ok[np.isfinite(ok[val_metric].astype(float))]  # (a diverged seed's NaN or inf: no value)
     values = {p: dict(zip(g["seed"], g[val_metric].astype(float), strict=True))
               for p, g in ok.groupby("policy", sort=False)}
     for policy in dict.fromkeys(trials["policy"]):
@@ -388,7 +388,7 @@ def summarize(trials: pd.DataFrame, metric: str = "test_accuracy",
     bounds = metric_bounds(metric)
     val_metric = val_metric_of(metric)
     ok = trials[trials["status"] == "ok"]
-    ok = ok[ok[metric].notna()]
+    ok = ok[np.isfinite(ok[metric].astype(float))]  # (a diverged seed's NaN or inf: no value)
     base = ok[ok["policy"] == SCRATCH]
     baseline = dict(zip(base["seed"], base[metric].astype(float), strict=True))
     rows = []
@@ -652,7 +652,7 @@ def write_report(trials: pd.DataFrame, out: str, settings: dict, info: dict | No
         "confidence": CONFIDENCE,
         "coverage": coverage,
         "verdict": {"best": chosen.best, "tied": chosen.tied, "near": chosen.near,
-                    "standard_error": chosen.standard_error,
+                    "standard_error": _json_default(chosen.standard_error),
                     "recommended": chosen.recommended,
                     "alpha": chosen.alpha, "reason": chosen.reason,
                     "excluded": chosen.excluded},
@@ -773,7 +773,7 @@ def _json_default(value):
     if isinstance(value, (np.integer,)):
         return int(value)
     if isinstance(value, (np.floating, float)):
-        return None if math.isnan(value) else float(value)
+        return float(value) if math.isfinite(value) else None  # (JSON has no NaN, no inf)
     if isinstance(value, np.ndarray):
         return value.tolist()
     if isinstance(value, (str, int, bool)) or value is None:
