@@ -396,6 +396,9 @@ def test_a_best_not_above_the_majority_class_rate_is_said(tmp_path):
     data = from_arrays((x, y), (v, y))
     assert _majority_rate(data, "test_accuracy") == (0.5, 20)
     assert _majority_rate(data, "test_mae") is None
+    # Found by a fresh-user test: a top-5 accuracy was held against the top-1 majority rate
+    # (0.1 of 10 balanced classes), which guessing five classes already beats (0.5).
+    assert _majority_rate(data, "test_sparse_top_k_categorical_accuracy") is None
     one_hot = np.eye(3)[y]
     assert _majority_rate(from_arrays((x, one_hot), (v, one_hot)), "test_categorical_accuracy") \
         == (0.5, 20)

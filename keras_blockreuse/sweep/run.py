@@ -878,12 +878,14 @@ def _finite(value) -> bool:
 
 def _majority_rate(data, metric: str) -> tuple[float, int] | None:
     """`(rate, images)` of the validation set's most frequent class, for an accuracy over
-    class labels (integers, or one-hot rows); None otherwise (a regression, detection)."""
+    class labels (integers, or one-hot rows); None otherwise (a regression, detection, a
+    top-k accuracy, which guessing scores higher)."""
     import numpy as np
 
     name = metric.removeprefix("test_")
     labels = getattr(data, "y_val", None)
-    if ("acc" not in name or not isinstance(labels, np.ndarray) or not len(labels)
+    if ("acc" not in name or "top" in name or not isinstance(labels, np.ndarray)
+            or not len(labels)
             or labels.dtype.kind not in "biuf"):
         return None
     if labels.ndim == 2 and labels.shape[1] > 1:
