@@ -138,30 +138,37 @@ def save_blocks(
 
     source = ModelSource(model, blocks, keras_paths=True)
     _warn_unplaced_entries(blocks if blocks is not None else getattr(model, "_block_rule", None),
-                           source.block_names(), str(model.name))
+                           source.block_names(), model)
     names = select(source.block_names(), only, "`only`")
     return write_blocks(source, path, names, model_name=str(model.name), metadata=metadata)
 
 
-def _warn_unplaced_entries(rule: BlockRule, names: Sequence[str], model_name: str) -> None:
-    """Warns about the entries of a dict block rule that place no weighted layer (a typo in a
-    pattern, most often): the file then holds no block of that name, and the layers the entry
-    was written for are saved as blocks of their own."""
+def _warn_unplaced_entries(rule: BlockRule, names: Sequence[str], model) -> None:
+    """Warns about the layer names and globs of a dict block rule that match no weighted
+    top-level layer of `model` (a typo, most often): an entry that places nothing leaves the
+    file without that block, and a name that matches nothing leaves its layer out of the
+    block, saved as a block of its own."""
     if not isinstance(rule, Mapping):
         return
-    empty = {block: list(patterns) for block, patterns in rule.items() if block not in names}
-    if not empty:
-        return
+    import fnmatch
     import warnings
 
+    layers = [layer.name for layer in model.layers if layer.weights]
+    unmatched = {block: [p for p in patterns
+                         if not any(fnmatch.fnmatchcase(name, p) for name in layers)]
+                 for block, patterns in rule.items() if not isinstance(patterns, str)}
+    unmatched = {block: found for block, found in unmatched.items() if found}
+    if not unmatched:
+        return
+    empty = [block for block in unmatched if block not in names]
     own = [name for name in names if name not in rule]
     warnings.warn(
-        f"save_blocks: the block rule's entries {empty} place no weighted layer of model "
-        f"{model_name!r}, so the file holds no block {'named' if len(empty) == 1 else 'of'} "
-        f"{', '.join(map(repr, empty))}"
+        f"save_blocks: the block rule's layer names or globs {unmatched} match no weighted "
+        f"layer of model {model.name!r}"
+        + (f", so the file holds no block {', '.join(map(repr, empty))}" if empty else "")
         + (f"; the layers no entry places are saved as blocks of their own: {own}" if own
-           else "") + ". Check the entry's layer names or globs against the model's "
-        "(get_blocks(model) lists its layers by block).", stacklevel=3)
+           else "") + ". Check them against the model's layer names (case counts; "
+        "get_blocks(model) lists its layers by block).", stacklevel=3)
 
 
 def write_blocks(

@@ -174,12 +174,22 @@ def test_save_blocks_says_which_dict_entries_place_no_layer(tmp_path):
     with pytest.warns(UserWarning) as caught:
         save_blocks(model, path, blocks={"block_1": ["block_1_*"], "head": ["dnse*"]})
     assert [str(w.message) for w in caught] == [
-        "save_blocks: the block rule's entries {'head': ['dnse*']} place no weighted layer of "
-        f"model {model.name!r}, so the file holds no block named 'head'; the layers no entry "
-        "places are saved as blocks of their own: ['dense', 'dense_1']. Check the entry's "
-        "layer names or globs against the model's (get_blocks(model) lists its layers by "
-        "block)."]
+        "save_blocks: the block rule's layer names or globs {'head': ['dnse*']} match no "
+        f"weighted layer of model {model.name!r}, so the file holds no block 'head'; the "
+        "layers no entry places are saved as blocks of their own: ['dense', 'dense_1']. "
+        "Check them against the model's layer names (case counts; get_blocks(model) lists "
+        "its layers by block)."]
     assert list(read_blocks(path).blocks) == ["block_1", "dense", "dense_1"]
+    # Found by a fresh-user test: one mistyped name of several (or the wrong case) left its
+    # layer out of the block unsaid.
+    with pytest.warns(UserWarning) as caught:
+        save_blocks(model, path, blocks={"block_1": ["block_1_0", "Block_1_1"],
+                                         "head": ["dense*"]})
+    assert [str(w.message) for w in caught] == [
+        "save_blocks: the block rule's layer names or globs {'block_1': ['Block_1_1']} match "
+        f"no weighted layer of model {model.name!r}; the layers no entry places are saved as "
+        "blocks of their own: ['block_1_1']. Check them against the model's layer names (case "
+        "counts; get_blocks(model) lists its layers by block)."]
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         save_blocks(model, path, blocks={"block_1": ["block_1_*"], "head": ["dense*"]})
