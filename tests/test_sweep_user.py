@@ -1239,3 +1239,10 @@ def test_prefix_configurations_above_a_fixed_first_block_say_what_they_are(sourc
     assert _prefix_caveat(inputs.order, blocks, fixed,
                           [c.label for c in space.surgical(blocks)]) == ""
     assert _prefix_caveat(inputs.order, ["block_1", "block_2"], {"head": "x"}, labels) == ""
+    # Found by a fresh-user test: a fixed block between swept ones (prefix 1 is a true prefix).
+    assert _prefix_caveat(["block_1", "block_2", "dense_1", "head"], ["block_1", "dense_1"],
+                          {"block_2": "x", "head": "y"},
+                          [c.label for c in space.prefix(["block_1", "dense_1"])]) == (
+        "block_2 sits among the swept blocks and is re-initialised in every configuration: "
+        "from *prefix 2* on, the transferred blocks include dense_1, above re-initialised "
+        "block_2, so those are not prefixes of the network as in Yosinski et al. 2014's AnB.")

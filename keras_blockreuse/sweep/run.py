@@ -931,6 +931,14 @@ def _prefix_caveat(order: Sequence[str], blocks: Sequence[str], fixed: Mapping[s
     ahead = [b for b in order[:max(places, default=0)] if b in fixed]
     if not ahead:
         return ""
+    first = order.index(ahead[0])
+    beyond = next(i for i, b in enumerate(blocks) if b in order and order.index(b) > first)
+    if beyond:  # the first prefixes end before it: true prefixes
+        return (f"{', '.join(ahead)} {'sits' if len(ahead) == 1 else 'sit'} among the swept "
+                f"blocks and {'is' if len(ahead) == 1 else 'are'} re-initialised in every "
+                f"configuration: from *prefix {beyond + 1}* on, the transferred blocks "
+                f"include {blocks[beyond]}, above re-initialised {ahead[0]}, so those are not "
+                "prefixes of the network as in Yosinski et al. 2014's AnB.")
     return (f"{', '.join(ahead)} {'comes' if len(ahead) == 1 else 'come'} before swept blocks "
             f"and {'is' if len(ahead) == 1 else 'are'} re-initialised in every configuration: "
             f"*prefix n* transfers the first n swept blocks ({', '.join(blocks)}), above "
