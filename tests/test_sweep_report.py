@@ -402,3 +402,15 @@ def test_a_best_not_above_the_majority_class_rate_is_said(tmp_path):
     one_hot = np.eye(3)[y]
     assert _majority_rate(from_arrays((x, one_hot), (v, one_hot)), "test_categorical_accuracy") \
         == (0.5, 20)
+
+
+def test_a_policy_never_compared_with_the_best_says_so(tmp_path):
+    """Found by a fresh-user test: a policy that shares fewer than 2 seeds with the best
+    (after failed trials) was listed as 'Not shown worse than it: tune D (n<2)'."""
+    extra = [{"trial_id": f"D-{s}", "policy": "D", "label": "tune D", "code": "", "seed": s,
+              "status": "ok", "val_accuracy": 0.5, "test_accuracy": 0.5,
+              "trained_params": 5, "error": ""} for s in (5, 6)]
+    written = write_report(known_frame(extra=extra), str(tmp_path), {})
+    assert written["verdict"].tests["D"] == "n<2"
+    assert "tune D (fewer than 2 seeds shared with it: not compared)" in \
+        written["best"].splitlines()[1]

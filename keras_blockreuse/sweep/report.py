@@ -447,6 +447,10 @@ def _interval(low: float, high: float) -> str:
     return "n/a" if math.isnan(low) else f"[{low:.3f}, {high:.3f}]"
 
 
+_UNTESTED = {"identical": "identical to it on every seed",
+             "n<2": "fewer than 2 seeds shared with it: not compared"}
+
+
 def headline(chosen: Verdict, summary: pd.DataFrame,
              chance: tuple[float, int] | None = None) -> str:
     """The verdict in words (report.md's first paragraph and the console's last lines).
@@ -474,7 +478,7 @@ def headline(chosen: Verdict, summary: pd.DataFrame,
     if others:
         shown = ", ".join(f"{chosen.name(p)} (p={format_p(chosen.adjusted[p])})"
                           if chosen.tests[p] not in ("identical", "n<2")
-                          else f"{chosen.name(p)} ({chosen.tests[p]})" for p in others)
+                          else f"{chosen.name(p)} ({_UNTESTED[chosen.tests[p]]})" for p in others)
         lines.append(f"Not shown worse than it (paired on validation over seeds, Holm-adjusted "
                      f"p >= {chosen.alpha:g}): {shown}.")
     elif chosen.p_values:
