@@ -414,3 +414,13 @@ def test_a_policy_never_compared_with_the_best_says_so(tmp_path):
     assert written["verdict"].tests["D"] == "n<2"
     assert "tune D (fewer than 2 seeds shared with it: not compared)" in \
         written["best"].splitlines()[1]
+
+
+def test_a_constant_difference_has_no_interval():
+    """Found by a fresh-user test: the same gain on every seed read '+0.050 test accuracy vs
+    scratch [0.050, 0.050] (p=0.25)': an interval without width that excludes 0 while the
+    sign test shows nothing. Such a difference has no t-interval (n/a)."""
+    mean, low, high, p, n = paired_difference({0: 0.8, 1: 0.9, 2: 0.85},
+                                              {0: 0.75, 1: 0.85, 2: 0.8})
+    assert mean == pytest.approx(0.05) and math.isnan(low) and math.isnan(high)
+    assert p == 0.25 and n == 3

@@ -197,6 +197,8 @@ def paired_difference(
     Returns:
         `(mean difference, ci_low, ci_high, p_value, n_pairs)`; the p-value is that of
         `paired_test` (NaN when there is no test: fewer than two pairs, or identical values).
+        Differences that do not vary have no t-interval (NaN: it would have no width, and
+        exclude 0 where the sign test shows nothing).
 
     Example:
 
@@ -210,7 +212,9 @@ def paired_difference(
         return (math.nan, math.nan, math.nan, math.nan, 0)
     span = None if bounds is None else (bounds[0] - bounds[1], bounds[1] - bounds[0])
     mean, _, low, high = mean_ci(d, confidence, span)
-    p, _ = paired_test([values[s] for s in seeds], [baseline[s] for s in seeds])
+    p, test = paired_test([values[s] for s in seeds], [baseline[s] for s in seeds])
+    if test in ("sign", "identical"):
+        low = high = math.nan
     return (mean, low, high, p, len(d))
 
 
