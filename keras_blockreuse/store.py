@@ -126,8 +126,9 @@ def save_blocks(
         The path written, as a string.
 
     Warns:
-        UserWarning: an entry of a dict block rule places no weighted layer of the model (the
-            file then holds no block of that name).
+        UserWarning: a layer name or glob of a dict block rule matches no weighted layer of
+            the model (a typo: its layer is saved as a block of its own, or the file holds no
+            block of that entry's name).
 
     Example:
 
@@ -137,13 +138,13 @@ def save_blocks(
     from keras_blockreuse.sources.live_model import ModelSource  # imports Keras
 
     source = ModelSource(model, blocks, keras_paths=True)
-    _warn_unplaced_entries(blocks if blocks is not None else getattr(model, "_block_rule", None),
+    _warn_unmatched_patterns(blocks if blocks is not None else getattr(model, "_block_rule", None),
                            source.block_names(), model)
     names = select(source.block_names(), only, "`only`")
     return write_blocks(source, path, names, model_name=str(model.name), metadata=metadata)
 
 
-def _warn_unplaced_entries(rule: BlockRule, names: Sequence[str], model) -> None:
+def _warn_unmatched_patterns(rule: BlockRule, names: Sequence[str], model) -> None:
     """Warns about the layer names and globs of a dict block rule that match no weighted
     top-level layer of `model` (a typo, most often): an entry that places nothing leaves the
     file without that block, and a name that matches nothing leaves its layer out of the
