@@ -145,28 +145,32 @@ def save_blocks(
 
 
 def _warn_unmatched_patterns(rule: BlockRule, names: Sequence[str], model) -> None:
-    """Warns about the layer names and globs of a dict block rule that match no weighted
-    top-level layer of `model` (a typo, most often): an entry that places nothing leaves the
-    file without that block, and a name that matches nothing leaves its layer out of the
-    block, saved as a block of its own."""
+    """Warns about the layer names and globs of a dict block rule that match no top-level
+    layer of `model` (a typo, most often: that layer is then saved as a block of its own), and
+    about its entries that place no weighted layer (the file then holds no such block)."""
     if not isinstance(rule, Mapping):
         return
     import fnmatch
     import warnings
 
-    layers = [layer.name for layer in model.layers if layer.weights]
+    layers = [layer.name for layer in model.layers]
     unmatched = {block: [p for p in patterns
-                         if not any(fnmatch.fnmatchcase(name, p) for name in layers)]
+                         if not any(name == p or fnmatch.fnmatchcase(name, p) for name in layers)]
                  for block, patterns in rule.items() if not isinstance(patterns, str)}
     unmatched = {block: found for block, found in unmatched.items() if found}
-    if not unmatched:
+    empty = [block for block in rule if block not in names]
+    if not unmatched and not empty:
         return
-    empty = [block for block in unmatched if block not in names]
     own = [name for name in names if name not in rule]
+    said = []
+    if unmatched:
+        said.append(f"the block rule's layer names or globs {unmatched} match no layer of "
+                    f"model {model.name!r}")
+    if empty:
+        said.append(f"its entries {empty} place no weighted layer, so the file holds no such "
+                    "block")
     warnings.warn(
-        f"save_blocks: the block rule's layer names or globs {unmatched} match no weighted "
-        f"layer of model {model.name!r}"
-        + (f", so the file holds no block {', '.join(map(repr, empty))}" if empty else "")
+        "save_blocks: " + "; ".join(said)
         + (f"; the layers no entry places are saved as blocks of their own: {own}" if own
            else "") + ". Check them against the model's layer names (case counts; "
         "get_blocks(model) lists its layers by block).", stacklevel=3)

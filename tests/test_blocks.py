@@ -1,3 +1,5 @@
+import warnings
+
 import keras
 import numpy as np
 import pytest
@@ -165,7 +167,6 @@ def test_save_blocks_says_which_dict_entries_place_no_layer(tmp_path):
     file held no block "head", and the two Dense layers were saved as blocks of their own.
     save_blocks now warns, naming the entry, its globs and the layers saved on their own; a
     rule whose entries all place layers saves without a warning."""
-    import warnings
 
     from keras_blockreuse import read_blocks, save_blocks
 
@@ -175,10 +176,10 @@ def test_save_blocks_says_which_dict_entries_place_no_layer(tmp_path):
         save_blocks(model, path, blocks={"block_1": ["block_1_*"], "head": ["dnse*"]})
     assert [str(w.message) for w in caught] == [
         "save_blocks: the block rule's layer names or globs {'head': ['dnse*']} match no "
-        f"weighted layer of model {model.name!r}, so the file holds no block 'head'; the "
-        "layers no entry places are saved as blocks of their own: ['dense', 'dense_1']. "
-        "Check them against the model's layer names (case counts; get_blocks(model) lists "
-        "its layers by block)."]
+        f"layer of model {model.name!r}; its entries ['head'] place no weighted layer, so the "
+        "file holds no such block; the layers no entry places are saved as blocks of their "
+        "own: ['dense', 'dense_1']. Check them against the model's layer names (case counts; "
+        "get_blocks(model) lists its layers by block)."]
     assert list(read_blocks(path).blocks) == ["block_1", "dense", "dense_1"]
     # Found by a fresh-user test: one mistyped name of several (or the wrong case) left its
     # layer out of the block unsaid.
@@ -187,9 +188,18 @@ def test_save_blocks_says_which_dict_entries_place_no_layer(tmp_path):
                                          "head": ["dense*"]})
     assert [str(w.message) for w in caught] == [
         "save_blocks: the block rule's layer names or globs {'block_1': ['Block_1_1']} match "
-        f"no weighted layer of model {model.name!r}; the layers no entry places are saved as "
-        "blocks of their own: ['block_1_1']. Check them against the model's layer names (case "
-        "counts; get_blocks(model) lists its layers by block)."]
+        f"no layer of model {model.name!r}; the layers no entry places are saved as blocks of "
+        "their own: ['block_1_1']. Check them against the model's layer names (case counts; "
+        "get_blocks(model) lists its layers by block)."]
+    # Found by a fresh-user test: a layer without weights named by the rule, or a name with
+    # glob characters matched exactly, is no typo: no warning.
+    odd = keras.Sequential([keras.Input((4,)), L.Dense(3, name="fc[1]"), L.Dropout(0.1,
+                                                                                 name="drop"),
+                            L.Dense(3, name="head")])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        save_blocks(odd, path, blocks={"feat": ["fc[1]", "drop"], "head": ["head"]})
+    assert list(read_blocks(path).blocks) == ["feat", "head"]
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         save_blocks(model, path, blocks={"block_1": ["block_1_*"], "head": ["dense*"]})

@@ -191,7 +191,7 @@ def test_report_md_text_on_known_numbers(tmp_path):
     # A's standard error on validation: 0.02 / sqrt 3 = 0.0115; B (0.890) is within it.
     assert lines[4] == ("Of these, within one standard error of the best's mean on validation "
                         "(±0.0115, the one-standard-error rule, Breiman et al. 1984): tune B.")
-    assert lines[5].startswith("Recommended, the cheapest of them and the best: tune B (val "
+    assert lines[5].startswith("Recommended, the cheapest of these (the best included): tune B (val "
                                "accuracy 0.890, test 0.900 [") and \
         lines[5].endswith("n=3), 500 trained parameters.")
     assert lines[6].startswith("tune B: +0.180 test accuracy vs scratch [")
@@ -424,3 +424,36 @@ def test_a_constant_difference_has_no_interval():
                                               {0: 0.75, 1: 0.85, 2: 0.8})
     assert mean == pytest.approx(0.05) and math.isnan(low) and math.isnan(high)
     assert p == 0.25 and n == 3
+
+
+def test_write_report_on_an_error_metric_and_values_that_diverged(tmp_path):
+    """Found by a fresh-user test of the report's API: without mode=, an error (test_mae)
+    was ranked higher-is-better, so scratch at MAE 30 was 'best' over a policy at 20; a NaN
+    seed was dropped from the statistics unsaid (n=2, failed=0); a policy never compared
+    with the best (no shared seeds) was recommended; a chance rate given for a non-accuracy
+    crashed the report; a NaN in settings wrote an invalid results.json."""
+    rows = []
+    for policy, cost, values in (("scratch", 100, [30.0, 31.0, 29.0]),
+                                 ("tune", 100, [20.0, 21.0, float("nan")])):
+        for seed, v in enumerate(values):
+            rows.append({"policy": policy, "label": policy, "seed": seed, "status": "ok",
+                         "val_mae": v, "test_mae": v, "trained_params": cost})
+    frame = pd.DataFrame(rows)
+    assert verdict(frame, "test_mae").best == "tune"  # lower is better for an error
+    written = write_report(frame, str(tmp_path / "a"), {"x": float("nan")}, metric="test_mae",
+                           chance=(0.5, 100))
+    assert written["verdict"].best == "tune"
+    summary = written["summary"].set_index("policy")
+    assert summary.loc["tune", "n"] == 2 and summary.loc["tune", "failed"] == 1
+    trials = pd.read_csv(tmp_path / "a" / "results.csv")
+    assert trials.loc[trials["val_mae"].isna(), "error"].tolist() == [
+        "the training diverged: test_mae is nan, val_mae is nan"]
+    document = json.loads((tmp_path / "a" / "results.json").read_text(),
+                          parse_constant=lambda token: pytest.fail(token))
+    assert document["settings"]["x"] is None
+    # A cheaper policy with no seed in common with the best is never recommended.
+    extra = [{"trial_id": f"D-{s}", "policy": "D", "label": "tune D", "code": "", "seed": s,
+              "status": "ok", "val_accuracy": 0.899, "test_accuracy": 0.5,
+              "trained_params": 5, "error": ""} for s in (5, 6)]
+    v = verdict(known_frame(extra=extra))
+    assert "D" in v.tied and "D" not in v.near and v.recommended == "B"

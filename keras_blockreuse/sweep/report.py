@@ -103,6 +103,39 @@ def metric_bounds(metric: str) -> tuple[float, float] | None:
     return (0.0, math.inf) if name in errors else None
 
 
+def _is_error(metric: str) -> bool:
+    """True for an error metric, which is better lower (`mae`, `mse`, ...)."""
+    return metric_bounds(metric) == (0.0, math.inf)
+
+
+def usable(trials: pd.DataFrame, metric: str = "test_accuracy",
+           val_metric: str | None = None) -> pd.DataFrame:
+    """`trials` with each finished row (status `ok`) whose test or validation metric is NaN or
+    inf (a training that diverged) marked `error`, saying which, so that it counts among the
+    failed seeds rather than vanishing from the statistics. Returns a copy where any is
+    marked."""
+    val_metric = val_metric or val_metric_of(metric)
+    if "status" not in trials or not len(trials):
+        return trials
+    columns = [c for c in (metric, val_metric) if c in trials]
+    ok = trials["status"] == "ok"
+    bad = pd.Series(False, index=trials.index)
+    for c in columns:
+        bad |= ok & ~np.isfinite(pd.to_numeric(trials[c], errors="coerce").astype(float))
+    if not bad.any():
+        return trials
+    trials = trials.copy()
+    if "error" not in trials:
+        trials["error"] = ""
+    trials["error"] = trials["error"].astype(object)
+    for i in trials.index[bad]:
+        trials.loc[i, "status"] = "error"
+        trials.loc[i, "error"] = "the training diverged: " + ", ".join(
+            f"{c} is {trials.loc[i, c]}" for c in columns
+            if not np.isfinite(pd.to_numeric(trials.loc[i, c], errors="coerce")))
+    return trials
+
+
 def trial_columns(metric: str = "test_accuracy") -> list[str]:
     """The columns of results.csv for `metric`: TRIAL_COLUMNS, whose accuracy and its losses
     are replaced by `metric` and its validation counterpart for another metric."""
@@ -172,6 +205,9 @@ def paired_test(values: Sequence[float], baseline: Sequence[float]) -> tuple[flo
     d = a - b
     if len(d) < 2:
         return (math.nan, "n<2")
+    if not (np.all(np.isfinite(a)) and np.all(np.isfinite(b))):
+        raise ValueError(f"paired_test needs finite values; received {list(a)} and {list(b)} "
+                         "(a seed that diverged belongs among the failed: see `usable`).")
     # Keras computes metrics in float32: values that differ by its rounding (0.16666666 and
     # 0.16666667) are equal, else t would be taken on rounding noise (p = 1e-14 from 3 seeds).
     scale = max(1.0, float(np.max(np.abs(np.r_[a, b]))))
@@ -206,7 +242,7 @@ def paired_difference(
     True
     """
     seeds = sorted(s for s in values if s in baseline
-                   and not math.isnan(values[s]) and not math.isnan(baseline[s]))
+                   and math.isfinite(values[s]) and math.isfinite(baseline[s]))
     d = np.array([values[s] - baseline[s] for s in seeds], dtype=float)
     if len(d) == 0:
         return (math.nan, math.nan, math.nan, math.nan, 0)
@@ -297,7 +333,8 @@ class Verdict:
         return "worse" if policy in self.p_values else ""
 
 
-def verdict(trials: pd.DataFrame, metric: str = "test_accuracy", higher_is_better: bool = True,
+def verdict(trials: pd.DataFrame, metric: str = "test_accuracy",
+            higher_is_better: bool | None = None,
             val_metric: str | None = None, alpha: float = ALPHA,
             require_all: bool = False) -> Verdict:
     """Choose a policy on validation: the best, the policies tied with it, and the cheapest of
@@ -308,7 +345,8 @@ def verdict(trials: pd.DataFrame, metric: str = "test_accuracy", higher_is_bette
             `label` and `trained_params` are used when present. Only rows with status `ok`
             (full budget, finished) count.
         metric: the test metric (reported, never used to choose).
-        higher_is_better: the metrics' direction.
+        higher_is_better: the metrics' direction (default: lower is better for an error,
+            `mae`, `mse`, ...; else higher).
         val_metric: the validation metric that chooses (default `val_metric_of(metric)`).
         alpha: the family-wise error rate of the comparisons with the best (Holm).
         require_all: give no verdict unless every policy in `trials` has `MIN_SEEDS`
@@ -318,6 +356,9 @@ def verdict(trials: pd.DataFrame, metric: str = "test_accuracy", higher_is_bette
         A `Verdict`; its `best` is None when no policy has `MIN_SEEDS` finished seeds (or, with
         `require_all`, when one lacks them), with `reason` saying so.
     """
+    if higher_is_better is None:
+        higher_is_better = not _is_error(metric)
+    trials = usable(trials, metric, val_metric)
     val_metric = val_metric or val_metric_of(metric)
     result = Verdict(metric=metric, val_metric=val_metric, higher_is_better=higher_is_better,
                      alpha=alpha)
@@ -367,7 +408,8 @@ def verdict(trials: pd.DataFrame, metric: str = "test_accuracy", higher_is_bette
     seeds = list(eligible[best].values())
     result.standard_error = float(np.std(seeds, ddof=1) / math.sqrt(len(seeds)))
     limit = result.val_means[best] - sign * result.standard_error
-    result.near = [p for p in result.tied if sign * (result.val_means[p] - limit) >= 0]
+    result.near = [p for p in result.tied if sign * (result.val_means[p] - limit) >= 0
+                   and result.tests.get(p) != "n<2"]  # (never compared: not recommended)
     known = all(result.costs.get(p) is not None for p in result.near)
     result.recommended = min(result.near, key=lambda p: (cost(p), order.index(p))) if known \
         else best
@@ -375,7 +417,7 @@ def verdict(trials: pd.DataFrame, metric: str = "test_accuracy", higher_is_bette
 
 
 def summarize(trials: pd.DataFrame, metric: str = "test_accuracy",
-              higher_is_better: bool = True, chosen: Verdict | None = None,
+              higher_is_better: bool | None = None, chosen: Verdict | None = None,
               mode: str | None = None) -> pd.DataFrame:
     """One row per policy with the columns of SUMMARY_COLUMNS, ranked by validation.
 
@@ -388,6 +430,9 @@ def summarize(trials: pd.DataFrame, metric: str = "test_accuracy",
     """
     if mode is not None:
         higher_is_better = mode == "max"
+    if higher_is_better is None:
+        higher_is_better = not _is_error(metric)
+    trials = usable(trials, metric)
     chosen = chosen or verdict(trials, metric, higher_is_better)
     bounds = metric_bounds(metric)
     val_metric = val_metric_of(metric)
@@ -505,8 +550,8 @@ def headline(chosen: Verdict, summary: pd.DataFrame,
             lines.append(f"Recommended: the best, the cheapest of them ({cost:,} trained "
                          "parameters).")
         else:
-            lines.append(f"Recommended, the cheapest of them and the best: {described(rec)}, "
-                         f"{cost:,} trained parameters.")
+            lines.append(f"Recommended, the cheapest of these (the best included): "
+                         f"{described(rec)}, {cost:,} trained parameters.")
     r = rows.loc[rec]
     if rec == SCRATCH:
         lines.append("Training from scratch: no transfer policy beats it on validation.")
@@ -583,8 +628,8 @@ def _at_chance(accuracy: float, rate: float, images: int, alpha: float) -> list[
     exact one-sided binomial test of its count of correct images, rounded), or none."""
     from scipy import stats
 
-    if not (images > 0 and 0 < rate < 1 and math.isfinite(accuracy)):
-        return []
+    if not (images > 0 and 0 < rate < 1 and 0 <= accuracy <= 1):
+        return []  # (not a proportion: no count of images to test)
     p = float(stats.binomtest(int(round(accuracy * images)), images, rate,
                               alternative="greater").pvalue)
     if p < alpha:
@@ -597,7 +642,7 @@ def _at_chance(accuracy: float, rate: float, images: int, alpha: float) -> list[
 
 
 def write_report(trials: pd.DataFrame, out: str, settings: dict, info: dict | None = None,
-                 metric: str = "test_accuracy", higher_is_better: bool = True,
+                 metric: str = "test_accuracy", higher_is_better: bool | None = None,
                  coverage: str = "training seeds only", interrupted: str | None = None,
                  mode: str | None = None, chance: tuple[float, int] | None = None) -> dict:
     """Write results.csv, summary.csv, results.json, plot.png and report.md into `out`.
@@ -633,6 +678,9 @@ def write_report(trials: pd.DataFrame, out: str, settings: dict, info: dict | No
     trials = trials.reindex(columns=columns + [c for c in trials.columns if c not in columns])
     trials = trials[trials["policy"].notna() & (trials["policy"].astype(str) != "")]
     trials = trials.sort_values(["policy", "seed"], kind="stable").reset_index(drop=True)
+    if higher_is_better is None:
+        higher_is_better = not _is_error(metric)
+    trials = usable(trials, metric)
     chosen = verdict(trials, metric, higher_is_better, require_all=interrupted is not None)
     summary = summarize(trials, metric, higher_is_better, chosen)
     finished = int((trials["status"] == "ok").sum())
@@ -668,7 +716,7 @@ def write_report(trials: pd.DataFrame, out: str, settings: dict, info: dict | No
         "failed_trials": _records(others[["trial_id", "policy", "seed", "status", "error"]]),
     }
     with open(paths["results.json"], "w") as f:
-        json.dump(document, f, indent=2, default=_json_default)
+        json.dump(_finite_json(document), f, indent=2, default=_json_default, allow_nan=False)
     title = ", ".join(f"{k}={settings[k]}" for k in ("dataset", "task", "shift", "shots", "model")
                       if settings.get(k) is not None)
     if os.path.exists(paths["plot.png"]):
@@ -769,6 +817,17 @@ def markdown(summary: pd.DataFrame, failed: pd.DataFrame, settings: dict, info: 
         parts += ["", "## Run", "", "| fact | value |", "|---|---|"]
         parts += [f"| {k} | {v} |" for k, v in facts.items()]
     return "\n".join(parts) + "\n"
+
+
+def _finite_json(value):
+    """`value` with every NaN or inf float (in dicts and lists) as None: JSON has neither."""
+    if isinstance(value, dict):
+        return {k: _finite_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite_json(v) for v in value]
+    if isinstance(value, (float, np.floating)) and not math.isfinite(value):
+        return None
+    return value
 
 
 def _records(frame: pd.DataFrame) -> list[dict]:
