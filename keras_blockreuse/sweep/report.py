@@ -426,7 +426,8 @@ def summarize(trials: pd.DataFrame, metric: str = "test_accuracy",
     `ok` enter the statistics; `failed`, `stopped` and `unfinished` count the others. The
     difference columns compare with the `scratch` policy on the test metric. `chosen` is the
     verdict (computed here when not given). `mode` (`"max"` or `"min"`), when given, sets
-    `higher_is_better`.
+    `higher_is_better` (default: lower is better for an error, `mae`, `mse`, ...; else
+    higher). A finished trial whose metric is NaN or inf counts as failed (`usable`).
     """
     if mode is not None:
         higher_is_better = mode == "max"
@@ -659,7 +660,8 @@ def write_report(trials: pd.DataFrame, out: str, settings: dict, info: dict | No
         info: extra facts for the report (source model metrics, blocks, timings, legend).
         metric: the test metric reported per policy: `"test_accuracy"`, or `"test_map_50"`
             for the detection task; its validation counterpart chooses.
-        higher_is_better: the metric's direction.
+        higher_is_better: the metric's direction (default: lower is better for an error,
+            `mae`, `mse`, ...; else higher).
         coverage: the variation the intervals and tests cover (e.g. "training seeds only").
         interrupted: the mark of an interrupted sweep ("INTERRUPTED: k of n trials finished").
         mode: `"max"` or `"min"` (an error such as `test_mae`); sets `higher_is_better`.
