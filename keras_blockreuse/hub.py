@@ -39,7 +39,7 @@ from collections.abc import Callable
 from keras_blockreuse.blocks import Block
 
 __all__ = ["hub_blocks", "hub_file_grouping", "hub_layer_rule", "is_hub_model",
-           "is_hub_task"]
+           "is_hub_object", "is_hub_task"]
 
 
 # --- recognising keras-hub models (no import of keras_hub) ------------------------------------
@@ -49,6 +49,12 @@ def _hub_classes(obj) -> list[str]:
     """The names of the keras-hub classes among `obj`'s bases, most derived first."""
     return [cls.__name__ for cls in type(obj).__mro__
             if cls.__module__.split(".", 1)[0] == "keras_hub"]
+
+
+def is_hub_object(obj) -> bool:
+    """True when `obj` is of a keras-hub class (a model, or a layer such as RetinaNet's
+    `PredictionHead`), or of a subclass of one."""
+    return bool(_hub_classes(obj))
 
 
 def is_hub_model(model) -> bool:
@@ -305,7 +311,7 @@ def hub_file_grouping(model, blocks: dict[str, Block] | None = None,
 
     from keras_blockreuse.sources.base import PathGrouping
 
-    if not any(cls.__module__.startswith("keras_hub.") for cls in type(model).__mro__):
+    if not is_hub_object(model):
         return None
     if blocks is None:
         from keras_blockreuse.blocks import get_blocks
@@ -331,8 +337,8 @@ def hub_file_grouping(model, blocks: dict[str, Block] | None = None,
     encoded = {id(layer) for layer in encoder.layers} if encoder is not None else set()
     # (a layer of the model or of its backbone is listed by its names below, its name path
     # being one of them: the walk is needed only for a layer nested deeper)
-    deeper = any(id(layer) not in top | inside
-                 for block in blocks.values() for layer in block.layers)
+    listed = top | inside
+    deeper = any(id(layer) not in listed for block in blocks.values() for layer in block.layers)
     paths = {id(unit.obj): unit.path for unit in structure()} if deeper else {}
     grouping: dict[str, list[str]] = {}
     owners: dict[str, str] = {}
@@ -341,7 +347,7 @@ def hub_file_grouping(model, blocks: dict[str, Block] | None = None,
         for layer in block.layers:
             path = paths.get(id(layer))
             found = {path} if path else set()
-            if id(layer) in top | inside:
+            if id(layer) in listed:
                 found.add(layer.name)
             if id(layer) in inside:
                 found.add(prefix + layer.name)

@@ -74,7 +74,7 @@ from keras_blockreuse.blocks import (
     weighted_layers,
 )
 from keras_blockreuse.errors import BlockFileError, BlockMismatchError
-from keras_blockreuse.hub import hub_file_grouping, is_hub_model
+from keras_blockreuse.hub import hub_file_grouping, is_hub_model, is_hub_object
 from keras_blockreuse.presets import numbered_from_zero
 from keras_blockreuse.report import LoadReport, Mismatch
 from keras_blockreuse.sources import (
@@ -87,6 +87,7 @@ from keras_blockreuse.sources import (
 from keras_blockreuse.sources.live_model import to_numpy, unit_values_of
 from keras_blockreuse.sources.structure import (
     automatic_name,
+    counted_from_zero,
     snake_case,
     split_counter,
     strip_counter,
@@ -291,7 +292,7 @@ def _top_level_grouping(model, target_blocks: dict[str, Block], source,
     a bare backbone's, where top-level names would see one layer, the backbone.
 
     `structure`: the model's `keras_structure`, walked only where needed."""
-    if not any(cls.__module__.startswith("keras_hub.") for cls in type(model).__mro__):
+    if not is_hub_object(model):
         return None
     # (a folder is a keras-hub preset directory among the built-in sources; its reader is
     # not imported here, so readers registered by users keep their precedence)
@@ -614,7 +615,7 @@ def _refuse_shifted_names(targets: dict[str, str], target_blocks: dict[str, Bloc
     problems, listed, nested, doubtful = [], [], [], set()
     for stem, model_names in families.items():
         theirs = [s for s in source_names if strip_counter(s) == stem
-                  and not s.rpartition("_")[2].startswith("0")]  # (`dense_0`: named)
+                  and not counted_from_zero(s)]  # (`dense_0`: named)
         as_named = [t for t in model_names if targets.get(t) == t]
         if (as_named and sorted(model_names) != sorted(theirs)
                 and not all(t in named for t in as_named)):
@@ -1045,7 +1046,7 @@ def _held_by_position(block_name: str, block: Block, pairs, pairing: str,
     # by its code, which pairs them by name; a user's `dense_0` may sit among Keras's own
     # `dense_1`, `dense_2`, which the names cannot tell from the code's
     explicit = {path for path in numbered_from_zero(path for (path, _, _), _ in pairs)
-                if type(parents.get(path.rpartition("/")[0])).__module__.startswith("keras_hub.")}
+                if is_hub_object(parents.get(path.rpartition("/")[0]))}
     if len(pairs) < 2 or (pairing == "name" and not any(
             automatic_name(path, obj) and path not in explicit
             for (path, obj, _), _layer in pairs)):

@@ -135,10 +135,14 @@ def automatic_name(name: str, obj) -> bool:
     the bare name, then 1). A `dense_0`'s siblings `dense_1`, ... may still be Keras's own
     (`presets.numbered_from_zero`)."""
     last = name.rsplit("/", 1)[-1]
-    head, _, tail = last.rpartition("_")
-    if head and tail.startswith("0") and tail.isdigit():
-        return False
-    return strip_counter(last) == snake_case(type(obj).__name__)
+    return not counted_from_zero(last) and strip_counter(last) == snake_case(type(obj).__name__)
+
+
+def counted_from_zero(name: str) -> bool:
+    """True for a name whose counter Keras never writes (`dense_0`, `dense_01`): code named
+    it."""
+    head, _, tail = name.rsplit("/", 1)[-1].rpartition("_")
+    return bool(head) and tail.isdigit() and tail.startswith("0")
 
 
 def strip_counter(key: str) -> str:

@@ -108,6 +108,19 @@ def _is_error(metric: str) -> bool:
     return metric_bounds(metric) == (0.0, math.inf)
 
 
+def diverged(metrics: Mapping[str, object]) -> str:
+    """`"the training diverged: val_mae is nan"` for the metrics (name -> value) that are not
+    finite numbers (NaN, inf), else `""`."""
+    def finite(value) -> bool:
+        try:
+            return math.isfinite(float(value))
+        except (TypeError, ValueError):
+            return False
+
+    bad = [f"{name} is {value}" for name, value in metrics.items() if not finite(value)]
+    return "the training diverged: " + ", ".join(bad) if bad else ""
+
+
 def usable(trials: pd.DataFrame, metric: str = "test_accuracy",
            val_metric: str | None = None) -> pd.DataFrame:
     """`trials` with each finished row (status `ok`) whose test or validation metric is NaN or
@@ -118,21 +131,15 @@ def usable(trials: pd.DataFrame, metric: str = "test_accuracy",
     if "status" not in trials or not len(trials):
         return trials
     columns = [c for c in (metric, val_metric) if c in trials]
-    ok = trials["status"] == "ok"
-    bad = pd.Series(False, index=trials.index)
-    for c in columns:
-        bad |= ok & ~np.isfinite(pd.to_numeric(trials[c], errors="coerce").astype(float))
-    if not bad.any():
+    why = {i: diverged({c: trials.loc[i, c] for c in columns})
+           for i in trials.index[trials["status"] == "ok"]}
+    why = {i: text for i, text in why.items() if text}
+    if not why:
         return trials
     trials = trials.copy()
-    if "error" not in trials:
-        trials["error"] = ""
-    trials["error"] = trials["error"].astype(object)
-    for i in trials.index[bad]:
-        trials.loc[i, "status"] = "error"
-        trials.loc[i, "error"] = "the training diverged: " + ", ".join(
-            f"{c} is {trials.loc[i, c]}" for c in columns
-            if not np.isfinite(pd.to_numeric(trials.loc[i, c], errors="coerce")))
+    trials["error"] = trials["error"].astype(object) if "error" in trials else ""
+    for i, text in why.items():
+        trials.loc[i, ["status", "error"]] = ["error", text]
     return trials
 
 

@@ -63,7 +63,7 @@ from keras_blockreuse.sweep.options import (
     parse_args,
     settings_from_args,
 )
-from keras_blockreuse.sweep.report import write_report
+from keras_blockreuse.sweep.report import diverged, write_report
 from keras_blockreuse.sweep.space import SCRATCH, Configuration, SweepError
 
 if TYPE_CHECKING:
@@ -628,13 +628,9 @@ class _Runner:
         }
         for name in _metric_columns(self.settings, self.user):
             row[name] = metrics.get(name, math.nan)
-        if row["status"] == "ok":  # a trial that diverged reports NaN or inf: it failed
-            bad = {name: row[name] for name in _metrics_of(self.settings, self.user)
-                   if not _finite(row[name])}
-            if bad:
-                row["status"] = "error"
-                row["error"] = ("the training diverged: " + ", ".join(
-                    f"{name} is {value}" for name, value in bad.items()))
+        why = diverged({name: row[name] for name in _metrics_of(self.settings, self.user)})
+        if row["status"] == "ok" and why:  # a trial that diverged reports NaN or inf: failed
+            row["status"], row["error"] = "error", why
         if self.settings.lrs:
             row["lr"] = config.get("lr")
         for name in ("node_ip", "node_id", "hostname", "pid", "gpu_ids"):
@@ -866,14 +862,6 @@ def _latest_sweep(api: bool = False) -> str:
         raise SweepError(f"{resume} without {out.split('=')[0].split()[0]} continues the latest "
                          f"sweep under {root}, and there is none; pass {out}.")
     return os.path.join(root, candidates[-1])
-
-
-def _finite(value) -> bool:
-    """True for a finite number (a metric a trial reported); False for NaN, inf or no number."""
-    try:
-        return math.isfinite(float(value))
-    except (TypeError, ValueError):
-        return False
 
 
 def _majority_rate(data, metric: str) -> tuple[float, int] | None:
