@@ -29,7 +29,8 @@ def test_mean_ci_known_numbers():
     assert mean == pytest.approx(0.8) and std == pytest.approx(0.1)
     half = 4.302652729911275 * 0.1 / math.sqrt(3)  # t(0.975, df=2)
     assert low == pytest.approx(0.8 - half) and high == pytest.approx(0.8 + half)
-    assert mean_ci([0.5, 0.5]) == (0.5, 0.0, 0.5, 0.5)
+    equal = mean_ci([0.5, 0.5])  # no spread: no interval (a t-interval of no width)
+    assert equal[:2] == (0.5, 0.0) and math.isnan(equal[2]) and math.isnan(equal[3])
     one = mean_ci([0.6])
     assert one[0] == 0.6 and all(math.isnan(v) for v in one[1:])
     assert all(math.isnan(v) for v in mean_ci([]))
@@ -424,6 +425,23 @@ def test_a_constant_difference_has_no_interval():
                                               {0: 0.75, 1: 0.85, 2: 0.8})
     assert mean == pytest.approx(0.05) and math.isnan(low) and math.isnan(high)
     assert p == 0.25 and n == 3
+
+
+def test_seeds_that_all_give_one_value_have_no_interval(tmp_path):
+    """Every seed of a policy gave the same test accuracy: its interval was [0.854, 0.854],
+    a certainty that three equal seeds do not give. It is n/a, and says why."""
+    assert math.isnan(mean_ci([0.16666666, 0.16666667, 0.16666666])[2])  # float32 rounding
+    frame = known_frame()
+    frame.loc[frame["policy"] == "A", "test_accuracy"] = 0.854
+    written = write_report(frame, str(tmp_path), {"dataset": "digits"})
+    lines = (tmp_path / "report.md").read_text().splitlines()
+    assert lines[2] == ("**Best on validation: tune A (val accuracy 0.900, test 0.854 on every "
+                        "seed, n=3).**")
+    table = [line for line in lines if line.startswith("| 1 | tune A")]
+    assert table[0].startswith("| 1 | tune A |  | 1,000 | 3 | 0.900 | **best** | 0.854 ± 0.000 | "
+                               "n/a (every seed equal) | ")
+    row = written["summary"].set_index("policy").loc["A"]
+    assert row["std"] == 0.0 and math.isnan(row["ci_low"]) and math.isnan(row["ci_high"])
 
 
 def test_write_report_on_an_error_metric_and_values_that_diverged(tmp_path):

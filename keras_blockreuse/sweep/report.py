@@ -164,7 +164,9 @@ def mean_ci(values: Sequence[float], confidence: float = CONFIDENCE,
     """Mean, sample standard deviation and t-distribution confidence interval of `values`.
 
     NaN values are ignored. With fewer than two values the deviation and the interval are NaN
-    (shown as "n/a"): one seed says nothing about the spread. With `bounds` the interval is
+    (shown as "n/a"): one seed says nothing about the spread. Values that do not vary (to
+    float32 rounding, as Keras computes metrics) have no interval either: t gives one without
+    width, a certainty that a few equal seeds do not give. With `bounds` the interval is
     clipped to that range (a mean accuracy lies in [0, 1], whatever t says).
 
     Example:
@@ -184,11 +186,21 @@ def mean_ci(values: Sequence[float], confidence: float = CONFIDENCE,
     if n == 1:
         return (mean, math.nan, math.nan, math.nan)
     std = float(x.std(ddof=1))
+    if np.all(np.abs(x - x[0]) <= _rounding(x)):
+        return (mean, std, math.nan, math.nan)
     half = float(stats.t.ppf(0.5 + confidence / 2, n - 1)) * std / math.sqrt(n)
     low, high = mean - half, mean + half
     if bounds is not None:
         low, high = max(low, bounds[0]), min(high, bounds[1])
     return (mean, std, low, high)
+
+
+def _rounding(values: np.ndarray) -> float:
+    """How far apart metric values can be and still be equal: Keras computes metrics in
+    float32, so values that differ by its rounding (0.16666666 and 0.16666667) are equal, else
+    t would be taken on rounding noise (p = 1e-14 from 3 seeds)."""
+    scale = max(1.0, float(np.max(np.abs(values))))
+    return 8 * float(np.finfo(np.float32).eps) * scale
 
 
 def paired_test(values: Sequence[float], baseline: Sequence[float]) -> tuple[float, str]:
@@ -215,10 +227,7 @@ def paired_test(values: Sequence[float], baseline: Sequence[float]) -> tuple[flo
     if not (np.all(np.isfinite(a)) and np.all(np.isfinite(b))):
         raise ValueError(f"paired_test needs finite values; received {list(a)} and {list(b)} "
                          "(a seed that diverged belongs among the failed: see `usable`).")
-    # Keras computes metrics in float32: values that differ by its rounding (0.16666666 and
-    # 0.16666667) are equal, else t would be taken on rounding noise (p = 1e-14 from 3 seeds).
-    scale = max(1.0, float(np.max(np.abs(np.r_[a, b]))))
-    tolerance = 8 * float(np.finfo(np.float32).eps) * scale
+    tolerance = _rounding(np.r_[a, b])
     if np.all(np.abs(d) <= tolerance):
         return (math.nan, "identical")
     if np.all(np.abs(d - d[0]) <= tolerance):
@@ -504,6 +513,11 @@ def _interval(low: float, high: float) -> str:
     return "n/a" if math.isnan(low) else f"[{low:.3f}, {high:.3f}]"
 
 
+def _equal_seeds(row) -> bool:
+    """Whether a summary row's seeds all gave one test value (`mean_ci`: no interval)."""
+    return row["n"] >= 2 and not math.isnan(row["std"]) and math.isnan(row["ci_low"])
+
+
 _UNTESTED = {"identical": "identical to it on every seed",
              "n<2": "fewer than 2 seeds shared with it: not compared"}
 
@@ -526,6 +540,8 @@ def headline(chosen: Verdict, summary: pd.DataFrame,
         text = f"{chosen.name(p)} (val {test} {chosen.val_means[p]:.3f}, test {r['mean']:.3f}"
         if not math.isnan(r["ci_low"]):
             text += f" {_interval(r['ci_low'], r['ci_high'])}"
+        elif _equal_seeds(r):
+            text += " on every seed"
         return text + f", n={int(r['n'])})"
 
     lines = [f"Best on validation: {described(chosen.best)}."]
@@ -749,6 +765,8 @@ def markdown_table(summary: pd.DataFrame, metric: str = "test_accuracy") -> str:
         if not math.isnan(r["mean"]):
             acc += " ± n/a" if math.isnan(r["std"]) else f" ± {r['std']:.3f}"
         ci = _interval(r["ci_low"], r["ci_high"])
+        if _equal_seeds(r):
+            ci = "n/a (every seed equal)"
         if r["policy"] == SCRATCH:
             diff, p = "baseline", ""
         else:
@@ -798,7 +816,7 @@ def markdown(summary: pd.DataFrame, failed: pd.DataFrame, settings: dict, info: 
               "standard deviation over seeds and 95% confidence interval (Student's t"
               + {(0.0, 1.0): ", clipped to [0, 1]", (0.0, math.inf): ", clipped at 0"}.get(
                   metric_bounds(metric), "") + "; n/a from one "
-              "seed). *vs scratch*: mean paired difference from training from scratch on test, "
+              "seed, or from seeds that all gave one value). *vs scratch*: mean paired difference from training from scratch on test, "
               "with its Holm-adjusted p-value.", "",
               f"**Variation covered by the intervals and tests: {coverage}.**", ""]
     if info.get("legend"):
