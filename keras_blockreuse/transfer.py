@@ -219,6 +219,7 @@ def load_blocks(
                 "source blocks with only= / exclude=, and pair them with rename=.")
         plans, report = _plan(src, target_blocks, only, exclude, rename, target_paths, places)
         reconfigured = _reconfigured(plans, src)
+        unrecorded = _unrecorded(plans, src)  # (before a rebuild names them from today's code)
         if (any(p.unpaired_source or p.unpaired_target for p in plans) or reconfigured) and (
                 _rebuilt(src)):
             plans, report = _plan(src, target_blocks, only, exclude, rename, target_paths,
@@ -226,6 +227,7 @@ def load_blocks(
         elif reconfigured:
             _say_positional(reconfigured, report)
         _validate(plans, report, on_mismatch, src)
+        _say_unrecorded(unrecorded, plans, report)
         if not nothing_asked:
             _refuse_empty(plans, report, src, model, target_blocks, target_paths)
         _say_adapted_inside(report, target_blocks)
@@ -345,9 +347,7 @@ def _reconfigured(plans: list[_BlockPlan], src: Source) -> dict[str, list[str]]:
             stored = src.layer_config(layer.source.path)  # None but from a `.keras`: first
             if not stored or stored.get("class_name") != type(layer.unit).__name__:
                 continue
-            kinds = [(tuple(v.shape), str(getattr(v, "dtype", ""))) for v in layer.current.values()]
-            if len(set(kinds)) == len(kinds) or any(
-                    v.name not in ("", v.key) for v in layer.source.variables):
+            if not _by_position(layer):
                 continue
             try:
                 mine = layer.unit.get_config()
@@ -358,6 +358,41 @@ def _reconfigured(plans: list[_BlockPlan], src: Source) -> dict[str, list[str]]:
             if keys:
                 out[layer.target_path] = keys
     return out
+
+
+def _by_position(layer: _LayerPlan) -> bool:
+    """Whether the source knows a paired layer's variables by position only (`vars/0`) and
+    the layer holds two or more of one shape and dtype, which positions alone can swap."""
+    kinds = [(tuple(v.shape), str(getattr(v, "dtype", ""))) for v in layer.current.values()]
+    return len(set(kinds)) < len(kinds) and all(
+        v.name in ("", v.key) for v in layer.source.variables)
+
+
+def _unrecorded(plans: list[_BlockPlan], src: Source) -> list[str]:
+    """Model layer paths of paired layers `_by_position` whose config a source that records
+    configs (a `.keras` archive) does not record: layers that a custom layer or a subclassed
+    model creates in its own code. Nothing in the file tells which variables they held when
+    it was saved, and a rebuild names them from the code as it is now."""
+    if not src.records_configs:
+        return []
+    return [layer.target_path for plan in plans for layer in plan.layers
+            if _by_position(layer) and src.layer_config(layer.source.path) is None]
+
+
+def _say_unrecorded(unrecorded: list[str], plans: list[_BlockPlan], report: LoadReport) -> None:
+    """The caveat for the `_unrecorded` layers that the validated plans load."""
+    loading = {layer.target_path for plan in plans for layer in plan.layers if layer.load}
+    paths = [path for path in unrecorded if path in loading]
+    if not paths:
+        return
+    caveat = (
+        f"layers {paths} hold variables of one shape that the source records by position "
+        "only, and it records no config of theirs (a custom layer's or subclassed model's "
+        "code creates them): they are paired by position, as Keras's load_weights pairs "
+        "them. If that code built them with other options when the file was saved "
+        "(BatchNormalization center= / scale=), values go to variables of another meaning.")
+    report.caveats.append(caveat)
+    warnings.warn(f"load_blocks: {caveat}", stacklevel=3)
 
 
 def _comparable(config) -> dict:

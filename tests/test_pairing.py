@@ -1760,6 +1760,51 @@ def test_a_layer_configured_otherwise_is_said_to_pair_by_position_when_no_rebuil
     assert "Caveat: layers 'bn' (center, scale)" in str(report)
 
 
+@keras.saving.register_keras_serializable(package="test_pairing")
+class _NormedNet(keras.Model):
+    """A subclassed model whose BatchNormalization its own code creates (`center=` /
+    `scale=` from the module's code, not its config)."""
+
+    def __init__(self, center=True, scale=True, **kwargs):
+        super().__init__(**kwargs)
+        self.fc = L.Dense(4, name="fc")
+        self.bn = L.BatchNormalization(center=center, scale=scale, name="bn")
+
+    def call(self, x):
+        return self.bn(self.fc(x))
+
+
+def test_a_layer_whose_config_an_archive_does_not_record_is_said_to_pair_by_position(
+        tmp_path):
+    """Found by a fresh-user test: a subclassed model's BatchNormalization, built with
+    center=False (gamma) when its `.keras` was saved and scale=False (beta) by the code that
+    loads it, received gamma's values in beta with ok=True, no caveat: the archive records
+    no config of a layer its model's code creates, so the check of configs never ran. Such a
+    layer pairs by position, as Keras pairs it, and the load now says so; layers of distinct
+    shapes (the Dense) and a `.weights.h5` (documented: by position, as Keras) say nothing."""
+    source = _NormedNet(center=False)
+    source(np.zeros((1, 4), "float32"))
+    _filled(source)
+    path = str(tmp_path / "net.keras")
+    source.save(path)
+    model = _NormedNet(scale=False)  # (as if its code had changed since the save)
+    model(np.zeros((1, 4), "float32"))
+    assert [v.name for v in model.layers[1].weights] == ["beta", "moving_mean",
+                                                         "moving_variance"]
+    with pytest.warns(UserWarning, match="hold variables of one shape"):
+        report = load_blocks(model, path)
+    assert report.caveats == [
+        "layers ['bn'] hold variables of one shape that the source records by position only, "
+        "and it records no config of theirs (a custom layer's or subclassed model's code "
+        "creates them): they are paired by position, as Keras's load_weights pairs them. If "
+        "that code built them with other options when the file was saved (BatchNormalization "
+        "center= / scale=), values go to variables of another meaning."]
+    assert_bits(_values(model), _values(source))  # by position, as said
+    weights = str(tmp_path / "net.weights.h5")
+    source.save_weights(weights)
+    assert not load_blocks(model, weights).caveats
+
+
 def test_skip_is_offered_only_where_it_would_load_something(tmp_path):
     """Found by a fresh-user test: the refusal of a backbone's file into its task (a name
     held at more places in the model) closed with "Pass on_mismatch='skip' to load the

@@ -146,6 +146,12 @@ class Source:
         one without rebuilding anything; else None."""
         return None
 
+    @property
+    def records_configs(self) -> bool:
+        """Whether the source records its layers' configs (a `.keras` archive of a Keras
+        model), so that a layer it records none for was created by another layer's code."""
+        return False
+
     def close(self) -> None:
         pass
 

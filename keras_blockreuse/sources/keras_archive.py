@@ -93,7 +93,8 @@ def open_archive(path: str, rule=None, source_model=None) -> KerasWeightsSource:
         return KerasWeightsSource(
             [file], path, [member.file_size], rule, source_model, info, on_close=close,
             structure=structure if config and source_model is None else None,
-            configs=layer_configs(config),
+            # (a keras-hub model's layers come from its code and version, not its config)
+            configs=None if _is_hub(config) else layer_configs(config),
         )
     except BaseException:
         close()

@@ -74,7 +74,9 @@ class KerasWeightsSource(LayerSource):
             config (a `.keras` archive), used like `source_model` but only when needed; a
             failure to build it leaves the layers as the names give them.
         configs: `{name path: layer config}` from a `.keras` archive's `config.json`, for the
-            layers its Functional and Sequential models list (`layer_config`).
+            layers its Functional and Sequential models list (`layer_config`); None where the
+            file records no config (a `.weights.h5`; a keras-hub archive, whose layers its
+            code creates).
 
     A file whose groups all carry their layer's name (Keras >= 3.6) is read by those names,
     and `source_model` (or `structure`) is built and walked only by `rebuild_structure`,
@@ -114,7 +116,7 @@ class KerasWeightsSource(LayerSource):
         configs: Mapping[str, dict] | None = None,
     ):
         super().__init__(rule)
-        self._configs = configs or {}
+        self._configs = configs  # None: the file records no config (see `records_configs`)
         self.description = description
         self.bytes_read = 0
         self.info = dict(info or {})
@@ -171,7 +173,11 @@ class KerasWeightsSource(LayerSource):
 
     def layer_config(self, path: str) -> dict | None:
         """The layer's config from a `.keras` archive's `config.json` (see `Source`)."""
-        return self._configs.get(path)
+        return (self._configs or {}).get(path)
+
+    @property
+    def records_configs(self) -> bool:
+        return self._configs is not None
 
     def rebuild_structure(self) -> bool:
         """Builds and walks the source model, if not done yet, so that layers carry their
