@@ -405,6 +405,68 @@ def test_a_best_not_above_the_majority_class_rate_is_said(tmp_path):
         == (0.5, 20)
 
 
+def test_a_policy_at_the_majority_class_rate_is_not_recommended(tmp_path):
+    """Found by a fresh-user test: with 2 seeds the best's standard error (±0.108) reached
+    a policy that always answered one class (val accuracy 0.250 on both seeds, 4 balanced
+    classes), and it was recommended, as the cheapest within one standard error, with no
+    word: the majority-class check looked at the best only. Such a policy is no longer
+    recommended, and the headline says why."""
+    from scipy import stats
+
+    val = {"best": [0.45, 0.234], "flat": [0.25, 0.25]}
+    rows = [{"trial_id": f"{p}-{s}", "policy": p, "label": p, "code": "", "seed": s,
+             "status": "ok", "val_accuracy": v, "test_accuracy": v,
+             "trained_params": {"best": 1000, "flat": 0}[p], "error": ""}
+            for p, values in val.items() for s, v in enumerate(values)]
+    frame = pd.DataFrame(rows)
+    assert verdict(frame).recommended == "flat"  # without the validation set's rate
+    assert stats.binomtest(41, 120, 0.25, alternative="greater").pvalue < 0.05  # best: 0.342
+    written = write_report(frame, str(tmp_path), {}, chance=(0.25, 120))
+    chosen = written["verdict"]
+    assert chosen.recommended == "best" and chosen.at_chance == ["flat"]
+    lines = written["best"].splitlines()
+    assert lines[1].startswith("Not shown worse than it") and "flat" in lines[1]
+    assert lines[2:] == [
+        "Recommended: the best (1,000 trained parameters).",
+        "Not recommended, though within one standard error of the best's mean on validation "
+        "(±0.108): flat: not shown above the majority-class rate on validation (a model that "
+        "always answers the most frequent class scores it).",
+        "Scratch has no finished full-budget seed: no comparison with it."]
+    table = written["summary"].set_index("policy")
+    assert table.loc["best", "recommended"] and not table.loc["flat", "recommended"]
+
+
+def test_a_policy_left_out_that_scored_better_than_the_best_is_said(tmp_path):
+    """Found by a fresh-user test: one of scratch's two seeds failed, so scratch (val 0.375
+    on the seed it finished) was left out, and the headline named a best at 0.279 and
+    recommended a policy at 0.275 without a word about it. Policies left out are listed,
+    and those that scored better on the seeds they finished are said to be able to change
+    the verdict."""
+    extra = [{"trial_id": "S-3", "policy": "S", "label": "tune S", "code": "", "seed": 3,
+              "status": "ok", "val_accuracy": 0.95, "test_accuracy": 0.96,
+              "trained_params": 5, "error": ""},
+             {"trial_id": "S-4", "policy": "S", "label": "tune S", "code": "", "seed": 4,
+              "status": "error", "val_accuracy": math.nan, "test_accuracy": math.nan,
+              "trained_params": 5, "error": "RuntimeError: boom"},
+             {"trial_id": "W-5", "policy": "W", "label": "tune W", "code": "", "seed": 5,
+              "status": "error", "val_accuracy": math.nan, "test_accuracy": math.nan,
+              "trained_params": 5, "error": "RuntimeError: boom"}]
+    written = write_report(known_frame(extra=extra), str(tmp_path), {})
+    lines = written["best"].splitlines()
+    assert lines[0].startswith("Best on validation: tune A (val accuracy 0.900")
+    assert lines[1] == (
+        "Not compared, with fewer than 2 finished full-budget seeds: tune S (1 finished "
+        "full-budget seed), tune W (0 finished full-budget seeds). On the seeds they finished, "
+        "tune S (0.950) scores better on validation than the best: this verdict may change "
+        "when their trials are run again (a sweep resumed with --resume runs failed trials "
+        "again).")
+    # None better: the line lists them only.
+    extra[0]["val_accuracy"] = 0.5
+    lines = write_report(known_frame(extra=extra), str(tmp_path / "b"), {})["best"].splitlines()
+    assert lines[1] == ("Not compared, with fewer than 2 finished full-budget seeds: tune S (1 "
+                        "finished full-budget seed), tune W (0 finished full-budget seeds).")
+
+
 def test_a_policy_never_compared_with_the_best_says_so(tmp_path):
     """Found by a fresh-user test: a policy that shares fewer than 2 seeds with the best
     (after failed trials) was listed as 'Not shown worse than it: tune D (n<2)'."""

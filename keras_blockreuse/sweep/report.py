@@ -305,7 +305,10 @@ class Verdict:
         near: the policies of `tied` whose mean validation metric is within `standard_error` of
             `best`'s (it included): the one-standard-error rule (Breiman et al. 1984).
         recommended: the policy of `near` with the fewest trained parameters (`best` when the
-            counts are unknown).
+            counts are unknown), leaving out those `at_chance`.
+        at_chance: policies of `near` (not `best`) whose mean validation accuracy is not shown
+            above the validation set's majority-class rate (`verdict`'s `chance`): never
+            recommended, as a model that always answers one class scores that rate.
         p_values, adjusted: paired validation p-value of each other eligible policy against
             `best`, raw and Holm-adjusted (NaN: no test, see `tests`).
         tests: the test behind each p-value (`paired_test`).
@@ -325,6 +328,7 @@ class Verdict:
     standard_error: float = math.nan
     near: list = dataclasses.field(default_factory=list)
     recommended: str | None = None
+    at_chance: list = dataclasses.field(default_factory=list)
     p_values: dict = dataclasses.field(default_factory=dict)
     adjusted: dict = dataclasses.field(default_factory=dict)
     tests: dict = dataclasses.field(default_factory=dict)
@@ -352,7 +356,7 @@ class Verdict:
 def verdict(trials: pd.DataFrame, metric: str = "test_accuracy",
             higher_is_better: bool | None = None,
             val_metric: str | None = None, alpha: float = ALPHA,
-            require_all: bool = False) -> Verdict:
+            require_all: bool = False, chance: tuple[float, int] | None = None) -> Verdict:
     """Choose a policy on validation: the best, the policies tied with it, and the cheapest of
     those within one standard error of it (the one-standard-error rule, Breiman et al. 1984).
 
@@ -365,6 +369,9 @@ def verdict(trials: pd.DataFrame, metric: str = "test_accuracy",
             `mae`, `mse`, ...; else higher).
         val_metric: the validation metric that chooses (default `val_metric_of(metric)`).
         alpha: the family-wise error rate of the comparisons with the best (Holm).
+        chance: for a classification, `(rate, images)`: the validation set's majority-class
+            rate and size; a policy other than the best whose mean validation accuracy is not
+            above it (exact one-sided binomial test at `alpha`) is not recommended.
         require_all: give no verdict unless every policy in `trials` has `MIN_SEEDS`
             full-budget seeds (for an interrupted sweep).
 
@@ -426,6 +433,10 @@ def verdict(trials: pd.DataFrame, metric: str = "test_accuracy",
     limit = result.val_means[best] - sign * result.standard_error
     result.near = [p for p in result.tied if sign * (result.val_means[p] - limit) >= 0
                    and result.tests.get(p) != "n<2"]  # (never compared: not recommended)
+    if chance is not None:
+        result.at_chance = [p for p in result.near if p != best and not _above_chance(
+            result.val_means[p], *chance, alpha=alpha)]
+        result.near = [p for p in result.near if p not in result.at_chance]
     known = all(result.costs.get(p) is not None for p in result.near)
     result.recommended = min(result.near, key=lambda p: (cost(p), order.index(p))) if known \
         else best
@@ -547,6 +558,7 @@ def headline(chosen: Verdict, summary: pd.DataFrame,
     lines = [f"Best on validation: {described(chosen.best)}."]
     if chance is not None:
         lines += _at_chance(chosen.val_means[chosen.best], *chance, alpha=chosen.alpha)
+    lines += _not_compared(chosen, rows)
     others = [p for p in chosen.tied if p != chosen.best]
     if others:
         shown = ", ".join(f"{chosen.name(p)} (p={format_p(chosen.adjusted[p])})"
@@ -560,10 +572,14 @@ def headline(chosen: Verdict, summary: pd.DataFrame,
     rec = chosen.recommended
     cost = chosen.costs.get(rec)
     near = [p for p in chosen.near if p != chosen.best]
-    rule = (f"within one standard error of the best's mean on validation "
-            f"(±{chosen.standard_error:.3g}, the one-standard-error rule, Breiman et al. 1984)")
+    within = "within one standard error of the best's mean on validation"
+    rule = (f"{within} (±{chosen.standard_error:.3g}, the one-standard-error rule, Breiman et "
+            "al. 1984)")
     known = all(chosen.costs.get(p) is not None for p in chosen.near)
-    if others and not near:
+    if others and not near and chosen.at_chance:
+        lines.append("Recommended: the best"
+                     + (f" ({cost:,} trained parameters)." if cost is not None else "."))
+    elif others and not near:
         lines.append(f"None of them is {rule}: recommended, the best"
                      + (f" ({cost:,} trained parameters)." if cost is not None else "."))
     elif others:
@@ -576,6 +592,11 @@ def headline(chosen: Verdict, summary: pd.DataFrame,
         else:
             lines.append(f"Recommended, the cheapest of these (the best included): "
                          f"{described(rec)}, {cost:,} trained parameters.")
+    if chosen.at_chance:
+        names = ", ".join(chosen.name(p) for p in chosen.at_chance)
+        lines.append(f"Not recommended, though {within} (±{chosen.standard_error:.3g}): "
+                     f"{names}: not shown above the majority-class rate on validation (a model "
+                     "that always answers the most frequent class scores it).")
     r = rows.loc[rec]
     if rec == SCRATCH:
         lines.append("Training from scratch: no transfer policy beats it on validation.")
@@ -588,6 +609,30 @@ def headline(chosen: Verdict, summary: pd.DataFrame,
         lines.append(f"{chosen.name(rec)}: {gain} (paired, Holm-adjusted p="
                      f"{format_p(r['p_holm'])}).")
     return "\n".join(lines)
+
+
+def _not_compared(chosen: Verdict, rows: pd.DataFrame) -> list[str]:
+    """The line for policies left out of the verdict (fewer than `MIN_SEEDS` finished
+    full-budget seeds: failed, diverged or stopped trials), saying which of them scored better
+    on validation than the best, on the seeds they finished; or none."""
+    if not chosen.excluded:
+        return []
+    sign = 1.0 if chosen.higher_is_better else -1.0
+    best = chosen.val_means[chosen.best]
+    listed, above = [], []
+    for p, why in chosen.excluded.items():
+        value = rows.loc[p, "val_mean"] if p in rows.index else math.nan
+        listed.append(f"{chosen.name(p)} ({why})")
+        if not math.isnan(value) and sign * (value - best) > 0:
+            above.append(f"{chosen.name(p)} ({value:.3f})")
+    line = (f"Not compared, with fewer than {MIN_SEEDS} finished full-budget seeds: "
+            f"{', '.join(listed)}.")
+    if above:
+        line += (f" On the seeds they finished, {', '.join(above)} "
+                 f"{'scores' if len(above) == 1 else 'score'} better on validation than the "
+                 "best: this verdict may change when their trials are run again (a sweep "
+                 "resumed with --resume runs failed trials again).")
+    return [line]
 
 
 def plot(summary: pd.DataFrame, trials: pd.DataFrame, path: str, title: str = "",
@@ -647,16 +692,28 @@ def plot(summary: pd.DataFrame, trials: pd.DataFrame, path: str, title: str = ""
     return path
 
 
-def _at_chance(accuracy: float, rate: float, images: int, alpha: float) -> list[str]:
-    """The line for a best validation accuracy not shown above the majority-class rate (an
-    exact one-sided binomial test of its count of correct images, rounded), or none."""
+def _chance_p(accuracy: float, rate: float, images: int) -> float | None:
+    """The exact one-sided binomial p-value of a validation accuracy (its count of correct
+    images, rounded) against the majority-class rate; None where the accuracy or the rate is
+    not a proportion of images (nothing to test)."""
     from scipy import stats
 
     if not (images > 0 and 0 < rate < 1 and 0 <= accuracy <= 1):
-        return []  # (not a proportion: no count of images to test)
-    p = float(stats.binomtest(int(round(accuracy * images)), images, rate,
-                              alternative="greater").pvalue)
-    if p < alpha:
+        return None
+    return float(stats.binomtest(int(round(accuracy * images)), images, rate,
+                                 alternative="greater").pvalue)
+
+
+def _above_chance(accuracy: float, rate: float, images: int, alpha: float) -> bool:
+    p = _chance_p(accuracy, rate, images)
+    return p is None or p < alpha
+
+
+def _at_chance(accuracy: float, rate: float, images: int, alpha: float) -> list[str]:
+    """The line for a best validation accuracy not shown above the majority-class rate (an
+    exact one-sided binomial test of its count of correct images, rounded), or none."""
+    p = _chance_p(accuracy, rate, images)
+    if p is None or p < alpha:
         return []
     return [f"The best is not shown above the majority-class rate on validation ({rate:.3f} "
             f"of {images} images, always answering the most frequent class; one-sided "
@@ -706,7 +763,8 @@ def write_report(trials: pd.DataFrame, out: str, settings: dict, info: dict | No
     if higher_is_better is None:
         higher_is_better = not _is_error(metric)
     trials = usable(trials, metric)
-    chosen = verdict(trials, metric, higher_is_better, require_all=interrupted is not None)
+    chosen = verdict(trials, metric, higher_is_better, require_all=interrupted is not None,
+                     chance=chance)
     summary = summarize(trials, metric, higher_is_better, chosen)
     finished = int((trials["status"] == "ok").sum())
     if not finished:
