@@ -491,6 +491,7 @@ def _verify(args) -> int:
                 except BlockFileError as e:
                     failures.append(_one_line(e))
             checked = isinstance(src, BlockFileSource)
+            archive = str(getattr(src, "info", {}).get("format", "")).startswith("Keras archive")
     except Exception as e:  # noqa: BLE001 - an unreadable file fails verification: status 1
         message = str(e) if isinstance(e, CommandError) else _one_line(e)
         raise CommandError(message, status=1) from None
@@ -499,6 +500,8 @@ def _verify(args) -> int:
             _fail(failure)
         return 1
     what = "every checksum matches" if checked else (
+        "every variable is readable and the archive's zip CRC-32 of its weights matches (its "
+        "values have no checksums of their own)" if archive else
         "every variable is readable (this format has no checksums)")
     print(f"ok: {args.file}: {len(names)} blocks, {what}")
     return 0

@@ -209,6 +209,14 @@ def test_verify(capsys, files, tmp_path):
     assert status == 0 and "every checksum matches" in out
     status, out, _ = run(capsys, "verify", weights)
     assert status == 0 and "no checksums" in out
+    # Found by a fresh-user test: a `.keras` archive's verify said "this format has no
+    # checksums", though the zip CRC-32 of its weights is checked (a flipped byte fails it).
+    archive = str(tmp_path / "m.keras")
+    files[0].save(archive)
+    status, out, _ = run(capsys, "verify", archive)
+    assert status == 0 and out.strip() == (
+        f"ok: {archive}: 4 blocks, every variable is readable and the archive's zip CRC-32 of "
+        "its weights matches (its values have no checksums of their own)")
     with h5py.File(blocks, "a") as f:
         ds = f["block_2/block_2_0"][list(f["block_2/block_2_0"])[0]]
         values = ds[...]

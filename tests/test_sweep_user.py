@@ -1020,6 +1020,26 @@ def test_hidden_or_empty_folders_are_no_class_and_stray_images_are_refused(tmp_p
         "stray.png), which would not be read: move each into the sub-folder of its class.")
 
 
+def test_a_damaged_image_in_a_folder_is_named(tmp_path):
+    """Found by a fresh-user test: a truncated PNG among a folder's images ended the sweep
+    with Pillow's traceback ("OSError: Truncated File Read"), naming no file. It is refused
+    by name; so is a PNG whose header is whole and whose image data was cut short."""
+    flat = tmp_path / "flat"
+    _png_folder(flat, classes=2, per_class=6, size=8)
+    broken = flat / "class_1" / "broken.png"
+    broken.write_bytes(b"\x89PNG\r\n\x1a\nnot really a png")
+    with pytest.raises(ValueError) as e:
+        load_data(f"folder:{flat}", seed=0)
+    assert str(e.value).startswith(f"folder data: cannot read the image {str(broken)!r} (")
+    assert str(e.value).endswith("): it is damaged or not an image. Replace or remove it.")
+    whole = (flat / "class_1" / sorted(os.listdir(flat / "class_1"))[0]).read_bytes()
+    broken.write_bytes(whole[:-20])  # the last chunks cut off
+    with pytest.raises(ValueError, match="cannot read the image .*broken.png"):
+        load_data(f"folder:{flat}", seed=0)
+    broken.unlink()
+    assert load_data(f"folder:{flat}", seed=0).class_names == ("class_0", "class_1")
+
+
 def test_the_reports_settings_are_those_the_sweep_used(arrays, source4, tmp_path):
     """Found by a fresh-user check: a sweep on the user's own data (--data, which_blocks)
     reported `dataset | digits`, `task | shift`, `shift | noise`, `shots | 10` (the built-in

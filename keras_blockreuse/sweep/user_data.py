@@ -685,7 +685,12 @@ def _image_files(root: str, classes: int = 2) -> dict[str, list[str]]:
 
 def _headers(files: dict) -> tuple[dict, dict]:
     """`(sizes, colours)` of every image (read from the headers): each `(height, width)` with
-    the first image of that size, and each colour kind (`_colour`) with its images."""
+    the first image of that size, and each colour kind (`_colour`) with its images. Each
+    file is checked as Pillow can without decoding it (`Image.verify`: a PNG's chunks and
+    their CRCs), so that a damaged image is named here, not found by TensorFlow's decoder.
+
+    Raises:
+        DataError: naming an image that cannot be read."""
     from PIL import Image
 
     sizes: dict[tuple[int, int], str] = {}
@@ -693,9 +698,16 @@ def _headers(files: dict) -> tuple[dict, dict]:
     for found in files.values():
         for paths in found.values():
             for p in paths:
-                with Image.open(p) as image:
-                    sizes.setdefault((image.height, image.width), p)
-                    colours.setdefault(_colour(image), []).append(p)
+                try:
+                    with Image.open(p) as image:
+                        size, colour = (image.height, image.width), _colour(image)
+                        image.verify()
+                except (OSError, SyntaxError, ValueError, EOFError) as e:
+                    raise DataError(f"folder data: cannot read the image {p!r} "
+                                    f"({type(e).__name__}: {e}): it is damaged or not an "
+                                    "image. Replace or remove it.") from None
+                sizes.setdefault(size, p)
+                colours.setdefault(colour, []).append(p)
     return sizes, colours
 
 
