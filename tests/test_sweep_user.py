@@ -1232,6 +1232,23 @@ def test_the_report_names_the_ranking_metric_and_a_small_sources_size(arrays, so
     assert _settings_dict(settings, 0.0, ["b"])["metric"] == "accuracy (max)"  # built-in task
 
 
+def test_a_model_that_cannot_be_built_for_the_data_says_with_what_shape(arrays, source4):
+    """Found by a fresh-user test: inputs without a channel axis (N, 8, 8) ended the sweep
+    with Keras's traceback from inside the user's builder ("expected min_ndim=4, found
+    ndim=3"). The error now says which input_shape the builder got and where it came from."""
+    (x, y), (xv, yv) = arrays[:2]
+    flat = UserInputs(from_arrays((x[..., 0], y), (xv[..., 0], yv)),
+                      Recipe(resolve_builder(build, (8, 8), 3)), source4)
+    with pytest.raises(SweepError) as e:
+        flat.prepare()
+    assert str(e.value).startswith(
+        "Building the model failed with input_shape=(8, 8), the shape of one input of the data "
+        "(its arrays' shape without the first axis): ValueError: ")
+    assert str(e.value).endswith(
+        "An image model takes a channel axis: inputs of shape (N, 8, 8, 1) for greyscale "
+        "images.")
+
+
 def test_prefix_configurations_above_a_fixed_first_block_say_what_they_are(source4, tmp_path):
     """Found by a fresh-user test: RGB images and a greyscale source fix block_1 to reinit,
     and the prefix strategy's "prefix 1 frozen" transferred block_2 above a re-initialised

@@ -87,7 +87,19 @@ class UserInputs:
         from keras_blockreuse.sweep.models import pack
 
         keras.backend.clear_session()
-        model = self.recipe.target_model()
+        try:
+            model = self.recipe.target_model()
+        except SweepError:
+            raise
+        except (ValueError, TypeError) as e:  # (Keras's shape errors, a builder's own)
+            shape = tuple(self.data.input_shape)
+            channels = (f" An image model takes a channel axis: inputs of shape (N, "
+                        f"{', '.join(map(str, shape))}, 1) for greyscale images."
+                        if len(shape) == 2 else "")
+            raise SweepError(
+                f"Building the model failed with input_shape={shape}, the shape of one input "
+                f"of the data (its arrays' shape without the first axis): "
+                f"{type(e).__name__}: {e}{channels}") from e
         self._check_inputs(model)
         if existing_snapshot and os.path.isfile(existing_snapshot):
             self._refuse_another_source(model, existing_snapshot)
