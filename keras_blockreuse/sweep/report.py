@@ -873,9 +873,9 @@ def markdown(summary: pd.DataFrame, failed: pd.DataFrame, settings: dict, info: 
               f"budget count; a policy needs {MIN_SEEDS} such seeds. Test {name}: mean ± "
               "standard deviation over seeds and 95% confidence interval (Student's t"
               + {(0.0, 1.0): ", clipped to [0, 1]", (0.0, math.inf): ", clipped at 0"}.get(
-                  metric_bounds(metric), "") + "; n/a from one "
-              "seed, or from seeds that all gave one value). *vs scratch*: mean paired difference from training from scratch on test, "
-              "with its Holm-adjusted p-value.", "",
+                  metric_bounds(metric), "") + "; n/a from one seed, or from seeds that all "
+              "gave one value). *vs scratch*: mean paired difference from training from "
+              "scratch on test, with its Holm-adjusted p-value.", "",
               f"**Variation covered by the intervals and tests: {coverage}.**", ""]
     if info.get("legend"):
         parts += [info["legend"], ""]
