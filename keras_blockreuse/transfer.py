@@ -362,10 +362,15 @@ def _reconfigured(plans: list[_BlockPlan], src: Source) -> dict[str, list[str]]:
 
 def _by_position(layer: _LayerPlan) -> bool:
     """Whether the source knows a paired layer's variables by position only (`vars/0`) and
-    the layer holds two or more of one shape and dtype, which positions alone can swap."""
+    positions alone can give one variable's values to another: the layer holds two or more
+    of one shape and dtype, or takes `center=` / `scale=` options, which decide which of its
+    variables of one shape it holds (a `LayerNormalization(center=False)` holds `gamma`
+    alone, one with `scale=False` `beta` alone)."""
+    if not all(v.name in ("", v.key) for v in layer.source.variables):
+        return False
     kinds = [(tuple(v.shape), str(getattr(v, "dtype", ""))) for v in layer.current.values()]
-    return len(set(kinds)) < len(kinds) and all(
-        v.name in ("", v.key) for v in layer.source.variables)
+    return len(set(kinds)) < len(kinds) or (
+        hasattr(layer.unit, "center") and hasattr(layer.unit, "scale"))
 
 
 def _unrecorded(plans: list[_BlockPlan], src: Source) -> list[str]:

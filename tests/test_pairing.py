@@ -1805,6 +1805,30 @@ def test_a_layer_whose_config_an_archive_does_not_record_is_said_to_pair_by_posi
     assert not load_blocks(model, weights).caveats
 
 
+@pytest.mark.parametrize("kind", ["layer", "group"])
+def test_a_normalization_holding_one_variable_configured_otherwise_is_refused(tmp_path, kind):
+    """Found by a fresh-user test: a LayerNormalization (or GroupNormalization) saved with
+    center=False holds gamma alone, one built with scale=False beta alone, so no two of its
+    variables share a shape and the config check passed it by: gamma's values went into
+    beta with ok=True. center=/scale= decide which variable it holds: the archive's structure
+    is rebuilt, which names them, and the load is refused with no weight changed."""
+    def norm(**options):
+        i = keras.Input((4,))
+        layer = (L.LayerNormalization(name="ln", **options) if kind == "layer"
+                 else L.GroupNormalization(groups=2, name="ln", **options))
+        return keras.Model(i, layer(L.Dense(4, name="d")(i)))
+
+    source = _filled(norm(center=False))
+    path = str(tmp_path / "ln.keras")
+    source.save(path)
+    model = norm(scale=False)
+    before = _values(model)
+    with pytest.raises(BlockMismatchError, match=r"ln / ln / beta: name differs \(source "
+                                                 r"'gamma'\)"):
+        load_blocks(model, path)
+    _assert_unchanged(before, model)
+
+
 def test_skip_is_offered_only_where_it_would_load_something(tmp_path):
     """Found by a fresh-user test: the refusal of a backbone's file into its task (a name
     held at more places in the model) closed with "Pass on_mismatch='skip' to load the
