@@ -396,8 +396,14 @@ def _say_unrecorded(unrecorded: list[str], plans: list[_BlockPlan], report: Load
         "code creates them): they are paired by position, as Keras's load_weights pairs "
         "them. If that code built them with other options when the file was saved "
         "(BatchNormalization center= / scale=), values go to variables of another meaning.")
+    _say(report, caveat)
+
+
+def _say(report: LoadReport, caveat: str, stacklevel: int = 4) -> None:
+    """A caveat in the report and, for who does not print it, a UserWarning (at the caller
+    of `load_blocks` when called from a `_say_*` function of `load_blocks`)."""
     report.caveats.append(caveat)
-    warnings.warn(f"load_blocks: {caveat}", stacklevel=3)
+    warnings.warn(f"load_blocks: {caveat}", stacklevel=stacklevel)
 
 
 def _comparable(config) -> dict:
@@ -423,8 +429,7 @@ def _say_positional(reconfigured: dict[str, list[str]], report: LoadReport) -> N
         "so they are paired by position, as Keras's load_weights pairs them; where that "
         "config changes which variables the layer holds (BatchNormalization center= / "
         "scale=), values go to variables of another meaning.")
-    report.caveats.append(caveat)
-    warnings.warn(f"load_blocks: {caveat}", stacklevel=3)
+    _say(report, caveat)
 
 
 def _target_structure(model) -> Callable[[], list]:
@@ -1327,8 +1332,7 @@ def _say_adapted_inside(report: LoadReport, target_blocks: dict[str, Block]) -> 
               "of the layers before, not image channels, and summed or repeated kernels there "
               "carry nothing of what was learned. Adapt a first convolution only: leave these "
               "out (exclude= their blocks, or on_mismatch='skip').")
-    report.caveats.append(caveat)
-    warnings.warn(f"load_blocks: {caveat}", stacklevel=4)
+    _say(report, caveat, stacklevel=5)
 
 
 def _validate(plans: list[_BlockPlan], report: LoadReport, on_mismatch: str, src: Source) -> None:
