@@ -537,3 +537,37 @@ def test_write_report_on_an_error_metric_and_values_that_diverged(tmp_path):
               "trained_params": 5, "error": ""} for s in (5, 6)]
     v = verdict(known_frame(extra=extra))
     assert "D" in v.tied and "D" not in v.near and v.recommended == "B"
+
+
+def test_means_equal_to_float32_rounding_are_a_tie_broken_by_cost(tmp_path):
+    """Found by a fresh-user test: two policies with the same validation accuracy, summed in
+    another order (0.6 and 0.7 -> 0.6499999999999999; 0.65 twice -> 0.65), were ranked by the
+    last bit: the expensive one was named best, its standard error was 0 (seeds equal), so
+    the cheap one fell outside "±0" by 1e-16 and the expensive one was recommended. Means
+    equal to float32 rounding are now equal: the cheaper one is the best and recommended."""
+    val = {"big": [0.65, 0.65], "small": [0.6, 0.7], "scratch": [0.3, 0.32]}
+    assert np.mean(val["small"]) < np.mean(val["big"])  # the last bit, as the run had it
+    cost = {"big": 9000, "small": 100, "scratch": 9000}
+    v = verdict(known_frame(val=val, cost=cost))
+    assert v.best == "small" and v.tied[:2] == ["small", "big"]
+    assert v.standard_error == pytest.approx(0.05) and v.near == ["small", "big"]
+    assert v.recommended == "small"
+    # Lower is better: the same rule at the bottom.
+    errors = {"big": [0.15, 0.15], "small": [0.1, 0.2], "scratch": [0.7, 0.68]}
+    assert np.mean(errors["small"]) > np.mean(errors["big"])  # worse by the last bit
+    lower = verdict(known_frame(val=errors, cost=cost).rename(
+        columns={"val_accuracy": "val_mae", "test_accuracy": "test_mae"}), "test_mae",
+        higher_is_better=False)
+    assert lower.best == "small" and lower.recommended == "small"
+    # Within the top, the best is the cheapest; one bit lower, when the best's seeds are all
+    # equal (standard error 0), is still near it.
+    v = verdict(known_frame(val={"big": [0.6, 0.7], "small": [0.65, 0.65],
+                                 "scratch": [0.3, 0.32]}, cost=cost))
+    assert v.best == "small" and v.standard_error == 0 and v.near == ["small", "big"]
+    assert v.recommended == "small"
+    write_report(known_frame(val=val, cost=cost), str(tmp_path), {})
+    lines = (tmp_path / "report.md").read_text().splitlines()
+    assert lines[2].startswith("**Best on validation: tune small (val accuracy 0.650, ")
+    assert "Recommended: the best, the cheapest of them (100 trained parameters)." in lines
+    assert [line.split(" | ")[1] for line in lines if line.startswith("| 1 |")
+            or line.startswith("| 2 |")] == ["tune small", "tune big"]  # the table agrees

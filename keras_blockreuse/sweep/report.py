@@ -297,7 +297,8 @@ class Verdict:
     """Which policy to use, chosen on validation, with the policies not shown worse than it.
 
     Attributes:
-        best: the policy with the best mean validation metric (None: no verdict, see `reason`).
+        best: the policy with the best mean validation metric (None: no verdict, see `reason`);
+            means equal to float32 rounding are equal, and the cheapest of them is the best.
         tied: the policies not shown worse than `best` by the paired tests (it included), best
             first by validation.
         standard_error: the standard error of `best`'s mean validation metric over seeds
@@ -418,7 +419,13 @@ def verdict(trials: pd.DataFrame, metric: str = "test_accuracy",
         c = result.costs.get(p)
         return math.inf if c is None else c
 
-    order = sorted(eligible, key=lambda p: (-sign * result.val_means[p], cost(p), p))
+    # Means equal to float32 rounding (0.65 and 0.6499999999999999: the same seeds' accuracies
+    # summed in another order) are equal: the best is the cheapest of those at the top.
+    tolerance = _rounding(np.array(list(result.val_means.values())))
+    top = max(sign * m for m in result.val_means.values())
+    order = sorted(eligible, key=lambda p: (
+        -top if top - sign * result.val_means[p] <= tolerance else -sign * result.val_means[p],
+        cost(p), p))
     best = order[0]
     result.best = best
     for p in order[1:]:
@@ -431,7 +438,7 @@ def verdict(trials: pd.DataFrame, metric: str = "test_accuracy",
     seeds = list(eligible[best].values())
     result.standard_error = float(np.std(seeds, ddof=1) / math.sqrt(len(seeds)))
     limit = result.val_means[best] - sign * result.standard_error
-    result.near = [p for p in result.tied if sign * (result.val_means[p] - limit) >= 0
+    result.near = [p for p in result.tied if sign * (result.val_means[p] - limit) >= -tolerance
                    and result.tests.get(p) != "n<2"]  # (never compared: not recommended)
     if chance is not None:
         result.at_chance = [p for p in result.near if p != best and not _above_chance(
@@ -504,9 +511,10 @@ def summarize(trials: pd.DataFrame, metric: str = "test_accuracy",
     adjusted = holm(dict(zip(summary["policy"], summary["p_value"].astype(float), strict=True)))
     summary["p_holm"] = summary["policy"].map(adjusted)
     eligible = summary["verdict"].isin(["best", "tied", "worse"])
-    summary = summary.assign(_eligible=~eligible).sort_values(
-        ["_eligible", "val_mean"], ascending=[True, not higher_is_better], na_position="last",
-        kind="stable").drop(columns="_eligible")
+    # the best first (the cheapest of means equal to float32 rounding, see `verdict`)
+    summary = summary.assign(_eligible=~eligible, _other=summary["verdict"] != "best").sort_values(
+        ["_eligible", "_other", "val_mean"], ascending=[True, True, not higher_is_better],
+        na_position="last", kind="stable").drop(columns=["_eligible", "_other"])
     summary.insert(0, "rank", range(1, len(summary) + 1))
     return summary.reset_index(drop=True)[SUMMARY_COLUMNS]
 
@@ -623,7 +631,7 @@ def _not_compared(chosen: Verdict, rows: pd.DataFrame) -> list[str]:
     for p, why in chosen.excluded.items():
         value = rows.loc[p, "val_mean"] if p in rows.index else math.nan
         listed.append(f"{chosen.name(p)} ({why})")
-        if not math.isnan(value) and sign * (value - best) > 0:
+        if not math.isnan(value) and sign * (value - best) > _rounding(np.array([value, best])):
             above.append(f"{chosen.name(p)} ({value:.3f})")
     line = (f"Not compared, with fewer than {MIN_SEEDS} finished full-budget seeds: "
             f"{', '.join(listed)}.")
