@@ -27,6 +27,10 @@ def test_advance_keeps_the_best_third_by_mean_over_seeds_ties_included():
     assert d.means == pytest.approx({"a": 0.8, "b": 0.8, "c": 0.55, "d": 0.15})
     assert advance(scores, seeds=[0, 1], eta=4).advanced == ["a", "b"]
     assert advance(scores, seeds=[0, 1], eta=3, mode="min").advanced == ["d", "c"]
+    # Means equal to float32 rounding tie (0.6 + 0.7 and 0.65 + 0.65 differ in the last bit).
+    rounded = {"a": {0: 0.65, 1: 0.65}, "b": {0: 0.6, 1: 0.7}, "c": {0: 0.1, 1: 0.2}}
+    assert (0.6 + 0.7) / 2 != (0.65 + 0.65) / 2
+    assert advance(rounded, seeds=[0, 1], eta=3).advanced == ["a", "b"]
 
 
 def test_advance_never_ranks_a_configuration_on_fewer_seeds():

@@ -116,3 +116,31 @@ def test_configuration_properties():
 def test_errors(strategy, blocks, fragment):
     with pytest.raises(SweepError, match=fragment):
         configurations(strategy, blocks)
+
+
+def test_greedy_stops_when_the_gain_is_float32_rounding():
+    """A greedy round whose best change scores the same validation accuracy as the current
+    configuration, summed in another order (0.6 + 0.7 against 0.65 + 0.65: one bit apart),
+    is no gain: the selection stops there instead of adding a block for the last bit."""
+    import types
+
+    from keras_blockreuse.sweep.run import SweepSettings, _greedy
+
+    blocks = ["block_1", "block_2"]
+    static = configurations("greedy", blocks)
+    val = {"scratch": [0.6, 0.7], "block_1=frozen": [0.65, 0.65], "block_1=tuned": [0.5, 0.5],
+           "block_2=frozen": [0.4, 0.4], "block_2=tuned": [0.3, 0.3]}
+    assert (0.65 + 0.65) / 2 > (0.6 + 0.7) / 2  # the last bit
+    rows = [{"policy": p, "status": "ok", "val_accuracy": v, "seed": s}
+            for p, values in val.items() for s, v in enumerate(values)]
+    printed, ran = [], []
+    runner = types.SimpleNamespace(settings=SweepSettings(), user=None, costs={}, data=None,
+                                   print_fn=printed.append,
+                                   run=lambda name, configs: ran.append(name) or [])
+    assert {c.key for c in static} == set(val)
+    assert _greedy(runner, rows, blocks, static) == rows
+    assert printed == ["Greedy: no single change beats scratch; stopping."] and ran == []
+    # A real gain is taken (then the next round's configurations are run).
+    better = [dict(r, val_accuracy=0.66) if r["policy"] == "block_1=frozen" else r for r in rows]
+    _greedy(runner, better, blocks, static)
+    assert printed[1] == "Greedy round 1: block_1=frozen (val 0.660)." and ran == ["greedy_3"]

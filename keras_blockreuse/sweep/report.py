@@ -186,7 +186,7 @@ def mean_ci(values: Sequence[float], confidence: float = CONFIDENCE,
     if n == 1:
         return (mean, math.nan, math.nan, math.nan)
     std = float(x.std(ddof=1))
-    if np.all(np.abs(x - x[0]) <= _rounding(x)):
+    if np.all(np.abs(x - x[0]) <= rounding_tolerance(x)):
         return (mean, std, math.nan, math.nan)
     half = float(stats.t.ppf(0.5 + confidence / 2, n - 1)) * std / math.sqrt(n)
     low, high = mean - half, mean + half
@@ -195,11 +195,11 @@ def mean_ci(values: Sequence[float], confidence: float = CONFIDENCE,
     return (mean, std, low, high)
 
 
-def _rounding(values: np.ndarray) -> float:
+def rounding_tolerance(values: Sequence[float]) -> float:
     """How far apart metric values can be and still be equal: Keras computes metrics in
     float32, so values that differ by its rounding (0.16666666 and 0.16666667) are equal, else
     t would be taken on rounding noise (p = 1e-14 from 3 seeds)."""
-    scale = max(1.0, float(np.max(np.abs(values))))
+    scale = max(1.0, float(np.max(np.abs(np.asarray(values, dtype=float)))))
     return 8 * float(np.finfo(np.float32).eps) * scale
 
 
@@ -227,7 +227,7 @@ def paired_test(values: Sequence[float], baseline: Sequence[float]) -> tuple[flo
     if not (np.all(np.isfinite(a)) and np.all(np.isfinite(b))):
         raise ValueError(f"paired_test needs finite values; received {list(a)} and {list(b)} "
                          "(a seed that diverged belongs among the failed: see `usable`).")
-    tolerance = _rounding(np.r_[a, b])
+    tolerance = rounding_tolerance(np.r_[a, b])
     if np.all(np.abs(d) <= tolerance):
         return (math.nan, "identical")
     if np.all(np.abs(d - d[0]) <= tolerance):
@@ -421,7 +421,7 @@ def verdict(trials: pd.DataFrame, metric: str = "test_accuracy",
 
     # Means equal to float32 rounding (0.65 and 0.6499999999999999: the same seeds' accuracies
     # summed in another order) are equal: the best is the cheapest of those at the top.
-    tolerance = _rounding(np.array(list(result.val_means.values())))
+    tolerance = rounding_tolerance(list(result.val_means.values()))
     top = max(sign * m for m in result.val_means.values())
     order = sorted(eligible, key=lambda p: (
         -top if top - sign * result.val_means[p] <= tolerance else -sign * result.val_means[p],
@@ -631,7 +631,7 @@ def _not_compared(chosen: Verdict, rows: pd.DataFrame) -> list[str]:
     for p, why in chosen.excluded.items():
         value = rows.loc[p, "val_mean"] if p in rows.index else math.nan
         listed.append(f"{chosen.name(p)} ({why})")
-        if not math.isnan(value) and sign * (value - best) > _rounding(np.array([value, best])):
+        if not math.isnan(value) and sign * (value - best) > rounding_tolerance([value, best]):
             above.append(f"{chosen.name(p)} ({value:.3f})")
     line = (f"Not compared, with fewer than {MIN_SEEDS} finished full-budget seeds: "
             f"{', '.join(listed)}.")

@@ -63,7 +63,7 @@ from keras_blockreuse.sweep.options import (
     parse_args,
     settings_from_args,
 )
-from keras_blockreuse.sweep.report import diverged, write_report
+from keras_blockreuse.sweep.report import diverged, rounding_tolerance, write_report
 from keras_blockreuse.sweep.space import SCRATCH, Configuration, SweepError
 
 if TYPE_CHECKING:
@@ -763,7 +763,9 @@ def _greedy(runner: _Runner, rows: list[dict], blocks: list[str],
         if not scored:
             break
         best = max(scored, key=lambda c: sign * scores[c.key])
-        if sign * scores[best.key] <= sign * scores.get(current.key, sign * -math.inf):
+        now = scores.get(current.key, math.nan)  # a gain within float32 rounding is none
+        if not math.isnan(now) and sign * (scores[best.key] - now) <= rounding_tolerance(
+                [scores[best.key], now]):
             runner.print_fn(f"Greedy: no single change beats {current.key}; stopping.")
             break
         runner.print_fn(f"Greedy round {round_}: {best.key} (val {scores[best.key]:.3f}).")
