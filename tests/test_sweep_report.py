@@ -511,7 +511,9 @@ def test_write_report_on_an_error_metric_and_values_that_diverged(tmp_path):
     was ranked higher-is-better, so scratch at MAE 30 was 'best' over a policy at 20; a NaN
     seed was dropped from the statistics unsaid (n=2, failed=0); a policy never compared
     with the best (no shared seeds) was recommended; a chance rate given for a non-accuracy
-    crashed the report; a NaN in settings wrote an invalid results.json."""
+    crashed the report (now refused with a clear error, see
+    test_chance_is_refused_where_it_cannot_apply); a NaN in settings wrote an invalid
+    results.json."""
     rows = []
     for policy, cost, values in (("scratch", 100, [30.0, 31.0, 29.0]),
                                  ("tune", 100, [20.0, 21.0, float("nan")])):
@@ -520,8 +522,7 @@ def test_write_report_on_an_error_metric_and_values_that_diverged(tmp_path):
                          "val_mae": v, "test_mae": v, "trained_params": cost})
     frame = pd.DataFrame(rows)
     assert verdict(frame, "test_mae").best == "tune"  # lower is better for an error
-    written = write_report(frame, str(tmp_path / "a"), {"x": float("nan")}, metric="test_mae",
-                           chance=(0.5, 100))
+    written = write_report(frame, str(tmp_path / "a"), {"x": float("nan")}, metric="test_mae")
     assert written["verdict"].best == "tune"
     summary = written["summary"].set_index("policy")
     assert summary.loc["tune", "n"] == 2 and summary.loc["tune", "failed"] == 1
@@ -571,3 +572,21 @@ def test_means_equal_to_float32_rounding_are_a_tie_broken_by_cost(tmp_path):
     assert "Recommended: the best, the cheapest of them (100 trained parameters)." in lines
     assert [line.split(" | ")[1] for line in lines if line.startswith("| 1 |")
             or line.startswith("| 2 |")] == ["tune small", "tune big"]  # the table agrees
+
+
+def test_chance_is_refused_where_it_cannot_apply(tmp_path):
+    """Found by a fresh-user test: `write_report(chance=)` with a regression metric tested
+    each policy's validation MAE as if it were an accuracy against the majority-class rate
+    (and left policies out of the recommendation for it); a rate given in percent was
+    silently ignored. Both are refused, naming what was received."""
+    frame = known_frame().rename(columns={"val_accuracy": "val_mae",
+                                          "test_accuracy": "test_mae"})
+    with pytest.raises(ValueError, match=r"applies to an accuracy over class labels, higher is "
+                       r"better; received metric='test_mae', higher_is_better=False"):
+        write_report(frame, str(tmp_path), {}, metric="test_mae", mode="min", chance=(0.3, 90))
+    with pytest.raises(ValueError, match=r"received \(65, 100\)"):
+        verdict(known_frame(), chance=(65, 100))
+    with pytest.raises(ValueError, match="higher_is_better=False"):
+        verdict(known_frame(), higher_is_better=False, chance=(0.3, 90))
+    assert not (tmp_path / "report.md").exists()  # refused before anything is written
+    assert verdict(known_frame(), chance=(0.1, 90)).recommended == "B"  # an accuracy: applies

@@ -372,16 +372,22 @@ def verdict(trials: pd.DataFrame, metric: str = "test_accuracy",
         alpha: the family-wise error rate of the comparisons with the best (Holm).
         chance: for a classification, `(rate, images)`: the validation set's majority-class
             rate and size; a policy other than the best whose mean validation accuracy is not
-            above it (exact one-sided binomial test at `alpha`) is not recommended.
+            above it (exact one-sided binomial test at `alpha`) is not recommended. Only for
+            an accuracy (`metric` names one, higher is better).
         require_all: give no verdict unless every policy in `trials` has `MIN_SEEDS`
             full-budget seeds (for an interrupted sweep).
 
     Returns:
         A `Verdict`; its `best` is None when no policy has `MIN_SEEDS` finished seeds (or, with
         `require_all`, when one lacks them), with `reason` saying so.
+
+    Raises:
+        ValueError: `chance` is given for a metric that is not an accuracy, or is not a
+            `(rate, images)` pair of a proportion and a positive count.
     """
     if higher_is_better is None:
         higher_is_better = not _is_error(metric)
+    _check_chance(chance, metric, higher_is_better)
     trials = usable(trials, metric, val_metric)
     val_metric = val_metric or val_metric_of(metric)
     result = Verdict(metric=metric, val_metric=val_metric, higher_is_better=higher_is_better,
@@ -549,6 +555,7 @@ def headline(chosen: Verdict, summary: pd.DataFrame,
     and size. Where the best's mean validation accuracy is not above that rate by an exact
     one-sided binomial test at `ALPHA`, a line says the ranking may be noise.
     """
+    _check_chance(chance, chosen.metric, chosen.higher_is_better)
     test = metric_name(chosen.metric)
     if chosen.best is None:
         return f"No verdict: {chosen.reason}."
@@ -712,6 +719,27 @@ def _chance_p(accuracy: float, rate: float, images: int) -> float | None:
                                  alternative="greater").pvalue)
 
 
+def _check_chance(chance, metric: str, higher_is_better: bool) -> None:
+    """Refuses a `chance` that cannot apply: it is the majority-class rate of an accuracy
+    over class labels (a proportion of images, higher is better), as `_majority_rate` gives.
+    """
+    if chance is None:
+        return
+    name = metric.removeprefix("test_")
+    try:
+        rate, images = chance
+        proportion = 0 < float(rate) <= 1 and int(images) == images and int(images) > 0
+    except (TypeError, ValueError):
+        proportion = False
+    if not proportion:
+        raise ValueError(f"chance= is (majority-class rate in (0, 1], number of validation "
+                         f"images); received {chance!r}.")
+    if "acc" not in name or "top" in name or not higher_is_better:
+        raise ValueError(f"chance= (the validation set's majority-class rate) applies to an "
+                         f"accuracy over class labels, higher is better; received metric="
+                         f"{metric!r}, higher_is_better={higher_is_better}. Pass chance=None.")
+
+
 def _above_chance(accuracy: float, rate: float, images: int, alpha: float) -> bool:
     p = _chance_p(accuracy, rate, images)
     return p is None or p < alpha
@@ -759,6 +787,9 @@ def write_report(trials: pd.DataFrame, out: str, settings: dict, info: dict | No
     Returns:
         `{"summary": DataFrame, "verdict": Verdict, "best": str (the headline), "paths":
         {name: path}}`.
+
+    Raises:
+        ValueError: `chance` does not apply (see `verdict`).
     """
     info = info or {}
     if mode is not None:

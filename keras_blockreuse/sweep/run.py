@@ -175,7 +175,8 @@ def run_sweep(
             raise
     return _finish(settings, ray_run, blocks, fixed, started, interrupts.signal, print_fn, user,
                    data_summary=data.summary(), order=order, notes=getattr(data, "notes", ()),
-                   chance=_majority_rate(data, _metrics_of(settings, user)[0]))
+                   chance=(_majority_rate(data, _metrics_of(settings, user)[0])
+                           if _mode_of(user) == "max" else None))
 
 
 class _Begun:
