@@ -590,3 +590,31 @@ def test_chance_is_refused_where_it_cannot_apply(tmp_path):
         verdict(known_frame(), higher_is_better=False, chance=(0.3, 90))
     assert not (tmp_path / "report.md").exists()  # refused before anything is written
     assert verdict(known_frame(), chance=(0.1, 90)).recommended == "B"  # an accuracy: applies
+
+
+def test_a_best_compared_with_nothing_says_so_and_no_single_seed_scratch_gain(tmp_path):
+    """Found by a fresh-user test: when every policy but the best had fewer than 2 finished
+    seeds, the headline had no recommendation line, and compared the best with scratch's one
+    finished seed ("+0.200 test accuracy vs scratch (paired, Holm-adjusted p=n/a)") though
+    scratch was listed as not compared."""
+    rows = []
+    for policy, values, cost in (("scratch", [0.5, None], 100), ("A", [0.7, 0.72], 50),
+                                 ("B", [0.9, None], 10)):
+        for seed, v in enumerate(values):
+            rows.append({"policy": policy, "label": policy, "seed": seed,
+                         "status": "ok" if v is not None else "error", "val_accuracy": v,
+                         "test_accuracy": v, "trained_params": cost,
+                         "error": "" if v is not None else "boom"})
+    written = write_report(pd.DataFrame(rows), str(tmp_path), {})
+    lines = written["best"].splitlines()
+    assert lines[0] == "Best on validation: A (val accuracy 0.710, test 0.710 [0.583, 0.837], n=2)."
+    assert lines[1].startswith("Not compared, with fewer than 2 finished full-budget seeds: "
+                               "B (1 finished full-budget seed), scratch (1 finished")
+    assert lines[2:] == [
+        "No other policy has 2 finished full-budget seeds to compare with it: recommended, the "
+        "best, compared with nothing.",
+        "Scratch has fewer than 2 finished full-budget seeds: no comparison with it."]
+    alone = [r for r in rows if r["policy"] == "A"]
+    assert write_report(pd.DataFrame(alone), str(tmp_path / "alone"), {})["best"].splitlines()[
+        1:] == ["It is the only policy: recommended, compared with nothing.",
+                "Scratch has no finished full-budget seed: no comparison with it."]

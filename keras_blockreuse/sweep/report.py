@@ -584,6 +584,11 @@ def headline(chosen: Verdict, summary: pd.DataFrame,
     elif chosen.p_values:
         lines.append(f"Every other policy is worse on validation (paired over seeds, "
                      f"Holm-adjusted p < {chosen.alpha:g}).")
+    elif chosen.excluded:
+        lines.append(f"No other policy has {MIN_SEEDS} finished full-budget seeds to compare "
+                     "with it: recommended, the best, compared with nothing.")
+    else:
+        lines.append("It is the only policy: recommended, compared with nothing.")
     rec = chosen.recommended
     cost = chosen.costs.get(rec)
     near = [p for p in chosen.near if p != chosen.best]
@@ -617,6 +622,9 @@ def headline(chosen: Verdict, summary: pd.DataFrame,
         lines.append("Training from scratch: no transfer policy beats it on validation.")
     elif SCRATCH not in rows.index or rows.loc[SCRATCH, "n"] == 0:
         lines.append("Scratch has no finished full-budget seed: no comparison with it.")
+    elif SCRATCH in chosen.excluded:
+        lines.append(f"Scratch has fewer than {MIN_SEEDS} finished full-budget seeds: no "
+                     "comparison with it.")
     elif not math.isnan(r["diff"]):
         gain = f"{r['diff']:+.3f} test {test} vs scratch"
         if not math.isnan(r["diff_ci_low"]):
