@@ -227,7 +227,7 @@ def load_blocks(
         elif reconfigured:
             _say_positional(reconfigured, report)
         _validate(plans, report, on_mismatch, src)
-        _say_unrecorded(unrecorded, plans, report)
+        _say_unrecorded(unrecorded, plans, report, src)
         if not nothing_asked:
             _refuse_empty(plans, report, src, model, target_blocks, target_paths)
         _say_adapted_inside(report, target_blocks)
@@ -336,18 +336,18 @@ def _rebuilt(src: Source) -> bool:
 def _reconfigured(plans: list[_BlockPlan], src: Source) -> dict[str, list[str]]:
     """`{model layer path: config keys}` for paired layers whose variables the source knows
     by position only (`vars/0`, `vars/1`), where the layer holds two or more of the same
-    shape and dtype, and whose config the source records (a `.keras` archive) and differs
-    from the model's in those keys. A config decides which variables a layer holds
+    shape and dtype, and whose config the source records (a `.keras` archive, or the
+    `source_model=` of a `.weights.h5`) and differs from the model's in those keys. A config decides which variables a layer holds
     (`BatchNormalization(center=False)` holds `gamma`, one with `scale=False` holds `beta`,
     of the same shape), so such positions may hold other variables: the source's structure is
     then rebuilt, which names them."""
     out: dict[str, list[str]] = {}
     for plan in plans:
         for layer in plan.layers:
-            stored = src.layer_config(layer.source.path)  # None but from a `.keras`: first
-            if not stored or stored.get("class_name") != type(layer.unit).__name__:
+            if not _by_position(layer):  # first: a `source_model=` may be built for a config
                 continue
-            if not _by_position(layer):
+            stored = src.layer_config(layer.source.path)
+            if not stored or stored.get("class_name") != type(layer.unit).__name__:
                 continue
             try:
                 mine = layer.unit.get_config()
@@ -375,27 +375,39 @@ def _by_position(layer: _LayerPlan) -> bool:
 
 def _unrecorded(plans: list[_BlockPlan], src: Source) -> list[str]:
     """Model layer paths of paired layers `_by_position` whose config a source that records
-    configs (a `.keras` archive) does not record: layers that a custom layer or a subclassed
-    model creates in its own code. Nothing in the file tells which variables they held when
-    it was saved, and a rebuild names them from the code as it is now."""
-    if not src.records_configs:
+    configs (a `.keras` archive, a `source_model=`) does not record: layers that a custom
+    layer or a subclassed model creates in its own code. Nothing in the file tells which
+    variables they held when it was saved, and a rebuild names them from the code as it is
+    now. From a source that records no config at all (`configs_hint`), every such layer."""
+    if not src.records_configs and not src.configs_hint:
         return []
     return [layer.target_path for plan in plans for layer in plan.layers
             if _by_position(layer) and src.layer_config(layer.source.path) is None]
 
 
-def _say_unrecorded(unrecorded: list[str], plans: list[_BlockPlan], report: LoadReport) -> None:
+def _say_unrecorded(unrecorded: list[str], plans: list[_BlockPlan], report: LoadReport,
+                    src: Source) -> None:
     """The caveat for the `_unrecorded` layers that the validated plans load."""
     loading = {layer.target_path for plan in plans for layer in plan.layers if layer.load}
     paths = [path for path in unrecorded if path in loading]
     if not paths:
         return
-    caveat = (
-        f"layers {paths} hold variables of one shape that the source records by position "
-        "only, and it records no config of theirs (a custom layer's or subclassed model's "
-        "code creates them): they are paired by position, as Keras's load_weights pairs "
-        "them. If that code built them with other options when the file was saved "
-        "(BatchNormalization center= / scale=), values go to variables of another meaning.")
+    shown = f"{paths}" if len(paths) <= 8 else f"{paths[:8]} and {len(paths) - 8} more"
+    if src.records_configs:
+        caveat = (
+            f"layers {shown} hold variables of one shape that the source records by position "
+            "only, and it records no config of theirs (a custom layer's or subclassed model's "
+            "code creates them): they are paired by position, as Keras's load_weights pairs "
+            "them. If that code built them with other options when the file was saved "
+            "(BatchNormalization center= / scale=), values go to variables of another "
+            "meaning.")
+    else:
+        caveat = (
+            f"layers {shown} hold variables of one shape that the source records by position "
+            "only, and it records no layer config, so they are paired by position, as Keras's "
+            "load_weights pairs them: if the model that wrote the file built them with other "
+            "options (BatchNormalization center= / scale=), values go to variables of another "
+            f"meaning. To check them, {src.configs_hint}.")
     _say(report, caveat)
 
 

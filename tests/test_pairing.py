@@ -1781,7 +1781,7 @@ def test_a_layer_whose_config_an_archive_does_not_record_is_said_to_pair_by_posi
     loads it, received gamma's values in beta with ok=True, no caveat: the archive records
     no config of a layer its model's code creates, so the check of configs never ran. Such a
     layer pairs by position, as Keras pairs it, and the load now says so; layers of distinct
-    shapes (the Dense) and a `.weights.h5` (documented: by position, as Keras) say nothing."""
+    shapes (the Dense) say nothing; a `.weights.h5`, see the test after this one."""
     source = _NormedNet(center=False)
     source(np.zeros((1, 4), "float32"))
     _filled(source)
@@ -1800,9 +1800,50 @@ def test_a_layer_whose_config_an_archive_does_not_record_is_said_to_pair_by_posi
         "that code built them with other options when the file was saved (BatchNormalization "
         "center= / scale=), values go to variables of another meaning."]
     assert_bits(_values(model), _values(source))  # by position, as said
+
+
+def test_a_weights_file_layer_known_by_position_is_checked_with_source_model_or_said(
+        tmp_path):
+    """Found by a fresh-user test: from a `.weights.h5`, a BatchNormalization saved with
+    center=False (gamma) received gamma's values in beta (scale=False) with ok=True and no
+    caveat, even with `source_model=` given, whose layer says center=False. With
+    `source_model=`, its layers' configs are compared as a `.keras` archive's are: the
+    options differ, its structure is walked, which names the variables, and the load is
+    refused with no weight changed. Without it the file records no config: the load pairs
+    by position, as Keras does, and says so, naming `source_model=`."""
+    source = _NormedNet(center=False)
+    source(np.zeros((1, 4), "float32"))
+    _filled(source)
     weights = str(tmp_path / "net.weights.h5")
     source.save_weights(weights)
-    assert not load_blocks(model, weights).caveats
+    model = _NormedNet(scale=False)
+    model(np.zeros((1, 4), "float32"))
+    before = _values(model)
+
+    def built():
+        net = _NormedNet(center=False)
+        net(np.zeros((1, 4), "float32"))
+        return net
+
+    for given in (source, built):
+        with pytest.raises(BlockMismatchError, match=r"bn / beta: name differs \(source "
+                           r"'gamma'\)"):
+            load_blocks(model, weights, source_model=given)
+        assert_bits(_values(model), before)
+    same = _NormedNet(center=False)  # a model configured as the source: nothing to say
+    same(np.zeros((1, 4), "float32"))
+    assert not load_blocks(same, weights, source_model=source).caveats
+    assert_bits(_values(same), _values(source))
+    with pytest.warns(UserWarning, match="hold variables of one shape"):
+        report = load_blocks(model, weights)
+    assert report.caveats == [
+        "layers ['bn'] hold variables of one shape that the source records by position only, "
+        "and it records no layer config, so they are paired by position, as Keras's "
+        "load_weights pairs them: if the model that wrote the file built them with other "
+        "options (BatchNormalization center= / scale=), values go to variables of another "
+        "meaning. To check them, pass source_model= (the model that wrote the file, or a "
+        "function building it), whose layers' options are then compared with the model's."]
+    assert_bits(_values(model), _values(source))  # by position, as said
 
 
 @pytest.mark.parametrize("kind", ["layer", "group"])

@@ -114,6 +114,9 @@ class Source:
             otherwise (`depthwise_kernel`).
         own_blocks: True when the source keeps the blocks it was saved with, whatever block
             rule it is opened with (block files).
+        configs_hint: for a source that records no layer config and has nothing that
+            gives one (a `.weights.h5` without `source_model=`), what would (said where
+            layers are paired by position); "" otherwise.
     """
 
     description: str = "source"
@@ -122,6 +125,7 @@ class Source:
     variable_names_pair: bool = False
     variable_names_checked: bool = False
     own_blocks: bool = False
+    configs_hint: str = ""
 
     def block_names(self) -> list[str]:
         """The source's blocks, in order."""

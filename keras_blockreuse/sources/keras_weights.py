@@ -17,6 +17,7 @@ is walked only when a load cannot pair a block by name or Keras path
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import functools
 import json
@@ -76,7 +77,7 @@ class KerasWeightsSource(LayerSource):
         configs: `{name path: layer config}` from a `.keras` archive's `config.json`, for the
             layers its Functional and Sequential models list (`layer_config`); None where the
             file records no config (a `.weights.h5`; a keras-hub archive, whose layers its
-            code creates).
+            code creates). Without them, a `source_model` gives its own layers' configs.
 
     A file whose groups all carry their layer's name (Keras >= 3.6) is read by those names,
     and `source_model` (or `structure`) is built and walked only by `rebuild_structure`,
@@ -138,10 +139,17 @@ class KerasWeightsSource(LayerSource):
             # The source model, built and walked at most once, lazily: `(builder, given)`,
             # `given` when the user passed it (a failure is then raised, not left).
             self._structure: tuple[Callable[[], object], bool] | None = None
+            self._model: list = []  # the source model, once built (`_source_model`)
+            self._model_configs: dict[str, dict | None] = {}  # its layers' (`layer_config`)
+            self._named: dict[int, dict] = {}  # id(container) -> {name: layer}
             if source_model is not None:
-                self._structure = (functools.partial(_built, source_model), True)
+                self._structure = (functools.partial(self._source_model, source_model), True)
             elif structure is not None:
                 self._structure = (structure, False)
+            elif configs is None:
+                self.configs_hint = (
+                    "pass source_model= (the model that wrote the file, or a function "
+                    "building it), whose layers' options are then compared with the model's")
             named = all(g.name for g in self._index.values() if g.datasets)
             if named or self._structure is None:
                 self._set(*self._from_names(self._index))
@@ -172,12 +180,45 @@ class KerasWeightsSource(LayerSource):
         self._groups = None
 
     def layer_config(self, path: str) -> dict | None:
-        """The layer's config from a `.keras` archive's `config.json` (see `Source`)."""
-        return (self._configs or {}).get(path)
+        """The layer's config from a `.keras` archive's `config.json`, else from the
+        `source_model=` passed (built once, not walked): the config of its layer at name path
+        `path`, through its Functional and Sequential models (see `Source`)."""
+        if self._configs is not None:
+            return self._configs.get(path)
+        if not self._model and (self._structure is None or not self._structure[1]):
+            return None  # no source model given
+        if path not in self._model_configs:
+            self._model_configs[path] = self._model_config(path)
+        return self._model_configs[path]
+
+    def _model_config(self, path: str) -> dict | None:
+        layer = self._model[0] if self._model else self._structure[0]()
+        for name in path.split("/"):
+            named = self._named.get(id(layer))
+            if named is None:
+                layers = getattr(layer, "layers", None)  # (a Functional or Sequential model's)
+                layers = layers if isinstance(layers, list) else []
+                twice = {n for n, k in collections.Counter(s.name for s in layers).items() if k > 1}
+                named = self._named[id(layer)] = {  # (a name given twice: none)
+                    sub.name: sub for sub in layers if sub.name not in twice}
+            layer = named.get(name)
+            if layer is None:
+                return None  # (inside a custom layer: its code creates it)
+        try:
+            return {"class_name": type(layer).__name__, "config": layer.get_config()}
+        except Exception:  # noqa: BLE001 - a layer without a config: nothing to compare
+            return None
 
     @property
     def records_configs(self) -> bool:
-        return self._configs is not None
+        return self._configs is not None or bool(self._model) or (
+            self._structure is not None and self._structure[1])
+
+    def _source_model(self, source_model):
+        """The `source_model` passed, built once (a function is called once)."""
+        if not self._model:
+            self._model.append(_built(source_model))
+        return self._model[0]
 
     def rebuild_structure(self) -> bool:
         """Builds and walks the source model, if not done yet, so that layers carry their
