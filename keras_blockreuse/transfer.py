@@ -335,16 +335,16 @@ def _rebuilt(src: Source) -> bool:
 
 def _reconfigured(plans: list[_BlockPlan], src: Source) -> dict[str, list[str]]:
     """`{model layer path: config keys}` for paired layers whose variables the source knows
-    by position only (`vars/0`, `vars/1`), where the layer holds two or more of the same
-    shape and dtype, and whose config the source records (a `.keras` archive, or the
-    `source_model=` of a `.weights.h5`) and differs from the model's in those keys. A config decides which variables a layer holds
+    by position only and positions may swap (`_may_swap`), whose config the source records (a
+    `.keras` archive, or the `source_model=` of a `.weights.h5`) and differs from the model's
+    in those keys. A config decides which variables a layer holds
     (`BatchNormalization(center=False)` holds `gamma`, one with `scale=False` holds `beta`,
     of the same shape), so such positions may hold other variables: the source's structure is
     then rebuilt, which names them."""
     out: dict[str, list[str]] = {}
     for plan in plans:
         for layer in plan.layers:
-            if not _by_position(layer):  # first: a `source_model=` may be built for a config
+            if not _may_swap(layer):  # first: a `source_model=` may be built for a config
                 continue
             stored = src.layer_config(layer.source.path)
             if not stored or stored.get("class_name") != type(layer.unit).__name__:
@@ -373,16 +373,34 @@ def _by_position(layer: _LayerPlan) -> bool:
         hasattr(layer.unit, "center") and hasattr(layer.unit, "scale"))
 
 
+def _may_swap(layer: _LayerPlan) -> bool:
+    """Whether positions alone may give one of a paired layer's variables the values of
+    another: `_by_position`; for a layer taking `center=` / `scale=`, only where the model's
+    holds one of `gamma` and `beta`. Holding both (or neither), it pairs only with a source
+    layer holding as many variables, so the same ones in Keras's order (`gamma`, `beta`,
+    then the moving statistics)."""
+    if not _by_position(layer):
+        return False
+    if not (hasattr(layer.unit, "center") and hasattr(layer.unit, "scale")):
+        return True
+    held = {str(getattr(v, "name", "")).rsplit("/", 1)[-1] for v in layer.current.values()}
+    return len(held & {"gamma", "beta"}) == 1
+
+
 def _unrecorded(plans: list[_BlockPlan], src: Source) -> list[str]:
     """Model layer paths of paired layers `_by_position` whose config a source that records
     configs (a `.keras` archive, a `source_model=`) does not record: layers that a custom
     layer or a subclassed model creates in its own code. Nothing in the file tells which
     variables they held when it was saved, and a rebuild names them from the code as it is
-    now. From a source that records no config at all (`configs_hint`), every such layer."""
-    if not src.records_configs and not src.configs_hint:
-        return []
-    return [layer.target_path for plan in plans for layer in plan.layers
-            if _by_position(layer) and src.layer_config(layer.source.path) is None]
+    now. From a source that records no config at all (`configs_hint`), every such layer that
+    takes `center=` / `scale=` (others pair by position as Keras pairs them, unsaid)."""
+    if src.records_configs:
+        return [layer.target_path for plan in plans for layer in plan.layers
+                if _may_swap(layer) and src.layer_config(layer.source.path) is None]
+    if src.configs_hint:
+        return [layer.target_path for plan in plans for layer in plan.layers
+                if _may_swap(layer) and hasattr(layer.unit, "center")]
+    return []
 
 
 def _say_unrecorded(unrecorded: list[str], plans: list[_BlockPlan], report: LoadReport,

@@ -1800,6 +1800,20 @@ def test_a_layer_whose_config_an_archive_does_not_record_is_said_to_pair_by_posi
         "that code built them with other options when the file was saved (BatchNormalization "
         "center= / scale=), values go to variables of another meaning."]
     assert_bits(_values(model), _values(source))  # by position, as said
+    # Holding gamma and beta, a BatchNormalization pairs only with one holding as many
+    # variables, so the same ones in the same order: nothing to say, from either file.
+    full = _NormedNet()
+    full(np.zeros((1, 4), "float32"))
+    _filled(full)
+    full.save(str(tmp_path / "full.keras"))
+    full.save_weights(str(tmp_path / "full.weights.h5"))
+    for name in ("full.keras", "full.weights.h5"):
+        into = _NormedNet()
+        into(np.zeros((1, 4), "float32"))
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", UserWarning)
+            assert not load_blocks(into, str(tmp_path / name)).caveats
+        assert_bits(_values(into), _values(full))
 
 
 def test_a_weights_file_layer_known_by_position_is_checked_with_source_model_or_said(
