@@ -127,6 +127,33 @@ def test_user_data_splits_and_refusals(arrays, tmp_path):
         load_data(f"npz:{tmp_path / 'bad.npz'}")
 
 
+def test_the_data_summary_says_what_targets_that_are_not_classes_hold(arrays, tmp_path):
+    """Found by a user: a regression target (float labels, one per sample) was summarised as
+    "labels ()" (the shape of one label) on the console and in the report. The summary says
+    how many values each sample's target holds and their range, or that they are 0 or 1."""
+    x = arrays[0][0]
+    y = np.linspace(-1.5, 12.25, len(x)).astype("float32")
+    npz = tmp_path / "regression.npz"
+    np.savez(npz, x_train=x[:45], y_train=y[:45], x_test=x[45:], y_test=y[45:])
+    loaded = load_data(f"npz:{npz}", seed=0)
+    assert loaded.summary().splitlines()[-1] == (
+        "  target: 36 train / 9 val / 15 test, inputs (8, 8, 1), targets: one value per "
+        "sample, -1.5 to 12.25")
+    given = from_arrays((x[:45], y[:45]), (x[45:], y[45:]), seed=0)
+    assert given.summary().endswith("inputs (8, 8, 1), targets: one value per sample, -1.5 "
+                                    "to 12.25")
+    several = np.stack([y, y * 2, -y], axis=1)
+    assert from_arrays((x[:45], several[:45]), (x[45:], several[45:])).label_kind() == \
+        "targets: 3 values per sample, -12.25 to 24.5"
+    multi_label = (several > 0).astype("float32")
+    assert from_arrays((x[:45], multi_label[:45]), (x[45:], multi_label[45:])).label_kind() \
+        == "targets: 3 values per sample, each 0 or 1"
+    binary = (y > 3).astype("float32")
+    assert from_arrays((x[:45], binary[:45]), (x[45:], binary[45:])).label_kind() == \
+        "targets: one value per sample, 0 or 1"
+    assert from_arrays(arrays[0], arrays[1]).label_kind() == "3 classes"
+
+
 def test_a_recipe_trial_loads_freezes_and_reports(arrays, source4, monkeypatch):
     """One trial called directly: the frozen block keeps the source's values exactly, the
     reinit head does not get them, and the last report carries the test metrics."""
@@ -230,7 +257,12 @@ def test_regression_target_with_mse_loss_and_mae_metric(ray_local, arrays, tmp_p
                  "--loss", "mse", "--metric", "mae", "--strategy", "prefix", "--seeds", "2",
                  "--epochs", "1", "--blocks", "block_1", "--out", str(out)])
     assert code == 0, capsys.readouterr().err
+    lo, hi = float(target.min()), float(target.max())
+    said = f"target: 36 train / 9 val / 15 test, inputs (8, 8, 1), targets: one value per " \
+           f"sample, {lo:.4g} to {hi:.4g}"  # not "labels ()" (a user's report)
+    assert f"  {said}" in capsys.readouterr().out.splitlines()
     trials, document, report = _report(out)
+    assert said in document["info"]["data"]
     _check_trials(trials, "test_mae", ["scratch", "block_1=frozen", "block_1=tuned"], 2,
                   low=0.0, high=100.0)
     assert document["metric"] == "test_mae" and document["mode"] == "min"

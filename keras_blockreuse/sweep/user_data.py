@@ -108,10 +108,33 @@ class TargetData:
         return h.hexdigest()
 
     def summary(self) -> str:
-        classes = self.target_classes
-        kind = f"{classes} classes" if classes is not None else f"labels {self.y_train.shape[1:]}"
         return (f"{self.description}\n  target: {len(self.x_train)} train / {len(self.x_val)} "
-                f"val / {len(self.x_test)} test, inputs {self.input_shape}, {kind}")
+                f"val / {len(self.x_test)} test, inputs {self.input_shape}, {self.label_kind()}")
+
+    def label_kind(self) -> str:
+        """What the labels are, in words: `"3 classes"` for integer class labels; else how
+        many values each sample's target holds and what they are: `"targets: one value per
+        sample, 0.0125 to 9.98"` (a regression), `"targets: 3 values per sample, each 0 or
+        1"` (multi-label)."""
+        classes = self.target_classes
+        if classes is not None:
+            return f"{classes} classes"
+        ys = [y for y in (self.y_train, self.y_val, self.y_test) if y.size]
+        width = self.label_width
+        count = "one value" if width == 1 else f"{width} values"
+        if not ys or any(y.dtype.kind not in "biuf" for y in ys):
+            return f"targets: {count} per sample"
+        values = np.concatenate([np.ravel(y) for y in ys]).astype(np.float64)
+        finite = values[np.isfinite(values)]
+        if finite.size and np.all((finite == 0) | (finite == 1)):
+            what = "0 or 1" if width == 1 else "each 0 or 1"
+        elif finite.size:
+            what = f"{finite.min():.4g} to {finite.max():.4g}"
+        else:
+            what = "none finite"
+        if finite.size < values.size and finite.size:
+            what += f" ({values.size - finite.size} not finite)"
+        return f"targets: {count} per sample, {what}"
 
     def as_classes(self) -> TargetData:
         """The same data with its labels as class indices, for a sparse categorical loss:
