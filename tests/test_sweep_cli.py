@@ -211,3 +211,57 @@ def test_smoke_keeps_values_given_explicitly_even_the_default_ones():
     assert settings_from_args(build_parser().parse_args(["--fresh-process-per-trial"])
                               ).reuse_actors is False
     assert settings_from_args(build_parser().parse_args([])).reuse_actors is True
+
+
+class _TrainingStarted(Exception):
+    """Raised where the sweep would start Ray and train: what was said came before it."""
+
+
+def test_one_seed_says_before_any_training_that_it_gives_no_verdict(monkeypatch, tmp_path,
+                                                                     capsys):
+    """Found by a user: --seeds 1 ran every trial and only then said "No verdict" (the
+    verdict needs 2 finished seeds per policy). It is said before anything trains (a line on
+    the console; a UserWarning too from Python), and the sweep still runs: a one-seed look
+    is a fair first step."""
+    import warnings
+
+    from keras_blockreuse.sweep import run
+
+    def training(*args, **kwargs):
+        raise _TrainingStarted
+
+    monkeypatch.setattr(run, "_run_on_ray", training)
+    said = ("--seeds 1 gives no verdict: the verdict compares policies over at least 2 "
+            "finished seeds each, so this sweep reports each policy's results without a best, "
+            "tied or recommended policy. For a verdict, pass --seeds 2 or more.")
+    with warnings.catch_warnings(record=True) as caught, pytest.raises(_TrainingStarted):
+        warnings.simplefilter("always")
+        main(["--smoke", "--seeds", "1", "--out", str(tmp_path / "cli")])
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[-1] == f"Warning: {said}", lines  # the last line before training
+    assert not [w for w in caught if issubclass(w.category, UserWarning)]  # said once
+    with pytest.raises(_TrainingStarted):
+        main(["--smoke", "--seeds", "2", "--out", str(tmp_path / "two")])
+    assert "Warning" not in capsys.readouterr().out
+
+    lines = []
+    with pytest.warns(UserWarning) as warned, pytest.raises(_TrainingStarted):
+        run.run_sweep(run.SweepSettings(smoke=True, seeds=1, out=str(tmp_path / "py")),
+                      print_fn=lines.append)
+    assert [str(w.message) for w in warned] == [said]
+    assert warned[0].filename == __file__  # points at the caller's line
+    assert lines[-1] == f"Warning: {said}"
+    from keras_blockreuse import save_blocks
+    from keras_blockreuse.sweep import which_blocks
+    from tests.sweep_user_model import build, images
+
+    x, y = images(40, classes=2)
+    save_blocks(build(num_classes=2), tmp_path / "source.blocks.h5")
+    lines = []
+    with pytest.warns(UserWarning) as warned, pytest.raises(_TrainingStarted):
+        which_blocks(build, str(tmp_path / "source.blocks.h5"), (x[:30], y[:30]),
+                     (x[30:], y[30:]), seeds=1, epochs=1, out=str(tmp_path / "api"),
+                     print_fn=lines.append)
+    api = said.replace("--seeds 1", "seeds=1").replace("--seeds 2", "seeds=2")
+    assert [str(w.message) for w in warned] == [api] and warned[0].filename == __file__
+    assert lines[-1] == f"Warning: {api}"

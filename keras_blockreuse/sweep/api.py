@@ -83,7 +83,10 @@ def which_blocks(
             else the naming convention or the detected keras.applications preset.
         only: the blocks whose policy is swept (default every transferable one).
         strategy: `prefix`, `surgical`, `exhaustive`, `greedy`, or several, comma-separated.
-        seeds, epochs, batch_size: trials per configuration, and their training.
+        seeds, epochs, batch_size: trials per configuration, and their training. The
+            verdict compares policies over 2 or more finished seeds each: `seeds=1` runs (a
+            first look), with a `UserWarning` and a printed line before any training that it
+            gives no verdict.
         optimizer: a Keras optimizer name (built with `learning_rate`) or an optimizer (a
             fresh copy per trial, with its own learning rate).
         loss, metrics: for `compile`; the first metric ranks the policies.

@@ -476,7 +476,9 @@ def build_parser() -> argparse.ArgumentParser:
              "the source lacks or whose shapes differ); the others are reinit, and the report "
              "says why")
     add("--seeds", type=int, default=None, metavar="N",
-        help=f"seeds per configuration, for means and confidence intervals (default {d.seeds})")
+        help=f"seeds per configuration, for means and confidence intervals (default {d.seeds}); "
+             "the verdict compares policies over 2 or more finished seeds each, so --seeds 1 "
+             "runs (a first look) but says before training that it gives no verdict")
     add("--epochs", type=int, default=None, metavar="N",
         help=f"target training epochs per trial (default {d.epochs})")
     add("--source-epochs", type=int, default=None, metavar="N",

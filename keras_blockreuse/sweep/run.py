@@ -63,7 +63,7 @@ from keras_blockreuse.sweep.options import (
     parse_args,
     settings_from_args,
 )
-from keras_blockreuse.sweep.report import diverged, rounding_tolerance, write_report
+from keras_blockreuse.sweep.report import MIN_SEEDS, diverged, rounding_tolerance, write_report
 from keras_blockreuse.sweep.space import SCRATCH, Configuration, SweepError
 
 if TYPE_CHECKING:
@@ -72,7 +72,7 @@ if TYPE_CHECKING:
 SETTINGS_FILE = "settings.json"
 SOURCE_FILE = "source.blocks.h5"
 __all__ = ["ALL_TASKS", "SCHEDULERS", "SMOKE", "SweepResult", "SweepSettings", "build_parser", "main",
-           "parse_args", "run_sweep", "settings_from_args", "source_key"]
+           "parse_args", "run_sweep", "settings_from_args", "source_key", "too_few_seeds"]
 
 
 @dataclasses.dataclass
@@ -155,6 +155,11 @@ def run_sweep(
     if settings.data_seeds:
         redraw_target_split(data, 0)  # refuses data it cannot re-draw, before anything starts
     costs = _trained_parameters(settings, data, configurations, user)
+    few = too_few_seeds(settings)
+    if few and (settings.api or settings.explicit is None):  # Python, not the command line
+        import warnings  # (here: the sweep's quiet console turns Python's warnings off)
+
+        warnings.warn(few, UserWarning, stacklevel=3 if settings.api else 2)
     with _quiet(settings.verbose), Interrupts() as interrupts:
         begun = _Begun(out, settings.resume)
         try:
@@ -168,6 +173,8 @@ def run_sweep(
                 print_fn(prefix)
             for caveat in user.caveats if user is not None else []:
                 print_fn(f"Caveat (loading the source): {caveat}")
+            if few:  # before any training: a one-seed look runs, but says what it will lack
+                print_fn(f"Warning: {few}")
             ray_run = _run_on_ray(settings, data, blocks, configurations, costs, begun,
                                   interrupts, print_fn, user)
         except BaseException:
@@ -177,6 +184,21 @@ def run_sweep(
                    data_summary=data.summary(), order=order, notes=getattr(data, "notes", ()),
                    chance=(_majority_rate(data, _metrics_of(settings, user)[0])
                            if _mode_of(user) == "max" else None))
+
+
+def too_few_seeds(settings: SweepSettings) -> str:
+    """Why a sweep of fewer than `MIN_SEEDS` seeds can give no verdict, in words (`""` when
+    it has enough): the verdict compares policies over `MIN_SEEDS` finished seeds each. Said
+    before any training; the sweep still runs (a one-seed look is a fair first step)."""
+    if settings.seeds >= MIN_SEEDS:
+        return ""
+    option = settings.option_name("seeds")
+    given, enough = (f"{option}{'' if settings.api else ' '}{n}"
+                     for n in (settings.seeds, MIN_SEEDS))
+    return (f"{given} gives no verdict: the verdict compares policies over at least "
+            f"{MIN_SEEDS} finished seeds each, so this sweep reports each policy's results "
+            f"without a best, tied or recommended policy. For a verdict, pass {enough} or "
+            "more.")
 
 
 class _Begun:
