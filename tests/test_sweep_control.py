@@ -41,9 +41,60 @@ def test_check_address():
         check_address("somewhere")
 
 
-def test_resume_command_is_exact():
-    assert resume_command("/runs/a b") == "python sweeps/which_blocks.py --resume --out '/runs/a b'"
-    assert resume_command("/r", "10.0.0.5:6379").endswith("--out /r --address 10.0.0.5:6379")
+def _started_as(monkeypatch, typed, argv0):
+    """This process, as if started with the words `typed` (`sys.orig_argv`), whose program
+    Python saw as `argv0` (`sys.argv[0]`)."""
+    import sys
+
+    monkeypatch.setattr(sys, "orig_argv", list(typed))
+    monkeypatch.setattr(sys, "argv", [argv0, *typed[-3:]])  # the options: the last 3 words
+
+
+def test_resume_command_is_the_users_own_command(monkeypatch):
+    """Found by a user: the resume command printed after an interrupted sweep was always
+    `python sweeps/which_blocks.py --resume --out ...`, which fails from any other folder
+    than the repository's root, and names another interpreter than a venv's one typed by
+    path. It is the interpreter and program as the user typed them (valid from the folder
+    they typed them in, where the command is printed), shell-quoted."""
+    import sys
+
+    args = ["--smoke", "--seeds", "3"]
+    _started_as(monkeypatch, ["python", "../src/sweeps/which_blocks.py", *args],
+                "../src/sweeps/which_blocks.py")
+    assert resume_command("/runs/a b") == \
+        "python ../src/sweeps/which_blocks.py --resume --out '/runs/a b'"
+    assert resume_command("/r", "10.0.0.5:6379") == \
+        "python ../src/sweeps/which_blocks.py --resume --out /r --address 10.0.0.5:6379"
+    _started_as(monkeypatch, ["/my venv/bin/python3", "-u", "/src/sweeps/which_blocks.py",
+                              *args], "/src/sweeps/which_blocks.py")
+    assert resume_command("/r") == \
+        "'/my venv/bin/python3' -u /src/sweeps/which_blocks.py --resume --out /r"
+    _started_as(monkeypatch, ["python3", "-m", "keras_blockreuse.sweep", *args],
+                "/site-packages/keras_blockreuse/sweep/__main__.py")
+    assert resume_command("/r") == "python3 -m keras_blockreuse.sweep --resume --out /r"
+    # Not the command line (main() called from Python: here pytest): this interpreter, -m.
+    _started_as(monkeypatch, ["python", "-m", "pytest", *args], "/x/pytest/__main__.py")
+    assert resume_command("/r") == f"{sys.executable} -m keras_blockreuse.sweep --resume " \
+                                   "--out /r"
+    _started_as(monkeypatch, ["python", "-c", "import x", *args], "-c")
+    assert resume_command("/r").startswith(f"{sys.executable} -m keras_blockreuse.sweep ")
+    assert resume_command("/r", api=True) == \
+        "which_blocks(<the same arguments>, out='/r', resume=True)"
+    # A relative --out is made absolute.
+    assert resume_command("runs/x").endswith(f"--out {os.path.abspath('runs/x')}")
+
+
+def test_the_sweep_runs_as_a_module_from_any_folder(tmp_path):
+    """`python -m keras_blockreuse.sweep` (the resume command's fallback) is the command
+    line: here from a folder outside the repository, refusing a bad value."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "keras_blockreuse.sweep", "--seeds", "0"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert done.stderr.strip().splitlines()[-1] == \
+        "which_blocks.py: error: --seeds must be a positive integer, received 0."
 
 
 def test_signals_outside_tune_raise_keyboard_interrupt_and_give_the_exit_code():

@@ -4,6 +4,7 @@ resume after the driver is killed, and a two-node Ray cluster with fake GPUs."""
 import json
 import os
 import secrets
+import shlex
 import signal
 import socket
 import subprocess
@@ -315,10 +316,10 @@ class _SweepDriver:
     signal sent on seeing them came after the sweep: "40 of 40 trials finished").
     """
 
-    def __init__(self, tmp_path, args):
+    def __init__(self, tmp_path, args, cwd=ROOT, script=SCRIPT):
         self.stderr_path = tmp_path / "driver-stderr.txt"
         self._errors = open(self.stderr_path, "w")
-        self.process = subprocess.Popen([sys.executable, SCRIPT, *args], cwd=ROOT, env=ENV,
+        self.process = subprocess.Popen([sys.executable, script, *args], cwd=cwd, env=ENV,
                                         stdout=subprocess.PIPE, stderr=self._errors, text=True)
         self.lines: list[str] = []
         self._progress = threading.Event()
@@ -362,13 +363,14 @@ class _SweepDriver:
         self._errors.close()
 
 
-def _interrupted_smoke_sweep(tmp_path, sig, seeds=8):
-    """Runs a smoke sweep in `tmp_path / "out"` and sends `sig` once the driver printed its
-    first progress line: 5 configurations x `seeds`, so that three quarters of the trials are
-    left. Returns `(planned trials, driver, stdout, stderr)`."""
+def _interrupted_smoke_sweep(tmp_path, sig, seeds=8, cwd=ROOT, script=SCRIPT):
+    """Runs a smoke sweep in `tmp_path / "out"` (`script` started in `cwd`) and sends `sig`
+    once the driver printed its first progress line: 5 configurations x `seeds`, so that
+    three quarters of the trials are left. Returns `(planned trials, driver, stdout,
+    stderr)`."""
     args = ["--smoke", "--blocks", "block_1,block_2", "--seeds", str(seeds), "--out",
             str(tmp_path / "out"), "--cache", str(tmp_path / "cache")]
-    with _SweepDriver(tmp_path, args) as driver:
+    with _SweepDriver(tmp_path, args, cwd, script) as driver:
         driver.wait_for_progress()
         driver.stop(sig)
         return 5 * seeds, driver.process, driver.stdout(), driver.stderr()
@@ -376,9 +378,16 @@ def _interrupted_smoke_sweep(tmp_path, sig, seeds=8):
 
 def test_interrupted_sweep_is_marked_and_resumes_every_configuration_once(tmp_path):
     """SIGINT to the driver: the trials stop cleanly, the report says INTERRUPTED, the exit
-    status is 130 and the resume command is printed; that command finishes the rest."""
+    status is 130 and the resume command is printed; that command, as printed, run where
+    the sweep was started (a folder outside the repository, the script named by a relative
+    path, as a user found: the command named sweeps/which_blocks.py whatever the folder),
+    finishes the rest."""
     out, experiment = tmp_path / "out", tmp_path / "out" / "tune" / "sweep"
-    total, driver, stdout, stderr = _interrupted_smoke_sweep(tmp_path, signal.SIGINT)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    script = os.path.relpath(SCRIPT, elsewhere)
+    total, driver, stdout, stderr = _interrupted_smoke_sweep(tmp_path, signal.SIGINT,
+                                                             cwd=elsewhere, script=script)
     assert driver.returncode == 130, stdout[-3000:] + stderr[-3000:]
     before = _finished_trials(experiment)
     report = (out / "report.md").read_text().splitlines()
@@ -395,7 +404,7 @@ def test_interrupted_sweep_is_marked_and_resumes_every_configuration_once(tmp_pa
     # its configuration and was listed twice (the console said "38 trials" of 26; seeds 0.0).
     assert trials["seed"].dtype.kind == "i" and trials["policy"].notna().all()
     assert any(line.startswith(f"{total} trials in ") for line in stdout.splitlines()), stdout
-    hint = f"Continue with: python sweeps/which_blocks.py --resume --out {out}"
+    hint = f"Continue with: {shlex.join([sys.executable, script, '--resume', '--out', str(out)])}"
     assert hint in stdout.splitlines(), stdout
     assert "Traceback" not in stderr, stderr[-3000:]
     # The console: no Ray tables, no TensorFlow start-up lines, every printed path exists.
@@ -405,9 +414,8 @@ def test_interrupted_sweep_is_marked_and_resumes_every_configuration_once(tmp_pa
         if word.startswith("/"):
             assert os.path.exists(word.rstrip(".;:")), word
 
-    resumed = subprocess.run(hint.removeprefix("Continue with: ").replace("python ", sys.executable
-                                                                          + " ", 1).split(),
-                             cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=400)
+    resumed = subprocess.run(hint.removeprefix("Continue with: "), shell=True, cwd=elsewhere,
+                             env=ENV, capture_output=True, text=True, timeout=400)
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     trials = pd.read_csv(out / "results.csv")
     assert len(trials) == total and not trials.duplicated(["policy", "seed"]).any()
@@ -510,7 +518,7 @@ def test_sigterm_stops_the_sweep_like_sigint(tmp_path):
     finished = len(_finished_trials(experiment))
     assert report[2] == f"**INTERRUPTED (SIGTERM): {finished} of {total} trials finished.**"
     assert finished < total
-    assert f"Continue with: python sweeps/which_blocks.py --resume --out {out}" in \
+    assert f"Continue with: {sys.executable} {SCRIPT} --resume --out {out}" in \
         stdout.splitlines(), stdout
 
 

@@ -8,7 +8,7 @@
   interrupted; outside Tune they raise `KeyboardInterrupt`. `exit_code` is 130 or 143.
 - `redraw_target_split`: the target's train / validation / test split drawn again for one seed
   (`--data-seeds`), with the same number of images per class in each part.
-- `resume_command`: the exact command that continues a sweep.
+- `resume_command`: the exact command that continues a sweep, as the user started it.
 
 Example:
 
@@ -97,13 +97,47 @@ def check_resources(nodes: Iterable[dict], cpus_per_trial: float, gpus_per_trial
                      "node has.")
 
 
-def resume_command(out: str, address: str | None = None) -> str:
-    """The command that continues the sweep in `out`."""
-    words = ["python", "sweeps/which_blocks.py", "--resume",
-             "--out", os.path.abspath(out)]
+SCRIPT = "which_blocks.py"
+"""The command line's script (`sweeps/which_blocks.py`)."""
+MODULE = "keras_blockreuse.sweep"
+"""`python -m keras_blockreuse.sweep`: the same command line, from any folder."""
+
+
+def resume_command(out: str, address: str | None = None, api: bool = False) -> str:
+    """The command that continues the sweep in `out`, to run from the folder the sweep was
+    started in: the interpreter and the program as the user started them (`python
+    ../sweeps/which_blocks.py`, `/venv/bin/python /src/sweeps/which_blocks.py`, `python -m
+    keras_blockreuse.sweep`), shell-quoted, then `--resume --out OUT` (absolute). Where this
+    process is not the command line (its `main` called from Python code), `python -m
+    keras_blockreuse.sweep` with this interpreter's path. `api`: the call, for `which_blocks`.
+    """
+    out = os.path.abspath(out)
+    if api:
+        return f"which_blocks(<the same arguments>, out={out!r}, resume=True)"
+    words = [*invocation(), "--resume", "--out", out]
     if address:
         words += ["--address", address]
     return shlex.join(words)
+
+
+def invocation() -> list[str]:
+    """The words that started this sweep's command line, as the user typed them (relative
+    paths stay valid from the folder they typed them in): the interpreter with its options,
+    and the script or `-m` module. Else (`main` called from other Python code: a test, a
+    notebook) `[sys.executable, "-m", MODULE]`."""
+    import sys
+
+    typed = list(getattr(sys, "orig_argv", None) or [])
+    argv = list(sys.argv)
+    n = len(typed) - len(argv)  # the interpreter's own words (and "-m" before a module)
+    if argv and n >= 1 and typed[n + 1:] == argv[1:]:
+        program = typed[n]
+        script = typed[n - 1] != "-m" and argv[0] not in ("-c", "-") and \
+            os.path.basename(program) == SCRIPT
+        module = typed[n - 1] == "-m" and program == MODULE
+        if script or module:
+            return typed[:n + 1]
+    return [sys.executable, "-m", MODULE]
 
 
 class Interrupts:
@@ -278,6 +312,6 @@ def split_per_seed_trial(config: dict, data=None, source=None, trial=None):
     return trial(config, data=redraw_target_split(data, int(config["seed"])), source=source)
 
 
-__all__ = ["ADDRESS_TIMEOUT", "EXIT_CODES", "Interrupts", "PROG",
-           "check_address", "check_resources", "redraw_target_split", "resume_command",
-           "split_per_seed_trial", "tune_environment", "tune_loggers"]
+__all__ = ["ADDRESS_TIMEOUT", "EXIT_CODES", "Interrupts", "MODULE", "PROG", "SCRIPT",
+           "check_address", "check_resources", "invocation", "redraw_target_split",
+           "resume_command", "split_per_seed_trial", "tune_environment", "tune_loggers"]

@@ -391,7 +391,7 @@ def _finish(settings, ray_run, blocks, fixed, started, signal_name, print_fn,
     for line in written["best"].splitlines():
         print_fn(line)
     if signal_name:
-        print_fn(f"Continue with: {resume_command(out, settings.address)}")
+        print_fn(f"Continue with: {resume_command(out, settings.address, api=settings.api)}")
     return SweepResult(out=out, trials=trials, summary=written["summary"], best=written["best"],
                        paths=written["paths"], blocks=list(blocks), fixed=dict(fixed),
                        metric=metric, verdict=written["verdict"], interrupted=signal_name)
