@@ -1,5 +1,6 @@
 """Tests for keras_blockreuse.sweep.control: checks, signals, the per-seed target split."""
 
+import dataclasses
 import os
 import signal
 
@@ -204,3 +205,95 @@ def test_tune_environment_buffers_results_and_leaves_the_users_settings(monkeypa
     with tune_environment():
         assert [os.environ.get(n) for n in names] == ["1", None, "1"]
     assert os.environ["TUNE_RESULT_BUFFER_LENGTH"] == "1"
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """An 8 MiB tmpfs, room for a smoke sweep (root mounts it; skipped otherwise, CI runs as
+    root), as in test_disk_full.py."""
+    import subprocess
+
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs needs root (CI runs as root)")
+    folder = tmp_path / "disk"
+    folder.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(folder)],
+                             capture_output=True, text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], capture_output=True)
+
+
+def _fill(folder) -> None:
+    """Takes every free byte of `folder`'s disk with one file, `folder / "filler"`."""
+    with open(folder / "filler", "wb") as f:
+        try:
+            while True:
+                f.write(b"\0" * 65536)
+                f.flush()
+        except OSError:
+            pass
+    assert os.statvfs(folder).f_bavail == 0
+
+
+class _TrainingStarted(Exception):
+    """Raised where the sweep would start Ray and train."""
+
+
+def test_resume_on_a_full_disk_says_so_and_changes_nothing(small_disk, monkeypatch, capsys):
+    """Found by a user: --resume of a sweep whose folder was on a full disk waited 47 s and
+    ended in Ray's traceback "RuntimeError: Timed out waiting for file .../gcs_server_port_..."
+    (Ray could not write its session files in OUT/ray). It is refused before anything is
+    written, naming the folder, its free space and what the sweep needs there; every file
+    already written is left as it was."""
+    import json
+
+    import ray
+
+    from keras_blockreuse.sweep import run
+
+    def training(*args, **kwargs):
+        raise _TrainingStarted
+
+    monkeypatch.setattr(run, "_run_on_ray", training)
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)  # the sweep's own local Ray
+    out = small_disk / "out"
+    settings = run._prepare(run.SweepSettings(smoke=True, out=str(out)))
+    out.mkdir()
+    (out / "settings.json").write_text(json.dumps(dataclasses.asdict(settings)))
+    (out / "results.csv").write_text("policy,seed,status\nscratch,0,ok\n")
+    _fill(small_disk)
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    code = run.main(["--resume", "--out", str(out)])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert err == (
+        f"which_blocks.py: error: {out} has too little free space for the sweep: 0 bytes free "
+        "on its disk, and the sweep needs about 5.38 MiB there (the report, 1 MiB; Ray's "
+        f"session files in {out / 'ray'}, 4 MiB; Tune's results of 6 trials, 64 KiB each). "
+        f"Free some space there, then run the same command again: nothing in {out} was "
+        "changed.\n")
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+    # A new sweep there: the same check, in its own words, and nothing left behind.
+    with pytest.raises(SweepError, match=r"Free some space there, or pass out= a folder on "
+                                         r"another disk; nothing was written\.$"):
+        run.run_sweep(run.SweepSettings(smoke=True, out=str(small_disk / "new"), api=True))
+    assert not (small_disk / "new").exists()
+    (small_disk / "filler").unlink()  # room again: the resume goes on to train
+    with pytest.raises(_TrainingStarted):
+        run.main(["--resume", "--out", str(out)])
+    assert (out / "results.csv").read_bytes() == before[out / "results.csv"]
+
+
+def test_free_space_is_counted_per_disk_and_a_remote_storage_is_not(tmp_path):
+    from keras_blockreuse.sweep.control import check_free_space
+
+    check_free_space(str(tmp_path / "a" / "b"), trials=10, local_ray=True)  # not made yet
+    check_free_space(str(tmp_path), trials=10**6, local_ray=False, storage="s3://bucket/x")
+    free = os.statvfs(tmp_path).f_bavail * os.statvfs(tmp_path).f_frsize
+    with pytest.raises(SweepError, match=rf"^{tmp_path} has too little free space .*Tune's "
+                                         rf"results of {free // 65536 + 1} trials"):
+        check_free_space(str(tmp_path), trials=free // 65536 + 1, local_ray=False)

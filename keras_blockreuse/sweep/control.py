@@ -3,6 +3,8 @@
 - `check_address` and `check_resources`: refuse, before any trial, a Ray address nothing
   answers on (instead of Ray retrying for ever) and a per-trial request no node can satisfy
   (instead of trials PENDING for ever), naming what the cluster has.
+- `check_free_space`: refuse, before anything is written, a sweep whose folders lack the room
+  it needs (instead of Ray's "Timed out waiting for file" after 47 s on a full disk).
 - `Interrupts`: SIGINT and SIGTERM stop the trials cleanly (through Ray Tune's own graceful stop,
   which saves the experiment for `--resume`), and the sweep then writes its report marked as
   interrupted; outside Tune they raise `KeyboardInterrupt`. `exit_code` is 130 or 143.
@@ -27,6 +29,7 @@ import contextlib
 import dataclasses
 import os
 import shlex
+import shutil
 import signal
 import socket
 from collections.abc import Iterable
@@ -101,6 +104,78 @@ SCRIPT = "which_blocks.py"
 """The command line's script (`sweeps/which_blocks.py`)."""
 MODULE = "keras_blockreuse.sweep"
 """`python -m keras_blockreuse.sweep`: the same command line, from any folder."""
+
+
+RAY_SESSION_BYTES = 4 * 2**20
+"""Room a local Ray needs in OUT/ray for one session (its sockets, port files and logs: 0.2 MB
+measured right after `ray.init`, 0.4 to 1.2 MB after smoke sweeps of 6 and 40 trials; the
+rest is room for a longer run's logs). With none, `ray.init` waited 47 s and ended in
+"RuntimeError: Timed out waiting for file .../gcs_server_port_..."."""
+TRIAL_BYTES = 64 * 2**10
+"""Room per trial for Tune's results (its folder, about 24 KB, and its share of the experiment
+state, kept in OUT/tune and copied to Ray's artifacts: about 50 KB a trial measured)."""
+REPORT_BYTES = 2**20
+"""Room for the report (report.md, results.csv, summary.csv, results.json, plot.png: about
+100 KB measured) and settings.json."""
+
+
+def check_free_space(out: str, trials: int, local_ray: bool, storage: str | None = None,
+                     resume: bool = False, api: bool = False) -> None:
+    """Refuse, before anything is written, a sweep whose folders have too little free space.
+
+    What the sweep writes: `RAY_SESSION_BYTES` in OUT/ray for a local Ray (`local_ray`),
+    `TRIAL_BYTES` per trial where Tune keeps its results (`storage`, default OUT/tune; not
+    checked for a remote `scheme://` storage), `REPORT_BYTES` in OUT. Folders on one disk are
+    checked together; one that does not exist yet, on the disk of its nearest existing parent.
+
+    Raises:
+        SweepError: naming the folder, its free space, what the sweep needs there and for
+            what; a resumed sweep's folder is left as it was. `api`: in which_blocks's words.
+    """
+    out = os.path.abspath(out)
+    storage = storage or os.path.join(out, "tune")
+    needs: dict[int, list] = {}
+
+    def need(folder: str, amount: int, what: str) -> None:
+        existing = folder
+        while not os.path.exists(existing) and os.path.dirname(existing) != existing:
+            existing = os.path.dirname(existing)
+        entry = needs.setdefault(os.stat(existing).st_dev, [folder, existing, 0, []])
+        entry[2] += amount
+        entry[3].append(what)
+
+    need(out, REPORT_BYTES, f"the report, {_size(REPORT_BYTES)}")
+    if local_ray:
+        need(os.path.join(out, "ray"), RAY_SESSION_BYTES,
+             f"Ray's session files in {os.path.join(out, 'ray')}, {_size(RAY_SESSION_BYTES)}")
+    if "://" not in storage:
+        need(os.path.abspath(storage), TRIAL_BYTES * trials,
+             f"Tune's results of {trials} trials, {_size(TRIAL_BYTES)} each")
+    for folder, existing, amount, whats in needs.values():
+        free = shutil.disk_usage(existing).free
+        if free >= amount:
+            continue
+        if resume:
+            again = "call it again with resume=True" if api else "run the same command again"
+            then = f"then {again}: nothing in {out} was changed"
+        else:
+            then = f"or pass {'out=' if api else '--out'} a folder on another disk; nothing " \
+                   "was written"
+        raise SweepError(
+            f"{folder} has too little free space for the sweep: {_size(free)} free on its "
+            f"disk, and the sweep needs about {_size(amount)} there ({'; '.join(whats)}). "
+            f"Free some space there, {then}.")
+
+
+def _size(n: float) -> str:
+    """`0 bytes`, `64 KiB`, `4.8 MiB`, `1.2 GiB`."""
+    if n < 1024:
+        return f"{int(n)} bytes"
+    for unit in ("KiB", "MiB", "GiB", "TiB"):
+        n /= 1024
+        if n < 1024 or unit == "TiB":
+            return f"{n:.3g} {unit}"
+    return ""
 
 
 def resume_command(out: str, address: str | None = None, api: bool = False) -> str:
@@ -312,6 +387,7 @@ def split_per_seed_trial(config: dict, data=None, source=None, trial=None):
     return trial(config, data=redraw_target_split(data, int(config["seed"])), source=source)
 
 
-__all__ = ["ADDRESS_TIMEOUT", "EXIT_CODES", "Interrupts", "MODULE", "PROG", "SCRIPT",
-           "check_address", "check_resources", "invocation", "redraw_target_split",
+__all__ = ["ADDRESS_TIMEOUT", "EXIT_CODES", "Interrupts", "MODULE", "PROG", "RAY_SESSION_BYTES",
+           "REPORT_BYTES", "SCRIPT", "TRIAL_BYTES", "check_address", "check_free_space",
+           "check_resources", "invocation", "redraw_target_split",
            "resume_command", "split_per_seed_trial", "tune_environment", "tune_loggers"]

@@ -41,6 +41,7 @@ from keras_blockreuse.sweep import space
 from keras_blockreuse.sweep.control import (
     Interrupts,
     check_address,
+    check_free_space,
     check_resources,
     redraw_target_split,
     resume_command,
@@ -151,6 +152,7 @@ def run_sweep(
         settings.data_digest = digest
         blocks, fixed = _user_blocks(settings, user, print_fn)
     configurations = _static_configurations(settings, blocks, extra)
+    _check_free_space(settings, len(configurations))  # before anything is written
     order = user.order if user is not None else _model_blocks(settings, data)
     if settings.data_seeds:
         redraw_target_split(data, 0)  # refuses data it cannot re-draw, before anything starts
@@ -199,6 +201,18 @@ def too_few_seeds(settings: SweepSettings) -> str:
             f"{MIN_SEEDS} finished seeds each, so this sweep reports each policy's results "
             f"without a best, tied or recommended policy. For a verdict, pass {enough} or "
             "more.")
+
+
+def _check_free_space(settings: SweepSettings, configurations: int) -> None:
+    """`check_free_space` for this sweep: its trials (every configuration, seed and rate), a
+    local Ray's session files in OUT/ray (not when joining a cluster, or in a Ray the caller
+    started)."""
+    import ray
+
+    rates = len(settings.lrs) if settings.lrs and len(settings.lrs) > 1 else 1
+    check_free_space(settings.out, configurations * settings.seeds * rates,
+                     local_ray=not settings.address and not ray.is_initialized(),
+                     storage=settings.storage, resume=settings.resume, api=settings.api)
 
 
 class _Begun:
