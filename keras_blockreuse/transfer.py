@@ -232,7 +232,8 @@ def load_blocks(
             _refuse_empty(plans, report, src, model, target_blocks, target_paths)
         _say_adapted_inside(report, target_blocks)
         overflows: list = []
-        check = _cast_check(plans, overflows)
+        rounded: list = []
+        check = _cast_check(plans, overflows, rounded)
         selected = [plan.source for plan in plans if any(layer.load for layer in plan.layers)]
         own = {(plan.source, layer.source.path) for plan in plans for layer in plan.layers
                if layer.load and not _loads_directly(layer.unit, layer.current)}
@@ -252,6 +253,7 @@ def load_blocks(
                     for key, array in arrays.items():
                         check(name, path, key, array)
         _refuse_overflows(overflows, plans, report, on_mismatch)
+        _say_rounded(rounded, report)
         if not nothing_asked:
             _refuse_empty(plans, report, src, model, target_blocks, target_paths)
         if streaming:
@@ -1559,10 +1561,11 @@ def _adapter(var: VariableInfo, shape: tuple, unit):
     return adapter_for(var, shape, unit)
 
 
-def _cast_check(plans: list[_BlockPlan], found: list):
+def _cast_check(plans: list[_BlockPlan], found: list, rounded: list | None = None):
     """A `check(source block, layer path, key, array)` that appends `(layer, key, Mismatch)`
     to `found` for each value to be assigned as it is whose cast to the model's dtype would
-    make it infinite, NaN or wrapped; run on every value before anything is assigned."""
+    make it infinite, NaN or wrapped; run on every value before anything is assigned. Where
+    the cast rounds floating-point values, `(layer, key, _Rounding)` goes to `rounded`."""
     targets = {}
     for plan in plans:
         for layer in plan.layers:
@@ -1588,8 +1591,68 @@ def _cast_check(plans: list[_BlockPlan], found: list):
                 f"value {magnitude:.6g} does not fit {dtype} (it would become "
                 f"{'inf or NaN' if 'float' in dtype else 'another number'})",
                 f"{tuple(array.shape)} {array.dtype}", f"{tuple(target.shape)} {dtype}")))
+        elif rounded is not None:
+            rounding = _rounding(array, same)
+            if rounding is not None:
+                rounded.append((layer, key, rounding))
 
     return check
+
+
+@dataclasses.dataclass
+class _Rounding:
+    """What a cast to a narrower floating-point dtype did to one variable's values."""
+
+    source: str  # the values' dtype ("float32")
+    target: str  # the model's ("bfloat16")
+    changed: int  # values the cast changed
+    zeroed: int  # nonzero values it made 0 (underflow)
+    size: int
+    relative: float  # the largest relative change of a value it did not make 0
+
+
+def _rounding(array: np.ndarray, target: np.dtype | None) -> _Rounding | None:
+    """How casting floating-point `array` to `target` changes its values; None where it
+    changes none (or either side is not floating point)."""
+    if target is None or array.dtype.kind != "f" or array.size == 0 or not (
+            target.kind == "f" or target.name in ("bfloat16", "float8_e4m3fn", "float8_e5m2")):
+        return None
+    with np.errstate(over="ignore", invalid="ignore", under="ignore"):
+        back = array.astype(target).astype(array.dtype)
+        differ = (back != array) & ~np.isnan(array)
+        changed = int(np.count_nonzero(differ))
+        if not changed:
+            return None
+        zeroed = differ & (back == 0)
+        kept = differ & ~zeroed
+        relative = float(np.max(np.abs((back[kept] - array[kept]) / array[kept]))) if \
+            kept.any() else 0.0
+    return _Rounding(str(array.dtype), target.name, changed, int(np.count_nonzero(zeroed)),
+                     int(array.size), relative)
+
+
+def _say_rounded(rounded: list, report: LoadReport) -> None:
+    """The caveat for values a cast to the model's dtype rounded (`_cast_check`), among those
+    the load assigns; and a warning where nonzero values became 0."""
+    rounded = [(layer, key, r) for layer, key, r in rounded if key in layer.load]
+    if not rounded:
+        return
+    casts = sorted({f"{r.source} -> {r.target}" for _, _, r in rounded})
+    changed = sum(r.changed for _, _, r in rounded)
+    size = sum(r.size for _, _, r in rounded)
+    caveat = (f"{changed:,} of {size:,} values in {len(rounded)} variable(s) were rounded to the "
+              f"model's dtype ({', '.join(casts)}; the largest relative change "
+              f"{max(r.relative for _, _, r in rounded):.3g}), as Keras's load_weights casts "
+              "them.")
+    zeroed = [(layer, key, r) for layer, key, r in rounded if r.zeroed]
+    if not zeroed:
+        report.caveats.append(caveat)
+        return
+    where = ", ".join(f"{layer.target_path}/{str(getattr(layer.current[key], 'name', key))} "
+                      f"({r.zeroed:,})" for layer, key, r in zeroed[:8])
+    more = f" and {len(zeroed) - 8} more" if len(zeroed) > 8 else ""
+    _say(report, f"{caveat} {sum(r.zeroed for _, _, r in zeroed):,} nonzero values became 0, "
+                 f"too small for the model's dtype: {where}{more}.")
 
 
 def _refuse_overflows(found: list, plans: list[_BlockPlan], report: LoadReport,

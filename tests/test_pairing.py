@@ -371,6 +371,42 @@ def test_a_value_that_overflows_the_target_dtype_is_a_mismatch(tmp_path):
         load_blocks(target, path)
 
 
+@pytest.mark.parametrize("kind", ["blocks", "weights"])
+def test_values_a_cast_rounds_or_zeroes_are_said(tmp_path, kind):
+    """Found by a fresh-user test: float32 values loaded into a bfloat16 or float16 model
+    were rounded, and 1e-8 became 0 in float16, with ok=True and nothing said. The cast is
+    Keras's (load_weights does it too) and the load still makes it, bit for bit as a numpy
+    cast; the report now says how many values it rounded and by how much at most, and warns
+    where nonzero values became 0."""
+    kernel = np.array([[0.1, 1e-8], [1.2345678, 3.0]], "float32")
+    source = keras.Sequential([keras.Input((2,)), L.Dense(2, name="d")], name="s")
+    source.layers[0].kernel.assign(kernel)
+    path = str(tmp_path / ("s.blocks.h5" if kind == "blocks" else "s.weights.h5"))
+    save_blocks(source, path) if kind == "blocks" else source.save_weights(path)
+    for dtype, relative in (("bfloat16", 0.00117), ("float16", 0.000244)):
+        target = keras.Sequential([keras.Input((2,)), L.Dense(2, name="d", dtype=dtype)],
+                                  name="t")
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            report = load_blocks(target, path)
+        said = ("3 of 4 values in 1 variable(s) were rounded to the model's dtype (float32 -> "
+                f"{dtype}; the largest relative change {relative:.3g}), as Keras's load_weights "
+                "casts them.")
+        if dtype == "float16":
+            said += " 1 nonzero values became 0, too small for the model's dtype: d/kernel (1)."
+        assert report.ok and report.caveats == [said]
+        assert [str(w.message) for w in caught if issubclass(w.category, UserWarning)] == (
+            [f"load_blocks: {said}"] if dtype == "float16" else [])
+        got = keras.ops.convert_to_numpy(target.layers[0].kernel)
+        assert got.tobytes() == kernel.astype(got.dtype).tobytes()
+    # Values the cast keeps exactly: nothing to say.
+    source.layers[0].kernel.assign(np.array([[0.5, 1.0], [2.0, -3.0]], "float32"))
+    save_blocks(source, path) if kind == "blocks" else source.save_weights(path)
+    target = keras.Sequential([keras.Input((2,)), L.Dense(2, name="d", dtype="float16")],
+                              name="t")
+    assert load_blocks(target, path).caveats == []
+
+
 # 7 ---------------------------------------------------------------------------------------
 
 
