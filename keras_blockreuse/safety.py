@@ -569,6 +569,13 @@ def not_hdf5(path: str | os.PathLike, where: str, error: OSError | None = None
             "file or a Keras .weights.h5, .keras or .h5 file. An interrupted download or "
             "copy leaves an empty file: fetch or save it again."
         )
+    if error is None and start.startswith(b"PK\x03\x04"):
+        return BlockFileError(
+            f"{path!r} is not an HDF5 file but a zip archive ({size} bytes, starting "
+            f"{start!r}), as a Keras .keras archive is: .blocks.h5 files, and Keras .weights.h5 "
+            f"and .h5 files, start with the HDF5 signature {HDF5_SIGNATURE!r}. If it is a "
+            ".keras archive, give it its name: rename it to end in .keras."
+        )
     if error is None:
         return BlockFileError(
             f"{path!r} is not an HDF5 file ({size} bytes, starting {start!r}): .blocks.h5 "

@@ -495,9 +495,16 @@ class BlockFile:
             check_regular_file(self.path)  # a FIFO would block the open forever
             self._size = os.path.getsize(self.path)
             if self._size and not self.path.endswith(SUFFIX) and zipfile.is_zipfile(self.path):
+                with zipfile.ZipFile(self.path) as archive:
+                    members = archive.namelist()
+                if "config.json" in members:
+                    raise BlockFileError(
+                        f"{self.path} is a zip archive (a Keras .keras file?), not a block "
+                        "file. " + _KERAS_FILES_ELSEWHERE)
                 raise BlockFileError(
-                    f"{self.path} is a zip archive (a Keras .keras file?), not a block file. "
-                    + _KERAS_FILES_ELSEWHERE)
+                    f"{self.path} is a zip archive without the config.json of a Keras .keras "
+                    f"archive (it holds {sorted(members)[:5]}), and not a block file: expected "
+                    "a .blocks.h5 file, or a Keras .keras, .weights.h5 or .h5 file.")
             if self._size == 0 or not h5py.is_hdf5(self.path):
                 raise not_hdf5(self.path, f"block file {self.path}")
             self._file = open_for_reading(self.path, f"block file {self.path}", checksummed=True)

@@ -11,7 +11,13 @@ import keras
 import numpy as np
 import pytest
 
-from keras_blockreuse import BlockFileError, BlockMismatchError, load_blocks, save_blocks
+from keras_blockreuse import (
+    BlockFileError,
+    BlockMismatchError,
+    load_blocks,
+    read_blocks,
+    save_blocks,
+)
 from keras_blockreuse.sources.keras_files import keras_file_kind, open_keras_file
 from keras_blockreuse.sources.structure import structural_names
 from tests.helpers import UpDown, assert_same, dense_stack, randomize, snapshot
@@ -978,6 +984,46 @@ def test_a_keras_archive_that_is_not_a_zip_file_says_what_it_holds(tmp_path):
             f"{str(path)!r} is not a valid .keras archive: File is not a zip file ({size} "
             f"bytes, starting {start!r}; a .keras archive is a zip file")
         assert "fetch or save it again" in str(e.value)
+    assert_same(before, snapshot(model))
+
+
+def test_a_complete_file_under_another_kind_of_name_is_named_for_what_it_is(tmp_path):
+    """Found by a fresh-user test: a Keras weights file named `.keras` was "not a valid
+    .keras archive ... a download that saved an error page, or a copy cut short"; a `.keras`
+    archive named `.blocks.h5` was "not an HDF5 file ... an error page"; a numpy `.npz`
+    (a zip) was "a Keras .keras file?" with advice to run the command that had just failed.
+    Each now says what the file is and which name fits it; nothing changes in the model."""
+    model = dense_stack(4)
+    model.save_weights(tmp_path / "w.weights.h5")
+    model.save(tmp_path / "m.keras")
+    hdf5 = tmp_path / "hdf5.keras"
+    hdf5.write_bytes((tmp_path / "w.weights.h5").read_bytes())
+    archive = tmp_path / "archive.blocks.h5"
+    archive.write_bytes((tmp_path / "m.keras").read_bytes())
+    arrays = tmp_path / "arrays.npz"
+    np.savez(arrays, a=np.zeros(3))
+    before = snapshot(model)
+    with pytest.raises(BlockFileError) as e:
+        load_blocks(model, str(hdf5))
+    assert str(e.value) == (
+        f"{str(hdf5)!r} is not a .keras archive but an HDF5 file ({hdf5.stat().st_size} bytes, "
+        f"starting {hdf5.read_bytes()[:16]!r}), as a Keras .weights.h5, a Keras 2 .h5 and a "
+        ".blocks.h5 file are; a .keras archive is a zip file, starting b'PK\\x03\\x04'. Give it "
+        "its name: rename it to end in .weights.h5, .h5 or .blocks.h5, as it was saved.")
+    with pytest.raises(BlockFileError) as e:
+        load_blocks(model, str(archive))
+    assert str(e.value) == (
+        f"{str(archive)!r} is not an HDF5 file but a zip archive ({archive.stat().st_size} "
+        f"bytes, starting {archive.read_bytes()[:16]!r}), as a Keras .keras archive is: "
+        ".blocks.h5 files, and Keras .weights.h5 and .h5 files, start with the HDF5 signature "
+        "b'\\x89HDF\\r\\n\\x1a\\n'. If it is a .keras archive, give it its name: rename it to end "
+        "in .keras.")
+    with pytest.raises(BlockFileError) as e:
+        read_blocks(arrays)
+    assert str(e.value) == (
+        f"{arrays} is a zip archive without the config.json of a Keras .keras archive (it "
+        "holds ['a.npy']), and not a block file: expected a .blocks.h5 file, or a Keras "
+        ".keras, .weights.h5 or .h5 file.")
     assert_same(before, snapshot(model))
 
 

@@ -19,6 +19,7 @@ import zipfile
 import numpy as np
 
 from keras_blockreuse.errors import BlockFileError
+from keras_blockreuse.hdf5_check import HDF5_SIGNATURE
 from keras_blockreuse.safety import check_member_crc, check_zip, inflate_member
 from keras_blockreuse.sources.hdf5 import open_h5
 from keras_blockreuse.sources.keras_weights import KerasWeightsSource
@@ -37,6 +38,14 @@ def open_archive(path: str, rule=None, source_model=None) -> KerasWeightsSource:
     except zipfile.BadZipFile as e:
         with open(path, "rb") as f:
             start = f.read(16)
+        if start.startswith(HDF5_SIGNATURE):
+            raise BlockFileError(
+                f"{path!r} is not a .keras archive but an HDF5 file ({os.path.getsize(path)} "
+                f"bytes, starting {start!r}), as a Keras .weights.h5, a Keras 2 .h5 and a "
+                ".blocks.h5 file are; a .keras archive is a zip file, starting "
+                "b'PK\\x03\\x04'. Give it its name: rename it to end in .weights.h5, .h5 or "
+                ".blocks.h5, as it was saved."
+            ) from e
         raise BlockFileError(
             f"{path!r} is not a valid .keras archive: {e} ({os.path.getsize(path)} bytes, "
             f"starting {start!r}; a .keras archive is a zip file, starting b'PK\\x03\\x04', "
