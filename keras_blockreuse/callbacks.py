@@ -59,7 +59,9 @@ class BlockCheckpoint(keras.callbacks.Callback):
         monitor: the log key compared by `save_best_only`.
         mode: `"auto"`, `"min"` or `"max"`: whether a lower or higher `monitor` is better.
             `"auto"` picks `"min"` for losses and errors, `"max"` for accuracies and scores.
-        save_best_only: save only when `monitor` improves on the best value seen so far.
+        save_best_only: save only when `monitor` improves on `best`, the best value saved so
+            far. `best` changes only once a file is written: a save that fails leaves it as it
+            was, so a later epoch that beats the best file on disk is saved.
         save_freq: `"epoch"`, or an integer number of training batches between saves.
         keep_last: keep only the newest `keep_last` files written with this `filepath`
             (by this callback, or by an earlier run with the same template, recognised by the
@@ -68,6 +70,10 @@ class BlockCheckpoint(keras.callbacks.Callback):
         metadata: a JSON-serialisable dict stored in every file.
         verbose: 0 (silent) or 1 (a line per save).
         blocks: the block rule for a model that is not a `BlockModel`.
+
+    Raises:
+        OSError: from `fit`, when a file cannot be written (a full disk): the files on disk
+            and `best` are as before the save.
 
     Example:
 
@@ -189,6 +195,8 @@ class BlockCheckpoint(keras.callbacks.Callback):
         if self.verbose > 0:
             print(f"\nEpoch {epoch + 1}: saving blocks to {path}")
         save_blocks(self.model, path, only=self.only, metadata=metadata, blocks=self.blocks)
+        if self.save_best_only and current is not None:
+            self.best = current  # only once the file is written: a failed save changes nothing
         if path in self.saved:
             self.saved.remove(path)
         self.saved.append(path)
@@ -236,7 +244,6 @@ class BlockCheckpoint(keras.callbacks.Callback):
                     f"{'None' if best is None else f'{best:.5f}'} to {current:.5f}, "
                     f"saving blocks to {path}"
                 )
-            self.best = current
             return True
         if self.verbose > 0:
             print(f"\nEpoch {epoch + 1}: {self.monitor} did not improve from {best:.5f}")

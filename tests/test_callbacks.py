@@ -1,7 +1,9 @@
 """BlockCheckpoint and latest_checkpoint: names, metadata, pruning, best-only, resuming."""
 
+import errno
 import os
 import shutil
+import subprocess
 import warnings
 
 import h5py
@@ -163,6 +165,60 @@ def test_save_best_only_saves_only_on_improvement(tmp_path):
         path = tmp_path / f"best_{epoch}.blocks.h5"
         assert read_blocks(path).metadata["monitor_value"] == [1.0, 0.5, 0.4][(1, 2, 5).index(epoch)]
         assert_weights_equal(loaded_weights(path), saved_weights[epoch])
+
+
+@pytest.fixture
+def tmpfs(tmp_path):
+    """A 1 MiB tmpfs (mounting needs root, as in CI; skipped otherwise)."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs needs root (CI runs as root)")
+    folder = tmp_path / "tmpfs"
+    folder.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(folder)],
+                             capture_output=True, text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], capture_output=True)
+
+
+def fill(folder) -> str:
+    """Fills the disk of `folder` with one file; returns its path."""
+    filler = os.path.join(folder, "filler")
+    with open(filler, "wb", buffering=0) as f:
+        try:
+            while True:
+                f.write(b"\0" * 4096)
+        except OSError as e:
+            assert e.errno == errno.ENOSPC
+    return filler
+
+
+def test_a_failed_save_leaves_best_as_it_was(tmpfs):
+    """On a full disk the save raises; the next epoch that beats the file on disk is saved."""
+    model = compiled(small_cnn())
+    checkpoint = BlockCheckpoint(str(tmpfs / "best_{epoch}.blocks.h5"), save_best_only=True)
+    checkpoint.set_model(model)
+    checkpoint.on_train_begin()
+    kernel = model.get_layer("dense_2").kernel
+    kernel.assign(np.full((8, 3), 1.0, "float32"))
+    checkpoint.on_epoch_end(0, {"val_loss": 1.0})
+    first = weights(model)
+    filler = fill(tmpfs)
+    kernel.assign(np.full((8, 3), 2.0, "float32"))
+    with pytest.raises(OSError):
+        checkpoint.on_epoch_end(1, {"val_loss": 0.5})
+    assert checkpoint.best == 1.0  # the best file on disk
+    os.remove(filler)
+    kernel.assign(np.full((8, 3), 3.0, "float32"))
+    checkpoint.on_epoch_end(2, {"val_loss": 0.7})  # worse than the failed save, better than disk
+    assert sorted(os.listdir(tmpfs)) == ["best_1.blocks.h5", "best_3.blocks.h5"]
+    assert checkpoint.best == 0.7
+    assert read_blocks(tmpfs / "best_3.blocks.h5").metadata["monitor_value"] == 0.7
+    assert_weights_equal(loaded_weights(tmpfs / "best_3.blocks.h5"), weights(model))
+    assert_weights_equal(loaded_weights(tmpfs / "best_1.blocks.h5"), first)
 
 
 def test_save_best_only_with_an_accuracy_goes_up(tmp_path):
