@@ -68,7 +68,8 @@ class BlockCheckpoint(keras.callbacks.Callback):
             metadata of each file); older ones are deleted. Never deletes other files.
             Default: keep every file.
         metadata: a JSON-serialisable dict stored in every file.
-        verbose: 0 (silent) or 1 (a line per save).
+        verbose: 0 (silent) or 1 (one line per save, and with `save_best_only` one line per
+            epoch that is not saved, as Keras's `ModelCheckpoint` prints them).
         blocks: the block rule for a model that is not a `BlockModel`.
 
     Raises:
@@ -192,7 +193,7 @@ class BlockCheckpoint(keras.callbacks.Callback):
             monitor_value=current,
             logs={k: v for k, v in ((k, _scalar(v)) for k, v in logs.items()) if v is not None},
         )
-        if self.verbose > 0:
+        if self.verbose > 0 and not self.save_best_only:  # best-only: _improved said it
             print(f"\nEpoch {epoch + 1}: saving blocks to {path}")
         save_blocks(self.model, path, only=self.only, metadata=metadata, blocks=self.blocks)
         if self.save_best_only and current is not None:

@@ -221,6 +221,32 @@ def test_a_failed_save_leaves_best_as_it_was(tmpfs):
     assert_weights_equal(loaded_weights(tmpfs / "best_1.blocks.h5"), first)
 
 
+def test_verbose_prints_one_line_per_epoch(tmp_path, capsys):
+    model = compiled(small_cnn())
+    best = BlockCheckpoint(str(tmp_path / "best_{epoch}.blocks.h5"), save_best_only=True,
+                           verbose=1)
+    every = BlockCheckpoint(str(tmp_path / "every_{epoch}.blocks.h5"), verbose=1)
+    for checkpoint in (best, every):
+        checkpoint.set_model(model)
+        checkpoint.on_train_begin()
+        for epoch, val_loss in enumerate([1.0, 0.5, 0.7]):
+            checkpoint.on_epoch_end(epoch, {"val_loss": val_loss})
+    assert capsys.readouterr().out == (
+        f"\nEpoch 1: val_loss improved from None to 1.00000, saving blocks to "
+        f"{tmp_path / 'best_1.blocks.h5'}\n"
+        f"\nEpoch 2: val_loss improved from 1.00000 to 0.50000, saving blocks to "
+        f"{tmp_path / 'best_2.blocks.h5'}\n"
+        "\nEpoch 3: val_loss did not improve from 0.50000\n"
+        f"\nEpoch 1: saving blocks to {tmp_path / 'every_1.blocks.h5'}\n"
+        f"\nEpoch 2: saving blocks to {tmp_path / 'every_2.blocks.h5'}\n"
+        f"\nEpoch 3: saving blocks to {tmp_path / 'every_3.blocks.h5'}\n"
+    )
+    assert sorted(os.listdir(tmp_path)) == [
+        "best_1.blocks.h5", "best_2.blocks.h5",
+        "every_1.blocks.h5", "every_2.blocks.h5", "every_3.blocks.h5",
+    ]
+
+
 def test_save_best_only_with_an_accuracy_goes_up(tmp_path):
     x, y = data()
     model = compiled(small_cnn())
