@@ -65,8 +65,9 @@ class BlockCheckpoint(keras.callbacks.Callback):
         save_freq: `"epoch"`, or an integer number of training batches between saves.
         keep_last: keep only the newest `keep_last` files written with this `filepath`
             (by this callback, or by an earlier run with the same template, recognised by the
-            metadata of each file); older ones are deleted. Never deletes other files.
-            Default: keep every file.
+            metadata of each file, however the template was spelled: `run/b_{epoch}.blocks.h5`,
+            `./run/...` and the absolute path are one template); older ones are deleted. Never
+            deletes other files. Default: keep every file.
         metadata: a JSON-serialisable dict stored in every file.
         verbose: 0 (silent) or 1 (one line per save, and with `save_best_only` one line per
             epoch that is not saved, as Keras's `ModelCheckpoint` prints them).
@@ -416,9 +417,27 @@ def _own_checkpoints(template: str) -> list[str]:
             mtime = os.path.getmtime(path)
         except (BlockFileError, OSError):
             continue  # not verifiably ours: never deleted
-        if isinstance(metadata, dict) and metadata.get("checkpoint") == template:
+        if isinstance(metadata, dict) and _same_template(metadata.get("checkpoint"), template):
             found.append((_order_key(metadata, mtime), path))
     return [path for _, path in sorted(found)]
+
+
+def _same_template(recorded, template: str) -> bool:
+    """Whether a file's recorded template is `template`, however each is spelled.
+
+    Both are compared as normalised absolute paths (`run/b_{epoch}`, `./run/b_{epoch}` and
+    `/abs/run/b_{epoch}` are one template). A relative recorded template was relative to the
+    earlier run's working folder, which is not recorded: it also matches when it names the
+    end of `template`'s absolute path (`run/b_{epoch}` in `/abs/run/b_{epoch}`), as the file,
+    found by `template`'s pattern, lies where that run wrote it.
+    """
+    if not isinstance(recorded, str):
+        return False
+    ours = os.path.abspath(template)
+    if os.path.abspath(recorded) == ours:
+        return True
+    relative = os.path.normpath(recorded)
+    return not os.path.isabs(relative) and ours.endswith(os.sep + relative)
 
 
 def _order_key(metadata, mtime: float) -> tuple:

@@ -135,6 +135,30 @@ def test_keep_last_keeps_exactly_the_last_two_and_never_other_files(tmp_path):
     assert read_blocks(tmp_path / "blocks_007.blocks.h5").metadata["epoch"] == 7
 
 
+def test_keep_last_recognises_earlier_files_however_the_template_is_spelled(
+    tmp_path, monkeypatch
+):
+    x, y = data()
+    model = compiled(small_cnn())
+    monkeypatch.chdir(tmp_path)
+    run = tmp_path / "run9"
+    epoch = 0
+    for template in ["run9/b_{epoch:02d}.blocks.h5", "./run9/b_{epoch:02d}.blocks.h5",
+                     str(run) + "/b_{epoch:02d}.blocks.h5", "run9//./b_{epoch:02d}.blocks.h5"]:
+        model.fit(x, y, batch_size=BATCH, initial_epoch=epoch, epochs=epoch + 2, verbose=0,
+                  callbacks=[BlockCheckpoint(template, keep_last=2)])
+        epoch += 2
+        assert sorted(os.listdir(run)) == [f"b_{epoch - 1:02d}.blocks.h5",
+                                           f"b_{epoch:02d}.blocks.h5"]
+    # From another working folder, the absolute path recognises a relative template's files.
+    monkeypatch.chdir(tmp_path / "run9")
+    model.fit(x, y, batch_size=BATCH, initial_epoch=epoch, epochs=epoch + 1, verbose=0,
+              callbacks=[BlockCheckpoint(str(run) + "/b_{epoch:02d}.blocks.h5", keep_last=1)])
+    assert os.listdir(run) == ["b_09.blocks.h5"]
+    assert read_blocks(run / "b_09.blocks.h5").metadata["epoch"] == 9
+    assert_weights_equal(loaded_weights(run / "b_09.blocks.h5"), weights(model))
+
+
 def test_keep_last_with_a_fixed_path_keeps_the_one_file(tmp_path):
     x, y = data()
     model = compiled(small_cnn())
