@@ -60,8 +60,13 @@ class BlockCheckpoint(keras.callbacks.Callback):
         mode: `"auto"`, `"min"` or `"max"`: whether a lower or higher `monitor` is better.
             `"auto"` picks `"min"` for losses and errors, `"max"` for accuracies and scores.
         save_best_only: save only when `monitor` improves on `best`, the best value saved so
-            far. `best` changes only once a file is written: a save that fails leaves it as it
-            was, so a later epoch that beats the best file on disk is saved.
+            far. `best` starts from `initial_value_threshold` or, when this `filepath` already
+            has files (an earlier run being resumed, recognised as for `keep_last`), from the
+            best `monitor_value` they record for the same `monitor`, compared in this `mode`,
+            whichever is better (`verbose=1` says so): a resumed run saves only epochs that beat
+            the earlier run's best file, and `keep_last` never prunes it for a worse one.
+            `best` changes only once a file is written: a save that fails leaves it as it was,
+            so a later epoch that beats the best file on disk is saved.
         save_freq: `"epoch"`, or an integer number of training batches between saves.
         keep_last: keep only the newest `keep_last` files written with this `filepath`
             (by this callback, or by an earlier run with the same template, recognised by the
@@ -72,8 +77,15 @@ class BlockCheckpoint(keras.callbacks.Callback):
         verbose: 0 (silent) or 1 (one line per save, and with `save_best_only` one line per
             epoch that is not saved, as Keras's `ModelCheckpoint` prints them).
         blocks: the block rule for a model that is not a `BlockModel`.
+        initial_value_threshold: the initial `best` with `save_best_only` (as in Keras's
+            `ModelCheckpoint`): a file is saved only when `monitor` is better than it.
+            Ignored without `save_best_only`. Default: `None` (the first epoch is saved unless
+            earlier files have a better value).
 
     Raises:
+        ValueError: an argument out of its range (named with the value received), or with
+            `mode="auto"` a `monitor` whose direction is unknown (pass `mode`).
+        KeyError: from `fit`, when `filepath` names a key that the logs lack.
         OSError: from `fit`, when a file cannot be written (a full disk): the files on disk
             and `best` are as before the save.
 
@@ -97,6 +109,7 @@ class BlockCheckpoint(keras.callbacks.Callback):
         metadata: Mapping[str, Any] | None = None,
         verbose: int = 0,
         blocks: BlockRule = None,
+        initial_value_threshold: float | None = None,
     ):
         super().__init__()
         self.filepath = os.fspath(filepath)
@@ -132,6 +145,15 @@ class BlockCheckpoint(keras.callbacks.Callback):
                 f"`metadata` keys {reserved} are written by BlockCheckpoint itself; "
                 f"choose other names. Reserved: {list(RESERVED_METADATA)}"
             )
+        if initial_value_threshold is not None and (
+            isinstance(initial_value_threshold, bool)
+            or not isinstance(initial_value_threshold, (int, float, np.integer, np.floating))
+            or math.isnan(initial_value_threshold)
+        ):
+            raise ValueError(
+                "`initial_value_threshold` must be None or a number. "
+                f"Received: initial_value_threshold={initial_value_threshold!r}"
+            )
         self.only = only
         self.monitor = monitor
         self.mode = mode
@@ -141,9 +163,15 @@ class BlockCheckpoint(keras.callbacks.Callback):
         self.metadata = dict(metadata or {})
         self.verbose = verbose
         self.blocks = blocks
-        self.best: float | None = None
+        self.initial_value_threshold = (
+            None if initial_value_threshold is None else float(initial_value_threshold)
+        )
+        self.best: float | None = self.initial_value_threshold
         self.saved: list[str] = []  # files this callback keeps track of, oldest first
         self._adopted = False
+        # (monitor value, path) of the earlier run's files, until the first best-only decision
+        # (the direction of `auto` needs the compiled metrics, which are built by then).
+        self._earlier_values: list[tuple[float, str]] = []
         self._current_epoch = 0
         self._batches_since_save = 0
         self._last_batch: int | None = None
@@ -152,10 +180,22 @@ class BlockCheckpoint(keras.callbacks.Callback):
 
     def on_train_begin(self, logs=None):
         select(list(get_blocks(self.model, self.blocks)), self.only, "BlockCheckpoint `only`")
-        if self.keep_last is not None and not self._adopted:
-            self._adopted = True
-            earlier = [p for p in _own_checkpoints(self.filepath) if p not in self.saved]
-            self.saved = earlier + self.saved
+        if self._adopted or (self.keep_last is None and not self.save_best_only):
+            return
+        self._adopted = True
+        earlier = [(p, m) for p, m in _own_checkpoints(self.filepath) if p not in self.saved]
+        if self.keep_last is not None:
+            self.saved = [p for p, _ in earlier] + self.saved
+        if self.save_best_only:
+            for path, metadata in earlier:
+                value = metadata.get("monitor_value")
+                if (
+                    metadata.get("monitor") == self.monitor
+                    and isinstance(value, (int, float))
+                    and not isinstance(value, bool)
+                    and not math.isnan(value)
+                ):
+                    self._earlier_values.append((float(value), path))
 
     def on_epoch_begin(self, epoch, logs=None):
         self._current_epoch = epoch
@@ -182,8 +222,10 @@ class BlockCheckpoint(keras.callbacks.Callback):
         logs = dict(logs or {})
         path = self._format_path(epoch, batch, logs)
         current = _scalar(logs.get(self.monitor))
-        if self.save_best_only and not self._improved(epoch, current, path, logs):
-            return None
+        if self.save_best_only:
+            self._start_from_earlier_best(epoch)
+            if not self._improved(epoch, current, path, logs):
+                return None
         metadata = dict(self.metadata)
         metadata.update(
             checkpoint=self.filepath,
@@ -224,6 +266,22 @@ class BlockCheckpoint(keras.callbacks.Callback):
                 f"BlockCheckpoint cannot format filepath {self.filepath!r} with the values "
                 f"{values}: {e}. Use named fields such as {{epoch:03d}} or {{val_loss:.3f}}."
             ) from None
+
+    def _start_from_earlier_best(self, epoch: int) -> None:
+        """`best` becomes the best monitored value among the earlier run's files, if better."""
+        if not self._earlier_values:
+            return
+        values, self._earlier_values = self._earlier_values, []
+        lower_is_better = self._lower_is_better()
+        value, path = (min if lower_is_better else max)(values, key=lambda vp: vp[0])
+        best = self.best
+        if best is None or (value < best if lower_is_better else value > best):
+            self.best = value
+            if self.verbose > 0:
+                print(
+                    f"\nEpoch {epoch + 1}: {self.monitor} starts from {value:.5f}, the best "
+                    f"of {len(values)} earlier file(s) of this template: {path}"
+                )
 
     def _improved(self, epoch: int, current: float | None, path: str, logs: dict) -> bool:
         if current is None:
@@ -405,8 +463,9 @@ def _template_glob(template: str) -> str:
     return "".join(parts)
 
 
-def _own_checkpoints(template: str) -> list[str]:
-    """Existing files written by a `BlockCheckpoint` with this template, oldest first."""
+def _own_checkpoints(template: str) -> list[tuple[str, dict]]:
+    """`(path, metadata)` of the files written by a `BlockCheckpoint` with this template, oldest
+    first."""
     found = []
     for path in glob.glob(_template_glob(template)):
         if is_temporary(path) or not path.endswith(SUFFIX) or not os.path.isfile(path):
@@ -418,8 +477,8 @@ def _own_checkpoints(template: str) -> list[str]:
         except (BlockFileError, OSError):
             continue  # not verifiably ours: never deleted
         if isinstance(metadata, dict) and _same_template(metadata.get("checkpoint"), template):
-            found.append((_order_key(metadata, mtime), path))
-    return [path for _, path in sorted(found)]
+            found.append((_order_key(metadata, mtime), path, metadata))
+    return [(path, metadata) for _, path, metadata in sorted(found, key=lambda f: f[:2])]
 
 
 def _same_template(recorded, template: str) -> bool:

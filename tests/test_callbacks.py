@@ -271,6 +271,81 @@ def test_verbose_prints_one_line_per_epoch(tmp_path, capsys):
     ]
 
 
+def epochs_of(checkpoint, model, values, first=0, monitor="val_loss"):
+    """Runs `checkpoint` over epochs with the given monitored values; dense_2's kernel is the
+    epoch number, so every epoch's weights differ. Returns the weights of each epoch (1-based)."""
+    checkpoint.set_model(model)
+    checkpoint.on_train_begin()
+    snapshots = {}
+    for epoch, value in enumerate(values, start=first):
+        model.get_layer("dense_2").kernel.assign(np.full((8, 3), epoch, "float32"))
+        snapshots[epoch + 1] = weights(model)
+        checkpoint.on_epoch_begin(epoch)
+        checkpoint.on_epoch_end(epoch, {"loss": 9.0, monitor: value})
+    return snapshots
+
+
+def test_a_resumed_run_starts_from_the_earlier_runs_best(tmp_path, capsys):
+    """README's recipe with save_best_only: the resumed run never replaces the best file with a
+    worse one, and latest_checkpoint still returns the best weights."""
+    model = compiled(small_cnn())
+    template = str(tmp_path / "best_{epoch}.blocks.h5")
+    first = epochs_of(BlockCheckpoint(template, save_best_only=True, keep_last=1), model,
+                      [1.0, 0.4, 0.6])
+    assert os.listdir(tmp_path) == ["best_2.blocks.h5"]
+    capsys.readouterr()
+
+    path = latest_checkpoint(tmp_path)
+    resumed = compiled(small_cnn("resumed"))
+    load_blocks(resumed, path)
+    initial_epoch = read_blocks(path).metadata["epoch"]
+    checkpoint = BlockCheckpoint(template, save_best_only=True, keep_last=1, verbose=1)
+    epochs_of(checkpoint, resumed, [0.5], first=initial_epoch)  # worse than the file on disk
+    assert checkpoint.best == 0.4
+    assert os.listdir(tmp_path) == ["best_2.blocks.h5"]
+    assert latest_checkpoint(tmp_path) == str(tmp_path / "best_2.blocks.h5")
+    assert_weights_equal(loaded_weights(latest_checkpoint(tmp_path)), first[2])
+    later = epochs_of(checkpoint, resumed, [0.3], first=initial_epoch + 1)
+    assert checkpoint.best == 0.3
+    assert os.listdir(tmp_path) == ["best_4.blocks.h5"]
+    assert_weights_equal(loaded_weights(tmp_path / "best_4.blocks.h5"), later[4])
+    assert capsys.readouterr().out == (
+        f"\nEpoch 3: val_loss starts from 0.40000, the best of 1 earlier file(s) of this "
+        f"template: {tmp_path / 'best_2.blocks.h5'}\n"
+        "\nEpoch 3: val_loss did not improve from 0.40000\n"
+        "\nEpoch 4: val_loss improved from 0.40000 to 0.30000, saving blocks to "
+        f"{tmp_path / 'best_4.blocks.h5'}\n"
+    )
+
+
+def test_initial_value_threshold_and_the_earlier_files_best(tmp_path):
+    model = compiled(small_cnn())
+    template = str(tmp_path / "b_{epoch}.blocks.h5")
+    # Another monitor's file of the same template: its value (0.99) is not val_accuracy's.
+    epochs_of(BlockCheckpoint(template, monitor="val_loss", mode="max", save_best_only=True),
+              model, [0.99], first=10)
+    checkpoint = BlockCheckpoint(template, monitor="val_accuracy", mode="max",
+                                 save_best_only=True, initial_value_threshold=0.5)
+    assert checkpoint.best == 0.5
+    epochs_of(checkpoint, model, [0.4, 0.5, 0.6, 0.55], monitor="val_accuracy")
+    assert sorted(os.listdir(tmp_path)) == ["b_11.blocks.h5", "b_3.blocks.h5"]
+    assert checkpoint.best == 0.6
+    # The threshold wins when it is better than the files' best (0.6)...
+    stricter = BlockCheckpoint(template, monitor="val_accuracy", mode="max",
+                               save_best_only=True, initial_value_threshold=0.7)
+    epochs_of(stricter, model, [0.65, 0.8], first=4, monitor="val_accuracy")
+    assert sorted(os.listdir(tmp_path)) == ["b_11.blocks.h5", "b_3.blocks.h5", "b_6.blocks.h5"]
+    # ... and the files' best (0.8) when it is better than the threshold.
+    looser = BlockCheckpoint(template, monitor="val_accuracy", mode="max",
+                             save_best_only=True, initial_value_threshold=0.1)
+    epochs_of(looser, model, [0.75, 0.85], first=6, monitor="val_accuracy")
+    assert looser.best == 0.85
+    assert sorted(os.listdir(tmp_path)) == [
+        "b_11.blocks.h5", "b_3.blocks.h5", "b_6.blocks.h5", "b_8.blocks.h5"
+    ]
+    assert read_blocks(tmp_path / "b_8.blocks.h5").metadata["monitor_value"] == 0.85
+
+
 def test_save_best_only_with_an_accuracy_goes_up(tmp_path):
     x, y = data()
     model = compiled(small_cnn())
@@ -352,6 +427,10 @@ def test_argument_errors_name_what_was_received(tmp_path):
         BlockCheckpoint("a.blocks.h5", mode="up")
     with pytest.raises(ValueError, match=r"\['epoch'\] are written by BlockCheckpoint"):
         BlockCheckpoint("a.blocks.h5", metadata={"epoch": 1})
+    with pytest.raises(ValueError, match="initial_value_threshold='0.5'"):
+        BlockCheckpoint("a.blocks.h5", initial_value_threshold="0.5")
+    with pytest.raises(ValueError, match="initial_value_threshold=nan"):
+        BlockCheckpoint("a.blocks.h5", initial_value_threshold=float("nan"))
     with pytest.raises(ValueError, match="not a valid format string"):
         BlockCheckpoint("a_{epoch.blocks.h5")
     model = compiled(small_cnn())
