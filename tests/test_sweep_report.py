@@ -586,6 +586,9 @@ def test_chance_is_refused_where_it_cannot_apply(tmp_path):
         write_report(frame, str(tmp_path), {}, metric="test_mae", mode="min", chance=(0.3, 90))
     with pytest.raises(ValueError, match=r"received \(65, 100\)"):
         verdict(known_frame(), chance=(65, 100))
+    for bad in ((0.1, math.inf), ("0.1", 300), (True, 300), (0.1, True), (0.1, 2.5)):
+        with pytest.raises(ValueError, match="chance= is"):
+            verdict(known_frame(), chance=bad)
     with pytest.raises(ValueError, match="higher_is_better=False"):
         verdict(known_frame(), higher_is_better=False, chance=(0.3, 90))
     assert not (tmp_path / "report.md").exists()  # refused before anything is written
@@ -618,3 +621,23 @@ def test_a_best_compared_with_nothing_says_so_and_no_single_seed_scratch_gain(tm
     assert write_report(pd.DataFrame(alone), str(tmp_path / "alone"), {})["best"].splitlines()[
         1:] == ["It is the only policy: recommended, compared with nothing.",
                 "Scratch has no finished full-budget seed: no comparison with it."]
+
+
+def test_a_tie_is_float32_rounding_of_the_two_means_compared_not_of_the_largest():
+    """Found by a fresh-user re-check: the tie tolerance was 8 float32 epsilons of the
+    largest mean of any policy, at least 1: a diverged scratch (val mse 1e6) made 0.51 and
+    1.41 a tie, and the cheaper, far worse policy was named best and recommended; MSEs of
+    1.1e-7 and 8.1e-7 tied by the floor of 1. Two means tie only within rounding of their
+    own size."""
+    val = {"A": [0.50, 0.52, 0.51], "B": [1.40, 1.42, 1.41], "scratch": [1e6, 1.1e6, 0.9e6]}
+    cost = {"A": 9000, "B": 100, "scratch": 9000}
+    frame = known_frame(val=val, cost=cost).rename(
+        columns={"val_accuracy": "val_mse", "test_accuracy": "test_mse"})
+    v = verdict(frame, "test_mse", higher_is_better=False)
+    assert v.best == "A" and v.recommended == "A"
+    small = {"A": [1.0e-7, 1.1e-7, 1.2e-7], "B": [8.0e-7, 8.1e-7, 8.2e-7],
+             "scratch": [5e-6, 6e-6, 7e-6]}
+    v = verdict(known_frame(val=small, cost=cost).rename(
+        columns={"val_accuracy": "val_mse", "test_accuracy": "test_mse"}), "test_mse",
+        higher_is_better=False)
+    assert v.best == "A" and v.recommended == "A"

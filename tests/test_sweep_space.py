@@ -144,3 +144,13 @@ def test_greedy_stops_when_the_gain_is_float32_rounding():
     better = [dict(r, val_accuracy=0.66) if r["policy"] == "block_1=frozen" else r for r in rows]
     _greedy(runner, better, blocks, static)
     assert printed[1] == "Greedy round 1: block_1=frozen (val 0.660)." and ran == ["greedy_3"]
+    # A tie (float32 rounding) between two changes goes to the one with fewer trained
+    # parameters, as in the verdict, not to the last bit.
+    tie = {"scratch": [0.3, 0.3], "block_1=frozen": [0.6, 0.7], "block_1=tuned": [0.65, 0.65],
+           "block_2=frozen": [0.4, 0.4], "block_2=tuned": [0.3, 0.3]}
+    rows = [{"policy": p, "status": "ok", "val_accuracy": v, "seed": s}
+            for p, values in tie.items() for s, v in enumerate(values)]
+    runner.costs = {"block_1=frozen": 10, "block_1=tuned": 500}
+    printed.clear()
+    _greedy(runner, rows, blocks, static)
+    assert printed[0] == "Greedy round 1: block_1=frozen (val 0.650)."

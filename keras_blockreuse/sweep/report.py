@@ -198,9 +198,11 @@ def mean_ci(values: Sequence[float], confidence: float = CONFIDENCE,
 def rounding_tolerance(values: Sequence[float]) -> float:
     """How far apart metric values can be and still be equal: Keras computes metrics in
     float32, so values that differ by its rounding (0.16666666 and 0.16666667) are equal, else
-    t would be taken on rounding noise (p = 1e-14 from 3 seeds)."""
-    scale = max(1.0, float(np.max(np.abs(np.asarray(values, dtype=float)))))
-    return 8 * float(np.finfo(np.float32).eps) * scale
+    t would be taken on rounding noise (p = 1e-14 from 3 seeds). Relative to the values' own
+    size (8 float32 epsilons of the largest): pass only the values being compared, as one
+    value far larger (a diverged seed) widens it for all."""
+    return 8 * float(np.finfo(np.float32).eps) * float(
+        np.max(np.abs(np.asarray(values, dtype=float))))
 
 
 def paired_test(values: Sequence[float], baseline: Sequence[float]) -> tuple[float, str]:
@@ -427,10 +429,13 @@ def verdict(trials: pd.DataFrame, metric: str = "test_accuracy",
 
     # Means equal to float32 rounding (0.65 and 0.6499999999999999: the same seeds' accuracies
     # summed in another order) are equal: the best is the cheapest of those at the top.
-    tolerance = rounding_tolerance(list(result.val_means.values()))
     top = max(sign * m for m in result.val_means.values())
+
+    def equal(a: float, b: float) -> bool:
+        return abs(a - b) <= rounding_tolerance([a, b])
+
     order = sorted(eligible, key=lambda p: (
-        -top if top - sign * result.val_means[p] <= tolerance else -sign * result.val_means[p],
+        -top if equal(top, sign * result.val_means[p]) else -sign * result.val_means[p],
         cost(p), p))
     best = order[0]
     result.best = best
@@ -444,8 +449,8 @@ def verdict(trials: pd.DataFrame, metric: str = "test_accuracy",
     seeds = list(eligible[best].values())
     result.standard_error = float(np.std(seeds, ddof=1) / math.sqrt(len(seeds)))
     limit = result.val_means[best] - sign * result.standard_error
-    result.near = [p for p in result.tied if sign * (result.val_means[p] - limit) >= -tolerance
-                   and result.tests.get(p) != "n<2"]  # (never compared: not recommended)
+    result.near = [p for p in result.tied if (sign * (result.val_means[p] - limit) >= 0 or equal(
+        result.val_means[p], limit)) and result.tests.get(p) != "n<2"]  # (never compared: no)
     if chance is not None:
         result.at_chance = [p for p in result.near if p != best and not _above_chance(
             result.val_means[p], *chance, alpha=alpha)]
@@ -736,7 +741,11 @@ def _check_chance(chance, metric: str, higher_is_better: bool) -> None:
     name = metric.removeprefix("test_")
     try:
         rate, images = chance
-        proportion = 0 < float(rate) <= 1 and int(images) == images and int(images) > 0
+        number = (int, float, np.integer, np.floating)
+        proportion = (isinstance(rate, number) and isinstance(images, number)
+                      and not isinstance(rate, bool) and not isinstance(images, bool)
+                      and 0 < rate <= 1 and math.isfinite(images) and images == int(images)
+                      and images > 0)
     except (TypeError, ValueError):
         proportion = False
     if not proportion:

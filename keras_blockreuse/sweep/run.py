@@ -799,7 +799,9 @@ def _greedy(runner: _Runner, rows: list[dict], blocks: list[str],
         scored = [c for c in candidates if not math.isnan(scores.get(c.key, math.nan))]
         if not scored:
             break
-        best = max(scored, key=lambda c: sign * scores[c.key])
+        top = max(sign * scores[c.key] for c in scored)  # ties (float32 rounding): cheapest
+        best = min((c for c in scored if abs(sign * scores[c.key] - top) <= rounding_tolerance(
+            [top, scores[c.key]])), key=lambda c: runner.costs.get(c.key, math.inf))
         now = scores.get(current.key, math.nan)  # a gain within float32 rounding is none
         if not math.isnan(now) and sign * (scores[best.key] - now) <= rounding_tolerance(
                 [scores[best.key], now]):
