@@ -193,6 +193,73 @@ print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) // 1024)
     assert int(lines[1]) < 64, f"peak memory grew by {lines[1]} MiB while reading the bomb"
 
 
+def wide(name="wide"):
+    """Weights of 1.2 MB: the optimizer state then outweighs the 1 MiB margin."""
+    return keras.Sequential([keras.Input((64,)), L.Dense(512, name="block_1_0"),
+                             L.Dense(512, name="block_1_1"), L.Dense(10, name="head")], name=name)
+
+
+def multi_optimizer():  # every variable under Adam or RMSprop with the most slots each
+    from keras.src.optimizers.multi_optimizer import OptimizerMap
+
+    rich = {"use_ema": True, "gradient_accumulation_steps": 2}
+    return keras.optimizers.MultiOptimizer(OptimizerMap(
+        keras.optimizers.RMSprop(momentum=0.9, centered=True, **rich),
+        {"block_1_0.*": keras.optimizers.Adam(amsgrad=True, **rich)}))
+
+
+@pytest.mark.parametrize("policy, optimizer, copies", [
+    # compile() wraps any optimizer of a mixed_float16 model in a LossScaleOptimizer, which
+    # saves the inner optimizer's slots twice: optimizer/vars and optimizer/inner_optimizer/vars
+    ("mixed_float16", lambda: "adam", 4),
+    ("float32", lambda: keras.optimizers.Adam(amsgrad=True, use_ema=True), 4),
+    ("mixed_float16", lambda: keras.optimizers.Adam(amsgrad=True, use_ema=True,
+                                                    gradient_accumulation_steps=2), 10),
+    ("mixed_float16", multi_optimizer, 15),  # the most any Keras 3 optimizer saves
+])
+def test_a_deflated_archive_with_any_keras_optimizer_state_loads(tmp_path, policy, optimizer,
+                                                                  copies):
+    keras.config.set_dtype_policy(policy)
+    try:
+        source = wide()
+    finally:
+        keras.config.set_dtype_policy("float32")
+    source.compile(optimizer(), "sparse_categorical_crossentropy")
+    source.fit(np.ones((4, 64), "float32"), np.zeros(4, "int32"), epochs=1, verbose=0)
+    plain = str(tmp_path / "plain.keras")
+    source.save(plain)
+    deflated = str(tmp_path / "deflated.keras")
+    rezip(plain, deflated)
+    with zipfile.ZipFile(plain) as archive:
+        with h5py.File(archive.open("model.weights.h5")) as f:
+            sizes = {"layers": 0, "optimizer": 0}
+            f.visititems(lambda name, item: sizes.__setitem__(
+                name.split("/")[0], sizes.get(name.split("/")[0], 0) + item.nbytes)
+                if isinstance(item, h5py.Dataset) and item.ndim else None)
+    assert sizes["optimizer"] == copies * sizes["layers"]  # what Keras 3.15 writes
+    target = wide("t")
+    assert load_blocks(target, deflated).ok
+    assert values(target) == values(source)
+
+
+def test_a_zip_bomb_one_byte_past_the_bound_is_stopped_there(tmp_path):
+    """The bound: the config's variables (1.2 MB here) 16 times, 1 MiB, 4 KiB per variable."""
+    source = wide()
+    plain = str(tmp_path / "plain.keras")
+    source.save(plain)
+    sizes = [int(np.prod(v.shape)) * 4 for v in source.weights]
+    bound = 16 * sum(sizes) + (1 << 20) + 4096 * len(sizes)
+    assert bound == 20_341_376
+    bomb = str(tmp_path / "bomb.keras")
+    rezip(plain, bomb, {"model.weights.h5": b"\0" * (bound + 1)})
+    with pytest.raises(BlockFileError) as e:
+        load_blocks(wide("t"), bomb)
+    assert str(e.value) == (
+        f"{bomb}: archive member 'model.weights.h5' inflates beyond 20341376 bytes, more than "
+        "its model's weights need (from its config, with optimizer state and a margin); a zip "
+        "bomb or a damaged archive. Stopped inflating it.")
+
+
 # --- 5. named pipes ----------------------------------------------------------------------------
 
 

@@ -136,9 +136,22 @@ def _hub_grouping(structure, info: dict):
     return grouping
 
 
+# The most copies of a model's variables that the optimizer state Keras 3 (3.15) saves can
+# hold, over every optimizer it ships (keras/src/optimizers/): 3 slots per variable at most
+# (Adam or AdamW with amsgrad=True: m, v, v_hat; RMSprop with momentum and centered=True;
+# the others 1 or 2; Adafactor's factored slots are smaller than its variable), plus 1 for
+# use_ema=True (the moving averages) and 1 for gradient_accumulation_steps (the accumulated
+# gradients): 5. A wrapper saves its inner optimizers' variables twice, as its own `vars` and
+# again under the inner optimizer (`optimizer/vars/*` and `optimizer/inner_optimizer/vars/*`),
+# and a LossScaleOptimizer (which compile() puts around any optimizer of a mixed_float16
+# model) may wrap a MultiOptimizer, which saves its sub-optimizers' twice too: 3 x 5.
+OPTIMIZER_COPIES = 15
+
+
 def _weights_bound(model) -> int:
     """The most bytes a `.keras` archive's weights file can need: its config's model's
-    variables, three optimizer slots for each (Adam's two, plus AMSGrad's), and a margin of
+    variables, `OPTIMIZER_COPIES` copies of them for the optimizer state (any optimizer Keras
+    ships, with amsgrad, use_ema, gradient accumulation and loss scaling), and a margin of
     1 MiB plus 4 KiB per variable for HDF5's own structures."""
     import keras
 
@@ -146,7 +159,7 @@ def _weights_bound(model) -> int:
         model = model()
     variables = list(model.weights)
     values = sum(int(np.prod(v.shape, dtype=np.int64)) * _itemsize(v.dtype) for v in variables)
-    return 4 * values + (1 << 20) + 4096 * len(variables)
+    return (1 + OPTIMIZER_COPIES) * values + (1 << 20) + 4096 * len(variables)
 
 
 def _config_bound(config: dict, where: str, structure) -> int:
