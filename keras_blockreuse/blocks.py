@@ -245,16 +245,45 @@ def get_blocks(model, blocks: BlockRule = None) -> dict[str, Block]:
 
 
 def warn_if_compiled(model, names: Sequence[str], what: str) -> None:
-    """Warns, once per call, that a compiled model must be compiled again after a
-    `trainable` change for it to take effect in training."""
+    """Warns, once per call, that a model trained since it was compiled must be compiled
+    again after a `trainable` change, saying what happens otherwise on this backend.
+
+    A compiled model not trained yet needs nothing: its first `fit()` builds the optimizer and
+    the training step for the trainable weights of that moment (measured on TensorFlow and
+    JAX, Keras 3.15). Once trained (the optimizer built, or the training step made), the
+    change reaches training only through `model.compile()`: under JAX the next `fit()` fails
+    (`ValueError: Argument optimizer_variables must be a list of tensors corresponding 1:1
+    ...`: the optimizer was built for the old trainable weights) after Keras's JAX trainer has
+    detached every variable's value, so the model's weights are lost; under TensorFlow the training
+    step traced with the old trainable weights keeps updating exactly those (a frozen block
+    keeps training, an unfrozen one stays unchanged) unless something retraces it.
+    """
     if not names or not getattr(model, "compiled", False):
+        return
+    optimizer = getattr(model, "optimizer", None)
+    trained = (getattr(model, "train_function", None) is not None
+               or bool(getattr(optimizer, "built", False)))
+    if not trained:
         return
     import warnings
 
+    import keras
+
+    backend = keras.backend.backend()
+    if backend == "jax":
+        effect = ("under JAX, until you do, the next `fit()` fails (its optimizer was built "
+                  "for the weights trainable then) and leaves every variable of the model "
+                  "without a value (Keras's JAX trainer detaches them for the step), the loaded "
+                  "weights lost with the others")
+    else:
+        effect = (f"until then `fit()` ({backend}) may keep training the weights that were "
+                  "trainable then, with its training step traced for them, "
+                  + ("the frozen blocks included" if what == "frozen"
+                     else "leaving the unfrozen blocks unchanged"))
     warnings.warn(
         f"Blocks {list(names)} of model {model.name!r} were {what} after the model was "
-        "compiled. The change takes effect in training only once you call `model.compile()` "
-        "again; until then `fit()` keeps updating the weights it was compiled with.",
+        "trained. Call `model.compile()` again for the change to take effect in training; "
+        f"{effect}.",
         stacklevel=3,
     )
 

@@ -175,7 +175,8 @@ def _set_trainable(model, names, trainable: bool, blocks: BlockRule) -> list[str
 def freeze_blocks(model, names: Sequence[str] | str, blocks: BlockRule = None) -> list[str]:
     """Sets `trainable=False` on the named blocks' layers (names or globs).
 
-    Compile the model again for the change to take effect in training.
+    On a model trained since it was compiled, compile it again before the next `fit()` (a
+    warning says why, per backend); a compiled model not trained yet needs nothing more.
 
     Example:
 

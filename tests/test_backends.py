@@ -93,3 +93,66 @@ def test_round_trip_through_another_backend(tmp_path, backend, module):
     for value, v in zip(values, back.weights, strict=True):
         got = keras.ops.convert_to_numpy(v)
         assert got.dtype == value.dtype and got.tobytes() == value.tobytes(), v.path
+
+
+FREEZE_CHILD = textwrap.dedent(
+    """
+    import sys, warnings
+    import keras
+    import numpy as np
+    from keras_blockreuse import load_blocks, save_blocks
+
+    def tiny(name="tiny"):
+        return keras.Sequential([keras.Input((4,)), keras.layers.Dense(3, name="block_1_0"),
+                                 keras.layers.Dense(2, name="head")], name=name)
+
+    assert keras.backend.backend() == "jax"
+    path = save_blocks(tiny("source"), sys.argv[1])
+    x, y = np.ones((8, 4), "float32"), np.zeros(8, "int32")
+    model = tiny()
+    model.compile("adam", "sparse_categorical_crossentropy")
+    model.fit(x, y, epochs=1, verbose=0)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        load_blocks(model, path, only=["block_1"], freeze=True)
+    print("WARNING", [str(w.message) for w in caught])
+    try:
+        model.fit(x, y, epochs=1, verbose=0)
+    except ValueError as e:
+        print("FIT", str(e)[:77])
+    try:
+        model.get_layer("block_1_0").kernel.numpy()
+    except TypeError:
+        print("WEIGHTS LOST")
+    model = tiny()  # compiled again first: the frozen block stays as loaded
+    model.compile("adam", "sparse_categorical_crossentropy")
+    model.fit(x, y, epochs=1, verbose=0)
+    load_blocks(model, path, only=["block_1"], freeze=True)
+    model.compile("adam", "sparse_categorical_crossentropy")
+    kernel = np.array(model.get_layer("block_1_0").kernel.numpy())
+    model.fit(x, y, epochs=1, verbose=0)
+    print("FROZEN", np.array_equal(kernel, model.get_layer("block_1_0").kernel.numpy()))
+    """
+)
+
+
+def test_freeze_after_training_under_jax_warns_that_fit_fails_until_compile(tmp_path):
+    """A user's report: under JAX, fit -> load_blocks(freeze=True) -> fit failed with Keras's
+    ValueError while the warning said fit() would keep updating the old weights."""
+    if importlib.util.find_spec("jax") is None:
+        pytest.skip("jax is not installed")
+    env = dict(os.environ, KERAS_BACKEND="jax", TF_CPP_MIN_LOG_LEVEL="3")
+    env["PYTHONPATH"] = os.pathsep.join(p for p in [ROOT, env.get("PYTHONPATH", "")] if p)
+    result = subprocess.run([sys.executable, "-c", FREEZE_CHILD, str(tmp_path / "s.blocks.h5")],
+                            capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.splitlines() == [
+        "WARNING [\"Blocks ['block_1'] of model 'tiny' were frozen after the model was trained. "
+        "Call `model.compile()` again for the change to take effect in training; under JAX, "
+        "until you do, the next `fit()` fails (its optimizer was built for the weights "
+        "trainable then) and leaves every variable of the model without a value (Keras's JAX "
+        "trainer detaches them for the step), the loaded weights lost with the others.\"]",
+        "FIT Argument `optimizer_variables` must be a list of tensors corresponding 1:1 to",
+        "WEIGHTS LOST",
+        "FROZEN True",
+    ]

@@ -425,7 +425,7 @@ def test_freezing_a_compiled_model_warns_that_compile_must_run_again(tmp_path):
     target = bn_model("target")
     target.compile("sgd", "mse")
     target.fit(x, y, epochs=1, verbose=0)
-    with pytest.warns(UserWarning, match=r"call `model.compile\(\)` again") as caught:
+    with pytest.warns(UserWarning, match=r"Call `model.compile\(\)` again") as caught:
         report = load_blocks(target, path, only=["block_1"], freeze=True)
     assert len([w for w in caught if "compile" in str(w.message)]) == 1  # once per call
     assert report.frozen == ["block_1"]
@@ -441,7 +441,7 @@ def test_freezing_a_compiled_model_warns_that_compile_must_run_again(tmp_path):
         load_blocks(bn_model("fresh"), path, only=["block_1"], freeze=True)  # not compiled
     from keras_blockreuse import unfreeze_blocks
 
-    with pytest.warns(UserWarning, match=r"were unfrozen after the model was compiled"):
+    with pytest.warns(UserWarning, match=r"were unfrozen after the model was trained"):
         unfreeze_blocks(target, ["block_1"])
 
 

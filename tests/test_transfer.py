@@ -584,3 +584,51 @@ def test_source_blocks_with_a_block_file_is_refused_not_ignored(tmp_path):
         "ignored. Received: source_blocks={'all': ['*']}. Select source blocks with only= / "
         "exclude=, and pair them with rename=.")
     assert_same(snapshot(target), before)
+
+
+def _tiny(name="tiny"):
+    keras.utils.set_random_seed(1)
+    return keras.Sequential([keras.Input((4,)), L.Dense(3, name="block_1_0"),
+                             L.Dense(2, name="head")], name=name)
+
+
+def test_freeze_after_compile_needs_no_compile_and_after_training_says_what_happens(tmp_path):
+    """A user's report: the warning said `fit()` keeps updating the frozen weights until
+    compile() runs again, though before any training the first fit() already left them
+    unchanged. Before training there is no warning; after it, what this backend does."""
+    import warnings
+
+    path = save_blocks(_tiny("source"), str(tmp_path / "s.blocks.h5"))
+    x, y = np.ones((8, 4), "float32"), np.zeros(8, "int32")
+    model = _tiny()
+    model.compile("adam", "sparse_categorical_crossentropy")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no warning: nothing was built for the old weights
+        load_blocks(model, path, only=["block_1"], freeze=True)
+    frozen = snapshot(model)
+    model.fit(x, y, epochs=1, verbose=0)
+    assert_same({k: v for k, v in snapshot(model).items() if "block_1_0" in k},
+                {k: v for k, v in frozen.items() if "block_1_0" in k})
+
+    trained = _tiny()
+    trained.compile("adam", "sparse_categorical_crossentropy")
+    trained.fit(x, y, epochs=1, verbose=0)
+    with pytest.warns(UserWarning) as caught:
+        load_blocks(trained, path, only=["block_1"], freeze=True)
+    assert [str(w.message) for w in caught] == [
+        "Blocks ['block_1'] of model 'tiny' were frozen after the model was trained. Call "
+        "`model.compile()` again for the change to take effect in training; until then "
+        "`fit()` (tensorflow) may keep training the weights that were trainable then, with "
+        "its training step traced for them, the frozen blocks included."]
+    loaded = snapshot(trained)
+    trained.fit(x, y, epochs=1, verbose=0)  # as the warning says: the block trains on
+    assert snapshot(trained)["tiny/block_1_0/kernel"].tobytes() != \
+        loaded["tiny/block_1_0/kernel"].tobytes()
+    trained.compile("adam", "sparse_categorical_crossentropy")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        load_blocks(trained, path, only=["block_1"], freeze=True)
+    loaded = snapshot(trained)
+    trained.fit(x, y, epochs=1, verbose=0)
+    assert snapshot(trained)["tiny/block_1_0/kernel"].tobytes() == \
+        loaded["tiny/block_1_0/kernel"].tobytes()
