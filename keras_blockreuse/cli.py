@@ -59,8 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     rule_help = ("block rule for files without blocks: a preset (vgg, resnet, ...) or a "
-                 "regular expression with one group; default: a detected preset, else the "
-                 "block_1_0 naming convention")
+                 "regular expression with one group; default: the rule a BlockModel's .keras "
+                 "archive records, else a detected preset, else the block_1_0 naming "
+                 "convention")
     inspect = commands.add_parser("inspect", help="blocks, layers, variables, shapes, metadata")
     inspect.add_argument("file")
     inspect.add_argument("--json", action="store_true", help="machine-readable output")
@@ -178,6 +179,11 @@ def describe(path: str, rule: str | None = None) -> dict:
 
     _exists(path)
     _load_keras_quietly(path)
+    recorded = None
+    if rule is None:  # a BlockModel's archive: the blocks load_model gives it
+        from keras_blockreuse.sources.keras_archive import recorded_rule
+
+        recorded = rule = recorded_rule(path)
     with open_source(path, rule) as src:
         if isinstance(src, BlockFileSource):
             from keras_blockreuse.store import read_blocks
@@ -203,8 +209,10 @@ def describe(path: str, rule: str | None = None) -> dict:
             if "block rule" not in facts:  # a keras-hub preset directory says its own
                 tops = list(dict.fromkeys(layer.top for layer in src.layers()))
                 preset = detect_preset(tops)
-                facts["block rule"] = rule if rule is not None else (
-                    f"preset {preset!r} (detected)" if preset else "default (block_1_0 -> block_1)")
+                facts["block rule"] = (
+                    f"recorded by its BlockModel: {json.dumps(recorded)}" if recorded is not None
+                    else rule if rule is not None else (
+                    f"preset {preset!r} (detected)" if preset else "default (block_1_0 -> block_1)"))
             metadata = {}
         blocks = []
         for name in src.block_names():

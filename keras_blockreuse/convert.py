@@ -40,7 +40,8 @@ def convert(
         source: anything `load_blocks` reads: a Keras `.weights.h5` / `.weights.json` /
             `.keras` / legacy `.h5` file, a `.blocks.h5` file, or a `keras.Model`.
         path: the block file to write; must end in `.blocks.h5`.
-        blocks: the block rule grouping a source without blocks of its own (default: a
+        blocks: the block rule grouping a source without blocks of its own (default: the
+            rule a `BlockModel`'s `.keras` archive records, as `load_model` restores it; else a
             detected `keras.applications` preset, else the `block_1_0` naming convention).
         only: block names or globs to write; default every block.
         metadata: a JSON-serialisable dict stored with the source's description.
@@ -52,6 +53,10 @@ def convert(
     convert("classifier.keras", "classifier.blocks.h5", only=["block_1", "block_2"])
     ```
     """
+    if blocks is None and source_options.get("source_model") is None:
+        from keras_blockreuse.sources.keras_archive import recorded_rule
+
+        blocks = recorded_rule(source)
     with open_source(source, blocks, **source_options) as src:
         if source_options.get("source_model") is not None and hasattr(src, "rebuild_structure"):
             src.rebuild_structure()  # the file then records the layers' computation order

@@ -203,6 +203,41 @@ def test_convert(capsys, files, tmp_path):
                           match="must end in '.blocks.h5'")
 
 
+def test_inspect_and_convert_use_the_rule_a_blockmodel_archive_records(capsys, tmp_path):
+    """A user's report: inspect and convert of a BlockModel's .keras grouped its layers by the
+    naming convention (enc_a, enc_b, out), which no load by the model's block names finds."""
+    from keras_blockreuse import BlockModel
+
+    def build():
+        inputs = keras.Input((8,))
+        x = keras.layers.Dense(16, name="enc_a")(inputs)
+        x = keras.layers.Dense(16, name="enc_b")(x)
+        return BlockModel(inputs, keras.layers.Dense(2, name="out")(x),
+                          blocks={"encoder": ["enc_*"], "head": ["out"]})
+
+    model = build()
+    randomize(model, seed=9)
+    archive = str(tmp_path / "bm.keras")
+    model.save(archive)
+    status, out, err = run(capsys, "inspect", archive, "--json")
+    description = json.loads(out)
+    assert [b["name"] for b in description["blocks"]] == ["encoder", "head"]
+    assert description["block rule"] == (
+        'recorded by its BlockModel: {"encoder": ["enc_*"], "head": ["out"]}')
+    converted = str(tmp_path / "bm.blocks.h5")
+    status, out, err = run(capsys, "convert", archive, converted)
+    assert (status, out, err) == (
+        0, f"wrote {converted}: 2 blocks (encoder, head), 450 parameters\n", "")
+    target = build()
+    assert list(load_blocks(target, converted, only=["encoder"]).loaded) == ["encoder"]
+    for name in ("enc_a", "enc_b"):
+        for a, b in zip(model.get_layer(name).weights, target.get_layer(name).weights,
+                        strict=True):
+            assert a.numpy().tobytes() == b.numpy().tobytes()
+    status, out, err = run(capsys, "inspect", archive, "--blocks", "^(e|o)", "--json")
+    assert [b["name"] for b in json.loads(out)["blocks"]] == ["e", "o"]  # --blocks still rules
+
+
 def test_verify(capsys, files, tmp_path):
     _, blocks, weights, garbage = files
     status, out, _ = run(capsys, "verify", blocks)

@@ -110,6 +110,26 @@ def open_archive(path: str, rule=None, source_model=None) -> KerasWeightsSource:
         raise
 
 
+def recorded_rule(path):
+    """The block rule a `BlockModel`'s `.keras` archive records in its config.json (its
+    `blocks`, as `keras.saving.load_model` restores it), or None: another source, another
+    model, or a file that cannot be read (opening it as a source says why). Never opens
+    anything but a regular file."""
+    if not isinstance(path, (str, os.PathLike)) or not os.path.isfile(path):
+        return None
+    try:
+        with zipfile.ZipFile(path) as archive:
+            check_zip(archive, str(path))
+            config = json_member(archive, "config.json", str(path))
+    except (zipfile.BadZipFile, KeyError, OSError, BlockFileError):
+        return None
+    if not isinstance(config, dict) or config.get("registered_name") != (
+            "keras_blockreuse>BlockModel"):
+        return None
+    inner = config.get("config")
+    return inner.get("blocks") if isinstance(inner, dict) else None
+
+
 def _is_hub(config: dict) -> bool:
     """Whether a `.keras` config describes a keras-hub backbone or task."""
     return isinstance(config, dict) and (
