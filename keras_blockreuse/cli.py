@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import json
 import os
 import sys
@@ -164,6 +165,9 @@ def _fail(message: str) -> None:
 
 def _one_line(error: Exception) -> str:
     text = " ".join(str(error).split())
+    if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT) and (
+            error.strerror and "cannot write" in error.strerror):  # says what and where
+        return " ".join(error.strerror.split())
     known = ("BlockFileError", "BlockMismatchError", "ValueError", "FileNotFoundError")
     name = type(error).__name__
     return text if name in known and text else f"{name}: {text}"

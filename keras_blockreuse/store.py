@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime
+import errno
 import functools
 import hashlib
 import io
@@ -27,6 +28,7 @@ import math
 import os
 import re
 import secrets
+import shutil
 import socket
 import sys
 import zipfile
@@ -199,6 +201,10 @@ def write_blocks(
 
     Returns:
         The path written, as a string.
+
+    Raises:
+        OSError: the disk is full (or a quota reached): naming the file, its size and the free
+            space on its disk; the old file is unchanged and no temporary file is left.
     """
     path = os.fspath(path)
     if not path.endswith(SUFFIX):
@@ -217,10 +223,11 @@ def write_blocks(
     # HDF5 writes into memory and Python writes the image to disk: HDF5 1.14 crashes the
     # process (SIGSEGV, "Can't decrement id ref count") when its own writes hit a full disk,
     # while a failed `write` here is a plain OSError. Costs one buffer of the file's size.
+    existed = os.path.exists(destination)
+    image = io.BytesIO()
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
         try:
-            image = io.BytesIO()
             with h5py.File(image, "w") as f:
                 _write(f, source, list(names), model_name, metadata_json)
             _write_all(fd, image.getbuffer())
@@ -228,12 +235,35 @@ def write_blocks(
         finally:
             os.close(fd)
         os.replace(tmp, destination)  # a symlink's target is replaced; the link stays
-    except BaseException:
+    except BaseException as error:
         with contextlib.suppress(FileNotFoundError):
             os.remove(tmp)
+        if isinstance(error, OSError) and error.errno in _NO_SPACE:
+            raise _no_space(error, destination, folder, image.seek(0, io.SEEK_END),
+                            existed) from error
         raise
     _fsync_dir(folder)
     return path
+
+
+_NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
+
+
+def _no_space(error: OSError, destination: str, folder: str, size: int,
+              existed: bool) -> OSError:
+    """The OSError of a full disk (or quota), naming the file, its size and the free space
+    left once the temporary file is removed."""
+    from keras_blockreuse.report import format_bytes
+
+    try:
+        free = format_bytes(shutil.disk_usage(folder).free)
+    except OSError:
+        free = "unknown"
+    kept = (f"{destination!r} is unchanged" if existed else "nothing was written")
+    needs = f" ({format_bytes(size)})" if size else ""
+    return OSError(error.errno, f"{error.strerror}: cannot write {destination!r}{needs}: "
+                   f"{free} free on its disk ({folder}); {kept}. Free some space there or "
+                   "write the file to another disk.")
 
 
 def _temporary_name(basename: str) -> str:

@@ -147,3 +147,39 @@ def test_every_save_on_a_full_disk_succeeds_or_raises_oserror(tmpfs, how):
     kinds = set(outcomes.values())
     assert kinds == {"saved", "OSError"}, outcomes  # the sweep crossed the boundary
     print(how, outcomes)
+
+
+def test_convert_on_a_full_disk_names_the_file_and_the_free_space(tmpfs, tmp_path, capsys):
+    """A user's report: a full disk during `convert` said only 'keras-blockreuse: error:
+    OSError: [Errno 28] No space left on device'. It names the destination, its size and the
+    free space; the old destination stays as it was and no temporary file is left."""
+    import shutil
+
+    import keras
+
+    from keras_blockreuse.cli import main
+    from keras_blockreuse.report import format_bytes
+
+    model = keras.Sequential([keras.Input((32,)), keras.layers.Dense(256, name="block_1_0"),
+                              keras.layers.Dense(3, name="dense_2")], name="m")
+    weights = str(tmp_path / "m.weights.h5")
+    model.save_weights(weights)
+    destination = os.path.join(tmpfs, "m.blocks.h5")
+    assert main(["convert", weights, destination]) == 0
+    old = open(destination, "rb").read()
+    capsys.readouterr()
+    leave_free(tmpfs, 4 * PAGE)  # the file needs about 40 kB
+    assert main(["convert", weights, destination]) == 2
+    out, err = capsys.readouterr()
+    free = format_bytes(shutil.disk_usage(tmpfs).free)
+    assert (out, err) == ("", (
+        f"keras-blockreuse: error: No space left on device: cannot write {destination!r} "
+        f"({format_bytes(len(old))}): {free} free on its disk ({tmpfs}); {destination!r} is "
+        "unchanged. Free some space there or write the file to another disk.\n"))
+    assert open(destination, "rb").read() == old
+    assert sorted(os.listdir(tmpfs)) == ["filler", "m.blocks.h5"]
+    os.remove(destination)
+    leave_free(tmpfs, 4 * PAGE)
+    assert main(["convert", weights, destination]) == 2
+    assert "; nothing was written. Free some space" in capsys.readouterr()[1]
+    assert sorted(os.listdir(tmpfs)) == ["filler"]
