@@ -32,7 +32,8 @@ def test_advance_keeps_the_best_third_by_mean_over_seeds_ties_included():
     assert (0.6 + 0.7) / 2 != (0.65 + 0.65) / 2
     assert advance(rounded, seeds=[0, 1], eta=3).advanced == ["a", "b"]
     # ... relative to the means compared: 8e-7 does not tie 5e-7 (lower is better).
-    tiny = {k: {0: v, 1: v} for k, v in zip("abcdef", (1e-7, 5e-7, 8e-7, 1e-6, 2e-6, 3e-6))}
+    means = (1e-7, 5e-7, 8e-7, 1e-6, 2e-6, 3e-6)
+    tiny = {k: {0: v, 1: v} for k, v in zip("abcdef", means, strict=True)}
     assert advance(tiny, seeds=[0, 1], eta=3, mode="min").advanced == ["a", "b"]
 
 
