@@ -220,8 +220,8 @@ def load_blocks(
         plans, report = _plan(src, target_blocks, only, exclude, rename, target_paths, places)
         reconfigured = _reconfigured(plans, src)
         unrecorded = _unrecorded(plans, src)  # (before a rebuild names them from today's code)
-        if (any(p.unpaired_source or p.unpaired_target for p in plans) or reconfigured) and (
-                _rebuilt(src)):
+        if (any(p.unpaired_source or p.unpaired_target for p in plans) or reconfigured
+                or _miscounted(plans)) and _rebuilt(src):
             plans, report = _plan(src, target_blocks, only, exclude, rename, target_paths,
                                   places)
         elif reconfigured:
@@ -373,6 +373,14 @@ def _by_position(layer: _LayerPlan) -> bool:
     kinds = [(tuple(v.shape), str(getattr(v, "dtype", ""))) for v in layer.current.values()]
     return len(set(kinds)) < len(kinds) or (
         hasattr(layer.unit, "center") and hasattr(layer.unit, "scale"))
+
+
+def _miscounted(plans: list[_BlockPlan]) -> bool:
+    """Whether a paired layer the source knows by position only holds another number of
+    variables than the model's: which one it lacks (or has more) only names can say, so the
+    source's structure is rebuilt where it can be, for the refusal to name them."""
+    return any(_by_position(layer) and len(layer.source.variables) != len(layer.current)
+               for plan in plans for layer in plan.layers)
 
 
 def _may_swap(layer: _LayerPlan) -> bool:
@@ -1389,8 +1397,15 @@ def _validate(plans: list[_BlockPlan], report: LoadReport, on_mismatch: str, src
                 target_shape = tuple(int(d) for d in value.shape)
                 target_dtype = keras.backend.standardize_dtype(value.dtype)
                 if var is None:
+                    reason = "missing in source"
+                    if _by_position(layer):
+                        reason += (
+                            f" (the source records this layer's variables by position only "
+                            f"and holds {len(layer.source.variables)} of the model's "
+                            f"{len(layer.current)}, so which one it lacks is not known"
+                            + (f"; {src.configs_hint}" if src.configs_hint else "") + ")")
                     report.mismatched.append(
-                        Mismatch(plan.target, layer.target_path, name, "missing in source",
+                        Mismatch(plan.target, layer.target_path, name, reason,
                                  "-", f"{target_shape} {target_dtype}")
                     )
                     continue

@@ -1896,6 +1896,38 @@ def test_a_weights_file_layer_known_by_position_is_checked_with_source_model_or_
     assert_bits(_values(model), _values(source))  # by position, as said
 
 
+def test_a_layer_known_by_position_with_fewer_variables_says_which_is_not_known(tmp_path):
+    """Found by a fresh-user re-check: a `.weights.h5` BatchNormalization saved with
+    center=False (gamma and the moving statistics) loaded into a full one was refused naming
+    `moving_variance` as missing in source, though it is beta the file lacks; with
+    `source_model=` too. The file records variables by position: without `source_model=` the
+    refusal says which one it lacks is not known; with it the model is walked, which names
+    the source's variables in the refusal. No weight changes either way."""
+    def build(**options):
+        def model():
+            i = keras.Input((4,))
+            x = L.BatchNormalization(name="block_1_1", **options)(L.Dense(4, name="block_1_0")(i))
+            return keras.Model(i, L.Dense(2, name="head")(x))
+        return model
+
+    source = _filled(build(center=False)())
+    path = str(tmp_path / "bn.weights.h5")
+    source.save_weights(path)
+    target = build()()
+    before = _values(target)
+    with pytest.raises(BlockMismatchError) as e:
+        load_blocks(target, path)
+    assert ("block_1 / block_1_1 / moving_variance: missing in source (the source records this "
+            "layer's variables by position only and holds 3 of the model's 4, so which one it "
+            "lacks is not known; pass source_model= (the model that wrote the file, or a "
+            "function building it), whose layers' options are then compared with the model's)"
+            in str(e.value))
+    with pytest.raises(BlockMismatchError) as e:
+        load_blocks(target, path, source_model=build(center=False))
+    assert "block_1 / block_1_1 / beta: name differs (source 'moving_mean')" in str(e.value)
+    assert_bits(_values(target), before)
+
+
 @pytest.mark.parametrize("kind", ["layer", "group"])
 def test_a_normalization_holding_one_variable_configured_otherwise_is_refused(tmp_path, kind):
     """Found by a fresh-user test: a LayerNormalization (or GroupNormalization) saved with
