@@ -1018,6 +1018,14 @@ def test_a_complete_file_under_another_kind_of_name_is_named_for_what_it_is(tmp_
         ".blocks.h5 files, and Keras .weights.h5 and .h5 files, start with the HDF5 signature "
         "b'\\x89HDF\\r\\n\\x1a\\n'. If it is a .keras archive, give it its name: rename it to end "
         "in .keras.")
+    json_named = tmp_path / "archive.weights.json"
+    json_named.write_bytes((tmp_path / "m.keras").read_bytes())
+    with pytest.raises(BlockFileError) as e:
+        load_blocks(model, str(json_named))
+    assert str(e.value) == (
+        f"{str(json_named)!r} is not a Keras sharded weights index (a JSON file with a "
+        "weight_map) but a zip archive, as a .keras archive is (starting "
+        f"{json_named.read_bytes()[:8]!r}): give it its name, ending in .keras.")
     with pytest.raises(BlockFileError) as e:
         read_blocks(arrays)
     assert str(e.value) == (

@@ -409,6 +409,16 @@ def open_weights(path: str, rule=None, source_model=None,
 
 def open_sharded(path: str, rule=None, source_model=None) -> KerasWeightsSource:
     """Opens a sharded `.weights.json` index and its shard files."""
+    with open(path, "rb") as fh:
+        start = fh.read(8)
+    for signature, what, name in ((b"PK\x03\x04", "a zip archive, as a .keras archive is",
+                                   ".keras"),
+                                  (b"\x89HDF\r\n\x1a\n", "an HDF5 file, as a .weights.h5 is",
+                                   ".weights.h5, .h5 or .blocks.h5")):
+        if start.startswith(signature):
+            raise BlockFileError(
+                f"{path!r} is not a Keras sharded weights index (a JSON file with a weight_map) "
+                f"but {what} (starting {start!r}): give it its name, ending in {name}.")
     try:
         with open(path, encoding="utf-8") as fh:
             config = json.load(fh)
