@@ -297,3 +297,38 @@ def test_free_space_is_counted_per_disk_and_a_remote_storage_is_not(tmp_path):
     with pytest.raises(SweepError, match=rf"^{tmp_path} has too little free space .*Tune's "
                                          rf"results of {free // 65536 + 1} trials"):
         check_free_space(str(tmp_path), trials=free // 65536 + 1, local_ray=False)
+
+
+def test_a_disk_that_fills_during_the_sweep_is_said_with_the_resume_command(
+        monkeypatch, tmp_path, capsys):
+    """Found by a fresh-user re-check: a disk that filled during a sweep (after the free
+    space check passed) ended in Ray's traceback, with no resume command, though nothing was
+    lost and --resume finished it. The command line now says the disk filled, that the
+    finished trials are kept, and how to continue (exit 1); other OSErrors still raise."""
+    import errno
+    import json
+
+    from keras_blockreuse.sweep import run
+
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / run.SETTINGS_FILE).write_text(json.dumps({}))
+    _started_as(monkeypatch, ["python", "sweeps/which_blocks.py", "--smoke", "--out", str(out)],
+                "sweeps/which_blocks.py")
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(run, "run_sweep", full)
+    assert run.main(["--smoke", "--out", str(out)]) == 1
+    assert capsys.readouterr().err == (
+        f"{run.PROG}: error: the disk filled during the sweep ([Errno 28] No space left on "
+        f"device); the trials finished so far are kept in {out}. Free some space there, then "
+        f"continue with: python sweeps/which_blocks.py --resume --out {out}\n")
+
+    def denied(*args, **kwargs):
+        raise PermissionError(errno.EACCES, "Permission denied")
+
+    monkeypatch.setattr(run, "run_sweep", denied)
+    with pytest.raises(PermissionError):
+        run.main(["--smoke", "--out", str(out)])

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import errno
 import functools
 import hashlib
 import json
@@ -1324,6 +1325,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"{PROG}: interrupted ({name}) before any trial started; nothing to resume.",
                   file=sys.stderr)
         return {"SIGINT": 130, "SIGTERM": 143}[name]
+    except OSError as error:
+        if error.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        out = os.path.abspath(args.out) if args.out else None
+        resume = (f" Free some space there, then continue with: "
+                  f"{resume_command(out, args.address)}"
+                  if out and os.path.isfile(os.path.join(out, SETTINGS_FILE)) else "")
+        print(f"{PROG}: error: the disk filled during the sweep ({error}); the trials "
+              f"finished so far are kept in {out or 'the output folder'}.{resume}",
+              file=sys.stderr)
+        return 1
     if result.exit_code == 1:
         print(f"{PROG}: no trial finished its full budget; see {result.paths['report.md']}",
               file=sys.stderr)
