@@ -71,8 +71,9 @@ class BlockCheckpoint(keras.callbacks.Callback):
         keep_last: keep only the newest `keep_last` files written with this `filepath`
             (by this callback, or by an earlier run with the same template, recognised by the
             metadata of each file, however the template was spelled: `run/b_{epoch}.blocks.h5`,
-            `./run/...` and the absolute path are one template); older ones are deleted. Never
-            deletes other files. Default: keep every file.
+            `./run/...` and the absolute path are one template, and with this `monitor`:
+            files of a run that monitored another value are never counted or deleted); older
+            ones are deleted. Never deletes other files. Default: keep every file.
         metadata: a JSON-serialisable dict stored in every file.
         verbose: 0 (silent) or 1 (one line per save, and with `save_best_only` one line per
             epoch that is not saved, as Keras's `ModelCheckpoint` prints them).
@@ -183,7 +184,10 @@ class BlockCheckpoint(keras.callbacks.Callback):
         if self._adopted or (self.keep_last is None and not self.save_best_only):
             return
         self._adopted = True
-        earlier = [(p, m) for p, m in _own_checkpoints(self.filepath) if p not in self.saved]
+        # (files of this template that record another monitor are another run's: never
+        # counted, never pruned)
+        earlier = [(p, m) for p, m in _own_checkpoints(self.filepath)
+                   if p not in self.saved and m.get("monitor") == self.monitor]
         if self.keep_last is not None:
             self.saved = [p for p, _ in earlier] + self.saved
         if self.save_best_only:
@@ -301,7 +305,8 @@ class BlockCheckpoint(keras.callbacks.Callback):
             if self.verbose > 0:
                 print(
                     f"\nEpoch {epoch + 1}: {self.monitor} improved from "
-                    f"{'None' if best is None else f'{best:.5f}'} to {current:.5f}, "
+                    f"{('inf' if lower_is_better else '-inf') if best is None else f'{best:.5f}'}"
+                    f" to {current:.5f}, "
                     f"saving blocks to {path}"
                 )
             return True

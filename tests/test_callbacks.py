@@ -159,6 +159,26 @@ def test_keep_last_recognises_earlier_files_however_the_template_is_spelled(
     assert_weights_equal(loaded_weights(run / "b_09.blocks.h5"), weights(model))
 
 
+def test_keep_last_never_counts_or_prunes_files_that_monitored_another_value(tmp_path):
+    """Found by a fresh-user re-check: a run monitoring val_loss with keep_last=1 deleted
+    the best file of an earlier run of the same template that monitored val_accuracy (and
+    counted it). Files recording another monitor are another run's: left as they are."""
+    x, y = data()
+    model = compiled(small_cnn())
+    template = str(tmp_path / "b_{epoch:02d}.blocks.h5")
+    model.fit(x, y, batch_size=BATCH, epochs=2, verbose=0, validation_data=(x, y),
+              callbacks=[BlockCheckpoint(template, monitor="val_accuracy", mode="max")])
+    theirs = {name: (tmp_path / name).read_bytes() for name in os.listdir(tmp_path)}
+    assert sorted(theirs) == ["b_01.blocks.h5", "b_02.blocks.h5"]
+    model.fit(x, y, batch_size=BATCH, initial_epoch=2, epochs=4, verbose=0,
+              validation_data=(x, y),
+              callbacks=[BlockCheckpoint(template, monitor="val_loss", keep_last=1)])
+    assert sorted(os.listdir(tmp_path)) == ["b_01.blocks.h5", "b_02.blocks.h5",
+                                            "b_04.blocks.h5"]
+    assert all((tmp_path / name).read_bytes() == kept for name, kept in theirs.items())
+    assert read_blocks(tmp_path / "b_04.blocks.h5").metadata["monitor"] == "val_loss"
+
+
 def test_keep_last_with_a_fixed_path_keeps_the_one_file(tmp_path):
     x, y = data()
     model = compiled(small_cnn())
@@ -256,7 +276,7 @@ def test_verbose_prints_one_line_per_epoch(tmp_path, capsys):
         for epoch, val_loss in enumerate([1.0, 0.5, 0.7]):
             checkpoint.on_epoch_end(epoch, {"val_loss": val_loss})
     assert capsys.readouterr().out == (
-        f"\nEpoch 1: val_loss improved from None to 1.00000, saving blocks to "
+        f"\nEpoch 1: val_loss improved from inf to 1.00000, saving blocks to "
         f"{tmp_path / 'best_1.blocks.h5'}\n"
         f"\nEpoch 2: val_loss improved from 1.00000 to 0.50000, saving blocks to "
         f"{tmp_path / 'best_2.blocks.h5'}\n"
