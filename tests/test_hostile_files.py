@@ -242,20 +242,45 @@ def test_a_deflated_archive_with_any_keras_optimizer_state_loads(tmp_path, polic
     assert values(target) == values(source)
 
 
+def test_a_deflated_archive_of_many_weightless_layers_loads(tmp_path):
+    """Found by a fresh-user re-check: a deflated `.keras` of a model with 600 Activation
+    layers (4 variables) was refused as a zip bomb: Keras writes an HDF5 group for every
+    layer, about 2 KB each, which the bound (per variable) did not count. It counts every
+    object the config describes."""
+    i = keras.Input((8,))
+    h = L.Dense(8, name="block_1_0")(i)
+    h = L.Add(name="add")([L.Activation("relu", name=f"act{n}")(h) for n in range(600)])
+    source = keras.Model(i, L.Dense(2, name="head")(h))
+    plain = str(tmp_path / "plain.keras")
+    source.save(plain)
+    with zipfile.ZipFile(plain) as archive:
+        assert archive.getinfo("model.weights.h5").file_size > (1 << 20) + 4096 * 4
+    deflated = str(tmp_path / "deflated.keras")
+    rezip(plain, deflated)
+    target = keras.models.clone_model(source)
+    assert load_blocks(target, deflated).ok
+    assert values(target) == values(source)
+
+
 def test_a_zip_bomb_one_byte_past_the_bound_is_stopped_there(tmp_path):
-    """The bound: the config's variables (1.2 MB here) 16 times, 1 MiB, 4 KiB per variable."""
+    """The bound: the config's variables (1.2 MB here) 16 times, 1 MiB, 4 KiB per variable
+    and per object its config describes (15 here: the model, its layers, their
+    initializers and the input layer)."""
     source = wide()
     plain = str(tmp_path / "plain.keras")
     source.save(plain)
     sizes = [int(np.prod(v.shape)) * 4 for v in source.weights]
-    bound = 16 * sum(sizes) + (1 << 20) + 4096 * len(sizes)
-    assert bound == 20_341_376
+    with zipfile.ZipFile(plain) as archive:
+        objects = archive.read("config.json").decode().count('"class_name"')
+    assert objects == 15
+    bound = 16 * sum(sizes) + (1 << 20) + 4096 * (len(sizes) + objects)
+    assert bound == 20_402_816
     bomb = str(tmp_path / "bomb.keras")
     rezip(plain, bomb, {"model.weights.h5": b"\0" * (bound + 1)})
     with pytest.raises(BlockFileError) as e:
         load_blocks(wide("t"), bomb)
     assert str(e.value) == (
-        f"{bomb}: archive member 'model.weights.h5' inflates beyond 20341376 bytes, more than "
+        f"{bomb}: archive member 'model.weights.h5' inflates beyond 20402816 bytes, more than "
         "its model's weights need (from its config, with optimizer state and a margin); a zip "
         "bomb or a damaged archive. Stopped inflating it.")
 

@@ -168,18 +168,36 @@ def _hub_grouping(structure, info: dict):
 OPTIMIZER_COPIES = 15
 
 
-def _weights_bound(model) -> int:
+def _weights_bound(model, objects: int = 0) -> int:
     """The most bytes a `.keras` archive's weights file can need: its config's model's
     variables, `OPTIMIZER_COPIES` copies of them for the optimizer state (any optimizer Keras
     ships, with amsgrad, use_ema, gradient accumulation and loss scaling), and a margin of
-    1 MiB plus 4 KiB per variable for HDF5's own structures."""
+    1 MiB plus 4 KiB per variable and per object for HDF5's own structures (Keras writes a
+    group for every layer, weightless ones too: about 2 KB each). `objects`: the objects its
+    config describes (else its layers, nested ones counted, are)."""
     import keras
 
     if not isinstance(model, keras.Model):
         model = model()
     variables = list(model.weights)
     values = sum(int(np.prod(v.shape, dtype=np.int64)) * _itemsize(v.dtype) for v in variables)
-    return (1 + OPTIMIZER_COPIES) * values + (1 << 20) + 4096 * len(variables)
+    objects = max(objects, _count_layers(model))
+    return (1 + OPTIMIZER_COPIES) * values + (1 << 20) + 4096 * (len(variables) + objects)
+
+
+def _count_layers(layer) -> int:
+    """The layers below `layer`, through the `layers` of its nested models."""
+    inner = getattr(layer, "layers", None)
+    return sum(1 + _count_layers(sub) for sub in inner) if isinstance(inner, list) else 0
+
+
+def _count_objects(config) -> int:
+    """The objects a Keras config describes (each `class_name` in it)."""
+    if isinstance(config, dict):
+        return ("class_name" in config) + sum(_count_objects(v) for v in config.values())
+    if isinstance(config, list):
+        return sum(_count_objects(v) for v in config)
+    return 0
 
 
 def _config_bound(config: dict, where: str, structure) -> int:
@@ -195,12 +213,13 @@ def _config_bound(config: dict, where: str, structure) -> int:
     from keras.src.backend.common import global_state
 
     pending = global_state.get_global_attribute("uninitialized_variables")
+    objects = _count_objects(config)
     try:
         with keras.StatelessScope(initialize_variables=False):
             model = model_from_config(copy.deepcopy(config), where)  # it consumes the config
-        return _weights_bound(model)
+        return _weights_bound(model, objects)
     except BlockFileError:
-        return _weights_bound(structure())
+        return _weights_bound(structure(), objects)
     finally:  # nothing initializes the variables of the measured model later
         global_state.set_global_attribute("uninitialized_variables", pending)
 
