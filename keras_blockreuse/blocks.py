@@ -250,7 +250,8 @@ def warn_if_compiled(model, names: Sequence[str], what: str) -> None:
 
     A compiled model not trained yet needs nothing: its first `fit()` builds the optimizer and
     the training step for the trainable weights of that moment (measured on TensorFlow and
-    JAX, Keras 3.15). Once trained (the optimizer built, or the training step made), the
+    JAX, Keras 3.15). Once trained (the optimizer built, or the training step made; under
+    JAX `evaluate()` builds the optimizer too), the
     change reaches training only through `model.compile()`: under JAX the next `fit()` fails
     (`ValueError: Argument optimizer_variables must be a list of tensors corresponding 1:1
     ...`: the optimizer was built for the old trainable weights) after Keras's JAX trainer has
@@ -270,6 +271,8 @@ def warn_if_compiled(model, names: Sequence[str], what: str) -> None:
     import keras
 
     backend = keras.backend.backend()
+    since = "was trained" if backend != "jax" else (
+        "was trained or evaluated (JAX's `evaluate()` builds the optimizer too)")
     if backend == "jax":
         effect = ("under JAX, until you do, the next `fit()` fails (its optimizer was built "
                   "for the weights trainable then) and leaves every variable of the model "
@@ -281,8 +284,8 @@ def warn_if_compiled(model, names: Sequence[str], what: str) -> None:
                   + ("the frozen blocks included" if what == "frozen"
                      else "leaving the unfrozen blocks unchanged"))
     warnings.warn(
-        f"Blocks {list(names)} of model {model.name!r} were {what} after the model was "
-        "trained. Call `model.compile()` again for the change to take effect in training; "
+        f"Blocks {list(names)} of model {model.name!r} were {what} after the model {since}. "
+        "Call `model.compile()` again for the change to take effect in training; "
         f"{effect}.",
         stacklevel=3,
     )

@@ -147,8 +147,9 @@ def test_freeze_after_training_under_jax_warns_that_fit_fails_until_compile(tmp_
                             capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.splitlines() == [
-        "WARNING [\"Blocks ['block_1'] of model 'tiny' were frozen after the model was trained. "
-        "Call `model.compile()` again for the change to take effect in training; under JAX, "
+        "WARNING [\"Blocks ['block_1'] of model 'tiny' were frozen after the model was trained "
+        "or evaluated (JAX's `evaluate()` builds the optimizer too). Call `model.compile()` "
+        "again for the change to take effect in training; under JAX, "
         "until you do, the next `fit()` fails (its optimizer was built for the weights "
         "trainable then) and leaves every variable of the model without a value (Keras's JAX "
         "trainer detaches them for the step), the loaded weights lost with the others.\"]",
