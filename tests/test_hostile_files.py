@@ -262,6 +262,33 @@ def test_a_deflated_archive_of_many_weightless_layers_loads(tmp_path):
     assert values(target) == values(source)
 
 
+def test_a_config_json_bomb_is_stopped(tmp_path):
+    """Found by a fresh-user re-check: a `.keras` whose config.json was the real JSON and
+    then 1 GiB of whitespace (valid JSON, 1 MB deflated) loaded in 7 s with 2 GB more memory;
+    a larger one would run the process out of memory. A JSON member stops inflating at 64 MiB,
+    and a config within it still loads."""
+    from keras_blockreuse.sources.keras_archive import JSON_LIMIT
+
+    source = wide()
+    plain = str(tmp_path / "plain.keras")
+    source.save(plain)
+    with zipfile.ZipFile(plain) as archive:
+        config = archive.read("config.json")
+    padded = str(tmp_path / "padded.keras")
+    rezip(plain, padded, {"config.json": config + b" " * (JSON_LIMIT - len(config))})
+    target = wide("t")
+    assert load_blocks(target, padded).ok and values(target) == values(source)
+    bomb = str(tmp_path / "bomb.keras")
+    rezip(plain, bomb, {"config.json": config + b" " * (JSON_LIMIT - len(config) + 1)})
+    before = values(target)
+    with pytest.raises(BlockFileError) as e:
+        load_blocks(target, bomb)
+    assert str(e.value) == (
+        f"{bomb}: archive member 'config.json' inflates beyond 67108864 bytes, more than any "
+        "Keras config holds; a zip bomb or a damaged archive. Stopped inflating it.")
+    assert values(target) == before
+
+
 def test_a_zip_bomb_one_byte_past_the_bound_is_stopped_there(tmp_path):
     """The bound: the config's variables (1.2 MB here) 16 times, 1 MiB, 4 KiB per variable
     and per object its config describes (15 here: the model, its layers, their

@@ -231,10 +231,22 @@ def _itemsize(dtype) -> int:
         return 8  # a type NumPy does not know (bfloat16, float8): at most 8 bytes
 
 
+# The most bytes a `.keras` archive's JSON member (config.json, metadata.json) may inflate to:
+# Keras writes a few KB to a few MB (a keras-hub model's config); more is a zip bomb.
+JSON_LIMIT = 64 << 20
+
+
 def json_member(archive: zipfile.ZipFile, name: str, where: str) -> dict:
-    """A JSON member of an archive, parsed."""
+    """A JSON member of an archive, parsed; one that inflates beyond `JSON_LIMIT` bytes is
+    refused (`BlockFileError`) when it gets there, before it fills memory."""
+    with archive.open(name) as member:
+        data = member.read(JSON_LIMIT + 1)
+    if len(data) > JSON_LIMIT:
+        raise BlockFileError(
+            f"{where}: archive member {name!r} inflates beyond {JSON_LIMIT} bytes, more than "
+            "any Keras config holds; a zip bomb or a damaged archive. Stopped inflating it.")
     try:
-        return json.loads(archive.read(name).decode("utf-8"))
+        return json.loads(data.decode("utf-8"))
     except (ValueError, UnicodeDecodeError) as e:
         raise BlockFileError(f"{where}: {name} is not valid JSON: {e}") from None
 
