@@ -1,7 +1,12 @@
 """Small models and comparisons shared by the core tests."""
 
+import contextlib
+import os
+import subprocess
+
 import keras
 import numpy as np
+import pytest
 
 L = keras.layers
 
@@ -98,3 +103,20 @@ def seeded_values(model) -> list:
         np.random.default_rng(i).random(tuple(v.shape), dtype=np.float32)
         for i, v in enumerate(model.weights)
     ]
+
+
+@contextlib.contextmanager
+def small_tmpfs(folder, size: str):
+    """A tmpfs of `size` ("2m") mounted on the new folder `folder` for a real full disk;
+    the test is skipped where it cannot be mounted (mounting needs root, as in CI)."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs needs root (CI runs as root)")
+    folder.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs",
+                              str(folder)], capture_output=True, text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], capture_output=True)

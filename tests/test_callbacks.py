@@ -3,7 +3,6 @@
 import errno
 import os
 import shutil
-import subprocess
 import warnings
 
 import h5py
@@ -20,6 +19,7 @@ from keras_blockreuse import (
     save_blocks,
 )
 from keras_blockreuse.store import is_temporary
+from tests.helpers import small_tmpfs
 
 L = keras.layers
 BATCH = 8
@@ -214,18 +214,8 @@ def test_save_best_only_saves_only_on_improvement(tmp_path):
 @pytest.fixture
 def tmpfs(tmp_path):
     """A 1 MiB tmpfs (mounting needs root, as in CI; skipped otherwise)."""
-    if os.geteuid() != 0:
-        pytest.skip("mounting a small tmpfs needs root (CI runs as root)")
-    folder = tmp_path / "tmpfs"
-    folder.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(folder)],
-                             capture_output=True, text=True)
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
-    try:
+    with small_tmpfs(tmp_path / "tmpfs", "1m") as folder:
         yield folder
-    finally:
-        subprocess.run(["umount", "-l", str(folder)], capture_output=True)
 
 
 def fill(folder) -> str:

@@ -17,6 +17,7 @@ import sys
 import pytest
 
 from keras_blockreuse.store import BlockFile
+from tests.helpers import small_tmpfs
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PAGE = 4096
@@ -55,18 +56,8 @@ for line in sys.stdin:
 
 @pytest.fixture
 def tmpfs(tmp_path):
-    if os.geteuid() != 0:
-        pytest.skip("mounting a small tmpfs needs root (CI runs as root)")
-    folder = tmp_path / "tmpfs"
-    folder.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(folder)],
-                             capture_output=True, text=True)
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
-    try:
+    with small_tmpfs(tmp_path / "tmpfs", "2m") as folder:
         yield str(folder)
-    finally:
-        subprocess.run(["umount", "-l", str(folder)], capture_output=True)
 
 
 class Worker:

@@ -211,20 +211,10 @@ def test_tune_environment_buffers_results_and_leaves_the_users_settings(monkeypa
 def small_disk(tmp_path):
     """An 8 MiB tmpfs, room for a smoke sweep (root mounts it; skipped otherwise, CI runs as
     root), as in test_disk_full.py."""
-    import subprocess
+    from tests.helpers import small_tmpfs
 
-    if os.geteuid() != 0:
-        pytest.skip("mounting a small tmpfs needs root (CI runs as root)")
-    folder = tmp_path / "disk"
-    folder.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(folder)],
-                             capture_output=True, text=True)
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
-    try:
+    with small_tmpfs(tmp_path / "disk", "8m") as folder:
         yield folder
-    finally:
-        subprocess.run(["umount", "-l", str(folder)], capture_output=True)
 
 
 def _fill(folder) -> None:
