@@ -36,7 +36,7 @@ import math
 import os
 from collections.abc import Callable, Mapping, Sequence
 
-from keras_blockreuse.sweep.report import rounding_tolerance
+from keras_blockreuse.sweep.report import rounding_equal
 from keras_blockreuse.sweep.space import SweepError
 
 __all__ = ["Decision", "Halving", "advance", "rung_epochs", "successive_halving", "tune_rung"]
@@ -145,8 +145,7 @@ def advance(
     keep = math.ceil(len(ranked) / int(eta)) if ranked else 0
     if keep:
         cut = means[ranked[keep - 1]]  # equal to float32 rounding is equal (a tie)
-        while keep < len(ranked) and abs(means[ranked[keep]] - cut) <= rounding_tolerance(
-                [cut, means[ranked[keep]]]):
+        while keep < len(ranked) and rounding_equal(means[ranked[keep]], cut):
             keep += 1
     return Decision(rung=rung, epochs=epochs, means=means, advanced=ranked[:keep],
                     stopped=ranked[keep:], failed=failed)

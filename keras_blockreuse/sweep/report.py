@@ -205,6 +205,12 @@ def rounding_tolerance(values: Sequence[float]) -> float:
         np.max(np.abs(np.asarray(values, dtype=float))))
 
 
+def rounding_equal(a: float, b: float) -> bool:
+    """Whether two metric values are equal to float32 rounding (`rounding_tolerance` of the
+    two): 0.65 and 0.6499999999999999 are."""
+    return abs(a - b) <= rounding_tolerance([a, b])
+
+
 def paired_test(values: Sequence[float], baseline: Sequence[float]) -> tuple[float, str]:
     """Two-sided paired test of `values` against `baseline` (same order): `(p, test)`.
 
@@ -430,12 +436,8 @@ def verdict(trials: pd.DataFrame, metric: str = "test_accuracy",
     # Means equal to float32 rounding (0.65 and 0.6499999999999999: the same seeds' accuracies
     # summed in another order) are equal: the best is the cheapest of those at the top.
     top = max(sign * m for m in result.val_means.values())
-
-    def equal(a: float, b: float) -> bool:
-        return abs(a - b) <= rounding_tolerance([a, b])
-
     order = sorted(eligible, key=lambda p: (
-        -top if equal(top, sign * result.val_means[p]) else -sign * result.val_means[p],
+        -top if rounding_equal(top, sign * result.val_means[p]) else -sign * result.val_means[p],
         cost(p), p))
     best = order[0]
     result.best = best
@@ -449,8 +451,10 @@ def verdict(trials: pd.DataFrame, metric: str = "test_accuracy",
     seeds = list(eligible[best].values())
     result.standard_error = float(np.std(seeds, ddof=1) / math.sqrt(len(seeds)))
     limit = result.val_means[best] - sign * result.standard_error
-    result.near = [p for p in result.tied if (sign * (result.val_means[p] - limit) >= 0 or equal(
-        result.val_means[p], limit)) and result.tests.get(p) != "n<2"]  # (never compared: no)
+    result.near = [p for p in result.tied
+                   if (sign * (result.val_means[p] - limit) >= 0
+                       or rounding_equal(result.val_means[p], limit))
+                   and result.tests.get(p) != "n<2"]  # (never compared: not recommended)
     if chance is not None:
         result.at_chance = [p for p in result.near if p != best and not _above_chance(
             result.val_means[p], *chance, alpha=alpha)]
@@ -651,7 +655,8 @@ def _not_compared(chosen: Verdict, rows: pd.DataFrame) -> list[str]:
     for p, why in chosen.excluded.items():
         value = rows.loc[p, "val_mean"] if p in rows.index else math.nan
         listed.append(f"{chosen.name(p)} ({why})")
-        if not math.isnan(value) and sign * (value - best) > rounding_tolerance([value, best]):
+        if (not math.isnan(value) and sign * (value - best) > 0
+                and not rounding_equal(value, best)):
             above.append(f"{chosen.name(p)} ({value:.3f})")
     line = (f"Not compared, with fewer than {MIN_SEEDS} finished full-budget seeds: "
             f"{', '.join(listed)}.")

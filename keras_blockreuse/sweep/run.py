@@ -65,7 +65,7 @@ from keras_blockreuse.sweep.options import (
     parse_args,
     settings_from_args,
 )
-from keras_blockreuse.sweep.report import MIN_SEEDS, diverged, rounding_tolerance, write_report
+from keras_blockreuse.sweep.report import MIN_SEEDS, diverged, rounding_equal, write_report
 from keras_blockreuse.sweep.space import SCRATCH, Configuration, SweepError
 
 if TYPE_CHECKING:
@@ -801,11 +801,11 @@ def _greedy(runner: _Runner, rows: list[dict], blocks: list[str],
         if not scored:
             break
         top = max(sign * scores[c.key] for c in scored)  # ties (float32 rounding): cheapest
-        best = min((c for c in scored if abs(sign * scores[c.key] - top) <= rounding_tolerance(
-            [top, scores[c.key]])), key=lambda c: runner.costs.get(c.key, math.inf))
+        best = min((c for c in scored if rounding_equal(sign * scores[c.key], top)),
+                   key=lambda c: runner.costs.get(c.key, math.inf))
         now = scores.get(current.key, math.nan)  # a gain within float32 rounding is none
-        if not math.isnan(now) and sign * (scores[best.key] - now) <= rounding_tolerance(
-                [scores[best.key], now]):
+        if not math.isnan(now) and (sign * (scores[best.key] - now) <= 0
+                                    or rounding_equal(scores[best.key], now)):
             runner.print_fn(f"Greedy: no single change beats {current.key}; stopping.")
             break
         runner.print_fn(f"Greedy round {round_}: {best.key} (val {scores[best.key]:.3f}).")
