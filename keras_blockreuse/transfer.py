@@ -1493,15 +1493,25 @@ def _variables_by_target_key(layer: _LayerPlan, by_name: bool) -> dict[str, Vari
 
     By key (`save_own_variables` order) — or, for sources that store variables in another
     order but name them reliably (legacy `.h5`: trainable first), by variable name when the
-    names on both sides are unique and the same.
+    names on both sides are unique and the same. Where the two layers hold another number of
+    variables (a `BatchNormalization(center=False)` against a full one) and the source names
+    each of its own (`source_model=`, a rebuilt structure), the names pair where one side's
+    are all among the other's, so that the one missing is named rather than each later one
+    paired with its neighbour's values; a source variable the model lacks is then left
+    under its own key, `<source>/KEY`, to be reported.
     """
     source = {v.key: v for v in layer.source.variables}
-    if by_name:
-        names = {str(getattr(value, "name", key)): key for key, value in layer.current.items()}
-        stored = {v.name: v for v in layer.source.variables}
-        if (len(names) == len(layer.current) and len(stored) == len(source)
-                and set(names) == set(stored)):
-            return {key: stored[name] for name, key in names.items()}
+    if not by_name and len(source) == len(layer.current):
+        return source
+    names = {str(getattr(value, "name", key)): key for key, value in layer.current.items()}
+    stored = {v.name: v for v in layer.source.variables}
+    unique = len(names) == len(layer.current) and len(stored) == len(source)
+    if by_name and unique and set(names) == set(stored):
+        return {key: stored[name] for name, key in names.items()}
+    named = all(v.name not in ("", v.key) for v in layer.source.variables)
+    if (named and unique and len(stored) != len(names)
+            and (set(stored) <= set(names) or set(names) <= set(stored))):
+        return {names.get(name, f"<source>/{var.key}"): var for name, var in stored.items()}
     return source
 
 

@@ -1776,6 +1776,36 @@ def test_a_keras_archives_layer_configured_to_hold_other_variables_is_refused(tm
     assert_bits(_values(other), _values(source))
 
 
+@pytest.mark.parametrize("kind", ["weights", "keras", "blocks", "live"])
+@pytest.mark.parametrize("source_center", [False, True])
+def test_a_normalization_holding_fewer_variables_names_the_one_missing(tmp_path, kind,
+                                                                       source_center):
+    """Found in review: a `BatchNormalization(center=False)` (gamma, moving mean, moving
+    variance) loaded into a full one was refused, but the message paired the named variables
+    by position: `beta: name differs (source 'moving_mean')`, `moving_mean: name differs
+    (source 'moving_variance')`, `moving_variance: missing in source`, as if three variables
+    were wrong. Where the source names its variables (`source_model=`, a `.keras` config, a
+    block file, a live model), the names now pair and the one variable missing is named, in
+    both directions; the load is still refused and changes no weight."""
+    source = _filled(_bn_model(center=source_center))
+    paths = {"weights": str(tmp_path / "bn.weights.h5"), "keras": str(tmp_path / "bn.keras"),
+             "blocks": str(tmp_path / "bn.blocks.h5")}
+    source.save_weights(paths["weights"])
+    source.save(paths["keras"])
+    save_blocks(source, paths["blocks"])
+    options = {"source_model": _bn_model(center=source_center)} if kind == "weights" else {}
+    model = _bn_model(center=not source_center)
+    before = _values(model)
+    with pytest.raises(BlockMismatchError) as raised:
+        load_blocks(model, source if kind == "live" else paths[kind], **options)
+    lines = [line for line in str(raised.value).splitlines() if line.startswith("  - ")]
+    assert lines == (
+        ["  - bn / bn / beta: missing in source (source -, model (4,) float32)"]
+        if not source_center else
+        ["  - bn / bn / beta: not in model (source (4,) float32, model -)"])
+    _assert_unchanged(before, model)
+
+
 def test_a_layer_configured_otherwise_is_said_to_pair_by_position_when_no_rebuild_names_it(
         tmp_path):
     """Where the archive's config cannot be rebuilt (a Lambda layer, refused by safe_mode),
@@ -1902,7 +1932,8 @@ def test_a_layer_known_by_position_with_fewer_variables_says_which_is_not_known(
     `moving_variance` as missing in source, though it is beta the file lacks; with
     `source_model=` too. The file records variables by position: without `source_model=` the
     refusal says which one it lacks is not known; with it the model is walked, which names
-    the source's variables in the refusal. No weight changes either way."""
+    the source's variables, and the refusal names beta alone. No weight changes either
+    way."""
     def build(**options):
         def model():
             i = keras.Input((4,))
@@ -1924,7 +1955,9 @@ def test_a_layer_known_by_position_with_fewer_variables_says_which_is_not_known(
             in str(e.value))
     with pytest.raises(BlockMismatchError) as e:
         load_blocks(target, path, source_model=build(center=False))
-    assert "block_1 / block_1_1 / beta: name differs (source 'moving_mean')" in str(e.value)
+    lines = [line for line in str(e.value).splitlines() if line.startswith("  - ")]
+    assert lines == ["  - block_1 / block_1_1 / beta: missing in source (source -, model (4,) "
+                     "float32)"]  # (named: not its neighbours paired by position)
     assert_bits(_values(target), before)
 
 
