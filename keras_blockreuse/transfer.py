@@ -129,9 +129,11 @@ class _BlockPlan:
     pairing: str  # "name", "path" or "order"
     unpaired_source: list[str] = dataclasses.field(default_factory=list)
     unpaired_target: list[str] = dataclasses.field(default_factory=list)
-    # model layer -> (source layer, where each side places it): automatic names that pair
-    # them, contradicted by their places in Keras's saving walk or in computation order
-    contradicted: dict[str, tuple[str, str]] = dataclasses.field(default_factory=dict)
+    # model layer -> (source layer, where each side places it, whether the names at odds are
+    # top-level ones): automatic names that pair them, contradicted by their places in
+    # Keras's saving walk or in computation order. rename= pairs blocks, so it can mend top-
+    # level names only: inside a block (a nested model's `dense_1`) it cannot.
+    contradicted: dict[str, tuple[str, str, bool]] = dataclasses.field(default_factory=dict)
     # model layer -> why its name cannot tell which source layer it is (`_ambiguous_names`)
     ambiguous: dict[str, str] = dataclasses.field(default_factory=dict)
     caveat: str = ""  # same-class layers paired by automatic names alone (see LoadReport)
@@ -657,10 +659,12 @@ def _plan(
                                                   "present", "present"))
                 continue
             if path in plan.contradicted:
-                name, places = plan.contradicted[path]
+                name, places, top_level = plan.contradicted[path]
                 report.mismatched.append(Mismatch(
                     t, path, "*", f"its automatic name pairs it with source layer {name!r}, "
-                    f"but {places}. Name the layers, or pair the blocks with rename=",
+                    f"but {places}. Name the layers"
+                    + (", or pair the blocks with rename=" if top_level else " when building "
+                       "the model (rename= pairs whole blocks, not the layers inside one)"),
                     "present", "present"))
                 continue
             report.mismatched.append(
@@ -774,7 +778,7 @@ def _pair_block(
         by_name = _below_one_prefix(units, source_layers, source_name, target_name) or by_name
     pairs = None
     pairing = "name"
-    contradicted: dict[str, tuple[str, str]] = {}
+    contradicted: dict[str, tuple[str, str, bool]] = {}
     caveat = ""
     if all(path in by_name for path, _, _ in units):
         pairs = [(unit, by_name[unit[0]]) for unit in units]
@@ -994,7 +998,7 @@ def _below_one_prefix(units, source_layers: Sequence[LayerInfo], source_block: s
 
 def _contradicted(pairs, block: Block, target_paths: Callable[[], dict[int, str]],
                   source_paths: Callable[[], set[str]]
-                  ) -> tuple[dict[str, tuple[str, str]], list]:
+                  ) -> tuple[dict[str, tuple[str, str, bool]], list]:
     """Checks name pairs of automatic names against both sides' places in Keras's saving walk.
 
     Steps of each path are compared: the last (`dense_1`: the second Dense of its container;
@@ -1006,8 +1010,9 @@ def _contradicted(pairs, block: Block, target_paths: Callable[[], dict[int, str]
     block nested in another model) neither confirms nor contradicts them.
 
     Returns:
-        `{model layer: (source layer, how they differ)}` for contradicted pairs, and the
-        pairs that no path or order confirms.
+        `{model layer: (source layer, how they differ, whether the step that differs is a
+        top-level layer's)}` for contradicted pairs, and the pairs that no path or order
+        confirms.
     """
     paths = target_paths() if any(layer.keras_path for _, layer in pairs) else {}
     out, unconfirmed = {}, []
@@ -1028,14 +1033,14 @@ def _contradicted(pairs, block: Block, target_paths: Callable[[], dict[int, str]
             continue
         # (an explicitly named layer's own step is its place in a list, which another order
         # of computing moves: only the automatically named layers' steps are compared)
-        steps = [(mine, theirs)] if automatic_name(path, obj) else []
-        for container in containers:
+        steps = [(mine, theirs, "/" not in path)] if automatic_name(path, obj) else []
+        for i, container in steps_held:
             container_path = paths.get(id(container))
             if container_path and mine.startswith(container_path + "/"):
                 depth = mine[len(container_path):].count("/")
-                steps.append((container_path, theirs.rsplit("/", depth)[0]))
+                steps.append((container_path, theirs.rsplit("/", depth)[0], i == 0))
         confirmed = True
-        for m, t in steps:
+        for m, t, top_level in steps:
             if m.rsplit("/", 1)[-1] == t.rsplit("/", 1)[-1]:
                 continue
             confirmed = False
@@ -1050,7 +1055,8 @@ def _contradicted(pairs, block: Block, target_paths: Callable[[], dict[int, str]
             if placed:
                 out[path] = (layer.path, "Keras's saving walk places them differently "
                                          f"(source {theirs}, model {mine}): created in another "
-                                         "order, or moved in a list?")
+                                         "order, or moved in a list?",
+                             top_level or path in out and out[path][2])
         if not confirmed and path not in out:
             unconfirmed.append(pair)
     return out, unconfirmed
@@ -1075,8 +1081,9 @@ def _automatic_steps(path: str, block: Block) -> list[tuple[int, Any]]:
 
 
 def _shifted_families(pairs, units, source_layers: Sequence[LayerInfo], block: Block
-                      ) -> dict[str, tuple[str, str]]:
-    """Name pairs of automatic names beside unpaired layers of their class and container.
+                      ) -> dict[str, tuple[str, str, bool]]:
+    """Name pairs of automatic names beside unpaired layers of their class and container
+    (`{model layer: (source layer, why, whether the family is of top-level layers)}`).
 
     A layer added before others of its class (or removed) shifts their automatic names, so
     `dense_1` of the model may be `dense` of the source; where either side holds a layer of
@@ -1116,7 +1123,7 @@ def _shifted_families(pairs, units, source_layers: Sequence[LayerInfo], block: B
             out[path] = (layer.path, f"layers of its class beside it did not pair "
                                      f"({', '.join(loose[key])}), as when a layer is "
                                      "added or removed before others of its class and their "
-                                     "automatic names shift")
+                                     "automatic names shift", key[0] == "")
     return out
 
 
@@ -1298,7 +1305,7 @@ def _contradicted_by_order(plans: list[_BlockPlan]) -> None:
             plan.contradicted[layer.target_path] = (
                 layer.source.path, f"they compute at different places among the {kind} "
                 f"(source: number {source_rank + 1}, model: number {rank + 1}): created "
-                "in another order?")
+                "in another order?", key[0] == "")
     for plan in plans:
         if any(layer.target_path in plan.contradicted for layer in plan.layers):
             gone = [layer for layer in plan.layers if layer.target_path in plan.contradicted]

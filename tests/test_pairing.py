@@ -289,6 +289,37 @@ def test_keras2_weights_only_nested_order_unknown_is_refused(keras2_files):
     assert all(before[k].tobytes() == v.tobytes() for k, v in snapshot(target).items())
 
 
+def test_keras2_nested_layers_with_shifted_names_are_refused_without_offering_rename(
+        keras2_files):
+    """Found in review: a Keras 2 file of a nested Sequential (`sequential`: dense, dense_1,
+    dense_2) into a Keras 3 model whose nested Sequential has the same name but its Dense
+    layers numbered from dense_1 (a Dense created before them) was refused, advising "or pair
+    the blocks with rename=": the blocks already pair, and rename= cannot pair the layers
+    inside one. The refusal now advises naming the layers, or a whole-model file, whose
+    order pairs them; no weight changes."""
+    folder, _, expected = keras2_files
+    keras.backend.clear_session(free_memory=False)
+    L.Dense(1)  # takes `dense`
+    inner = keras.Sequential([L.Dense(8), L.Dense(8), L.Dense(8)])
+    target = keras.Sequential([keras.Input((8,)), inner])
+    assert inner.name == "sequential"
+    assert [layer.name for layer in inner.layers] == ["dense_1", "dense_2", "dense_3"]
+    before = snapshot(target)
+    with pytest.raises(BlockMismatchError) as e:
+        load_blocks(target, os.path.join(folder, "keras2_weights.h5"))
+    assert ("sequential / sequential/dense_1 / *: its automatic name pairs it with source "
+            "layer 'sequential/dense_1', but ") in str(e.value), str(e.value)
+    assert ("Name the layers when building the model (rename= pairs whole blocks, not the "
+            "layers inside one)") in str(e.value)
+    assert "rename=" not in str(e.value).replace("(rename= pairs whole blocks", "")
+    assert "use a whole-model file (Keras 2 `model.save('model.h5')`)" in str(e.value)
+    assert all(before[k].tobytes() == v.tobytes() for k, v in snapshot(target).items())
+    report = load_blocks(target, os.path.join(folder, "keras2.h5"))  # the advice, followed
+    assert report.ok and report.pairing == {"sequential": "order"}
+    for layer, arrays in zip(inner.layers, expected, strict=True):
+        assert_bits([np.array(v.numpy()) for v in layer.weights], arrays)
+
+
 def test_a_block_file_whose_layers_do_not_correspond_is_refused_with_a_fitting_hint(tmp_path):
     def dense_net(widths, prefix):
         inputs = keras.Input((4,))
@@ -845,7 +876,9 @@ def test_legacy_h5_sub_layers_paired_by_automatic_names_alone_are_said_plainly(t
 def test_skip_never_pairs_a_shifted_family_by_its_names(tmp_path, kind):
     """Found by a fresh-user test: a Dense inserted first in a nested Sequential shifts the
     automatic names of the Dense after it; `on_mismatch="skip"` (which the refusal suggests)
-    then gave each layer its neighbour's values. The family is left whole instead."""
+    then gave each layer its neighbour's values. The family is left whole instead. The
+    refusal advises naming the layers, not rename= (it said "or pair the blocks with
+    rename=", which pairs whole blocks and cannot pair layers inside one)."""
     def build(insert):
         inner = keras.Sequential(([L.Dense(4)] if insert else []) + [L.Dense(4), L.Dense(4)])
         inputs = keras.Input((4,))
@@ -858,8 +891,13 @@ def test_skip_never_pairs_a_shifted_family_by_its_names(tmp_path, kind):
     keras.backend.clear_session(free_memory=False)
     target, inner = build(True)
     before = snapshot(target)
-    with pytest.raises(BlockMismatchError, match="layers of its class beside it did not pair"):
+    with pytest.raises(BlockMismatchError, match="layers of its class beside it did not pair"
+                       ) as e:
         load_blocks(target, path, **({"blocks": NET} if kind == "blocks" else {}))
+    assert ("automatic names shift. Name the layers when building the model (rename= pairs "
+            "whole blocks, not the layers inside one) (source present, model present)"
+            ) in str(e.value), str(e.value)
+    assert "or pair the blocks with rename=" not in str(e.value)
     assert all(before[k].tobytes() == v.tobytes() for k, v in snapshot(target).items())
     report = load_blocks(target, path, on_mismatch="skip",
                          **({"blocks": NET} if kind == "blocks" else {}))
@@ -2106,6 +2144,7 @@ def test_nested_models_paired_by_their_automatic_names_are_checked_as_layers_are
         load_blocks(model, path)
     assert "sequential_1 / sequential_1/dense_3 / *: its automatic name pairs it with source " \
            "layer 'sequential_1/dense_1', but " in str(e.value), str(e.value)
+    assert "Name the layers, or pair the blocks with rename= (source" in str(e.value)
     _assert_unchanged(before, model)
     report = load_blocks(model, path, rename={"sequential": "sequential_1",
                                               "sequential_1": "sequential"})
