@@ -230,6 +230,7 @@ def load_blocks(
             _say_positional(reconfigured, report)
         _validate(plans, report, on_mismatch, src)
         _say_unrecorded(unrecorded, plans, report, src)
+        _say_custom_ordered(plans, report, unrecorded)
         if not nothing_asked:
             _refuse_empty(plans, report, src, model, target_blocks, target_paths)
         _say_adapted_inside(report, target_blocks)
@@ -439,6 +440,45 @@ def _say_unrecorded(unrecorded: list[str], plans: list[_BlockPlan], report: Load
             "options (BatchNormalization center= / scale=), values go to variables of another "
             f"meaning. To check them, {src.configs_hint}.")
     _say(report, caveat)
+
+
+LIBRARIES = ("keras", "keras_hub", "keras_nlp", "keras_cv", "tf_keras", "keras_blockreuse")
+"""Top-level packages whose layers create their variables in an order fixed by the library's
+own code (a custom layer's order is its author's `build()` or `__init__`, which can change)."""
+
+
+def _custom_class(unit) -> str | None:
+    """The name of the class outside `LIBRARIES` whose code creates a layer's variables
+    (the first in its MRO to define `build` or `__init__`), or None for a library's layer."""
+    for cls in type(unit).__mro__:
+        if cls.__module__.split(".", 1)[0] in LIBRARIES:
+            return None
+        if "build" in vars(cls) or "__init__" in vars(cls):
+            return cls.__name__
+    return None
+
+
+def _say_custom_ordered(plans: list[_BlockPlan], report: LoadReport,
+                        unrecorded: list[str]) -> None:
+    """The caveat for loaded layers of a custom class whose variables of one shape the source
+    records by position only (`vars/0`: a `.keras`, `.weights.h5`): the order their own code
+    creates them in pairs them, and a `build()` edited since the save would swap them unseen,
+    as in Keras's load_weights. (Layers `_say_unrecorded` names are said there.)"""
+    found = {layer.target_path: _custom_class(layer.unit)
+             for plan in plans for layer in plan.layers
+             if layer.load and layer.target_path not in unrecorded and _may_swap(layer)}
+    found = {path: name for path, name in found.items() if name is not None}
+    if not found:
+        return
+    paths = list(found)
+    shown = f"{paths}" if len(paths) <= 8 else f"{paths[:8]} and {len(paths) - 8} more"
+    classes = ", ".join(dict.fromkeys(found.values()))
+    _say(report, (
+        f"layers {shown} ({classes}) hold variables of one shape that the source records by "
+        "position only, in the order their own code creates them, not Keras's: they are "
+        "paired by position, as Keras's load_weights pairs them. If that code created them in "
+        "another order when the file was saved, values went to other variables; a block file "
+        "written by save_blocks records their names, which pair them."))
 
 
 def _say(report: LoadReport, caveat: str, stacklevel: int = 4) -> None:

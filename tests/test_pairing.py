@@ -1964,6 +1964,64 @@ def test_a_weights_file_layer_known_by_position_is_checked_with_source_model_or_
     assert_bits(_values(model), _values(source))  # by position, as said
 
 
+class _TwoMaps(L.Layer):
+    """A custom layer holding two variables of one shape, created in `names` order (another
+    order stands for its `build()` edited since the save)."""
+
+    names = ("scale", "shift")
+
+    def build(self, shape):
+        for name in self.names:
+            setattr(self, name, self.add_weight(shape=(shape[-1], 4), name=name))
+
+    def call(self, x):
+        return x @ self.scale + x @ self.shift
+
+
+def _two_maps_model(swapped=False):
+    maps = _TwoMaps(name="maps")
+    if swapped:
+        maps.names = ("shift", "scale")
+    i = keras.Input((4,))
+    return keras.Model(i, L.Dense(2, name="head")(maps(i)))
+
+
+def test_a_custom_layers_variables_of_one_shape_are_said_to_pair_by_position(tmp_path):
+    """Found by a fresh-user test: a custom layer whose `build()` now creates its two
+    variables of one shape in the other order received each one's values in the other from
+    a `.keras` or `.weights.h5` (which record variables by position, `vars/0`), with ok=True
+    and nothing said; Keras's load_weights swaps them the same way. Nothing in those files
+    can tell, so the load says so (a UserWarning and report.caveats naming the layer and its
+    class); a block file records the variables' names, which pair them right, unsaid; a
+    Keras layer's variables (created by Keras's code, in its order) say nothing."""
+    source = _filled(_two_maps_model())
+    maps = source.get_layer("maps")
+    scale, shift = np.array(maps.scale.numpy()), np.array(maps.shift.numpy())
+    for name in ("m.keras", "m.weights.h5", "m.blocks.h5"):
+        path = str(tmp_path / name)
+        save_blocks(source, path) if name.endswith(".blocks.h5") else (
+            source.save(path) if name.endswith(".keras") else source.save_weights(path))
+    model = _two_maps_model(swapped=True)
+    for name in ("m.keras", "m.weights.h5"):
+        with pytest.warns(UserWarning, match="in the order their own code creates them"):
+            report = load_blocks(model, str(tmp_path / name))
+        assert report.caveats == [
+            "layers ['maps'] (_TwoMaps) hold variables of one shape that the source records "
+            "by position only, in the order their own code creates them, not Keras's: they "
+            "are paired by position, as Keras's load_weights pairs them. If that code created "
+            "them in another order when the file was saved, values went to other variables; "
+            "a block file written by save_blocks records their names, which pair them."]
+        assert "Caveat: layers ['maps'] (_TwoMaps)" in str(report)
+        got = model.get_layer("maps")  # by position, as said
+        assert_bits(values([got.shift, got.scale]), [scale, shift])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        report = load_blocks(model, str(tmp_path / "m.blocks.h5"))
+    assert report.ok and not report.caveats
+    got = model.get_layer("maps")
+    assert_bits(values([got.scale, got.shift]), [scale, shift])
+
+
 def test_a_layer_known_by_position_with_fewer_variables_says_which_is_not_known(tmp_path):
     """Found by a fresh-user re-check: a `.weights.h5` BatchNormalization saved with
     center=False (gamma and the moving statistics) loaded into a full one was refused naming
