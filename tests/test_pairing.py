@@ -2591,3 +2591,47 @@ def test_a_keras2_model_file_with_a_wrapped_layer_loads_like_its_weights_file(tm
         report = load_blocks(model, str(tmp_path / name))
         assert report.ok and report.variables_loaded == 4, str(report)
         assert_bits(values(model.weights), expected)
+
+
+def test_a_keras2_bidirectional_layer_pairs_its_two_layers_when_renamed(tmp_path):
+    """Found by a fresh-user test: a Keras 2 whole-model `.h5` of `Bidirectional(GRU)` loaded
+    into the same model built after other recurrent layers (`bidirectional_1`, its layers
+    `forward_gru_1` and `backward_gru_1`) was refused, as automatic names should be; with the
+    `rename=` the refusal asks for, its two layers still could not be paired ("give the
+    layers the same names", "or use a whole-model file", which it was): the file records
+    no order inside a Bidirectional. Its `model_config` says which is which (Keras names
+    them `forward_<layer>` and `backward_<layer>`, computed in that order): they now pair
+    by that order, bit for bit; the weights-only file, which records no config, is still
+    refused."""
+    tf_keras = pytest.importorskip("tf_keras")
+
+    def build(k):
+        i = k.Input((5, 4))
+        x = k.layers.Bidirectional(k.layers.GRU(4, return_sequences=True))(i)
+        x = k.layers.Bidirectional(k.layers.LSTM(2), backward_layer=k.layers.LSTM(
+            2, go_backwards=True, name="back"))(x)
+        return k.Model(i, k.layers.Dense(3, name="head")(x))
+
+    old = build(tf_keras)
+    rng = np.random.default_rng(45)
+    for w in old.weights:
+        w.assign(rng.normal(size=w.shape).astype("float32"))
+    expected = [w.numpy() for w in old.weights]
+    old.save(str(tmp_path / "k2.h5"))
+    old.save_weights(str(tmp_path / "k2_weights.h5"))
+    keras.backend.clear_session(free_memory=False)
+    _ = [L.Bidirectional(L.GRU(1)), L.LSTM(1), L.GRU(1)]  # another session's counters
+    model = build(keras)
+    assert [layer.name for layer in model.layers[1:3]] == ["bidirectional_1", "bidirectional_2"]
+    rename = {"bidirectional": "bidirectional_1", "bidirectional_1": "bidirectional_2"}
+    report = load_blocks(model, str(tmp_path / "k2.h5"), rename=rename)
+    assert report.ok and report.variables_loaded == len(expected), str(report)
+    assert report.pairing == {"bidirectional_1": "order", "bidirectional_2": "order",
+                              "head": "name"}
+    assert_bits(values(model.weights), expected)
+    distinct(model, seed=1)
+    before = snapshot(model)
+    with pytest.raises(BlockMismatchError, match="could not be paired by name, Keras path or "
+                                                 "computation order"):
+        load_blocks(model, str(tmp_path / "k2_weights.h5"), rename=rename)
+    assert all(before[k].tobytes() == v.tobytes() for k, v in snapshot(model).items())

@@ -84,8 +84,10 @@ class LegacyH5Source(LayerSource):
             ranks = _nested_ranks(config.get(top), top)
             # (a nested model of one layer with variables: its place follows from the top
             # level's order, whatever the model_config says)
-            known = not nested or len(units) == 1 or all(u in ranks for u in nested)
-            for unit in sorted(units, key=lambda u: ranks.get(u, -1)) if known else units:
+            rank = {u: _rank_of(ranks, u) for u in nested}
+            known = not nested or len(units) == 1 or (
+                None not in rank.values() and len(set(rank.values())) == len(rank))
+            for unit in sorted(units, key=lambda u: rank.get(u, -1)) if known else units:
                 variables, locator = [], {}
                 for i, (variable, weight_name) in enumerate(units[unit]):
                     ds = group[weight_name]
@@ -176,7 +178,8 @@ def _children(entry) -> list[dict]:
 
 
 def _nested_ranks(entry, top: str) -> dict[str, int]:
-    """`layer path -> position` of a nested model's layers, depth first, from its config."""
+    """`layer path -> position` of a nested model's layers, depth first, from its config;
+    of a Bidirectional's forward and backward layers."""
     ranks: dict[str, int] = {}
 
     def walk(item, path):
@@ -186,7 +189,28 @@ def _nested_ranks(entry, top: str) -> dict[str, int]:
             walk(child, child_path)
 
     walk(entry, top)
+    if isinstance(entry, dict) and entry.get("class_name") == "Bidirectional":
+        # Keras names its two layers `forward_<layer>` and `backward_<layer>` (a backward
+        # layer given by the user: `backward_<its name>`) and computes them in that order
+        config = entry.get("config") or {}
+        for rank, (prefix, inner) in enumerate((
+                ("forward_", config.get("layer")),
+                ("backward_", config.get("backward_layer") or config.get("layer")))):
+            name = inner.get("config", {}).get("name") if isinstance(inner, dict) else None
+            if isinstance(name, str):
+                ranks[f"{top}/{prefix}{name}"] = rank
     return ranks
+
+
+def _rank_of(ranks: dict[str, int], path: str) -> int | None:
+    """The rank of `path`, or of the nearest layer above it that has one (a recurrent
+    layer's cell below it, `forward_lstm/lstm_cell`); None where none has."""
+    steps = path.split("/")
+    for end in range(len(steps), 1, -1):
+        found = ranks.get("/".join(steps[:end]))
+        if found is not None:
+            return found
+    return None
 
 
 def _find(entry, path: str) -> dict | None:
