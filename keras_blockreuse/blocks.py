@@ -98,6 +98,14 @@ def weighted_layers(model) -> list:
     return [layer for layer in _top_level_layers(model) if layer.weights]
 
 
+def model_own_variables(model) -> list:
+    """The model's variables that none of its layers holds: those a subclassed model creates
+    itself (`self.add_weight` in its `build`, a learned temperature or class token). No block
+    holds them, so `save_blocks` does not save them and `load_blocks` does not load them."""
+    held = {id(v) for layer in _top_level_layers(model) for v in layer.weights}
+    return [v for v in model.weights if id(v) not in held]
+
+
 def _top_level_layers(model) -> list:
     # `model.layers` is in topological order for Functional and Sequential models.
     seen, out = set(), []

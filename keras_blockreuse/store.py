@@ -130,7 +130,8 @@ def save_blocks(
     Warns:
         UserWarning: a layer name or glob of a dict block rule matches no weighted layer of
             the model (a typo: its layer is saved as a block of its own, or the file holds no
-            block of that entry's name).
+            block of that entry's name); the model holds variables of its own, which no block
+            holds, so the file does not (`model_own_variables`).
 
     Example:
 
@@ -143,7 +144,23 @@ def save_blocks(
     _warn_unmatched_patterns(blocks if blocks is not None else getattr(model, "_block_rule", None),
                            source.block_names(), model)
     names = select(source.block_names(), only, "`only`")
+    _warn_own_variables(model, path)
     return write_blocks(source, path, names, model_name=str(model.name), metadata=metadata)
+
+
+def _warn_own_variables(model, path) -> None:
+    """Warns that the variables a model creates itself (`model_own_variables`) are not saved."""
+    from keras_blockreuse.blocks import model_own_variables
+
+    own = [v.path for v in model_own_variables(model)]
+    if own:
+        import warnings
+
+        warnings.warn(
+            f"save_blocks: the model's own variables {own} (created by model {model.name!r} "
+            f"itself, not by one of its layers) belong to no block, so {os.fspath(path)!r} "
+            "does not hold them, and load_blocks leaves them as they are. Keras's "
+            "model.save_weights saves them.", stacklevel=3)
 
 
 def _warn_unmatched_patterns(rule: BlockRule, names: Sequence[str], model) -> None:

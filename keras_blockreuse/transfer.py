@@ -69,6 +69,7 @@ from keras_blockreuse.blocks import (
     BlockRule,
     get_blocks,
     iter_units,
+    model_own_variables,
     select,
     warn_if_compiled,
     weighted_layers,
@@ -283,8 +284,21 @@ def load_blocks(
                 "(on_mismatch='skip'), and their skipped layers still need training. Freeze "
                 "them with freeze_blocks() if that is what you want.", stacklevel=2)
         warn_if_compiled(model, report.frozen, "frozen")
+    _say_own_variables(model, report)
     report.seconds = time.perf_counter() - start
     return report
+
+
+def _say_own_variables(model, report: LoadReport) -> None:
+    """The caveat for a model's own variables (`model_own_variables`): no block holds them,
+    so a load that loaded something did not load them."""
+    own = [v.path for v in model_own_variables(model)]
+    if own and report.loaded:
+        _say(report, (
+            f"the model's own variables {own} (created by model {model.name!r} itself, not "
+            "by one of its layers) belong to no block: they were not loaded and keep their "
+            "values (save_blocks does not save them either; Keras's load_weights loads them "
+            "from a .weights.h5 or .keras file)."))
 
 
 def _top_level_grouping(model, target_blocks: dict[str, Block], source,

@@ -632,3 +632,57 @@ def test_freeze_after_compile_needs_no_compile_and_after_training_says_what_happ
     trained.fit(x, y, epochs=1, verbose=0)
     assert snapshot(trained)["tiny/block_1_0/kernel"].tobytes() == \
         loaded["tiny/block_1_0/kernel"].tobytes()
+
+
+class _Tempered(keras.Model):
+    """A subclassed model holding a variable of its own (a learned temperature)."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.features = keras.layers.Dense(4, name="features")
+        self.head = keras.layers.Dense(2, name="head")
+
+    def build(self, shape):
+        self.temperature = self.add_weight(shape=(), name="temperature", initializer="ones")
+        super().build(shape)
+
+    def call(self, x):
+        return self.head(self.features(x)) / self.temperature
+
+
+def test_a_models_own_variables_are_said_to_be_in_no_block(tmp_path):
+    """Found by a fresh-user test: a subclassed model's own variable (`self.add_weight` in
+    its `build`, a learned temperature) is held by no layer, so by no block: save_blocks left
+    it out of the file and load_blocks, from that file or from the model's `.keras` and
+    `.weights.h5` (which hold it), left it at its value with ok=True, and nothing said so.
+    save_blocks now warns, and the load says it (a caveat and a UserWarning naming it); the
+    layers load bit for bit, the variable keeps its value."""
+    source = _Tempered(name="net")
+    source(np.zeros((1, 3), "float32"))
+    randomize(source, seed=5)
+    source.save(str(tmp_path / "net.keras"))
+    source.save_weights(str(tmp_path / "net.weights.h5"))
+    blocks = str(tmp_path / "net.blocks.h5")
+    with pytest.warns(UserWarning) as said:
+        save_blocks(source, blocks)
+    assert [str(w.message) for w in said] == [
+        f"save_blocks: the model's own variables ['net/temperature'] (created by model 'net' "
+        f"itself, not by one of its layers) belong to no block, so {blocks!r} does not hold "
+        "them, and load_blocks leaves them as they are. Keras's model.save_weights saves them."]
+    for name in ("net.blocks.h5", "net.keras", "net.weights.h5"):
+        model = _Tempered(name="net")
+        model(np.zeros((1, 3), "float32"))
+        model.temperature.assign(7.0)
+        with pytest.warns(UserWarning, match="the model's own variables"):
+            report = load_blocks(model, str(tmp_path / name))
+        assert report.ok and list(report.loaded) == ["features", "head"], name
+        assert report.caveats == [
+            "the model's own variables ['net/temperature'] (created by model 'net' itself, not "
+            "by one of its layers) belong to no block: they were not loaded and keep their "
+            "values (save_blocks does not save them either; Keras's load_weights loads them "
+            "from a .weights.h5 or .keras file)."], name
+        assert float(model.temperature.numpy()) == 7.0
+        for layer in ("features", "head"):
+            for a, b in zip(source.get_layer(layer).weights, model.get_layer(layer).weights,
+                            strict=True):
+                assert np.array(a.numpy()).tobytes() == np.array(b.numpy()).tobytes()
