@@ -478,11 +478,15 @@ def _convert(args) -> int:
     _exists(args.source)
     _load_keras_quietly(args.source)
     path = convert(args.source, args.destination, blocks=args.blocks, only=args.only)
+    from keras_blockreuse.sources.keras_weights import OWN_VARIABLES
     from keras_blockreuse.store import read_blocks
 
     info = read_blocks(path)
     print(f"wrote {path}: {len(info.blocks)} blocks ({', '.join(info.blocks)}), "
           f"{info.num_params:,} parameters")
+    left = info.metadata.get("source_" + OWN_VARIABLES.replace(" ", "_"))
+    if left:
+        print(f"not converted: {left}")
     return 0
 
 

@@ -179,6 +179,45 @@ def test_diff_says_when_only_the_grouping_differs(capsys, files, tmp_path):
     assert "│ head (B: dense_2) │ dense_2   │ kernel   │ values differ │" in out
 
 
+class _Tempered(keras.Model):
+    """A subclassed model holding a variable of its own (a learned temperature)."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.head = keras.layers.Dense(2, name="head")
+
+    def build(self, shape):
+        self.temperature = self.add_weight(shape=(), name="temperature", initializer="ones")
+        super().build(shape)
+
+    def call(self, x):
+        return self.head(x) / self.temperature
+
+
+def test_convert_and_inspect_say_the_models_own_variables_are_left(capsys, tmp_path):
+    """Found by a fresh-user test: a subclassed model's own variable (its `.weights.h5`'s
+    root `vars` group) was left out by `convert` ("wrote ...: 1 blocks (head), 6
+    parameters", the file holding 7) and by `inspect`, unsaid. Both now say it; a model
+    without one says nothing."""
+    model = _Tempered()
+    model(np.zeros((1, 2), "float32"))
+    weights = str(tmp_path / "t.weights.h5")
+    model.save_weights(weights)
+    said = ("1 variable(s) of the model itself (its own `vars` group), held by no layer: "
+            "load_blocks and convert leave them")
+    status, out, _ = run(capsys, "convert", weights, str(tmp_path / "t.blocks.h5"))
+    assert status == 0
+    assert out.splitlines() == [f"wrote {tmp_path / 't.blocks.h5'}: 1 blocks (head), 6 parameters",
+                                f"not converted: {said}"]
+    status, out, _ = run(capsys, "inspect", weights)
+    assert status == 0 and f"not in any block: {said}" in out.splitlines()
+    plain = keras.Sequential([keras.Input((2,)), keras.layers.Dense(2, name="head")])
+    plain.save_weights(str(tmp_path / "p.weights.h5"))
+    status, out, _ = run(capsys, "convert", str(tmp_path / "p.weights.h5"),
+                         str(tmp_path / "p.blocks.h5"))
+    assert status == 0 and len(out.splitlines()) == 1 and "not in any block" not in out
+
+
 def test_convert(capsys, files, tmp_path):
     model, _, weights, garbage = files
     out_path = str(tmp_path / "converted.blocks.h5")

@@ -135,7 +135,11 @@ class KerasWeightsSource(LayerSource):
             for file in files:  # each dataset's storage is checked when it is read
                 if not isinstance(file, CheckedFile):  # `open_h5` checked its links
                     check_links(file, description)
-            self._index = _index(files, description)
+            self._index, own = _index(files, description)
+            if own:  # the model's own `vars` (a subclassed model's `self.add_weight`)
+                self.info[OWN_VARIABLES] = (
+                    f"{own} variable(s) of the model itself (its own `vars` group), held by no "
+                    "layer: load_blocks and convert leave them")
             # The source model, built and walked at most once, lazily: `(builder, given)`,
             # `given` when the user passed it (a failure is then raised, not left).
             self._structure: tuple[Callable[[], object], bool] | None = None
@@ -475,8 +479,14 @@ def _built(source_model):
     return model
 
 
-def _index(files: list[h5py.File], where: str) -> dict[str, _Group]:
-    """Every `vars` group of the files (shards merged), keyed by structural path.
+OWN_VARIABLES = "not in any block"
+"""The `info` key saying how many variables the file holds for the model itself (its own
+`vars` group: a subclassed model's `self.add_weight`), which no block holds."""
+
+
+def _index(files: list[h5py.File], where: str) -> tuple[dict[str, _Group], int]:
+    """Every `vars` group of the files (shards merged), keyed by structural path, and the
+    number of variables of the model's own `vars` group (not a layer's: left out).
 
     The layout comes from one HDF5 walk per file (`H5Ovisit`: each object once, in name
     order); the `name` attribute is read only where a path needs it: groups holding
@@ -529,10 +539,10 @@ def _index(files: list[h5py.File], where: str) -> dict[str, _Group]:
                 name = text_attribute(file, "name", at=at)
             if name is not None:
                 entry.name = layer_name(name, where)
-    groups.pop("", None)  # the model's own `vars`: the model is not a layer of itself
+    own = groups.pop("", None)  # the model's own `vars`: the model is not a layer of itself
     for group in groups.values():
         group.datasets = dict(sorted(group.datasets.items(), key=lambda kv: _key_order(kv[0])))
-    return groups
+    return groups, len(own.datasets) if own is not None else 0
 
 
 def in_vars_group(name: bytes) -> bool:
