@@ -1801,6 +1801,10 @@ def _nesting_hint(src: Source, source_blocks: list[str], model,
     model_tops = {layer.name for block in target_blocks.values() for layer in block.layers}
     inside_source = sorted({p.split("/")[0] for p in source_paths
                             if "/" in p and p.split("/")[1] in model_tops})
+    if not inside_source and any(p.startswith(f"{model.name}/") for p in source_paths):
+        # the source's nested model of the model's name, its layers' automatic names shifted
+        # (built in another session): the model is likely that backbone
+        inside_source = [model.name]
     if inside_source:
         return _nested_source_hint(src, inside_source, source_blocks, model, model_tops)
     source_tops = {p.split("/")[0] for p in source_paths}

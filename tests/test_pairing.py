@@ -2251,6 +2251,45 @@ def test_a_transfer_models_file_into_its_bare_backbone_built_later_is_offered_a_
     assert_bits(_values(model), [np.array(v.numpy()) for v in base.weights])
 
 
+@pytest.mark.parametrize("kind", ["blocks", "keras"])
+def test_a_classifiers_file_into_its_named_backbone_with_other_names_is_offered_a_load(
+        tmp_path, kind):
+    """Found by a fresh-user test: a classifier's file (a Sequential named `backbone` of
+    automatic Dense layers, and a head) into that bare backbone built in another session,
+    its layers' names sharing none of the file's (`dense_2`, `dense_3` against
+    `backbone/dense`, `backbone/dense_1`): the refusal ("Nothing would be loaded") offered
+    no way, though the one-block load it offers when a name is shared loads every value.
+    A source's nested model of the model's own name now gets that offer too."""
+    import ast
+    import re
+
+    def backbone():
+        return keras.Sequential([keras.Input((4,)), L.Dense(4), L.Dense(4)], name="backbone")
+
+    keras.backend.clear_session(free_memory=False)
+    base = backbone()
+    i = keras.Input((4,))
+    source = _filled(keras.Model(i, L.Dense(3, name="head")(base(i))))
+    path = _saved(source, tmp_path, kind)
+    keras.backend.clear_session(free_memory=False)
+    L.Dense(1), L.Dense(1)  # another process's counter
+    model = backbone()
+    assert [layer.name for layer in model.layers] == ["dense_2", "dense_3"]
+    before = _values(model)
+    with pytest.raises(BlockMismatchError) as e:
+        load_blocks(model, path)
+    message = str(e.value)
+    assert "The source holds these layers inside ['backbone']" in message, message
+    _assert_unchanged(before, model)
+    offered = re.search(r"`load_blocks\(model, source, (.*?)\)`", message).group(1)
+    call = ast.parse(f"f({offered})").body[0].value
+    options = {k.arg: ast.literal_eval(k.value) for k in call.keywords}
+    assert options == ({"blocks": {"backbone": ["*"]}} if kind == "blocks" else
+                       {"blocks": {"backbone": ["*"]}, "source_blocks": {"backbone": ["backbone"]}})
+    assert load_blocks(model, path, **options).ok
+    assert_bits(_values(model), [np.array(v.numpy()) for v in base.weights])
+
+
 @pytest.mark.parametrize("kind", ["blocks", "weights", "keras"])
 def test_names_shifted_by_one_are_offered_the_rename_by_place(tmp_path, kind):
     """Found by a fresh-user test: the same Sequential built after one more Dense (names
