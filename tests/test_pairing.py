@@ -2674,3 +2674,40 @@ def test_a_keras2_bidirectional_layer_pairs_its_two_layers_when_renamed(tmp_path
                                                  "computation order"):
         load_blocks(model, str(tmp_path / "k2_weights.h5"), rename=rename)
     assert all(before[k].tobytes() == v.tobytes() for k, v in snapshot(model).items())
+
+
+def test_a_keras2_bidirectional_with_a_damaged_config_is_read_without_its_order(tmp_path):
+    """A Keras 2 whole-model `.h5` whose `model_config` gives a Bidirectional's wrapped layer
+    a config that is not a mapping (damage) is read without that layer's order, as if the
+    config said nothing: it loads by name into the same model, bit for bit, and is refused
+    (nothing changed) where only that order would pair it; never an AttributeError."""
+    tf_keras = pytest.importorskip("tf_keras")
+    import h5py
+
+    def build(k):
+        i = k.Input((5, 4))
+        x = k.layers.Bidirectional(k.layers.GRU(4), name="bi")(i)
+        return k.Model(i, k.layers.Dense(3, name="head")(x))
+
+    old = build(tf_keras)
+    distinct(old, seed=2)
+    expected = values(old.weights)
+    path = str(tmp_path / "k2.h5")
+    old.save(path)
+    with h5py.File(path, "r+") as f:
+        config = json.loads(f.attrs["model_config"])
+        for layer in config["config"]["layers"]:
+            if layer["class_name"] == "Bidirectional":
+                layer["config"]["layer"]["config"] = 3
+        f.attrs["model_config"] = json.dumps(config)
+    keras.backend.clear_session(free_memory=False)
+    model = build(keras)
+    assert load_blocks(model, path).ok
+    assert_bits(values(model.weights), expected)
+    keras.backend.clear_session(free_memory=False)
+    L.GRU(1)  # the wrapped layers' names shift: only their order would pair them
+    shifted = build(keras)
+    before = snapshot(shifted)
+    with pytest.raises(BlockMismatchError, match="could not be paired"):
+        load_blocks(shifted, path)
+    assert all(before[k].tobytes() == v.tobytes() for k, v in snapshot(shifted).items())

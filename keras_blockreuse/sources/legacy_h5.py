@@ -192,12 +192,14 @@ def _nested_ranks(entry, top: str) -> dict[str, int]:
     if isinstance(entry, dict) and entry.get("class_name") == "Bidirectional":
         # Keras names its two layers `forward_<layer>` and `backward_<layer>` (a backward
         # layer given by the user: `backward_<its name>`) and computes them in that order
-        config = entry.get("config") or {}
+        config = entry.get("config")
+        config = config if isinstance(config, dict) else {}  # (a damaged config: no ranks)
         for rank, (prefix, inner) in enumerate((
                 ("forward_", config.get("layer")),
                 ("backward_", config.get("backward_layer") or config.get("layer")))):
-            name = inner.get("config", {}).get("name") if isinstance(inner, dict) else None
-            if isinstance(name, str):
+            inner_config = inner.get("config") if isinstance(inner, dict) else None
+            name = inner_config.get("name") if isinstance(inner_config, dict) else None
+            if isinstance(name, str) and name:
                 ranks[f"{top}/{prefix}{name}"] = rank
     return ranks
 
