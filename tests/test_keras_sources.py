@@ -1146,3 +1146,29 @@ def test_a_vars_entry_linked_to_another_layers_vars_group_is_refused(tmp_path):
     assert load_blocks(model, path, only=["enc"]).ok
     with pytest.raises(BlockFileError, match=r"'/layers/dense_1/vars/2' should be a dataset"):
         load_blocks(model, path, only=["head"])
+
+
+def test_a_tf_keras_model_as_the_source_is_refused_with_the_file_to_save(tmp_path):
+    """Found by a fresh-user test: a tf-keras (Keras 2) model passed as the source was
+    refused as "must be ... a keras.Model. Received: <tf_keras...Sequential object ...> of
+    type Sequential", which reads as if a Sequential were not a model. It now says it is a
+    Keras 2 model and which file to save; that file, followed, loads bit for bit."""
+    tf_keras = pytest.importorskip("tf_keras")
+    old = tf_keras.Sequential([tf_keras.Input((4,)), tf_keras.layers.Dense(3, name="d")],
+                              name="old")
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3, name="d")])
+    before = [np.array(v.numpy()) for v in model.weights]
+    with pytest.raises(TypeError) as e:
+        load_blocks(model, old)
+    assert str(e.value) == (
+        "`source` must be a path to a block file (or a Keras weights file) or a Keras 3 "
+        "keras.Model. Received: a tf-keras (Keras 2) model, 'old' of type "
+        "tf_keras.src.engine.sequential.Sequential. Save it with its "
+        "model.save_weights('x.h5') (or model.save('x.h5')) and pass that file: a Keras 2 "
+        ".h5 is read by its layer names.")
+    assert all(a.tobytes() == np.array(v.numpy()).tobytes()
+               for a, v in zip(before, model.weights, strict=True))
+    old.save_weights(str(tmp_path / "x.h5"))
+    assert load_blocks(model, str(tmp_path / "x.h5")).ok
+    assert all(np.array(a.numpy()).tobytes() == np.array(b.numpy()).tobytes()
+               for a, b in zip(old.weights, model.weights, strict=True))

@@ -487,7 +487,15 @@ def open_source(source, rule: BlockRule = None, **options) -> Source:
             raise TypeError(f"Options {sorted(options)} do not apply to a live model source.")
         # Keras paths for blocks with automatic names: a load pairs those by path.
         return ModelSource(source, rule, keras_paths=True)
+    kind = type(source)
+    if any(cls.__module__.split(".", 1)[0] == "tf_keras" for cls in kind.__mro__):
+        raise TypeError(
+            "`source` must be a path to a block file (or a Keras weights file) or a Keras 3 "
+            f"keras.Model. Received: a tf-keras (Keras 2) model, {source.name!r} of type "
+            f"{kind.__module__}.{kind.__name__}. Save it with its model.save_weights('x.h5') "
+            "(or model.save('x.h5')) and pass that file: a Keras 2 .h5 is read by its layer "
+            "names.")
     raise TypeError(
         "`source` must be a path to a block file (or a Keras weights file) or a keras.Model. "
-        f"Received: {source!r} of type {type(source).__name__}"
+        f"Received: {source!r} of type {kind.__name__}"
     )
