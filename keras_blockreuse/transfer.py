@@ -1812,6 +1812,16 @@ def _nesting_hint(src: Source, source_blocks: list[str], model,
         block_layer.name for block in target_blocks.values() for block_layer in block.layers
         if isinstance(block_layer, keras.Model)
         and source_tops & {inner.name for inner in block_layer.layers})
+    if not inside_model and source_paths and all("/" not in p for p in source_paths):
+        # a bare backbone's file whose names share none of the nested model's (built in
+        # another session): a nested model holding as many layers, of the same classes
+        classes = [layer.class_name for name in source_blocks for layer in src.block_layers(name)]
+        inside_model = [
+            block_layer.name for block in target_blocks.values() for block_layer in block.layers
+            if isinstance(block_layer, keras.Model)
+            and len(inner := weighted_layers(block_layer)) == len(classes)
+            and all(not c or type(u).__name__ == c for u, c in zip(inner, classes, strict=True))]
+        inside_model = inside_model if len(inside_model) == 1 else []
     if inside_model:
         return (f" The model holds these layers inside {inside_model} (a nested backbone): "
                 f"load into it, `load_blocks(model.get_layer({inside_model[0]!r}), source)`, "

@@ -2291,6 +2291,42 @@ def test_a_classifiers_file_into_its_named_backbone_with_other_names_is_offered_
 
 
 @pytest.mark.parametrize("kind", ["blocks", "weights", "keras"])
+def test_a_backbones_file_into_its_classifier_with_other_names_is_pointed_at_the_backbone(
+        tmp_path, kind):
+    """Found by a fresh-user test: a bare backbone's file (automatic Dense layers) into a
+    classifier built around that backbone in another session, its layers' names sharing
+    none of the file's: the refusal named no nested model (it does where a name is
+    shared). A nested model holding as many weighted layers, of the file's classes, is now
+    named; loading into it, as offered, gives the rename by place, which loads bit for bit."""
+    import ast
+    import re
+
+    def backbone():
+        return keras.Sequential([keras.Input((4,)), L.Dense(4), L.Dense(4)], name="backbone")
+
+    keras.backend.clear_session(free_memory=False)
+    source = _filled(backbone())
+    path = _saved(source, tmp_path, kind)
+    keras.backend.clear_session(free_memory=False)
+    L.Dense(1), L.Dense(1)  # another process's counter
+    base = backbone()
+    i = keras.Input((4,))
+    model = keras.Model(i, L.Dense(3, name="head")(base(i)))
+    before = _values(model)
+    with pytest.raises(BlockMismatchError) as e:
+        load_blocks(model, path)
+    assert ("The model holds these layers inside ['backbone'] (a nested backbone): load into "
+            "it, `load_blocks(model.get_layer('backbone'), source)`") in str(e.value), str(e.value)
+    _assert_unchanged(before, model)
+    with pytest.raises(BlockMismatchError) as e:
+        load_blocks(model.get_layer("backbone"), path)
+    rename = ast.literal_eval(re.search(r"rename=(\{'[^}]*\})", str(e.value)).group(1))
+    assert rename == {"dense": "dense_2", "dense_1": "dense_3"}
+    assert load_blocks(model.get_layer("backbone"), path, rename=rename).ok
+    assert_bits([np.array(v.numpy()) for v in base.weights], _values(source))
+
+
+@pytest.mark.parametrize("kind", ["blocks", "weights", "keras"])
 def test_names_shifted_by_one_are_offered_the_rename_by_place(tmp_path, kind):
     """Found by a fresh-user test: the same Sequential built after one more Dense (names
     `dense_1..3` against the file's `dense..dense_2`, two of them pairing) was refused with
