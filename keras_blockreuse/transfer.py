@@ -1514,12 +1514,12 @@ def _validate(plans: list[_BlockPlan], report: LoadReport, on_mismatch: str, src
     if adaptable:
         hints.insert(0, "on_mismatch='adapt' to adapt the first convolution's input channels "
                         "(as timm's adapt_input_conv does)")
-    adapt = ""
+    adapt = _quantization_hint(plans, report)
     if on_mismatch == "adapt":
         from keras_blockreuse.adapt import SUPPORTED
 
         asked = ", ".join(dict.fromkeys(f"{a} -> {b}" for a, b in unadapted))
-        adapt = (f"on_mismatch='adapt' adapts a convolution kernel's input channels only, and "
+        adapt += (f"on_mismatch='adapt' adapts a convolution kernel's input channels only, and "
                  f"only {SUPPORTED}; "
                  + (f"{asked} is not one of these.\n" if unadapted
                     else "the mismatches above are not of that kind.\n"))
@@ -1529,6 +1529,28 @@ def _validate(plans: list[_BlockPlan], report: LoadReport, on_mismatch: str, src
         + "".join(_unpaired_table(plan, src) for plan in plans)
         + adapt + "Pass " + ", or ".join(hints) + "."
     )
+
+
+def _quantization_hint(plans: list[_BlockPlan], report: LoadReport) -> str:
+    """For kernels whose dtype kind differs because one side was quantized
+    (`model.quantize("int8")`: an integer kernel and its scale), the order of steps that
+    loads them; "" otherwise."""
+    kinds = [m for m in report.mismatched if m.reason.startswith("dtype kind differs")
+             and ("int" in m.source) != ("int" in m.target)]
+    if not kinds:
+        return ""
+    units = {(plan.target, layer.target_path): layer.unit for plan in plans
+             for layer in plan.layers}
+    quantized = [m.layer for m in kinds
+                 if getattr(units.get((m.block, m.layer)), "quantization_mode", None)]
+    if quantized:
+        return (f"The model's layers {sorted(set(quantized))} are quantized and the source's "
+                "are not: load the source into the model before model.quantize(...), then "
+                "quantize it.\n")
+    return (f"The source's layers paired with the model's {sorted({m.layer for m in kinds})} "
+            "hold quantized values (integer kernels and their scales), the model's float "
+            "ones: quantize the model the same way (model.quantize(...)) before loading, or "
+            "load from the model's file saved before it was quantized.\n")
 
 
 def _skip_whole_layers(plans: list[_BlockPlan], report: LoadReport) -> None:

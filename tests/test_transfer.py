@@ -686,3 +686,45 @@ def test_a_models_own_variables_are_said_to_be_in_no_block(tmp_path):
             for a, b in zip(source.get_layer(layer).weights, model.get_layer(layer).weights,
                             strict=True):
                 assert np.array(a.numpy()).tobytes() == np.array(b.numpy()).tobytes()
+
+
+def test_a_quantized_side_is_told_the_order_of_steps_that_loads_it(tmp_path):
+    """Found by a fresh-user test: float weights into a model after `model.quantize("int8")`
+    (and a quantized model's file into a float model) were refused, rightly ('dtype kind
+    differs (source (8, 8) float32, model (8, 8) int8)'), with 'Pass only=/exclude= to
+    select fewer blocks.' as the only advice. The refusal now says which side is quantized
+    and the order of steps that loads it; both, followed, load."""
+    import warnings
+
+    def build():
+        return keras.Sequential([keras.Input((8,)), L.Dense(8, name="a"), L.Dense(4, name="b")])
+
+    source = build()
+    randomize(source, seed=3)
+    floats = save_blocks(source, tmp_path / "f.blocks.h5")
+    quantized = build()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # (Keras: the InputLayer has no quantize method)
+        quantized.quantize("int8")
+    before = snapshot(quantized)
+    with pytest.raises(BlockMismatchError) as e:
+        load_blocks(quantized, floats)
+    assert ("The model's layers ['a', 'b'] are quantized and the source's are not: load the "
+            "source into the model before model.quantize(...), then quantize it.\n") in str(e.value)
+    assert_same(before, snapshot(quantized))
+    float_model = build()
+    assert load_blocks(float_model, floats).ok  # as advised: load, then quantize
+    quantized.save(str(tmp_path / "q.keras"))
+    target = build()
+    with pytest.raises(BlockMismatchError) as e:
+        load_blocks(target, str(tmp_path / "q.keras"))
+    assert ("The source's layers paired with the model's ['a', 'b'] hold quantized values "
+            "(integer kernels and their scales), the model's float ones: quantize the model "
+            "the same way (model.quantize(...)) before loading, or load from the model's file "
+            "saved before it was quantized.\n") in str(e.value)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        target.quantize("int8")
+    assert load_blocks(target, str(tmp_path / "q.keras")).ok  # as advised
+    for a, b in zip(quantized.weights, target.weights, strict=True):
+        assert np.array(a.numpy()).tobytes() == np.array(b.numpy()).tobytes()
