@@ -284,14 +284,15 @@ def load_blocks(
                 "(on_mismatch='skip'), and their skipped layers still need training. Freeze "
                 "them with freeze_blocks() if that is what you want.", stacklevel=2)
         warn_if_compiled(model, report.frozen, "frozen")
-    _say_own_variables(model, report)
+    if only is None:  # (a subset asked for leaves them by design)
+        _say_own_variables(model, report)
     report.seconds = time.perf_counter() - start
     return report
 
 
 def _say_own_variables(model, report: LoadReport) -> None:
     """The caveat for a model's own variables (`model_own_variables`): no block holds them,
-    so a load that loaded something did not load them."""
+    so a load of every block that loaded something did not load them."""
     own = [v.path for v in model_own_variables(model)]
     if own and report.loaded:
         _say(report, (

@@ -1,3 +1,5 @@
+import warnings
+
 import h5py
 import keras
 import numpy as np
@@ -682,6 +684,9 @@ def test_a_models_own_variables_are_said_to_be_in_no_block(tmp_path):
             "values (save_blocks does not save them either; Keras's load_weights loads them "
             "from a .weights.h5 or .keras file)."], name
         assert float(model.temperature.numpy()) == 7.0
+        with warnings.catch_warnings():  # a subset asked for: nothing to say
+            warnings.simplefilter("error", UserWarning)
+            assert not load_blocks(model, str(tmp_path / name), only=["head"]).caveats
         for layer in ("features", "head"):
             for a, b in zip(source.get_layer(layer).weights, model.get_layer(layer).weights,
                             strict=True):
@@ -694,8 +699,6 @@ def test_a_quantized_side_is_told_the_order_of_steps_that_loads_it(tmp_path):
     differs (source (8, 8) float32, model (8, 8) int8)'), with 'Pass only=/exclude= to
     select fewer blocks.' as the only advice. The refusal now says which side is quantized
     and the order of steps that loads it; both, followed, load."""
-    import warnings
-
     def build():
         return keras.Sequential([keras.Input((8,)), L.Dense(8, name="a"), L.Dense(4, name="b")])
 
