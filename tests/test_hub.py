@@ -305,6 +305,30 @@ def test_a_backbone_preset_directory_and_freezing(tmp_path):
         assert np.array_equal(a, b)
 
 
+def test_a_preset_whose_config_was_cut_short_says_so(tmp_path):
+    """Found by a fresh-user test: a preset directory whose config.json was cut short (a
+    copy or download) was refused as "its config cannot rebuild the model offline
+    (JSONDecodeError: ...). Pass source_model=", which reads as a missing network or an
+    unknown model, not a damaged file. It now names the file, says it is not valid JSON
+    and how it came to be; nothing is loaded."""
+    source = resnet()
+    preset = str(tmp_path / "backbone")
+    source.save_to_preset(preset)
+    with open(os.path.join(preset, "config.json"), "r+", encoding="utf-8") as fh:
+        fh.truncate(50)
+    model = resnet()
+    before = [np.array(v.numpy()) for v in model.weights]
+    with pytest.raises(BlockFileError) as e:
+        load_blocks(model, preset)
+    assert str(e.value) == (
+        f"{preset!r}: config.json is not valid JSON (Unterminated string starting at: line 2 "
+        "column 15 (char 16); 50 bytes): the preset is damaged, or a copy or download cut it "
+        "short. Write it again (save_to_preset), fetch it again, or pass source_model= (the "
+        "model, or a function that builds it).")
+    assert all(a.tobytes() == np.array(v.numpy()).tobytes()
+               for a, v in zip(before, model.weights, strict=True))
+
+
 # --- a classifier preset into its bare backbone, and the reverse --------------------------------
 
 

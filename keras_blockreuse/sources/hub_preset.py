@@ -152,6 +152,19 @@ class PresetSource(Source):
                     config["config"]["preprocessor"] = None
                 return keras.saving.deserialize_keras_object(config, safe_mode=True)
             return keras_hub.models.Backbone.from_preset(self.path, load_weights=False)
+        except json.JSONDecodeError as e:  # (a config file damaged or cut short)
+            damaged = _json_file_of(self.path, e.doc)
+            if damaged is None:
+                raise BlockFileError(
+                    f"{self.path!r}: its config cannot rebuild the model offline "
+                    f"({type(e).__name__}: {e}). Pass source_model= (the model, or a function "
+                    "that builds it).") from None
+            raise BlockFileError(
+                f"{self.path!r}: {os.path.basename(damaged)} is not valid JSON ({e}; "
+                f"{os.path.getsize(damaged)} bytes): the preset is damaged, or a copy or "
+                "download cut it short. Write it again (save_to_preset), fetch it again, or "
+                "pass source_model= (the model, or a function that builds it)."
+            ) from None
         except Exception as e:
             raise BlockFileError(
                 f"{self.path!r}: its config cannot rebuild the model offline "
@@ -271,3 +284,17 @@ def _where_keras_writes(root, skip=()) -> dict[int, str]:
 
 
 register_file_reader(is_preset_dir, open_preset)
+
+
+def _json_file_of(folder: str, text: str) -> str | None:
+    """The JSON file of a preset folder whose text is `text` (what a JSONDecodeError parsed),
+    or None where none is."""
+    for name in (TASK_CONFIG_FILE, CONFIG_FILE, "metadata.json"):
+        path = os.path.join(folder, name)
+        try:
+            with open(path, encoding="utf-8", errors="replace") as fh:
+                if fh.read() == text:
+                    return path
+        except OSError:
+            continue
+    return None
