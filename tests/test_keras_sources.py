@@ -1172,3 +1172,28 @@ def test_a_tf_keras_model_as_the_source_is_refused_with_the_file_to_save(tmp_pat
     assert load_blocks(model, str(tmp_path / "x.h5")).ok
     assert all(np.array(a.numpy()).tobytes() == np.array(b.numpy()).tobytes()
                for a, b in zip(old.weights, model.weights, strict=True))
+
+
+def test_a_keras_archive_whose_directory_names_its_weights_otherwise_says_it_is_damaged(
+        tmp_path):
+    """Found by a fresh-user test: one flipped bit in a `.keras` archive's zip directory
+    (the weights member's name) was refused as "holds no model.weights.h5; members: [...,
+    'model.wehghts.h5']", which reads as an archive of another layout. A member whose name
+    differs from model.weights.h5 by one character is now said to look damaged, with what
+    to do; nothing is loaded."""
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3, name="d")])
+    path = str(tmp_path / "m.keras")
+    model.save(path)
+    data = bytearray(open(path, "rb").read())
+    at = data.rfind(b"model.weights.h5")  # the directory's copy of the name, at the end
+    data[at + 8] = ord("h")  # "model.weights" -> "model.wehghts"
+    open(path, "wb").write(bytes(data))
+    before = [np.array(v.numpy()) for v in model.weights]
+    with pytest.raises(BlockFileError) as e:
+        load_blocks(model, path)
+    assert str(e.value) == (
+        f"{path!r} holds no model.weights.h5; members: ['config.json', 'metadata.json', "
+        "'model.wehghts.h5']: its member 'model.wehghts.h5' differs from that name by one "
+        "character, as a damaged archive directory's does; fetch or save it again")
+    assert all(a.tobytes() == np.array(v.numpy()).tobytes()
+               for a, v in zip(before, model.weights, strict=True))

@@ -64,8 +64,13 @@ def open_archive(path: str, rule=None, source_model=None) -> KerasWeightsSource:
         if "model.weights.h5" not in members:
             sharded = " (its weights are sharded, which this reader does not support)" if (
                 "model.weights.json" in members) else ""
+            near = [m for m in members if len(m) == len("model.weights.h5") and sum(
+                a != b for a, b in zip(m, "model.weights.h5", strict=True)) == 1]
+            damaged = (f": its member {near[0]!r} differs from that name by one character, as "
+                       "a damaged archive directory's does; fetch or save it again") if near else ""
             raise BlockFileError(
                 f"{path!r} holds no model.weights.h5{sharded}; members: {sorted(members)}"
+                f"{damaged}"
             )
         metadata = json_member(archive, "metadata.json", path) if "metadata.json" in members else {}
         info = {
