@@ -144,11 +144,11 @@ def save_blocks(
     _warn_unmatched_patterns(blocks if blocks is not None else getattr(model, "_block_rule", None),
                            source.block_names(), model)
     names = select(source.block_names(), only, "`only`")
-    _warn_own_variables(model, path)
+    _warn_own_variables(model)
     return write_blocks(source, path, names, model_name=str(model.name), metadata=metadata)
 
 
-def _warn_own_variables(model, path) -> None:
+def _warn_own_variables(model) -> None:
     """Warns that the variables a model creates itself (`model_own_variables`) are not saved."""
     from keras_blockreuse.blocks import model_own_variables
 
@@ -158,9 +158,9 @@ def _warn_own_variables(model, path) -> None:
 
         warnings.warn(
             f"save_blocks: the model's own variables {own} (created by model {model.name!r} "
-            f"itself, not by one of its layers) belong to no block, so {os.fspath(path)!r} "
-            "does not hold them, and load_blocks leaves them as they are. Keras's "
-            "model.save_weights saves them.", stacklevel=3)
+            "itself, not by one of its layers) belong to no block, so the block file does "
+            "not hold them, and load_blocks leaves them as they are. Keras's "
+            "model.save_weights saves them.", stacklevel=3)  # (no path: said once per caller)
 
 
 def _warn_unmatched_patterns(rule: BlockRule, names: Sequence[str], model) -> None:

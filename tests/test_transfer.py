@@ -668,9 +668,10 @@ def test_a_models_own_variables_are_said_to_be_in_no_block(tmp_path):
     with pytest.warns(UserWarning) as said:
         save_blocks(source, blocks)
     assert [str(w.message) for w in said] == [
-        f"save_blocks: the model's own variables ['net/temperature'] (created by model 'net' "
-        f"itself, not by one of its layers) belong to no block, so {blocks!r} does not hold "
-        "them, and load_blocks leaves them as they are. Keras's model.save_weights saves them."]
+        "save_blocks: the model's own variables ['net/temperature'] (created by model 'net' "
+        "itself, not by one of its layers) belong to no block, so the block file does not "
+        "hold them, and load_blocks leaves them as they are. Keras's model.save_weights saves "
+        "them."]
     for name in ("net.blocks.h5", "net.keras", "net.weights.h5"):
         model = _Tempered(name="net")
         model(np.zeros((1, 3), "float32"))
