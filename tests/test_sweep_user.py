@@ -625,6 +625,57 @@ def test_resume_with_other_settings_or_another_source_is_refused(ray_local, arra
     assert sorted(resumed.trials["label"]) == sorted(started.trials["label"])
 
 
+@pytest.mark.slow
+def test_resume_with_another_optimizer_or_model_is_refused(ray_local, arrays, tmp_path):
+    """Found by a fresh-user test (helper-65): which_blocks(resume=True) with
+    optimizer="sgd" and a builder that now adds a Dense(64) layer, after a sweep started with
+    "adam" and without it was interrupted, ran the remaining trials with SGD on the wider
+    model and ranked them with the finished ones, without a word (the trained-parameter
+    column gave the new model's counts for every trial). The model's structure, the
+    optimizer, loss, metrics and mode are compared on resume, as the settings are."""
+    def one(num_classes=3, wide=False):
+        i = keras.Input((8, 8, 1))
+        h = keras.layers.GlobalAveragePooling2D()(keras.layers.Conv2D(4, 3, name="block_1_0")(i))
+        if wide:
+            h = keras.layers.Dense(8, name="extra")(h)
+        return keras.Model(i, keras.layers.Dense(num_classes, activation="softmax",
+                                                 name="head")(h))
+
+    source = one()
+    out = str(tmp_path / "out")
+    kw = dict(train=arrays[0], validation=arrays[1], strategy="prefix", only=["block_1"],
+              seeds=1, epochs=1, out=out, print_fn=lambda s: None)
+    started = which_blocks(one, source, **kw)
+    with open(os.path.join(out, "settings.json")) as f:
+        model = json.load(f)["trained_as"]["model"]
+    assert re.fullmatch(r"2 blocks \['block_1', 'head'\], 55 parameters, layers digest "
+                        r"[0-9a-f]{12}", model), model
+    with pytest.raises(SweepError) as e:
+        which_blocks(one, source, **kw, optimizer="sgd", resume=True)
+    assert str(e.value) == (
+        f"resume=True continues the sweep in {out} with the model and training it was "
+        "started with, but these differ: optimizer: sgd (started with adam). Its finished "
+        "trials would be compared with trials trained otherwise. Pass what it was started "
+        "with, or start a new sweep in another folder (out=).")
+
+    def wide(num_classes=3):
+        return one(num_classes, wide=True)
+
+    wide.__qualname__ = one.__qualname__  # the same function, edited
+    now = _prepared(wide, source, arrays)
+    shutil.rmtree(os.path.dirname(now.snapshot), ignore_errors=True)
+    with pytest.raises(SweepError) as e:
+        which_blocks(wide, source, **kw, resume=True)
+    assert str(e.value) == (
+        f"resume=True continues the sweep in {out} with the model and training it was "
+        f"started with, but these differ: model: {now.trained_as['model']} (started with "
+        f"{model}). Its finished trials would be compared with trials trained otherwise. Pass "
+        "what it was started with, or start a new sweep in another folder (out=).")
+    assert now.trained_as["model"].startswith("3 blocks ['block_1', 'extra', 'head'], 107 ")
+    resumed = which_blocks(one, source, **kw, resume=True)  # the same call resumes
+    assert sorted(resumed.trials["label"]) == sorted(started.trials["label"])
+
+
 def test_the_python_api_speaks_its_own_names_and_takes_globs(arrays, source4, tmp_path):
     """Found by a fresh-user test: which_blocks' errors named command-line flags
     (`--seeds must be ...`, `pass --resume`, `write NAME:max`), a mistyped source path was

@@ -69,6 +69,9 @@ class UserInputs:
     source_info: str = ""
     model_info: str = ""
     training_info: str = ""
+    trained_as: dict = dataclasses.field(default_factory=dict)
+    """What every trial builds and trains, in words (`model`, `optimizer`, `loss`, `metrics`,
+    `mode`): a resumed sweep compares it with the one it was started with."""
 
     def prepare(self, existing_snapshot: str | None = None) -> UserInputs:
         """Build the model, snapshot the source, find fixed blocks and metric names.
@@ -120,6 +123,11 @@ class UserInputs:
             self.recipe.loss).__name__
         self.training_info = (f"loss {loss}; metrics {', '.join(self.metric_keys)}; "
                               f"{self.metric} ranks the policies ({self.mode})")
+        self.trained_as = {
+            "model": _structure(model), "optimizer": _described(self.recipe.optimizer),
+            "loss": _described(self.recipe.loss),
+            "metrics": ", ".join(_described(m) for m in self.recipe.metrics),
+            "mode": str(self.mode)}
         keras.backend.clear_session()
         return self
 
@@ -377,6 +385,39 @@ def _shifted_names(model, path: str) -> str:
             f"load_blocks(model, source, rename={whole}), and pass that model as the source. "
             "Or name the layers (Conv2D(8, 3, name='block_1_0')).")
     return ""
+
+
+def _structure(model) -> str:
+    """The model's blocks and weights in words, with a digest of its layers (class, variable
+    shapes and dtypes, configuration): equal for models built alike, whatever their values."""
+    import hashlib
+    import json
+
+    layers = []
+    for layer in model._flatten_layers(include_self=False):
+        try:
+            config = layer.get_config()
+        except NotImplementedError:
+            config = {}
+        layers.append([layer.name, type(layer).__name__, json.dumps(config, sort_keys=True,
+                                                                    default=str),
+                       [[list(v.shape), str(v.dtype)] for v in layer.weights]])
+    digest = hashlib.sha256(json.dumps(layers).encode()).hexdigest()[:12]
+    return (f"{len(model.blocks)} blocks {list(model.blocks)}, {model.count_params():,} "
+            f"parameters, layers digest {digest}")
+
+
+def _described(obj) -> str:
+    """A loss, metric or optimizer in words: its name, or its class and configuration."""
+    import json
+
+    if isinstance(obj, str):
+        return obj
+    try:
+        config = json.dumps(obj.get_config(), sort_keys=True, default=str)
+    except (AttributeError, NotImplementedError, TypeError):
+        config = "?"
+    return f"{type(obj).__name__}({config})"
 
 
 def _first_mismatch(text: str) -> str:

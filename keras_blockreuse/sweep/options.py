@@ -227,6 +227,7 @@ class SweepSettings:
     data_digest: str | None = None  # the user's data, checked again by a resume
     """Which of --smoke's fields (`SMOKE`) were given on the command line: --smoke keeps them.
     None (the Python API): --smoke changes those still at their defaults."""
+    trained_as: dict | None = None  # the user's model and training, checked again by a resume
 
     def option_name(self, name: str) -> str:
         """How the user gave a setting: `seeds=` (the Python API) or `--seeds`."""

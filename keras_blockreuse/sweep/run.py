@@ -152,6 +152,9 @@ def run_sweep(
                 f"folder ({'out=' if settings.api else '--out'}) for this data.")
         settings.data_digest = digest
         blocks, fixed = _user_blocks(settings, user, print_fn)
+        if settings.resume and settings.trained_as:
+            _refuse_other_training(settings, user.trained_as)
+        settings.trained_as = user.trained_as
     configurations = _static_configurations(settings, blocks, extra)
     _check_free_space(settings, len(configurations))  # before anything is written
     order = user.order if user is not None else _model_blocks(settings, data)
@@ -893,6 +896,21 @@ def _refuse_other_settings(saved: SweepSettings, given: SweepSettings, out: str,
         raise SweepError(f"{resume} continues the sweep in {out} as it was started, but "
                          f"these settings differ: {'; '.join(differ)}. Pass the settings it "
                          f"was started with, or start a new sweep in another folder ({where}).")
+
+
+def _refuse_other_training(saved: SweepSettings, now: dict) -> None:
+    """Refuses a resume whose model or training differ from the sweep's start (another
+    optimizer, loss or metric, a builder that now builds other layers): its finished trials
+    and the rest would be compared as if trained alike."""
+    differ = [f"{what}: {now.get(what)} (started with {was})"
+              for what, was in saved.trained_as.items() if now.get(what) != was]
+    if differ:
+        resume, where = ("resume=True", "out=") if saved.api else ("--resume", "--out")
+        raise SweepError(f"{resume} continues the sweep in {saved.out} with the model and "
+                         f"training it was started with, but these differ: "
+                         f"{'; '.join(differ)}. Its finished trials would be compared with "
+                         f"trials trained otherwise. Pass what it was started with, or start "
+                         f"a new sweep in another folder ({where}).")
 
 
 def _latest_sweep(api: bool = False) -> str:
