@@ -729,6 +729,33 @@ def test_greedy_rounds_carry_their_trained_parameter_counts(ray_local, arrays, t
         assert row["trained_params"] == total - sum(per_block[b] for b in frozen), row
 
 
+def test_labels_that_hold_nan_are_refused_by_part_and_sample(arrays, tmp_path):
+    """Found by a fresh-user test (helper-65): a regression target with one NaN among its
+    validation labels was accepted (the data summary said "(1 not finite)"); every trial
+    ran, and every one was reported as "the training diverged: val_mae is nan", with no
+    verdict. NaN inputs were refused; NaN or infinite labels now are too, naming the part
+    and the samples as given (before any part is split off)."""
+    (x, y), (xv, yv), (xt, yt) = arrays
+    y_val = yv.astype("float32")
+    y_val[[3, 5]] = [np.nan, np.inf]
+    with pytest.raises(ValueError) as e:
+        from_arrays((x, y.astype("float32")), (xv, y_val), (xt, yt.astype("float32")))
+    assert str(e.value) == (
+        "The validation labels hold 2 NaN or infinite values (samples [3, 5]): every trial "
+        "would train or score on them, and its loss and metrics would be NaN, read as a "
+        "diverged training. Drop those samples, or fill in their labels.")
+    y_train = y.astype("float32")
+    y_train[len(y_train) - 1] = np.nan  # test=None splits train: the index is the given one
+    with pytest.raises(ValueError, match=rf"^The train labels hold 1 NaN or infinite values "
+                                         rf"\(samples \[{len(y_train) - 1}\]\)"):
+        from_arrays((x, y_train), (xv, yv.astype("float32")))
+    path = str(tmp_path / "nan.npz")
+    np.savez(path, x_train=x, y_train=y_train, x_test=xt, y_test=yt.astype("float32"))
+    with pytest.raises(ValueError, match=rf"^The y_train labels hold 1 NaN or infinite values "
+                                         rf"\(samples \[{len(y_train) - 1}\]\)"):
+        load_data(f"npz:{path}")
+
+
 def test_data_that_cannot_give_an_honest_verdict_is_refused(arrays, tmp_path):
     """Found by the second fresh-user test: NaN inputs, test identical to validation (the
     verdict chosen and reported on the same samples), train identical to validation, labels

@@ -15,7 +15,8 @@ on the same ones. The parts are compared as given, before any is split off, and 
 says which share how many samples, with their indices (an image's file). Copies within one
 part are fine; those under different labels are said in the description (how many, one
 example), since no model is right on every such copy. Hashing costs about 0.1 s per 60,000 28x28 images. Inputs or labels of dtype
-object (Python objects) are refused: their bytes are references.
+object (Python objects) are refused: their bytes are references. Inputs or labels that hold NaN or
+infinity are refused, naming the part (and, for labels, the samples as given).
 
 An image folder is read with the channels its images have (from their headers): 1 channel
 where every image is greyscale, else 3 (RGB; greyscale images among colour ones repeated to 3
@@ -199,6 +200,7 @@ def from_arrays(train, validation, test=None, seed: int = 0,
     given = [("train", x_train, y_train), ("validation", x_val, y_val)]
     if test is not None:
         given.append(("test", *_pair(test, "test")))
+    _refuse_unfinite_labels([(name, y) for name, _, y in given])
     _check_overlap(given)
     facts = [description, *_relabelled_copies(given)]
     if test is None:
@@ -409,6 +411,21 @@ def _sample_keys(x: np.ndarray) -> list[bytes]:
     return [hashlib.blake2b(row.tobytes(), digest_size=16).digest() for row in rows]
 
 
+def _refuse_unfinite_labels(labels: Sequence[tuple[str, np.ndarray]]) -> None:
+    """Refuses labels that hold NaN or infinity, naming the part and its samples as given:
+    every trial would train or score on them, and read the NaN loss as a diverged training."""
+    for name, y in labels:
+        y = np.asarray(y)
+        if y.dtype.kind in "fc" and not np.all(np.isfinite(y)):
+            bad = np.flatnonzero(~np.isfinite(y).reshape(len(y), -1).all(axis=1))
+            raise DataError(
+                f"The {name} labels hold {int(np.size(y) - np.isfinite(y).sum())} NaN or "
+                f"infinite values (samples {bad[:10].tolist()}"
+                f"{' ...' if len(bad) > 10 else ''}): every trial would train or score on "
+                "them, and its loss and metrics would be NaN, read as a diverged training. "
+                "Drop those samples, or fill in their labels.")
+
+
 def _check_overlap(parts, labels: Mapping | None = None) -> None:
     """Refuses inputs that two parts share, byte for byte: a validation or test sample that is
     also a training sample scores memory, and one shared by validation and test is chosen on
@@ -558,6 +575,7 @@ def _load_npz(path: str, seed: int, image_size) -> TargetData:
                             f"{len(arrays[y])} labels.")
     given = [(x, arrays[x], arrays["y" + x[1:]]) for x in ("x_train", "x_val", "x_test")
              if x in arrays]
+    _refuse_unfinite_labels([("y" + name[1:], y) for name, _, y in given])
     _check_overlap(given)
     facts += _relabelled_copies(given)
     train = (arrays["x_train"], arrays["y_train"])
