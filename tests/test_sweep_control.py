@@ -1,6 +1,7 @@
 """Tests for keras_blockreuse.sweep.control: checks, signals, the per-seed target split."""
 
 import dataclasses
+import math
 import os
 import signal
 
@@ -184,6 +185,30 @@ def test_live_leader_is_one_learning_rate_of_a_policy():
             view.complete(t)
     assert view.leader() == ("a", pytest.approx(0.8), 2, 1e-3)  # pooled: b 0.675 over a 0.45
     assert lines[-1].endswith("leader by val_accuracy: a at lr 0.001 0.800 (n=2)")
+
+
+def test_live_view_counts_a_diverged_trial_as_failed():
+    """Found by a fresh-user test (helper-65): a sweep whose every trial ended with val_mae
+    NaN printed "trials: 6 done, 0 failed of 6; ... leader by val_mae: prefix 1 frozen
+    (block_1=frozen) nan (n=2)", and then the report "6 trials (6 error)", each "the training
+    diverged". A trial whose metrics are not finite is failed on the live line too, and never
+    the leader."""
+    from keras_blockreuse.sweep.console import LiveView
+
+    lines = []
+    view = LiveView(4, "val_mae", {}, higher_is_better=False, print_fn=lines.append,
+                    terminal=False, final_metric="test_mae")
+    with view:
+        trials = [FakeTrial(f"t{i}", "a" if i < 2 else "b") for i in range(4)]
+        view.step(trials)
+        for t, (val, test) in zip(trials, [(math.nan, 1.0), (0.5, 0.5), (0.9, math.inf),
+                                           (0.8, 0.8)], strict=True):
+            t.status = "TERMINATED"
+            t.last_result = {"val_mae": val, "test_mae": test}
+            view.complete(t)
+    assert view.counts() == {"done": 2, "running": 0, "failed": 2, "stopped": 0, "total": 4}
+    assert lines[-1].startswith("trials: 2 done, 0 running, 2 failed of 4; elapsed ")
+    assert lines[-1].endswith("leader by val_mae: a 0.500 (n=1)")
 
 
 def test_tune_environment_buffers_results_and_leaves_the_users_settings(monkeypatch):

@@ -62,6 +62,7 @@ class LiveView:
         self.completed: set[str] = set()  # ended by Tune as complete (finished or stopped)
         self.seen_running: set[str] = set()  # pending or running at some step of this run
         self.finished: dict[str, dict] = {}
+        self.diverged: set[str] = set()  # ended with a NaN or inf metric: failed, as reported
         self.errors = 0
         self.started = time.time()
         self._live = None
@@ -111,7 +112,11 @@ class LiveView:
         result = dict(trial.last_result or {})
         if self.final_metric is None or result.get(self.final_metric) is not None:
             value = result.get(self.val_metric)
-            if value is not None:
+            ends = [result.get(m) for m in (self.val_metric, self.final_metric) if m]
+            if value is not None and not all(math.isfinite(float(v)) for v in ends
+                                             if v is not None):
+                self.diverged.add(trial.trial_id)  # (the report: "the training diverged")
+            elif value is not None:
                 self.finished[trial.trial_id] = {"policy": trial.config.get("policy", ""),
                                                  "lr": trial.config.get("lr"),
                                                  "value": float(value)}
@@ -134,9 +139,10 @@ class LiveView:
     # ---- the view ----------------------------------------------------------------------------
     def counts(self) -> dict:
         values = list(self.statuses.values())
-        stopped = len(self.completed - set(self.finished))
+        stopped = len(self.completed - set(self.finished) - self.diverged)
         return {"done": len(self.finished), "running": values.count("RUNNING"),
-                "failed": values.count("ERROR"), "stopped": stopped, "total": self.total}
+                "failed": values.count("ERROR") + len(self.diverged), "stopped": stopped,
+                "total": self.total}
 
     def leader(self) -> tuple[str, float, int, float | None] | None:
         """`(policy, mean, n, lr)` of the configuration with the best mean so far: a policy at
