@@ -729,6 +729,43 @@ def test_greedy_rounds_carry_their_trained_parameter_counts(ray_local, arrays, t
         assert row["trained_params"] == total - sum(per_block[b] for b in frozen), row
 
 
+def test_a_builder_that_returns_the_pretrained_model_is_refused(arrays, tmp_path):
+    """Found by a fresh-user test (helper-65): --model file.py:build whose build() returned
+    keras.saving.load_model("pretrained.keras") ran; 'scratch' then started from the
+    pretrained values (0.44 validation accuracy after one epoch on 10-shot digits, bit for bit
+    the same as 'prefix 1 tuned'), and the report said 'prefix 1 frozen: -0.002 test accuracy
+    vs scratch'. A model that already holds the source's values in a block is refused; a
+    freshly built one (its constant values, zeros and ones, equal to the source's) is not."""
+    keras.utils.set_random_seed(3)
+    pretrained = build()
+    path = str(tmp_path / "pretrained.keras")
+    pretrained.save(path)
+    message = (
+        "The model the builder returns already holds the source's values in blocks "
+        "['block_1', 'block_2', 'head'] (a builder that loads the pretrained weights, or "
+        "returns a loaded .keras model): 'reinit' blocks and scratch would start from them, "
+        "and every policy would be compared with transfer, not with training from scratch. "
+        "Return a freshly initialised model (keras.models.clone_model(model) builds one with "
+        "new values); the sweep loads the source itself.")
+    with pytest.raises(SweepError) as e:
+        _prepared(lambda: keras.saving.load_model(path), path, arrays)
+    assert str(e.value) == message
+
+    def loads_weights(input_shape=(8, 8, 1), num_classes=3):
+        model = build(input_shape, num_classes)
+        model.load_weights(path)
+        return model
+
+    with pytest.raises(SweepError) as e:
+        which_blocks(loads_weights, path, train=arrays[0], validation=arrays[1],
+                     out=str(tmp_path / "out"), print_fn=lambda s: None)
+    assert str(e.value) == message
+    assert not os.path.exists(tmp_path / "out")
+    fresh = _prepared(build, path, arrays)  # zero biases, as the source's never trained
+    shutil.rmtree(os.path.dirname(fresh.snapshot), ignore_errors=True)
+    assert fresh.blocks == ["block_1", "block_2", "head"]
+
+
 def test_labels_that_hold_nan_are_refused_by_part_and_sample(arrays, tmp_path):
     """Found by a fresh-user test (helper-65): a regression target with one NaN among its
     validation labels was accepted (the data summary said "(1 not finite)"); every trial

@@ -110,8 +110,10 @@ class UserInputs:
         else:
             self.snapshot = self._take_snapshot(model)
         info = read_blocks(self.snapshot)
+        built = {id(v): np.array(v) for v in model.weights}  # before the source's are loaded
         self.blocks, self.fixed, self.caveats = _transferable(model, self.snapshot,
                                                               list(info.blocks))
+        _refuse_pretrained_builder(model, self.blocks, built)
         self.order = list(model.blocks)
         self._find_metrics(model)
         self.packed = pack(self.recipe)
@@ -385,6 +387,29 @@ def _shifted_names(model, path: str) -> str:
             f"load_blocks(model, source, rename={whole}), and pass that model as the source. "
             "Or name the layers (Conv2D(8, 3, name='block_1_0')).")
     return ""
+
+
+def _refuse_pretrained_builder(model, blocks: list[str], built: dict) -> None:
+    """Refuses a builder whose model already holds the source's values (it loads the
+    pretrained weights, or returns a loaded `.keras` model): its `reinit` blocks and scratch
+    would start from them. Found by comparing each transferable block's values as built
+    with the values loading the source gave it; values that are one constant (zeros, a
+    batch normalisation's fresh ones) say nothing and are not counted."""
+    held = []
+    for name in blocks:
+        pairs = [(built[id(v)], np.array(v)) for v in model.blocks[name].variables
+                 if id(v) in built]
+        if pairs and all(np.array_equal(a, b) for a, b in pairs) and any(
+                a.size > 1 and not np.all(a == a.reshape(-1)[0]) for a, _ in pairs):
+            held.append(name)
+    if held:
+        raise SweepError(
+            f"The model the builder returns already holds the source's values in blocks "
+            f"{held} (a builder that loads the pretrained weights, or returns a loaded .keras "
+            f"model): 'reinit' blocks and scratch would start from them, and every policy "
+            f"would be compared with transfer, not with training from scratch. Return a "
+            f"freshly initialised model (keras.models.clone_model(model) builds one with new "
+            f"values); the sweep loads the source itself.")
 
 
 def _structure(model) -> str:
