@@ -676,6 +676,39 @@ def test_resume_with_another_optimizer_or_model_is_refused(ray_local, arrays, tm
     assert sorted(resumed.trials["label"]) == sorted(started.trials["label"])
 
 
+def test_what_a_resume_compares_is_the_same_for_the_same_model_built_again(arrays, tmp_path):
+    """A layer whose configuration holds a function (a custom layer's `{"fn": self.fn}`)
+    describes it by name, not by its repr, whose address differs between processes and
+    builds: the same model, built again for a resume, must compare equal."""
+    class Scaled(keras.layers.Layer):
+        def __init__(self, fn=None, **kwargs):
+            super().__init__(**kwargs)
+            self.fn = fn
+
+        def call(self, x):
+            return self.fn(x)
+
+        def get_config(self):
+            return {**super().get_config(), "fn": self.fn}
+
+    def build_scaled(num_classes=3):
+        def double(x):  # a new function object each build
+            return 2 * x
+
+        i = keras.Input((8, 8, 1))
+        h = keras.layers.GlobalAveragePooling2D()(keras.layers.Conv2D(4, 3, name="block_1_0")(i))
+        return keras.Model(i, keras.layers.Dense(num_classes, name="head")(
+            Scaled(double, name="scaled")(h)))
+
+    keras.utils.set_random_seed(4)
+    path = str(tmp_path / "pretrained.blocks.h5")
+    save_blocks(build_scaled(), path)
+    first, again = (_prepared(build_scaled, path, arrays) for _ in range(2))
+    for inputs in (first, again):
+        shutil.rmtree(os.path.dirname(inputs.snapshot), ignore_errors=True)
+    assert first.trained_as == again.trained_as
+
+
 def test_the_python_api_speaks_its_own_names_and_takes_globs(arrays, source4, tmp_path):
     """Found by a fresh-user test: which_blocks' errors named command-line flags
     (`--seeds must be ...`, `pass --resume`, `write NAME:max`), a mistyped source path was

@@ -425,11 +425,17 @@ def _structure(model) -> str:
         except NotImplementedError:
             config = {}
         layers.append([layer.name, type(layer).__name__, json.dumps(config, sort_keys=True,
-                                                                    default=str),
+                                                                    default=_plain),
                        [[list(v.shape), str(v.dtype)] for v in layer.weights]])
     digest = hashlib.sha256(json.dumps(layers).encode()).hexdigest()[:12]
     return (f"{len(model.blocks)} blocks {list(model.blocks)}, {model.count_params():,} "
             f"parameters, layers digest {digest}")
+
+
+def _plain(obj) -> str:
+    """A value of a layer's configuration that JSON does not take, by name, never by its
+    `repr` (`<function f at 0x7f...>` differs between processes)."""
+    return getattr(obj, "__qualname__", None) or type(obj).__qualname__
 
 
 def _described(obj) -> str:
@@ -439,7 +445,7 @@ def _described(obj) -> str:
     if isinstance(obj, str):
         return obj
     try:
-        config = json.dumps(obj.get_config(), sort_keys=True, default=str)
+        config = json.dumps(obj.get_config(), sort_keys=True, default=_plain)
     except (AttributeError, NotImplementedError, TypeError):
         config = "?"
     return f"{type(obj).__name__}({config})"
