@@ -799,6 +799,29 @@ def test_a_builder_that_returns_the_pretrained_model_is_refused(arrays, tmp_path
     assert fresh.blocks == ["block_1", "block_2", "head"]
 
 
+def test_cosine_similarity_ranks_higher_as_better(arrays):
+    """Found by a fresh-user test (helper-65): metrics=["cosine_similarity"] (or --metric
+    cosine_similarity) ranked the policies lower-is-better, so the policy whose predictions
+    pointed furthest from the labels was named best. Keras's metric of that name is
+    CosineSimilarity: 1 for predictions in the labels' direction, -1 for the opposite one."""
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(
+        3, use_bias=False, kernel_initializer="identity")])
+    model.compile(loss="cosine_similarity", metrics=["cosine_similarity"])
+    y = np.arange(1, 13, dtype="float32").reshape(4, 3)
+    assert model.evaluate(y, y, verbose=0, return_dict=True)["cosine_similarity"] == \
+        pytest.approx(1.0)
+    assert model.evaluate(y, -y, verbose=0, return_dict=True)["cosine_similarity"] == \
+        pytest.approx(-1.0)
+    (x, _), (xv, _) = arrays[:2]
+    targets = (x, np.ones((len(x), 3), "float32")), (xv, np.ones((len(xv), 3), "float32"))
+    inputs = UserInputs(from_arrays(*targets), Recipe(
+        resolve_builder(build, x.shape[1:], 3, activation=None), loss="cosine_similarity",
+        metrics=("cosine_similarity",)), source=build(num_classes=3))
+    inputs.prepare()
+    shutil.rmtree(os.path.dirname(inputs.snapshot), ignore_errors=True)
+    assert (inputs.metric, inputs.mode) == ("cosine_similarity", "max")
+
+
 def test_labels_that_hold_nan_are_refused_by_part_and_sample(arrays, tmp_path):
     """Found by a fresh-user test (helper-65): a regression target with one NaN among its
     validation labels was accepted (the data summary said "(1 not finite)"); every trial

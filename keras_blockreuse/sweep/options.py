@@ -49,14 +49,17 @@ DATA_KINDS = ("npz", "folder")
 """What --data accepts: `npz:PATH` or `folder:PATH` (`sweep.user_data`)."""
 MAXIMIZE = ("accuracy", "binary_accuracy", "categorical_accuracy", "sparse_categorical_accuracy",
             "top_k_categorical_accuracy", "sparse_top_k_categorical_accuracy", "auc", "precision",
-            "recall", "f1_score", "fbeta_score", "r2_score", "iou", "mean_iou")
+            "recall", "f1_score", "fbeta_score", "r2_score", "iou", "mean_iou",
+            "cosine_similarity")
 MINIMIZE = ("loss", "mae", "mse", "rmse", "mape", "msle", "mean_absolute_error",
             "mean_squared_error", "root_mean_squared_error", "mean_absolute_percentage_error",
             "mean_squared_logarithmic_error", "log_cosh_error", "logcosh", "huber",
             "binary_crossentropy", "categorical_crossentropy", "sparse_categorical_crossentropy",
-            "hinge", "squared_hinge", "kl_divergence", "poisson", "cosine_similarity")
-"""Metric names whose direction is known (`cosine_similarity` as the loss, lower is better);
-another metric needs its direction: `NAME:max` or `NAME:min`."""
+            "hinge", "squared_hinge", "kl_divergence", "poisson")
+"""Metric names whose direction is known, as Keras reports them: a metric named
+`cosine_similarity` is `keras.metrics.CosineSimilarity` (1 for predictions in the labels'
+direction, higher is better), whatever the loss (a cosine similarity loss is logged as
+`loss`, lower is better); another metric needs its direction: `NAME:max` or `NAME:min`."""
 STRATEGIES = ("prefix", "surgical", "exhaustive", "greedy")
 PREDICTED = "predicted"
 """--strategy predicted: rank the surgical and prefix configurations by LogME and relative
