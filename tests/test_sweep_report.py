@@ -367,6 +367,29 @@ def test_a_tied_policy_far_from_the_best_is_not_recommended(tmp_path):
         higher_is_better=False).recommended == "p1f"
 
 
+def test_a_validation_part_of_one_class_is_said(tmp_path):
+    """Found by a fresh-user test (helper-65): an .npz whose x_val held one class only (the
+    last rows of data sorted by class) gave a verdict without a word: the majority-class
+    rate was then 1.0, and the check skipped it as nothing to test, so the policy that
+    answered that class most often was named best. No accuracy is above always answering
+    the one class: the headline says that validation cannot rank the policies, and no tied
+    policy is recommended on it."""
+    from keras_blockreuse.sweep.run import _majority_rate
+    from keras_blockreuse.sweep.user_data import from_arrays
+
+    x = np.random.default_rng(0).normal(size=(16, 4)).astype("float32")
+    data = from_arrays((x[:8], np.array([0, 1, 2, 3] * 2)), (x[8:12], np.full(4, 3)),
+                       (x[12:], np.array([0, 1, 2, 3])))
+    assert _majority_rate(data, "test_accuracy") == (1.0, 4)
+    written = write_report(known_frame(), str(tmp_path / "a"), {}, chance=(1.0, 30))
+    assert written["best"].splitlines()[1] == (
+        "The validation labels are all of one class (30 images): a model that always answers "
+        "it scores 1.000, so validation accuracy cannot rank the policies, and this verdict "
+        "measures how often each answers that class. Give validation samples of every class.")
+    tied = verdict(known_frame(), chance=(1.0, 30))
+    assert tied.near == [tied.best] and tied.at_chance
+
+
 def test_a_best_not_above_the_majority_class_rate_is_said(tmp_path):
     """Found by a fresh-user test: every policy of a 4-class sweep sat near chance (0.25) and
     the report recommended one, saying nothing. Where the best's mean validation accuracy is

@@ -731,8 +731,10 @@ def _chance_p(accuracy: float, rate: float, images: int) -> float | None:
     not a proportion of images (nothing to test)."""
     from scipy import stats
 
-    if not (images > 0 and 0 < rate < 1 and 0 <= accuracy <= 1):
+    if not (images > 0 and 0 < rate <= 1 and 0 <= accuracy <= 1):
         return None
+    if rate == 1:  # validation of one class: no accuracy is above always answering it
+        return 1.0
     return float(stats.binomtest(int(round(accuracy * images)), images, rate,
                                  alternative="greater").pvalue)
 
@@ -773,6 +775,11 @@ def _at_chance(accuracy: float, rate: float, images: int, alpha: float) -> list[
     p = _chance_p(accuracy, rate, images)
     if p is None or p < alpha:
         return []
+    if rate == 1:
+        return [f"The validation labels are all of one class ({images} images): a model that "
+                "always answers it scores 1.000, so validation accuracy cannot rank the "
+                "policies, and this verdict measures how often each answers that class. Give "
+                "validation samples of every class."]
     return [f"The best is not shown above the majority-class rate on validation ({rate:.3f} "
             f"of {images} images, always answering the most frequent class; one-sided "
             f"binomial p={format_p(p)}): the models may not have learned the task in this "
