@@ -822,6 +822,33 @@ def test_cosine_similarity_ranks_higher_as_better(arrays):
     assert (inputs.metric, inputs.mode) == ("cosine_similarity", "max")
 
 
+def test_labels_that_are_not_class_indices_say_what_they_are(arrays, tmp_path):
+    """Found by a fresh-user test (helper-65): class names, one-hot rows and booleans were
+    refused as "needs integer class labels; the labels have shape () and dtype <U5" (or
+    shape (3,), dtype float64), which says what they are not. The refusal now says what they
+    are and what to do."""
+    (x, y), (xv, yv), (xt, yt) = arrays
+    names = np.array(["cat", "dog", "eel"])
+    kw = dict(out=str(tmp_path / "out"), print_fn=lambda s: None)
+    cases = {
+        "the labels have shape () and dtype <U3: class names ('cat', 'dog', 'eel'); number "
+        "the classes 0..k-1 (for example np.unique(y, return_inverse=True)[1], with the same "
+        "numbering for every part)": names,
+        "the labels have shape (3,) and dtype float32: one-hot rows; use the "
+        "categorical_crossentropy loss, or pass their class indices (y.argmax(axis=1))":
+            np.eye(3, dtype="float32"),
+        "the labels have shape () and dtype bool: booleans; pass them as integers "
+        "(y.astype(int))": np.array([False, True, True]),
+    }
+    for what, table in cases.items():
+        with pytest.raises(SweepError) as e:
+            which_blocks(build, build(), train=(x, table[y]), validation=(xv, table[yv]),
+                         test=(xt, table[yt]), **kw)
+        assert str(e.value) == ("loss 'sparse_categorical_crossentropy' needs integer class "
+                                f"labels; {what}.")
+    assert not os.path.exists(tmp_path / "out")
+
+
 def test_labels_that_hold_nan_are_refused_by_part_and_sample(arrays, tmp_path):
     """Found by a fresh-user test (helper-65): a regression target with one NaN among its
     validation labels was accepted (the data summary said "(1 not finite)"); every trial

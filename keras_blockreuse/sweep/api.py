@@ -117,8 +117,7 @@ def which_blocks(
     if outputs is None:
         from keras_blockreuse.sweep.space import SweepError
 
-        raise SweepError(f"loss {loss!r} needs integer class labels; the labels have shape "
-                         f"{data.y_train.shape[1:]} and dtype {data.y_train.dtype}.")
+        raise SweepError(f"loss {loss!r} needs integer class labels; {data.not_classes()}.")
     build = resolve_builder(build_model, data.input_shape, outputs)
     recipe = Recipe(build, blocks=blocks, loss=loss, metrics=tuple(metrics),
                     optimizer=optimizer)

@@ -490,8 +490,9 @@ def from_settings(settings) -> UserInputs | None:
             data = data.as_classes()
         outputs = data.target_classes
         if outputs is None:
-            raise SweepError(f"--loss {loss} needs integer class labels; the labels have shape "
-                             f"{data.y_train.shape[1:]} and dtype {data.y_train.dtype}.")
+            what = data.not_classes() if hasattr(data, "not_classes") else (
+                f"the labels have shape {data.y_train.shape[1:]} and dtype {data.y_train.dtype}")
+            raise SweepError(f"--loss {loss} needs integer class labels; {what}.")
     else:
         outputs = getattr(data, "label_width", 1)
     build = resolve_builder(settings.model, data.input_shape, outputs, output_activation(loss),

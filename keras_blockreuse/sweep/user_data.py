@@ -157,6 +157,26 @@ class TargetData:
         _check_classes(*ys)
         return dataclasses.replace(self, y_train=ys[0], y_val=ys[1], y_test=ys[2])
 
+    def not_classes(self) -> str:
+        """Why the labels are not class indices, in words, with what to do, for a sparse
+        categorical loss's refusal: `"the labels have shape () and dtype <U5: class names
+        ('cat', 'dog', ...); number the classes 0..k-1"`."""
+        y = self.y_train
+        text = f"the labels have shape {y.shape[1:]} and dtype {y.dtype}"
+        if y.dtype.kind in "USO":
+            names = sorted({str(v) for v in np.ravel(y)[:1000]})
+            shown = ", ".join(map(repr, names[:3])) + (", ..." if len(names) > 3 else "")
+            return (f"{text}: class names ({shown}); number the classes 0..k-1 (for example "
+                    "np.unique(y, return_inverse=True)[1], with the same numbering for every "
+                    "part)")
+        if y.dtype.kind == "b":
+            return f"{text}: booleans; pass them as integers (y.astype(int))"
+        if y.ndim == 2 and y.shape[1] > 1 and np.all((y == 0) | (y == 1)) and np.all(
+                y.sum(axis=1) == 1):
+            return (f"{text}: one-hot rows; use the categorical_crossentropy loss, or pass "
+                    "their class indices (y.argmax(axis=1))")
+        return text
+
     def as_rgb(self, why: str) -> TargetData:
         """Greyscale images `(height, width, 1)` repeated to 3 channels, and `why` in the
         description; other inputs as they are."""
