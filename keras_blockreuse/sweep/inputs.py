@@ -110,7 +110,8 @@ class UserInputs:
         else:
             self.snapshot = self._take_snapshot(model)
         info = read_blocks(self.snapshot)
-        built = {id(v): np.array(v) for v in model.weights}  # before the source's are loaded
+        built = {id(v): np.array(v.numpy(), copy=True)  # before the source's are loaded
+                 for v in model.weights}
         self.blocks, self.fixed, self.caveats = _transferable(model, self.snapshot,
                                                               list(info.blocks))
         _refuse_pretrained_builder(model, self.blocks, built)
@@ -397,7 +398,7 @@ def _refuse_pretrained_builder(model, blocks: list[str], built: dict) -> None:
     batch normalisation's fresh ones) say nothing and are not counted."""
     held = []
     for name in blocks:
-        pairs = [(built[id(v)], np.array(v)) for v in model.blocks[name].variables
+        pairs = [(built[id(v)], v.numpy()) for v in model.blocks[name].variables
                  if id(v) in built]
         if pairs and all(np.array_equal(a, b) for a, b in pairs) and any(
                 a.size > 1 and not np.all(a == a.reshape(-1)[0]) for a, _ in pairs):
