@@ -849,6 +849,35 @@ def test_labels_that_are_not_class_indices_say_what_they_are(arrays, tmp_path):
     assert not os.path.exists(tmp_path / "out")
 
 
+def test_blocks_that_start_from_fixed_values_are_said(arrays, tmp_path):
+    """Found by a fresh-user test (helper-65): a builder that loads weights other than the
+    source's (ImageNet's, an earlier run's) or seeds its initializers gives 'reinit' blocks,
+    and scratch, the same values for every seed, and nothing said so: scratch was not
+    training from scratch, and the seeds' spread left that out. Blocks whose values are the
+    same in a second build of the model are named in a caveat (printed, and in the report)."""
+    def seeded(num_classes=3, seed=1):
+        i = keras.Input((8, 8, 1))
+        h = keras.layers.Conv2D(4, 3, name="block_1_0",
+                                kernel_initializer=keras.initializers.GlorotUniform(seed=seed))(i)
+        h = keras.layers.GlobalAveragePooling2D()(h)
+        return keras.Model(i, keras.layers.Dense(num_classes, name="head")(h))
+
+    source = seeded()
+    for v in source.weights:
+        v.assign(v.numpy() + 0.5)  # trained: other values than the builder's
+    caveats = []
+    for builder in (seeded, lambda num_classes=3: seeded(num_classes, seed=None)):
+        inputs = UserInputs(from_arrays(*arrays[:2]), Recipe(builder), source)
+        inputs.prepare()
+        shutil.rmtree(os.path.dirname(inputs.snapshot), ignore_errors=True)
+        caveats.append(inputs.model_caveats)
+    assert caveats == [[
+        "blocks ['block_1'] hold the same values in every build of the model (its builder "
+        "loads weights, or seeds their initializers): where they are reinit, scratch "
+        "included, they start from those values, not from a new random initialisation per "
+        "seed, and the seeds vary only the data order and dropout there."], []]
+
+
 def test_labels_that_hold_nan_are_refused_by_part_and_sample(arrays, tmp_path):
     """Found by a fresh-user test (helper-65): a regression target with one NaN among its
     validation labels was accepted (the data summary said "(1 not finite)"); every trial

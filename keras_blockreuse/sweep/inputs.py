@@ -66,6 +66,8 @@ class UserInputs:
     packed: bytes = b""
     snapshot: str = ""
     caveats: list = dataclasses.field(default_factory=list)
+    model_caveats: list = dataclasses.field(default_factory=list)
+    """What the sweep cannot vary in the model itself (blocks that start from fixed values)."""
     source_info: str = ""
     model_info: str = ""
     training_info: str = ""
@@ -117,6 +119,7 @@ class UserInputs:
         _refuse_pretrained_builder(model, self.blocks, built)
         self.order = list(model.blocks)
         self._find_metrics(model)
+        self.model_caveats = _fixed_start(model, self.recipe, built)
         self.packed = pack(self.recipe)
         self.source_info = (f"{self._source_name()}, snapshotted to {SOURCE_FILE} "
                             f"({len(info.blocks)} blocks, {format_bytes(info.nbytes)})")
@@ -411,6 +414,33 @@ def _refuse_pretrained_builder(model, blocks: list[str], built: dict) -> None:
             f"would be compared with transfer, not with training from scratch. Return a "
             f"freshly initialised model (keras.models.clone_model(model) builds one with new "
             f"values); the sweep loads the source itself.")
+
+
+def _fixed_start(model, recipe: Recipe, built: dict) -> list[str]:
+    """A caveat naming the blocks whose values are the same in a second build of the model
+    (a builder that loads weights other than the source's, or seeds its initializers):
+    there `reinit` and scratch are not a new random initialisation per seed. One-constant
+    values (zeros, ones) are not counted."""
+    import keras
+
+    keras.backend.clear_session()  # (the same automatic names as the first build)
+    again = recipe.target_model()
+    same = []
+    for name, block in model.blocks.items():
+        first = [built.get(id(v)) for v in block.variables]
+        second = [v.numpy() for v in again.blocks[name].variables] \
+            if name in again.blocks else []
+        if (first and len(first) == len(second) and all(
+                a is not None and a.shape == b.shape and np.array_equal(a, b)
+                for a, b in zip(first, second, strict=True))
+                and any(a.size > 1 and not np.all(a == a.reshape(-1)[0]) for a in first)):
+            same.append(name)
+    if not same:
+        return []
+    return [f"blocks {same} hold the same values in every build of the model (its builder "
+            "loads weights, or seeds their initializers): where they are reinit, scratch "
+            "included, they start from those values, not from a new random initialisation "
+            "per seed, and the seeds vary only the data order and dropout there."]
 
 
 def _structure(model) -> str:

@@ -179,6 +179,8 @@ def run_sweep(
                 print_fn(prefix)
             for caveat in user.caveats if user is not None else []:
                 print_fn(f"Caveat (loading the source): {caveat}")
+            for caveat in user.model_caveats if user is not None else []:
+                print_fn(f"Caveat (the model): {caveat}")
             if few:  # before any training: a one-seed look runs, but says what it will lack
                 print_fn(f"Warning: {few}")
             ray_run = _run_on_ray(settings, data, blocks, configurations, costs, begun,
@@ -350,6 +352,8 @@ def _finish(settings, ray_run, blocks, fixed, started, signal_name, print_fn,
                    + (f" {prefix}" if prefix else "")),
         "source model": ray_run["source_info"],
         **({"caveats of the load": " ".join(user.caveats)} if user and user.caveats else {}),
+        **({"caveats of the model": " ".join(user.model_caveats)}
+           if user and user.model_caveats else {}),
         "trials": f"{len(ran)} planned {ray_run['planned']} ({said or 'none ran'})",
         "max concurrent trials": concurrency,
         "machine": _machine(),
