@@ -878,6 +878,20 @@ def test_blocks_that_start_from_fixed_values_are_said(arrays, tmp_path):
         "seed, and the seeds vary only the data order and dropout there."], []]
 
 
+def test_a_classifier_with_more_outputs_than_classes_is_said(arrays):
+    """Found by a fresh-user test (helper-65): a builder that ignores num_classes= (10
+    outputs for 3 classes) ran without a word, its head, of the source's shape, swept like
+    any block. The extra outputs are named in a caveat."""
+    inputs = UserInputs(from_arrays(*arrays[:2]), Recipe(lambda: build(num_classes=10)),
+                        build(num_classes=10))
+    inputs.prepare()
+    shutil.rmtree(os.path.dirname(inputs.snapshot), ignore_errors=True)
+    assert "head" in inputs.blocks and inputs.model_caveats == [
+        "the model has 10 outputs, and the labels 3 classes (0..2): 7 outputs are never a "
+        "label (does its builder take num_classes=?), and a head of the source's shape is "
+        "transferred like any block, the source's classes standing for the target's."]
+
+
 def test_labels_that_hold_nan_are_refused_by_part_and_sample(arrays, tmp_path):
     """Found by a fresh-user test (helper-65): a regression target with one NaN among its
     validation labels was accepted (the data summary said "(1 not finite)"); every trial

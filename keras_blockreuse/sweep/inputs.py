@@ -119,7 +119,7 @@ class UserInputs:
         _refuse_pretrained_builder(model, self.blocks, built)
         self.order = list(model.blocks)
         self._find_metrics(model)
-        self.model_caveats = _fixed_start(model, self.recipe, built)
+        self.model_caveats = _fixed_start(model, self.recipe, built) + self._extra_outputs(model)
         self.packed = pack(self.recipe)
         self.source_info = (f"{self._source_name()}, snapshotted to {SOURCE_FILE} "
                             f"({len(info.blocks)} blocks, {format_bytes(info.nbytes)})")
@@ -187,6 +187,20 @@ class UserInputs:
             raise SweepError(f"The model expects inputs of shape {expected} but the data has "
                              f"{given}. Build the model for the data (or resize the images: "
                              "--image-size / image_size).")
+
+    def _extra_outputs(self, model) -> list[str]:
+        """A caveat for a classifier with more outputs than the labels have classes (a
+        builder that does not take `num_classes=`): those outputs are never a label."""
+        classes = getattr(self.data, "target_classes", None)
+        loss = self.recipe.loss if isinstance(self.recipe.loss, str) else type(
+            self.recipe.loss).__name__
+        units = model.outputs[0].shape[-1] if len(model.outputs) == 1 else None
+        if classes is None or "sparse" not in loss.lower() or not units or units <= classes:
+            return []
+        return [f"the model has {units} outputs, and the labels {classes} classes (0.."
+                f"{classes - 1}): {units - classes} outputs are never a label (does its "
+                "builder take num_classes=?), and a head of the source's shape is transferred "
+                "like any block, the source's classes standing for the target's."]
 
     def _source_name(self) -> str:
         import keras
