@@ -56,6 +56,7 @@ import contextlib
 import dataclasses
 import functools
 import os
+import re
 import time
 import warnings
 from collections.abc import Callable, Mapping, Sequence
@@ -95,6 +96,10 @@ from keras_blockreuse.sources.structure import (
 )
 
 ON_MISMATCH = ("error", "skip", "adapt")
+AUTOMATIC_VARIABLE = re.compile(r"variable(_[0-9]+)?")
+"""Keras's name for a variable made without `name=` (`add_weight(shape=...)`): `variable`,
+then `variable_1`, ... counted per session, in creation order, so it names no variable."""
+
 ROLE_NAMES = frozenset({"kernel", "bias", "gamma", "beta", "moving_mean", "moving_variance"})
 """Variable names that mean the same in Keras 2 and 3: a variable paired by position with one
 of another of these names (a `BatchNormalization(center=False)`'s `gamma` for a
@@ -385,12 +390,19 @@ def _by_position(layer: _LayerPlan) -> bool:
     positions alone can give one variable's values to another: the layer holds two or more
     of one shape and dtype, or takes `center=` / `scale=` options, which decide which of its
     variables of one shape it holds (a `LayerNormalization(center=False)` holds `gamma`
-    alone, one with `scale=False` `beta` alone)."""
-    if not all(v.name in ("", v.key) for v in layer.source.variables):
+    alone, one with `scale=False` `beta` alone). Keras's automatic names (`variable_1`,
+    `AUTOMATIC_VARIABLE`) follow creation order as positions do, so they count as none."""
+    if not all(_unnamed(v) for v in layer.source.variables):
         return False
     kinds = [(tuple(v.shape), str(getattr(v, "dtype", ""))) for v in layer.current.values()]
     return len(set(kinds)) < len(kinds) or (
         hasattr(layer.unit, "center") and hasattr(layer.unit, "scale"))
+
+
+def _unnamed(var: VariableInfo) -> bool:
+    """Whether a source variable's name says nothing of which variable it is: none, its key,
+    or Keras's automatic name (`variable_1`: an `add_weight` without `name=`)."""
+    return var.name in ("", var.key) or AUTOMATIC_VARIABLE.fullmatch(var.name) is not None
 
 
 def _miscounted(plans: list[_BlockPlan]) -> bool:
@@ -490,10 +502,12 @@ def _say_custom_ordered(plans: list[_BlockPlan], report: LoadReport,
     classes = ", ".join(dict.fromkeys(found.values()))
     _say(report, (
         f"layers {shown} ({classes}) hold variables of one shape that the source records by "
-        "position only, in the order their own code creates them, not Keras's: they are "
-        "paired by position, as Keras's load_weights pairs them. If that code created them in "
-        "another order when the file was saved, values went to other variables; a block file "
-        "written by save_blocks records their names, which pair them."))
+        "position only (or by Keras's automatic names, `variable_1`, which follow the same "
+        "order), in the order their own code creates them, not Keras's: they are paired by "
+        "position, as Keras's load_weights pairs them. If that code created them in another "
+        "order when the file was saved, values went to other variables; add_weight(name=...) "
+        "names them, and a block file written by save_blocks records those names, which pair "
+        "them."))
 
 
 def _say(report: LoadReport, caveat: str, stacklevel: int = 4) -> None:
@@ -1473,7 +1487,7 @@ def _validate(plans: list[_BlockPlan], report: LoadReport, on_mismatch: str, src
                     continue
                 layer.keys[key] = var.key
                 problem = _incompatibility(var, target_shape, target_dtype)
-                if (problem is None and var.name not in ("", var.key) and name != key
+                if (problem is None and not _unnamed(var) and name != key
                         and var.name != name
                         and (names_checked or {var.name, name} <= ROLE_NAMES)):
                     problem = f"name differs (source {var.name!r})"
@@ -1582,7 +1596,8 @@ def _variables_by_target_key(layer: _LayerPlan, by_name: bool) -> dict[str, Vari
     each of its own (`source_model=`, a rebuilt structure), the names pair where one side's
     are all among the other's, so that the one missing is named rather than each later one
     paired with its neighbour's values; a source variable the model lacks is then left
-    under its own key, `<source>/KEY`, to be reported.
+    under its own key, `<source>/KEY`, to be reported. Keras's automatic names (`variable_1`)
+    are counted per session, so they pair nothing: such variables pair by key.
     """
     source = {v.key: v for v in layer.source.variables}
     if not by_name and len(source) == len(layer.current):
@@ -1590,9 +1605,12 @@ def _variables_by_target_key(layer: _LayerPlan, by_name: bool) -> dict[str, Vari
     names = {str(getattr(value, "name", key)): key for key, value in layer.current.items()}
     stored = {v.name: v for v in layer.source.variables}
     unique = len(names) == len(layer.current) and len(stored) == len(source)
+    if any(_unnamed(v) for v in layer.source.variables) or any(
+            AUTOMATIC_VARIABLE.fullmatch(name) for name in names):
+        return source
     if by_name and unique and set(names) == set(stored):
         return {key: stored[name] for name, key in names.items()}
-    named = all(v.name not in ("", v.key) for v in layer.source.variables)
+    named = all(not _unnamed(v) for v in layer.source.variables)
     if (named and unique and len(stored) != len(names)
             and (set(stored) <= set(names) or set(names) <= set(stored))):
         return {names.get(name, f"<source>/{var.key}"): var for name, var in stored.items()}

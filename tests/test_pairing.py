@@ -2007,10 +2007,12 @@ def test_a_custom_layers_variables_of_one_shape_are_said_to_pair_by_position(tmp
             report = load_blocks(model, str(tmp_path / name))
         assert report.caveats == [
             "layers ['maps'] (_TwoMaps) hold variables of one shape that the source records "
-            "by position only, in the order their own code creates them, not Keras's: they "
-            "are paired by position, as Keras's load_weights pairs them. If that code created "
+            "by position only (or by Keras's automatic names, `variable_1`, which follow the "
+            "same order), in the order their own code creates them, not Keras's: they are "
+            "paired by position, as Keras's load_weights pairs them. If that code created "
             "them in another order when the file was saved, values went to other variables; "
-            "a block file written by save_blocks records their names, which pair them."]
+            "add_weight(name=...) names them, and a block file written by save_blocks records "
+            "those names, which pair them."]
         assert "Caveat: layers ['maps'] (_TwoMaps)" in str(report)
         got = model.get_layer("maps")  # by position, as said
         assert_bits(values([got.shift, got.scale]), [scale, shift])
@@ -2020,6 +2022,58 @@ def test_a_custom_layers_variables_of_one_shape_are_said_to_pair_by_position(tmp
     assert report.ok and not report.caveats
     got = model.get_layer("maps")
     assert_bits(values([got.scale, got.shift]), [scale, shift])
+
+
+class _TwoUnnamed(L.Layer):
+    """`_TwoMaps` with variables made without `name=`: Keras names them `variable`,
+    `variable_1`, ... in creation order, counted per session."""
+
+    names = ("scale", "shift")
+
+    def build(self, shape):
+        for name in self.names:
+            setattr(self, name, self.add_weight(shape=(shape[-1], 4)))
+
+    def call(self, x):
+        return x @ self.scale + x @ self.shift
+
+
+def _two_unnamed_model(swapped=False):
+    maps = _TwoUnnamed(name="maps")
+    if swapped:
+        maps.names = ("shift", "scale")
+    i = keras.Input((4,))
+    return keras.Model(i, L.Dense(2, name="head")(maps(i)))
+
+
+def test_automatic_variable_names_pair_nothing_and_are_said_to_follow_positions(tmp_path):
+    """Found by a fresh-user re-check: a custom layer's variables made by add_weight without
+    name= carry Keras's automatic names, counted per session (`variable`, `variable_1`, then
+    `variable_2`, ... for the same model built again). A block file or live model of it was
+    refused into the same model built again in the session ('name differs (source
+    'variable')'), and, from another session, its names (each side's creation order) paired
+    the variables of a build() that now creates them in the other order with each other's
+    values, ok=True, nothing said. They pair by position now, as Keras's load_weights pairs
+    them, and the load says so."""
+    source = _filled(_two_unnamed_model())
+    maps = source.get_layer("maps")
+    scale, shift = np.array(maps.scale.numpy()), np.array(maps.shift.numpy())
+    path = str(tmp_path / "m.blocks.h5")
+    save_blocks(source, path)
+    model = _two_unnamed_model()  # built again: `variable_2`, `variable_3`
+    assert [v.name for v in model.get_layer("maps").weights] != [v.name for v in maps.weights]
+    for src in (path, source):
+        with pytest.warns(UserWarning, match="Keras's automatic names"):
+            report = load_blocks(model, src)
+        assert report.ok
+        assert "layers ['maps'] (_TwoUnnamed) hold variables of one shape" in report.caveats[0]
+        got = model.get_layer("maps")
+        assert_bits(values([got.scale, got.shift]), [scale, shift])
+    swapped = _two_unnamed_model(swapped=True)
+    with pytest.warns(UserWarning, match="Keras's automatic names"):
+        report = load_blocks(swapped, path)
+    got = swapped.get_layer("maps")  # by position, as said
+    assert_bits(values([got.shift, got.scale]), [scale, shift])
 
 
 def test_a_layer_known_by_position_with_fewer_variables_says_which_is_not_known(tmp_path):
