@@ -1546,26 +1546,53 @@ def _validate(plans: list[_BlockPlan], report: LoadReport, on_mismatch: str, src
     )
 
 
+QUANTIZATION_VARIABLES = frozenset({
+    "kernel_scale", "kernel_zero", "g_idx", "embeddings_scale", "embeddings_zero",
+    "inputs_scale", "inputs_amax_history", "kernel_amax_history", "outputs_grad_scale",
+    "outputs_grad_amax_history"})
+"""Variables Keras's `model.quantize(...)` adds to a layer (int8, int4, float8, GPTQ)."""
+
+
 def _quantization_hint(plans: list[_BlockPlan], report: LoadReport) -> str:
-    """For kernels whose dtype kind differs because one side was quantized
-    (`model.quantize("int8")`: an integer kernel and its scale), the order of steps that
-    loads them; "" otherwise."""
-    kinds = [m for m in report.mismatched if m.reason.startswith("dtype kind differs")
-             and ("int" in m.source) != ("int" in m.target)]
-    if not kinds:
-        return ""
-    units = {(plan.target, layer.target_path): layer.unit for plan in plans
-             for layer in plan.layers}
-    quantized = [m.layer for m in kinds
-                 if getattr(units.get((m.block, m.layer)), "quantization_mode", None)]
-    if quantized:
-        return (f"The model's layers {sorted(set(quantized))} are quantized and the source's "
-                "are not: load the source into the model before model.quantize(...), then "
-                "quantize it.\n")
-    return (f"The source's layers paired with the model's {sorted({m.layer for m in kinds})} "
-            "hold quantized values (integer kernels and their scales), the model's float "
-            "ones: quantize the model the same way (model.quantize(...)) before loading, or "
-            "load from the model's file saved before it was quantized.\n")
+    """For layers that do not fit because one side was quantized (`model.quantize("int8")`:
+    an integer kernel and its scale; "int4": a packed one, its scale and zero point;
+    "float8": scales and amax histories) or both in modes holding other variables, the
+    order of steps that
+    loads them; "" otherwise. A source layer is known quantized by its variables' names
+    (`QUANTIZATION_VARIABLES`) or, recorded by position, by an integer variable."""
+    layers = {(plan.target, layer.target_path): layer for plan in plans
+              for layer in plan.layers}
+    model_side, source_side, both = set(), set(), set()
+    for m in report.mismatched:
+        layer = layers.get((m.block, m.layer))
+        if layer is None:
+            continue
+        mode = getattr(layer.unit, "quantization_mode", None)
+        source = any(v.name in QUANTIZATION_VARIABLES or "int" in str(v.dtype)
+                     for v in layer.source.variables)
+        if mode and source:
+            if len(layer.source.variables) != len(layer.current):  # (else the same mode)
+                both.add(m.layer)
+        elif mode and len(layer.source.variables) < len(layer.current):
+            model_side.add(m.layer)
+        elif not mode and source:
+            source_side.add(m.layer)
+    hint = ""
+    if model_side:
+        hint += (f"The model's layers {sorted(model_side)} are quantized and the source's are "
+                 "not: load the source into the model before model.quantize(...), then "
+                 "quantize it.\n")
+    if source_side:
+        hint += (f"The source's layers paired with the model's {sorted(source_side)} hold "
+                 "quantized values (integer kernels and their scales), the model's float "
+                 "ones: quantize the model the same way (model.quantize(...)) before loading, "
+                 "or load from the model's file saved before it was quantized.\n")
+    if both:
+        hint += (f"The model's layers {sorted(both)} and the source's paired with them are "
+                 "quantized, the variables above say in other modes: quantize the model the "
+                 "way the source's was, or load the float weights before model.quantize(...)."
+                 "\n")
+    return hint
 
 
 def _skip_whole_layers(plans: list[_BlockPlan], report: LoadReport) -> None:

@@ -732,3 +732,56 @@ def test_a_quantized_side_is_told_the_order_of_steps_that_loads_it(tmp_path):
     assert load_blocks(target, str(tmp_path / "q.keras")).ok  # as advised
     for a, b in zip(quantized.weights, target.weights, strict=True):
         assert np.array(a.numpy()).tobytes() == np.array(b.numpy()).tobytes()
+
+
+def test_int4_and_mixed_quantization_modes_are_told_their_steps_and_no_wrong_side(tmp_path):
+    """Found by a fresh-user re-check of 5d4f4b8: float weights into a model after
+    `model.quantize("int4")` (a packed int8 kernel of another shape, its scale, zero point
+    and g_idx) or "float8" were refused with no word of quantization, since only an int8
+    kernel's differing dtype kind was seen; an int4 model's file into an int8 model was told
+    'the model's float ones', and a float8 model's file into an int8 one that the source is
+    not quantized. Each side is now told by its own layer: the model's by its
+    quantization mode, the source's by Keras's quantization variables or an integer one."""
+    def build(mode=None, units=4):
+        model = keras.Sequential([keras.Input((8,)), L.Dense(8, name="a"),
+                                  L.Dense(units, name="b")])
+        if mode:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # (Keras: the InputLayer has no quantize method)
+                model.quantize(mode)
+        return model
+
+    source = build()
+    randomize(source, seed=3)
+    floats = save_blocks(source, tmp_path / "f.blocks.h5")
+    said = ("The model's layers ['a', 'b'] are quantized and the source's are not: load the "
+            "source into the model before model.quantize(...), then quantize it.\n")
+    for mode in ("int4", "float8"):
+        model = build(mode)
+        before = snapshot(model)
+        with pytest.raises(BlockMismatchError) as e:
+            load_blocks(model, floats)
+        assert said in str(e.value)
+        assert_same(before, snapshot(model))
+    int4 = build("int4")
+    randomize(int4, seed=4)
+    int4.save(str(tmp_path / "q4.keras"))
+    for name, model in (("int8 model", build("int8")), ("float model", build())):
+        with pytest.raises(BlockMismatchError) as e:
+            load_blocks(model, str(tmp_path / "q4.keras"))
+        if name == "int8 model":
+            assert ("The model's layers ['a', 'b'] and the source's paired with them are "
+                    "quantized, the variables above say in other modes: quantize the model "
+                    "the way the source's was, or load the float weights before "
+                    "model.quantize(...).\n") in str(e.value)
+            assert "the model's float ones" not in str(e.value)
+        else:
+            assert "hold quantized values (integer kernels and their scales), the model's " \
+                   "float ones" in str(e.value)
+    target = build("int4")
+    assert load_blocks(target, str(tmp_path / "q4.keras")).ok  # as advised
+    for a, b in zip(int4.weights, target.weights, strict=True):
+        assert np.array(a.numpy()).tobytes() == np.array(b.numpy()).tobytes()
+    with pytest.raises(BlockMismatchError) as e:  # the same mode, another width
+        load_blocks(build("int4", units=2), str(tmp_path / "q4.keras"))
+    assert "quantiz" not in str(e.value)
