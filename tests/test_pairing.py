@@ -2801,3 +2801,40 @@ def test_a_keras2_bidirectional_with_a_damaged_config_is_read_without_its_order(
     with pytest.raises(BlockMismatchError, match="could not be paired"):
         load_blocks(shifted, path)
     assert all(before[k].tobytes() == v.tobytes() for k, v in snapshot(shifted).items())
+
+
+def test_a_keras2_bidirectional_inside_a_nested_model_pairs_its_two_layers(tmp_path):
+    """Found by a fresh-user re-check of 70245dc: a Keras 2 whole-model `.h5` whose
+    Bidirectional sits inside a nested model (`enc`, every layer named) loaded into the same
+    model built after other recurrent layers (its inner layers `forward_lstm_1`, ...) was
+    refused, 'no source layer pairs with it', though its model_config names the two layers:
+    only a top-level Bidirectional's were ranked. Now a nested one's are too, forward before
+    backward, and it loads bit for bit; the weights-only file is still refused."""
+    tf_keras = pytest.importorskip("tf_keras")
+
+    def build(k):
+        i = k.Input((5, 4))
+        bi = k.layers.Bidirectional(k.layers.LSTM(3), name="bidi", backward_layer=k.layers.LSTM(
+            3, go_backwards=True, name="back"))
+        x = k.Sequential([k.Input((5, 4)), bi], name="enc")(i)
+        return k.Model(i, k.layers.Dense(2, name="head")(x))
+
+    old = build(tf_keras)
+    rng = np.random.default_rng(46)
+    for w in old.weights:
+        w.assign(rng.normal(size=w.shape).astype("float32"))
+    expected = [w.numpy() for w in old.weights]
+    old.save(str(tmp_path / "k2.h5"))
+    old.save_weights(str(tmp_path / "k2_weights.h5"))
+    keras.backend.clear_session(free_memory=False)
+    _ = [L.LSTM(1), L.LSTM(1)]  # another session's counters
+    model = build(keras)
+    report = load_blocks(model, str(tmp_path / "k2.h5"))
+    assert report.ok and report.variables_loaded == len(expected), str(report)
+    assert report.pairing == {"enc": "order", "head": "name"}
+    assert_bits(values(model.weights), expected)
+    distinct(model, seed=1)
+    before = snapshot(model)
+    with pytest.raises(BlockMismatchError, match="no source layer pairs with it"):
+        load_blocks(model, str(tmp_path / "k2_weights.h5"))
+    assert all(before[k].tobytes() == v.tobytes() for k, v in snapshot(model).items())

@@ -179,29 +179,41 @@ def _children(entry) -> list[dict]:
 
 def _nested_ranks(entry, top: str) -> dict[str, int]:
     """`layer path -> position` of a nested model's layers, depth first, from its config;
-    of a Bidirectional's forward and backward layers."""
+    of a Bidirectional's forward and backward layers (at the top or inside a nested model)."""
     ranks: dict[str, int] = {}
+
+    def wrapped(item, path):
+        for inner in _bidirectional_layers(item, path):
+            ranks[inner] = len(ranks)
 
     def walk(item, path):
         for child in _children(item):
             child_path = f"{path}/{child['config']['name']}"
             ranks[child_path] = len(ranks)
+            wrapped(child, child_path)
             walk(child, child_path)
 
+    wrapped(entry, top)
     walk(entry, top)
-    if isinstance(entry, dict) and entry.get("class_name") == "Bidirectional":
-        # Keras names its two layers `forward_<layer>` and `backward_<layer>` (a backward
-        # layer given by the user: `backward_<its name>`) and computes them in that order
-        config = entry.get("config")
-        config = config if isinstance(config, dict) else {}  # (a damaged config: no ranks)
-        for rank, (prefix, inner) in enumerate((
-                ("forward_", config.get("layer")),
-                ("backward_", config.get("backward_layer") or config.get("layer")))):
-            inner_config = inner.get("config") if isinstance(inner, dict) else None
-            name = inner_config.get("name") if isinstance(inner_config, dict) else None
-            if isinstance(name, str) and name:
-                ranks[f"{top}/{prefix}{name}"] = rank
     return ranks
+
+
+def _bidirectional_layers(entry, path: str) -> list[str]:
+    """The paths of a Bidirectional's forward and backward layers, in computation order, from
+    its config; [] for another layer. Keras names them `forward_<layer>` and
+    `backward_<layer>` (a backward layer given by the user: `backward_<its name>`)."""
+    if not (isinstance(entry, dict) and entry.get("class_name") == "Bidirectional"):
+        return []
+    config = entry.get("config")
+    config = config if isinstance(config, dict) else {}  # (a damaged config: no ranks)
+    out = []
+    for prefix, inner in (("forward_", config.get("layer")),
+                          ("backward_", config.get("backward_layer") or config.get("layer"))):
+        inner_config = inner.get("config") if isinstance(inner, dict) else None
+        name = inner_config.get("name") if isinstance(inner_config, dict) else None
+        if isinstance(name, str) and name:
+            out.append(f"{path}/{prefix}{name}")
+    return out
 
 
 def _rank_of(ranks: dict[str, int], path: str) -> int | None:
