@@ -1148,6 +1148,50 @@ def test_a_vars_entry_linked_to_another_layers_vars_group_is_refused(tmp_path):
         load_blocks(model, path, only=["head"])
 
 
+def test_a_tf_keras_subclassed_model_or_layer_as_the_source_is_told_a_save_that_works(
+        tmp_path):
+    """Found by a fresh-user re-check of 682aa85: a subclassed tf-keras model passed as the
+    source was told "(or model.save('x.h5'))", which tf-keras refuses for a subclassed model
+    (NotImplementedError), and a tf-keras layer was called "a tf-keras (Keras 2) model" and
+    told to call model.save_weights, which a layer lacks. Each is now told a save that works;
+    the subclassed model's, followed, loads bit for bit."""
+    tf_keras = pytest.importorskip("tf_keras")
+
+    class Old(tf_keras.Model):
+        def __init__(self):
+            super().__init__(name="old")
+            self.d = tf_keras.layers.Dense(3, name="d")
+
+        def call(self, x):
+            return self.d(x)
+
+    old = Old()
+    old(np.zeros((1, 4), "float32"))
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3, name="d")])
+    before = [np.array(v.numpy()) for v in model.weights]
+    with pytest.raises(TypeError) as e:
+        load_blocks(model, old)
+    assert str(e.value) == (
+        "`source` must be a path to a block file (or a Keras weights file) or a Keras 3 "
+        f"keras.Model. Received: a tf-keras (Keras 2) model, 'old' of type "
+        f"{Old.__module__}.Old. Save it with its model.save_weights('x.h5') and pass that "
+        "file: a Keras 2 .h5 is read by its layer names.")
+    with pytest.raises(TypeError) as e:
+        load_blocks(model, old.d)
+    assert str(e.value) == (
+        "`source` must be a path to a block file (or a Keras weights file) or a Keras 3 "
+        "keras.Model. Received: a tf-keras (Keras 2) layer, 'd' of type "
+        "tf_keras.src.layers.core.dense.Dense. Save the tf-keras model holding it with "
+        "model.save_weights('x.h5') and pass that file: a Keras 2 .h5 is read by its layer "
+        "names.")
+    assert all(a.tobytes() == np.array(v.numpy()).tobytes()
+               for a, v in zip(before, model.weights, strict=True))
+    old.save_weights(str(tmp_path / "x.h5"))
+    assert load_blocks(model, str(tmp_path / "x.h5")).ok
+    assert all(np.array(a.numpy()).tobytes() == np.array(b.numpy()).tobytes()
+               for a, b in zip(old.weights, model.weights, strict=True))
+
+
 def test_a_tf_keras_model_as_the_source_is_refused_with_the_file_to_save(tmp_path):
     """Found by a fresh-user test: a tf-keras (Keras 2) model passed as the source was
     refused as "must be ... a keras.Model. Received: <tf_keras...Sequential object ...> of

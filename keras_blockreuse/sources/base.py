@@ -489,12 +489,17 @@ def open_source(source, rule: BlockRule = None, **options) -> Source:
         return ModelSource(source, rule, keras_paths=True)
     kind = type(source)
     if any(cls.__module__.split(".", 1)[0] == "tf_keras" for cls in kind.__mro__):
+        model = hasattr(source, "save_weights")
+        # (tf-keras saves only a Functional or Sequential model whole to .h5, and a layer
+        # not at all: the model holding it does)
+        whole = " (or model.save('x.h5'))" if getattr(source, "_is_graph_network", False) else ""
         raise TypeError(
             "`source` must be a path to a block file (or a Keras weights file) or a Keras 3 "
-            f"keras.Model. Received: a tf-keras (Keras 2) model, {source.name!r} of type "
-            f"{kind.__module__}.{kind.__name__}. Save it with its model.save_weights('x.h5') "
-            "(or model.save('x.h5')) and pass that file: a Keras 2 .h5 is read by its layer "
-            "names.")
+            f"keras.Model. Received: a tf-keras (Keras 2) {'model' if model else 'layer'}, "
+            f"{getattr(source, 'name', None)!r} of type {kind.__module__}.{kind.__name__}. "
+            + (f"Save it with its model.save_weights('x.h5'){whole}" if model else
+               "Save the tf-keras model holding it with model.save_weights('x.h5')")
+            + " and pass that file: a Keras 2 .h5 is read by its layer names.")
     raise TypeError(
         "`source` must be a path to a block file (or a Keras weights file) or a keras.Model. "
         f"Received: {source!r} of type {kind.__name__}"
