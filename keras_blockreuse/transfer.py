@@ -52,6 +52,7 @@ print(report)
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import dataclasses
 import functools
@@ -1883,12 +1884,15 @@ def _nesting_hint(src: Source, source_blocks: list[str], model,
     if not inside_model and source_paths and all("/" not in p for p in source_paths):
         # a bare backbone's file whose names share none of the nested model's (built in
         # another session): a nested model holding as many layers, of the same classes
+        # (classes counted, not in order: a Keras file lists its blocks by name, not by
+        # computation order; a class the source does not record may be any)
         classes = [layer.class_name for name in source_blocks for layer in src.block_layers(name)]
+        known = collections.Counter(c for c in classes if c)
         inside_model = [
             block_layer.name for block in target_blocks.values() for block_layer in block.layers
             if isinstance(block_layer, keras.Model)
             and len(inner := weighted_layers(block_layer)) == len(classes)
-            and all(not c or type(u).__name__ == c for u, c in zip(inner, classes, strict=True))]
+            and not known - collections.Counter(type(u).__name__ for u in inner)]
         inside_model = inside_model if len(inside_model) == 1 else []
     if inside_model:
         return (f" The model holds these layers inside {inside_model} (a nested backbone): "

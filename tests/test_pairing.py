@@ -2381,6 +2381,44 @@ def test_a_backbones_file_into_its_classifier_with_other_names_is_pointed_at_the
 
 
 @pytest.mark.parametrize("kind", ["blocks", "weights", "keras"])
+def test_a_backbone_of_mixed_classes_into_its_classifier_is_pointed_at_the_backbone(
+        tmp_path, kind):
+    """Found by a fresh-user re-check of 3e3de62: a bare backbone's file of automatic
+    Conv2D, BatchNormalization, Conv2D into its classifier built in another session named
+    the nested backbone from a block file only: a `.weights.h5` or `.keras` lists its blocks
+    by name (batch_normalization, conv2d, conv2d_1), and the classes were compared in that
+    order with the backbone's computation order. They are counted now; followed, the
+    offered loads give every value bit for bit."""
+    import ast
+    import re
+
+    def backbone():
+        i = keras.Input((6, 6, 1))
+        x = L.Conv2D(2, 3)(L.BatchNormalization()(L.Conv2D(1, 1)(i)))
+        return keras.Model(i, L.GlobalAveragePooling2D()(x), name="backbone")
+
+    keras.backend.clear_session(free_memory=False)
+    source = _filled(backbone())
+    path = _saved(source, tmp_path, kind)
+    keras.backend.clear_session(free_memory=False)
+    L.Conv2D(1, 1), L.BatchNormalization(), L.Conv2D(1, 1)  # another process's counters
+    base = backbone()
+    i = keras.Input((6, 6, 1))
+    model = keras.Model(i, L.Dense(3, name="head")(base(i)))
+    before = _values(model)
+    with pytest.raises(BlockMismatchError) as e:
+        load_blocks(model, path)
+    assert ("The model holds these layers inside ['backbone'] (a nested backbone): load into "
+            "it, `load_blocks(model.get_layer('backbone'), source)`") in str(e.value), str(e.value)
+    _assert_unchanged(before, model)
+    with pytest.raises(BlockMismatchError) as e:
+        load_blocks(model.get_layer("backbone"), path)
+    rename = ast.literal_eval(re.search(r"rename=(\{'[^}]*\})", str(e.value)).group(1))
+    assert load_blocks(model.get_layer("backbone"), path, rename=rename).ok
+    assert_bits([np.array(v.numpy()) for v in base.weights], _values(source))
+
+
+@pytest.mark.parametrize("kind", ["blocks", "weights", "keras"])
 def test_names_shifted_by_one_are_offered_the_rename_by_place(tmp_path, kind):
     """Found by a fresh-user test: the same Sequential built after one more Dense (names
     `dense_1..3` against the file's `dense..dense_2`, two of them pairing) was refused with
