@@ -131,7 +131,7 @@ def save_blocks(
         UserWarning: a layer name or glob of a dict block rule matches no weighted layer of
             the model (a typo: its layer is saved as a block of its own, or the file holds no
             block of that entry's name); the model holds variables of its own, which no block
-            holds, so the file does not (`model_own_variables`).
+            holds, so the file does not (`model_own_variables`; said where `only` is None).
 
     Example:
 
@@ -144,7 +144,8 @@ def save_blocks(
     _warn_unmatched_patterns(blocks if blocks is not None else getattr(model, "_block_rule", None),
                            source.block_names(), model)
     names = select(source.block_names(), only, "`only`")
-    _warn_own_variables(model)
+    if only is None:  # (a subset asked for leaves them by design)
+        _warn_own_variables(model)
     return write_blocks(source, path, names, model_name=str(model.name), metadata=metadata)
 
 

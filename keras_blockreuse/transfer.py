@@ -290,7 +290,7 @@ def load_blocks(
                 "(on_mismatch='skip'), and their skipped layers still need training. Freeze "
                 "them with freeze_blocks() if that is what you want.", stacklevel=2)
         warn_if_compiled(model, report.frozen, "frozen")
-    if only is None:  # (a subset asked for leaves them by design)
+    if only is None and not exclude:  # (a subset asked for leaves them by design)
         _say_own_variables(model, report)
     report.seconds = time.perf_counter() - start
     return report

@@ -672,6 +672,9 @@ def test_a_models_own_variables_are_said_to_be_in_no_block(tmp_path):
         "itself, not by one of its layers) belong to no block, so the block file does not "
         "hold them, and load_blocks leaves them as they are. Keras's model.save_weights saves "
         "them."]
+    with warnings.catch_warnings():  # a subset asked for: nothing to say
+        warnings.simplefilter("error", UserWarning)
+        save_blocks(source, str(tmp_path / "head.blocks.h5"), only=["head"])
     for name in ("net.blocks.h5", "net.keras", "net.weights.h5"):
         model = _Tempered(name="net")
         model(np.zeros((1, 3), "float32"))
@@ -688,6 +691,7 @@ def test_a_models_own_variables_are_said_to_be_in_no_block(tmp_path):
         with warnings.catch_warnings():  # a subset asked for: nothing to say
             warnings.simplefilter("error", UserWarning)
             assert not load_blocks(model, str(tmp_path / name), only=["head"]).caveats
+            assert not load_blocks(model, str(tmp_path / name), exclude=["head"]).caveats
         for layer in ("features", "head"):
             for a, b in zip(source.get_layer(layer).weights, model.get_layer(layer).weights,
                             strict=True):
