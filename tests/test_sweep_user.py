@@ -892,6 +892,39 @@ def test_a_classifier_with_more_outputs_than_classes_is_said(arrays):
         "transferred like any block, the source's classes standing for the target's."]
 
 
+def test_a_block_the_builder_freezes_at_fixed_values_is_not_refused(arrays, tmp_path):
+    """Found by a fresh-user test (helper-67): a model whose first block holds fixed vectors
+    (Constant initializer, trainable=False: a frozen pretrained embedding), kept frozen when
+    the source was trained, was refused as 'already holds the source's values in blocks
+    ['block_1']', even with only=['block_2']; the advice, clone_model, builds the same
+    constant. A block the builder freezes is its own design: the sweep runs, and the caveat on
+    blocks of fixed values names it."""
+    fixed = np.random.default_rng(5).normal(size=(3, 3, 1, 8)).astype("float32")
+
+    def frozen_first(input_shape=(8, 8, 1), num_classes=3):
+        inputs = keras.Input(shape=tuple(input_shape))
+        x = keras.layers.Conv2D(8, 3, padding="same", name="block_1_0", trainable=False,
+                                kernel_initializer=keras.initializers.Constant(fixed))(inputs)
+        x = keras.layers.Conv2D(8, 3, padding="same", activation="relu", name="block_2_0")(x)
+        x = keras.layers.GlobalAveragePooling2D()(x)
+        return keras.Model(inputs, keras.layers.Dense(num_classes, name="head")(x))
+
+    keras.utils.set_random_seed(3)
+    source = frozen_first()
+    for v in source.get_layer("block_2_0").weights + source.get_layer("head").weights:
+        v.assign(v.numpy() + 0.5)  # trained: the frozen block_1 keeps its built values
+    path = str(tmp_path / "pretrained.blocks.h5")
+    save_blocks(source, path)
+    inputs = _prepared(frozen_first, path, arrays)
+    shutil.rmtree(os.path.dirname(inputs.snapshot), ignore_errors=True)
+    assert inputs.blocks == ["block_1", "block_2", "head"]
+    assert inputs.model_caveats == [
+        "blocks ['block_1'] hold the same values in every build of the model (its builder "
+        "loads weights, or seeds their initializers): where they are reinit, scratch included, "
+        "they start from those values, not from a new random initialisation per seed, and the "
+        "seeds vary only the data order and dropout there."]
+
+
 def test_labels_that_hold_nan_are_refused_by_part_and_sample(arrays, tmp_path):
     """Found by a fresh-user test (helper-65): a regression target with one NaN among its
     validation labels was accepted (the data summary said "(1 not finite)"); every trial

@@ -412,9 +412,14 @@ def _refuse_pretrained_builder(model, blocks: list[str], built: dict) -> None:
     pretrained weights, or returns a loaded `.keras` model): its `reinit` blocks and scratch
     would start from them. Found by comparing each transferable block's values as built
     with the values loading the source gave it; values that are one constant (zeros, a
-    batch normalisation's fresh ones) say nothing and are not counted."""
+    batch normalisation's fresh ones) say nothing and are not counted. A block the builder
+    freezes (every layer `trainable=False`: fixed vectors such as a frozen pretrained
+    embedding, which the source also kept as built) is the model's own design, not a loaded
+    source: the caveat on blocks of fixed values names it."""
     held = []
     for name in blocks:
+        if not any(layer.trainable for layer in model.blocks[name].layers):
+            continue
         pairs = [(built[id(v)], v.numpy()) for v in model.blocks[name].variables
                  if id(v) in built]
         if pairs and all(np.array_equal(a, b) for a, b in pairs) and any(
