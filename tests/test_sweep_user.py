@@ -925,6 +925,31 @@ def test_a_block_the_builder_freezes_at_fixed_values_is_not_refused(arrays, tmp_
         "seeds vary only the data order and dropout there."]
 
 
+def test_a_cosine_similarity_loss_as_the_metric_ranks_lower_as_better(arrays):
+    """Found by a fresh-user test (helper-67): metrics=[keras.losses.CosineSimilarity()] or
+    [keras.losses.cosine_similarity] is logged as 'cosine_similarity', the name of
+    keras.metrics.CosineSimilarity, but holds the negated cosine (-1 for predictions in the
+    labels' direction); it was ranked higher-is-better, so the policy whose predictions
+    pointed furthest from the labels was named best. It ranks lower as better; the metric of
+    that name still ranks higher as better."""
+    y = np.arange(1, 13, dtype="float32").reshape(4, 3)
+    (x, _), (xv, _) = arrays[:2]
+    targets = (x, np.ones((len(x), 3), "float32")), (xv, np.ones((len(xv), 3), "float32"))
+    for metric, mode in ((keras.losses.CosineSimilarity(), "min"),
+                         (keras.losses.cosine_similarity, "min"),
+                         (keras.metrics.CosineSimilarity(), "max")):
+        model = keras.Sequential([keras.Input((3,)), keras.layers.Identity()])
+        model.compile(loss="mse", metrics=[metric])
+        assert model.evaluate(y, y, verbose=0, return_dict=True)["cosine_similarity"] == \
+            pytest.approx(-1.0 if mode == "min" else 1.0)
+        inputs = UserInputs(from_arrays(*targets), Recipe(
+            resolve_builder(build, x.shape[1:], 3, activation=None), loss="mse",
+            metrics=(metric,)), source=build(num_classes=3))
+        inputs.prepare()
+        shutil.rmtree(os.path.dirname(inputs.snapshot), ignore_errors=True)
+        assert (inputs.metric, inputs.mode) == ("cosine_similarity", mode), metric
+
+
 def test_labels_that_hold_nan_are_refused_by_part_and_sample(arrays, tmp_path):
     """Found by a fresh-user test (helper-65): a regression target with one NaN among its
     validation labels was accepted (the data summary said "(1 not finite)"); every trial

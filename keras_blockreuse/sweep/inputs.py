@@ -280,6 +280,8 @@ class UserInputs:
         keys = [k for k in scores if k != "loss"] + ["loss"]
         self.metric_keys = tuple(keys)
         self.metric = keys[0]
+        if self.mode is None and _negated_similarity(self.recipe.metrics, self.metric):
+            self.mode = "min"
         if self.mode is None:
             try:
                 self.mode = metric_direction(self.metric)[1]
@@ -290,6 +292,18 @@ class UserInputs:
                     f"or --metric {self.metric}:max / :min (the command line).") from None
         elif self.mode not in ("max", "min"):
             raise SweepError(f"mode must be 'max' or 'min', received {self.mode!r}.")
+
+
+def _negated_similarity(metrics, name: str) -> bool:
+    """Whether the metric `name` ranking the policies is a Keras loss passed as a metric
+    (`keras.losses.CosineSimilarity()`, `keras.losses.cosine_similarity`): logged under the
+    name of `keras.metrics.CosineSimilarity`, but the negated cosine (-1 for predictions in
+    the labels' direction), so lower is better."""
+    import keras
+
+    return any((isinstance(metric, keras.losses.CosineSimilarity) and metric.name == name)
+               or (metric is keras.losses.cosine_similarity and name == "cosine_similarity")
+               for metric in metrics)
 
 
 def _without_traceback(text: str) -> str:

@@ -59,7 +59,9 @@ MINIMIZE = ("loss", "mae", "mse", "rmse", "mape", "msle", "mean_absolute_error",
 """Metric names whose direction is known, as Keras reports them: a metric named
 `cosine_similarity` is `keras.metrics.CosineSimilarity` (1 for predictions in the labels'
 direction, higher is better), whatever the loss (a cosine similarity loss is logged as
-`loss`, lower is better); another metric needs its direction: `NAME:max` or `NAME:min`."""
+`loss`, lower is better; a cosine similarity loss passed as a metric, logged under this name,
+ranks lower as better: `which_blocks` tells them apart); another metric needs its direction:
+`NAME:max` or `NAME:min`."""
 STRATEGIES = ("prefix", "surgical", "exhaustive", "greedy")
 PREDICTED = "predicted"
 """--strategy predicted: rank the surgical and prefix configurations by LogME and relative
