@@ -950,6 +950,31 @@ def test_a_cosine_similarity_loss_as_the_metric_ranks_lower_as_better(arrays):
         assert (inputs.metric, inputs.mode) == ("cosine_similarity", mode), metric
 
 
+def test_a_resume_tells_loss_and_metric_functions_apart(arrays):
+    """Found by a fresh-user test (helper-67): a sweep started with
+    loss=keras.losses.mean_squared_error (a function), resumed with
+    loss=keras.losses.mean_absolute_error, ran on without a word: every function was recorded
+    for the resume's comparison as 'function(?)'. A function is recorded by its module and
+    name, so the resume names the other loss and is refused."""
+    (x, y), (xv, yv) = arrays[:2]
+    targets = (x, y.astype("float32")), (xv, yv.astype("float32"))
+
+    def trained_as(loss, metric):
+        inputs = UserInputs(from_arrays(*targets), Recipe(
+            resolve_builder(build, x.shape[1:], 1, activation=None), loss=loss,
+            metrics=(metric,)), source=build(num_classes=1), mode="min")
+        inputs.prepare()
+        shutil.rmtree(os.path.dirname(inputs.snapshot), ignore_errors=True)
+        return inputs.trained_as
+
+    mse = trained_as(keras.losses.mean_squared_error, keras.metrics.mean_absolute_error)
+    mae = trained_as(keras.losses.mean_absolute_error, keras.metrics.mean_squared_error)
+    assert (mse["loss"], mse["metrics"]) == (
+        f"{keras.losses.mean_squared_error.__module__}.mean_squared_error",
+        f"{keras.metrics.mean_absolute_error.__module__}.mean_absolute_error")
+    assert mae["loss"] != mse["loss"] and mae["metrics"] != mse["metrics"]
+
+
 def test_labels_that_hold_nan_are_refused_by_part_and_sample(arrays, tmp_path):
     """Found by a fresh-user test (helper-65): a regression target with one NaN among its
     validation labels was accepted (the data summary said "(1 not finite)"); every trial

@@ -503,11 +503,14 @@ def _plain(obj) -> str:
 
 
 def _described(obj) -> str:
-    """A loss, metric or optimizer in words: its name, or its class and configuration."""
+    """A loss, metric or optimizer in words: its name, its class and configuration, or for a
+    function its module and name (`keras.src.losses.losses.mean_squared_error`)."""
     import json
 
     if isinstance(obj, str):
         return obj
+    if callable(obj) and not hasattr(obj, "get_config"):  # a function: by its name
+        return f"{getattr(obj, '__module__', None) or '?'}.{_plain(obj)}"
     try:
         config = json.dumps(obj.get_config(), sort_keys=True, default=_plain)
     except (AttributeError, NotImplementedError, TypeError):
