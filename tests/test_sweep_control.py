@@ -211,6 +211,29 @@ def test_live_view_counts_a_diverged_trial_as_failed():
     assert lines[-1].endswith("leader by val_mae: a 0.500 (n=1)")
 
 
+def test_live_view_counts_a_trial_whose_loss_is_nan_as_failed():
+    """Found by a fresh-user test (helper-67): a classifier whose weights went NaN still
+    scores an accuracy (argmax of NaN is 0: the rate of class 0), so a trial with val_loss
+    NaN and val_accuracy 0.3 was 'done' and could lead the live line. Its losses not finite,
+    it is failed, as the report says."""
+    from keras_blockreuse.sweep.console import LiveView
+
+    lines = []
+    view = LiveView(3, "val_accuracy", {}, print_fn=lines.append, terminal=False,
+                    final_metric="test_accuracy")
+    with view:
+        trials = [FakeTrial(f"t{i}", "a" if i < 2 else "b") for i in range(3)]
+        view.step(trials)
+        for t, (val, loss) in zip(trials, [(0.9, math.nan), (0.5, 1.0), (0.7, math.inf)],
+                                  strict=True):
+            t.status = "TERMINATED"
+            t.last_result = {"val_accuracy": val, "test_accuracy": val, "val_loss": loss,
+                             "test_loss": 1.0}
+            view.complete(t)
+    assert view.counts() == {"done": 1, "running": 0, "failed": 2, "stopped": 0, "total": 3}
+    assert lines[-1].endswith("leader by val_accuracy: a 0.500 (n=1)")
+
+
 def test_tune_environment_buffers_results_and_leaves_the_users_settings(monkeypatch):
     from keras_blockreuse.sweep.control import RESULT_BUFFER, tune_environment
 

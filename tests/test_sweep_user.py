@@ -975,6 +975,33 @@ def test_a_resume_tells_loss_and_metric_functions_apart(arrays):
     assert mae["loss"] != mse["loss"] and mae["metrics"] != mse["metrics"]
 
 
+@pytest.mark.slow
+def test_a_trial_whose_loss_is_nan_is_failed_though_its_accuracy_is_a_number(ray_local, arrays,
+                                                                               tmp_path):
+    """Found by a fresh-user test (helper-67): a classifier whose weights went NaN scores an
+    accuracy all the same (argmax of NaN is 0: the rate of class 0). A sweep whose every
+    trial ended with val_loss NaN reported each 'ok', at 0.3 validation accuracy, and
+    'Recommended: the best'. Such a trial is failed, 'the training diverged', naming the
+    losses, and there is no verdict."""
+    def diverged(input_shape=(8, 8, 1), num_classes=3):
+        i = keras.Input(input_shape)
+        h = keras.layers.GlobalAveragePooling2D()(keras.layers.Conv2D(4, 3, name="block_1_0")(i))
+        return keras.Model(i, keras.layers.Dense(
+            num_classes, activation="softmax", name="head",
+            kernel_initializer=keras.initializers.Constant(float("nan")))(h))
+
+    out = str(tmp_path / "out")
+    result = which_blocks(diverged, diverged(), train=arrays[0], validation=arrays[1],
+                          strategy="prefix", only=["block_1"], seeds=1, epochs=1, out=out,
+                          print_fn=lambda s: None)
+    trials = pd.read_csv(os.path.join(out, "results.csv"))
+    assert trials["val_accuracy"].notna().all()  # a number, on NaN weights
+    assert trials["status"].tolist() == ["error"] * 3
+    assert trials["error"].tolist() == [
+        "the training diverged: test_loss is nan, val_loss is nan"] * 3
+    assert result.best == "No trial finished: no verdict."
+
+
 def test_labels_that_hold_nan_are_refused_by_part_and_sample(arrays, tmp_path):
     """Found by a fresh-user test (helper-65): a regression target with one NaN among its
     validation labels was accepted (the data summary said "(1 not finite)"); every trial

@@ -112,7 +112,8 @@ class LiveView:
         result = dict(trial.last_result or {})
         if self.final_metric is None or result.get(self.final_metric) is not None:
             value = result.get(self.val_metric)
-            ends = [result.get(m) for m in (self.val_metric, self.final_metric) if m]
+            ends = [result.get(m) for m in (self.val_metric, self.final_metric, "val_loss",
+                                            "test_loss") if m]  # (NaN weights score accuracy)
             if value is not None and not all(math.isfinite(float(v)) for v in ends
                                              if v is not None):
                 self.diverged.add(trial.trial_id)  # (the report: "the training diverged")

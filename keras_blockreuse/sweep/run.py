@@ -673,7 +673,10 @@ class _Runner:
         }
         for name in _metric_columns(self.settings, self.user):
             row[name] = metrics.get(name, math.nan)
-        why = diverged({name: row[name] for name in _metrics_of(self.settings, self.user)})
+        # (and its losses: weights gone NaN still score an accuracy, argmax of NaN being 0)
+        ends = [*_metrics_of(self.settings, self.user),
+                *(name for name in LOSSES if name in metrics)]
+        why = diverged({name: row.get(name, metrics.get(name)) for name in ends})
         if row["status"] == "ok" and why:  # a trial that diverged reports NaN or inf: failed
             row["status"], row["error"] = "error", why
         if self.settings.lrs:
@@ -738,6 +741,11 @@ def _functions(settings: SweepSettings) -> dict:
     from keras_blockreuse.sweep.trial import train_source, train_trial
 
     return {"source": train_source, "trial": train_trial}
+
+
+LOSSES = ("test_loss", "val_loss")
+"""The final losses a trial reports (where it does): NaN or inf there is a diverged training,
+whatever the metric scored."""
 
 
 def _metrics_of(settings: SweepSettings, user: UserInputs | None = None) -> tuple[str, str]:
