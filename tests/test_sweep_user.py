@@ -922,7 +922,33 @@ def test_a_block_the_builder_freezes_at_fixed_values_is_not_refused(arrays, tmp_
         "blocks ['block_1'] hold the same values in every build of the model (its builder "
         "loads weights, or seeds their initializers): where they are reinit, scratch included, "
         "they start from those values, not from a new random initialisation per seed, and the "
-        "seeds vary only the data order and dropout there."]
+        "seeds vary only the data order and dropout there.", FROZEN_AS_BUILT]
+
+
+FROZEN_AS_BUILT = (
+    "blocks ['block_1'] are frozen as the builder returns them (trainable=False): no policy "
+    "trains them, so 'tuned' there is the same training as 'frozen', and 'reinit' keeps them at "
+    "their built values, untrained. Leave them trainable in the builder (each policy freezes "
+    "what it freezes), or leave them out of the sweep (only=, --blocks).")
+
+
+def test_a_block_the_builder_freezes_is_said_to_train_under_no_policy(arrays, source4):
+    """Found by a fresh-user test (helper-67): a builder that returns a block frozen
+    (trainable=False) had it swept like any block; the trials freeze what a policy freezes and
+    train the rest as built, so 'prefix 1 tuned' trained exactly what 'prefix 1 frozen' did
+    (the same trained-parameter count), under another name, without a word. A caveat names
+    such blocks."""
+    def frozen_first(input_shape=(8, 8, 1), num_classes=3):
+        model = build(input_shape, num_classes)
+        model.get_layer("block_1_0").trainable = False
+        return model
+
+    inputs = _prepared(frozen_first, source4, arrays)
+    shutil.rmtree(os.path.dirname(inputs.snapshot), ignore_errors=True)
+    assert inputs.model_caveats == [FROZEN_AS_BUILT]
+    plain = _prepared(build, source4, arrays)
+    shutil.rmtree(os.path.dirname(plain.snapshot), ignore_errors=True)
+    assert plain.model_caveats == []
 
 
 def test_a_cosine_similarity_loss_as_the_metric_ranks_lower_as_better(arrays):

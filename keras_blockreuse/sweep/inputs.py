@@ -119,7 +119,8 @@ class UserInputs:
         _refuse_pretrained_builder(model, self.blocks, built)
         self.order = list(model.blocks)
         self._find_metrics(model)
-        self.model_caveats = _fixed_start(model, self.recipe, built) + self._extra_outputs(model)
+        self.model_caveats = (_fixed_start(model, self.recipe, built) + self._extra_outputs(model)
+                              + _frozen_as_built(model, self.blocks))
         self.packed = pack(self.recipe)
         self.source_info = (f"{self._source_name()}, snapshotted to {SOURCE_FILE} "
                             f"({len(info.blocks)} blocks, {format_bytes(info.nbytes)})")
@@ -447,6 +448,21 @@ def _refuse_pretrained_builder(model, blocks: list[str], built: dict) -> None:
             f"would be compared with transfer, not with training from scratch. Return a "
             f"freshly initialised model (keras.models.clone_model(model) builds one with new "
             f"values); the sweep loads the source itself.")
+
+
+def _frozen_as_built(model, blocks: list[str]) -> list[str]:
+    """A caveat naming the transferable blocks the builder freezes (every layer
+    `trainable=False`): the trials freeze what a policy freezes and train the rest as built,
+    so no policy trains these, and 'tuned' there is the same training as 'frozen'."""
+    frozen = [name for name in blocks
+              if not any(layer.trainable for layer in model.blocks[name].layers)]
+    if not frozen:
+        return []
+    return [f"blocks {frozen} are frozen as the builder returns them (trainable=False): no "
+            "policy trains them, so 'tuned' there is the same training as 'frozen', and "
+            "'reinit' keeps them at their built values, untrained. Leave them trainable in "
+            "the builder (each policy freezes what it freezes), or leave them out of the "
+            "sweep (only=, --blocks)."]
 
 
 def _fixed_start(model, recipe: Recipe, built: dict) -> list[str]:
