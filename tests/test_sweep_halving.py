@@ -90,6 +90,29 @@ def test_successive_halving_advances_whole_configurations_and_baselines_finish()
     assert sum(r.get("train_seconds", 0) for r in result.rows) == 9 * 3 * 4 - 4 + 3 * 3 * 13 + 9 * 40
 
 
+def test_a_rung_never_advances_a_configuration_on_a_failed_trials_metric():
+    """Found by a fresh-user re-check: a trial whose weights went NaN still scores an
+    accuracy (argmax of NaN is 0: the rate of class 0), and the sweep marks it failed
+    ("the training diverged: val_loss is nan"); a rung ranked it by that accuracy all the
+    same, so a diverged configuration could take a place a working one should have. A
+    failed row's metric is now not a score: the configuration is failed at that rung."""
+    quality = {f"c{i}": i / 10 for i in range(9)} | {"scratch": 0.0, "all": 0.05}
+    fake = FakeRungs(quality)
+
+    def rungs(rung, keys, epochs):
+        rows = fake(rung, keys, epochs)
+        for row in rows:
+            if (row["policy"], rung) == ("c0", 0):  # the worst, diverged on every seed
+                row.update(status="error", val_accuracy=0.99,
+                           error="the training diverged: val_loss is nan")
+        return rows
+
+    result = successive_halving([f"c{i}" for i in range(9)], ["scratch", "all"], seeds=3,
+                                max_epochs=40, run_rung=rungs, eta=3, print_fn=None)
+    assert result.decisions[0].failed == {"c0": "non-finite score for seed(s) [0, 1, 2]"}
+    assert result.decisions[0].advanced == ["c8", "c7", "c6"]  # (was c0, c8, c7)
+
+
 def test_successive_halving_refuses_overlapping_roles_and_strange_rows():
     with pytest.raises(SweepError, match="disjoint"):
         successive_halving(["a"], ["a"], 1, 4, FakeRungs({"a": 1}), print_fn=None)

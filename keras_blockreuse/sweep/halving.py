@@ -222,9 +222,10 @@ def successive_halving(
             final = got
             break
         scores: dict[str, dict[int, float]] = {key: {} for key in keys}
-        for r in got:
-            value = r.get(metric)
-            scores[r["policy"]][int(r["seed"])] = math.nan if value is None else float(value)
+        for r in got:  # a failed trial's metric ranks nothing, finite or not (weights gone
+            value = r.get(metric)  # NaN still score an accuracy: the rate of class 0)
+            failed = value is None or r.get("status", "ok") != "ok"
+            scores[r["policy"]][int(r["seed"])] = math.nan if failed else float(value)
         decision = advance(scores, list(range(seeds)), eta, mode, rung, epochs)
         decisions.append(decision)
         for key, why in decision.failed.items():
