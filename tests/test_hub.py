@@ -23,6 +23,7 @@ from keras_blockreuse import (  # noqa: E402
     save_blocks,
 )
 from keras_blockreuse.cli import describe, main  # noqa: E402
+from tests.helpers import assert_same, snapshot  # noqa: E402
 
 M = keras_hub.models
 
@@ -317,7 +318,7 @@ def test_a_preset_whose_config_was_cut_short_says_so(tmp_path):
     with open(os.path.join(preset, "config.json"), "r+", encoding="utf-8") as fh:
         fh.truncate(50)
     model = resnet()
-    before = [np.array(v.numpy()) for v in model.weights]
+    before = snapshot(model)
     with pytest.raises(BlockFileError) as e:
         load_blocks(model, preset)
     assert str(e.value) == (
@@ -325,8 +326,7 @@ def test_a_preset_whose_config_was_cut_short_says_so(tmp_path):
         "column 15 (char 16); 50 bytes): the preset is damaged, or a copy or download cut it "
         "short. Write it again (save_to_preset), fetch it again, or pass source_model= (the "
         "model, or a function that builds it).")
-    assert all(a.tobytes() == np.array(v.numpy()).tobytes()
-               for a, v in zip(before, model.weights, strict=True))
+    assert_same(before, snapshot(model))
 
 
 # --- a classifier preset into its bare backbone, and the reverse --------------------------------

@@ -1168,7 +1168,7 @@ def test_a_tf_keras_subclassed_model_or_layer_as_the_source_is_told_a_save_that_
     old = Old()
     old(np.zeros((1, 4), "float32"))
     model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3, name="d")])
-    before = [np.array(v.numpy()) for v in model.weights]
+    before = snapshot(model)
     with pytest.raises(TypeError) as e:
         load_blocks(model, old)
     assert str(e.value) == (
@@ -1184,8 +1184,7 @@ def test_a_tf_keras_subclassed_model_or_layer_as_the_source_is_told_a_save_that_
         "tf_keras.src.layers.core.dense.Dense. Save the tf-keras model holding it with "
         "model.save_weights('x.h5') and pass that file: a Keras 2 .h5 is read by its layer "
         "names.")
-    assert all(a.tobytes() == np.array(v.numpy()).tobytes()
-               for a, v in zip(before, model.weights, strict=True))
+    assert_same(before, snapshot(model))
     old.save_weights(str(tmp_path / "x.h5"))
     assert load_blocks(model, str(tmp_path / "x.h5")).ok
     assert all(np.array(a.numpy()).tobytes() == np.array(b.numpy()).tobytes()
@@ -1201,7 +1200,7 @@ def test_a_tf_keras_model_as_the_source_is_refused_with_the_file_to_save(tmp_pat
     old = tf_keras.Sequential([tf_keras.Input((4,)), tf_keras.layers.Dense(3, name="d")],
                               name="old")
     model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3, name="d")])
-    before = [np.array(v.numpy()) for v in model.weights]
+    before = snapshot(model)
     with pytest.raises(TypeError) as e:
         load_blocks(model, old)
     assert str(e.value) == (
@@ -1210,8 +1209,7 @@ def test_a_tf_keras_model_as_the_source_is_refused_with_the_file_to_save(tmp_pat
         "tf_keras.src.engine.sequential.Sequential. Save it with its "
         "model.save_weights('x.h5') (or model.save('x.h5')) and pass that file: a Keras 2 "
         ".h5 is read by its layer names.")
-    assert all(a.tobytes() == np.array(v.numpy()).tobytes()
-               for a, v in zip(before, model.weights, strict=True))
+    assert_same(before, snapshot(model))
     old.save_weights(str(tmp_path / "x.h5"))
     assert load_blocks(model, str(tmp_path / "x.h5")).ok
     assert all(np.array(a.numpy()).tobytes() == np.array(b.numpy()).tobytes()
@@ -1232,12 +1230,11 @@ def test_a_keras_archive_whose_directory_names_its_weights_otherwise_says_it_is_
     at = data.rfind(b"model.weights.h5")  # the directory's copy of the name, at the end
     data[at + 8] = ord("h")  # "model.weights" -> "model.wehghts"
     open(path, "wb").write(bytes(data))
-    before = [np.array(v.numpy()) for v in model.weights]
+    before = snapshot(model)
     with pytest.raises(BlockFileError) as e:
         load_blocks(model, path)
     assert str(e.value) == (
         f"{path!r} holds no model.weights.h5; members: ['config.json', 'metadata.json', "
         "'model.wehghts.h5']: its member 'model.wehghts.h5' differs from that name by one "
         "character, as a damaged archive directory's does; fetch or save it again")
-    assert all(a.tobytes() == np.array(v.numpy()).tobytes()
-               for a, v in zip(before, model.weights, strict=True))
+    assert_same(before, snapshot(model))

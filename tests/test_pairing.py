@@ -1978,8 +1978,8 @@ class _TwoMaps(L.Layer):
         return x @ self.scale + x @ self.shift
 
 
-def _two_maps_model(swapped=False):
-    maps = _TwoMaps(name="maps")
+def _two_maps_model(swapped=False, layer=None):
+    maps = (layer or _TwoMaps)(name="maps")
     if swapped:
         maps.names = ("shift", "scale")
     i = keras.Input((4,))
@@ -2024,26 +2024,17 @@ def test_a_custom_layers_variables_of_one_shape_are_said_to_pair_by_position(tmp
     assert_bits(values([got.scale, got.shift]), [scale, shift])
 
 
-class _TwoUnnamed(L.Layer):
+class _TwoUnnamed(_TwoMaps):
     """`_TwoMaps` with variables made without `name=`: Keras names them `variable`,
     `variable_1`, ... in creation order, counted per session."""
-
-    names = ("scale", "shift")
 
     def build(self, shape):
         for name in self.names:
             setattr(self, name, self.add_weight(shape=(shape[-1], 4)))
 
-    def call(self, x):
-        return x @ self.scale + x @ self.shift
-
 
 def _two_unnamed_model(swapped=False):
-    maps = _TwoUnnamed(name="maps")
-    if swapped:
-        maps.names = ("shift", "scale")
-    i = keras.Input((4,))
-    return keras.Model(i, L.Dense(2, name="head")(maps(i)))
+    return _two_maps_model(swapped, layer=_TwoUnnamed)
 
 
 def test_automatic_variable_names_pair_nothing_and_are_said_to_follow_positions(tmp_path):
